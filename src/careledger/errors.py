@@ -1,0 +1,83 @@
+"""The one error tree of CareLedger.
+
+    CareLedgerError
+     ├── ValidationError      input is malformed (bad JSON, wrong types, bad encoding)
+     ├── Rejected(code)       well-formed but refused by admission or a contract rule
+     ├── VerificationError    a signature, proof, checkpoint or stored byte does not verify
+     ├── NotFound             the thing asked for does not exist
+     ├── Forbidden            the caller is known but not allowed
+     ├── Unauthorized         the caller is not authenticated
+     ├── Conflict             the request contradicts current state (e.g. a stale nonce)
+     ├── Pushback             the node is overloaded; try again later (HTTP 503)
+     └── StorageError         the store is unusable or inconsistent
+
+Every error carries a stable, upper-snake-case ``code`` that users can search for in the docs,
+so HTTP, CLI and SDK report the same thing in the same words. Messages never carry PHI or
+secrets.
+"""
+
+from __future__ import annotations
+
+
+class CareLedgerError(Exception):
+    code: str = "CARELEDGER_ERROR"
+    http_status: int = 500
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message or self.__class__.__name__)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ValidationError(CareLedgerError):
+    code = "INVALID"
+    http_status = 400
+
+
+class Rejected(CareLedgerError):
+    """Refused by a rule. ``code`` is always given explicitly: it is the stable rejection code."""
+
+    code = "REJECTED"
+    http_status = 422
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(message or code, code=code)
+
+
+class VerificationError(CareLedgerError):
+    code = "VERIFICATION_FAILED"
+    http_status = 422
+
+
+class NotFound(CareLedgerError):
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+class Forbidden(CareLedgerError):
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+class Unauthorized(CareLedgerError):
+    code = "UNAUTHORIZED"
+    http_status = 401
+
+
+class Conflict(CareLedgerError):
+    code = "CONFLICT"
+    http_status = 409
+
+
+class Pushback(CareLedgerError):
+    code = "OVERLOADED"
+    http_status = 503
+
+
+class StorageError(CareLedgerError):
+    code = "STORAGE_ERROR"
+    http_status = 500
