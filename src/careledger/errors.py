@@ -38,6 +38,21 @@ class ValidationError(CareLedgerError):
     http_status = 400
 
 
+# HTTP status of the rejection codes that admission raises; contract rejections default to 422.
+REJECTION_STATUS = {
+    "TX_TOO_LARGE": 413,
+    "WRONG_CHAIN": 400,
+    "BAD_SIGNATURE": 401,
+    "UNKNOWN_SIGNER": 403,
+    "KEY_REVOKED": 403,
+    "ORG_REMOVED": 403,
+    "NOT_AUTHORISED": 403,
+    "UNKNOWN_CONTRACT": 400,
+    "UNKNOWN_METHOD": 400,
+    "BAD_ARGS": 400,
+}
+
+
 class Rejected(CareLedgerError):
     """Refused by a rule. ``code`` is always given explicitly: it is the stable rejection code."""
 
@@ -46,6 +61,7 @@ class Rejected(CareLedgerError):
 
     def __init__(self, code: str, message: str = "") -> None:
         super().__init__(message or code, code=code)
+        self.http_status = REJECTION_STATUS.get(code, 422)
 
 
 class VerificationError(CareLedgerError):
@@ -81,3 +97,26 @@ class Pushback(CareLedgerError):
 class StorageError(CareLedgerError):
     code = "STORAGE_ERROR"
     http_status = 500
+
+
+class BatchRefused(CareLedgerError):
+    """Admission refused one or more envelopes of a request, so none of them was ordered.
+
+    ``errors`` lists ``{"index", "code", "status", "detail"}`` per refused envelope. A request of
+    one envelope takes that envelope's code and status.
+    """
+
+    code = "BATCH_REFUSED"
+    http_status = 400
+
+    def __init__(self, errors: list[dict[str, object]], *, total: int, count: int) -> None:
+        first = errors[0]
+        if count == 1:
+            super().__init__(str(first["detail"]), code=str(first["code"]))
+            self.http_status = int(str(first["status"]))
+        else:
+            super().__init__(f"{total} of {count} envelopes refused; none was ordered")
+            statuses = {int(str(e["status"])) for e in errors}
+            self.http_status = statuses.pop() if len(statuses) == 1 else 400
+        self.errors = errors
+        self.total = total

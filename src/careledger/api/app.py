@@ -1,0 +1,54 @@
+"""The FastAPI application factory. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from careledger import __version__
+from careledger.api import errors
+from careledger.api.metrics import Metrics
+from careledger.api.routes import auth, chain, events, health, tx
+from careledger.api.routes.events import BlockSignal
+from careledger.auth import TokenIssuer
+from careledger.config import Settings
+from careledger.node import Node
+
+
+def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        running = node or Node(settings)
+        metrics = Metrics()
+        signal = BlockSignal(asyncio.get_running_loop())
+        running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
+        metrics.head_height.set(running.ledger.head.height)
+        metrics.log_size.set(running.ledger.head.log_size)
+        app.state.node = running
+        app.state.metrics = metrics
+        app.state.block_signal = signal
+        app.state.issuer = TokenIssuer(
+            chain=running.ledger.chain,
+            node_name=settings.node_name,
+            node_key=running.ledger.node_key,
+            ttl_seconds=settings.token_ttl_seconds,
+        )
+        running.start()
+        try:
+            yield
+        finally:
+            running.stop()
+
+    app = FastAPI(
+        title="CareLedger",
+        version=__version__,
+        description="A permissioned, provable ledger for health data.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (tx, chain, events, auth, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,48 @@
+"""Request dependencies: the node, and the authenticated member behind a bearer token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from careledger.auth import TokenClaims, TokenIssuer
+from careledger.contracts.identity import resolve_signer
+from careledger.errors import CareLedgerError, Unauthorized
+from careledger.node import Node
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+def get_issuer(request: Request) -> TokenIssuer:
+    issuer: TokenIssuer = request.app.state.issuer
+    return issuer
+
+
+NodeDep = Annotated[Node, Depends(get_node)]
+IssuerDep = Annotated[TokenIssuer, Depends(get_issuer)]
+
+
+def get_member(
+    node: NodeDep,
+    issuer: IssuerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TokenClaims:
+    """The token's member, re-checked against the ledger so a revoked key's token dies at once."""
+    if credentials is None:
+        raise Unauthorized("a bearer token is required", code="TOKEN_REQUIRED")
+    claims = issuer.verify(credentials.credentials)
+    try:
+        resolve_signer(node.ledger.state, claims.public_key)
+    except CareLedgerError:
+        raise Unauthorized("the token's key is no longer active", code="TOKEN_REVOKED") from None
+    return claims
+
+
+MemberDep = Annotated[TokenClaims, Depends(get_member)]

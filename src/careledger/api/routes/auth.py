@@ -1,0 +1,69 @@
+"""Signed-challenge login: a member proves its key and gets a short-lived bearer token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from careledger.api.deps import IssuerDep, MemberDep, NodeDep
+from careledger.contracts.identity import resolve_signer
+from careledger.errors import CareLedgerError, Unauthorized
+
+router = APIRouter(tags=["auth"])
+
+
+class ChallengeOut(BaseModel):
+    challenge: str
+    message: str = Field(description="the exact UTF-8 text to sign with the member's key")
+    expires_in: int
+
+
+class TokenIn(BaseModel):
+    public_key: str = Field(max_length=64)
+    challenge: str = Field(max_length=64)
+    signature: str = Field(max_length=128)
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    member: str
+    org: str
+    roles: list[str]
+
+
+class WhoAmI(BaseModel):
+    member: str
+    org: str
+    roles: list[str]
+    expires: int
+
+
+@router.post("/v1/auth/challenge", response_model=ChallengeOut)
+def challenge(issuer: IssuerDep) -> ChallengeOut:
+    value, ttl = issuer.new_challenge()
+    message = f"careledger-auth:{issuer.chain}:{value}"
+    return ChallengeOut(challenge=value, message=message, expires_in=ttl)
+
+
+@router.post("/v1/auth/token", response_model=TokenOut)
+def token(body: TokenIn, node: NodeDep, issuer: IssuerDep) -> TokenOut:
+    issuer.redeem(body.challenge, body.public_key, body.signature)
+    try:
+        signer = resolve_signer(node.ledger.state, body.public_key)
+    except CareLedgerError as exc:
+        raise Unauthorized(exc.message, code=exc.code) from None
+    value, ttl = issuer.issue(signer)
+    return TokenOut(
+        access_token=value,
+        expires_in=ttl,
+        member=signer.member,
+        org=signer.org,
+        roles=sorted(signer.roles),
+    )
+
+
+@router.get("/v1/auth/whoami", response_model=WhoAmI)
+def whoami(member: MemberDep) -> WhoAmI:
+    return WhoAmI(member=member.member, org=member.org, roles=list(member.roles), expires=member.expires)

@@ -1,0 +1,80 @@
+"""Blocks, checkpoints, consistency proofs and state: the ledger's public, provable reads."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import PlainTextResponse, Response
+
+from careledger.api.deps import NodeDep
+from careledger.errors import NotFound, ValidationError
+from careledger.jsonio import dumps
+from careledger.ledger.views import members_view
+
+router = APIRouter(tags=["ledger"])
+
+
+def _json(body: Any) -> Response:
+    return Response(dumps(body), media_type="application/json")
+
+
+@router.get("/v1/head", summary="The latest block header and its hash")
+def head(node: NodeDep) -> Response:
+    header = node.ledger.head
+    return _json({"height": header.height, "hash": node.ledger.head_hash, "header": header.to_json()})
+
+
+@router.get("/v1/blocks/{height}", summary="A block header and its transactions")
+def block(node: NodeDep, height: Annotated[int, Path(ge=0)]) -> Response:
+    store = node.ledger.store
+    header = store.header(height)
+    if header is None:
+        raise NotFound(f"no block at height {height}", code="UNKNOWN_BLOCK")
+    txs = [
+        {
+            "tx_id": tx.tx_id,
+            "leaf_index": tx.leaf_index,
+            "envelope": orjson.loads(tx.envelope),
+            "receipt": orjson.loads(tx.receipt),
+        }
+        for tx in store.block_txs(height)
+    ]
+    return _json(
+        {"height": height, "hash": store.header_hash(height), "header": header.to_json(), "transactions": txs}
+    )
+
+
+@router.get("/v1/checkpoint", response_class=PlainTextResponse, summary="Signed tree head (C2SP)")
+def checkpoint(node: NodeDep, tree_size: Annotated[int | None, Query(gt=0)] = None) -> str:
+    return node.ledger.checkpoint(tree_size)
+
+
+@router.get("/v1/checkpoint/keys", response_class=PlainTextResponse, summary="Note verifier keys")
+def checkpoint_keys(node: NodeDep) -> str:
+    return node.ledger.verifier_key() + "\n"
+
+
+@router.get("/v1/proof/consistency", summary="RFC 9162 consistency proof between two tree sizes")
+def consistency(
+    node: NodeDep,
+    first: Annotated[int, Query(gt=0)],
+    second: Annotated[int, Query(gt=0)],
+) -> Response:
+    return _json(node.ledger.consistency(first, second))
+
+
+@router.get("/v1/state/{contract}/{key:path}", summary="A contract's current value for a key")
+def state(node: NodeDep, contract: str, key: str) -> Response:
+    if len(key) > 512 or len(contract) > 64:
+        raise ValidationError("contract or key too long", code="BAD_KEY")
+    value = node.ledger.state(contract, key)
+    if value is None:
+        raise NotFound(f"no value for {contract}/{key}", code="UNKNOWN_KEY")
+    return _json({"contract": contract, "key": key, "value": value, "height": node.ledger.head.height})
+
+
+@router.get("/v1/members", summary="The chain's members, their organisations, roles and keys")
+def members(node: NodeDep) -> Response:
+    return _json(members_view(node.ledger))

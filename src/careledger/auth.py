@@ -1,0 +1,112 @@
+"""Bearer tokens for members: EdDSA-signed JWTs issued after a signed challenge.
+
+A member proves it holds its key by signing ``careledger-auth:<chain>:<challenge>``; the node
+answers with a short-lived JWT signed by the node key. Later interfaces accept the token instead
+of a signature on every read.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from careledger.contracts.base import Signer
+from careledger.core.keys import KeyPair, b64url_encode, decode_public_key, decode_signature
+from careledger.core.keys import verify_signature as ed25519_verify
+from careledger.errors import Unauthorized
+
+CHALLENGE_TTL_SECONDS = 120
+MAX_OPEN_CHALLENGES = 10_000
+
+
+def challenge_message(chain: str, challenge: str) -> bytes:
+    return f"careledger-auth:{chain}:{challenge}".encode()
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    member: str
+    org: str
+    roles: tuple[str, ...]
+    public_key: str
+    expires: int
+    raw: dict[str, Any]
+
+
+class TokenIssuer:
+    def __init__(self, *, chain: str, node_name: str, node_key: KeyPair, ttl_seconds: int) -> None:
+        self.chain = chain
+        self.node_name = node_name
+        self.ttl = ttl_seconds
+        self._private = Ed25519PrivateKey.from_private_bytes(node_key.seed)
+        self._public: Ed25519PublicKey = self._private.public_key()
+        self._challenges: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def new_challenge(self) -> tuple[str, int]:
+        now = time.time()
+        with self._lock:
+            if len(self._challenges) >= MAX_OPEN_CHALLENGES:
+                self._challenges = {c: t for c, t in self._challenges.items() if t > now}
+            if len(self._challenges) >= MAX_OPEN_CHALLENGES:
+                raise Unauthorized("too many open challenges; retry shortly", code="TOO_MANY_CHALLENGES")
+            challenge = b64url_encode(secrets.token_bytes(24))
+            self._challenges[challenge] = now + CHALLENGE_TTL_SECONDS
+        return challenge, CHALLENGE_TTL_SECONDS
+
+    def redeem(self, challenge: str, public_key: str, signature: str) -> None:
+        """Consume a challenge signed by ``public_key``; any failure is Unauthorized."""
+        with self._lock:
+            expiry = self._challenges.pop(challenge, None)
+        if expiry is None or expiry < time.time():
+            raise Unauthorized("unknown or expired challenge", code="BAD_CHALLENGE")
+        try:
+            key, sig = decode_public_key(public_key), decode_signature(signature)
+        except Exception:
+            raise Unauthorized("malformed key or signature", code="BAD_CHALLENGE") from None
+        if not ed25519_verify(key, challenge_message(self.chain, challenge), sig):
+            raise Unauthorized("the challenge signature does not verify", code="BAD_CHALLENGE")
+
+    def issue(self, signer: Signer, *, now: int | None = None) -> tuple[str, int]:
+        issued = int(time.time()) if now is None else now
+        claims = {
+            "iss": self.node_name,
+            "aud": self.chain,
+            "sub": signer.member,
+            "org": signer.org,
+            "roles": sorted(signer.roles),
+            "key": signer.public_key,
+            "iat": issued,
+            "exp": issued + self.ttl,
+            "jti": b64url_encode(secrets.token_bytes(12)),
+        }
+        return jwt.encode(claims, self._private, algorithm="EdDSA"), self.ttl
+
+    def verify(self, token: str) -> TokenClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self._public,
+                algorithms=["EdDSA"],
+                audience=self.chain,
+                issuer=self.node_name,
+                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired", code="TOKEN_EXPIRED") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("the token is not valid for this node", code="BAD_TOKEN") from None
+        return TokenClaims(
+            member=str(claims["sub"]),
+            org=str(claims.get("org", "")),
+            roles=tuple(claims.get("roles", ())),
+            public_key=str(claims.get("key", "")),
+            expires=int(claims["exp"]),
+            raw=claims,
+        )

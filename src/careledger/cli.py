@@ -1,0 +1,358 @@
+"""The ``careledger`` command. Thin: each command parses, calls one function, shows the result."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from careledger.errors import CareLedgerError, ValidationError
+
+app = typer.Typer(
+    help="CareLedger: a permissioned, provable ledger for health data.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold keys
+)
+proof_app = typer.Typer(help="Fetch and verify proofs from a node.", no_args_is_help=True)
+app.add_typer(proof_app, name="proof")
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DirArg = Annotated[Path, typer.Argument(help="the node directory", file_okay=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="CARELEDGER_URL", help="the node's base URL")]
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _fail(exc: CareLedgerError) -> typer.Exit:
+    err.print(f"[red]error[/red] {exc.code}: {exc.message}")
+    return typer.Exit(2)
+
+
+def _passphrase(ask: bool) -> str | None:
+    env = os.environ.get("CARELEDGER_KEY_PASSPHRASE")
+    if env:
+        return env
+    return getpass.getpass("passphrase: ") if ask else None
+
+
+@app.command()
+def keygen(
+    path: Annotated[Path, typer.Argument(help="key file to create")],
+    name: Annotated[str, typer.Option(help="the key's name (member id)")] = "",
+    passphrase: Annotated[bool, typer.Option("--passphrase", help="encrypt with a passphrase")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an Ed25519 key file and print its public key."""
+    from careledger.keyfile import generate_keypair, write_key_file
+
+    if path.exists():
+        raise _fail(ValidationError(f"{path} exists; refusing to overwrite a key", code="KEY_EXISTS"))
+    keypair = generate_keypair()
+    try:
+        write_key_file(path, keypair, name=name or path.stem, passphrase=_passphrase(passphrase))
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json({"name": name or path.stem, "public_key": keypair.public_b64, "file": str(path)})
+    else:
+        out.print(keypair.public_b64)
+
+
+@app.command()
+def init(
+    data_dir: DirArg,
+    demo: Annotated[bool, typer.Option("--demo", help="create the demo consortium")] = False,
+    genesis: Annotated[Path | None, typer.Option(help="genesis document (JSON)")] = None,
+    node_key: Annotated[Path | None, typer.Option(help="the node's key file")] = None,
+    node_name: Annotated[str, typer.Option(help="the node's name in checkpoints")] = "",
+    org: Annotated[str, typer.Option(help="the node's organisation id")] = "",
+) -> None:
+    """Create a node directory with its store and genesis block."""
+    from careledger.nodedir import init_demo, init_node, load_genesis
+
+    try:
+        if demo:
+            ledger = init_demo(data_dir)
+        else:
+            if genesis is None or node_key is None or not node_name or not org:
+                raise ValidationError(
+                    "give --demo, or --genesis, --node-key, --node-name and --org",
+                    code="MISSING_OPTION",
+                )
+            ledger = init_node(
+                data_dir,
+                genesis=load_genesis(genesis),
+                node_name=node_name,
+                org=org,
+                node_key_file=node_key,
+            )
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    head = ledger.head
+    out.print(
+        f"created chain [bold]{ledger.chain}[/bold] in {data_dir}: "
+        f"height {head.height}, {head.log_size} transactions"
+    )
+    ledger.store.close()
+
+
+@app.command()
+def serve(
+    data_dir: DirArg,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve a node's API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from careledger.api.app import create_app
+    from careledger.config import Settings
+
+    try:
+        settings = Settings.load(data_dir, host=host, port=port)
+        application = create_app(settings)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    out.print(f"serving {data_dir} on http://{host}:{port} (API docs at /docs)")
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+
+
+@app.command()
+def submit(
+    key: Annotated[Path, typer.Option(help="the signer's key file")],
+    contract: Annotated[str, typer.Argument()],
+    method: Annotated[str, typer.Argument()],
+    args: Annotated[str, typer.Argument(help="arguments as a JSON object")] = "{}",
+    url: UrlOpt = DEFAULT_URL,
+    wait: Annotated[bool, typer.Option(help="wait for the commit")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign a transaction and submit it to a node."""
+    from careledger.keyfile import read_key_file
+    from careledger.sdk import Client
+
+    try:
+        parsed = orjson.loads(args)
+    except orjson.JSONDecodeError:
+        raise _fail(ValidationError("args must be a JSON object", code="BAD_ARGS")) from None
+    try:
+        _, keypair = read_key_file(key, passphrase=os.environ.get("CARELEDGER_KEY_PASSPHRASE"))
+        with Client(url, keypair=keypair) as client:
+            result = client.call(contract, method, parsed, wait=wait)
+    except CareLedgerError as exc:
+        if json_out and hasattr(exc, "body"):
+            _print_json(exc.body)
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(result)
+    elif wait:
+        out.print(f"committed at height {result['height']}: {result['result']} (tx {result['tx_id']})")
+    else:
+        out.print(f"queued: {result}")
+
+
+@app.command()
+def status(url: UrlOpt = DEFAULT_URL, json_out: JsonOpt = False) -> None:
+    """Show a node's head and checkpoint."""
+    from careledger.sdk import Client
+
+    try:
+        with Client(url) as client:
+            head = client.head()
+            note = client.checkpoint()
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json({**head, "checkpoint": note})
+        return
+    table = Table(show_header=False)
+    header = head["header"]
+    for label, value in [
+        ("chain", header["chain"]),
+        ("height", header["height"]),
+        ("head hash", head["hash"]),
+        ("log size", header["log_size"]),
+        ("log root", header["log_root"]),
+        ("state digest", header["state_digest"]),
+    ]:
+        table.add_row(label, str(value))
+    out.print(table)
+    out.print(note)
+
+
+def _trusted_keys(client: Any, keys_file: Path | None) -> list[str]:
+    if keys_file is not None:
+        return [line for line in keys_file.read_text().splitlines() if line.strip()]
+    err.print("[yellow]warning[/yellow] trusting the node's own verifier keys (use --keys to pin them)")
+    keys: list[str] = client.verifier_keys()
+    return keys
+
+
+@proof_app.command("inclusion")
+def proof_inclusion(
+    tx_id: Annotated[str, typer.Argument()],
+    url: UrlOpt = DEFAULT_URL,
+    keys: Annotated[Path | None, typer.Option(help="file of trusted note verifier keys")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fetch a transaction's receipt and verify its inclusion proof and checkpoint locally."""
+    from careledger.sdk import Client, verify_tx_proof
+
+    try:
+        with Client(url) as client:
+            answer = client.tx(tx_id)
+            verified = verify_tx_proof(answer, _trusted_keys(client, keys))
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json({**answer, "verified": True, "signers": list(verified.signers)})
+        return
+    receipt = verified.receipt
+    out.print(
+        f"[green]verified[/green] tx {tx_id} is leaf {verified.leaf_index} of a tree of "
+        f"{verified.checkpoint.size}, {receipt['result']} at height {receipt['height']}, "
+        f"checkpoint signed by {', '.join(verified.signers)}"
+    )
+
+
+@proof_app.command("consistency")
+def proof_consistency(
+    first: Annotated[int, typer.Argument()],
+    second: Annotated[int, typer.Argument()],
+    url: UrlOpt = DEFAULT_URL,
+    keys: Annotated[Path | None, typer.Option(help="file of trusted note verifier keys")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Verify that the log of size SECOND extends the log of size FIRST."""
+    from careledger.sdk import Client
+
+    try:
+        with Client(url) as client:
+            trusted = _trusted_keys(client, keys)
+            old, new = client.checkpoint(first), client.checkpoint(second)
+            client.verified_consistency(old, new, trusted)
+            answer = client.consistency(first, second)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json({**answer, "verified": True})
+    else:
+        out.print(f"[green]verified[/green] the log of size {second} extends the log of size {first}")
+
+
+@app.command()
+def verify(data_dir: DirArg, json_out: JsonOpt = False) -> None:
+    """Replay the whole store offline; exit 1 naming the first bad height."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from careledger.config import Settings
+    from careledger.ledger.verify import verify_store
+    from careledger.storage.sqlite import SQLiteStore
+
+    try:
+        settings = Settings.load(data_dir)
+        store = SQLiteStore(settings.store_path, readonly=True)
+        head = store.head()
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    total = 0 if head is None else head.height + 1
+    with ThreadPoolExecutor(2) as pool, Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("blocks"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=json_out or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("verify", total=total)
+        report = verify_store(store, pool=pool, progress=lambda h, n: bar.advance(task))
+    store.close()
+    if json_out:
+        _print_json(report.to_json())
+    elif report.ok:
+        out.print(
+            f"[green]ok[/green] {report.blocks} blocks, {report.transactions} transactions verified"
+        )
+    else:
+        err.print(f"[red]FAILED[/red] at height {report.height}: {report.problem}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def members(data_dir: DirArg, json_out: JsonOpt = False) -> None:
+    """List the chain's members: name, organisation, roles and public key."""
+    from careledger.config import Settings
+    from careledger.keyfile import read_key_file
+    from careledger.ledger.engine import Ledger
+    from careledger.ledger.views import members_view
+    from careledger.storage.sqlite import SQLiteStore
+
+    try:
+        settings = Settings.load(data_dir)
+        store = SQLiteStore(settings.store_path, readonly=True)
+        _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
+        view = members_view(Ledger(store, node_name=settings.node_name, node_key=node_key))
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(view["members"])
+        return
+    table = Table("member", "name", "organisation", "roles", "key", "public key")
+    for m in view["members"]:
+        table.add_row(m["id"], m["name"], m["org"], ", ".join(m["roles"]), m["key_status"], m["public_key"])
+    out.print(table)
+
+
+@app.command()
+def token(
+    data_dir: DirArg,
+    name: Annotated[str, typer.Argument(help="member id whose key file is DIR/keys/NAME.key")],
+    ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 900,
+) -> None:
+    """Print a short-lived bearer token for a member whose key is in DIR (for scripts)."""
+    from careledger.auth import TokenIssuer
+    from careledger.config import KEYS_DIR, Settings
+    from careledger.contracts.identity import resolve_signer
+    from careledger.keyfile import read_key_file
+    from careledger.ledger.engine import Ledger
+    from careledger.storage.sqlite import SQLiteStore
+
+    try:
+        settings = Settings.load(data_dir)
+        key_file = data_dir / KEYS_DIR / f"{name}.key"
+        if not key_file.exists():
+            raise ValidationError(f"no key file for {name!r} in {data_dir / KEYS_DIR}", code="NO_KEY")
+        _, member_key = read_key_file(key_file, passphrase=_passphrase(False))
+        _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
+        store = SQLiteStore(settings.store_path, readonly=True)
+        ledger = Ledger(store, node_name=settings.node_name, node_key=node_key)
+        signer = resolve_signer(ledger.state, member_key.public_b64)
+        issuer = TokenIssuer(chain=ledger.chain, node_name=settings.node_name, node_key=node_key, ttl_seconds=ttl)
+        value, _ = issuer.issue(signer)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    sys.stdout.write(value + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

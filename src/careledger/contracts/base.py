@@ -1,0 +1,219 @@
+"""The contract framework: what a contract may see and how it answers.
+
+A contract method gets a frozen :class:`Context` and the transaction's args; it either writes
+state and emits events through the context or raises :class:`~careledger.errors.Rejected` with a
+stable code. Contracts never see the clock (only ``ctx.time``, the block time), randomness, files
+or the network, so every node that replays the same blocks derives the same state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from careledger.core.block import Write
+from careledger.errors import Rejected
+
+StateReader = Callable[[str, str], Any]
+"""Reads committed state: (namespace, key) -> JSON value, or None when absent."""
+
+_DELETED = object()
+
+
+class BlockState:
+    """The state as seen while executing one block: committed state plus this block's writes."""
+
+    def __init__(self, reader: StateReader) -> None:
+        self._reader = reader
+        self._writes: dict[tuple[str, str], Any] = {}
+
+    def get(self, namespace: str, key: str) -> Any:
+        value = self._writes.get((namespace, key), None)
+        if value is None and (namespace, key) not in self._writes:
+            return self._reader(namespace, key)
+        return None if value is _DELETED else value
+
+    def apply(self, writes: Mapping[tuple[str, str], Any]) -> None:
+        self._writes.update(writes)
+
+    def writes(self) -> list[Write]:
+        return [
+            (ns, key, None if value is _DELETED else value)
+            for (ns, key), value in self._writes.items()
+        ]
+
+
+class TxState:
+    """One transaction's writes, kept apart until the transaction succeeds."""
+
+    def __init__(self, block: BlockState) -> None:
+        self._block = block
+        self.writes: dict[tuple[str, str], Any] = {}
+
+    def get(self, namespace: str, key: str) -> Any:
+        if (namespace, key) in self.writes:
+            value = self.writes[(namespace, key)]
+            return None if value is _DELETED else value
+        return self._block.get(namespace, key)
+
+    def put(self, namespace: str, key: str, value: Any) -> None:
+        if value is None:
+            raise ValueError("use delete() to remove a key")
+        self.writes[(namespace, key)] = value
+
+    def delete(self, namespace: str, key: str) -> None:
+        self.writes[(namespace, key)] = _DELETED
+
+
+class StateView:
+    """A contract's own namespace (read-write) plus read-only access to other contracts."""
+
+    def __init__(self, namespace: str, tx_state: TxState) -> None:
+        self.namespace = namespace
+        self._tx = tx_state
+
+    def get(self, key: str) -> Any:
+        return self._tx.get(self.namespace, key)
+
+    def put(self, key: str, value: Any) -> None:
+        self._tx.put(self.namespace, key, value)
+
+    def delete(self, key: str) -> None:
+        self._tx.delete(self.namespace, key)
+
+    def read(self, namespace: str, key: str) -> Any:
+        return self._tx.get(namespace, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    public_key: str
+    member: str
+    org: str
+    roles: frozenset[str]
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Context:
+    signer: Signer
+    chain: str
+    height: int
+    time: int
+    tx_id: str
+    state: StateView
+    _events: list[Event] = field(default_factory=list, repr=False)
+
+    def emit(self, event_type: str, data: Mapping[str, Any]) -> None:
+        self._events.append(Event(event_type, dict(data)))
+
+    @property
+    def events(self) -> Sequence[Event]:
+        return tuple(self._events)
+
+
+Method = Callable[[Any, Context, "Args"], None]
+M = TypeVar("M", bound=Method)
+
+
+def tx_method(fn: M) -> M:
+    """Marks a contract method as callable by transactions."""
+    fn.__careledger_tx__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+class Contract:
+    """Base of every contract. Subclasses set ``name`` and mark methods with ``@tx_method``."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    def methods(self) -> frozenset[str]:
+        return frozenset(
+            attr
+            for attr in dir(type(self))
+            if getattr(getattr(type(self), attr), "__careledger_tx__", False)
+        )
+
+    def call(self, ctx: Context, method: str, args: Mapping[str, Any]) -> None:
+        if method not in self.methods():
+            raise Rejected("UNKNOWN_METHOD", f"{self.name} has no method {method}")
+        getattr(self, method)(ctx, Args(args))
+
+
+class Args:
+    """Typed access to a transaction's args; a wrong or missing arg is ``Rejected(BAD_ARGS)``."""
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self.raw = raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def _get(self, name: str, default: Any) -> Any:
+        if name in self.raw:
+            return self.raw[name]
+        if default is _REQUIRED:
+            raise Rejected("BAD_ARGS", f"missing argument {name!r}")
+        return default
+
+    def string(
+        self,
+        name: str,
+        *,
+        pattern: re.Pattern[str] | None = None,
+        max_len: int = 256,
+        default: Any = None,
+    ) -> str:
+        value = self._get(name, _REQUIRED if default is None else default)
+        if not isinstance(value, str) or not 0 < len(value) <= max_len:
+            raise Rejected("BAD_ARGS", f"argument {name!r} must be a string of 1..{max_len} chars")
+        if pattern is not None and not pattern.match(value):
+            raise Rejected("BAD_ARGS", f"argument {name!r} has the wrong format")
+        return value
+
+    def boolean(self, name: str) -> bool:
+        value = self._get(name, _REQUIRED)
+        if not isinstance(value, bool):
+            raise Rejected("BAD_ARGS", f"argument {name!r} must be true or false")
+        return value
+
+    def integer(self, name: str, *, minimum: int = 0, maximum: int = 2**53 - 1) -> int:
+        value = self._get(name, _REQUIRED)
+        if type(value) is not int or not minimum <= value <= maximum:
+            raise Rejected("BAD_ARGS", f"argument {name!r} must be an integer")
+        return value
+
+    def strings(self, name: str, *, allowed: frozenset[str], max_items: int = 32) -> list[str]:
+        value = self._get(name, _REQUIRED)
+        if (
+            not isinstance(value, list)
+            or not 0 < len(value) <= max_items
+            or not all(isinstance(v, str) and v in allowed for v in value)
+        ):
+            raise Rejected("BAD_ARGS", f"argument {name!r} must be a list of {sorted(allowed)}")
+        return sorted(set(value))
+
+    def mapping(self, name: str) -> Args:
+        value = self._get(name, _REQUIRED)
+        if not isinstance(value, dict):
+            raise Rejected("BAD_ARGS", f"argument {name!r} must be an object")
+        return Args(value)
+
+    def only(self, *names: str) -> None:
+        extra = set(self.raw) - set(names)
+        if extra:
+            raise Rejected("BAD_ARGS", f"unknown arguments {sorted(extra)}")
+
+
+_REQUIRED: Any = object()

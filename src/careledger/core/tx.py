@@ -1,0 +1,146 @@
+"""Transaction envelopes: ``{"body": {...}, "sig": "<b64url Ed25519>"}``.
+
+The signed bytes and the transaction id are both taken over the RFC 8785 form of the body, so a
+client in any language that canonicalises the same body gets the same id. Decoding is strict:
+anything the node cannot prove it understood is refused before it is ordered.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from careledger.core.canonical import canonical_bytes, sha256_hex
+from careledger.core.keys import (
+    KeyPair,
+    b64url_encode,
+    decode_public_key,
+    decode_signature,
+    verify_signature,
+)
+from careledger.errors import Rejected, ValidationError
+
+MAX_ENVELOPE_BYTES = 64 * 1024
+MAX_NONCE = 2**53 - 1
+BODY_FIELDS = frozenset({"chain", "contract", "method", "args", "signer", "nonce", "created"})
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+CHAIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A decoded envelope. ``signed_bytes`` is the canonical body: what the signature covers."""
+
+    body: Mapping[str, Any]
+    sig: bytes
+    signed_bytes: bytes
+    tx_id: str
+    chain: str
+    contract: str
+    method: str
+    args: Mapping[str, Any]
+    signer: str
+    signer_key: bytes
+    nonce: int
+
+    def envelope(self) -> dict[str, Any]:
+        return {"body": dict(self.body), "sig": b64url_encode(self.sig)}
+
+    def envelope_bytes(self) -> bytes:
+        # Keys "body" < "sig", so this concatenation is the RFC 8785 form of the envelope.
+        return b'{"body":' + self.signed_bytes + b',"sig":"' + b64url_encode(self.sig).encode() + b'"}'
+
+    def envelope_hash(self) -> str:
+        return sha256_hex(self.envelope_bytes())
+
+
+def _malformed(message: str) -> ValidationError:
+    return ValidationError(message, code="MALFORMED_TX")
+
+
+def decode_envelope(obj: object) -> Transaction:
+    """Check shape and encodings (not the signature, not the ledger state)."""
+    if not isinstance(obj, dict):
+        raise _malformed("envelope must be a JSON object")
+    if set(obj) != {"body", "sig"}:
+        raise _malformed("envelope must have exactly the fields 'body' and 'sig'")
+    body, sig_text = obj["body"], obj["sig"]
+    if not isinstance(body, dict):
+        raise _malformed("body must be a JSON object")
+    if not isinstance(sig_text, str):
+        raise _malformed("sig must be a base64url string")
+    missing = BODY_FIELDS - set(body)
+    extra = set(body) - BODY_FIELDS
+    if missing or extra:
+        detail = f"missing {sorted(missing)}" if missing else f"unknown {sorted(extra)}"
+        raise _malformed(f"body fields: {detail}")
+    chain, contract, method = body["chain"], body["contract"], body["method"]
+    if not isinstance(chain, str) or not CHAIN_PATTERN.match(chain):
+        raise _malformed("body.chain must be a chain id")
+    if not isinstance(contract, str) or not NAME_PATTERN.match(contract):
+        raise _malformed("body.contract must be a lowercase name")
+    if not isinstance(method, str) or not NAME_PATTERN.match(method):
+        raise _malformed("body.method must be a lowercase name")
+    if not isinstance(body["args"], dict):
+        raise _malformed("body.args must be a JSON object")
+    nonce = body["nonce"]
+    if type(nonce) is not int or not 0 < nonce <= MAX_NONCE:
+        raise _malformed("body.nonce must be an integer from 1 to 2^53-1")
+    created = body["created"]
+    if not isinstance(created, str) or len(created) > 64:
+        raise _malformed("body.created must be a timestamp string")
+    signer = body["signer"]
+    if not isinstance(signer, str):
+        raise _malformed("body.signer must be a base64url public key")
+    try:
+        signer_key = decode_public_key(signer)
+        sig = decode_signature(sig_text)
+        signed = canonical_bytes(body)
+    except ValidationError as exc:
+        raise _malformed(exc.message) from None
+    return Transaction(
+        body=body,
+        sig=sig,
+        signed_bytes=signed,
+        tx_id=sha256_hex(signed),
+        chain=chain,
+        contract=contract,
+        method=method,
+        args=body["args"],
+        signer=signer,
+        signer_key=signer_key,
+        nonce=nonce,
+    )
+
+
+def check_signature(tx: Transaction) -> None:
+    if not verify_signature(tx.signer_key, tx.signed_bytes, tx.sig):
+        raise Rejected("BAD_SIGNATURE", "the signature does not verify for body.signer")
+
+
+def make_body(
+    *,
+    chain: str,
+    contract: str,
+    method: str,
+    args: Mapping[str, Any],
+    signer: str,
+    nonce: int,
+    created: str,
+) -> dict[str, Any]:
+    return {
+        "chain": chain,
+        "contract": contract,
+        "method": method,
+        "args": dict(args),
+        "signer": signer,
+        "nonce": nonce,
+        "created": created,
+    }
+
+
+def sign_body(body: Mapping[str, Any], keypair: KeyPair) -> dict[str, Any]:
+    """Sign a body as built by :func:`make_body`; the caller supplies nonce and time."""
+    return {"body": dict(body), "sig": b64url_encode(keypair.sign(canonical_bytes(body)))}

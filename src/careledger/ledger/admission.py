@@ -1,0 +1,48 @@
+"""Admission of a batch of envelopes: every one passes, or none is ordered."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+from careledger.core.tx import Transaction
+from careledger.errors import BatchRefused, CareLedgerError, Rejected
+from careledger.ledger.engine import Ledger
+from careledger.ledger.sigcheck import verify_signatures
+
+MAX_REPORTED_ERRORS = 100
+
+
+def _error(index: int, exc: CareLedgerError) -> dict[str, Any]:
+    return {"index": index, "code": exc.code, "status": exc.http_status, "detail": exc.message}
+
+
+def admit_all(
+    ledger: Ledger,
+    objs: Sequence[object],
+    sizes: Sequence[int | None],
+    *,
+    pool: Executor | None = None,
+) -> list[Transaction]:
+    errors: list[dict[str, Any]] = []
+    decoded: list[tuple[int, Transaction]] = []
+    for index, (obj, size) in enumerate(zip(objs, sizes, strict=True)):
+        try:
+            decoded.append((index, ledger.decode(obj, size=size)))
+        except CareLedgerError as exc:
+            errors.append(_error(index, exc))
+    checks = verify_signatures([tx for _, tx in decoded], pool)
+    admitted: list[Transaction] = []
+    for (index, tx), ok in zip(decoded, checks, strict=True):
+        try:
+            if not ok:
+                raise Rejected("BAD_SIGNATURE", "the signature does not verify for body.signer")
+            admitted.append(ledger.admit_decoded(tx, signature_checked=True))
+        except CareLedgerError as exc:
+            errors.append(_error(index, exc))
+    if errors:
+        ledger.release(admitted)
+        errors.sort(key=lambda e: e["index"])
+        raise BatchRefused(errors[:MAX_REPORTED_ERRORS], total=len(errors), count=len(objs))
+    return admitted

@@ -1,0 +1,217 @@
+"""The ledger engine: admit, commit, prove. No I/O of its own: it talks to a LedgerStore.
+
+Only one thread commits (the orderer's); admission and reads may run on any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from careledger.contracts.identity import resolve_signer
+from careledger.contracts.registry import Registry, default_registry
+from careledger.core import merkle
+from careledger.core.block import BlockHeader
+from careledger.core.canonical import canonical_bytes
+from careledger.core.checkpoint import Checkpoint, format_checkpoint, format_vkey, sign_note
+from careledger.core.keys import KeyPair
+from careledger.core.tx import MAX_ENVELOPE_BYTES, Transaction, check_signature, decode_envelope
+from careledger.errors import Conflict, NotFound, Rejected, StorageError, ValidationError
+from careledger.ledger.execute import NONCE_NAMESPACE, Executed, execute_block, genesis_block
+from careledger.ledger.ports import LedgerStore
+
+_STATE_CACHE_LIMIT = 200_000
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        node_name: str,
+        node_key: KeyPair,
+        registry: Registry | None = None,
+    ) -> None:
+        head = store.head()
+        if head is None:
+            raise StorageError("the store has no genesis block: run 'careledger init' first")
+        self.store = store
+        self.registry = registry or default_registry()
+        self.node_name = node_name
+        self.node_key = node_key
+        self.chain = head.chain
+        self._head = head
+        self._head_hash = store.header_hash(head.height) or ""
+        self._frontier = _load_frontier(store, head.log_size)
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._checkpoints: dict[int, str] = {}
+        self.commit_listeners: list[Any] = []
+
+    # -- genesis -------------------------------------------------------------------------
+
+    @staticmethod
+    def create(store: LedgerStore, genesis: Mapping[str, Any]) -> BlockHeader:
+        if store.head() is not None:
+            raise Conflict("the store already holds a chain", code="CHAIN_EXISTS")
+        executed = genesis_block(genesis)
+        store.set_chain_meta("chain", executed.block.header.chain)
+        store.set_chain_meta("genesis", canonical_bytes(dict(genesis)).decode())
+        store.append_block(executed.block)
+        return executed.block.header
+
+    # -- reads ---------------------------------------------------------------------------
+
+    @property
+    def head(self) -> BlockHeader:
+        return self._head
+
+    @property
+    def head_hash(self) -> str:
+        return self._head_hash
+
+    def state(self, namespace: str, key: str) -> Any:
+        cached = self._cache.get((namespace, key), _MISSING)
+        if cached is not _MISSING:
+            return cached
+        raw = self.store.get_state(namespace, key)
+        value = None if raw is None else orjson.loads(raw)
+        if len(self._cache) >= _STATE_CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[(namespace, key)] = value
+        return value
+
+    # -- admission -----------------------------------------------------------------------
+
+    def decode(self, obj: object, *, size: int | None = None) -> Transaction:
+        """Stateless checks: size, shape, chain, signature."""
+        if size is not None and size > MAX_ENVELOPE_BYTES:
+            raise Rejected("TX_TOO_LARGE", f"an envelope may be at most {MAX_ENVELOPE_BYTES} bytes")
+        tx = decode_envelope(obj)
+        if len(tx.signed_bytes) > MAX_ENVELOPE_BYTES:
+            raise Rejected("TX_TOO_LARGE", f"an envelope may be at most {MAX_ENVELOPE_BYTES} bytes")
+        if tx.chain != self.chain:
+            raise Rejected("WRONG_CHAIN", f"this node serves chain {self.chain!r}")
+        return tx
+
+    def admit_decoded(self, tx: Transaction, *, signature_checked: bool = False) -> Transaction:
+        """Stateful checks (signer, contract, method, nonce) and reservation of the nonce."""
+        if not signature_checked:
+            check_signature(tx)
+        resolve_signer(self.state, tx.signer)
+        self.registry.resolve(self._head.height + 1, tx.contract, tx.method)
+        with self._lock:
+            last = max(self.state(NONCE_NAMESPACE, tx.signer) or 0, self._pending.get(tx.signer, 0))
+            if tx.nonce <= last:
+                if self.store.find_tx(tx.tx_id) is not None:
+                    raise Conflict("this transaction is already committed", code="DUPLICATE_TX")
+                raise Conflict(
+                    f"nonce {tx.nonce} is not above the signer's last nonce {last}",
+                    code="NONCE_REPLAY",
+                )
+            self._pending[tx.signer] = tx.nonce
+        return tx
+
+    def admit(self, obj: object, *, size: int | None = None) -> Transaction:
+        return self.admit_decoded(self.decode(obj, size=size))
+
+    def release(self, txs: Sequence[Transaction]) -> None:
+        """Forget nonces reserved by transactions that will not be ordered after all."""
+        with self._lock:
+            for tx in txs:
+                if self._pending.get(tx.signer) == tx.nonce:
+                    del self._pending[tx.signer]
+
+    # -- commit (one thread only) --------------------------------------------------------
+
+    def commit(self, txs: Sequence[Transaction], time: int) -> Executed | None:
+        executed = execute_block(
+            registry=self.registry,
+            prev=self._head,
+            prev_hash=self._head_hash,
+            frontier=self._frontier,
+            txs=txs,
+            time=time,
+            read=self.state,
+        )
+        if executed is not None:
+            self.store.append_block(executed.block)
+            self._head = executed.block.header
+            self._head_hash = executed.block.header_hash
+            self._frontier = executed.frontier
+            self._cache.update(executed.state)
+        self.release(txs)
+        if executed is not None:
+            for listener in list(self.commit_listeners):
+                listener(executed)
+        return executed
+
+    # -- proofs --------------------------------------------------------------------------
+
+    def _tree_size(self, size: int | None) -> int:
+        head_size = self._head.log_size
+        if size is None:
+            return head_size
+        if not 0 < size <= head_size:
+            raise ValidationError(
+                f"tree size must be between 1 and {head_size}", code="BAD_TREE_SIZE"
+            )
+        return size
+
+    def root(self, size: int) -> bytes:
+        return merkle.root_at(size, self.store.get_nodes) if size else merkle.empty_root()
+
+    def checkpoint(self, size: int | None = None) -> str:
+        size = self._head.log_size if size is None else self._tree_size(size)
+        note = self._checkpoints.get(size)
+        if note is None:
+            body = format_checkpoint(Checkpoint(self.chain, size, self.root(size)))
+            note = sign_note(body, self.node_name, self.node_key)
+            if len(self._checkpoints) > 1024:
+                self._checkpoints.clear()
+            self._checkpoints[size] = note
+        return note
+
+    def verifier_key(self) -> str:
+        return format_vkey(self.node_name, self.node_key.public_key)
+
+    def tx_proof(self, tx_id: str, size: int | None = None) -> dict[str, Any]:
+        found = self.store.find_tx(tx_id)
+        if found is None:
+            raise NotFound("no committed transaction with that id", code="UNKNOWN_TX")
+        _, stored = found
+        size = self._tree_size(size)
+        if stored.leaf_index >= size:
+            raise ValidationError("the transaction is not in a tree of that size", code="BAD_TREE_SIZE")
+        path = merkle.inclusion_proof(stored.leaf_index, size, self.store.get_nodes)
+        return {
+            "receipt": orjson.loads(stored.receipt),
+            "leaf_index": stored.leaf_index,
+            "proof": {"tree_size": size, "root": self.root(size).hex(), "path": [p.hex() for p in path]},
+            "checkpoint": self.checkpoint(size),
+        }
+
+    def consistency(self, first: int, second: int) -> dict[str, Any]:
+        second = self._tree_size(second)
+        if not 0 < first <= second:
+            raise ValidationError("need 0 < first <= second", code="BAD_TREE_SIZE")
+        path = merkle.consistency_proof(first, second, self.store.get_nodes)
+        return {
+            "first": first,
+            "second": second,
+            "first_root": self.root(first).hex(),
+            "second_root": self.root(second).hex(),
+            "path": [p.hex() for p in path],
+        }
+
+
+_MISSING = object()
+
+
+def _load_frontier(store: LedgerStore, size: int) -> list[bytes]:
+    ids = merkle.frontier_nodes(size)
+    return store.get_nodes(ids) if ids else []

@@ -1,0 +1,189 @@
+"""Deterministic block execution: the same inputs give the same block on every node.
+
+Pure: it reads committed state through a callback and returns everything the block changes;
+it writes nothing. The committer stores the result; ``careledger verify`` re-runs it over the
+stored transactions and compares, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from careledger.contracts.base import BlockState, Context, StateReader, StateView, TxState
+from careledger.contracts.identity import genesis_writes, resolve_signer
+from careledger.contracts.registry import Registry
+from careledger.core import merkle
+from careledger.core.block import (
+    ZERO_HASH,
+    BlockHeader,
+    Write,
+    next_state_digest,
+    receipt,
+)
+from careledger.core.canonical import canonical_bytes, sha256_hex
+from careledger.core.tx import Transaction
+from careledger.errors import Rejected, ValidationError
+from careledger.ledger.ports import BlockWrite, StoredEvent, StoredTx
+
+NONCE_NAMESPACE = "nonce"
+CHAIN_NAMESPACE = "chain"
+
+
+@dataclass(frozen=True)
+class Executed:
+    """A block ready to store, plus what the committer tells clients and caches."""
+
+    block: BlockWrite
+    frontier: list[bytes]
+    receipts: Mapping[str, dict[str, Any]]  # tx_id -> receipt object
+    skipped: Mapping[str, str]  # tx_id -> code, for transactions left out (stale nonce)
+    state: Mapping[tuple[str, str], Any]  # decoded state writes (None = deleted)
+
+
+def encode_writes(writes: Sequence[Write]) -> tuple[bytes, list[tuple[str, str, bytes | None]]]:
+    """The canonical write-set and each value's canonical bytes, canonicalising each value once."""
+    rows = sorted(writes, key=lambda w: (w[0], w[1]))
+    encoded: list[tuple[str, str, bytes | None]] = []
+    parts: list[bytes] = []
+    for ns, key, value in rows:
+        raw = None if value is None else canonical_bytes(value)
+        encoded.append((ns, key, raw))
+        parts.append(
+            b"["
+            + canonical_bytes(ns)
+            + b","
+            + canonical_bytes(key)
+            + b","
+            + (b"null" if raw is None else raw)
+            + b"]"
+        )
+    return b"[" + b",".join(parts) + b"]", encoded
+
+
+def genesis_block(genesis: Mapping[str, Any]) -> Executed:
+    chain = genesis.get("chain")
+    time = genesis.get("time")
+    if not isinstance(chain, str) or not chain:
+        raise ValidationError("genesis: 'chain' must be a chain id", code="BAD_GENESIS")
+    if type(time) is not int or time < 0:
+        raise ValidationError("genesis: 'time' must be milliseconds since 1970", code="BAD_GENESIS")
+    writes = genesis_writes(genesis)
+    writes.append((CHAIN_NAMESPACE, "genesis", sha256_hex(canonical_bytes(dict(genesis)))))
+    writeset, encoded = encode_writes(writes)
+    header = BlockHeader(
+        chain=chain,
+        height=0,
+        prev=ZERO_HASH,
+        time=time,
+        log_size=0,
+        log_root=merkle.empty_root().hex(),
+        state_digest=next_state_digest(ZERO_HASH, writeset),
+        tx_count=0,
+    )
+    block = BlockWrite(header, header.hash(), (), (), writeset, encoded, ())
+    return Executed(block, [], {}, {}, {(ns, k): v for ns, k, v in writes})
+
+
+def execute_block(
+    *,
+    registry: Registry,
+    prev: BlockHeader,
+    prev_hash: str,
+    frontier: Sequence[bytes],
+    txs: Sequence[Transaction],
+    time: int,
+    read: StateReader,
+) -> Executed | None:
+    """Run ``txs`` in order on top of ``prev``; None when nothing is left to commit.
+
+    A transaction whose nonce is not above its signer's last committed nonce is left out (it is
+    a replay or a retry of one already ordered); every other one becomes a leaf, accepted or
+    rejected by its contract with a stable code.
+    """
+    height = prev.height + 1
+    time = max(time, prev.time)
+    state = BlockState(read)
+    receipts: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    stored: list[StoredTx] = []
+    events: list[StoredEvent] = []
+    leaves: list[bytes] = []
+    for tx in txs:
+        last = state.get(NONCE_NAMESPACE, tx.signer)
+        if tx.chain != prev.chain:
+            skipped[tx.tx_id] = "WRONG_CHAIN"
+            continue
+        if last is not None and tx.nonce <= last:
+            skipped[tx.tx_id] = "NONCE_REPLAY"
+            continue
+        index = len(stored)
+        code, tx_events, tx_writes = _run(registry, state, tx, prev.chain, height, time)
+        state.apply(tx_writes)
+        state.apply({(NONCE_NAMESPACE, tx.signer): tx.nonce})
+        leaf_index = prev.log_size + index
+        rec = receipt(
+            chain=prev.chain,
+            tx_id=tx.tx_id,
+            envelope_hash=tx.envelope_hash(),
+            height=height,
+            index=index,
+            leaf_index=leaf_index,
+            code=code,
+        )
+        leaf_data = canonical_bytes(rec)
+        receipts[tx.tx_id] = rec
+        stored.append(StoredTx(tx.tx_id, tx.envelope_bytes(), leaf_data, leaf_index))
+        leaves.append(merkle.leaf_hash(leaf_data))
+        for event in tx_events:
+            events.append(
+                StoredEvent(height, index, len(events), event.type, canonical_bytes(event.data))
+            )
+    if not stored:
+        return None
+    new_frontier, nodes = merkle.append_leaf_hashes(frontier, prev.log_size, leaves)
+    writes = state.writes()
+    writeset, encoded = encode_writes(writes)
+    header = BlockHeader(
+        chain=prev.chain,
+        height=height,
+        prev=prev_hash,
+        time=time,
+        log_size=prev.log_size + len(stored),
+        log_root=merkle.root_from_frontier(new_frontier).hex(),
+        state_digest=next_state_digest(prev.state_digest, writeset),
+        tx_count=len(stored),
+    )
+    block = BlockWrite(header, header.hash(), stored, nodes, writeset, encoded, events)
+    decoded = {(ns, k): v for ns, k, v in writes}
+    return Executed(block, new_frontier, receipts, skipped, decoded)
+
+
+def _run(
+    registry: Registry,
+    state: BlockState,
+    tx: Transaction,
+    chain: str,
+    height: int,
+    time: int,
+) -> tuple[str | None, Sequence[Any], Mapping[tuple[str, str], Any]]:
+    """(rejection code or None, events, writes) of one transaction."""
+    tx_state = TxState(state)
+    try:
+        signer = resolve_signer(state.get, tx.signer)
+        contract = registry.resolve(height, tx.contract, tx.method)
+        ctx = Context(
+            signer=signer,
+            chain=chain,
+            height=height,
+            time=time,
+            tx_id=tx.tx_id,
+            state=StateView(contract.name, tx_state),
+        )
+        contract.call(ctx, tx.method, tx.args)
+    except Rejected as exc:
+        return exc.code, (), {}
+    except Exception:  # a contract bug must not stop the chain; the leaf records it
+        return "CONTRACT_FAULT", (), {}
+    return None, ctx.events, tx_state.writes

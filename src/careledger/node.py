@@ -1,0 +1,54 @@
+"""A running node: store, ledger engine and orderer, wired from Settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from careledger.config import Settings
+from careledger.core.tx import Transaction
+from careledger.keyfile import read_key_file
+from careledger.ledger.engine import Ledger
+from careledger.ledger.sigcheck import verify_signatures
+from careledger.ordering.local import LocalOrderer
+from careledger.storage.sqlite import SQLiteStore
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        passphrase = os.environ.get("CARELEDGER_KEY_PASSPHRASE") or None
+        _, node_key = read_key_file(settings.node_key_file, passphrase=passphrase)
+        self.store = SQLiteStore(settings.store_path)
+        self.ledger = Ledger(self.store, node_name=settings.node_name, node_key=node_key)
+        self.orderer = LocalOrderer(
+            self.ledger,
+            max_batch=settings.max_batch,
+            max_wait=settings.max_wait,
+            max_queue=settings.max_queue,
+        )
+        self.verify_pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.verify_threads), thread_name_prefix="careledger-verify"
+        )
+
+    def start(self) -> None:
+        self.orderer.start()
+
+    def stop(self) -> None:
+        self.orderer.stop()
+        self.verify_pool.shutdown(wait=True)
+        self.store.close()
+
+    def admit_all(self, objs: Sequence[object], sizes: Sequence[int | None]) -> list[Transaction]:
+        """Decode, verify and admit every envelope, or none (raises AdmissionErrors)."""
+        from careledger.ledger.admission import admit_all
+
+        return admit_all(self.ledger, objs, sizes, pool=self.verify_pool)
+
+    def submit(self, txs: Sequence[Transaction]) -> list[Future[dict[str, Any]]]:
+        return self.orderer.submit(txs)
+
+
+__all__ = ["Node", "verify_signatures"]

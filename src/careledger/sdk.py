@@ -1,0 +1,277 @@
+"""Python client: build and sign transactions, submit them, and verify what the node returns.
+
+Nothing the server says is trusted: receipts are re-hashed, inclusion and consistency proofs are
+re-computed and checkpoints are checked against note verifier keys the caller supplies.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from careledger.core import merkle
+from careledger.core.canonical import canonical_bytes
+from careledger.core.checkpoint import Checkpoint, parse_checkpoint, parse_vkey, verify_note
+from careledger.core.keys import KeyPair, b64url_encode
+from careledger.core.tx import make_body, sign_body
+from careledger.errors import (
+    CareLedgerError,
+    ValidationError,
+    VerificationError,
+)
+
+__all__ = [
+    "Client",
+    "KeyPair",
+    "RemoteError",
+    "VerifiedReceipt",
+    "verify_checkpoint",
+    "verify_consistency",
+    "verify_tx_proof",
+]
+
+
+class RemoteError(CareLedgerError):
+    """The node answered with an error; ``code`` is its stable problem code."""
+
+    def __init__(self, status: int, code: str, detail: str, body: Mapping[str, Any]) -> None:
+        super().__init__(detail, code=code)
+        self.http_status = status
+        self.body = dict(body)
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    receipt: dict[str, Any]
+    leaf_index: int
+    checkpoint: Checkpoint
+    signers: tuple[str, ...]
+
+
+def verify_checkpoint(
+    note: str, verifier_keys: Iterable[str], *, min_signatures: int = 1
+) -> tuple[Checkpoint, tuple[str, ...]]:
+    """Parse a checkpoint note signed by at least ``min_signatures`` of the given vkeys."""
+    verifiers = [parse_vkey(k) for k in verifier_keys]
+    body, signers = verify_note(note, verifiers, min_signatures=min_signatures)
+    return parse_checkpoint(body), signers
+
+
+def verify_tx_proof(
+    answer: Mapping[str, Any], verifier_keys: Iterable[str], *, min_signatures: int = 1
+) -> VerifiedReceipt:
+    """Check a ``GET /v1/tx/{id}`` answer: receipt → leaf → root → signed checkpoint."""
+    try:
+        receipt = dict(answer["receipt"])
+        leaf_index = int(answer["leaf_index"])
+        proof = answer["proof"]
+        size = int(proof["tree_size"])
+        path = [bytes.fromhex(p) for p in proof["path"]]
+        note = str(answer["checkpoint"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerificationError(f"malformed proof answer: {exc}") from None
+    checkpoint, signers = verify_checkpoint(note, verifier_keys, min_signatures=min_signatures)
+    if checkpoint.size != size:
+        raise VerificationError("the proof and the checkpoint are for different tree sizes")
+    if receipt.get("leaf_index") != leaf_index:
+        raise VerificationError("the receipt names a different leaf index")
+    leaf = merkle.leaf_hash(canonical_bytes(receipt))
+    merkle.verify_inclusion(leaf, leaf_index, size, path, checkpoint.root)
+    return VerifiedReceipt(receipt, leaf_index, checkpoint, signers)
+
+
+def verify_consistency(answer: Mapping[str, Any], first: Checkpoint, second: Checkpoint) -> None:
+    """Check a consistency proof between two checkpoints the caller already verified."""
+    try:
+        path = [bytes.fromhex(p) for p in answer["path"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerificationError(f"malformed consistency answer: {exc}") from None
+    if first.origin != second.origin:
+        raise VerificationError("the checkpoints are of different logs")
+    merkle.verify_consistency(first.size, second.size, first.root, second.root, path)
+
+
+class _Nonces:
+    """Strictly increasing nonces without a round trip: microseconds, bumped past the last."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, time.time_ns() // 1000)
+            return self._last
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        keypair: KeyPair | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
+    ) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport, headers=headers
+        )
+        self.keypair = keypair
+        self._chain: str | None = None
+        self._nonces = _Nonces()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CareLedgerError(f"cannot reach the node: {exc}", code="NODE_UNREACHABLE") from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            code = str(body.get("code", f"HTTP_{response.status_code}"))
+            detail = str(body.get("detail", response.reason_phrase))
+            raise RemoteError(response.status_code, code, detail, body)
+        return response
+
+    def get_json(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self._request("GET", path, params=clean).json()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    @property
+    def chain(self) -> str:
+        if self._chain is None:
+            self._chain = str(self.get_json("/healthz")["chain"])
+        return self._chain
+
+    def head(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json("/v1/head")
+        return result
+
+    def checkpoint(self, tree_size: int | None = None) -> str:
+        params = {"tree_size": tree_size} if tree_size else {}
+        return self._request("GET", "/v1/checkpoint", params=params).text
+
+    def verifier_keys(self) -> list[str]:
+        text = self._request("GET", "/v1/checkpoint/keys").text
+        return [line for line in text.splitlines() if line.strip()]
+
+    def tx(self, tx_id: str, tree_size: int | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json(f"/v1/tx/{tx_id}", tree_size=tree_size)
+        return result
+
+    def consistency(self, first: int, second: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json("/v1/proof/consistency", first=first, second=second)
+        return result
+
+    def state(self, contract: str, key: str) -> Any:
+        return self.get_json(f"/v1/state/{contract}/{key}")["value"]
+
+    def members(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json("/v1/members")
+        return result
+
+    # -- writes --------------------------------------------------------------------------
+
+    def build(
+        self,
+        contract: str,
+        method: str,
+        args: Mapping[str, Any],
+        *,
+        nonce: int | None = None,
+        keypair: KeyPair | None = None,
+    ) -> dict[str, Any]:
+        key = keypair or self.keypair
+        if key is None:
+            raise ValidationError("a key pair is needed to sign", code="NO_KEY")
+        body = make_body(
+            chain=self.chain,
+            contract=contract,
+            method=method,
+            args=args,
+            signer=key.public_b64,
+            nonce=nonce if nonce is not None else self._nonces.next(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        return sign_body(body, key)
+
+    def submit(self, envelopes: dict[str, Any] | Sequence[dict[str, Any]], *, wait: bool = True) -> Any:
+        """One envelope → its receipt (wait) or id; a list → per-envelope results."""
+        response = self._request(
+            "POST",
+            "/v1/tx",
+            params={"wait": "true" if wait else "false"},
+            content=_dumps(envelopes),
+            headers={"content-type": "application/json"},
+        )
+        body = response.json()
+        if isinstance(envelopes, dict):
+            return body["receipt"] if wait else body["tx_id"]
+        return body["results"] if wait else body["tx_ids"]
+
+    def call(self, contract: str, method: str, args: Mapping[str, Any], *, wait: bool = True) -> Any:
+        return self.submit(self.build(contract, method, args), wait=wait)
+
+    # -- verified reads ------------------------------------------------------------------
+
+    def verified_receipt(
+        self, tx_id: str, verifier_keys: Iterable[str], *, min_signatures: int = 1
+    ) -> VerifiedReceipt:
+        verified = verify_tx_proof(self.tx(tx_id), verifier_keys, min_signatures=min_signatures)
+        if verified.receipt.get("tx_id") != tx_id:
+            raise VerificationError("the node returned a receipt for another transaction")
+        return verified
+
+    def verified_consistency(self, old_note: str, new_note: str, verifier_keys: Sequence[str]) -> None:
+        first, _ = verify_checkpoint(old_note, verifier_keys)
+        second, _ = verify_checkpoint(new_note, verifier_keys)
+        if first.size == second.size:
+            if first.root != second.root:
+                raise VerificationError("two checkpoints of one size with different roots")
+            return
+        verify_consistency(self.consistency(first.size, second.size), first, second)
+
+    # -- auth ----------------------------------------------------------------------------
+
+    def login(self, keypair: KeyPair | None = None) -> str:
+        key = keypair or self.keypair
+        if key is None:
+            raise ValidationError("a key pair is needed to log in", code="NO_KEY")
+        challenge = self._request("POST", "/v1/auth/challenge").json()
+        signature = b64url_encode(key.sign(challenge["message"].encode()))
+        token = self._request(
+            "POST",
+            "/v1/auth/token",
+            json={"public_key": key.public_b64, "challenge": challenge["challenge"], "signature": signature},
+        ).json()["access_token"]
+        self._http.headers["authorization"] = f"Bearer {token}"
+        return str(token)
+
+
+def _dumps(value: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(value)
+

@@ -1,0 +1,240 @@
+"""SQLite LedgerStore: one file, WAL, one writer, fsync before a block is acknowledged.
+
+Each block is one ``BEGIN IMMEDIATE … COMMIT`` transaction with ``synchronous=FULL``, so after
+``append_block`` returns the block survives a power cut, and a crash mid-write leaves no trace
+of it. Readers use their own connections (one per thread) and see only committed blocks.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import orjson
+
+from careledger.core.block import BlockHeader, header_from_json
+from careledger.errors import StorageError
+from careledger.ledger.ports import BlockWrite, NodeId, StoredEvent, StoredTx
+
+SCHEMA_VERSION = "1"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks(
+  height INTEGER PRIMARY KEY, hash TEXT NOT NULL, header BLOB NOT NULL, writeset BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS txs(
+  leaf INTEGER PRIMARY KEY, tx_id TEXT NOT NULL UNIQUE, height INTEGER NOT NULL,
+  envelope BLOB NOT NULL, receipt BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS txs_by_height ON txs(height);
+CREATE TABLE IF NOT EXISTS nodes(
+  level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+  PRIMARY KEY(level, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state(
+  ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ns, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events(
+  height INTEGER NOT NULL, seq INTEGER NOT NULL, tx_index INTEGER NOT NULL, type TEXT NOT NULL,
+  data BLOB NOT NULL, PRIMARY KEY(height, seq)) WITHOUT ROWID;
+"""
+_NODE_QUERY_CHUNK = 400  # keeps bound parameters well under SQLite's limit
+
+
+class SQLiteStore:
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._readonly = readonly
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            conn.executescript(SCHEMA)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(name, value) VALUES('schema_version', ?)",
+                (SCHEMA_VERSION,),
+            )
+            conn.commit()
+        elif not self.path.exists():
+            raise StorageError(f"no ledger store at {self.path}")
+        version = self.chain_meta("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StorageError(f"unsupported store schema version {version!r}")
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            uri = f"file:{self.path}{'?mode=ro' if self._readonly else ''}"
+            try:
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                if not self._readonly:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=10000")
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot open ledger store {self.path}: {exc}") from None
+            self._local.conn = conn
+        return conn
+
+    def _one(self, sql: str, params: Sequence[object] = ()) -> tuple[object, ...] | None:
+        try:
+            row: tuple[object, ...] | None = self._connect().execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"ledger store read failed: {exc}") from None
+        return row
+
+    def _all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        try:
+            return self._connect().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"ledger store read failed: {exc}") from None
+
+    def chain_meta(self, name: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE name = ?", (name,))
+        return None if row is None else str(row[0])
+
+    def set_chain_meta(self, name: str, value: str) -> None:
+        if self.head() is not None:
+            raise StorageError("chain meta is immutable after genesis")
+        conn = self._connect()
+        conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES(?, ?)", (name, value))
+
+    def head(self) -> BlockHeader | None:
+        row = self._one("SELECT header FROM blocks ORDER BY height DESC LIMIT 1")
+        return None if row is None else _header(row[0])
+
+    def header(self, height: int) -> BlockHeader | None:
+        row = self._one("SELECT header FROM blocks WHERE height = ?", (height,))
+        return None if row is None else _header(row[0])
+
+    def header_hash(self, height: int) -> str | None:
+        row = self._one("SELECT hash FROM blocks WHERE height = ?", (height,))
+        return None if row is None else str(row[0])
+
+    def block_txs(self, height: int) -> list[StoredTx]:
+        rows = self._all(
+            "SELECT tx_id, envelope, receipt, leaf FROM txs WHERE height = ? ORDER BY leaf",
+            (height,),
+        )
+        return [_tx(row) for row in rows]
+
+    def block_writeset(self, height: int) -> bytes | None:
+        row = self._one("SELECT writeset FROM blocks WHERE height = ?", (height,))
+        return None if row is None else bytes(row[0])  # type: ignore[arg-type]
+
+    def block_events(self, height: int) -> list[StoredEvent]:
+        rows = self._all(
+            "SELECT height, tx_index, seq, type, data FROM events WHERE height = ? ORDER BY seq",
+            (height,),
+        )
+        return [
+            StoredEvent(int(h), int(t), int(s), str(ty), bytes(d))  # type: ignore[call-overload,arg-type]
+            for h, t, s, ty, d in rows
+        ]
+
+    def find_tx(self, tx_id: str) -> tuple[int, StoredTx] | None:
+        row = self._one(
+            "SELECT tx_id, envelope, receipt, leaf, height FROM txs WHERE tx_id = ?", (tx_id,)
+        )
+        return None if row is None else (int(row[4]), _tx(row))  # type: ignore[call-overload]
+
+    def leaf(self, leaf_index: int) -> StoredTx | None:
+        row = self._one("SELECT tx_id, envelope, receipt, leaf FROM txs WHERE leaf = ?", (leaf_index,))
+        return None if row is None else _tx(row)
+
+    def get_state(self, namespace: str, key: str) -> bytes | None:
+        row = self._one("SELECT value FROM state WHERE ns = ? AND key = ?", (namespace, key))
+        return None if row is None else bytes(row[0])  # type: ignore[arg-type]
+
+    def state_items(self) -> Iterator[tuple[str, str, bytes]]:
+        cursor = self._connect().execute("SELECT ns, key, value FROM state ORDER BY ns, key")
+        for ns, key, value in cursor:
+            yield ns, key, bytes(value)
+
+    def state_keys(self, namespace: str, prefix: str, limit: int) -> list[str]:
+        rows = self._all(
+            "SELECT key FROM state WHERE ns = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?",
+            (namespace, prefix, prefix + "\U0010ffff", limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    def get_nodes(self, ids: Sequence[NodeId]) -> list[bytes]:
+        found: dict[NodeId, bytes] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _NODE_QUERY_CHUNK):
+            chunk = unique[start : start + _NODE_QUERY_CHUNK]
+            values = ",".join("(?,?)" for _ in chunk)
+            params = [v for node in chunk for v in node]
+            rows = self._all(
+                f"SELECT level, idx, hash FROM nodes WHERE (level, idx) IN (VALUES {values})",  # noqa: S608
+                params,
+            )
+            for level, idx, digest in rows:
+                found[(int(level), int(idx))] = bytes(digest)  # type: ignore[call-overload,arg-type]
+        try:
+            return [found[i] for i in ids]
+        except KeyError as exc:
+            raise StorageError(f"Merkle node {exc.args[0]} is missing") from None
+
+    def append_block(self, block: BlockWrite) -> None:
+        if self._readonly:
+            raise StorageError("the store is open read-only")
+        header = block.header
+        with self._write_lock:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                row = conn.execute(
+                    "SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1"
+                ).fetchone()
+                expected = 0 if row is None else row[0] + 1
+                if header.height != expected:
+                    raise StorageError(f"block {header.height} is not head + 1 ({expected})")
+                if row is not None and header.prev != row[1]:
+                    raise StorageError(f"block {header.height} does not extend the head")
+                conn.execute(
+                    "INSERT INTO blocks(height, hash, header, writeset) VALUES(?,?,?,?)",
+                    (header.height, block.header_hash, header.canonical(), block.writeset),
+                )
+                conn.executemany(
+                    "INSERT INTO txs(leaf, tx_id, height, envelope, receipt) VALUES(?,?,?,?,?)",
+                    [(t.leaf_index, t.tx_id, header.height, t.envelope, t.receipt) for t in block.txs],
+                )
+                conn.executemany(
+                    "INSERT INTO nodes(level, idx, hash) VALUES(?,?,?)",
+                    [(lvl, idx, digest) for (lvl, idx), digest in block.nodes],
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO state(ns, key, value) VALUES(?,?,?)",
+                    [(ns, k, v) for ns, k, v in block.state if v is not None],
+                )
+                conn.executemany(
+                    "DELETE FROM state WHERE ns = ? AND key = ?",
+                    [(ns, k) for ns, k, v in block.state if v is None],
+                )
+                conn.executemany(
+                    "INSERT INTO events(height, seq, tx_index, type, data) VALUES(?,?,?,?,?)",
+                    [(e.height, e.seq, e.tx_index, e.type, e.data) for e in block.events],
+                )
+                conn.execute("COMMIT")
+            except StorageError:
+                conn.execute("ROLLBACK")
+                raise
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StorageError(f"block {header.height} was not written: {exc}") from None
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _header(raw: object) -> BlockHeader:
+    return header_from_json(orjson.loads(bytes(raw)))  # type: ignore[call-overload]
+
+
+def _tx(row: tuple[object, ...]) -> StoredTx:
+    tx_id, envelope, receipt, leaf = row[0], row[1], row[2], row[3]
+    return StoredTx(str(tx_id), bytes(envelope), bytes(receipt), int(leaf))  # type: ignore[call-overload,arg-type]
