@@ -99,7 +99,7 @@ def genesis_writes(genesis: Mapping[str, Any]) -> list[Write]:
                 height=0,
             )
             writes.update(record)
-    except Rejected as exc:
+    except (Rejected, ValidationError) as exc:
         raise ValidationError(f"genesis: {exc.message}", code="BAD_GENESIS") from None
     except (KeyError, TypeError) as exc:
         raise ValidationError(f"genesis: malformed ({exc})", code="BAD_GENESIS") from None

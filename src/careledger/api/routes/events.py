@@ -35,9 +35,15 @@ class BlockSignal:
         old.set()
 
 
+BLOCK_DONE = "b"
+
+
 def _parse_last_event_id(value: str) -> tuple[int, int]:
+    """(height to start at, last seq seen there); ``H:b`` means block H was fully seen."""
     try:
         height, seq = value.split(":")
+        if seq == BLOCK_DONE:
+            return int(height) + 1, -1
         return int(height), int(seq)
     except ValueError:
         raise ValidationError("Last-Event-ID must be HEIGHT:SEQ", code="BAD_EVENT_ID") from None
@@ -63,7 +69,7 @@ def _block_frames(node: Node, height: int, after_seq: int) -> list[bytes]:
             % (height, event.seq, event.type.encode(), dumps(data))
         )
     block = {"height": height, "hash": header_hash, "tx_count": len(txs)}
-    frames.append(b"id: %d:%d\nevent: block\ndata: %s\n\n" % (height, 1 << 30, dumps(block)))
+    frames.append(b"id: %d:b\nevent: block\ndata: %s\n\n" % (height, dumps(block)))
     return frames
 
 
