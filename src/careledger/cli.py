@@ -266,10 +266,10 @@ def verify(data_dir: DirArg, json_out: JsonOpt = False) -> None:
     try:
         settings = Settings.load(data_dir)
         store = SQLiteStore(settings.store_path, readonly=True)
-        head = store.head()
+        head_height = store.head_height()
     except CareLedgerError as exc:
         raise _fail(exc) from None
-    total = 0 if head is None else head.height + 1
+    total = head_height + 1
     with ThreadPoolExecutor(2) as pool, Progress(
         TextColumn("verifying"),
         BarColumn(),

@@ -69,6 +69,9 @@ class LedgerStore(Protocol):
 
     def head(self) -> BlockHeader | None: ...
 
+    def head_height(self) -> int:
+        """Height of the last block (-1 when empty), without decoding its header."""
+
     def header(self, height: int) -> BlockHeader | None: ...
 
     def header_hash(self, height: int) -> str | None: ...

@@ -37,6 +37,9 @@ class MemoryStore:
     def head(self) -> BlockHeader | None:
         return self.header(len(self._headers) - 1) if self._headers else None
 
+    def head_height(self) -> int:
+        return len(self._headers) - 1
+
     def header(self, height: int) -> BlockHeader | None:
         if 0 <= height < len(self._headers):
             return header_from_json(orjson.loads(self._headers[height]))

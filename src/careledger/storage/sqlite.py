@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from careledger.core.block import BlockHeader, header_from_json
-from careledger.errors import StorageError
+from careledger.errors import StorageError, ValidationError
 from careledger.ledger.ports import BlockWrite, NodeId, StoredEvent, StoredTx
 
 SCHEMA_VERSION = "1"
@@ -102,6 +102,10 @@ class SQLiteStore:
         row = self._one("SELECT header FROM blocks ORDER BY height DESC LIMIT 1")
         return None if row is None else _header(row[0])
 
+    def head_height(self) -> int:
+        row = self._one("SELECT MAX(height) FROM blocks")
+        return -1 if row is None or row[0] is None else int(row[0])  # type: ignore[call-overload]
+
     def header(self, height: int) -> BlockHeader | None:
         row = self._one("SELECT header FROM blocks WHERE height = ?", (height,))
         return None if row is None else _header(row[0])
@@ -119,7 +123,7 @@ class SQLiteStore:
 
     def block_writeset(self, height: int) -> bytes | None:
         row = self._one("SELECT writeset FROM blocks WHERE height = ?", (height,))
-        return None if row is None else bytes(row[0])  # type: ignore[arg-type]
+        return None if row is None else _as_bytes(row[0])  # type: ignore[arg-type]
 
     def block_events(self, height: int) -> list[StoredEvent]:
         rows = self._all(
@@ -127,7 +131,7 @@ class SQLiteStore:
             (height,),
         )
         return [
-            StoredEvent(int(h), int(t), int(s), str(ty), bytes(d))  # type: ignore[call-overload,arg-type]
+            StoredEvent(int(h), int(t), int(s), str(ty), _as_bytes(d))  # type: ignore[call-overload,arg-type]
             for h, t, s, ty, d in rows
         ]
 
@@ -143,12 +147,12 @@ class SQLiteStore:
 
     def get_state(self, namespace: str, key: str) -> bytes | None:
         row = self._one("SELECT value FROM state WHERE ns = ? AND key = ?", (namespace, key))
-        return None if row is None else bytes(row[0])  # type: ignore[arg-type]
+        return None if row is None else _as_bytes(row[0])  # type: ignore[arg-type]
 
     def state_items(self) -> Iterator[tuple[str, str, bytes]]:
         cursor = self._connect().execute("SELECT ns, key, value FROM state ORDER BY ns, key")
         for ns, key, value in cursor:
-            yield ns, key, bytes(value)
+            yield ns, key, _as_bytes(value)
 
     def state_keys(self, namespace: str, prefix: str, limit: int) -> list[str]:
         rows = self._all(
@@ -169,7 +173,7 @@ class SQLiteStore:
                 params,
             )
             for level, idx, digest in rows:
-                found[(int(level), int(idx))] = bytes(digest)  # type: ignore[call-overload,arg-type]
+                found[(int(level), int(idx))] = _as_bytes(digest)  # type: ignore[call-overload,arg-type]
         try:
             return [found[i] for i in ids]
         except KeyError as exc:
@@ -231,10 +235,22 @@ class SQLiteStore:
             self._local.conn = None
 
 
+def _as_bytes(value: object) -> bytes:
+    """A BLOB cell as bytes; a cell that someone rewrote as TEXT still reads (and then fails to verify)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise StorageError(f"a stored cell has the wrong type ({type(value).__name__})")
+
+
 def _header(raw: object) -> BlockHeader:
-    return header_from_json(orjson.loads(bytes(raw)))  # type: ignore[call-overload]
+    try:
+        return header_from_json(orjson.loads(_as_bytes(raw)))  # type: ignore[call-overload]
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        raise StorageError(f"a stored block header is unreadable: {exc}") from None
 
 
 def _tx(row: tuple[object, ...]) -> StoredTx:
     tx_id, envelope, receipt, leaf = row[0], row[1], row[2], row[3]
-    return StoredTx(str(tx_id), bytes(envelope), bytes(receipt), int(leaf))  # type: ignore[call-overload,arg-type]
+    return StoredTx(str(tx_id), _as_bytes(envelope), _as_bytes(receipt), int(leaf))  # type: ignore[call-overload,arg-type]
