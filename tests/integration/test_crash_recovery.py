@@ -80,9 +80,16 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
             head = http.get("/v1/head").json()
         # The restarted node accepts new work on top of the recovered chain.
         with Client(server.url, keypair=read_key_file(data / "keys" / "st-mary-admin.key")[1]) as c:
-            receipt = c.call("identity", "add_member", {
-                "id": "after-crash", "name": "A", "roles": ["nurse"], "public_key": generate_keypair().public_b64,
-            })
+            receipt = c.call(
+                "identity",
+                "add_member",
+                {
+                    "id": "after-crash",
+                    "name": "A",
+                    "roles": ["nurse"],
+                    "public_key": generate_keypair().public_b64,
+                },
+            )
         assert receipt["height"] == head["height"] + 1
     finally:
         server.stop()

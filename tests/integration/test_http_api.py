@@ -52,7 +52,12 @@ def admin(server: Server, node_dir: Path) -> Iterator[Client]:
 
 
 def add_member_args(member_id: str) -> dict[str, Any]:
-    return {"id": member_id, "name": "Nurse", "roles": ["nurse"], "public_key": generate_keypair().public_b64}
+    return {
+        "id": member_id,
+        "name": "Nurse",
+        "roles": ["nurse"],
+        "public_key": generate_keypair().public_b64,
+    }
 
 
 def post(server: Server, payload: Any, **params: Any) -> httpx.Response:
@@ -70,10 +75,14 @@ def test_submit_wait_and_prove(server: Server, admin: Client, trusted: list[str]
 
 
 def test_batch_submit_and_queued_mode(server: Server, admin: Client) -> None:
-    envelopes = [admin.build("identity", "add_member", add_member_args(f"batch-{i}")) for i in range(50)]
+    envelopes = [
+        admin.build("identity", "add_member", add_member_args(f"batch-{i}")) for i in range(50)
+    ]
     results = admin.submit(envelopes)
     assert [r["receipt"]["result"] for r in results] == ["accepted"] * 50
-    queued = admin.submit(admin.build("identity", "add_member", add_member_args("queued-1")), wait=False)
+    queued = admin.submit(
+        admin.build("identity", "add_member", add_member_args("queued-1")), wait=False
+    )
     assert len(queued) == 64
 
 
@@ -99,7 +108,13 @@ def test_refusals_over_http(server: Server, admin: Client, node_dir: Path) -> No
     forged["sig"] = b64url_encode(generate_keypair().sign(canonical_bytes(forged["body"])))
     cases.append((forged, 401, "BAD_SIGNATURE"))
     stranger = generate_keypair()
-    cases.append((admin.build("identity", "add_member", add_member_args("ref-3"), keypair=stranger), 403, "UNKNOWN_SIGNER"))
+    cases.append(
+        (
+            admin.build("identity", "add_member", add_member_args("ref-3"), keypair=stranger),
+            403,
+            "UNKNOWN_SIGNER",
+        )
+    )
     big = admin.build("identity", "add_member", {**add_member_args("ref-4"), "name": "x" * 70_000})
     cases.append((big, 413, "TX_TOO_LARGE"))
     cases.append((admin.build("nosuch", "x", {}), 400, "UNKNOWN_CONTRACT"))
@@ -129,7 +144,10 @@ def test_batch_refusal_lists_every_bad_envelope(server: Server, admin: Client) -
     response = post(server, [good, bad, {"x": 1}], wait="true")
     body = problem(response)
     assert response.status_code == 400
-    assert [(e["index"], e["code"]) for e in body["errors"]] == [(1, "WRONG_CHAIN"), (2, "MALFORMED_TX")]
+    assert [(e["index"], e["code"]) for e in body["errors"]] == [
+        (1, "WRONG_CHAIN"),
+        (2, "MALFORMED_TX"),
+    ]
     assert httpx.get(f"{server.url}/v1/state/identity/member/bb-1").status_code == 404
     assert post(server, [good], wait="true").status_code == 200
 
@@ -144,16 +162,26 @@ def test_reads(server: Server, admin: Client, trusted: list[str]) -> None:
     block = httpx.get(f"{server.url}/v1/blocks/1").json()
     assert block["hash"] and block["transactions"][0]["tx_id"]
     assert block["transactions"][0]["receipt"]["height"] == 1
-    assert httpx.get(f"{server.url}/v1/blocks/{head['height'] + 100}").json()["code"] == "UNKNOWN_BLOCK"
+    assert (
+        httpx.get(f"{server.url}/v1/blocks/{head['height'] + 100}").json()["code"]
+        == "UNKNOWN_BLOCK"
+    )
     assert httpx.get(f"{server.url}/v1/blocks/-1").status_code == 400
     assert httpx.get(f"{server.url}/v1/tx/{'z' * 64}").json()["code"] == "BAD_TX_ID"
     assert httpx.get(f"{server.url}/v1/tx/{'a' * 64}").status_code == 404
     note = httpx.get(f"{server.url}/v1/checkpoint").text
     checkpoint, signers = verify_checkpoint(note, trusted)
     assert checkpoint.origin == "careledger.demo" and signers == ("st-mary-node",)
-    consistency = httpx.get(f"{server.url}/v1/proof/consistency", params={"first": 1, "second": checkpoint.size}).json()
+    consistency = httpx.get(
+        f"{server.url}/v1/proof/consistency", params={"first": 1, "second": checkpoint.size}
+    ).json()
     assert set(consistency) == {"first", "second", "first_root", "second_root", "path"}
-    assert httpx.get(f"{server.url}/v1/proof/consistency", params={"first": 5, "second": 2}).status_code == 400
+    assert (
+        httpx.get(
+            f"{server.url}/v1/proof/consistency", params={"first": 5, "second": 2}
+        ).status_code
+        == 400
+    )
     members = httpx.get(f"{server.url}/v1/members").json()
     assert {"st-mary-admin", "harbor-admin"} <= {m["id"] for m in members["members"]}
     assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
@@ -163,10 +191,14 @@ def test_reads(server: Server, admin: Client, trusted: list[str]) -> None:
 
 
 def test_events_stream_and_resume(server: Server) -> None:
-    with httpx.stream("GET", f"{server.url}/v1/events", params={"from_height": 1, "follow": "false"}) as r:
+    with httpx.stream(
+        "GET", f"{server.url}/v1/events", params={"from_height": 1, "follow": "false"}
+    ) as r:
         text = "".join(r.iter_text())
     frames = [f for f in text.split("\n\n") if f.strip()]
-    ids = [line.split(": ", 1)[1] for f in frames for line in f.splitlines() if line.startswith("id: ")]
+    ids = [
+        line.split(": ", 1)[1] for f in frames for line in f.splitlines() if line.startswith("id: ")
+    ]
     assert ids[0] == "1:0" and "1:b" in ids
     resumed = httpx.get(
         f"{server.url}/v1/events", params={"follow": "false"}, headers={"last-event-id": "1:b"}
@@ -180,7 +212,11 @@ def test_login_and_token(server: Server, node_dir: Path) -> None:
     with Client(server.url, keypair=key) as client:
         client.login()
         who = client.get_json("/v1/auth/whoami")
-    assert (who["member"], who["org"], who["roles"]) == ("ph-chen-li", "city-pharmacy", ["pharmacist"])
+    assert (who["member"], who["org"], who["roles"]) == (
+        "ph-chen-li",
+        "city-pharmacy",
+        ["pharmacist"],
+    )
     assert httpx.get(f"{server.url}/v1/auth/whoami").json()["code"] == "TOKEN_REQUIRED"
     bad = httpx.get(f"{server.url}/v1/auth/whoami", headers={"authorization": "Bearer x.y.z"})
     assert (bad.status_code, bad.json()["code"]) == (401, "BAD_TOKEN")
@@ -196,7 +232,9 @@ def test_login_and_token(server: Server, node_dir: Path) -> None:
     )
     assert (denied.status_code, denied.json()["code"]) == (401, "UNKNOWN_SIGNER")
     token = run_cli("token", str(node_dir), "dr-ana-silva", check=True).stdout.strip()
-    who = httpx.get(f"{server.url}/v1/auth/whoami", headers={"authorization": f"Bearer {token}"}).json()
+    who = httpx.get(
+        f"{server.url}/v1/auth/whoami", headers={"authorization": f"Bearer {token}"}
+    ).json()
     assert who["member"] == "dr-ana-silva"
     assert run_cli("token", str(node_dir), "nobody").returncode == 2
 
@@ -209,15 +247,45 @@ def test_cli_against_server(server: Server, node_dir: Path, tmp_path: Path) -> N
     assert run_cli("keygen", str(new_key)).returncode == 2  # never overwrites a key
     args = json.dumps({"id": "cli-n1", "name": "CLI", "roles": ["nurse"], "public_key": public})
     submitted = run_cli(
-        "submit", "--key", str(node_dir / "keys" / "st-mary-admin.key"), "identity", "add_member", args,
-        "--url", server.url, "--json", check=True,
+        "submit",
+        "--key",
+        str(node_dir / "keys" / "st-mary-admin.key"),
+        "identity",
+        "add_member",
+        args,
+        "--url",
+        server.url,
+        "--json",
+        check=True,
     )
     receipt = json.loads(submitted.stdout)
     assert receipt["result"] == "accepted"
-    proof = run_cli("proof", "inclusion", receipt["tx_id"], "--url", server.url, "--keys", str(keys_file), "--json", check=True)
+    proof = run_cli(
+        "proof",
+        "inclusion",
+        receipt["tx_id"],
+        "--url",
+        server.url,
+        "--keys",
+        str(keys_file),
+        "--json",
+        check=True,
+    )
     assert json.loads(proof.stdout)["verified"] is True
-    size = json.loads(run_cli("status", "--url", server.url, "--json", check=True).stdout)["header"]["log_size"]
-    consistency = run_cli("proof", "consistency", "2", str(size), "--url", server.url, "--keys", str(keys_file), check=True)
+    size = json.loads(run_cli("status", "--url", server.url, "--json", check=True).stdout)[
+        "header"
+    ]["log_size"]
+    consistency = run_cli(
+        "proof",
+        "consistency",
+        "2",
+        str(size),
+        "--url",
+        server.url,
+        "--keys",
+        str(keys_file),
+        check=True,
+    )
     assert "verified" in consistency.stdout
     members = json.loads(run_cli("members", str(node_dir), "--json", check=True).stdout)
     assert any(m["id"] == "cli-n1" and m["public_key"] == public for m in members)

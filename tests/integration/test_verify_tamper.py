@@ -46,19 +46,21 @@ def copy_of(pristine: Path, tmp_path: Path) -> Path:
 def flip(db: Path, table: str, column: str, keys: str, row: int, position: float) -> int | None:
     """Flip one byte of one cell; returns the height the row belongs to (if it has one)."""
     conn = sqlite3.connect(db)
-    rows = conn.execute(f"SELECT {keys}, {column} FROM {table} ORDER BY {keys}").fetchall()  # noqa: S608
+    rows = conn.execute(f"SELECT {keys}, {column} FROM {table} ORDER BY {keys}").fetchall()
     *key_values, value = rows[row % len(rows)]
     raw = bytearray(value.encode() if isinstance(value, str) else value)
     at = int(position * (len(raw) - 1))
     raw[at] = raw[at] ^ 0x01 if raw[at] ^ 0x01 else 0x02
     new = raw.decode("latin-1") if isinstance(value, str) else bytes(raw)
     where = " AND ".join(f"{k.strip()} = ?" for k in keys.split(","))
-    conn.execute(f"UPDATE {table} SET {column} = ? WHERE {where}", (new, *key_values))  # noqa: S608
+    conn.execute(f"UPDATE {table} SET {column} = ? WHERE {where}", (new, *key_values))
     height = None
     if table in ("blocks", "events"):
         height = key_values[0]
     elif table == "txs":
-        height = conn.execute("SELECT height FROM txs WHERE leaf = ?", (key_values[0],)).fetchone()[0]
+        height = conn.execute("SELECT height FROM txs WHERE leaf = ?", (key_values[0],)).fetchone()[
+            0
+        ]
     conn.commit()
     conn.close()
     return height

@@ -89,7 +89,9 @@ class TestChain:
         assert executed is not None
         return executed
 
-    def run(self, signer: str | KeyPair, method: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    def run(
+        self, signer: str | KeyPair, method: str, args: dict[str, Any], **kw: Any
+    ) -> dict[str, Any]:
         """Commit one transaction; return its receipt."""
         env = self.envelope(signer, method, args, **kw)
         executed = self.commit(env)

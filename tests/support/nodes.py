@@ -23,13 +23,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_cli(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, check: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     result = subprocess.run(
         [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"careledger {' '.join(args)} failed: {result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"careledger {' '.join(args)} failed: {result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -44,7 +48,15 @@ class Server:
     def start(self, timeout: float = 30) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [*CLI, "serve", str(self.data_dir), "--port", str(self.port), "--log-level", "warning"],
+                [
+                    *CLI,
+                    "serve",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

@@ -20,10 +20,14 @@ class Metrics:
             registry=self.registry,
         )
         self.blocks = Counter("careledger_blocks", "Blocks committed", registry=self.registry)
-        self.head_height = Gauge("careledger_head_height", "Height of the head", registry=self.registry)
+        self.head_height = Gauge(
+            "careledger_head_height", "Height of the head", registry=self.registry
+        )
         self.log_size = Gauge("careledger_log_size", "Merkle log size", registry=self.registry)
         self.queue_depth = Gauge(
-            "careledger_order_queue_depth", "Transactions waiting to be ordered", registry=self.registry
+            "careledger_order_queue_depth",
+            "Transactions waiting to be ordered",
+            registry=self.registry,
         )
         self.commit_wait = Histogram(
             "careledger_commit_wait_seconds",

@@ -36,7 +36,16 @@ ROLES = frozenset(
     }
 )
 ORG_KINDS = frozenset(
-    {"hospital", "clinic", "pharmacy", "manufacturer", "distributor", "sponsor", "patients", "other"}
+    {
+        "hospital",
+        "clinic",
+        "pharmacy",
+        "manufacturer",
+        "distributor",
+        "sponsor",
+        "patients",
+        "other",
+    }
 )
 ACTIVE = "active"
 REVOKED = "revoked"
@@ -205,7 +214,9 @@ class IdentityV1(Contract):
         self._revoke(ctx, member["key"])
         member["key"] = new_key
         ctx.state.put(member_key(member["id"]), member)
-        ctx.state.put(key_key(new_key), {"member": member["id"], "status": ACTIVE, "since": ctx.height})
+        ctx.state.put(
+            key_key(new_key), {"member": member["id"], "status": ACTIVE, "since": ctx.height}
+        )
         ctx.emit("identity.key_rotated", {"member": member["id"]})
 
     @tx_method
@@ -231,7 +242,7 @@ class IdentityV1(Contract):
 
     @tx_method
     def propose_org(self, ctx: Context, args: Args) -> None:
-        """An admin proposes a new organisation with its first admin; the proposer's org votes yes."""
+        """An admin proposes an organisation and its first admin; the proposer's org votes yes."""
         args.only("org", "admin")
         if not ctx.signer.has_role("admin"):
             raise Rejected("NOT_AUTHORISED", "only an organisation admin may propose")

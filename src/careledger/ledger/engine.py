@@ -186,12 +186,18 @@ class Ledger:
         _, stored = found
         size = self._tree_size(size)
         if stored.leaf_index >= size:
-            raise ValidationError("the transaction is not in a tree of that size", code="BAD_TREE_SIZE")
+            raise ValidationError(
+                "the transaction is not in a tree of that size", code="BAD_TREE_SIZE"
+            )
         path = merkle.inclusion_proof(stored.leaf_index, size, self.store.get_nodes)
         return {
             "receipt": orjson.loads(stored.receipt),
             "leaf_index": stored.leaf_index,
-            "proof": {"tree_size": size, "root": self.root(size).hex(), "path": [p.hex() for p in path]},
+            "proof": {
+                "tree_size": size,
+                "root": self.root(size).hex(),
+                "path": [p.hex() for p in path],
+            },
             "checkpoint": self.checkpoint(size),
         }
 

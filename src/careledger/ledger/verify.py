@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 
 from careledger.contracts.registry import Registry, default_registry
-from careledger.core import merkle
 from careledger.core.canonical import canonical_bytes
 from careledger.core.tx import Transaction, decode_envelope
 from careledger.errors import CareLedgerError, StorageError
@@ -104,7 +103,9 @@ def _decode_block_txs(height: int, store: LedgerStore) -> list[Transaction]:
         try:
             tx = decode_envelope(orjson.loads(stored.envelope))
         except (CareLedgerError, orjson.JSONDecodeError):
-            raise _Mismatch(height, f"envelope of transaction {stored.tx_id} is malformed") from None
+            raise _Mismatch(
+                height, f"envelope of transaction {stored.tx_id} is malformed"
+            ) from None
         if tx.tx_id != stored.tx_id:
             raise _Mismatch(height, f"envelope does not hash to its id {stored.tx_id}")
         if tx.envelope_bytes() != stored.envelope:
@@ -131,7 +132,13 @@ class _Verifier:
             executed, header_hash = self._derive(height)
         except _Mismatch:
             raise
-        except (CareLedgerError, orjson.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        except (
+            CareLedgerError,
+            orjson.JSONDecodeError,
+            UnicodeDecodeError,
+            KeyError,
+            TypeError,
+        ) as exc:
             raise _Mismatch(height, f"stored data is unreadable ({type(exc).__name__})") from None
         if height:
             self.frontier = executed.frontier
@@ -173,7 +180,13 @@ class _Verifier:
         if derived is None or derived.skipped:
             raise _Mismatch(height, "the block holds transactions that cannot commit")
         stored = BlockWrite(
-            header, header_hash, store.block_txs(height), (), writeset, (), store.block_events(height)
+            header,
+            header_hash,
+            store.block_txs(height),
+            (),
+            writeset,
+            (),
+            store.block_events(height),
         )
         _compare_block(stored, derived.block, store)
         return derived, header_hash
@@ -205,7 +218,9 @@ def verify_store(
         except CareLedgerError as exc:
             raise _Mismatch(head_height, f"current state is unreadable: {exc.message}") from None
     except _Mismatch as bad:
-        return VerifyReport(False, bad.height, report.blocks, report.transactions, problem=bad.problem)
+        return VerifyReport(
+            False, bad.height, report.blocks, report.transactions, problem=bad.problem
+        )
     return report
 
 

@@ -142,7 +142,9 @@ class SQLiteStore:
         return None if row is None else (int(row[4]), _tx(row))  # type: ignore[call-overload]
 
     def leaf(self, leaf_index: int) -> StoredTx | None:
-        row = self._one("SELECT tx_id, envelope, receipt, leaf FROM txs WHERE leaf = ?", (leaf_index,))
+        row = self._one(
+            "SELECT tx_id, envelope, receipt, leaf FROM txs WHERE leaf = ?", (leaf_index,)
+        )
         return None if row is None else _tx(row)
 
     def get_state(self, namespace: str, key: str) -> bytes | None:
@@ -201,7 +203,10 @@ class SQLiteStore:
                 )
                 conn.executemany(
                     "INSERT INTO txs(leaf, tx_id, height, envelope, receipt) VALUES(?,?,?,?,?)",
-                    [(t.leaf_index, t.tx_id, header.height, t.envelope, t.receipt) for t in block.txs],
+                    [
+                        (t.leaf_index, t.tx_id, header.height, t.envelope, t.receipt)
+                        for t in block.txs
+                    ],
                 )
                 conn.executemany(
                     "INSERT INTO nodes(level, idx, hash) VALUES(?,?,?)",
@@ -236,7 +241,7 @@ class SQLiteStore:
 
 
 def _as_bytes(value: object) -> bytes:
-    """A BLOB cell as bytes; a cell that someone rewrote as TEXT still reads (and then fails to verify)."""
+    """A BLOB cell as bytes; a cell rewritten as TEXT still reads (and then fails to verify)."""
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     if isinstance(value, bytes | bytearray | memoryview):

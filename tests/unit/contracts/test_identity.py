@@ -34,7 +34,10 @@ def test_genesis_creates_orgs_members_and_keys(chain: TestChain) -> None:
         (lambda g: g["members"][0].update(org="nowhere"), "no organisation"),
         (lambda g: g["members"][0].update(roles=["wizard"]), "roles"),
         (lambda g: g["members"][0].update(public_key="not-a-key"), "public_key"),
-        (lambda g: g.update(members=[m for m in g["members"] if "admin" not in m["roles"]]), "admin"),
+        (
+            lambda g: g.update(members=[m for m in g["members"] if "admin" not in m["roles"]]),
+            "admin",
+        ),
         (lambda g: g["orgs"][0].update(kind="castle"), "kind"),
     ],
 )
@@ -50,7 +53,12 @@ def test_admin_adds_member_to_own_org(chain: TestChain) -> None:
     receipt = chain.run(
         "hosp-admin",
         "add_member",
-        {"id": "nurse-b", "name": "Nurse B", "roles": ["nurse"], "public_key": key("nurse-b").public_b64},
+        {
+            "id": "nurse-b",
+            "name": "Nurse B",
+            "roles": ["nurse"],
+            "public_key": key("nurse-b").public_b64,
+        },
     )
     assert receipt["result"] == "accepted"
     assert member(chain, "nurse-b")["org"] == "hosp"
@@ -66,7 +74,9 @@ def test_admin_adds_member_to_own_org(chain: TestChain) -> None:
         ("hosp-admin", {"id": "x", "name": "X", "roles": ["nurse"], "extra": 1}, "BAD_ARGS"),
     ],
 )
-def test_add_member_refusals_change_nothing(chain: TestChain, signer: str, args: dict, code: str) -> None:
+def test_add_member_refusals_change_nothing(
+    chain: TestChain, signer: str, args: dict, code: str
+) -> None:
     args = {"public_key": key("new").public_b64, **args}
     before = list(chain.store.state_items())
     receipt = chain.run(signer, "add_member", args)
@@ -77,14 +87,19 @@ def test_add_member_refusals_change_nothing(chain: TestChain, signer: str, args:
 
 def test_key_in_use_is_refused(chain: TestChain) -> None:
     receipt = chain.run(
-        "hosp-admin", "add_member", {"id": "x", "name": "X", "roles": ["nurse"], "public_key": key("dr-a").public_b64}
+        "hosp-admin",
+        "add_member",
+        {"id": "x", "name": "X", "roles": ["nurse"], "public_key": key("dr-a").public_b64},
     )
     assert receipt["code"] == "KEY_IN_USE"
 
 
 def test_rotated_key_signs_and_old_key_is_refused(chain: TestChain) -> None:
     new = key("dr-a-2")
-    assert chain.run("dr-a", "rotate_key", {"member": "dr-a", "public_key": new.public_b64})["result"] == "accepted"
+    assert (
+        chain.run("dr-a", "rotate_key", {"member": "dr-a", "public_key": new.public_b64})["result"]
+        == "accepted"
+    )
     assert member(chain, "dr-a")["key"] == new.public_b64
     with pytest.raises(Rejected) as info:
         resolve_signer(chain.ledger.state, key("dr-a").public_b64)
@@ -99,17 +114,30 @@ def test_rotated_key_signs_and_old_key_is_refused(chain: TestChain) -> None:
 
 
 def test_only_own_admin_may_rotate_or_revoke(chain: TestChain) -> None:
-    receipt = chain.run("pharm-admin", "rotate_key", {"member": "dr-a", "public_key": key("z").public_b64})
+    receipt = chain.run(
+        "pharm-admin", "rotate_key", {"member": "dr-a", "public_key": key("z").public_b64}
+    )
     assert receipt["code"] == "NOT_AUTHORISED"
     receipt = chain.run("pharm-admin", "revoke_key", {"public_key": key("dr-a").public_b64})
     assert receipt["code"] == "NOT_AUTHORISED"
-    assert chain.run("hosp-admin", "revoke_key", {"public_key": key("dr-a").public_b64})["result"] == "accepted"
+    assert (
+        chain.run("hosp-admin", "revoke_key", {"public_key": key("dr-a").public_b64})["result"]
+        == "accepted"
+    )
 
 
 def test_set_roles(chain: TestChain) -> None:
-    assert chain.run("hosp-admin", "set_roles", {"member": "dr-a", "roles": ["clinician", "auditor"]})["result"] == "accepted"
+    assert (
+        chain.run("hosp-admin", "set_roles", {"member": "dr-a", "roles": ["clinician", "auditor"]})[
+            "result"
+        ]
+        == "accepted"
+    )
     assert member(chain, "dr-a")["roles"] == ["auditor", "clinician"]
-    assert chain.run("pharm-admin", "set_roles", {"member": "dr-a", "roles": ["admin"]})["code"] == "NOT_AUTHORISED"
+    assert (
+        chain.run("pharm-admin", "set_roles", {"member": "dr-a", "roles": ["admin"]})["code"]
+        == "NOT_AUTHORISED"
+    )
 
 
 def propose(chain: TestChain, proposer: str = "hosp-admin") -> str:
@@ -118,7 +146,11 @@ def propose(chain: TestChain, proposer: str = "hosp-admin") -> str:
         "propose_org",
         {
             "org": {"id": "lab", "name": "Lab", "kind": "other"},
-            "admin": {"id": "lab-admin", "name": "Lab admin", "public_key": key("lab-admin").public_b64},
+            "admin": {
+                "id": "lab-admin",
+                "name": "Lab admin",
+                "public_key": key("lab-admin").public_b64,
+            },
         },
     )
     assert receipt["result"] == "accepted"
@@ -128,12 +160,18 @@ def propose(chain: TestChain, proposer: str = "hosp-admin") -> str:
 def test_org_admitted_by_majority_of_orgs(chain: TestChain) -> None:
     proposal = propose(chain)
     assert chain.ledger.state("identity", "org/lab") is None  # 1 of 3 is not a majority
-    assert chain.run("pharm-admin", "vote", {"proposal": proposal, "approve": True})["result"] == "accepted"
+    assert (
+        chain.run("pharm-admin", "vote", {"proposal": proposal, "approve": True})["result"]
+        == "accepted"
+    )
     assert chain.ledger.state("identity", "org/lab")["status"] == "active"
     assert chain.ledger.state("identity", "orgs") == ["hosp", "lab", "maker", "pharm"]
     signer = resolve_signer(chain.ledger.state, key("lab-admin").public_b64)
     assert signer.roles == frozenset({"admin"})
-    assert chain.run("maker-admin", "vote", {"proposal": proposal, "approve": True})["code"] == "PROPOSAL_CLOSED"
+    assert (
+        chain.run("maker-admin", "vote", {"proposal": proposal, "approve": True})["code"]
+        == "PROPOSAL_CLOSED"
+    )
 
 
 def test_org_rejected_by_majority_against(chain: TestChain) -> None:
@@ -147,7 +185,16 @@ def test_org_rejected_by_majority_against(chain: TestChain) -> None:
 
 def test_vote_rules(chain: TestChain) -> None:
     proposal = propose(chain)
-    assert chain.run("hosp-admin", "vote", {"proposal": proposal, "approve": True})["code"] == "ALREADY_VOTED"
-    assert chain.run("dr-a", "vote", {"proposal": proposal, "approve": True})["code"] == "NOT_AUTHORISED"
-    assert chain.run("pharm-admin", "vote", {"proposal": "f" * 64, "approve": True})["code"] == "UNKNOWN_PROPOSAL"
+    assert (
+        chain.run("hosp-admin", "vote", {"proposal": proposal, "approve": True})["code"]
+        == "ALREADY_VOTED"
+    )
+    assert (
+        chain.run("dr-a", "vote", {"proposal": proposal, "approve": True})["code"]
+        == "NOT_AUTHORISED"
+    )
+    assert (
+        chain.run("pharm-admin", "vote", {"proposal": "f" * 64, "approve": True})["code"]
+        == "UNKNOWN_PROPOSAL"
+    )
     assert chain.run("dr-a", "propose_org", {"org": {}, "admin": {}})["code"] == "NOT_AUTHORISED"

@@ -23,8 +23,15 @@ def chain() -> TestChain:
     return TestChain(MemoryStore())
 
 
-def new_member(tc: TestChain, member_id: str, signer: str = "hosp-admin", **kw: Any) -> dict[str, Any]:
-    args = {"id": member_id, "name": "N", "roles": ["nurse"], "public_key": key(member_id).public_b64}
+def new_member(
+    tc: TestChain, member_id: str, signer: str = "hosp-admin", **kw: Any
+) -> dict[str, Any]:
+    args = {
+        "id": member_id,
+        "name": "N",
+        "roles": ["nurse"],
+        "public_key": key(member_id).public_b64,
+    }
     return tc.envelope(signer, "add_member", args, **kw)
 
 
@@ -103,7 +110,10 @@ def test_not_an_object_is_refused(chain: TestChain) -> None:
 
 def test_unknown_signer_contract_method_are_refused(chain: TestChain) -> None:
     assert refused(chain, new_member(chain, "n1", signer="stranger")) == "UNKNOWN_SIGNER"
-    assert refused(chain, chain.envelope("hosp-admin", "x", {}, contract="nosuch")) == "UNKNOWN_CONTRACT"
+    assert (
+        refused(chain, chain.envelope("hosp-admin", "x", {}, contract="nosuch"))
+        == "UNKNOWN_CONTRACT"
+    )
     assert refused(chain, chain.envelope("hosp-admin", "fly", {})) == "UNKNOWN_METHOD"
 
 
@@ -114,7 +124,12 @@ def test_batch_is_all_or_nothing(chain: TestChain) -> None:
     with pytest.raises(BatchRefused) as info:
         chain.commit(good, bad)
     assert info.value.errors == [
-        {"index": 1, "code": "WRONG_CHAIN", "status": 400, "detail": "this node serves chain 'test.chain'"}
+        {
+            "index": 1,
+            "code": "WRONG_CHAIN",
+            "status": 400,
+            "detail": "this node serves chain 'test.chain'",
+        }
     ]
     assert snapshot(chain) == before
     chain.commit(good)  # its nonce reservation was released
@@ -196,7 +211,7 @@ def test_consistency_from_every_earlier_checkpoint(chain: TestChain) -> None:
         proof = chain.ledger.consistency(old.size, latest.size)
         verify_consistency(proof, old, latest)
         if old.size < latest.size and proof["path"]:
-            forged = dict(proof, path=[("00" * 32)] + proof["path"][1:])
+            forged = dict(proof, path=["00" * 32, *proof["path"][1:]])
             with pytest.raises(VerificationError):
                 verify_consistency(forged, old, latest)
         wrong_root = type(old)(old.origin, old.size, merkle.leaf_hash(b"x"))

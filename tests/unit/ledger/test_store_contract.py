@@ -17,7 +17,9 @@ from tests.support.chain import TestChain, key
 
 @pytest.fixture(params=["memory", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerStore]:
-    s: LedgerStore = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "l.sqlite")
+    s: LedgerStore = (
+        MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "l.sqlite")
+    )
     yield s
     s.close()
 
@@ -28,7 +30,12 @@ def add_members(chain: TestChain, n: int, prefix: str = "x") -> None:
             chain.envelope(
                 "hosp-admin",
                 "add_member",
-                {"id": f"{prefix}{i}", "name": "M", "roles": ["nurse"], "public_key": key(f"{prefix}{i}").public_b64},
+                {
+                    "id": f"{prefix}{i}",
+                    "name": "M",
+                    "roles": ["nurse"],
+                    "public_key": key(f"{prefix}{i}").public_b64,
+                },
             )
             for i in range(n)
         ]
@@ -107,8 +114,13 @@ def test_sqlite_block_write_is_atomic(tmp_path: Path) -> None:
 
     header = replace(head, height=2, prev=store.header_hash(1), tx_count=1, log_size=3)
     block = BlockWrite(
-        header, header.hash(), [bad_tx], [((0, 99), b"x" * 32)], b"[]",
-        [("identity", "poison", b"1")], (),
+        header,
+        header.hash(),
+        [bad_tx],
+        [((0, 99), b"x" * 32)],
+        b"[]",
+        [("identity", "poison", b"1")],
+        (),
     )
     with pytest.raises(StorageError):
         store.append_block(block)

@@ -26,7 +26,7 @@ class TokenIn(BaseModel):
 
 class TokenOut(BaseModel):
     access_token: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
     expires_in: int
     member: str
     org: str
@@ -66,4 +66,6 @@ def token(body: TokenIn, node: NodeDep, issuer: IssuerDep) -> TokenOut:
 
 @router.get("/v1/auth/whoami", response_model=WhoAmI)
 def whoami(member: MemberDep) -> WhoAmI:
-    return WhoAmI(member=member.member, org=member.org, roles=list(member.roles), expires=member.expires)
+    return WhoAmI(
+        member=member.member, org=member.org, roles=list(member.roles), expires=member.expires
+    )

@@ -23,7 +23,9 @@ def _json(body: Any) -> Response:
 @router.get("/v1/head", summary="The latest block header and its hash")
 def head(node: NodeDep) -> Response:
     header = node.ledger.head
-    return _json({"height": header.height, "hash": node.ledger.head_hash, "header": header.to_json()})
+    return _json(
+        {"height": header.height, "hash": node.ledger.head_hash, "header": header.to_json()}
+    )
 
 
 @router.get("/v1/blocks/{height}", summary="A block header and its transactions")
@@ -42,7 +44,12 @@ def block(node: NodeDep, height: Annotated[int, Path(ge=0)]) -> Response:
         for tx in store.block_txs(height)
     ]
     return _json(
-        {"height": height, "hash": store.header_hash(height), "header": header.to_json(), "transactions": txs}
+        {
+            "height": height,
+            "hash": store.header_hash(height),
+            "header": header.to_json(),
+            "transactions": txs,
+        }
     )
 
 
@@ -72,7 +79,9 @@ def state(node: NodeDep, contract: str, key: str) -> Response:
     value = node.ledger.state(contract, key)
     if value is None:
         raise NotFound(f"no value for {contract}/{key}", code="UNKNOWN_KEY")
-    return _json({"contract": contract, "key": key, "value": value, "height": node.ledger.head.height})
+    return _json(
+        {"contract": contract, "key": key, "value": value, "height": node.ledger.head.height}
+    )
 
 
 @router.get("/v1/members", summary="The chain's members, their organisations, roles and keys")

@@ -16,7 +16,12 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz")
 def healthz(node: NodeDep) -> Response:
     head = node.ledger.head
-    body = {"status": "ok", "chain": node.ledger.chain, "height": head.height, "log_size": head.log_size}
+    body = {
+        "status": "ok",
+        "chain": node.ledger.chain,
+        "height": head.height,
+        "log_size": head.log_size,
+    }
     return Response(dumps(body), media_type="application/json")
 
 

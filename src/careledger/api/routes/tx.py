@@ -34,7 +34,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise ValidationError(f"the request body exceeds {limit} bytes", code="REQUEST_TOO_LARGE")
+            raise ValidationError(
+                f"the request body exceeds {limit} bytes", code="REQUEST_TOO_LARGE"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -97,7 +99,9 @@ async def submit(
     results: list[dict[str, Any]] = []
     for tx_id, outcome in zip(ids, outcomes, strict=True):
         if isinstance(outcome, CareLedgerError):
-            results.append({"tx_id": tx_id, "error": {"code": outcome.code, "detail": outcome.message}})
+            results.append(
+                {"tx_id": tx_id, "error": {"code": outcome.code, "detail": outcome.message}}
+            )
         elif isinstance(outcome, BaseException):
             raise outcome
         else:
