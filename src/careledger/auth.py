@@ -55,7 +55,9 @@ class TokenIssuer:
             if len(self._challenges) >= MAX_OPEN_CHALLENGES:
                 self._challenges = {c: t for c, t in self._challenges.items() if t > now}
             if len(self._challenges) >= MAX_OPEN_CHALLENGES:
-                raise Unauthorized("too many open challenges; retry shortly", code="TOO_MANY_CHALLENGES")
+                raise Unauthorized(
+                    "too many open challenges; retry shortly", code="TOO_MANY_CHALLENGES"
+                )
             challenge = b64url_encode(secrets.token_bytes(24))
             self._challenges[challenge] = now + CHALLENGE_TTL_SECONDS
         return challenge, CHALLENGE_TTL_SECONDS

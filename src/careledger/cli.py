@@ -52,21 +52,27 @@ def _passphrase(ask: bool) -> str | None:
 def keygen(
     path: Annotated[Path, typer.Argument(help="key file to create")],
     name: Annotated[str, typer.Option(help="the key's name (member id)")] = "",
-    passphrase: Annotated[bool, typer.Option("--passphrase", help="encrypt with a passphrase")] = False,
+    passphrase: Annotated[
+        bool, typer.Option("--passphrase", help="encrypt with a passphrase")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create an Ed25519 key file and print its public key."""
     from careledger.keyfile import generate_keypair, write_key_file
 
     if path.exists():
-        raise _fail(ValidationError(f"{path} exists; refusing to overwrite a key", code="KEY_EXISTS"))
+        raise _fail(
+            ValidationError(f"{path} exists; refusing to overwrite a key", code="KEY_EXISTS")
+        )
     keypair = generate_keypair()
     try:
         write_key_file(path, keypair, name=name or path.stem, passphrase=_passphrase(passphrase))
     except CareLedgerError as exc:
         raise _fail(exc) from None
     if json_out:
-        _print_json({"name": name or path.stem, "public_key": keypair.public_b64, "file": str(path)})
+        _print_json(
+            {"name": name or path.stem, "public_key": keypair.public_b64, "file": str(path)}
+        )
     else:
         out.print(keypair.public_b64)
 
@@ -160,7 +166,9 @@ def submit(
     if json_out:
         _print_json(result)
     elif wait:
-        out.print(f"committed at height {result['height']}: {result['result']} (tx {result['tx_id']})")
+        out.print(
+            f"committed at height {result['height']}: {result['result']} (tx {result['tx_id']})"
+        )
     else:
         out.print(f"queued: {result}")
 
@@ -197,7 +205,9 @@ def status(url: UrlOpt = DEFAULT_URL, json_out: JsonOpt = False) -> None:
 def _trusted_keys(client: Any, keys_file: Path | None) -> list[str]:
     if keys_file is not None:
         return [line for line in keys_file.read_text().splitlines() if line.strip()]
-    err.print("[yellow]warning[/yellow] trusting the node's own verifier keys (use --keys to pin them)")
+    err.print(
+        "[yellow]warning[/yellow] trusting the node's own verifier keys (use --keys to pin them)"
+    )
     keys: list[str] = client.verifier_keys()
     return keys
 
@@ -251,7 +261,9 @@ def proof_consistency(
     if json_out:
         _print_json({**answer, "verified": True})
     else:
-        out.print(f"[green]verified[/green] the log of size {second} extends the log of size {first}")
+        out.print(
+            f"[green]verified[/green] the log of size {second} extends the log of size {first}"
+        )
 
 
 @app.command()
@@ -270,15 +282,18 @@ def verify(data_dir: DirArg, json_out: JsonOpt = False) -> None:
     except CareLedgerError as exc:
         raise _fail(exc) from None
     total = head_height + 1
-    with ThreadPoolExecutor(2) as pool, Progress(
-        TextColumn("verifying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("blocks"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=json_out or not err.is_terminal,
-    ) as bar:
+    with (
+        ThreadPoolExecutor(2) as pool,
+        Progress(
+            TextColumn("verifying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("blocks"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=json_out or not err.is_terminal,
+        ) as bar,
+    ):
         task = bar.add_task("verify", total=total)
         report = verify_store(store, pool=pool, progress=lambda h, n: bar.advance(task))
     store.close()
@@ -315,7 +330,9 @@ def members(data_dir: DirArg, json_out: JsonOpt = False) -> None:
         return
     table = Table("member", "name", "organisation", "roles", "key", "public key")
     for m in view["members"]:
-        table.add_row(m["id"], m["name"], m["org"], ", ".join(m["roles"]), m["key_status"], m["public_key"])
+        table.add_row(
+            m["id"], m["name"], m["org"], ", ".join(m["roles"]), m["key_status"], m["public_key"]
+        )
     out.print(table)
 
 
@@ -337,13 +354,17 @@ def token(
         settings = Settings.load(data_dir)
         key_file = data_dir / KEYS_DIR / f"{name}.key"
         if not key_file.exists():
-            raise ValidationError(f"no key file for {name!r} in {data_dir / KEYS_DIR}", code="NO_KEY")
+            raise ValidationError(
+                f"no key file for {name!r} in {data_dir / KEYS_DIR}", code="NO_KEY"
+            )
         _, member_key = read_key_file(key_file, passphrase=_passphrase(False))
         _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
         store = SQLiteStore(settings.store_path, readonly=True)
         ledger = Ledger(store, node_name=settings.node_name, node_key=node_key)
         signer = resolve_signer(ledger.state, member_key.public_b64)
-        issuer = TokenIssuer(chain=ledger.chain, node_name=settings.node_name, node_key=node_key, ttl_seconds=ttl)
+        issuer = TokenIssuer(
+            chain=ledger.chain, node_name=settings.node_name, node_key=node_key, ttl_seconds=ttl
+        )
         value, _ = issuer.issue(signer)
     except CareLedgerError as exc:
         raise _fail(exc) from None

@@ -78,7 +78,9 @@ def demo_history(
         new_keys[member_id] = keypair
         return keypair
 
-    def tx(signer: str, method: str, args: dict[str, Any], key: KeyPair | None = None) -> dict[str, Any]:
+    def tx(
+        signer: str, method: str, args: dict[str, Any], key: KeyPair | None = None
+    ) -> dict[str, Any]:
         keypair = key or keys[signer]
         body = make_body(
             chain=DEMO_CHAIN,
@@ -96,20 +98,43 @@ def demo_history(
     rotated = generate_keypair()
     newcomer = new_key("harbor-admin")
     proposal_block = [
-        tx("st-mary-admin", "add_member", {
-            "id": "rn-dana-kim", "name": "Dana Kim, RN", "roles": ["nurse"],
-            "public_key": nurse.public_b64,
-        }),
-        tx("city-pharmacy-admin", "add_member", {
-            "id": "ph-tech-omar", "name": "Omar Haddad, pharmacy technician",
-            "roles": ["pharmacist"], "public_key": tech.public_b64,
-        }),
-        tx("dr-ben-okafor", "rotate_key", {"member": "dr-ben-okafor", "public_key": rotated.public_b64}),
-        tx("st-mary-admin", "propose_org", {
-            "org": {"id": "harbor-pharmacy", "name": "Harbor Pharmacy", "kind": "pharmacy"},
-            "admin": {"id": "harbor-admin", "name": "Harbor administrator",
-                      "public_key": newcomer.public_b64},
-        }),
+        tx(
+            "st-mary-admin",
+            "add_member",
+            {
+                "id": "rn-dana-kim",
+                "name": "Dana Kim, RN",
+                "roles": ["nurse"],
+                "public_key": nurse.public_b64,
+            },
+        ),
+        tx(
+            "city-pharmacy-admin",
+            "add_member",
+            {
+                "id": "ph-tech-omar",
+                "name": "Omar Haddad, pharmacy technician",
+                "roles": ["pharmacist"],
+                "public_key": tech.public_b64,
+            },
+        ),
+        tx(
+            "dr-ben-okafor",
+            "rotate_key",
+            {"member": "dr-ben-okafor", "public_key": rotated.public_b64},
+        ),
+        tx(
+            "st-mary-admin",
+            "propose_org",
+            {
+                "org": {"id": "harbor-pharmacy", "name": "Harbor Pharmacy", "kind": "pharmacy"},
+                "admin": {
+                    "id": "harbor-admin",
+                    "name": "Harbor administrator",
+                    "public_key": newcomer.public_b64,
+                },
+            },
+        ),
     ]
     write_key_file(keys_dir / "dr-ben-okafor.key", rotated, name="dr-ben-okafor", overwrite=True)
     keys["dr-ben-okafor"] = rotated

@@ -17,4 +17,6 @@ def loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise ValidationError(f"the body is not valid JSON ({exc.msg})", code="MALFORMED_JSON") from None
+        raise ValidationError(
+            f"the body is not valid JSON ({exc.msg})", code="MALFORMED_JSON"
+        ) from None

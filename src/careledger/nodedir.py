@@ -48,7 +48,9 @@ def init_node(
     _write_json(data_dir / GENESIS_FILE, genesis)
     key_path, root = node_key_file.resolve(), data_dir.resolve()
     relative = key_path.relative_to(root) if key_path.is_relative_to(root) else key_path
-    _write_json(data_dir / NODE_FILE, {"node_name": node_name, "org": org, "node_key": str(relative)})
+    _write_json(
+        data_dir / NODE_FILE, {"node_name": node_name, "org": org, "node_key": str(relative)}
+    )
     from careledger.keyfile import read_key_file
 
     _, key = read_key_file(node_key_file)
@@ -91,7 +93,9 @@ def _commit(ledger: Ledger, envelopes: list[dict[str, Any]]) -> dict[str, dict[s
         raise ValidationError("demo block did not commit", code="DEMO_FAILED")
     rejected = [r for r in executed.receipts.values() if r["result"] != "accepted"]
     if rejected:
-        raise ValidationError(f"demo transaction rejected: {rejected[0]['code']}", code="DEMO_FAILED")
+        raise ValidationError(
+            f"demo transaction rejected: {rejected[0]['code']}", code="DEMO_FAILED"
+        )
     return dict(executed.receipts)
 
 

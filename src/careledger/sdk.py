@@ -142,7 +142,9 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise CareLedgerError(f"cannot reach the node: {exc}", code="NODE_UNREACHABLE") from None
+            raise CareLedgerError(
+                f"cannot reach the node: {exc}", code="NODE_UNREACHABLE"
+            ) from None
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -217,7 +219,9 @@ class Client:
         )
         return sign_body(body, key)
 
-    def submit(self, envelopes: dict[str, Any] | Sequence[dict[str, Any]], *, wait: bool = True) -> Any:
+    def submit(
+        self, envelopes: dict[str, Any] | Sequence[dict[str, Any]], *, wait: bool = True
+    ) -> Any:
         """One envelope → its receipt (wait) or id; a list → per-envelope results."""
         response = self._request(
             "POST",
@@ -231,7 +235,9 @@ class Client:
             return body["receipt"] if wait else body["tx_id"]
         return body["results"] if wait else body["tx_ids"]
 
-    def call(self, contract: str, method: str, args: Mapping[str, Any], *, wait: bool = True) -> Any:
+    def call(
+        self, contract: str, method: str, args: Mapping[str, Any], *, wait: bool = True
+    ) -> Any:
         return self.submit(self.build(contract, method, args), wait=wait)
 
     # -- verified reads ------------------------------------------------------------------
@@ -244,7 +250,9 @@ class Client:
             raise VerificationError("the node returned a receipt for another transaction")
         return verified
 
-    def verified_consistency(self, old_note: str, new_note: str, verifier_keys: Sequence[str]) -> None:
+    def verified_consistency(
+        self, old_note: str, new_note: str, verifier_keys: Sequence[str]
+    ) -> None:
         first, _ = verify_checkpoint(old_note, verifier_keys)
         second, _ = verify_checkpoint(new_note, verifier_keys)
         if first.size == second.size:
@@ -264,7 +272,11 @@ class Client:
         token = self._request(
             "POST",
             "/v1/auth/token",
-            json={"public_key": key.public_b64, "challenge": challenge["challenge"], "signature": signature},
+            json={
+                "public_key": key.public_b64,
+                "challenge": challenge["challenge"],
+                "signature": signature,
+            },
         ).json()["access_token"]
         self._http.headers["authorization"] = f"Bearer {token}"
         return str(token)
@@ -274,4 +286,3 @@ def _dumps(value: Any) -> bytes:
     import orjson
 
     return orjson.dumps(value)
-

@@ -137,13 +137,16 @@ class Contract:
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
+    _methods: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._methods = frozenset(
+            attr for attr in dir(cls) if getattr(getattr(cls, attr), "__careledger_tx__", False)
+        )
 
     def methods(self) -> frozenset[str]:
-        return frozenset(
-            attr
-            for attr in dir(type(self))
-            if getattr(getattr(type(self), attr), "__careledger_tx__", False)
-        )
+        return self._methods
 
     def call(self, ctx: Context, method: str, args: Mapping[str, Any]) -> None:
         if method not in self.methods():

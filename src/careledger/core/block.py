@@ -56,7 +56,9 @@ def header_from_json(obj: Mapping[str, Any]) -> BlockHeader:
         raise ValidationError(str(exc), code="BAD_HEADER") from None
     ints = (header.height, header.time, header.log_size, header.tx_count, header.version)
     if not all(type(v) is int and v >= 0 for v in ints):
-        raise ValidationError("block header numbers must be non-negative integers", code="BAD_HEADER")
+        raise ValidationError(
+            "block header numbers must be non-negative integers", code="BAD_HEADER"
+        )
     return header
 
 

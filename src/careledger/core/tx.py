@@ -50,7 +50,9 @@ class Transaction:
 
     def envelope_bytes(self) -> bytes:
         # Keys "body" < "sig", so this concatenation is the RFC 8785 form of the envelope.
-        return b'{"body":' + self.signed_bytes + b',"sig":"' + b64url_encode(self.sig).encode() + b'"}'
+        return (
+            b'{"body":' + self.signed_bytes + b',"sig":"' + b64url_encode(self.sig).encode() + b'"}'
+        )
 
     def envelope_hash(self) -> str:
         return sha256_hex(self.envelope_bytes())

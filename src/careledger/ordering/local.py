@@ -50,7 +50,9 @@ class LocalOrderer:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="careledger-committer", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="careledger-committer", daemon=True
+            )
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -123,7 +125,9 @@ class LocalOrderer:
             log.exception("committer failed")
             self.ledger.release(txs)
             for _, fut in batch:
-                fut.set_exception(StorageError(f"the block could not be committed: {type(exc).__name__}"))
+                fut.set_exception(
+                    StorageError(f"the block could not be committed: {type(exc).__name__}")
+                )
             return
         receipts = {} if executed is None else executed.receipts
         skipped = {} if executed is None else executed.skipped
