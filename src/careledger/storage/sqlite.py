@@ -170,8 +170,11 @@ class SQLiteStore:
             chunk = unique[start : start + _NODE_QUERY_CHUNK]
             values = ",".join("(?,?)" for _ in chunk)
             params = [v for node in chunk for v in node]
+            # A join on a VALUES list is answered by primary-key lookups; a row-value IN scans.
             rows = self._all(
-                f"SELECT level, idx, hash FROM nodes WHERE (level, idx) IN (VALUES {values})",  # noqa: S608
+                f"WITH want(l, i) AS (VALUES {values}) "  # noqa: S608 - placeholders only
+                "SELECT n.level, n.idx, n.hash FROM want CROSS JOIN nodes n "
+                "ON n.level = want.l AND n.idx = want.i",
                 params,
             )
             for level, idx, digest in rows:
