@@ -1,0 +1,129 @@
+"""Canonical JSON (RFC 8785, JCS): the only encoder of bytes that are hashed or signed.
+
+Every node must turn the same value into the same bytes, or hashes and signatures stop
+agreeing. ``rfc8785.dumps`` is the reference; this module may only be faster, never different.
+
+Fast path: ``orjson`` with sorted keys, used only when the output is provably identical to JCS,
+which holds when the value is built solely from exact ``dict``/``list``/``tuple``/``str``/``int``/
+``bool``/``None`` and
+
+* there are no floats (orjson's float format is not ECMAScript's, and it writes NaN as ``null``);
+* every int is in rfc8785's domain ``[-(2**53 - 1), 2**53 - 1]`` (orjson would write any 64-bit
+  integer, rfc8785 refuses them);
+* every key is a ``str`` inside the BMP: orjson sorts by code point, JCS by UTF-16 code units,
+  and the two orders agree for BMP strings only;
+* no subclasses (``IntEnum``, ``str`` enums, ``OrderedDict``...): orjson and rfc8785 treat them
+  differently, so they take the reference path.
+
+String escaping needs no guard: orjson and JCS escape exactly ``"``, ``\\`` and U+0000..U+001F
+(short forms ``\\b \\t \\n \\f \\r``, otherwise lowercase ``\\u00xx``) and nothing else (U+007F,
+U+2028/U+2029 and non-BMP text are written raw in UTF-8); this is checked for every code point in
+the tests. Lone surrogates make orjson raise, and the value then goes to rfc8785, which refuses it.
+Anything else goes to rfc8785, whose refusals become ``ValidationError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+import rfc8785
+
+from careledger.errors import ValidationError
+
+__all__ = ["canonical_bytes", "canonical_hash_hex", "sha256", "sha256_hex"]
+
+#: rfc8785's integer domain (integers exactly representable as IEEE-754 doubles, I-JSON).
+MAX_SAFE_INTEGER = 2**53 - 1
+MIN_SAFE_INTEGER = -MAX_SAFE_INTEGER
+
+# Containers nested deeper than this take the reference path; this also ends the guard walk on
+# cyclic values (orjson itself gives up at 255).
+_FAST_MAX_DEPTH = 128
+_BMP_MAX = "\uffff"
+_SORT_KEYS = orjson.OPT_SORT_KEYS
+
+
+def _fast_path_ok(value: object, depth: int = 0) -> bool:
+    """Whether orjson's output for ``value`` is guaranteed to equal the JCS bytes."""
+    kind = type(value)
+    if kind is dict:
+        if depth > _FAST_MAX_DEPTH:
+            return False
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str or (not key.isascii() and max(key) > _BMP_MAX):
+                return False
+            item_kind = type(item)
+            if item_kind is str or item_kind is bool or item is None:
+                continue
+            if item_kind is int:
+                if not MIN_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    return False
+            elif not _fast_path_ok(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        if depth > _FAST_MAX_DEPTH:
+            return False
+        for item in value:  # type: ignore[attr-defined]
+            item_kind = type(item)
+            if item_kind is str or item_kind is bool or item is None:
+                continue
+            if item_kind is int:
+                if not MIN_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    return False
+            elif not _fast_path_ok(item, depth + 1):
+                return False
+        return True
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return MIN_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER  # type: ignore[operator]
+    return False
+
+
+def _reference_bytes(value: object) -> bytes:
+    """rfc8785, with its refusals turned into ``ValidationError`` that never echo the input."""
+    try:
+        return rfc8785.dumps(value)  # type: ignore[arg-type]
+    except rfc8785.IntegerDomainError:
+        raise ValidationError(
+            "integer outside the JSON safe range [-(2**53-1), 2**53-1]; encode it as a string"
+        ) from None
+    except rfc8785.FloatDomainError:
+        raise ValidationError("NaN and Infinity are not representable in JSON") from None
+    except rfc8785.CanonicalizationError as exc:
+        # rfc8785's own messages name only types, never values.
+        raise ValidationError(f"value cannot be canonicalized: {exc}") from None
+    except UnicodeError:
+        # Lone surrogates in an object key (rfc8785 sorts keys by their UTF-16 encoding).
+        raise ValidationError(
+            "value cannot be canonicalized: input contains non-UTF-8 codepoints"
+        ) from None
+    except RecursionError:
+        raise ValidationError("value is nested too deeply or is cyclic") from None
+
+
+def canonical_bytes(value: object) -> bytes:
+    """RFC 8785 bytes of ``value``: what gets hashed and signed, identical on every node."""
+    if _fast_path_ok(value):
+        try:
+            return orjson.dumps(value, option=_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass  # lone surrogate or too deep: let the reference decide (and explain)
+    return _reference_bytes(value)
+
+
+def sha256(data: bytes) -> bytes:
+    """SHA-256 digest; one name so every hash in the ledger is visibly the same function."""
+    return hashlib.sha256(data).digest()
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lowercase hex SHA-256, the textual form used in ids and documents."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_hash_hex(value: object) -> str:
+    """Hex SHA-256 of the canonical bytes: the content id of a JSON value."""
+    return hashlib.sha256(canonical_bytes(value)).hexdigest()
