@@ -333,6 +333,7 @@ def synthetic_log(path: Path, leaves: int) -> SQLiteStore:
             size,
             merkle.root_from_frontier(frontier).hex(),
             prev.state_digest,
+            prev.events_digest,
             count,
         )
         store.append_block(BlockWrite(header, header.hash(), txs, nodes, b"[]", (), ()))

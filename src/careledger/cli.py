@@ -267,9 +267,15 @@ def proof_consistency(
 
 
 @app.command()
-def verify(data_dir: DirArg, json_out: JsonOpt = False) -> None:
+def verify(
+    data_dir: DirArg,
+    reexecute: Annotated[
+        bool, typer.Option("--reexecute", help="also re-run every transaction through its contract")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """Replay the whole store offline; exit 1 naming the first bad height."""
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor
 
     from careledger.config import Settings
     from careledger.ledger.verify import verify_store
@@ -283,7 +289,7 @@ def verify(data_dir: DirArg, json_out: JsonOpt = False) -> None:
         raise _fail(exc) from None
     total = head_height + 1
     with (
-        ThreadPoolExecutor(2) as pool,
+        ProcessPoolExecutor(2) as pool,
         Progress(
             TextColumn("verifying"),
             BarColumn(),
@@ -295,7 +301,9 @@ def verify(data_dir: DirArg, json_out: JsonOpt = False) -> None:
         ) as bar,
     ):
         task = bar.add_task("verify", total=total)
-        report = verify_store(store, pool=pool, progress=lambda h, n: bar.advance(task))
+        report = verify_store(
+            store, pool=pool, progress=lambda h, n: bar.advance(task), reexecute=reexecute
+        )
     store.close()
     if json_out:
         _print_json(report.to_json())

@@ -1,8 +1,8 @@
 """Block headers, receipts and the state digest.
 
 A header commits to its predecessor (``prev``), to the Merkle log after the block (``log_size``,
-``log_root``) and to every state change ever made (``state_digest``, a hash chain over each
-block's canonical write-set). The receipt is the log leaf: it records the outcome, so an
+``log_root``), to every state change ever made (``state_digest``, a hash chain over each
+block's canonical write-set) and to the events the block emitted (``events_digest``). The receipt is the log leaf: it records the outcome, so an
 inclusion proof shows what happened to a transaction, not merely that it was seen.
 """
 
@@ -33,6 +33,7 @@ class BlockHeader:
     log_size: int
     log_root: str
     state_digest: str
+    events_digest: str
     tx_count: int
     version: int = HEADER_VERSION
 
@@ -70,6 +71,12 @@ def writeset_bytes(writes: Iterable[Write]) -> bytes:
 
 def next_state_digest(prev_digest: str, writeset: bytes) -> str:
     return sha256_hex(bytes.fromhex(prev_digest) + sha256(writeset))
+
+
+def events_digest(events: Iterable[tuple[int, str, bytes]]) -> str:
+    """Commits the header to the block's events: (tx index, type, canonical data), in order."""
+    parts = [b"[%d," % index + canonical_bytes(kind) + b"," + data + b"]" for index, kind, data in events]
+    return sha256_hex(b"[" + b",".join(parts) + b"]")
 
 
 def receipt(

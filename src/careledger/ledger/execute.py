@@ -19,6 +19,7 @@ from careledger.core.block import (
     ZERO_HASH,
     BlockHeader,
     Write,
+    events_digest,
     next_state_digest,
     receipt,
 )
@@ -80,6 +81,7 @@ def genesis_block(genesis: Mapping[str, Any]) -> Executed:
         log_size=0,
         log_root=merkle.empty_root().hex(),
         state_digest=next_state_digest(ZERO_HASH, writeset),
+        events_digest=events_digest(()),
         tx_count=0,
     )
     block = BlockWrite(header, header.hash(), (), (), writeset, encoded, ())
@@ -153,6 +155,7 @@ def execute_block(
         log_size=prev.log_size + len(stored),
         log_root=merkle.root_from_frontier(new_frontier).hex(),
         state_digest=next_state_digest(prev.state_digest, writeset),
+        events_digest=events_digest((e.tx_index, e.type, e.data) for e in events),
         tx_count=len(stored),
     )
     block = BlockWrite(header, header.hash(), stored, nodes, writeset, encoded, events)

@@ -1,4 +1,9 @@
-"""Signature checks spread over threads: libsodium runs without the GIL, so threads scale."""
+"""Signature checks spread over workers (threads or processes).
+
+libsodium runs without the GIL, but a thread must take the GIL back after every signature, and
+while the committer thread holds it those threads wait; a process pool avoids that contention.
+Workers receive plain (public key, message, signature) tuples so either kind of pool works.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,22 @@ from careledger.core.keys import verify_signature
 from careledger.core.tx import Transaction
 
 _MIN_PARALLEL = 64
+Item = tuple[bytes, bytes, bytes]
 
 
-def _verify_chunk(txs: Sequence[Transaction]) -> list[bool]:
-    return [verify_signature(tx.signer_key, tx.signed_bytes, tx.sig) for tx in txs]
+def verify_items(items: Sequence[Item]) -> list[bool]:
+    return [verify_signature(pk, msg, sig) for pk, msg, sig in items]
 
 
 def verify_signatures(
     txs: Sequence[Transaction], pool: Executor | None = None, workers: int = 2
 ) -> list[bool]:
-    if pool is None or len(txs) < _MIN_PARALLEL or workers < 2:
-        return _verify_chunk(txs)
-    size = -(-len(txs) // workers)
-    chunks = [txs[i : i + size] for i in range(0, len(txs), size)]
+    items = [(tx.signer_key, tx.signed_bytes, tx.sig) for tx in txs]
+    if pool is None or len(items) < _MIN_PARALLEL or workers < 1:
+        return verify_items(items)
+    size = -(-len(items) // workers)
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
     results: list[bool] = []
-    for part in pool.map(_verify_chunk, chunks):
+    for part in pool.map(verify_items, chunks):
         results.extend(part)
     return results

@@ -1,10 +1,16 @@
-"""Offline verification of a whole store: re-derive every block and compare, byte for byte.
+"""Offline verification of a whole store, block by block from the genesis document.
 
-For each block: the header hash and link to its predecessor; every envelope's id and signature;
-re-execution of its transactions on the replayed state, which must give the stored receipts,
-write-set, events, Merkle log nodes, log root and state digest. At the end the replayed state
-must equal the store's current state (what contracts read). The first difference names its
-height; nothing is repaired.
+Always, for each block: the header hash and its link to the previous header; every envelope's
+id, canonical form and signature; every receipt (it must name its transaction, envelope, height
+and position); the Merkle log nodes, log size and root; the state digest over the stored
+write-set; the events digest. The write-sets are replayed from genesis and, at the end, the
+replayed state must equal the store's current state (what contracts read).
+
+With ``reexecute=True`` every transaction is also run again through the contracts on the
+replayed state, and the receipts, write-set and events must come out byte for byte the same:
+this proves the outcomes, not only their integrity, at the cost of execution time.
+
+The first difference names its height; nothing is repaired.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from typing import Any
 import orjson
 
 from careledger.contracts.registry import Registry, default_registry
-from careledger.core.canonical import canonical_bytes
+from careledger.core import merkle
+from careledger.core.block import BlockHeader, events_digest, next_state_digest, receipt
+from careledger.core.canonical import canonical_bytes, sha256_hex
 from careledger.core.tx import Transaction, decode_envelope
 from careledger.errors import CareLedgerError, StorageError
 from careledger.ledger.execute import Executed, execute_block, genesis_block
@@ -85,14 +93,7 @@ def _compare_block(stored: BlockWrite, derived: BlockWrite, store: LedgerStore) 
     derived_events = [(e.tx_index, e.seq, e.type, e.data) for e in derived.events]
     if stored_events != derived_events:
         raise _Mismatch(h, "events differ from re-execution")
-    ids = [node_id for node_id, _ in derived.nodes]
-    try:
-        found = store.get_nodes(ids) if ids else []
-    except StorageError:
-        raise _Mismatch(h, "Merkle log nodes are missing") from None
-    for (node_id, digest), have in zip(derived.nodes, found, strict=True):
-        if digest != have:
-            raise _Mismatch(h, f"Merkle log node {node_id} differs")
+    _compare_nodes(h, derived.nodes, store)
     if stored.header != derived.header:
         raise _Mismatch(h, "header differs from re-derivation (log root, state digest or time)")
 
@@ -117,9 +118,17 @@ def _decode_block_txs(height: int, store: LedgerStore) -> list[Transaction]:
 class _Verifier:
     """Walks the chain from genesis, carrying the replayed state and the log frontier."""
 
-    def __init__(self, store: LedgerStore, registry: Registry, pool: Executor | None, workers: int):
+    def __init__(
+        self,
+        store: LedgerStore,
+        registry: Registry,
+        pool: Executor | None,
+        workers: int,
+        reexecute: bool,
+    ) -> None:
         self.store = store
         self.registry = registry
+        self.reexecute = reexecute
         self.pool = pool
         self.workers = workers
         self.replay = _ReplayState()
@@ -168,6 +177,17 @@ class _Verifier:
         for tx, ok in zip(txs, checks, strict=True):
             if not ok:
                 raise _Mismatch(height, f"signature of transaction {tx.tx_id} is invalid")
+        stored = BlockWrite(
+            header,
+            header_hash,
+            store.block_txs(height),
+            (),
+            writeset,
+            (),
+            store.block_events(height),
+        )
+        if not self.reexecute:
+            return self._replay_recorded(stored, prev, txs), header_hash
         derived = execute_block(
             registry=self.registry,
             prev=prev,
@@ -179,17 +199,84 @@ class _Verifier:
         )
         if derived is None or derived.skipped:
             raise _Mismatch(height, "the block holds transactions that cannot commit")
-        stored = BlockWrite(
-            header,
-            header_hash,
-            store.block_txs(height),
-            (),
-            writeset,
-            (),
-            store.block_events(height),
-        )
         _compare_block(stored, derived.block, store)
         return derived, header_hash
+
+    def _replay_recorded(
+        self, stored: BlockWrite, prev: BlockHeader, txs: Sequence[Transaction]
+    ) -> Executed:
+        """Check a block against what it records (no re-execution) and return its write-set."""
+        header = stored.header
+        h = header.height
+        if header.chain != prev.chain or header.time < prev.time:
+            raise _Mismatch(h, "chain id or block time does not follow the previous block")
+        if header.tx_count != len(stored.txs) or header.log_size != prev.log_size + len(txs):
+            raise _Mismatch(h, "transaction count or log size differs")
+        leaves = []
+        last_nonce: dict[str, int] = {}
+        for index, (kept, tx) in enumerate(zip(stored.txs, txs, strict=True)):
+            leaf_index = prev.log_size + index
+            try:
+                code = orjson.loads(kept.receipt).get("code")
+            except (orjson.JSONDecodeError, AttributeError):
+                raise _Mismatch(h, f"receipt of transaction {tx.tx_id} is malformed") from None
+            expected = receipt(
+                chain=header.chain,
+                tx_id=tx.tx_id,
+                envelope_hash=sha256_hex(kept.envelope),
+                height=h,
+                index=index,
+                leaf_index=leaf_index,
+                code=code if isinstance(code, str) else None,
+            )
+            if kept.leaf_index != leaf_index or canonical_bytes(expected) != kept.receipt:
+                raise _Mismatch(h, f"receipt of transaction {tx.tx_id} differs")
+            previous = last_nonce.get(tx.signer, self.replay.read("nonce", tx.signer) or 0)
+            if tx.nonce <= previous:
+                raise _Mismatch(h, f"transaction {tx.tx_id} replays a nonce")
+            last_nonce[tx.signer] = tx.nonce
+            leaves.append(merkle.leaf_hash(kept.receipt))
+        frontier, nodes = merkle.append_leaf_hashes(self.frontier, prev.log_size, leaves)
+        _compare_nodes(h, nodes, self.store)
+        if merkle.root_from_frontier(frontier).hex() != header.log_root:
+            raise _Mismatch(h, "log root differs from the receipts")
+        if next_state_digest(prev.state_digest, stored.writeset) != header.state_digest:
+            raise _Mismatch(h, "state digest differs from the write-set")
+        events = [(e.tx_index, e.type, e.data) for e in stored.events]
+        well_formed = [e.seq for e in stored.events] == list(range(len(events))) and all(
+            0 <= i < len(txs) for i, _, _ in events
+        )
+        if not well_formed or events_digest(events) != header.events_digest:
+            raise _Mismatch(h, "events differ from the events digest")
+        writes = _parse_writeset(h, stored.writeset)
+        for signer, nonce in last_nonce.items():
+            if writes.get(("nonce", signer)) != nonce:
+                raise _Mismatch(h, "the write-set does not record the signers' nonces")
+        return Executed(stored, frontier, {}, {}, writes)
+
+
+def _parse_writeset(height: int, raw: bytes) -> dict[tuple[str, str], Any]:
+    try:
+        rows = orjson.loads(raw)
+        writes = {(ns, key): value for ns, key, value in rows}
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        raise _Mismatch(height, "the write-set is malformed") from None
+    if len(writes) != len(rows) or canonical_bytes(rows) != raw:
+        raise _Mismatch(height, "the write-set is not canonical")
+    return writes
+
+
+def _compare_nodes(
+    height: int, nodes: Sequence[tuple[tuple[int, int], bytes]], store: LedgerStore
+) -> None:
+    ids = [node_id for node_id, _ in nodes]
+    try:
+        found = store.get_nodes(ids) if ids else []
+    except StorageError:
+        raise _Mismatch(height, "Merkle log nodes are missing") from None
+    for (node_id, digest), have in zip(nodes, found, strict=True):
+        if digest != have:
+            raise _Mismatch(height, f"Merkle log node {node_id} differs")
 
 
 def verify_store(
@@ -199,12 +286,13 @@ def verify_store(
     pool: Executor | None = None,
     workers: int = 2,
     progress: Progress | None = None,
+    reexecute: bool = False,
 ) -> VerifyReport:
     report = VerifyReport(ok=True, height=-1)
     head_height = store.head_height()
     if head_height < 0:
         return VerifyReport(False, 0, problem="the store holds no genesis block")
-    walker = _Verifier(store, registry or default_registry(), pool, workers)
+    walker = _Verifier(store, registry or default_registry(), pool, workers, reexecute)
     try:
         for height in range(head_height + 1):
             report.height = height
@@ -229,9 +317,12 @@ def _genesis(store: LedgerStore) -> Executed:
     if raw is None:
         raise _Mismatch(0, "the genesis document is missing")
     try:
-        return genesis_block(orjson.loads(raw))
+        executed = genesis_block(orjson.loads(raw))
     except (CareLedgerError, orjson.JSONDecodeError):
         raise _Mismatch(0, "the genesis document is malformed") from None
+    if store.chain_meta("chain") != executed.block.header.chain:
+        raise _Mismatch(0, "the store's chain id differs from the genesis document")
+    return executed
 
 
 def _compare_state(store: LedgerStore, replay: _ReplayState) -> None:
