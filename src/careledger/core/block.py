@@ -2,8 +2,9 @@
 
 A header commits to its predecessor (``prev``), to the Merkle log after the block (``log_size``,
 ``log_root``), to every state change ever made (``state_digest``, a hash chain over each
-block's canonical write-set) and to the events the block emitted (``events_digest``). The receipt is the log leaf: it records the outcome, so an
-inclusion proof shows what happened to a transaction, not merely that it was seen.
+block's canonical write-set) and to the events the block emitted (``events_digest``). The
+receipt is the log leaf: it records the outcome, so an inclusion proof shows what happened to a
+transaction, not merely that it was seen.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def next_state_digest(prev_digest: str, writeset: bytes) -> str:
 
 def events_digest(events: Iterable[tuple[int, str, bytes]]) -> str:
     """Commits the header to the block's events: (tx index, type, canonical data), in order."""
-    parts = [b"[%d," % index + canonical_bytes(kind) + b"," + data + b"]" for index, kind, data in events]
+    parts = [b"[%d," % i + canonical_bytes(kind) + b"," + data + b"]" for i, kind, data in events]
     return sha256_hex(b"[" + b",".join(parts) + b"]")
 
 
