@@ -29,7 +29,7 @@ class Settings:
     max_request_bytes: int = 64 * 1024 * 1024
     max_batch_envelopes: int = 10_000
     token_ttl_seconds: int = 900
-    verify_threads: int = 2
+    verify_workers: int = 2
 
     @property
     def store_path(self) -> Path:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
 from typing import Any
 
 from careledger.config import Settings
 from careledger.core.tx import Transaction
 from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
-from careledger.ledger.sigcheck import verify_signatures
 from careledger.ordering.local import LocalOrderer
 from careledger.storage.sqlite import SQLiteStore
 
@@ -29,11 +29,14 @@ class Node:
             max_wait=settings.max_wait,
             max_queue=settings.max_queue,
         )
-        self.verify_pool = ThreadPoolExecutor(
-            max_workers=max(1, settings.verify_threads), thread_name_prefix="careledger-verify"
+        # Processes, not threads: a verifying thread must retake the GIL after every signature
+        # and would queue behind the committer. "spawn" because this process already has threads.
+        self.verify_pool = ProcessPoolExecutor(
+            max_workers=max(1, settings.verify_workers), mp_context=get_context("spawn")
         )
 
     def start(self) -> None:
+        self.verify_pool.submit(abs, 0).result()  # start the workers now, not on the first request
         self.orderer.start()
 
     def stop(self) -> None:
@@ -45,10 +48,11 @@ class Node:
         """Decode, verify and admit every envelope, or none (raises AdmissionErrors)."""
         from careledger.ledger.admission import admit_all
 
-        return admit_all(self.ledger, objs, sizes, pool=self.verify_pool)
+        return admit_all(
+            self.ledger, objs, sizes, pool=self.verify_pool, workers=self.settings.verify_workers
+        )
 
     def submit(self, txs: Sequence[Transaction]) -> list[Future[dict[str, Any]]]:
         return self.orderer.submit(txs)
 
 
-__all__ = ["Node", "verify_signatures"]

@@ -24,6 +24,7 @@ def admit_all(
     sizes: Sequence[int | None],
     *,
     pool: Executor | None = None,
+    workers: int = 2,
 ) -> list[Transaction]:
     errors: list[dict[str, Any]] = []
     decoded: list[tuple[int, Transaction]] = []
@@ -32,7 +33,7 @@ def admit_all(
             decoded.append((index, ledger.decode(obj, size=size)))
         except CareLedgerError as exc:
             errors.append(_error(index, exc))
-    checks = verify_signatures([tx for _, tx in decoded], pool)
+    checks = verify_signatures([tx for _, tx in decoded], pool, workers)
     admitted: list[Transaction] = []
     for (index, tx), ok in zip(decoded, checks, strict=True):
         try:

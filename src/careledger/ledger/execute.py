@@ -11,7 +11,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from careledger.contracts.base import BlockState, Context, StateReader, StateView, TxState
+from careledger.contracts.base import (
+    BlockState,
+    Context,
+    Signer,
+    StateReader,
+    StateView,
+    TxState,
+)
+from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import genesis_writes, resolve_signer
 from careledger.contracts.registry import Registry
 from careledger.core import merkle
@@ -112,6 +120,7 @@ def execute_block(
     stored: list[StoredTx] = []
     events: list[StoredEvent] = []
     leaves: list[bytes] = []
+    signers: dict[str, Signer] = {}
     for tx in txs:
         last = state.get(NONCE_NAMESPACE, tx.signer)
         if tx.chain != prev.chain:
@@ -121,14 +130,15 @@ def execute_block(
             skipped[tx.tx_id] = "NONCE_REPLAY"
             continue
         index = len(stored)
-        code, tx_events, tx_writes = _run(registry, state, tx, prev.chain, height, time)
+        code, tx_events, tx_writes = _run(registry, state, signers, tx, prev.chain, height, time)
         state.apply(tx_writes)
         state.apply({(NONCE_NAMESPACE, tx.signer): tx.nonce})
         leaf_index = prev.log_size + index
+        envelope = tx.envelope_bytes()
         rec = receipt(
             chain=prev.chain,
             tx_id=tx.tx_id,
-            envelope_hash=tx.envelope_hash(),
+            envelope_hash=sha256_hex(envelope),
             height=height,
             index=index,
             leaf_index=leaf_index,
@@ -136,7 +146,7 @@ def execute_block(
         )
         leaf_data = canonical_bytes(rec)
         receipts[tx.tx_id] = rec
-        stored.append(StoredTx(tx.tx_id, tx.envelope_bytes(), leaf_data, leaf_index))
+        stored.append(StoredTx(tx.tx_id, envelope, leaf_data, leaf_index))
         leaves.append(merkle.leaf_hash(leaf_data))
         for event in tx_events:
             events.append(
@@ -166,6 +176,7 @@ def execute_block(
 def _run(
     registry: Registry,
     state: BlockState,
+    signers: dict[str, Signer],
     tx: Transaction,
     chain: str,
     height: int,
@@ -174,7 +185,8 @@ def _run(
     """(rejection code or None, events, writes) of one transaction."""
     tx_state = TxState(state)
     try:
-        signer = resolve_signer(state.get, tx.signer)
+        signer = signers.get(tx.signer) or resolve_signer(state.get, tx.signer)
+        signers[tx.signer] = signer
         contract = registry.resolve(height, tx.contract, tx.method)
         ctx = Context(
             signer=signer,
@@ -189,4 +201,6 @@ def _run(
         return exc.code, (), {}
     except Exception:  # a contract bug must not stop the chain; the leaf records it
         return "CONTRACT_FAULT", (), {}
+    if any(ns == IDENTITY for ns, _ in tx_state.writes):
+        signers.clear()  # keys, members or organisations changed: resolve afresh
     return None, ctx.events, tx_state.writes

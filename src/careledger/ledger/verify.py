@@ -29,8 +29,8 @@ from careledger.core.canonical import canonical_bytes, sha256_hex
 from careledger.core.tx import Transaction, decode_envelope
 from careledger.errors import CareLedgerError, StorageError
 from careledger.ledger.execute import Executed, execute_block, genesis_block
-from careledger.ledger.ports import BlockWrite, LedgerStore
-from careledger.ledger.sigcheck import verify_signatures
+from careledger.ledger.ports import BlockWrite, LedgerStore, StoredTx
+from careledger.ledger.sigcheck import submit_signatures
 
 Progress = Callable[[int, int], None]  # (height, transactions in that block)
 
@@ -98,9 +98,15 @@ def _compare_block(stored: BlockWrite, derived: BlockWrite, store: LedgerStore) 
         raise _Mismatch(h, "header differs from re-derivation (log root, state digest or time)")
 
 
-def _decode_block_txs(height: int, store: LedgerStore) -> list[Transaction]:
+def _check_signatures(height: int, txs: Sequence[Transaction], checks: Sequence[bool]) -> None:
+    for tx, ok in zip(txs, checks, strict=True):
+        if not ok:
+            raise _Mismatch(height, f"signature of transaction {tx.tx_id} is invalid")
+
+
+def _decode_block_txs(height: int, stored_txs: Sequence[StoredTx]) -> list[Transaction]:
     txs = []
-    for stored in store.block_txs(height):
+    for stored in stored_txs:
         try:
             tx = decode_envelope(orjson.loads(stored.envelope))
         except (CareLedgerError, orjson.JSONDecodeError):
@@ -113,6 +119,15 @@ def _decode_block_txs(height: int, store: LedgerStore) -> list[Transaction]:
             raise _Mismatch(height, f"envelope bytes of {stored.tx_id} are not canonical")
         txs.append(tx)
     return txs
+
+
+@dataclass
+class _Ahead:
+    height: int
+    stored: Sequence[StoredTx]
+    txs: Sequence[Transaction]
+    signatures: Callable[[], list[bool]]
+    error: _Mismatch | None = None
 
 
 class _Verifier:
@@ -134,6 +149,28 @@ class _Verifier:
         self.replay = _ReplayState()
         self.frontier: list[bytes] = []
         self.prev_hash = ""
+        self._ahead: _Ahead | None = None
+
+    def _read_ahead(self, height: int) -> _Ahead | None:
+        """Read and decode block ``height`` and start its signature checks (None past the head)."""
+        stored_txs = self.store.block_txs(height)
+        if not stored_txs:
+            return None
+        try:
+            txs = _decode_block_txs(height, stored_txs)
+        except _Mismatch as bad:
+            return _Ahead(height, stored_txs, [], lambda: [], bad)
+        return _Ahead(height, stored_txs, txs, submit_signatures(txs, self.pool, self.workers))
+
+    def _take(
+        self, height: int
+    ) -> tuple[Sequence[StoredTx], Sequence[Transaction], Callable[[], list[bool]]]:
+        ahead = self._ahead if self._ahead and self._ahead.height == height else None
+        if ahead is None:
+            ahead = self._read_ahead(height) or _Ahead(height, [], [], lambda: [])
+        if ahead.error is not None:
+            raise ahead.error
+        return ahead.stored, ahead.txs, ahead.signatures
 
     def block(self, height: int) -> BlockWrite:
         """Re-derive block ``height``, compare it with the store, and advance."""
@@ -172,22 +209,16 @@ class _Verifier:
         prev = store.header(height - 1)
         if prev is None or header.prev != self.prev_hash:
             raise _Mismatch(height, "prev does not link to the previous header")
-        txs = _decode_block_txs(height, store)
-        checks = verify_signatures(txs, self.pool, self.workers)
-        for tx, ok in zip(txs, checks, strict=True):
-            if not ok:
-                raise _Mismatch(height, f"signature of transaction {tx.tx_id} is invalid")
+        stored_txs, txs, signatures = self._take(height)
+        self._ahead = self._read_ahead(height + 1)  # next block's signatures check meanwhile
         stored = BlockWrite(
-            header,
-            header_hash,
-            store.block_txs(height),
-            (),
-            writeset,
-            (),
-            store.block_events(height),
+            header, header_hash, stored_txs, (), writeset, (), store.block_events(height)
         )
         if not self.reexecute:
-            return self._replay_recorded(stored, prev, txs), header_hash
+            executed = self._replay_recorded(stored, prev, txs)
+            _check_signatures(height, txs, signatures())
+            return executed, header_hash
+        _check_signatures(height, txs, signatures())
         derived = execute_block(
             registry=self.registry,
             prev=prev,
