@@ -24,7 +24,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 2000
-    max_wait: float = 0.005
+    max_wait: float = 0.002
     max_queue: int = 200_000
     max_request_bytes: int = 64 * 1024 * 1024
     max_batch_envelopes: int = 10_000

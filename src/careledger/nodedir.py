@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from careledger.errors import Conflict, ValidationError
 from careledger.jsonio import loads
 from careledger.ledger.admission import admit_all
 from careledger.ledger.engine import Ledger
+from careledger.ledger.execute import genesis_block
 from careledger.storage.sqlite import SQLiteStore
 
 
@@ -40,20 +42,34 @@ def init_node(
     org: str,
     node_key_file: Path,
 ) -> Ledger:
-    """Create the store with the genesis block and write node.json; the node key must exist."""
-    _check_empty(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(data_dir / STORE_FILE)
-    Ledger.create(store, genesis)
-    _write_json(data_dir / GENESIS_FILE, genesis)
-    key_path, root = node_key_file.resolve(), data_dir.resolve()
-    relative = key_path.relative_to(root) if key_path.is_relative_to(root) else key_path
-    _write_json(
-        data_dir / NODE_FILE, {"node_name": node_name, "org": org, "node_key": str(relative)}
-    )
+    """Create the store with the genesis block and write node.json; the node key must exist.
+
+    Everything is checked before the first file is written, and a failure part-way removes what
+    this call created, so a refused init can simply be run again.
+    """
     from careledger.keyfile import read_key_file
 
-    _, key = read_key_file(node_key_file)
+    _check_empty(data_dir)
+    genesis_block(genesis)  # validates the document; raises BAD_GENESIS
+    _, key = read_key_file(node_key_file, passphrase=os.environ.get("CARELEDGER_KEY_PASSPHRASE"))
+    key_path, root = node_key_file.resolve(), data_dir.resolve()
+    relative = key_path.relative_to(root) if key_path.is_relative_to(root) else key_path
+    created_dir = not data_dir.exists()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    written = [data_dir / STORE_FILE, data_dir / GENESIS_FILE, data_dir / NODE_FILE]
+    try:
+        store = SQLiteStore(data_dir / STORE_FILE)
+        Ledger.create(store, genesis)
+        _write_json(data_dir / GENESIS_FILE, genesis)
+        _write_json(
+            data_dir / NODE_FILE, {"node_name": node_name, "org": org, "node_key": str(relative)}
+        )
+    except BaseException:
+        for path in [*written, data_dir / f"{STORE_FILE}-wal", data_dir / f"{STORE_FILE}-shm"]:
+            path.unlink(missing_ok=True)
+        if created_dir and not any(data_dir.iterdir()):
+            data_dir.rmdir()
+        raise
     return Ledger(store, node_name=node_name, node_key=key)
 
 

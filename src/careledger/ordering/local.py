@@ -33,7 +33,7 @@ class LocalOrderer:
         ledger: Ledger,
         *,
         max_batch: int = 2000,
-        max_wait: float = 0.005,
+        max_wait: float = 0.002,
         max_queue: int = 100_000,
         clock: Clock = wall_clock_ms,
     ) -> None:
