@@ -54,5 +54,3 @@ class Node:
 
     def submit(self, txs: Sequence[Transaction]) -> list[Future[dict[str, Any]]]:
         return self.orderer.submit(txs)
-
-

@@ -25,6 +25,7 @@ Anything else goes to rfc8785, whose refusals become ``ValidationError``.
 from __future__ import annotations
 
 import hashlib
+import re
 
 import orjson
 import rfc8785
@@ -112,6 +113,45 @@ def canonical_bytes(value: object) -> bytes:
         except orjson.JSONEncodeError:
             pass  # lone surrogate or too deep: let the reference decide (and explain)
     return _reference_bytes(value)
+
+
+# A float token that orjson writes follows ":", "," or "[" and has a fraction or an exponent;
+# a byte >= 0xF0 starts a character outside the BMP. Text inside strings may also match, which
+# only costs the slow path.
+_FLOAT_TOKEN = re.compile(rb"[:,\[]-?[0-9]+[.eE]")
+_NON_BMP = re.compile(rb"[\xf0-\xf4]")
+_STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+
+
+def is_canonical_json(raw: bytes, value: object) -> bool:
+    """Whether ``raw`` is exactly the RFC 8785 encoding of ``value``, which was parsed from JSON.
+
+    For checking stored bytes quickly (``careledger verify``): values parsed from JSON hold only
+    dict, list, str, int, float, bool and None, never NaN, so orjson's output equals JCS unless a
+    float, an int beyond 2**53 or a character outside the BMP is involved. Those cases, detected
+    on the bytes, take the reference encoder.
+    """
+    plain = raw[:1] not in (b"", b"-") and not raw[:1].isdigit()
+    if plain and (raw.isascii() or not _NON_BMP.search(raw)) and not _FLOAT_TOKEN.search(raw):
+        try:
+            return orjson.dumps(value, option=_STRICT) == raw
+        except orjson.JSONEncodeError:
+            pass
+    try:
+        return canonical_bytes(_as_json_numbers(value)) == raw
+    except ValidationError:
+        return False
+
+
+def _as_json_numbers(value: object) -> object:
+    """JSON numbers are doubles to JCS: a parsed integer beyond 2**53 is the double it denotes."""
+    if type(value) is int and not MIN_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        return float(value)
+    if type(value) is dict:
+        return {k: _as_json_numbers(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_as_json_numbers(v) for v in value]
+    return value
 
 
 def sha256(data: bytes) -> bytes:

@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from careledger.core.canonical import canonical_bytes, sha256_hex
+import orjson
+
+from careledger.core.canonical import canonical_bytes, is_canonical_json, sha256_hex
 from careledger.core.keys import (
     KeyPair,
     b64url_encode,
@@ -62,8 +64,12 @@ def _malformed(message: str) -> ValidationError:
     return ValidationError(message, code="MALFORMED_TX")
 
 
-def decode_envelope(obj: object) -> Transaction:
-    """Check shape and encodings (not the signature, not the ledger state)."""
+def decode_envelope(obj: object, *, canonical_body: bytes | None = None) -> Transaction:
+    """Check shape and encodings (not the signature, not the ledger state).
+
+    ``canonical_body``, when the caller already holds the body's RFC 8785 bytes (a stored
+    envelope, see :func:`decode_stored_envelope`), saves encoding it again.
+    """
     if not isinstance(obj, dict):
         raise _malformed("envelope must be a JSON object")
     if set(obj) != {"body", "sig"}:
@@ -99,7 +105,7 @@ def decode_envelope(obj: object) -> Transaction:
     try:
         signer_key = decode_public_key(signer)
         sig = decode_signature(sig_text)
-        signed = canonical_bytes(body)
+        signed = canonical_bytes(body) if canonical_body is None else canonical_body
     except ValidationError as exc:
         raise _malformed(exc.message) from None
     return Transaction(
@@ -115,6 +121,22 @@ def decode_envelope(obj: object) -> Transaction:
         signer_key=signer_key,
         nonce=nonce,
     )
+
+
+_BODY_PREFIX = b'{"body":'
+_SIG_INFIX = b',"sig":"'
+
+
+def decode_stored_envelope(raw: bytes) -> Transaction:
+    """Decode envelope bytes that must already be RFC 8785 (as the ledger stores them)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _malformed("stored envelope is not JSON") from None
+    if not is_canonical_json(raw, obj) or not raw.startswith(_BODY_PREFIX):
+        raise _malformed("stored envelope is not in canonical form")
+    body = raw[len(_BODY_PREFIX) : raw.rindex(_SIG_INFIX)]
+    return decode_envelope(obj, canonical_body=body)
 
 
 def check_signature(tx: Transaction) -> None:

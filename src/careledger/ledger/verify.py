@@ -25,13 +25,14 @@ import orjson
 from careledger.contracts.registry import Registry, default_registry
 from careledger.core import merkle
 from careledger.core.block import BlockHeader, events_digest, next_state_digest, receipt
-from careledger.core.canonical import canonical_bytes, sha256_hex
-from careledger.core.tx import Transaction, decode_envelope
+from careledger.core.canonical import is_canonical_json, sha256_hex
+from careledger.core.tx import Transaction, decode_stored_envelope
 from careledger.errors import CareLedgerError, StorageError
 from careledger.ledger.execute import Executed, execute_block, genesis_block
 from careledger.ledger.ports import BlockWrite, LedgerStore, StoredTx
 from careledger.ledger.sigcheck import submit_signatures
 
+SORTED = orjson.OPT_SORT_KEYS
 Progress = Callable[[int, int], None]  # (height, transactions in that block)
 
 
@@ -108,15 +109,11 @@ def _decode_block_txs(height: int, stored_txs: Sequence[StoredTx]) -> list[Trans
     txs = []
     for stored in stored_txs:
         try:
-            tx = decode_envelope(orjson.loads(stored.envelope))
-        except (CareLedgerError, orjson.JSONDecodeError):
-            raise _Mismatch(
-                height, f"envelope of transaction {stored.tx_id} is malformed"
-            ) from None
+            tx = decode_stored_envelope(stored.envelope)
+        except CareLedgerError:
+            raise _Mismatch(height, f"envelope of {stored.tx_id} is malformed") from None
         if tx.tx_id != stored.tx_id:
             raise _Mismatch(height, f"envelope does not hash to its id {stored.tx_id}")
-        if tx.envelope_bytes() != stored.envelope:
-            raise _Mismatch(height, f"envelope bytes of {stored.tx_id} are not canonical")
         txs.append(tx)
     return txs
 
@@ -260,7 +257,11 @@ class _Verifier:
                 leaf_index=leaf_index,
                 code=code if isinstance(code, str) else None,
             )
-            if kept.leaf_index != leaf_index or canonical_bytes(expected) != kept.receipt:
+            # Receipts hold ASCII strings and small ints only: orjson's sorted output is JCS.
+            if (
+                kept.leaf_index != leaf_index
+                or orjson.dumps(expected, option=SORTED) != kept.receipt
+            ):
                 raise _Mismatch(h, f"receipt of transaction {tx.tx_id} differs")
             previous = last_nonce.get(tx.signer, self.replay.read("nonce", tx.signer) or 0)
             if tx.nonce <= previous:
@@ -292,7 +293,7 @@ def _parse_writeset(height: int, raw: bytes) -> dict[tuple[str, str], Any]:
         writes = {(ns, key): value for ns, key, value in rows}
     except (orjson.JSONDecodeError, TypeError, ValueError):
         raise _Mismatch(height, "the write-set is malformed") from None
-    if len(writes) != len(rows) or canonical_bytes(rows) != raw:
+    if len(writes) != len(rows) or not is_canonical_json(raw, rows):
         raise _Mismatch(height, "the write-set is not canonical")
     return writes
 
@@ -361,7 +362,7 @@ def _compare_state(store: LedgerStore, replay: _ReplayState) -> None:
     for ns, key, value in store.state_items():
         seen.add((ns, key))
         expected = replay.values.get((ns, key))
-        if expected is None or canonical_bytes(expected) != value:
+        if expected is None or not is_canonical_json(value, expected):
             height = replay.written_at.get((ns, key), -1)
             at = f"last written at height {height}" if height >= 0 else "never written"
             raise _Mismatch(max(height, 0), f"current state {ns}/{key} differs ({at})")

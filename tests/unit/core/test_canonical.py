@@ -23,6 +23,7 @@ from careledger.core.canonical import (
     _fast_path_ok,
     canonical_bytes,
     canonical_hash_hex,
+    is_canonical_json,
     sha256,
     sha256_hex,
 )
@@ -273,3 +274,46 @@ def test_hashes() -> None:
     )
     assert sha256_hex(b"") == hashlib.sha256(b"").hexdigest()
     assert canonical_hash_hex({"b": 1, "a": [2]}) == sha256_hex(b'{"a":[2],"b":1}')
+
+
+def _parsed(raw: bytes) -> Any:
+    return orjson.loads(raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_is_canonical_json_accepts_exactly_the_jcs_bytes(value: Any) -> None:
+    """The byte-level check used by verify agrees with the reference, for values parsed from JSON."""
+    expected = reference(value)
+    if expected is None:
+        return
+    parsed = _parsed(expected)
+    assert is_canonical_json(expected, parsed)
+    # orjson's unsorted or float-formatted bytes are canonical only when they equal JCS.
+    try:
+        other = orjson.dumps(parsed)
+    except orjson.JSONEncodeError:
+        return
+    assert is_canonical_json(other, parsed) == (other == expected)
+    spaced = expected.replace(b",", b", ", 1)
+    if spaced != expected and _parsed(spaced) == parsed:  # the comma was a separator
+        assert not is_canonical_json(spaced, parsed)
+
+
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [
+        (b'{"a":1,"b":2}', True),
+        (b'{"b":2,"a":1}', False),
+        (b'{"a":1.0}', False),  # JCS writes 1
+        (b'{"a":1}', True),
+        (b'{"a":1e+21}', True),
+        (b'{"a":1e21}', False),
+        (b'{"\xf0\x9f\x98\x80":1,"\xef\xbf\xbd":2}', True),  # UTF-16 order: surrogates first
+        (b'{"\xef\xbf\xbd":2,"\xf0\x9f\x98\x80":1}', False),
+        (b'[9007199254740993]', False),  # beyond 2**53
+        (b'"\\u00e9"', False),  # JCS writes the character itself
+    ],
+)
+def test_is_canonical_json_cases(raw: bytes, ok: bool) -> None:
+    assert is_canonical_json(raw, _parsed(raw)) is ok
