@@ -207,6 +207,25 @@ class Args:
             raise Rejected("BAD_ARGS", f"argument {name!r} must be a list of {sorted(allowed)}")
         return sorted(set(value))
 
+    def has(self, name: str) -> bool:
+        return name in self.raw and self.raw[name] is not None
+
+    def optional_integer(
+        self, name: str, *, minimum: int = 0, maximum: int = 2**53 - 1
+    ) -> int | None:
+        return self.integer(name, minimum=minimum, maximum=maximum) if self.has(name) else None
+
+    def names(self, name: str, *, pattern: re.Pattern[str], max_items: int = 64) -> list[str]:
+        """A non-empty list of distinct strings of one format, sorted (order carries no meaning)."""
+        value = self._get(name, _REQUIRED)
+        if (
+            not isinstance(value, list)
+            or not 0 < len(value) <= max_items
+            or not all(isinstance(v, str) and pattern.match(v) for v in value)
+        ):
+            raise Rejected("BAD_ARGS", f"argument {name!r} must be a list of names")
+        return sorted(set(value))
+
     def mapping(self, name: str) -> Args:
         value = self._get(name, _REQUIRED)
         if not isinstance(value, dict):

@@ -46,6 +46,10 @@ class Registry:
 
 
 def default_registry() -> Registry:
+    from careledger.contracts.audit import AuditV1
+    from careledger.contracts.consent import ConsentV1
     from careledger.contracts.identity import IdentityV1
+    from careledger.contracts.records import RecordsV1
 
-    return Registry([Ruleset(0, {IdentityV1.name: IdentityV1()})])
+    contracts: list[Contract] = [IdentityV1(), RecordsV1(), ConsentV1(), AuditV1()]
+    return Registry([Ruleset(0, {c.name: c for c in contracts})])

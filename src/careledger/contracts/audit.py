@@ -1,0 +1,156 @@
+"""Access events: every read or write of PHI is committed here before the data is released.
+
+The custodian's node signs an access naming who asked, for which records, for what purpose and
+on what basis (the patient themself, the custodian's own care team, a consent, or a break-glass).
+The contract re-checks that basis against ledger state at this block, so a revoked consent stops
+working from the block that revoked it, and a refused access is itself on the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.consent import (
+    ACTIONS,
+    PURPOSES,
+    break_glass_key,
+    consent_covers,
+    consent_key,
+)
+from careledger.contracts.consent import NAMESPACE as CONSENT
+from careledger.contracts.identity import ID_PATTERN
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.records import NAMESPACE as RECORDS
+from careledger.contracts.records import RECORD_ID, record_key
+from careledger.errors import Rejected
+
+NAMESPACE = "audit"
+BASES = frozenset({"self", "custodian", "consent", "break_glass"})
+CUSTODIAN_PURPOSES = frozenset({"TREAT", "ETREAT", "CAREMGT", "HPAYMT", "HOPERAT"})
+EXPORT = "export"
+
+
+def access_key(patient: str, height: int, tx_id: str) -> str:
+    """Sorts a patient's accesses by block, for the patient's "who saw my data" list."""
+    return f"access/{patient}/{height:012d}-{tx_id[:16]}"
+
+
+class AuditV1(Contract):
+    name = NAMESPACE
+
+    @tx_method
+    def access(self, ctx: Context, args: Args) -> None:
+        args.only("patient", "accessor", "accessor_org", "records", "action", "purpose", "basis")
+        if not ctx.signer.has_role("node"):
+            raise Rejected("NOT_AUTHORISED", "accesses are recorded by the custodian's node")
+        patient = args.string("patient", pattern=ID_PATTERN)
+        accessor = args.string("accessor", pattern=ID_PATTERN)
+        accessor_org = args.string("accessor_org", pattern=ID_PATTERN)
+        records = args.names("records", pattern=RECORD_ID, max_items=10_000)
+        action = args.string("action")
+        purpose = args.string("purpose")
+        if action not in ACTIONS | {EXPORT}:
+            raise Rejected("BAD_ARGS", "action must be read, write or export")
+        if purpose not in PURPOSES:
+            raise Rejected("BAD_ARGS", "unknown purpose of use")
+        basis = args.mapping("basis")
+        basis.only("kind", "id")
+        kind = basis.string("kind")
+        if kind not in BASES:
+            raise Rejected("BAD_ARGS", f"basis.kind must be one of {sorted(BASES)}")
+        types = self._record_types(ctx, patient, records)
+        flagged = self._check_basis(
+            ctx, kind, basis, patient, accessor, accessor_org, action, purpose, types
+        )
+        entry = {
+            "patient": patient,
+            "accessor": accessor,
+            "accessor_org": accessor_org,
+            "custodian": ctx.signer.org,
+            "records": records,
+            "action": action,
+            "purpose": purpose,
+            "basis": {"kind": kind, "id": basis.raw.get("id")},
+            "break_glass": flagged,
+            "height": ctx.height,
+            "time": ctx.time,
+            "tx": ctx.tx_id,
+        }
+        ctx.state.put(access_key(patient, ctx.height, ctx.tx_id), entry)
+        event = {k: entry[k] for k in ("patient", "accessor", "accessor_org", "action", "purpose")}
+        ctx.emit(
+            "audit.break_glass_access" if flagged else "audit.access",
+            {**event, "count": len(records)},
+        )
+
+    @staticmethod
+    def _record_types(ctx: Context, patient: str, records: list[str]) -> set[str]:
+        types = set()
+        for record_id in records:
+            record = ctx.state.read(RECORDS, record_key(record_id))
+            if record is None:
+                raise Rejected("UNKNOWN_RECORD", "a named record does not exist")
+            if record["shredded"]:
+                raise Rejected("RECORD_SHREDDED", "a named record was shredded")
+            if record["patient"] != patient:
+                raise Rejected("BAD_ARGS", "a named record belongs to another patient")
+            if record["custodian"] != ctx.signer.org:
+                raise Rejected("NOT_CUSTODIAN", "a node records accesses to its own records only")
+            types.add(record["type"])
+        return types
+
+    @staticmethod
+    def _check_basis(
+        ctx: Context,
+        kind: str,
+        basis: Args,
+        patient: str,
+        accessor: str,
+        accessor_org: str,
+        action: str,
+        purpose: str,
+        types: set[str],
+    ) -> bool:
+        """Raise NO_CONSENT (or a sharper code) unless the basis covers it; True if flagged."""
+        member = ctx.state.read(IDENTITY, f"member/{accessor}")
+        if member is None or member["org"] != accessor_org:
+            raise Rejected("UNKNOWN_MEMBER", "the accessor is not a member of accessor_org")
+        if kind == "self":
+            if accessor != patient:
+                raise Rejected("NO_CONSENT", "'self' is for the patient's own access")
+            return False
+        if kind == "custodian":
+            if (
+                accessor_org != ctx.signer.org
+                or purpose not in CUSTODIAN_PURPOSES
+                or action == EXPORT
+            ):
+                raise Rejected("NO_CONSENT", "the custodian basis covers its own care team only")
+            return False
+        basis_id = basis.string("id", max_len=64)
+        if kind == "break_glass":
+            entry: Any = ctx.state.read(CONSENT, break_glass_key(basis_id))
+            if entry is None or entry["patient"] != patient or entry["member"] != accessor:
+                raise Rejected("NO_CONSENT", "no break-glass by this accessor for this patient")
+            if not entry["start"] <= ctx.time < entry["end"] or action != "read":
+                raise Rejected("BREAK_GLASS_EXPIRED", "the break-glass window has closed")
+            return True
+        consent = ctx.state.read(CONSENT, consent_key(basis_id))
+        if consent is None or consent["patient"] != patient:
+            raise Rejected("NO_CONSENT", "no such consent for this patient")
+        if consent["status"] != "active":
+            raise Rejected("CONSENT_REVOKED", "the consent was revoked")
+        needed = "read" if action == EXPORT else action
+        for resource_type in types:
+            if not consent_covers(
+                consent,
+                member=accessor,
+                org=accessor_org,
+                action=needed,
+                resource_type=resource_type,
+                purpose=purpose,
+                time=ctx.time,
+            ):
+                raise Rejected("NO_CONSENT", "the consent does not cover this access")
+        return False

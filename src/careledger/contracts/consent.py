@@ -1,0 +1,197 @@
+"""Patient consent: who may read or write which of a patient's records, for what, and when.
+
+A patient (or a delegate the patient named) grants a consent to an organisation or to one
+member: actions, FHIR resource types (or all), purposes of use (HL7 v3 PurposeOfUse codes) and a
+period. A revocation takes effect from the block that commits it. Break-glass lets a clinician
+read without consent in an emergency (purpose ETREAT, a stated reason code); it is time-limited,
+flagged on every access and announced to the patient by an event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.identity import ID_PATTERN
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.records import RESOURCE_TYPE, require_patient
+from careledger.errors import Rejected
+
+NAMESPACE = "consent"
+ACTIONS = frozenset({"read", "write"})
+# HL7 v3 PurposeOfUse (http://terminology.hl7.org/CodeSystem/v3-ActReason), the codes we honour.
+PURPOSES = frozenset(
+    {"TREAT", "ETREAT", "CAREMGT", "HPAYMT", "HOPERAT", "HRESCH", "CLINTRCH", "PUBHLTH", "PATRQT"}
+)
+ALL_TYPES = "*"
+TYPE_OR_ALL = re.compile(rf"^(\*|{RESOURCE_TYPE.pattern[1:-1]})$")
+BREAK_GLASS_REASONS = frozenset(
+    {"unconscious", "life_threatening", "unable_to_consent", "incapacitated", "other_emergency"}
+)
+BREAK_GLASS_ROLES = frozenset({"clinician", "nurse"})
+BREAK_GLASS_MS = 4 * 60 * 60 * 1000
+
+
+def consent_key(consent_id: str) -> str:
+    return f"consent/{consent_id}"
+
+
+def by_patient_key(patient: str, consent_id: str) -> str:
+    return f"by-patient/{patient}/{consent_id}"
+
+
+def break_glass_key(access_id: str) -> str:
+    return f"break-glass/{access_id}"
+
+
+def delegate_key(patient: str, delegate: str) -> str:
+    return f"delegate/{patient}/{delegate}"
+
+
+def consent_covers(
+    consent: Mapping[str, Any],
+    *,
+    member: str,
+    org: str,
+    action: str,
+    resource_type: str,
+    purpose: str,
+    time: int,
+) -> bool:
+    """Whether an active consent lets ``member`` of ``org`` do ``action`` at ``time``."""
+    grantee = consent["grantee"]
+    return (
+        consent["status"] == "active"
+        and (grantee.get("member") == member or grantee.get("org") == org)
+        and action in consent["actions"]
+        and (ALL_TYPES in consent["resource_types"] or resource_type in consent["resource_types"])
+        and purpose in consent["purposes"]
+        and consent["start"] <= time
+        and (consent["end"] is None or time < consent["end"])
+    )
+
+
+class ConsentV1(Contract):
+    name = NAMESPACE
+
+    @staticmethod
+    def _acting_for(ctx: Context, patient: str) -> None:
+        """The signer is the patient, or a delegate the patient named."""
+        if ctx.signer.member == patient and ctx.signer.has_role("patient"):
+            return
+        if ctx.state.get(delegate_key(patient, ctx.signer.member)) is None:
+            raise Rejected("NOT_AUTHORISED", "only the patient or the patient's delegate")
+
+    @tx_method
+    def grant(self, ctx: Context, args: Args) -> None:
+        args.only("patient", "grantee", "actions", "resource_types", "purposes", "start", "end")
+        patient = (
+            args.string("patient", pattern=ID_PATTERN) if args.has("patient") else ctx.signer.member
+        )
+        require_patient(ctx, patient)
+        self._acting_for(ctx, patient)
+        grantee = args.mapping("grantee")
+        grantee.only("org", "member")
+        if grantee.has("org") == grantee.has("member"):
+            raise Rejected("BAD_ARGS", "grantee names exactly one of 'org' or 'member'")
+        if grantee.has("org"):
+            target = {"org": grantee.string("org", pattern=ID_PATTERN)}
+            org = ctx.state.read(IDENTITY, f"org/{target['org']}")
+            if org is None or org["status"] != "active":
+                raise Rejected("UNKNOWN_ORG", "no active organisation with that id")
+        else:
+            target = {"member": grantee.string("member", pattern=ID_PATTERN)}
+            if ctx.state.read(IDENTITY, f"member/{target['member']}") is None:
+                raise Rejected("UNKNOWN_MEMBER", "no member with that id")
+        start = args.optional_integer("start")
+        end = args.optional_integer("end")
+        start = ctx.time if start is None else start
+        if end is not None and end <= start:
+            raise Rejected("BAD_ARGS", "the consent period ends before it starts")
+        consent = {
+            "id": ctx.tx_id,
+            "patient": patient,
+            "grantee": target,
+            "actions": args.strings("actions", allowed=ACTIONS),
+            "resource_types": args.names("resource_types", pattern=TYPE_OR_ALL),
+            "purposes": args.strings("purposes", allowed=PURPOSES),
+            "start": start,
+            "end": end,
+            "status": "active",
+            "granted_by": ctx.signer.member,
+            "granted_at": ctx.height,
+        }
+        ctx.state.put(consent_key(ctx.tx_id), consent)
+        ctx.state.put(by_patient_key(patient, ctx.tx_id), {"grantee": target})
+        ctx.emit("consent.granted", {"consent": ctx.tx_id, "patient": patient, "grantee": target})
+
+    @tx_method
+    def revoke(self, ctx: Context, args: Args) -> None:
+        args.only("consent")
+        consent_id = args.string("consent", max_len=64)
+        consent = ctx.state.get(consent_key(consent_id))
+        if consent is None:
+            raise Rejected("UNKNOWN_CONSENT", "no such consent")
+        self._acting_for(ctx, consent["patient"])
+        if consent["status"] != "active":
+            raise Rejected("CONSENT_REVOKED", "the consent is already revoked")
+        revoked = {
+            **consent,
+            "status": "revoked",
+            "revoked_at": ctx.height,
+            "revoked_time": ctx.time,
+        }
+        ctx.state.put(consent_key(consent_id), revoked)
+        ctx.emit("consent.revoked", {"consent": consent_id, "patient": consent["patient"]})
+
+    @tx_method
+    def add_delegate(self, ctx: Context, args: Args) -> None:
+        args.only("delegate")
+        delegate = args.string("delegate", pattern=ID_PATTERN)
+        if not ctx.signer.has_role("patient"):
+            raise Rejected("NOT_AUTHORISED", "only a patient names delegates")
+        if ctx.state.read(IDENTITY, f"member/{delegate}") is None:
+            raise Rejected("UNKNOWN_MEMBER", "no member with that id")
+        ctx.state.put(delegate_key(ctx.signer.member, delegate), {"since": ctx.height})
+        ctx.emit("consent.delegate_added", {"patient": ctx.signer.member, "delegate": delegate})
+
+    @tx_method
+    def remove_delegate(self, ctx: Context, args: Args) -> None:
+        args.only("delegate")
+        delegate = args.string("delegate", pattern=ID_PATTERN)
+        if ctx.state.get(delegate_key(ctx.signer.member, delegate)) is None:
+            raise Rejected("UNKNOWN_DELEGATE", "that member is not your delegate")
+        ctx.state.delete(delegate_key(ctx.signer.member, delegate))
+        ctx.emit("consent.delegate_removed", {"patient": ctx.signer.member, "delegate": delegate})
+
+    @tx_method
+    def break_glass(self, ctx: Context, args: Args) -> None:
+        """Emergency access without consent: flagged, time-limited, and the patient is told."""
+        args.only("patient", "reason", "purpose")
+        patient = args.string("patient", pattern=ID_PATTERN)
+        reason = args.string("reason")
+        if reason not in BREAK_GLASS_REASONS:
+            raise Rejected("BAD_ARGS", f"reason must be one of {sorted(BREAK_GLASS_REASONS)}")
+        if args.string("purpose") != "ETREAT":
+            raise Rejected("BAD_ARGS", "break-glass is for purpose ETREAT only")
+        if not ctx.signer.roles & BREAK_GLASS_ROLES:
+            raise Rejected("NOT_AUTHORISED", "only a clinician or nurse may break the glass")
+        require_patient(ctx, patient)
+        entry = {
+            "id": ctx.tx_id,
+            "patient": patient,
+            "member": ctx.signer.member,
+            "org": ctx.signer.org,
+            "reason": reason,
+            "purpose": "ETREAT",
+            "start": ctx.time,
+            "end": ctx.time + BREAK_GLASS_MS,
+            "height": ctx.height,
+        }
+        ctx.state.put(break_glass_key(ctx.tx_id), entry)
+        ctx.emit(
+            "consent.break_glass",
+            {"id": ctx.tx_id, "patient": patient, "member": ctx.signer.member, "reason": reason},
+        )

@@ -1,0 +1,120 @@
+"""Anchors of vault records: the ledger proves a record's history without holding any of it.
+
+An anchor names the record, its FHIR type, the patient's pseudonym (a member id, never a name
+or an identifier from the record), the custodian organisation and a salted hash of the canonical
+resource (the salt stays in the vault, so the hash reveals nothing). Versions chain: an update
+names the version it replaces, so two writers cannot silently overwrite each other.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.identity import ID_PATTERN
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.errors import Rejected
+
+NAMESPACE = "records"
+RECORD_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # the FHIR id format
+RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+HEX_HASH = re.compile(r"^[0-9a-f]{64}$")
+WRITER_ROLES = frozenset({"admin", "clinician", "nurse", "pharmacist", "node", "device"})
+
+
+def record_key(record_id: str) -> str:
+    return f"record/{record_id}"
+
+
+def version_key(record_id: str, version: int) -> str:
+    return f"record/{record_id}/v/{version:08d}"
+
+
+def patient_index_key(patient: str, record_id: str) -> str:
+    return f"patient/{patient}/{record_id}"
+
+
+def require_patient(ctx: Context, patient: str) -> dict[str, Any]:
+    member = ctx.state.read(IDENTITY, f"member/{patient}")
+    if member is None or "patient" not in member["roles"]:
+        raise Rejected("UNKNOWN_PATIENT", "no patient member with that pseudonym")
+    return dict(member)
+
+
+class RecordsV1(Contract):
+    name = NAMESPACE
+
+    @tx_method
+    def anchor(self, ctx: Context, args: Args) -> None:
+        args.only("record", "type", "patient", "hash", "version", "prev_version")
+        record_id = args.string("record", pattern=RECORD_ID)
+        resource_type = args.string("type", pattern=RESOURCE_TYPE)
+        patient = args.string("patient", pattern=ID_PATTERN)
+        digest = args.string("hash", pattern=HEX_HASH)
+        version = args.integer("version", minimum=1)
+        prev_version = args.optional_integer("prev_version", minimum=1)
+        if not ctx.signer.roles & WRITER_ROLES:
+            raise Rejected("NOT_AUTHORISED", "only an organisation's staff, node or device anchors")
+        require_patient(ctx, patient)
+        current = ctx.state.get(record_key(record_id))
+        if current is None:
+            if version != 1 or prev_version is not None:
+                raise Rejected("VERSION_CONFLICT", "a new record starts at version 1")
+        else:
+            if current["shredded"]:
+                raise Rejected("RECORD_SHREDDED", "the record was shredded")
+            if current["custodian"] != ctx.signer.org:
+                raise Rejected("NOT_CUSTODIAN", "only the custodian organisation updates a record")
+            if (current["patient"], current["type"]) != (patient, resource_type):
+                raise Rejected("BAD_ARGS", "a record keeps its patient and resource type")
+            if prev_version != current["version"] or version != current["version"] + 1:
+                raise Rejected("VERSION_CONFLICT", f"the current version is {current['version']}")
+        entry = {
+            "id": record_id,
+            "type": resource_type,
+            "patient": patient,
+            "custodian": ctx.signer.org,
+            "version": version,
+            "hash": digest,
+            "height": ctx.height,
+            "time": ctx.time,
+            "shredded": False,
+        }
+        ctx.state.put(record_key(record_id), entry)
+        ctx.state.put(
+            version_key(record_id, version),
+            {"hash": digest, "height": ctx.height, "time": ctx.time, "tx": ctx.tx_id},
+        )
+        ctx.state.put(
+            patient_index_key(patient, record_id),
+            {"type": resource_type, "custodian": ctx.signer.org},
+        )
+        ctx.emit(
+            "records.anchored",
+            {"record": record_id, "type": resource_type, "patient": patient, "version": version},
+        )
+
+    @tx_method
+    def shred(self, ctx: Context, args: Args) -> None:
+        """The patient, or an admin of the custodian, shreds a record: its keys are destroyed."""
+        args.only("record", "reason")
+        record_id = args.string("record", pattern=RECORD_ID)
+        reason = args.string("reason", max_len=64, pattern=re.compile(r"^[a-z][a-z0-9_-]*$"))
+        current = ctx.state.get(record_key(record_id))
+        if current is None:
+            raise Rejected("UNKNOWN_RECORD", "no such record")
+        if current["shredded"]:
+            raise Rejected("ALREADY_SHREDDED", "the record was already shredded")
+        is_patient = ctx.signer.member == current["patient"]
+        is_custodian_admin = ctx.signer.has_role("admin") and ctx.signer.org == current["custodian"]
+        if not (is_patient or is_custodian_admin):
+            raise Rejected("NOT_AUTHORISED", "only the patient or the custodian's admin may shred")
+        ctx.state.put(
+            record_key(record_id), {**current, "shredded": True, "shredded_at": ctx.height}
+        )
+        ctx.state.delete(patient_index_key(current["patient"], record_id))
+        ctx.emit(
+            "records.shredded",
+            {"record": record_id, "patient": current["patient"], "reason": reason},
+        )
