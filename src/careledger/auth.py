@@ -20,9 +20,19 @@ from careledger.contracts.base import Signer
 from careledger.core.keys import KeyPair, b64url_encode, decode_public_key, decode_signature
 from careledger.core.keys import verify_signature as ed25519_verify
 from careledger.errors import Unauthorized
+from careledger.scopes import Scope, default_scopes, parse_scopes
 
 CHALLENGE_TTL_SECONDS = 120
 MAX_OPEN_CHALLENGES = 10_000
+
+
+def _within(wanted: Scope, allowed: Scope) -> bool:
+    return (
+        wanted.context == allowed.context
+        and allowed.resource_type in ("*", wanted.resource_type)
+        and (allowed.read or not wanted.read)
+        and (allowed.write or not wanted.write)
+    )
 
 
 def challenge_message(chain: str, challenge: str) -> bytes:
@@ -36,6 +46,7 @@ class TokenClaims:
     roles: tuple[str, ...]
     public_key: str
     expires: int
+    scopes: tuple[Scope, ...]
     raw: dict[str, Any]
 
 
@@ -75,7 +86,18 @@ class TokenIssuer:
         if not ed25519_verify(key, challenge_message(self.chain, challenge), sig):
             raise Unauthorized("the challenge signature does not verify", code="BAD_CHALLENGE")
 
-    def issue(self, signer: Signer, *, now: int | None = None) -> tuple[str, int]:
+    def issue(
+        self, signer: Signer, *, scope: str | None = None, now: int | None = None
+    ) -> tuple[str, int]:
+        """A token for ``signer``; ``scope`` may narrow the role's default scopes, never widen."""
+        allowed = parse_scopes(default_scopes(signer.roles))
+        if scope is not None:
+            for wanted in parse_scopes(scope):
+                if not any(_within(wanted, a) for a in allowed):
+                    raise Unauthorized(
+                        "a requested scope exceeds the member's roles", code="BAD_SCOPE"
+                    )
+        granted = default_scopes(signer.roles) if scope is None else scope
         issued = int(time.time()) if now is None else now
         claims = {
             "iss": self.node_name,
@@ -83,6 +105,7 @@ class TokenIssuer:
             "sub": signer.member,
             "org": signer.org,
             "roles": sorted(signer.roles),
+            "scope": granted,
             "key": signer.public_key,
             "iat": issued,
             "exp": issued + self.ttl,
@@ -110,5 +133,6 @@ class TokenIssuer:
             roles=tuple(claims.get("roles", ())),
             public_key=str(claims.get("key", "")),
             expires=int(claims["exp"]),
+            scopes=parse_scopes(str(claims.get("scope", ""))),
             raw=claims,
         )

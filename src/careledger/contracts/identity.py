@@ -173,14 +173,17 @@ class IdentityV1(Contract):
 
     @tx_method
     def add_member(self, ctx: Context, args: Args) -> None:
+        """An admin adds staff; an admin or the organisation's node registers patients."""
         args.only("id", "name", "roles", "public_key")
-        self._require_admin_of(ctx, ctx.signer.org)
+        roles = args.strings("roles", allowed=ROLES)
+        if not (roles == ["patient"] and ctx.signer.has_role("node")):
+            self._require_admin_of(ctx, ctx.signer.org)
         writes = _new_member(
             ctx.state.get,
             member_id=args.string("id", pattern=ID_PATTERN),
             name=args.string("name"),
             org=ctx.signer.org,
-            roles=args.strings("roles", allowed=ROLES),
+            roles=roles,
             public_key=args.string("public_key"),
             height=ctx.height,
         )

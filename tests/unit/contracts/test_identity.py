@@ -198,3 +198,28 @@ def test_vote_rules(chain: TestChain) -> None:
         == "UNKNOWN_PROPOSAL"
     )
     assert chain.run("dr-a", "propose_org", {"org": {}, "admin": {}})["code"] == "NOT_AUTHORISED"
+
+
+def test_node_registers_patients_only(chain: TestChain) -> None:
+    args = {
+        "id": "pt-new",
+        "name": "Patient",
+        "roles": ["patient"],
+        "public_key": key("pt-new").public_b64,
+    }
+    assert chain.run("hosp-node", "add_member", args)["result"] == "accepted"
+    assert member(chain, "pt-new")["org"] == "hosp"
+    staff = {
+        "id": "x-staff",
+        "name": "X",
+        "roles": ["clinician"],
+        "public_key": key("x-staff").public_b64,
+    }
+    assert chain.run("hosp-node", "add_member", staff)["code"] == "NOT_AUTHORISED"
+    both = {
+        **args,
+        "id": "pt-2",
+        "roles": ["patient", "admin"],
+        "public_key": key("pt-2").public_b64,
+    }
+    assert chain.run("hosp-node", "add_member", both)["code"] == "NOT_AUTHORISED"

@@ -22,6 +22,7 @@ class TokenIn(BaseModel):
     public_key: str = Field(max_length=64)
     challenge: str = Field(max_length=64)
     signature: str = Field(max_length=128)
+    scope: str | None = Field(default=None, max_length=2048, description="narrower SMART scopes")
 
 
 class TokenOut(BaseModel):
@@ -31,12 +32,14 @@ class TokenOut(BaseModel):
     member: str
     org: str
     roles: list[str]
+    scope: str
 
 
 class WhoAmI(BaseModel):
     member: str
     org: str
     roles: list[str]
+    scope: str
     expires: int
 
 
@@ -54,18 +57,23 @@ def token(body: TokenIn, node: NodeDep, issuer: IssuerDep) -> TokenOut:
         signer = resolve_signer(node.ledger.state, body.public_key)
     except CareLedgerError as exc:
         raise Unauthorized(exc.message, code=exc.code) from None
-    value, ttl = issuer.issue(signer)
+    value, ttl = issuer.issue(signer, scope=body.scope)
     return TokenOut(
         access_token=value,
         expires_in=ttl,
         member=signer.member,
         org=signer.org,
         roles=sorted(signer.roles),
+        scope=issuer.verify(value).raw["scope"],
     )
 
 
 @router.get("/v1/auth/whoami", response_model=WhoAmI)
 def whoami(member: MemberDep) -> WhoAmI:
     return WhoAmI(
-        member=member.member, org=member.org, roles=list(member.roles), expires=member.expires
+        member=member.member,
+        org=member.org,
+        roles=list(member.roles),
+        scope=str(member.raw.get("scope", "")),
+        expires=member.expires,
     )

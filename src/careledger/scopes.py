@@ -1,0 +1,75 @@
+"""SMART-on-FHIR style scopes carried by bearer tokens.
+
+``patient/Observation.read`` (a patient's own data), ``user/*.write`` (whatever the user may
+reach), SMART v1 actions ``read``, ``write`` and ``*``, and v2 letters ``c r u d s``. A token's
+scopes are an upper bound: the ledger's consent still decides each access.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from careledger.errors import ValidationError
+
+_SCOPE = re.compile(
+    r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*|[cruds]{1,5})$"
+)
+_V2_READ = frozenset("rs")
+_V2_WRITE = frozenset("cud")
+
+DEFAULT_SCOPES: dict[str, tuple[str, ...]] = {
+    "patient": ("patient/*.read", "patient/Consent.write"),
+    "clinician": ("user/*.read", "user/*.write"),
+    "nurse": ("user/*.read", "user/*.write"),
+    "pharmacist": ("user/*.read",),
+    "admin": ("user/*.read", "user/*.write"),
+    "node": ("system/*.read", "system/*.write"),
+    "device": ("user/Observation.write",),
+    "auditor": ("user/AuditEvent.read",),
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    context: str
+    resource_type: str
+    read: bool
+    write: bool
+
+    def covers(self, resource_type: str, action: str) -> bool:
+        if self.resource_type not in ("*", resource_type):
+            return False
+        return self.read if action == "read" else self.write
+
+
+def parse_scope(text: str) -> Scope:
+    match = _SCOPE.match(text)
+    if match is None:
+        raise ValidationError(f"not a SMART scope: {text[:80]!r}", code="BAD_SCOPE")
+    context, resource_type, actions = match.groups()
+    if actions in ("read", "write", "*"):
+        return Scope(context, resource_type, actions in ("read", "*"), actions in ("write", "*"))
+    letters = set(actions)
+    return Scope(context, resource_type, bool(letters & _V2_READ), bool(letters & _V2_WRITE))
+
+
+def parse_scopes(text: str) -> tuple[Scope, ...]:
+    return tuple(parse_scope(part) for part in text.split())
+
+
+def default_scopes(roles: frozenset[str] | set[str]) -> str:
+    chosen: dict[str, None] = {}
+    for role in sorted(roles):
+        for scope in DEFAULT_SCOPES.get(role, ()):
+            chosen[scope] = None
+    return " ".join(chosen)
+
+
+def allows(scopes: tuple[Scope, ...], resource_type: str, action: str) -> bool:
+    return any(s.covers(resource_type, action) for s in scopes)
+
+
+def patient_only(scopes: tuple[Scope, ...]) -> bool:
+    """A token whose every scope is patient/...: it sees one patient's data only."""
+    return bool(scopes) and all(s.context == "patient" for s in scopes)

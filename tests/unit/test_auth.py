@@ -1,0 +1,71 @@
+"""Token issuance: signed challenges, scopes that can narrow but never widen, expiry."""
+
+from __future__ import annotations
+
+import pytest
+
+from careledger.auth import TokenIssuer, challenge_message
+from careledger.contracts.base import Signer
+from careledger.core.keys import KeyPair, b64url_encode
+from careledger.errors import Unauthorized
+
+NODE = KeyPair.from_seed(bytes(32))
+MEMBER = KeyPair.from_seed(bytes([1]) * 32)
+
+
+def issuer(ttl: int = 900) -> TokenIssuer:
+    return TokenIssuer(chain="c.test", node_name="n1", node_key=NODE, ttl_seconds=ttl)
+
+
+def signer(*roles: str) -> Signer:
+    return Signer(MEMBER.public_b64, "m1", "org1", frozenset(roles))
+
+
+def test_default_and_narrowed_scopes() -> None:
+    tokens = issuer()
+    token, _ = tokens.issue(signer("clinician"))
+    assert tokens.verify(token).raw["scope"] == "user/*.read user/*.write"
+    narrow, _ = tokens.issue(signer("clinician"), scope="user/Observation.read")
+    claims = tokens.verify(narrow)
+    assert [(s.resource_type, s.read, s.write) for s in claims.scopes] == [
+        ("Observation", True, False)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("roles", "scope"),
+    [
+        (("patient",), "user/*.read"),
+        (("pharmacist",), "user/*.write"),
+        (("patient",), "patient/Observation.write"),
+    ],
+)
+def test_scopes_never_widen(roles: tuple[str, ...], scope: str) -> None:
+    with pytest.raises(Unauthorized) as info:
+        issuer().issue(signer(*roles), scope=scope)
+    assert info.value.code == "BAD_SCOPE"
+
+
+def test_expired_and_foreign_tokens() -> None:
+    token, _ = issuer(ttl=10).issue(signer("patient"), now=1_000)
+    with pytest.raises(Unauthorized) as info:
+        issuer().verify(token)
+    assert info.value.code == "TOKEN_EXPIRED"
+    other = TokenIssuer(chain="c.test", node_name="n1", node_key=MEMBER, ttl_seconds=900)
+    forged, _ = other.issue(signer("patient"))
+    with pytest.raises(Unauthorized) as info:
+        issuer().verify(forged)
+    assert info.value.code == "BAD_TOKEN"
+
+
+def test_challenge_is_single_use() -> None:
+    tokens = issuer()
+    challenge, _ = tokens.new_challenge()
+    signature = b64url_encode(MEMBER.sign(challenge_message("c.test", challenge)))
+    tokens.redeem(challenge, MEMBER.public_b64, signature)
+    with pytest.raises(Unauthorized):
+        tokens.redeem(challenge, MEMBER.public_b64, signature)
+    fresh, _ = tokens.new_challenge()
+    wrong = b64url_encode(MEMBER.sign(challenge_message("other.chain", fresh)))
+    with pytest.raises(Unauthorized):
+        tokens.redeem(fresh, MEMBER.public_b64, wrong)
