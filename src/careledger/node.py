@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
 from careledger.config import Settings
-from careledger.core.tx import Transaction
+from careledger.core.tx import Transaction, make_body, sign_body
 from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
+from careledger.ledger.execute import NONCE_NAMESPACE
+from careledger.nonces import NonceSource
 from careledger.ordering.local import LocalOrderer
 from careledger.storage.sqlite import SQLiteStore
 
@@ -31,6 +34,8 @@ class Node:
         )
         # Processes, not threads: a verifying thread must retake the GIL after every signature
         # and would queue behind the committer. "spawn" because this process already has threads.
+        last = self.ledger.state(NONCE_NAMESPACE, node_key.public_b64) or 0
+        self._nonces = NonceSource(last)
         self.verify_pool = ProcessPoolExecutor(
             max_workers=max(1, settings.verify_workers), mp_context=get_context("spawn")
         )
@@ -54,3 +59,30 @@ class Node:
 
     def submit(self, txs: Sequence[Transaction]) -> list[Future[dict[str, Any]]]:
         return self.orderer.submit(txs)
+
+    def execute(
+        self, calls: Sequence[tuple[str, str, Mapping[str, Any]]], *, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """Sign ``(contract, method, args)`` calls with the node's key, commit them, wait.
+
+        The receipts come back in order; a contract rejection is a receipt, not an exception.
+        """
+        key = self.ledger.node_key
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        envelopes = [
+            sign_body(
+                make_body(
+                    chain=self.ledger.chain,
+                    contract=contract,
+                    method=method,
+                    args=args,
+                    signer=key.public_b64,
+                    nonce=self._nonces.next(),
+                    created=created,
+                ),
+                key,
+            )
+            for contract, method, args in calls
+        ]
+        futures = self.submit(self.admit_all(envelopes, [None] * len(envelopes)))
+        return [f.result(timeout) for f in futures]

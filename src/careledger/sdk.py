@@ -6,7 +6,6 @@ re-computed and checkpoints are checked against note verifier keys the caller su
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from careledger.errors import (
     ValidationError,
     VerificationError,
 )
+from careledger.nonces import NonceSource
 
 __all__ = [
     "Client",
@@ -96,19 +96,6 @@ def verify_consistency(answer: Mapping[str, Any], first: Checkpoint, second: Che
     merkle.verify_consistency(first.size, second.size, first.root, second.root, path)
 
 
-class _Nonces:
-    """Strictly increasing nonces without a round trip: microseconds, bumped past the last."""
-
-    def __init__(self) -> None:
-        self._last = 0
-        self._lock = threading.Lock()
-
-    def next(self) -> int:
-        with self._lock:
-            self._last = max(self._last + 1, time.time_ns() // 1000)
-            return self._last
-
-
 class Client:
     def __init__(
         self,
@@ -125,7 +112,7 @@ class Client:
         )
         self.keypair = keypair
         self._chain: str | None = None
-        self._nonces = _Nonces()
+        self._nonces = NonceSource()
 
     def close(self) -> None:
         self._http.close()
