@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -10,6 +11,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from careledger.config import Settings
+from careledger.core.keys import KeyPair
 from careledger.core.tx import Transaction, make_body, sign_body
 from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
@@ -34,11 +36,19 @@ class Node:
         )
         # Processes, not threads: a verifying thread must retake the GIL after every signature
         # and would queue behind the committer. "spawn" because this process already has threads.
-        last = self.ledger.state(NONCE_NAMESPACE, node_key.public_b64) or 0
-        self._nonces = NonceSource(last)
+        self._nonces: dict[str, NonceSource] = {}
+        self._nonces_lock = threading.Lock()
         self.verify_pool = ProcessPoolExecutor(
             max_workers=max(1, settings.verify_workers), mp_context=get_context("spawn")
         )
+
+    def _nonce_source(self, key: KeyPair) -> NonceSource:
+        with self._nonces_lock:
+            source = self._nonces.get(key.public_b64)
+            if source is None:
+                last = self.ledger.state(NONCE_NAMESPACE, key.public_b64) or 0
+                source = self._nonces[key.public_b64] = NonceSource(last)
+            return source
 
     def start(self) -> None:
         self.verify_pool.submit(abs, 0).result()  # start the workers now, not on the first request
@@ -61,13 +71,18 @@ class Node:
         return self.orderer.submit(txs)
 
     def execute(
-        self, calls: Sequence[tuple[str, str, Mapping[str, Any]]], *, timeout: float = 30.0
+        self,
+        calls: Sequence[tuple[str, str, Mapping[str, Any]]],
+        *,
+        keypair: KeyPair | None = None,
+        timeout: float = 30.0,
     ) -> list[dict[str, Any]]:
-        """Sign ``(contract, method, args)`` calls with the node's key, commit them, wait.
+        """Sign ``(contract, method, args)`` calls (node key by default), commit them, wait.
 
         The receipts come back in order; a contract rejection is a receipt, not an exception.
         """
-        key = self.ledger.node_key
+        key = keypair or self.ledger.node_key
+        nonces = self._nonce_source(key)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         envelopes = [
             sign_body(
@@ -77,7 +92,7 @@ class Node:
                     method=method,
                     args=args,
                     signer=key.public_b64,
-                    nonce=self._nonces.next(),
+                    nonce=nonces.next(),
                     created=created,
                 ),
                 key,

@@ -46,6 +46,11 @@ def break_glass_key(access_id: str) -> str:
     return f"break-glass/{access_id}"
 
 
+def break_glass_index_key(patient: str, member: str) -> str:
+    """The latest break-glass by ``member`` for ``patient``, so a node can find it."""
+    return f"break-glass-by/{patient}/{member}"
+
+
 def delegate_key(patient: str, delegate: str) -> str:
     return f"delegate/{patient}/{delegate}"
 
@@ -191,6 +196,7 @@ class ConsentV1(Contract):
             "height": ctx.height,
         }
         ctx.state.put(break_glass_key(ctx.tx_id), entry)
+        ctx.state.put(break_glass_index_key(patient, ctx.signer.member), {"id": ctx.tx_id})
         ctx.emit(
             "consent.break_glass",
             {"id": ctx.tx_id, "patient": patient, "member": ctx.signer.member, "reason": reason},

@@ -191,6 +191,25 @@ class VaultStore:
             ],
         )
 
+    def discard(self, record_id: str, version: int) -> None:
+        """Remove a version that never reached the ledger (its anchor was refused)."""
+        with self._write_lock:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "DELETE FROM wrapped_keys WHERE record_id = ? AND version = ?",
+                    (record_id, version),
+                )
+                conn.execute(
+                    "DELETE FROM records WHERE record_id = ? AND version = ?", (record_id, version)
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StorageError(f"vault discard failed: {exc}") from None
+
     def shred(self, record_id: str) -> list[int]:
         """Crypto-shred every version: wrapped keys deleted, ciphertext, nonce and salt nulled.
 

@@ -1,0 +1,88 @@
+"""Who is asking, and on what basis the ledger may let them see a patient's records.
+
+The node proposes a basis (the patient themself, the custodian's care team, a consent, or a
+break-glass) from ledger state; the audit contract re-checks it at commit, so the decision that
+counts is the ledger's, made at the block that records the access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from careledger.contracts.consent import (
+    NAMESPACE as CONSENT,
+)
+from careledger.contracts.consent import (
+    break_glass_index_key,
+    break_glass_key,
+    consent_covers,
+    consent_key,
+)
+from careledger.errors import Forbidden
+from careledger.ledger.engine import Ledger
+from careledger.scopes import Scope, allows, patient_only
+
+CARE_ROLES = frozenset({"clinician", "nurse", "pharmacist", "admin", "node"})
+CUSTODIAN_PURPOSES = frozenset({"TREAT", "ETREAT", "CAREMGT", "HPAYMT", "HOPERAT"})
+MAX_CONSENTS_SCANNED = 1000
+
+
+@dataclass(frozen=True)
+class Caller:
+    member: str
+    org: str
+    roles: frozenset[str]
+    scopes: tuple[Scope, ...]
+
+
+def require_scope(caller: Caller, resource_type: str, action: str, patient: str | None) -> None:
+    if not allows(caller.scopes, resource_type, action):
+        raise Forbidden(
+            f"the token's scopes do not allow {action} of {resource_type}", code="SCOPE"
+        )
+    if patient_only(caller.scopes) and patient is not None and patient != caller.member:
+        raise Forbidden("a patient token reaches that patient's data only", code="SCOPE")
+
+
+def choose_basis(
+    ledger: Ledger,
+    caller: Caller,
+    *,
+    patient: str,
+    custodian: str,
+    action: str,
+    purpose: str,
+    types: Collection[str],
+    time: int,
+) -> dict[str, str]:
+    """A basis the audit contract should accept, or Forbidden(NO_CONSENT)."""
+    if caller.member == patient:
+        return {"kind": "self"}
+    own_team = caller.org == custodian and bool(caller.roles & CARE_ROLES)
+    if own_team and purpose in CUSTODIAN_PURPOSES and action != "export":
+        return {"kind": "custodian"}
+    needed = "read" if action == "export" else action
+    for key in ledger.store.state_keys(CONSENT, f"by-patient/{patient}/", MAX_CONSENTS_SCANNED):
+        consent_id = key.rsplit("/", 1)[1]
+        consent = ledger.state(CONSENT, consent_key(consent_id))
+        if consent is not None and all(
+            consent_covers(
+                consent,
+                member=caller.member,
+                org=caller.org,
+                action=needed,
+                resource_type=t,
+                purpose=purpose,
+                time=time,
+            )
+            for t in types
+        ):
+            return {"kind": "consent", "id": consent_id}
+    if purpose == "ETREAT" and action == "read":
+        latest = ledger.state(CONSENT, break_glass_index_key(patient, caller.member))
+        if latest is not None:
+            entry = ledger.state(CONSENT, break_glass_key(latest["id"]))
+            if entry is not None and entry["start"] <= time < entry["end"]:
+                return {"kind": "break_glass", "id": latest["id"]}
+    raise Forbidden("no consent covers this access", code="NO_CONSENT")

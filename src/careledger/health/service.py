@@ -1,0 +1,446 @@
+"""Health records on a node: FHIR resources in the vault, anchored and access-logged on the ledger.
+
+Every write seals the resource in the vault, then commits its anchor together with an access
+event; a refused anchor removes the sealed version again. Every read first commits an access
+event whose basis the audit contract re-checks; only an accepted event releases data, and the
+decrypted resource must hash to the ledger's anchor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.records import NAMESPACE as RECORDS
+from careledger.contracts.records import record_key, version_key
+from careledger.core.keys import KeyPair, b64url_encode, decode_public_key
+from careledger.errors import (
+    CareLedgerError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Rejected,
+    ValidationError,
+)
+from careledger.health.access import Caller, choose_basis, require_scope
+from careledger.keyfile import generate_keypair, write_key_file
+from careledger.ledger.execute import Executed
+from careledger.node import Node
+from careledger.vault import Vault
+
+WRITER_ROLES = frozenset({"clinician", "nurse", "admin", "node", "device", "pharmacist"})
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """A resource as released to a reader, with what a client needs to check it on the ledger."""
+
+    resource: dict[str, Any]
+    record_id: str
+    resource_type: str
+    version: int
+    patient: str
+    custodian: str
+    content_hash: str
+    salt: str  # base64url: lets the reader recompute the salted hash the ledger anchors
+    anchor_tx: str
+    leaf_index: int
+    last_updated: str
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class HealthRecords:
+    def __init__(self, node: Node, vault: Vault, *, patient_keys_dir: Path) -> None:
+        self.node = node
+        self.ledger = node.ledger
+        self.vault = vault
+        self.patient_keys_dir = patient_keys_dir
+
+    @property
+    def org(self) -> str:
+        return self.node.settings.org
+
+    # -- ledger helpers ------------------------------------------------------------------
+
+    def _commit(self, calls: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        return self.node.execute(calls)
+
+    def record_meta(self, record_id: str, resource_type: str | None = None) -> dict[str, Any]:
+        meta = self.ledger.state(RECORDS, record_key(record_id))
+        if meta is None or (resource_type is not None and meta["type"] != resource_type):
+            raise NotFound(f"no {resource_type or 'record'} with that id", code="UNKNOWN_RECORD")
+        if meta["shredded"]:
+            raise NotFound("the record was shredded", code="RECORD_SHREDDED")
+        return dict(meta)
+
+    def _anchor_of(self, record_id: str, version: int) -> tuple[str, str, int]:
+        """(hash, anchoring tx id, leaf index) of a record version."""
+        entry = self.ledger.state(RECORDS, version_key(record_id, version))
+        if entry is None:
+            raise NotFound("no such version", code="UNKNOWN_VERSION")
+        found = self.ledger.store.find_tx(entry["tx"])
+        leaf = found[1].leaf_index if found is not None else -1
+        return entry["hash"], entry["tx"], leaf
+
+    def _patient_key(self, patient: str) -> bytes:
+        member = self.ledger.state(IDENTITY, f"member/{patient}")
+        if member is None or "patient" not in member["roles"]:
+            raise ValidationError(
+                "the subject is not a patient on this ledger", code="UNKNOWN_PATIENT"
+            )
+        return decode_public_key(member["key"])
+
+    # -- access --------------------------------------------------------------------------
+
+    def authorise(
+        self,
+        caller: Caller,
+        *,
+        patient: str,
+        records: Sequence[str],
+        types: set[str],
+        action: str,
+        purpose: str,
+    ) -> dict[str, Any]:
+        """Commit the access event for ``records``; Forbidden unless the ledger accepts it."""
+        basis = choose_basis(
+            self.ledger,
+            caller,
+            patient=patient,
+            custodian=self.org,
+            action=action,
+            purpose=purpose,
+            types=types,
+            time=time.time_ns() // 1_000_000,
+        )
+        (receipt,) = self._commit(
+            [
+                (
+                    "audit",
+                    "access",
+                    {
+                        "patient": patient,
+                        "accessor": caller.member,
+                        "accessor_org": caller.org,
+                        "records": sorted(set(records)),
+                        "action": action,
+                        "purpose": purpose,
+                        "basis": basis,
+                    },
+                )
+            ]
+        )
+        if receipt["result"] != "accepted":
+            raise Forbidden("the ledger refused the access", code=receipt["code"])
+        return receipt
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _register_patient(self, public_key: str | None) -> str:
+        pseudonym = f"pt-{secrets.token_hex(8)}"
+        if public_key is None:
+            keypair = generate_keypair()
+            self.patient_keys_dir.mkdir(parents=True, exist_ok=True)
+            write_key_file(self.patient_keys_dir / f"{pseudonym}.key", keypair, name=pseudonym)
+            public_key = keypair.public_b64
+        else:
+            decode_public_key(public_key)
+        (receipt,) = self._commit(
+            [
+                (
+                    "identity",
+                    "add_member",
+                    {
+                        "id": pseudonym,
+                        "name": pseudonym,
+                        "roles": ["patient"],
+                        "public_key": public_key,
+                    },
+                )
+            ]
+        )
+        if receipt["result"] != "accepted":
+            raise Rejected(receipt["code"], "the patient could not be registered")
+        return pseudonym
+
+    def custodial_key(self, patient: str) -> KeyPair | None:
+        """The patient's key when this node holds it (patients registered without their own)."""
+        from careledger.keyfile import read_key_file
+
+        path = self.patient_keys_dir / f"{patient}.key"
+        return read_key_file(path)[1] if path.exists() else None
+
+    def create(
+        self,
+        caller: Caller,
+        resource: dict[str, Any],
+        *,
+        patient_of: Any,
+        patient_public_key: str | None = None,
+        purpose: str = "TREAT",
+    ) -> StoredResource:
+        resource_type = resource["resourceType"]
+        self._require_writer(caller, resource_type)
+        if resource_type == "Patient":
+            require_scope(caller, resource_type, "write", None)
+            patient = self._register_patient(patient_public_key)
+            record_id = patient
+        else:
+            patient = patient_of(resource)
+            if patient is None:
+                raise ValidationError(
+                    "the resource must reference its Patient on this ledger", code="NO_PATIENT"
+                )
+            require_scope(caller, resource_type, "write", patient)
+            record_id = secrets.token_hex(16)
+        return self._write(caller, resource, record_id, 1, patient, purpose)
+
+    def update(
+        self,
+        caller: Caller,
+        resource: dict[str, Any],
+        record_id: str,
+        *,
+        if_match: int | None = None,
+        purpose: str = "TREAT",
+    ) -> StoredResource:
+        resource_type = resource["resourceType"]
+        self._require_writer(caller, resource_type)
+        meta = self.record_meta(record_id, resource_type)
+        require_scope(caller, resource_type, "write", meta["patient"])
+        if meta["custodian"] != self.org:
+            raise Forbidden("this node is not the record's custodian", code="NOT_CUSTODIAN")
+        if if_match is not None and if_match != meta["version"]:
+            raise Conflict(f"the current version is {meta['version']}", code="VERSION_CONFLICT")
+        return self._write(
+            caller, resource, record_id, meta["version"] + 1, meta["patient"], purpose
+        )
+
+    def _require_writer(self, caller: Caller, resource_type: str) -> None:
+        if caller.org != self.org or not caller.roles & WRITER_ROLES:
+            raise Forbidden("only the custodian's staff write its records", code="NOT_CUSTODIAN")
+        if resource_type == "Consent":
+            raise ValidationError("Consent is written through the consent API", code="USE_CONSENT")
+
+    def _write(
+        self,
+        caller: Caller,
+        resource: dict[str, Any],
+        record_id: str,
+        version: int,
+        patient: str,
+        purpose: str,
+    ) -> StoredResource:
+        resource_type = resource["resourceType"]
+        stored = dict(resource)
+        stored["id"] = record_id
+        meta = dict(stored.get("meta") or {})
+        meta.update({"versionId": str(version), "lastUpdated": _now_iso()})
+        stored["meta"] = meta
+        sealed = self.vault.seal(
+            stored,
+            record_id=record_id,
+            resource_type=resource_type,
+            version=version,
+            patient=patient,
+            patient_key=self._patient_key(patient),
+            custodian=self.org,
+            custodian_key=self.ledger.node_key.public_key,
+        )
+        anchor_args: dict[str, Any] = {
+            "record": record_id,
+            "type": resource_type,
+            "patient": patient,
+            "hash": sealed.content_hash,
+            "version": version,
+        }
+        if version > 1:
+            anchor_args["prev_version"] = version - 1
+        access_args = {
+            "patient": patient,
+            "accessor": caller.member,
+            "accessor_org": caller.org,
+            "records": [record_id],
+            "action": "write",
+            "purpose": purpose if purpose in {"TREAT", "ETREAT", "CAREMGT", "HOPERAT"} else "TREAT",
+            "basis": {"kind": "custodian"},
+        }
+        try:
+            anchor, _access = self._commit(
+                [("records", "anchor", anchor_args), ("audit", "access", access_args)]
+            )
+        except CareLedgerError:
+            self.vault.store.discard(record_id, version)
+            raise
+        if anchor["result"] != "accepted":
+            self.vault.store.discard(record_id, version)
+            raise Conflict("the ledger refused the record", code=anchor["code"])
+        return StoredResource(
+            resource=stored,
+            record_id=record_id,
+            resource_type=resource_type,
+            version=version,
+            patient=patient,
+            custodian=self.org,
+            content_hash=sealed.content_hash,
+            salt=b64url_encode(sealed.salt),
+            anchor_tx=anchor["tx_id"],
+            leaf_index=anchor["leaf_index"],
+            last_updated=meta["lastUpdated"],
+        )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _open(self, record_id: str, version: int) -> StoredResource:
+        expected, tx_id, leaf = self._anchor_of(record_id, version)
+        resource, sealed = self.vault.open(
+            record_id, version, self.ledger.node_key, expected_content_hash=expected
+        )
+        meta = resource.get("meta")
+        updated = meta.get("lastUpdated", "") if isinstance(meta, dict) else ""
+        return StoredResource(
+            resource=resource,
+            record_id=record_id,
+            resource_type=sealed.resource_type,
+            version=version,
+            patient=sealed.patient,
+            custodian=sealed.custodian,
+            content_hash=sealed.content_hash,
+            salt=b64url_encode(sealed.salt),
+            anchor_tx=tx_id,
+            leaf_index=leaf,
+            last_updated=str(updated),
+        )
+
+    def read(
+        self,
+        caller: Caller,
+        resource_type: str,
+        record_id: str,
+        *,
+        version: int | None = None,
+        purpose: str = "TREAT",
+    ) -> StoredResource:
+        meta = self.record_meta(record_id, resource_type)
+        require_scope(caller, resource_type, "read", meta["patient"])
+        if meta["custodian"] != self.org:
+            raise NotFound("the record is held by another custodian", code="REMOTE_RECORD")
+        if version is not None and not 1 <= version <= meta["version"]:
+            raise NotFound("no such version", code="UNKNOWN_VERSION")
+        self.authorise(
+            caller,
+            patient=meta["patient"],
+            records=[record_id],
+            types={resource_type},
+            action="read",
+            purpose=purpose,
+        )
+        return self._open(record_id, version or meta["version"])
+
+    def history(
+        self, caller: Caller, resource_type: str, record_id: str, *, purpose: str = "TREAT"
+    ) -> list[StoredResource]:
+        meta = self.record_meta(record_id, resource_type)
+        require_scope(caller, resource_type, "read", meta["patient"])
+        self.authorise(
+            caller,
+            patient=meta["patient"],
+            records=[record_id],
+            types={resource_type},
+            action="read",
+            purpose=purpose,
+        )
+        return [self._open(record_id, v) for v in range(meta["version"], 0, -1)]
+
+    def patient_records(self, patient: str, types: set[str] | None = None) -> list[tuple[str, str]]:
+        """(record id, type) of a patient's live records held here, from the ledger's index."""
+        prefix = f"patient/{patient}/"
+        out = []
+        for key in self.ledger.store.state_keys(RECORDS, prefix, 1_000_000):
+            entry = self.ledger.state(RECORDS, key)
+            if entry is None or entry["custodian"] != self.org:
+                continue
+            if types is None or entry["type"] in types:
+                out.append((key[len(prefix) :], entry["type"]))
+        return out
+
+    def everything(
+        self,
+        caller: Caller,
+        patient: str,
+        *,
+        types: set[str] | None = None,
+        purpose: str = "TREAT",
+        action: str = "read",
+    ) -> list[StoredResource]:
+        """Every record of ``patient`` held here (of ``types``) that the caller may see."""
+        self._patient_key(patient)
+        records = self.patient_records(patient, types)
+        allowed = [(r, t) for r, t in records if _scope_ok(caller, t, patient)]
+        if not allowed:
+            if records:
+                raise Forbidden("the token's scopes allow none of these records", code="SCOPE")
+            return []
+        self.authorise(
+            caller,
+            patient=patient,
+            records=[r for r, _ in allowed],
+            types={t for _, t in allowed},
+            action=action,
+            purpose=purpose,
+        )
+        return [self._open(r, self.record_meta(r)["version"]) for r, _ in allowed]
+
+    def shred(self, caller: Caller, record_id: str) -> dict[str, Any]:
+        """A patient whose key this node holds shreds a record; others sign records.shred."""
+        meta = self.record_meta(record_id)
+        if caller.member != meta["patient"]:
+            raise Forbidden(
+                "the patient, or the custodian's admin with their own key, shreds",
+                code="NOT_AUTHORISED",
+            )
+        key = self.custodial_key(meta["patient"])
+        if key is None:
+            raise Forbidden(
+                "sign records.shred with your own key (POST /v1/tx)", code="SIGN_YOURSELF"
+            )
+        args = {"record": record_id, "reason": "patient_request"}
+        (receipt,) = self.node.execute([("records", "shred", args)], keypair=key)
+        if receipt["result"] != "accepted":
+            raise Conflict("the ledger refused the shredding", code=receipt["code"])
+        return receipt
+
+    def on_commit(self, executed: Executed) -> None:
+        """Destroy the vault keys of every record the ledger just shredded, however it was asked."""
+        for event in executed.block.events:
+            if event.type != "records.shredded":
+                continue
+            record_id = orjson.loads(event.data)["record"]
+            with contextlib.suppress(NotFound, Conflict):  # not held here, or already shredded
+                self.vault.store.shred(record_id)
+
+    def access_log(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
+        if caller.member != patient and not (caller.org == self.org and "admin" in caller.roles):
+            raise Forbidden("a patient sees their own access log", code="NOT_AUTHORISED")
+        prefix = f"access/{patient}/"
+        keys = self.ledger.store.state_keys("audit", prefix, 100_000)
+        return [self.ledger.state("audit", k) for k in keys]
+
+
+def _scope_ok(caller: Caller, resource_type: str, patient: str) -> bool:
+    try:
+        require_scope(caller, resource_type, "read", patient)
+    except Forbidden:
+        return False
+    return True
