@@ -12,6 +12,7 @@ from careledger.errors import ValidationError
 NODE_FILE = "node.json"
 GENESIS_FILE = "genesis.json"
 STORE_FILE = "ledger.sqlite"
+VAULT_FILE = "vault.sqlite"
 KEYS_DIR = "keys"
 
 

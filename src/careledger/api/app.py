@@ -11,11 +11,13 @@ from fastapi import FastAPI
 from careledger import __version__
 from careledger.api import errors
 from careledger.api.metrics import Metrics
-from careledger.api.routes import auth, chain, events, health, tx
+from careledger.api.routes import auth, chain, events, fhir, health, patients, tx
 from careledger.api.routes.events import BlockSignal
 from careledger.auth import TokenIssuer
-from careledger.config import Settings
+from careledger.config import KEYS_DIR, VAULT_FILE, Settings
+from careledger.health.service import HealthRecords
 from careledger.node import Node
+from careledger.vault import Vault, VaultStore
 
 
 def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
@@ -24,7 +26,14 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         running = node or Node(settings)
         metrics = Metrics()
         signal = BlockSignal(asyncio.get_running_loop())
-        running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
+        vault = VaultStore(settings.data_dir / VAULT_FILE)
+        health = HealthRecords(
+            running, Vault(vault), patient_keys_dir=settings.data_dir / KEYS_DIR / "patients"
+        )
+        running.ledger.commit_listeners.extend(
+            [metrics.on_commit, signal.pulse_threadsafe, health.on_commit]
+        )
+        app.state.health = health
         metrics.head_height.set(running.ledger.head.height)
         metrics.log_size.set(running.ledger.head.log_size)
         app.state.node = running
@@ -41,6 +50,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             yield
         finally:
             running.stop()
+            vault.close()
 
     app = FastAPI(
         title="CareLedger",
@@ -49,6 +59,6 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (tx, chain, events, auth, health):
+    for module in (tx, chain, events, auth, health, fhir, patients):
         app.include_router(module.router)
     return app

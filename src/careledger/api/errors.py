@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from careledger.errors import BatchRefused, CareLedgerError
+from careledger.fhir.outcome import FhirError
 from careledger.jsonio import dumps
 
 log = logging.getLogger("careledger.api")
@@ -23,31 +24,88 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
     return Response(dumps(body), status_code=status, media_type=PROBLEM)
 
 
+# FHIR IssueType for each HTTP status we answer with.
+_ISSUE_TYPES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    409: "conflict",
+    410: "deleted",
+    413: "too-costly",
+    422: "processing",
+    503: "transient",
+}
+
+
+def fhir_outcome(
+    status: int, code: str, detail: str, issues: list[dict[str, Any]] | None = None
+) -> Response:
+    """An OperationOutcome for /fhir routes; our stable code travels in ``details.coding``."""
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": issues
+        or [
+            {
+                "severity": "error",
+                "code": _ISSUE_TYPES.get(status, "exception"),
+                "details": {"coding": [{"system": "https://careledger.dev/codes", "code": code}]},
+                "diagnostics": detail,
+            }
+        ],
+    }
+    return Response(
+        dumps(body),
+        status_code=status,
+        media_type="application/fhir+json",
+        headers={"X-CareLedger-Code": code},
+    )
+
+
+def _is_fhir(request: Request) -> bool:
+    return request.url.path.startswith("/fhir")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CareLedgerError)
-    async def _careledger(_: Request, exc: CareLedgerError) -> Response:
+    async def _careledger(request: Request, exc: CareLedgerError) -> Response:
+        if exc.http_status >= 500:
+            log.error("request failed: %s (%s)", exc.code, exc.message)
+        if _is_fhir(request):
+            issues = None
+            if isinstance(exc, FhirError):
+                issues = [issue.to_json() for issue in exc.issues]
+                for issue in issues:
+                    issue.setdefault(
+                        "details",
+                        {"coding": [{"system": "https://careledger.dev/codes", "code": exc.code}]},
+                    )
+            return fhir_outcome(exc.http_status, exc.code, exc.message, issues)
         extra: dict[str, Any] = {}
         if isinstance(exc, BatchRefused):
             extra = {"errors": exc.errors, "refused": exc.total}
         receipt = getattr(exc, "receipt", None)
         if receipt is not None:
             extra["receipt"] = receipt
-        if exc.http_status >= 500:
-            log.error("request failed: %s (%s)", exc.code, exc.message)
         return problem(exc.http_status, exc.code, exc.message, **extra)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         # Field locations and messages only: never echo the submitted values back.
         errors = [
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
             for e in exc.errors()
         ]
+        if _is_fhir(request):
+            where = "; ".join(".".join(e["loc"]) for e in errors)
+            return fhir_outcome(400, "INVALID_REQUEST", f"invalid request parameters: {where}")
         return problem(400, "INVALID_REQUEST", "the request parameters are invalid", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        if _is_fhir(request):
+            return fhir_outcome(exc.status_code, code, str(exc.detail))
         return problem(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)

@@ -1,0 +1,38 @@
+"""Patient-facing ledger views: who saw my data, and shredding a record."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+
+from careledger.api.deps import MemberDep
+from careledger.health.access import Caller
+from careledger.health.service import HealthRecords
+from careledger.jsonio import dumps
+
+router = APIRouter(prefix="/v1", tags=["patients"])
+ID = r"^[A-Za-z0-9\-.]{1,64}$"
+
+
+def _caller(claims: MemberDep) -> Caller:
+    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
+
+
+@router.get("/patients/{patient}/access-log", summary="Who accessed a patient's data")
+def access_log(
+    request: Request, claims: MemberDep, patient: Annotated[str, Path(pattern=ID)]
+) -> Response:
+    records: HealthRecords = request.app.state.health
+    entries = records.access_log(_caller(claims), patient)
+    return Response(dumps({"patient": patient, "accesses": entries}), media_type="application/json")
+
+
+@router.post("/records/{record_id}/shred", summary="Shred a record (patient with a node-held key)")
+def shred(
+    request: Request, claims: MemberDep, record_id: Annotated[str, Path(pattern=ID)]
+) -> Response:
+    records: HealthRecords = request.app.state.health
+    receipt = records.shred(_caller(claims), record_id)
+    return Response(dumps({"record": record_id, "receipt": receipt}), media_type="application/json")

@@ -1,0 +1,239 @@
+"""Health records over real HTTP: consent gates reads, every access is logged, no PHI leaks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from careledger.core.canonical import canonical_bytes
+from careledger.core.checkpoint import format_vkey
+from careledger.core.keys import b64url_decode
+from careledger.fhir.extract import phi_strings
+from careledger.keyfile import read_key_file
+from careledger.nodedir import init_demo
+from careledger.sdk import Client, verify_tx_proof
+from tests.support.nodes import Server, run_cli, serving
+
+pytestmark = pytest.mark.integration
+SYNTHEA = Path(__file__).resolve().parents[2] / "src" / "careledger" / "demo_data" / "synthea"
+
+
+def synthea_patient() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    bundle = json.loads(next(SYNTHEA.glob("Buster*.json")).read_text())
+    resources = [e["resource"] for e in bundle["entry"]]
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    observations = [r for r in resources if r["resourceType"] == "Observation"][:3]
+    return patient, observations
+
+
+@pytest.fixture(scope="module")
+def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("health") / "node"
+    init_demo(data).store.close()
+    return data
+
+
+@pytest.fixture(scope="module")
+def server(node_dir: Path) -> Iterator[Server]:
+    with serving(node_dir) as running:
+        yield running
+
+
+def login(server: Server, key_file: Path) -> httpx.Client:
+    keypair = read_key_file(key_file)[1]
+    with Client(server.url, keypair=keypair) as c:
+        token = c.login()
+    return httpx.Client(
+        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+def fhir_post(http: httpx.Client, resource: dict[str, Any]) -> httpx.Response:
+    return http.post(
+        f"/fhir/{resource['resourceType']}",
+        content=json.dumps(resource),
+        headers={"content-type": "application/fhir+json"},
+    )
+
+
+@pytest.fixture(scope="module")
+def world(server: Server, node_dir: Path) -> Iterator[dict[str, Any]]:
+    clinician = login(server, node_dir / "keys" / "dr-ana-silva.key")
+    patient, observations = synthea_patient()
+    created = fhir_post(clinician, patient)
+    assert created.status_code == 201, created.text
+    pid = created.json()["id"]
+    obs_ids = []
+    for obs in observations:
+        body = {**obs, "subject": {"reference": f"Patient/{pid}"}}
+        body.pop("encounter", None)
+        made = fhir_post(clinician, body)
+        assert made.status_code == 201, made.text
+        obs_ids.append(made.json()["id"])
+    try:
+        yield {"clinician": clinician, "patient": pid, "obs": obs_ids, "source": patient}
+    finally:
+        clinician.close()
+
+
+def grant(server: Server, node_dir: Path, patient: str, **args: Any) -> dict[str, Any]:
+    key = read_key_file(node_dir / "keys" / "patients" / f"{patient}.key")[1]
+    with Client(server.url, keypair=key) as c:
+        return c.call("consent", "grant", args)
+
+
+def revoke(server: Server, node_dir: Path, patient: str, consent: str) -> dict[str, Any]:
+    key = read_key_file(node_dir / "keys" / "patients" / f"{patient}.key")[1]
+    with Client(server.url, keypair=key) as c:
+        return c.call("consent", "revoke", {"consent": consent})
+
+
+def test_without_consent_403_with_consent_200_after_revocation_403(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    with login(server, node_dir / "keys" / "ph-chen-li.key") as pharmacist:
+        check_consent_flow(server, node_dir, world, pharmacist)
+
+
+def check_consent_flow(
+    server: Server, node_dir: Path, world: dict[str, Any], pharmacist: httpx.Client
+) -> None:
+    url = f"/fhir/Observation/{world['obs'][0]}"
+    denied = pharmacist.get(url)
+    assert denied.status_code == 403
+    assert denied.json()["resourceType"] == "OperationOutcome"
+    assert denied.headers["X-CareLedger-Code"] == "NO_CONSENT"
+    consent = grant(
+        server,
+        node_dir,
+        world["patient"],
+        grantee={"org": "city-pharmacy"},
+        actions=["read"],
+        resource_types=["Observation"],
+        purposes=["TREAT"],
+    )
+    assert consent["result"] == "accepted"
+    allowed = pharmacist.get(url)
+    assert allowed.status_code == 200
+    assert allowed.json()["subject"]["reference"] == f"Patient/{world['patient']}"
+    assert revoke(server, node_dir, world["patient"], consent["tx_id"])["result"] == "accepted"
+    assert pharmacist.get(url).status_code == 403
+    # The consent covered Observation only: the Patient record stays closed.
+    assert pharmacist.get(f"/fhir/Patient/{world['patient']}").status_code == 403
+
+
+def test_patient_sees_who_accessed(server: Server, node_dir: Path, world: dict[str, Any]) -> None:
+    with login(server, node_dir / "keys" / "patients" / f"{world['patient']}.key") as patient:
+        log = patient.get(f"/v1/patients/{world['patient']}/access-log").json()["accesses"]
+    who = {(a["accessor"], a["action"]) for a in log}
+    assert ("dr-ana-silva", "write") in who
+    assert ("ph-chen-li", "read") in who
+    with login(server, node_dir / "keys" / "ph-chen-li.key") as other:
+        assert other.get(f"/v1/patients/{world['patient']}/access-log").status_code == 403
+
+
+def test_read_carries_a_verifiable_anchor(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    clinician = world["clinician"]
+    response = clinician.get(f"/fhir/Observation/{world['obs'][1]}")
+    assert response.status_code == 200
+    resource = response.json()
+    salt = b64url_decode(response.headers["X-CareLedger-Salt"])
+    digest = hmac.new(salt, canonical_bytes(resource), hashlib.sha256).hexdigest()
+    trusted = [
+        format_vkey(
+            "st-mary-node", read_key_file(node_dir / "keys" / "st-mary-node.key")[1].public_key
+        )
+    ]
+    with Client(server.url) as c:
+        answer = c.tx(response.headers["X-CareLedger-Anchor-Tx"])
+        verified = verify_tx_proof(answer, trusted)
+        block = c.get_json(f"/v1/blocks/{verified.receipt['height']}")
+    envelope = next(
+        t["envelope"] for t in block["transactions"] if t["tx_id"] == verified.receipt["tx_id"]
+    )
+    assert envelope["body"]["args"]["hash"] == digest
+    assert int(response.headers["X-CareLedger-Leaf-Index"]) == verified.leaf_index
+
+
+def test_update_history_and_everything(server: Server, world: dict[str, Any]) -> None:
+    clinician = world["clinician"]
+    url = f"/fhir/Observation/{world['obs'][2]}"
+    current = clinician.get(url).json()
+    current["status"] = "amended"
+    stale = clinician.put(url, content=json.dumps(current), headers={"If-Match": 'W/"5"'})
+    assert stale.status_code == 409
+    updated = clinician.put(url, content=json.dumps(current), headers={"If-Match": 'W/"1"'})
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["meta"]["versionId"] == "2"
+    history = clinician.get(f"{url}/_history").json()
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+    assert clinician.get(f"{url}/_history/1").json()["status"] != "amended"
+    everything = clinician.get(f"/fhir/Patient/{world['patient']}/$everything").json()
+    assert {e["resource"]["resourceType"] for e in everything["entry"]} == {
+        "Patient",
+        "Observation",
+    }
+    assert everything["total"] == 1 + len(world["obs"])
+    search = clinician.get(
+        "/fhir/Observation", params={"patient": world["patient"], "_count": 1}
+    ).json()
+    assert search["total"] == len(world["obs"])
+    assert len(search["entry"]) == 1
+    assert any(link["relation"] == "next" for link in search["link"])
+    bogus = {**current, "status": "bogus"}
+    refused = clinician.put(url, content=json.dumps(bogus))
+    assert refused.status_code == 400
+    assert "bogus" not in refused.text
+
+
+def test_vault_tampering_is_detected(server: Server, node_dir: Path, world: dict[str, Any]) -> None:
+    conn = sqlite3.connect(node_dir / "vault.sqlite")
+    (ciphertext,) = conn.execute(
+        "SELECT ciphertext FROM records WHERE record_id = ? AND version = 1", (world["obs"][1],)
+    ).fetchone()
+    flipped = bytearray(ciphertext)
+    flipped[5] ^= 0x01
+    conn.execute(
+        "UPDATE records SET ciphertext = ? WHERE record_id = ? AND version = 1",
+        (bytes(flipped), world["obs"][1]),
+    )
+    conn.commit()
+    conn.close()
+    response = world["clinician"].get(f"/fhir/Observation/{world['obs'][1]}")
+    assert response.status_code == 422
+    assert response.headers["X-CareLedger-Code"] == "VAULT_TAMPERED"
+
+
+def test_shredded_record_is_unreadable_and_ledger_verifies(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    target = world["obs"][0]
+    with login(server, node_dir / "keys" / "patients" / f"{world['patient']}.key") as patient:
+        shredded = patient.post(f"/v1/records/{target}/shred")
+        assert shredded.status_code == 200, shredded.text
+        for reader in (world["clinician"], patient):
+            gone = reader.get(f"/fhir/Observation/{target}")
+            assert gone.status_code == 404
+            assert gone.headers["X-CareLedger-Code"] == "RECORD_SHREDDED"
+    assert run_cli("verify", str(node_dir)).returncode == 0
+
+
+def test_no_phi_in_any_file(server: Server, node_dir: Path, world: dict[str, Any]) -> None:
+    needles = {s for s in phi_strings(world["source"]) if len(s) >= 4}
+    assert len(needles) >= 5, needles  # name, birth date, identifiers, phone, address
+    offenders = []
+    for path in node_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            offenders += [f"{path.name}: {n}" for n in needles if n.encode() in data]
+    assert offenders == []
