@@ -379,6 +379,98 @@ def token(
     sys.stdout.write(value + "\n")
 
 
+fhir_app = typer.Typer(help="Load and export FHIR data.", no_args_is_help=True)
+app.add_typer(fhir_app, name="fhir")
+
+
+def _read_bundles(files: list[Path]) -> list[Any]:
+    from careledger.jsonio import loads
+
+    bundles = []
+    for path in files:
+        try:
+            bundles.append(loads(path.read_bytes()))
+        except OSError as exc:
+            raise ValidationError(f"cannot read {path}: {exc.strerror}", code="BAD_FILE") from None
+    return bundles
+
+
+@fhir_app.command("import")
+def fhir_import(
+    data_dir: DirArg,
+    files: Annotated[list[Path], typer.Argument(help="FHIR Bundle files (JSON)")],
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """Load FHIR Bundles into the node at DIR as its organisation.
+
+    In-process when the node is not running; through its API (at --url) when it is.
+    """
+    from careledger.config import Settings
+    from careledger.health.importer import bundle_entries, import_bundles
+    from careledger.health.service import HealthRecords, ServiceSink
+    from careledger.keyfile import read_key_file
+    from careledger.node import Node
+    from careledger.sdk import Client
+
+    try:
+        settings = Settings.load(data_dir)
+        bundles = _read_bundles(files)
+        total = sum(len(bundle_entries(b)) for b in bundles)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    with Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("entries"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=json_out or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("import", total=total)
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+
+        try:
+            node = Node(settings)
+        except CareLedgerError as exc:
+            if exc.code != "NODE_BUSY":
+                raise _fail(exc) from None
+            node = None
+        try:
+            if node is not None:
+                node.start()
+                records = HealthRecords.for_node(node)
+                try:
+                    report = import_bundles(
+                        bundles, ServiceSink(records, records.node_caller()), progress=advance
+                    )
+                finally:
+                    records.close()
+                    node.stop()
+            else:
+                _, key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
+                with Client(url, keypair=key) as client:
+                    client.login()
+                    report = import_bundles(bundles, client, progress=advance)
+        except CareLedgerError as exc:
+            raise _fail(exc) from None
+    if json_out:
+        _print_json(report.to_json())
+    else:
+        table = Table("resource type", "created", "skipped")
+        for kind in sorted(set(report.created) | set(report.skipped)):
+            table.add_row(kind, str(report.created.get(kind, 0)), str(report.skipped.get(kind, 0)))
+        out.print(table)
+        out.print(f"{len(report.patients)} patients; {len(report.failed)} entries failed")
+        for entry, code in report.failed[:20]:
+            err.print(f"[red]failed[/red] {entry}: {code}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -158,3 +158,48 @@ def vote_block(
         )
         out.append(sign_body(body, keys[voter]))
     return out
+
+
+SYNTHEA_DIR = Path(__file__).resolve().parent / "demo_data" / "synthea"
+
+
+def load_demo_records(data_dir: Path) -> dict[str, Any]:
+    """Import the Synthea patients as St Mary's records, and have two of them grant consents."""
+    from careledger.config import Settings
+    from careledger.health.importer import import_bundles
+    from careledger.health.service import HealthRecords, ServiceSink
+    from careledger.jsonio import loads
+    from careledger.node import Node
+
+    bundles = [loads(path.read_bytes()) for path in sorted(SYNTHEA_DIR.glob("*.json"))]
+    node = Node(Settings.load(data_dir))
+    node.start()
+    records = HealthRecords.for_node(node)
+    try:
+        report = import_bundles(bundles, ServiceSink(records, records.node_caller()))
+        grants = [
+            # The first patient lets Northside Clinic read everything for treatment;
+            # the second lets City Pharmacy read medication orders.
+            {
+                "grantee": {"org": "northside-clinic"},
+                "actions": ["read"],
+                "resource_types": ["*"],
+                "purposes": ["TREAT"],
+            },
+            {
+                "grantee": {"org": "city-pharmacy"},
+                "actions": ["read"],
+                "resource_types": ["MedicationRequest"],
+                "purposes": ["TREAT"],
+            },
+        ]
+        for patient, args in zip(report.patients, grants, strict=False):
+            key = records.custodial_key(patient)
+            assert key is not None
+            (receipt,) = node.execute([("consent", "grant", args)], keypair=key)
+            if receipt["result"] != "accepted":
+                raise RuntimeError(f"demo consent refused: {receipt['code']}")
+    finally:
+        records.close()
+        node.stop()
+    return report.to_json()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 from careledger.config import Settings
 from careledger.core.keys import KeyPair
 from careledger.core.tx import Transaction, make_body, sign_body
+from careledger.errors import Conflict
 from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
 from careledger.ledger.execute import NONCE_NAMESPACE
@@ -20,10 +23,33 @@ from careledger.nonces import NonceSource
 from careledger.ordering.local import LocalOrderer
 from careledger.storage.sqlite import SQLiteStore
 
+LOCK_FILE = "node.lock"
+
+
+def _lock(data_dir: Path) -> int:
+    """Hold the node directory exclusively: two writers would each think they own the head."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Conflict(
+            f"another process is running the node in {data_dir}", code="NODE_BUSY"
+        ) from None
+    return fd
+
 
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._lock_fd = _lock(settings.data_dir)
+        try:
+            self._open(settings)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _open(self, settings: Settings) -> None:
         passphrase = os.environ.get("CARELEDGER_KEY_PASSPHRASE") or None
         _, node_key = read_key_file(settings.node_key_file, passphrase=passphrase)
         self.store = SQLiteStore(settings.store_path)
@@ -58,6 +84,9 @@ class Node:
         self.orderer.stop()
         self.verify_pool.shutdown(wait=True)
         self.store.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = -1
 
     def admit_all(self, objs: Sequence[object], sizes: Sequence[int | None]) -> list[Transaction]:
         """Decode, verify and admit every envelope, or none (raises AdmissionErrors)."""

@@ -137,8 +137,17 @@ class Client:
                 body = response.json()
             except ValueError:
                 body = {}
-            code = str(body.get("code", f"HTTP_{response.status_code}"))
-            detail = str(body.get("detail", response.reason_phrase))
+            if not isinstance(body, dict):
+                body = {}
+            code = str(
+                body.get("code")
+                or response.headers.get("X-CareLedger-Code")
+                or f"HTTP_{response.status_code}"
+            )
+            issues = body.get("issue") or [{}]  # an OperationOutcome from /fhir
+            detail = str(
+                body.get("detail") or issues[0].get("diagnostics") or response.reason_phrase
+            )
             raise RemoteError(response.status_code, code, detail, body)
         return response
 
@@ -247,6 +256,22 @@ class Client:
                 raise VerificationError("two checkpoints of one size with different roots")
             return
         verify_consistency(self.consistency(first.size, second.size), first, second)
+
+    # -- FHIR ----------------------------------------------------------------------------
+
+    def fhir_create(self, resource: Mapping[str, Any]) -> str:
+        """POST a resource to /fhir (needs a token: call :meth:`login` first); its new id."""
+        response = self._request(
+            "POST",
+            f"/fhir/{resource.get('resourceType')}",
+            content=_dumps(resource),
+            headers={"content-type": "application/fhir+json"},
+        )
+        return str(response.json()["id"])
+
+    def create(self, resource: dict[str, Any]) -> str:
+        """The importer's Sink interface."""
+        return self.fhir_create(resource)
 
     # -- auth ----------------------------------------------------------------------------
 

@@ -14,10 +14,9 @@ from careledger.api.metrics import Metrics
 from careledger.api.routes import auth, chain, events, fhir, health, patients, tx
 from careledger.api.routes.events import BlockSignal
 from careledger.auth import TokenIssuer
-from careledger.config import KEYS_DIR, VAULT_FILE, Settings
+from careledger.config import Settings
 from careledger.health.service import HealthRecords
 from careledger.node import Node
-from careledger.vault import Vault, VaultStore
 
 
 def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
@@ -26,13 +25,8 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         running = node or Node(settings)
         metrics = Metrics()
         signal = BlockSignal(asyncio.get_running_loop())
-        vault = VaultStore(settings.data_dir / VAULT_FILE)
-        health = HealthRecords(
-            running, Vault(vault), patient_keys_dir=settings.data_dir / KEYS_DIR / "patients"
-        )
-        running.ledger.commit_listeners.extend(
-            [metrics.on_commit, signal.pulse_threadsafe, health.on_commit]
-        )
+        health = HealthRecords.for_node(running)
+        running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
         app.state.health = health
         metrics.head_height.set(running.ledger.head.height)
         metrics.log_size.set(running.ledger.head.log_size)
@@ -50,7 +44,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             yield
         finally:
             running.stop()
-            vault.close()
+            health.close()
 
     app = FastAPI(
         title="CareLedger",

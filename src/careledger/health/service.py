@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from careledger.config import KEYS_DIR, VAULT_FILE
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import record_key, version_key
@@ -34,7 +35,7 @@ from careledger.health.access import Caller, choose_basis, require_scope
 from careledger.keyfile import generate_keypair, write_key_file
 from careledger.ledger.execute import Executed
 from careledger.node import Node
-from careledger.vault import Vault
+from careledger.vault import Vault, VaultStore
 
 WRITER_ROLES = frozenset({"clinician", "nurse", "admin", "node", "device", "pharmacist"})
 
@@ -66,6 +67,32 @@ class HealthRecords:
         self.ledger = node.ledger
         self.vault = vault
         self.patient_keys_dir = patient_keys_dir
+
+    @classmethod
+    def for_node(cls, node: Node) -> HealthRecords:
+        """The service over the node's own vault file, listening to the node's commits."""
+        data_dir = node.settings.data_dir
+        records = cls(
+            node,
+            Vault(VaultStore(data_dir / VAULT_FILE)),
+            patient_keys_dir=data_dir / KEYS_DIR / "patients",
+        )
+        node.ledger.commit_listeners.append(records.on_commit)
+        return records
+
+    def close(self) -> None:
+        if self.on_commit in self.node.ledger.commit_listeners:
+            self.node.ledger.commit_listeners.remove(self.on_commit)
+        self.vault.store.close()
+
+    def node_caller(self) -> Caller:
+        """The node itself as a caller (imports, demo data): its org's system scopes."""
+        from careledger.scopes import parse_scopes
+
+        name = self.node.settings.node_name
+        return Caller(
+            name, self.org, frozenset({"node"}), parse_scopes("system/*.read system/*.write")
+        )
 
     @property
     def org(self) -> str:
@@ -444,3 +471,18 @@ def _scope_ok(caller: Caller, resource_type: str, patient: str) -> bool:
     except Forbidden:
         return False
     return True
+
+
+class ServiceSink:
+    """Creates resources in-process, as ``caller`` (for ``init --demo`` and tests)."""
+
+    def __init__(self, records: HealthRecords, caller: Caller) -> None:
+        self.records = records
+        self.caller = caller
+
+    def create(self, resource: dict[str, Any]) -> str:
+        from careledger.fhir.extract import patient_id
+        from careledger.fhir.validate import validate_resource
+
+        validate_resource(resource, expected_type=resource.get("resourceType"))
+        return self.records.create(self.caller, resource, patient_of=patient_id).record_id

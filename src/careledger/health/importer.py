@@ -1,0 +1,102 @@
+"""Loading FHIR Bundles (Synthea's transaction Bundles among them) into a node.
+
+Entries are created in Bundle order through a ``Sink`` (the node's service in-process, or its
+FHIR API over HTTP); every ``urn:uuid:`` reference to an entry already created is rewritten to
+that resource's id on the node, so a Patient's Observations point at it. Entries of types the
+node does not hold (Organization, Claim, ...) are counted as skipped; references to them stay
+as they were.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from careledger.errors import CareLedgerError, ValidationError
+from careledger.fhir.validate import SUPPORTED_TYPES
+
+# Consent is imported through the consent contract, not as a record.
+IMPORTABLE = SUPPORTED_TYPES - {"Consent"}
+
+
+class Sink(Protocol):
+    def create(self, resource: dict[str, Any]) -> str:
+        """Create the resource on the node; return its new id."""
+
+
+@dataclass
+class ImportReport:
+    created: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (entry fullUrl, error code)
+    patients: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "created": dict(self.created),
+            "skipped": dict(self.skipped),
+            "failed": [{"entry": e, "code": c} for e, c in self.failed],
+            "patients": self.patients,
+        }
+
+
+def _rewrite(node: Any, ids: Mapping[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {k: _rewrite(v, ids) for k, v in node.items()}
+        ref = out.get("reference")
+        if isinstance(ref, str) and ref in ids:
+            out["reference"] = ids[ref]
+        return out
+    if isinstance(node, list):
+        return [_rewrite(v, ids) for v in node]
+    return node
+
+
+def bundle_entries(bundle: object) -> list[tuple[str, dict[str, Any]]]:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise ValidationError("not a FHIR Bundle", code="NOT_A_BUNDLE")
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise ValidationError("Bundle.entry must be a list", code="NOT_A_BUNDLE")
+    out = []
+    for index, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            raise ValidationError(f"Bundle.entry[{index}] has no resource", code="NOT_A_BUNDLE")
+        out.append((str(entry.get("fullUrl") or f"entry[{index}]"), resource))
+    return out
+
+
+def import_bundles(
+    bundles: Iterable[object],
+    sink: Sink,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    report = ImportReport()
+    for bundle in bundles:
+        ids: dict[str, str] = {}
+        entries = bundle_entries(bundle)
+        # Patients first, so every other entry can point at its patient's new id.
+        ordered = sorted(entries, key=lambda e: e[1].get("resourceType") != "Patient")
+        for full_url, resource in ordered:
+            kind = str(resource.get("resourceType"))
+            if kind not in IMPORTABLE:
+                report.skipped[kind] += 1
+            else:
+                body = _rewrite(resource, ids)
+                body.pop("id", None)
+                try:
+                    new_id = sink.create(body)
+                except CareLedgerError as exc:
+                    report.failed.append((full_url, exc.code))
+                else:
+                    ids[full_url] = f"{kind}/{new_id}"
+                    report.created[kind] += 1
+                    if kind == "Patient":
+                        report.patients.append(new_id)
+            if progress is not None:
+                progress(1)
+    return report
