@@ -6,6 +6,8 @@ re-computed and checkpoints are checked against note verifier keys the caller su
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,9 +16,9 @@ from typing import Any
 import httpx
 
 from careledger.core import merkle
-from careledger.core.canonical import canonical_bytes
+from careledger.core.canonical import canonical_bytes, sha256_hex
 from careledger.core.checkpoint import Checkpoint, parse_checkpoint, parse_vkey, verify_note
-from careledger.core.keys import KeyPair, b64url_encode
+from careledger.core.keys import KeyPair, b64url_decode, b64url_encode
 from careledger.core.tx import make_body, sign_body
 from careledger.errors import (
     CareLedgerError,
@@ -256,6 +258,43 @@ class Client:
                 raise VerificationError("two checkpoints of one size with different roots")
             return
         verify_consistency(self.consistency(first.size, second.size), first, second)
+
+    def verify_resource(
+        self,
+        resource: Mapping[str, Any],
+        headers: Mapping[str, str],
+        verifier_keys: Iterable[str],
+        *,
+        min_signatures: int = 1,
+    ) -> VerifiedReceipt:
+        """Check a FHIR read against the ledger: its salted hash is what a committed, signed
+        anchor (proved included under a checkpoint you trust) recorded for that version."""
+        try:
+            tx_id = headers["X-CareLedger-Anchor-Tx"]
+            salt = b64url_decode(headers["X-CareLedger-Salt"])
+            record_id = str(resource["id"])
+            version = int(resource["meta"]["versionId"])
+        except (KeyError, TypeError, ValueError, ValidationError) as exc:
+            raise VerificationError(f"the read carries no usable anchor: {exc}") from None
+        verified = self.verified_receipt(tx_id, verifier_keys, min_signatures=min_signatures)
+        if verified.receipt["result"] != "accepted":
+            raise VerificationError("the anchoring transaction was rejected")
+        block = self.get_json(f"/v1/blocks/{verified.receipt['height']}")
+        envelope = next((t["envelope"] for t in block["transactions"] if t["tx_id"] == tx_id), None)
+        if (
+            envelope is None
+            or sha256_hex(canonical_bytes(envelope)) != verified.receipt["envelope_hash"]
+        ):
+            raise VerificationError("the anchoring envelope does not match its receipt")
+        args = envelope["body"]["args"]
+        anchors = args.get("anchors") or [args]
+        digest = hmac.new(salt, canonical_bytes(dict(resource)), hashlib.sha256).hexdigest()
+        if not any(
+            a.get("record") == record_id and a.get("version") == version and a.get("hash") == digest
+            for a in anchors
+        ):
+            raise VerificationError("the resource does not hash to its ledger anchor")
+        return verified
 
     # -- FHIR ----------------------------------------------------------------------------
 

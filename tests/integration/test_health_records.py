@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -13,13 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import format_vkey
-from careledger.core.keys import b64url_decode
+from careledger.errors import VerificationError
 from careledger.fhir.extract import phi_strings
 from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
-from careledger.sdk import Client, verify_tx_proof
+from careledger.sdk import Client
 from tests.support.nodes import Server, run_cli, serving
 
 pytestmark = pytest.mark.integration
@@ -143,26 +140,20 @@ def test_patient_sees_who_accessed(server: Server, node_dir: Path, world: dict[s
 def test_read_carries_a_verifiable_anchor(
     server: Server, node_dir: Path, world: dict[str, Any]
 ) -> None:
-    clinician = world["clinician"]
-    response = clinician.get(f"/fhir/Observation/{world['obs'][1]}")
+    response = world["clinician"].get(f"/fhir/Observation/{world['obs'][1]}")
     assert response.status_code == 200
     resource = response.json()
-    salt = b64url_decode(response.headers["X-CareLedger-Salt"])
-    digest = hmac.new(salt, canonical_bytes(resource), hashlib.sha256).hexdigest()
-    trusted = [
-        format_vkey(
-            "st-mary-node", read_key_file(node_dir / "keys" / "st-mary-node.key")[1].public_key
-        )
-    ]
+    node_key = read_key_file(node_dir / "keys" / "st-mary-node.key")[1]
+    trusted = [format_vkey("st-mary-node", node_key.public_key)]
     with Client(server.url) as c:
-        answer = c.tx(response.headers["X-CareLedger-Anchor-Tx"])
-        verified = verify_tx_proof(answer, trusted)
-        block = c.get_json(f"/v1/blocks/{verified.receipt['height']}")
-    envelope = next(
-        t["envelope"] for t in block["transactions"] if t["tx_id"] == verified.receipt["tx_id"]
-    )
-    assert envelope["body"]["args"]["hash"] == digest
-    assert int(response.headers["X-CareLedger-Leaf-Index"]) == verified.leaf_index
+        verified = c.verify_resource(resource, response.headers, trusted)
+        assert verified.leaf_index == int(response.headers["X-CareLedger-Leaf-Index"])
+        altered = {**resource, "status": "cancelled"}
+        with pytest.raises(VerificationError):
+            c.verify_resource(altered, response.headers, trusted)
+        other_salt = {**response.headers, "X-CareLedger-Salt": "A" * 43}
+        with pytest.raises(VerificationError):
+            c.verify_resource(resource, other_salt, trusted)
 
 
 def test_update_history_and_everything(server: Server, world: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ NAMESPACE = "records"
 RECORD_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # the FHIR id format
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 HEX_HASH = re.compile(r"^[0-9a-f]{64}$")
+MAX_BATCH = 1000
 WRITER_ROLES = frozenset({"admin", "clinician", "nurse", "pharmacist", "node", "device"})
 
 
@@ -47,6 +48,22 @@ class RecordsV1(Contract):
 
     @tx_method
     def anchor(self, ctx: Context, args: Args) -> None:
+        self._anchor(ctx, args)
+
+    @tx_method
+    def anchor_batch(self, ctx: Context, args: Args) -> None:
+        """Several anchors in one transaction: all of them, or (on any refusal) none."""
+        args.only("anchors")
+        anchors = args.raw.get("anchors")
+        if not isinstance(anchors, list) or not 0 < len(anchors) <= MAX_BATCH:
+            raise Rejected("BAD_ARGS", f"anchors must be a list of 1..{MAX_BATCH} objects")
+        for item in anchors:
+            if not isinstance(item, dict):
+                raise Rejected("BAD_ARGS", "each anchor is an object")
+            self._anchor(ctx, Args(item))
+
+    @staticmethod
+    def _anchor(ctx: Context, args: Args) -> None:
         args.only("record", "type", "patient", "hash", "version", "prev_version")
         record_id = args.string("record", pattern=RECORD_ID)
         resource_type = args.string("type", pattern=RESOURCE_TYPE)

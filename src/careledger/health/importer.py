@@ -42,15 +42,15 @@ class ImportReport:
         }
 
 
-def _rewrite(node: Any, ids: Mapping[str, str]) -> Any:
+def rewrite_references(node: Any, ids: Mapping[str, str]) -> Any:
     if isinstance(node, dict):
-        out = {k: _rewrite(v, ids) for k, v in node.items()}
+        out = {k: rewrite_references(v, ids) for k, v in node.items()}
         ref = out.get("reference")
         if isinstance(ref, str) and ref in ids:
             out["reference"] = ids[ref]
         return out
     if isinstance(node, list):
-        return [_rewrite(v, ids) for v in node]
+        return [rewrite_references(v, ids) for v in node]
     return node
 
 
@@ -86,7 +86,7 @@ def import_bundles(
             if kind not in IMPORTABLE:
                 report.skipped[kind] += 1
             else:
-                body = _rewrite(resource, ids)
+                body = rewrite_references(resource, ids)
                 body.pop("id", None)
                 try:
                     new_id = sink.create(body)

@@ -24,7 +24,6 @@ from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import record_key, version_key
 from careledger.core.keys import KeyPair, b64url_encode, decode_public_key
 from careledger.errors import (
-    CareLedgerError,
     Conflict,
     Forbidden,
     NotFound,
@@ -254,6 +253,145 @@ class HealthRecords:
             caller, resource, record_id, meta["version"] + 1, meta["patient"], purpose
         )
 
+    def prepare(
+        self,
+        caller: Caller,
+        resource: dict[str, Any],
+        *,
+        record_id: str | None,
+        patient_of: Any,
+        if_match: int | None = None,
+        patient_public_key: str | None = None,
+    ) -> tuple[dict[str, Any], str, int, str]:
+        """Checks for one write of a transaction: (resource, record id, version, patient).
+
+        A new Patient is registered on the ledger here, before the records are anchored.
+        """
+        resource_type = resource["resourceType"]
+        self._require_writer(caller, resource_type)
+        if record_id is not None:
+            meta = self.record_meta(record_id, resource_type)
+            require_scope(caller, resource_type, "write", meta["patient"])
+            if meta["custodian"] != self.org:
+                raise Forbidden("this node is not the record's custodian", code="NOT_CUSTODIAN")
+            if if_match is not None and if_match != meta["version"]:
+                raise Conflict(f"the current version is {meta['version']}", code="VERSION_CONFLICT")
+            return resource, record_id, meta["version"] + 1, meta["patient"]
+        if resource_type == "Patient":
+            require_scope(caller, resource_type, "write", None)
+            patient = self._register_patient(patient_public_key)
+            return resource, patient, 1, patient
+        patient = patient_of(resource)
+        if patient is None:
+            raise ValidationError(
+                "the resource must reference its Patient on this ledger", code="NO_PATIENT"
+            )
+        require_scope(caller, resource_type, "write", patient)
+        self._patient_key(patient)
+        return resource, secrets.token_hex(16), 1, patient
+
+    def write_all(
+        self,
+        caller: Caller,
+        writes: Sequence[tuple[dict[str, Any], str, int, str]],
+        *,
+        purpose: str = "TREAT",
+    ) -> list[StoredResource]:
+        """Seal every write, then anchor them all in ONE ledger transaction: all or none."""
+        sealed = []
+        try:
+            for resource, record_id, version, patient in writes:
+                stored = self._stamped(resource, record_id, version)
+                record = self.vault.seal(
+                    stored,
+                    record_id=record_id,
+                    resource_type=stored["resourceType"],
+                    version=version,
+                    patient=patient,
+                    patient_key=self._patient_key(patient),
+                    custodian=self.org,
+                    custodian_key=self.ledger.node_key.public_key,
+                )
+                sealed.append((stored, record, patient))
+            anchors = [
+                self._anchor_args(r.record_id, r.resource_type, p, r.content_hash, r.version)
+                for _, r, p in sealed
+            ]
+            by_patient: dict[str, list[str]] = {}
+            for _, r, p in sealed:
+                by_patient.setdefault(p, []).append(r.record_id)
+            calls: list[tuple[str, str, Mapping[str, Any]]] = [
+                ("records", "anchor_batch", {"anchors": anchors})
+            ]
+            calls += [
+                ("audit", "access", self._write_access(caller, p, ids, purpose))
+                for p, ids in by_patient.items()
+            ]
+            receipts = self._commit(calls)
+        except BaseException:
+            for _, r, _ in sealed:
+                self.vault.store.discard(r.record_id, r.version)
+            raise
+        anchor = receipts[0]
+        if anchor["result"] != "accepted":
+            for _, r, _ in sealed:
+                self.vault.store.discard(r.record_id, r.version)
+            raise Conflict("the ledger refused the transaction", code=anchor["code"])
+        return [
+            StoredResource(
+                resource=stored,
+                record_id=r.record_id,
+                resource_type=r.resource_type,
+                version=r.version,
+                patient=p,
+                custodian=self.org,
+                content_hash=r.content_hash,
+                salt=b64url_encode(r.salt),
+                anchor_tx=anchor["tx_id"],
+                leaf_index=anchor["leaf_index"],
+                last_updated=stored["meta"]["lastUpdated"],
+            )
+            for stored, r, p in sealed
+        ]
+
+    @staticmethod
+    def _stamped(resource: dict[str, Any], record_id: str, version: int) -> dict[str, Any]:
+        stored = dict(resource)
+        stored["id"] = record_id
+        meta = dict(stored.get("meta") or {})
+        meta.update({"versionId": str(version), "lastUpdated": _now_iso()})
+        stored["meta"] = meta
+        return stored
+
+    @staticmethod
+    def _anchor_args(
+        record_id: str, resource_type: str, patient: str, digest: str, version: int
+    ) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "record": record_id,
+            "type": resource_type,
+            "patient": patient,
+            "hash": digest,
+            "version": version,
+        }
+        if version > 1:
+            args["prev_version"] = version - 1
+        return args
+
+    @staticmethod
+    def _write_access(
+        caller: Caller, patient: str, records: list[str], purpose: str
+    ) -> dict[str, Any]:
+        return {
+            "patient": patient,
+            "accessor": caller.member,
+            "accessor_org": caller.org,
+            "records": sorted(set(records)),
+            "action": "write",
+            "purpose": purpose if purpose in {"TREAT", "ETREAT", "CAREMGT", "HOPERAT"} else "TREAT",
+            "basis": {"kind": "custodian"},
+        }
+
     def _require_writer(self, caller: Caller, resource_type: str) -> None:
         if caller.org != self.org or not caller.roles & WRITER_ROLES:
             raise Forbidden("only the custodian's staff write its records", code="NOT_CUSTODIAN")
@@ -269,63 +407,10 @@ class HealthRecords:
         patient: str,
         purpose: str,
     ) -> StoredResource:
-        resource_type = resource["resourceType"]
-        stored = dict(resource)
-        stored["id"] = record_id
-        meta = dict(stored.get("meta") or {})
-        meta.update({"versionId": str(version), "lastUpdated": _now_iso()})
-        stored["meta"] = meta
-        sealed = self.vault.seal(
-            stored,
-            record_id=record_id,
-            resource_type=resource_type,
-            version=version,
-            patient=patient,
-            patient_key=self._patient_key(patient),
-            custodian=self.org,
-            custodian_key=self.ledger.node_key.public_key,
+        (stored,) = self.write_all(
+            caller, [(resource, record_id, version, patient)], purpose=purpose
         )
-        anchor_args: dict[str, Any] = {
-            "record": record_id,
-            "type": resource_type,
-            "patient": patient,
-            "hash": sealed.content_hash,
-            "version": version,
-        }
-        if version > 1:
-            anchor_args["prev_version"] = version - 1
-        access_args = {
-            "patient": patient,
-            "accessor": caller.member,
-            "accessor_org": caller.org,
-            "records": [record_id],
-            "action": "write",
-            "purpose": purpose if purpose in {"TREAT", "ETREAT", "CAREMGT", "HOPERAT"} else "TREAT",
-            "basis": {"kind": "custodian"},
-        }
-        try:
-            anchor, _access = self._commit(
-                [("records", "anchor", anchor_args), ("audit", "access", access_args)]
-            )
-        except CareLedgerError:
-            self.vault.store.discard(record_id, version)
-            raise
-        if anchor["result"] != "accepted":
-            self.vault.store.discard(record_id, version)
-            raise Conflict("the ledger refused the record", code=anchor["code"])
-        return StoredResource(
-            resource=stored,
-            record_id=record_id,
-            resource_type=resource_type,
-            version=version,
-            patient=patient,
-            custodian=self.org,
-            content_hash=sealed.content_hash,
-            salt=b64url_encode(sealed.salt),
-            anchor_tx=anchor["tx_id"],
-            leaf_index=anchor["leaf_index"],
-            last_updated=meta["lastUpdated"],
-        )
+        return stored
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from careledger.errors import ValidationError
 from careledger.fhir import extract
 from careledger.fhir.outcome import FhirError, Issue
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
+from careledger.health import bundles
 from careledger.health.access import Caller
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.jsonio import dumps, loads
@@ -160,6 +161,18 @@ def metadata() -> Response:
             ],
         }
     )
+
+
+@router.post("", summary="A transaction (atomic) or batch Bundle")
+async def bundle(request: Request, claims: MemberDep, purpose: PurposeHeader = "TREAT") -> Response:
+    raw = await request.body()
+    if len(raw) > 64 * 1024 * 1024:
+        raise ValidationError("a Bundle may be at most 64 MiB", code="REQUEST_TOO_LARGE")
+    body = loads(raw)
+    kind = body.get("type") if isinstance(body, dict) else None
+    handler = bundles.transaction if kind == "transaction" else bundles.batch
+    result = await run_in_threadpool(handler, _records(request), _caller(claims), body, purpose)
+    return _fhir(result)
 
 
 @router.post("/{resource_type}", status_code=201, summary="Create a resource")

@@ -1,0 +1,167 @@
+"""FHIR Bundle ``transaction`` (atomic) and ``batch`` (independent entries) for POST /fhir.
+
+A transaction resolves ``urn:uuid:`` references between its entries, checks every entry, then
+anchors all records in one ledger transaction: all of them are committed, or none. New Patients
+are registered as ledger members first; if the transaction then fails, those pseudonymous
+members remain (they carry no PHI) and nothing else does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from careledger.errors import CareLedgerError, ValidationError
+from careledger.fhir.extract import patient_id
+from careledger.fhir.outcome import FhirError, Issue, operation_outcome
+from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
+from careledger.health.access import Caller
+from careledger.health.importer import rewrite_references
+from careledger.health.service import HealthRecords, StoredResource
+
+_URL = re.compile(r"^([A-Z][A-Za-z]{1,63})(?:/([A-Za-z0-9\-.]{1,64}))?$")
+_ETAG = re.compile(r'^W/"([0-9]+)"$')
+MAX_ENTRIES = 1000
+
+
+def _entries(bundle: object, kind: str) -> list[dict[str, Any]]:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise ValidationError("POST /fhir takes a Bundle", code="NOT_A_BUNDLE")
+    if bundle.get("type") != kind:
+        raise ValidationError(f"expected a {kind} Bundle", code="NOT_A_BUNDLE")
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+        raise ValidationError(f"Bundle.entry: a list of at most {MAX_ENTRIES}", code="NOT_A_BUNDLE")
+    return entries
+
+
+def _request(entry: object, index: int) -> tuple[str, str, str | None, dict[str, Any], int | None]:
+    """(method, type, id, resource, if-match) of one entry, or FhirError naming the entry."""
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+        raise FhirError([Issue("error", "required", "entry.request is required", (where,))])
+    request, resource = entry["request"], entry.get("resource")
+    method, url = request.get("method"), request.get("url")
+    match = _URL.match(url) if isinstance(url, str) else None
+    if method not in ("POST", "PUT") or match is None:
+        raise FhirError(
+            [
+                Issue(
+                    "error",
+                    "not-supported",
+                    "entries may POST Type or PUT Type/id",
+                    (f"{where}.request",),
+                )
+            ]
+        )
+    resource_type, record_id = match.groups()
+    if (method == "PUT") != (record_id is not None):
+        raise FhirError(
+            [
+                Issue(
+                    "error",
+                    "invalid",
+                    "PUT needs Type/id, POST only Type",
+                    (f"{where}.request.url",),
+                )
+            ]
+        )
+    if resource_type not in SUPPORTED_TYPES or resource_type == "Consent":
+        raise FhirError(
+            [Issue("error", "not-supported", f"{resource_type} is not supported here", (where,))]
+        )
+    if not isinstance(resource, dict):
+        raise FhirError(
+            [Issue("error", "required", "entry.resource is required", (f"{where}.resource",))]
+        )
+    etag = request.get("ifMatch")
+    if_match = None
+    if etag is not None:
+        found = _ETAG.match(str(etag))
+        if found is None:
+            raise FhirError(
+                [Issue("error", "invalid", 'ifMatch is W/"n"', (f"{where}.request.ifMatch",))]
+            )
+        if_match = int(found.group(1))
+    return method, resource_type, record_id, resource, if_match
+
+
+def _response_entry(stored: StoredResource, method: str) -> dict[str, Any]:
+    return {
+        "fullUrl": f"{stored.resource_type}/{stored.record_id}",
+        "resource": stored.resource,
+        "response": {
+            "status": "201 Created" if method == "POST" else "200 OK",
+            "location": f"{stored.resource_type}/{stored.record_id}/_history/{stored.version}",
+            "etag": f'W/"{stored.version}"',
+            "lastModified": stored.last_updated,
+        },
+    }
+
+
+def transaction(
+    records: HealthRecords, caller: Caller, bundle: object, purpose: str
+) -> dict[str, Any]:
+    entries = _entries(bundle, "transaction")
+    parsed = [_request(e, i) for i, e in enumerate(entries)]
+    for index, (_, resource_type, _, resource, _) in enumerate(parsed):
+        try:
+            validate_resource(resource, expected_type=resource_type)
+        except FhirError as exc:
+            prefixed = [
+                Issue(
+                    i.severity,
+                    i.code,
+                    i.diagnostics,
+                    tuple(f"Bundle.entry[{index}].resource.{e}" for e in i.expression),
+                )
+                for i in exc.issues
+            ]
+            raise FhirError(prefixed) from None
+    # Patients first, so references to them can be resolved before the other entries are checked.
+    order = sorted(range(len(parsed)), key=lambda i: parsed[i][1] != "Patient")
+    ids: dict[str, str] = {}
+    writes: dict[int, tuple[dict[str, Any], str, int, str]] = {}
+    for index in order:
+        _, resource_type, record_id, resource, if_match = parsed[index]
+        body = rewrite_references(resource, ids)
+        body.pop("id", None)
+        prepared = records.prepare(
+            caller, body, record_id=record_id, patient_of=patient_id, if_match=if_match
+        )
+        writes[index] = prepared
+        full_url = entries[index].get("fullUrl")
+        if isinstance(full_url, str):
+            ids[full_url] = f"{resource_type}/{prepared[1]}"
+    stored = records.write_all(caller, [writes[i] for i in range(len(parsed))], purpose=purpose)
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [_response_entry(s, parsed[i][0]) for i, s in enumerate(stored)],
+    }
+
+
+def batch(records: HealthRecords, caller: Caller, bundle: object, purpose: str) -> dict[str, Any]:
+    out = []
+    for index, entry in enumerate(_entries(bundle, "batch")):
+        try:
+            method, resource_type, record_id, resource, if_match = _request(entry, index)
+            validate_resource(resource, expected_type=resource_type)
+            prepared = records.prepare(
+                caller,
+                dict(resource),
+                record_id=record_id,
+                patient_of=patient_id,
+                if_match=if_match,
+            )
+            (stored,) = records.write_all(caller, [prepared], purpose=purpose)
+            out.append(_response_entry(stored, method))
+        except CareLedgerError as exc:
+            issues = (
+                exc.issues
+                if isinstance(exc, FhirError)
+                else [Issue("error", "processing", exc.message, ())]
+            )
+            outcome = operation_outcome(issues)
+            out.append({"response": {"status": str(exc.http_status), "outcome": outcome}})
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
