@@ -110,23 +110,28 @@ class Node:
 
         The receipts come back in order; a contract rejection is a receipt, not an exception.
         """
+        from careledger.ledger.admission import admit_all
+
         key = keypair or self.ledger.node_key
         nonces = self._nonce_source(key)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        envelopes = [
-            sign_body(
-                make_body(
-                    chain=self.ledger.chain,
-                    contract=contract,
-                    method=method,
-                    args=args,
-                    signer=key.public_b64,
-                    nonce=nonces.next(),
-                    created=created,
-                ),
-                key,
-            )
-            for contract, method, args in calls
-        ]
-        futures = self.submit(self.admit_all(envelopes, [None] * len(envelopes)))
+        # Nonces must reach admission in the order they were drawn: one signer, one queue.
+        with nonces.lock:
+            envelopes = [
+                sign_body(
+                    make_body(
+                        chain=self.ledger.chain,
+                        contract=contract,
+                        method=method,
+                        args=args,
+                        signer=key.public_b64,
+                        nonce=nonces.next(),
+                        created=created,
+                    ),
+                    key,
+                )
+                for contract, method, args in calls
+            ]
+            txs = admit_all(self.ledger, envelopes, [None] * len(envelopes))
+            futures = self.submit(txs)
         return [f.result(timeout) for f in futures]

@@ -10,6 +10,8 @@ class NonceSource:
     def __init__(self, last: int = 0) -> None:
         self._last = last
         self._lock = threading.Lock()
+        # Held by callers that must hand nonces to the ledger in the order they were drawn.
+        self.lock = threading.RLock()
 
     def next(self) -> int:
         with self._lock:
