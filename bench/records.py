@@ -164,10 +164,10 @@ def main() -> None:
 
             print(f"\n[2] $everything for a patient with {everything_size:,} resources")
             big = http.post("/fhir/Patient", content=json.dumps({"resourceType": "Patient"})).json()["id"]
-            for start in range(0, everything_size, 500):
+            for start in range(0, everything_size, 250):
                 entries = [
                     {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": observation(big, i), "request": {"method": "POST", "url": "Observation"}}
-                    for i in range(start, min(everything_size, start + 500))
+                    for i in range(start, min(everything_size, start + 250))
                 ]
                 http.post("/fhir", content=orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})).raise_for_status()
             times = []

@@ -143,3 +143,11 @@ def test_batch_entries_stand_alone(http: httpx.Client) -> None:
     assert [e["response"]["status"] for e in result["entry"]] == ["201 Created", "400", "400"]
     assert result["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert post(http, {"resourceType": "Patient"}).status_code == 400
+
+
+def test_transaction_size_limit(http: httpx.Client) -> None:
+    entry = synthea_transaction()["entry"][1]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry] * 251}
+    refused = post(http, bundle)
+    assert refused.status_code == 400
+    assert refused.headers["X-CareLedger-Code"] == "BUNDLE_TOO_LARGE"

@@ -228,3 +228,88 @@ def test_no_phi_in_any_file(server: Server, node_dir: Path, world: dict[str, Any
             data = path.read_bytes()
             offenders += [f"{path.name}: {n}" for n in needles if n.encode() in data]
     assert offenders == []
+
+
+def test_fhir_consent_and_audit_event(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{world['patient']}"},
+        "provision": {
+            "type": "permit",
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code": "IRCP",
+                            }
+                        ]
+                    },
+                    "reference": {"reference": "Organization/northside-clinic"},
+                }
+            ],
+            "action": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                            "code": "access",
+                        }
+                    ]
+                }
+            ],
+            "purpose": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}
+            ],
+            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}],
+        },
+    }
+    with (
+        login(server, node_dir / "keys" / "patients" / f"{world['patient']}.key") as patient,
+        login(server, node_dir / "keys" / "dr-ben-okafor.key") as other_clinician,
+    ):
+        target = f"/fhir/Observation/{world['obs'][2]}"
+        assert other_clinician.get(target).status_code == 403
+        created = patient.post("/fhir/Consent", content=json.dumps(consent))
+        assert created.status_code == 201, created.text
+        consent_id = created.json()["id"]
+        assert other_clinician.get(target).status_code == 200
+        listed = patient.get("/fhir/Consent", params={"patient": world["patient"]}).json()
+        assert consent_id in {e["resource"]["id"] for e in listed["entry"]}
+        read_back = patient.get(f"/fhir/Consent/{consent_id}").json()
+        assert (
+            read_back["provision"]["actor"][0]["reference"]["reference"]
+            == "Organization/northside-clinic"
+        )
+        revoked = patient.put(
+            f"/fhir/Consent/{consent_id}", content=json.dumps({**consent, "status": "inactive"})
+        )
+        assert revoked.status_code == 200
+        assert revoked.json()["status"] == "inactive"
+        assert other_clinician.get(target).status_code == 403
+        # Someone else cannot grant in the patient's name.
+        assert (
+            world["clinician"].post("/fhir/Consent", content=json.dumps(consent)).status_code == 403
+        )
+        events = patient.get("/fhir/AuditEvent", params={"patient": world["patient"]}).json()
+        agents = {e["resource"]["agent"][0]["who"]["reference"] for e in events["entry"]}
+        assert "Practitioner/dr-ben-okafor" in agents
+        assert (
+            other_clinician.get(
+                "/fhir/AuditEvent", params={"patient": world["patient"]}
+            ).status_code
+            == 403
+        )

@@ -20,7 +20,7 @@ NAMESPACE = "records"
 RECORD_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # the FHIR id format
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 HEX_HASH = re.compile(r"^[0-9a-f]{64}$")
-MAX_BATCH = 1000
+MAX_BATCH = 250  # keeps one anchor_batch envelope under the 64 KiB limit
 WRITER_ROLES = frozenset({"admin", "clinician", "nurse", "pharmacist", "node", "device"})
 
 

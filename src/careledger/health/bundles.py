@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from careledger.contracts.records import MAX_BATCH
 from careledger.errors import CareLedgerError, ValidationError
 from careledger.fhir.extract import patient_id
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
@@ -22,6 +23,7 @@ from careledger.health.service import HealthRecords, StoredResource
 _URL = re.compile(r"^([A-Z][A-Za-z]{1,63})(?:/([A-Za-z0-9\-.]{1,64}))?$")
 _ETAG = re.compile(r'^W/"([0-9]+)"$')
 MAX_ENTRIES = 1000
+MAX_TRANSACTION = MAX_BATCH  # one ledger transaction anchors them all
 
 
 def _entries(bundle: object, kind: str) -> list[dict[str, Any]]:
@@ -103,6 +105,11 @@ def transaction(
     records: HealthRecords, caller: Caller, bundle: object, purpose: str
 ) -> dict[str, Any]:
     entries = _entries(bundle, "transaction")
+    if len(entries) > MAX_TRANSACTION:
+        raise ValidationError(
+            f"a transaction Bundle holds at most {MAX_TRANSACTION} entries (use batch or split)",
+            code="BUNDLE_TOO_LARGE",
+        )
     parsed = [_request(e, i) for i, e in enumerate(entries)]
     for index, (_, resource_type, _, resource, _) in enumerate(parsed):
         try:

@@ -542,6 +542,59 @@ class HealthRecords:
             with contextlib.suppress(NotFound, Conflict):  # not held here, or already shredded
                 self.vault.store.shred(record_id)
 
+    # -- consents ------------------------------------------------------------------------
+
+    def _patient_signer(self, caller: Caller, patient: str) -> KeyPair:
+        if caller.member != patient:
+            raise Forbidden(
+                "a patient grants and revokes their own consents", code="NOT_AUTHORISED"
+            )
+        key = self.custodial_key(patient)
+        if key is None:
+            raise Forbidden(
+                "sign consent.grant with your own key (POST /v1/tx)", code="SIGN_YOURSELF"
+            )
+        return key
+
+    def grant_consent(
+        self, caller: Caller, patient: str, args: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Grant on the ledger for a patient whose key this node holds; the ledger entry."""
+        key = self._patient_signer(caller, patient)
+        (receipt,) = self.node.execute([("consent", "grant", dict(args))], keypair=key)
+        if receipt["result"] != "accepted":
+            raise Rejected(receipt["code"], "the ledger refused the consent")
+        return dict(self.ledger.state("consent", f"consent/{receipt['tx_id']}"))
+
+    def revoke_consent(self, caller: Caller, consent_id: str) -> dict[str, Any]:
+        entry = self.consent(caller, consent_id)
+        key = self._patient_signer(caller, entry["patient"])
+        (receipt,) = self.node.execute(
+            [("consent", "revoke", {"consent": consent_id})], keypair=key
+        )
+        if receipt["result"] != "accepted":
+            raise Conflict("the ledger refused the revocation", code=receipt["code"])
+        return dict(self.ledger.state("consent", f"consent/{consent_id}"))
+
+    def _may_see_consents(self, caller: Caller, patient: str) -> None:
+        own_team = caller.org == self.org and bool(caller.roles & WRITER_ROLES)
+        if caller.member != patient and not own_team:
+            raise Forbidden(
+                "the patient and the custodian's team see consents", code="NOT_AUTHORISED"
+            )
+
+    def consent(self, caller: Caller, consent_id: str) -> dict[str, Any]:
+        entry = self.ledger.state("consent", f"consent/{consent_id}")
+        if entry is None:
+            raise NotFound("no such consent", code="UNKNOWN_CONSENT")
+        self._may_see_consents(caller, entry["patient"])
+        return dict(entry)
+
+    def consents(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
+        self._may_see_consents(caller, patient)
+        keys = self.ledger.store.state_keys("consent", f"by-patient/{patient}/", 10_000)
+        return [self.ledger.state("consent", f"consent/{k.rsplit('/', 1)[1]}") for k in keys]
+
     def access_log(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
         if caller.member != patient and not (caller.org == self.org and "admin" in caller.roles):
             raise Forbidden("a patient sees their own access log", code="NOT_AUTHORISED")

@@ -311,7 +311,7 @@ def test_is_canonical_json_accepts_exactly_the_jcs_bytes(value: Any) -> None:
         (b'{"a":1e21}', False),
         (b'{"\xf0\x9f\x98\x80":1,"\xef\xbf\xbd":2}', True),  # UTF-16 order: surrogates first
         (b'{"\xef\xbf\xbd":2,"\xf0\x9f\x98\x80":1}', False),
-        (b'[9007199254740993]', False),  # beyond 2**53
+        (b"[9007199254740993]", False),  # beyond 2**53
         (b'"\\u00e9"', False),  # JCS writes the character itself
     ],
 )

@@ -205,9 +205,7 @@ def test_append_stores_exactly_the_perfect_nodes_and_the_frontier_gives_every_ro
         d = tuple(data(i) for i in range(n))
         assert root_from_frontier(store.frontier) == ref_mth(d)
         expected = {
-            (level, index)
-            for level in range(n.bit_length())
-            for index in range(n >> level)
+            (level, index) for level in range(n.bit_length()) for index in range(n >> level)
         }
         assert set(store.nodes) == expected
         for (level, index), h in store.nodes.items():
@@ -241,8 +239,9 @@ def test_frontier_nodes_of_huge_sizes() -> None:
     assert frontier_nodes(0) == []
     assert frontier_nodes(2**20) == [(20, 0)]
     assert frontier_nodes(6) == [(2, 0), (1, 2)]
-    assert frontier_nodes(2**20 - 1) == [(19 - j, (2**20 - 2 ** (20 - j)) >> (19 - j))
-                                          for j in range(20)]
+    assert frontier_nodes(2**20 - 1) == [
+        (19 - j, (2**20 - 2 ** (20 - j)) >> (19 - j)) for j in range(20)
+    ]
 
 
 # --- generation against the reference, exhaustively ----------------------------------------
@@ -413,8 +412,9 @@ def test_tampered_inclusion_proofs_are_rejected(
         size = draw.draw(st.integers(0, BIG).filter(lambda s: s != size))
         root = roots[size]
     elif how == "other-size-different-height":
-        size = draw.draw(st.integers(index + 1, 2 * BIG).filter(
-            lambda s: path_length(index, s) != len(path)))
+        size = draw.draw(
+            st.integers(index + 1, 2 * BIG).filter(lambda s: path_length(index, s) != len(path))
+        )
     elif how == "drop-element":
         del path[i]
     elif how == "insert-element":
@@ -423,18 +423,23 @@ def test_tampered_inclusion_proofs_are_rejected(
     elif how == "resize-element":
         path[i] = draw.draw(st.sampled_from([path[i][:-1], path[i] + b"\x00", b""]))
     elif how == "wrong-root":
-        root = draw.draw(st.one_of(
-            st.integers(0, BIG).filter(lambda s: s != size).map(roots.__getitem__),
-            st.builds(flip, st.just(root), st.integers(0, HASH_SIZE - 1), masks),
-            st.sampled_from([leaf, root[:-1], b""]),
-        ).filter(lambda r: r != root))
+        root = draw.draw(
+            st.one_of(
+                st.integers(0, BIG).filter(lambda s: s != size).map(roots.__getitem__),
+                st.builds(flip, st.just(root), st.integers(0, HASH_SIZE - 1), masks),
+                st.sampled_from([leaf, root[:-1], b""]),
+            ).filter(lambda r: r != root)
+        )
     else:  # wrong-leaf
-        leaf = draw.draw(st.one_of(
-            st.integers(0, BIG - 1).filter(lambda j: j != index).map(
-                lambda j: store.nodes[(0, j)]),
-            st.builds(flip, st.just(leaf), st.integers(0, HASH_SIZE - 1), masks),
-            st.just(leaf_hash(data(index))[:-1]),
-        ))
+        leaf = draw.draw(
+            st.one_of(
+                st.integers(0, BIG - 1)
+                .filter(lambda j: j != index)
+                .map(lambda j: store.nodes[(0, j)]),
+                st.builds(flip, st.just(leaf), st.integers(0, HASH_SIZE - 1), masks),
+                st.just(leaf_hash(data(index))[:-1]),
+            )
+        )
     with pytest.raises(VerificationError):
         verify_inclusion(leaf, index, size, path, root)
 
@@ -491,17 +496,21 @@ def test_tampered_consistency_proofs_are_rejected(
     elif how == "resize-element":
         proof[i] = draw.draw(st.sampled_from([proof[i][:-1], proof[i] + b"\x00", b""]))
     elif how == "wrong-first-root":
-        first_root = draw.draw(st.one_of(
-            st.integers(0, BIG).filter(lambda s: s != first).map(roots.__getitem__),
-            st.builds(flip, st.just(first_root), st.integers(0, HASH_SIZE - 1), masks),
-            st.just(first_root[:-1]),
-        ))
+        first_root = draw.draw(
+            st.one_of(
+                st.integers(0, BIG).filter(lambda s: s != first).map(roots.__getitem__),
+                st.builds(flip, st.just(first_root), st.integers(0, HASH_SIZE - 1), masks),
+                st.just(first_root[:-1]),
+            )
+        )
     elif how == "wrong-second-root":
-        second_root = draw.draw(st.one_of(
-            st.integers(0, BIG).filter(lambda s: s != second).map(roots.__getitem__),
-            st.builds(flip, st.just(second_root), st.integers(0, HASH_SIZE - 1), masks),
-            st.just(second_root + b"\x00"),
-        ))
+        second_root = draw.draw(
+            st.one_of(
+                st.integers(0, BIG).filter(lambda s: s != second).map(roots.__getitem__),
+                st.builds(flip, st.just(second_root), st.integers(0, HASH_SIZE - 1), masks),
+                st.just(second_root + b"\x00"),
+            )
+        )
     else:  # swapped-roots
         assume(first != second)
         first_root, second_root = second_root, first_root

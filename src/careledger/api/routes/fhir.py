@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from careledger.api.deps import MemberDep
 from careledger.auth import TokenClaims
 from careledger.errors import ValidationError
-from careledger.fhir import extract
+from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health import bundles
@@ -161,6 +161,81 @@ def metadata() -> Response:
             ],
         }
     )
+
+
+@router.post("/Consent", status_code=201, summary="Grant a consent (the patient's)")
+async def create_consent(request: Request, claims: MemberDep) -> Response:
+    resource = await _body(request, "Consent")
+    patient = extract.patient_id(resource)
+    if patient is None:
+        raise FhirError(
+            [Issue("error", "required", "Consent.patient is required", ("Consent.patient",))]
+        )
+    args = mapping.consent_to_grant(resource)
+    entry = await run_in_threadpool(_records(request).grant_consent, _caller(claims), patient, args)
+    consent = mapping.grant_to_consent(entry)
+    return _fhir(consent, 201, {"Location": f"/fhir/Consent/{consent['id']}"})
+
+
+@router.get("/Consent/{consent_id}", summary="A consent, read from the ledger")
+def read_consent(
+    request: Request, claims: MemberDep, consent_id: Annotated[str, Path(pattern=ID_PATTERN)]
+) -> Response:
+    return _fhir(mapping.grant_to_consent(_records(request).consent(_caller(claims), consent_id)))
+
+
+@router.put("/Consent/{consent_id}", summary="Revoke a consent (status inactive)")
+async def update_consent(
+    request: Request, claims: MemberDep, consent_id: Annotated[str, Path(pattern=ID_PATTERN)]
+) -> Response:
+    resource = await _body(request, "Consent")
+    if resource.get("status") not in ("inactive", "rejected"):
+        raise FhirError(
+            [
+                Issue(
+                    "error",
+                    "business-rule",
+                    "a consent can only be revoked (status inactive)",
+                    ("Consent.status",),
+                )
+            ],
+            http_status=422,
+        )
+    entry = await run_in_threadpool(_records(request).revoke_consent, _caller(claims), consent_id)
+    return _fhir(mapping.grant_to_consent(entry))
+
+
+@router.get("/Consent", summary="A patient's consents, from the ledger")
+def search_consents(
+    request: Request, claims: MemberDep, patient: Annotated[str, Query(max_length=80)]
+) -> Response:
+    entries = _records(request).consents(_caller(claims), patient.removeprefix("Patient/"))
+    resources = [mapping.grant_to_consent(e) for e in entries]
+    return _fhir(_plain_bundle(resources))
+
+
+@router.get("/AuditEvent", summary="Who accessed a patient's data (read-only, from the ledger)")
+def search_audit_events(
+    request: Request, claims: MemberDep, patient: Annotated[str, Query(max_length=80)]
+) -> Response:
+    entries = _records(request).access_log(_caller(claims), patient.removeprefix("Patient/"))
+    return _fhir(_plain_bundle([mapping.access_to_audit_event(e) for e in entries]))
+
+
+def _plain_bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [
+            {
+                "fullUrl": f"{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "search": {"mode": "match"},
+            }
+            for r in resources
+        ],
+    }
 
 
 @router.post("", summary="A transaction (atomic) or batch Bundle")
