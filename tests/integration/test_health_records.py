@@ -187,24 +187,6 @@ def test_update_history_and_everything(server: Server, world: dict[str, Any]) ->
     assert "bogus" not in refused.text
 
 
-def test_vault_tampering_is_detected(server: Server, node_dir: Path, world: dict[str, Any]) -> None:
-    conn = sqlite3.connect(node_dir / "vault.sqlite")
-    (ciphertext,) = conn.execute(
-        "SELECT ciphertext FROM records WHERE record_id = ? AND version = 1", (world["obs"][1],)
-    ).fetchone()
-    flipped = bytearray(ciphertext)
-    flipped[5] ^= 0x01
-    conn.execute(
-        "UPDATE records SET ciphertext = ? WHERE record_id = ? AND version = 1",
-        (bytes(flipped), world["obs"][1]),
-    )
-    conn.commit()
-    conn.close()
-    response = world["clinician"].get(f"/fhir/Observation/{world['obs'][1]}")
-    assert response.status_code == 422
-    assert response.headers["X-CareLedger-Code"] == "VAULT_TAMPERED"
-
-
 def test_shredded_record_is_unreadable_and_ledger_verifies(
     server: Server, node_dir: Path, world: dict[str, Any]
 ) -> None:
@@ -313,3 +295,68 @@ def test_fhir_consent_and_audit_event(
             ).status_code
             == 403
         )
+
+
+def test_search_parameters_and_patient_export(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    clinician = world["clinician"]
+    pid = world["patient"]
+    everything = clinician.get(f"/fhir/Patient/{pid}/$everything").json()
+    observations = [
+        e["resource"] for e in everything["entry"] if e["resource"]["resourceType"] == "Observation"
+    ]
+    sample = observations[0]
+    coding = sample["code"]["coding"][0]
+    by_code = clinician.get(
+        "/fhir/Observation", params={"patient": pid, "code": f"{coding['system']}|{coding['code']}"}
+    ).json()
+    assert sample["id"] in {e["resource"]["id"] for e in by_code["entry"]}
+    assert all(
+        any(c["code"] == coding["code"] for c in e["resource"]["code"]["coding"])
+        for e in by_code["entry"]
+    )
+    none = clinician.get(
+        "/fhir/Observation", params={"patient": pid, "code": "http://loinc.org|0000-0"}
+    ).json()
+    assert none["total"] == 0
+    when = sample["effectiveDateTime"][:10]
+    dated = clinician.get("/fhir/Observation", params={"patient": pid, "date": f"ge{when}"}).json()
+    assert sample["id"] in {e["resource"]["id"] for e in dated["entry"]}
+    later = clinician.get(
+        "/fhir/Observation", params={"patient": pid, "date": "gt2999-01-01"}
+    ).json()
+    assert later["total"] == 0
+    updated = clinician.get(
+        "/fhir/Observation", params={"patient": pid, "_lastUpdated": "ge2000-01-01"}
+    ).json()
+    assert updated["total"] == len(observations)
+    by_id = clinician.get("/fhir/Observation", params={"patient": pid, "_id": sample["id"]}).json()
+    assert [e["resource"]["id"] for e in by_id["entry"]] == [sample["id"]]
+    assert clinician.get("/fhir/Observation").status_code == 400  # searches are per patient
+    # The patient exports everything held about them as one Bundle.
+    with login(server, node_dir / "keys" / "patients" / f"{pid}.key") as patient:
+        export = patient.get(f"/fhir/Patient/{pid}/$everything").json()
+        assert export["total"] == everything["total"]
+        other = next(iter((node_dir / "keys" / "patients").glob("*.key")))
+        if other.stem != pid:
+            assert patient.get(f"/fhir/Patient/{other.stem}/$everything").status_code == 403
+
+
+# Last: it corrupts a stored record on purpose.
+def test_vault_tampering_is_detected(server: Server, node_dir: Path, world: dict[str, Any]) -> None:
+    conn = sqlite3.connect(node_dir / "vault.sqlite")
+    (ciphertext,) = conn.execute(
+        "SELECT ciphertext FROM records WHERE record_id = ? AND version = 1", (world["obs"][1],)
+    ).fetchone()
+    flipped = bytearray(ciphertext)
+    flipped[5] ^= 0x01
+    conn.execute(
+        "UPDATE records SET ciphertext = ? WHERE record_id = ? AND version = 1",
+        (bytes(flipped), world["obs"][1]),
+    )
+    conn.commit()
+    conn.close()
+    response = world["clinician"].get(f"/fhir/Observation/{world['obs'][1]}")
+    assert response.status_code == 422
+    assert response.headers["X-CareLedger-Code"] == "VAULT_TAMPERED"
