@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from careledger.fhir.extract import phi_strings
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
 from tests.support.nodes import run_cli, serving
+from tests.support.phi import distinctive_phi, files_containing
 
 pytestmark = pytest.mark.integration
 SYNTHEA = sorted(
@@ -35,13 +35,9 @@ def supported_counts(bundle_file: Path) -> Counter[str]:
 
 
 def all_phi() -> set[str]:
-    needles: set[str] = set()
-    for path in SYNTHEA:
-        for entry in json.loads(path.read_text())["entry"]:
-            needles |= phi_strings(entry["resource"])
-    # A short run of digits (a postal code) occurs by chance in hashes and timestamps: such needles
-    # prove nothing either way, so only distinctive strings are searched for.
-    return {n for n in needles if len(n) >= 4 and not (n.isdigit() and len(n) < 8)}
+    return distinctive_phi(
+        e["resource"] for p in SYNTHEA for e in json.loads(p.read_text())["entry"]
+    )
 
 
 def test_import_through_the_api_then_in_process(tmp_path: Path) -> None:
@@ -81,13 +77,7 @@ def test_import_through_the_api_then_in_process(tmp_path: Path) -> None:
     assert run_cli("verify", str(data)).returncode == 0
     needles = all_phi()
     assert len(needles) > 20
-    offenders = [
-        f"{path.relative_to(data)}: {needle}"
-        for path in data.rglob("*")
-        if path.is_file()
-        for needle in needles
-        if needle.encode() in path.read_bytes()
-    ]
+    offenders = files_containing(data, needles)
     assert offenders == []
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from careledger.core.checkpoint import format_vkey
 from careledger.errors import VerificationError
-from careledger.fhir.extract import phi_strings
 from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
 from tests.support.nodes import Server, run_cli, serving
+from tests.support.phi import distinctive_phi, files_containing
 
 pytestmark = pytest.mark.integration
 SYNTHEA = Path(__file__).resolve().parents[2] / "src" / "careledger" / "demo_data" / "synthea"
@@ -202,14 +202,9 @@ def test_shredded_record_is_unreadable_and_ledger_verifies(
 
 
 def test_no_phi_in_any_file(server: Server, node_dir: Path, world: dict[str, Any]) -> None:
-    needles = {s for s in phi_strings(world["source"]) if len(s) >= 4}
+    needles = distinctive_phi([world["source"]])
     assert len(needles) >= 5, needles  # name, birth date, identifiers, phone, address
-    offenders = []
-    for path in node_dir.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            offenders += [f"{path.name}: {n}" for n in needles if n.encode() in data]
-    assert offenders == []
+    assert files_containing(node_dir, needles) == []
 
 
 def test_fhir_consent_and_audit_event(
