@@ -338,6 +338,52 @@ def test_search_parameters_and_patient_export(
             assert patient.get(f"/fhir/Patient/{other.stem}/$everything").status_code == 403
 
 
+def test_break_glass_read_is_flagged_for_the_patient(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    key = read_key_file(node_dir / "keys" / "dr-ben-okafor.key")[1]
+    target = f"/fhir/Observation/{world['obs'][2]}"
+    with login(server, node_dir / "keys" / "dr-ben-okafor.key") as emergency:
+        assert emergency.get(target, headers={"X-Purpose-Of-Use": "ETREAT"}).status_code == 403
+        with Client(server.url, keypair=key) as c:
+            glass = c.call(
+                "consent",
+                "break_glass",
+                {"patient": world["patient"], "reason": "unconscious", "purpose": "ETREAT"},
+            )
+        assert glass["result"] == "accepted"
+        assert emergency.get(target).status_code == 403  # only for emergency treatment
+        assert emergency.get(target, headers={"X-Purpose-Of-Use": "ETREAT"}).status_code == 200
+    with login(server, node_dir / "keys" / "patients" / f"{world['patient']}.key") as patient:
+        log = patient.get(f"/v1/patients/{world['patient']}/access-log").json()["accesses"]
+    flagged = [a for a in log if a["break_glass"]]
+    assert [(a["accessor"], a["purpose"]) for a in flagged] == [("dr-ben-okafor", "ETREAT")]
+    with httpx.stream(
+        "GET", f"{server.url}/v1/events", params={"from_height": glass["height"], "follow": "false"}
+    ) as r:
+        text = "".join(r.iter_text())
+    assert "event: consent.break_glass" in text  # the patient's notification
+    assert "event: audit.break_glass_access" in text
+
+
+def test_custodian_admin_shreds_with_own_key(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    admin = read_key_file(node_dir / "keys" / "st-mary-admin.key")[1]
+    target = world["obs"][2]
+    with Client(server.url, keypair=admin) as c:
+        receipt = c.call("records", "shred", {"record": target, "reason": "retention"})
+    assert receipt["result"] == "accepted"
+    gone = world["clinician"].get(f"/fhir/Observation/{target}")
+    assert gone.headers["X-CareLedger-Code"] == "RECORD_SHREDDED"
+    conn = sqlite3.connect(node_dir / "vault.sqlite")
+    rows = conn.execute(
+        "SELECT COUNT(*) FROM wrapped_keys WHERE record_id = ?", (target,)
+    ).fetchone()
+    conn.close()
+    assert rows == (0,)  # the ledger's shredding destroyed the vault keys
+
+
 # Last: it corrupts a stored record on purpose.
 def test_vault_tampering_is_detected(server: Server, node_dir: Path, world: dict[str, Any]) -> None:
     conn = sqlite3.connect(node_dir / "vault.sqlite")
