@@ -41,6 +41,18 @@ def _fail(exc: CareLedgerError) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _progress(label: str, unit: str, *, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet or not err.is_terminal,
+    )
+
+
 def _passphrase(ask: bool) -> str | None:
     env = os.environ.get("CARELEDGER_KEY_PASSPHRASE")
     if env:
@@ -290,15 +302,7 @@ def verify(
     total = head_height + 1
     with (
         ProcessPoolExecutor(2) as pool,
-        Progress(
-            TextColumn("verifying"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("blocks"),
-            TimeElapsedColumn(),
-            console=err,
-            disable=json_out or not err.is_terminal,
-        ) as bar,
+        _progress("verifying", "blocks", quiet=json_out) as bar,
     ):
         task = bar.add_task("verify", total=total)
         report = verify_store(
@@ -419,15 +423,7 @@ def fhir_import(
         total = sum(len(bundle_entries(b)) for b in bundles)
     except CareLedgerError as exc:
         raise _fail(exc) from None
-    with Progress(
-        TextColumn("importing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("entries"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=json_out or not err.is_terminal,
-    ) as bar:
+    with _progress("importing", "entries", quiet=json_out) as bar:
         task = bar.add_task("import", total=total)
 
         def advance(n: int) -> None:

@@ -216,21 +216,15 @@ class HealthRecords:
         patient_public_key: str | None = None,
         purpose: str = "TREAT",
     ) -> StoredResource:
-        resource_type = resource["resourceType"]
-        self._require_writer(caller, resource_type)
-        if resource_type == "Patient":
-            require_scope(caller, resource_type, "write", None)
-            patient = self._register_patient(patient_public_key)
-            record_id = patient
-        else:
-            patient = patient_of(resource)
-            if patient is None:
-                raise ValidationError(
-                    "the resource must reference its Patient on this ledger", code="NO_PATIENT"
-                )
-            require_scope(caller, resource_type, "write", patient)
-            record_id = secrets.token_hex(16)
-        return self._write(caller, resource, record_id, 1, patient, purpose)
+        prepared = self.prepare(
+            caller,
+            resource,
+            record_id=None,
+            patient_of=patient_of,
+            patient_public_key=patient_public_key,
+        )
+        (stored,) = self.write_all(caller, [prepared], purpose=purpose)
+        return stored
 
     def update(
         self,
@@ -241,17 +235,11 @@ class HealthRecords:
         if_match: int | None = None,
         purpose: str = "TREAT",
     ) -> StoredResource:
-        resource_type = resource["resourceType"]
-        self._require_writer(caller, resource_type)
-        meta = self.record_meta(record_id, resource_type)
-        require_scope(caller, resource_type, "write", meta["patient"])
-        if meta["custodian"] != self.org:
-            raise Forbidden("this node is not the record's custodian", code="NOT_CUSTODIAN")
-        if if_match is not None and if_match != meta["version"]:
-            raise Conflict(f"the current version is {meta['version']}", code="VERSION_CONFLICT")
-        return self._write(
-            caller, resource, record_id, meta["version"] + 1, meta["patient"], purpose
+        prepared = self.prepare(
+            caller, resource, record_id=record_id, patient_of=None, if_match=if_match
         )
+        (stored,) = self.write_all(caller, [prepared], purpose=purpose)
+        return stored
 
     def prepare(
         self,
@@ -397,20 +385,6 @@ class HealthRecords:
             raise Forbidden("only the custodian's staff write its records", code="NOT_CUSTODIAN")
         if resource_type == "Consent":
             raise ValidationError("Consent is written through the consent API", code="USE_CONSENT")
-
-    def _write(
-        self,
-        caller: Caller,
-        resource: dict[str, Any],
-        record_id: str,
-        version: int,
-        patient: str,
-        purpose: str,
-    ) -> StoredResource:
-        (stored,) = self.write_all(
-            caller, [(resource, record_id, version, patient)], purpose=purpose
-        )
-        return stored
 
     # -- reads ---------------------------------------------------------------------------
 
