@@ -36,7 +36,8 @@ from careledger.vault.crypto import (
     unwrap_key,
     wrap_key,
 )
-from careledger.vault.store import SealedRecord, VaultStore, _utc_now
+from careledger.vault.ports import SealedRecordStore
+from careledger.vault.store import SealedRecord, _utc_now
 
 __all__ = ["Vault"]
 
@@ -48,7 +49,7 @@ def _tampered(message: str) -> VerificationError:
 class Vault:
     def __init__(
         self,
-        store: VaultStore,
+        store: SealedRecordStore,
         rng: Callable[[int], bytes] = os.urandom,
         *,
         clock: Callable[[], str] = _utc_now,
