@@ -37,7 +37,6 @@ FORBIDDEN = {
     "time",
     "random",
     "secrets",
-    "datetime",
     "socket",
     "subprocess",
     "threading",
@@ -69,6 +68,25 @@ def test_pure_modules_import_no_io(path: Path) -> None:
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 
+CLOCK_CALLS = {"now", "utcnow", "today"}
+
+
+def clock_calls(path: Path) -> set[str]:
+    """datetime may parse and format timestamps in pure code; it may not read the clock."""
+    return {
+        node.func.attr
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in CLOCK_CALLS
+    }
+
+
+@pytest.mark.parametrize("path", PURE, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_pure_modules_do_not_read_the_clock(path: Path) -> None:
+    assert not clock_calls(path), f"{path.name} reads the clock"
+
+
 def test_the_check_sees_every_pure_module() -> None:
     assert {"canonical.py", "keys.py", "merkle.py", "checkpoint.py", "tx.py", "block.py"} <= {
         p.name for p in PURE
@@ -78,5 +96,9 @@ def test_the_check_sees_every_pure_module() -> None:
 
 def test_forbidden_import_is_caught(tmp_path: Path) -> None:
     sample = tmp_path / "bad.py"
-    sample.write_text("import time\nfrom careledger.storage.sqlite import SQLiteStore\n")
+    sample.write_text(
+        "import time\nfrom careledger.storage.sqlite import SQLiteStore\n"
+        "from datetime import datetime\nstamp = datetime.now()\n"
+    )
     assert {"time", "careledger.storage.sqlite"} <= imported_modules(sample)
+    assert clock_calls(sample) == {"now"}
