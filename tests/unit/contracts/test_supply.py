@@ -481,3 +481,30 @@ def test_unit_view_and_bad_args(chain: TestChain) -> None:
     assert unit_view(reader, GTIN, "S9") is None
     assert unit_view(reader, "123", "S1") is None
     assert code(run(chain, "maker-admin", "commission", {"units": units("S2")})) == "BAD_ARGS"
+
+
+def test_verification_answers_from_ledger_state(chain: TestChain) -> None:
+    from careledger.supply.verification import verify_unit
+
+    commission(chain, "V1", "V2")
+
+    def reader(ns: str, k: str) -> Any:
+        return chain.ledger.state(ns, k)
+
+    def check(serial: str, **kw: Any) -> dict[str, Any]:
+        return verify_unit(
+            unit_view(reader, GTIN, serial),
+            lot=kw.get("lot", LOT),
+            expiry=EXPIRY,
+            time_ms=chain.time,
+        )
+
+    assert check("V1") == {"verified": True}
+    assert check("NOPE") == {"verified": False, "verificationFailureReason": "No_match_GTIN_Serial"}
+    assert check("V1", lot="L9")["verificationFailureReason"] == "No_match_GTIN_Serial_Lot"
+    ok(
+        run(
+            chain, "maker-admin", "recall", {"gtin": GTIN, "lots": [LOT], "reason": "contamination"}
+        )
+    )
+    assert check("V2") == {"verified": True, "additionalInfo": "Recalled"}
