@@ -55,6 +55,20 @@ MAX_LOTS = 32  # lots per recall
 NOTIFY_MS = 24 * 60 * 60 * 1000  # DSCSA: notify within 24 hours of an illegitimate finding
 
 SUPPLY_ROLES = frozenset({"admin", "manufacturer", "distributor", "pharmacist"})
+CAPTURE_ROLES = SUPPLY_ROLES | {"node"}
+CAPTURE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+EVENT_HASH_ID = re.compile(r"^ni:///sha-256;[0-9a-f]{64}\?ver=CBV2\.0$")
+EPCIS_EVENT_TYPES = frozenset(
+    {
+        "ObjectEvent",
+        "AggregationEvent",
+        "TransactionEvent",
+        "TransformationEvent",
+        "AssociationEvent",
+    }
+)
+# One document's anchors must fit one 64 KiB envelope (about 130 bytes an event).
+MAX_CAPTURE_EVENTS = 400
 COMMISSION_ROLES = frozenset({"admin", "manufacturer"})
 DISPENSE_ROLES = frozenset({"admin", "pharmacist"})
 DECOMMISSION_REASONS = frozenset(
@@ -706,3 +720,39 @@ class SupplyV1(Contract):
             ctx.emit("supply.illegitimate", {**event, "notify_by": record["notify_by"]})
         else:
             ctx.emit("supply.determined", event)
+
+    @tx_method
+    def anchor_events(self, ctx: Context, args: Args) -> None:
+        """Anchor the CBV 2.0 hash IDs of one captured EPCIS document: all of them, or none.
+
+        The event bodies stay with the capturing node; an event hash can be anchored once only,
+        so a replayed capture is refused (DUPLICATE_EVENT) rather than counted twice.
+        """
+        args.only("capture", "events")
+        self._require_roles(ctx, CAPTURE_ROLES)
+        capture = args.string("capture", pattern=CAPTURE_ID)
+        if ctx.state.get(f"capture/{capture}") is not None:
+            raise Rejected("CAPTURE_EXISTS", "that capture id is already anchored")
+        events = _list(args, "events", MAX_CAPTURE_EVENTS)
+        for position, item in enumerate(events):
+            if not isinstance(item, dict):
+                raise Rejected("BAD_ARGS", "each event is an object")
+            event = Args(item)
+            event.only("hash", "type")
+            hash_id = event.string("hash", pattern=EVENT_HASH_ID)
+            kind = event.string("type")
+            if kind not in EPCIS_EVENT_TYPES:
+                raise Rejected("BAD_ARGS", f"unknown EPCIS event type {kind!r}")
+            key = f"event/{hash_id.split(';', 1)[1][:64]}"
+            if ctx.state.get(key) is not None:
+                raise Rejected("DUPLICATE_EVENT", f"event {position} was already captured")
+            ctx.state.put(
+                key, {"capture": capture, "index": position, "type": kind, "org": ctx.signer.org}
+            )
+        ctx.state.put(
+            f"capture/{capture}",
+            {"org": ctx.signer.org, "events": len(events), "height": ctx.height, "time": ctx.time},
+        )
+        ctx.emit(
+            "supply.captured", {"capture": capture, "org": ctx.signer.org, "events": len(events)}
+        )

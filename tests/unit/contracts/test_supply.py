@@ -508,3 +508,50 @@ def test_verification_answers_from_ledger_state(chain: TestChain) -> None:
         )
     )
     assert check("V2") == {"verified": True, "additionalInfo": "Recalled"}
+
+
+def test_capture_anchors_event_hashes_once(chain: TestChain) -> None:
+    import json
+
+    from careledger.supply.event_hash import document_event_hash_ids
+    from tests.support.vectors import vector_path
+
+    document = json.loads(
+        vector_path(
+            "epcis-event-hash-generator", "examples", "epcisDocWithVariousEventTypes.jsonld"
+        ).read_text()
+    )
+    types = [e["type"] for e in document["epcisBody"]["eventList"]]
+    hashes = document_event_hash_ids(document)
+    events = [{"hash": h, "type": t} for h, t in zip(hashes, types, strict=True)]
+    ok(run(chain, "maker-admin", "anchor_events", {"capture": "cap-1", "events": events}))
+    assert state(chain, "capture/cap-1")["events"] == len(events)
+    assert state(chain, f"event/{hashes[0].split(';')[1][:64]}")["capture"] == "cap-1"
+    assert (
+        code(run(chain, "maker-admin", "anchor_events", {"capture": "cap-1", "events": events[:1]}))
+        == "CAPTURE_EXISTS"
+    )
+    # A replayed event in a new capture is refused, and nothing of that capture is kept.
+    fresh = {"hash": "ni:///sha-256;" + "ab" * 32 + "?ver=CBV2.0", "type": "ObjectEvent"}
+    assert (
+        code(
+            run(
+                chain,
+                "maker-admin",
+                "anchor_events",
+                {"capture": "cap-2", "events": [fresh, events[3]]},
+            )
+        )
+        == "DUPLICATE_EVENT"
+    )
+    assert state(chain, "capture/cap-2") is None
+    assert state(chain, "event/" + "ab" * 32) is None
+    bad = {"hash": "sha256:abc", "type": "ObjectEvent"}
+    assert (
+        code(run(chain, "maker-admin", "anchor_events", {"capture": "cap-3", "events": [bad]}))
+        == "BAD_ARGS"
+    )
+    assert (
+        code(run(chain, "patient-1", "anchor_events", {"capture": "cap-4", "events": [fresh]}))
+        == "NOT_AUTHORISED"
+    )
