@@ -13,6 +13,7 @@ NODE_FILE = "node.json"
 GENESIS_FILE = "genesis.json"
 STORE_FILE = "ledger.sqlite"
 VAULT_FILE = "vault.sqlite"
+EPCIS_FILE = "epcis.sqlite"
 KEYS_DIR = "keys"
 
 

@@ -11,12 +11,14 @@ from fastapi import FastAPI
 from careledger import __version__
 from careledger.api import errors
 from careledger.api.metrics import Metrics
-from careledger.api.routes import auth, chain, events, fhir, health, patients, tx
+from careledger.api.routes import auth, chain, epcis, events, fhir, health, patients, tx
 from careledger.api.routes.events import BlockSignal
 from careledger.auth import TokenIssuer
-from careledger.config import Settings
+from careledger.config import EPCIS_FILE, Settings
 from careledger.health.service import HealthRecords
 from careledger.node import Node
+from careledger.supply.repository import EpcisRepository
+from careledger.supply.service import EpcisService
 
 
 def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
@@ -28,6 +30,8 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         health = HealthRecords.for_node(running)
         running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
         app.state.health = health
+        repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
+        app.state.epcis = EpcisService(running, repository)
         metrics.head_height.set(running.ledger.head.height)
         metrics.log_size.set(running.ledger.head.log_size)
         app.state.node = running
@@ -45,6 +49,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         finally:
             running.stop()
             health.close()
+            repository.close()
 
     app = FastAPI(
         title="CareLedger",
@@ -53,6 +58,6 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (tx, chain, events, auth, health, fhir, patients):
+    for module in (tx, chain, events, auth, health, fhir, patients, epcis):
         app.include_router(module.router)
     return app

@@ -1,0 +1,154 @@
+"""EPCIS capture and query on a node: validate, hash, anchor on the ledger, keep the bodies.
+
+A capture document is accepted whole or refused whole: its events are validated (schema and
+CBV rules), hashed (CBV 2.0 event hash IDs), anchored in one ``supply.anchor_events``
+transaction, and only then stored for queries. A refused document leaves a failed capture with
+its per-event errors, and nothing else.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from careledger.contracts.supply import MAX_CAPTURE_EVENTS
+from careledger.errors import CareLedgerError, Forbidden, ValidationError
+from careledger.health.access import Caller
+from careledger.node import Node
+from careledger.supply.epcis_validate import EpcisRejected, validate_document
+from careledger.supply.event_hash import document_event_hash_ids
+from careledger.supply.identifiers import normalise_epc
+from careledger.supply.repository import EpcisRepository, EventQuery, StoredEvent
+
+CAPTURE_ROLES = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
+_CBV_PREFIXES = (
+    "https://ref.gs1.org/cbv/BizStep-",
+    "https://ref.gs1.org/cbv/Disp-",
+    "urn:epcglobal:cbv:bizstep:",
+    "urn:epcglobal:cbv:disp:",
+    "cbv:BizStep-",
+    "cbv:Disp-",
+)
+_EPC_ROLES = (
+    ("epcList", "epc"),
+    ("childEPCs", "child"),
+    ("inputEPCList", "input"),
+    ("outputEPCList", "output"),
+)
+
+
+def vocabulary_word(value: object) -> str | None:
+    """A CBV value in its bare form ("shipping"), whichever form it was written in."""
+    if not isinstance(value, str):
+        return None
+    for prefix in _CBV_PREFIXES:
+        if value.startswith(prefix):
+            return value[len(prefix) :]
+    return value
+
+
+def canonical_epc(value: str) -> str:
+    try:
+        return normalise_epc(value)
+    except ValidationError:
+        return value
+
+
+def utc_millis(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("eventTime must be a timestamp", code="BAD_EVENT_TIME")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError("eventTime is not ISO 8601", code="BAD_EVENT_TIME") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _epcs(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for key, role in _EPC_ROLES:
+        for value in event.get(key) or []:
+            if isinstance(value, str):
+                found.append((canonical_epc(value), role))
+    parent = event.get("parentID")
+    if isinstance(parent, str):
+        found.append((canonical_epc(parent), "parent"))
+    return found
+
+
+def stored_event(event: Mapping[str, Any], hash_id: str) -> StoredEvent:
+    location = event.get("bizLocation")
+    location_id = location.get("id") if isinstance(location, dict) else None
+    return StoredEvent(
+        hash=hash_id,
+        type=str(event.get("type")),
+        event_time=utc_millis(event.get("eventTime")),
+        biz_step=vocabulary_word(event.get("bizStep")),
+        disposition=vocabulary_word(event.get("disposition")),
+        biz_location=canonical_epc(location_id) if isinstance(location_id, str) else None,
+        epcs=_epcs(event),
+        body={**event, "eventID": event.get("eventID", hash_id)},
+    )
+
+
+class EpcisService:
+    def __init__(self, node: Node, repository: EpcisRepository) -> None:
+        self.node = node
+        self.repository = repository
+
+    def capture(self, caller: Caller, document: object) -> dict[str, Any]:
+        if not caller.roles & CAPTURE_ROLES:
+            raise Forbidden(
+                "capturing EPCIS events needs a supply-chain role", code="NOT_AUTHORISED"
+            )
+        capture_id = f"cap-{secrets.token_hex(12)}"
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            events = validate_document(document)
+            if len(events) > MAX_CAPTURE_EVENTS:
+                raise ValidationError(
+                    f"a capture holds at most {MAX_CAPTURE_EVENTS} events", code="CAPTURE_TOO_LARGE"
+                )
+            assert isinstance(document, dict)
+            hashes = document_event_hash_ids(document)
+            stored = [stored_event(e, h) for e, h in zip(events, hashes, strict=True)]
+        except EpcisRejected as exc:
+            return self._failed(capture_id, caller, created, [_error_json(e) for e in exc.errors])
+        except CareLedgerError as exc:
+            return self._failed(
+                capture_id, caller, created, [{"code": exc.code, "message": exc.message}]
+            )
+        self.repository.begin_capture(capture_id, caller.org, created, len(stored))
+        args = {"capture": capture_id, "events": [{"hash": s.hash, "type": s.type} for s in stored]}
+        try:
+            (receipt,) = self.node.execute([("supply", "anchor_events", args)])
+        except CareLedgerError as exc:
+            self.repository.finish_capture(
+                capture_id, errors=[{"code": exc.code, "message": exc.message}]
+            )
+            raise
+        if receipt["result"] != "accepted":
+            errors = [{"code": receipt["code"], "message": "the ledger refused the capture"}]
+            self.repository.finish_capture(capture_id, tx_id=receipt["tx_id"], errors=errors)
+        else:
+            self.repository.finish_capture(capture_id, events=stored, tx_id=receipt["tx_id"])
+        return self.repository.capture(capture_id)
+
+    def _failed(
+        self, capture_id: str, caller: Caller, created: str, errors: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        self.repository.begin_capture(capture_id, caller.org, created, 0)
+        self.repository.finish_capture(capture_id, errors=errors)
+        return self.repository.capture(capture_id)
+
+    def query(self, q: EventQuery) -> tuple[list[dict[str, Any]], int | None]:
+        return self.repository.query(q)
+
+
+def _error_json(error: Any) -> dict[str, Any]:
+    return {"index": error.index, "path": error.path, "code": error.code, "message": error.message}
