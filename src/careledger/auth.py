@@ -26,7 +26,8 @@ CHALLENGE_TTL_SECONDS = 120
 MAX_OPEN_CHALLENGES = 10_000
 
 
-def _within(wanted: Scope, allowed: Scope) -> bool:
+def scope_within(wanted: Scope, allowed: Scope) -> bool:
+    """Whether ``wanted`` asks for no more than ``allowed`` grants."""
     return (
         wanted.context == allowed.context
         and allowed.resource_type in ("*", wanted.resource_type)
@@ -93,7 +94,7 @@ class TokenIssuer:
         allowed = parse_scopes(default_scopes(signer.roles))
         if scope is not None:
             for wanted in parse_scopes(scope):
-                if not any(_within(wanted, a) for a in allowed):
+                if not any(scope_within(wanted, a) for a in allowed):
                     raise Unauthorized(
                         "a requested scope exceeds the member's roles", code="BAD_SCOPE"
                     )

@@ -19,7 +19,7 @@ _V2_READ = frozenset("rs")
 _V2_WRITE = frozenset("cud")
 
 DEFAULT_SCOPES: dict[str, tuple[str, ...]] = {
-    "patient": ("patient/*.read", "patient/Consent.write"),
+    "patient": ("patient/*.read", "patient/*.write"),  # writes: consents and erasure only
     "clinician": ("user/*.read", "user/*.write"),
     "nurse": ("user/*.read", "user/*.write"),
     "pharmacist": ("user/*.read",),

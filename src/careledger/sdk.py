@@ -314,7 +314,7 @@ class Client:
 
     # -- auth ----------------------------------------------------------------------------
 
-    def login(self, keypair: KeyPair | None = None) -> str:
+    def login(self, keypair: KeyPair | None = None, *, scope: str | None = None) -> str:
         key = keypair or self.keypair
         if key is None:
             raise ValidationError("a key pair is needed to log in", code="NO_KEY")
@@ -327,6 +327,7 @@ class Client:
                 "public_key": key.public_b64,
                 "challenge": challenge["challenge"],
                 "signature": signature,
+                **({"scope": scope} if scope else {}),
             },
         ).json()["access_token"]
         self._http.headers["authorization"] = f"Bearer {token}"

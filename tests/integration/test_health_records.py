@@ -384,6 +384,33 @@ def test_custodian_admin_shreds_with_own_key(
     assert rows == (0,)  # the ledger's shredding destroyed the vault keys
 
 
+def test_narrowed_and_outdated_tokens_lose_their_powers(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    key = read_key_file(node_dir / "keys" / "patients" / f"{world['patient']}.key")[1]
+    with Client(server.url, keypair=key) as c:
+        token = c.login(scope="patient/Observation.read")
+    headers = {"authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as app:
+        assert app.get(f"/fhir/Observation/{world['obs'][1]}").status_code == 200
+        refused = app.post(f"/v1/records/{world['obs'][1]}/shred")
+        assert (refused.status_code, refused.json()["code"]) == (403, "SCOPE")
+        assert app.post("/fhir/Consent", content="{}").status_code in (400, 403)
+    # A member whose clinical role is removed loses it at once, whatever the token says.
+    with login(server, node_dir / "keys" / "rn-dana-kim.key") as nurse:
+        target = f"/fhir/Observation/{world['obs'][1]}"
+        assert nurse.get(target).status_code == 200
+        admin = read_key_file(node_dir / "keys" / "st-mary-admin.key")[1]
+        with Client(server.url, keypair=admin) as c:
+            assert (
+                c.call("identity", "set_roles", {"member": "rn-dana-kim", "roles": ["auditor"]})[
+                    "result"
+                ]
+                == "accepted"
+            )
+        assert nurse.get(target).status_code == 403
+
+
 # Last: it corrupts a stored record on purpose.
 def test_vault_tampering_is_detected(server: Server, node_dir: Path, world: dict[str, Any]) -> None:
     conn = sqlite3.connect(node_dir / "vault.sqlite")

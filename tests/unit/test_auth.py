@@ -37,7 +37,7 @@ def test_default_and_narrowed_scopes() -> None:
     [
         (("patient",), "user/*.read"),
         (("pharmacist",), "user/*.write"),
-        (("patient",), "patient/Observation.write"),
+        (("patient",), "system/*.read"),
     ],
 )
 def test_scopes_never_widen(roles: tuple[str, ...], scope: str) -> None:

@@ -44,6 +44,6 @@ def test_allows_and_patient_only() -> None:
 
 
 def test_default_scopes_by_role() -> None:
-    assert default_scopes({"patient"}) == "patient/*.read patient/Consent.write"
+    assert default_scopes({"patient"}) == "patient/*.read patient/*.write"
     assert "user/*.write" in default_scopes({"clinician", "auditor"})
     assert default_scopes({"manufacturer"}) == ""

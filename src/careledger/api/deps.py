@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from careledger.auth import TokenClaims, TokenIssuer
+from careledger.auth import TokenClaims, TokenIssuer, scope_within
 from careledger.contracts.identity import resolve_signer
 from careledger.errors import CareLedgerError, Unauthorized
 from careledger.node import Node
+from careledger.scopes import default_scopes, parse_scopes
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -39,10 +41,16 @@ def get_member(
         raise Unauthorized("a bearer token is required", code="TOKEN_REQUIRED")
     claims = issuer.verify(credentials.credentials)
     try:
-        resolve_signer(node.ledger.state, claims.public_key)
+        signer = resolve_signer(node.ledger.state, claims.public_key)
     except CareLedgerError:
         raise Unauthorized("the token's key is no longer active", code="TOKEN_REVOKED") from None
-    return claims
+    if signer.member != claims.member:
+        raise Unauthorized("the token's key belongs to another member", code="BAD_TOKEN")
+    # Roles and organisation come from the ledger now, not from when the token was issued;
+    # scopes are cut down to what the member's current roles allow.
+    allowed = parse_scopes(default_scopes(signer.roles))
+    scopes = tuple(s for s in claims.scopes if any(scope_within(s, a) for a in allowed))
+    return replace(claims, org=signer.org, roles=tuple(sorted(signer.roles)), scopes=scopes)
 
 
 MemberDep = Annotated[TokenClaims, Depends(get_member)]

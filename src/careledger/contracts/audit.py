@@ -28,6 +28,8 @@ from careledger.errors import Rejected
 NAMESPACE = "audit"
 BASES = frozenset({"self", "custodian", "consent", "break_glass"})
 CUSTODIAN_PURPOSES = frozenset({"TREAT", "ETREAT", "CAREMGT", "HPAYMT", "HOPERAT"})
+CARE_ROLES = frozenset({"clinician", "nurse", "pharmacist", "admin", "node"})
+ORG_GRANT_EXCLUDED = frozenset({"patient", "device"})
 EXPORT = "export"
 
 
@@ -120,12 +122,10 @@ class AuditV1(Contract):
             if accessor != patient:
                 raise Rejected("NO_CONSENT", "'self' is for the patient's own access")
             return False
+        roles = set(member["roles"])
         if kind == "custodian":
-            if (
-                accessor_org != ctx.signer.org
-                or purpose not in CUSTODIAN_PURPOSES
-                or action == EXPORT
-            ):
+            own_team = accessor_org == ctx.signer.org and bool(roles & CARE_ROLES)
+            if not own_team or purpose not in CUSTODIAN_PURPOSES or action == EXPORT:
                 raise Rejected("NO_CONSENT", "the custodian basis covers its own care team only")
             return False
         basis_id = basis.string("id", max_len=64)
@@ -133,7 +133,9 @@ class AuditV1(Contract):
             entry: Any = ctx.state.read(CONSENT, break_glass_key(basis_id))
             if entry is None or entry["patient"] != patient or entry["member"] != accessor:
                 raise Rejected("NO_CONSENT", "no break-glass by this accessor for this patient")
-            if not entry["start"] <= ctx.time < entry["end"] or action != "read":
+            if purpose != "ETREAT" or action != "read":
+                raise Rejected("NO_CONSENT", "break-glass is for reading, for emergency treatment")
+            if not entry["start"] <= ctx.time < entry["end"]:
                 raise Rejected("BREAK_GLASS_EXPIRED", "the break-glass window has closed")
             return True
         consent = ctx.state.read(CONSENT, consent_key(basis_id))
@@ -141,6 +143,9 @@ class AuditV1(Contract):
             raise Rejected("NO_CONSENT", "no such consent for this patient")
         if consent["status"] != "active":
             raise Rejected("CONSENT_REVOKED", "the consent was revoked")
+        if consent["grantee"].get("org") is not None and not roles - ORG_GRANT_EXCLUDED:
+            # A consent to an organisation is for its people, not its patients' or devices' keys.
+            raise Rejected("NO_CONSENT", "an organisation's consent does not extend to this member")
         needed = "read" if action == EXPORT else action
         for resource_type in types:
             if not consent_covers(

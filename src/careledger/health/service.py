@@ -30,7 +30,7 @@ from careledger.errors import (
     Rejected,
     ValidationError,
 )
-from careledger.health.access import Caller, choose_basis, require_scope
+from careledger.health.access import CARE_ROLES, Caller, choose_basis, require_scope
 from careledger.keyfile import generate_keypair, write_key_file
 from careledger.ledger.execute import Executed
 from careledger.node import Node
@@ -317,14 +317,18 @@ class HealthRecords:
             ]
             receipts = self._commit(calls)
         except BaseException:
-            for _, r, _ in sealed:
-                self.vault.store.discard(r.record_id, r.version)
+            self._discard_unanchored([r for _, r, _ in sealed])
             raise
         anchor = receipts[0]
         if anchor["result"] != "accepted":
-            for _, r, _ in sealed:
-                self.vault.store.discard(r.record_id, r.version)
+            self._discard_unanchored([r for _, r, _ in sealed])
             raise Conflict("the ledger refused the transaction", code=anchor["code"])
+        refused = [r for r in receipts[1:] if r["result"] != "accepted"]
+        if refused:
+            # The records are anchored but their write was not logged: say so, loudly.
+            raise Conflict(
+                "the write was anchored but its access event was refused", code=refused[0]["code"]
+            )
         return [
             StoredResource(
                 resource=stored,
@@ -341,6 +345,17 @@ class HealthRecords:
             )
             for stored, r, p in sealed
         ]
+
+    def _discard_unanchored(self, sealed: Sequence[Any]) -> None:
+        """Remove sealed versions the ledger does not hold, and only those.
+
+        A timeout or a failure after the commit does not mean the block is absent: a version
+        whose anchor is on the ledger is kept, or its anchor would point at nothing.
+        """
+        for record in sealed:
+            meta = self.ledger.state(RECORDS, record_key(record.record_id))
+            if meta is None or meta["version"] < record.version:
+                self.vault.store.discard(record.record_id, record.version)
 
     @staticmethod
     def _stamped(resource: dict[str, Any], record_id: str, version: int) -> dict[str, Any]:
@@ -496,6 +511,7 @@ class HealthRecords:
                 "the patient, or the custodian's admin with their own key, shreds",
                 code="NOT_AUTHORISED",
             )
+        require_scope(caller, meta["type"], "write", meta["patient"])
         key = self.custodial_key(meta["patient"])
         if key is None:
             raise Forbidden(
@@ -519,6 +535,7 @@ class HealthRecords:
     # -- consents ------------------------------------------------------------------------
 
     def _patient_signer(self, caller: Caller, patient: str) -> KeyPair:
+        require_scope(caller, "Consent", "write", patient)
         if caller.member != patient:
             raise Forbidden(
                 "a patient grants and revokes their own consents", code="NOT_AUTHORISED"
@@ -551,10 +568,14 @@ class HealthRecords:
         return dict(self.ledger.state("consent", f"consent/{consent_id}"))
 
     def _may_see_consents(self, caller: Caller, patient: str) -> None:
-        own_team = caller.org == self.org and bool(caller.roles & WRITER_ROLES)
-        if caller.member != patient and not own_team:
+        if caller.member == patient:
+            return
+        own_team = caller.org == self.org and bool(caller.roles & CARE_ROLES)
+        if not own_team or not self.patient_records(patient):
             raise Forbidden(
-                "the patient and the custodian's team see consents", code="NOT_AUTHORISED"
+                "the patient, and the care team of an organisation holding the patient's records,"
+                " see consents",
+                code="NOT_AUTHORISED",
             )
 
     def consent(self, caller: Caller, consent_id: str) -> dict[str, Any]:
@@ -570,8 +591,13 @@ class HealthRecords:
         return [self.ledger.state("consent", f"consent/{k.rsplit('/', 1)[1]}") for k in keys]
 
     def access_log(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
-        if caller.member != patient and not (caller.org == self.org and "admin" in caller.roles):
-            raise Forbidden("a patient sees their own access log", code="NOT_AUTHORISED")
+        oversight = caller.org == self.org and bool(caller.roles & {"admin", "auditor"})
+        if caller.member != patient and not (oversight and self.patient_records(patient)):
+            raise Forbidden(
+                "a patient sees their own access log; the custodian's admins and auditors see it"
+                " for patients whose records they hold",
+                code="NOT_AUTHORISED",
+            )
         prefix = f"access/{patient}/"
         keys = self.ledger.store.state_keys("audit", prefix, 100_000)
         return [self.ledger.state("audit", k) for k in keys]

@@ -5,6 +5,7 @@ Only one thread commits (the orderer's); admission and reads may run on any thre
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from careledger.ledger.execute import NONCE_NAMESPACE, Executed, execute_block, 
 from careledger.ledger.ports import LedgerStore
 
 _STATE_CACHE_LIMIT = 200_000
+log = logging.getLogger("careledger.ledger")
 
 
 class Ledger:
@@ -47,6 +49,8 @@ class Ledger:
         self._head_hash = store.header_hash(head.height) or ""
         self._frontier = _load_frontier(store, head.log_size)
         self._cache: dict[tuple[str, str], Any] = {}
+        self._cache_lock = threading.Lock()
+        self._generation = 0
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
         self._checkpoints: dict[int, str] = {}
@@ -78,11 +82,15 @@ class Ledger:
         cached = self._cache.get((namespace, key), _MISSING)
         if cached is not _MISSING:
             return cached
+        generation = self._generation
         raw = self.store.get_state(namespace, key)
         value = None if raw is None else orjson.loads(raw)
-        if len(self._cache) >= _STATE_CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[(namespace, key)] = value
+        with self._cache_lock:
+            # A block committed since the read may have changed the key: do not cache the old value.
+            if generation == self._generation:
+                if len(self._cache) >= _STATE_CACHE_LIMIT:
+                    self._cache.clear()
+                self._cache[(namespace, key)] = value
         return value
 
     # -- admission -----------------------------------------------------------------------
@@ -143,11 +151,18 @@ class Ledger:
             self._head = executed.block.header
             self._head_hash = executed.block.header_hash
             self._frontier = executed.frontier
-            self._cache.update(executed.state)
+            with self._cache_lock:
+                self._cache.update(executed.state)
+                self._generation += 1
         self.release(txs)
         if executed is not None:
             for listener in list(self.commit_listeners):
-                listener(executed)
+                try:
+                    listener(executed)
+                except Exception:  # the block is committed whatever a listener does
+                    log.exception(
+                        "a commit listener failed at height %d", executed.block.header.height
+                    )
         return executed
 
     # -- proofs --------------------------------------------------------------------------

@@ -322,3 +322,36 @@ def test_consent_covers_is_pure() -> None:
     assert consent_covers(consent, time=10, **kw)
     assert not consent_covers(consent, time=20, **kw)
     assert not consent_covers({**consent, "status": "revoked"}, time=15, **kw)
+
+
+def test_custodian_basis_is_for_the_care_team_not_its_patients(chain: TestChain) -> None:
+    """A patient registered by the hospital is a member of its org, but no member of its team."""
+    anchor(chain)
+    args = {
+        "id": "patient-2",
+        "name": "P2",
+        "roles": ["patient"],
+        "public_key": key("patient-2").public_b64,
+    }
+    assert chain.run("hosp-node", "add_member", args)["result"] == "accepted"
+    assert access(chain, "patient-2", "hosp", {"kind": "custodian"})["code"] == "NO_CONSENT"
+    consent = grant(chain, grantee={"org": "hosp"}, resource_types=["*"])
+    outcome = access(chain, "patient-2", "hosp", {"kind": "consent", "id": consent["tx_id"]})
+    assert outcome["code"] == "NO_CONSENT"  # an org's consent reaches its people only
+    assert (
+        access(chain, "dr-a", "hosp", {"kind": "consent", "id": consent["tx_id"]})["result"]
+        == "accepted"
+    )
+
+
+def test_break_glass_only_for_emergency_treatment(chain: TestChain) -> None:
+    anchor(chain)
+    glass = chain.run(
+        "dr-p",
+        "break_glass",
+        {"patient": "patient-1", "reason": "unconscious", "purpose": "ETREAT"},
+        contract="consent",
+    )
+    basis = {"kind": "break_glass", "id": glass["tx_id"]}
+    assert access(chain, "dr-p", "pharm", basis, purpose="TREAT")["code"] == "NO_CONSENT"
+    assert access(chain, "dr-p", "pharm", basis, purpose="ETREAT")["result"] == "accepted"

@@ -229,3 +229,26 @@ def test_proof_arguments_are_checked(chain: TestChain) -> None:
 
     with pytest.raises(NotFound):
         chain.ledger.tx_proof("ab" * 32)
+
+
+def test_a_read_racing_a_commit_never_caches_the_old_value() -> None:
+    """A reader that fetched a key before a block changed it must not cache the stale value."""
+
+    class RacingStore(MemoryStore):
+        hook: Any = None
+
+        def get_state(self, namespace: str, key: str) -> bytes | None:
+            raw = super().get_state(namespace, key)
+            if self.hook is not None and (namespace, key) == ("identity", "member/dr-a"):
+                hook, self.hook = self.hook, None
+                hook()  # a block commits between this read and the cache fill
+            return raw
+
+    store = RacingStore()
+    tc = TestChain(store)
+    tc.ledger._cache.clear()
+    change = tc.envelope("hosp-admin", "set_roles", {"member": "dr-a", "roles": ["auditor"]})
+    store.hook = lambda: tc.commit(change)
+    stale = tc.ledger.state("identity", "member/dr-a")
+    assert stale["roles"] == ["clinician"]  # what this read saw, before the block
+    assert tc.ledger.state("identity", "member/dr-a")["roles"] == ["auditor"]
