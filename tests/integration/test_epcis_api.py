@@ -1,0 +1,121 @@
+"""EPCIS capture and query over real HTTP: whole documents or nothing, anchored, queryable."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from careledger.keyfile import read_key_file
+from careledger.nodedir import init_demo
+from careledger.sdk import Client
+from careledger.supply.event_hash import document_event_hash_ids
+from tests.support.nodes import Server, serving
+from tests.support.vectors import vector_path
+
+pytestmark = pytest.mark.integration
+
+
+def document(name: str, folder: str = "Documents") -> dict[str, Any]:
+    return json.loads(vector_path("openepcis", "Capture", folder, name).read_text())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("epcis") / "node"
+    init_demo(data, with_records=False).store.close()
+    with serving(data) as running:
+        yield running
+
+
+def client_for(server: Server, member: str) -> httpx.Client:
+    key = read_key_file(server.data_dir / "keys" / f"{member}.key")[1]
+    with Client(server.url, keypair=key) as c:
+        token = c.login()
+    return httpx.Client(
+        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=60
+    )
+
+
+@pytest.fixture(scope="module")
+def maker(server: Server) -> Iterator[httpx.Client]:
+    with client_for(server, "acme-admin") as http:
+        yield http
+
+
+def capture(http: httpx.Client, doc: dict[str, Any]) -> dict[str, Any]:
+    response = http.post("/epcis/capture", content=json.dumps(doc))
+    assert response.status_code == 202, response.text
+    status = http.get(response.headers["Location"]).json()
+    assert status == response.json()
+    return status
+
+
+def test_capture_anchors_and_serves_queries(server: Server, maker: httpx.Client) -> None:
+    doc = document("ObjectEvent.json")
+    status = capture(maker, doc)
+    assert (status["success"], status["events"], status["errors"]) == (True, 2, [])
+    with Client(server.url) as c:
+        receipt = c.tx(status["ledgerTransaction"])["receipt"]
+    assert receipt["result"] == "accepted"
+    shipped = maker.get("/epcis/events", params={"EQ_bizStep": "shipping"}).json()
+    events = shipped["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    assert {e["eventID"] for e in events} >= set(document_event_hash_ids(doc)) & {
+        e["eventID"] for e in events
+    }
+    assert all(e["bizStep"].endswith("shipping") for e in events)
+    # A URN and the Digital Link of the same pack find the same events.
+    urn = maker.get("/epcis/epcs/urn:epc:id:sgtin:0614141.107346.2017/events").json()
+    link = maker.get(
+        "/epcis/events", params={"MATCH_epc": "https://id.gs1.org/01/10614141073464/21/2017"}
+    ).json()
+    found = urn["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    assert found
+    assert found == link["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    window = maker.get(
+        "/epcis/events",
+        params={"GE_eventTime": "2005-04-04T00:00:00Z", "LT_eventTime": "2005-04-05T00:00:00Z"},
+    ).json()
+    assert all(
+        "2005-04-0" in e["eventTime"]
+        for e in window["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    )
+
+
+def test_a_document_is_captured_whole_or_not_at_all(maker: httpx.Client) -> None:
+    doc = document("AggregationEvent.json")
+    assert capture(maker, doc)["success"] is True
+    again = capture(
+        maker, doc
+    )  # the same events again: refused by the ledger, nothing stored twice
+    assert again["success"] is False
+    assert again["errors"][0]["code"] == "DUPLICATE_EVENT"
+    invalid = capture(
+        maker, document("ObjectEvent_with_non_standard_bizStep_in_second_event.json", "Invalid")
+    )
+    assert invalid["success"] is False
+    assert {(e["index"], e["code"]) for e in invalid["errors"]} == {(1, "UNKNOWN_BIZSTEP")}
+    assert invalid["ledgerTransaction"] is None
+
+
+def test_paging_and_access(server: Server, maker: httpx.Client) -> None:
+    capture(maker, document("TransformationEvent.json"))
+    first = maker.get("/epcis/events", params={"perPage": 1})
+    body = first.json()
+    assert len(body["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 1
+    assert 'rel="next"' in first.headers["Link"]
+    second = maker.get(
+        "/epcis/events", params={"perPage": 1, "nextPageToken": body["nextPageToken"]}
+    ).json()
+    assert (
+        second["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+        != body["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    )
+    assert httpx.get(f"{server.url}/epcis/events").status_code == 401
+    assert maker.get("/epcis/capture/nope").status_code == 404
+    with client_for(server, "dr-ana-silva") as clinician:
+        refused = clinician.post("/epcis/capture", content=json.dumps(document("ObjectEvent.json")))
+        assert refused.status_code == 403
