@@ -395,7 +395,31 @@ def test_narrowed_and_outdated_tokens_lose_their_powers(
         assert app.get(f"/fhir/Observation/{world['obs'][1]}").status_code == 200
         refused = app.post(f"/v1/records/{world['obs'][1]}/shred")
         assert (refused.status_code, refused.json()["code"]) == (403, "SCOPE")
-        assert app.post("/fhir/Consent", content="{}").status_code in (400, 403)
+        consent = {
+            "resourceType": "Consent",
+            "status": "active",
+            "scope": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                        "code": "patient-privacy",
+                    }
+                ]
+            },
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{world['patient']}"},
+            "provision": {
+                "type": "permit",
+                "actor": [
+                    {
+                        "role": {"text": "recipient"},
+                        "reference": {"reference": "Organization/trialco"},
+                    }
+                ],
+            },
+        }
+        granted = app.post("/fhir/Consent", content=json.dumps(consent))
+        assert (granted.status_code, granted.headers["X-CareLedger-Code"]) == (403, "SCOPE")
     # A member whose clinical role is removed loses it at once, whatever the token says.
     with login(server, node_dir / "keys" / "rn-dana-kim.key") as nurse:
         target = f"/fhir/Observation/{world['obs'][1]}"
