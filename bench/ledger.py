@@ -36,7 +36,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.chain import TestChain  # noqa: E402
+from tests.support.chain import TestChain, genesis, key  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
 from careledger.core import merkle  # noqa: E402
@@ -157,7 +157,6 @@ def in_process(n: int, workdir: Path, verify_ceiling: float) -> Path:
     print(f"\n[2] In-process commit: {n:,} transactions, batches of {BATCH:,}, SQLite WAL + fsync")
     store_path = workdir / "inproc.sqlite"
     chain = TestChain(SQLiteStore(store_path))
-    from tests.support.chain import key
 
     envs = envelopes(key("hosp-admin"), chain.ledger.chain, n, "ip")
     pool = ProcessPoolExecutor(2)
@@ -300,7 +299,7 @@ def synthetic_log(path: Path, leaves: int) -> SQLiteStore:
     measure it would take minutes.
     """
     store = SQLiteStore(path)
-    Ledger.create(store, TestChain.__init__.__globals__["genesis"]())
+    Ledger.create(store, genesis())
     prev = store.header(0)
     frontier: list[bytes] = []
     size = 0

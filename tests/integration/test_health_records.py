@@ -81,6 +81,34 @@ def world(server: Server, node_dir: Path) -> Iterator[dict[str, Any]]:
         clinician.close()
 
 
+def fhir_consent(patient: str, org: str, **provision: Any) -> dict[str, Any]:
+    """A patient-privacy FHIR Consent permitting ``org``, with extra provision elements."""
+    role = {
+        "coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
+        ]
+    }
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "provision": {
+            "type": "permit",
+            "actor": [{"role": role, "reference": {"reference": f"Organization/{org}"}}],
+            **provision,
+        },
+    }
+
+
 def grant(server: Server, node_dir: Path, patient: str, **args: Any) -> dict[str, Any]:
     key = read_key_file(node_dir / "keys" / "patients" / f"{patient}.key")[1]
     with Client(server.url, keypair=key) as c:
@@ -210,50 +238,22 @@ def test_no_phi_in_any_file(server: Server, node_dir: Path, world: dict[str, Any
 def test_fhir_consent_and_audit_event(
     server: Server, node_dir: Path, world: dict[str, Any]
 ) -> None:
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{world['patient']}"},
-        "provision": {
-            "type": "permit",
-            "actor": [
-                {
-                    "role": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                "code": "IRCP",
-                            }
-                        ]
-                    },
-                    "reference": {"reference": "Organization/northside-clinic"},
-                }
-            ],
-            "action": [
-                {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/consentaction",
-                            "code": "access",
-                        }
-                    ]
-                }
-            ],
-            "purpose": [
-                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}
-            ],
-            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}],
-        },
-    }
+    consent = fhir_consent(
+        world["patient"],
+        "northside-clinic",
+        action=[
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                        "code": "access",
+                    }
+                ]
+            }
+        ],
+        purpose=[{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+        **{"class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]},
+    )
     with (
         login(server, node_dir / "keys" / "patients" / f"{world['patient']}.key") as patient,
         login(server, node_dir / "keys" / "dr-ben-okafor.key") as other_clinician,
@@ -395,29 +395,7 @@ def test_narrowed_and_outdated_tokens_lose_their_powers(
         assert app.get(f"/fhir/Observation/{world['obs'][1]}").status_code == 200
         refused = app.post(f"/v1/records/{world['obs'][1]}/shred")
         assert (refused.status_code, refused.json()["code"]) == (403, "SCOPE")
-        consent = {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                        "code": "patient-privacy",
-                    }
-                ]
-            },
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": f"Patient/{world['patient']}"},
-            "provision": {
-                "type": "permit",
-                "actor": [
-                    {
-                        "role": {"text": "recipient"},
-                        "reference": {"reference": "Organization/trialco"},
-                    }
-                ],
-            },
-        }
+        consent = fhir_consent(world["patient"], "trialco")
         granted = app.post("/fhir/Consent", content=json.dumps(consent))
         assert (granted.status_code, granted.headers["X-CareLedger-Code"]) == (403, "SCOPE")
     # A member whose clinical role is removed loses it at once, whatever the token says.

@@ -63,6 +63,7 @@ from jsonschema.exceptions import best_match  # type: ignore[import-untyped, unu
 from referencing import Registry, Resource
 
 from careledger.errors import ValidationError
+from careledger.supply.cbv import CBV_BIZSTEPS, CBV_DISPOSITIONS
 from careledger.supply.identifiers import normalise_epc
 
 __all__ = [
@@ -75,94 +76,6 @@ __all__ = [
     "validate_event",
 ]
 
-# --------------------------------------------------------------------------------------------
-# CBV 2.0 code lists. Source: GS1 Core Business Vocabulary (CBV) Standard, release 2.0 (2022),
-# section 7.2 "Business step" and section 7.3 "Disposition" (the bare words; their Web URIs
-# are https://ref.gs1.org/cbv/BizStep-{word} and https://ref.gs1.org/cbv/Disp-{word}).
-
-CBV_BIZSTEPS: frozenset[str] = frozenset(
-    {
-        "accepting",
-        "arriving",
-        "assembling",
-        "collecting",
-        "commissioning",
-        "consigning",
-        "creating_class_instance",
-        "cycle_counting",
-        "decommissioning",
-        "departing",
-        "destroying",
-        "disassembling",
-        "dispensing",
-        "encoding",
-        "entering_exiting",
-        "holding",
-        "inspecting",
-        "installing",
-        "killing",
-        "loading",
-        "other",
-        "packing",
-        "picking",
-        "receiving",
-        "removing",
-        "repackaging",
-        "repairing",
-        "replacing",
-        "reserving",
-        "retail_selling",
-        "sampling",
-        "sensor_reporting",
-        "shipping",
-        "staging_outbound",
-        "stock_taking",
-        "stocking",
-        "storing",
-        "transporting",
-        "unloading",
-        "unpacking",
-        "void_shipping",
-    }
-)
-
-CBV_DISPOSITIONS: frozenset[str] = frozenset(
-    {
-        "active",
-        "available",
-        "completeness_inferred",
-        "completeness_verified",
-        "conformant",
-        "container_closed",
-        "container_open",
-        "damaged",
-        "destroyed",
-        "dispensed",
-        "disposed",
-        "encoded",
-        "expired",
-        "in_progress",
-        "in_transit",
-        "inactive",
-        "mismatch_class",
-        "mismatch_instance",
-        "mismatch_quantity",
-        "needs_replacement",
-        "no_pedigree_match",
-        "non_conformant",
-        "non_sellable_other",
-        "partially_dispensed",
-        "recalled",
-        "reserved",
-        "retail_sold",
-        "returned",
-        "sellable_accessible",
-        "sellable_not_accessible",
-        "stolen",
-        "unavailable",
-        "unknown",
-    }
-)
 
 # The forms a standard value may take besides the bare word: (prefix, case-insensitive?).
 _BIZSTEP_FORMS = (

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 from careledger.errors import ValidationError
+from careledger.supply.cbv import CBV_BIZSTEPS, CBV_DISPOSITIONS
 
 __all__ = ["document_event_hash_ids", "event_hash_id", "event_prehash"]
 
@@ -152,88 +153,8 @@ PROP_ORDER: Order = (
 _CBV = "https://ref.gs1.org/cbv/"
 _GS1 = "https://gs1.org/voc/"
 _VOCAB_PREFIXES = ("https://ref.gs1.org/cbv", "https://gs1.org/voc")
-_BIZ_STEPS = frozenset(
-    [
-        "accepting",
-        "arriving",
-        "assembling",
-        "collecting",
-        "commissioning",
-        "consigning",
-        "creating_class_instance",
-        "cycle_counting",
-        "decommissioning",
-        "departing",
-        "destroying",
-        "disassembling",
-        "dispensing",
-        "encoding",
-        "entering_exiting",
-        "holding",
-        "inspecting",
-        "installing",
-        "killing",
-        "loading",
-        "other",
-        "packing",
-        "picking",
-        "receiving",
-        "removing",
-        "repackaging",
-        "repairing",
-        "replacing",
-        "reserving",
-        "retail_selling",
-        "sampling",
-        "sensor_reporting",
-        "shipping",
-        "staging_outbound",
-        "stock_taking",
-        "stocking",
-        "storing",
-        "transporting",
-        "unloading",
-        "unpacking",
-        "void_shipping",
-    ]
-)
-_DISPOSITIONS = frozenset(
-    [
-        "active",
-        "available",
-        "completeness_inferred",
-        "completeness_verified",
-        "conformant",
-        "container_closed",
-        "container_open",
-        "damaged",
-        "destroyed",
-        "dispensed",
-        "disposed",
-        "encoded",
-        "expired",
-        "in_progress",
-        "in_transit",
-        "inactive",
-        "mismatch_class",
-        "mismatch_instance",
-        "mismatch_quantity",
-        "needs_replacement",
-        "no_pedigree_match",
-        "non_conformant",
-        "non_sellable_other",
-        "partially_dispensed",
-        "recalled",
-        "reserved",
-        "retail_sold",
-        "returned",
-        "sellable_accessible",
-        "sellable_not_accessible",
-        "stolen",
-        "unavailable",
-        "unknown",
-    ]
-)
+_BIZ_STEPS = CBV_BIZSTEPS
+_DISPOSITIONS = CBV_DISPOSITIONS
 _BTTS = frozenset(
     [
         "bol",
