@@ -18,6 +18,9 @@ secrets.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class CareLedgerError(Exception):
     code: str = "CARELEDGER_ERROR"
@@ -59,9 +62,14 @@ class Rejected(CareLedgerError):
     code = "REJECTED"
     http_status = 422
 
-    def __init__(self, code: str, message: str = "") -> None:
+    def __init__(
+        self, code: str, message: str = "", *, detail: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message or code, code=code)
         self.http_status = REJECTION_STATUS.get(code, 422)
+        # Identifiers (never PHI) that say what was refused, e.g. which unit or event: a receipt
+        # keeps only the code, so a dry run (``explain``) recovers these for alerts and errors.
+        self.detail: dict[str, Any] = dict(detail or {})
 
 
 class VerificationError(CareLedgerError):

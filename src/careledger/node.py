@@ -18,7 +18,7 @@ from careledger.core.tx import Transaction, make_body, sign_body
 from careledger.errors import Conflict
 from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
-from careledger.ledger.execute import NONCE_NAMESPACE
+from careledger.ledger.execute import NONCE_NAMESPACE, Explanation
 from careledger.nonces import NonceSource
 from careledger.ordering.local import LocalOrderer
 from careledger.storage.sqlite import SQLiteStore
@@ -110,6 +110,16 @@ class Node:
 
         The receipts come back in order; a contract rejection is a receipt, not an exception.
         """
+        return [r for r, _ in self.execute_explained(calls, keypair=keypair, timeout=timeout)]
+
+    def execute_explained(
+        self,
+        calls: Sequence[tuple[str, str, Mapping[str, Any]]],
+        *,
+        keypair: KeyPair | None = None,
+        timeout: float = 30.0,
+    ) -> list[tuple[dict[str, Any], Explanation | None]]:
+        """As :meth:`execute`, with each rejection's message and detail (see Ledger.explain)."""
         from careledger.ledger.admission import admit_all
 
         key = keypair or self.ledger.node_key
@@ -134,4 +144,9 @@ class Node:
             ]
             txs = admit_all(self.ledger, envelopes, [None] * len(envelopes))
             futures = self.submit(txs)
-        return [f.result(timeout) for f in futures]
+        out: list[tuple[dict[str, Any], Explanation | None]] = []
+        for tx, future in zip(txs, futures, strict=True):
+            receipt = future.result(timeout)
+            why = self.ledger.explain(tx) if receipt["result"] != "accepted" else None
+            out.append((receipt, why))
+        return out

@@ -12,27 +12,35 @@ State (namespace ``supply``):
 * ``prefix/{prefix}`` -> ``{"org", "height"}``
 * ``gln/{gln}`` -> ``{"org", "name", "height"}``
 * ``unit/{gtin14}/{serial}`` -> the unit (see :meth:`SupplyV1.commission`)
-* ``lot/{gtin14}/{lot}/{serial}`` -> ``{"height"}`` and ``lotunits/{gtin14}/{lot}`` -> [serials]
-  (contracts cannot list keys, so the recall walks the per-lot list; it is bounded)
-* ``sscc/{sscc}`` -> ``{"children": [{"gtin", "serial"}], "owner", "location", "status"}``
+* ``lotunits/{gtin14}/{lot}`` -> ``{"count", "chunks"}`` and ``lotchunk/{gtin14}/{lot}/{i}`` ->
+  up to 500 serials (contracts cannot list keys, so the recall walks the per-lot chunks; a
+  commission rewrites only the last chunk)
+* ``sscc/{sscc}`` -> ``{"children": [{"gtin", "serial"}], "ssccs": [child SSCCs], "parent",
+  "owner", "location", "status"}`` (cases nest in pallets)
 * ``shipment/{id}`` -> ``{"from", "to", "to_location", "units", "ssccs", "status"}``
-* ``recall/{tx_id}`` -> the recall and the holders it reached
+* ``stock/{gtin14}/{gln}`` -> ``{"gtin", "gln", "org", "quantity"}``: units in stock there
+* ``recall/{tx_id}`` -> the recall and the holders (by GLN) it reached
+* ``suspect/{gtin14}/{serial}`` -> the suspect-product case (quarantine, investigation,
+  determination)
+* ``event/{sha256}`` and ``capture/{id}``: anchored EPCIS event hashes
 
 A rejected transaction keeps none of its events, so the alerts a refused dispense stands for
-(``ALREADY_DISPENSED``, ``UNKNOWN_SERIAL``) are visible as the receipt's code in the log.
+(``ALREADY_DISPENSED``, ``UNKNOWN_SERIAL``) are visible as the receipt's code in the log; the
+refusal's ``detail`` names the unit, which a dry run (``Ledger.explain``) recovers.
 """
 
 from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import org_key
+from careledger.contracts.identity import member_key, org_key, resolve_signer
 from careledger.errors import Rejected, ValidationError
 from careledger.supply.identifiers import (
     SGTIN,
@@ -52,6 +60,9 @@ MAX_SHIPMENT = 1000  # units per shipment, after expanding SSCCs
 MAX_AGGREGATE = 1000  # children per SSCC
 MAX_LOT_UNITS = 10_000  # serials per lot (the recall walks them in one transaction)
 MAX_LOTS = 32  # lots per recall
+LOT_CHUNK = 500  # serials per lot-index chunk
+MAX_NESTING = 3  # unit in case in pallet (in a larger pallet)
+MAX_CASE_NOTES = 20  # investigation notes per suspect case
 NOTIFY_MS = 24 * 60 * 60 * 1000  # DSCSA: notify within 24 hours of an illegitimate finding
 
 SUPPLY_ROLES = frozenset({"admin", "manufacturer", "distributor", "pharmacist"})
@@ -93,14 +104,25 @@ def unit_key(gtin14: str, serial: str) -> str:
     return f"unit/{gtin14}/{serial}"
 
 
-def lot_key(gtin14: str, lot: str, serial: str) -> str:
-    """``/`` and ``%`` in the lot (both legal in AI 10) are %-escaped so keys cannot collide."""
-    escaped = lot.replace("%", "%25").replace("/", "%2F")
-    return f"lot/{gtin14}/{escaped}/{serial}"
+def _escape(lot: str) -> str:
+    """``/`` and ``%`` in a lot (both legal in AI 10) are %-escaped so keys cannot collide."""
+    return lot.replace("%", "%25").replace("/", "%2F")
 
 
 def lot_units_key(gtin14: str, lot: str) -> str:
-    return f"lotunits/{gtin14}/{lot}"
+    return f"lotunits/{gtin14}/{_escape(lot)}"
+
+
+def lot_chunk_key(gtin14: str, lot: str, index: int) -> str:
+    return f"lotchunk/{gtin14}/{_escape(lot)}/{index}"
+
+
+def stock_key(gtin14: str, gln: str) -> str:
+    return f"stock/{gtin14}/{gln}"
+
+
+def suspect_key(gtin14: str, serial: str) -> str:
+    return f"suspect/{gtin14}/{serial}"
 
 
 def sscc_key(sscc: str) -> str:
@@ -125,6 +147,19 @@ def unit_view(state_reader: StateReader, gtin: str, serial: str) -> dict[str, An
     view = dict(unit)
     view["flags"] = list(unit.get("flags", []))
     return view
+
+
+def prefix_owner(read: StateReader, digits: str) -> str | None:
+    """The org owning the longest registered company prefix of a GTIN-14 or SSCC.
+
+    Both keys start with one indicator or extension digit, then the company prefix.
+    """
+    body = digits[1:]
+    for length in range(12, 5, -1):
+        entry = read(NAMESPACE, f"prefix/{body[:length]}")
+        if entry is not None:
+            return str(entry["org"])
+    return None
 
 
 def expiry_date(expiry: str) -> date:
@@ -235,13 +270,7 @@ class SupplyV1(Contract):
 
     @staticmethod
     def _prefix_owner(ctx: Context, gtin14: str) -> str | None:
-        """The org owning the longest registered company prefix of the GTIN-13 body."""
-        body = gtin14[1:]
-        for length in range(12, 5, -1):
-            entry = ctx.state.get(f"prefix/{body[:length]}")
-            if entry is not None:
-                return str(entry["org"])
-        return None
+        return prefix_owner(ctx.state.read, gtin14)
 
     @staticmethod
     def _own_location(ctx: Context, gln: str, org: str) -> None:
@@ -253,13 +282,38 @@ class SupplyV1(Contract):
     def _unit(ctx: Context, gtin14: str, serial: str) -> dict[str, Any]:
         unit = ctx.state.get(unit_key(gtin14, serial))
         if unit is None:
-            raise Rejected("UNKNOWN_SERIAL", f"unit {gtin14}/{serial} was never commissioned")
+            raise Rejected(
+                "UNKNOWN_SERIAL",
+                f"unit {gtin14}/{serial} was never commissioned",
+                detail={"gtin": gtin14, "serial": serial},
+            )
         return {**unit, "flags": list(unit["flags"])}
 
     @staticmethod
     def _put_unit(ctx: Context, unit: dict[str, Any]) -> None:
         unit["history_height"] = ctx.height
         ctx.state.put(unit_key(unit["gtin"], unit["serial"]), unit)
+
+    @staticmethod
+    def _stock(ctx: Context, gtin14: str, gln: str, org: str, delta: int) -> None:
+        """Keep the per-GTIN, per-location count of units in stock (inventory, shortages)."""
+        key = stock_key(gtin14, gln)
+        entry = ctx.state.get(key)
+        quantity = (entry["quantity"] if entry else 0) + delta
+        if quantity < 0:  # a bookkeeping bug must refuse, never go negative silently
+            raise Rejected("CONTRACT_FAULT", f"stock of {gtin14} at {gln} would go negative")
+        if quantity == 0:
+            ctx.state.delete(key)
+        else:
+            ctx.state.put(key, {"gtin": gtin14, "gln": gln, "org": org, "quantity": quantity})
+
+    def _stock_out(self, ctx: Context, unit: Mapping[str, Any]) -> None:
+        if unit["status"] in IN_STOCK:
+            self._stock(ctx, unit["gtin"], unit["holder_location"], unit["owner"], -1)
+
+    def _tracked(self, ctx: Context, digits: str) -> bool:
+        """A GTIN-14 or SSCC whose company prefix a member organisation has registered."""
+        return self._prefix_owner(ctx, digits) is not None
 
     @staticmethod
     def _owned(ctx: Context, unit: Mapping[str, Any]) -> None:
@@ -367,50 +421,89 @@ class SupplyV1(Contract):
                 "commissioned_height": ctx.height,
             }
             self._put_unit(ctx, unit)
-            ctx.state.put(lot_key(sgtin.gtin, lot, sgtin.serial), {"height": ctx.height})
             lots.setdefault((sgtin.gtin, lot), []).append(sgtin.serial)
         for (gtin14, lot), serials in sorted(lots.items()):
-            existing = ctx.state.get(lot_units_key(gtin14, lot)) or []
-            if len(existing) + len(serials) > MAX_LOT_UNITS:
-                raise Rejected("LOT_FULL", f"a lot holds at most {MAX_LOT_UNITS} serials")
-            ctx.state.put(lot_units_key(gtin14, lot), [*existing, *serials])
+            self._index_lot(ctx, gtin14, lot, serials)
+            self._stock(ctx, gtin14, location, org, len(serials))
             ctx.emit(
                 "supply.commissioned",
                 {"gtin": gtin14, "lot": lot, "serials": serials, "org": org, "location": location},
             )
 
+    @staticmethod
+    def _index_lot(ctx: Context, gtin14: str, lot: str, serials: list[str]) -> None:
+        index = ctx.state.get(lot_units_key(gtin14, lot)) or {"count": 0, "chunks": 0}
+        count = index["count"] + len(serials)
+        if count > MAX_LOT_UNITS:
+            raise Rejected("LOT_FULL", f"a lot holds at most {MAX_LOT_UNITS} serials")
+        chunks = index["chunks"]
+        pending = list(serials)
+        if chunks:
+            last = list(ctx.state.get(lot_chunk_key(gtin14, lot, chunks - 1)))
+            room = LOT_CHUNK - len(last)
+            if room > 0:
+                ctx.state.put(lot_chunk_key(gtin14, lot, chunks - 1), [*last, *pending[:room]])
+                pending = pending[room:]
+        while pending:
+            ctx.state.put(lot_chunk_key(gtin14, lot, chunks), pending[:LOT_CHUNK])
+            pending = pending[LOT_CHUNK:]
+            chunks += 1
+        ctx.state.put(lot_units_key(gtin14, lot), {"count": count, "chunks": chunks})
+
+    @staticmethod
+    def lot_serials(ctx: Context, gtin14: str, lot: str) -> list[str]:
+        index = ctx.state.get(lot_units_key(gtin14, lot))
+        if not index:
+            return []
+        serials: list[str] = []
+        for i in range(index["chunks"]):
+            serials.extend(ctx.state.get(lot_chunk_key(gtin14, lot, i)))
+        return serials
+
     @tx_method
     def aggregate(self, ctx: Context, args: Args) -> None:
+        """Pack units, or cases (SSCCs), into a logistic unit: children move with their parent."""
         args.only("parent_sscc", "children")
         parent = _sscc(args.raw.get("parent_sscc"))
         refs = [_ref(c) for c in _list(args, "children", MAX_AGGREGATE)]
         self._require_roles(ctx, SUPPLY_ROLES)
+        org = ctx.signer.org
         if ctx.state.get(sscc_key(parent)) is not None:
             raise Rejected("SSCC_EXISTS", f"SSCC {parent} is already packed")
         children: list[dict[str, Any]] = []
-        seen: set[tuple[str, str]] = set()
+        cases: list[dict[str, Any]] = []
+        seen: set[tuple[str, str] | str] = set()
         for ref in refs:
-            if isinstance(ref, str):
-                raise Rejected("BAD_ARGS", "an SSCC's children are units (no nesting)")
-            if ref in seen:
-                raise Rejected("BAD_ARGS", f"unit {ref[1]} given twice")
+            if ref in seen or ref == parent:
+                raise Rejected("BAD_ARGS", f"child {ref} given twice")
             seen.add(ref)
+            if isinstance(ref, str):
+                cases.append(self._loose_sscc(ctx, ref, org))
+                continue
             unit = self._unit(ctx, *ref)
             self._owned(ctx, unit)
             self._movable(unit)
             if unit["parent"] is not None:
                 raise Rejected("AGGREGATED", f"unit {ref[1]} is already in {unit['parent']}")
             children.append(unit)
-        locations = {c["holder_location"] for c in children}
+        depth = 1 + max((c.get("depth", 1) for c in cases), default=0)
+        if depth > MAX_NESTING:
+            raise Rejected("TOO_DEEP", f"logistic units nest at most {MAX_NESTING} levels")
+        locations = {c["holder_location"] for c in children} | {c["location"] for c in cases}
         if len(locations) != 1:
             raise Rejected("LOCATION_MISMATCH", "the children are at different locations")
         for unit in children:
             unit["parent"] = parent
             self._put_unit(ctx, unit)
+        for case in cases:
+            ctx.state.put(sscc_key(case["sscc"]), {**case, "parent": parent})
         entry = {
             "sscc": parent,
             "children": [{"gtin": c["gtin"], "serial": c["serial"]} for c in children],
-            "owner": ctx.signer.org,
+            "ssccs": [c["sscc"] for c in cases],
+            "parent": None,
+            "depth": depth,
+            "owner": org,
             "location": locations.pop(),
             "status": "packed",
             "height": ctx.height,
@@ -418,8 +511,38 @@ class SupplyV1(Contract):
         ctx.state.put(sscc_key(parent), entry)
         ctx.emit(
             "supply.aggregated",
-            {"sscc": parent, "children": entry["children"], "org": ctx.signer.org},
+            {"sscc": parent, "children": entry["children"], "ssccs": entry["ssccs"], "org": org},
         )
+
+    @staticmethod
+    def _loose_sscc(ctx: Context, sscc: str, org: str) -> dict[str, Any]:
+        """A packed SSCC the signer's organisation holds, not in transit, not inside another."""
+        entry = ctx.state.get(sscc_key(sscc))
+        if entry is None:
+            raise Rejected("UNKNOWN_SSCC", f"no packed SSCC {sscc}", detail={"sscc": sscc})
+        if entry["owner"] != org:
+            raise Rejected("NOT_OWNER", f"{org} does not own {sscc}")
+        if entry["status"] == SHIPPED:
+            raise Rejected("IN_TRANSIT", f"SSCC {sscc} is in transit")
+        if entry.get("parent") is not None:
+            raise Rejected("AGGREGATED", f"SSCC {sscc} is packed in {entry['parent']}")
+        return dict(entry)
+
+    def _contents(
+        self, ctx: Context, entry: Mapping[str, Any], depth: int = 0
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every unit inside an SSCC, however deep, and every SSCC on the way (itself first)."""
+        if depth >= MAX_NESTING:
+            raise Rejected("TOO_DEEP", f"logistic units nest at most {MAX_NESTING} levels")
+        units = [self._unit(ctx, c["gtin"], c["serial"]) for c in entry["children"]]
+        entries = [dict(entry)]
+        for child in entry.get("ssccs", ()):
+            inner_units, inner_entries = self._contents(
+                ctx, ctx.state.get(sscc_key(child)), depth + 1
+            )
+            units.extend(inner_units)
+            entries.extend(inner_entries)
+        return units, entries
 
     @tx_method
     def disaggregate(self, ctx: Context, args: Args) -> None:
@@ -428,7 +551,7 @@ class SupplyV1(Contract):
         self._require_roles(ctx, SUPPLY_ROLES)
         entry = ctx.state.get(sscc_key(parent))
         if entry is None:
-            raise Rejected("UNKNOWN_SSCC", f"no packed SSCC {parent}")
+            raise Rejected("UNKNOWN_SSCC", f"no packed SSCC {parent}", detail={"sscc": parent})
         if entry["owner"] != ctx.signer.org:
             raise Rejected("NOT_OWNER", f"{ctx.signer.org} does not own {parent}")
         if entry["status"] == SHIPPED:
@@ -437,6 +560,13 @@ class SupplyV1(Contract):
             unit = self._unit(ctx, child["gtin"], child["serial"])
             unit["parent"] = None
             self._put_unit(ctx, unit)
+        for child in entry.get("ssccs", ()):
+            ctx.state.put(sscc_key(child), {**ctx.state.get(sscc_key(child)), "parent": None})
+        outer = entry.get("parent")
+        if outer is not None:  # unpacking a case still on its pallet takes it off the pallet
+            pallet = ctx.state.get(sscc_key(outer))
+            ssccs = [s for s in pallet["ssccs"] if s != parent]
+            ctx.state.put(sscc_key(outer), {**pallet, "ssccs": ssccs})
         ctx.state.delete(sscc_key(parent))
         ctx.emit("supply.disaggregated", {"sscc": parent, "org": ctx.signer.org})
 
@@ -472,27 +602,24 @@ class SupplyV1(Contract):
 
         for ref in refs:
             if isinstance(ref, str):
-                entry = ctx.state.get(sscc_key(ref))
-                if entry is None:
-                    raise Rejected("UNKNOWN_SSCC", f"no packed SSCC {ref}")
-                if entry["owner"] != org:
-                    raise Rejected("NOT_OWNER", f"{org} does not own {ref}")
-                if entry["status"] == SHIPPED:
-                    raise Rejected("INVALID_STATUS", f"SSCC {ref} is already in transit")
-                ssccs.append(dict(entry))
-                for child in entry["children"]:
-                    add(self._unit(ctx, child["gtin"], child["serial"]))
+                inner_units, entries = self._contents(ctx, self._loose_sscc(ctx, ref, org))
+                if any(e["sscc"] in {s["sscc"] for s in ssccs} for e in entries):
+                    raise Rejected("BAD_ARGS", f"SSCC {ref} given twice")
+                ssccs.extend(entries)
+                for unit in inner_units:
+                    add(unit)
             else:
                 unit = self._unit(ctx, *ref)
                 if unit["parent"] is not None:
                     raise Rejected("AGGREGATED", f"unit {ref[1]} is packed in {unit['parent']}")
                 add(unit)
-        if len(units) > MAX_SHIPMENT:
-            raise Rejected("TOO_MANY_UNITS", f"a shipment carries at most {MAX_SHIPMENT} units")
+            if len(units) > MAX_SHIPMENT:
+                raise Rejected("TOO_MANY_UNITS", f"a shipment carries at most {MAX_SHIPMENT} units")
         for unit in units:
             self._owned(ctx, unit)
             self._movable(unit)
         for unit in units:
+            self._stock_out(ctx, unit)
             unit["status"] = SHIPPED
             unit["shipment"] = shipment_id
             self._put_unit(ctx, unit)
@@ -525,7 +652,8 @@ class SupplyV1(Contract):
 
     @tx_method
     def receive(self, ctx: Context, args: Args) -> None:
-        args.only("shipment_id")
+        """Take delivery of a whole open shipment, at its destination or another own location."""
+        args.only("shipment_id", "location")
         shipment_id = args.string("shipment_id", pattern=SHIPMENT_ID, max_len=64)
         self._require_roles(ctx, SUPPLY_ROLES)
         org = ctx.signer.org
@@ -533,11 +661,15 @@ class SupplyV1(Contract):
         if shipment is None or shipment["status"] != "open" or shipment["to"] != org:
             raise Rejected("NO_MATCHING_SHIPMENT", f"no open shipment {shipment_id} to {org}")
         location = shipment["to_location"]
+        if args.has("location"):
+            location = _gln(args.raw.get("location"))
+            self._own_location(ctx, location, org)
         for ref in shipment["units"]:
             unit = self._unit(ctx, ref["gtin"], ref["serial"])
             unit.update(owner=org, holder_location=location, status=RECEIVED)
             unit.pop("shipment", None)
             self._put_unit(ctx, unit)
+            self._stock(ctx, unit["gtin"], location, org, 1)
         for sscc in shipment["ssccs"]:
             entry = ctx.state.get(sscc_key(sscc))
             ctx.state.put(
@@ -568,7 +700,11 @@ class SupplyV1(Contract):
         # Refused, so the receipt (not an event, which a rejection drops) carries the alert.
         unit = self._unit(ctx, gtin14, serial)
         if unit["status"] == DISPENSED:
-            raise Rejected("ALREADY_DISPENSED", f"unit {gtin14}/{serial} was already dispensed")
+            raise Rejected(
+                "ALREADY_DISPENSED",
+                f"unit {gtin14}/{serial} was already dispensed",
+                detail={"gtin": gtin14, "serial": serial, "location": location},
+            )
         self._owned(ctx, unit)
         self._own_location(ctx, location, ctx.signer.org)
         if RECALLED in unit["flags"]:
@@ -581,6 +717,7 @@ class SupplyV1(Contract):
             raise Rejected("EXPIRED", f"unit {serial} expired ({unit['expiry']})")
         if unit["parent"] is not None:
             raise Rejected("AGGREGATED", f"unit {serial} is packed in {unit['parent']}")
+        self._stock_out(ctx, unit)
         unit.update(status=DISPENSED, holder_location=location, dispensed_height=ctx.height)
         self._put_unit(ctx, unit)
         ctx.emit(
@@ -598,6 +735,7 @@ class SupplyV1(Contract):
             raise Rejected("INVALID_STATUS", f"unit {serial} is {unit['status']}")
         if unit["parent"] is not None:
             raise Rejected("AGGREGATED", f"unit {serial} is packed in {unit['parent']}")
+        self._stock_out(ctx, unit)
         unit["status"] = status
         if reason is not None:
             unit["reason"] = reason
@@ -633,17 +771,23 @@ class SupplyV1(Contract):
         self._require_roles(ctx, COMMISSION_ROLES)
         if self._prefix_owner(ctx, gtin14) != ctx.signer.org:
             raise Rejected("NOT_PREFIX_OWNER", f"{ctx.signer.org} does not own {gtin14}")
-        holders: dict[str, int] = {}
+        holders: dict[str, dict[str, Any]] = {}
         count = 0
         for lot in lots:
-            serials = ctx.state.get(lot_units_key(gtin14, lot))
+            serials = self.lot_serials(ctx, gtin14, lot)
             if not serials:
                 raise Rejected("UNKNOWN_LOT", f"no units of lot {lot} of {gtin14}")
             for serial in serials:
                 unit = self._unit(ctx, gtin14, serial)
                 count += 1
                 if unit["status"] not in (DESTROYED, DISPENSED, DECOMMISSIONED):
-                    holders[unit["owner"]] = holders.get(unit["owner"], 0) + 1
+                    # In transit, the units are held for the receiver at the destination GLN.
+                    gln, holder = unit["holder_location"], unit["owner"]
+                    if unit["status"] == SHIPPED:
+                        shipment = ctx.state.get(shipment_key(unit["shipment"]))
+                        gln, holder = shipment["to_location"], shipment["to"]
+                    entry = holders.setdefault(gln, {"org": holder, "quantity": 0})
+                    entry["quantity"] += 1
                 if RECALLED not in unit["flags"]:
                     unit["flags"] = sorted([*unit["flags"], RECALLED])
                     unit["recall"] = ctx.tx_id
@@ -670,23 +814,67 @@ class SupplyV1(Contract):
                 "holders": entry["holders"],
             },
         )
+        for gln, holder in entry["holders"].items():  # one notice per holder, to act on
+            ctx.emit(
+                "supply.recall_notice",
+                {"recall": ctx.tx_id, "gtin": gtin14, "lots": lots, "gln": gln, **holder},
+            )
+
+    def _case_party(self, ctx: Context, unit: Mapping[str, Any]) -> str:
+        """The holder of a unit, or the owner of its GTIN's prefix, runs its suspect case."""
+        org = ctx.signer.org
+        if unit["owner"] != org and self._prefix_owner(ctx, unit["gtin"]) != org:
+            raise Rejected("NOT_AUTHORISED", "only the holder or the prefix owner acts on a unit")
+        return org
 
     @tx_method
     def flag_suspect(self, ctx: Context, args: Args) -> None:
+        """Quarantine: the unit may not move or be dispensed until a determination."""
         args.only("gtin", "serial", "reason")
         gtin14, serial = self._single_unit(args)
         reason = args.string("reason", max_len=256)
         self._require_roles(ctx, SUPPLY_ROLES)
         unit = self._unit(ctx, gtin14, serial)
-        org = ctx.signer.org
-        if unit["owner"] != org and self._prefix_owner(ctx, gtin14) != org:
-            raise Rejected("NOT_AUTHORISED", "only the holder or the prefix owner flags a unit")
+        org = self._case_party(ctx, unit)
         if SUSPECT in unit["flags"]:
             raise Rejected("ALREADY_SUSPECT", f"unit {serial} is already quarantined")
         unit["flags"] = sorted([*unit["flags"], SUSPECT])
         unit["suspect"] = {"by": org, "reason": reason, "height": ctx.height, "time": ctx.time}
         self._put_unit(ctx, unit)
+        case = {
+            "gtin": gtin14,
+            "serial": serial,
+            "stage": "quarantined",
+            "opened_by": org,
+            "reason": reason,
+            "opened_time": ctx.time,
+            "opened_height": ctx.height,
+            "notes": [],
+        }
+        ctx.state.put(suspect_key(gtin14, serial), case)
         ctx.emit("supply.suspect", {"gtin": gtin14, "serial": serial, "by": org})
+
+    def _open_case(self, ctx: Context, gtin14: str, serial: str) -> dict[str, Any]:
+        case = ctx.state.get(suspect_key(gtin14, serial))
+        if case is None or case["stage"] == "closed":
+            raise Rejected("NOT_SUSPECT", f"unit {serial} has no open suspect case")
+        return {**case, "notes": list(case["notes"])}
+
+    @tx_method
+    def investigate(self, ctx: Context, args: Args) -> None:
+        """Record an investigation step (no PHI: a reference to the findings, not the findings)."""
+        args.only("gtin", "serial", "note")
+        gtin14, serial = self._single_unit(args)
+        note = args.string("note", max_len=512)
+        self._require_roles(ctx, SUPPLY_ROLES)
+        org = self._case_party(ctx, self._unit(ctx, gtin14, serial))
+        case = self._open_case(ctx, gtin14, serial)
+        if len(case["notes"]) >= MAX_CASE_NOTES:
+            raise Rejected("TOO_MANY_NOTES", f"a case keeps at most {MAX_CASE_NOTES} notes")
+        case["stage"] = "investigating"
+        case["notes"].append({"by": org, "note": note, "time": ctx.time, "height": ctx.height})
+        ctx.state.put(suspect_key(gtin14, serial), case)
+        ctx.emit("supply.investigating", {"gtin": gtin14, "serial": serial, "by": org})
 
     @tx_method
     def determine(self, ctx: Context, args: Args) -> None:
@@ -697,15 +885,14 @@ class SupplyV1(Contract):
             raise Rejected("BAD_ARGS", f"determination must be one of {sorted(DETERMINATIONS)}")
         self._require_roles(ctx, SUPPLY_ROLES)
         unit = self._unit(ctx, gtin14, serial)
-        org = ctx.signer.org
-        if unit["owner"] != org and self._prefix_owner(ctx, gtin14) != org:
-            raise Rejected("NOT_AUTHORISED", "only the owner or the prefix owner determines")
+        org = self._case_party(ctx, unit)
         record: dict[str, Any] = {
             "determination": determination,
             "by": org,
             "height": ctx.height,
             "time": ctx.time,
         }
+        case = ctx.state.get(suspect_key(gtin14, serial))
         if determination == "legitimate":
             if SUSPECT not in unit["flags"]:
                 raise Rejected("NOT_SUSPECT", f"unit {serial} is not quarantined")
@@ -715,6 +902,14 @@ class SupplyV1(Contract):
             unit["flags"] = sorted({*unit["flags"], ILLEGITIMATE})
         unit["determination"] = record
         self._put_unit(ctx, unit)
+        case = {
+            **(case or {"gtin": gtin14, "serial": serial, "opened_by": org, "notes": []}),
+            "opened_time": (case or {}).get("opened_time", ctx.time),
+            "opened_height": (case or {}).get("opened_height", ctx.height),
+            "stage": "closed" if determination == "legitimate" else "illegitimate",
+            "determination": record,
+        }
+        ctx.state.put(suspect_key(gtin14, serial), case)
         event = {"gtin": gtin14, "serial": serial, "by": org, "determination": determination}
         if determination == "illegitimate":
             ctx.emit("supply.illegitimate", {**event, "notify_by": record["notify_by"]})
@@ -722,15 +917,45 @@ class SupplyV1(Contract):
             ctx.emit("supply.determined", event)
 
     @tx_method
-    def anchor_events(self, ctx: Context, args: Args) -> None:
-        """Anchor the CBV 2.0 hash IDs of one captured EPCIS document: all of them, or none.
+    def notify(self, ctx: Context, args: Args) -> None:
+        """Record that the regulator and trading partners were told of an illegitimate unit."""
+        args.only("gtin", "serial", "reference")
+        gtin14, serial = self._single_unit(args)
+        reference = args.string("reference", max_len=128)
+        self._require_roles(ctx, SUPPLY_ROLES)
+        org = self._case_party(ctx, self._unit(ctx, gtin14, serial))
+        case = ctx.state.get(suspect_key(gtin14, serial))
+        if case is None or case["stage"] != "illegitimate":
+            raise Rejected("NOT_ILLEGITIMATE", f"unit {serial} has no illegitimate determination")
+        if case.get("notified") is not None:
+            raise Rejected("ALREADY_NOTIFIED", f"the notification for {serial} is recorded")
+        notified = {"by": org, "reference": reference, "time": ctx.time, "height": ctx.height}
+        notified["late"] = ctx.time > case["determination"]["notify_by"]
+        ctx.state.put(
+            suspect_key(gtin14, serial), {**case, "notified": notified, "stage": "closed"}
+        )
+        ctx.emit("supply.notified", {"gtin": gtin14, "serial": serial, **notified})
 
-        The event bodies stay with the capturing node; an event hash can be anchored once only,
-        so a replayed capture is refused (DUPLICATE_EVENT) rather than counted twice.
+    # ---------------------------------------------------------------------------------------
+    # EPCIS capture
+
+    @tx_method
+    def anchor_events(self, ctx: Context, args: Args) -> None:
+        """Anchor the CBV 2.0 hash IDs of one captured EPCIS document and apply what they say.
+
+        All of it, or none: each event's ``op`` (the unit-state change its bizStep stands for,
+        derived by the capturing node; see careledger.supply.epcis_ops) runs in order, and any
+        refusal refuses the document, its ``detail`` naming the event. The event bodies stay
+        with the node; an event hash can be anchored once only, so a replayed capture is
+        refused (DUPLICATE_EVENT) rather than counted twice. A node may capture for a member
+        (``actor``): ownership and roles are then that member's.
         """
-        args.only("capture", "events")
+        args.only("capture", "events", "actor")
         self._require_roles(ctx, CAPTURE_ROLES)
         capture = args.string("capture", pattern=CAPTURE_ID)
+        if args.has("actor"):
+            ctx = self._as_actor(ctx, args.string("actor", max_len=64))
+            self._require_roles(ctx, SUPPLY_ROLES)
         if ctx.state.get(f"capture/{capture}") is not None:
             raise Rejected("CAPTURE_EXISTS", "that capture id is already anchored")
         events = _list(args, "events", MAX_CAPTURE_EVENTS)
@@ -738,17 +963,30 @@ class SupplyV1(Contract):
             if not isinstance(item, dict):
                 raise Rejected("BAD_ARGS", "each event is an object")
             event = Args(item)
-            event.only("hash", "type")
+            event.only("hash", "type", "op")
             hash_id = event.string("hash", pattern=EVENT_HASH_ID)
             kind = event.string("type")
             if kind not in EPCIS_EVENT_TYPES:
                 raise Rejected("BAD_ARGS", f"unknown EPCIS event type {kind!r}")
             key = f"event/{hash_id.split(';', 1)[1][:64]}"
             if ctx.state.get(key) is not None:
-                raise Rejected("DUPLICATE_EVENT", f"event {position} was already captured")
+                raise Rejected(
+                    "DUPLICATE_EVENT",
+                    f"event {position} was already captured",
+                    detail={"event": position},
+                )
             ctx.state.put(
                 key, {"capture": capture, "index": position, "type": kind, "org": ctx.signer.org}
             )
+            if event.has("op"):
+                try:
+                    self._apply(ctx, item["op"])
+                except Rejected as exc:
+                    raise Rejected(
+                        exc.code,
+                        f"event {position}: {exc.message}",
+                        detail={**exc.detail, "event": position},
+                    ) from None
         ctx.state.put(
             f"capture/{capture}",
             {"org": ctx.signer.org, "events": len(events), "height": ctx.height, "time": ctx.time},
@@ -756,3 +994,181 @@ class SupplyV1(Contract):
         ctx.emit(
             "supply.captured", {"capture": capture, "org": ctx.signer.org, "events": len(events)}
         )
+
+    @staticmethod
+    def _as_actor(ctx: Context, member_id: str) -> Context:
+        if not ctx.signer.has_role("node"):
+            raise Rejected("NOT_AUTHORISED", "only a node captures on behalf of a member")
+        member = ctx.state.read(IDENTITY, member_key(member_id))
+        if member is None:
+            raise Rejected("UNKNOWN_MEMBER", f"no member {member_id!r}")
+        signer = resolve_signer(ctx.state.read, member["key"])
+        return replace(ctx, signer=signer)
+
+    # -- EPCIS operations: one bizStep's effect on the units an event names ---------------
+
+    def _apply(self, ctx: Context, op: object) -> None:
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+            raise Rejected("BAD_ARGS", "an event's op is an object with an 'op' name")
+        handler = self._OPS.get(op["op"])
+        if handler is None:
+            raise Rejected("BAD_ARGS", f"unknown op {op['op']!r}")
+        handler(self, ctx, op)
+
+    def _tracked_refs(self, ctx: Context, raw: object) -> list[tuple[str, str] | str]:
+        """The units and SSCCs of an op that this chain tracks (their prefix is registered).
+
+        Identifiers under prefixes no member has claimed are outside the chain's custody: their
+        events are anchored, but they have no unit state to change.
+        """
+        if not isinstance(raw, list) or len(raw) > MAX_SHIPMENT:
+            raise Rejected("BAD_ARGS", f"an op names at most {MAX_SHIPMENT} identifiers")
+        refs: list[tuple[str, str] | str] = []
+        for item in raw:
+            ref = _ref(item)
+            digits = ref if isinstance(ref, str) else ref[0]
+            if self._tracked(ctx, digits):
+                refs.append(ref)
+        return refs
+
+    @staticmethod
+    def _op_location(op: Mapping[str, Any], name: str = "location") -> str | None:
+        value = op.get(name)
+        return None if value is None else _gln(value)
+
+    def _op_commission(self, ctx: Context, op: Mapping[str, Any]) -> None:
+        units = op.get("units")
+        if not isinstance(units, list) or not all(isinstance(u, dict) for u in units):
+            raise Rejected("BAD_ARGS", "commission names its units as objects")
+        tracked = [u for u in units if self._tracked(ctx, _gtin(u.get("gtin")))]
+        if tracked:
+            if op.get("location") is None:
+                raise Rejected("BAD_ARGS", "commissioning needs a bizLocation (the site's GLN)")
+            self.commission(ctx, Args({"units": tracked, "location": op["location"]}))
+
+    def _op_aggregate(self, ctx: Context, op: Mapping[str, Any]) -> None:
+        children = self._tracked_refs(ctx, op.get("children"))
+        if not children:
+            return
+        parent = _sscc(op.get("parent"))
+        args = {"parent_sscc": parent, "children": [_ref_json(c) for c in children]}
+        self.aggregate(ctx, Args(args))
+
+    def _op_disaggregate(self, ctx: Context, op: Mapping[str, Any]) -> None:
+        parent = _sscc(op.get("parent"))
+        if ctx.state.get(sscc_key(parent)) is not None or self._tracked(ctx, parent):
+            self.disaggregate(ctx, Args({"parent_sscc": parent}))
+
+    def _op_ship(self, ctx: Context, op: Mapping[str, Any]) -> None:
+        refs = self._tracked_refs(ctx, op.get("units"))
+        if not refs:
+            return
+        to_location = self._op_location(op, "to_location")
+        if to_location is None:
+            raise Rejected("BAD_ARGS", "shipping needs a destination location (GLN)")
+        destination = ctx.state.get(f"gln/{to_location}")
+        if destination is None:
+            raise Rejected("UNKNOWN_LOCATION", f"GLN {to_location} is not a registered location")
+        args = {
+            "shipment_id": op.get("shipment"),
+            "units": [_ref_json(r) for r in refs],
+            "to_org": destination["org"],
+            "to_location": to_location,
+        }
+        self.ship(ctx, Args(args))
+
+    def _op_receive(self, ctx: Context, op: Mapping[str, Any]) -> None:
+        refs = self._tracked_refs(ctx, op.get("units"))
+        if not refs:
+            return
+        named: set[tuple[str, str]] = set()
+        shipments: set[str] = set()
+        for ref in refs:
+            if isinstance(ref, str):
+                entry = ctx.state.get(sscc_key(ref))
+                if entry is None:
+                    raise Rejected("UNKNOWN_SSCC", f"no packed SSCC {ref}", detail={"sscc": ref})
+                units, _ = self._contents(ctx, entry)
+            else:
+                units = [self._unit(ctx, *ref)]
+            for unit in units:
+                named.add((unit["gtin"], unit["serial"]))
+                shipments.add(unit.get("shipment") or "")
+        if len(shipments) != 1 or "" in shipments:
+            raise Rejected("NO_MATCHING_SHIPMENT", "the received units are not one open shipment")
+        shipment_id = shipments.pop()
+        shipment = ctx.state.get(shipment_key(shipment_id))
+        expected = {(u["gtin"], u["serial"]) for u in shipment["units"]}
+        if named != expected:
+            raise Rejected(
+                "NO_MATCHING_SHIPMENT",
+                f"shipment {shipment_id} holds {len(expected)} units; {len(named)} were received",
+            )
+        args: dict[str, Any] = {"shipment_id": shipment_id}
+        location = self._op_location(op)
+        if location is not None:
+            args["location"] = location
+        self.receive(ctx, Args(args))
+
+    def _units_only(self, ctx: Context, op: Mapping[str, Any], what: str) -> list[tuple[str, str]]:
+        refs = self._tracked_refs(ctx, op.get("units"))
+        if any(isinstance(r, str) for r in refs):
+            raise Rejected("BAD_ARGS", f"{what} names units, not logistic units (SSCCs)")
+        return [r for r in refs if not isinstance(r, str)]
+
+    def _op_dispense(self, ctx: Context, op: Mapping[str, Any]) -> None:
+        location = op.get("location")
+        for gtin14, serial in self._units_only(ctx, op, "dispensing"):
+            self.dispense(ctx, Args({"gtin": gtin14, "serial": serial, "location": location}))
+
+    def _op_decommission(self, ctx: Context, op: Mapping[str, Any]) -> None:
+        reason = op.get("reason") or "other"
+        for gtin14, serial in self._units_only(ctx, op, "decommissioning"):
+            self.decommission(ctx, Args({"gtin": gtin14, "serial": serial, "reason": reason}))
+
+    def _op_destroy(self, ctx: Context, op: Mapping[str, Any]) -> None:
+        for gtin14, serial in self._units_only(ctx, op, "destroying"):
+            self.destroy(ctx, Args({"gtin": gtin14, "serial": serial}))
+
+    def _op_observe(self, ctx: Context, op: Mapping[str, Any]) -> None:
+        """An event with no state change still tells where a unit was seen: check it."""
+        location = self._op_location(op)
+        for ref in self._tracked_refs(ctx, op.get("units")):
+            if isinstance(ref, str):
+                continue
+            gtin14, serial = ref
+            unit = ctx.state.get(unit_key(gtin14, serial))
+            alert = {"gtin": gtin14, "serial": serial, "location": location, "org": ctx.signer.org}
+            if unit is None:
+                ctx.emit("supply.alert", {"kind": "never_commissioned", **alert})
+            elif location is not None and not self._explains(ctx, unit, location):
+                ctx.emit("supply.alert", {"kind": "unexplained_location", **alert})
+
+    @staticmethod
+    def _explains(ctx: Context, unit: Mapping[str, Any], location: str) -> bool:
+        """Whether the unit's custody chain puts it at ``location`` (held there, or en route)."""
+        if unit["holder_location"] == location:
+            return True
+        site = ctx.state.get(f"gln/{location}")
+        if site is not None and site["org"] == unit["owner"] and unit["status"] in IN_STOCK:
+            return True  # moved between its owner's own sites
+        if unit["status"] == SHIPPED:
+            shipment = ctx.state.get(shipment_key(unit["shipment"]))
+            return shipment is not None and shipment["to_location"] == location
+        return False
+
+    _OPS: ClassVar[dict[str, Callable[[SupplyV1, Context, Mapping[str, Any]], None]]] = {
+        "commission": _op_commission,
+        "aggregate": _op_aggregate,
+        "disaggregate": _op_disaggregate,
+        "ship": _op_ship,
+        "receive": _op_receive,
+        "dispense": _op_dispense,
+        "decommission": _op_decommission,
+        "destroy": _op_destroy,
+        "observe": _op_observe,
+    }
+
+
+def _ref_json(ref: tuple[str, str] | str) -> dict[str, str]:
+    return {"sscc": ref} if isinstance(ref, str) else {"gtin": ref[0], "serial": ref[1]}

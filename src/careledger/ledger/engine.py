@@ -21,7 +21,14 @@ from careledger.core.checkpoint import Checkpoint, format_checkpoint, format_vke
 from careledger.core.keys import KeyPair
 from careledger.core.tx import MAX_ENVELOPE_BYTES, Transaction, check_signature, decode_envelope
 from careledger.errors import Conflict, NotFound, Rejected, StorageError, ValidationError
-from careledger.ledger.execute import NONCE_NAMESPACE, Executed, execute_block, genesis_block
+from careledger.ledger.execute import (
+    NONCE_NAMESPACE,
+    Executed,
+    Explanation,
+    execute_block,
+    explain,
+    genesis_block,
+)
 from careledger.ledger.ports import LedgerStore
 
 _STATE_CACHE_LIMIT = 200_000
@@ -92,6 +99,18 @@ class Ledger:
                     self._cache.clear()
                 self._cache[(namespace, key)] = value
         return value
+
+    def explain(self, tx: Transaction) -> Explanation | None:
+        """Why ``tx`` is (or was) refused, judged on the head state (see execute.explain)."""
+        head = self._head
+        return explain(
+            registry=self.registry,
+            read=self.state,
+            chain=self.chain,
+            height=head.height + 1,
+            time=head.time,
+            tx=tx,
+        )
 
     # -- admission -----------------------------------------------------------------------
 

@@ -204,3 +204,44 @@ def _run(
     if any(ns == IDENTITY for ns, _ in tx_state.writes):
         signers.clear()  # keys, members or organisations changed: resolve afresh
     return None, ctx.events, tx_state.writes
+
+
+@dataclass(frozen=True)
+class Explanation:
+    code: str
+    message: str
+    detail: Mapping[str, Any]
+
+
+def explain(
+    *,
+    registry: Registry,
+    read: StateReader,
+    chain: str,
+    height: int,
+    time: int,
+    tx: Transaction,
+) -> Explanation | None:
+    """Why ``tx`` is refused on top of this state (None: it would be accepted). Writes nothing.
+
+    A receipt keeps only the rejection code; the message and detail (which event, which unit)
+    come from running the transaction again, here, against the state it was refused on.
+    """
+    state = BlockState(read)
+    try:
+        signer = resolve_signer(state.get, tx.signer)
+        contract = registry.resolve(height, tx.contract, tx.method)
+        ctx = Context(
+            signer=signer,
+            chain=chain,
+            height=height,
+            time=time,
+            tx_id=tx.tx_id,
+            state=StateView(contract.name, TxState(state)),
+        )
+        contract.call(ctx, tx.method, tx.args)
+    except Rejected as exc:
+        return Explanation(exc.code, exc.message, exc.detail)
+    except Exception:  # the same fault the block recorded
+        return Explanation("CONTRACT_FAULT", "the contract failed", {})
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # --------------------------------------------------------------------------------------------
 # CBV 2.0 code lists. Source: GS1 Core Business Vocabulary (CBV) Standard, release 2.0 (2022),
 # section 7.2 "Business step" and section 7.3 "Disposition" (the bare words; their Web URIs
@@ -90,3 +92,20 @@ CBV_DISPOSITIONS: frozenset[str] = frozenset(
         "unknown",
     }
 )
+
+
+# The three ways a CBV value is written: Web URI, EPCIS 1.x URN, and the JSON-LD compact form.
+_CBV_VALUE = re.compile(
+    r"^(?:https://ref\.gs1\.org/cbv/[A-Za-z]+-|urn:epcglobal:cbv:[a-z]+:|cbv:[A-Za-z]+-)(.+)$"
+)
+
+
+def vocabulary_word(value: object) -> str | None:
+    """A CBV value in its bare form ("shipping"), whichever form it was written in.
+
+    A value in no CBV form (a bare word, or a user vocabulary URI) is returned unchanged.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _CBV_VALUE.match(value)
+    return match.group(1) if match else value

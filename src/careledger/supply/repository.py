@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from careledger.errors import NotFound, StorageError
+from careledger.sqlite_threads import ThreadConnections
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS captures(
@@ -65,22 +66,12 @@ DIRECT_ROLES = ("epc", "child")
 class EpcisRepository:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
+        self._conns = ThreadConnections(path, "EPCIS repository")
         self._write_lock = threading.Lock()
         self._connect().executescript(SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA busy_timeout=10000")
-            except sqlite3.Error as exc:
-                raise StorageError(f"cannot open the EPCIS repository: {exc}") from None
-            self._local.conn = conn
-        return conn
+        return self._conns.get()
 
     def begin_capture(self, capture: str, org: str, created: str, count: int) -> None:
         with self._write_lock:
@@ -193,7 +184,4 @@ class EpcisRepository:
         return bodies, (rows[-1][0] if more and rows else None)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._conns.close()

@@ -15,39 +15,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 from careledger.contracts.supply import MAX_CAPTURE_EVENTS
+from careledger.core.canonical import canonical_bytes
+from careledger.core.tx import MAX_ENVELOPE_BYTES
 from careledger.errors import CareLedgerError, Forbidden, ValidationError
 from careledger.health.access import Caller
 from careledger.node import Node
+from careledger.supply.cbv import vocabulary_word
+from careledger.supply.epcis_ops import supply_op
 from careledger.supply.epcis_validate import EpcisRejected, validate_document
 from careledger.supply.event_hash import document_event_hash_ids
 from careledger.supply.identifiers import normalise_epc
 from careledger.supply.repository import EpcisRepository, EventQuery, StoredEvent
 
+ENVELOPE_OVERHEAD = 1024  # the envelope's own fields around the args
 CAPTURE_ROLES = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
-_CBV_PREFIXES = (
-    "https://ref.gs1.org/cbv/BizStep-",
-    "https://ref.gs1.org/cbv/Disp-",
-    "urn:epcglobal:cbv:bizstep:",
-    "urn:epcglobal:cbv:disp:",
-    "cbv:BizStep-",
-    "cbv:Disp-",
-)
 _EPC_ROLES = (
     ("epcList", "epc"),
     ("childEPCs", "child"),
     ("inputEPCList", "input"),
     ("outputEPCList", "output"),
 )
-
-
-def vocabulary_word(value: object) -> str | None:
-    """A CBV value in its bare form ("shipping"), whichever form it was written in."""
-    if not isinstance(value, str):
-        return None
-    for prefix in _CBV_PREFIXES:
-        if value.startswith(prefix):
-            return value[len(prefix) :]
-    return value
 
 
 def canonical_epc(value: str) -> str:
@@ -123,18 +110,36 @@ class EpcisService:
             return self._failed(
                 capture_id, caller, created, [{"code": exc.code, "message": exc.message}]
             )
+        args: dict[str, Any] = {
+            "capture": capture_id,
+            "events": [_anchor(s, e) for s, e in zip(stored, events, strict=True)],
+        }
+        if "node" not in caller.roles:
+            args["actor"] = caller.member  # the ledger judges ownership as this member's
+        if len(canonical_bytes(args)) > MAX_ENVELOPE_BYTES - ENVELOPE_OVERHEAD:
+            too_large = {
+                "code": "CAPTURE_TOO_LARGE",
+                "message": "the document's ledger transaction would exceed "
+                f"{MAX_ENVELOPE_BYTES} bytes; split it into smaller captures",
+            }
+            return self._failed(capture_id, caller, created, [too_large])
         self.repository.begin_capture(capture_id, caller.org, created, len(stored))
-        args = {"capture": capture_id, "events": [{"hash": s.hash, "type": s.type} for s in stored]}
         try:
-            (receipt,) = self.node.execute([("supply", "anchor_events", args)])
+            ((receipt, why),) = self.node.execute_explained([("supply", "anchor_events", args)])
         except CareLedgerError as exc:
             self.repository.finish_capture(
                 capture_id, errors=[{"code": exc.code, "message": exc.message}]
             )
             raise
         if receipt["result"] != "accepted":
-            errors = [{"code": receipt["code"], "message": "the ledger refused the capture"}]
-            self.repository.finish_capture(capture_id, tx_id=receipt["tx_id"], errors=errors)
+            error: dict[str, Any] = {"code": receipt["code"]}
+            if why is not None and why.code == receipt["code"]:
+                error["message"] = why.message
+                if isinstance(why.detail.get("event"), int):
+                    error["index"] = why.detail["event"]
+            else:
+                error["message"] = "the ledger refused the capture"
+            self.repository.finish_capture(capture_id, tx_id=receipt["tx_id"], errors=[error])
         else:
             self.repository.finish_capture(capture_id, events=stored, tx_id=receipt["tx_id"])
         return self.repository.capture(capture_id)
@@ -148,6 +153,14 @@ class EpcisService:
 
     def query(self, q: EventQuery) -> tuple[list[dict[str, Any]], int | None]:
         return self.repository.query(q)
+
+
+def _anchor(stored: StoredEvent, event: Mapping[str, Any]) -> dict[str, Any]:
+    anchor: dict[str, Any] = {"hash": stored.hash, "type": stored.type}
+    op = supply_op(event, stored.hash)
+    if op is not None:
+        anchor["op"] = op
+    return anchor
 
 
 def _error_json(error: Any) -> dict[str, Any]:

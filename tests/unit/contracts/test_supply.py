@@ -178,8 +178,9 @@ def test_commission_writes_units_and_lot_index(chain: TestChain) -> None:
         [],
     )
     assert u["history_height"] > 0
-    assert state(chain, f"lot/{GTIN}/{LOT}/S2") is not None
-    assert state(chain, f"lotunits/{GTIN}/{LOT}") == ["S1", "S2"]
+    assert state(chain, f"lotunits/{GTIN}/{LOT}") == {"count": 2, "chunks": 1}
+    assert state(chain, f"lotchunk/{GTIN}/{LOT}/0") == ["S1", "S2"]
+    assert state(chain, f"stock/{GTIN}/{MAKER_GLN}")["quantity"] == 2
     assert evs == [
         (
             "supply.commissioned",
@@ -203,7 +204,9 @@ def test_commission_is_all_or_nothing(chain: TestChain) -> None:
     assert code(commission(chain, "S5", "S5")) == "DUPLICATE_COMMISSION"
     for serial in ("S2", "S3", "S4", "S5"):
         assert state(chain, f"unit/{GTIN}/{serial}") is None
-    assert state(chain, f"lotunits/{GTIN}/{LOT}") == ["S1"]
+    assert state(chain, f"lotunits/{GTIN}/{LOT}") == {"count": 1, "chunks": 1}
+    assert state(chain, f"lotchunk/{GTIN}/{LOT}/0") == ["S1"]
+    assert state(chain, f"stock/{GTIN}/{MAKER_GLN}")["quantity"] == 1
 
 
 def test_commission_refusals(chain: TestChain) -> None:
@@ -298,8 +301,19 @@ def test_aggregate_refusals(chain: TestChain) -> None:
     assert code(run(chain, "maker-admin", "aggregate", args)) == "SSCC_EXISTS"
     again = {"parent_sscc": SSCC2, "children": [ref("S1")]}
     assert code(run(chain, "maker-admin", "aggregate", again)) == "AGGREGATED"
-    nested = {"parent_sscc": SSCC2, "children": [SSCC]}
-    assert code(run(chain, "maker-admin", "aggregate", nested)) == "BAD_ARGS"
+    assert (
+        code(
+            run(
+                chain,
+                "maker-admin",
+                "aggregate",
+                {**args, "parent_sscc": SSCC2, "children": [SSCC2]},
+            )
+        )
+        == "BAD_ARGS"
+    )
+    unknown_case = {"parent_sscc": SSCC2, "children": [cd("0" + PREFIX + "000000077")]}
+    assert code(run(chain, "maker-admin", "aggregate", unknown_case)) == "UNKNOWN_SSCC"
     ok(run(chain, "maker-admin", "destroy", {"gtin": GTIN, "serial": "S3"}))
     dead = {"parent_sscc": SSCC2, "children": [ref("S3")]}
     assert code(run(chain, "maker-admin", "aggregate", dead)) == "INVALID_STATUS"
@@ -411,10 +425,18 @@ def test_recall_flags_lots_blocks_dispense_and_counts_holders(chain: TestChain) 
     assert code(run(chain, "maker2-admin", "recall", args)) == "NOT_PREFIX_OWNER"
     evs = events(chain, "maker-admin", "recall", args)
     (recall,) = [d for t, d in evs if t == "supply.recall"]
-    assert recall["holders"] == {"maker": 1, "pharm": 2}
+    holders = {
+        MAKER_GLN: {"org": "maker", "quantity": 1},
+        PHARM_GLN: {"org": "pharm", "quantity": 2},
+    }
+    assert recall["holders"] == holders
     assert recall["gtin"] == GTIN and recall["lots"] == [LOT]
     entry = state(chain, f"recall/{recall['recall']}")
-    assert entry["units"] == 3 and entry["holders"] == {"maker": 1, "pharm": 2}
+    assert entry["units"] == 3 and entry["holders"] == holders
+    notices = sorted(
+        (d["gln"], d["org"], d["quantity"]) for t, d in evs if t == "supply.recall_notice"
+    )
+    assert notices == [(MAKER_GLN, "maker", 1), (PHARM_GLN, "pharm", 2)]
     assert all("recalled" in unit(chain, s)["flags"] for s in ("R1", "R2", "R3"))
     assert unit(chain, "K1")["flags"] == []
     assert code(dispense(chain, "R1")) == "RECALLED"

@@ -12,8 +12,9 @@ from careledger.api.deps import MemberDep
 from careledger.errors import ValidationError
 from careledger.health.access import Caller
 from careledger.jsonio import dumps, loads
+from careledger.supply.cbv import vocabulary_word
 from careledger.supply.repository import EventQuery
-from careledger.supply.service import EpcisService, canonical_epc, utc_millis, vocabulary_word
+from careledger.supply.service import EpcisService, canonical_epc, utc_millis
 
 router = APIRouter(prefix="/epcis", tags=["epcis"])
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"

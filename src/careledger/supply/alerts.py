@@ -1,0 +1,289 @@
+"""Counterfeit and diversion alerts, derived from the ledger, kept beside it for listing.
+
+Four signals, two sources:
+
+* accepted transactions emit ``supply.alert`` events: a serial of a registered prefix that was
+  never commissioned, seen somewhere (``never_commissioned``), or a unit seen at a location its
+  custody chain cannot explain (``unexplained_location``); ``supply.illegitimate`` marks a
+  determination, whose 24-hour notification clock the alert carries;
+* refused transactions keep no events, only a receipt code; ``UNKNOWN_SERIAL`` (acting on a
+  serial never commissioned) and ``ALREADY_DISPENSED`` (a second dispense) become alerts, their
+  unit recovered by re-running the refused transaction against the state (``Ledger.explain``);
+* a verification of a decommissioned or destroyed unit (``verified_after_decommission``) is
+  raised by the verification service itself, since verifications are reads.
+
+The watcher follows commits and, on start, catches up from the last height it recorded, so no
+block is missed across restarts; an alert is stored once (tx, kind and unit are unique).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.identity import key_key, member_key
+from careledger.contracts.supply import prefix_owner
+from careledger.core.tx import decode_stored_envelope
+from careledger.errors import ValidationError
+from careledger.ledger.engine import Ledger
+from careledger.ledger.execute import Executed
+from careledger.ledger.ports import StoredEvent, StoredTx
+from careledger.sqlite_threads import ThreadConnections
+
+log = logging.getLogger(__name__)
+
+REFUSAL_KINDS = {"UNKNOWN_SERIAL": "never_commissioned", "ALREADY_DISPENSED": "dispensed_twice"}
+ALERT_KINDS = frozenset(
+    {
+        "never_commissioned",
+        "dispensed_twice",
+        "unexplained_location",
+        "verified_after_decommission",
+        "illegitimate",
+    }
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, code TEXT, gtin TEXT, serial TEXT,
+  location TEXT, org TEXT, brand_owner TEXT, height INTEGER, tx_id TEXT, time INTEGER NOT NULL,
+  detail BLOB NOT NULL, UNIQUE(tx_id, kind, gtin, serial));
+CREATE INDEX IF NOT EXISTS alerts_org ON alerts(org);
+CREATE INDEX IF NOT EXISTS alerts_brand ON alerts(brand_owner);
+CREATE TABLE IF NOT EXISTS alert_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str
+    time: int  # ms since the epoch (block time, or the verification's clock)
+    gtin: str | None = None
+    serial: str | None = None
+    location: str | None = None
+    org: str | None = None  # the organisation whose action raised it
+    brand_owner: str | None = None  # the GTIN's prefix owner, who must hear of it
+    code: str | None = None
+    height: int | None = None
+    tx_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+class AlertStore:
+    def __init__(self, path: Path) -> None:
+        self._conns = ThreadConnections(path, "alert store")
+        self._conns.get().executescript(SCHEMA)
+
+    def add(self, alerts: Iterable[Alert], *, height: int | None = None) -> None:
+        """Store alerts (once each) and, with ``height``, record that blocks up to it are done."""
+        conn = self._conns.get()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO alerts(kind, code, gtin, serial, location, org, brand_owner,"
+                " height, tx_id, time, detail) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        a.kind,
+                        a.code,
+                        a.gtin,
+                        a.serial,
+                        a.location,
+                        a.org,
+                        a.brand_owner,
+                        a.height,
+                        a.tx_id,
+                        a.time,
+                        orjson.dumps(dict(a.detail)),
+                    )
+                    for a in alerts
+                ],
+            )
+            if height is not None:
+                conn.execute(
+                    "INSERT INTO alert_meta(name, value) VALUES('height', ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    (height,),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def height(self) -> int:
+        row = self._conns.get().execute("SELECT value FROM alert_meta WHERE name = 'height'")
+        found = row.fetchone()
+        return int(found[0]) if found else 0
+
+    def list(
+        self,
+        *,
+        org: str | None,
+        kinds: Sequence[str] = (),
+        gtin: str | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Alerts an organisation may see (its own, and those about its brands), oldest first.
+
+        ``org=None`` lists every alert (the node operator's view).
+        """
+        unknown = set(kinds) - ALERT_KINDS
+        if unknown:
+            raise ValidationError(
+                f"unknown alert kind {sorted(unknown)[0]!r}; one of {sorted(ALERT_KINDS)}",
+                code="BAD_ALERT_KIND",
+            )
+        where: list[str] = ["seq > ?"]
+        params: list[object] = [after]
+        if org is not None:
+            where.append("(org = ? OR brand_owner = ?)")
+            params.extend([org, org])
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params.extend(kinds)
+        if gtin is not None:
+            where.append("gtin = ?")
+            params.append(gtin)
+        rows = (
+            self._conns.get()
+            .execute(
+                "SELECT seq, kind, code, gtin, serial, location, org, brand_owner, height, tx_id,"  # noqa: S608
+                f" time, detail FROM alerts WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                [*params, limit + 1],
+            )
+            .fetchall()
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        out = [
+            {
+                "id": r[0],
+                "kind": r[1],
+                "code": r[2],
+                "gtin": r[3],
+                "serial": r[4],
+                "location": r[5],
+                "org": r[6],
+                "brand_owner": r[7],
+                "height": r[8],
+                "tx_id": r[9],
+                "time": _iso(r[10]),
+                "detail": orjson.loads(r[11]),
+            }
+            for r in rows
+        ]
+        return out, (rows[-1][0] if more and rows else None)
+
+    def close(self) -> None:
+        self._conns.close()
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+class AlertWatcher:
+    """Turns each committed block into alerts (see the module docstring)."""
+
+    def __init__(self, ledger: Ledger, store: AlertStore) -> None:
+        self.ledger = ledger
+        self.store = store
+
+    def attach(self) -> None:
+        self.catch_up()
+        self.ledger.commit_listeners.append(self.on_commit)
+
+    def detach(self) -> None:
+        if self.on_commit in self.ledger.commit_listeners:
+            self.ledger.commit_listeners.remove(self.on_commit)
+
+    def catch_up(self) -> None:
+        head = self.ledger.head.height
+        for height in range(self.store.height() + 1, head + 1):
+            header = self.ledger.store.header(height)
+            if header is None:  # pragma: no cover - the store is consistent up to its head
+                break
+            txs = self.ledger.store.block_txs(height)
+            events = self.ledger.store.block_events(height)
+            self.store.add(self._alerts(height, header.time, txs, events), height=height)
+
+    def on_commit(self, executed: Executed) -> None:
+        header = executed.block.header
+        alerts = self._alerts(header.height, header.time, executed.block.txs, executed.block.events)
+        self.store.add(alerts, height=header.height)
+
+    def _alerts(
+        self, height: int, block_time: int, txs: Sequence[StoredTx], events: Sequence[StoredEvent]
+    ) -> list[Alert]:
+        alerts: list[Alert] = []
+        for event in events:
+            if event.type not in ("supply.alert", "supply.illegitimate"):
+                continue
+            data = orjson.loads(event.data)
+            kind = data.get("kind", "illegitimate")
+            tx_id = txs[event.tx_index].tx_id
+            detail = {"notify_by": _iso(data["notify_by"])} if "notify_by" in data else {}
+            alerts.append(
+                Alert(
+                    kind=kind,
+                    time=block_time,
+                    gtin=data.get("gtin"),
+                    serial=data.get("serial"),
+                    location=data.get("location"),
+                    org=data.get("org") or data.get("by"),
+                    brand_owner=self._brand(data.get("gtin")),
+                    height=height,
+                    tx_id=tx_id,
+                    detail=detail,
+                )
+            )
+        for stored in txs:
+            receipt = orjson.loads(stored.receipt)
+            kind = REFUSAL_KINDS.get(receipt.get("code", ""))
+            if kind is not None:
+                alert = self._refusal_alert(stored, receipt, kind, height, block_time)
+                if alert is not None:
+                    alerts.append(alert)
+        return alerts
+
+    def _refusal_alert(
+        self, stored: StoredTx, receipt: Mapping[str, Any], kind: str, height: int, at: int
+    ) -> Alert | None:
+        tx = decode_stored_envelope(stored.envelope)
+        if tx.contract != "supply":
+            return None
+        why = self.ledger.explain(tx)
+        detail = dict(why.detail) if why is not None and why.code == receipt["code"] else {}
+        gtin = detail.pop("gtin", None)
+        return Alert(
+            kind=kind,
+            time=at,
+            gtin=gtin,
+            serial=detail.pop("serial", None),
+            location=detail.pop("location", None),
+            org=self._org_of(tx.signer, tx.args.get("actor")),
+            brand_owner=self._brand(gtin),
+            code=str(receipt["code"]),
+            height=height,
+            tx_id=stored.tx_id,
+            detail=detail,
+        )
+
+    def _brand(self, gtin: object) -> str | None:
+        return prefix_owner(self.ledger.state, gtin) if isinstance(gtin, str) else None
+
+    def _org_of(self, public_key: str, actor: object) -> str | None:
+        member_id = actor
+        if not isinstance(member_id, str):
+            key = self.ledger.state(IDENTITY, key_key(public_key))
+            member_id = key.get("member") if key else None
+        member = self.ledger.state(IDENTITY, member_key(member_id)) if member_id else None
+        return member.get("org") if member else None
