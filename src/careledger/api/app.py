@@ -11,14 +11,27 @@ from fastapi import FastAPI
 from careledger import __version__
 from careledger.api import errors
 from careledger.api.metrics import Metrics
-from careledger.api.routes import auth, chain, epcis, events, fhir, health, patients, tx
+from careledger.api.routes import (
+    auth,
+    chain,
+    epcis,
+    events,
+    fhir,
+    health,
+    patients,
+    supply,
+    tx,
+)
 from careledger.api.routes.events import BlockSignal
 from careledger.auth import TokenIssuer
 from careledger.config import EPCIS_FILE, Settings
 from careledger.health.service import HealthRecords
 from careledger.node import Node
+from careledger.supply.alerts import AlertStore, AlertWatcher
 from careledger.supply.repository import EpcisRepository
 from careledger.supply.service import EpcisService
+from careledger.supply.supply_service import SupplyService
+from careledger.supply.verification_log import VerificationLog
 
 
 def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
@@ -32,6 +45,11 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         app.state.health = health
         repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
         app.state.epcis = EpcisService(running, repository)
+        alert_store = AlertStore(settings.data_dir / EPCIS_FILE)
+        verification_log = VerificationLog(settings.data_dir / EPCIS_FILE)
+        watcher = AlertWatcher(running.ledger, alert_store)
+        watcher.attach()  # catches up on blocks committed while the API was down
+        app.state.supply = SupplyService(running, alert_store, verification_log)
         metrics.head_height.set(running.ledger.head.height)
         metrics.log_size.set(running.ledger.head.log_size)
         app.state.node = running
@@ -49,7 +67,10 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         finally:
             running.stop()
             health.close()
+            watcher.detach()
             repository.close()
+            alert_store.close()
+            verification_log.close()
 
     app = FastAPI(
         title="CareLedger",
@@ -58,6 +79,6 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (tx, chain, events, auth, health, fhir, patients, epcis):
+    for module in (tx, chain, events, auth, health, fhir, patients, epcis, supply):
         app.include_router(module.router)
     return app

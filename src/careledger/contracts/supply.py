@@ -85,6 +85,25 @@ DISPENSE_ROLES = frozenset({"admin", "pharmacist"})
 DECOMMISSION_REASONS = frozenset(
     {"damaged", "stolen", "lost", "sample", "expired", "recalled", "returned", "other"}
 )
+ON_BEHALF_METHODS = frozenset(
+    {
+        "register_prefix",
+        "register_location",
+        "commission",
+        "aggregate",
+        "disaggregate",
+        "ship",
+        "receive",
+        "dispense",
+        "decommission",
+        "destroy",
+        "recall",
+        "flag_suspect",
+        "investigate",
+        "determine",
+        "notify",
+    }
+)
 DETERMINATIONS = frozenset({"legitimate", "illegitimate"})
 
 COMMISSIONED = "commissioned"
@@ -925,10 +944,10 @@ class SupplyV1(Contract):
         self._require_roles(ctx, SUPPLY_ROLES)
         org = self._case_party(ctx, self._unit(ctx, gtin14, serial))
         case = ctx.state.get(suspect_key(gtin14, serial))
+        if case is not None and case.get("notified") is not None:
+            raise Rejected("ALREADY_NOTIFIED", f"the notification for {serial} is recorded")
         if case is None or case["stage"] != "illegitimate":
             raise Rejected("NOT_ILLEGITIMATE", f"unit {serial} has no illegitimate determination")
-        if case.get("notified") is not None:
-            raise Rejected("ALREADY_NOTIFIED", f"the notification for {serial} is recorded")
         notified = {"by": org, "reference": reference, "time": ctx.time, "height": ctx.height}
         notified["late"] = ctx.time > case["determination"]["notify_by"]
         ctx.state.put(
@@ -994,6 +1013,22 @@ class SupplyV1(Contract):
         ctx.emit(
             "supply.captured", {"capture": capture, "org": ctx.signer.org, "events": len(events)}
         )
+
+    @tx_method
+    def on_behalf(self, ctx: Context, args: Args) -> None:
+        """A node runs one supply method for a member it authenticated (API workflows).
+
+        Ownership and roles are the member's; the leaf records both the node and the member.
+        """
+        args.only("actor", "method", "args")
+        actor = self._as_actor(ctx, args.string("actor", max_len=64))
+        method = args.string("method", max_len=32)
+        if method not in ON_BEHALF_METHODS:
+            raise Rejected("BAD_ARGS", f"method must be one of {sorted(ON_BEHALF_METHODS)}")
+        inner = args.raw.get("args")
+        if not isinstance(inner, dict):
+            raise Rejected("BAD_ARGS", "args must be an object")
+        self.call(actor, method, inner)
 
     @staticmethod
     def _as_actor(ctx: Context, member_id: str) -> Context:

@@ -1,0 +1,286 @@
+"""Supply-chain workflows on a node: verification, recalls, suspect cases, inventory, alerts.
+
+Reads come from committed ledger state (units, stock counters, recalls, cases); writes are
+supply transactions the node signs for the member it authenticated (``supply.on_behalf``), so
+ownership and roles are judged as that member's on the ledger, not by this service.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from careledger.contracts.supply import (
+    DECOMMISSIONED,
+    DESTROYED,
+    ILLEGITIMATE,
+    IN_STOCK,
+    NAMESPACE,
+    SHIPPED,
+    SUSPECT,
+    lot_chunk_key,
+    lot_units_key,
+    prefix_owner,
+    unit_view,
+)
+from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
+from careledger.health.access import Caller
+from careledger.node import Node
+from careledger.supply.alerts import Alert, AlertStore
+from careledger.supply.identifiers import SGTIN, parse_digital_link, validate_gln, validate_gtin
+from careledger.supply.verification import verify_unit
+from careledger.supply.verification_log import VerificationLog
+
+SUPPLY_READERS = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
+MAX_LISTED = 10_000  # state keys one listing walks (inventory, suspect cases, locations)
+LMS_FIELDS = frozenset(
+    {"gtin", "serialNumber", "lotNumber", "expirationDate", "corrUUID", "requestorGLN", "context"}
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def lms_request_from_link(link: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """An LMS request from a GS1 Digital Link (``/01/{gtin}/21/{serial}?10=..&17=..``)."""
+    obj = parse_digital_link(link)
+    if not isinstance(obj, SGTIN):
+        raise ValidationError(
+            "verification needs a GTIN and serial number (AIs 01 and 21)", code="NOT_AN_SGTIN"
+        )
+    request: dict[str, Any] = {"gtin": obj.gtin, "serialNumber": obj.serial}
+    if obj.lot is not None:
+        request["lotNumber"] = obj.lot
+    if obj.expiry is not None:
+        request["expirationDate"] = obj.expiry
+    return {**request, **{k: v for k, v in extra.items() if v is not None}}
+
+
+def check_lms_request(raw: object) -> dict[str, Any]:
+    """A validated LMS verification request (GTIN-14, serial, optional lot, expiry, GLN)."""
+    if not isinstance(raw, dict):
+        raise ValidationError("a verification request is a JSON object", code="BAD_REQUEST")
+    unknown = set(raw) - LMS_FIELDS
+    if unknown:
+        raise ValidationError(f"unknown field {sorted(unknown)[0]!r}", code="BAD_REQUEST")
+    for name in LMS_FIELDS:
+        if name in raw and not isinstance(raw[name], str):
+            raise ValidationError(f"{name} must be a string", code="BAD_REQUEST")
+    if "gtin" not in raw or "serialNumber" not in raw:
+        raise ValidationError("gtin and serialNumber are required", code="BAD_REQUEST")
+    sgtin = SGTIN(raw["gtin"], raw["serialNumber"], raw.get("lotNumber"), raw.get("expirationDate"))
+    request = {**raw, "gtin": sgtin.gtin, "serialNumber": sgtin.serial}
+    if "requestorGLN" in raw:
+        request["requestorGLN"] = validate_gln(raw["requestorGLN"])
+    if len(raw.get("corrUUID", "")) > 64:
+        raise ValidationError("corrUUID is at most 64 characters", code="BAD_REQUEST")
+    return request
+
+
+class SupplyService:
+    def __init__(self, node: Node, alerts: AlertStore, verifications: VerificationLog) -> None:
+        self.node = node
+        self.alerts = alerts
+        self.verifications = verifications
+
+    # -- reads of ledger state ---------------------------------------------------------------
+
+    def _state(self, key: str) -> Any:
+        return self.node.ledger.state(NAMESPACE, key)
+
+    def _keys(self, prefix: str) -> list[str]:
+        return self.node.ledger.store.state_keys(NAMESPACE, prefix, MAX_LISTED)
+
+    def brand_owner(self, gtin14: str) -> str | None:
+        return prefix_owner(self.node.ledger.state, gtin14)
+
+    @staticmethod
+    def require_reader(caller: Caller) -> None:
+        if not caller.roles & SUPPLY_READERS:
+            raise Forbidden("this needs a supply-chain role", code="NOT_AUTHORISED")
+
+    def unit(self, caller: Caller, gtin: str, serial: str) -> dict[str, Any]:
+        self.require_reader(caller)
+        gtin14 = validate_gtin(gtin)
+        unit = unit_view(self.node.ledger.state, gtin14, serial)
+        if unit is None:
+            raise NotFound("no unit with that GTIN and serial", code="UNKNOWN_SERIAL")
+        return unit
+
+    def inventory(
+        self, caller: Caller, *, gtin: str | None, location: str | None
+    ) -> dict[str, Any]:
+        """Units in stock by GTIN and location, from the ledger's stock counters."""
+        self.require_reader(caller)
+        gtin14 = validate_gtin(gtin) if gtin else None
+        gln = validate_gln(location) if location else None
+        keys = self._keys(f"stock/{gtin14}/" if gtin14 else "stock/")
+        rows = []
+        for key in keys:
+            entry = self._state(key)
+            if entry is None or (gln is not None and entry["gln"] != gln):
+                continue
+            rows.append(entry)
+        by_gtin: dict[str, int] = {}
+        for row in rows:
+            by_gtin[row["gtin"]] = by_gtin.get(row["gtin"], 0) + row["quantity"]
+        return {
+            "height": self.node.ledger.head.height,
+            "locations": rows,
+            "totals": [{"gtin": g, "quantity": q} for g, q in sorted(by_gtin.items())],
+            "truncated": len(keys) >= MAX_LISTED,
+        }
+
+    def recall(self, caller: Caller, recall_id: str) -> dict[str, Any]:
+        """The recall as issued, and who holds its still-open units now (by GLN)."""
+        self.require_reader(caller)
+        entry = self._state(f"recall/{recall_id}") if recall_id.isalnum() else None
+        if entry is None:
+            raise NotFound("no recall with that id", code="UNKNOWN_RECALL")
+        current: dict[str, dict[str, Any]] = {}
+        closed = 0
+        for lot in entry["lots"]:
+            for serial in self._lot_serials(entry["gtin"], lot):
+                unit = self._state(f"unit/{entry['gtin']}/{serial}")
+                gln, holder = unit["holder_location"], unit["owner"]
+                flags = set(unit["flags"])
+                if unit["status"] == SHIPPED:
+                    shipment = self._state(f"shipment/{unit['shipment']}")
+                    gln, holder = shipment["to_location"], shipment["to"]
+                elif unit["status"] not in IN_STOCK or flags & {SUSPECT, ILLEGITIMATE}:
+                    closed += 1  # destroyed, decommissioned, dispensed or quarantined
+                    continue
+                slot = current.setdefault(gln, {"org": holder, "quantity": 0})
+                slot["quantity"] += 1
+        return {
+            **entry,
+            "time": iso_ms(entry["time"]),
+            "current_holders": dict(sorted(current.items())),
+            "open_units": sum(h["quantity"] for h in current.values()),
+            "closed_units": closed,
+        }
+
+    def _lot_serials(self, gtin14: str, lot: str) -> list[str]:
+        index = self._state(lot_units_key(gtin14, lot)) or {"chunks": 0}
+        serials: list[str] = []
+        for i in range(index["chunks"]):
+            serials.extend(self._state(lot_chunk_key(gtin14, lot, i)))
+        return serials
+
+    def suspects(self, caller: Caller, *, open_only: bool = False) -> list[dict[str, Any]]:
+        """Suspect-product cases the caller's organisation runs, holds or owns the brand of."""
+        self.require_reader(caller)
+        now = _now_ms()
+        cases = []
+        for key in self._keys("suspect/"):
+            case = self._state(key)
+            if case is None:
+                continue
+            unit = self._state(f"unit/{case['gtin']}/{case['serial']}") or {}
+            parties = {case.get("opened_by"), unit.get("owner"), self.brand_owner(case["gtin"])}
+            if caller.org not in parties and "node" not in caller.roles:
+                continue
+            if open_only and case["stage"] == "closed":
+                continue
+            view = {**case, "opened_time": iso_ms(case["opened_time"])}
+            determination = case.get("determination")
+            if determination is not None:
+                view["determination"] = {**determination, "time": iso_ms(determination["time"])}
+                if "notify_by" in determination:
+                    view["notify_by"] = iso_ms(determination["notify_by"])
+                    view["overdue"] = (
+                        case.get("notified") is None and now > determination["notify_by"]
+                    )
+            cases.append(view)
+        return cases
+
+    def list_alerts(
+        self, caller: Caller, *, kinds: list[str], gtin: str | None, after: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        self.require_reader(caller)
+        org = None if "node" in caller.roles else caller.org
+        gtin14 = validate_gtin(gtin) if gtin else None
+        return self.alerts.list(org=org, kinds=kinds, gtin=gtin14, after=after, limit=limit)
+
+    # -- verification --------------------------------------------------------------------------
+
+    def verify(self, requester: Caller | None, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Answer one LMS verification request from ledger state, log it, and alert if needed."""
+        now = _now_ms()
+        gtin14, serial = request["gtin"], request["serialNumber"]
+        unit = unit_view(self.node.ledger.state, gtin14, serial)
+        data = verify_unit(
+            unit,
+            lot=request.get("lotNumber"),
+            expiry=request.get("expirationDate"),
+            time_ms=now,
+        )
+        brand = self.brand_owner(gtin14)
+        response: dict[str, Any] = {
+            "verificationTimestamp": iso_ms(now),
+            "data": data,
+        }
+        if "corrUUID" in request:
+            response["corrUUID"] = request["corrUUID"]
+        responder = self._responder_gln(brand)
+        if responder is not None:
+            response["responderGLN"] = responder
+        seq = self.verifications.record(
+            time=response["verificationTimestamp"],
+            requester=requester.member if requester else "anonymous",
+            requester_org=requester.org if requester else None,
+            request=request,
+            brand_owner=brand,
+            response=response,
+        )
+        if unit is not None and unit["status"] in (DECOMMISSIONED, DESTROYED):
+            alert = Alert(
+                kind="verified_after_decommission",
+                time=now,
+                gtin=gtin14,
+                serial=serial,
+                location=request.get("requestorGLN"),
+                org=requester.org if requester else None,
+                brand_owner=brand,
+                tx_id=f"verification-{seq}",
+                detail={"status": unit["status"], "verification": seq},
+            )
+            self.alerts.add([alert])
+        return response
+
+    def _responder_gln(self, brand: str | None) -> str | None:
+        if brand is None:
+            return None
+        for key in self._keys("gln/"):
+            entry = self._state(key)
+            if entry is not None and entry["org"] == brand:
+                return key.split("/", 1)[1]
+        return None
+
+    def list_verifications(
+        self, caller: Caller, *, gtin: str | None, serial: str | None, after: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        self.require_reader(caller)
+        org = None if "node" in caller.roles else caller.org
+        gtin14 = validate_gtin(gtin) if gtin else None
+        return self.verifications.list(
+            org=org, gtin=gtin14, serial=serial, after=after, limit=limit
+        )
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def act(self, caller: Caller, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one supply method as the caller; a refusal is raised with its reason."""
+        self.require_reader(caller)
+        call = {"actor": caller.member, "method": method, "args": dict(args)}
+        ((receipt, why),) = self.node.execute_explained([("supply", "on_behalf", call)])
+        if receipt["result"] != "accepted":
+            message = why.message if why is not None and why.code == receipt["code"] else ""
+            raise Rejected(receipt["code"], message or "the ledger refused the transaction")
+        return receipt
