@@ -467,6 +467,98 @@ def fhir_import(
         raise typer.Exit(1)
 
 
+epcis_app = typer.Typer(help="Capture EPCIS 2.0 supply-chain events.", no_args_is_help=True)
+app.add_typer(epcis_app, name="epcis")
+product_app = typer.Typer(help="Check drug packs (DSCSA verification).", no_args_is_help=True)
+app.add_typer(product_app, name="product")
+KeyOpt = Annotated[Path, typer.Option("--key", help="the member's key file (signs the login)")]
+
+
+def _logged_in(url: str, key_file: Path | None) -> Any:
+    from careledger.keyfile import read_key_file
+    from careledger.sdk import Client
+
+    if key_file is None:
+        return Client(url)
+    try:
+        _, keypair = read_key_file(key_file, passphrase=_passphrase(False))
+    except OSError as exc:
+        raise ValidationError(f"cannot read {key_file}: {exc.strerror}", code="BAD_FILE") from None
+    client = Client(url, keypair=keypair)
+    try:
+        client.login()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+@epcis_app.command("capture")
+def epcis_capture(
+    file: Annotated[Path, typer.Argument(help="an EPCIS 2.0 JSON or JSON-LD document")],
+    key: KeyOpt,
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """Capture a document as the key's member: all of its events, or none (exit 1)."""
+    try:
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise ValidationError(f"cannot read {file}: {exc.strerror}", code="BAD_FILE") from None
+        with _logged_in(url, key) as client:
+            result = client.epcis_capture(raw)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(result)
+    elif result["success"]:
+        out.print(
+            f"[green]captured[/green] {result['events']} events as {result['captureID']}"
+            f" (ledger transaction {result['ledgerTransaction']})"
+        )
+    else:
+        table = Table("event", "code", "where", "message", title=f"{result['captureID']} refused")
+        for error in result["errors"]:
+            where = str(error.get("path") or "")
+            table.add_row(str(error.get("index", "-")), error["code"], where, error["message"])
+        out.print(table)
+    if not result["success"]:
+        raise typer.Exit(1)
+
+
+@product_app.command("verify")
+def product_verify(
+    link: Annotated[
+        str, typer.Argument(help="GS1 Digital Link, e.g. https://id.gs1.org/01/…/21/…")
+    ],
+    url: UrlOpt = DEFAULT_URL,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="verify as this member (else anonymously)")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Is this pack genuine? Exit 0 if verified, 1 if not, 2 on a bad link or error."""
+    try:
+        with _logged_in(url, key) as client:
+            result = client.verify_product(link)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    data = result["data"]
+    if json_out:
+        _print_json(result)
+    else:
+        verdict = "[green]VERIFIED[/green]" if data["verified"] else "[red]NOT VERIFIED[/red]"
+        details = [data.get("verificationFailureReason"), data.get("additionalInfo")]
+        out.print(" ".join([verdict, *(d for d in details if d)]))
+        if "responderGLN" in result:
+            out.print(
+                f"answered for GLN {result['responderGLN']} at {result['verificationTimestamp']}"
+            )
+    if not data["verified"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

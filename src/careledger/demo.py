@@ -203,3 +203,139 @@ def load_demo_records(data_dir: Path) -> dict[str, Any]:
         records.close()
         node.stop()
     return report.to_json()
+
+
+# -- drug supply chain ------------------------------------------------------------------------
+
+DEMO_PREFIX = "0312345"  # Acme's GS1 company prefix (7 digits)
+
+
+def _cd(digits: str) -> str:
+    from careledger.supply.identifiers import gs1_check_digit
+
+    return digits + gs1_check_digit(digits)
+
+
+DEMO_LOCATIONS = {
+    "acme-admin": (_cd(DEMO_PREFIX + "00001"), "Acme plant, Springfield"),
+    "medline-admin": (_cd("0614142" + "00002"), "Medline distribution centre"),
+    "ph-chen-li": (_cd("0614142" + "00003"), "City Pharmacy, High Street"),
+}
+DEMO_PRODUCTS = [  # (GTIN-14, lot, expiry ISO date, name)
+    (_cd("0" + DEMO_PREFIX + "10001"), "AMX2601", "2027-11-30", "Amoxicillin 500 mg, 21 caps"),
+    (_cd("0" + DEMO_PREFIX + "10002"), "MET2602", "2028-02-29", "Metformin 850 mg, 56 tabs"),
+]
+
+
+def load_demo_supply(data_dir: Path) -> None:
+    """Acme commissions two products, packs cases, ships them via Medline to City Pharmacy,
+    which unpacks one case and dispenses three packs; one pack is under investigation.
+
+    Every step is an EPCIS 2.0 document captured as the organisation's own member, so the
+    demo's events are queryable at /epcis/events and its units verifiable at /v1/supply/verify.
+    """
+    from careledger.config import EPCIS_FILE, Settings
+    from careledger.health.access import Caller
+    from careledger.node import Node
+    from careledger.scopes import default_scopes, parse_scopes
+    from careledger.supply import epcis_build as b
+    from careledger.supply.repository import EpcisRepository
+    from careledger.supply.service import EpcisService
+
+    roles = {m: (o, frozenset(r)) for m, _, o, r in DEMO_MEMBERS}
+    plen = len(DEMO_PREFIX)
+    node = Node(Settings.load(data_dir))
+    node.start()
+    repository = EpcisRepository(data_dir / EPCIS_FILE)
+    epcis = EpcisService(node, repository)
+    clock = iter(range(10, 60))
+
+    def caller(member: str) -> Caller:
+        org, member_roles = roles[member]
+        return Caller(member, org, member_roles, parse_scopes(default_scopes(member_roles)))
+
+    def act(member: str, method: str, args: dict[str, Any]) -> None:
+        call = {"actor": member, "method": method, "args": args}
+        (receipt,) = node.execute([("supply", "on_behalf", call)])
+        if receipt["result"] != "accepted":
+            raise RuntimeError(f"demo {method} refused: {receipt['code']}")
+
+    def capture(member: str, *events: dict[str, Any]) -> None:
+        doc = b.document(events, "2026-11-01T09:00:00.000Z")
+        status = epcis.capture(caller(member), doc)
+        if not status["success"]:
+            raise RuntimeError(f"demo capture refused: {status['errors']}")
+
+    def when() -> str:
+        return f"2026-11-01T09:{next(clock):02d}:00.000Z"
+
+    try:
+        act("acme-admin", "register_prefix", {"prefix": DEMO_PREFIX})
+        for member, (gln, name) in DEMO_LOCATIONS.items():
+            act(member, "register_location", {"gln": gln, "name": name})
+        plant, dc, pharmacy = (b.sgln_urn(g, plen) for g, _ in DEMO_LOCATIONS.values())
+        units: dict[str, list[str]] = {}
+        for gtin, lot, expiry, _ in DEMO_PRODUCTS:
+            units[gtin] = [b.sgtin_urn(gtin, f"{lot}{i:04d}", plen) for i in range(1, 25)]
+            capture(
+                "acme-admin",
+                b.object_event(
+                    time=when(),
+                    biz_step="commissioning",
+                    action="ADD",
+                    epcs=units[gtin],
+                    location=plant,
+                    lot=lot,
+                    expiry_iso=expiry,
+                ),
+            )
+        amox, metformin = (units[p[0]] for p in DEMO_PRODUCTS)
+        cases = [b.sscc_urn(_cd("0" + DEMO_PREFIX + f"00000000{i}"), plen) for i in (1, 2)]
+        to_dc = [*cases, *metformin]
+        capture(
+            "acme-admin",
+            b.aggregation_event(time=when(), parent=cases[0], children=amox[:12], location=plant),
+            b.aggregation_event(time=when(), parent=cases[1], children=amox[12:], location=plant),
+            b.object_event(
+                time=when(),
+                biz_step="shipping",
+                action="OBSERVE",
+                epcs=to_dc,
+                location=plant,
+                destination=dc,
+            ),
+        )
+        observe = {"action": "OBSERVE", "location": dc}
+        capture(
+            "medline-admin",
+            b.object_event(time=when(), biz_step="receiving", epcs=to_dc, **observe),
+        )
+        to_pharmacy = [cases[0], *metformin[:12]]
+        capture(
+            "medline-admin",
+            b.object_event(
+                time=when(),
+                biz_step="shipping",
+                epcs=to_pharmacy,
+                destination=pharmacy,
+                **observe,
+            ),
+        )
+        at_pharmacy = {"action": "OBSERVE", "location": pharmacy}
+        capture(
+            "ph-chen-li",
+            b.object_event(time=when(), biz_step="receiving", epcs=to_pharmacy, **at_pharmacy),
+            b.aggregation_event(
+                time=when(), parent=cases[0], children=[], location=pharmacy, pack=False
+            ),
+            *(
+                b.object_event(time=when(), biz_step="dispensing", epcs=[epc], **at_pharmacy)
+                for epc in amox[:3]
+            ),
+        )
+        suspect = {"gtin": DEMO_PRODUCTS[1][0], "serial": f"{DEMO_PRODUCTS[1][1]}0005"}
+        act("ph-chen-li", "flag_suspect", {**suspect, "reason": "carton seal broken"})
+        act("ph-chen-li", "investigate", {**suspect, "note": "photos sent to Acme, ref Q-118"})
+    finally:
+        repository.close()
+        node.stop()

@@ -73,8 +73,9 @@ def init_node(
     return Ledger(store, node_name=node_name, node_key=key)
 
 
-def init_demo(data_dir: Path, *, with_records: bool = True) -> Ledger:
-    """The demo consortium with a short committed history and, by default, health records."""
+def init_demo(data_dir: Path, *, with_records: bool = True, with_supply: bool = True) -> Ledger:
+    """The demo consortium with a short committed history and, by default, health records
+    and a drug supply chain (Acme -> Medline -> City Pharmacy)."""
     from careledger import demo
     from careledger.keyfile import read_key_file
 
@@ -99,9 +100,12 @@ def init_demo(data_dir: Path, *, with_records: bool = True) -> Ledger:
     _commit(ledger, demo.vote_block(keys, proposal, created, nonce_start=100))
     _, node_key = read_key_file(keys_dir / f"{demo.NODE_MEMBER}.key")
     assert node_key.public_key == ledger.node_key.public_key
-    if with_records:
+    if with_records or with_supply:
         ledger.store.close()
-        demo.load_demo_records(data_dir)
+        if with_records:
+            demo.load_demo_records(data_dir)
+        if with_supply:
+            demo.load_demo_supply(data_dir)
         ledger = Ledger(
             SQLiteStore(data_dir / STORE_FILE), node_name=demo.NODE_MEMBER, node_key=node_key
         )

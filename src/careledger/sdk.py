@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from careledger.core import merkle
 from careledger.core.canonical import canonical_bytes, sha256_hex
@@ -313,6 +314,26 @@ class Client:
         return self.fhir_create(resource)
 
     # -- auth ----------------------------------------------------------------------------
+
+    # -- drug supply chain -------------------------------------------------------------------
+
+    def epcis_capture(self, document: bytes | Mapping[str, Any]) -> dict[str, Any]:
+        """Capture an EPCIS 2.0 document; the capture's status, with per-event errors."""
+        body = document if isinstance(document, bytes) else orjson.dumps(document)
+        response = self._request(
+            "POST", "/epcis/capture", content=body, headers={"content-type": "application/json"}
+        )
+        result: dict[str, Any] = response.json()
+        return result
+
+    def verify_product(
+        self, link: str, *, corr_uuid: str | None = None, requestor_gln: str | None = None
+    ) -> dict[str, Any]:
+        """A DSCSA verification (LMS response) of the pack a GS1 Digital Link names."""
+        result: dict[str, Any] = self.get_json(
+            "/v1/supply/verify", link=link, corrUUID=corr_uuid, reqGLN=requestor_gln
+        )
+        return result
 
     def login(self, keypair: KeyPair | None = None, *, scope: str | None = None) -> str:
         key = keypair or self.keypair

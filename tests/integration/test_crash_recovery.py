@@ -45,7 +45,7 @@ def load(url: str, key_file: Path, acked: list[str], stop: threading.Event, work
 
 def test_kill9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False).store.close()
+    init_demo(data, with_records=False, with_supply=False).store.close()
     server = Server(data, free_port(), tmp_path / "server.log")
     server.start()
     acked: list[str] = []

@@ -23,7 +23,7 @@ SYNTHEA = Path(__file__).resolve().parents[2] / "src" / "careledger" / "demo_dat
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("bundles") / "node"
-    init_demo(data, with_records=False).store.close()
+    init_demo(data, with_records=False, with_supply=False).store.close()
     with serving(data) as running:
         yield running
 

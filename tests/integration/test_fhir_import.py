@@ -42,7 +42,7 @@ def all_phi() -> set[str]:
 
 def test_import_through_the_api_then_in_process(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False).store.close()
+    init_demo(data, with_records=False, with_supply=False).store.close()
     with serving(data) as server:
         result = run_cli(
             "fhir", "import", str(data), *map(str, SYNTHEA), "--url", server.url, "--json"
@@ -83,7 +83,7 @@ def test_import_through_the_api_then_in_process(tmp_path: Path) -> None:
 
 def test_import_refuses_what_is_not_a_bundle(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False).store.close()
+    init_demo(data, with_records=False, with_supply=False).store.close()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"resourceType": "Patient"}))
     result = run_cli("fhir", "import", str(data), str(bad))

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("http") / "node"
-    init_demo(data, with_records=False).store.close()
+    init_demo(data, with_records=False, with_supply=False).store.close()
     return data
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def test_concurrent_execute_commits_every_call(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False).store.close()
+    init_demo(data, with_records=False, with_supply=False).store.close()
     node = Node(Settings.load(data))
     node.start()
     try:

@@ -1098,6 +1098,9 @@ class SupplyV1(Contract):
         refs = self._tracked_refs(ctx, op.get("units"))
         if not refs:
             return
+        for ref in refs:  # a serial never commissioned is the finding, whatever else is wrong
+            if not isinstance(ref, str):
+                self._unit(ctx, *ref)
         to_location = self._op_location(op, "to_location")
         if to_location is None:
             raise Rejected("BAD_ARGS", "shipping needs a destination location (GLN)")

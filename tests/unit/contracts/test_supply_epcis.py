@@ -27,7 +27,6 @@ from tests.unit.contracts.test_supply import (
     PHARM_GLN,
     PREFIX,
     cd,
-    chain,  # noqa: F401  (fixture)
     code,
     commission,
     ok,

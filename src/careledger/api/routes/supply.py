@@ -215,3 +215,30 @@ async def case_step(
     receipt = await run_in_threadpool(service.act, caller, method, args)
     unit_state = await run_in_threadpool(service.unit, caller, gtin, serial)
     return _json({"receipt": receipt, "unit": unit_state})
+
+
+# -- set-up: company prefixes and locations ---------------------------------------------------
+
+
+@router.post("/prefixes", status_code=201, summary="Claim a GS1 company prefix (manufacturers)")
+async def claim_prefix(
+    request: Request, claims: MemberDep, body: Annotated[Any, Body()]
+) -> Response:
+    if not isinstance(body, dict) or set(body) != {"prefix"}:
+        raise ValidationError("the body is {'prefix': '0614141'}", code="BAD_REQUEST")
+    receipt = await run_in_threadpool(
+        _service(request).act, _caller(claims), "register_prefix", body
+    )
+    return _json({"prefix": body["prefix"], "receipt": receipt}, 201)
+
+
+@router.post("/locations", status_code=201, summary="Register a location (GLN) of your org")
+async def register_location(
+    request: Request, claims: MemberDep, body: Annotated[Any, Body()]
+) -> Response:
+    if not isinstance(body, dict) or set(body) != {"gln", "name"}:
+        raise ValidationError("the body is {'gln': ..., 'name': ...}", code="BAD_REQUEST")
+    receipt = await run_in_threadpool(
+        _service(request).act, _caller(claims), "register_location", body
+    )
+    return _json({"gln": body["gln"], "receipt": receipt}, 201)

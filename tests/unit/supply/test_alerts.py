@@ -1,0 +1,111 @@
+"""The alert watcher: events and refused receipts become alerts, once each, across restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from careledger.errors import ValidationError
+from careledger.storage.memory import MemoryStore
+from careledger.supply.alerts import AlertStore, AlertWatcher
+from tests.support.chain import TestChain
+from tests.unit.contracts.test_supply import (
+    GTIN,
+    MAKER_GLN,
+    PHARM_GLN,
+    PREFIX,
+    code,
+    commission,
+    dispense,
+    ok,
+    run,
+    to_pharmacy,
+)
+from tests.unit.contracts.test_supply_epcis import capture, object_event, sgtin
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[TestChain, AlertStore]:
+    chain = TestChain(MemoryStore())
+    ok(run(chain, "maker-admin", "register_prefix", {"prefix": PREFIX}))
+    ok(run(chain, "maker-admin", "register_location", {"gln": MAKER_GLN, "name": "Plant"}))
+    ok(run(chain, "pharm-admin", "register_location", {"gln": PHARM_GLN, "name": "Pharmacy"}))
+    store = AlertStore(tmp_path / "alerts.sqlite")
+    return chain, store
+
+
+def kinds(store: AlertStore, org: str | None = None) -> list[tuple[str, str | None]]:
+    items, _ = store.list(org=org)
+    return [(a["kind"], a["serial"]) for a in items]
+
+
+def test_refusals_and_events_become_alerts(setup: tuple[TestChain, AlertStore]) -> None:
+    chain, store = setup
+    watcher = AlertWatcher(chain.ledger, store)
+    watcher.attach()
+    try:
+        ok(commission(chain, "S1"))
+        to_pharmacy(chain, "S1")
+        ok(dispense(chain, "S1"))
+        assert code(dispense(chain, "S1")) == "ALREADY_DISPENSED"
+        assert code(dispense(chain, "NEVER")) == "UNKNOWN_SERIAL"
+        ghost = object_event("inspecting", "OBSERVE", [sgtin("GHOST2")], PHARM_GLN)
+        ok(capture(chain, "pharm-admin", [ghost]))
+        ok(
+            run(
+                chain,
+                "pharm-admin",
+                "determine",
+                {"gtin": GTIN, "serial": "S1", "determination": "illegitimate"},
+            )
+        )
+    finally:
+        watcher.detach()
+    assert kinds(store) == [
+        ("dispensed_twice", "S1"),
+        ("never_commissioned", "NEVER"),
+        ("never_commissioned", "GHOST2"),
+        ("illegitimate", "S1"),
+    ]
+    items, _ = store.list(org=None)
+    twice = items[0]
+    assert twice["code"] == "ALREADY_DISPENSED" and twice["location"] == PHARM_GLN
+    assert (twice["org"], twice["brand_owner"]) == ("pharm", "maker")
+    assert "notify_by" in items[3]["detail"]
+    # the brand owner and the acting organisation see them; others do not
+    assert len(kinds(store, "maker")) == 4
+    assert len(kinds(store, "pharm")) == 4
+    assert kinds(store, "hosp") == []
+    with pytest.raises(ValidationError):
+        store.list(org=None, kinds=["bogus"])
+
+
+def test_catch_up_after_a_restart_stores_each_alert_once(
+    setup: tuple[TestChain, AlertStore], tmp_path: Path
+) -> None:
+    chain, store = setup
+    ok(commission(chain, "S1"))
+    assert code(dispense(chain, "NOPE")) == "UNKNOWN_SERIAL"  # no watcher running
+    watcher = AlertWatcher(chain.ledger, store)
+    watcher.attach()
+    watcher.detach()
+    assert kinds(store) == [("never_commissioned", "NOPE")]
+    assert store.height() == chain.ledger.head.height
+    store.add([], height=0)  # forget progress: a second catch-up must not duplicate
+    watcher.catch_up()
+    assert kinds(store) == [("never_commissioned", "NOPE")]
+    store.close()
+
+
+def test_paging(setup: tuple[TestChain, AlertStore]) -> None:
+    chain, store = setup
+    watcher = AlertWatcher(chain.ledger, store)
+    watcher.attach()
+    for i in range(5):
+        assert code(dispense(chain, f"N{i}")) == "UNKNOWN_SERIAL"
+    watcher.detach()
+    first, nxt = store.list(org="maker", limit=2)
+    assert [a["serial"] for a in first] == ["N0", "N1"] and nxt is not None
+    rest, end = store.list(org="maker", after=nxt, limit=10)
+    assert [a["serial"] for a in rest] == ["N2", "N3", "N4"] and end is None
