@@ -370,7 +370,10 @@ def proofs(workdir: Path, leaves: int, samples: int) -> None:
 
 def verify_rate(store_path: Path) -> None:
     print("\n[6] careledger verify (2 worker processes for signatures)")
-    for reexecute, label in [(False, "write-set replay (default)"), (True, "--reexecute (contracts re-run)")]:
+    for reexecute, label in [
+        (False, "write-set replay (default)"),
+        (True, "--reexecute (contracts re-run)"),
+    ]:
         store = SQLiteStore(store_path, readonly=True)
         with ProcessPoolExecutor(2) as pool:
             pool.submit(abs, 0).result()

@@ -55,11 +55,27 @@ def observation(patient: str, i: int) -> dict[str, Any]:
     return {
         "resourceType": "Observation",
         "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]
+        },
         "subject": {"reference": f"Patient/{patient}"},
         "effectiveDateTime": f"2026-11-{1 + i % 28:02d}T10:00:00Z",
-        "valueQuantity": {"value": 60 + i % 40, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"},
+        "valueQuantity": {
+            "value": 60 + i % 40,
+            "unit": "beats/minute",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
     }
 
 
@@ -134,8 +150,15 @@ def main() -> None:
             with Client(server.url, keypair=key) as c:
                 token = c.login()
             headers = {"authorization": f"Bearer {token}", "content-type": "application/fhir+json"}
-            http = httpx.Client(base_url=server.url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=64))
-            patient = http.post("/fhir/Patient", content=json.dumps({"resourceType": "Patient", "gender": "female"})).json()["id"]
+            http = httpx.Client(
+                base_url=server.url,
+                headers=headers,
+                timeout=60,
+                limits=httpx.Limits(max_connections=64),
+            )
+            patient = http.post(
+                "/fhir/Patient", content=json.dumps({"resourceType": "Patient", "gender": "female"})
+            ).json()["id"]
             created: list[str] = [""] * n
 
             def create(i: int) -> None:
@@ -146,7 +169,9 @@ def main() -> None:
             def read(i: int) -> None:
                 http.get(f"/fhir/Observation/{created[i]}").raise_for_status()
 
-            print("\n[1] FHIR over HTTP (vault + anchor + access event per create; access event per read)")
+            print(
+                "\n[1] FHIR over HTTP (vault + anchor + access event per create; access event per read)"
+            )
             create_rate, create_lat = run_parallel(n, workers, create)
             read_rate, read_lat = run_parallel(n, workers, read)
             single = []
@@ -155,28 +180,61 @@ def main() -> None:
                 create(i)
                 single.append((time.perf_counter() - t) * 1000)
             base_create, base_read = baseline(n, workdir, workers)
-            line("create resources/s", f"{create_rate:,.0f}", f"baseline SQLite {base_create:,.0f}/s -> {create_rate / base_create:.0%} (target >= 40%)")
-            line("read resources/s", f"{read_rate:,.0f}", f"baseline SQLite {base_read:,.0f}/s -> {read_rate / base_read:.0%}")
-            line("create latency under load p50 / p99", f"{pct(create_lat, 50):.1f} / {pct(create_lat, 99):.1f} ms")
-            line("read latency under load p50 / p99", f"{pct(read_lat, 50):.1f} / {pct(read_lat, 99):.1f} ms")
+            line(
+                "create resources/s",
+                f"{create_rate:,.0f}",
+                f"baseline SQLite {base_create:,.0f}/s -> {create_rate / base_create:.0%} (target >= 40%)",
+            )
+            line(
+                "read resources/s",
+                f"{read_rate:,.0f}",
+                f"baseline SQLite {base_read:,.0f}/s -> {read_rate / base_read:.0%}",
+            )
+            line(
+                "create latency under load p50 / p99",
+                f"{pct(create_lat, 50):.1f} / {pct(create_lat, 99):.1f} ms",
+            )
+            line(
+                "read latency under load p50 / p99",
+                f"{pct(read_lat, 50):.1f} / {pct(read_lat, 99):.1f} ms",
+            )
             mean = statistics.mean(single)
-            line("create latency, one client: mean", f"{mean:.1f} ms", f"HAPI FHIR published ~100 ms: {HAPI_CREATE_MEAN_MS / mean:.0f}x faster (target 10x)")
+            line(
+                "create latency, one client: mean",
+                f"{mean:.1f} ms",
+                f"HAPI FHIR published ~100 ms: {HAPI_CREATE_MEAN_MS / mean:.0f}x faster (target 10x)",
+            )
 
             print(f"\n[2] $everything for a patient with {everything_size:,} resources")
-            big = http.post("/fhir/Patient", content=json.dumps({"resourceType": "Patient"})).json()["id"]
+            big = http.post(
+                "/fhir/Patient", content=json.dumps({"resourceType": "Patient"})
+            ).json()["id"]
             for start in range(0, everything_size, 250):
                 entries = [
-                    {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": observation(big, i), "request": {"method": "POST", "url": "Observation"}}
+                    {
+                        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                        "resource": observation(big, i),
+                        "request": {"method": "POST", "url": "Observation"},
+                    }
                     for i in range(start, min(everything_size, start + 250))
                 ]
-                http.post("/fhir", content=orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})).raise_for_status()
+                http.post(
+                    "/fhir",
+                    content=orjson.dumps(
+                        {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+                    ),
+                ).raise_for_status()
             times = []
             for _ in range(5):
                 t = time.perf_counter()
                 bundle = http.get(f"/fhir/Patient/{big}/$everything").json()
                 times.append((time.perf_counter() - t) * 1000)
             assert bundle["total"] == everything_size + 1, bundle["total"]
-            line("$everything latency p50 / max", f"{pct(times, 50):.0f} / {max(times):.0f} ms", f"{everything_size + 1} resources decrypted and hash-checked")
+            line(
+                "$everything latency p50 / max",
+                f"{pct(times, 50):.0f} / {max(times):.0f} ms",
+                f"{everything_size + 1} resources decrypted and hash-checked",
+            )
             http.close()
         finally:
             server.stop()
@@ -188,7 +246,11 @@ def main() -> None:
         elapsed = time.perf_counter() - t
         report = json.loads(result.stdout)
         count = sum(report["created"].values())
-        line("import resources/s (incl. process start)", f"{count / elapsed:,.0f}", f"{count} resources in {elapsed:.1f} s")
+        line(
+            "import resources/s (incl. process start)",
+            f"{count / elapsed:,.0f}",
+            f"{count} resources in {elapsed:.1f} s",
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -213,8 +213,13 @@ def test_verifying_a_decommissioned_pack_raises_an_alert(
     assert unit(pharmacy, "P7")["reason"] == "damaged"
     answer = pharmacy.get(f"/v1/supply/verify/01/{GTIN}/21/P7").json()
     assert answer["data"]["verified"] is False
+    dispensed = pharmacy.get(f"/v1/supply/verify/01/{GTIN}/21/P0").json()["data"]
+    assert dispensed == {"verified": False, "verificationFailureReason": "No_reason_provided"}
     alerts = acme.get("/v1/supply/alerts", params={"kind": "verified_after_decommission"})
-    assert [(a["serial"], a["org"]) for a in alerts.json()["items"]] == [("P7", "city-pharmacy")]
+    assert [(a["serial"], a["org"], a["detail"]["status"]) for a in alerts.json()["items"]] == [
+        ("P7", "city-pharmacy", "decommissioned"),
+        ("P0", "city-pharmacy", "dispensed"),
+    ]
 
 
 def test_recall_lists_holders_by_gln_and_tracks_closure(

@@ -9,8 +9,9 @@ Four signals, two sources:
 * refused transactions keep no events, only a receipt code; ``UNKNOWN_SERIAL`` (acting on a
   serial never commissioned) and ``ALREADY_DISPENSED`` (a second dispense) become alerts, their
   unit recovered by re-running the refused transaction against the state (``Ledger.explain``);
-* a verification of a decommissioned or destroyed unit (``verified_after_decommission``) is
-  raised by the verification service itself, since verifications are reads.
+* a verification of a dispensed, decommissioned or destroyed unit
+  (``verified_after_decommission``) is raised by the verification service itself, since
+  verifications are reads.
 
 The watcher follows commits and, on start, catches up from the last height it recorded, so no
 block is missed across restarts; an alert is stored once (tx, kind and unit are unique).

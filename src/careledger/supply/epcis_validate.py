@@ -52,6 +52,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import (  # type: ignore[import-untyped, unused-ignore]
     Draft7Validator,
     FormatChecker,
@@ -263,6 +264,43 @@ def _validator() -> Draft7Validator:
     return Draft7Validator(schema, registry=registry, format_checker=checker)
 
 
+@cache
+def _fast_validator() -> Any:
+    """The same schema compiled by jsonschema-rs: about 50x faster, used only to say "valid".
+
+    A document it accepts is accepted; one it rejects is re-checked by ``_validator`` for the
+    precise, path-by-path errors users see, so the two never have to agree on messages. The
+    date-time format uses the same checker as the reference validator, and a differential
+    test keeps the two verdicts equal on every corpus document.
+    """
+    text = (
+        resources.files("careledger.supply")
+        .joinpath("schema/EPCIS-JSON-Schema.json")
+        .read_text(encoding="utf-8")
+    )
+    return jsonschema_rs.Draft7Validator(
+        json.loads(text),
+        # The reference checks date-time only (see _validator); "uri" must not be checked here.
+        formats={"date-time": _is_date_time, "uri": _any_string},
+        validate_formats=True,
+        ignore_unknown_formats=True,
+        retriever=_refuse_fast_retrieval,
+    )
+
+
+def _any_string(value: object) -> bool:
+    return True
+
+
+def _refuse_fast_retrieval(uri: str) -> dict[str, Any]:
+    raise LookupError(f"remote schema references are not fetched: {uri}")
+
+
+def schema_valid(doc: object) -> bool:
+    """The fast verdict alone (see _fast_validator)."""
+    return bool(_fast_validator().is_valid(doc))
+
+
 def _path_text(parts: Iterable[object]) -> str:
     out = ""
     for p in parts:
@@ -315,6 +353,8 @@ def _schema_message(error: SchemaError) -> str:
 def _schema_errors(
     doc: object, base: tuple[object, ...]
 ) -> Iterator[tuple[tuple[object, ...], str]]:
+    if schema_valid(doc):
+        return
     seen: set[tuple[tuple[object, ...], str]] = set()
     for top in _validator().iter_errors(doc):
         err = _leaf(top)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote, unquote, urlsplit
 
 from careledger.errors import ValidationError
@@ -86,6 +87,18 @@ def _check(text: str, kind: str) -> None:
 
 
 def _validate_key(text: object, kind: str, lengths: tuple[int, ...]) -> str:
+    if isinstance(text, str) and len(text) <= 18:
+        return _validate_str_key(text, kind, lengths)
+    return _validate_uncached(text, kind, lengths)
+
+
+@lru_cache(maxsize=16384)
+def _validate_str_key(text: str, kind: str, lengths: tuple[int, ...]) -> str:
+    """Keys repeat (a GTIN in every unit, a GLN in every event): checked once each."""
+    return _validate_uncached(text, kind, lengths)
+
+
+def _validate_uncached(text: object, kind: str, lengths: tuple[int, ...]) -> str:
     if not isinstance(text, str) or not _is_digits(text) or len(text) not in lengths:
         want = "/".join(str(n) for n in lengths)
         raise ValidationError(
@@ -381,6 +394,9 @@ _PATTERN_SCHEMES = frozenset({"sgtin", "grai", "gdti", "sgcn", "cpi", "itip", "u
 _URN = re.compile(r"(?i:urn:epc:(id|idpat|class)):([a-z]+):(.*)", re.DOTALL)
 
 
+# An event names an EPC several times over (hash, index, unit op); parsing is pure, so the
+# last few thousand parses are kept. Errors are not cached (lru_cache does not keep raises).
+@lru_cache(maxsize=16384)
 def _parse_urn(text: str) -> _Key:
     match = _URN.fullmatch(text)
     if match is None:
@@ -539,6 +555,7 @@ def _in_order(ais: list[str], sequences: tuple[tuple[str, ...], ...]) -> bool:
     return False
 
 
+@lru_cache(maxsize=16384)
 def _parse_dl(uri: str) -> _Key:
     if not isinstance(uri, str):
         raise _bad_dl(repr(uri), "not a string")

@@ -167,8 +167,9 @@ class EpcisRepository:
         for epcs, roles in ((q.epcs, DIRECT_ROLES), (q.any_epcs, None)):
             if epcs:
                 role_clause = f" AND x.role IN ({','.join('?' * len(roles))})" if roles else ""
+                # IN (not EXISTS): the planner then starts from the EPC index, not every event.
                 where.append(
-                    "EXISTS (SELECT 1 FROM event_epcs x WHERE x.seq = e.seq AND x.epc IN "  # noqa: S608
+                    "e.seq IN (SELECT x.seq FROM event_epcs x WHERE x.epc IN "  # noqa: S608
                     f"({','.join('?' * len(epcs))}){role_clause})"
                 )
                 params.extend(epcs)

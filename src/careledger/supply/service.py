@@ -83,6 +83,31 @@ def stored_event(event: Mapping[str, Any], hash_id: str) -> StoredEvent:
     )
 
 
+Prepared = tuple[list[StoredEvent], list[dict[str, Any]]]
+
+
+def prepare_capture(document: object) -> Prepared | list[dict[str, Any]]:
+    """Validate, hash and map a document: (stored events, ledger anchors), or its errors.
+
+    Pure and picklable both ways (errors are plain dicts, not exceptions), so it runs in a
+    worker process.
+    """
+    try:
+        events = validate_document(document)
+        if len(events) > MAX_CAPTURE_EVENTS:
+            raise ValidationError(
+                f"a capture holds at most {MAX_CAPTURE_EVENTS} events", code="CAPTURE_TOO_LARGE"
+            )
+        assert isinstance(document, dict)
+        hashes = document_event_hash_ids(document)
+        stored = [stored_event(e, h) for e, h in zip(events, hashes, strict=True)]
+    except EpcisRejected as exc:
+        return [_error_json(e) for e in exc.errors]
+    except CareLedgerError as exc:
+        return [{"code": exc.code, "message": exc.message}]
+    return stored, [_anchor(s, e) for s, e in zip(stored, events, strict=True)]
+
+
 class EpcisService:
     def __init__(self, node: Node, repository: EpcisRepository) -> None:
         self.node = node
@@ -95,25 +120,13 @@ class EpcisService:
             )
         capture_id = f"cap-{secrets.token_hex(12)}"
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        try:
-            events = validate_document(document)
-            if len(events) > MAX_CAPTURE_EVENTS:
-                raise ValidationError(
-                    f"a capture holds at most {MAX_CAPTURE_EVENTS} events", code="CAPTURE_TOO_LARGE"
-                )
-            assert isinstance(document, dict)
-            hashes = document_event_hash_ids(document)
-            stored = [stored_event(e, h) for e, h in zip(events, hashes, strict=True)]
-        except EpcisRejected as exc:
-            return self._failed(capture_id, caller, created, [_error_json(e) for e in exc.errors])
-        except CareLedgerError as exc:
-            return self._failed(
-                capture_id, caller, created, [{"code": exc.code, "message": exc.message}]
-            )
-        args: dict[str, Any] = {
-            "capture": capture_id,
-            "events": [_anchor(s, e) for s, e in zip(stored, events, strict=True)],
-        }
+        # Validation and hashing are pure and CPU-bound: they run in the node's worker
+        # processes, so captures overlap with the committer instead of queuing on the GIL.
+        prepared = self.node.verify_pool.submit(prepare_capture, document).result()
+        if isinstance(prepared, list):
+            return self._failed(capture_id, caller, created, prepared)
+        stored, anchors = prepared
+        args: dict[str, Any] = {"capture": capture_id, "events": anchors}
         if "node" not in caller.roles:
             args["actor"] = caller.member  # the ledger judges ownership as this member's
         if len(canonical_bytes(args)) > MAX_ENVELOPE_BYTES - ENVELOPE_OVERHEAD:

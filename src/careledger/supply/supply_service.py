@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from careledger.contracts.supply import (
-    DECOMMISSIONED,
-    DESTROYED,
     ILLEGITIMATE,
     IN_STOCK,
     NAMESPACE,
@@ -29,7 +27,7 @@ from careledger.health.access import Caller
 from careledger.node import Node
 from careledger.supply.alerts import Alert, AlertStore
 from careledger.supply.identifiers import SGTIN, parse_digital_link, validate_gln, validate_gtin
-from careledger.supply.verification import verify_unit
+from careledger.supply.verification import OUT_OF_CIRCULATION, verify_unit
 from careledger.supply.verification_log import VerificationLog
 
 SUPPLY_READERS = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
@@ -239,7 +237,7 @@ class SupplyService:
             brand_owner=brand,
             response=response,
         )
-        if unit is not None and unit["status"] in (DECOMMISSIONED, DESTROYED):
+        if unit is not None and unit["status"] in OUT_OF_CIRCULATION:
             alert = Alert(
                 kind="verified_after_decommission",
                 time=now,

@@ -16,12 +16,14 @@ from typing import Any
 from careledger.contracts.supply import (
     DECOMMISSIONED,
     DESTROYED,
+    DISPENSED,
     ILLEGITIMATE,
     RECALLED,
     SUSPECT,
     is_expired,
 )
 
+OUT_OF_CIRCULATION = frozenset({DISPENSED, DECOMMISSIONED, DESTROYED})
 # additionalInfo by severity, most severe first (Release 1.3 of the GS1 US guideline).
 _INFO = ((ILLEGITIMATE, "Illegitimate"), (RECALLED, "Recalled"), (SUSPECT, "Suspect"))
 
@@ -45,8 +47,9 @@ def verify_unit(
     if not expiry_ok:
         return {"verified": False, "verificationFailureReason": "No_match_GTIN_Serial_Expiry"}
     flags = set(unit.get("flags", ()))
-    if unit.get("status") in (DECOMMISSIONED, DESTROYED):
-        # The identifiers once existed, but this pack must not be in circulation.
+    if unit.get("status") in OUT_OF_CIRCULATION:
+        # The identifiers once existed, but this pack must not be in circulation: it was
+        # dispensed to a patient, decommissioned or destroyed (a copied serial, or a resale).
         return {"verified": False, "verificationFailureReason": "No_reason_provided"}
     data: dict[str, Any] = {"verified": ILLEGITIMATE not in flags}
     for flag, info in _INFO:
