@@ -62,7 +62,12 @@ PLEN = len(PREFIX)
 CASE_SIZE = 20
 PALLET_CASES = 25
 TARGET_EVENTS_PER_S = 5000
-LOT, EXPIRY_ISO, EXPIRY = "BENCH01", "2029-12-31", "291231"
+EXPIRY_ISO, EXPIRY = "2029-12-31", "291231"
+LOT_SIZE = 5000  # units per lot (the contract's lot index holds at most 10,000)
+
+
+def lot_of(index: int) -> str:
+    return f"B{index // LOT_SIZE:04d}"
 
 
 def cd(digits: str) -> str:
@@ -118,10 +123,10 @@ def phases(units: int) -> list[tuple[str, str, list[dict[str, Any]], int]]:
                     action="ADD",
                     epcs=group,
                     location=plant,
-                    lot=LOT,
+                    lot=lot_of(i * CASE_SIZE),
                     expiry_iso=EXPIRY_ISO,
                 )
-                for group in case_units
+                for i, group in enumerate(case_units)
             ],
             25,
         ),
@@ -362,11 +367,9 @@ def main() -> None:
             report("query EQ_bizStep=dispensing, 100 per page, in-process", q2)
 
             def verify(i: int) -> None:
-                s = serials[rng.randrange(units)]
-                supply.verify(
-                    None,
-                    {"gtin": GTIN, "serialNumber": s, "lotNumber": LOT, "expirationDate": EXPIRY},
-                )
+                n = rng.randrange(units)
+                request = {"serialNumber": serials[n], "lotNumber": lot_of(n)}
+                supply.verify(None, {"gtin": GTIN, "expirationDate": EXPIRY, **request})
 
             report("verification (LMS), in-process", timed(2000, verify))
         finally:
@@ -385,9 +388,10 @@ def main() -> None:
             with httpx.Client(base_url=server.url, timeout=30) as http:
 
                 def http_verify(i: int) -> None:
-                    s = serials[rng.randrange(units)]
+                    n = rng.randrange(units)
                     r = http.get(
-                        f"/v1/supply/verify/01/{GTIN}/21/{s}", params={"10": LOT, "17": EXPIRY}
+                        f"/v1/supply/verify/01/{GTIN}/21/{serials[n]}",
+                        params={"10": lot_of(n), "17": EXPIRY},
                     )
                     assert r.status_code == 200, r.text
                     assert r.json()["data"]["verified"] is False  # every unit is dispensed
