@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -32,6 +33,15 @@ class Settings:
     max_batch_envelopes: int = 10_000
     token_ttl_seconds: int = 900
     verify_workers: int = 2
+    # Ordering: "local" (embedded, one node) or "jetstream" (a consortium on a NATS cluster).
+    ordering: str = "local"
+    nats_servers: tuple[str, ...] = ()
+    nats_replicas: int = 3
+    nats_creds: Path | None = None
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    public_url: str = ""  # where peers and clients reach this node's API (the node registry)
 
     @property
     def store_path(self) -> Path:
@@ -49,13 +59,46 @@ class Settings:
             )
         try:
             raw = orjson.loads(path.read_bytes())
-            base = cls(
-                data_dir=data_dir,
-                node_name=str(raw["node_name"]),
-                org=str(raw["org"]),
-                node_key_file=data_dir / str(raw["node_key"]),
-            )
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            fields: dict[str, Any] = {
+                "data_dir": data_dir,
+                "node_name": str(raw["node_name"]),
+                "org": str(raw["org"]),
+                "node_key_file": data_dir / str(raw["node_key"]),
+                "public_url": str(raw.get("public_url", "")),
+                **_ordering(raw.get("ordering"), data_dir),
+            }
+            if "port" in raw:
+                fields["port"] = int(raw["port"])
+            base = cls(**fields)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"{path} is malformed: {exc}", code="BAD_NODE_FILE") from None
         values = {k: v for k, v in overrides.items() if v is not None}
-        return cls(**{**base.__dict__, **values})  # type: ignore[arg-type]
+        merged: dict[str, Any] = {**base.__dict__, **values}
+        return cls(**merged)
+
+
+def _ordering(raw: object, data_dir: Path) -> dict[str, object]:
+    """The ``ordering`` block of node.json: absent means the embedded orderer."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or raw.get("kind") not in ("local", "jetstream"):
+        raise ValueError("ordering.kind must be 'local' or 'jetstream'")
+    if raw["kind"] == "local":
+        return {}
+    servers = raw.get("servers")
+    if not isinstance(servers, list) or not servers or not all(isinstance(s, str) for s in servers):
+        raise ValueError("ordering.servers must list NATS URLs")
+
+    def path(name: str) -> Path | None:
+        value = raw.get(name)
+        return None if value is None else (data_dir / str(value))
+
+    return {
+        "ordering": "jetstream",
+        "nats_servers": tuple(servers),
+        "nats_replicas": int(raw.get("replicas", 3)),
+        "nats_creds": path("creds"),
+        "nats_tls_ca": path("tls_ca"),
+        "nats_tls_cert": path("tls_cert"),
+        "nats_tls_key": path("tls_key"),
+    }

@@ -40,7 +40,14 @@ DEMO_MEMBERS = [
     ("patient-0001", "Patient 0001", "st-mary", ["patient"]),
     ("patient-0002", "Patient 0002", "st-mary", ["patient"]),
     ("patient-0003", "Patient 0003", "northside-clinic", ["patient"]),
+    # Each organisation's own node, for consortium mode (`careledger cluster up`).
+    ("city-pharmacy-node", "City Pharmacy node", "city-pharmacy", ["node"]),
+    ("acme-node", "Acme node", "acme-pharma", ["node"]),
+    ("northside-node", "Northside node", "northside-clinic", ["node"]),
+    ("medline-node", "Medline node", "medline-dist", ["node"]),
+    ("trialco-node", "TrialCo node", "trialco", ["node"]),
 ]
+CLUSTER_NODES = [m for m, _, _, r in DEMO_MEMBERS if r == ["node"]]
 NODE_MEMBER = "st-mary-node"
 
 

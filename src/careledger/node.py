@@ -20,6 +20,7 @@ from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
 from careledger.ledger.execute import NONCE_NAMESPACE, Explanation
 from careledger.nonces import NonceSource
+from careledger.ordering.jetstream import JetStreamConfig, JetStreamOrderer
 from careledger.ordering.local import LocalOrderer
 from careledger.storage.sqlite import SQLiteStore
 
@@ -54,19 +55,40 @@ class Node:
         _, node_key = read_key_file(settings.node_key_file, passphrase=passphrase)
         self.store = SQLiteStore(settings.store_path)
         self.ledger = Ledger(self.store, node_name=settings.node_name, node_key=node_key)
-        self.orderer = LocalOrderer(
-            self.ledger,
-            max_batch=settings.max_batch,
-            max_wait=settings.max_wait,
-            max_queue=settings.max_queue,
-        )
-        # Processes, not threads: a verifying thread must retake the GIL after every signature
-        # and would queue behind the committer. "spawn" because this process already has threads.
         self._nonces: dict[str, NonceSource] = {}
         self._nonces_lock = threading.Lock()
+        # Processes, not threads: a verifying thread must retake the GIL after every signature
+        # and would queue behind the committer. "spawn" because this process already has threads.
         self.verify_pool = ProcessPoolExecutor(
             max_workers=max(1, settings.verify_workers), mp_context=get_context("spawn")
         )
+        self.orderer: LocalOrderer | JetStreamOrderer
+        if settings.ordering == "jetstream":
+            config = JetStreamConfig(
+                servers=settings.nats_servers,
+                replicas=settings.nats_replicas,
+                creds=settings.nats_creds,
+                tls_ca=settings.nats_tls_ca,
+                tls_cert=settings.nats_tls_cert,
+                tls_key=settings.nats_tls_key,
+            )
+            self.orderer = JetStreamOrderer(
+                self.ledger,
+                config,
+                node_name=settings.node_name,
+                pool=self.verify_pool,
+                workers=settings.verify_workers,
+                max_batch=settings.max_batch,
+                max_wait=settings.max_wait,
+                max_queue=settings.max_queue,
+            )
+        else:
+            self.orderer = LocalOrderer(
+                self.ledger,
+                max_batch=settings.max_batch,
+                max_wait=settings.max_wait,
+                max_queue=settings.max_queue,
+            )
 
     def _nonce_source(self, key: KeyPair) -> NonceSource:
         with self._nonces_lock:

@@ -14,6 +14,7 @@ from careledger.api.metrics import Metrics
 from careledger.api.routes import (
     auth,
     chain,
+    cluster,
     epcis,
     events,
     fhir,
@@ -79,6 +80,6 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (tx, chain, events, auth, health, fhir, patients, epcis, supply):
+    for module in (tx, chain, cluster, events, auth, health, fhir, patients, epcis, supply):
         app.include_router(module.router)
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -155,7 +156,10 @@ class Ledger:
 
     # -- commit (one thread only) --------------------------------------------------------
 
-    def commit(self, txs: Sequence[Transaction], time: int) -> Executed | None:
+    def commit(
+        self, txs: Sequence[Transaction], time: int, *, local: Mapping[str, str] | None = None
+    ) -> Executed | None:
+        """Execute and store one block; ``local`` node bookkeeping is stored with it."""
         executed = execute_block(
             registry=self.registry,
             prev=self._head,
@@ -166,6 +170,8 @@ class Ledger:
             read=self.state,
         )
         if executed is not None:
+            if local:
+                executed = replace(executed, block=replace(executed.block, local=dict(local)))
             self.store.append_block(executed.block)
             self._head = executed.block.header
             self._head_hash = executed.block.header_hash

@@ -7,7 +7,7 @@ runs against both, so a new adapter (PostgreSQL, ...) proves itself by passing t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +44,9 @@ class BlockWrite:
     writeset: bytes  # canonical write-set, kept so verify can replay state
     state: Sequence[tuple[str, str, bytes | None]]  # (namespace, key, canonical value or None)
     events: Sequence[StoredEvent] = field(default_factory=tuple)
+    # Node-local bookkeeping (e.g. the last applied ordering sequence), written in the same
+    # transaction as the block so the two cannot disagree; not part of the chain, not verified.
+    local: Mapping[str, str] = field(default_factory=dict)
 
 
 class LedgerStore(Protocol):
@@ -66,6 +69,12 @@ class LedgerStore(Protocol):
 
     def set_chain_meta(self, name: str, value: str) -> None:
         """Only before the genesis block; meta is immutable afterwards."""
+
+    def local_meta(self, name: str) -> str | None:
+        """A node-local value (see BlockWrite.local)."""
+        ...
+
+    def set_local_meta(self, name: str, value: str) -> None: ...
 
     def head(self) -> BlockHeader | None: ...
 

@@ -16,6 +16,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._meta: dict[str, str] = {}
+        self._local: dict[str, str] = {}
         self._headers: list[bytes] = []
         self._hashes: list[str] = []
         self._writesets: list[bytes] = []
@@ -28,6 +29,12 @@ class MemoryStore:
 
     def chain_meta(self, name: str) -> str | None:
         return self._meta.get(name)
+
+    def local_meta(self, name: str) -> str | None:
+        return self._local.get(name)
+
+    def set_local_meta(self, name: str, value: str) -> None:
+        self._local[name] = value
 
     def set_chain_meta(self, name: str, value: str) -> None:
         if self._headers:
@@ -99,6 +106,7 @@ class MemoryStore:
                 self._tx_height[tx.tx_id] = (height, len(self._leaves))
                 self._leaves.append(tx)
             self._nodes.update(block.nodes)
+            self._local.update(block.local)
             for ns, key, value in block.state:
                 if value is None:
                     self._state.pop((ns, key), None)

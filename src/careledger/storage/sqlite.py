@@ -21,6 +21,7 @@ from careledger.ledger.ports import BlockWrite, NodeId, StoredEvent, StoredTx
 SCHEMA_VERSION = "1"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS local_meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks(
   height INTEGER PRIMARY KEY, hash TEXT NOT NULL, header BLOB NOT NULL, writeset BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS txs(
@@ -91,6 +92,21 @@ class SQLiteStore:
     def chain_meta(self, name: str) -> str | None:
         row = self._one("SELECT value FROM meta WHERE name = ?", (name,))
         return None if row is None else str(row[0])
+
+    def local_meta(self, name: str) -> str | None:
+        row = self._one("SELECT value FROM local_meta WHERE name = ?", (name,))
+        return None if row is None else str(row[0])
+
+    def set_local_meta(self, name: str, value: str) -> None:
+        if self._readonly:
+            raise StorageError("the store is open read-only")
+        with self._write_lock:
+            try:
+                self._connect().execute(
+                    "INSERT OR REPLACE INTO local_meta(name, value) VALUES(?,?)", (name, value)
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(f"local meta not written: {exc}") from None
 
     def set_chain_meta(self, name: str, value: str) -> None:
         if self.head() is not None:
@@ -226,6 +242,10 @@ class SQLiteStore:
                 conn.executemany(
                     "INSERT INTO events(height, seq, tx_index, type, data) VALUES(?,?,?,?,?)",
                     [(e.height, e.seq, e.tx_index, e.type, e.data) for e in block.events],
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO local_meta(name, value) VALUES(?,?)",
+                    list(block.local.items()),
                 )
                 conn.execute("COMMIT")
             except StorageError:

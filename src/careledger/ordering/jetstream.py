@@ -1,0 +1,476 @@
+"""Consortium ordering: one NATS JetStream stream, replicated by Raft, is the chain's total order.
+
+Every node publishes the transactions it admitted, in batches, to the chain's stream; every
+node (the publisher included) consumes the whole stream from its last applied sequence and
+commits each batch as one block through the same deterministic committer, with the batch's
+time (kept monotonic by the executor). Same batches in the same order, same blocks.
+
+Trust: a node verifies the signature of every transaction another node published (a peer is
+not trusted to have checked); a batch or envelope that does not decode is skipped, as every
+honest node skips it. A client that retries through two nodes commits once: the second copy
+is a nonce replay, and its publisher answers with the first copy's receipt. A publish retried
+after a lost acknowledgement carries the same ``Nats-Msg-Id``, so the stream keeps it once.
+
+The same port as the local orderer: ``start``, ``stop``, ``submit`` -> futures, ``queued``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import queue
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from careledger.cluster.natsd import require_version
+from careledger.core.tx import Transaction
+from careledger.errors import CareLedgerError, Conflict, Pushback, StorageError, ValidationError
+from careledger.ledger.engine import Ledger
+from careledger.ledger.sigcheck import submit_signatures
+
+log = logging.getLogger("careledger.jetstream")
+
+SEQ_META = "ordering.jetstream.seq"
+BATCH_VERSION = 1
+PUBLISH_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class JetStreamConfig:
+    servers: tuple[str, ...]
+    replicas: int = 3
+    creds: Path | None = None  # NATS decentralised auth: a user JWT + NKey seed file
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_batch_bytes: int = 900_000  # under NATS's default 1 MiB max_payload
+    duplicate_window_s: float = 120.0
+    max_age_s: float = 0.0  # 0: keep every batch (nodes catch up from the stream)
+
+
+def stream_name(chain: str) -> str:
+    return "CARELEDGER_" + re.sub(r"[^A-Za-z0-9_-]", "_", chain)
+
+
+def stream_subject(chain: str) -> str:
+    return "careledger." + re.sub(r"[^A-Za-z0-9_-]", "_", chain) + ".batches"
+
+
+@dataclass(frozen=True)
+class Batch:
+    node: str
+    time: int
+    envelopes: list[Any]
+
+
+def encode_batch(node: str, time_ms: int, envelopes: Sequence[bytes]) -> bytes:
+    head = orjson.dumps({"v": BATCH_VERSION, "node": node, "time": time_ms})[:-1]
+    return head + b',"txs":[' + b",".join(envelopes) + b"]}"
+
+
+def decode_batch(data: bytes) -> Batch:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ValidationError("a batch is not JSON", code="BAD_BATCH") from None
+    if (
+        not isinstance(obj, dict)
+        or obj.get("v") != BATCH_VERSION
+        or not isinstance(obj.get("node"), str)
+        or type(obj.get("time")) is not int
+        or not isinstance(obj.get("txs"), list)
+    ):
+        raise ValidationError("a batch is {v, node, time, txs}", code="BAD_BATCH")
+    return Batch(obj["node"], obj["time"], obj["txs"])
+
+
+def _ssl_context(config: JetStreamConfig) -> ssl.SSLContext | None:
+    if config.tls_ca is None and config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=str(config.tls_ca) if config.tls_ca else None)
+    if config.tls_cert is not None:
+        key = str(config.tls_key) if config.tls_key else None
+        context.load_cert_chain(str(config.tls_cert), key)
+    return context
+
+
+class JetStreamOrderer:
+    def __init__(
+        self,
+        ledger: Ledger,
+        config: JetStreamConfig,
+        *,
+        node_name: str,
+        pool: Executor,
+        workers: int,
+        max_batch: int = 2000,
+        max_wait: float = 0.002,
+        max_queue: int = 200_000,
+        clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.ledger = ledger
+        self.config = config
+        self.node_name = node_name
+        self.pool = pool
+        self.workers = workers
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self.clock = clock
+        self.stream = stream_name(ledger.chain)
+        self.subject = stream_subject(ledger.chain)
+        self.applied_seq = int(ledger.store.local_meta(SEQ_META) or 0)
+        self.blocks_committed = 0
+        self.txs_committed = 0
+        self.server_version = ""
+        self._pending: dict[str, tuple[Future[dict[str, Any]], bytes]] = {}
+        self._pending_lock = threading.Lock()
+        self._queued = 0
+        self._deliveries: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread: threading.Thread | None = None
+        self._committer: threading.Thread | None = None
+        self._inbox: asyncio.Queue[Transaction] | None = None
+        self._nc: Any = None
+        self._js: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = threading.Event()
+        self.applied = threading.Condition()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._loop_thread is not None:
+            return
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="careledger-nats", daemon=True
+        )
+        self._loop_thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(60)
+        except BaseException:
+            self.stop()
+            raise
+        self._committer = threading.Thread(
+            target=self._commit_loop, name="careledger-committer", daemon=True
+        )
+        self._committer.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._loop_thread is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout)
+            except Exception:  # closing a broken connection must not block shutdown
+                log.warning("NATS connection did not close cleanly")
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout)
+            self._loop_thread = None
+        if self._committer is not None:
+            self._deliveries.put(None)
+            self._committer.join(timeout)
+            self._committer = None
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for fut, _ in pending.values():
+            if not fut.done():
+                fut.set_exception(Pushback("the node stopped", code="NODE_STOPPING"))
+
+    async def _connect(self) -> None:
+        options: dict[str, Any] = {
+            "servers": list(self.config.servers),
+            "name": self.node_name,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.2,
+            "connect_timeout": 5,
+        }
+        if self.config.creds is not None:
+            options["user_credentials"] = str(self.config.creds)
+        context = _ssl_context(self.config)
+        if context is not None:
+            options["tls"] = context
+        try:
+            self._nc = await nats.connect(**options)
+        except Exception as exc:
+            raise CareLedgerError(
+                f"cannot reach NATS at {', '.join(self.config.servers)}: {exc}",
+                code="NATS_UNREACHABLE",
+            ) from None
+        self.server_version = str(self._nc.connected_server_version)
+        require_version(self.server_version)
+        self._js = self._nc.jetstream()
+        first, last = await self._ensure_stream()
+        if self.applied_seq + 1 < first:
+            raise CareLedgerError(
+                f"the stream starts at {first}, after this node's {self.applied_seq}: "
+                "catch up from a peer first",
+                code="CATCHUP_NEEDED",
+            )
+        log.info(
+            "ordering on %s: stream %s at %d, node at %d",
+            self.server_version,
+            self.stream,
+            last,
+            self.applied_seq,
+        )
+        self._inbox = asyncio.Queue()
+        await self._js.subscribe(
+            self.subject,
+            cb=self._on_message,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self.applied_seq + 1,
+            ),
+        )
+        self._tasks.append(self._loop.create_task(self._publish_loop()))
+
+    async def _ensure_stream(self) -> tuple[int, int]:
+        """The chain's stream (created on first use), as (first, last) sequence."""
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[self.subject],
+            num_replicas=self.config.replicas,
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=self.config.duplicate_window_s,
+            max_age=self.config.max_age_s,
+            max_msg_size=self.config.max_batch_bytes + 4096,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                info = await self._js.stream_info(self.stream)
+                return int(info.state.first_seq), int(info.state.last_seq)
+            except nats.js.errors.NotFoundError:
+                pass
+            except Exception as exc:  # no JetStream leader yet: the cluster is still forming
+                if time.monotonic() > deadline:
+                    raise CareLedgerError(
+                        f"JetStream is not available: {exc}", code="NATS_UNAVAILABLE"
+                    ) from None
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                await self._js.add_stream(config)
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise CareLedgerError(
+                        f"cannot create the stream {self.stream}: {exc}", code="NATS_UNAVAILABLE"
+                    ) from None
+                await asyncio.sleep(0.2)
+
+    async def _close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+
+    # -- publishing ----------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def submit(self, txs: Sequence[Transaction]) -> list[Future[dict[str, Any]]]:
+        if self._loop_thread is None or self._stopping.is_set():
+            self.ledger.release(txs)
+            raise Pushback("the node is not accepting transactions", code="NODE_STOPPING")
+        if self._queued + len(txs) > self.max_queue:
+            self.ledger.release(txs)
+            raise Pushback("too many transactions waiting to be ordered; retry later")
+        futures: list[Future[dict[str, Any]]] = []
+        with self._pending_lock:
+            for tx in txs:
+                fut: Future[dict[str, Any]] = Future()
+                futures.append(fut)
+                self._pending[tx.tx_id] = (fut, tx.sig)
+            self._queued += len(txs)
+        inbox = self._inbox
+        assert inbox is not None
+
+        def enqueue() -> None:
+            for tx in txs:
+                inbox.put_nowait(tx)
+
+        self._loop.call_soon_threadsafe(enqueue)
+        return futures
+
+    async def _publish_loop(self) -> None:
+        assert self._inbox is not None
+        while True:
+            batch = [await self._inbox.get()]
+            envelopes = [batch[0].envelope_bytes()]
+            size = len(envelopes[0])
+            deadline = self._loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    tx = self._inbox.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - self._loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        tx = await asyncio.wait_for(self._inbox.get(), remaining)
+                    except TimeoutError:
+                        break
+                raw = tx.envelope_bytes()
+                if size + len(raw) > self.config.max_batch_bytes:
+                    self._inbox.put_nowait(tx)  # next batch (order is kept: nothing else waits)
+                    break
+                batch.append(tx)
+                envelopes.append(raw)
+                size += len(raw)
+            await self._publish(batch, encode_batch(self.node_name, self.clock(), envelopes))
+
+    async def _publish(self, batch: list[Transaction], payload: bytes) -> None:
+        msg_id = hashlib.sha256(payload).hexdigest()
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                await self._js.publish(
+                    self.subject, payload, timeout=5, headers={"Nats-Msg-Id": msg_id}
+                )
+                return
+            except Exception as exc:  # no leader, reconnecting: retry, same message id
+                log.warning("publish attempt %d failed: %s", attempt + 1, exc)
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+        self.ledger.release(batch)
+        error = StorageError(
+            "the ordering service did not take the batch; it may still commit",
+            code="ORDERING_UNAVAILABLE",
+        )
+        self._fail(batch, error)
+
+    def _fail(self, txs: Sequence[Transaction], error: Exception) -> None:
+        with self._pending_lock:
+            entries = [self._pending.pop(tx.tx_id, None) for tx in txs]
+            self._queued -= len(txs)
+        for entry in entries:
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(error)
+
+    # -- consuming -----------------------------------------------------------------------
+
+    async def _on_message(self, msg: Any) -> None:
+        self._deliveries.put((int(msg.metadata.sequence.stream), bytes(msg.data)))
+
+    def _commit_loop(self) -> None:
+        while True:
+            item = self._deliveries.get()
+            if item is None:
+                return
+            seq, data = item
+            if seq <= self.applied_seq:
+                continue  # redelivered after a consumer reset
+            try:
+                self._apply(seq, data)
+            except Exception:
+                # The store failed: stop applying (a gap would fork this node), say so loudly.
+                log.exception("could not apply stream sequence %d; this node stops ordering", seq)
+                self._stopping.set()
+                return
+
+    def _apply(self, seq: int, data: bytes) -> None:
+        try:
+            batch = decode_batch(data)
+            envelopes = batch.envelopes
+            block_time = batch.time
+        except ValidationError:
+            log.warning("stream sequence %d is not a batch; skipped", seq)
+            envelopes, block_time = [], 0
+        txs = self._decoded(envelopes)
+        # The applied sequence is stored with the block, in one transaction; a batch that makes
+        # no block (all replays) is recorded alone.
+        marker = {SEQ_META: str(seq)}
+        executed = self.ledger.commit(txs, block_time, local=marker) if txs else None
+        if executed is None:
+            self.ledger.store.set_local_meta(SEQ_META, str(seq))
+        with self.applied:
+            self.applied_seq = seq
+            self.applied.notify_all()
+        receipts = {} if executed is None else executed.receipts
+        if executed is not None:
+            self.blocks_committed += 1
+            self.txs_committed += len(receipts)
+        self._resolve(txs, receipts)
+
+    def _decoded(self, envelopes: list[Any]) -> list[Transaction]:
+        """The batch's transactions that decode and whose signatures verify, in order."""
+        txs: list[Transaction] = []
+        seen: set[str] = set()
+        for obj in envelopes:
+            try:
+                tx = self.ledger.decode(obj)
+            except CareLedgerError:
+                continue
+            if tx.tx_id in seen:
+                continue
+            seen.add(tx.tx_id)
+            txs.append(tx)
+        with self._pending_lock:
+            checked = {
+                tx.tx_id
+                for tx in txs
+                if (entry := self._pending.get(tx.tx_id)) is not None and entry[1] == tx.sig
+            }
+        foreign = [tx for tx in txs if tx.tx_id not in checked]
+        if foreign:
+            results = submit_signatures(foreign, self.pool, self.workers)()
+            bad = {tx.tx_id for tx, ok in zip(foreign, results, strict=True) if not ok}
+            txs = [tx for tx in txs if tx.tx_id not in bad]
+        return txs
+
+    def _resolve(self, txs: Sequence[Transaction], receipts: Mapping[str, dict[str, Any]]) -> None:
+        with self._pending_lock:
+            mine = [(tx, self._pending.pop(tx.tx_id, None)) for tx in txs]
+            self._queued -= sum(1 for _, entry in mine if entry is not None)
+        for tx, entry in mine:
+            if entry is None:
+                continue
+            fut = entry[0]
+            receipt = receipts.get(tx.tx_id)
+            if receipt is None:  # a replay: committed before (perhaps through another node)
+                found = self.ledger.store.find_tx(tx.tx_id)
+                if found is not None:
+                    receipt = orjson.loads(found[1].receipt)
+            if receipt is not None:
+                fut.set_result(receipt)
+            else:
+                fut.set_exception(
+                    Conflict("the transaction was not committed (replay)", code="NONCE_REPLAY")
+                )
+
+    def wait_applied(self, seq: int, timeout: float) -> bool:
+        with self.applied:
+            return self.applied.wait_for(lambda: self.applied_seq >= seq, timeout)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kind": "jetstream",
+            "stream": self.stream,
+            "applied_seq": self.applied_seq,
+            "server_version": self.server_version,
+            "connected": bool(self._nc is not None and self._nc.is_connected),
+            "queued": self._queued,
+        }
