@@ -48,6 +48,14 @@ ORG_KINDS = frozenset(
     }
 )
 ACTIVE = "active"
+REMOVED = "removed"
+ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+
+
+def node_key(org_id: str) -> str:
+    """The node registry: where an organisation's node answers, and with which key."""
+    return f"node/{org_id}"
+
 REVOKED = "revoked"
 
 
@@ -244,9 +252,60 @@ class IdentityV1(Contract):
             ctx.state.put(key_key(public_key), {**entry, "status": REVOKED, "revoked": ctx.height})
 
     @tx_method
+    def register_node(self, ctx: Context, args: Args) -> None:
+        """An organisation's admin says where its node answers (peers and federation use it)."""
+        args.only("member", "endpoint")
+        member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
+        self._require_admin_of(ctx, member["org"])
+        if "node" not in member["roles"] or member.get("status", ACTIVE) != ACTIVE:
+            raise Rejected("NOT_A_NODE", f"{member['id']} is not an active node member")
+        endpoint = args.string("endpoint", pattern=ENDPOINT, max_len=256)
+        entry = {
+            "org": member["org"],
+            "member": member["id"],
+            "public_key": member["key"],
+            "endpoint": endpoint,
+            "status": ACTIVE,
+            "height": ctx.height,
+        }
+        ctx.state.put(node_key(member["org"]), entry)
+        ctx.emit("identity.node_registered", {"org": member["org"], "member": member["id"]})
+
+    @tx_method
+    def propose_org_removal(self, ctx: Context, args: Args) -> None:
+        """An admin proposes removing an organisation; the same majority of organisations decides.
+
+        Once removed, every key of the organisation (its node's too) signs nothing more.
+        """
+        args.only("org", "reason")
+        if not ctx.signer.has_role("admin"):
+            raise Rejected("NOT_AUTHORISED", "only an organisation admin may propose")
+        org_id = args.string("org", pattern=ID_PATTERN)
+        org = ctx.state.get(org_key(org_id))
+        if org is None or org["status"] != ACTIVE:
+            raise Rejected("UNKNOWN_ORG", f"no active organisation {org_id!r}")
+        proposal = {
+            "id": ctx.tx_id,
+            "kind": "remove_org",
+            "org": {"id": org_id},
+            "reason": args.string("reason", max_len=256),
+            "proposer": ctx.signer.member,
+            "yes": [],
+            "no": [],
+            "status": "open",
+            "opened": ctx.height,
+        }
+        ctx.state.put(f"proposal/{ctx.tx_id}", proposal)
+        ctx.emit("identity.proposal_opened", {"proposal": ctx.tx_id, "org": org_id})
+        self._vote(ctx, proposal, approve=True)
+
+    @tx_method
     def propose_org(self, ctx: Context, args: Args) -> None:
-        """An admin proposes an organisation and its first admin; the proposer's org votes yes."""
-        args.only("org", "admin")
+        """An admin proposes an organisation, its first admin and (optionally) its node.
+
+        The proposer's organisation votes yes; a majority of organisations admits it.
+        """
+        args.only("org", "admin", "node")
         if not ctx.signer.has_role("admin"):
             raise Rejected("NOT_AUTHORISED", "only an organisation admin may propose")
         org, admin = args.mapping("org"), args.mapping("admin")
@@ -266,11 +325,24 @@ class IdentityV1(Contract):
             raise Rejected("BAD_ARGS", "admin.public_key must be a base64url Ed25519 key") from None
         if ctx.state.get(member_key(admin_id)) is not None:
             raise Rejected("MEMBER_EXISTS", f"member {admin_id!r} already exists")
+        node: dict[str, str] | None = None
+        if args.has("node"):
+            spec = args.mapping("node")
+            spec.only("id", "name", "public_key", "endpoint")
+            node = {
+                "id": spec.string("id", pattern=ID_PATTERN),
+                "name": spec.string("name"),
+                "public_key": spec.string("public_key"),
+                "endpoint": spec.string("endpoint", pattern=ENDPOINT, max_len=256),
+            }
+            if node["id"] == admin_id or node["public_key"] == admin_key:
+                raise Rejected("BAD_ARGS", "the node needs its own member id and key")
         proposal = {
             "id": ctx.tx_id,
             "kind": "admit_org",
             "org": {"id": org_id, "name": org.string("name"), "kind": kind},
             "admin": {"id": admin_id, "name": admin.string("name"), "public_key": admin_key},
+            **({"node": node} if node is not None else {}),
             "proposer": ctx.signer.member,
             "yes": [],
             "no": [],
@@ -311,6 +383,9 @@ class IdentityV1(Contract):
 
     @staticmethod
     def _admit(ctx: Context, proposal: Mapping[str, Any]) -> None:
+        if proposal["kind"] == "remove_org":
+            IdentityV1._remove(ctx, proposal)
+            return
         org, admin = proposal["org"], proposal["admin"]
         if ctx.state.get(org_key(org["id"])) is not None:
             raise Rejected("ORG_EXISTS", f"organisation {org['id']!r} already exists")
@@ -326,5 +401,42 @@ class IdentityV1(Contract):
         )
         for key, value in writes.items():
             ctx.state.put(key, value)
+        node = proposal.get("node")
+        if node is not None:
+            node_writes = _new_member(
+                ctx.state.get,
+                member_id=node["id"],
+                name=node["name"],
+                org=org["id"],
+                roles=["node"],
+                public_key=node["public_key"],
+                height=ctx.height,
+            )
+            for key, value in node_writes.items():
+                ctx.state.put(key, value)
+            ctx.state.put(
+                node_key(org["id"]),
+                {
+                    "org": org["id"],
+                    "member": node["id"],
+                    "public_key": node["public_key"],
+                    "endpoint": node["endpoint"],
+                    "status": ACTIVE,
+                    "height": ctx.height,
+                },
+            )
         ctx.state.put("orgs", sorted([*ctx.state.get("orgs"), org["id"]]))
         ctx.emit("identity.org_admitted", {"org": org["id"], "proposal": proposal["id"]})
+
+    @staticmethod
+    def _remove(ctx: Context, proposal: Mapping[str, Any]) -> None:
+        org_id = proposal["org"]["id"]
+        org = ctx.state.get(org_key(org_id))
+        if org is None or org["status"] != ACTIVE:
+            raise Rejected("UNKNOWN_ORG", f"no active organisation {org_id!r}")
+        ctx.state.put(org_key(org_id), {**org, "status": REMOVED, "removed": ctx.height})
+        ctx.state.put("orgs", [o for o in ctx.state.get("orgs") if o != org_id])
+        node = ctx.state.get(node_key(org_id))
+        if node is not None:
+            ctx.state.put(node_key(org_id), {**node, "status": REMOVED, "removed": ctx.height})
+        ctx.emit("identity.org_removed", {"org": org_id, "proposal": proposal["id"]})
