@@ -12,6 +12,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from careledger.cluster.witness import Witness
 from careledger.config import Settings
 from careledger.core.keys import KeyPair
 from careledger.core.tx import Transaction, make_body, sign_body
@@ -20,7 +21,7 @@ from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
 from careledger.ledger.execute import NONCE_NAMESPACE, Explanation
 from careledger.nonces import NonceSource
-from careledger.ordering.jetstream import JetStreamConfig, JetStreamOrderer
+from careledger.ordering.jetstream import JetStreamConfig, JetStreamOrderer, subject_prefix
 from careledger.ordering.local import LocalOrderer
 from careledger.storage.sqlite import SQLiteStore
 
@@ -63,6 +64,7 @@ class Node:
             max_workers=max(1, settings.verify_workers), mp_context=get_context("spawn")
         )
         self.orderer: LocalOrderer | JetStreamOrderer
+        self.witness: Witness | None = None
         if settings.ordering == "jetstream":
             config = JetStreamConfig(
                 servers=settings.nats_servers,
@@ -72,7 +74,7 @@ class Node:
                 tls_cert=settings.nats_tls_cert,
                 tls_key=settings.nats_tls_key,
             )
-            self.orderer = JetStreamOrderer(
+            orderer = JetStreamOrderer(
                 self.ledger,
                 config,
                 node_name=settings.node_name,
@@ -82,6 +84,14 @@ class Node:
                 max_wait=settings.max_wait,
                 max_queue=settings.max_queue,
             )
+            prefix = subject_prefix(self.ledger.chain)
+            self.witness = Witness(self.ledger, orderer.publish_core, prefix)
+            orderer.core_handlers += [
+                (self.witness.statements_subject, self.witness.on_statement),
+                (self.witness.alarms_subject, self.witness.on_alarm),
+            ]
+            self.ledger.commit_listeners.append(self.witness.on_commit)
+            self.orderer = orderer
         else:
             self.orderer = LocalOrderer(
                 self.ledger,
@@ -101,6 +111,8 @@ class Node:
     def start(self) -> None:
         self.verify_pool.submit(abs, 0).result()  # start the workers now, not on the first request
         self.orderer.start()
+        if self.witness is not None:
+            self.witness.announce_head()
 
     def stop(self) -> None:
         self.orderer.stop()

@@ -87,6 +87,7 @@ def install(app: FastAPI) -> None:
         receipt = getattr(exc, "receipt", None)
         if receipt is not None:
             extra["receipt"] = receipt
+        extra.update(getattr(exc, "extra", None) or {})
         return problem(exc.http_status, exc.code, exc.message, **extra)
 
     @app.exception_handler(RequestValidationError)

@@ -56,6 +56,7 @@ def node_key(org_id: str) -> str:
     """The node registry: where an organisation's node answers, and with which key."""
     return f"node/{org_id}"
 
+
 REVOKED = "revoked"
 
 

@@ -71,8 +71,12 @@ def stream_name(chain: str) -> str:
     return "CARELEDGER_" + re.sub(r"[^A-Za-z0-9_-]", "_", chain)
 
 
+def subject_prefix(chain: str) -> str:
+    return "careledger." + re.sub(r"[^A-Za-z0-9_-]", "_", chain)
+
+
 def stream_subject(chain: str) -> str:
-    return "careledger." + re.sub(r"[^A-Za-z0-9_-]", "_", chain) + ".batches"
+    return subject_prefix(chain) + ".batches"
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ class JetStreamOrderer:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = threading.Event()
         self.applied = threading.Condition()
+        # (subject, handler) pairs subscribed on core NATS when connected (the witness's).
+        self.core_handlers: list[tuple[str, Callable[[bytes], None]]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -243,7 +249,28 @@ class JetStreamOrderer:
                 opt_start_seq=self.applied_seq + 1,
             ),
         )
+        for subject, handler in self.core_handlers:
+            await self._nc.subscribe(subject, cb=self._core_callback(handler))
         self._tasks.append(self._loop.create_task(self._publish_loop()))
+
+    @staticmethod
+    def _core_callback(handler: Callable[[bytes], None]) -> Callable[[Any], Any]:
+        async def callback(msg: Any) -> None:
+            handler(bytes(msg.data))
+
+        return callback
+
+    def publish_core(self, subject: str, data: bytes) -> None:
+        """Fire-and-forget on core NATS (cosignatures, alarms), from any thread."""
+        nc = self._nc
+        if nc is None or self._stopping.is_set():
+            return
+
+        def send() -> None:
+            if nc.is_connected:
+                self._loop.create_task(nc.publish(subject, data))
+
+        self._loop.call_soon_threadsafe(send)
 
     async def _ensure_stream(self) -> tuple[int, int]:
         """The chain's stream (created on first use), as (first, last) sequence."""

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse, Response
 
 from careledger.api.deps import NodeDep
-from careledger.errors import NotFound, ValidationError
+from careledger.errors import Conflict, NotFound, ValidationError
 from careledger.jsonio import dumps
 from careledger.ledger.views import members_view
 
@@ -54,7 +54,19 @@ def block(node: NodeDep, height: Annotated[int, Path(ge=0)]) -> Response:
 
 
 @router.get("/v1/checkpoint", response_class=PlainTextResponse, summary="Signed tree head (C2SP)")
-def checkpoint(node: NodeDep, tree_size: Annotated[int | None, Query(gt=0)] = None) -> str:
+def checkpoint(
+    node: NodeDep,
+    tree_size: Annotated[int | None, Query(gt=0)] = None,
+    signatures: Annotated[int, Query(ge=1, le=64, description="cosigners required")] = 1,
+) -> str:
+    """The checkpoint; with ``signatures=K``, the newest one K organisations' nodes signed."""
+    if signatures > 1:
+        if node.witness is None:
+            raise Conflict(
+                "this node runs alone: its checkpoints carry one signature",
+                code="NOT_ENOUGH_SIGNATURES",
+            )
+        return node.witness.cosigned(signatures)
     return node.ledger.checkpoint(tree_size)
 
 

@@ -23,4 +23,7 @@ def cluster(node: NodeDep) -> Response:
     status["org"] = node.settings.org
     status["height"] = node.ledger.head.height
     status["head"] = node.ledger.head_hash
+    if node.witness is not None:
+        status["alarms"] = list(node.witness.alarms)
+        status["head_signatures"] = node.witness.signatures_at_head()
     return Response(dumps(status), media_type="application/json")

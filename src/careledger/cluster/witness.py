@@ -1,0 +1,220 @@
+"""Cosigned checkpoints: every node signs what it derived and checks what its peers derived.
+
+After each block a node publishes a statement on the cluster's NATS (core, not JetStream):
+its signed checkpoint note for the new tree size and a signed note of the block header hash at
+that height. A peer that derived the same header adds the checkpoint signature to its own note
+for that size; one that derived a different header raises an alarm carrying both signed
+headers as evidence (log line, metric, ``/v1/cluster``, and an alarm message to every node).
+A peer's key is the node member's key on the ledger, so a removed organisation's node is not
+believed. ``cosigned(k)`` answers the newest checkpoint carrying at least ``k`` signatures.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.identity import member_key, resolve_signer
+from careledger.core.checkpoint import (
+    format_vkey,
+    merge_notes,
+    parse_note,
+    parse_vkey,
+    sign_note,
+    verify_note,
+)
+from careledger.core.keys import decode_public_key
+from careledger.errors import CareLedgerError, Conflict
+from careledger.ledger.engine import Ledger
+from careledger.ledger.execute import Executed
+
+log = logging.getLogger("careledger.witness")
+
+KEEP = 4096  # tree sizes whose cosignatures are kept
+PENDING = 4096  # peer statements kept for heights this node has not reached yet
+
+
+def header_body(chain: str, height: int, header_hash: str) -> str:
+    return f"{chain}/header\n{height}\n{header_hash}\n"
+
+
+class Witness:
+    def __init__(self, ledger: Ledger, publish: Callable[[str, bytes], None], chain_subject: str):
+        self.ledger = ledger
+        self.publish = publish
+        self.statements_subject = f"{chain_subject}.cosign"
+        self.alarms_subject = f"{chain_subject}.alarms"
+        self._lock = threading.Lock()
+        self._notes: OrderedDict[int, str] = OrderedDict()  # tree size -> merged note
+        self._pending: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self.alarms: list[dict[str, Any]] = []
+
+    # -- own statements ------------------------------------------------------------------
+
+    def statement(self, height: int) -> bytes:
+        header = self.ledger.store.header(height)
+        header_hash = self.ledger.store.header_hash(height)
+        if header is None or header_hash is None:
+            raise CareLedgerError(f"no block at height {height}", code="UNKNOWN_BLOCK")
+        ledger = self.ledger
+        note = ledger.checkpoint(header.log_size) if header.log_size else ""
+        return orjson.dumps(
+            {
+                "v": 1,
+                "node": ledger.node_name,
+                "height": height,
+                "size": header.log_size,
+                "checkpoint": note,
+                "header": sign_note(
+                    header_body(ledger.chain, height, header_hash),
+                    ledger.node_name,
+                    ledger.node_key,
+                ),
+            }
+        )
+
+    def on_commit(self, executed: Executed) -> None:
+        header = executed.block.header
+        with self._lock:
+            self._remember(header.log_size, self.ledger.checkpoint(header.log_size))
+        self.publish(self.statements_subject, self.statement(header.height))
+        self._recheck(header.height)
+
+    def announce_head(self) -> None:
+        """On start: let peers check this node's head as it is (a tampered store shows here)."""
+        head = self.ledger.head
+        if head.log_size:
+            with self._lock:
+                self._remember(head.log_size, self.ledger.checkpoint(head.log_size))
+            self.publish(self.statements_subject, self.statement(head.height))
+
+    def _remember(self, size: int, note: str) -> None:
+        current = self._notes.get(size)
+        self._notes[size] = note if current is None else merge_notes(current, note)
+        self._notes.move_to_end(size)
+        while len(self._notes) > KEEP:
+            self._notes.popitem(last=False)
+
+    # -- peers' statements ---------------------------------------------------------------
+
+    def on_statement(self, data: bytes) -> None:
+        try:
+            statement = orjson.loads(data)
+            if statement.get("node") == self.ledger.node_name:
+                return
+            self._check(statement)
+        except (CareLedgerError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("ignored a peer statement: %s", exc)
+
+    def _peer_vkey(self, node: str) -> str:
+        member = self.ledger.state(IDENTITY, member_key(node))
+        if member is None or "node" not in member["roles"]:
+            raise CareLedgerError(f"{node!r} is not a node of this chain", code="UNKNOWN_PEER")
+        resolve_signer(self.ledger.state, member["key"])  # an active key of an active org
+        return format_vkey(node, decode_public_key(member["key"]))
+
+    def _check(self, statement: dict[str, Any]) -> None:
+        node, height = str(statement["node"]), int(statement["height"])
+        verifier = parse_vkey(self._peer_vkey(node))
+        body, _ = verify_note(statement["header"], [verifier])
+        their_hash = body.split("\n")[2]
+        if body != header_body(self.ledger.chain, height, their_hash):
+            raise CareLedgerError("the header statement names another chain", code="BAD_PEER")
+        if height > self.ledger.head.height:
+            with self._lock:
+                self._pending[(node, height)] = statement
+                while len(self._pending) > PENDING:
+                    self._pending.popitem(last=False)
+            return
+        ours = self.ledger.store.header_hash(height)
+        if ours != their_hash:
+            self._alarm(node, height, ours, statement)
+            return
+        if statement["checkpoint"]:
+            checkpoint_body, _ = verify_note(statement["checkpoint"], [verifier])
+            own = self.ledger.checkpoint(int(statement["size"]))
+            if parse_note(own).body != checkpoint_body:
+                self._alarm(node, height, ours, statement)
+                return
+            with self._lock:
+                self._remember(int(statement["size"]), merge_notes(own, statement["checkpoint"]))
+
+    def _recheck(self, height: int) -> None:
+        with self._lock:
+            ready = [k for k in self._pending if k[1] <= height]
+            statements = [self._pending.pop(k) for k in ready]
+        for statement in statements:
+            try:
+                self._check(statement)
+            except CareLedgerError as exc:
+                log.warning("ignored a peer statement: %s", exc)
+
+    def _alarm(self, node: str, height: int, ours: str | None, statement: dict[str, Any]) -> None:
+        ledger = self.ledger
+        evidence = {
+            "height": height,
+            "peer": node,
+            "ours": {
+                "node": ledger.node_name,
+                "header": ours,
+                "note": sign_note(
+                    header_body(ledger.chain, height, str(ours)), ledger.node_name, ledger.node_key
+                )
+                if ours
+                else None,
+            },
+            "theirs": {"node": node, "note": statement["header"]},
+            "detected": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        with self._lock:
+            if any(a["height"] == height and a["peer"] == node for a in self.alarms):
+                return
+            self.alarms.append(evidence)
+        log.error(
+            "FORK: %s derived a different header at height %d than %s; evidence kept",
+            node,
+            height,
+            ledger.node_name,
+        )
+        self.publish(self.alarms_subject, orjson.dumps(evidence))
+
+    def on_alarm(self, data: bytes) -> None:
+        """A peer's alarm: kept (as reported) so operators see it on every node."""
+        try:
+            evidence = orjson.loads(data)
+            with self._lock:
+                key = (evidence["height"], evidence["peer"], evidence["ours"]["node"])
+                if all((a["height"], a["peer"], a["ours"]["node"]) != key for a in self.alarms):
+                    self.alarms.append({**evidence, "reported_by": evidence["ours"]["node"]})
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignored a malformed alarm")
+
+    # -- answers -------------------------------------------------------------------------
+
+    def cosigned(self, minimum: int) -> str:
+        """The newest checkpoint note with at least ``minimum`` signatures (Conflict if none)."""
+        with self._lock:
+            best = 0
+            for size in reversed(self._notes):
+                count = len(parse_note(self._notes[size]).signatures)
+                best = max(best, count)
+                if count >= minimum:
+                    return self._notes[size]
+        error = Conflict(
+            f"no checkpoint carries {minimum} signatures yet (at most {best})",
+            code="NOT_ENOUGH_SIGNATURES",
+        )
+        error.extra = {"signatures": best}  # type: ignore[attr-defined]
+        raise error
+
+    def signatures_at_head(self) -> int:
+        with self._lock:
+            note = self._notes.get(self.ledger.head.log_size)
+        return 0 if note is None else len(parse_note(note).signatures)
