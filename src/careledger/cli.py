@@ -467,6 +467,87 @@ def fhir_import(
         raise typer.Exit(1)
 
 
+cluster_app = typer.Typer(
+    help="A consortium on this machine: NATS JetStream servers and one node per organisation.",
+    no_args_is_help=True,
+)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("up")
+def cluster_up(
+    directory: Annotated[Path, typer.Argument(help="where the cluster lives", file_okay=False)],
+    nodes: Annotated[int, typer.Option("--nodes", help="nodes (and NATS servers), 1..6")] = 3,
+    demo_data: Annotated[
+        bool, typer.Option("--demo-data/--no-demo-data", help="demo records and supply chain")
+    ] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Start N NATS servers (Raft, fsync always) and N nodes on 127.0.0.1; they keep running."""
+    from careledger.cluster.local import LocalCluster, status
+
+    try:
+        cluster = LocalCluster.create(directory, nodes, with_demo_data=demo_data)
+        with err.status(f"starting {nodes} NATS servers and {nodes} nodes"):
+            cluster.start()
+        rows = status(directory)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    _print_cluster(rows, json_out)
+
+
+@cluster_app.command("status")
+def cluster_status(
+    directory: Annotated[Path, typer.Argument(help="the cluster's directory", file_okay=False)],
+    json_out: JsonOpt = False,
+) -> None:
+    """Each node: URL, head, checkpoint, signatures, alarms. Exit 1 if a node is down or forked."""
+    from careledger.cluster.local import status
+
+    try:
+        rows = status(directory)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    _print_cluster(rows, json_out)
+    heads = {r.get("head") for r in rows if r["up"]}
+    alarms = [a for r in rows for a in r.get("cluster", {}).get("alarms", [])]
+    if not all(r["up"] for r in rows) or len(heads) > 1 or alarms:
+        raise typer.Exit(1)
+
+
+@cluster_app.command("down")
+def cluster_down(
+    directory: Annotated[Path, typer.Argument(help="the cluster's directory", file_okay=False)],
+) -> None:
+    """Stop every node and NATS server of the cluster (their data stays)."""
+    from careledger.cluster.local import stop_recorded
+
+    try:
+        stopped = stop_recorded(directory)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    out.print(f"stopped {stopped} processes")
+
+
+def _print_cluster(rows: list[dict[str, Any]], json_out: bool) -> None:
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table("node", "org", "url", "height", "head", "signatures", "alarms")
+    for row in rows:
+        info = row.get("cluster", {})
+        table.add_row(
+            row["name"],
+            row["org"],
+            row["url"],
+            str(row.get("height", "down")),
+            str(row.get("head", ""))[:16],
+            str(info.get("head_signatures", "")),
+            str(len(info.get("alarms", []))),
+        )
+    out.print(table)
+
+
 epcis_app = typer.Typer(help="Capture EPCIS 2.0 supply-chain events.", no_args_is_help=True)
 app.add_typer(epcis_app, name="epcis")
 product_app = typer.Typer(help="Check drug packs (DSCSA verification).", no_args_is_help=True)

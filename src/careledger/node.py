@@ -113,8 +113,11 @@ class Node:
         self.orderer.start()
         if self.witness is not None:
             self.witness.announce_head()
+            self.witness.start_heartbeat()
 
     def stop(self) -> None:
+        if self.witness is not None:
+            self.witness.stop_heartbeat()
         self.orderer.stop()
         self.verify_pool.shutdown(wait=True)
         self.store.close()

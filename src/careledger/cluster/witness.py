@@ -87,6 +87,25 @@ class Witness:
         self.publish(self.statements_subject, self.statement(header.height))
         self._recheck(header.height)
 
+    def start_heartbeat(self, interval: float = 2.0) -> None:
+        """Re-announce the head now and then: peers that started later, or missed a core NATS
+        message, still get to check (and cosign) it. Stops with ``stop_heartbeat``."""
+        self._beat = threading.Event()
+
+        def run() -> None:
+            while not self._beat.wait(interval):
+                try:
+                    self.announce_head()
+                except Exception:  # a failed announcement must not end the heartbeat
+                    log.exception("head announcement failed")
+
+        threading.Thread(target=run, name="careledger-witness", daemon=True).start()
+
+    def stop_heartbeat(self) -> None:
+        beat = getattr(self, "_beat", None)
+        if beat is not None:
+            beat.set()
+
     def announce_head(self) -> None:
         """On start: let peers check this node's head as it is (a tampered store shows here)."""
         head = self.ledger.head

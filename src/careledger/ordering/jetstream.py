@@ -240,15 +240,26 @@ class JetStreamOrderer:
             self.applied_seq,
         )
         self._inbox = asyncio.Queue()
-        await self._js.subscribe(
-            self.subject,
-            cb=self._on_message,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self.applied_seq + 1,
-            ),
-        )
+        deadline = time.monotonic() + 30
+        while True:  # after a server crash the cluster may still be electing a meta leader
+            try:
+                await self._js.subscribe(
+                    self.subject,
+                    cb=self._on_message,
+                    ordered_consumer=True,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=self.applied_seq + 1,
+                    ),
+                )
+                break
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise CareLedgerError(
+                        f"cannot consume the stream {self.stream}: {exc}", code="NATS_UNAVAILABLE"
+                    ) from None
+                log.warning("consumer not created yet (%s); retrying", exc)
+                await asyncio.sleep(0.5)
         for subject, handler in self.core_handlers:
             await self._nc.subscribe(subject, cb=self._core_callback(handler))
         self._tasks.append(self._loop.create_task(self._publish_loop()))
