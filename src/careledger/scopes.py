@@ -22,7 +22,10 @@ DEFAULT_SCOPES: dict[str, tuple[str, ...]] = {
     "patient": ("patient/*.read", "patient/*.write"),  # writes: consents and erasure only
     "clinician": ("user/*.read", "user/*.write"),
     "nurse": ("user/*.read", "user/*.write"),
-    "pharmacist": ("user/*.read",),
+    # SupplyChain: the drug-traceability API and EPCIS capture (not a FHIR resource type).
+    "pharmacist": ("user/*.read", "user/SupplyChain.write"),
+    "manufacturer": ("user/SupplyChain.read", "user/SupplyChain.write"),
+    "distributor": ("user/SupplyChain.read", "user/SupplyChain.write"),
     "admin": ("user/*.read", "user/*.write"),
     "node": ("system/*.read", "system/*.write"),
     "device": ("user/Observation.write",),

@@ -335,3 +335,29 @@ def test_cli_capture_and_verify(
         "product", "verify", f"https://id.gs1.org/01/{GTIN[:-1]}0/21/X", "--url", server.url
     )
     assert bad.returncode == 2 and "BAD_CHECK_DIGIT" in bad.stderr
+
+
+def test_narrowed_tokens_cannot_write_and_anonymous_checks_raise_no_alerts(
+    journey: None, server: Server, acme: httpx.Client, pharmacy: httpx.Client
+) -> None:
+    from careledger.keyfile import read_key_file
+    from careledger.sdk import Client
+
+    key = read_key_file(server.data_dir / "keys" / "acme-admin.key")[1]
+    with Client(server.url, keypair=key) as client:
+        narrow = client.login(scope="user/Observation.read")
+    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {narrow}"}) as http:
+        recall = http.post("/v1/supply/recalls", json={"gtin": GTIN, "lots": [LOT], "reason": "x"})
+        assert (recall.status_code, recall.json()["code"]) == (403, "SCOPE")
+        refused = http.post("/epcis/capture", content=json.dumps(doc(commissioning(["Z9"]))))
+        assert (refused.status_code, refused.json()["code"]) == (403, "SCOPE")
+        assert http.get("/epcis/events").status_code == 403
+    kind = {"kind": "verified_after_decommission"}
+    before = acme.get("/v1/supply/alerts", params=kind).json()["items"]
+    anonymous = httpx.get(f"{server.url}/v1/supply/verify/01/{GTIN}/21/P0").json()
+    assert anonymous["data"]["verified"] is False
+    assert acme.get("/v1/supply/alerts", params=kind).json()["items"] == before
+    blamed = pharmacy.get(f"/v1/supply/verify/01/{GTIN}/21/P0", params={"reqGLN": MEDLINE_GLN})
+    assert blamed.status_code == 200
+    latest = acme.get("/v1/supply/alerts", params=kind).json()["items"][-1]
+    assert latest["org"] == "city-pharmacy" and latest["location"] is None  # not Medline's site

@@ -46,4 +46,7 @@ def test_allows_and_patient_only() -> None:
 def test_default_scopes_by_role() -> None:
     assert default_scopes({"patient"}) == "patient/*.read patient/*.write"
     assert "user/*.write" in default_scopes({"clinician", "auditor"})
-    assert default_scopes({"manufacturer"}) == ""
+    # supply-chain roles get the drug-traceability API, and no FHIR (health record) scope
+    assert default_scopes({"manufacturer"}) == "user/SupplyChain.read user/SupplyChain.write"
+    assert "user/SupplyChain.write" in default_scopes({"pharmacist"})
+    assert default_scopes({"courier"}) == ""

@@ -185,6 +185,10 @@ class IdentityV1(Contract):
         """An admin adds staff; an admin or the organisation's node registers patients."""
         args.only("id", "name", "roles", "public_key")
         roles = args.strings("roles", allowed=ROLES)
+        if "node" in roles:
+            raise Rejected(
+                "NOT_AUTHORISED", "node members come from genesis or an admission vote only"
+            )
         if not (roles == ["patient"] and ctx.signer.has_role("node")):
             self._require_admin_of(ctx, ctx.signer.org)
         writes = _new_member(
@@ -205,7 +209,12 @@ class IdentityV1(Contract):
         args.only("member", "roles")
         member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
         self._require_admin_of(ctx, member["org"])
-        member["roles"] = args.strings("roles", allowed=ROLES)
+        roles = args.strings("roles", allowed=ROLES)
+        if ("node" in roles) != ("node" in member["roles"]):
+            raise Rejected(
+                "NOT_AUTHORISED", "node members come from genesis or an admission vote only"
+            )
+        member["roles"] = roles
         ctx.state.put(member_key(member["id"]), member)
         ctx.emit("identity.roles_set", {"member": member["id"], "roles": member["roles"]})
 

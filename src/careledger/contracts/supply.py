@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, org_key, resolve_signer
+from careledger.contracts.identity import member_key, node_key, org_key, resolve_signer
 from careledger.errors import Rejected, ValidationError
 from careledger.supply.identifiers import (
     SGTIN,
@@ -374,6 +374,19 @@ class SupplyV1(Contract):
             if entry["org"] != ctx.signer.org:
                 raise Rejected("PREFIX_TAKEN", f"prefix {prefix} belongs to another organisation")
             return
+        # A prefix nested in another organisation's (or holding one) would take over its GTINs:
+        # the longest registered prefix decides who owns a GTIN.
+        for length in range(6, len(prefix)):
+            outer = ctx.state.get(f"prefix/{prefix[:length]}")
+            if outer is not None and outer["org"] != ctx.signer.org:
+                raise Rejected("PREFIX_TAKEN", f"{prefix} lies inside another organisation's")
+        index_key = f"prefixindex/{prefix[:6]}"
+        siblings = list(ctx.state.get(index_key) or [])
+        for other in siblings:
+            owner = ctx.state.get(f"prefix/{other}")["org"]
+            if other.startswith(prefix) and owner != ctx.signer.org:
+                raise Rejected("PREFIX_TAKEN", f"{prefix} holds another organisation's prefix")
+        ctx.state.put(index_key, sorted([*siblings, prefix]))
         ctx.state.put(f"prefix/{prefix}", {"org": ctx.signer.org, "height": ctx.height})
         ctx.emit("supply.prefix_registered", {"prefix": prefix, "org": ctx.signer.org})
 
@@ -912,6 +925,9 @@ class SupplyV1(Contract):
             "time": ctx.time,
         }
         case = ctx.state.get(suspect_key(gtin14, serial))
+        if ILLEGITIMATE in unit["flags"]:
+            # Final: the notification duty and the evidence stay; no later "legitimate".
+            raise Rejected("ALREADY_DETERMINED", f"unit {serial} was determined illegitimate")
         if determination == "legitimate":
             if SUSPECT not in unit["flags"]:
                 raise Rejected("NOT_SUSPECT", f"unit {serial} is not quarantined")
@@ -1032,12 +1048,22 @@ class SupplyV1(Contract):
 
     @staticmethod
     def _as_actor(ctx: Context, member_id: str) -> Context:
+        """The context of a member a node acts for.
+
+        Node members exist only by genesis or an admission vote. A node acts for its own
+        organisation's members, and for members of organisations that run no node of their own
+        (one shared node); an organisation that registered its node is acted for by it alone.
+        """
         if not ctx.signer.has_role("node"):
             raise Rejected("NOT_AUTHORISED", "only a node captures on behalf of a member")
         member = ctx.state.read(IDENTITY, member_key(member_id))
         if member is None:
             raise Rejected("UNKNOWN_MEMBER", f"no member {member_id!r}")
         signer = resolve_signer(ctx.state.read, member["key"])
+        if signer.org != ctx.signer.org:
+            own = ctx.state.read(IDENTITY, node_key(signer.org))
+            if own is not None and own.get("status") == "active":
+                raise Rejected("NOT_AUTHORISED", f"{signer.org} runs its own node: act through it")
         return replace(ctx, signer=signer)
 
     # -- EPCIS operations: one bizStep's effect on the units an event names ---------------
@@ -1061,8 +1087,10 @@ class SupplyV1(Contract):
         refs: list[tuple[str, str] | str] = []
         for item in raw:
             ref = _ref(item)
-            digits = ref if isinstance(ref, str) else ref[0]
-            if self._tracked(ctx, digits):
+            if isinstance(ref, str):  # an SSCC: tracked once packed here, whoever's prefix
+                if ctx.state.get(sscc_key(ref)) is not None or self._tracked(ctx, ref):
+                    refs.append(ref)
+            elif self._tracked(ctx, ref[0]):
                 refs.append(ref)
         return refs
 

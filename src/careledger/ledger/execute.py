@@ -8,7 +8,7 @@ stored transactions and compares, byte for byte.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from careledger.contracts.base import (
@@ -41,6 +41,13 @@ CHAIN_NAMESPACE = "chain"
 
 
 @dataclass(frozen=True)
+class Explanation:
+    code: str
+    message: str
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Executed:
     """A block ready to store, plus what the committer tells clients and caches."""
 
@@ -49,6 +56,9 @@ class Executed:
     receipts: Mapping[str, dict[str, Any]]  # tx_id -> receipt object
     skipped: Mapping[str, str]  # tx_id -> code, for transactions left out (stale nonce)
     state: Mapping[tuple[str, str], Any]  # decoded state writes (None = deleted)
+    # Why each rejected transaction was refused, as judged on the state it ran on. Node-local:
+    # not stored, not hashed (a receipt keeps only the code), handed to commit listeners.
+    rejections: Mapping[str, Explanation] = field(default_factory=dict)
 
 
 def encode_writes(writes: Sequence[Write]) -> tuple[bytes, list[tuple[str, str, bytes | None]]]:
@@ -117,6 +127,7 @@ def execute_block(
     state = BlockState(read)
     receipts: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
+    rejections: dict[str, Explanation] = {}
     stored: list[StoredTx] = []
     events: list[StoredEvent] = []
     leaves: list[bytes] = []
@@ -130,7 +141,11 @@ def execute_block(
             skipped[tx.tx_id] = "NONCE_REPLAY"
             continue
         index = len(stored)
-        code, tx_events, tx_writes = _run(registry, state, signers, tx, prev.chain, height, time)
+        code, tx_events, tx_writes, why = _run(
+            registry, state, signers, tx, prev.chain, height, time
+        )
+        if why is not None:
+            rejections[tx.tx_id] = why
         state.apply(tx_writes)
         state.apply({(NONCE_NAMESPACE, tx.signer): tx.nonce})
         leaf_index = prev.log_size + index
@@ -170,7 +185,7 @@ def execute_block(
     )
     block = BlockWrite(header, header.hash(), stored, nodes, writeset, encoded, events)
     decoded = {(ns, k): v for ns, k, v in writes}
-    return Executed(block, new_frontier, receipts, skipped, decoded)
+    return Executed(block, new_frontier, receipts, skipped, decoded, rejections)
 
 
 def _run(
@@ -181,8 +196,8 @@ def _run(
     chain: str,
     height: int,
     time: int,
-) -> tuple[str | None, Sequence[Any], Mapping[tuple[str, str], Any]]:
-    """(rejection code or None, events, writes) of one transaction."""
+) -> tuple[str | None, Sequence[Any], Mapping[tuple[str, str], Any], Explanation | None]:
+    """(rejection code or None, events, writes, why refused) of one transaction."""
     tx_state = TxState(state)
     try:
         signer = signers.get(tx.signer) or resolve_signer(state.get, tx.signer)
@@ -198,19 +213,12 @@ def _run(
         )
         contract.call(ctx, tx.method, tx.args)
     except Rejected as exc:
-        return exc.code, (), {}
+        return exc.code, (), {}, Explanation(exc.code, exc.message, exc.detail)
     except Exception:  # a contract bug must not stop the chain; the leaf records it
-        return "CONTRACT_FAULT", (), {}
+        return "CONTRACT_FAULT", (), {}, Explanation("CONTRACT_FAULT", "the contract failed", {})
     if any(ns == IDENTITY for ns, _ in tx_state.writes):
         signers.clear()  # keys, members or organisations changed: resolve afresh
-    return None, ctx.events, tx_state.writes
-
-
-@dataclass(frozen=True)
-class Explanation:
-    code: str
-    message: str
-    detail: Mapping[str, Any]
+    return None, ctx.events, tx_state.writes, None
 
 
 def explain(

@@ -34,7 +34,7 @@ from careledger.contracts.supply import prefix_owner
 from careledger.core.tx import decode_stored_envelope
 from careledger.errors import ValidationError
 from careledger.ledger.engine import Ledger
-from careledger.ledger.execute import Executed
+from careledger.ledger.execute import Executed, Explanation
 from careledger.ledger.ports import StoredEvent, StoredTx
 from careledger.sqlite_threads import ThreadConnections
 
@@ -218,12 +218,25 @@ class AlertWatcher:
 
     def on_commit(self, executed: Executed) -> None:
         header = executed.block.header
-        alerts = self._alerts(header.height, header.time, executed.block.txs, executed.block.events)
+        alerts = self._alerts(
+            header.height,
+            header.time,
+            executed.block.txs,
+            executed.block.events,
+            executed.rejections,
+        )
         self.store.add(alerts, height=header.height)
 
     def _alerts(
-        self, height: int, block_time: int, txs: Sequence[StoredTx], events: Sequence[StoredEvent]
+        self,
+        height: int,
+        block_time: int,
+        txs: Sequence[StoredTx],
+        events: Sequence[StoredEvent],
+        rejections: Mapping[str, Explanation] | None = None,
     ) -> list[Alert]:
+        """Alerts of one block. ``rejections`` (from execution, exact) when the block is new;
+        when catching up, refusals are re-explained on today's state (best effort)."""
         alerts: list[Alert] = []
         for event in events:
             if event.type not in ("supply.alert", "supply.illegitimate"):
@@ -250,18 +263,25 @@ class AlertWatcher:
             receipt = orjson.loads(stored.receipt)
             kind = REFUSAL_KINDS.get(receipt.get("code", ""))
             if kind is not None:
-                alert = self._refusal_alert(stored, receipt, kind, height, block_time)
+                known = (rejections or {}).get(stored.tx_id)
+                alert = self._refusal_alert(stored, receipt, kind, height, block_time, known)
                 if alert is not None:
                     alerts.append(alert)
         return alerts
 
     def _refusal_alert(
-        self, stored: StoredTx, receipt: Mapping[str, Any], kind: str, height: int, at: int
+        self,
+        stored: StoredTx,
+        receipt: Mapping[str, Any],
+        kind: str,
+        height: int,
+        at: int,
+        known: Explanation | None,
     ) -> Alert | None:
         tx = decode_stored_envelope(stored.envelope)
         if tx.contract != "supply":
             return None
-        why = self.ledger.explain(tx)
+        why = known or self.ledger.explain(tx)
         detail = dict(why.detail) if why is not None and why.code == receipt["code"] else {}
         gtin = detail.pop("gtin", None)
         return Alert(

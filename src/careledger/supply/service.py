@@ -17,9 +17,10 @@ from typing import Any
 from careledger.contracts.supply import MAX_CAPTURE_EVENTS
 from careledger.core.canonical import canonical_bytes
 from careledger.core.tx import MAX_ENVELOPE_BYTES
-from careledger.errors import CareLedgerError, Forbidden, ValidationError
+from careledger.errors import CareLedgerError, ValidationError
 from careledger.health.access import Caller
 from careledger.node import Node
+from careledger.supply.access import require_supply
 from careledger.supply.cbv import vocabulary_word
 from careledger.supply.epcis_ops import supply_op
 from careledger.supply.epcis_validate import EpcisRejected, validate_document
@@ -28,7 +29,6 @@ from careledger.supply.identifiers import normalise_epc
 from careledger.supply.repository import EpcisRepository, EventQuery, StoredEvent
 
 ENVELOPE_OVERHEAD = 1024  # the envelope's own fields around the args
-CAPTURE_ROLES = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
 _EPC_ROLES = (
     ("epcList", "epc"),
     ("childEPCs", "child"),
@@ -114,10 +114,7 @@ class EpcisService:
         self.repository = repository
 
     def capture(self, caller: Caller, document: object) -> dict[str, Any]:
-        if not caller.roles & CAPTURE_ROLES:
-            raise Forbidden(
-                "capturing EPCIS events needs a supply-chain role", code="NOT_AUTHORISED"
-            )
+        require_supply(caller, "write")
         capture_id = f"cap-{secrets.token_hex(12)}"
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         # Validation and hashing are pure and CPU-bound: they run in the node's worker

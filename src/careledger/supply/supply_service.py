@@ -22,15 +22,15 @@ from careledger.contracts.supply import (
     prefix_owner,
     unit_view,
 )
-from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
+from careledger.errors import NotFound, Rejected, ValidationError
 from careledger.health.access import Caller
 from careledger.node import Node
+from careledger.supply.access import require_supply
 from careledger.supply.alerts import Alert, AlertStore
 from careledger.supply.identifiers import SGTIN, parse_digital_link, validate_gln, validate_gtin
 from careledger.supply.verification import OUT_OF_CIRCULATION, verify_unit
 from careledger.supply.verification_log import VerificationLog
 
-SUPPLY_READERS = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
 MAX_LISTED = 10_000  # state keys one listing walks (inventory, suspect cases, locations)
 LMS_FIELDS = frozenset(
     {"gtin", "serialNumber", "lotNumber", "expirationDate", "corrUUID", "requestorGLN", "context"}
@@ -99,9 +99,8 @@ class SupplyService:
         return prefix_owner(self.node.ledger.state, gtin14)
 
     @staticmethod
-    def require_reader(caller: Caller) -> None:
-        if not caller.roles & SUPPLY_READERS:
-            raise Forbidden("this needs a supply-chain role", code="NOT_AUTHORISED")
+    def require_reader(caller: Caller, action: str = "read") -> None:
+        require_supply(caller, action)
 
     def unit(self, caller: Caller, gtin: str, serial: str) -> dict[str, Any]:
         self.require_reader(caller)
@@ -237,13 +236,15 @@ class SupplyService:
             brand_owner=brand,
             response=response,
         )
-        if unit is not None and unit["status"] in OUT_OF_CIRCULATION:
+        if requester is not None and unit is not None and unit["status"] in OUT_OF_CIRCULATION:
+            # Only a signed-in requester raises it, at a GLN of their own: anonymous requests
+            # are logged but cannot flood alerts or blame another organisation's site.
             alert = Alert(
                 kind="verified_after_decommission",
                 time=now,
                 gtin=gtin14,
                 serial=serial,
-                location=request.get("requestorGLN"),
+                location=self._own_gln(requester, request.get("requestorGLN")),
                 org=requester.org if requester else None,
                 brand_owner=brand,
                 tx_id=f"verification-{seq}",
@@ -251,6 +252,12 @@ class SupplyService:
             )
             self.alerts.add([alert])
         return response
+
+    def _own_gln(self, requester: Caller, gln: object) -> str | None:
+        if not isinstance(gln, str):
+            return None
+        entry = self._state(f"gln/{gln}")
+        return gln if entry is not None and entry["org"] == requester.org else None
 
     def _responder_gln(self, brand: str | None) -> str | None:
         if brand is None:
@@ -275,7 +282,7 @@ class SupplyService:
 
     def act(self, caller: Caller, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """Run one supply method as the caller; a refusal is raised with its reason."""
-        self.require_reader(caller)
+        self.require_reader(caller, "write")
         call = {"actor": caller.member, "method": method, "args": dict(args)}
         ((receipt, why),) = self.node.execute_explained([("supply", "on_behalf", call)])
         if receipt["result"] != "accepted":

@@ -142,11 +142,18 @@ def test_register_prefix_rules(chain: TestChain) -> None:
     assert code(run(chain, "maker2-admin", "register_prefix", {"prefix": PREFIX})) == (
         "PREFIX_TAKEN"
     )
-    # a longer prefix inside another's range is a different prefix; the longest match wins
-    ok(run(chain, "maker2-admin", "register_prefix", {"prefix": PREFIX + "12"}))
+    # A prefix inside another organisation's, or holding one, would take over its GTINs.
+    assert code(run(chain, "maker2-admin", "register_prefix", {"prefix": PREFIX + "12"})) == (
+        "PREFIX_TAKEN"
+    )
+    assert code(run(chain, "maker2-admin", "register_prefix", {"prefix": PREFIX[:6]})) == (
+        "PREFIX_TAKEN"
+    )
+    ok(run(chain, "maker-admin", "register_prefix", {"prefix": PREFIX + "12"}))  # its own: fine
+    assert code(commission(chain, "S1", gtin=cd("0" + "9876543" + "00001"))) == ("NOT_PREFIX_OWNER")
+    ok(run(chain, "maker2-admin", "register_prefix", {"prefix": "9876543"}))
     ok(run(chain, "maker2-admin", "register_location", {"gln": cd("9" * 12), "name": "M2"}))
-    assert code(commission(chain, "S1")) == "NOT_PREFIX_OWNER"
-    args = {"units": units("S1"), "location": cd("9" * 12)}
+    args = {"units": units("S1", gtin=cd("0" + "9876543" + "00001")), "location": cd("9" * 12)}
     ok(run(chain, "maker2-admin", "commission", args))
 
 

@@ -382,3 +382,79 @@ def test_on_behalf_runs_a_method_as_the_member(chain: TestChain) -> None:
 def test_bizstep_maps_to_op(step: str, action: str, op: str) -> None:
     event = object_event(step, action, [sgtin("M1")], MAKER_GLN)
     assert supply_op(event, event_hash_id(event))["op"] == op  # type: ignore[index]
+
+
+# ------------------------------------------------------------------------------------------
+# review findings: who a node may act for, distributor logistic units, final determinations
+
+
+def test_node_members_come_only_from_genesis_or_a_vote(chain: TestChain) -> None:
+    from tests.support.chain import key
+
+    bot = {"id": "pharm-bot", "name": "bot", "roles": ["node"], "public_key": key("bot").public_b64}
+    assert code(chain.run("pharm-admin", "add_member", bot)) == "NOT_AUTHORISED"
+    assert (
+        code(
+            chain.run(
+                "pharm-admin", "set_roles", {"member": "pharm-admin", "roles": ["admin", "node"]}
+            )
+        )
+        == "NOT_AUTHORISED"
+    )
+
+
+def test_a_node_acts_only_for_orgs_without_their_own_node(chain: TestChain) -> None:
+    ok(commission(chain, "N1"))
+    call = {
+        "actor": "maker-admin",
+        "method": "flag_suspect",
+        "args": {"gtin": GTIN, "serial": "N1", "reason": "r"},
+    }
+    # maker runs no node of its own yet: the shared (hospital) node may act for its admin
+    ok(run(chain, "hosp-node", "on_behalf", call))
+    from tests.support.chain import key
+
+    proposal = {
+        "org": {"id": "lab", "name": "Lab", "kind": "other"},
+        "admin": {"id": "lab-admin", "name": "L", "public_key": key("lab-admin").public_b64},
+        "node": {
+            "id": "lab-node",
+            "name": "N",
+            "public_key": key("lab-node").public_b64,
+            "endpoint": "http://lab:1",
+        },
+    }
+    receipt = ok(chain.run("hosp-admin", "propose_org", proposal))
+    ok(chain.run("pharm-admin", "vote", {"proposal": receipt["tx_id"], "approve": True}))
+    # lab registered its node: the hospital's node may no longer act for lab's members
+    lab_call = {
+        "actor": "lab-admin",
+        "method": "register_location",
+        "args": {"gln": cd("4000000" + "00001"), "name": "x"},
+    }
+    assert code(run(chain, "hosp-node", "on_behalf", lab_call)) == "NOT_AUTHORISED"
+    ok(run(chain, "lab-node", "on_behalf", lab_call))
+
+
+def test_a_distributors_own_logistic_units_move_by_epcis(chain: TestChain) -> None:
+    ok(capture(chain, "maker-admin", [commissioning(["W1", "W2"])]))
+    both = [sgtin("W1"), sgtin("W2")]
+    ok(capture(chain, "maker-admin", [shipping(both, MAKER_GLN, HOSP_GLN)]))
+    ok(capture(chain, "hosp-admin", [object_event("receiving", "OBSERVE", both, HOSP_GLN)]))
+    own_case = cd("0" + "0888888" + "000000001")  # under a prefix nobody registered
+    ok(capture(chain, "hosp-admin", [pack(own_case, both, HOSP_GLN)]))
+    case_epc = to_epc_urn(SSCC(own_case), 7)
+    ok(capture(chain, "hosp-admin", [shipping([case_epc], HOSP_GLN, PHARM_GLN)]))
+    assert unit(chain, "W1")["status"] == "shipped"
+    ok(capture(chain, "pharm-admin", [object_event("receiving", "OBSERVE", [case_epc], PHARM_GLN)]))
+    assert unit(chain, "W2")["owner"] == "pharm"
+
+
+def test_an_illegitimate_determination_is_final(chain: TestChain) -> None:
+    ok(commission(chain, "F1"))
+    args = {"gtin": GTIN, "serial": "F1"}
+    ok(run(chain, "maker-admin", "flag_suspect", {**args, "reason": "r"}))
+    ok(run(chain, "maker-admin", "determine", {**args, "determination": "illegitimate"}))
+    again = run(chain, "maker-admin", "determine", {**args, "determination": "legitimate"})
+    assert code(again) == "ALREADY_DETERMINED"
+    assert "notify_by" in state(chain, f"suspect/{GTIN}/F1")["determination"]

@@ -12,6 +12,7 @@ from careledger.api.deps import MemberDep
 from careledger.errors import ValidationError
 from careledger.health.access import Caller
 from careledger.jsonio import dumps, loads
+from careledger.supply.access import require_supply
 from careledger.supply.cbv import vocabulary_word
 from careledger.supply.repository import EventQuery
 from careledger.supply.service import EpcisService, canonical_epc, utc_millis
@@ -52,10 +53,12 @@ async def capture(request: Request, claims: MemberDep) -> Response:
 def capture_status(
     request: Request, claims: MemberDep, capture_id: Annotated[str, Path(max_length=64)]
 ) -> Response:
+    require_supply(_caller(claims), "read")
     return _json(_service(request).repository.capture(capture_id))
 
 
-def _page(request: Request, q: EventQuery) -> Response:
+def _page(request: Request, claims: Any, q: EventQuery) -> Response:
+    require_supply(_caller(claims), "read")
     events, last = _service(request).query(q)
     body = {
         "@context": [EPCIS_CONTEXT],
@@ -109,7 +112,7 @@ def events(
         after_seq=_token(next_page_token),
         limit=per_page,
     )
-    return _page(request, q)
+    return _page(request, claims, q)
 
 
 @router.get("/epcs/{epc:path}/events", summary="Every event naming one EPC (URN or Digital Link)")
@@ -121,4 +124,4 @@ def epc_events(
     next_page_token: Annotated[str | None, Query(alias="nextPageToken", max_length=20)] = None,
 ) -> Response:
     q = EventQuery(any_epcs=[canonical_epc(epc)], after_seq=_token(next_page_token), limit=per_page)
-    return _page(request, q)
+    return _page(request, claims, q)

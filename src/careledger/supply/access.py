@@ -1,0 +1,18 @@
+"""Who may use the drug-traceability API: a supply-chain role, and a token scoped for it."""
+
+from __future__ import annotations
+
+from careledger.errors import Forbidden
+from careledger.health.access import Caller
+from careledger.scopes import allows
+
+SUPPLY_SCOPE = "SupplyChain"  # the SMART resource type of the supply API (user/SupplyChain.*)
+SUPPLY_READERS = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
+
+
+def require_supply(caller: Caller, action: str) -> None:
+    """A supply-chain role, and a token whose scopes cover SupplyChain reads or writes."""
+    if not caller.roles & SUPPLY_READERS:
+        raise Forbidden("this needs a supply-chain role", code="NOT_AUTHORISED")
+    if not allows(caller.scopes, SUPPLY_SCOPE, action):
+        raise Forbidden(f"the token's scopes do not allow {action} of {SUPPLY_SCOPE}", code="SCOPE")
