@@ -294,5 +294,6 @@ def test_a_removed_organisation_can_no_longer_submit(cluster: LocalCluster) -> N
         time.sleep(0.2)
     assert receipt is not None and receipt["code"] == "ORG_REMOVED"
     wait_converged(cluster)
-    registry = httpx.get(f"{n1.url}/v1/state/identity/node/acme-pharma")
-    assert registry.status_code == 404  # never registered, and the forged call changed nothing
+    registry = httpx.get(f"{n1.url}/v1/state/identity/node/acme-pharma").json()["value"]
+    # the forged call changed nothing; the removal marked Acme's node removed
+    assert (registry["endpoint"], registry["status"]) == (n3.url, "removed")

@@ -17,6 +17,7 @@ from careledger.api.routes import (
     cluster,
     epcis,
     events,
+    federation,
     fhir,
     health,
     patients,
@@ -26,6 +27,7 @@ from careledger.api.routes import (
 from careledger.api.routes.events import BlockSignal
 from careledger.auth import TokenIssuer
 from careledger.config import EPCIS_FILE, Settings
+from careledger.health.federation import FederationClient, FederationServer
 from careledger.health.service import HealthRecords
 from careledger.node import Node
 from careledger.supply.alerts import AlertStore, AlertWatcher
@@ -42,6 +44,8 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         metrics = Metrics()
         signal = BlockSignal(asyncio.get_running_loop())
         health = HealthRecords.for_node(running)
+        health.federation = FederationClient(health)
+        app.state.federation = FederationServer(health)
         running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
         app.state.health = health
         repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
@@ -80,6 +84,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (tx, chain, cluster, events, auth, health, fhir, patients, epcis, supply):
+    routers = (tx, chain, cluster, federation, events, auth, health, fhir, patients, epcis, supply)
+    for module in routers:
         app.include_router(module.router)
     return app

@@ -242,11 +242,36 @@ class LocalCluster:
                 node.start()
             for node in self.nodes:
                 node.wait_ready()
+            self.register_endpoints()
         except BaseException:
             self.stop()
             raise
         finally:
             self.save()
+
+    def register_endpoints(self) -> None:
+        """Each organisation's admin records its node's URL in the ledger's node registry
+        (once; peers find each other there, e.g. for federated reads)."""
+        from careledger import demo
+        from careledger.contracts.identity import node_key
+        from careledger.keyfile import read_key_file
+        from careledger.sdk import Client, RemoteError
+
+        keys = self.nodes[0].dir / KEYS_DIR
+        admins = {o: m for m, _, o, r in demo.DEMO_MEMBERS if "admin" in r}
+        for node in self.nodes:
+            with Client(node.url) as reader:
+                try:
+                    entry = reader.state("identity", node_key(node.org))
+                except RemoteError:
+                    entry = None
+            if entry is not None and entry.get("endpoint") == node.url:
+                continue
+            admin = read_key_file(keys / f"{admins[node.org]}.key")[1]
+            with Client(node.url, keypair=admin) as client:
+                client.call(
+                    "identity", "register_node", {"member": node.name, "endpoint": node.url}
+                )
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -37,6 +37,9 @@ from careledger.node import Node
 from careledger.vault import Vault, VaultStore
 
 WRITER_ROLES = frozenset({"clinician", "nurse", "admin", "node", "device", "pharmacist"})
+
+if TYPE_CHECKING:
+    from careledger.health.federation import FederationClient
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class HealthRecords:
         self.ledger = node.ledger
         self.vault = vault
         self.patient_keys_dir = patient_keys_dir
+        # Reads of records other custodians hold (consortium mode); None: local records only.
+        self.federation: FederationClient | None = None
 
     @classmethod
     def for_node(cls, node: Node) -> HealthRecords:
@@ -432,11 +437,26 @@ class HealthRecords:
         *,
         version: int | None = None,
         purpose: str = "TREAT",
+        local_only: bool = False,
     ) -> StoredResource:
+        """A record version, after the ledger accepted the access event.
+
+        A record another organisation holds is asked of its custodian's node (federation),
+        unless ``local_only`` (a federated request itself never hops further).
+        """
         meta = self.record_meta(record_id, resource_type)
         require_scope(caller, resource_type, "read", meta["patient"])
         if meta["custodian"] != self.org:
-            raise NotFound("the record is held by another custodian", code="REMOTE_RECORD")
+            if local_only or self.federation is None:
+                raise NotFound("the record is held by another custodian", code="REMOTE_RECORD")
+            return self.federation.read(
+                caller,
+                meta["custodian"],
+                resource_type,
+                record_id,
+                version=version,
+                purpose=purpose,
+            )
         if version is not None and not 1 <= version <= meta["version"]:
             raise NotFound("no such version", code="UNKNOWN_VERSION")
         self.authorise(
@@ -475,6 +495,44 @@ class HealthRecords:
             if types is None or entry["type"] in types:
                 out.append((key[len(prefix) :], entry["type"]))
         return out
+
+    def custodians_of(self, patient: str) -> list[str]:
+        """Other organisations holding live records of ``patient`` (from the ledger's index)."""
+        prefix = f"patient/{patient}/"
+        found = set()
+        for key in self.ledger.store.state_keys(RECORDS, prefix, 1_000_000):
+            entry = self.ledger.state(RECORDS, key)
+            if entry is not None and entry["custodian"] != self.org:
+                found.add(str(entry["custodian"]))
+        return sorted(found)
+
+    def everything_everywhere(
+        self,
+        caller: Caller,
+        patient: str,
+        *,
+        types: set[str] | None = None,
+        purpose: str = "TREAT",
+    ) -> tuple[list[StoredResource], list[tuple[str, str]]]:
+        """Every custodian's records of ``patient`` the caller may see; (org, why) of those
+        that could not answer or refused (the answer is then partial, and says so)."""
+        missing: list[tuple[str, str]] = []
+        try:
+            found = self.everything(caller, patient, types=types, purpose=purpose)
+        except Forbidden as exc:
+            found, missing = [], [(self.org, exc.code)]
+        others = self.custodians_of(patient)
+        if others and self.federation is not None:
+            remote, gone = self.federation.everything(
+                caller, patient, others, types=types, purpose=purpose
+            )
+            found.extend(remote)
+            missing.extend(gone)
+        elif others:
+            missing.extend((org, "REMOTE_UNAVAILABLE") for org in others)
+        if not found and missing and all(org == self.org for org, _ in missing):
+            raise Forbidden("no consent covers these records", code=missing[0][1])
+        return found, missing
 
     def everything(
         self,

@@ -84,6 +84,7 @@ def _bundle(
     *,
     total: int | None = None,
     links: list[dict[str, str]] | None = None,
+    sources: bool = False,
 ) -> dict[str, Any]:
     entries = []
     for s in stored:
@@ -91,6 +92,8 @@ def _bundle(
             "fullUrl": f"{s.resource_type}/{s.record_id}",
             "resource": s.resource,
         }
+        if sources:  # which custodian answered for it (the resource itself stays as anchored)
+            entry["extension"] = [{"url": SOURCE_ORG, "valueString": s.custodian}]
         if kind == "searchset":
             entry["search"] = {"mode": "match"}
         else:
@@ -280,8 +283,32 @@ def everything(
     patient: Annotated[str, Path(pattern=ID_PATTERN)],
     purpose: PurposeHeader = "TREAT",
 ) -> Response:
-    stored = _records(request).everything(_caller(claims), patient, purpose=purpose)
-    return _fhir(_bundle("searchset", stored))
+    records = _records(request)
+    stored, missing = records.everything_everywhere(_caller(claims), patient, purpose=purpose)
+    bundle = _bundle("searchset", stored, sources=True)
+    if missing:
+        bundle["entry"].append(_partial(missing))
+    return _fhir(bundle)
+
+
+SOURCE_ORG = "https://careledger.dev/fhir/StructureDefinition/source-organization"
+
+
+def _partial(missing: list[tuple[str, str]]) -> dict[str, Any]:
+    """An OperationOutcome entry: whose records are missing from this answer, and why."""
+    issues = [
+        {
+            "severity": "warning",
+            "code": "incomplete",
+            "details": {"coding": [{"system": "https://careledger.dev/codes", "code": why}]},
+            "diagnostics": f"records held by {org} are not included ({why})",
+        }
+        for org, why in missing
+    ]
+    return {
+        "resource": {"resourceType": "OperationOutcome", "issue": issues},
+        "search": {"mode": "outcome"},
+    }
 
 
 @router.get("/{resource_type}/{record_id}", summary="Read the current version")
