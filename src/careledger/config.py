@@ -41,6 +41,8 @@ class Settings:
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
+    nats_max_msgs: int = 0  # stream retention by count (0: keep every batch)
+    catchup_signatures: int = 2
     public_url: str = ""  # where peers and clients reach this node's API (the node registry)
 
     @property
@@ -101,4 +103,6 @@ def _ordering(raw: object, data_dir: Path) -> dict[str, object]:
         "nats_tls_ca": path("tls_ca"),
         "nats_tls_cert": path("tls_cert"),
         "nats_tls_key": path("tls_key"),
+        "nats_max_msgs": int(raw.get("max_msgs", 0)),
+        "catchup_signatures": int(raw.get("catchup_signatures", 2)),
     }

@@ -73,11 +73,14 @@ class Node:
                 tls_ca=settings.nats_tls_ca,
                 tls_cert=settings.nats_tls_cert,
                 tls_key=settings.nats_tls_key,
+                max_msgs=settings.nats_max_msgs,
+                catchup_signatures=settings.catchup_signatures,
             )
             orderer = JetStreamOrderer(
                 self.ledger,
                 config,
                 node_name=settings.node_name,
+                org=settings.org,
                 pool=self.verify_pool,
                 workers=settings.verify_workers,
                 max_batch=settings.max_batch,

@@ -297,3 +297,25 @@ def test_a_removed_organisation_can_no_longer_submit(cluster: LocalCluster) -> N
     registry = httpx.get(f"{n1.url}/v1/state/identity/node/acme-pharma").json()["value"]
     # the forged call changed nothing; the removal marked Acme's node removed
     assert (registry["endpoint"], registry["status"]) == (n3.url, "removed")
+
+
+def test_a_node_past_the_streams_retention_catches_up_from_a_peer(tmp_path: Path) -> None:
+    cluster = LocalCluster.create(tmp_path / "c", 3, with_demo_data=False, stream_max_msgs=10)
+    cluster.start()
+    try:
+        n1, _, n3 = cluster.nodes
+        n3.stop()
+        with admin_client(cluster, n1) as client:
+            for i in range(30):  # one batch each: the stream keeps only the last 10
+                client.submit(new_member(client, f"late-{i}"), wait=True)
+        n3.start()
+        n3.wait_ready()
+        head = wait_converged(cluster)
+        assert httpx.get(f"{n3.url}/v1/head").json()["hash"] == head
+        assert "caught up" in n3.log.read_text() or "catching up" in n3.log.read_text()
+        # and it goes on ordering from the stream afterwards
+        with admin_client(cluster, n1) as client:
+            client.submit(new_member(client, "after-catch-up"), wait=True)
+        wait_converged(cluster)
+    finally:
+        cluster.stop()

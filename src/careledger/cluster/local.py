@@ -130,15 +130,18 @@ def _copy_sqlite(source: Path, target: Path) -> None:
 
 
 def node_config(
-    name: str, org: str, nats_urls: list[str], port: int, replicas: int
+    name: str, org: str, nats_urls: list[str], port: int, replicas: int, max_msgs: int = 0
 ) -> dict[str, Any]:
+    ordering: dict[str, Any] = {"kind": "jetstream", "servers": nats_urls, "replicas": replicas}
+    if max_msgs:
+        ordering["max_msgs"] = max_msgs
     return {
         "node_name": name,
         "org": org,
         "node_key": f"{KEYS_DIR}/{name}.key",
         "port": port,
         "public_url": f"http://127.0.0.1:{port}",
-        "ordering": {"kind": "jetstream", "servers": nats_urls, "replicas": replicas},
+        "ordering": ordering,
     }
 
 
@@ -155,7 +158,9 @@ class LocalCluster:
         return [n.spec.url for n in self.nats]
 
     @classmethod
-    def create(cls, base: Path, count: int, *, with_demo_data: bool = True) -> LocalCluster:
+    def create(
+        cls, base: Path, count: int, *, with_demo_data: bool = True, stream_max_msgs: int = 0
+    ) -> LocalCluster:
         """Write the directories (nothing runs yet)."""
         from careledger import demo
         from careledger.nodedir import init_demo
@@ -183,7 +188,7 @@ class LocalCluster:
                 os.chmod(node_dir / KEYS_DIR / f"{name}.key", 0o600)
                 (node_dir / GENESIS_FILE).write_bytes((first / GENESIS_FILE).read_bytes())
                 _copy_sqlite(first / STORE_FILE, node_dir / STORE_FILE)
-            config = node_config(name, orgs[name], urls, port, replicas)
+            config = node_config(name, orgs[name], urls, port, replicas, stream_max_msgs)
             (node_dir / NODE_FILE).write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
             nodes.append(NodeProcess(name, orgs[name], node_dir, port))
         cluster = cls(base, nats, nodes)

@@ -65,6 +65,8 @@ class JetStreamConfig:
     max_batch_bytes: int = 900_000  # under NATS's default 1 MiB max_payload
     duplicate_window_s: float = 120.0
     max_age_s: float = 0.0  # 0: keep every batch (nodes catch up from the stream)
+    max_msgs: int = 0  # 0: no count limit; past a limit, lagging nodes catch up from peers
+    catchup_signatures: int = 2  # cosigners a peer's checkpoint needs for a catch-up
 
 
 def stream_name(chain: str) -> str:
@@ -124,6 +126,7 @@ class JetStreamOrderer:
         config: JetStreamConfig,
         *,
         node_name: str,
+        org: str = "",
         pool: Executor,
         workers: int,
         max_batch: int = 2000,
@@ -134,6 +137,8 @@ class JetStreamOrderer:
         self.ledger = ledger
         self.config = config
         self.node_name = node_name
+        self.org = org
+        self.applied_height = ledger.head.height
         self.pool = pool
         self.workers = workers
         self.max_batch = max_batch
@@ -172,7 +177,10 @@ class JetStreamOrderer:
         )
         self._loop_thread.start()
         try:
-            asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(60)
+            first = asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(60)
+            if self.applied_seq + 1 < first:  # the stream dropped what this node missed
+                self._catch_up_from_peers(first)
+            asyncio.run_coroutine_threadsafe(self._subscribe(), self._loop).result(60)
         except BaseException:
             self.stop()
             raise
@@ -201,7 +209,21 @@ class JetStreamOrderer:
             if not fut.done():
                 fut.set_exception(Pushback("the node stopped", code="NODE_STOPPING"))
 
-    async def _connect(self) -> None:
+    def _catch_up_from_peers(self, first: int) -> None:
+        from careledger.cluster.catchup import catch_up_from_any
+
+        log.warning(
+            "the stream starts at %d, after this node's %d: catching up from a peer",
+            first,
+            self.applied_seq,
+        )
+        seq = catch_up_from_any(
+            self.ledger, self.org, min_signatures=self.config.catchup_signatures
+        )
+        self.ledger.store.set_local_meta(SEQ_META, str(seq))
+        self.applied_seq = seq
+
+    async def _connect(self) -> int:
         options: dict[str, Any] = {
             "servers": list(self.config.servers),
             "name": self.node_name,
@@ -226,12 +248,6 @@ class JetStreamOrderer:
         require_version(self.server_version)
         self._js = self._nc.jetstream()
         first, last = await self._ensure_stream()
-        if self.applied_seq + 1 < first:
-            raise CareLedgerError(
-                f"the stream starts at {first}, after this node's {self.applied_seq}: "
-                "catch up from a peer first",
-                code="CATCHUP_NEEDED",
-            )
         log.info(
             "ordering on %s: stream %s at %d, node at %d",
             self.server_version,
@@ -239,6 +255,9 @@ class JetStreamOrderer:
             last,
             self.applied_seq,
         )
+        return first
+
+    async def _subscribe(self) -> None:
         self._inbox = asyncio.Queue()
         deadline = time.monotonic() + 30
         while True:  # after a server crash the cluster may still be electing a meta leader
@@ -294,6 +313,7 @@ class JetStreamOrderer:
             discard=DiscardPolicy.OLD,
             duplicate_window=self.config.duplicate_window_s,
             max_age=self.config.max_age_s,
+            max_msgs=self.config.max_msgs or -1,
             max_msg_size=self.config.max_batch_bytes + 4096,
         )
         deadline = time.monotonic() + 30
@@ -446,6 +466,7 @@ class JetStreamOrderer:
             self.ledger.store.set_local_meta(SEQ_META, str(seq))
         with self.applied:
             self.applied_seq = seq
+            self.applied_height = self.ledger.head.height
             self.applied.notify_all()
         receipts = {} if executed is None else executed.receipts
         if executed is not None:
@@ -499,6 +520,11 @@ class JetStreamOrderer:
                     Conflict("the transaction was not committed (replay)", code="NONCE_REPLAY")
                 )
 
+    def _applied_snapshot(self) -> dict[str, int]:
+        """The last applied stream sequence and the height it left, read together."""
+        with self.applied:
+            return {"applied_seq": self.applied_seq, "applied_height": self.applied_height}
+
     def wait_applied(self, seq: int, timeout: float) -> bool:
         with self.applied:
             return self.applied.wait_for(lambda: self.applied_seq >= seq, timeout)
@@ -507,7 +533,7 @@ class JetStreamOrderer:
         return {
             "kind": "jetstream",
             "stream": self.stream,
-            "applied_seq": self.applied_seq,
+            **self._applied_snapshot(),
             "server_version": self.server_version,
             "connected": bool(self._nc is not None and self._nc.is_connected),
             "queued": self._queued,
