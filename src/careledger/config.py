@@ -38,6 +38,7 @@ class Settings:
     nats_servers: tuple[str, ...] = ()
     nats_replicas: int = 3
     nats_creds: Path | None = None
+    nats_nkey_seed: Path | None = None
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
@@ -100,6 +101,7 @@ def _ordering(raw: object, data_dir: Path) -> dict[str, object]:
         "nats_servers": tuple(servers),
         "nats_replicas": int(raw.get("replicas", 3)),
         "nats_creds": path("creds"),
+        "nats_nkey_seed": path("nkey_seed"),
         "nats_tls_ca": path("tls_ca"),
         "nats_tls_cert": path("tls_cert"),
         "nats_tls_key": path("tls_key"),

@@ -70,6 +70,7 @@ class Node:
                 servers=settings.nats_servers,
                 replicas=settings.nats_replicas,
                 creds=settings.nats_creds,
+                nkey_seed=settings.nats_nkey_seed,
                 tls_ca=settings.nats_tls_ca,
                 tls_cert=settings.nats_tls_cert,
                 tls_key=settings.nats_tls_key,

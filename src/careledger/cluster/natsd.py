@@ -72,6 +72,10 @@ class NatsServerSpec:
     cluster_port: int
     monitor_port: int
     store_dir: Path
+    # Optional client security: TLS (certificate, key, and the CA that signs client
+    # certificates; clients must present one) and NKey users (public keys "U...").
+    tls: tuple[Path, Path, Path] | None = None
+    nkey_users: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -103,6 +107,22 @@ cluster {{
     {routes}
   ]
 }}"""
+    security = ""
+    if spec.tls is not None:
+        cert, key, ca = spec.tls
+        security += f"""
+tls {{
+  cert_file: "{cert}"
+  key_file: "{key}"
+  ca_file: "{ca}"
+  verify: true
+}}"""
+    if spec.nkey_users:
+        users = ", ".join(f'{{ nkey: "{u}" }}' for u in spec.nkey_users)
+        security += f"""
+authorization {{
+  users: [ {users} ]
+}}"""
     return f"""# written by careledger: one server of a loopback JetStream cluster
 server_name: {spec.name}
 listen: 127.0.0.1:{spec.port}
@@ -110,7 +130,7 @@ http: 127.0.0.1:{spec.monitor_port}
 jetstream {{
   store_dir: "{spec.store_dir}"
   sync_interval: always
-}}{cluster}
+}}{cluster}{security}
 """
 
 

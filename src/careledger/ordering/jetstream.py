@@ -52,6 +52,7 @@ log = logging.getLogger("careledger.jetstream")
 SEQ_META = "ordering.jetstream.seq"
 BATCH_VERSION = 1
 PUBLISH_ATTEMPTS = 8
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class JetStreamConfig:
     servers: tuple[str, ...]
     replicas: int = 3
     creds: Path | None = None  # NATS decentralised auth: a user JWT + NKey seed file
+    nkey_seed: Path | None = None  # NATS NKey authentication: the user's seed file
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -234,14 +236,25 @@ class JetStreamOrderer:
         }
         if self.config.creds is not None:
             options["user_credentials"] = str(self.config.creds)
+        if self.config.nkey_seed is not None:
+            options["nkeys_seed"] = str(self.config.nkey_seed)
         context = _ssl_context(self.config)
         if context is not None:
             options["tls"] = context
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:  # auth and TLS failures arrive here
+            errors.append(f"{type(exc).__name__}: {exc}".strip())
+            log.warning("NATS: %s", errors[-1])
+
+        options["error_cb"] = on_error
         try:
-            self._nc = await nats.connect(**options)
+            # Reconnects are unbounded once connected; the first connection is not.
+            self._nc = await asyncio.wait_for(nats.connect(**options), CONNECT_TIMEOUT_S)
         except Exception as exc:
+            why = errors[-1] if errors else f"{type(exc).__name__}: {exc}"
             raise CareLedgerError(
-                f"cannot reach NATS at {', '.join(self.config.servers)}: {exc}",
+                f"cannot connect to NATS at {', '.join(self.config.servers)} ({why})",
                 code="NATS_UNREACHABLE",
             ) from None
         self.server_version = str(self._nc.connected_server_version)
