@@ -178,8 +178,13 @@ class Client:
         text = self._request("GET", "/v1/checkpoint/keys").text
         return [line for line in text.splitlines() if line.strip()]
 
-    def tx(self, tx_id: str, tree_size: int | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.get_json(f"/v1/tx/{tx_id}", tree_size=tree_size)
+    def tx(
+        self, tx_id: str, tree_size: int | None = None, *, signatures: int | None = None
+    ) -> dict[str, Any]:
+        """The receipt and inclusion proof; ``signatures=K``: against a K-cosigned checkpoint."""
+        result: dict[str, Any] = self.get_json(
+            f"/v1/tx/{tx_id}", tree_size=tree_size, signatures=signatures
+        )
         return result
 
     def consistency(self, first: int, second: int) -> dict[str, Any]:
@@ -244,7 +249,8 @@ class Client:
     def verified_receipt(
         self, tx_id: str, verifier_keys: Iterable[str], *, min_signatures: int = 1
     ) -> VerifiedReceipt:
-        verified = verify_tx_proof(self.tx(tx_id), verifier_keys, min_signatures=min_signatures)
+        answer = self.tx(tx_id, signatures=min_signatures if min_signatures > 1 else None)
+        verified = verify_tx_proof(answer, verifier_keys, min_signatures=min_signatures)
         if verified.receipt.get("tx_id") != tx_id:
             raise VerificationError("the node returned a receipt for another transaction")
         return verified

@@ -24,7 +24,7 @@ from careledger.cluster.local import LocalCluster, NodeProcess
 from careledger.core.canonical import canonical_bytes
 from careledger.keyfile import generate_keypair, read_key_file
 from careledger.ordering.jetstream import encode_batch, stream_subject
-from careledger.sdk import Client, RemoteError
+from careledger.sdk import Client, RemoteError, verify_tx_proof
 from tests.support.nodes import run_cli
 
 pytestmark = pytest.mark.integration
@@ -209,8 +209,12 @@ def test_cosigned_checkpoints_and_k_of_n_verification(cluster: LocalCluster) -> 
     too_many = httpx.get(f"{n3.url}/v1/checkpoint", params={"signatures": 4})
     assert too_many.status_code == 409 and too_many.json()["code"] == "NOT_ENOUGH_SIGNATURES"
     with Client(n3.url) as client:
-        verified = client.verified_receipt(receipt["tx_id"], vkeys, min_signatures=1)
+        verified = client.verified_receipt(receipt["tx_id"], vkeys, min_signatures=3)
         assert verified.receipt["tx_id"] == receipt["tx_id"]
+        assert set(verified.signers) == {"st-mary-node", "city-pharmacy-node", "acme-node"}
+        with pytest.raises(Exception) as short:  # the SDK refuses fewer cosigners than asked
+            verify_tx_proof(client.tx(receipt["tx_id"]), vkeys, min_signatures=2)
+        assert "signature" in str(short.value).lower()
 
 
 def test_a_tampered_node_is_caught_by_its_peers(cluster: LocalCluster) -> None:
@@ -246,6 +250,11 @@ def test_a_tampered_node_is_caught_by_its_peers(cluster: LocalCluster) -> None:
     assert alarm["peer"] == "acme-node"
     assert alarm["ours"]["header"] != alarm["theirs"]["note"].split("\n")[2]
     assert "— acme-node" in alarm["theirs"]["note"] and "— st-mary-node" in alarm["ours"]["note"]
+    metrics = httpx.get(f"{n1.url}/metrics").text
+    assert any(
+        line.startswith("careledger_fork_alarms ") and float(line.split()[1]) >= 1
+        for line in metrics.splitlines()
+    )
     status = run_cli("cluster", "status", str(cluster.base), "--json")
     assert status.returncode == 1
     rows = {r["name"]: r for r in orjson.loads(status.stdout)}
@@ -319,3 +328,22 @@ def test_a_node_past_the_streams_retention_catches_up_from_a_peer(tmp_path: Path
         wait_converged(cluster)
     finally:
         cluster.stop()
+
+
+def test_cluster_cli_up_status_down(tmp_path: Path) -> None:
+    base = tmp_path / "one"
+    up = run_cli("cluster", "up", str(base), "--nodes", "1", "--no-demo-data", "--json")
+    try:
+        assert up.returncode == 0, up.stderr
+        (row,) = orjson.loads(up.stdout)
+        assert row["up"] is True and row["cluster"]["kind"] == "jetstream"
+        status = run_cli("cluster", "status", str(base), "--json")
+        assert status.returncode == 0
+        assert orjson.loads(status.stdout)[0]["head"] == row["head"]
+        again = run_cli("cluster", "up", str(base))
+        assert again.returncode == 2 and "CLUSTER_EXISTS" in again.stderr
+    finally:
+        down = run_cli("cluster", "down", str(base))
+    assert down.returncode == 0 and "stopped 2" in down.stdout
+    after = run_cli("cluster", "status", str(base), "--json")
+    assert after.returncode == 1 and orjson.loads(after.stdout)[0]["up"] is False

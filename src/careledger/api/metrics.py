@@ -29,6 +29,16 @@ class Metrics:
             "Transactions waiting to be ordered",
             registry=self.registry,
         )
+        self.fork_alarms = Gauge(
+            "careledger_fork_alarms",
+            "Peers whose derived header differed from this node's (consortium mode)",
+            registry=self.registry,
+        )
+        self.head_signatures = Gauge(
+            "careledger_head_signatures",
+            "Cosignatures on the checkpoint of the head (consortium mode)",
+            registry=self.registry,
+        )
         self.commit_wait = Histogram(
             "careledger_commit_wait_seconds",
             "Admission to durable commit, for wait=true submissions",

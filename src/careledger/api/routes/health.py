@@ -29,4 +29,7 @@ def healthz(node: NodeDep) -> Response:
 def metrics(request: Request, node: NodeDep) -> Response:
     m: Metrics = request.app.state.metrics
     m.queue_depth.set(node.orderer.queued)
+    if node.witness is not None:
+        m.fork_alarms.set(len(node.witness.alarms))
+        m.head_signatures.set(node.witness.signatures_at_head())
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import NodeDep
 from careledger.api.metrics import Metrics
-from careledger.errors import CareLedgerError, Rejected, ValidationError
+from careledger.errors import CareLedgerError, Conflict, Rejected, ValidationError
 from careledger.jsonio import dumps, loads
 
 router = APIRouter(tags=["transactions"])
@@ -114,7 +114,17 @@ def get_tx(
     tx_id: str,
     node: NodeDep,
     tree_size: Annotated[int | None, Query(gt=0)] = None,
+    signatures: Annotated[int, Query(ge=1, le=64, description="cosigners required")] = 1,
 ) -> Response:
+    """With ``signatures=K``: the proof against the newest checkpoint K nodes cosigned."""
     if len(tx_id) != 64 or any(c not in "0123456789abcdef" for c in tx_id):
         raise ValidationError("a transaction id is 64 lowercase hex digits", code="BAD_TX_ID")
-    return _json(node.ledger.tx_proof(tx_id, tree_size))
+    if signatures == 1:
+        return _json(node.ledger.tx_proof(tx_id, tree_size))
+    if node.witness is None:
+        raise Conflict("this node runs alone: one signature", code="NOT_ENOUGH_SIGNATURES")
+    note = node.witness.cosigned(signatures)
+    size = int(note.split("\n")[1])
+    answer = node.ledger.tx_proof(tx_id, size)
+    answer["checkpoint"] = note
+    return _json(answer)
