@@ -7,7 +7,9 @@ DATA ?= .careledger
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck unit setup bench clean
+ASSETS := src/careledger/web/static/vendor/VERSIONS
+
+.PHONY: run test lint typecheck unit setup system bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,9 +17,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# Browser assets from npm (pinned in the script), copied into the package at build time.
+$(ASSETS): scripts/vendor-assets.sh
+	sh scripts/vendor-assets.sh
 
-run: $(STAMP)
+# Debian packages (chromium for the portal tests); installs them when run as root.
+system:
+	sh scripts/install-system-deps.sh
+
+setup: $(STAMP) $(ASSETS)
+
+run: $(STAMP) $(ASSETS)
 	@test -f $(DATA)/node.json || $(BIN)/careledger init --demo $(DATA)
 	$(BIN)/careledger serve $(DATA) --host $(HOST) --port $(PORT)
 
@@ -27,7 +37,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(ASSETS) system
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -36,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/ledger.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/careledger/web/static/vendor

@@ -22,6 +22,7 @@ import pytest
 
 from careledger.cluster.local import LocalCluster, NodeProcess
 from careledger.core.canonical import canonical_bytes
+from careledger.core.keys import b64url_encode
 from careledger.keyfile import generate_keypair, read_key_file
 from careledger.ordering.jetstream import encode_batch, stream_subject
 from careledger.sdk import Client, RemoteError, verify_tx_proof
@@ -277,31 +278,32 @@ def test_a_removed_organisation_can_no_longer_submit(cluster: LocalCluster) -> N
             with pytest.raises(RemoteError) as refused:
                 client.submit(new_member(client, "acme-late"), wait=True)
             assert refused.value.code == "ORG_REMOVED"
-    # Its node publishing straight to the stream changes nothing: every node rejects the leaf.
+    # Its node publishing straight to the stream changes nothing: a batch counts only if an
+    # active node of the chain signed it, and Acme's node no longer is one.
     acme_node = read_key_file(keys_dir(cluster) / "acme-node.key")[1]
     with Client(n1.url, keypair=acme_node) as client:
         envelope = client.build(
             "identity", "register_node", {"member": "acme-node", "endpoint": "http://evil:1"}
         )
     tx_id = client_tx_id(envelope)
+    payload = encode_batch("acme-node", int(time.time() * 1000), [orjson.dumps(envelope)])
 
     async def publish() -> None:
         nc = await nats.connect(servers=cluster.nats_urls)
         js = nc.jetstream()
-        await js.publish(
-            stream_subject("careledger.demo"),
-            encode_batch("acme-node", int(time.time() * 1000), [orjson.dumps(envelope)]),
-        )
+        headers = {
+            "CareLedger-Node": "acme-node",
+            "CareLedger-Signature": b64url_encode(acme_node.sign(payload)),
+        }
+        await js.publish(stream_subject("careledger.demo"), payload, headers=headers)
         await nc.close()
 
     asyncio.run(publish())
-    deadline = time.monotonic() + 30
-    receipt = None
-    while time.monotonic() < deadline and receipt is None:
-        response = httpx.get(f"{n1.url}/v1/tx/{tx_id}")
-        receipt = response.json()["receipt"] if response.status_code == 200 else None
-        time.sleep(0.2)
-    assert receipt is not None and receipt["code"] == "ORG_REMOVED"
+    with admin_client(cluster, n1) as client:  # a later transaction: the forged batch is behind it
+        client.submit(new_member(client, "after-forgery"), wait=True)
+    wait_converged(cluster)
+    assert httpx.get(f"{n1.url}/v1/tx/{tx_id}").status_code == 404
+    assert httpx.get(f"{n3.url}/v1/tx/{tx_id}").status_code == 404
     wait_converged(cluster)
     registry = httpx.get(f"{n1.url}/v1/state/identity/node/acme-pharma").json()["value"]
     # the forged call changed nothing; the removal marked Acme's node removed

@@ -156,6 +156,8 @@ def test_node_requests_are_authenticated(cluster: LocalCluster) -> None:
             "type": "Observation",
             "record": record,
             "purpose": "TREAT",
+            "custodian": "st-mary",
+            "chain": "careledger.demo",
             "time": time.time_ns() // 1_000_000,
             "nonce": secrets.token_hex(16),
         }
@@ -163,6 +165,9 @@ def test_node_requests_are_authenticated(cluster: LocalCluster) -> None:
 
     good = body()
     assert ask(good).status_code == 200
+    elsewhere = body(custodian="acme-pharma")  # addressed to another custodian
+    refused = ask(elsewhere)
+    assert (refused.status_code, refused.json()["code"]) == (401, "WRONG_AUDIENCE")
     replay = ask(good)
     assert (replay.status_code, replay.json()["code"]) == (401, "REPLAYED_REQUEST")
     stale = ask(body(time=time.time_ns() // 1_000_000 - 600_000))

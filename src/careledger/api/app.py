@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from careledger import __version__
 from careledger.api import errors
@@ -35,6 +36,7 @@ from careledger.supply.repository import EpcisRepository
 from careledger.supply.service import EpcisService
 from careledger.supply.supply_service import SupplyService
 from careledger.supply.verification_log import VerificationLog
+from careledger.web import routes as portal
 
 
 def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
@@ -87,4 +89,6 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
     routers = (tx, chain, cluster, federation, events, auth, health, fhir, patients, epcis, supply)
     for module in routers:
         app.include_router(module.router)
+    app.include_router(portal.router)
+    app.mount("/static", StaticFiles(directory=str(portal.HERE / "static")), name="static")
     return app

@@ -23,6 +23,8 @@ import orjson
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import member_key, resolve_signer
 from careledger.core.checkpoint import (
+    SignedNote,
+    format_note,
     format_vkey,
     merge_notes,
     parse_note,
@@ -38,6 +40,7 @@ from careledger.ledger.execute import Executed
 log = logging.getLogger("careledger.witness")
 
 KEEP = 4096  # tree sizes whose cosignatures are kept
+MAX_ALARMS = 100
 PENDING = 4096  # peer statements kept for heights this node has not reached yet
 
 
@@ -162,8 +165,19 @@ class Witness:
             if parse_note(own).body != checkpoint_body:
                 self._alarm(node, height, ours, statement)
                 return
+            # Only the sender's own line, which verify_note just checked: other lines in its
+            # note are unverified claims and must not be counted or displace genuine ones.
+            parsed = parse_note(statement["checkpoint"])
+            theirs = [
+                s
+                for s in parsed.signatures
+                if s.name == verifier.name and s.key_hash == verifier.key_hash
+            ][:1]
+            if not theirs:
+                return
+            line = format_note(SignedNote(body=parsed.body, signatures=tuple(theirs)))
             with self._lock:
-                self._remember(int(statement["size"]), merge_notes(own, statement["checkpoint"]))
+                self._remember(int(statement["size"]), merge_notes(own, line))
 
     def _recheck(self, height: int) -> None:
         with self._lock:
@@ -195,6 +209,8 @@ class Witness:
         with self._lock:
             if any(a["height"] == height and a["peer"] == node for a in self.alarms):
                 return
+            if len(self.alarms) >= MAX_ALARMS:
+                return
             self.alarms.append(evidence)
         log.error(
             "FORK: %s derived a different header at height %d than %s; evidence kept",
@@ -205,17 +221,29 @@ class Witness:
         self.publish(self.alarms_subject, orjson.dumps(evidence))
 
     def on_alarm(self, data: bytes) -> None:
-        """A peer's alarm: kept (as reported) so operators see it on every node."""
+        """A peer's alarm, kept only if its evidence holds: two header notes for one height,
+        each signed by an active node of this chain, naming different hashes."""
         try:
             evidence = orjson.loads(data)
+            height = int(evidence["height"])
+            hashes = []
+            for side in ("ours", "theirs"):
+                signer = str(evidence[side]["node"])
+                verifier = parse_vkey(self._peer_vkey(signer))
+                body, _ = verify_note(evidence[side]["note"], [verifier])
+                lines = body.split("\n")
+                if lines[0] != f"{self.ledger.chain}/header" or int(lines[1]) != height:
+                    raise CareLedgerError("the evidence names another height", code="BAD_ALARM")
+                hashes.append(lines[2])
+            if hashes[0] == hashes[1]:
+                raise CareLedgerError("the evidence shows no fork", code="BAD_ALARM")
             with self._lock:
-                key = (evidence["height"], evidence["peer"], evidence["ours"]["node"])
-                if all((a["height"], a["peer"], a["ours"]["node"]) != key for a in self.alarms):
+                key = (height, evidence["peer"], evidence["ours"]["node"])
+                known = {(a["height"], a["peer"], a["ours"]["node"]) for a in self.alarms}
+                if key not in known and len(self.alarms) < MAX_ALARMS:
                     self.alarms.append({**evidence, "reported_by": evidence["ours"]["node"]})
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.warning("ignored a malformed alarm")
-
-    # -- answers -------------------------------------------------------------------------
+        except (CareLedgerError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("ignored an alarm: %s", exc)
 
     def cosigned(self, minimum: int) -> str:
         """The newest checkpoint note with at least ``minimum`` signatures (Conflict if none)."""

@@ -381,11 +381,14 @@ class IdentityV1(Contract):
             raise Rejected("ALREADY_VOTED", f"{org} has already voted on this proposal")
         side = "yes" if approve else "no"
         proposal[side] = sorted([*proposal[side], org])
-        voters = len(ctx.state.get("orgs"))
-        if len(proposal["yes"]) * 2 > voters:
+        members = set(ctx.state.get("orgs"))
+        voters = len(members)
+        yes = len(set(proposal["yes"]) & members)  # a removed organisation's votes lapse
+        no = len(set(proposal["no"]) & members)
+        if yes * 2 > voters:
             proposal["status"] = "accepted"
             self._admit(ctx, proposal)
-        elif len(proposal["no"]) * 2 >= voters:
+        elif no * 2 >= voters:
             proposal["status"] = "rejected"
         proposal["closed" if proposal["status"] != "open" else "updated"] = ctx.height
         ctx.state.put(f"proposal/{proposal['id']}", proposal)

@@ -126,6 +126,12 @@ class FederationServer:
         if operation not in OPERATIONS or not isinstance(body, dict):
             raise ValidationError("unknown federation request", code="BAD_REQUEST")
         peer = self._requesting_node(node, signature, operation, body)
+        ledger = self.records.ledger
+        if body.get("custodian") != self.records.org or body.get("chain") != ledger.chain:
+            # the signature covers the audience: a request cannot be replayed to another node
+            raise Unauthorized(
+                "the request is addressed to another custodian", code="WRONG_AUDIENCE"
+            )
         self._fresh(body)
         caller = self._reader(body, peer.org)
         purpose = str(body.get("purpose", "TREAT"))
@@ -164,7 +170,13 @@ class FederationClient:
 
     def _ask(self, org: str, operation: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         ledger = self.records.ledger
-        body = {**body, "time": time.time_ns() // 1_000_000, "nonce": secrets.token_hex(16)}
+        body = {
+            **body,
+            "custodian": org,
+            "chain": ledger.chain,
+            "time": time.time_ns() // 1_000_000,
+            "nonce": secrets.token_hex(16),
+        }
         signature = b64url_encode(ledger.node_key.sign(request_bytes(operation, body)))
         url = f"{self.endpoint(org)}/v1/federation/{operation}"
         try:
@@ -239,8 +251,18 @@ class FederationClient:
         }
         if version is not None:
             body["version"] = version
-        (raw,) = self._ask(custodian, "read", body)
-        return self._verified(custodian, raw)
+        answers = self._ask(custodian, "read", body)
+        if len(answers) != 1:
+            raise VerificationError(
+                f"{custodian} answered {len(answers)} records", code="REMOTE_TAMPERED"
+            )
+        stored = self._verified(custodian, answers[0])
+        latest = self.records.record_meta(record_id, resource_type)["version"]
+        if stored.record_id != record_id or stored.version != (version or latest):
+            raise VerificationError(
+                f"{custodian} answered with another record or version", code="REMOTE_TAMPERED"
+            )
+        return stored
 
     def everything(
         self,
@@ -264,7 +286,17 @@ class FederationClient:
             body["types"] = sorted(types)
         for org in custodians:
             try:
-                found.extend(self._verified(org, r) for r in self._ask(org, "everything", body))
+                answers = [self._verified(org, r) for r in self._ask(org, "everything", body)]
+                for stored in answers:
+                    if stored.patient != patient or (
+                        types is not None and stored.resource_type not in types
+                    ):
+                        raise VerificationError(
+                            f"{org} answered records that were not asked for",
+                            code="REMOTE_TAMPERED",
+                        )
+                    self.records.record_meta(stored.record_id)  # not shredded since
+                found.extend(answers)
             except CareLedgerError as exc:
                 missing.append((org, exc.code))
         return found, missing

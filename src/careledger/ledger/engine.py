@@ -21,7 +21,14 @@ from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import Checkpoint, format_checkpoint, format_vkey, sign_note
 from careledger.core.keys import KeyPair
 from careledger.core.tx import MAX_ENVELOPE_BYTES, Transaction, check_signature, decode_envelope
-from careledger.errors import Conflict, NotFound, Rejected, StorageError, ValidationError
+from careledger.errors import (
+    Conflict,
+    NotFound,
+    Rejected,
+    StorageError,
+    ValidationError,
+    VerificationError,
+)
 from careledger.ledger.execute import (
     NONCE_NAMESPACE,
     Executed,
@@ -157,9 +164,18 @@ class Ledger:
     # -- commit (one thread only) --------------------------------------------------------
 
     def commit(
-        self, txs: Sequence[Transaction], time: int, *, local: Mapping[str, str] | None = None
+        self,
+        txs: Sequence[Transaction],
+        time: int,
+        *,
+        local: Mapping[str, str] | None = None,
+        expect_hash: str | None = None,
     ) -> Executed | None:
-        """Execute and store one block; ``local`` node bookkeeping is stored with it."""
+        """Execute and store one block; ``local`` node bookkeeping is stored with it.
+
+        With ``expect_hash`` (a block another node served), the block is stored only if this
+        node derives that very header hash; otherwise nothing is written (PEER_FORK).
+        """
         executed = execute_block(
             registry=self.registry,
             prev=self._head,
@@ -169,6 +185,13 @@ class Ledger:
             time=time,
             read=self.state,
         )
+        if expect_hash is not None and (
+            executed is None or executed.block.header_hash != expect_hash
+        ):
+            self.release(txs)
+            raise VerificationError(
+                "the served block does not re-execute to its header hash", code="PEER_FORK"
+            )
         if executed is not None:
             if local:
                 executed = replace(executed, block=replace(executed.block, local=dict(local)))

@@ -42,6 +42,9 @@ from nats.js.api import (
 )
 
 from careledger.cluster.natsd import require_version
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.identity import member_key, resolve_signer
+from careledger.core.keys import b64url_decode, b64url_encode, decode_public_key, verify_signature
 from careledger.core.tx import Transaction
 from careledger.errors import CareLedgerError, Conflict, Pushback, StorageError, ValidationError
 from careledger.ledger.engine import Ledger
@@ -52,6 +55,9 @@ log = logging.getLogger("careledger.jetstream")
 SEQ_META = "ordering.jetstream.seq"
 BATCH_VERSION = 1
 PUBLISH_ATTEMPTS = 8
+MAX_BLOCK_TIME = 2**53 - 1  # ms; beyond, canonical JSON would not hold the header
+NODE_HEADER = "CareLedger-Node"
+SIG_HEADER = "CareLedger-Signature"
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -105,6 +111,7 @@ def decode_batch(data: bytes) -> Batch:
         or obj.get("v") != BATCH_VERSION
         or not isinstance(obj.get("node"), str)
         or type(obj.get("time")) is not int
+        or not 0 <= obj["time"] <= MAX_BLOCK_TIME
         or not isinstance(obj.get("txs"), list)
     ):
         raise ValidationError("a batch is {v, node, time, txs}", code="BAD_BATCH")
@@ -156,7 +163,8 @@ class JetStreamOrderer:
         self._pending: dict[str, tuple[Future[dict[str, Any]], bytes]] = {}
         self._pending_lock = threading.Lock()
         self._queued = 0
-        self._deliveries: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
+        self._deliveries: queue.Queue[tuple[int, bytes, dict[str, str]] | None] = queue.Queue()
+        self.gap: tuple[int, int] | None = None
         self._loop = asyncio.new_event_loop()
         self._loop_thread: threading.Thread | None = None
         self._committer: threading.Thread | None = None
@@ -219,9 +227,11 @@ class JetStreamOrderer:
             first,
             self.applied_seq,
         )
-        seq = catch_up_from_any(
-            self.ledger, self.org, min_signatures=self.config.catchup_signatures
-        )
+        catch_up_from_any(self.ledger, self.org, min_signatures=self.config.catchup_signatures)
+        # Resume at the oldest batch the stream still holds: batches the replayed blocks
+        # already contain re-apply as replays (no block, on any node), so nothing is skipped
+        # on a peer's unsigned word about sequences.
+        seq = first - 1
         self.ledger.store.set_local_meta(SEQ_META, str(seq))
         self.applied_seq = seq
 
@@ -417,11 +427,11 @@ class JetStreamOrderer:
 
     async def _publish(self, batch: list[Transaction], payload: bytes) -> None:
         msg_id = hashlib.sha256(payload).hexdigest()
+        signature = b64url_encode(self.ledger.node_key.sign(payload))
+        headers = {"Nats-Msg-Id": msg_id, NODE_HEADER: self.node_name, SIG_HEADER: signature}
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
-                await self._js.publish(
-                    self.subject, payload, timeout=5, headers={"Nats-Msg-Id": msg_id}
-                )
+                await self._js.publish(self.subject, payload, timeout=5, headers=headers)
                 return
             except Exception as exc:  # no leader, reconnecting: retry, same message id
                 log.warning("publish attempt %d failed: %s", attempt + 1, exc)
@@ -444,37 +454,79 @@ class JetStreamOrderer:
     # -- consuming -----------------------------------------------------------------------
 
     async def _on_message(self, msg: Any) -> None:
-        self._deliveries.put((int(msg.metadata.sequence.stream), bytes(msg.data)))
+        headers = dict(msg.headers or {})
+        self._deliveries.put((int(msg.metadata.sequence.stream), bytes(msg.data), headers))
 
     def _commit_loop(self) -> None:
         while True:
             item = self._deliveries.get()
             if item is None:
                 return
-            seq, data = item
+            seq, data, headers = item
             if seq <= self.applied_seq:
                 continue  # redelivered after a consumer reset
+            if seq != self.applied_seq + 1:
+                # The stream no longer holds what comes next (retention): applying the rest
+                # would fork this node. Stop; a restart catches up from a peer.
+                self.gap = (self.applied_seq + 1, seq)
+                log.error(
+                    "gap in the stream: expected sequence %d, got %d; this node stops ordering "
+                    "until restarted (it then catches up from a peer)",
+                    self.applied_seq + 1,
+                    seq,
+                )
+                self._stopping.set()
+                return
             try:
-                self._apply(seq, data)
+                self._apply(seq, data, headers)
             except Exception:
                 # The store failed: stop applying (a gap would fork this node), say so loudly.
                 log.exception("could not apply stream sequence %d; this node stops ordering", seq)
                 self._stopping.set()
                 return
 
-    def _apply(self, seq: int, data: bytes) -> None:
+    def _publisher_ok(self, data: bytes, headers: Mapping[str, str]) -> bool:
+        """A batch counts only if an active node of this chain signed it (judged on the state
+        every node has at this point of the stream, so all nodes judge alike)."""
+        node = headers.get(NODE_HEADER)
+        signature = headers.get(SIG_HEADER)
+        if not isinstance(node, str) or not isinstance(signature, str):
+            return False
+        member = self.ledger.state(IDENTITY, member_key(node))
+        if member is None or "node" not in member["roles"]:
+            return False
         try:
-            batch = decode_batch(data)
-            envelopes = batch.envelopes
-            block_time = batch.time
-        except ValidationError:
-            log.warning("stream sequence %d is not a batch; skipped", seq)
-            envelopes, block_time = [], 0
+            resolve_signer(self.ledger.state, member["key"])
+            return verify_signature(
+                decode_public_key(member["key"]), data, b64url_decode(signature)
+            )
+        except (CareLedgerError, ValueError):
+            return False
+
+    def _apply(self, seq: int, data: bytes, headers: Mapping[str, str]) -> None:
+        envelopes: list[Any] = []
+        block_time = 0
+        if not self._publisher_ok(data, headers):
+            log.warning("stream sequence %d is not signed by a node of this chain; skipped", seq)
+        else:
+            try:
+                batch = decode_batch(data)
+                envelopes, block_time = batch.envelopes, batch.time
+            except ValidationError:
+                log.warning("stream sequence %d is not a batch; skipped", seq)
         txs = self._decoded(envelopes)
         # The applied sequence is stored with the block, in one transaction; a batch that makes
-        # no block (all replays) is recorded alone.
+        # no block (all replays, or skipped) is recorded alone.
         marker = {SEQ_META: str(seq)}
-        executed = self.ledger.commit(txs, block_time, local=marker) if txs else None
+        executed = None
+        if txs:
+            try:
+                executed = self.ledger.commit(txs, block_time, local=marker)
+            except StorageError:
+                raise
+            except Exception:  # deterministic in the batch's content: every node skips it
+                log.exception("stream sequence %d could not be executed; skipped", seq)
+                self.ledger.release(txs)
         if executed is None:
             self.ledger.store.set_local_meta(SEQ_META, str(seq))
         with self.applied:
@@ -550,4 +602,6 @@ class JetStreamOrderer:
             "server_version": self.server_version,
             "connected": bool(self._nc is not None and self._nc.is_connected),
             "queued": self._queued,
+            "gap": self.gap,
+            "stopped": self._stopping.is_set(),
         }

@@ -116,3 +116,21 @@ def test_removal_rules(chain: TestChain) -> None:
     ok(chain.run("maker-admin", "vote", {"proposal": proposal["tx_id"], "approve": False}))
     assert state(chain, f"proposal/{proposal['tx_id']}")["status"] == "rejected"
     assert state(chain, "org/pharm")["status"] == "active"
+
+
+def test_a_removed_organisations_open_votes_lapse(chain: TestChain) -> None:
+    admit_with_node(chain)  # hosp, pharm, maker, lab
+    evil = {
+        "org": {"id": "evil", "name": "E", "kind": "other"},
+        "admin": {"id": "evil-admin", "name": "E", "public_key": key("evil-admin").public_b64},
+    }
+    proposal = ok(chain.run("lab-admin", "propose_org", evil))["tx_id"]  # lab votes yes
+    removal = ok(chain.run("hosp-admin", "propose_org_removal", {"org": "lab", "reason": "x"}))
+    for admin in ("pharm-admin", "maker-admin"):
+        ok(chain.run(admin, "vote", {"proposal": removal["tx_id"], "approve": True}))
+    assert state(chain, "org/lab")["status"] == "removed"
+    # hosp's yes and lab's lapsed yes are 1 of 3 current organisations: not a majority
+    ok(chain.run("hosp-admin", "vote", {"proposal": proposal, "approve": True}))
+    assert state(chain, "org/evil") is None
+    ok(chain.run("pharm-admin", "vote", {"proposal": proposal, "approve": True}))
+    assert state(chain, "org/evil")["status"] == "active"

@@ -1,0 +1,19 @@
+#!/bin/sh
+# The portal's browser assets, fetched from the npm registry at build time and copied into the
+# package (no CDN at run time: the portal works offline). Versions are pinned here.
+set -eu
+HTMX=2.0.11
+UPLOT=1.6.32
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT="$ROOT/src/careledger/web/static/vendor"
+WORK="$ROOT/build/npm"
+mkdir -p "$WORK" "$OUT"
+cd "$WORK"
+[ -f package.json ] || echo '{"name": "careledger-portal-assets", "private": true}' > package.json
+npm install --silent --no-audit --no-fund "htmx.org@$HTMX" "uplot@$UPLOT" >/dev/null
+cp node_modules/htmx.org/dist/htmx.min.js "$OUT/htmx.min.js"
+cp node_modules/uplot/dist/uPlot.iife.min.js "$OUT/uPlot.iife.min.js"
+cp node_modules/uplot/dist/uPlot.min.css "$OUT/uPlot.min.css"
+cp node_modules/htmx.org/LICENSE "$OUT/LICENSE-htmx.txt"
+cp node_modules/uplot/LICENSE "$OUT/LICENSE-uplot.txt"
+echo "htmx.org $HTMX, uplot $UPLOT" > "$OUT/VERSIONS"

@@ -1,0 +1,214 @@
+"""The web portal: server-rendered pages (Jinja2) with htmx, over the same services as the API.
+
+Signing in never sends a private key anywhere: the browser signs the node's challenge with the
+member's key (WebCrypto Ed25519) and hands the resulting short-lived token to the portal,
+which keeps it in an HttpOnly, SameSite=Strict cookie. Pages then act as that member, through
+the same services and authorisation as the API.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from careledger.api.deps import get_member, get_node
+from careledger.auth import TokenClaims
+from careledger.errors import CareLedgerError, NotFound, ValidationError
+from careledger.health.access import Caller
+from careledger.supply.identifiers import normalise_epc
+from careledger.supply.repository import EventQuery
+from careledger.supply.supply_service import (
+    SupplyService,
+    check_lms_request,
+    lms_request_from_link,
+)
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+router = APIRouter(include_in_schema=False)
+COOKIE = "careledger_session"
+SUPPLY_ROLES = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
+
+
+def session(request: Request) -> TokenClaims | None:
+    """The signed-in member, re-checked against the ledger (None: nobody, or a stale token)."""
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return None
+    try:
+        credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+        return get_member(get_node(request), request.app.state.issuer, credentials)
+    except CareLedgerError:
+        return None
+
+
+def caller_of(claims: TokenClaims | None) -> Caller | None:
+    if claims is None:
+        return None
+    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
+
+
+def page(request: Request, name: str, **context: Any) -> HTMLResponse:
+    claims = session(request)
+    return templates.TemplateResponse(
+        request, name, {"me": claims, "chain": get_node(request).ledger.chain, **context}
+    )
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request) -> HTMLResponse:
+    return page(request, "home.html")
+
+
+# -- sign in ------------------------------------------------------------------------------
+
+
+@router.get("/signin", response_class=HTMLResponse)
+def signin(request: Request) -> HTMLResponse:
+    return page(request, "signin.html")
+
+
+@router.post("/session")
+async def start_session(request: Request) -> Response:
+    """Keep a token the browser obtained by signing the challenge (HttpOnly: no script sees it)."""
+    raw = await request.body()
+    body = orjson.loads(raw) if 0 < len(raw) <= 8192 else None
+    token = body.get("token") if isinstance(body, dict) else None
+    if not isinstance(token, str):
+        raise ValidationError("the body is {'token': ...}", code="BAD_REQUEST")
+    credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+    claims = get_member(get_node(request), request.app.state.issuer, credentials)
+    response = Response(status_code=204)
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=max(60, claims.expires - int(time.time())),
+    )
+    return response
+
+
+@router.post("/signout")
+def signout() -> Response:
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+# -- pharmacist: verify a pack ------------------------------------------------------------
+
+
+@router.get("/verify", response_class=HTMLResponse)
+def verify_page(request: Request) -> HTMLResponse:
+    return page(request, "verify.html")
+
+
+@router.get("/verify/result", response_class=HTMLResponse)
+async def verify_result(
+    request: Request,
+    link: Annotated[str, Query(max_length=1024)] = "",
+    gtin: Annotated[str, Query(max_length=14)] = "",
+    serial: Annotated[str, Query(max_length=20)] = "",
+    lot: Annotated[str, Query(max_length=20)] = "",
+    expiry: Annotated[str, Query(max_length=6)] = "",
+) -> HTMLResponse:
+    claims = session(request)
+    service: SupplyService = request.app.state.supply
+    try:
+        if link.strip():
+            raw = lms_request_from_link(link.strip(), {})
+        else:
+            raw = {"gtin": gtin.strip(), "serialNumber": serial.strip()}
+            raw |= {
+                k: v.strip()
+                for k, v in (("lotNumber", lot), ("expirationDate", expiry))
+                if v.strip()
+            }
+        lms = check_lms_request(raw)
+    except CareLedgerError as exc:
+        return page(request, "verify_result.html", error=exc)
+    answer = await run_in_threadpool(service.verify, caller_of(claims), lms)
+    journey: list[dict[str, Any]] = []
+    caller = caller_of(claims)
+    if caller is not None and caller.roles & SUPPLY_ROLES:
+        epc = normalise_epc(f"https://id.gs1.org/01/{lms['gtin']}/21/{lms['serialNumber']}")
+        events, _ = request.app.state.epcis.query(EventQuery(any_epcs=[epc], limit=100))
+        journey = events
+    return page(request, "verify_result.html", lms=lms, answer=answer, journey=journey)
+
+
+# -- ledger explorer ----------------------------------------------------------------------
+
+
+@router.get("/explorer", response_class=HTMLResponse)
+def explorer(request: Request) -> HTMLResponse:
+    node = get_node(request)
+    head = node.ledger.head
+    blocks = []
+    for height in range(head.height, max(-1, head.height - 15), -1):
+        header = node.ledger.store.header(height)
+        if header is not None:
+            blocks.append(
+                {
+                    "height": height,
+                    "hash": node.ledger.store.header_hash(height),
+                    "header": header.to_json(),
+                }
+            )
+    note = node.ledger.checkpoint()
+    signers = [line.split()[1] for line in note.splitlines() if line.startswith("\u2014 ")]
+    return page(
+        request,
+        "explorer.html",
+        head=head.to_json(),
+        head_hash=node.ledger.head_hash,
+        blocks=blocks,
+        checkpoint=note,
+        signers=signers,
+    )
+
+
+@router.get("/explorer/blocks/{height}", response_class=HTMLResponse)
+def block_page(request: Request, height: int) -> HTMLResponse:
+    node = get_node(request)
+    header = node.ledger.store.header(height)
+    if header is None:
+        raise NotFound(f"no block at height {height}", code="UNKNOWN_BLOCK")
+    txs = node.ledger.store.block_txs(height)
+    rows = [
+        {"tx_id": t.tx_id, "leaf": t.leaf_index, "receipt": orjson.loads(t.receipt)} for t in txs
+    ]
+    return page(
+        request,
+        "block.html",
+        height=height,
+        header=header.to_json(),
+        hash=node.ledger.store.header_hash(height),
+        txs=rows,
+    )
+
+
+@router.get("/explorer/tx/{tx_id}", response_class=HTMLResponse)
+def tx_page(request: Request, tx_id: str) -> HTMLResponse:
+    node = get_node(request)
+    if len(tx_id) != 64:
+        raise NotFound("no such transaction", code="UNKNOWN_TX")
+    proof = node.ledger.tx_proof(tx_id)
+    return page(
+        request,
+        "tx.html",
+        tx_id=tx_id,
+        proof=proof,
+        proof_json=orjson.dumps(proof).decode().replace("<", "\\u003c"),
+        vkey=node.ledger.verifier_key(),
+    )

@@ -1,0 +1,135 @@
+"""The portal in a real browser: Debian's Chromium driven by Playwright against a real node.
+
+Each test is a user's journey; screenshots of each page go to tests/e2e/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from careledger.demo import DEMO_PRODUCTS
+from careledger.nodedir import init_demo
+from tests.support.nodes import Server, serving
+
+pytestmark = pytest.mark.integration
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).parent / "screenshots"
+AMOX, AMOX_LOT, *_ = DEMO_PRODUCTS[0]
+EXPIRY = "271130"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("portal") / "node"
+    init_demo(data).store.close()
+    with serving(data) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        if os.geteuid() != 0:
+            pytest.skip("no /usr/bin/chromium and not root to install it (scripts/)")
+        raise AssertionError("/usr/bin/chromium is missing: run scripts/install-system-deps.sh")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def link(serial: str) -> str:
+    return f"https://id.gs1.org/01/{AMOX}/21/{serial}?10={AMOX_LOT}&17={EXPIRY}"
+
+
+def verify(page: Page, code: str) -> None:
+    page.get_by_label("GS1 Digital Link or scanned code").fill(code)
+    page.get_by_role("button", name="Verify").click()
+
+
+def test_a_pharmacist_checks_packs_genuine_and_counterfeit(page: Page, server: Server) -> None:
+    page.goto(f"{server.url}/verify")
+    expect(page.get_by_role("heading", name="Verify a pack")).to_be_visible()
+    verify(page, link(f"{AMOX_LOT}0010"))
+    expect(page.get_by_test_id("verdict")).to_have_text("Verified")
+    shot(page, "verify-genuine")
+    verify(page, link("FAKE0001"))  # a serial Acme never commissioned
+    expect(page.get_by_test_id("verdict")).to_contain_text("Not verified · No_match_GTIN_Serial")
+    expect(page.get_by_text("Do not dispense")).to_be_visible()
+    shot(page, "verify-counterfeit")
+    verify(page, link(f"{AMOX_LOT}0001"))  # dispensed to a patient already
+    expect(page.get_by_test_id("verdict")).to_contain_text("Not verified")
+    verify(page, "https://id.gs1.org/01/00312345100019/21/X")  # bad check digit
+    expect(page.get_by_test_id("verify-error")).to_contain_text("BAD_CHECK_DIGIT")
+
+
+def test_signing_in_with_a_key_file_shows_the_packs_journey(page: Page, server: Server) -> None:
+    page.goto(f"{server.url}/signin")
+    key = server.data_dir / "keys" / "ph-chen-li.key"
+    page.get_by_label("Key file").set_input_files(str(key))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("signed-in")).to_have_text("ph-chen-li · city-pharmacy")
+    shot(page, "home-signed-in")
+    page.goto(f"{server.url}/verify")
+    verify(page, link(f"{AMOX_LOT}0002"))
+    journey = page.get_by_test_id("journey")
+    expect(journey).to_contain_text("commissioning")
+    expect(journey).to_contain_text("dispensing")
+    shot(page, "verify-journey")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("banner").get_by_role("link", name="Sign in")).to_be_visible()
+
+
+def test_a_wrong_key_file_is_refused_with_a_reason(
+    page: Page, server: Server, tmp_path: Path
+) -> None:
+    bogus = tmp_path / "not-a-key.key"
+    bogus.write_text('{"type": "something-else"}')
+    page.goto(f"{server.url}/signin")
+    page.get_by_label("Key file").set_input_files(str(bogus))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("status")).to_contain_text("not a CareLedger key file")
+
+
+def test_the_explorer_checks_an_inclusion_proof_in_the_browser(page: Page, server: Server) -> None:
+    page.goto(f"{server.url}/explorer")
+    expect(page.get_by_test_id("head")).to_contain_text("Checkpoint signed by")
+    shot(page, "explorer")
+    page.locator("tbody tr a").last.click()
+    expect(page.get_by_role("heading", name="Block")).to_be_visible()
+    page.locator("table a").first.click()
+    expect(page.get_by_test_id("proof-verdict")).to_have_text("Verified in your browser")
+    expect(page.locator("#proof-steps li.bad")).to_have_count(0)
+    shot(page, "explorer-proof")
+
+
+def test_pages_work_on_a_phone(browser: Browser, server: Server) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    phone = context.new_page()
+    try:
+        phone.goto(f"{server.url}/verify")
+        verify(phone, link(f"{AMOX_LOT}0010"))
+        expect(phone.get_by_test_id("verdict")).to_have_text("Verified")
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
+        shot(phone, "verify-phone")
+    finally:
+        context.close()
