@@ -44,7 +44,10 @@
     const noteRoot = CL.hex(CL.b64Decode(lines[2]));
     const okRoot = noteRoot === CL.hex(r) && Number(lines[1]) === proof.proof.tree_size;
     step(`the signed checkpoint names the same root and size ${lines[1]}`, okRoot);
-    const [vname, vhash, vkeyB64] = vkey.split("+");
+    // name+keyhash+base64(0x01 || key): the base64 may itself hold "+" characters
+    const first = vkey.indexOf("+");
+    const second = vkey.indexOf("+", first + 1);
+    const [vname, vhash, vkeyB64] = [vkey.slice(0, first), vkey.slice(first + 1, second), vkey.slice(second + 1)];
     const pub = CL.b64Decode(vkeyB64).slice(1);
     const key = await crypto.subtle.importKey("raw", pub, { name: "Ed25519" }, false, ["verify"]);
     let okSig = false;
