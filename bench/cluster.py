@@ -74,6 +74,9 @@ def submit_all(urls: list[str], halves: list[list[dict[str, Any]]]) -> None:
 
 
 def workload(keys_dir: Path, chain: str, n: int, tag: str, nonce0: int) -> list[list[Any]]:
+    """Half the transactions per signer. Nonces start above any the SDK drew (it uses the
+    clock in microseconds), ``nonce0`` apart between workloads."""
+    nonce0 += time.time_ns() // 1000
     return [
         envelopes(read_key_file(keys_dir / f"{signer}.key")[1], chain, n // 2, f"{tag}{i}-", nonce0)
         for i, signer in enumerate(SIGNERS)
@@ -81,6 +84,7 @@ def workload(keys_dir: Path, chain: str, n: int, tag: str, nonce0: int) -> list[
 
 
 def latency(url: str, keys_dir: Path, chain: str, n: int, nonce0: int) -> list[float]:
+    nonce0 += time.time_ns() // 1000
     envs = envelopes(read_key_file(keys_dir / "st-mary-admin.key")[1], chain, n, "lat", nonce0)
     out = []
     with httpx.Client(base_url=url, timeout=60) as http:

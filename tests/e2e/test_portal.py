@@ -9,11 +9,15 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from careledger.demo import DEMO_PRODUCTS
+from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
+from careledger.sdk import Client
 from tests.support.nodes import Server, serving
 
 pytestmark = pytest.mark.integration
@@ -133,3 +137,64 @@ def test_pages_work_on_a_phone(browser: Browser, server: Server) -> None:
         shot(phone, "verify-phone")
     finally:
         context.close()
+
+
+def sign_in(page: Page, server: Server, key: Path) -> None:
+    page.goto(f"{server.url}/signin")
+    page.get_by_label("Key file").set_input_files(str(key))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("signed-in")).to_be_visible()
+
+
+def patient_key(server: Server) -> Path:
+    return sorted((server.data_dir / "keys" / "patients").glob("*.key"))[0]
+
+
+def test_a_patient_sees_verified_records_and_exports_them(page: Page, server: Server) -> None:
+    key = patient_key(server)
+    sign_in(page, server, key)
+    page.get_by_role("link", name="My records").click()
+    records = page.get_by_test_id("records").locator("li")
+    expect(records.first).to_be_visible()
+    count = records.count()
+    assert count > 10
+    expect(page.get_by_text("Verified on the ledger").first).to_be_visible()
+    expect(page.get_by_test_id("chart").locator("canvas")).to_have_count(1)
+    shot(page, "patient-records")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Export everything (FHIR)").click()
+    bundle = orjson.loads(Path(download.value.path()).read_bytes())
+    assert bundle["resourceType"] == "Bundle" and len(bundle["entry"]) == count
+    page.get_by_text("Verified on the ledger").first.click()
+    expect(page.get_by_test_id("proof-verdict")).to_have_text("Verified in your browser")
+    page.goto(f"{server.url}/me/access")
+    log = page.get_by_test_id("access-log")
+    expect(log).to_contain_text(key.stem)  # the patient's own reads are on the record too
+    shot(page, "patient-access-log")
+
+
+def test_a_revoked_consent_stops_the_clinician_at_once(page: Page, server: Server) -> None:
+    key = patient_key(server)
+    patient = key.stem
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/me/consents")
+    page.get_by_label("Organisation").select_option("northside-clinic")
+    page.get_by_role("button", name="Grant").click()
+    table = page.get_by_test_id("consents")
+    expect(table).to_contain_text("northside-clinic")
+    shot(page, "patient-consents")
+    clinician = read_key_file(server.data_dir / "keys" / "dr-ben-okafor.key")[1]
+    with Client(server.url, keypair=clinician) as client:
+        token = client.login()
+    headers = {"authorization": f"Bearer {token}"}
+    url = f"{server.url}/fhir/Patient/{patient}/$everything"
+    assert httpx.get(url, headers=headers, timeout=30).status_code == 200
+    row = table.locator("tr", has_text="northside-clinic").filter(has_text="active").first
+    row.get_by_role("button", name="Revoke").click()
+    expect(
+        page.get_by_test_id("consents")
+        .locator("tr", has_text="northside-clinic")
+        .filter(has_text="active")
+    ).to_have_count(0)
+    refused = httpx.get(url, headers=headers, timeout=30)
+    assert refused.status_code == 403

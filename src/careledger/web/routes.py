@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -21,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import get_member, get_node
 from careledger.auth import TokenClaims
-from careledger.errors import CareLedgerError, NotFound, ValidationError
+from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
 from careledger.health.access import Caller
 from careledger.supply.identifiers import normalise_epc
 from careledger.supply.repository import EventQuery
@@ -30,6 +31,7 @@ from careledger.supply.supply_service import (
     check_lms_request,
     lms_request_from_link,
 )
+from careledger.web import fhir_view
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -212,3 +214,127 @@ def tx_page(request: Request, tx_id: str) -> HTMLResponse:
         proof_json=orjson.dumps(proof).decode().replace("<", "\\u003c"),
         vkey=node.ledger.verifier_key(),
     )
+
+
+# -- patient: my records, who saw them, consents, export, erasure --------------------------
+
+
+def _patient(request: Request) -> tuple[TokenClaims, Caller]:
+    claims = session(request)
+    if claims is None or "patient" not in claims.roles:
+        raise Forbidden("sign in with a patient's key to see this page", code="NOT_AUTHORISED")
+    caller = caller_of(claims)
+    assert caller is not None
+    return claims, caller
+
+
+@router.get("/me", response_class=HTMLResponse)
+async def my_records(request: Request) -> HTMLResponse:
+    claims, caller = _patient(request)
+    records = request.app.state.health
+    found, missing = await run_in_threadpool(
+        records.everything_everywhere, caller, claims.member, purpose="PATRQT"
+    )
+    rows = sorted(
+        (
+            {
+                "type": s.resource_type,
+                "id": s.record_id,
+                "when": fhir_view.when(s.resource),
+                "title": fhir_view.title(s.resource),
+                "custodian": s.custodian,
+                "version": s.version,
+                "anchor_tx": s.anchor_tx,
+            }
+            for s in found
+        ),
+        key=lambda r: r["when"],
+        reverse=True,
+    )
+    series: dict[str, list[tuple[str, float, str]]] = {}
+    for s in found:
+        q = fhir_view.quantity(s.resource)
+        if s.resource_type == "Observation" and q is not None:
+            series.setdefault(fhir_view.title(s.resource), []).append(
+                (fhir_view.when(s.resource), *q)
+            )
+    chart_name, chart = max(series.items(), key=lambda kv: len(kv[1]), default=("", []))
+    return page(
+        request,
+        "me.html",
+        rows=rows,
+        missing=missing,
+        chart_name=chart_name,
+        chart_json=orjson.dumps(sorted(chart)).decode().replace("<", "\\u003c"),
+    )
+
+
+@router.get("/me/access", response_class=HTMLResponse)
+def my_access_log(request: Request) -> HTMLResponse:
+    claims, caller = _patient(request)
+    entries = request.app.state.health.access_log(caller, claims.member)
+    return page(request, "access.html", entries=entries)
+
+
+@router.get("/me/consents", response_class=HTMLResponse)
+def my_consents(request: Request) -> HTMLResponse:
+    claims, caller = _patient(request)
+    node = get_node(request)
+    consents = request.app.state.health.consents(caller, claims.member)
+    orgs = [o for o in (node.ledger.state("identity", "orgs") or []) if o != claims.org]
+    return page(request, "consents.html", consents=consents, orgs=orgs)
+
+
+@router.post("/me/consents")
+async def grant(request: Request) -> Response:
+    claims, caller = _patient(request)
+    form = parse_qs((await request.body()).decode())
+    org = (form.get("org") or [""])[0]
+    types = [t for t in (form.get("types") or ["*"])[0].replace(" ", "").split(",") if t]
+    purpose = (form.get("purpose") or ["TREAT"])[0]
+    days = (form.get("days") or [""])[0]
+    args: dict[str, Any] = {
+        "grantee": {"org": org},
+        "actions": ["read"],
+        "resource_types": types or ["*"],
+        "purposes": [purpose],
+    }
+    if days.isdigit() and 0 < int(days) <= 3650:
+        args["end"] = int(time.time() * 1000) + int(days) * 86_400_000
+    await run_in_threadpool(request.app.state.health.grant_consent, caller, claims.member, args)
+    return RedirectResponse("/me/consents", status_code=303)
+
+
+@router.post("/me/consents/{consent_id}/revoke")
+async def revoke(request: Request, consent_id: str) -> Response:
+    _, caller = _patient(request)
+    await run_in_threadpool(request.app.state.health.revoke_consent, caller, consent_id)
+    return RedirectResponse("/me/consents", status_code=303)
+
+
+@router.get("/me/export")
+async def export(request: Request) -> Response:
+    """Everything, as one FHIR Bundle to download (the patient's own copy)."""
+    claims, caller = _patient(request)
+    found, _ = await run_in_threadpool(
+        request.app.state.health.everything_everywhere, caller, claims.member, purpose="PATRQT"
+    )
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": f"{s.resource_type}/{s.record_id}", "resource": s.resource} for s in found
+        ],
+    }
+    return Response(
+        orjson.dumps(bundle),
+        media_type="application/fhir+json",
+        headers={"Content-Disposition": f'attachment; filename="{claims.member}-records.json"'},
+    )
+
+
+@router.post("/me/records/{record_id}/erase")
+async def erase(request: Request, record_id: str) -> Response:
+    _, caller = _patient(request)
+    await run_in_threadpool(request.app.state.health.shred, caller, record_id)
+    return RedirectResponse("/me", status_code=303)
