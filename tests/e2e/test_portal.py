@@ -198,3 +198,23 @@ def test_a_revoked_consent_stops_the_clinician_at_once(page: Page, server: Serve
     ).to_have_count(0)
     refused = httpx.get(url, headers=headers, timeout=30)
     assert refused.status_code == 403
+
+
+def test_a_manufacturer_recalls_a_lot_and_sees_its_holders(page: Page, server: Server) -> None:
+    metformin, met_lot, *_ = DEMO_PRODUCTS[1]
+    sign_in(page, server, server.data_dir / "keys" / "acme-admin.key")
+    page.get_by_role("link", name="Recalls").click()
+    page.get_by_label("GTIN").fill(metformin)
+    page.get_by_label("Lots (comma-separated)").fill(met_lot)
+    page.get_by_label("Reason").fill("dissolution failure")
+    page.get_by_role("button", name="Recall").click()
+    recall = page.get_by_test_id("recall").first
+    expect(recall).to_contain_text("dissolution failure")
+    expect(recall).to_contain_text("medline-dist")  # 12 at the distributor
+    expect(recall).to_contain_text("city-pharmacy")  # 12 at the pharmacy, one under investigation
+    shot(page, "manufacturer-recall")
+    page.get_by_label("GTIN").fill(metformin)
+    page.get_by_label("Lots (comma-separated)").fill("NO-SUCH-LOT")
+    page.get_by_label("Reason").fill("x")
+    page.get_by_role("button", name="Recall").click()
+    expect(page.get_by_test_id("recall-error")).to_contain_text("UNKNOWN_LOT")

@@ -338,3 +338,44 @@ async def erase(request: Request, record_id: str) -> Response:
     _, caller = _patient(request)
     await run_in_threadpool(request.app.state.health.shred, caller, record_id)
     return RedirectResponse("/me", status_code=303)
+
+
+# -- manufacturer: recalls ------------------------------------------------------------------
+
+
+def _supply_member(request: Request) -> Caller:
+    caller = caller_of(session(request))
+    if caller is None or not caller.roles & SUPPLY_ROLES:
+        raise Forbidden("sign in with a supply-chain member's key", code="NOT_AUTHORISED")
+    return caller
+
+
+@router.get("/recalls", response_class=HTMLResponse)
+def recalls(request: Request) -> HTMLResponse:
+    caller = _supply_member(request)
+    node = get_node(request)
+    service: SupplyService = request.app.state.supply
+    items = []
+    for key in node.ledger.store.state_keys("supply", "recall/", 1000):
+        entry = node.ledger.state("supply", key)
+        if entry is not None:
+            items.append(service.recall(caller, entry["id"]))
+    items.sort(key=lambda r: r["height"], reverse=True)
+    return page(request, "recalls.html", recalls=items)
+
+
+@router.post("/recalls")
+async def start_recall(request: Request) -> Response:
+    caller = _supply_member(request)
+    form = parse_qs((await request.body()).decode())
+    gtin = (form.get("gtin") or [""])[0].strip()
+    lots = [x.strip() for x in (form.get("lots") or [""])[0].split(",") if x.strip()]
+    reason = (form.get("reason") or [""])[0].strip()
+    service: SupplyService = request.app.state.supply
+    try:
+        await run_in_threadpool(
+            service.act, caller, "recall", {"gtin": gtin, "lots": lots, "reason": reason}
+        )
+    except CareLedgerError as exc:
+        return page(request, "recalls.html", recalls=[], error=exc)
+    return RedirectResponse("/recalls", status_code=303)
