@@ -18,6 +18,7 @@ from careledger.demo import DEMO_PRODUCTS
 from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
+from careledger.storage.sqlite import SQLiteStore
 from tests.support.nodes import Server, serving
 
 pytestmark = pytest.mark.integration
@@ -146,6 +147,22 @@ def sign_in(page: Page, server: Server, key: Path) -> None:
     expect(page.get_by_test_id("signed-in")).to_be_visible()
 
 
+def northside_may_read(server: Server, patient: str) -> bool:
+    store = SQLiteStore(server.data_dir / "ledger.sqlite", readonly=True)
+    try:
+        for key in store.state_keys("consent", f"by-patient/{patient}/", 1000):
+            raw = store.get_state("consent", f"consent/{key.rsplit('/', 1)[1]}")
+            entry = orjson.loads(raw or b"{}")
+            if (
+                entry.get("grantee", {}).get("org") == "northside-clinic"
+                and entry.get("status") == "active"
+            ):
+                return True
+        return False
+    finally:
+        store.close()
+
+
 def patient_key(server: Server) -> Path:
     return sorted((server.data_dir / "keys" / "patients").glob("*.key"))[0]
 
@@ -218,3 +235,39 @@ def test_a_manufacturer_recalls_a_lot_and_sees_its_holders(page: Page, server: S
     page.get_by_label("Reason").fill("x")
     page.get_by_role("button", name="Recall").click()
     expect(page.get_by_test_id("recall-error")).to_contain_text("UNKNOWN_LOT")
+
+
+def test_a_clinician_without_consent_breaks_the_glass_and_the_patient_sees_it(
+    page: Page, server: Server, browser: Browser
+) -> None:
+    patients = [
+        p
+        for p in sorted((server.data_dir / "keys" / "patients").glob("*.key"))
+        if not northside_may_read(server, p.stem)
+    ]
+    patient = patients[-1].stem
+    sign_in(page, server, server.data_dir / "keys" / "dr-ben-okafor.key")
+    page.get_by_role("link", name="Patients").click()
+    page.get_by_label("Patient id").fill(patient)
+    page.get_by_role("button", name="Open").click()
+    expect(page.get_by_test_id("refused")).to_contain_text("NO_CONSENT")
+    page.get_by_label("Reason").select_option("unconscious")
+    page.get_by_label("Your key file").set_input_files(
+        str(server.data_dir / "keys" / "dr-ben-okafor.key")
+    )
+    page.get_by_role("button", name="Break the glass").click()
+    expect(page.get_by_test_id("emergency")).to_be_visible()
+    history = page.get_by_test_id("history")
+    expect(history).to_contain_text("st-mary")  # the source organisation of each record
+    shot(page, "clinician-break-glass")
+    context = browser.new_context()
+    patient_page = context.new_page()
+    try:
+        sign_in(patient_page, server, patients[-1])
+        patient_page.goto(f"{server.url}/me/access")
+        flagged = patient_page.locator("tr.glass")
+        expect(flagged.first).to_contain_text("dr-ben-okafor")
+        expect(flagged.first).to_contain_text("Emergency access")
+        shot(patient_page, "patient-sees-break-glass")
+    finally:
+        context.close()

@@ -273,7 +273,7 @@ async def my_records(request: Request) -> HTMLResponse:
 def my_access_log(request: Request) -> HTMLResponse:
     claims, caller = _patient(request)
     entries = request.app.state.health.access_log(caller, claims.member)
-    return page(request, "access.html", entries=entries)
+    return page(request, "access.html", entries=list(reversed(entries)))  # newest first
 
 
 @router.get("/me/consents", response_class=HTMLResponse)
@@ -379,3 +379,48 @@ async def start_recall(request: Request) -> Response:
     except CareLedgerError as exc:
         return page(request, "recalls.html", recalls=[], error=exc)
     return RedirectResponse("/recalls", status_code=303)
+
+
+# -- clinician: a patient's merged history, break-glass -----------------------------------
+
+CARE_ROLES = frozenset({"clinician", "nurse"})
+
+
+@router.get("/clinician", response_class=HTMLResponse)
+async def clinician(
+    request: Request,
+    patient: Annotated[str, Query(max_length=64)] = "",
+    emergency: Annotated[bool, Query()] = False,
+) -> HTMLResponse:
+    claims = session(request)
+    caller = caller_of(claims)
+    if caller is None or not caller.roles & CARE_ROLES:
+        raise Forbidden("sign in with a clinician's or nurse's key", code="NOT_AUTHORISED")
+    patient = patient.strip()
+    if not patient:
+        return page(request, "clinician.html", patient="")
+    purpose = "ETREAT" if emergency else "TREAT"
+    records = request.app.state.health
+    try:
+        found, missing = await run_in_threadpool(
+            records.everything_everywhere, caller, patient, purpose=purpose
+        )
+    except CareLedgerError as exc:
+        return page(request, "clinician.html", patient=patient, refused=exc, emergency=emergency)
+    rows = sorted(
+        (
+            {
+                "when": fhir_view.when(s.resource),
+                "title": fhir_view.title(s.resource),
+                "type": s.resource_type,
+                "custodian": s.custodian,
+                "anchor_tx": s.anchor_tx,
+            }
+            for s in found
+        ),
+        key=lambda r: r["when"],
+        reverse=True,
+    )
+    return page(
+        request, "clinician.html", patient=patient, rows=rows, missing=missing, emergency=emergency
+    )
