@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from careledger.demo import DEMO_PRODUCTS
-from careledger.keyfile import read_key_file
+from careledger.keyfile import read_key_file, write_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
 from careledger.storage.sqlite import SQLiteStore
@@ -271,3 +271,50 @@ def test_a_clinician_without_consent_breaks_the_glass_and_the_patient_sees_it(
         shot(patient_page, "patient-sees-break-glass")
     finally:
         context.close()
+
+
+def test_a_passphrase_protected_key_file_opens_in_the_browser(
+    page: Page, server: Server, tmp_path: Path
+) -> None:
+    _, keypair = read_key_file(server.data_dir / "keys" / "dr-ana-silva.key")
+    protected = tmp_path / "dr-ana-silva.key"
+    write_key_file(protected, keypair, name="dr-ana-silva", passphrase="correct horse")
+    page.goto(f"{server.url}/signin")
+    page.get_by_label("Key file").set_input_files(str(protected))
+    page.get_by_label("Passphrase, if the file has one").fill("wrong horse")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("status")).to_contain_text("wrong passphrase", timeout=20_000)
+    page.get_by_label("Passphrase, if the file has one").fill("correct horse")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("signed-in")).to_have_text("dr-ana-silva · st-mary", timeout=20_000)
+
+
+AXE = Path(__file__).parents[2] / "build" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def axe_problems(page: Page) -> list[str]:
+    """Serious and critical WCAG 2.1 A/AA findings of axe-core on the page as it is."""
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate(
+        "async () => (await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'wcag21aa']}))"
+        ".violations.filter(v => ['serious', 'critical'].includes(v.impact))"
+        ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).slice(0, 3).join(', '))"
+    )
+    return list(result)
+
+
+def test_pages_pass_an_accessibility_check(page: Page, server: Server) -> None:
+    assert AXE.exists(), "scripts/vendor-assets.sh installs axe-core for this test"
+    problems: dict[str, list[str]] = {}
+    for path in ("/", "/signin", "/verify", "/explorer"):
+        page.goto(f"{server.url}{path}")
+        problems[path] = axe_problems(page)
+    page.goto(f"{server.url}/verify")
+    verify(page, link(f"{AMOX_LOT}0010"))
+    expect(page.get_by_test_id("verdict")).to_be_visible()
+    problems["/verify (result)"] = axe_problems(page)
+    sign_in(page, server, patient_key(server))
+    for path in ("/me", "/me/access", "/me/consents"):
+        page.goto(f"{server.url}{path}")
+        problems[path] = axe_problems(page)
+    assert {p: v for p, v in problems.items() if v} == {}

@@ -3,6 +3,27 @@
 "use strict";
 (() => {
   const ED25519_PKCS8_PREFIX = CL.fromHex("302e020100300506032b657004220420");
+  // A passphrase-protected file: Argon2id(passphrase as NFC UTF-8, salt) opens the
+  // XSalsa20-Poly1305 box holding the seed (libsodium, as the CLI writes it), here.
+  async function unlock(data) {
+    const passphrase = document.getElementById("passphrase").value;
+    if (!passphrase) throw new Error("this key file is protected: type its passphrase");
+    const kdf = data.kdf || {};
+    if (kdf.alg !== "argon2id") throw new Error("unknown key protection");
+    if (kdf.opslimit > 4 || kdf.memlimit > 1073741824) throw new Error("the key file asks for too much work");
+    await sodium.ready;
+    const key = sodium.crypto_pwhash(
+      32, new TextEncoder().encode(passphrase.normalize("NFC")), CL.b64Decode(kdf.salt),
+      kdf.opslimit, kdf.memlimit, sodium.crypto_pwhash_ALG_ARGON2ID13,
+    );
+    const sealed = CL.b64Decode(data.encrypted_seed);
+    try {
+      return sodium.crypto_secretbox_open_easy(sealed.slice(24), sealed.slice(0, 24), key);
+    } catch {
+      throw new Error("wrong passphrase");
+    }
+  }
+
   const form = document.getElementById("signin");
   const status = document.getElementById("signin-status");
   form.addEventListener("submit", async (event) => {
@@ -13,10 +34,8 @@
       if (!file) throw new Error("choose your key file");
       const data = JSON.parse(await file.text());
       if (data.type !== "careledger-ed25519-key") throw new Error("this is not a CareLedger key file");
-      if (!data.seed) {
-        throw new Error("this key is passphrase-protected: sign in with a token from `careledger token` for now");
-      }
-      const pkcs8 = CL.concat(ED25519_PKCS8_PREFIX, CL.b64Decode(data.seed));
+      const seed = data.seed ? CL.b64Decode(data.seed) : await unlock(data);
+      const pkcs8 = CL.concat(ED25519_PKCS8_PREFIX, seed);
       const key = await crypto.subtle.importKey("pkcs8", pkcs8, { name: "Ed25519" }, false, ["sign"]);
       const challenge = await (await fetch("/v1/auth/challenge", { method: "POST" })).json();
       const message = new TextEncoder().encode(challenge.message);
