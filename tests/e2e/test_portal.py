@@ -318,3 +318,17 @@ def test_pages_pass_an_accessibility_check(page: Page, server: Server) -> None:
         page.goto(f"{server.url}{path}")
         problems[path] = axe_problems(page)
     assert {p: v for p, v in problems.items() if v} == {}
+
+
+def test_a_pharmacist_records_a_dispense(page: Page, server: Server) -> None:
+    sign_in(page, server, server.data_dir / "keys" / "ph-chen-li.key")
+    page.goto(f"{server.url}/verify")
+    verify(page, link(f"{AMOX_LOT}0011"))
+    expect(page.get_by_test_id("verdict")).to_have_text("Verified")
+    page.get_by_role("button", name="Record dispense").click()
+    expect(page.get_by_test_id("dispense-result")).to_have_text(
+        "Dispensed · recorded on the ledger"
+    )
+    verify(page, link(f"{AMOX_LOT}0011"))  # the same pack again: no longer in circulation
+    expect(page.get_by_test_id("verdict")).to_contain_text("Not verified")
+    expect(page.get_by_role("button", name="Record dispense")).to_have_count(0)

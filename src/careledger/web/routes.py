@@ -146,7 +146,40 @@ async def verify_result(
         epc = normalise_epc(f"https://id.gs1.org/01/{lms['gtin']}/21/{lms['serialNumber']}")
         events, _ = request.app.state.epcis.query(EventQuery(any_epcs=[epc], limit=100))
         journey = events
-    return page(request, "verify_result.html", lms=lms, answer=answer, journey=journey)
+    can_dispense = bool(
+        caller is not None
+        and caller.roles & {"pharmacist", "admin"}
+        and answer["data"].get("verified")
+        and not answer["data"].get("additionalInfo")
+    )
+    return page(
+        request,
+        "verify_result.html",
+        lms=lms,
+        answer=answer,
+        journey=journey,
+        can_dispense=can_dispense,
+    )
+
+
+@router.post("/verify/dispense", response_class=HTMLResponse)
+async def dispense(request: Request) -> HTMLResponse:
+    """A pharmacist records handing the pack to a patient (no patient data is recorded)."""
+    caller = _supply_member(request)
+    form = parse_qs((await request.body()).decode())
+    gtin, serial = (form.get("gtin") or [""])[0], (form.get("serial") or [""])[0]
+    service: SupplyService = request.app.state.supply
+    try:
+        unit = service.unit(caller, gtin, serial)
+        await run_in_threadpool(
+            service.act,
+            caller,
+            "dispense",
+            {"gtin": unit["gtin"], "serial": serial, "location": unit["holder_location"]},
+        )
+    except CareLedgerError as exc:
+        return page(request, "dispensed.html", error=exc)
+    return page(request, "dispensed.html", gtin=unit["gtin"], serial=serial)
 
 
 # -- ledger explorer ----------------------------------------------------------------------
