@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
-from careledger.cluster.natsd import NatsServer, free_port, specs_for
+from careledger.cluster.natsd import NatsServer, free_ports, specs_for
 from careledger.config import GENESIS_FILE, KEYS_DIR, NODE_FILE, STORE_FILE
 from careledger.errors import CareLedgerError, ValidationError
 
@@ -171,7 +171,9 @@ class LocalCluster:
             raise ValidationError(f"{base} already holds a cluster", code="CLUSTER_EXISTS")
         base.mkdir(parents=True, exist_ok=True)
         replicas = min(3, count)
-        specs = specs_for(base, count)
+        ports = free_ports(4 * count)  # NATS client, route and monitor ports, node ports
+        specs = specs_for(base, count, ports[: 3 * count])
+        node_ports = ports[3 * count :]
         nats = [NatsServer(s, specs) for s in specs]
         urls = [s.url for s in specs]
         first = base / "node-1"
@@ -180,7 +182,7 @@ class LocalCluster:
         nodes: list[NodeProcess] = []
         for i, name in enumerate(demo.CLUSTER_NODES[:count]):
             node_dir = base / f"node-{i + 1}"
-            port = free_port()
+            port = node_ports[i]
             if i > 0:
                 (node_dir / KEYS_DIR).mkdir(parents=True)
                 key = first / KEYS_DIR / f"{name}.key"

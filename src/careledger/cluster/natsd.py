@@ -60,9 +60,22 @@ def require_version(version: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all held open at once while chosen, so one cluster's
+    servers and nodes never draw the same port (the OS may hand a just-closed one out again)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @dataclass(frozen=True)
@@ -82,13 +95,14 @@ class NatsServerSpec:
         return f"nats://127.0.0.1:{self.port}"
 
 
-def specs_for(base: Path, count: int) -> list[NatsServerSpec]:
+def specs_for(base: Path, count: int, ports: list[int] | None = None) -> list[NatsServerSpec]:
+    ports = ports or free_ports(3 * count)
     return [
         NatsServerSpec(
             name=f"nats-{i + 1}",
-            port=free_port(),
-            cluster_port=free_port(),
-            monitor_port=free_port(),
+            port=ports[3 * i],
+            cluster_port=ports[3 * i + 1],
+            monitor_port=ports[3 * i + 2],
             store_dir=base / f"nats-{i + 1}" / "jetstream",
         )
         for i in range(count)
