@@ -178,7 +178,7 @@ class HealthRecords:
 
     # -- writes --------------------------------------------------------------------------
 
-    def _register_patient(self, public_key: str | None) -> str:
+    def register_patient(self, public_key: str | None) -> str:
         pseudonym = f"pt-{secrets.token_hex(8)}"
         if public_key is None:
             keypair = generate_keypair()
@@ -272,7 +272,7 @@ class HealthRecords:
             return resource, record_id, meta["version"] + 1, meta["patient"]
         if resource_type == "Patient":
             require_scope(caller, resource_type, "write", None)
-            patient = self._register_patient(patient_public_key)
+            patient = self.register_patient(patient_public_key)
             return resource, patient, 1, patient
         patient = patient_of(resource)
         if patient is None:

@@ -457,3 +457,42 @@ async def clinician(
     return page(
         request, "clinician.html", patient=patient, rows=rows, missing=missing, emergency=emergency
     )
+
+
+# -- keys made in the browser, registered by the patient's organisation ---------------------
+
+
+@router.get("/keys/new", response_class=HTMLResponse)
+def new_key(request: Request) -> HTMLResponse:
+    """Make a key in this browser (WebCrypto Ed25519); the private half never leaves it."""
+    return page(request, "newkey.html")
+
+
+@router.get("/admin/patients", response_class=HTMLResponse)
+def register_page(request: Request) -> HTMLResponse:
+    _org_admin(request)
+    return page(request, "register.html")
+
+
+@router.post("/admin/patients", response_class=HTMLResponse)
+async def register_patient(request: Request) -> HTMLResponse:
+    """An administrator of this node's organisation registers a patient's own public key."""
+    _org_admin(request)
+    form = parse_qs((await request.body()).decode())
+    public_key = (form.get("public_key") or [""])[0].strip()
+    records = request.app.state.health
+    try:
+        pseudonym = await run_in_threadpool(records.register_patient, public_key or None)
+    except CareLedgerError as exc:
+        return page(request, "register.html", error=exc)
+    return page(request, "register.html", registered=pseudonym)
+
+
+def _org_admin(request: Request) -> Caller:
+    caller = caller_of(session(request))
+    node = get_node(request)
+    if caller is None or "admin" not in caller.roles or caller.org != node.settings.org:
+        raise Forbidden(
+            "an administrator of this node's organisation registers patients", code="NOT_AUTHORISED"
+        )
+    return caller
