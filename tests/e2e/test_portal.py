@@ -95,7 +95,14 @@ def test_signing_in_with_a_key_file_shows_the_packs_journey(page: Page, server: 
     verify(page, link(f"{AMOX_LOT}0002"))
     journey = page.get_by_test_id("journey")
     expect(journey).to_contain_text("commissioning")
+    expect(journey).to_contain_text("shipping")  # the case it travelled in
+    expect(journey).to_contain_text("receiving")
     expect(journey).to_contain_text("dispensing")
+    route = page.get_by_test_id("route")
+    expect(route).to_have_attribute(
+        "aria-label",
+        "Acme plant, Springfield then Medline distribution centre then City Pharmacy, High Street",
+    )
     shot(page, "verify-journey")
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("banner").get_by_role("link", name="Sign in")).to_be_visible()
@@ -362,3 +369,14 @@ def test_a_patient_makes_a_key_in_the_browser_and_is_registered(
     expect(page.get_by_test_id("signed-in")).to_contain_text("st-mary")
     page.get_by_role("link", name="My records").click()
     expect(page.get_by_test_id("records")).to_contain_text("No records yet")
+
+
+def test_a_scanned_element_string_is_verified(page: Page, server: Server) -> None:
+    page.goto(f"{server.url}/verify")
+    scanned = f"(01){AMOX}(21){AMOX_LOT}0010(10){AMOX_LOT}(17){EXPIRY}"
+    verify(page, scanned)
+    expect(page.get_by_test_id("verdict")).to_have_text("Verified")
+    camera = page.evaluate("'BarcodeDetector' in window")
+    expect(page.get_by_role("button", name="Scan the pack's code with the camera")).to_have_count(
+        1 if camera else 0
+    )

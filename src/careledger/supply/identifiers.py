@@ -631,3 +631,69 @@ def normalise_epc(text: str) -> str:
     if text[:4].lower() == "urn:":
         return _canonical(_parse_urn(text))
     return _canonical(_parse_dl(text))
+
+
+# --------------------------------------------------------------------------------------------
+# GS1 element strings, as barcode scanners send them: "(01)…(21)…" or FNC1-separated raw data
+
+
+GS = "\x1d"  # FNC1 in a scanned DataMatrix's data: ends a variable-length element
+_FIXED = {"01": 14, "17": 6, "00": 18, "414": 13}
+_VARIABLE = {"10": 20, "21": 20, "254": 20}
+_BRACKETED = re.compile(r"\((\d{2,4})\)([^()]+)")
+
+
+def parse_element_string(text: str) -> dict[str, str]:
+    """AI -> value of a GS1 element string (AIs 00, 01, 10, 17, 21, 254, 414).
+
+    Accepts the human-readable form with parentheses and the raw form a scanner emits
+    (optional symbology identifier such as ``]d2``, FNC1 as the GS character).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError("an element string is needed", code="MALFORMED_ELEMENT_STRING")
+    text = text.strip()
+    if text.startswith("("):
+        pairs = _BRACKETED.findall(text)
+        if "".join(f"({a}){v}" for a, v in pairs) != text:
+            raise ValidationError("not a GS1 element string", code="MALFORMED_ELEMENT_STRING")
+        for ai, value in pairs:
+            fixed, limit = _FIXED.get(ai), _VARIABLE.get(ai)
+            if (fixed is None and limit is None) or (fixed is not None and len(value) != fixed):
+                raise ValidationError(
+                    f"AI {ai} is not supported here", code="MALFORMED_ELEMENT_STRING"
+                )
+            if limit is not None and len(value) > limit:
+                raise ValidationError(f"AI {ai} is too long", code="MALFORMED_ELEMENT_STRING")
+        return dict(pairs)
+    if text.startswith("]"):
+        text = text[3:]  # symbology identifier, e.g. ]d2 (DataMatrix) or ]C1 (GS1-128)
+    out: dict[str, str] = {}
+    at = 0
+    while at < len(text):
+        if text[at] == GS:
+            at += 1
+            continue
+        ai = next(
+            (a for a in ("414", "254", "00", "01", "10", "17", "21") if text.startswith(a, at)),
+            None,
+        )
+        if ai is None:
+            raise ValidationError(
+                f"unsupported application identifier at position {at}",
+                code="MALFORMED_ELEMENT_STRING",
+            )
+        at += len(ai)
+        if ai in _FIXED:
+            value = text[at : at + _FIXED[ai]]
+            if len(value) != _FIXED[ai]:
+                raise ValidationError(f"AI {ai} is too short", code="MALFORMED_ELEMENT_STRING")
+            at += _FIXED[ai]
+        else:
+            end = text.find(GS, at)
+            end = len(text) if end < 0 else end
+            value = text[at:end]
+            if not 0 < len(value) <= _VARIABLE[ai]:
+                raise ValidationError(f"AI {ai} has a bad length", code="MALFORMED_ELEMENT_STRING")
+            at = end
+        out[ai] = value
+    return out

@@ -24,7 +24,7 @@ from careledger.api.deps import get_member, get_node
 from careledger.auth import TokenClaims
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
 from careledger.health.access import Caller
-from careledger.supply.identifiers import normalise_epc
+from careledger.supply.identifiers import normalise_epc, parse_element_string
 from careledger.supply.repository import EventQuery
 from careledger.supply.supply_service import (
     SupplyService,
@@ -127,8 +127,15 @@ async def verify_result(
     claims = session(request)
     service: SupplyService = request.app.state.supply
     try:
-        if link.strip():
-            raw = lms_request_from_link(link.strip(), {})
+        code = link.strip()
+        if code.startswith(("http://", "https://")):
+            raw = lms_request_from_link(code, {})
+        elif code:  # a scanned or typed GS1 element string: (01)…(21)…(10)…(17)…
+            ais = parse_element_string(code)
+            raw = {"gtin": ais.get("01", ""), "serialNumber": ais.get("21", "")}
+            raw |= {
+                k: ais[a] for k, a in (("lotNumber", "10"), ("expirationDate", "17")) if a in ais
+            }
         else:
             raw = {"gtin": gtin.strip(), "serialNumber": serial.strip()}
             raw |= {
@@ -142,10 +149,11 @@ async def verify_result(
     answer = await run_in_threadpool(service.verify, caller_of(claims), lms)
     journey: list[dict[str, Any]] = []
     caller = caller_of(claims)
+    places: list[dict[str, str]] = []
     if caller is not None and caller.roles & SUPPLY_ROLES:
         epc = normalise_epc(f"https://id.gs1.org/01/{lms['gtin']}/21/{lms['serialNumber']}")
-        events, _ = request.app.state.epcis.query(EventQuery(any_epcs=[epc], limit=100))
-        journey = events
+        journey = _journey(request.app.state.epcis, epc)
+        places = _places(get_node(request), journey)
     can_dispense = bool(
         caller is not None
         and caller.roles & {"pharmacist", "admin"}
@@ -158,8 +166,47 @@ async def verify_result(
         lms=lms,
         answer=answer,
         journey=journey,
+        places=places,
         can_dispense=can_dispense,
     )
+
+
+def _journey(epcis: Any, epc: str) -> list[dict[str, Any]]:
+    """The unit's events and those of every case and pallet it travelled in, oldest first."""
+    known, frontier = {epc}, [epc]
+    for _ in range(3):  # unit, case, pallet
+        events, _ = epcis.query(EventQuery(any_epcs=frontier, limit=1000))
+        parents = {
+            normalise_epc(e["parentID"])
+            for e in events
+            if e.get("type") == "AggregationEvent" and isinstance(e.get("parentID"), str)
+        }
+        frontier = sorted(parents - known)
+        known |= parents
+        if not frontier:
+            break
+    events, _ = epcis.query(EventQuery(any_epcs=sorted(known), limit=1000))
+    return sorted(events, key=lambda e: str(e.get("eventTime", "")))
+
+
+def _places(node: Any, events: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Where the pack went, in order, named from the ledger's location registry."""
+    out: list[dict[str, str]] = []
+    for event in events:
+        place = (event.get("bizLocation") or {}).get("id")
+        if not isinstance(place, str):
+            continue
+        try:
+            gln = normalise_epc(place).split("/414/")[1].split("/")[0]
+        except (CareLedgerError, IndexError):
+            continue
+        if out and out[-1]["gln"] == gln:
+            continue
+        entry = node.ledger.state("supply", f"gln/{gln}") or {}
+        out.append(
+            {"gln": gln, "name": str(entry.get("name", gln)), "org": str(entry.get("org", ""))}
+        )
+    return out
 
 
 @router.post("/verify/dispense", response_class=HTMLResponse)
