@@ -210,7 +210,8 @@ def test_a_revoked_consent_stops_the_clinician_at_once(
     clinician = browser.new_context().new_page()
     try:
         sign_in(clinician, server, server.data_dir / "keys" / "dr-ben-okafor.key")
-        clinician.goto(f"{server.url}/clinician?patient={patient}")
+        clinician.goto(f"{server.url}/clinician")
+        clinician.get_by_test_id("consented").get_by_role("link", name=patient).click()
         expect(clinician.get_by_test_id("history")).to_contain_text("st-mary")
         active = page.get_by_test_id("consents").locator("tr", has_text="northside-clinic")
         active = active.filter(has_text="active")

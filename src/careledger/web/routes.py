@@ -171,6 +171,24 @@ async def verify_result(
     )
 
 
+def _consented(request: Request, caller: Caller) -> list[str]:
+    """Patients with an active consent for the caller or the caller's organisation."""
+    node = get_node(request)
+    now = int(time.time() * 1000)
+    patients = set()
+    for key in node.ledger.store.state_keys("consent", "consent/", 10_000):
+        entry = node.ledger.state("consent", key)
+        if not isinstance(entry, dict) or entry.get("status") != "active":
+            continue
+        grantee = entry.get("grantee") or {}
+        if grantee.get("org") != caller.org and grantee.get("member") != caller.member:
+            continue
+        if entry.get("end") is not None and entry["end"] < now:
+            continue
+        patients.add(str(entry["patient"]))
+    return sorted(patients)
+
+
 def _journey(epcis: Any, epc: str) -> list[dict[str, Any]]:
     """The unit's events and those of every case and pallet it travelled in, oldest first."""
     known, frontier = {epc}, [epc]
@@ -478,7 +496,7 @@ async def clinician(
         raise Forbidden("sign in with a clinician's or nurse's key", code="NOT_AUTHORISED")
     patient = patient.strip()
     if not patient:
-        return page(request, "clinician.html", patient="")
+        return page(request, "clinician.html", patient="", consented=_consented(request, caller))
     purpose = "ETREAT" if emergency else "TREAT"
     records = request.app.state.health
     try:
