@@ -6,9 +6,9 @@ if [ -x /usr/bin/chromium ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "scripts/install-system-deps.sh: /usr/bin/chromium is missing;" >&2
-  echo "  run 'sudo apt-get install chromium' (or this script as root) for the browser tests" >&2
-  exit 1
+  echo "scripts/install-system-deps.sh: /usr/bin/chromium is missing and this is not root;" >&2
+  echo "  the browser tests will be skipped: 'sudo apt-get install chromium' to run them" >&2
+  exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -q chromium >/dev/null 2>&1 || {
