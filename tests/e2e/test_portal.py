@@ -117,11 +117,13 @@ def test_a_wrong_key_file_is_refused_with_a_reason(
     page.get_by_label("Key file").set_input_files(str(bogus))
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("status")).to_contain_text("not a CareLedger key file")
+    shot(page, "signin")
 
 
 def test_the_explorer_checks_an_inclusion_proof_in_the_browser(page: Page, server: Server) -> None:
     page.goto(f"{server.url}/explorer")
     expect(page.get_by_test_id("head")).to_contain_text("Checkpoint signed by")
+    expect(page.get_by_test_id("chart").locator("canvas")).to_have_count(1)  # per day
     shot(page, "explorer")
     page.locator("tbody tr a").last.click()
     expect(page.get_by_role("heading", name="Block")).to_be_visible()
@@ -381,3 +383,26 @@ def test_a_scanned_element_string_is_verified(page: Page, server: Server) -> Non
     expect(page.get_by_role("button", name="Scan the pack's code with the camera")).to_have_count(
         1 if camera else 0
     )
+
+
+def test_a_pack_checked_by_typed_numbers(page: Page, server: Server) -> None:
+    page.goto(f"{server.url}/verify")
+    page.get_by_text("Or type the numbers").click()
+    page.get_by_label("GTIN").fill(AMOX)
+    page.get_by_label("Serial").fill(f"{AMOX_LOT}0010")
+    page.get_by_label("Lot").fill("WRONG")
+    page.get_by_label("Expiry (YYMMDD)").fill(EXPIRY)
+    page.get_by_role("button", name="Verify").click()
+    expect(page.get_by_test_id("verdict")).to_contain_text("No_match_GTIN_Serial_Lot")
+
+
+def test_a_patient_erases_a_record(page: Page, server: Server) -> None:
+    key = sorted((server.data_dir / "keys" / "patients").glob("*.key"))[1]
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/me")
+    records = page.get_by_test_id("records").locator("li")
+    expect(records.first).to_be_visible()
+    before = records.count()
+    page.on("dialog", lambda dialog: dialog.accept())  # "Erase this record for good?"
+    records.last.get_by_role("button").click()
+    expect(page.get_by_test_id("records").locator("li")).to_have_count(before - 1)
