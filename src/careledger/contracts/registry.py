@@ -49,8 +49,16 @@ def default_registry() -> Registry:
     from careledger.contracts.audit import AuditV1
     from careledger.contracts.consent import ConsentV1
     from careledger.contracts.identity import IdentityV1
+    from careledger.contracts.payments import PaymentsV1
     from careledger.contracts.records import RecordsV1
     from careledger.contracts.supply import SupplyV1
 
-    contracts: list[Contract] = [IdentityV1(), RecordsV1(), ConsentV1(), AuditV1(), SupplyV1()]
+    contracts: list[Contract] = [
+        IdentityV1(),
+        RecordsV1(),
+        ConsentV1(),
+        AuditV1(),
+        SupplyV1(),
+        PaymentsV1(),
+    ]
     return Registry([Ruleset(0, {c.name: c for c in contracts})])

@@ -1,0 +1,185 @@
+"""Participant payments in credits (not money): deposits, study escrows, visit payments, transfers.
+
+Credits enter only by a sponsor's deposit (recording money received off the ledger) and leave
+only by a withdrawal; everything else moves them. So at every height the sum of all balances
+equals deposits minus withdrawals (``total``), no balance is ever negative, and a visit is paid
+at most once. A study's escrow is an account of its own, funded by its sponsor organisation;
+its payment schedule says what each visit is worth.
+
+State (namespace ``payments``):
+
+* ``balance/{account}`` -> int (a member id, ``org:{id}`` or ``escrow:{study}``)
+* ``accounts`` -> sorted list of accounts that ever held credits (for statements and checks)
+* ``total`` -> int: credits in existence
+* ``study/{study}`` -> ``{"sponsor", "schedule": {visit: credits}}``
+* ``paid/{study}/{participant}/{visit}`` -> ``{"credits", "height", "by"}``
+
+This is the ledger of credits; the ``trials`` contract (issue 8) will attest completed visits
+with their data captured, and then pay through the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.identity import member_key, org_key
+from careledger.errors import Rejected
+
+NAMESPACE = "payments"
+STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+VISIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+MAX_CREDITS = 10**12  # per operation and per balance: far from 2**53, so sums stay exact
+SITE_ROLES = frozenset({"investigator"})
+MAX_VISITS = 100
+
+
+def balance_key(account: str) -> str:
+    return f"balance/{account}"
+
+
+def org_account(org: str) -> str:
+    return f"org:{org}"
+
+
+def escrow_account(study: str) -> str:
+    return f"escrow:{study}"
+
+
+class PaymentsV1(Contract):
+    name = NAMESPACE
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    @staticmethod
+    def _balance(ctx: Context, account: str) -> int:
+        return int(ctx.state.get(balance_key(account)) or 0)
+
+    @staticmethod
+    def _set(ctx: Context, account: str, value: int) -> None:
+        if value < 0:
+            raise Rejected("INSUFFICIENT_FUNDS", f"{account} would go below zero")
+        if value > MAX_CREDITS:
+            raise Rejected("BALANCE_LIMIT", f"{account} would exceed {MAX_CREDITS} credits")
+        ctx.state.put(balance_key(account), value)
+        accounts = list(ctx.state.get("accounts") or [])
+        if account not in accounts:
+            ctx.state.put("accounts", sorted([*accounts, account]))
+
+    def _move(self, ctx: Context, source: str, target: str, credits: int) -> None:
+        if source == target:
+            raise Rejected("BAD_ARGS", "a transfer needs two different accounts")
+        self._set(ctx, source, self._balance(ctx, source) - credits)
+        self._set(ctx, target, self._balance(ctx, target) + credits)
+        ctx.emit("payments.moved", {"from": source, "to": target, "credits": credits})
+
+    @staticmethod
+    def _credits(args: Args) -> int:
+        return args.integer("credits", minimum=1, maximum=MAX_CREDITS)
+
+    @staticmethod
+    def _sponsor(ctx: Context) -> str:
+        """A member with the sponsor role, or an admin of a sponsor organisation."""
+        org = ctx.state.read(IDENTITY, org_key(ctx.signer.org)) or {}
+        if not (
+            ctx.signer.has_role("sponsor")
+            or (ctx.signer.has_role("admin") and org.get("kind") == "sponsor")
+        ):
+            raise Rejected("NOT_AUTHORISED", "only a sponsor may do this")
+        return ctx.signer.org
+
+    # -- credits in and out ----------------------------------------------------------------
+
+    @tx_method
+    def deposit(self, ctx: Context, args: Args) -> None:
+        """A sponsor records credits bought off the ledger: they enter its organisation account."""
+        args.only("credits", "reference")
+        credits = self._credits(args)
+        reference = args.string("reference", max_len=128)
+        org = self._sponsor(ctx)
+        self._set(ctx, org_account(org), self._balance(ctx, org_account(org)) + credits)
+        ctx.state.put("total", int(ctx.state.get("total") or 0) + credits)
+        ctx.emit("payments.deposit", {"org": org, "credits": credits, "reference": reference})
+
+    @tx_method
+    def withdraw(self, ctx: Context, args: Args) -> None:
+        """A member cashes credits out of the ledger (the payout happens off it)."""
+        args.only("credits")
+        credits = self._credits(args)
+        account = ctx.signer.member
+        self._set(ctx, account, self._balance(ctx, account) - credits)
+        ctx.state.put("total", int(ctx.state.get("total") or 0) - credits)
+        ctx.emit("payments.withdraw", {"account": account, "credits": credits})
+
+    @tx_method
+    def transfer(self, ctx: Context, args: Args) -> None:
+        """A member sends credits to another member."""
+        args.only("to", "credits")
+        target = args.string("to", max_len=64)
+        member = ctx.state.read(IDENTITY, member_key(target))
+        if member is None:
+            raise Rejected("UNKNOWN_MEMBER", f"no member {target!r}")
+        self._move(ctx, ctx.signer.member, target, self._credits(args))
+
+    # -- studies ----------------------------------------------------------------------------
+
+    @tx_method
+    def open_study(self, ctx: Context, args: Args) -> None:
+        """A sponsor sets a study's visit payments (credits per completed visit)."""
+        args.only("study", "schedule")
+        study = args.string("study", pattern=STUDY_ID)
+        org = self._sponsor(ctx)
+        raw = args.raw.get("schedule")
+        if not isinstance(raw, dict) or not 0 < len(raw) <= MAX_VISITS:
+            raise Rejected("BAD_ARGS", f"schedule maps 1..{MAX_VISITS} visits to credits")
+        schedule: dict[str, int] = {}
+        for visit, credits in raw.items():
+            if not isinstance(visit, str) or not VISIT_ID.match(visit):
+                raise Rejected("BAD_ARGS", f"bad visit id {visit!r}")
+            if type(credits) is not int or not 0 < credits <= MAX_CREDITS:
+                raise Rejected("BAD_ARGS", f"visit {visit} must pay 1..{MAX_CREDITS} credits")
+            schedule[visit] = credits
+        existing = ctx.state.get(f"study/{study}")
+        if existing is not None and existing["sponsor"] != org:
+            raise Rejected("NOT_AUTHORISED", f"study {study} belongs to another sponsor")
+        ctx.state.put(f"study/{study}", {"sponsor": org, "schedule": schedule})
+        ctx.emit("payments.study", {"study": study, "sponsor": org, "visits": len(schedule)})
+
+    def _study(self, ctx: Context, study: str) -> dict[str, Any]:
+        entry = ctx.state.get(f"study/{study}")
+        if entry is None:
+            raise Rejected("UNKNOWN_STUDY", f"no study {study!r}")
+        return dict(entry)
+
+    @tx_method
+    def fund(self, ctx: Context, args: Args) -> None:
+        """The sponsor moves credits from its organisation account into the study escrow."""
+        args.only("study", "credits")
+        study = args.string("study", pattern=STUDY_ID)
+        org = self._sponsor(ctx)
+        if self._study(ctx, study)["sponsor"] != org:
+            raise Rejected("NOT_AUTHORISED", f"study {study} belongs to another sponsor")
+        self._move(ctx, org_account(org), escrow_account(study), self._credits(args))
+
+    @tx_method
+    def pay_visit(self, ctx: Context, args: Args) -> None:
+        """A site pays a participant for a completed visit, from the study escrow, once."""
+        args.only("study", "participant", "visit")
+        study = args.string("study", pattern=STUDY_ID)
+        participant = args.string("participant", max_len=64)
+        visit = args.string("visit", pattern=VISIT_ID)
+        if not ctx.signer.roles & SITE_ROLES:
+            raise Rejected("NOT_AUTHORISED", "visits are attested by an investigator")
+        credits = self._study(ctx, study)["schedule"].get(visit)
+        if credits is None:
+            raise Rejected("UNKNOWN_VISIT", f"study {study} pays no visit {visit!r}")
+        member = ctx.state.read(IDENTITY, member_key(participant))
+        if member is None or "patient" not in member["roles"]:
+            raise Rejected("UNKNOWN_MEMBER", f"{participant!r} is not a participant")
+        key = f"paid/{study}/{participant}/{visit}"
+        if ctx.state.get(key) is not None:
+            raise Rejected("ALREADY_PAID", f"visit {visit} of {participant} was paid")
+        self._move(ctx, escrow_account(study), participant, credits)
+        ctx.state.put(key, {"credits": credits, "height": ctx.height, "by": ctx.signer.member})
