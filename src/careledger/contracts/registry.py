@@ -52,6 +52,7 @@ def default_registry() -> Registry:
     from careledger.contracts.payments import PaymentsV1
     from careledger.contracts.records import RecordsV1
     from careledger.contracts.supply import SupplyV1
+    from careledger.contracts.trials import TrialsV1
 
     contracts: list[Contract] = [
         IdentityV1(),
@@ -60,5 +61,6 @@ def default_registry() -> Registry:
         AuditV1(),
         SupplyV1(),
         PaymentsV1(),
+        TrialsV1(),
     ]
     return Registry([Ruleset(0, {c.name: c for c in contracts})])

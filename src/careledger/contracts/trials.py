@@ -1,0 +1,309 @@
+"""Clinical trials: registration before enrolment, amendments, e-consent, data capture, lock.
+
+A study is registered with its protocol and analysis-plan hashes and its structured endpoints,
+visits and sites, so its block proves what was planned before anyone enrolled. An amendment
+makes a new protocol version; a participant consented to an earlier version must re-consent
+before any more data is captured. Participants consent and withdraw with their own keys. Case
+report form entries live in the vault; the ledger anchors their hashes, refusing data without a
+current consent, after withdrawal, outside the visit's window, or after the database lock. The
+lock anchors the Merkle root (RFC 9162) of every captured hash; results reported afterwards are
+checked against the registered primary endpoints (outcome switching is flagged).
+
+State (namespace ``trials``):
+
+* ``study/{id}`` -> the registration, ``version``, ``protocols`` (one per version), ``locked``
+* ``participant/{study}/{member}`` -> ``{"status", "enrolled", "consented_version", ...}``
+* ``data/{study}`` -> ``{"count", "frontier"}`` (the Merkle frontier of captured hashes)
+* ``entry/{study}/{member}/{visit}/{n}`` -> one anchored CRF entry
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.identity import member_key, org_key
+from careledger.core import merkle
+from careledger.errors import Rejected
+
+NAMESPACE = "trials"
+STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+VISIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+HASH = re.compile(r"^[0-9a-f]{64}$")
+DAY_MS = 86_400_000
+MAX_ITEMS = 50
+
+
+def study_key(study: str) -> str:
+    return f"study/{study}"
+
+
+def participant_key(study: str, member: str) -> str:
+    return f"participant/{study}/{member}"
+
+
+def _endpoints(raw: object, what: str) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(e, str) and 0 < len(e) <= 256 for e in raw):
+        raise Rejected("BAD_ARGS", f"{what} endpoints are a list of short texts")
+    if len(raw) > MAX_ITEMS or len(set(raw)) != len(raw):
+        raise Rejected("BAD_ARGS", f"{what} endpoints: at most {MAX_ITEMS}, no repeats")
+    return list(raw)
+
+
+class TrialsV1(Contract):
+    name = NAMESPACE
+
+    @staticmethod
+    def _sponsor(ctx: Context) -> None:
+        org = ctx.state.read(IDENTITY, org_key(ctx.signer.org)) or {}
+        if not (
+            ctx.signer.has_role("sponsor")
+            or (ctx.signer.has_role("admin") and org.get("kind") == "sponsor")
+        ):
+            raise Rejected("NOT_AUTHORISED", "only a sponsor may do this")
+
+    @staticmethod
+    def _study(ctx: Context, study: str, *, owner: bool = False) -> dict[str, Any]:
+        entry = ctx.state.get(study_key(study))
+        if entry is None:
+            raise Rejected("UNKNOWN_STUDY", f"no study {study!r}")
+        if owner and entry["sponsor"] != ctx.signer.org:
+            raise Rejected("NOT_AUTHORISED", f"study {study} belongs to another sponsor")
+        return dict(entry)
+
+    # -- registration and amendments ------------------------------------------------------
+
+    @tx_method
+    def register(self, ctx: Context, args: Args) -> None:
+        args.only(
+            "study",
+            "registry_id",
+            "title",
+            "protocol_hash",
+            "sap_hash",
+            "primary",
+            "secondary",
+            "eligibility",
+            "visits",
+            "sites",
+        )
+        study = args.string("study", pattern=STUDY_ID)
+        self._sponsor(ctx)
+        if ctx.state.get(study_key(study)) is not None:
+            raise Rejected("STUDY_EXISTS", f"study {study} is registered")
+        visits_raw = args.raw.get("visits")
+        if not isinstance(visits_raw, list) or not 0 < len(visits_raw) <= MAX_ITEMS:
+            raise Rejected("BAD_ARGS", f"visits: 1..{MAX_ITEMS} of {{id, day, window}}")
+        visits: dict[str, dict[str, int]] = {}
+        for item in visits_raw:
+            visit = Args(item if isinstance(item, dict) else {})
+            visit.only("id", "day", "window")
+            vid = visit.string("id", pattern=VISIT_ID)
+            if vid in visits:
+                raise Rejected("BAD_ARGS", f"visit {vid} given twice")
+            visits[vid] = {
+                "day": visit.integer("day", maximum=3650),
+                "window": visit.integer("window", maximum=365),
+            }
+        sites = args.raw.get("sites")
+        if not isinstance(sites, list) or not sites or not all(isinstance(s, str) for s in sites):
+            raise Rejected("BAD_ARGS", "sites lists the organisations that enrol")
+        for site in sites:
+            org = ctx.state.read(IDENTITY, org_key(site))
+            if org is None or org.get("status") != "active":
+                raise Rejected("UNKNOWN_ORG", f"no active organisation {site!r}")
+        eligibility = args.raw.get("eligibility")
+        if not isinstance(eligibility, dict):
+            raise Rejected("BAD_ARGS", "eligibility is an object of structured criteria")
+        protocol = args.string("protocol_hash", pattern=HASH)
+        entry = {
+            "id": study,
+            "sponsor": ctx.signer.org,
+            "registry_id": args.string("registry_id", max_len=64),
+            "title": args.string("title", max_len=512),
+            "sap_hash": args.string("sap_hash", pattern=HASH),
+            "primary": _endpoints(args.raw.get("primary"), "primary"),
+            "secondary": _endpoints(args.raw.get("secondary"), "secondary"),
+            "eligibility": eligibility,
+            "visits": visits,
+            "sites": sorted(set(sites)),
+            "version": 1,
+            "protocols": [{"version": 1, "hash": protocol, "height": ctx.height, "reason": ""}],
+            "registered": {"height": ctx.height, "time": ctx.time, "tx": ctx.tx_id},
+            "locked": None,
+        }
+        ctx.state.put(study_key(study), entry)
+        ctx.state.put(f"data/{study}", {"count": 0, "frontier": []})
+        ctx.emit("trials.registered", {"study": study, "sponsor": ctx.signer.org})
+
+    @tx_method
+    def amend(self, ctx: Context, args: Args) -> None:
+        args.only("study", "protocol_hash", "reason")
+        self._sponsor(ctx)
+        entry = self._study(ctx, args.string("study", pattern=STUDY_ID), owner=True)
+        if entry["locked"] is not None:
+            raise Rejected("LOCKED", "the database is locked")
+        version = entry["version"] + 1
+        protocol = {
+            "version": version,
+            "hash": args.string("protocol_hash", pattern=HASH),
+            "height": ctx.height,
+            "reason": args.string("reason", max_len=512),
+        }
+        entry.update(version=version, protocols=[*entry["protocols"], protocol])
+        ctx.state.put(study_key(entry["id"]), entry)
+        ctx.emit("trials.amended", {"study": entry["id"], "version": version})
+
+    # -- participants ---------------------------------------------------------------------
+
+    @tx_method
+    def enrol(self, ctx: Context, args: Args) -> None:
+        """An investigator at a site enrols a participant (who then consents with their key)."""
+        args.only("study", "participant")
+        entry = self._study(ctx, args.string("study", pattern=STUDY_ID))
+        participant = args.string("participant", max_len=64)
+        if not ctx.signer.has_role("investigator") or ctx.signer.org not in entry["sites"]:
+            raise Rejected("NOT_AUTHORISED", "an investigator at one of the study's sites enrols")
+        if entry["locked"] is not None:
+            raise Rejected("LOCKED", "the database is locked")
+        member = ctx.state.read(IDENTITY, member_key(participant))
+        if member is None or "patient" not in member["roles"]:
+            raise Rejected("UNKNOWN_MEMBER", f"{participant!r} is not a patient member")
+        key = participant_key(entry["id"], participant)
+        if ctx.state.get(key) is not None:
+            raise Rejected("ALREADY_ENROLLED", f"{participant} is enrolled")
+        ctx.state.put(
+            key,
+            {
+                "status": "enrolled",
+                "site": ctx.signer.org,
+                "enrolled": ctx.time,
+                "consented_version": None,
+                "consents": [],
+            },
+        )
+        ctx.emit("trials.enrolled", {"study": entry["id"], "site": ctx.signer.org})
+
+    def _own_record(self, ctx: Context, study: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        entry = self._study(ctx, study)
+        record = ctx.state.get(participant_key(study, ctx.signer.member))
+        if record is None:
+            raise Rejected("NOT_ENROLLED", "you are not enrolled in this study")
+        return entry, dict(record)
+
+    @tx_method
+    def consent(self, ctx: Context, args: Args) -> None:
+        """The participant, with their own key, consents to a protocol version (the current)."""
+        args.only("study", "version")
+        entry, record = self._own_record(ctx, args.string("study", pattern=STUDY_ID))
+        version = args.integer("version", minimum=1)
+        if version != entry["version"]:
+            raise Rejected("STALE_VERSION", f"the current protocol is version {entry['version']}")
+        if record["status"] == "withdrawn":
+            raise Rejected("WITHDRAWN", "a withdrawn participant re-enrols first")
+        record["consented_version"] = version
+        record["consents"] = [*record["consents"], {"version": version, "time": ctx.time}]
+        ctx.state.put(participant_key(entry["id"], ctx.signer.member), record)
+        ctx.emit("trials.consented", {"study": entry["id"], "version": version})
+
+    @tx_method
+    def withdraw(self, ctx: Context, args: Args) -> None:
+        """The participant leaves, at any time; no data is captured for them afterwards."""
+        args.only("study")
+        entry, record = self._own_record(ctx, args.string("study", pattern=STUDY_ID))
+        record.update(status="withdrawn", withdrawn=ctx.time)
+        ctx.state.put(participant_key(entry["id"], ctx.signer.member), record)
+        ctx.emit("trials.withdrawn", {"study": entry["id"]})
+
+    # -- data -----------------------------------------------------------------------------
+
+    @tx_method
+    def capture(self, ctx: Context, args: Args) -> None:
+        """Anchor one CRF entry's content hash (the entry itself is in the site's vault)."""
+        args.only("study", "participant", "visit", "hash")
+        entry = self._study(ctx, args.string("study", pattern=STUDY_ID))
+        participant = args.string("participant", max_len=64)
+        visit_id = args.string("visit", pattern=VISIT_ID)
+        digest = args.string("hash", pattern=HASH)
+        if not ctx.signer.has_role("investigator") or ctx.signer.org not in entry["sites"]:
+            raise Rejected("NOT_AUTHORISED", "an investigator at one of the study's sites captures")
+        if entry["locked"] is not None:
+            raise Rejected("LOCKED", "the database is locked: no more data")
+        record = ctx.state.get(participant_key(entry["id"], participant))
+        if record is None:
+            raise Rejected("NOT_ENROLLED", f"{participant} is not enrolled")
+        if record["status"] == "withdrawn":
+            raise Rejected("WITHDRAWN", f"{participant} withdrew")
+        if record["consented_version"] is None:
+            raise Rejected("NO_CONSENT", f"{participant} has not consented")
+        if record["consented_version"] != entry["version"]:
+            raise Rejected(
+                "RECONSENT_REQUIRED", f"the protocol is at version {entry['version']}: re-consent"
+            )
+        visit = entry["visits"].get(visit_id)
+        if visit is None:
+            raise Rejected("UNKNOWN_VISIT", f"no visit {visit_id!r} in the schedule")
+        day = (ctx.time - record["enrolled"]) // DAY_MS
+        if abs(day - visit["day"]) > visit["window"]:
+            raise Rejected("OUTSIDE_WINDOW", f"visit {visit_id} is due on day {visit['day']}")
+        data = dict(ctx.state.get(f"data/{entry['id']}"))
+        frontier = [bytes.fromhex(h) for h in data["frontier"]]
+        frontier, _ = merkle.append_leaf_hashes(
+            frontier, data["count"], [merkle.leaf_hash(bytes.fromhex(digest))]
+        )
+        n = data["count"]
+        ctx.state.put(
+            f"data/{entry['id']}", {"count": n + 1, "frontier": [h.hex() for h in frontier]}
+        )
+        ctx.state.put(
+            f"entry/{entry['id']}/{participant}/{visit_id}/{n}",
+            {"hash": digest, "index": n, "height": ctx.height, "by": ctx.signer.member},
+        )
+        ctx.emit("trials.captured", {"study": entry["id"], "visit": visit_id, "index": n})
+
+    @tx_method
+    def lock(self, ctx: Context, args: Args) -> None:
+        """The sponsor locks the database: the root of every captured hash is anchored."""
+        args.only("study")
+        self._sponsor(ctx)
+        entry = self._study(ctx, args.string("study", pattern=STUDY_ID), owner=True)
+        if entry["locked"] is not None:
+            raise Rejected("LOCKED", "already locked")
+        data = ctx.state.get(f"data/{entry['id']}")
+        frontier = [bytes.fromhex(h) for h in data["frontier"]]
+        root = merkle.root_from_frontier(frontier).hex()
+        entry["locked"] = {
+            "height": ctx.height,
+            "time": ctx.time,
+            "root": root,
+            "count": data["count"],
+        }
+        ctx.state.put(study_key(entry["id"]), entry)
+        ctx.emit("trials.locked", {"study": entry["id"], "root": root, "count": data["count"]})
+
+    @tx_method
+    def report(self, ctx: Context, args: Args) -> None:
+        """Results as reported, checked against the registered endpoints (outcome switching)."""
+        args.only("study", "primary", "secondary")
+        self._sponsor(ctx)
+        entry = self._study(ctx, args.string("study", pattern=STUDY_ID), owner=True)
+        if entry["locked"] is None:
+            raise Rejected("NOT_LOCKED", "results come after the database lock")
+        primary = _endpoints(args.raw.get("primary"), "primary")
+        secondary = _endpoints(args.raw.get("secondary"), "secondary")
+        missing = [e for e in entry["primary"] if e not in primary]
+        added = [e for e in primary if e not in entry["primary"]]
+        switched = bool(missing or added)
+        entry["report"] = {
+            "primary": primary,
+            "secondary": secondary,
+            "outcome_switching": switched,
+            "missing_primary": missing,
+            "new_primary": added,
+            "height": ctx.height,
+        }
+        ctx.state.put(study_key(entry["id"]), entry)
+        event = {"study": entry["id"], "missing": missing, "added": added}
+        ctx.emit("trials.outcome_switching" if switched else "trials.reported", event)
