@@ -89,17 +89,14 @@ def from_research_study(
         None,
     ) or resource.get("id")
     objectives = resource.get("objective") or []
-    primary = (
-        [
-            str(o.get("name"))[:256]
-            for o in objectives
-            if isinstance(o, dict)
-            and "primary" in str((o.get("type") or {}).get("text", "primary")).lower()
-        ]
-        or [str(objectives[0].get("name"))[:256]]
-        if objectives
-        else []
-    )
+    named = [o for o in objectives if isinstance(o, dict) and o.get("name")]
+    primary = [
+        str(o["name"])[:256]
+        for o in named
+        if "primary" in str((o.get("type") or {}).get("text", "")).lower()
+    ]
+    if not primary and named:  # no typed objective: the first one is the primary
+        primary = [str(named[0]["name"])[:256]]
     if not primary:
         raise ValidationError("the study names no objective", code="BAD_STUDY")
     return {
