@@ -467,6 +467,50 @@ def fhir_import(
         raise typer.Exit(1)
 
 
+trial_app = typer.Typer(help="Clinical trials on the ledger.", no_args_is_help=True)
+app.add_typer(trial_app, name="trial")
+
+
+@trial_app.command("audit")
+def trial_audit(
+    data_dir: DirArg,
+    study: Annotated[str, typer.Argument(help="the study id")],
+    out_file: Annotated[Path, typer.Option("--out", help="where to write the HTML report")] = Path(
+        "trial-audit.html"
+    ),
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a trial's audit report (HTML): registration proof, consents, data root, endpoints."""
+    from careledger.config import Settings
+    from careledger.keyfile import read_key_file
+    from careledger.ledger.engine import Ledger
+    from careledger.storage.sqlite import SQLiteStore
+    from careledger.trials.audit import audit, render
+
+    try:
+        settings = Settings.load(data_dir)
+        store = SQLiteStore(settings.store_path, readonly=True)
+        _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
+        result = audit(Ledger(store, node_name=settings.node_name, node_key=node_key), study)
+        out_file.write_text(render(result), encoding="utf-8")
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        error = ValidationError(f"cannot write {out_file}: {exc.strerror}", code="BAD_FILE")
+        raise _fail(error) from None
+    summary = {
+        "study": study,
+        "report": str(out_file),
+        "registration_verified": result["registration_proof"]["verified"],
+        "lock_matches": result["lock_matches"],
+        "outcome_switching": bool((result["report"] or {}).get("outcome_switching")),
+    }
+    if json_out:
+        _print_json(summary)
+    else:
+        out.print(f"wrote {out_file}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
 cluster_app = typer.Typer(
     help="A consortium on this machine: NATS JetStream servers and one node per organisation.",
     no_args_is_help=True,

@@ -1,0 +1,71 @@
+"""A trial's audit report: every claim with the proof a reviewer can re-check.
+
+Built from a node's ledger alone: the registration's transaction and its inclusion proof
+(verified here against the node's signed checkpoint), the protocol versions, each
+participant's consent timeline (pseudonyms only), the data anchors and the lock root
+recomputed from them, and the endpoint check of the reported results.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from jinja2 import Environment
+
+from careledger.core import merkle
+from careledger.core.canonical import canonical_bytes
+from careledger.errors import NotFound
+from careledger.ledger.engine import Ledger
+
+NAMESPACE = "trials"
+
+
+def _proof(ledger: Ledger, tx_id: str) -> dict[str, Any]:
+    answer = ledger.tx_proof(tx_id)
+    leaf = merkle.leaf_hash(canonical_bytes(answer["receipt"]))
+    root = merkle.root_from_inclusion_proof(
+        leaf,
+        answer["leaf_index"],
+        answer["proof"]["tree_size"],
+        [bytes.fromhex(p) for p in answer["proof"]["path"]],
+    )
+    return {**answer, "verified": root.hex() == answer["proof"]["root"]}
+
+
+def audit(ledger: Ledger, study: str) -> dict[str, Any]:
+    entry = ledger.state(NAMESPACE, f"study/{study}")
+    if entry is None:
+        raise NotFound(f"no study {study!r} on this ledger", code="UNKNOWN_STUDY")
+    participants = []
+    for key in ledger.store.state_keys(NAMESPACE, f"participant/{study}/", 100_000):
+        record = ledger.state(NAMESPACE, key)
+        participants.append({"member": key.rsplit("/", 1)[1], **record})
+    entries = []
+    for key in ledger.store.state_keys(NAMESPACE, f"entry/{study}/", 1_000_000):
+        entries.append(ledger.state(NAMESPACE, key))
+    entries.sort(key=lambda e: e["index"])
+    leaves = [merkle.leaf_hash(bytes.fromhex(e["hash"])) for e in entries]
+    recomputed = merkle.root_from_leaf_hashes(leaves).hex() if leaves else None
+    locked = entry.get("locked")
+    report = entry.get("report")
+    return {
+        "study": entry,
+        "registration_proof": _proof(ledger, entry["registered"]["tx"]),
+        "checkpoint": ledger.checkpoint(),
+        "participants": participants,
+        "entries": len(entries),
+        "recomputed_root": recomputed,
+        "lock_matches": bool(locked)
+        and locked["root"] == (recomputed or merkle.empty_root().hex()),
+        "first_enrolment_after_registration": all(
+            p["enrolled"] >= entry["registered"]["time"] for p in participants
+        ),
+        "report": report,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    template = resources.files("careledger.trials").joinpath("templates/audit.html")
+    env = Environment(autoescape=True)
+    return env.from_string(template.read_text(encoding="utf-8")).render(s=result["study"], a=result)
