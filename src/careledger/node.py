@@ -65,6 +65,11 @@ class Node:
         )
         self.orderer: LocalOrderer | JetStreamOrderer
         self.witness: Witness | None = None
+        batching = {
+            "max_batch": settings.max_batch,
+            "max_wait": settings.max_wait,
+            "max_queue": settings.max_queue,
+        }
         if settings.ordering == "jetstream":
             config = JetStreamConfig(
                 servers=settings.nats_servers,
@@ -84,9 +89,7 @@ class Node:
                 org=settings.org,
                 pool=self.verify_pool,
                 workers=settings.verify_workers,
-                max_batch=settings.max_batch,
-                max_wait=settings.max_wait,
-                max_queue=settings.max_queue,
+                **batching,
             )
             prefix = subject_prefix(self.ledger.chain)
             self.witness = Witness(self.ledger, orderer.publish_core, prefix)
@@ -97,12 +100,7 @@ class Node:
             self.ledger.commit_listeners.append(self.witness.on_commit)
             self.orderer = orderer
         else:
-            self.orderer = LocalOrderer(
-                self.ledger,
-                max_batch=settings.max_batch,
-                max_wait=settings.max_wait,
-                max_queue=settings.max_queue,
-            )
+            self.orderer = LocalOrderer(self.ledger, **batching)
 
     def _nonce_source(self, key: KeyPair) -> NonceSource:
         with self._nonces_lock:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from careledger.errors import StorageError
 
@@ -50,3 +52,16 @@ class ThreadConnections:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+def page_of(rows: list[Any], limit: int) -> tuple[list[Any], int | None]:
+    """Rows fetched with ``LIMIT limit + 1`` (first column the sequence): the page, and the
+    sequence to continue after when there is more (None: that was the last page)."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (int(rows[-1][0]) if more and rows else None)
+
+
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC with milliseconds (…T…:…:….mmmZ)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"

@@ -20,8 +20,7 @@ from typing import Any
 
 import orjson
 
-from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, resolve_signer
+from careledger.contracts.identity import resolve_node
 from careledger.core.checkpoint import (
     SignedNote,
     format_note,
@@ -32,7 +31,6 @@ from careledger.core.checkpoint import (
     sign_note,
     verify_note,
 )
-from careledger.core.keys import decode_public_key
 from careledger.errors import CareLedgerError, Conflict
 from careledger.ledger.engine import Ledger
 from careledger.ledger.execute import Executed
@@ -136,11 +134,8 @@ class Witness:
             log.warning("ignored a peer statement: %s", exc)
 
     def _peer_vkey(self, node: str) -> str:
-        member = self.ledger.state(IDENTITY, member_key(node))
-        if member is None or "node" not in member["roles"]:
-            raise CareLedgerError(f"{node!r} is not a node of this chain", code="UNKNOWN_PEER")
-        resolve_signer(self.ledger.state, member["key"])  # an active key of an active org
-        return format_vkey(node, decode_public_key(member["key"]))
+        _, public_key = resolve_node(self.ledger.state, node)
+        return format_vkey(node, public_key)
 
     def _check(self, statement: dict[str, Any]) -> None:
         node, height = str(statement["node"]), int(statement["height"])

@@ -57,6 +57,19 @@ def node_key(org_id: str) -> str:
     return f"node/{org_id}"
 
 
+def node_entry(
+    org: str, member: str, public_key: str, endpoint: str, height: int
+) -> dict[str, Any]:
+    return {
+        "org": org,
+        "member": member,
+        "public_key": public_key,
+        "endpoint": endpoint,
+        "status": ACTIVE,
+        "height": height,
+    }
+
+
 REVOKED = "revoked"
 
 
@@ -84,6 +97,28 @@ def resolve_signer(read: StateReader, public_key: str) -> Signer:
     if org is None or org["status"] != ACTIVE:
         raise Rejected("ORG_REMOVED", "the signer's organisation is not an active member")
     return Signer(public_key, member["id"], member["org"], frozenset(member["roles"]))
+
+
+def resolve_node(read: StateReader, member_id: object) -> tuple[Signer, bytes]:
+    """A node member of an active organisation, with its public key (Rejected otherwise).
+
+    The one check behind every message a node signs for its peers: stream batches,
+    cosignatures and alarms, federation requests.
+    """
+    member = read(NAMESPACE, member_key(member_id)) if isinstance(member_id, str) else None
+    if member is None or "node" not in member["roles"]:
+        raise Rejected("UNKNOWN_PEER", f"{member_id!r} is not a node of this chain")
+    signer = resolve_signer(read, member["key"])
+    return signer, decode_public_key(member["key"])
+
+
+def require_sponsor(read: StateReader, signer: Signer) -> None:
+    """A member with the sponsor role, or an admin of a sponsor organisation."""
+    org = read(NAMESPACE, org_key(signer.org)) or {}
+    if not (
+        signer.has_role("sponsor") or (signer.has_role("admin") and org.get("kind") == "sponsor")
+    ):
+        raise Rejected("NOT_AUTHORISED", "only a sponsor may do this")
 
 
 def genesis_writes(genesis: Mapping[str, Any]) -> list[Write]:
@@ -270,14 +305,7 @@ class IdentityV1(Contract):
         if "node" not in member["roles"] or member.get("status", ACTIVE) != ACTIVE:
             raise Rejected("NOT_A_NODE", f"{member['id']} is not an active node member")
         endpoint = args.string("endpoint", pattern=ENDPOINT, max_len=256)
-        entry = {
-            "org": member["org"],
-            "member": member["id"],
-            "public_key": member["key"],
-            "endpoint": endpoint,
-            "status": ACTIVE,
-            "height": ctx.height,
-        }
+        entry = node_entry(member["org"], member["id"], member["key"], endpoint, ctx.height)
         ctx.state.put(node_key(member["org"]), entry)
         ctx.emit("identity.node_registered", {"org": member["org"], "member": member["id"]})
 
@@ -403,43 +431,31 @@ class IdentityV1(Contract):
         if ctx.state.get(org_key(org["id"])) is not None:
             raise Rejected("ORG_EXISTS", f"organisation {org['id']!r} already exists")
         ctx.state.put(org_key(org["id"]), _org_record(org["id"], org["name"], org["kind"]))
+        IdentityV1._put_member(ctx, admin, org["id"], ["admin"])
+        node = proposal.get("node")
+        if node is not None:
+            IdentityV1._put_member(ctx, node, org["id"], ["node"])
+            entry = node_entry(
+                org["id"], node["id"], node["public_key"], node["endpoint"], ctx.height
+            )
+            ctx.state.put(node_key(org["id"]), entry)
+        ctx.state.put("orgs", sorted([*ctx.state.get("orgs"), org["id"]]))
+        ctx.emit("identity.org_admitted", {"org": org["id"], "proposal": proposal["id"]})
+
+    @staticmethod
+    def _put_member(ctx: Context, spec: Mapping[str, Any], org: str, roles: list[str]) -> None:
+        """Write a member ({"id", "name", "public_key"}) of ``org`` and its key."""
         writes = _new_member(
             ctx.state.get,
-            member_id=admin["id"],
-            name=admin["name"],
-            org=org["id"],
-            roles=["admin"],
-            public_key=admin["public_key"],
+            member_id=spec["id"],
+            name=spec["name"],
+            org=org,
+            roles=roles,
+            public_key=spec["public_key"],
             height=ctx.height,
         )
         for key, value in writes.items():
             ctx.state.put(key, value)
-        node = proposal.get("node")
-        if node is not None:
-            node_writes = _new_member(
-                ctx.state.get,
-                member_id=node["id"],
-                name=node["name"],
-                org=org["id"],
-                roles=["node"],
-                public_key=node["public_key"],
-                height=ctx.height,
-            )
-            for key, value in node_writes.items():
-                ctx.state.put(key, value)
-            ctx.state.put(
-                node_key(org["id"]),
-                {
-                    "org": org["id"],
-                    "member": node["id"],
-                    "public_key": node["public_key"],
-                    "endpoint": node["endpoint"],
-                    "status": ACTIVE,
-                    "height": ctx.height,
-                },
-            )
-        ctx.state.put("orgs", sorted([*ctx.state.get("orgs"), org["id"]]))
-        ctx.emit("identity.org_admitted", {"org": org["id"], "proposal": proposal["id"]})
 
     @staticmethod
     def _remove(ctx: Context, proposal: Mapping[str, Any]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, org_key
+from careledger.contracts.identity import member_key, require_sponsor
 from careledger.errors import Rejected
 
 NAMESPACE = "payments"
@@ -81,16 +81,8 @@ class PaymentsV1(Contract):
 
     @staticmethod
     def _sponsor(ctx: Context) -> str:
-        """A member with the sponsor role, or an admin of a sponsor organisation."""
-        org = ctx.state.read(IDENTITY, org_key(ctx.signer.org)) or {}
-        if not (
-            ctx.signer.has_role("sponsor")
-            or (ctx.signer.has_role("admin") and org.get("kind") == "sponsor")
-        ):
-            raise Rejected("NOT_AUTHORISED", "only a sponsor may do this")
+        require_sponsor(ctx.state.read, ctx.signer)
         return ctx.signer.org
-
-    # -- credits in and out ----------------------------------------------------------------
 
     @tx_method
     def deposit(self, ctx: Context, args: Args) -> None:

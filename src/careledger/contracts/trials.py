@@ -24,7 +24,7 @@ from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, org_key
+from careledger.contracts.identity import member_key, org_key, require_sponsor
 from careledger.core import merkle
 from careledger.errors import Rejected
 
@@ -57,12 +57,7 @@ class TrialsV1(Contract):
 
     @staticmethod
     def _sponsor(ctx: Context) -> None:
-        org = ctx.state.read(IDENTITY, org_key(ctx.signer.org)) or {}
-        if not (
-            ctx.signer.has_role("sponsor")
-            or (ctx.signer.has_role("admin") and org.get("kind") == "sponsor")
-        ):
-            raise Rejected("NOT_AUTHORISED", "only a sponsor may do this")
+        require_sponsor(ctx.state.read, ctx.signer)
 
     @staticmethod
     def _study(ctx: Context, study: str, *, owner: bool = False) -> dict[str, Any]:

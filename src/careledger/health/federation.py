@@ -25,11 +25,11 @@ import orjson
 
 from careledger.auth import scope_within
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, node_key, resolve_signer
+from careledger.contracts.identity import member_key, node_key, resolve_node, resolve_signer
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import record_key, version_key
 from careledger.core.canonical import canonical_bytes
-from careledger.core.keys import b64url_decode, b64url_encode, decode_public_key, verify_signature
+from careledger.core.keys import b64url_decode, b64url_encode, verify_signature
 from careledger.errors import (
     CareLedgerError,
     Forbidden,
@@ -73,20 +73,14 @@ class FederationServer:
         self._lock = threading.Lock()
 
     def _requesting_node(self, node: str, signature: str, operation: str, body: Any) -> Any:
-        ledger = self.records.ledger
-        member = ledger.state(IDENTITY, member_key(node)) if isinstance(node, str) else None
-        if member is None or "node" not in member["roles"]:
-            raise Unauthorized(
-                "the request does not come from a node of this chain", code="UNKNOWN_PEER"
-            )
         try:
-            signer = resolve_signer(ledger.state, member["key"])
+            signer, public_key = resolve_node(self.records.ledger.state, node)
             sig = b64url_decode(signature)
         except (CareLedgerError, ValueError):
-            raise Unauthorized("the requesting node may not sign", code="UNKNOWN_PEER") from None
-        if not verify_signature(
-            decode_public_key(member["key"]), request_bytes(operation, body), sig
-        ):
+            raise Unauthorized(
+                "the request comes from no node of this chain", code="UNKNOWN_PEER"
+            ) from None
+        if not verify_signature(public_key, request_bytes(operation, body), sig):
             raise Unauthorized("the request signature does not verify", code="BAD_SIGNATURE")
         return signer
 

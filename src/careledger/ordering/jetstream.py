@@ -42,9 +42,8 @@ from nats.js.api import (
 )
 
 from careledger.cluster.natsd import require_version
-from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, resolve_signer
-from careledger.core.keys import b64url_decode, b64url_encode, decode_public_key, verify_signature
+from careledger.contracts.identity import resolve_node
+from careledger.core.keys import b64url_decode, b64url_encode, verify_signature
 from careledger.core.tx import Transaction
 from careledger.errors import CareLedgerError, Conflict, Pushback, StorageError, ValidationError
 from careledger.ledger.engine import Ledger
@@ -488,18 +487,12 @@ class JetStreamOrderer:
     def _publisher_ok(self, data: bytes, headers: Mapping[str, str]) -> bool:
         """A batch counts only if an active node of this chain signed it (judged on the state
         every node has at this point of the stream, so all nodes judge alike)."""
-        node = headers.get(NODE_HEADER)
         signature = headers.get(SIG_HEADER)
-        if not isinstance(node, str) or not isinstance(signature, str):
-            return False
-        member = self.ledger.state(IDENTITY, member_key(node))
-        if member is None or "node" not in member["roles"]:
+        if not isinstance(signature, str):
             return False
         try:
-            resolve_signer(self.ledger.state, member["key"])
-            return verify_signature(
-                decode_public_key(member["key"]), data, b64url_decode(signature)
-            )
+            _, public_key = resolve_node(self.ledger.state, headers.get(NODE_HEADER))
+            return verify_signature(public_key, data, b64url_decode(signature))
         except (CareLedgerError, ValueError):
             return False
 

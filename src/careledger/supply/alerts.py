@@ -20,7 +20,6 @@ block is missed across restarts; an alert is stored once (tx, kind and unit are 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from careledger.errors import ValidationError
 from careledger.ledger.engine import Ledger
 from careledger.ledger.execute import Executed, Explanation
 from careledger.ledger.ports import StoredEvent, StoredTx
-from careledger.sqlite_threads import ThreadConnections
+from careledger.sqlite_threads import ThreadConnections, iso_ms, page_of
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +161,7 @@ class AlertStore:
             )
             .fetchall()
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
+        rows, last = page_of(rows, limit)
         out = [
             {
                 "id": r[0],
@@ -176,19 +174,15 @@ class AlertStore:
                 "brand_owner": r[7],
                 "height": r[8],
                 "tx_id": r[9],
-                "time": _iso(r[10]),
+                "time": iso_ms(r[10]),
                 "detail": orjson.loads(r[11]),
             }
             for r in rows
         ]
-        return out, (rows[-1][0] if more and rows else None)
+        return out, last
 
     def close(self) -> None:
         self._conns.close()
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 class AlertWatcher:
@@ -244,7 +238,7 @@ class AlertWatcher:
             data = orjson.loads(event.data)
             kind = data.get("kind", "illegitimate")
             tx_id = txs[event.tx_index].tx_id
-            detail = {"notify_by": _iso(data["notify_by"])} if "notify_by" in data else {}
+            detail = {"notify_by": iso_ms(data["notify_by"])} if "notify_by" in data else {}
             alerts.append(
                 Alert(
                     kind=kind,
@@ -260,6 +254,8 @@ class AlertWatcher:
                 )
             )
         for stored in txs:
+            if b'"code"' not in stored.receipt:  # accepted: no refusal to turn into an alert
+                continue
             receipt = orjson.loads(stored.receipt)
             kind = REFUSAL_KINDS.get(receipt.get("code", ""))
             if kind is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from careledger.errors import NotFound, StorageError
-from careledger.sqlite_threads import ThreadConnections
+from careledger.sqlite_threads import ThreadConnections, page_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS captures(
@@ -179,10 +179,9 @@ class EpcisRepository:
             f"WHERE c.status = 'succeeded' AND {' AND '.join(where)} ORDER BY e.seq LIMIT ?"
         )
         rows = self._connect().execute(sql, [*params, q.limit + 1]).fetchall()
-        more = len(rows) > q.limit
-        rows = rows[: q.limit]
+        rows, last = page_of(rows, q.limit)
         bodies = [orjson.loads(body) for _, body in rows]
-        return bodies, (rows[-1][0] if more and rows else None)
+        return bodies, last
 
     def close(self) -> None:
         self._conns.close()

@@ -25,6 +25,7 @@ from careledger.contracts.supply import (
 from careledger.errors import NotFound, Rejected, ValidationError
 from careledger.health.access import Caller
 from careledger.node import Node
+from careledger.sqlite_threads import iso_ms
 from careledger.supply.access import require_supply
 from careledger.supply.alerts import Alert, AlertStore
 from careledger.supply.identifiers import SGTIN, parse_digital_link, validate_gln, validate_gtin
@@ -39,10 +40,6 @@ LMS_FIELDS = frozenset(
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def iso_ms(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 def lms_request_from_link(link: str, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,6 +83,7 @@ class SupplyService:
         self.node = node
         self.alerts = alerts
         self.verifications = verifications
+        self._responders: dict[str, str] = {}
 
     # -- reads of ledger state ---------------------------------------------------------------
 
@@ -260,13 +258,16 @@ class SupplyService:
         return gln if entry is not None and entry["org"] == requester.org else None
 
     def _responder_gln(self, brand: str | None) -> str | None:
+        """A GLN of the brand owner (found once: a GLN never changes organisation)."""
         if brand is None:
             return None
-        for key in self._keys("gln/"):
-            entry = self._state(key)
-            if entry is not None and entry["org"] == brand:
-                return key.split("/", 1)[1]
-        return None
+        if brand not in self._responders:
+            for key in self._keys("gln/"):
+                entry = self._state(key)
+                if entry is not None and entry["org"] == brand:
+                    self._responders[brand] = key.split("/", 1)[1]
+                    break
+        return self._responders.get(brand)
 
     def list_verifications(
         self, caller: Caller, *, gtin: str | None, serial: str | None, after: int, limit: int

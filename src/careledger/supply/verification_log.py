@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from careledger.sqlite_threads import ThreadConnections
+from careledger.sqlite_threads import ThreadConnections, page_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS verifications(
@@ -94,8 +94,7 @@ class VerificationLog:
             )
             .fetchall()
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
+        rows, last = page_of(rows, limit)
         out = [
             {
                 "id": r[0],
@@ -113,7 +112,7 @@ class VerificationLog:
             }
             for r in rows
         ]
-        return out, (rows[-1][0] if more and rows else None)
+        return out, last
 
     def close(self) -> None:
         self._conns.close()
