@@ -95,5 +95,5 @@ class TestChain:
         """Commit one transaction; return its receipt."""
         env = self.envelope(signer, method, args, **kw)
         executed = self.commit(env)
-        (receipt,) = executed.receipts.values()
-        return receipt
+        ((tx_id, receipt),) = executed.receipts.items()
+        return {"tx_id": tx_id, **receipt}

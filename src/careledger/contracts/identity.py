@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, Signer, StateReader, tx_method
@@ -110,6 +111,26 @@ def resolve_node(read: StateReader, member_id: object) -> tuple[Signer, bytes]:
         raise Rejected("UNKNOWN_PEER", f"{member_id!r} is not a node of this chain")
     signer = resolve_signer(read, member["key"])
     return signer, decode_public_key(member["key"])
+
+
+def act_for(ctx: Context, member_id: str) -> Context:
+    """The context of a member a node acts for (API workflows signed by the node).
+
+    Node members exist only by genesis or an admission vote. A node acts for its own
+    organisation's members, and for members of organisations that run no node of their own
+    (one shared node); an organisation that registered its node is acted for by it alone.
+    """
+    if not ctx.signer.has_role("node"):
+        raise Rejected("NOT_AUTHORISED", "only a node acts on behalf of a member")
+    member = ctx.state.read(NAMESPACE, member_key(member_id))
+    if member is None:
+        raise Rejected("UNKNOWN_MEMBER", f"no member {member_id!r}")
+    signer = resolve_signer(ctx.state.read, member["key"])
+    if signer.org != ctx.signer.org:
+        own = ctx.state.read(NAMESPACE, node_key(signer.org))
+        if own is not None and own.get("status") == "active":
+            raise Rejected("NOT_AUTHORISED", f"{signer.org} runs its own node: act through it")
+    return replace(ctx, signer=signer)
 
 
 def require_sponsor(read: StateReader, signer: Signer) -> None:

@@ -13,9 +13,10 @@ State (namespace ``payments``):
 * ``total`` -> int: credits in existence
 * ``study/{study}`` -> ``{"sponsor", "schedule": {visit: credits}}``
 * ``paid/{study}/{participant}/{visit}`` -> ``{"credits", "height", "by"}``
+* ``data-use/{consent}`` -> a payment for a research grant of the patient's data
 
-This is the ledger of credits; the ``trials`` contract (issue 8) will attest completed visits
-with their data captured, and then pay through the same rules.
+A visit is paid only once the ``trials`` contract holds the site's attestation of it (data
+captured, consent current), so payment follows the trial's own record, not anyone's say-so.
 """
 
 from __future__ import annotations
@@ -24,15 +25,20 @@ import re
 from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.consent import NAMESPACE as CONSENT
+from careledger.contracts.consent import consent_key
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import member_key, require_sponsor
+from careledger.contracts.trials import NAMESPACE as TRIALS
 from careledger.errors import Rejected
 
 NAMESPACE = "payments"
 STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VISIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 MAX_CREDITS = 10**12  # per operation and per balance: far from 2**53, so sums stay exact
-SITE_ROLES = frozenset({"investigator"})
+RESEARCH_ROLES = frozenset({"sponsor", "researcher"})
+RESEARCH_PURPOSES = frozenset({"HRESCH", "CLINTRCH"})
+HASH = re.compile(r"^[0-9a-f]{64}$")
 MAX_VISITS = 100
 
 
@@ -157,21 +163,50 @@ class PaymentsV1(Contract):
 
     @tx_method
     def pay_visit(self, ctx: Context, args: Args) -> None:
-        """A site pays a participant for a completed visit, from the study escrow, once."""
+        """Pay a participant for a visit the site attested on the trials contract, once.
+
+        The attestation (data captured, consent current, the participant's own site) is the
+        authority, so anyone may trigger the payment: the site's node does it right after the
+        attestation, and a participant whose payment waited for funds may claim it later.
+        """
         args.only("study", "participant", "visit")
         study = args.string("study", pattern=STUDY_ID)
         participant = args.string("participant", max_len=64)
         visit = args.string("visit", pattern=VISIT_ID)
-        if not ctx.signer.roles & SITE_ROLES:
-            raise Rejected("NOT_AUTHORISED", "visits are attested by an investigator")
         credits = self._study(ctx, study)["schedule"].get(visit)
         if credits is None:
             raise Rejected("UNKNOWN_VISIT", f"study {study} pays no visit {visit!r}")
-        member = ctx.state.read(IDENTITY, member_key(participant))
-        if member is None or "patient" not in member["roles"]:
-            raise Rejected("UNKNOWN_MEMBER", f"{participant!r} is not a participant")
+        done = ctx.state.read(TRIALS, f"visit/{study}/{participant}/{visit}")
+        if done is None or done.get("attested") is None:
+            raise Rejected("NOT_ATTESTED", f"visit {visit} of {participant} is not attested")
         key = f"paid/{study}/{participant}/{visit}"
         if ctx.state.get(key) is not None:
             raise Rejected("ALREADY_PAID", f"visit {visit} of {participant} was paid")
         self._move(ctx, escrow_account(study), participant, credits)
+        ctx.state.put(key, {"credits": credits, "height": ctx.height, "by": ctx.signer.member})
+
+    @tx_method
+    def pay_data_use(self, ctx: Context, args: Args) -> None:
+        """A researcher pays a patient whose consent grants it use of their data, once.
+
+        The consent must be the patient's, active, granted to the payer's organisation, and
+        for research (HRESCH or CLINTRCH); the data itself is shared de-identified, off-ledger.
+        """
+        args.only("consent", "credits")
+        consent_id = args.string("consent", pattern=HASH)
+        credits = self._credits(args)
+        if not ctx.signer.roles & RESEARCH_ROLES:
+            raise Rejected("NOT_AUTHORISED", "a sponsor or researcher pays for data use")
+        consent = ctx.state.read(CONSENT, consent_key(consent_id))
+        if consent is None or consent["status"] != "active":
+            raise Rejected("UNKNOWN_CONSENT", "no active consent with that id")
+        if consent["grantee"].get("org") != ctx.signer.org:
+            raise Rejected("NOT_AUTHORISED", "the consent is granted to another organisation")
+        if not set(consent["purposes"]) & RESEARCH_PURPOSES:
+            raise Rejected("NOT_RESEARCH", "the consent is not for research use")
+        key = f"data-use/{consent_id}"
+        if ctx.state.get(key) is not None:
+            raise Rejected("ALREADY_PAID", "this grant was paid")
+        org = org_account(ctx.signer.org)
+        self._move(ctx, org, consent["patient"], credits)
         ctx.state.put(key, {"credits": credits, "height": ctx.height, "by": ctx.signer.member})

@@ -34,13 +34,12 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any, ClassVar
 
 from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, node_key, org_key, resolve_signer
+from careledger.contracts.identity import act_for, org_key
 from careledger.errors import Rejected, ValidationError
 from careledger.supply.identifiers import (
     SGTIN,
@@ -989,7 +988,7 @@ class SupplyV1(Contract):
         self._require_roles(ctx, CAPTURE_ROLES)
         capture = args.string("capture", pattern=CAPTURE_ID)
         if args.has("actor"):
-            ctx = self._as_actor(ctx, args.string("actor", max_len=64))
+            ctx = act_for(ctx, args.string("actor", max_len=64))
             self._require_roles(ctx, SUPPLY_ROLES)
         if ctx.state.get(f"capture/{capture}") is not None:
             raise Rejected("CAPTURE_EXISTS", "that capture id is already anchored")
@@ -1037,7 +1036,7 @@ class SupplyV1(Contract):
         Ownership and roles are the member's; the leaf records both the node and the member.
         """
         args.only("actor", "method", "args")
-        actor = self._as_actor(ctx, args.string("actor", max_len=64))
+        actor = act_for(ctx, args.string("actor", max_len=64))
         method = args.string("method", max_len=32)
         if method not in ON_BEHALF_METHODS:
             raise Rejected("BAD_ARGS", f"method must be one of {sorted(ON_BEHALF_METHODS)}")
@@ -1045,26 +1044,6 @@ class SupplyV1(Contract):
         if not isinstance(inner, dict):
             raise Rejected("BAD_ARGS", "args must be an object")
         self.call(actor, method, inner)
-
-    @staticmethod
-    def _as_actor(ctx: Context, member_id: str) -> Context:
-        """The context of a member a node acts for.
-
-        Node members exist only by genesis or an admission vote. A node acts for its own
-        organisation's members, and for members of organisations that run no node of their own
-        (one shared node); an organisation that registered its node is acted for by it alone.
-        """
-        if not ctx.signer.has_role("node"):
-            raise Rejected("NOT_AUTHORISED", "only a node captures on behalf of a member")
-        member = ctx.state.read(IDENTITY, member_key(member_id))
-        if member is None:
-            raise Rejected("UNKNOWN_MEMBER", f"no member {member_id!r}")
-        signer = resolve_signer(ctx.state.read, member["key"])
-        if signer.org != ctx.signer.org:
-            own = ctx.state.read(IDENTITY, node_key(signer.org))
-            if own is not None and own.get("status") == "active":
-                raise Rejected("NOT_AUTHORISED", f"{signer.org} runs its own node: act through it")
-        return replace(ctx, signer=signer)
 
     # -- EPCIS operations: one bizStep's effect on the units an event names ---------------
 

@@ -14,7 +14,13 @@ State (namespace ``trials``):
 * ``study/{id}`` -> the registration, ``version``, ``protocols`` (one per version), ``locked``
 * ``participant/{study}/{member}`` -> ``{"status", "enrolled", "consented_version", ...}``
 * ``data/{study}`` -> ``{"count", "frontier"}`` (the Merkle frontier of captured hashes)
-* ``entry/{study}/{member}/{visit}/{n}`` -> one anchored CRF entry
+* ``entry/{study}/{member}/{visit}/{n}`` -> one anchored CRF entry (and its vault record)
+* ``visit/{study}/{member}/{visit}`` -> ``{"entries", "attested"}``: what payments rely on
+* ``query/{id}`` -> a feasibility query (criteria, sites); ``answer/{id}/{site}`` -> its count
+
+Recruitment never identifies anyone: a site's node evaluates a query's criteria over its own
+records and answers with a count that is 0 or at least ``MIN_CELL``, or with no count and the
+reason it was suppressed (see ``careledger.core.disclosure``).
 """
 
 from __future__ import annotations
@@ -24,8 +30,12 @@ from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, org_key, require_sponsor
+from careledger.contracts.identity import act_for, member_key, org_key, require_sponsor
+from careledger.contracts.records import NAMESPACE as RECORDS
+from careledger.contracts.records import version_key
 from careledger.core import merkle
+from careledger.core.disclosure import MIN_CELL, SUPPRESSED
+from careledger.core.eligibility import CriteriaError, parse_criteria
 from careledger.errors import Rejected
 
 NAMESPACE = "trials"
@@ -34,6 +44,9 @@ VISIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 HASH = re.compile(r"^[0-9a-f]{64}$")
 DAY_MS = 86_400_000
 MAX_ITEMS = 50
+MAX_ENTRIES = 100  # CRF entries one capture anchors
+CRF_TYPES = frozenset({"QuestionnaireResponse", "Observation"})
+ON_BEHALF_METHODS = frozenset({"enrol", "capture", "attest"})
 
 
 def study_key(study: str) -> str:
@@ -214,16 +227,41 @@ class TrialsV1(Contract):
 
     # -- data -----------------------------------------------------------------------------
 
-    @tx_method
-    def capture(self, ctx: Context, args: Args) -> None:
-        """Anchor one CRF entry's content hash (the entry itself is in the site's vault)."""
-        args.only("study", "participant", "visit", "hash")
-        entry = self._study(ctx, args.string("study", pattern=STUDY_ID))
-        participant = args.string("participant", max_len=64)
-        visit_id = args.string("visit", pattern=VISIT_ID)
-        digest = args.string("hash", pattern=HASH)
+    @staticmethod
+    def _entries(ctx: Context, args: Args, participant: str) -> list[dict[str, Any]]:
+        """The hashes to anchor: one bare ``hash``, or vault ``entries`` bound to their records.
+
+        A vault entry must be the version the records contract anchored, with the same
+        (salted) hash, of a CRF type, and about this participant: the trial's anchor and the
+        patient's record are then one and the same content.
+        """
+        if args.has("hash"):
+            return [{"hash": args.string("hash", pattern=HASH)}]
+        raw = args.raw.get("entries")
+        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ENTRIES:
+            raise Rejected("BAD_ARGS", f"give a hash, or 1..{MAX_ENTRIES} vault entries")
+        out = []
+        for item in raw:
+            entry = Args(item if isinstance(item, dict) else {})
+            entry.only("record", "version", "hash")
+            record = entry.string("record", max_len=64)
+            version = entry.integer("version", minimum=1)
+            digest = entry.string("hash", pattern=HASH)
+            anchored = ctx.state.read(RECORDS, version_key(record, version))
+            meta = ctx.state.read(RECORDS, f"record/{record}")
+            if anchored is None or meta is None or anchored["hash"] != digest:
+                raise Rejected("UNKNOWN_RECORD", f"record {record} v{version} is not anchored")
+            if meta["patient"] != participant or meta["type"] not in CRF_TYPES:
+                raise Rejected(
+                    "BAD_ARGS", f"record {record} is not a CRF entry about {participant}"
+                )
+            out.append({"hash": digest, "record": record, "version": version})
+        return out
+
+    def _current(self, ctx: Context, entry: dict[str, Any], participant: str) -> dict[str, Any]:
+        """A participant's record, refusing if no data may be taken for them now."""
         if not ctx.signer.has_role("investigator") or ctx.signer.org not in entry["sites"]:
-            raise Rejected("NOT_AUTHORISED", "an investigator at one of the study's sites captures")
+            raise Rejected("NOT_AUTHORISED", "an investigator at one of the study's sites")
         if entry["locked"] is not None:
             raise Rejected("LOCKED", "the database is locked: no more data")
         record = ctx.state.get(participant_key(entry["id"], participant))
@@ -237,26 +275,80 @@ class TrialsV1(Contract):
             raise Rejected(
                 "RECONSENT_REQUIRED", f"the protocol is at version {entry['version']}: re-consent"
             )
+        return dict(record)
+
+    @tx_method
+    def capture(self, ctx: Context, args: Args) -> None:
+        """Anchor CRF entries' content hashes (the entries themselves are in the site's vault)."""
+        args.only("study", "participant", "visit", "hash", "entries")
+        entry = self._study(ctx, args.string("study", pattern=STUDY_ID))
+        participant = args.string("participant", max_len=64)
+        visit_id = args.string("visit", pattern=VISIT_ID)
+        record = self._current(ctx, entry, participant)
         visit = entry["visits"].get(visit_id)
         if visit is None:
             raise Rejected("UNKNOWN_VISIT", f"no visit {visit_id!r} in the schedule")
         day = (ctx.time - record["enrolled"]) // DAY_MS
         if abs(day - visit["day"]) > visit["window"]:
             raise Rejected("OUTSIDE_WINDOW", f"visit {visit_id} is due on day {visit['day']}")
-        data = dict(ctx.state.get(f"data/{entry['id']}"))
+        entries = self._entries(ctx, args, participant)
+        study = entry["id"]
+        data = dict(ctx.state.get(f"data/{study}"))
         frontier = [bytes.fromhex(h) for h in data["frontier"]]
-        frontier, _ = merkle.append_leaf_hashes(
-            frontier, data["count"], [merkle.leaf_hash(bytes.fromhex(digest))]
-        )
-        n = data["count"]
+        leaves = [merkle.leaf_hash(bytes.fromhex(e["hash"])) for e in entries]
+        frontier, _ = merkle.append_leaf_hashes(frontier, data["count"], leaves)
+        first = data["count"]
         ctx.state.put(
-            f"data/{entry['id']}", {"count": n + 1, "frontier": [h.hex() for h in frontier]}
+            f"data/{study}",
+            {"count": first + len(entries), "frontier": [h.hex() for h in frontier]},
         )
-        ctx.state.put(
-            f"entry/{entry['id']}/{participant}/{visit_id}/{n}",
-            {"hash": digest, "index": n, "height": ctx.height, "by": ctx.signer.member},
+        for n, item in enumerate(entries, start=first):
+            ctx.state.put(
+                f"entry/{study}/{participant}/{visit_id}/{n}",
+                {**item, "index": n, "height": ctx.height, "by": ctx.signer.member},
+            )
+        vkey = f"visit/{study}/{participant}/{visit_id}"
+        done = ctx.state.get(vkey) or {"entries": 0, "attested": None}
+        ctx.state.put(vkey, {**done, "entries": done["entries"] + len(entries)})
+        ctx.emit(
+            "trials.captured",
+            {"study": study, "visit": visit_id, "index": first, "count": len(entries)},
         )
-        ctx.emit("trials.captured", {"study": entry["id"], "visit": visit_id, "index": n})
+
+    @tx_method
+    def attest(self, ctx: Context, args: Args) -> None:
+        """The site attests a completed visit whose data is captured; payment relies on it."""
+        args.only("study", "participant", "visit")
+        entry = self._study(ctx, args.string("study", pattern=STUDY_ID))
+        participant = args.string("participant", max_len=64)
+        visit_id = args.string("visit", pattern=VISIT_ID)
+        record = self._current(ctx, entry, participant)
+        if ctx.signer.org != record["site"]:
+            raise Rejected("NOT_AUTHORISED", "the participant's own site attests their visits")
+        vkey = f"visit/{entry['id']}/{participant}/{visit_id}"
+        done = ctx.state.get(vkey)
+        if done is None or done["entries"] == 0:
+            raise Rejected("NO_DATA", f"visit {visit_id} has no captured data")
+        if done["attested"] is not None:
+            raise Rejected("ALREADY_ATTESTED", f"visit {visit_id} is attested")
+        ctx.state.put(vkey, {**done, "attested": {"height": ctx.height, "by": ctx.signer.member}})
+        ctx.emit(
+            "trials.visit_attested",
+            {"study": entry["id"], "participant": participant, "visit": visit_id},
+        )
+
+    @tx_method
+    def on_behalf(self, ctx: Context, args: Args) -> None:
+        """A node runs an investigator's method for a member it authenticated (API workflows)."""
+        args.only("actor", "method", "args")
+        actor = act_for(ctx, args.string("actor", max_len=64))
+        method = args.string("method", max_len=32)
+        if method not in ON_BEHALF_METHODS:
+            raise Rejected("BAD_ARGS", f"method must be one of {sorted(ON_BEHALF_METHODS)}")
+        inner = args.raw.get("args")
+        if not isinstance(inner, dict):
+            raise Rejected("BAD_ARGS", "args must be an object")
+        self.call(actor, method, inner)
 
     @tx_method
     def lock(self, ctx: Context, args: Args) -> None:
@@ -302,3 +394,81 @@ class TrialsV1(Contract):
         ctx.state.put(study_key(entry["id"]), entry)
         event = {"study": entry["id"], "missing": missing, "added": added}
         ctx.emit("trials.outcome_switching" if switched else "trials.reported", event)
+
+    # -- recruitment (feasibility counts; never identities) ------------------------------
+
+    @tx_method
+    def feasibility(self, ctx: Context, args: Args) -> None:
+        """A sponsor asks the sites how many of their patients meet criteria (counts only).
+
+        With ``study``, the registered eligibility is used unless ``criteria`` narrow it, and
+        ``invite`` asks sites to invite matching patients who opted in to research contact.
+        """
+        args.only("study", "criteria", "sites", "invite")
+        self._sponsor(ctx)
+        study = args.string("study", pattern=STUDY_ID) if args.has("study") else None
+        entry = self._study(ctx, study, owner=True) if study is not None else None
+        criteria = args.raw.get("criteria")
+        if criteria is None and entry is not None:
+            criteria = entry["eligibility"]
+        if not isinstance(criteria, dict):
+            raise Rejected("BAD_ARGS", "criteria are an object (or name a registered study)")
+        try:
+            parse_criteria(criteria)
+        except CriteriaError as exc:
+            raise Rejected(exc.code, exc.message) from None
+        sites = args.raw.get("sites")
+        if sites is None and entry is not None:
+            sites = entry["sites"]
+        if not isinstance(sites, list) or not 0 < len(sites) <= MAX_ITEMS:
+            raise Rejected("BAD_ARGS", f"sites lists 1..{MAX_ITEMS} organisations")
+        for site in sites:
+            org = ctx.state.read(IDENTITY, org_key(site)) if isinstance(site, str) else None
+            if org is None or org.get("status") != "active":
+                raise Rejected("UNKNOWN_ORG", f"no active organisation {site!r}")
+        invite = args.raw.get("invite", False)
+        if not isinstance(invite, bool) or (invite and entry is None):
+            raise Rejected("BAD_ARGS", "invite (true/false) needs a registered study")
+        query = {
+            "id": ctx.tx_id,
+            "sponsor": ctx.signer.org,
+            "study": study,
+            "criteria": criteria,
+            "sites": sorted(set(sites)),
+            "invite": invite,
+            "time": ctx.time,
+            "height": ctx.height,
+        }
+        ctx.state.put(f"query/{ctx.tx_id}", query)
+        ctx.emit(
+            "trials.feasibility",
+            {"query": ctx.tx_id, "sites": query["sites"], "sponsor": ctx.signer.org},
+        )
+
+    @tx_method
+    def answer(self, ctx: Context, args: Args) -> None:
+        """A site's node answers a query: a count of 0 or >= MIN_CELL, or suppressed."""
+        args.only("query", "count", "reason", "evaluated")
+        query_id = args.string("query", pattern=HASH)
+        query = ctx.state.get(f"query/{query_id}")
+        if query is None:
+            raise Rejected("UNKNOWN_QUERY", "no such feasibility query")
+        site = ctx.signer.org
+        if not ctx.signer.has_role("node") or site not in query["sites"]:
+            raise Rejected("NOT_AUTHORISED", "a node of one of the query's sites answers")
+        key = f"answer/{query_id}/{site}"
+        if ctx.state.get(key) is not None:
+            raise Rejected("ALREADY_ANSWERED", f"{site} answered this query")
+        count = args.raw.get("count")
+        reason = args.raw.get("reason")
+        if count is None:
+            if reason not in SUPPRESSED:
+                raise Rejected("BAD_ARGS", f"a withheld count says why: {sorted(SUPPRESSED)}")
+        elif type(count) is not int or reason is not None or count < 0:
+            raise Rejected("BAD_ARGS", "count is a whole number, given without a reason")
+        elif 0 < count < MIN_CELL:
+            raise Rejected("SMALL_CELL", f"counts below {MIN_CELL} are never released")
+        evaluated = args.integer("evaluated", minimum=0)
+        answer = {"count": count, "reason": reason, "evaluated": evaluated, "height": ctx.height}
+        ctx.state.put(key, answer)
+        ctx.emit("trials.answered", {"query": query_id, "site": site, "count": count})

@@ -32,6 +32,35 @@ def setup_chain() -> TestChain:
     return chain
 
 
+def trial(chain: TestChain, study: str, visits: list[str]) -> None:
+    """A trials study whose participant patient-2 completed ``visits``, attested by the site."""
+    registration = {
+        "study": study,
+        "registry_id": "NCT1",
+        "title": "t",
+        "protocol_hash": "a" * 64,
+        "sap_hash": "b" * 64,
+        "primary": ["p"],
+        "secondary": [],
+        "eligibility": {"age": [18, 80]},
+        "visits": [{"id": v, "day": 0, "window": 5} for v in visits],
+        "sites": ["hosp"],
+    }
+    steps = [
+        ("sponsor-1", "register", registration),
+        ("site-inv", "enrol", {"study": study, "participant": "patient-2"}),
+        ("patient-2", "consent", {"study": study, "version": 1}),
+    ]
+    for n, v in enumerate(visits):
+        visit = {"study": study, "participant": "patient-2", "visit": v}
+        steps += [
+            ("site-inv", "capture", {**visit, "hash": f"{n:064x}"}),
+            ("site-inv", "attest", visit),
+        ]
+    for signer, method, args in steps:
+        assert chain.run(signer, method, args, contract="trials")["result"] == "accepted", method
+
+
 def pay(chain: TestChain, signer: str, method: str, args: dict[str, Any]) -> dict[str, Any]:
     return chain.run(signer, method, args, contract="payments")
 
@@ -54,8 +83,9 @@ def test_a_study_pays_each_visit_once_from_its_escrow() -> None:
     )
     assert code(pay(chain, "sponsor-1", "fund", {"study": "NCT1", "credits": 120})) is None
     visit = {"study": "NCT1", "participant": "patient-2", "visit": "screening"}
-    assert code(pay(chain, "sponsor-1", "pay_visit", visit)) == "NOT_AUTHORISED"
-    assert code(pay(chain, "site-inv", "pay_visit", visit)) is None
+    assert code(pay(chain, "site-inv", "pay_visit", visit)) == "NOT_ATTESTED"
+    trial(chain, "NCT1", ["screening", "week-4"])
+    assert code(pay(chain, "patient-2", "pay_visit", visit)) is None  # anyone may trigger it
     assert code(pay(chain, "site-inv", "pay_visit", visit)) == "ALREADY_PAID"
     assert (
         code(pay(chain, "site-inv", "pay_visit", {**visit, "visit": "week-9"})) == "UNKNOWN_VISIT"
@@ -80,6 +110,7 @@ class Ledger(RuleBasedStateMachine):
         super().__init__()
         self.chain = setup_chain()
         self.paid: set[str] = set()
+        trial(self.chain, "S", ["v1", "v2", "v3"])
         pay(self.chain, "sponsor-1", "open_study", {"study": "S", "schedule": {"v1": 7, "v2": 40}})
 
     amounts = st.integers(min_value=-5, max_value=300)
@@ -128,3 +159,37 @@ Ledger.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_payments_state_machine = Ledger.TestCase
+
+
+def test_a_research_grant_of_data_is_paid_once_to_the_patient() -> None:
+    chain = setup_chain()
+    assert code(pay(chain, "sponsor-1", "deposit", {"credits": 500, "reference": "w"})) is None
+
+    def grant(purposes: list[str]) -> str:
+        args = {
+            "grantee": {"org": "hosp"},
+            "actions": ["read"],
+            "resource_types": ["*"],
+            "purposes": purposes,
+        }
+        receipt = chain.run("patient-2", "grant", args, contract="consent")
+        assert receipt["result"] == "accepted"
+        return str(receipt["tx_id"])
+
+    research, treatment = grant(["HRESCH"]), grant(["TREAT"])
+    assert code(pay(chain, "site-inv", "pay_data_use", {"consent": research, "credits": 25})) == (
+        "NOT_AUTHORISED"
+    )
+    assert code(pay(chain, "sponsor-1", "pay_data_use", {"consent": treatment, "credits": 25})) == (
+        "NOT_RESEARCH"
+    )
+    assert code(pay(chain, "sponsor-1", "pay_data_use", {"consent": "0" * 64, "credits": 25})) == (
+        "UNKNOWN_CONSENT"
+    )
+    assert (
+        code(pay(chain, "sponsor-1", "pay_data_use", {"consent": research, "credits": 25})) is None
+    )
+    assert code(pay(chain, "sponsor-1", "pay_data_use", {"consent": research, "credits": 25})) == (
+        "ALREADY_PAID"
+    )
+    assert state(chain, "balance/patient-2") == 25 and state(chain, "balance/org:hosp") == 475

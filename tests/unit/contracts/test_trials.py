@@ -153,3 +153,106 @@ def test_outcome_switching_is_flagged(chain: TestChain) -> None:
     honest = {**report, "primary": ["LDL change at week 12"]}
     executed = chain.commit(chain.envelope("sponsor-1", "report", honest, contract="trials"))
     assert [e.type for e in executed.block.events] == ["trials.reported"]
+
+
+def anchor_record(chain: TestChain, record: str, patient: str, kind: str, text: str) -> None:
+    args = {"record": record, "type": kind, "patient": patient, "hash": h(text), "version": 1}
+    assert chain.run("dr-a", "anchor", args, contract="records")["result"] == "accepted"
+
+
+def test_vault_entries_are_bound_to_their_anchored_records(chain: TestChain) -> None:
+    enrol_and_consent(chain, "p-1")
+    anchor_record(chain, "crf-1", "p-1", "QuestionnaireResponse", "answers")
+    anchor_record(chain, "obs-9", "p-2", "Observation", "other patient")
+    anchor_record(chain, "cond-1", "p-1", "Condition", "not a CRF")
+    visit = {"study": "CARDIO-1", "participant": "p-1", "visit": "baseline"}
+
+    def entries(*items: tuple[str, str]) -> dict[str, Any]:
+        return run(
+            chain,
+            "inv-1",
+            "capture",
+            {**visit, "entries": [{"record": r, "version": 1, "hash": h(t)} for r, t in items]},
+        )
+
+    assert code(entries(("crf-1", "tampered"))) == "UNKNOWN_RECORD"
+    assert code(entries(("obs-9", "other patient"))) == "BAD_ARGS"
+    assert code(entries(("cond-1", "not a CRF"))) == "BAD_ARGS"
+    assert code(entries(("crf-1", "answers"))) is None
+    stored = state(chain, "entry/CARDIO-1/p-1/baseline/0")
+    assert stored["record"] == "crf-1" and stored["hash"] == h("answers")
+    assert state(chain, "visit/CARDIO-1/p-1/baseline")["entries"] == 1
+
+
+def test_a_visit_is_attested_by_the_participants_site_once_its_data_is_in(
+    chain: TestChain,
+) -> None:
+    enrol_and_consent(chain, "p-1")
+    visit = {"study": "CARDIO-1", "participant": "p-1", "visit": "baseline"}
+    assert code(run(chain, "inv-1", "attest", visit)) == "NO_DATA"
+    assert code(capture(chain, "p-1", "baseline", "a")) is None
+    assert code(run(chain, "dr-a", "attest", visit)) == "NOT_AUTHORISED"
+    assert code(run(chain, "inv-1", "attest", visit)) is None
+    assert code(run(chain, "inv-1", "attest", visit)) == "ALREADY_ATTESTED"
+    assert state(chain, "visit/CARDIO-1/p-1/baseline")["attested"]["by"] == "inv-1"
+    assert code(run(chain, "p-1", "withdraw", {"study": "CARDIO-1"})) is None
+    week = {**visit, "visit": "week-12"}
+    assert code(run(chain, "inv-1", "attest", week)) == "WITHDRAWN"
+
+
+def test_a_node_acts_for_its_investigators_only(chain: TestChain) -> None:
+    assert code(run(chain, "inv-1", "enrol", {"study": "CARDIO-1", "participant": "p-1"})) is None
+    assert code(run(chain, "p-1", "consent", {"study": "CARDIO-1", "version": 1})) is None
+    inner = {"study": "CARDIO-1", "participant": "p-1", "visit": "baseline", "hash": h("x")}
+    call = {"actor": "inv-1", "method": "capture", "args": inner}
+    assert code(run(chain, "dr-a", "on_behalf", call)) == "NOT_AUTHORISED"
+    assert code(run(chain, "hosp-node", "on_behalf", {**call, "method": "lock"})) == "BAD_ARGS"
+    assert code(run(chain, "hosp-node", "on_behalf", {**call, "actor": "dr-a"})) == (
+        "NOT_AUTHORISED"  # dr-a is no investigator
+    )
+    assert code(run(chain, "hosp-node", "on_behalf", call)) is None
+    assert state(chain, "entry/CARDIO-1/p-1/baseline/0")["by"] == "inv-1"
+
+
+def test_feasibility_answers_are_counts_never_small_cells(chain: TestChain) -> None:
+    criteria = {"age": [40, 60], "conditions": [{"system": "icd10", "code": "E11"}]}
+    assert code(run(chain, "inv-1", "feasibility", {"criteria": criteria, "sites": ["hosp"]})) == (
+        "NOT_AUTHORISED"
+    )
+    bad = {"criteria": {"conditions": [{"text": "diabetes"}]}, "sites": ["hosp"]}
+    assert code(run(chain, "sponsor-1", "feasibility", bad)) == "NOT_COMPUTABLE"
+    assert code(run(chain, "sponsor-1", "feasibility", {**bad, "criteria": {"x": 1}})) == (
+        "BAD_CRITERIA"
+    )
+    assert code(run(chain, "sponsor-1", "feasibility", {"criteria": criteria})) == "BAD_ARGS"
+    assert (
+        code(
+            run(
+                chain,
+                "sponsor-1",
+                "feasibility",
+                {"criteria": criteria, "invite": True, "sites": ["hosp"]},
+            )
+        )
+        == "BAD_ARGS"
+    )  # invitations are for a registered study
+    receipt = run(chain, "sponsor-1", "feasibility", {"criteria": criteria, "sites": ["hosp"]})
+    assert code(receipt) is None
+    query = receipt["tx_id"]
+    answer = {"query": query, "count": 3, "evaluated": 40}
+    assert code(run(chain, "dr-a", "answer", answer)) == "NOT_AUTHORISED"
+    assert code(run(chain, "hosp-node", "answer", answer)) == "SMALL_CELL"
+    assert code(run(chain, "hosp-node", "answer", {**answer, "count": None})) == "BAD_ARGS"
+    withheld = {**answer, "count": None, "reason": "overlap"}
+    assert code(run(chain, "hosp-node", "answer", withheld)) is None
+    assert code(run(chain, "hosp-node", "answer", {**answer, "count": 7})) == "ALREADY_ANSWERED"
+    assert state(chain, f"answer/{query}/hosp")["reason"] == "overlap"
+    # a registered study's own eligibility is the default, and its sites
+    receipt = run(chain, "sponsor-1", "feasibility", {"study": "CARDIO-1", "invite": True})
+    assert code(receipt) is None
+    stored = state(chain, f"query/{receipt['tx_id']}")
+    assert stored["sites"] == ["hosp"] and stored["criteria"]["age"] == [18, 75]
+    assert (
+        code(run(chain, "hosp-node", "answer", {**answer, "query": receipt["tx_id"], "count": 0}))
+        is None
+    )
