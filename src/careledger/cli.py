@@ -30,6 +30,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DirArg = Annotated[Path, typer.Argument(help="the node directory", file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 UrlOpt = Annotated[str, typer.Option("--url", envvar="CARELEDGER_URL", help="the node's base URL")]
+KeyOpt = Annotated[Path, typer.Option("--key", help="the member's key file (signs the login)")]
 
 
 def _print_json(value: Any) -> None:
@@ -511,6 +512,113 @@ def trial_audit(
         out.print(f"wrote {out_file}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
 
 
+def _read_json_file(path: Path) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ValidationError(f"cannot read {path}: {exc.strerror}", code="BAD_FILE") from None
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"{path} is not JSON: {exc}", code="BAD_JSON") from None
+
+
+@trial_app.command("register")
+def trial_register(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="registration args (JSON), a ClinicalTrials.gov v2 record or a ResearchStudy"
+        ),
+    ],
+    key: KeyOpt,
+    study: Annotated[
+        str | None, typer.Option("--study", help="the study id (for a published record)")
+    ] = None,
+    sites: Annotated[
+        str, typer.Option("--sites", help="enrolling organisations, comma-separated")
+    ] = "",
+    visits_file: Annotated[
+        Path | None, typer.Option("--visits", help="JSON list of {id, day, window}")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register a study as the sponsor, before any enrolment (its block proves the protocol)."""
+    try:
+        document = _read_json_file(file)
+        if not isinstance(document, dict):
+            raise ValidationError(f"{file} holds no JSON object", code="BAD_STUDY")
+        if "protocolSection" in document or document.get("resourceType") == "ResearchStudy":
+            field = "ctgov" if "protocolSection" in document else "researchStudy"
+            body: dict[str, Any] = {
+                field: document,
+                "study": study,
+                "sites": [s for s in sites.split(",") if s],
+                "visits": _read_json_file(visits_file) if visits_file else [],
+            }
+        else:
+            body = {"registration": document}
+        with _logged_in(url, key) as client:
+            result = client.trial_register(body)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(result)
+    else:
+        receipt = result["receipt"]
+        out.print(
+            f"[green]registered[/green] {result['study']} at height {receipt['height']}"
+            f" (transaction {receipt['tx_id']})"
+        )
+
+
+@trial_app.command("feasibility")
+def trial_feasibility(
+    key: KeyOpt,
+    criteria_file: Annotated[
+        Path | None, typer.Option("--criteria", help="eligibility criteria (JSON)")
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="use this registered study's criteria")
+    ] = None,
+    sites: Annotated[str, typer.Option("--sites", help="organisations, comma-separated")] = "",
+    invite: Annotated[
+        bool, typer.Option("--invite", help="invite opted-in patients (needs --study)")
+    ] = False,
+    wait: Annotated[float, typer.Option("--wait", help="seconds to wait for the sites")] = 30.0,
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """Eligible patients per site, counted where the data lives (small cells withheld)."""
+    try:
+        body: dict[str, Any] = {}
+        if criteria_file is not None:
+            body["criteria"] = _read_json_file(criteria_file)
+        if study is not None:
+            body["study"] = study
+        if sites:
+            body["sites"] = [s for s in sites.split(",") if s]
+        if invite:
+            body["invite"] = True
+        with _logged_in(url, key) as client:
+            result = client.feasibility(body, wait=wait)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(result)
+        return
+    table = Table("site", "eligible", "patients evaluated", title=f"query {result['id'][:16]}…")
+    for site in result["sites"]:
+        answer = result["answers"].get(site)
+        if answer is None:
+            table.add_row(site, "[yellow]pending[/yellow]", "-")
+        elif answer["count"] is None:
+            table.add_row(site, f"withheld ({answer['reason']})", str(answer["evaluated"]))
+        else:
+            table.add_row(site, str(answer["count"]), str(answer["evaluated"]))
+    out.print(table)
+    out.print(f"total released: {result['total_released']}")
+
+
 cluster_app = typer.Typer(
     help="A consortium on this machine: NATS JetStream servers and one node per organisation.",
     no_args_is_help=True,
@@ -596,7 +704,6 @@ epcis_app = typer.Typer(help="Capture EPCIS 2.0 supply-chain events.", no_args_i
 app.add_typer(epcis_app, name="epcis")
 product_app = typer.Typer(help="Check drug packs (DSCSA verification).", no_args_is_help=True)
 app.add_typer(product_app, name="product")
-KeyOpt = Annotated[Path, typer.Option("--key", help="the member's key file (signs the login)")]
 
 
 def _logged_in(url: str, key_file: Path | None) -> Any:

@@ -29,7 +29,7 @@ DEMO_ORGS = [
 DEMO_MEMBERS = [
     ("st-mary-node", "St Mary's node", "st-mary", ["node"]),
     ("st-mary-admin", "St Mary's administrator", "st-mary", ["admin"]),
-    ("dr-ana-silva", "Dr Ana Silva", "st-mary", ["clinician"]),
+    ("dr-ana-silva", "Dr Ana Silva", "st-mary", ["clinician", "investigator"]),
     ("northside-admin", "Northside administrator", "northside-clinic", ["admin"]),
     ("dr-ben-okafor", "Dr Ben Okafor", "northside-clinic", ["clinician"]),
     ("city-pharmacy-admin", "City Pharmacy administrator", "city-pharmacy", ["admin"]),

@@ -30,6 +30,10 @@ DEFAULT_SCOPES: dict[str, tuple[str, ...]] = {
     "node": ("system/*.read", "system/*.write"),
     "device": ("user/Observation.write",),
     "auditor": ("user/AuditEvent.read",),
+    # Trials: sponsors run studies; investigators also write CRF records (FHIR resources).
+    "sponsor": ("user/ResearchStudy.read", "user/ResearchStudy.write"),
+    "investigator": ("user/*.read", "user/*.write"),
+    "researcher": ("user/ResearchStudy.read",),
 }
 
 

@@ -341,6 +341,32 @@ class Client:
         )
         return result
 
+    # -- clinical trials ---------------------------------------------------------------------
+
+    def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+        response = self._request(
+            "POST", path, content=_dumps(body), headers={"content-type": "application/json"}
+        )
+        return response.json()
+
+    def trial_register(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Register a study (``registration``, ``ctgov`` or ``researchStudy``; as the sponsor)."""
+        result: dict[str, Any] = self.post_json("/v1/trials", body)
+        return result
+
+    def feasibility(
+        self, body: Mapping[str, Any], *, wait: float = 0.0, poll: float = 0.2
+    ) -> dict[str, Any]:
+        """Ask the sites for eligible counts; with ``wait``, poll until every site answered
+        or ``wait`` seconds passed (the answer then lists the sites still pending)."""
+        query = self.post_json("/v1/recruitment/queries", body)["query"]
+        deadline = time.monotonic() + wait
+        while True:
+            answer: dict[str, Any] = self.get_json(f"/v1/recruitment/queries/{query}")
+            if not answer["pending"] or time.monotonic() >= deadline:
+                return answer
+            time.sleep(poll)
+
     def login(self, keypair: KeyPair | None = None, *, scope: str | None = None) -> str:
         key = keypair or self.keypair
         if key is None:

@@ -23,6 +23,7 @@ from careledger.api.routes import (
     health,
     patients,
     supply,
+    trials,
     tx,
 )
 from careledger.api.routes.events import BlockSignal
@@ -36,6 +37,9 @@ from careledger.supply.repository import EpcisRepository
 from careledger.supply.service import EpcisService
 from careledger.supply.supply_service import SupplyService
 from careledger.supply.verification_log import VerificationLog
+from careledger.trials.consent_records import ConsentRecorder
+from careledger.trials.recruitment import TRIALS_FILE, RecruitmentResponder, RecruitmentStore
+from careledger.trials.service import TrialsService
 from careledger.web import routes as portal
 
 
@@ -57,6 +61,11 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         watcher = AlertWatcher(running.ledger, alert_store)
         watcher.attach()  # catches up on blocks committed while the API was down
         app.state.supply = SupplyService(running, alert_store, verification_log)
+        recruitment = RecruitmentStore(settings.data_dir / TRIALS_FILE)
+        responder = RecruitmentResponder(health, recruitment)
+        consent_records = ConsentRecorder(health, settings.data_dir / TRIALS_FILE)
+        app.state.trials = TrialsService(running, health, recruitment)
+        app.state.recruitment = responder
         metrics.head_height.set(running.ledger.head.height)
         metrics.log_size.set(running.ledger.head.log_size)
         app.state.node = running
@@ -69,15 +78,20 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             ttl_seconds=settings.token_ttl_seconds,
         )
         running.start()
+        responder.attach()  # after start: it answers queries committed while it was down
+        consent_records.attach()
         try:
             yield
         finally:
+            responder.detach()
+            consent_records.detach()
             running.stop()
             health.close()
             watcher.detach()
             repository.close()
             alert_store.close()
             verification_log.close()
+            recruitment.close()
 
     app = FastAPI(
         title="CareLedger",
@@ -89,6 +103,9 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
     routers = (tx, chain, cluster, federation, events, auth, health, fhir, patients, epcis, supply)
     for module in routers:
         app.include_router(module.router)
+    app.include_router(trials.router)
+    app.include_router(trials.feasibility_router)
+    app.include_router(trials.payments_router)
     app.include_router(portal.router)
     app.mount("/static", StaticFiles(directory=str(portal.HERE / "static")), name="static")
     return app

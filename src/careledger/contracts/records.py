@@ -114,7 +114,8 @@ class RecordsV1(Contract):
 
     @tx_method
     def shred(self, ctx: Context, args: Args) -> None:
-        """The patient, or an admin of the custodian, shreds a record: its keys are destroyed."""
+        """The patient, or the custodian (an admin, or its node undoing a write it could not
+        complete, such as a CRF entry the trial refused), shreds a record: keys destroyed."""
         args.only("record", "reason")
         record_id = args.string("record", pattern=RECORD_ID)
         reason = args.string("reason", max_len=64, pattern=re.compile(r"^[a-z][a-z0-9_-]*$"))
@@ -124,7 +125,9 @@ class RecordsV1(Contract):
         if current["shredded"]:
             raise Rejected("ALREADY_SHREDDED", "the record was already shredded")
         is_patient = ctx.signer.member == current["patient"]
-        is_custodian_admin = ctx.signer.has_role("admin") and ctx.signer.org == current["custodian"]
+        is_custodian_admin = (
+            ctx.signer.roles & {"admin", "node"} and ctx.signer.org == current["custodian"]
+        )
         if not (is_patient or is_custodian_admin):
             raise Rejected("NOT_AUTHORISED", "only the patient or the custodian's admin may shred")
         ctx.state.put(

@@ -46,7 +46,11 @@ DAY_MS = 86_400_000
 MAX_ITEMS = 50
 MAX_ENTRIES = 100  # CRF entries one capture anchors
 CRF_TYPES = frozenset({"QuestionnaireResponse", "Observation"})
-ON_BEHALF_METHODS = frozenset({"enrol", "capture", "attest"})
+# Staff methods a node may run for a member it authenticated; a participant's consent and
+# withdrawal are never among them: those are signed with the participant's own key.
+ON_BEHALF_METHODS = frozenset(
+    {"register", "amend", "lock", "report", "feasibility", "enrol", "capture", "attest"}
+)
 
 
 def study_key(study: str) -> str:
@@ -212,9 +216,13 @@ class TrialsV1(Contract):
         if record["status"] == "withdrawn":
             raise Rejected("WITHDRAWN", "a withdrawn participant re-enrols first")
         record["consented_version"] = version
-        record["consents"] = [*record["consents"], {"version": version, "time": ctx.time}]
+        consent = {"version": version, "time": ctx.time, "tx": ctx.tx_id}
+        record["consents"] = [*record["consents"], consent]
         ctx.state.put(participant_key(entry["id"], ctx.signer.member), record)
-        ctx.emit("trials.consented", {"study": entry["id"], "version": version})
+        ctx.emit(
+            "trials.consented",
+            {"study": entry["id"], "participant": ctx.signer.member, "version": version},
+        )
 
     @tx_method
     def withdraw(self, ctx: Context, args: Args) -> None:
@@ -223,7 +231,7 @@ class TrialsV1(Contract):
         entry, record = self._own_record(ctx, args.string("study", pattern=STUDY_ID))
         record.update(status="withdrawn", withdrawn=ctx.time)
         ctx.state.put(participant_key(entry["id"], ctx.signer.member), record)
-        ctx.emit("trials.withdrawn", {"study": entry["id"]})
+        ctx.emit("trials.withdrawn", {"study": entry["id"], "participant": ctx.signer.member})
 
     # -- data -----------------------------------------------------------------------------
 
@@ -339,7 +347,7 @@ class TrialsV1(Contract):
 
     @tx_method
     def on_behalf(self, ctx: Context, args: Args) -> None:
-        """A node runs an investigator's method for a member it authenticated (API workflows)."""
+        """A node runs a staff method for a member it authenticated (API workflows)."""
         args.only("actor", "method", "args")
         actor = act_for(ctx, args.string("actor", max_len=64))
         method = args.string("method", max_len=32)

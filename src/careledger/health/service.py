@@ -429,6 +429,21 @@ class HealthRecords:
             last_updated=str(updated),
         )
 
+    def open_anchored(self, record_id: str, version: int) -> dict[str, Any] | None:
+        """A version held here, checked against its ledger anchor (None: not anchored, or
+        shredded). For computations the custodian runs over its own records; the caller
+        answers for the access (see trials.recruitment)."""
+        entry = self.ledger.state(RECORDS, version_key(record_id, version))
+        if entry is None:
+            return None
+        try:
+            resource, _ = self.vault.open(
+                record_id, version, self.ledger.node_key, expected_content_hash=entry["hash"]
+            )
+        except NotFound:
+            return None
+        return resource
+
     def read(
         self,
         caller: Caller,

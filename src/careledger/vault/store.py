@@ -377,6 +377,24 @@ class VaultStore:
             rows.sort()
         return [(str(r), int(v), str(t)) for r, v, t in rows]  # type: ignore[call-overload]
 
+    def live_records(self, resource_types: Collection[str]) -> list[tuple[str, str, int, str]]:
+        """``(patient, record_id, latest version, type)`` of every live record of these types.
+
+        For computations a custodian runs over all of its records (trial feasibility counts);
+        sorted by patient, then record id.
+        """
+        wanted = sorted(set(resource_types))[:_TYPE_QUERY_CHUNK]
+        marks = ",".join("?" for _ in wanted)
+        rows = self._all(
+            "SELECT r.patient, r.record_id, r.version, r.resource_type FROM records r"  # noqa: S608
+            " WHERE r.shredded_at IS NULL"
+            f" AND r.resource_type IN ({marks})"
+            " AND r.version = (SELECT MAX(version) FROM records WHERE record_id = r.record_id)"
+            " ORDER BY r.patient, r.record_id",
+            wanted,
+        )
+        return [(str(p), str(r), int(v), str(t)) for p, r, v, t in rows]  # type: ignore[call-overload]
+
     def close(self) -> None:
         """Close every connection this store opened (SQLite then checkpoints and drops the WAL)."""
         with self._conns_lock:

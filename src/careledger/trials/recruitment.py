@@ -1,0 +1,308 @@
+"""Recruitment at a site: feasibility counts over the custodian's own records, and invitations.
+
+A sponsor's ``trials.feasibility`` query reaches every node through the ledger. The node of each
+site named in it evaluates the criteria over the records in its own vault (decrypted here, never
+sent anywhere) and answers on the ledger with a count, or with no count and the reason it was
+withheld: a small cell, or a population that differs from one released before by a small group
+(``careledger.core.disclosure``). The populations behind released counts stay at the site, as
+keyed pseudonyms, so later queries can be checked against them.
+
+When the query asks for invitations, the site invites the matching patients who granted it a
+research-contact consent (purpose HRESCH): each invitation is a read the ledger authorises
+against that consent and logs as an access event the patient sees. The sponsor learns nothing
+about who was invited; patients answer the invitation to their own site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import queue
+import secrets
+import threading
+import time
+from array import array
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from careledger.contracts.trials import NAMESPACE as TRIALS
+from careledger.core.disclosure import Release, decide
+from careledger.core.eligibility import TYPES, Criteria, CriteriaError, eligible, gather
+from careledger.core.eligibility import parse_criteria as parse
+from careledger.errors import Forbidden, NotFound, ValidationError
+from careledger.health.service import HealthRecords
+from careledger.ledger.execute import Executed
+from careledger.sqlite_threads import ThreadConnections, iso_ms
+
+log = logging.getLogger(__name__)
+TRIALS_FILE = "trials.sqlite"
+ANSWERS = frozenset({"interested", "declined"})
+MAX_QUERIES_SCANNED = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS released(
+  query TEXT NOT NULL, site TEXT NOT NULL, count INTEGER NOT NULL, population BLOB NOT NULL,
+  PRIMARY KEY(query, site));
+CREATE TABLE IF NOT EXISTS invitations(
+  id TEXT PRIMARY KEY, query TEXT NOT NULL, study TEXT NOT NULL, site TEXT NOT NULL,
+  patient TEXT NOT NULL, created INTEGER NOT NULL, status TEXT NOT NULL, answered INTEGER,
+  UNIQUE(study, site, patient));
+CREATE INDEX IF NOT EXISTS invitations_patient ON invitations(patient);
+"""
+
+
+class RecruitmentStore:
+    """The site's own memory: released populations (pseudonymous) and invitations."""
+
+    def __init__(self, path: Path) -> None:
+        self._conns = ThreadConnections(path, "recruitment store")
+        conn = self._conns.get()
+        conn.executescript(SCHEMA)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(name, value) VALUES('pseudonym_key', ?)",
+            (secrets.token_bytes(32),),
+        )
+        (self._key,) = conn.execute("SELECT value FROM meta WHERE name='pseudonym_key'").fetchone()
+        self.lock = threading.Lock()  # one disclosure decision at a time per site
+
+    def close(self) -> None:
+        self._conns.close()
+
+    def pseudonyms(self, patients: Iterable[str]) -> frozenset[int]:
+        """Keyed 64-bit pseudonyms: set arithmetic without keeping patient ids in this table."""
+        return frozenset(
+            int.from_bytes(hashlib.blake2b(p.encode(), key=self._key, digest_size=8).digest())
+            for p in patients
+        )
+
+    def populations(self, site: str) -> list[frozenset[int]]:
+        rows = (
+            self._conns.get()
+            .execute("SELECT population FROM released WHERE site = ?", (site,))
+            .fetchall()
+        )
+        return [frozenset(array("Q", bytes(blob))) for (blob,) in rows]
+
+    def remember(self, query: str, site: str, count: int, population: frozenset[int]) -> None:
+        blob = array("Q", sorted(population)).tobytes()
+        self._conns.get().execute(
+            "INSERT OR REPLACE INTO released(query, site, count, population) VALUES(?,?,?,?)",
+            (query, site, count, blob),
+        )
+
+    def forget(self, query: str, site: str) -> None:
+        self._conns.get().execute(
+            "DELETE FROM released WHERE query = ? AND site = ?", (query, site)
+        )
+
+    # -- invitations ------------------------------------------------------------------------
+
+    def invite(self, query: str, study: str, site: str, patient: str) -> bool:
+        """A new invitation (False: this patient was already invited to this study here)."""
+        cursor = self._conns.get().execute(
+            "INSERT OR IGNORE INTO invitations(id, query, study, site, patient, created, status)"
+            " VALUES(?,?,?,?,?,?,'open')",
+            (secrets.token_hex(12), query, study, site, patient, time.time_ns() // 1_000_000),
+        )
+        return cursor.rowcount == 1
+
+    def invitations_for(self, patient: str) -> list[dict[str, Any]]:
+        rows = self._conns.get().execute(
+            "SELECT id, study, site, created, status, answered FROM invitations"
+            " WHERE patient = ? ORDER BY created DESC",
+            (patient,),
+        )
+        return [_invitation(row) for row in rows]
+
+    def respond(self, patient: str, invitation: str, answer: str) -> dict[str, Any]:
+        if answer not in ANSWERS:
+            raise ValidationError(f"answer is one of {sorted(ANSWERS)}", code="BAD_ANSWER")
+        conn = self._conns.get()
+        cursor = conn.execute(
+            "UPDATE invitations SET status = ?, answered = ? WHERE id = ? AND patient = ?",
+            (answer, time.time_ns() // 1_000_000, invitation, patient),
+        )
+        if cursor.rowcount != 1:
+            raise NotFound("no such invitation of yours", code="UNKNOWN_INVITATION")
+        row = conn.execute(
+            "SELECT id, study, site, created, status, answered FROM invitations WHERE id = ?",
+            (invitation,),
+        ).fetchone()
+        return _invitation(row)
+
+    def interested(self, study: str, site: str) -> list[dict[str, Any]]:
+        """Patients of ``site`` who answered yes: the site's own patients, seen by its staff."""
+        rows = self._conns.get().execute(
+            "SELECT patient, answered FROM invitations"
+            " WHERE study = ? AND site = ? AND status = 'interested' ORDER BY answered",
+            (study, site),
+        )
+        return [{"patient": p, "answered": iso_ms(int(a))} for p, a in rows]
+
+
+def _invitation(row: Any) -> dict[str, Any]:
+    ident, study, site, created, status, answered = row
+    return {
+        "id": ident,
+        "study": study,
+        "site": site,
+        "created": iso_ms(int(created)),
+        "status": status,
+        "answered": None if answered is None else iso_ms(int(answered)),
+    }
+
+
+# -- evaluation over the custodian's records ---------------------------------------------------
+
+
+def query_date(query: dict[str, Any]) -> date:
+    """The query's block date: every site judges ages on the same day."""
+    return datetime.fromtimestamp(query["time"] / 1000, UTC).date()
+
+
+def evaluate(
+    records: HealthRecords, criteria: Criteria, on: date
+) -> tuple[list[str], dict[str, list[tuple[str, str]]], int]:
+    """(matching patients, their evaluated records as (id, type), patients evaluated)."""
+    matched: list[str] = []
+    used: dict[str, list[tuple[str, str]]] = {}
+    evaluated = 0
+    rows = records.vault.store.live_records(TYPES)
+    for patient, group in groupby(rows, key=lambda row: row[0]):
+        found = []
+        resources = []
+        for _, record_id, version, kind in group:
+            resource = records.open_anchored(record_id, version)
+            if resource is not None:
+                resources.append(resource)
+                found.append((record_id, kind))
+        if not resources:
+            continue
+        evaluated += 1
+        if eligible(criteria, gather(resources), on):
+            matched.append(patient)
+            used[patient] = found
+    return matched, used, evaluated
+
+
+class RecruitmentResponder:
+    """Answers the feasibility queries addressed to this node's organisation."""
+
+    def __init__(self, records: HealthRecords, store: RecruitmentStore) -> None:
+        self.records = records
+        self.node = records.node
+        self.ledger = records.ledger
+        self.store = store
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def org(self) -> str:
+        return self.records.org
+
+    def attach(self) -> None:
+        self.ledger.commit_listeners.append(self.on_commit)
+        self._thread = threading.Thread(target=self._run, name="recruitment", daemon=True)
+        self._thread.start()
+        for query in self._unanswered():
+            self._queue.put(query)
+
+    def detach(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.ledger.commit_listeners.remove(self.on_commit)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _unanswered(self) -> list[str]:
+        """Queries committed while this node was down (or before it served the API)."""
+        out = []
+        for key in self.ledger.store.state_keys(TRIALS, "query/", MAX_QUERIES_SCANNED):
+            query = self.ledger.state(TRIALS, key)
+            if query is None or self.org not in query["sites"]:
+                continue
+            if self.ledger.state(TRIALS, f"answer/{query['id']}/{self.org}") is None:
+                out.append(str(query["id"]))
+        return out
+
+    def on_commit(self, executed: Executed) -> None:
+        for event in executed.block.events:
+            if event.type == "trials.feasibility":
+                data = orjson.loads(event.data)
+                if self.org in data["sites"]:
+                    self._queue.put(data["query"])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                query = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.answer(query)
+            except Exception:  # a failed answer must not stop the next ones
+                log.exception("feasibility query %s could not be answered", query)
+
+    def answer(self, query_id: str) -> dict[str, Any]:
+        """Evaluate, decide and answer on the ledger; the answer as committed."""
+        key = f"answer/{query_id}/{self.org}"
+        done = self.ledger.state(TRIALS, key)
+        if done is not None:
+            return dict(done)
+        query = self.ledger.state(TRIALS, f"query/{query_id}")
+        if query is None:
+            raise NotFound("no such feasibility query", code="UNKNOWN_QUERY")
+        try:
+            criteria = parse(query["criteria"])
+        except CriteriaError:
+            matched, used, evaluated = [], {}, 0
+            release = Release(None, "not_computable")
+        else:
+            matched, used, evaluated = evaluate(self.records, criteria, query_date(query))
+            with self.store.lock:
+                population = self.store.pseudonyms(matched)
+                release = decide(population, self.store.populations(self.org))
+                if release.count is not None:  # remembered before it is said, never after
+                    self.store.remember(query_id, self.org, release.count, population)
+        args = {
+            "query": query_id,
+            "count": release.count,
+            "reason": release.reason,
+            "evaluated": evaluated,
+        }
+        (receipt,) = self.node.execute([(TRIALS, "answer", args)])
+        if receipt["result"] != "accepted" and receipt["code"] != "ALREADY_ANSWERED":
+            self.store.forget(query_id, self.org)
+            raise Forbidden("the ledger refused the answer", code=receipt["code"])
+        if query["invite"] and query["study"] is not None:
+            self._invite(query, matched, used)
+        return dict(self.ledger.state(TRIALS, key) or {})
+
+    def _invite(
+        self, query: dict[str, Any], matched: list[str], used: dict[str, list[tuple[str, str]]]
+    ) -> int:
+        """Invite those who opted in to research contact by this site; the ledger decides."""
+        caller = self.records.node_caller()
+        sent = 0
+        for patient in matched:
+            try:
+                self.records.authorise(
+                    caller,
+                    patient=patient,
+                    records=[r for r, _ in used[patient]],
+                    types={t for _, t in used[patient]},
+                    action="read",
+                    purpose="HRESCH",
+                )
+            except Forbidden:
+                continue  # no research-contact consent: not contacted, not identified
+            sent += self.store.invite(query["id"], query["study"], self.org, patient)
+        return sent

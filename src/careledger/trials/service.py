@@ -1,0 +1,251 @@
+"""Trials workflows on a node: registration, enrolment, e-consent, CRF capture, visits, recruitment.
+
+Staff actions (sponsor, investigator) are ``trials.on_behalf`` transactions the node signs for
+the member it authenticated, so roles and sites are judged on the ledger as that member's. A
+participant's consent and withdrawal are signed with the participant's own key: sent as a
+signed envelope, or signed here with the key this node keeps for a patient who has none.
+
+A CRF entry is a FHIR QuestionnaireResponse or Observation about the participant: it is checked
+against the trial first (a dry run of the capture), sealed in the vault and anchored like any
+record, then anchored by the trial with the same salted hash. If the trial refuses it after all
+(a withdrawal committed in between), the records are shredded: nothing half-written remains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from careledger.contracts.payments import NAMESPACE as PAYMENTS
+from careledger.contracts.payments import balance_key
+from careledger.contracts.trials import CRF_TYPES, study_key
+from careledger.contracts.trials import NAMESPACE as TRIALS
+from careledger.core.tx import decode_envelope, make_body, sign_body
+from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
+from careledger.fhir.extract import patient_id as patient_of
+from careledger.health.access import Caller
+from careledger.health.service import HealthRecords
+from careledger.node import Node
+from careledger.trials.recruitment import RecruitmentStore
+from careledger.trials.registration import from_ctgov, from_research_study
+
+PARTICIPANT_METHODS = frozenset({"consent", "withdraw"})
+MAX_CRF_ENTRIES = 100
+HOLD_RESULT_S = 30.0
+
+
+def _refused(receipt: Mapping[str, Any], why: Any) -> Rejected:
+    message = why.message if why is not None and why.code == receipt["code"] else ""
+    return Rejected(str(receipt["code"]), message or "the ledger refused the transaction")
+
+
+class TrialsService:
+    def __init__(self, node: Node, records: HealthRecords, store: RecruitmentStore) -> None:
+        self.node = node
+        self.ledger = node.ledger
+        self.records = records
+        self.store = store
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def study(self, study: str) -> dict[str, Any]:
+        entry = self.ledger.state(TRIALS, study_key(study))
+        if entry is None:
+            raise NotFound(f"no study {study!r}", code="UNKNOWN_STUDY")
+        return dict(entry)
+
+    def query(self, caller: Caller, query_id: str) -> dict[str, Any]:
+        """A feasibility query with each site's answer; for the sponsor and the sites."""
+        query = self.ledger.state(TRIALS, f"query/{query_id}")
+        if query is None:
+            raise NotFound("no such feasibility query", code="UNKNOWN_QUERY")
+        if caller.org != query["sponsor"] and caller.org not in query["sites"]:
+            raise Forbidden("the sponsor and the sites see a query", code="NOT_AUTHORISED")
+        answers = {}
+        for site in query["sites"]:
+            answer = self.ledger.state(TRIALS, f"answer/{query_id}/{site}")
+            if answer is not None:
+                answers[site] = {k: answer[k] for k in ("count", "reason", "evaluated")}
+        released = [a["count"] for a in answers.values() if a["count"] is not None]
+        return {
+            **{k: query[k] for k in ("id", "sponsor", "study", "criteria", "sites", "invite")},
+            "answers": answers,
+            "pending": [s for s in query["sites"] if s not in answers],
+            "total_released": sum(released),
+        }
+
+    def balance(self, caller: Caller) -> dict[str, Any]:
+        credits = self.ledger.state(PAYMENTS, balance_key(caller.member)) or 0
+        return {"account": caller.member, "credits": int(credits)}
+
+    # -- staff actions -------------------------------------------------------------------
+
+    def act(self, caller: Caller, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one staff method as the caller; a refusal is raised with its reason."""
+        call = {"actor": caller.member, "method": method, "args": dict(args)}
+        ((receipt, why),) = self.node.execute_explained([(TRIALS, "on_behalf", call)])
+        if receipt["result"] != "accepted":
+            raise _refused(receipt, why)
+        return receipt
+
+    def register(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Register from ``registration`` (the contract's args), ``ctgov`` (a ClinicalTrials.gov
+        API v2 record) or ``researchStudy`` (FHIR R4), with ``study``, ``visits`` and ``sites``."""
+        if "registration" in body:
+            args = body["registration"]
+            if not isinstance(args, dict):
+                raise ValidationError("registration is an object", code="BAD_STUDY")
+        else:
+            extra = {
+                "study": body.get("study"),
+                "visits": body.get("visits") or [],
+                "sites": body.get("sites") or [],
+            }
+            if not isinstance(extra["study"], str):
+                raise ValidationError("name the study (study: an id)", code="BAD_STUDY")
+            if isinstance(body.get("ctgov"), dict):
+                args = from_ctgov(body["ctgov"], **extra)
+            elif isinstance(body.get("researchStudy"), dict):
+                args = from_research_study(body["researchStudy"], **extra)
+            else:
+                raise ValidationError("send registration, ctgov or researchStudy", code="BAD_STUDY")
+        receipt = self.act(caller, "register", args)
+        return {"study": args.get("study"), "receipt": receipt}
+
+    def capture(
+        self,
+        caller: Caller,
+        study: str,
+        participant: str,
+        visit: str,
+        resources: Sequence[Any],
+    ) -> dict[str, Any]:
+        """CRF entries into the vault, anchored by the trial; all of them or none."""
+        if not resources or len(resources) > MAX_CRF_ENTRIES:
+            raise ValidationError(f"send 1..{MAX_CRF_ENTRIES} resources", code="BAD_CRF")
+        for resource in resources:
+            if not isinstance(resource, dict) or resource.get("resourceType") not in CRF_TYPES:
+                raise ValidationError(f"CRF entries are one of {sorted(CRF_TYPES)}", code="BAD_CRF")
+            if patient_of(resource) != participant:
+                raise ValidationError(
+                    "each entry's subject is the participant", code="WRONG_SUBJECT"
+                )
+        base = {"study": study, "participant": participant, "visit": visit}
+        self._dry_run(caller, "capture", {**base, "hash": "0" * 64})
+        prepared = [
+            self.records.prepare(caller, r, record_id=None, patient_of=patient_of)
+            for r in resources
+        ]
+        stored = self.records.write_all(caller, prepared, purpose="TREAT")
+        entries = [
+            {"record": s.record_id, "version": s.version, "hash": s.content_hash} for s in stored
+        ]
+        try:
+            receipt = self.act(caller, "capture", {**base, "entries": entries})
+        except Rejected:
+            self._undo([s.record_id for s in stored])
+            raise
+        return {
+            "receipt": receipt,
+            "entries": [
+                {**e, "type": s.resource_type, "salt": s.salt}
+                for e, s in zip(entries, stored, strict=True)
+            ],
+        }
+
+    def _dry_run(self, caller: Caller, method: str, args: Mapping[str, Any]) -> None:
+        """Refuse now what the trial would refuse, before anything is written."""
+        call = {"actor": caller.member, "method": method, "args": dict(args)}
+        key = self.ledger.node_key
+        body = make_body(
+            chain=self.ledger.chain,
+            contract=TRIALS,
+            method="on_behalf",
+            args=call,
+            signer=key.public_b64,
+            nonce=1,  # never submitted: a dry run only
+            created="1970-01-01T00:00:00Z",
+        )
+        why = self.ledger.explain(decode_envelope(sign_body(body, key)))
+        if why is not None:
+            raise Rejected(why.code, why.message)
+
+    def _undo(self, record_ids: Sequence[str]) -> None:
+        calls = [
+            ("records", "shred", {"record": r, "reason": "capture_refused"}) for r in record_ids
+        ]
+        self.node.execute(calls)
+
+    def attest(self, caller: Caller, study: str, participant: str, visit: str) -> dict[str, Any]:
+        """The site attests a visit; the participant is paid from the study escrow at once."""
+        args = {"study": study, "participant": participant, "visit": visit}
+        receipt = self.act(caller, "attest", args)
+        ((paid, why),) = self.node.execute_explained([(PAYMENTS, "pay_visit", args)])
+        payment: dict[str, Any] = {"result": paid["result"]}
+        if paid["result"] != "accepted":
+            payment.update(code=paid["code"], message=_refused(paid, why).message)
+        return {"receipt": receipt, "payment": payment}
+
+    def feasibility(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        args = {k: body[k] for k in ("study", "criteria", "sites", "invite") if k in body}
+        receipt = self.act(caller, "feasibility", args)
+        return {"query": receipt["tx_id"], "receipt": receipt}
+
+    # -- participants --------------------------------------------------------------------
+
+    def participant(
+        self, caller: Caller, method: str, study: str, envelope: Any | None
+    ) -> dict[str, Any]:
+        """Consent or withdrawal, signed by the participant (or with the key held for them)."""
+        if method not in PARTICIPANT_METHODS:
+            raise ValidationError("consent or withdraw", code="BAD_METHOD")
+        if "patient" not in caller.roles:
+            raise Forbidden("participants consent and withdraw themselves", code="NOT_AUTHORISED")
+        entry = self.study(study)
+        args: dict[str, Any] = {"study": study}
+        if method == "consent":
+            args["version"] = entry["version"]
+        if envelope is None:
+            key = self.records.custodial_key(caller.member)
+            if key is None:
+                raise Forbidden(
+                    "sign the transaction with your own key and send it as envelope",
+                    code="SIGN_YOURSELF",
+                )
+            ((receipt, why),) = self.node.execute_explained([(TRIALS, method, args)], keypair=key)
+        else:
+            tx = self.ledger.decode(envelope)
+            member = self.ledger.state("identity", f"key/{tx.signer}")
+            if (
+                tx.contract != TRIALS
+                or tx.method != method
+                or member is None
+                or member.get("member") != caller.member
+            ):
+                raise ValidationError(
+                    f"the envelope must be your own trials.{method}", code="WRONG_ENVELOPE"
+                )
+            (tx,) = self.node.admit_all([envelope], [None])
+            (future,) = self.node.submit([tx])
+            receipt = future.result(HOLD_RESULT_S)
+            why = self.ledger.explain(tx) if receipt["result"] != "accepted" else None
+        if receipt["result"] != "accepted":
+            raise _refused(receipt, why)
+        return receipt
+
+    def invitations(self, caller: Caller) -> list[dict[str, Any]]:
+        if "patient" not in caller.roles:
+            raise Forbidden("invitations are a patient's own", code="NOT_AUTHORISED")
+        return self.store.invitations_for(caller.member)
+
+    def respond(self, caller: Caller, invitation: str, answer: str) -> dict[str, Any]:
+        if "patient" not in caller.roles:
+            raise Forbidden("invitations are a patient's own", code="NOT_AUTHORISED")
+        return self.store.respond(caller.member, invitation, answer)
+
+    def interested(self, caller: Caller, study: str) -> list[dict[str, Any]]:
+        """The site's own patients who said yes, for its investigators (to enrol them)."""
+        entry = self.study(study)
+        if "investigator" not in caller.roles or caller.org not in entry["sites"]:
+            raise Forbidden("an investigator at one of the study's sites", code="NOT_AUTHORISED")
+        return self.store.interested(study, caller.org)
