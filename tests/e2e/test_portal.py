@@ -327,7 +327,7 @@ def test_pages_pass_an_accessibility_check(page: Page, server: Server) -> None:
     expect(page.get_by_test_id("verdict")).to_be_visible()
     problems["/verify (result)"] = axe_problems(page)
     sign_in(page, server, patient_key(server))
-    for path in ("/me", "/me/access", "/me/consents"):
+    for path in ("/me", "/me/access", "/me/consents", "/me/research"):
         page.goto(f"{server.url}{path}")
         problems[path] = axe_problems(page)
     assert {p: v for p, v in problems.items() if v} == {}
@@ -406,3 +406,86 @@ def test_a_patient_erases_a_record(page: Page, server: Server) -> None:
     page.on("dialog", lambda dialog: dialog.accept())  # "Erase this record for good?"
     records.last.get_by_role("button").click()
     expect(page.get_by_test_id("records").locator("li")).to_have_count(before - 1)
+
+
+def test_a_patient_answers_an_invitation_and_consents_to_a_trial(
+    page: Page, server: Server, browser: Browser
+) -> None:
+    from careledger.sdk import Client
+
+    keys = server.data_dir / "keys"
+
+    def call(key_file: Path, contract: str, method: str, args: dict) -> dict:
+        with Client(server.url, keypair=read_key_file(key_file)[1]) as c:
+            receipt = c.call(contract, method, args)
+        assert receipt["result"] == "accepted", (method, receipt)
+        return dict(receipt)
+
+    registration = {
+        "study": "HEART-1",
+        "registry_id": "NCT77777777",
+        "title": "Heart failure outcomes",
+        "protocol_hash": "3" * 64,
+        "sap_hash": "4" * 64,
+        "primary": ["Hospitalisation at 1 year"],
+        "secondary": [],
+        "eligibility": {"age": [0, 150]},
+        "visits": [{"id": "baseline", "day": 0, "window": 5}],
+        "sites": ["st-mary"],
+    }
+    call(keys / "trialco-admin.key", "trials", "register", registration)
+    patient = patient_key(server)
+    research_contact = {
+        "grantee": {"org": "st-mary"},
+        "actions": ["read"],
+        "resource_types": ["*"],
+        "purposes": ["HRESCH"],
+    }
+    call(patient, "consent", "grant", research_contact)
+    call(keys / "trialco-admin.key", "trials", "feasibility", {"study": "HEART-1", "invite": True})
+
+    sign_in(page, server, patient)
+    page.get_by_role("link", name="My records").click()
+    page.get_by_role("link", name="Research").click()
+    invitations = page.get_by_test_id("invitations")
+    for _ in range(50):  # the site's node answers and invites in the background
+        if "HEART-1" in invitations.inner_text():
+            break
+        page.wait_for_timeout(200)
+        page.reload()
+    expect(invitations).to_contain_text("HEART-1")
+    shot(page, "patient-invitation")
+    page.get_by_role("button", name="I'm interested").click()
+    expect(page.get_by_test_id("invitations")).to_contain_text("interested")
+
+    call(
+        keys / "dr-ana-silva.key",
+        "trials",
+        "enrol",
+        {"study": "HEART-1", "participant": patient.stem},
+    )
+    page.reload()
+    page.get_by_role("button", name="Consent to version 1").click()
+    studies = page.get_by_test_id("studies")
+    expect(studies).to_contain_text("consented to version 1")
+    shot(page, "patient-trial-consent")
+    page.get_by_role("button", name="Withdraw").click()
+    expect(page.get_by_test_id("studies")).to_contain_text("withdrawn")
+
+    # a patient with their own key signs the consent in the browser
+    call(
+        keys / "dr-ana-silva.key",
+        "trials",
+        "enrol",
+        {"study": "HEART-1", "participant": "patient-0001"},
+    )
+    context = browser.new_context()
+    own = context.new_page()
+    try:
+        sign_in(own, server, keys / "patient-0001.key")
+        own.goto(f"{server.url}/me/research")
+        own.get_by_label("Your key file").set_input_files(str(keys / "patient-0001.key"))
+        own.get_by_role("button", name="Sign consent to version 1").click()
+        expect(own.get_by_test_id("studies")).to_contain_text("consented to version 1")
+    finally:
+        context.close()

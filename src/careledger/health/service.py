@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from careledger.ledger.execute import Executed
 from careledger.node import Node
 from careledger.vault import Vault, VaultStore
 
+Call = tuple[str, str, Mapping[str, Any]]
 WRITER_ROLES = frozenset({"clinician", "nurse", "admin", "node", "device", "pharmacist"})
 
 if TYPE_CHECKING:
@@ -291,6 +292,21 @@ class HealthRecords:
         purpose: str = "TREAT",
     ) -> list[StoredResource]:
         """Seal every write, then anchor them all in ONE ledger transaction: all or none."""
+        stored, _ = self.write_then(caller, writes, purpose=purpose)
+        return stored
+
+    def write_then(
+        self,
+        caller: Caller,
+        writes: Sequence[tuple[dict[str, Any], str, int, str]],
+        *,
+        purpose: str = "TREAT",
+        then: Callable[[list[tuple[str, int, str]]], list[Call]] | None = None,
+    ) -> tuple[list[StoredResource], list[dict[str, Any]]]:
+        """As :meth:`write_all`, with ``then``'s calls (given each write's (record id, version,
+        hash)) committed right after the anchors, in the same submission: one round trip
+        where a workflow anchors records and refers to them (a trial's CRF capture). Their
+        receipts come back; refusing them is the caller's to handle."""
         sealed = []
         try:
             for resource, record_id, version, patient in writes:
@@ -320,7 +336,11 @@ class HealthRecords:
                 ("audit", "access", self._write_access(caller, p, ids, purpose))
                 for p, ids in by_patient.items()
             ]
+            mine = len(calls)
+            if then is not None:
+                calls += then([(r.record_id, r.version, r.content_hash) for _, r, _ in sealed])
             receipts = self._commit(calls)
+            receipts, extra = receipts[:mine], receipts[mine:]
         except BaseException:
             self._discard_unanchored([r for _, r, _ in sealed])
             raise
@@ -349,7 +369,7 @@ class HealthRecords:
                 last_updated=stored["meta"]["lastUpdated"],
             )
             for stored, r, p in sealed
-        ]
+        ], extra
 
     def _discard_unanchored(self, sealed: Sequence[Any]) -> None:
         """Remove sealed versions the ledger does not hold, and only those.

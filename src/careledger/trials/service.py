@@ -136,15 +136,25 @@ class TrialsService:
             self.records.prepare(caller, r, record_id=None, patient_of=patient_of)
             for r in resources
         ]
-        stored = self.records.write_all(caller, prepared, purpose="TREAT")
+
+        def anchor(written: list[tuple[str, int, str]]) -> list[tuple[str, str, Mapping[str, Any]]]:
+            entries = [{"record": r, "version": v, "hash": h} for r, v, h in written]
+            call = {
+                "actor": caller.member,
+                "method": "capture",
+                "args": {**base, "entries": entries},
+            }
+            return [(TRIALS, "on_behalf", call)]
+
+        stored, (receipt,) = self.records.write_then(caller, prepared, then=anchor)
         entries = [
             {"record": s.record_id, "version": s.version, "hash": s.content_hash} for s in stored
         ]
-        try:
-            receipt = self.act(caller, "capture", {**base, "entries": entries})
-        except Rejected:
+        if receipt["result"] != "accepted":  # refused after the dry run (a race): undo
             self._undo([s.record_id for s in stored])
-            raise
+            raise Rejected(
+                str(receipt["code"]), "the trial refused the entries; their records were shredded"
+            )
         return {
             "receipt": receipt,
             "entries": [

@@ -458,6 +458,70 @@ async def erase(request: Request, record_id: str) -> Response:
 # -- manufacturer: recalls ------------------------------------------------------------------
 
 
+# -- research: invitations and e-consent -------------------------------------------------------
+
+
+def _my_studies(request: Request, member: str) -> list[dict[str, Any]]:
+    """The studies the patient is enrolled in, from ledger state."""
+    ledger = get_node(request).ledger
+    out = []
+    for key in ledger.store.state_keys("trials", "participant/", 10_000):
+        study_id, who = key.split("/")[1:3]
+        if who != member:
+            continue
+        entry = ledger.state("trials", key)
+        study = ledger.state("trials", f"study/{study_id}")
+        if entry is None or study is None:
+            continue
+        out.append(
+            {
+                "id": study_id,
+                "title": study["title"],
+                "registry_id": study["registry_id"],
+                "version": study["version"],
+                "consented": entry["consented_version"],
+                "status": entry["status"],
+                "site": entry["site"],
+                "locked": study["locked"] is not None,
+            }
+        )
+    return out
+
+
+@router.get("/me/research", response_class=HTMLResponse)
+def my_research(request: Request) -> HTMLResponse:
+    claims, caller = _patient(request)
+    trials = request.app.state.trials
+    held = request.app.state.health.custodial_key(claims.member) is not None
+    return page(
+        request,
+        "research.html",
+        invitations=trials.invitations(caller),
+        studies=_my_studies(request, claims.member),
+        held=held,
+    )
+
+
+@router.post("/me/research/invitations/{invitation}")
+async def answer_invitation(request: Request, invitation: str) -> Response:
+    _, caller = _patient(request)
+    form = parse_qs((await request.body()).decode())
+    answer = (form.get("answer") or [""])[0]
+    await run_in_threadpool(request.app.state.trials.respond, caller, invitation, answer)
+    return RedirectResponse("/me/research", status_code=303)
+
+
+@router.post("/me/research/{study}/{method}")
+async def research_step(request: Request, study: str, method: str) -> Response:
+    """Consent or withdraw with the key this node holds for the patient (others sign in the
+    browser: see consent.js)."""
+    _, caller = _patient(request)
+    if method not in {"consent", "withdraw"}:
+        raise NotFound("no such step", code="NOT_FOUND")
+    await run_in_threadpool(request.app.state.trials.participant, caller, method, study, None)
+    return RedirectResponse("/me/research", status_code=303)
+
+
 def _supply_member(request: Request) -> Caller:
     caller = caller_of(session(request))
     if caller is None or not caller.roles & SUPPLY_ROLES:
