@@ -6,6 +6,7 @@ Keys are written unencrypted (mode 0600) into DIR/keys: demo only.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -345,4 +346,52 @@ def load_demo_supply(data_dir: Path) -> None:
         act("ph-chen-li", "investigate", {**suspect, "note": "photos sent to Acme, ref Q-118"})
     finally:
         repository.close()
+        node.stop()
+
+
+DEMO_STUDY = "CARDIO-2026"
+
+
+def load_demo_trial(data_dir: Path) -> None:
+    """TrialCo registers a study at St Mary's, funds its visit payments, and asks St Mary's
+    how many of its patients are eligible (the node answers when it serves: see recruitment)."""
+    from careledger.config import Settings
+    from careledger.keyfile import read_key_file
+    from careledger.node import Node
+
+    sponsor = read_key_file(data_dir / "keys" / "trialco-admin.key")[1]
+    registration = {
+        "study": DEMO_STUDY,
+        "registry_id": "NCT00000000",
+        "title": "Cardiovascular outcomes in adults (demo)",
+        "protocol_hash": hashlib.sha256(b"CARDIO-2026 protocol v1").hexdigest(),
+        "sap_hash": hashlib.sha256(b"CARDIO-2026 statistical analysis plan").hexdigest(),
+        "primary": ["Major adverse cardiovascular events at 12 months"],
+        "secondary": ["All-cause hospitalisation at 12 months"],
+        "eligibility": {"age": [18, 90]},
+        "visits": [
+            {"id": "baseline", "day": 0, "window": 7},
+            {"id": "month-3", "day": 90, "window": 14},
+        ],
+        "sites": ["st-mary", "northside-clinic"],
+    }
+    calls = [
+        ("trials", "register", registration),
+        ("payments", "deposit", {"credits": 100_000, "reference": "demo funding"}),
+        (
+            "payments",
+            "open_study",
+            {"study": DEMO_STUDY, "schedule": {"baseline": 50, "month-3": 75}},
+        ),
+        ("payments", "fund", {"study": DEMO_STUDY, "credits": 25_000}),
+        ("trials", "feasibility", {"study": DEMO_STUDY}),
+    ]
+    node = Node(Settings.load(data_dir))
+    node.start()
+    try:
+        for call in calls:
+            (receipt,) = node.execute([call], keypair=sponsor)
+            if receipt["result"] != "accepted":
+                raise RuntimeError(f"demo trial step {call[1]} refused: {receipt['code']}")
+    finally:
         node.stop()

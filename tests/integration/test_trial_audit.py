@@ -83,5 +83,6 @@ def test_the_audit_report_proves_registration_consents_lock_and_flags_switching(
     }
     html = out.read_text()
     assert "NCT99999999" in html and "Outcome switching" in html and "patient-0001" in html
+    assert html.count("proof verified") == 1 and h("b") in html  # the consent, an anchor
     missing = run_cli("trial", "audit", str(data), "NOPE", "--out", str(out))
     assert missing.returncode == 2 and "UNKNOWN_STUDY" in missing.stderr

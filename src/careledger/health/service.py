@@ -308,20 +308,21 @@ class HealthRecords:
         where a workflow anchors records and refers to them (a trial's CRF capture). Their
         receipts come back; refusing them is the caller's to handle."""
         sealed = []
+        for resource, record_id, version, patient in writes:
+            stored = self._stamped(resource, record_id, version)
+            record = self.vault.encrypt(
+                stored,
+                record_id=record_id,
+                resource_type=stored["resourceType"],
+                version=version,
+                patient=patient,
+                patient_key=self._patient_key(patient),
+                custodian=self.org,
+                custodian_key=self.ledger.node_key.public_key,
+            )
+            sealed.append((stored, record, patient))
+        self.vault.store.put_many([r for _, r, _ in sealed])  # one transaction: all or none
         try:
-            for resource, record_id, version, patient in writes:
-                stored = self._stamped(resource, record_id, version)
-                record = self.vault.seal(
-                    stored,
-                    record_id=record_id,
-                    resource_type=stored["resourceType"],
-                    version=version,
-                    patient=patient,
-                    patient_key=self._patient_key(patient),
-                    custodian=self.org,
-                    custodian_key=self.ledger.node_key.public_key,
-                )
-                sealed.append((stored, record, patient))
             anchors = [
                 self._anchor_args(r.record_id, r.resource_type, p, r.content_hash, r.version)
                 for _, r, p in sealed

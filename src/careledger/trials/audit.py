@@ -19,6 +19,8 @@ from careledger.errors import NotFound
 from careledger.ledger.engine import Ledger
 
 NAMESPACE = "trials"
+PROVED_CONSENTS = 1000  # consent transactions proved one by one; beyond, listed by id
+LISTED_ANCHORS = 1000  # data anchors listed in the report (all of them make the root)
 
 
 def _proof(ledger: Ledger, tx_id: str) -> dict[str, Any]:
@@ -38,12 +40,26 @@ def audit(ledger: Ledger, study: str) -> dict[str, Any]:
     if entry is None:
         raise NotFound(f"no study {study!r} on this ledger", code="UNKNOWN_STUDY")
     participants = []
+    proved = 0
     for key in ledger.store.state_keys(NAMESPACE, f"participant/{study}/", 100_000):
-        record = ledger.state(NAMESPACE, key)
-        participants.append({"member": key.rsplit("/", 1)[1], **record})
+        record = dict(ledger.state(NAMESPACE, key))
+        consents = []
+        for consent in record["consents"]:
+            tx = consent.get("tx")
+            if tx and proved < PROVED_CONSENTS:
+                proof = _proof(ledger, tx)
+                consent = {
+                    **consent,
+                    "leaf_index": proof["leaf_index"],
+                    "verified": proof["verified"],
+                }
+                proved += 1
+            consents.append(consent)
+        participants.append({"member": key.rsplit("/", 1)[1], **record, "consents": consents})
     entries = []
     for key in ledger.store.state_keys(NAMESPACE, f"entry/{study}/", 1_000_000):
-        entries.append(ledger.state(NAMESPACE, key))
+        _, _, member, visit, _ = key.split("/")
+        entries.append({**ledger.state(NAMESPACE, key), "participant": member, "visit": visit})
     entries.sort(key=lambda e: e["index"])
     leaves = [merkle.leaf_hash(bytes.fromhex(e["hash"])) for e in entries]
     recomputed = merkle.root_from_leaf_hashes(leaves).hex() if leaves else None
@@ -55,6 +71,7 @@ def audit(ledger: Ledger, study: str) -> dict[str, Any]:
         "checkpoint": ledger.checkpoint(),
         "participants": participants,
         "entries": len(entries),
+        "anchors": entries[:LISTED_ANCHORS],
         "recomputed_root": recomputed,
         "lock_matches": bool(locked)
         and locked["root"] == (recomputed or merkle.empty_root().hex()),

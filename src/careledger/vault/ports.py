@@ -6,7 +6,7 @@ object store, PostgreSQL) proves itself by passing the same tests.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from careledger.vault.store import SealedRecord
@@ -25,6 +25,10 @@ class SealedRecordStore(Protocol):
     """
 
     def put(self, record: SealedRecord) -> None: ...
+
+    def put_many(self, records: Sequence[SealedRecord]) -> None:
+        """Several versions in one atomic write (all or none)."""
+        ...
 
     def get(self, record_id: str, version: int | None = None) -> SealedRecord: ...
 

@@ -76,7 +76,34 @@ class Vault:
         custodian: str,
         custodian_key: bytes,
     ) -> SealedRecord:
-        """Encrypt and store one version of a resource; the result carries its ``content_hash``.
+        """Encrypt and store one version of a resource (see :meth:`encrypt`). Many versions
+        at once: ``encrypt`` each, then ``store.put_many`` (one transaction, one fsync)."""
+        record = self.encrypt(
+            resource,
+            record_id=record_id,
+            resource_type=resource_type,
+            version=version,
+            patient=patient,
+            patient_key=patient_key,
+            custodian=custodian,
+            custodian_key=custodian_key,
+        )
+        self.store.put(record)
+        return record
+
+    def encrypt(
+        self,
+        resource: Mapping[str, object],
+        *,
+        record_id: str,
+        resource_type: str,
+        version: int,
+        patient: str,
+        patient_key: bytes,
+        custodian: str,
+        custodian_key: bytes,
+    ) -> SealedRecord:
+        """Encrypt one version of a resource; the result carries its ``content_hash``.
 
         The resource must be a JSON object; if it names a ``resourceType`` it must be
         ``resource_type``. ``patient_key`` and ``custodian_key`` are the recipients' Ed25519
@@ -123,7 +150,6 @@ class Vault:
             salt=salt,
             wrapped_keys=wrapped,
         )
-        self.store.put(record)
         return record
 
     def open(

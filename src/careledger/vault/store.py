@@ -134,13 +134,19 @@ class VaultStore:
         if the record was shredded (an erased record id is never reused),
         ``Conflict(RECORD_TYPE_MISMATCH)`` if earlier versions have another resource type.
         """
-        _check_record(record)
+        self.put_many([record])
+
+    def put_many(self, records: Sequence[SealedRecord]) -> None:
+        """Store record versions in one transaction: all of them, or none (as :meth:`put`)."""
+        for record in records:
+            _check_record(record)
         with self._write_lock:
             conn = self._connect()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._put_locked(conn, record)
+                    for record in records:
+                        self._put_locked(conn, record)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:

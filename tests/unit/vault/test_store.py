@@ -353,3 +353,17 @@ def test_concurrent_writers_and_readers(store: VaultStore) -> None:
     assert not errors
     for worker in range(6):
         assert len(store.for_patient(f"pat-{worker}")) == 10
+
+
+def test_put_many_stores_all_or_none(store: VaultStore) -> None:
+    store.put(record("taken"))
+    batch = [record("fresh-1"), record("taken"), record("fresh-2")]
+    with pytest.raises(Conflict):
+        store.put_many(batch)
+    for rid in ("fresh-1", "fresh-2"):
+        with pytest.raises(NotFound):
+            store.get(rid)
+    store.put_many([record("fresh-1"), record("fresh-2")])
+    assert store.get("fresh-2").record_id == "fresh-2"
+    rows = store.live_records(["Observation"])
+    assert [r[1] for r in rows] == sorted(["taken", "fresh-1", "fresh-2"])
