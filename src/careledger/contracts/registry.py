@@ -49,6 +49,7 @@ def default_registry() -> Registry:
     from careledger.contracts.audit import AuditV1
     from careledger.contracts.consent import ConsentV1
     from careledger.contracts.identity import IdentityV1
+    from careledger.contracts.monitoring import MonitoringV1
     from careledger.contracts.payments import PaymentsV1
     from careledger.contracts.records import RecordsV1
     from careledger.contracts.supply import SupplyV1
@@ -61,6 +62,7 @@ def default_registry() -> Registry:
         AuditV1(),
         SupplyV1(),
         PaymentsV1(),
+        MonitoringV1(),
         TrialsV1(),
     ]
     return Registry([Ruleset(0, {c.name: c for c in contracts})])

@@ -1,0 +1,379 @@
+"""Remote patient monitoring: devices, their binding to patients, anchored windows of readings,
+per-patient alert rules, alerts, acknowledgement and escalation.
+
+A device (its Ed25519 key, model and owner organisation) is registered by that organisation and
+bound to a patient by the patient's own signature (the patient's consent); either side may end
+the binding. Readings never touch the ledger: the owner organisation's node keeps them
+encrypted and anchors each window of them (a few seconds, or N readings) as one transaction
+carrying the window's Merkle root, with the alerts the patient's rules raised over it. A window
+from a device that is not bound, or no longer bound, is refused, and the node drops its
+readings. Rules that look at time rather than readings (no data for M minutes) and escalation
+of unacknowledged alerts are judged on block time by ``tick``, so every node agrees.
+
+State (namespace ``monitoring``):
+
+* ``device/{id}`` -> ``{"id", "key", "model", "org", "status"}``; ``device-key/{key}`` -> id
+* ``binding/{device}`` -> ``{"patient", "since", "status", "ended"}``
+* ``rules/{patient}`` -> ``{"rules", "version", "by", "orgs"}``
+* ``window/{device}/{seq:012d}`` -> ``{"root", "count", "first", "last", "height", "alerts"}``
+* ``last/{device}`` -> ``{"window", "last"}``; ``seen/{patient}`` -> time of the latest reading
+* ``alert/{id}`` -> an alert; ``open`` -> ids of open alerts; ``watched`` -> patients with
+  no-data rules
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.records import require_patient
+from careledger.core.alert_rules import RuleError, check_rules
+from careledger.core.keys import decode_public_key
+from careledger.errors import Rejected, ValidationError
+
+NAMESPACE = "monitoring"
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+HASH = re.compile(r"^[0-9a-f]{64}$")
+MAX_WINDOW = 100_000  # readings one window anchors
+MAX_ALERTS = 100  # alerts one window raises
+MAX_OPEN = 10_000
+CARE_ROLES = frozenset({"clinician", "nurse"})
+MINUTE = 60_000
+
+
+def window_key(device: str, seq: int) -> str:
+    return f"window/{device}/{seq:012d}"
+
+
+class MonitoringV1(Contract):
+    name = NAMESPACE
+
+    # -- devices ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _device(ctx: Context, device_id: str) -> dict[str, Any]:
+        device = ctx.state.get(f"device/{device_id}")
+        if device is None:
+            raise Rejected("UNKNOWN_DEVICE", f"no device {device_id!r}")
+        return dict(device)
+
+    @tx_method
+    def register_device(self, ctx: Context, args: Args) -> None:
+        """An organisation's admin (or node) registers a device it owns."""
+        args.only("id", "model", "public_key")
+        device_id = args.string("id", pattern=DEVICE_ID)
+        if not ctx.signer.roles & {"admin", "node"}:
+            raise Rejected("NOT_AUTHORISED", "an organisation's admin registers its devices")
+        key = args.string("public_key", max_len=64)
+        try:
+            decode_public_key(key)
+        except ValidationError:
+            raise Rejected("BAD_ARGS", "public_key is a base64url Ed25519 public key") from None
+        if ctx.state.get(f"device/{device_id}") is not None:
+            raise Rejected("DEVICE_EXISTS", f"device {device_id} is registered")
+        if ctx.state.get(f"device-key/{key}") is not None:
+            raise Rejected("DEVICE_EXISTS", "that key belongs to another device")
+        device = {
+            "id": device_id,
+            "key": key,
+            "model": args.string("model", max_len=128),
+            "org": ctx.signer.org,
+            "status": "active",
+            "registered": ctx.height,
+        }
+        ctx.state.put(f"device/{device_id}", device)
+        ctx.state.put(f"device-key/{key}", device_id)
+        ctx.emit("monitoring.device", {"device": device_id, "org": ctx.signer.org})
+
+    @tx_method
+    def retire_device(self, ctx: Context, args: Args) -> None:
+        args.only("device")
+        device = self._device(ctx, args.string("device", pattern=DEVICE_ID))
+        if device["org"] != ctx.signer.org or not ctx.signer.roles & {"admin", "node"}:
+            raise Rejected("NOT_AUTHORISED", "the owner organisation's admin retires a device")
+        device["status"] = "retired"
+        ctx.state.put(f"device/{device['id']}", device)
+        self._end_binding(ctx, device["id"], "device_retired")
+
+    # -- bindings (the patient's consent) ----------------------------------------------------
+
+    @tx_method
+    def bind(self, ctx: Context, args: Args) -> None:
+        """The patient, with their own key, lets a device send readings about them."""
+        args.only("device")
+        device = self._device(ctx, args.string("device", pattern=DEVICE_ID))
+        if not ctx.signer.has_role("patient"):
+            raise Rejected("NOT_AUTHORISED", "the patient binds a device, with their own key")
+        require_patient(ctx, ctx.signer.member)
+        if device["status"] != "active":
+            raise Rejected("DEVICE_RETIRED", f"device {device['id']} is retired")
+        current = ctx.state.get(f"binding/{device['id']}")
+        if current is not None and current["status"] == "active":
+            raise Rejected("DEVICE_BOUND", f"device {device['id']} is bound to a patient")
+        binding = {
+            "patient": ctx.signer.member,
+            "since": ctx.time,
+            "status": "active",
+            "ended": None,
+        }
+        ctx.state.put(f"binding/{device['id']}", binding)
+        ctx.emit("monitoring.bound", {"device": device["id"], "patient": ctx.signer.member})
+
+    @tx_method
+    def unbind(self, ctx: Context, args: Args) -> None:
+        """The patient, or the owner organisation's staff, ends a binding."""
+        args.only("device", "reason")
+        device = self._device(ctx, args.string("device", pattern=DEVICE_ID))
+        reason = args.string("reason", max_len=64)
+        binding = ctx.state.get(f"binding/{device['id']}")
+        if binding is None or binding["status"] != "active":
+            raise Rejected("NOT_BOUND", f"device {device['id']} is not bound")
+        is_patient = ctx.signer.member == binding["patient"]
+        is_owner = ctx.signer.org == device["org"] and bool(
+            ctx.signer.roles & (CARE_ROLES | {"admin", "node"})
+        )
+        if not (is_patient or is_owner):
+            raise Rejected("NOT_AUTHORISED", "the patient or the device's organisation unbinds")
+        self._end_binding(ctx, device["id"], reason)
+
+    @staticmethod
+    def _end_binding(ctx: Context, device_id: str, reason: str) -> None:
+        binding = ctx.state.get(f"binding/{device_id}")
+        if binding is None or binding["status"] != "active":
+            return
+        ended = {**binding, "status": "revoked", "ended": ctx.time, "reason": reason}
+        ctx.state.put(f"binding/{device_id}", ended)
+        ctx.emit("monitoring.unbound", {"device": device_id, "patient": binding["patient"]})
+
+    # -- rules -------------------------------------------------------------------------------
+
+    @tx_method
+    def set_rules(self, ctx: Context, args: Args) -> None:
+        """A clinician or nurse of an organisation monitoring the patient sets their rules."""
+        args.only("patient", "device", "rules")
+        patient = args.string("patient", max_len=64)
+        device = self._device(ctx, args.string("device", pattern=DEVICE_ID))
+        binding = ctx.state.get(f"binding/{device['id']}")
+        if binding is None or binding["status"] != "active" or binding["patient"] != patient:
+            raise Rejected("NOT_BOUND", f"device {device['id']} does not monitor {patient}")
+        if not ctx.signer.roles & CARE_ROLES or ctx.signer.org != device["org"]:
+            raise Rejected(
+                "NOT_AUTHORISED", "a clinician or nurse of the device's organisation sets rules"
+            )
+        try:
+            rules = check_rules(args.raw.get("rules"))
+        except RuleError as exc:
+            raise Rejected("BAD_RULE", exc.message) from None
+        previous = ctx.state.get(f"rules/{patient}") or {"version": 0}
+        ctx.state.put(
+            f"rules/{patient}",
+            {
+                "rules": rules,
+                "version": previous["version"] + 1,
+                "by": ctx.signer.member,
+                "org": ctx.signer.org,
+                "height": ctx.height,
+                "time": ctx.time,
+            },
+        )
+        watched = list(ctx.state.get("watched") or [])
+        silent = any(r["kind"] == "no_data" for r in rules)
+        if silent and patient not in watched:
+            ctx.state.put("watched", sorted([*watched, patient]))
+        elif not silent and patient in watched:
+            ctx.state.put("watched", [p for p in watched if p != patient])
+        ctx.emit("monitoring.rules", {"patient": patient, "version": previous["version"] + 1})
+
+    # -- windows of readings -------------------------------------------------------------------
+
+    @tx_method
+    def anchor_window(self, ctx: Context, args: Args) -> None:
+        """The owner organisation's node anchors a window of a bound device's readings."""
+        args.only("device", "window", "root", "count", "first", "last", "rules_version", "alerts")
+        device = self._device(ctx, args.string("device", pattern=DEVICE_ID))
+        if not ctx.signer.has_role("node") or ctx.signer.org != device["org"]:
+            raise Rejected("NOT_AUTHORISED", "the device owner's node anchors its readings")
+        seq = args.integer("window")
+        root = args.string("root", pattern=HASH)
+        count = args.integer("count", minimum=1, maximum=MAX_WINDOW)
+        first, last = args.integer("first"), args.integer("last")
+        binding = ctx.state.get(f"binding/{device['id']}")
+        if binding is None or binding["status"] != "active":
+            raise Rejected("NOT_BOUND", f"device {device['id']} is not bound to a patient")
+        if first > last or first < binding["since"] - 5 * MINUTE:
+            raise Rejected("BAD_ARGS", "readings predate the binding, or first > last")
+        previous = ctx.state.get(f"last/{device['id']}") or {"window": -1, "last": 0}
+        if seq != previous["window"] + 1:
+            raise Rejected(
+                "WINDOW_ORDER", f"the next window of this device is {previous['window'] + 1}"
+            )
+        patient = binding["patient"]
+        rules = ctx.state.get(f"rules/{patient}") or {"rules": [], "version": 0}
+        if args.integer("rules_version") != rules["version"]:
+            raise Rejected("STALE_RULES", f"the patient's rules are at version {rules['version']}")
+        alerts = self._alerts(ctx, args.raw.get("alerts"), rules["rules"], count)
+        ids = []
+        for n, alert in enumerate(alerts):
+            alert_id = f"{device['id']}:{seq}:{n}"
+            self._raise(
+                ctx,
+                alert_id,
+                {**alert, "patient": patient, "device": device["id"], "window": seq},
+            )
+            ids.append(alert_id)
+        ctx.state.put(
+            window_key(device["id"], seq),
+            {
+                "root": root,
+                "count": count,
+                "first": first,
+                "last": last,
+                "patient": patient,
+                "height": ctx.height,
+                "alerts": ids,
+            },
+        )
+        ctx.state.put(f"last/{device['id']}", {"window": seq, "last": last})
+        seen = ctx.state.get(f"seen/{patient}") or 0
+        if last > seen:
+            ctx.state.put(f"seen/{patient}", last)
+        ctx.emit(
+            "monitoring.window",
+            {"device": device["id"], "window": seq, "count": count, "root": root},
+        )
+
+    @staticmethod
+    def _alerts(
+        ctx: Context, raw: object, rules: list[dict[str, Any]], count: int
+    ) -> list[dict[str, Any]]:
+        if not isinstance(raw, list) or len(raw) > MAX_ALERTS:
+            raise Rejected("BAD_ARGS", f"alerts is a list of at most {MAX_ALERTS}")
+        by_id = {r["id"]: r for r in rules}
+        out = []
+        for item in raw:
+            alert = Args(item if isinstance(item, dict) else {})
+            alert.only("rule", "index", "at", "value")
+            rule = by_id.get(alert.string("rule", max_len=32))
+            if rule is None or rule["kind"] == "no_data":
+                raise Rejected("BAD_ARGS", "an alert names one of the patient's reading rules")
+            value = alert.raw.get("value")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Rejected("BAD_ARGS", "an alert carries the reading's value")
+            out.append(
+                {
+                    "rule": rule["id"],
+                    "kind": rule["kind"],
+                    "code": rule.get("code"),
+                    "index": alert.integer("index", maximum=count - 1),
+                    "at": alert.integer("at"),
+                    "value": value,
+                    "escalate_after": rule.get("escalate_after"),
+                }
+            )
+        return out
+
+    @staticmethod
+    def _raise(ctx: Context, alert_id: str, alert: dict[str, Any]) -> None:
+        entry = {
+            **alert,
+            "id": alert_id,
+            "status": "open",
+            "raised": ctx.time,
+            "height": ctx.height,
+        }
+        ctx.state.put(f"alert/{alert_id}", entry)
+        opened = list(ctx.state.get("open") or [])
+        if len(opened) >= MAX_OPEN:
+            raise Rejected("TOO_MANY_OPEN", "too many unacknowledged alerts")
+        ctx.state.put("open", [*opened, alert_id])
+        ctx.emit(
+            "monitoring.alert",
+            {
+                "alert": alert_id,
+                "patient": alert["patient"],
+                "device": alert.get("device"),
+                "rule": alert["rule"],
+                "kind": alert["kind"],
+                "at": alert["at"],
+            },
+        )
+
+    # -- the care team -------------------------------------------------------------------------
+
+    @tx_method
+    def acknowledge(self, ctx: Context, args: Args) -> None:
+        args.only("alert", "note")
+        alert_id = args.string("alert", max_len=96)
+        alert = ctx.state.get(f"alert/{alert_id}")
+        if alert is None:
+            raise Rejected("UNKNOWN_ALERT", f"no alert {alert_id!r}")
+        owner = self._owner_org(ctx, alert)
+        if not ctx.signer.roles & CARE_ROLES or ctx.signer.org != owner:
+            raise Rejected("NOT_AUTHORISED", "the monitoring organisation's care team acknowledges")
+        if alert["status"] == "acknowledged":
+            raise Rejected("ALREADY_ACKNOWLEDGED", "the alert was acknowledged")
+        note = args.string("note", max_len=512) if args.has("note") else ""
+        alert = {
+            **alert,
+            "status": "acknowledged",
+            "acknowledged": {"by": ctx.signer.member, "time": ctx.time, "note": note},
+        }
+        ctx.state.put(f"alert/{alert_id}", alert)
+        ctx.state.put("open", [a for a in (ctx.state.get("open") or []) if a != alert_id])
+        ctx.emit("monitoring.acknowledged", {"alert": alert_id, "patient": alert["patient"]})
+
+    @staticmethod
+    def _owner_org(ctx: Context, alert: dict[str, Any]) -> str:
+        if alert.get("device"):
+            device = ctx.state.get(f"device/{alert['device']}")
+            return str(device["org"]) if device else ""
+        rules = ctx.state.get(f"rules/{alert['patient']}")
+        return str(rules["org"]) if rules else ""
+
+    @tx_method
+    def tick(self, ctx: Context, args: Args) -> None:
+        """Judge time itself (block time): silent patients, and alerts left unacknowledged."""
+        args.only()
+        if not ctx.signer.has_role("node"):
+            raise Rejected("NOT_AUTHORISED", "nodes tick")
+        for patient in ctx.state.get("watched") or []:
+            self._silence(ctx, patient)
+        for alert_id in ctx.state.get("open") or []:
+            alert = ctx.state.get(f"alert/{alert_id}") or {}
+            minutes = int(alert.get("escalate_after") or 0)
+            due = minutes > 0 and ctx.time - alert["raised"] >= minutes * MINUTE
+            if due and alert["status"] == "open":
+                escalated = {**alert, "status": "escalated", "escalated": ctx.time}
+                ctx.state.put(f"alert/{alert_id}", escalated)
+                ctx.emit("monitoring.escalated", {"alert": alert_id, "patient": alert["patient"]})
+
+    def _silence(self, ctx: Context, patient: str) -> None:
+        rules = ctx.state.get(f"rules/{patient}")
+        if rules is None or rules["org"] != ctx.signer.org:
+            return  # each organisation's node judges the patients it monitors
+        since = max(int(ctx.state.get(f"seen/{patient}") or 0), rules["time"])
+        for rule in rules["rules"]:
+            if rule["kind"] != "no_data":
+                continue
+            fired_key = f"silent/{patient}/{rule['id']}"
+            fired = ctx.state.get(fired_key)
+            if fired is not None and fired >= since:
+                continue  # this silence was already announced
+            if ctx.time - since >= rule["minutes"] * MINUTE:
+                self._raise(
+                    ctx,
+                    f"{patient}:{rule['id']}:{ctx.height}",
+                    {
+                        "rule": rule["id"],
+                        "kind": "no_data",
+                        "code": None,
+                        "index": None,
+                        "at": ctx.time,
+                        "value": (ctx.time - since) // MINUTE,
+                        "patient": patient,
+                        "device": None,
+                        "escalate_after": rule.get("escalate_after"),
+                    },
+                )
+                ctx.state.put(fired_key, ctx.time)
