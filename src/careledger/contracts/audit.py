@@ -8,6 +8,7 @@ working from the block that revoked it, and a refused access is itself on the lo
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
@@ -21,11 +22,14 @@ from careledger.contracts.consent import (
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.monitoring import NAMESPACE as MONITORING
+from careledger.contracts.monitoring import window_key
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import RECORD_ID, record_key
 from careledger.errors import Rejected
 
 NAMESPACE = "audit"
+WINDOW_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}/[0-9]{1,12}$")
 BASES = frozenset({"self", "custodian", "consent", "break_glass"})
 CUSTODIAN_PURPOSES = frozenset({"TREAT", "ETREAT", "CAREMGT", "HPAYMT", "HOPERAT"})
 CARE_ROLES = frozenset({"clinician", "nurse", "pharmacist", "admin", "node"})
@@ -43,13 +47,33 @@ class AuditV1(Contract):
 
     @tx_method
     def access(self, ctx: Context, args: Args) -> None:
-        args.only("patient", "accessor", "accessor_org", "records", "action", "purpose", "basis")
+        args.only(
+            "patient",
+            "accessor",
+            "accessor_org",
+            "records",
+            "windows",
+            "action",
+            "purpose",
+            "basis",
+        )
         if not ctx.signer.has_role("node"):
             raise Rejected("NOT_AUTHORISED", "accesses are recorded by the custodian's node")
         patient = args.string("patient", pattern=ID_PATTERN)
         accessor = args.string("accessor", pattern=ID_PATTERN)
         accessor_org = args.string("accessor_org", pattern=ID_PATTERN)
-        records = args.names("records", pattern=RECORD_ID, max_items=10_000)
+        records = (
+            args.names("records", pattern=RECORD_ID, max_items=10_000)
+            if args.has("records")
+            else []
+        )
+        windows = (
+            args.names("windows", pattern=WINDOW_REF, max_items=10_000)
+            if args.has("windows")
+            else []
+        )
+        if not records and not windows:
+            raise Rejected("BAD_ARGS", "an access names records or windows of readings")
         action = args.string("action")
         purpose = args.string("purpose")
         if action not in ACTIONS | {EXPORT}:
@@ -61,7 +85,9 @@ class AuditV1(Contract):
         kind = basis.string("kind")
         if kind not in BASES:
             raise Rejected("BAD_ARGS", f"basis.kind must be one of {sorted(BASES)}")
-        types = self._record_types(ctx, patient, records)
+        types = self._record_types(ctx, patient, records) | self._window_types(
+            ctx, patient, windows
+        )
         flagged = self._check_basis(
             ctx, kind, basis, patient, accessor, accessor_org, action, purpose, types
         )
@@ -71,6 +97,7 @@ class AuditV1(Contract):
             "accessor_org": accessor_org,
             "custodian": ctx.signer.org,
             "records": records,
+            "windows": windows,
             "action": action,
             "purpose": purpose,
             "basis": {"kind": kind, "id": basis.raw.get("id")},
@@ -83,7 +110,7 @@ class AuditV1(Contract):
         event = {k: entry[k] for k in ("patient", "accessor", "accessor_org", "action", "purpose")}
         ctx.emit(
             "audit.break_glass_access" if flagged else "audit.access",
-            {**event, "count": len(records)},
+            {**event, "count": len(records) + len(windows)},
         )
 
     @staticmethod
@@ -101,6 +128,21 @@ class AuditV1(Contract):
                 raise Rejected("NOT_CUSTODIAN", "a node records accesses to its own records only")
             types.add(record["type"])
         return types
+
+    @staticmethod
+    def _window_types(ctx: Context, patient: str, windows: list[str]) -> set[str]:
+        """Windows of device readings (``device/seq``): the custodian is the device's owner."""
+        for ref in windows:
+            device_id, seq = ref.rsplit("/", 1)
+            window = ctx.state.read(MONITORING, window_key(device_id, int(seq)))
+            device = ctx.state.read(MONITORING, f"device/{device_id}")
+            if window is None or device is None:
+                raise Rejected("UNKNOWN_RECORD", "a named window of readings does not exist")
+            if window["patient"] != patient:
+                raise Rejected("BAD_ARGS", "a named window is another patient's")
+            if device["org"] != ctx.signer.org:
+                raise Rejected("NOT_CUSTODIAN", "a node records accesses to its own readings only")
+        return {"Observation"} if windows else set()
 
     @staticmethod
     def _check_basis(

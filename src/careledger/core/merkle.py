@@ -130,6 +130,15 @@ def inclusion_proof(index: int, size: int, get_nodes: GetNodes) -> list[bytes]:
     return _hash_ranges(_inclusion_ranges(index, size), get_nodes)
 
 
+def inclusion_proof_in(leaf_hashes: Sequence[bytes], index: int) -> list[bytes]:
+    """PATH(index, D[n]) over leaf hashes held in memory (a small tree, e.g. one window of
+    device readings), leaf-side first."""
+    size = len(leaf_hashes)
+    if not 0 <= index < size:
+        raise ValidationError(f"leaf index {index} is not in a tree of size {size}")
+    return [_mth(leaf_hashes, lo, hi) for lo, hi in _inclusion_ranges(index, size)]
+
+
 def consistency_proof(first: int, second: int, get_nodes: GetNodes) -> list[bytes]:
     """PROOF(first, D[second]) of RFC 9162 §2.1.4.1; empty when the sizes are equal.
 

@@ -144,8 +144,10 @@ class HealthRecords:
         types: set[str],
         action: str,
         purpose: str,
+        windows: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Commit the access event for ``records``; Forbidden unless the ledger accepts it."""
+        """Commit the access event for ``records`` (and device reading ``windows``, as
+        ``device/seq``); Forbidden unless the ledger accepts it."""
         basis = choose_basis(
             self.ledger,
             caller,
@@ -156,23 +158,19 @@ class HealthRecords:
             types=types,
             time=time.time_ns() // 1_000_000,
         )
-        (receipt,) = self._commit(
-            [
-                (
-                    "audit",
-                    "access",
-                    {
-                        "patient": patient,
-                        "accessor": caller.member,
-                        "accessor_org": caller.org,
-                        "records": sorted(set(records)),
-                        "action": action,
-                        "purpose": purpose,
-                        "basis": basis,
-                    },
-                )
-            ]
-        )
+        args: dict[str, Any] = {
+            "patient": patient,
+            "accessor": caller.member,
+            "accessor_org": caller.org,
+            "action": action,
+            "purpose": purpose,
+            "basis": basis,
+        }
+        if records:
+            args["records"] = sorted(set(records))
+        if windows:
+            args["windows"] = sorted(set(windows))
+        (receipt,) = self._commit([("audit", "access", args)])
         if receipt["result"] != "accepted":
             raise Forbidden("the ledger refused the access", code=receipt["code"])
         return receipt

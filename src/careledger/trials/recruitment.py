@@ -263,7 +263,9 @@ class RecruitmentResponder:
         try:
             criteria = parse(query["criteria"])
         except CriteriaError:
-            matched, used, evaluated = [], {}, 0
+            matched: list[str] = []
+            used: dict[str, list[tuple[str, str]]] = {}
+            evaluated = 0
             release = Release(None, "not_computable")
         else:
             matched, used, evaluated = evaluate(self.records, criteria, query_date(query))

@@ -96,17 +96,18 @@ class TrialsService:
             if not isinstance(args, dict):
                 raise ValidationError("registration is an object", code="BAD_STUDY")
         else:
-            extra = {
-                "study": body.get("study"),
-                "visits": body.get("visits") or [],
-                "sites": body.get("sites") or [],
-            }
-            if not isinstance(extra["study"], str):
+            study, visits = body.get("study"), body.get("visits") or []
+            sites = body.get("sites") or []
+            if not isinstance(study, str):
                 raise ValidationError("name the study (study: an id)", code="BAD_STUDY")
+            if not isinstance(visits, list) or not isinstance(sites, list):
+                raise ValidationError("visits and sites are lists", code="BAD_STUDY")
             if isinstance(body.get("ctgov"), dict):
-                args = from_ctgov(body["ctgov"], **extra)
+                args = from_ctgov(body["ctgov"], study=study, visits=visits, sites=sites)
             elif isinstance(body.get("researchStudy"), dict):
-                args = from_research_study(body["researchStudy"], **extra)
+                args = from_research_study(
+                    body["researchStudy"], study=study, visits=visits, sites=sites
+                )
             else:
                 raise ValidationError("send registration, ctgov or researchStudy", code="BAD_STUDY")
         receipt = self.act(caller, "register", args)

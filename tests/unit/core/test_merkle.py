@@ -24,6 +24,7 @@ from careledger.core.merkle import (
     empty_root,
     frontier_nodes,
     inclusion_proof,
+    inclusion_proof_in,
     leaf_hash,
     node_hash,
     root_at,
@@ -645,3 +646,14 @@ def test_root_from_inclusion_proof_refuses_paths_of_the_wrong_length() -> None:
     for bad in ([*path, path[0]], path[:-1]):
         with pytest.raises(VerificationError):
             root_from_inclusion_proof(leaf, 5, 8, bad)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=8), min_size=1, max_size=70), st.data())
+def test_inclusion_proof_in_memory_verifies_against_the_root(
+    items: list[bytes], data: st.DataObject
+) -> None:
+    leaves = [leaf_hash(i) for i in items]
+    index = data.draw(st.integers(0, len(leaves) - 1))
+    path = inclusion_proof_in(leaves, index)
+    root = root_from_leaf_hashes(leaves)
+    verify_inclusion(leaves[index], index, len(leaves), path, root)

@@ -1,0 +1,477 @@
+"""Ingestion of signed device batches: verify, check the binding, encrypt, window, alert, anchor.
+
+A device signs each batch (``{"batch": {...}, "sig"}``, Ed25519 over the batch's RFC 8785
+bytes) with the key registered on the ledger, numbers its batches (``seq``, strictly increasing:
+replays are refused, a retried batch gets its first acknowledgement back) and sends readings
+compact or as FHIR Observations. The node checks that the device is its organisation's and
+bound to a patient, seals the readings, appends their salted digests to the device's open
+window and runs the patient's rules over them in order. A window closes when it is full, when
+it has been open for ``window_ms``, or at once when a rule fired (so an alert waits for no
+timer); closed windows are anchored in order by one background thread, many per block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from careledger.contracts.monitoring import NAMESPACE as MONITORING
+from careledger.core import merkle
+from careledger.core.alert_rules import evaluate
+from careledger.core.canonical import canonical_bytes
+from careledger.core.keys import b64url_decode, decode_public_key
+from careledger.core.vitals import Reading, ReadingError, parse_readings
+from careledger.errors import Conflict, Forbidden, NotFound, ValidationError
+from careledger.monitoring.store import ClosedWindow, ReadingsStore, StoredBatch
+from careledger.node import Node
+from careledger.vault.crypto import DATA_KEY_SIZE, NONCE_SIZE, content_hash, seal_resource, wrap_key
+
+log = logging.getLogger(__name__)
+WINDOW_READINGS = 4096
+WINDOW_MS = 2000
+READINGS_TYPE = "DeviceReadings"
+BATCH_FIELDS = frozenset({"device", "seq", "sent", "compact", "observations"})
+
+
+def reading_salt(batch_salt: bytes, index: int) -> bytes:
+    """The salt of the ``index``-th reading of a batch (32 bytes, derived: one stored per batch)."""
+    return hmac.new(batch_salt, b"reading" + index.to_bytes(4, "big"), hashlib.sha256).digest()
+
+
+def reading_digest(reading: Reading, device: str, salt: bytes) -> bytes:
+    return bytes.fromhex(content_hash(reading.leaf_bytes(device), salt))
+
+
+def batch_record_id(device: str, seq: int) -> str:
+    return f"{device}:{seq}"
+
+
+@dataclass
+class DeviceState:
+    """A device's live position: what the next batch and window are, and the rules' state."""
+
+    device: str
+    last_seq: int = 0
+    window: int = 0
+    count: int = 0
+    frontier: list[str] = field(default_factory=list)
+    first_ms: int | None = None
+    last_ms: int | None = None
+    patient: str | None = None
+    rules_version: int = 0
+    evaluator: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    opened: float | None = None  # monotonic time the open window got its first batch
+    acks: dict[int, dict[str, Any]] = field(default_factory=dict)  # recent acks, for retries
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "last_seq": self.last_seq,
+            "window": self.window,
+            "count": self.count,
+            "frontier": self.frontier,
+            "first_ms": self.first_ms,
+            "last_ms": self.last_ms,
+            "patient": self.patient,
+            "rules_version": self.rules_version,
+            "evaluator": self.evaluator,
+            "alerts": self.alerts,
+        }
+
+    @classmethod
+    def from_json(cls, device: str, raw: Mapping[str, Any]) -> DeviceState:
+        return cls(device=device, **{k: raw[k] for k in raw if k != "acks"})
+
+
+@dataclass(frozen=True)
+class Ack:
+    device: str
+    seq: int
+    readings: int
+    window: int
+    first_index: int
+    alerts: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "seq": self.seq,
+            "readings": self.readings,
+            "window": self.window,
+            "index": self.first_index,
+            "alerts": self.alerts,
+            "status": "accepted",
+        }
+
+
+class Ingestor:
+    def __init__(
+        self,
+        node: Node,
+        store: ReadingsStore,
+        *,
+        window_readings: int = WINDOW_READINGS,
+        window_ms: int = WINDOW_MS,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.node = node
+        self.ledger = node.ledger
+        self.store = store
+        self.window_readings = window_readings
+        self.window_ms = window_ms
+        self._rng = rng
+        self._devices: dict[str, DeviceState] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._closed: queue.Queue[ClosedWindow] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # observers of anchored windows (bench: alert latency): (window, receipt)
+        self.on_anchored: list[Callable[[ClosedWindow, dict[str, Any]], None]] = []
+
+    @property
+    def org(self) -> str:
+        return self.node.settings.org
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for window in self.store.pending():  # closed before a restart, not yet anchored
+            self._closed.put(window)
+        self._thread = threading.Thread(target=self._anchor_loop, name="anchorer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _lock(self, device: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(device, threading.Lock())
+
+    def _state(self, device: str) -> DeviceState:
+        state = self._devices.get(device)
+        if state is None:
+            raw = self.store.device_state(device)
+            state = DeviceState(device) if raw is None else DeviceState.from_json(device, raw)
+            if raw is None:
+                last = self.ledger.state(MONITORING, f"last/{device}")
+                state.window = 0 if last is None else last["window"] + 1
+            self._devices[device] = state
+        return state
+
+    # -- accepting a batch -------------------------------------------------------------------
+
+    def device_of(self, device_id: str) -> dict[str, Any]:
+        device = self.ledger.state(MONITORING, f"device/{device_id}")
+        if device is None:
+            raise NotFound(f"no device {device_id!r}", code="UNKNOWN_DEVICE")
+        return dict(device)
+
+    def accept(self, device_id: str, envelope: object, *, received: float | None = None) -> Ack:
+        """Check, seal and window one signed batch; its acknowledgement (or a clear error)."""
+        received = time.monotonic() if received is None else received
+        batch, body_hash = self._verified(device_id, envelope)
+        seq = batch["seq"]
+        binding = self.ledger.state(MONITORING, f"binding/{device_id}")
+        if binding is None or binding["status"] != "active":
+            raise Forbidden("the device is not bound to a patient", code="NOT_BOUND")
+        patient = str(binding["patient"])
+        try:
+            readings = parse_readings(batch)
+        except ReadingError as exc:
+            raise ValidationError(exc.message, code=exc.code) from None
+        if not readings:
+            raise ValidationError("the batch holds no reading", code="EMPTY_BATCH")
+        if min(r.time_ms for r in readings) < binding["since"] - 5 * 60_000:
+            raise ValidationError("readings predate the binding", code="BEFORE_BINDING")
+        with self._lock(device_id):
+            state = self._state(device_id)
+            if seq <= state.last_seq:
+                return self._replayed(state, seq, body_hash)
+            if state.patient not in (None, patient) or self._rules_changed(state, patient):
+                self._close(state)  # a new binding or new rules start a new window
+            return self._append(state, seq, body_hash, patient, readings, received)
+
+    def _verified(self, device_id: str, envelope: object) -> tuple[dict[str, Any], str]:
+        if not isinstance(envelope, dict) or set(envelope) != {"batch", "sig"}:
+            raise ValidationError("a batch is {batch, sig}", code="BAD_BATCH")
+        batch, sig = envelope["batch"], envelope["sig"]
+        if not isinstance(batch, dict) or not isinstance(sig, str):
+            raise ValidationError("a batch is {batch: object, sig: base64url}", code="BAD_BATCH")
+        extra = set(batch) - BATCH_FIELDS
+        if extra:
+            raise ValidationError(f"unknown batch fields {sorted(extra)}", code="BAD_BATCH")
+        if batch.get("device") != device_id:
+            raise ValidationError("the batch names another device", code="WRONG_DEVICE")
+        seq = batch.get("seq")
+        if type(seq) is not int or not 0 < seq < 2**53:
+            raise ValidationError("seq is a positive whole number", code="BAD_BATCH")
+        device = self.device_of(device_id)
+        if device["org"] != self.org:
+            raise Forbidden(
+                f"device {device_id} belongs to {device['org']}: send to its node",
+                code="NOT_OWNER",
+            )
+        if device["status"] != "active":
+            raise Forbidden("the device is retired", code="DEVICE_RETIRED")
+        signed = canonical_bytes(batch)
+        try:
+            VerifyKey(decode_public_key(device["key"])).verify(signed, b64url_decode(sig))
+        except (BadSignatureError, ValueError, ValidationError):
+            raise Forbidden("the batch's signature does not verify", code="BAD_SIGNATURE") from None
+        return batch, hashlib.sha256(signed).hexdigest()
+
+    @staticmethod
+    def _replayed(state: DeviceState, seq: int, body_hash: str) -> Ack:
+        known = state.acks.get(seq)
+        if known is not None and known["hash"] == body_hash:
+            return known["ack"]  # type: ignore[no-any-return]  # a retry: same answer
+        raise Conflict(
+            f"batch {seq} was already received (next: > {state.last_seq})", code="REPLAY"
+        )
+
+    def _rules_changed(self, state: DeviceState, patient: str) -> bool:
+        rules = self.ledger.state(MONITORING, f"rules/{patient}")
+        version = 0 if rules is None else int(rules["version"])
+        if version == state.rules_version:
+            return False
+        if state.count == 0:
+            state.rules_version, state.evaluator = version, {}
+            return False
+        return True
+
+    def _append(
+        self,
+        state: DeviceState,
+        seq: int,
+        body_hash: str,
+        patient: str,
+        readings: list[Reading],
+        received: float,
+    ) -> Ack:
+        if state.count == 0:
+            rules = self.ledger.state(MONITORING, f"rules/{patient}")
+            state.rules_version = 0 if rules is None else int(rules["version"])
+        device = state.device
+        batch_salt = self._rng(32)
+        digests = [
+            reading_digest(r, device, reading_salt(batch_salt, i)) for i, r in enumerate(readings)
+        ]
+        data_key, nonce = self._rng(DATA_KEY_SIZE), self._rng(NONCE_SIZE)
+        plaintext = canonical_bytes([r.as_json() for r in readings])
+        patient_key = decode_public_key(self._member_key(patient))
+        node_key = self.ledger.node_key.public_key
+        stored = StoredBatch(
+            device=device,
+            seq=seq,
+            window=state.window,
+            first_index=state.count,
+            count=len(readings),
+            patient=patient,
+            first_ms=min(r.time_ms for r in readings),
+            last_ms=max(r.time_ms for r in readings),
+            received_ms=time.time_ns() // 1_000_000,
+            body_hash=body_hash,
+            nonce=nonce,
+            ciphertext=seal_resource(
+                plaintext,
+                record_id=batch_record_id(device, seq),
+                resource_type=READINGS_TYPE,
+                version=1,
+                data_key=data_key,
+                nonce=nonce,
+            ),
+            salt=batch_salt,
+            wrapped={
+                "patient": wrap_key(data_key, patient_key),
+                "custodian": wrap_key(data_key, node_key),
+            },
+            digests=b"".join(digests),
+        )
+        rules = self.ledger.state(MONITORING, f"rules/{patient}")
+        fired = evaluate(
+            rules["rules"] if rules else [], state.evaluator, readings, start=state.count
+        )
+        frontier = [bytes.fromhex(h) for h in state.frontier]
+        frontier, _ = merkle.append_leaf_hashes(
+            frontier, state.count, [merkle.leaf_hash(d) for d in digests]
+        )
+        first_index = state.count
+        state.frontier = [h.hex() for h in frontier]
+        state.count += len(readings)
+        state.first_ms = min(stored.first_ms, state.first_ms or stored.first_ms)
+        state.last_ms = max(stored.last_ms, state.last_ms or 0)
+        state.patient = patient
+        state.last_seq = seq
+        state.alerts += [f.as_json() for f in fired]
+        if state.opened is None:
+            state.opened = received
+        window = state.window
+        closed = self._closing(state) if fired or state.count >= self.window_readings else None
+        self.store.add_batch(stored, state.to_json(), closed)
+        if closed is not None:
+            self._closed.put(closed)
+        ack = Ack(device, seq, len(readings), window, first_index, len(fired))
+        state.acks = {
+            **{k: v for k, v in state.acks.items() if k > seq - 64},
+            seq: {"hash": body_hash, "ack": ack},
+        }
+        return ack
+
+    def _member_key(self, patient: str) -> str:
+        member = self.ledger.state("identity", f"member/{patient}")
+        if member is None:
+            raise NotFound("the bound patient is not a member", code="UNKNOWN_PATIENT")
+        return str(member["key"])
+
+    def _closing(self, state: DeviceState) -> ClosedWindow:
+        """The open window as closed, and the state moved on to the next one (not stored)."""
+        root = merkle.root_from_frontier([bytes.fromhex(h) for h in state.frontier]).hex()
+        closed = ClosedWindow(
+            device=state.device,
+            window=state.window,
+            patient=str(state.patient),
+            count=state.count,
+            first_ms=int(state.first_ms or 0),
+            last_ms=int(state.last_ms or 0),
+            root=root,
+            rules_version=state.rules_version,
+            alerts=state.alerts,
+            status="closed",
+            tx=None,
+        )
+        state.window += 1
+        state.count = 0
+        state.frontier = []
+        state.first_ms = state.last_ms = None
+        state.alerts = []
+        state.opened = None
+        return closed
+
+    def _close(self, state: DeviceState) -> None:
+        if state.count == 0:
+            return
+        closed = self._closing(state)
+        self.store.close_window(closed, state.to_json())
+        self._closed.put(closed)
+
+    def close_due(self, now: float | None = None) -> int:
+        """Close every window open for ``window_ms`` or longer; how many closed."""
+        now = time.monotonic() if now is None else now
+        closed = 0
+        for device, state in list(self._devices.items()):
+            if state.opened is None or (now - state.opened) * 1000 < self.window_ms:
+                continue
+            with self._lock(device):
+                if state.opened is not None and state.count:
+                    self._close(state)
+                    closed += 1
+        return closed
+
+    def flush(self) -> None:
+        """Close every open window now (shutdown, tests, the bench's end)."""
+        for device, state in list(self._devices.items()):
+            with self._lock(device):
+                self._close(state)
+
+    # -- anchoring -------------------------------------------------------------------------
+
+    def _anchor_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._closed.get(timeout=min(0.05, self.window_ms / 4000))
+            except queue.Empty:
+                self.close_due()
+                continue
+            windows = [first]
+            with contextlib.suppress(queue.Empty):
+                while len(windows) < 500:
+                    windows.append(self._closed.get_nowait())
+            try:
+                self.anchor(windows)
+            except Exception:  # keep anchoring later windows; these are retried at restart
+                log.exception("anchoring %d windows failed", len(windows))
+            self.close_due()
+
+    def anchor(self, windows: list[ClosedWindow]) -> list[dict[str, Any]]:
+        """Anchor closed windows in order (one submission); handle each receipt."""
+        calls = [
+            (
+                MONITORING,
+                "anchor_window",
+                {
+                    "device": w.device,
+                    "window": w.window,
+                    "root": w.root,
+                    "count": w.count,
+                    "first": w.first_ms,
+                    "last": w.last_ms,
+                    "rules_version": w.rules_version,
+                    "alerts": w.alerts,
+                },
+            )
+            for w in windows
+        ]
+        receipts = self.node.execute(calls, timeout=120)
+        refused_from: dict[str, int] = {}
+        for window, receipt in zip(windows, receipts, strict=True):
+            if window.device in refused_from:
+                continue
+            if receipt["result"] == "accepted":
+                self.store.anchored(window.device, window.window, receipt["tx_id"])
+                for observer in self.on_anchored:
+                    observer(window, receipt)
+            elif receipt["code"] == "STALE_RULES":
+                self._closed.put(self._reevaluated(window))
+            else:
+                log.warning(
+                    "window %s/%s refused (%s): its readings are dropped",
+                    window.device,
+                    window.window,
+                    receipt["code"],
+                )
+                refused_from[window.device] = window.window
+                self._refused(window.device, window.window)
+        return receipts
+
+    def _refused(self, device: str, window: int) -> None:
+        with self._lock(device):
+            state = self._state(device)
+            last = self.ledger.state(MONITORING, f"last/{device}")
+            fresh = DeviceState(device, last_seq=state.last_seq)
+            fresh.window = 0 if last is None else last["window"] + 1
+            self._devices[device] = fresh
+            self.store.refused(device, window, fresh.to_json())
+
+    def _reevaluated(self, window: ClosedWindow) -> ClosedWindow:
+        """The window under the patient's current rules (they changed before it anchored)."""
+        from careledger.monitoring.readings import open_batch
+
+        rules = self.ledger.state(MONITORING, f"rules/{window.patient}")
+        readings: list[Reading] = []
+        for batch in self.store.batches_of(window.device, window.window):
+            readings += open_batch(batch, self.ledger.node_key, "custodian")
+        fired = evaluate(rules["rules"] if rules else [], {}, readings)
+        redone = ClosedWindow(
+            **{
+                **window.__dict__,
+                "rules_version": 0 if rules is None else int(rules["version"]),
+                "alerts": [f.as_json() for f in fired],
+            }
+        )
+        self.store.resubmit(redone)
+        return redone

@@ -1,0 +1,150 @@
+"""Reading device data back: authorised, logged, and with the proof of every reading.
+
+A reading's proof goes from the reading to its window's root (an RFC 9162 inclusion path over
+the window's salted digests), and from the window to the ledger (the ``monitoring.anchor_window``
+transaction that carries the root, with its own inclusion proof to a signed checkpoint). Reads
+of readings are PHI reads: each is authorised by the ledger (the patient, the device owner's
+care team, or a consent) and leaves an access event naming the windows read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from careledger.contracts.monitoring import NAMESPACE as MONITORING
+from careledger.core import merkle
+from careledger.core.keys import KeyPair, b64url_encode
+from careledger.core.vitals import Reading, from_json, to_observation
+from careledger.errors import Forbidden, NotFound
+from careledger.health.access import Caller, require_scope
+from careledger.health.service import HealthRecords
+from careledger.monitoring.ingest import READINGS_TYPE, batch_record_id, reading_salt
+from careledger.monitoring.store import ClosedWindow, ReadingsStore, StoredBatch
+from careledger.vault.crypto import open_resource, unwrap_key
+
+MAX_WINDOWS_READ = 2000
+
+
+def open_batch(batch: StoredBatch, key: KeyPair, recipient: str) -> list[Reading]:
+    data_key = unwrap_key(batch.wrapped[recipient], key)
+    plaintext = open_resource(
+        batch.ciphertext,
+        record_id=batch_record_id(batch.device, batch.seq),
+        resource_type=READINGS_TYPE,
+        version=1,
+        data_key=data_key,
+        nonce=batch.nonce,
+    )
+    return from_json(orjson.loads(plaintext))
+
+
+class ReadingsService:
+    def __init__(self, records: HealthRecords, store: ReadingsStore) -> None:
+        self.records = records
+        self.ledger = records.ledger
+        self.store = store
+
+    def _authorise(self, caller: Caller, patient: str, windows: list[str], purpose: str) -> None:
+        require_scope(caller, "Observation", "read", patient)
+        self.records.authorise(
+            caller,
+            patient=patient,
+            records=[],
+            windows=windows,
+            types={"Observation"},
+            action="read",
+            purpose=purpose,
+        )
+
+    def _anchored(self, device: str, window: int) -> tuple[ClosedWindow, dict[str, Any]]:
+        closed = self.store.window(device, window)
+        anchored = self.ledger.state(MONITORING, f"window/{device}/{window:012d}")
+        if closed is None or closed.status != "anchored" or anchored is None:
+            raise NotFound("no anchored window with that number", code="UNKNOWN_WINDOW")
+        return closed, dict(anchored)
+
+    def reading(
+        self, caller: Caller, device: str, window: int, index: int, *, purpose: str = "TREAT"
+    ) -> dict[str, Any]:
+        """One reading with its proof to the window root and the window's anchor."""
+        closed, anchored = self._anchored(device, window)
+        batch = self.store.batch_at(device, window, index)
+        if batch is None:
+            raise NotFound("no reading at that index", code="UNKNOWN_READING")
+        self._authorise(caller, closed.patient, [f"{device}/{window}"], purpose)
+        readings = open_batch(batch, self.ledger.node_key, "custodian")
+        position = index - batch.first_index
+        reading = readings[position]
+        digests = b"".join(b.digests for b in self.store.batches_of(device, window))
+        leaves = [merkle.leaf_hash(digests[i : i + 32]) for i in range(0, len(digests), 32)]
+        path = merkle.inclusion_proof_in(leaves, index)
+        return {
+            "observation": to_observation(reading, patient=closed.patient, device=device),
+            "reading": reading.as_json(),
+            "device": device,
+            "salt": b64url_encode(reading_salt(batch.salt, position)),
+            "window": {
+                "device": device,
+                "window": window,
+                "index": index,
+                "count": closed.count,
+                "root": anchored["root"],
+                "path": [p.hex() for p in path],
+            },
+            "anchor": {"tx_id": closed.tx, "height": anchored["height"]},
+        }
+
+    def series(
+        self, caller: Caller, patient: str, *, since_ms: int = 0, purpose: str = "TREAT"
+    ) -> dict[str, Any]:
+        """A patient's anchored readings (oldest first) and alerts, for charts."""
+        windows = self.store.windows_of_patient(patient, since_ms, MAX_WINDOWS_READ)
+        if not windows:
+            self.records._patient_key(patient)  # an unknown patient is an error, not empty
+            return {"patient": patient, "readings": [], "alerts": self.alerts_of(patient)}
+        self._authorise(caller, patient, [f"{w.device}/{w.window}" for w in windows], purpose)
+        out: list[dict[str, Any]] = []
+        for w in windows:
+            for batch in self.store.batches_of(w.device, w.window):
+                for i, reading in enumerate(open_batch(batch, self.ledger.node_key, "custodian")):
+                    if reading.time_ms >= since_ms:
+                        out.append(
+                            {
+                                **reading.as_json(),
+                                "device": w.device,
+                                "window": w.window,
+                                "index": batch.first_index + i,
+                            }
+                        )
+        out.sort(key=lambda r: r["time"])
+        return {"patient": patient, "readings": out, "alerts": self.alerts_of(patient)}
+
+    def alerts_of(self, patient: str) -> list[dict[str, Any]]:
+        found = []
+        for key in self.ledger.store.state_keys(MONITORING, "alert/", 100_000):
+            alert = self.ledger.state(MONITORING, key)
+            if alert is not None and alert["patient"] == patient:
+                found.append(dict(alert))
+        return sorted(found, key=lambda a: a["at"])
+
+    def inbox(self, caller: Caller) -> list[dict[str, Any]]:
+        """Unacknowledged alerts of the patients the caller's organisation monitors."""
+        if not caller.roles & {"clinician", "nurse"}:
+            raise Forbidden("the care team's inbox", code="NOT_AUTHORISED")
+        out = []
+        for alert_id in self.ledger.state(MONITORING, "open") or []:
+            alert = self.ledger.state(MONITORING, f"alert/{alert_id}")
+            if alert is None:
+                continue
+            owner = None
+            if alert.get("device"):
+                device = self.ledger.state(MONITORING, f"device/{alert['device']}")
+                owner = device["org"] if device else None
+            else:
+                rules = self.ledger.state(MONITORING, f"rules/{alert['patient']}")
+                owner = rules["org"] if rules else None
+            if owner == caller.org:
+                out.append(dict(alert))
+        return sorted(out, key=lambda a: a["raised"], reverse=True)
