@@ -16,7 +16,7 @@ from careledger.cluster.witness import Witness
 from careledger.config import Settings
 from careledger.core.keys import KeyPair
 from careledger.core.tx import Transaction, make_body, sign_body
-from careledger.errors import Conflict
+from careledger.errors import Conflict, Rejected
 from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
 from careledger.ledger.execute import NONCE_NAMESPACE, Explanation
@@ -150,6 +150,18 @@ class Node:
         The receipts come back in order; a contract rejection is a receipt, not an exception.
         """
         return [r for r, _ in self.execute_explained(calls, keypair=keypair, timeout=timeout)]
+
+    def act_for(
+        self, contract: str, member: str, method: str, args: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Run ``contract.on_behalf`` for a member this node authenticated; the receipt, or the
+        refusal raised as ``Rejected`` with the contract's reason."""
+        call = {"actor": member, "method": method, "args": dict(args)}
+        ((receipt, why),) = self.execute_explained([(contract, "on_behalf", call)])
+        if receipt["result"] != "accepted":
+            message = why.message if why is not None and why.code == receipt["code"] else ""
+            raise Rejected(receipt["code"], message or "the ledger refused the transaction")
+        return receipt
 
     def execute_explained(
         self,

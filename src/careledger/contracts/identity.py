@@ -133,6 +133,20 @@ def act_for(ctx: Context, member_id: str) -> Context:
     return replace(ctx, signer=signer)
 
 
+def run_on_behalf(contract: Contract, ctx: Context, args: Args, allowed: frozenset[str]) -> None:
+    """``{actor, method, args}``: a node runs one of ``allowed`` as a member it authenticated
+    (see :func:`act_for`); roles and ownership are judged as the member's."""
+    args.only("actor", "method", "args")
+    actor = act_for(ctx, args.string("actor", max_len=64))
+    method = args.string("method", max_len=32)
+    if method not in allowed:
+        raise Rejected("BAD_ARGS", f"method must be one of {sorted(allowed)}")
+    inner = args.raw.get("args")
+    if not isinstance(inner, dict):
+        raise Rejected("BAD_ARGS", "args must be an object")
+    contract.call(actor, method, inner)
+
+
 def require_sponsor(read: StateReader, signer: Signer) -> None:
     """A member with the sponsor role, or an admin of a sponsor organisation."""
     org = read(NAMESPACE, org_key(signer.org)) or {}

@@ -27,6 +27,7 @@ import re
 from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.identity import run_on_behalf
 from careledger.contracts.records import require_patient
 from careledger.core.alert_rules import RuleError, check_rules
 from careledger.core.keys import decode_public_key
@@ -40,6 +41,11 @@ MAX_ALERTS = 100  # alerts one window raises
 MAX_OPEN = 10_000
 CARE_ROLES = frozenset({"clinician", "nurse"})
 MINUTE = 60_000
+# Staff methods a node may run for a member it authenticated (API workflows). A patient's
+# binding is never among them: the patient signs it (or the node with the key it holds for them).
+ON_BEHALF_METHODS = frozenset(
+    {"register_device", "retire_device", "unbind", "set_rules", "acknowledge"}
+)
 
 
 def window_key(device: str, seq: int) -> str:
@@ -48,6 +54,11 @@ def window_key(device: str, seq: int) -> str:
 
 class MonitoringV1(Contract):
     name = NAMESPACE
+
+    @tx_method
+    def on_behalf(self, ctx: Context, args: Args) -> None:
+        """A node runs a staff method for a member it authenticated."""
+        run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
 
     # -- devices ---------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import act_for, org_key
+from careledger.contracts.identity import act_for, org_key, run_on_behalf
 from careledger.errors import Rejected, ValidationError
 from careledger.supply.identifiers import (
     SGTIN,
@@ -1035,15 +1035,7 @@ class SupplyV1(Contract):
 
         Ownership and roles are the member's; the leaf records both the node and the member.
         """
-        args.only("actor", "method", "args")
-        actor = act_for(ctx, args.string("actor", max_len=64))
-        method = args.string("method", max_len=32)
-        if method not in ON_BEHALF_METHODS:
-            raise Rejected("BAD_ARGS", f"method must be one of {sorted(ON_BEHALF_METHODS)}")
-        inner = args.raw.get("args")
-        if not isinstance(inner, dict):
-            raise Rejected("BAD_ARGS", "args must be an object")
-        self.call(actor, method, inner)
+        run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
 
     # -- EPCIS operations: one bizStep's effect on the units an event names ---------------
 

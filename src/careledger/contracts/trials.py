@@ -30,7 +30,12 @@ from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import act_for, member_key, org_key, require_sponsor
+from careledger.contracts.identity import (
+    member_key,
+    org_key,
+    require_sponsor,
+    run_on_behalf,
+)
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import version_key
 from careledger.core import merkle
@@ -348,15 +353,7 @@ class TrialsV1(Contract):
     @tx_method
     def on_behalf(self, ctx: Context, args: Args) -> None:
         """A node runs a staff method for a member it authenticated (API workflows)."""
-        args.only("actor", "method", "args")
-        actor = act_for(ctx, args.string("actor", max_len=64))
-        method = args.string("method", max_len=32)
-        if method not in ON_BEHALF_METHODS:
-            raise Rejected("BAD_ARGS", f"method must be one of {sorted(ON_BEHALF_METHODS)}")
-        inner = args.raw.get("args")
-        if not isinstance(inner, dict):
-            raise Rejected("BAD_ARGS", "args must be an object")
-        self.call(actor, method, inner)
+        run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
 
     @tx_method
     def lock(self, ctx: Context, args: Args) -> None:

@@ -22,7 +22,7 @@ from careledger.contracts.supply import (
     prefix_owner,
     unit_view,
 )
-from careledger.errors import NotFound, Rejected, ValidationError
+from careledger.errors import NotFound, ValidationError
 from careledger.health.access import Caller
 from careledger.node import Node
 from careledger.sqlite_threads import iso_ms
@@ -284,9 +284,4 @@ class SupplyService:
     def act(self, caller: Caller, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """Run one supply method as the caller; a refusal is raised with its reason."""
         self.require_reader(caller, "write")
-        call = {"actor": caller.member, "method": method, "args": dict(args)}
-        ((receipt, why),) = self.node.execute_explained([("supply", "on_behalf", call)])
-        if receipt["result"] != "accepted":
-            message = why.message if why is not None and why.code == receipt["code"] else ""
-            raise Rejected(receipt["code"], message or "the ledger refused the transaction")
-        return receipt
+        return self.node.act_for(NAMESPACE, caller.member, method, args)

@@ -82,11 +82,7 @@ class TrialsService:
 
     def act(self, caller: Caller, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """Run one staff method as the caller; a refusal is raised with its reason."""
-        call = {"actor": caller.member, "method": method, "args": dict(args)}
-        ((receipt, why),) = self.node.execute_explained([(TRIALS, "on_behalf", call)])
-        if receipt["result"] != "accepted":
-            raise _refused(receipt, why)
-        return receipt
+        return self.node.act_for(TRIALS, caller.member, method, args)
 
     def register(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
         """Register from ``registration`` (the contract's args), ``ctgov`` (a ClinicalTrials.gov
