@@ -619,6 +619,96 @@ def trial_feasibility(
     out.print(f"total released: {result['total_released']}")
 
 
+devices_app = typer.Typer(help="Remote-monitoring devices.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.command("simulate")
+def devices_simulate(
+    files: Annotated[
+        list[Path], typer.Argument(help="MIMIC-II numerics CSV files, replayed in order")
+    ],
+    device: Annotated[
+        str | None, typer.Option("--device", help="the device id (with --key)")
+    ] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="the device's key file")] = None,
+    keys_dir: Annotated[
+        Path | None,
+        typer.Option("--keys-dir", help="many devices: DIR/<device id>.key, one per device"),
+    ] = None,
+    devices: Annotated[int, typer.Option("--devices", min=1, help="how many of --keys-dir")] = 1,
+    speed: Annotated[
+        float, typer.Option("--speed", min=0, help="times real time (0: as fast as possible)")
+    ] = 60.0,
+    per_batch: Annotated[int, typer.Option("--per-batch", min=1, help="minutes per batch")] = 10,
+    websocket: Annotated[bool, typer.Option("--ws", help="stream over a WebSocket")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """Replay bedside numerics as signed device batches (each device must be registered and
+    bound to a patient). Exit 1 if any batch was refused."""
+    import threading
+    import time as clock
+
+    from careledger.keyfile import read_key_file
+    from careledger.monitoring.simulate import Totals, count_batches, run_device
+
+    try:
+        for path in files:
+            if not path.is_file():
+                raise ValidationError(f"no such file {path}", code="BAD_FILE")
+        if keys_dir is not None:
+            key_files = sorted(keys_dir.glob("*.key"))[:devices]
+            if len(key_files) < devices:
+                raise ValidationError(f"{keys_dir} holds {len(key_files)} keys", code="BAD_FILE")
+            chosen = [(k.stem, read_key_file(k)[1]) for k in key_files]
+        elif device is not None and key is not None:
+            chosen = [(device, read_key_file(key)[1])]
+        else:
+            raise ValidationError("give --device and --key, or --keys-dir", code="BAD_ARGS")
+    except (CareLedgerError, OSError) as exc:
+        error = (
+            exc if isinstance(exc, CareLedgerError) else ValidationError(str(exc), code="BAD_FILE")
+        )
+        raise _fail(error) from None
+    totals = Totals()
+    total = count_batches(files, per_batch) * len(chosen)
+    first_seq = clock.time_ns() // 1000
+    with _progress("sending batches", "batches", quiet=json_out) as bar:
+        task = bar.add_task("sending batches", total=total)
+        threads = [
+            threading.Thread(
+                target=run_device,
+                args=(url, dev, dev_key, files),
+                kwargs={
+                    "speed": speed,
+                    "per_batch": per_batch,
+                    "first_seq": first_seq,
+                    "totals": totals,
+                    "websocket": websocket,
+                    "progress": lambda: bar.advance(task),
+                },
+            )
+            for dev, dev_key in chosen
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    summary = totals.as_json()
+    if json_out:
+        _print_json(summary)
+    else:
+        out.print(
+            f"sent {summary['batches']} batches ({summary['readings']} readings) from"
+            f" {len(chosen)} device(s); {summary['alerts']} alerts raised"
+        )
+        for code, n in summary["refused"].items():
+            err.print(f"refused {n} batches: {code}")
+    if summary["refused"]:
+        raise typer.Exit(1)
+
+
 cluster_app = typer.Typer(
     help="A consortium on this machine: NATS JetStream servers and one node per organisation.",
     no_args_is_help=True,

@@ -45,6 +45,11 @@ class Settings:
     nats_max_msgs: int = 0  # stream retention by count (0: keep every batch)
     catchup_signatures: int = 2
     public_url: str = ""  # where peers and clients reach this node's API (the node registry)
+    # Remote monitoring: a window of device readings closes after this long or this many
+    # readings (at once when an alert fires); time rules are judged every tick.
+    monitoring_window_ms: int = 2000
+    monitoring_window_readings: int = 4096
+    monitoring_tick_seconds: float = 30.0
 
     @property
     def store_path(self) -> Path:
@@ -72,12 +77,29 @@ class Settings:
             }
             if "port" in raw:
                 fields["port"] = int(raw["port"])
+            fields.update(_monitoring(raw.get("monitoring")))
             base = cls(**fields)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"{path} is malformed: {exc}", code="BAD_NODE_FILE") from None
         values = {k: v for k, v in overrides.items() if v is not None}
         merged: dict[str, Any] = {**base.__dict__, **values}
         return cls(**merged)
+
+
+def _monitoring(raw: object) -> dict[str, object]:
+    """The optional ``monitoring`` block of node.json."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError("monitoring is an object")
+    out: dict[str, object] = {}
+    if "window_ms" in raw:
+        out["monitoring_window_ms"] = int(raw["window_ms"])
+    if "window_readings" in raw:
+        out["monitoring_window_readings"] = int(raw["window_readings"])
+    if "tick_seconds" in raw:
+        out["monitoring_tick_seconds"] = float(raw["tick_seconds"])
+    return out
 
 
 def _ordering(raw: object, data_dir: Path) -> dict[str, object]:

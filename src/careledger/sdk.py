@@ -284,6 +284,18 @@ class Client:
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
             raise VerificationError(f"the read carries no usable anchor: {exc}") from None
         verified = self.verified_receipt(tx_id, verifier_keys, min_signatures=min_signatures)
+        args = self._anchoring_args(tx_id, verified)
+        anchors = args.get("anchors") or [args]
+        digest = hmac.new(salt, canonical_bytes(dict(resource)), hashlib.sha256).hexdigest()
+        if not any(
+            a.get("record") == record_id and a.get("version") == version and a.get("hash") == digest
+            for a in anchors
+        ):
+            raise VerificationError("the resource does not hash to its ledger anchor")
+        return verified
+
+    def _anchoring_args(self, tx_id: str, verified: VerifiedReceipt) -> dict[str, Any]:
+        """The arguments of a committed transaction, checked against its proven receipt."""
         if verified.receipt["result"] != "accepted":
             raise VerificationError("the anchoring transaction was rejected")
         block = self.get_json(f"/v1/blocks/{verified.receipt['height']}")
@@ -293,14 +305,45 @@ class Client:
             or sha256_hex(canonical_bytes(envelope)) != verified.receipt["envelope_hash"]
         ):
             raise VerificationError("the anchoring envelope does not match its receipt")
-        args = envelope["body"]["args"]
-        anchors = args.get("anchors") or [args]
-        digest = hmac.new(salt, canonical_bytes(dict(resource)), hashlib.sha256).hexdigest()
-        if not any(
-            a.get("record") == record_id and a.get("version") == version and a.get("hash") == digest
-            for a in anchors
+        body = envelope["body"]
+        args: dict[str, Any] = body["args"]
+        if body["contract"] == "monitoring" and body["method"] == "on_behalf":
+            args = args["args"]
+        return args
+
+    # -- remote monitoring -------------------------------------------------------------------
+
+    def send_readings(self, envelope: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a signed batch (see careledger.monitoring.device.sign_batch); its ack."""
+        device = envelope["batch"]["device"]
+        result: dict[str, Any] = self.post_json(f"/v1/devices/{device}/readings", envelope)
+        return result
+
+    def reading(self, device: str, window: int, index: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json(
+            f"/v1/devices/{device}/windows/{window}/readings/{index}"
+        )
+        return result
+
+    def verify_reading(
+        self, answer: Mapping[str, Any], verifier_keys: Iterable[str], *, min_signatures: int = 1
+    ) -> VerifiedReceipt:
+        """Check a reading end to end: reading -> window root (inclusion path) -> the
+        ``monitoring.anchor_window`` transaction carrying that root -> a signed checkpoint."""
+        from careledger.monitoring.device import check_reading_proof
+
+        root = check_reading_proof(answer)
+        tx_id = answer["anchor"]["tx_id"]
+        verified = self.verified_receipt(tx_id, verifier_keys, min_signatures=min_signatures)
+        args = self._anchoring_args(tx_id, verified)
+        window = answer["window"]
+        if (
+            args.get("device") != window["device"]
+            or args.get("window") != window["window"]
+            or args.get("root") != root.hex()
+            or args.get("count") != window["count"]
         ):
-            raise VerificationError("the resource does not hash to its ledger anchor")
+            raise VerificationError("the window root is not what the ledger anchored")
         return verified
 
     # -- FHIR ----------------------------------------------------------------------------

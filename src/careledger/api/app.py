@@ -21,6 +21,7 @@ from careledger.api.routes import (
     federation,
     fhir,
     health,
+    monitoring,
     patients,
     supply,
     trials,
@@ -31,6 +32,11 @@ from careledger.auth import TokenIssuer
 from careledger.config import EPCIS_FILE, Settings
 from careledger.health.federation import FederationClient, FederationServer
 from careledger.health.service import HealthRecords
+from careledger.monitoring.ingest import Ingestor
+from careledger.monitoring.readings import ReadingsService
+from careledger.monitoring.service import MonitoringService
+from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
+from careledger.monitoring.ticker import Ticker
 from careledger.node import Node
 from careledger.supply.alerts import AlertStore, AlertWatcher
 from careledger.supply.repository import EpcisRepository
@@ -66,6 +72,17 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         consent_records = ConsentRecorder(health, settings.data_dir / TRIALS_FILE)
         app.state.trials = TrialsService(running, health, recruitment)
         app.state.recruitment = responder
+        readings_store = ReadingsStore(settings.data_dir / MONITORING_FILE)
+        ingestor = Ingestor(
+            running,
+            readings_store,
+            window_ms=settings.monitoring_window_ms,
+            window_readings=settings.monitoring_window_readings,
+        )
+        app.state.monitoring = MonitoringService(
+            health, ingestor, ReadingsService(health, readings_store)
+        )
+        ticker = Ticker(running, settings.monitoring_tick_seconds)
         metrics.head_height.set(running.ledger.head.height)
         metrics.log_size.set(running.ledger.head.log_size)
         app.state.node = running
@@ -80,9 +97,13 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         running.start()
         responder.attach()  # after start: it answers queries committed while it was down
         consent_records.attach()
+        ingestor.start()  # re-submits windows closed but not anchored before a restart
+        ticker.start()
         try:
             yield
         finally:
+            ticker.stop()
+            ingestor.stop()
             responder.detach()
             consent_records.detach()
             running.stop()
@@ -92,6 +113,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             alert_store.close()
             verification_log.close()
             recruitment.close()
+            readings_store.close()
 
     app = FastAPI(
         title="CareLedger",
@@ -100,7 +122,20 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    routers = (tx, chain, cluster, federation, events, auth, health, fhir, patients, epcis, supply)
+    routers = (
+        tx,
+        chain,
+        cluster,
+        federation,
+        events,
+        auth,
+        health,
+        fhir,
+        patients,
+        epcis,
+        supply,
+        monitoring,
+    )
     for module in routers:
         app.include_router(module.router)
     app.include_router(trials.router)

@@ -153,7 +153,14 @@ class Ingestor:
         self._thread = threading.Thread(target=self._anchor_loop, name="anchorer", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, drain_seconds: float = 10.0) -> None:
+        """Close the open windows and anchor what is closed (bounded), then stop."""
+        if self._thread is not None and self._thread.is_alive():
+            self.flush()
+            deadline = time.monotonic() + drain_seconds
+            while not self._closed.empty() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.05)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -167,6 +174,8 @@ class Ingestor:
         if state is None:
             raw = self.store.device_state(device)
             state = DeviceState(device) if raw is None else DeviceState.from_json(device, raw)
+            if state.count:  # a window left open at the last stop: its timer starts now
+                state.opened = time.monotonic()
             if raw is None:
                 last = self.ledger.state(MONITORING, f"last/{device}")
                 state.window = 0 if last is None else last["window"] + 1

@@ -136,15 +136,14 @@ class ReadingsService:
         out = []
         for alert_id in self.ledger.state(MONITORING, "open") or []:
             alert = self.ledger.state(MONITORING, f"alert/{alert_id}")
-            if alert is None:
-                continue
-            owner = None
-            if alert.get("device"):
-                device = self.ledger.state(MONITORING, f"device/{alert['device']}")
-                owner = device["org"] if device else None
-            else:
-                rules = self.ledger.state(MONITORING, f"rules/{alert['patient']}")
-                owner = rules["org"] if rules else None
-            if owner == caller.org:
+            if alert is not None and self.owner_org(alert) == caller.org:
                 out.append(dict(alert))
         return sorted(out, key=lambda a: a["raised"], reverse=True)
+
+    def owner_org(self, alert: dict[str, Any]) -> str | None:
+        """The organisation monitoring the alert's patient (its device's, or its rules')."""
+        if alert.get("device"):
+            device = self.ledger.state(MONITORING, f"device/{alert['device']}")
+            return None if device is None else str(device["org"])
+        rules = self.ledger.state(MONITORING, f"rules/{alert['patient']}")
+        return None if rules is None else str(rules["org"])

@@ -26,12 +26,12 @@ from careledger.fhir.extract import patient_id as patient_of
 from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.node import Node
+from careledger.patient_signing import sign_as_patient
 from careledger.trials.recruitment import RecruitmentStore
 from careledger.trials.registration import from_ctgov, from_research_study
 
 PARTICIPANT_METHODS = frozenset({"consent", "withdraw"})
 MAX_CRF_ENTRIES = 100
-HOLD_RESULT_S = 30.0
 
 
 def _refused(receipt: Mapping[str, Any], why: Any) -> Rejected:
@@ -212,33 +212,7 @@ class TrialsService:
         args: dict[str, Any] = {"study": study}
         if method == "consent":
             args["version"] = entry["version"]
-        if envelope is None:
-            key = self.records.custodial_key(caller.member)
-            if key is None:
-                raise Forbidden(
-                    "sign the transaction with your own key and send it as envelope",
-                    code="SIGN_YOURSELF",
-                )
-            ((receipt, why),) = self.node.execute_explained([(TRIALS, method, args)], keypair=key)
-        else:
-            tx = self.ledger.decode(envelope)
-            member = self.ledger.state("identity", f"key/{tx.signer}")
-            if (
-                tx.contract != TRIALS
-                or tx.method != method
-                or member is None
-                or member.get("member") != caller.member
-            ):
-                raise ValidationError(
-                    f"the envelope must be your own trials.{method}", code="WRONG_ENVELOPE"
-                )
-            (tx,) = self.node.admit_all([envelope], [None])
-            (future,) = self.node.submit([tx])
-            receipt = future.result(HOLD_RESULT_S)
-            why = self.ledger.explain(tx) if receipt["result"] != "accepted" else None
-        if receipt["result"] != "accepted":
-            raise _refused(receipt, why)
-        return receipt
+        return sign_as_patient(self.records, caller, TRIALS, method, args, envelope)
 
     def invitations(self, caller: Caller) -> list[dict[str, Any]]:
         if "patient" not in caller.roles:

@@ -1,0 +1,64 @@
+"""Monitoring workflows on a node: devices, bindings, rules, alerts, readings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from careledger.contracts.monitoring import NAMESPACE as MONITORING
+from careledger.errors import Forbidden, NotFound
+from careledger.health.access import Caller
+from careledger.health.service import HealthRecords
+from careledger.monitoring.ingest import Ack, Ingestor
+from careledger.monitoring.readings import ReadingsService
+from careledger.patient_signing import sign_as_patient
+
+
+class MonitoringService:
+    def __init__(self, records: HealthRecords, ingestor: Ingestor, readings: ReadingsService):
+        self.records = records
+        self.node = records.node
+        self.ledger = records.ledger
+        self.ingestor = ingestor
+        self.readings = readings
+
+    def accept(self, device: str, envelope: object, received: float | None = None) -> Ack:
+        return self.ingestor.accept(device, envelope, received=received)
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        device = self.ingestor.device_of(device_id)
+        binding = self.ledger.state(MONITORING, f"binding/{device_id}")
+        last = self.ledger.state(MONITORING, f"last/{device_id}")
+        return {
+            **device,
+            "binding": None if binding is None else {k: binding[k] for k in ("status", "since")},
+            "windows": 0 if last is None else last["window"] + 1,
+        }
+
+    def act(self, caller: Caller, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        return self.node.act_for(MONITORING, caller.member, method, args)
+
+    def bind(self, caller: Caller, device: str, envelope: object | None) -> dict[str, Any]:
+        self.ingestor.device_of(device)
+        return sign_as_patient(
+            self.records, caller, MONITORING, "bind", {"device": device}, envelope
+        )
+
+    def unbind(
+        self, caller: Caller, device: str, reason: str, envelope: object | None
+    ) -> dict[str, Any]:
+        args = {"device": device, "reason": reason}
+        if "patient" in caller.roles:
+            return sign_as_patient(self.records, caller, MONITORING, "unbind", args, envelope)
+        return self.act(caller, "unbind", args)
+
+    def alert(self, caller: Caller, alert_id: str) -> dict[str, Any]:
+        alert = self.ledger.state(MONITORING, f"alert/{alert_id}")
+        if alert is None:
+            raise NotFound("no such alert", code="UNKNOWN_ALERT")
+        care_team = bool(caller.roles & {"clinician", "nurse"}) and (
+            self.readings.owner_org(alert) == caller.org
+        )
+        if caller.member != alert["patient"] and not care_team:
+            raise Forbidden("the patient and the care team see an alert", code="NOT_AUTHORISED")
+        return dict(alert)
