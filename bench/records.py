@@ -32,6 +32,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import pct  # noqa: E402
 from tests.support.nodes import Server, free_port, run_cli  # noqa: E402
 
 from careledger.keyfile import read_key_file  # noqa: E402
@@ -44,11 +45,6 @@ SYNTHEA = ROOT / "src" / "careledger" / "demo_data" / "synthea"
 
 def line(label: str, value: str, note: str = "") -> None:
     print(f"  {label:<50} {value:>18}  {note}")
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def observation(patient: str, i: int) -> dict[str, Any]:

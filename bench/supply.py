@@ -37,6 +37,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import pct  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
 from careledger.config import EPCIS_FILE, Settings  # noqa: E402
@@ -80,11 +81,6 @@ PLANT, DC, PHARMACY = (cd(PREFIX + f"0000{i}") for i in (1, 2, 3))
 
 def line(label: str, value: str, note: str = "") -> None:
     print(f"  {label:<52} {value:>16}  {note}")
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 class Clock:

@@ -24,7 +24,6 @@ import argparse
 import random
 import resource
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -39,10 +38,10 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import Chain, pct, plain_db, rate  # noqa: E402
+
 from careledger.config import Settings  # noqa: E402
 from careledger.core.eligibility import eligible, gather, parse_criteria  # noqa: E402
-from careledger.core.keys import KeyPair  # noqa: E402
-from careledger.core.tx import make_body, sign_body  # noqa: E402
 from careledger.health.access import Caller  # noqa: E402
 from careledger.health.service import HealthRecords  # noqa: E402
 from careledger.keyfile import generate_keypair, read_key_file  # noqa: E402
@@ -63,56 +62,6 @@ CRITERIA = {
     "labs": [{"code": "4548-4", "min": 7.0, "max": 11.0, "unit": "%"}],
 }
 ENTRIES_PER_VISIT = 10
-CHUNK = 1000
-
-
-def pct(values: Sequence[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
-
-
-def rate(n: int, seconds: float) -> str:
-    return f"{n / seconds:,.0f}/s" if seconds > 0 else "n/a"
-
-
-def plain_db(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
-
-
-class Chain:
-    """Envelopes signed by many keys, committed in chunks through the node's admission."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.nonces: dict[str, int] = {}
-
-    def envelope(self, key: KeyPair, contract: str, method: str, args: Any) -> dict[str, Any]:
-        nonce = self.nonces.get(key.public_b64, 1_000_000) + 1
-        self.nonces[key.public_b64] = nonce
-        body = make_body(
-            chain=self.node.ledger.chain,
-            contract=contract,
-            method=method,
-            args=args,
-            signer=key.public_b64,
-            nonce=nonce,
-            created="2026-11-24T00:00:00Z",
-        )
-        return sign_body(body, key)
-
-    def commit(self, envelopes: list[dict[str, Any]]) -> int:
-        """Commit every envelope; the number refused (should be 0)."""
-        refused = 0
-        for start in range(0, len(envelopes), CHUNK):
-            chunk = envelopes[start : start + CHUNK]
-            txs = self.node.admit_all(chunk, [None] * len(chunk))
-            for future in self.node.submit(txs):
-                receipt = future.result(300)
-                refused += receipt["result"] != "accepted"
-        return refused
 
 
 def patient_resources(pid: str, rng: random.Random) -> list[dict[str, Any]]:

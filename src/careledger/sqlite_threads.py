@@ -11,10 +11,11 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from careledger.errors import StorageError
+from careledger.errors import CareLedgerError, StorageError
 
 
 class ThreadConnections:
@@ -52,6 +53,91 @@ class ThreadConnections:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+Work = Callable[[sqlite3.Connection], None]
+
+
+class _Pending:
+    __slots__ = ("done", "error", "work")
+
+    def __init__(self, work: Work) -> None:
+        self.work = work
+        self.done = False
+        self.error: BaseException | None = None
+
+
+def statements(items: Sequence[tuple[str, Sequence[Any]]]) -> Work:
+    """Work that runs SQL statements in order."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        for sql, params in items:
+            conn.execute(sql, params)
+
+    return run
+
+
+class GroupCommit:
+    """Writes from many threads committed together: one transaction and one fsync for all the
+    writes queued while the previous commit ran (leader/follower, no extra thread).
+
+    Each write is a function of the connection that must apply atomically; one that raises
+    (a constraint, a conflict it detects) makes the group retry its writes one by one, so a
+    bad write fails alone, with its own error.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        what: str,
+        lock: threading.Lock | None = None,
+    ) -> None:
+        """``lock``: the store's own writer lock, when it also writes outside this group."""
+        self._connect = connect
+        self._what = what
+        self._queue_lock = threading.Lock()
+        self._write_lock = lock or threading.Lock()
+        self._pending: list[_Pending] = []
+
+    def write(self, work: Work) -> None:
+        item = _Pending(work)
+        with self._queue_lock:
+            self._pending.append(item)
+        with self._write_lock:
+            if not item.done and item.error is None:
+                with self._queue_lock:
+                    group, self._pending = self._pending, []
+                self._commit(group)
+        if item.error is not None:
+            raise item.error
+
+    def _commit(self, group: list[_Pending]) -> None:
+        try:
+            self._transaction(group)
+        except Exception as exc:
+            if len(group) > 1:
+                for item in group:
+                    self._commit([item])
+                return
+            if isinstance(exc, CareLedgerError):
+                group[0].error = exc
+            else:
+                group[0].error = StorageError(f"the {self._what} write failed: {exc}")
+            return
+        for item in group:
+            item.done = True
+
+    def _transaction(self, group: list[_Pending]) -> None:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for item in group:
+                item.work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 def page_of(rows: list[Any], limit: int) -> tuple[list[Any], int | None]:

@@ -211,3 +211,49 @@ def test_a_websocket_stream_and_an_ended_binding(server: Server, world: dict[str
     late = sign_batch(key, {"device": "oxi-7", "seq": 2**52 + 2, "compact": compact})
     refused = httpx.post(f"{server.url}/v1/devices/oxi-7/readings", json=late)
     assert refused.status_code == 403 and refused.json()["code"] == "NOT_BOUND"
+
+
+def test_a_telemedicine_visit_with_consent_join_and_note(
+    server: Server, world: dict[str, Any]
+) -> None:
+    clinician, patient, pid = world["clinician"], world["patient"], world["patient_id"]
+    now = int(time.time() * 1000)
+    body = {
+        "patient": pid,
+        "start": now + 5 * 60_000,
+        "end": now + 35 * 60_000,
+        "link": "https://video.example/room/xyz",
+        "recording": True,
+        "reason": "blood pressure review",
+    }
+    assert clinician.post("/v1/visits", json={**body, "link": "ftp://x"}).json()["code"] == (
+        "BAD_LINK"
+    )
+    made = clinician.post("/v1/visits", json=body)
+    assert made.status_code == 201, made.text
+    visit_id = made.json()["visit"]["id"]
+    assert "link" not in made.json()["visit"] and "link_hash" not in made.json()["visit"]
+    upcoming = patient.get("/v1/visits").json()["upcoming"]
+    assert [v["id"] for v in upcoming] == [visit_id]
+    early = patient.post(f"/v1/visits/{visit_id}/join")
+    assert early.status_code == 422 and early.json()["code"] == "NO_CONSENT"
+    assert "link" not in early.json()
+    consented = patient.post(f"/v1/visits/{visit_id}/consent", json={"recording": False})
+    assert consented.status_code == 200, consented.text
+    assert consented.json()["visit"]["consent"]["recording"] is False
+    joined = patient.post(f"/v1/visits/{visit_id}/join")
+    assert joined.status_code == 200 and joined.json()["link"] == body["link"]
+    admin = world["admin"]
+    assert admin.post(f"/v1/visits/{visit_id}/join").status_code == 403
+    assert clinician.post(f"/v1/visits/{visit_id}/start").status_code == 200
+    ended = clinician.post(f"/v1/visits/{visit_id}/end", json={"note": "BP 128/82; continue."})
+    assert ended.status_code == 200, ended.text
+    visit = ended.json()["visit"]
+    assert visit["status"] == "ended" and {n["type"] for n in visit["notes"]} == {
+        "Encounter",
+        "DocumentReference",
+    }
+    bundle = patient.get(f"/fhir/Patient/{pid}/$everything").json()
+    kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert {"Encounter", "DocumentReference"} <= kinds
+    assert [v["id"] for v in patient.get("/v1/visits").json()["past"]] == [visit_id]

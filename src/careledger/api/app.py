@@ -26,6 +26,7 @@ from careledger.api.routes import (
     supply,
     trials,
     tx,
+    visits,
 )
 from careledger.api.routes.events import BlockSignal
 from careledger.auth import TokenIssuer
@@ -37,6 +38,7 @@ from careledger.monitoring.readings import ReadingsService
 from careledger.monitoring.service import MonitoringService
 from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
 from careledger.monitoring.ticker import Ticker
+from careledger.monitoring.visits import VISITS_FILE, VisitsService
 from careledger.node import Node
 from careledger.supply.alerts import AlertStore, AlertWatcher
 from careledger.supply.repository import EpcisRepository
@@ -83,6 +85,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             health, ingestor, ReadingsService(health, readings_store)
         )
         ticker = Ticker(running, settings.monitoring_tick_seconds)
+        app.state.visits = VisitsService(health, settings.data_dir / VISITS_FILE)
         metrics.head_height.set(running.ledger.head.height)
         metrics.log_size.set(running.ledger.head.log_size)
         app.state.node = running
@@ -114,6 +117,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             verification_log.close()
             recruitment.close()
             readings_store.close()
+            app.state.visits.close()
 
     app = FastAPI(
         title="CareLedger",
@@ -135,6 +139,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         epcis,
         supply,
         monitoring,
+        visits,
     )
     for module in routers:
         app.include_router(module.router)

@@ -54,6 +54,7 @@ def default_registry() -> Registry:
     from careledger.contracts.records import RecordsV1
     from careledger.contracts.supply import SupplyV1
     from careledger.contracts.trials import TrialsV1
+    from careledger.contracts.visits import VisitsV1
 
     contracts: list[Contract] = [
         IdentityV1(),
@@ -64,5 +65,6 @@ def default_registry() -> Registry:
         PaymentsV1(),
         MonitoringV1(),
         TrialsV1(),
+        VisitsV1(),
     ]
     return Registry([Ruleset(0, {c.name: c for c in contracts})])

@@ -11,7 +11,6 @@ batch that changed it, so a restart resumes exactly where the last acknowledged 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from careledger.errors import StorageError
-from careledger.sqlite_threads import ThreadConnections
+from careledger.sqlite_threads import GroupCommit, ThreadConnections
+from careledger.sqlite_threads import statements as sql_statements
 
 MONITORING_FILE = "monitoring.sqlite"
 
@@ -109,24 +108,13 @@ class ReadingsStore:
     def __init__(self, path: Path) -> None:
         self._conns = ThreadConnections(path, "readings store")
         self._conns.get().executescript(SCHEMA)
+        self._group = GroupCommit(self._conns.get, "readings store")
 
     def close(self) -> None:
         self._conns.close()
 
     def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        conn = self._conns.get()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    conn.execute(sql, params)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StorageError(f"readings store write failed: {exc}") from None
+        self._group.write(sql_statements(statements))
 
     # -- devices ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from careledger.errors import Conflict, NotFound, StorageError, ValidationError
+from careledger.sqlite_threads import GroupCommit
 
 __all__ = ["SealedRecord", "VaultStore"]
 
@@ -84,6 +85,7 @@ class VaultStore:
         self._conns_lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
+        self._group = GroupCommit(self._connect, "vault store", self._write_lock)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         try:
@@ -137,23 +139,19 @@ class VaultStore:
         self.put_many([record])
 
     def put_many(self, records: Sequence[SealedRecord]) -> None:
-        """Store record versions in one transaction: all of them, or none (as :meth:`put`)."""
+        """Store record versions in one transaction: all of them, or none (as :meth:`put`).
+
+        Concurrent writers share commits (group commit): one fsync for all the writes that
+        queued while the previous one was being made durable.
+        """
         for record in records:
             _check_record(record)
-        with self._write_lock:
-            conn = self._connect()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for record in records:
-                        self._put_locked(conn, record)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"vault record was not written: {exc}") from None
+
+        def work(conn: sqlite3.Connection) -> None:
+            for record in records:
+                self._put_locked(conn, record)
+
+        self._group.write(work)
 
     @staticmethod
     def _put_locked(conn: sqlite3.Connection, record: SealedRecord) -> None:

@@ -1,0 +1,67 @@
+"""Helpers the bench scripts share: percentiles, rates, a plain SQLite baseline, many signers."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from careledger.core.keys import KeyPair
+from careledger.core.tx import make_body, sign_body
+from careledger.node import Node
+
+CHUNK = 1000
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (nearest rank); 0.0 for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def rate(n: int, seconds: float) -> str:
+    return f"{n / seconds:,.0f}/s" if seconds > 0 else "n/a"
+
+
+def plain_db(path: Path) -> sqlite3.Connection:
+    """The no-ledger baseline's store: SQLite with the node's durability (WAL, FULL sync)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class Chain:
+    """Envelopes signed by many keys, committed in chunks through the node's admission."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.nonces: dict[str, int] = {}
+
+    def envelope(self, key: KeyPair, contract: str, method: str, args: Any) -> dict[str, Any]:
+        nonce = self.nonces.get(key.public_b64, 1_000_000) + 1
+        self.nonces[key.public_b64] = nonce
+        body = make_body(
+            chain=self.node.ledger.chain,
+            contract=contract,
+            method=method,
+            args=args,
+            signer=key.public_b64,
+            nonce=nonce,
+            created="2026-11-24T00:00:00Z",
+        )
+        return sign_body(body, key)
+
+    def commit(self, envelopes: list[dict[str, Any]]) -> int:
+        """Commit every envelope; the number refused (should be 0)."""
+        refused = 0
+        for start in range(0, len(envelopes), CHUNK):
+            chunk = envelopes[start : start + CHUNK]
+            txs = self.node.admit_all(chunk, [None] * len(chunk))
+            for future in self.node.submit(txs):
+                receipt = future.result(300)
+                refused += receipt["result"] != "accepted"
+        return refused

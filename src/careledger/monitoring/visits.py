@@ -1,0 +1,205 @@
+"""Telemedicine visits on a node: scheduling, the patient's consent, joining, the visit note.
+
+The video link stays at the scheduling node (the ledger holds its hash) and is handed to a
+participant only once the ledger has accepted their join. The note is a FHIR Encounter
+(class virtual) and a DocumentReference (a progress note) written to the vault as the
+patient's records, anchored in the same submission as the visit's end, which names them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from careledger.contracts.visits import NAMESPACE as VISITS
+from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
+from careledger.health.access import Caller
+from careledger.health.service import WRITER_ROLES, HealthRecords
+from careledger.patient_signing import sign_as_patient
+from careledger.sqlite_threads import ThreadConnections, iso_ms
+
+VISITS_FILE = "visits.sqlite"
+MAX_NOTE = 64 * 1024
+SCHEMA = "CREATE TABLE IF NOT EXISTS links(visit TEXT PRIMARY KEY, link TEXT NOT NULL);"
+
+
+def encounter(visit: Mapping[str, Any], record_id: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Encounter",
+        "id": record_id,
+        "identifier": [{"system": "urn:careledger:visit", "value": visit["id"]}],
+        "status": "finished",
+        "class": {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "code": "VR",
+            "display": "virtual",
+        },
+        "subject": {"reference": f"Patient/{visit['patient']}"},
+        "participant": [{"individual": {"display": visit["clinician"]}}],
+        "period": {"start": iso_ms(visit["started"]), "end": iso_ms(int(time.time() * 1000))},
+        "reasonCode": [{"text": visit["reason"]}] if visit.get("reason") else [],
+    }
+
+
+def progress_note(visit: Mapping[str, Any], encounter_id: str, text: str) -> dict[str, Any]:
+    return {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "type": {
+            "coding": [
+                {"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}
+            ]
+        },
+        "subject": {"reference": f"Patient/{visit['patient']}"},
+        "date": iso_ms(int(time.time() * 1000)),
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "text/plain; charset=utf-8",
+                    "data": base64.b64encode(text.encode()).decode(),
+                }
+            }
+        ],
+        "context": {"encounter": [{"reference": f"Encounter/{encounter_id}"}]},
+    }
+
+
+class VisitsService:
+    def __init__(self, records: HealthRecords, path: Path) -> None:
+        self.records = records
+        self.node = records.node
+        self.ledger = records.ledger
+        self._conns = ThreadConnections(path, "visit links")
+        self._conns.get().executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._conns.close()
+
+    def visit(self, caller: Caller, visit_id: str) -> dict[str, Any]:
+        visit = self.ledger.state(VISITS, f"visit/{visit_id}")
+        if visit is None:
+            raise NotFound("no such visit", code="UNKNOWN_VISIT")
+        if caller.member not in {visit["patient"], visit["clinician"]}:
+            raise Forbidden("a visit is seen by its patient and clinician", code="NOT_AUTHORISED")
+        return {k: v for k, v in visit.items() if k != "link_hash"}
+
+    def mine(self, caller: Caller) -> dict[str, list[dict[str, Any]]]:
+        """The caller's visits (as patient or clinician), upcoming and past."""
+        prefix = "by-patient" if "patient" in caller.roles else "by-clinician"
+        ids = [
+            k.rsplit("/", 1)[1]
+            for k in self.ledger.store.state_keys(VISITS, f"{prefix}/{caller.member}/", 10_000)
+        ]
+        visits = [self.visit(caller, i) for i in ids]
+        now = int(time.time() * 1000)
+        upcoming = [
+            v for v in visits if v["status"] in {"scheduled", "in_progress"} and v["end"] >= now
+        ]
+        past = [v for v in visits if v not in upcoming]
+        return {
+            "upcoming": sorted(upcoming, key=lambda v: v["start"]),
+            "past": sorted(past, key=lambda v: v["start"], reverse=True),
+        }
+
+    def schedule(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        link = body.get("link")
+        if not isinstance(link, str) or not link.startswith("https://") or len(link) > 2048:
+            raise ValidationError("link is the video room's https:// address", code="BAD_LINK")
+        visit_id = str(body.get("id") or f"visit-{secrets.token_hex(8)}")
+        args = {
+            "id": visit_id,
+            "patient": body.get("patient"),
+            "start": body.get("start"),
+            "end": body.get("end"),
+            "link_hash": hashlib.sha256(link.encode()).hexdigest(),
+            "recording": bool(body.get("recording", False)),
+        }
+        if body.get("reason"):
+            args["reason"] = body["reason"]
+        self._conns.get().execute(
+            "INSERT OR REPLACE INTO links(visit, link) VALUES(?, ?)", (visit_id, link)
+        )
+        try:
+            receipt = self.node.act_for(VISITS, caller.member, "schedule", args)
+        except Rejected:
+            self._conns.get().execute("DELETE FROM links WHERE visit = ?", (visit_id,))
+            raise
+        return {"receipt": receipt, "visit": self.visit(caller, visit_id)}
+
+    def consent(
+        self, caller: Caller, visit_id: str, recording: bool, envelope: object | None
+    ) -> dict[str, Any]:
+        args = {"id": visit_id, "recording": recording}
+        receipt = sign_as_patient(self.records, caller, VISITS, "consent", args, envelope)
+        return {"receipt": receipt, "visit": self.visit(caller, visit_id)}
+
+    def step(self, caller: Caller, visit_id: str, method: str) -> dict[str, Any]:
+        """``start`` or ``cancel`` (a patient cancels with their own key)."""
+        if method == "cancel" and "patient" in caller.roles:
+            args = {"id": visit_id, "reason": "patient_cancelled"}
+            receipt = sign_as_patient(self.records, caller, VISITS, "cancel", args, None)
+        else:
+            args = (
+                {"id": visit_id} if method == "start" else {"id": visit_id, "reason": "cancelled"}
+            )
+            receipt = self.node.act_for(VISITS, caller.member, method, args)
+        return {"receipt": receipt, "visit": self.visit(caller, visit_id)}
+
+    def join(self, caller: Caller, visit_id: str) -> dict[str, Any]:
+        """Record the join on the ledger; only then is the room's link released."""
+        self.visit(caller, visit_id)
+        receipt = self.node.act_for(VISITS, caller.member, "join", {"id": visit_id})
+        row = (
+            self._conns.get()
+            .execute("SELECT link FROM links WHERE visit = ?", (visit_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise NotFound("the room's link is held by the scheduling node", code="REMOTE_LINK")
+        return {"receipt": receipt, "link": row[0]}
+
+    def end(self, caller: Caller, visit_id: str, note: str) -> dict[str, Any]:
+        """End the visit with its note (Encounter + DocumentReference), all or nothing."""
+        visit = self.visit(caller, visit_id)
+        if not isinstance(note, str) or not 0 < len(note) <= MAX_NOTE:
+            raise ValidationError(f"the note is 1..{MAX_NOTE} characters", code="BAD_NOTE")
+        if caller.member != visit["clinician"]:
+            raise Forbidden("the clinician ends the visit", code="NOT_AUTHORISED")
+        if visit["status"] != "in_progress":
+            raise Rejected("NOT_STARTED", "only a visit in progress ends")
+        if caller.org != self.records.org or not caller.roles & WRITER_ROLES:
+            raise Forbidden("the visit's organisation keeps its note", code="NOT_CUSTODIAN")
+        encounter_id, note_id = secrets.token_hex(16), secrets.token_hex(16)
+        writes = [
+            (encounter(visit, encounter_id), encounter_id, 1, visit["patient"]),
+            (progress_note(visit, encounter_id, note), note_id, 1, visit["patient"]),
+        ]
+
+        def ending(written: list[tuple[str, int, str]]) -> list[tuple[str, str, Mapping[str, Any]]]:
+            notes = [{"record": r, "version": v, "hash": h} for r, v, h in written]
+            call = {
+                "actor": caller.member,
+                "method": "end",
+                "args": {"id": visit_id, "notes": notes},
+            }
+            return [(VISITS, "on_behalf", call)]
+
+        _, (receipt,) = self.records.write_then(caller, writes, then=ending)
+        if receipt["result"] != "accepted":
+            calls = [
+                ("records", "shred", {"record": r, "reason": "visit_end_refused"})
+                for r in (encounter_id, note_id)
+            ]
+            self.node.execute(calls)
+            raise Rejected(str(receipt["code"]), "the visit did not end; its note was shredded")
+        return {
+            "receipt": receipt,
+            "visit": self.visit(caller, visit_id),
+            "encounter": encounter_id,
+            "note": note_id,
+        }
