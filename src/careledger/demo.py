@@ -395,3 +395,90 @@ def load_demo_trial(data_dir: Path) -> None:
                 raise RuntimeError(f"demo trial step {call[1]} refused: {receipt['code']}")
     finally:
         node.stop()
+
+
+DEMO_DEVICE = "oxi-demo-1"
+MIMIC_DIR = Path(__file__).parent / "demo_data" / "mimic"
+
+
+def load_demo_monitoring(data_dir: Path) -> None:
+    """A pulse oximeter at St Mary's bound to a demo patient (their consent), an SpO2 < 90 rule
+    set by Dr Silva, 72 minutes of MIMIC-II numerics ingested (five alerts), and a video visit
+    tomorrow. The device's key is kept in keys/devices/ for ``careledger devices simulate``."""
+    import time
+
+    from careledger.config import Settings
+    from careledger.health.service import HealthRecords
+    from careledger.keyfile import read_key_file
+    from careledger.monitoring import mimic
+    from careledger.monitoring.device import sign_batch
+    from careledger.monitoring.ingest import Ingestor
+    from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
+    from careledger.node import Node
+
+    keys = data_dir / "keys"
+    patient_file = sorted((keys / "patients").glob("*.key"))[-1]
+    patient_key = read_key_file(patient_file)[1]
+    patient = patient_file.stem
+    device_key = generate_keypair()
+    (keys / "devices").mkdir(exist_ok=True)
+    write_key_file(keys / "devices" / f"{DEMO_DEVICE}.key", device_key, name=DEMO_DEVICE)
+    admin = read_key_file(keys / "st-mary-admin.key")[1]
+    clinician = read_key_file(keys / "dr-ana-silva.key")[1]
+    rule = {"id": "spo2-low", "kind": "threshold", "code": "59408-5", "op": "<", "value": 90}
+    now = int(time.time() * 1000)
+    visit = {
+        "id": "visit-demo-1",
+        "patient": patient,
+        "start": now + 24 * 3_600_000,
+        "end": now + 24 * 3_600_000 + 30 * 60_000,
+        "link_hash": hashlib.sha256(b"https://video.example/careledger-demo").hexdigest(),
+        "recording": False,
+        "reason": "oxygen saturation review",
+    }
+    steps = [
+        (
+            admin,
+            "monitoring",
+            "register_device",
+            {"id": DEMO_DEVICE, "model": "PulseOx 3", "public_key": device_key.public_b64},
+        ),
+        (patient_key, "monitoring", "bind", {"device": DEMO_DEVICE}),
+        (
+            clinician,
+            "monitoring",
+            "set_rules",
+            {"patient": patient, "device": DEMO_DEVICE, "rules": [rule]},
+        ),
+        (clinician, "visits", "schedule", visit),
+    ]
+    node = Node(Settings.load(data_dir))
+    node.start()
+    store = ReadingsStore(data_dir / MONITORING_FILE)
+    ingest = Ingestor(node, store)
+    try:
+        for key, contract, method, args in steps:
+            (receipt,) = node.execute([(contract, method, args)], keypair=key)
+            if receipt["result"] != "accepted":
+                raise RuntimeError(f"demo monitoring step {method} refused: {receipt['code']}")
+        records = HealthRecords.for_node(node)
+        try:
+            from careledger.monitoring.visits import VISITS_FILE, VisitsService
+
+            links = VisitsService(records, data_dir / VISITS_FILE)
+            links.keep_link("visit-demo-1", "https://video.example/careledger-demo")
+            links.close()
+        finally:
+            records.close()
+        ingest.start()
+        start = now - 4 * 60_000  # replayed from the binding on: 72 minutes of numerics
+        csv = MIMIC_DIR / "s25047-2704-05-04-10-44n.csv"
+        for seq, batch in enumerate(mimic.batches(csv, start_ms=start), start=1):
+            ingest.accept(
+                DEMO_DEVICE,
+                sign_batch(device_key, {"device": DEMO_DEVICE, "seq": seq, "compact": batch}),
+            )
+    finally:
+        ingest.stop()
+        store.close()
+        node.stop()

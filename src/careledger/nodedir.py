@@ -105,6 +105,7 @@ def init_demo(data_dir: Path, *, with_records: bool = True, with_supply: bool = 
         if with_records:
             demo.load_demo_records(data_dir)
             demo.load_demo_trial(data_dir)
+            demo.load_demo_monitoring(data_dir)
         if with_supply:
             demo.load_demo_supply(data_dir)
         ledger = Ledger(

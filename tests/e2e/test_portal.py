@@ -327,7 +327,7 @@ def test_pages_pass_an_accessibility_check(page: Page, server: Server) -> None:
     expect(page.get_by_test_id("verdict")).to_be_visible()
     problems["/verify (result)"] = axe_problems(page)
     sign_in(page, server, patient_key(server))
-    for path in ("/me", "/me/access", "/me/consents", "/me/research"):
+    for path in ("/me", "/me/access", "/me/consents", "/me/research", "/me/vitals", "/visits"):
         page.goto(f"{server.url}{path}")
         problems[path] = axe_problems(page)
     assert {p: v for p, v in problems.items() if v} == {}
@@ -487,5 +487,94 @@ def test_a_patient_answers_an_invitation_and_consents_to_a_trial(
         own.get_by_label("Your key file").set_input_files(str(keys / "patient-0001.key"))
         own.get_by_role("button", name="Sign consent to version 1").click()
         expect(own.get_by_test_id("studies")).to_contain_text("consented to version 1")
+    finally:
+        context.close()
+
+
+def test_monitoring_alerts_are_acknowledged_and_a_visit_is_joined(
+    page: Page, server: Server, browser: Browser
+) -> None:
+    import time as clock
+
+    import httpx
+
+    from careledger.keyfile import generate_keypair
+    from careledger.monitoring import mimic
+    from careledger.monitoring.device import sign_batch
+    from careledger.sdk import Client
+    from tests.support.vectors import vector_path
+
+    keys = server.data_dir / "keys"
+    patient_file = patient_key(server)
+    patient = patient_file.stem
+
+    def call(key_file: Path, contract: str, method: str, args: dict) -> None:
+        with Client(server.url, keypair=read_key_file(key_file)[1]) as c:
+            receipt = c.call(contract, method, args)
+        assert receipt["result"] == "accepted", (method, receipt)
+
+    device = generate_keypair()
+    register = {"id": "oxi-e2e", "model": "PulseOx", "public_key": device.public_b64}
+    call(keys / "st-mary-admin.key", "monitoring", "register_device", register)
+    call(patient_file, "monitoring", "bind", {"device": "oxi-e2e"})
+    rule = {"id": "spo2-low", "kind": "threshold", "code": "59408-5", "op": "<", "value": 90}
+    rules = {"patient": patient, "device": "oxi-e2e", "rules": [rule]}
+    call(keys / "dr-ana-silva.key", "monitoring", "set_rules", rules)
+    with Client(server.url, keypair=read_key_file(keys / "dr-ana-silva.key")[1]) as c:
+        token = c.login()
+    auth = {"authorization": f"Bearer {token}"}
+    before = len(httpx.get(f"{server.url}/v1/monitoring/alerts", headers=auth).json()["items"])
+    start = int(clock.time() * 1000) - 4 * 60_000
+    csv = vector_path("wfdb-mimic2-numerics", "s25047-2704-05-04-10-44n.csv")
+    for seq, batch in enumerate(mimic.batches(csv, start_ms=start), start=1):
+        envelope = sign_batch(device, {"device": "oxi-e2e", "seq": seq, "compact": batch})
+        sent = httpx.post(f"{server.url}/v1/devices/oxi-e2e/readings", json=envelope)
+        assert sent.status_code == 202, sent.text
+
+    sign_in(page, server, keys / "dr-ana-silva.key")
+    page.get_by_role("link", name="Alerts").click()
+    inbox = page.get_by_test_id("inbox").locator("tbody tr")
+    for _ in range(50):  # windows are anchored within a few seconds
+        if inbox.count() == before + 5:
+            break
+        page.wait_for_timeout(200)
+        page.reload()
+    expect(inbox).to_have_count(before + 5)
+    shot(page, "clinician-alert-inbox")
+    inbox.first.get_by_label("Note").fill("called the patient")
+    inbox.first.get_by_role("button", name="Acknowledge").click()
+    expect(page.get_by_test_id("inbox").locator("tbody tr")).to_have_count(before + 4)
+    page.get_by_test_id("inbox").get_by_role("link", name=patient).first.click()
+    expect(page.get_by_test_id("vitals-chart").first.locator("canvas")).to_have_count(1)
+    expect(page.get_by_test_id("alerts").locator("tbody tr")).to_have_count(5)
+
+    now = int(clock.time() * 1000)
+    visit = {
+        "patient": patient,
+        "start": now + 5 * 60_000,
+        "end": now + 30 * 60_000,
+        "link": "https://video.example/room/e2e",
+        "recording": True,
+        "reason": "oxygen review",
+    }
+    made = httpx.post(f"{server.url}/v1/visits", json=visit, headers=auth)
+    assert made.status_code == 201, made.text
+
+    context = browser.new_context()
+    patient_page = context.new_page()
+    try:
+        sign_in(patient_page, server, patient_file)
+        patient_page.goto(f"{server.url}/me/vitals")
+        charts = patient_page.get_by_test_id("vitals-chart")
+        expect(charts.first.locator("canvas")).to_have_count(1)
+        shot(patient_page, "patient-vitals")
+        patient_page.goto(f"{server.url}/visits")
+        patient_page.get_by_role("button", name="I agree to this visit").click()
+        expect(patient_page.get_by_test_id("upcoming")).to_contain_text("no recording")
+        patient_page.get_by_role("button", name="Join").click()
+        expect(patient_page.get_by_test_id("room")).to_have_attribute(
+            "href", "https://video.example/room/e2e"
+        )
+        shot(patient_page, "patient-visit-room")
     finally:
         context.close()

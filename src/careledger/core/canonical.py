@@ -124,7 +124,8 @@ _STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
 def is_canonical_json(raw: bytes, value: object) -> bool:
-    """Whether ``raw`` is exactly the RFC 8785 encoding of ``value``, which was parsed from JSON.
+    """Whether ``raw`` is exactly the RFC 8785 encoding of ``value`` (parsed from JSON, or
+    written by a contract).
 
     For checking stored bytes quickly (``careledger verify``): values parsed from JSON hold only
     dict, list, str, int, float, bool and None, never NaN, so orjson's output equals JCS unless a
@@ -134,9 +135,12 @@ def is_canonical_json(raw: bytes, value: object) -> bool:
     plain = raw[:1] not in (b"", b"-") and not raw[:1].isdigit()
     if plain and (raw.isascii() or not _NON_BMP.search(raw)) and not _FLOAT_TOKEN.search(raw):
         try:
-            return orjson.dumps(value, option=_STRICT) == raw
+            if orjson.dumps(value, option=_STRICT) == raw:
+                return True
         except orjson.JSONEncodeError:
             pass
+        # not equal: perhaps only because ``value`` holds an integral float (a contract wrote
+        # 90.0, which RFC 8785 writes as 90): the reference encoder decides
     try:
         return canonical_bytes(_as_json_numbers(value)) == raw
     except ValidationError:

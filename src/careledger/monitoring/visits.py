@@ -80,6 +80,11 @@ class VisitsService:
     def close(self) -> None:
         self._conns.close()
 
+    def keep_link(self, visit_id: str, link: str) -> None:
+        self._conns.get().execute(
+            "INSERT OR REPLACE INTO links(visit, link) VALUES(?, ?)", (visit_id, link)
+        )
+
     def visit(self, caller: Caller, visit_id: str) -> dict[str, Any]:
         visit = self.ledger.state(VISITS, f"visit/{visit_id}")
         if visit is None:
@@ -121,9 +126,7 @@ class VisitsService:
         }
         if body.get("reason"):
             args["reason"] = body["reason"]
-        self._conns.get().execute(
-            "INSERT OR REPLACE INTO links(visit, link) VALUES(?, ?)", (visit_id, link)
-        )
+        self.keep_link(visit_id, link)
         try:
             receipt = self.node.act_for(VISITS, caller.member, "schedule", args)
         except Rejected:

@@ -24,6 +24,7 @@ from careledger.api.deps import get_member, get_node
 from careledger.auth import TokenClaims
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
 from careledger.health.access import Caller
+from careledger.sqlite_threads import iso_ms
 from careledger.supply.identifiers import normalise_epc, parse_element_string
 from careledger.supply.repository import EventQuery
 from careledger.supply.supply_service import (
@@ -35,6 +36,7 @@ from careledger.web import fhir_view
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters["iso_ms"] = lambda ms: iso_ms(int(ms))[:19].replace("T", " ")
 router = APIRouter(include_in_schema=False)
 COOKIE = "careledger_session"
 SUPPLY_ROLES = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
@@ -520,6 +522,115 @@ async def research_step(request: Request, study: str, method: str) -> Response:
         raise NotFound("no such step", code="NOT_FOUND")
     await run_in_threadpool(request.app.state.trials.participant, caller, method, study, None)
     return RedirectResponse("/me/research", status_code=303)
+
+
+# -- remote monitoring and visits ------------------------------------------------------------
+
+VITAL_NAMES = {
+    "8867-4": ("Heart rate", "/min"),
+    "59408-5": ("SpO2", "%"),
+    "9279-1": ("Respiratory rate", "/min"),
+    "8310-5": ("Temperature", "°C"),
+    "2339-0": ("Glucose", "mg/dL"),
+    "29463-7": ("Weight", "kg"),
+    "85354-9": ("Systolic pressure", "mmHg"),
+}
+
+
+def _vitals_page(request: Request, caller: Caller, patient: str, template: str) -> HTMLResponse:
+    series = request.app.state.monitoring.readings.series(caller, patient)
+    charts: dict[str, dict[str, Any]] = {}
+    for r in series["readings"]:
+        name, unit = VITAL_NAMES[r["code"]]
+        value = r["value"][0] if isinstance(r["value"], list) else r["value"]
+        empty = {"name": name, "unit": unit, "points": [], "alerts": []}
+        chart = charts.setdefault(r["code"], empty)
+        chart["points"].append([r["time"], value])
+    for alert in series["alerts"]:
+        code = "85354-9" if alert.get("code") in {"8480-6", "8462-4"} else alert.get("code")
+        if code in charts:
+            charts[code]["alerts"].append([alert["at"], alert["value"]])
+    data = orjson.dumps(list(charts.values())).decode().replace("<", "\\u003c")
+    return page(
+        request,
+        template,
+        patient=patient,
+        charts=list(charts.values()),
+        charts_json=data,
+        alerts=list(reversed(series["alerts"])),
+        count=len(series["readings"]),
+    )
+
+
+@router.get("/me/vitals", response_class=HTMLResponse)
+async def my_vitals(request: Request) -> HTMLResponse:
+    claims, caller = _patient(request)
+    return await run_in_threadpool(_vitals_page, request, caller, claims.member, "vitals.html")
+
+
+def _care_team(request: Request) -> Caller:
+    caller = caller_of(session(request))
+    if caller is None or not caller.roles & {"clinician", "nurse"}:
+        raise Forbidden("sign in as a clinician or nurse", code="NOT_AUTHORISED")
+    return caller
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alert_inbox(request: Request) -> HTMLResponse:
+    caller = _care_team(request)
+    items = request.app.state.monitoring.readings.inbox(caller)
+    return page(request, "alerts.html", alerts=items, names=VITAL_NAMES)
+
+
+@router.post("/alerts/{alert_id}/ack")
+async def acknowledge_alert(request: Request, alert_id: str) -> Response:
+    caller = _care_team(request)
+    form = parse_qs((await request.body()).decode())
+    note = (form.get("note") or [""])[0][:512]
+    args = {"alert": alert_id, **({"note": note} if note else {})}
+    await run_in_threadpool(request.app.state.monitoring.act, caller, "acknowledge", args)
+    return RedirectResponse("/alerts", status_code=303)
+
+
+@router.get("/alerts/patients/{patient}", response_class=HTMLResponse)
+async def patient_vitals(request: Request, patient: str) -> HTMLResponse:
+    caller = _care_team(request)
+    return await run_in_threadpool(_vitals_page, request, caller, patient, "vitals.html")
+
+
+@router.get("/visits", response_class=HTMLResponse)
+def my_visits(request: Request) -> HTMLResponse:
+    caller = caller_of(session(request))
+    if caller is None:
+        raise Forbidden("sign in to see your visits", code="NOT_AUTHORISED")
+    visits = request.app.state.visits.mine(caller)
+    held = "patient" in caller.roles and (
+        request.app.state.health.custodial_key(caller.member) is not None
+    )
+    return page(request, "visits.html", visits=visits, held=held, now=int(time.time() * 1000))
+
+
+@router.post("/visits/{visit_id}/{step}", response_class=HTMLResponse)
+async def visit_step(request: Request, visit_id: str, step: str) -> Response:
+    caller = caller_of(session(request))
+    if caller is None:
+        raise Forbidden("sign in first", code="NOT_AUTHORISED")
+    service = request.app.state.visits
+    form = parse_qs((await request.body()).decode())
+    if step == "consent":
+        recording = (form.get("recording") or [""])[0] == "yes"
+        await run_in_threadpool(service.consent, caller, visit_id, recording, None)
+    elif step == "join":
+        joined = await run_in_threadpool(service.join, caller, visit_id)
+        return page(request, "joined.html", link=joined["link"], visit=visit_id)
+    elif step in {"start", "cancel"}:
+        await run_in_threadpool(service.step, caller, visit_id, step)
+    elif step == "end":
+        note = (form.get("note") or [""])[0]
+        await run_in_threadpool(service.end, caller, visit_id, note)
+    else:
+        raise NotFound("no such step", code="NOT_FOUND")
+    return RedirectResponse("/visits", status_code=303)
 
 
 def _supply_member(request: Request) -> Caller:

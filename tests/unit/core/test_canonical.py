@@ -317,3 +317,13 @@ def test_is_canonical_json_accepts_exactly_the_jcs_bytes(value: Any) -> None:
 )
 def test_is_canonical_json_cases(raw: bytes, ok: bool) -> None:
     assert is_canonical_json(raw, _parsed(raw)) is ok
+
+
+def test_a_contract_written_integral_float_matches_its_canonical_bytes() -> None:
+    from careledger.core.canonical import is_canonical_json
+
+    value = {"rules": [{"value": 90.0, "n": 1}]}
+    raw = canonical_bytes(value)
+    assert raw == b'{"rules":[{"n":1,"value":90}]}'
+    assert is_canonical_json(raw, value)
+    assert not is_canonical_json(raw, {"rules": [{"value": 91.0, "n": 1}]})
