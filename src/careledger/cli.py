@@ -606,15 +606,15 @@ def trial_feasibility(
     if json_out:
         _print_json(result)
         return
-    table = Table("site", "eligible", "patients evaluated", title=f"query {result['id'][:16]}…")
+    table = Table("site", "eligible patients", title=f"query {result['id'][:16]}…")
     for site in result["sites"]:
         answer = result["answers"].get(site)
         if answer is None:
-            table.add_row(site, "[yellow]pending[/yellow]", "-")
+            table.add_row(site, "[yellow]pending[/yellow]")
         elif answer["count"] is None:
-            table.add_row(site, f"withheld ({answer['reason']})", str(answer["evaluated"]))
+            table.add_row(site, f"withheld ({answer['reason']})")
         else:
-            table.add_row(site, str(answer["count"]), str(answer["evaluated"]))
+            table.add_row(site, str(answer["count"]))
     out.print(table)
     out.print(f"total released: {result['total_released']}")
 

@@ -442,6 +442,13 @@ def test_a_patient_answers_an_invitation_and_consents_to_a_trial(
         "purposes": ["HRESCH"],
     }
     call(patient, "consent", "grant", research_contact)
+    # counts below 5 are never released, and invitations follow released counts only
+    with Client(server.url, keypair=read_key_file(keys / "dr-ana-silva.key")[1]) as c:
+        for _ in range(3):
+            c.login()
+            c.fhir_create(
+                {"resourceType": "Patient", "gender": "female", "birthDate": "1960-01-01"}
+            )
     call(keys / "trialco-admin.key", "trials", "feasibility", {"study": "HEART-1", "invite": True})
 
     sign_in(page, server, patient)

@@ -108,7 +108,7 @@ def world(server: Server, node_dir: Path) -> Iterator[dict[str, Any]]:
     sponsor = login(server, keys / "trialco-admin.key")
     diabetics = [new_patient(clinician, born="1975-03-01", diabetic=True) for _ in range(9)]
     older = [new_patient(clinician, born="1950-03-01", diabetic=True) for _ in range(3)]
-    others = [new_patient(clinician, born="1980-03-01", diabetic=False) for _ in range(2)]
+    others = [new_patient(clinician, born="1980-03-01", diabetic=False) for _ in range(6)]
     try:
         yield {
             "keys": keys,
@@ -132,7 +132,7 @@ def test_counts_per_site_and_a_suppressed_cell_never_leaks_by_differencing(
 ) -> None:
     sponsor = world["sponsor"]
     everyone = ask(sponsor, {"criteria": DIABETES, "sites": SITES})
-    assert everyone["answers"]["st-mary"] == {"count": 12, "reason": None, "evaluated": 14}
+    assert everyone["answers"]["st-mary"] == {"count": 12, "reason": None}  # of 18
     assert everyone["pending"] == ["northside-clinic"]  # no node of its own answers here
     younger = ask(sponsor, {"criteria": {**DIABETES, "age": [0, 70]}, "sites": SITES})
     assert younger["answers"]["st-mary"]["count"] is None
@@ -140,10 +140,23 @@ def test_counts_per_site_and_a_suppressed_cell_never_leaks_by_differencing(
     over_70 = ask(sponsor, {"criteria": {**DIABETES, "age": [71, 150]}, "sites": ["st-mary"]})
     assert over_70["answers"]["st-mary"]["reason"] == "small_cell"
     everybody = ask(sponsor, {"criteria": {"age": [18, 150]}, "sites": ["st-mary"]})
-    assert everybody["answers"]["st-mary"]["reason"] == "overlap"  # 14 - 12 would reveal 2
-    # the ledger holds only what was released: no count below 5, no small difference
-    counts = [a["answers"]["st-mary"]["count"] for a in (everyone, younger, over_70, everybody)]
-    assert counts == [12, None, None, None]
+    assert everybody["answers"]["st-mary"]["count"] == 18  # differs from 12 by 6: a group of 6
+    non_diabetic = {"age": [18, 150], "exclude_conditions": DIABETES["conditions"]}
+    few = ask(sponsor, {"criteria": non_diabetic, "sites": ["st-mary"]})
+    assert few["answers"]["st-mary"]["count"] == 6
+    # everyone but the six without diabetes = the 12 already released: no small group either
+    counts = [
+        a["answers"]["st-mary"]["count"] for a in (everyone, younger, over_70, everybody, few)
+    ]
+    assert counts == [12, None, None, 18, 6]
+
+
+def test_everyone_but_a_small_group_is_withheld(world: dict[str, Any]) -> None:
+    """The whole population counts as released: 'all but those born in 1950' would reveal 3."""
+    sponsor = world["sponsor"]
+    but_older = {"age": [0, 70]}
+    answer = ask(sponsor, {"criteria": but_older, "sites": ["st-mary"]})
+    assert answer["answers"]["st-mary"] == {"count": None, "reason": "overlap"}
 
 
 def test_a_bad_query_is_refused_with_its_code(world: dict[str, Any]) -> None:

@@ -434,6 +434,10 @@ class TrialsV1(Contract):
         invite = args.raw.get("invite", False)
         if not isinstance(invite, bool) or (invite and entry is None):
             raise Rejected("BAD_ARGS", "invite (true/false) needs a registered study")
+        if invite and entry is not None and criteria != entry["eligibility"]:
+            # invitations are for the registered study's own eligibility, never for criteria
+            # a sponsor could vary to learn, from who is contacted, who matches what
+            raise Rejected("BAD_ARGS", "invitations use the study's registered eligibility")
         query = {
             "id": ctx.tx_id,
             "sponsor": ctx.signer.org,
@@ -453,7 +457,7 @@ class TrialsV1(Contract):
     @tx_method
     def answer(self, ctx: Context, args: Args) -> None:
         """A site's node answers a query: a count of 0 or >= MIN_CELL, or suppressed."""
-        args.only("query", "count", "reason", "evaluated")
+        args.only("query", "count", "reason")
         query_id = args.string("query", pattern=HASH)
         query = ctx.state.get(f"query/{query_id}")
         if query is None:
@@ -473,7 +477,6 @@ class TrialsV1(Contract):
             raise Rejected("BAD_ARGS", "count is a whole number, given without a reason")
         elif 0 < count < MIN_CELL:
             raise Rejected("SMALL_CELL", f"counts below {MIN_CELL} are never released")
-        evaluated = args.integer("evaluated", minimum=0)
-        answer = {"count": count, "reason": reason, "evaluated": evaluated, "height": ctx.height}
+        answer = {"count": count, "reason": reason, "height": ctx.height}
         ctx.state.put(key, answer)
         ctx.emit("trials.answered", {"query": query_id, "site": site, "count": count})

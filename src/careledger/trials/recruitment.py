@@ -113,6 +113,17 @@ class RecruitmentStore:
         )
         return cursor.rowcount == 1
 
+    def invited(self, study: str, site: str, patient: str) -> bool:
+        row = (
+            self._conns.get()
+            .execute(
+                "SELECT 1 FROM invitations WHERE study = ? AND site = ? AND patient = ?",
+                (study, site, patient),
+            )
+            .fetchone()
+        )
+        return row is not None
+
     def invitations_for(self, patient: str) -> list[dict[str, Any]]:
         rows = self._conns.get().execute(
             "SELECT id, study, site, created, status, answered FROM invitations"
@@ -169,11 +180,11 @@ def query_date(query: dict[str, Any]) -> date:
 
 def evaluate(
     records: HealthRecords, criteria: Criteria, on: date
-) -> tuple[list[str], dict[str, list[tuple[str, str]]], int]:
-    """(matching patients, their evaluated records as (id, type), patients evaluated)."""
+) -> tuple[list[str], dict[str, list[tuple[str, str]]], list[str]]:
+    """(matching patients, their evaluated records as (id, type), every patient evaluated)."""
     matched: list[str] = []
     used: dict[str, list[tuple[str, str]]] = {}
-    evaluated = 0
+    evaluated: list[str] = []
     rows = records.vault.store.live_records(TYPES)
     for patient, group in groupby(rows, key=lambda row: row[0]):
         found = []
@@ -185,7 +196,7 @@ def evaluate(
                 found.append((record_id, kind))
         if not resources:
             continue
-        evaluated += 1
+        evaluated.append(patient)
         if eligible(criteria, gather(resources), on):
             matched.append(patient)
             used[patient] = found
@@ -265,27 +276,24 @@ class RecruitmentResponder:
         except CriteriaError:
             matched: list[str] = []
             used: dict[str, list[tuple[str, str]]] = {}
-            evaluated = 0
             release = Release(None, "not_computable")
         else:
-            matched, used, evaluated = evaluate(self.records, criteria, query_date(query))
+            matched, used, evaluated_ids = evaluate(self.records, criteria, query_date(query))
             with self.store.lock:
                 population = self.store.pseudonyms(matched)
-                release = decide(population, self.store.populations(self.org))
+                # everyone evaluated counts as released: else "all but those with X" = N - 2
+                # would reveal a cell of 2 to whoever knows how many patients the site has
+                everyone = self.store.pseudonyms(evaluated_ids)
+                release = decide(population, [*self.store.populations(self.org), everyone])
                 if release.count is not None:  # remembered before it is said, never after
                     self.store.remember(query_id, self.org, release.count, population)
-        args = {
-            "query": query_id,
-            "count": release.count,
-            "reason": release.reason,
-            "evaluated": evaluated,
-        }
+        args = {"query": query_id, "count": release.count, "reason": release.reason}
         (receipt,) = self.node.execute([(TRIALS, "answer", args)])
         if receipt["result"] != "accepted" and receipt["code"] != "ALREADY_ANSWERED":
             self.store.forget(query_id, self.org)
             raise Forbidden("the ledger refused the answer", code=receipt["code"])
-        if query["invite"] and query["study"] is not None:
-            self._invite(query, matched, used)
+        if query["invite"] and query["study"] is not None and release.count is not None:
+            self._invite(query, matched, used)  # never when the count itself was withheld
         return dict(self.ledger.state(TRIALS, key) or {})
 
     def _invite(
@@ -295,6 +303,8 @@ class RecruitmentResponder:
         caller = self.records.node_caller()
         sent = 0
         for patient in matched:
+            if self.store.invited(query["study"], self.org, patient):
+                continue  # asked again: no second access, no second invitation
             try:
                 self.records.authorise(
                     caller,

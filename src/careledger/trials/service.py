@@ -65,7 +65,7 @@ class TrialsService:
         for site in query["sites"]:
             answer = self.ledger.state(TRIALS, f"answer/{query_id}/{site}")
             if answer is not None:
-                answers[site] = {k: answer[k] for k in ("count", "reason", "evaluated")}
+                answers[site] = {k: answer[k] for k in ("count", "reason")}
         released = [a["count"] for a in answers.values() if a["count"] is not None]
         return {
             **{k: query[k] for k in ("id", "sponsor", "study", "criteria", "sites", "invite")},

@@ -239,7 +239,7 @@ def test_feasibility_answers_are_counts_never_small_cells(chain: TestChain) -> N
     receipt = run(chain, "sponsor-1", "feasibility", {"criteria": criteria, "sites": ["hosp"]})
     assert code(receipt) is None
     query = receipt["tx_id"]
-    answer = {"query": query, "count": 3, "evaluated": 40}
+    answer = {"query": query, "count": 3}
     assert code(run(chain, "dr-a", "answer", answer)) == "NOT_AUTHORISED"
     assert code(run(chain, "hosp-node", "answer", answer)) == "SMALL_CELL"
     assert code(run(chain, "hosp-node", "answer", {**answer, "count": None})) == "BAD_ARGS"
