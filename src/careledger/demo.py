@@ -434,7 +434,6 @@ def load_demo_monitoring(data_dir: Path) -> None:
         "end": now + 24 * 3_600_000 + 30 * 60_000,
         "link_hash": hashlib.sha256(b"https://video.example/careledger-demo").hexdigest(),
         "recording": False,
-        "reason": "oxygen saturation review",
     }
     steps = [
         (
@@ -466,7 +465,9 @@ def load_demo_monitoring(data_dir: Path) -> None:
             from careledger.monitoring.visits import VISITS_FILE, VisitsService
 
             links = VisitsService(records, data_dir / VISITS_FILE)
-            links.keep_link("visit-demo-1", "https://video.example/careledger-demo")
+            links.keep_link(
+                "visit-demo-1", "https://video.example/careledger-demo", "oxygen saturation review"
+            )
             links.close()
         finally:
             records.close()

@@ -14,11 +14,11 @@ State (namespace ``monitoring``):
 
 * ``device/{id}`` -> ``{"id", "key", "model", "org", "status"}``; ``device-key/{key}`` -> id
 * ``binding/{device}`` -> ``{"patient", "since", "status", "ended"}``
-* ``rules/{patient}`` -> ``{"rules", "version", "by", "orgs"}``
+* ``rules/{device}`` -> ``{"rules", "version", "patient", "by", "org", "time"}``
 * ``window/{device}/{seq:012d}`` -> ``{"root", "count", "first", "last", "height", "alerts"}``
-* ``last/{device}`` -> ``{"window", "last"}``; ``seen/{patient}`` -> time of the latest reading
-* ``alert/{id}`` -> an alert; ``open`` -> ids of open alerts; ``watched`` -> patients with
-  no-data rules
+* ``last/{device}`` -> ``{"window", "last"}`` (the latest reading's time)
+* ``alert/{id}`` -> an alert (rule, time, reading index: never the value); ``open/{org}`` -> its
+  alerts tracked for escalation; ``watched/{org}`` -> its devices with a no-data rule
 """
 
 from __future__ import annotations
@@ -38,9 +38,12 @@ DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 HASH = re.compile(r"^[0-9a-f]{64}$")
 MAX_WINDOW = 100_000  # readings one window anchors
 MAX_ALERTS = 100  # alerts one window raises
-MAX_OPEN = 10_000
+MAX_OPEN = 10_000  # per organisation: alerts tracked for escalation
+MAX_WATCHED = 10_000  # per organisation: devices with a no-data rule
+SKEW = 5 * 60_000  # clock skew tolerated between devices and block time
 CARE_ROLES = frozenset({"clinician", "nurse"})
 MINUTE = 60_000
+MAX_AHEAD = 24 * 60 * MINUTE  # readings stamped further ahead are refused (replays allowed)
 # Staff methods a node may run for a member it authenticated (API workflows). A patient's
 # binding is never among them: the patient signs it (or the node with the key it holds for them).
 ON_BEHALF_METHODS = frozenset(
@@ -129,6 +132,12 @@ class MonitoringV1(Contract):
             "ended": None,
         }
         ctx.state.put(f"binding/{device['id']}", binding)
+        # a new binding starts with no rules: the last patient's are not this one's
+        ctx.state.delete(f"rules/{device['id']}")
+        watched_key = f"watched/{device['org']}"
+        watched = ctx.state.get(watched_key) or []
+        if device["id"] in watched:
+            ctx.state.put(watched_key, [d for d in watched if d != device["id"]])
         ctx.emit("monitoring.bound", {"device": device["id"], "patient": ctx.signer.member})
 
     @tx_method
@@ -161,7 +170,8 @@ class MonitoringV1(Contract):
 
     @tx_method
     def set_rules(self, ctx: Context, args: Args) -> None:
-        """A clinician or nurse of an organisation monitoring the patient sets their rules."""
+        """A clinician or nurse of the device's organisation sets the rules its readings are
+        judged by (per device: another organisation's device keeps its own rules)."""
         args.only("patient", "device", "rules")
         patient = args.string("patient", max_len=64)
         device = self._device(ctx, args.string("device", pattern=DEVICE_ID))
@@ -176,54 +186,75 @@ class MonitoringV1(Contract):
             rules = check_rules(args.raw.get("rules"))
         except RuleError as exc:
             raise Rejected("BAD_RULE", exc.message) from None
-        previous = ctx.state.get(f"rules/{patient}") or {"version": 0}
+        key = f"rules/{device['id']}"
+        previous = ctx.state.get(key) or {"version": 0}
+        version = previous["version"] + 1
         ctx.state.put(
-            f"rules/{patient}",
+            key,
             {
                 "rules": rules,
-                "version": previous["version"] + 1,
+                "version": version,
+                "patient": patient,
                 "by": ctx.signer.member,
-                "org": ctx.signer.org,
+                "org": device["org"],
                 "height": ctx.height,
                 "time": ctx.time,
             },
         )
-        watched = list(ctx.state.get("watched") or [])
+        watched_key = f"watched/{device['org']}"
+        watched = list(ctx.state.get(watched_key) or [])
         silent = any(r["kind"] == "no_data" for r in rules)
-        if silent and patient not in watched:
-            ctx.state.put("watched", sorted([*watched, patient]))
-        elif not silent and patient in watched:
-            ctx.state.put("watched", [p for p in watched if p != patient])
-        ctx.emit("monitoring.rules", {"patient": patient, "version": previous["version"] + 1})
+        if silent and device["id"] not in watched:
+            if len(watched) >= MAX_WATCHED:
+                raise Rejected("TOO_MANY_WATCHED", f"at most {MAX_WATCHED} silent-device rules")
+            ctx.state.put(watched_key, sorted([*watched, device["id"]]))
+        elif not silent and device["id"] in watched:
+            ctx.state.put(watched_key, [d for d in watched if d != device["id"]])
+        ctx.emit("monitoring.rules", {"device": device["id"], "version": version})
 
     # -- windows of readings -------------------------------------------------------------------
 
     @tx_method
     def anchor_window(self, ctx: Context, args: Args) -> None:
-        """The owner organisation's node anchors a window of a bound device's readings."""
-        args.only("device", "window", "root", "count", "first", "last", "rules_version", "alerts")
+        """The owner organisation's node anchors a window of a bound device's readings.
+
+        The window names the patient its readings were taken for: it must be the device's
+        binding (still active, or ended after the window's last reading), so a window never
+        lands on another patient after the device was re-bound.
+        """
+        args.only(
+            "device", "patient", "window", "root", "count", "first", "last", "rules_version",
+            "alerts",
+        )  # fmt: skip
         device = self._device(ctx, args.string("device", pattern=DEVICE_ID))
         if not ctx.signer.has_role("node") or ctx.signer.org != device["org"]:
             raise Rejected("NOT_AUTHORISED", "the device owner's node anchors its readings")
+        patient = args.string("patient", max_len=64)
         seq = args.integer("window")
         root = args.string("root", pattern=HASH)
         count = args.integer("count", minimum=1, maximum=MAX_WINDOW)
         first, last = args.integer("first"), args.integer("last")
         binding = ctx.state.get(f"binding/{device['id']}")
-        if binding is None or binding["status"] != "active":
-            raise Rejected("NOT_BOUND", f"device {device['id']} is not bound to a patient")
-        if first > last or first < binding["since"] - 5 * MINUTE:
+        covered = (
+            binding is not None
+            and binding["patient"] == patient
+            and (binding["status"] == "active" or (binding["ended"] or 0) >= last)
+        )
+        if binding is None or not covered:
+            raise Rejected("NOT_BOUND", f"device {device['id']} is not bound to {patient}")
+        if first > last or first < binding["since"] - SKEW:
             raise Rejected("BAD_ARGS", "readings predate the binding, or first > last")
+        if last > ctx.time + MAX_AHEAD:
+            raise Rejected("BAD_ARGS", "readings a day ahead: check the device's clock")
         previous = ctx.state.get(f"last/{device['id']}") or {"window": -1, "last": 0}
         if seq != previous["window"] + 1:
             raise Rejected(
                 "WINDOW_ORDER", f"the next window of this device is {previous['window'] + 1}"
             )
-        patient = binding["patient"]
-        rules = ctx.state.get(f"rules/{patient}") or {"rules": [], "version": 0}
+        rules = ctx.state.get(f"rules/{device['id']}") or {"rules": [], "version": 0}
         if args.integer("rules_version") != rules["version"]:
-            raise Rejected("STALE_RULES", f"the patient's rules are at version {rules['version']}")
-        alerts = self._alerts(ctx, args.raw.get("alerts"), rules["rules"], count)
+            raise Rejected("STALE_RULES", f"the device's rules are at version {rules['version']}")
+        alerts = self._alerts(args.raw.get("alerts"), rules["rules"], count)
         ids = []
         for n, alert in enumerate(alerts):
             alert_id = f"{device['id']}:{seq}:{n}"
@@ -231,6 +262,7 @@ class MonitoringV1(Contract):
                 ctx,
                 alert_id,
                 {**alert, "patient": patient, "device": device["id"], "window": seq},
+                device["org"],
             )
             ids.append(alert_id)
         ctx.state.put(
@@ -242,35 +274,33 @@ class MonitoringV1(Contract):
                 "last": last,
                 "patient": patient,
                 "height": ctx.height,
+                "tx": ctx.tx_id,
                 "alerts": ids,
             },
         )
-        ctx.state.put(f"last/{device['id']}", {"window": seq, "last": last})
-        seen = ctx.state.get(f"seen/{patient}") or 0
-        if last > seen:
-            ctx.state.put(f"seen/{patient}", last)
+        ctx.state.put(
+            f"last/{device['id']}",
+            # "at" is block time: silence is judged on arrival, never on a device's clock
+            {"window": seq, "last": max(last, previous["last"]), "at": ctx.time},
+        )
         ctx.emit(
             "monitoring.window",
             {"device": device["id"], "window": seq, "count": count, "root": root},
         )
 
     @staticmethod
-    def _alerts(
-        ctx: Context, raw: object, rules: list[dict[str, Any]], count: int
-    ) -> list[dict[str, Any]]:
+    def _alerts(raw: object, rules: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+        """What fired, where and when; never the reading's value (that stays in the vault)."""
         if not isinstance(raw, list) or len(raw) > MAX_ALERTS:
             raise Rejected("BAD_ARGS", f"alerts is a list of at most {MAX_ALERTS}")
         by_id = {r["id"]: r for r in rules}
         out = []
         for item in raw:
             alert = Args(item if isinstance(item, dict) else {})
-            alert.only("rule", "index", "at", "value")
+            alert.only("rule", "index", "at")
             rule = by_id.get(alert.string("rule", max_len=32))
             if rule is None or rule["kind"] == "no_data":
-                raise Rejected("BAD_ARGS", "an alert names one of the patient's reading rules")
-            value = alert.raw.get("value")
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise Rejected("BAD_ARGS", "an alert carries the reading's value")
+                raise Rejected("BAD_ARGS", "an alert names one of the device's reading rules")
             out.append(
                 {
                     "rule": rule["id"],
@@ -278,32 +308,36 @@ class MonitoringV1(Contract):
                     "code": rule.get("code"),
                     "index": alert.integer("index", maximum=count - 1),
                     "at": alert.integer("at"),
-                    "value": value,
                     "escalate_after": rule.get("escalate_after"),
                 }
             )
         return out
 
     @staticmethod
-    def _raise(ctx: Context, alert_id: str, alert: dict[str, Any]) -> None:
+    def _raise(ctx: Context, alert_id: str, alert: dict[str, Any], org: str) -> None:
+        """Record an alert; the organisation's open list tracks it for escalation (bounded: past
+        the bound an alert is still recorded and announced, only not escalated)."""
         entry = {
             **alert,
             "id": alert_id,
+            "org": org,
             "status": "open",
             "raised": ctx.time,
             "height": ctx.height,
         }
+        open_key = f"open/{org}"
+        opened = list(ctx.state.get(open_key) or [])
+        if len(opened) < MAX_OPEN:
+            ctx.state.put(open_key, [*opened, alert_id])
+        else:
+            entry["untracked"] = True
         ctx.state.put(f"alert/{alert_id}", entry)
-        opened = list(ctx.state.get("open") or [])
-        if len(opened) >= MAX_OPEN:
-            raise Rejected("TOO_MANY_OPEN", "too many unacknowledged alerts")
-        ctx.state.put("open", [*opened, alert_id])
         ctx.emit(
             "monitoring.alert",
             {
                 "alert": alert_id,
                 "patient": alert["patient"],
-                "device": alert.get("device"),
+                "device": alert["device"],
                 "rule": alert["rule"],
                 "kind": alert["kind"],
                 "at": alert["at"],
@@ -314,43 +348,36 @@ class MonitoringV1(Contract):
 
     @tx_method
     def acknowledge(self, ctx: Context, args: Args) -> None:
-        args.only("alert", "note")
+        """The care team of the device's organisation acknowledges (a note, if any, stays in
+        the organisation's own records: it is clinical text)."""
+        args.only("alert")
         alert_id = args.string("alert", max_len=96)
         alert = ctx.state.get(f"alert/{alert_id}")
         if alert is None:
             raise Rejected("UNKNOWN_ALERT", f"no alert {alert_id!r}")
-        owner = self._owner_org(ctx, alert)
-        if not ctx.signer.roles & CARE_ROLES or ctx.signer.org != owner:
+        if not ctx.signer.roles & CARE_ROLES or ctx.signer.org != alert["org"]:
             raise Rejected("NOT_AUTHORISED", "the monitoring organisation's care team acknowledges")
         if alert["status"] == "acknowledged":
             raise Rejected("ALREADY_ACKNOWLEDGED", "the alert was acknowledged")
-        note = args.string("note", max_len=512) if args.has("note") else ""
-        alert = {
-            **alert,
-            "status": "acknowledged",
-            "acknowledged": {"by": ctx.signer.member, "time": ctx.time, "note": note},
-        }
-        ctx.state.put(f"alert/{alert_id}", alert)
-        ctx.state.put("open", [a for a in (ctx.state.get("open") or []) if a != alert_id])
+        acknowledged = {"by": ctx.signer.member, "time": ctx.time}
+        ctx.state.put(
+            f"alert/{alert_id}", {**alert, "status": "acknowledged", "acknowledged": acknowledged}
+        )
+        open_key = f"open/{alert['org']}"
+        ctx.state.put(open_key, [a for a in (ctx.state.get(open_key) or []) if a != alert_id])
         ctx.emit("monitoring.acknowledged", {"alert": alert_id, "patient": alert["patient"]})
-
-    @staticmethod
-    def _owner_org(ctx: Context, alert: dict[str, Any]) -> str:
-        if alert.get("device"):
-            device = ctx.state.get(f"device/{alert['device']}")
-            return str(device["org"]) if device else ""
-        rules = ctx.state.get(f"rules/{alert['patient']}")
-        return str(rules["org"]) if rules else ""
 
     @tx_method
     def tick(self, ctx: Context, args: Args) -> None:
-        """Judge time itself (block time): silent patients, and alerts left unacknowledged."""
+        """Judge time itself (block time) for the signer's organisation: silent devices, and
+        its alerts left unacknowledged."""
         args.only()
         if not ctx.signer.has_role("node"):
             raise Rejected("NOT_AUTHORISED", "nodes tick")
-        for patient in ctx.state.get("watched") or []:
-            self._silence(ctx, patient)
-        for alert_id in ctx.state.get("open") or []:
+        org = ctx.signer.org
+        for device_id in ctx.state.get(f"watched/{org}") or []:
+            self._silence(ctx, device_id, org)
+        for alert_id in ctx.state.get(f"open/{org}") or []:
             alert = ctx.state.get(f"alert/{alert_id}") or {}
             minutes = int(alert.get("escalate_after") or 0)
             due = minutes > 0 and ctx.time - alert["raised"] >= minutes * MINUTE
@@ -359,32 +386,34 @@ class MonitoringV1(Contract):
                 ctx.state.put(f"alert/{alert_id}", escalated)
                 ctx.emit("monitoring.escalated", {"alert": alert_id, "patient": alert["patient"]})
 
-    def _silence(self, ctx: Context, patient: str) -> None:
-        rules = ctx.state.get(f"rules/{patient}")
-        if rules is None or rules["org"] != ctx.signer.org:
-            return  # each organisation's node judges the patients it monitors
-        since = max(int(ctx.state.get(f"seen/{patient}") or 0), rules["time"])
+    def _silence(self, ctx: Context, device_id: str, org: str) -> None:
+        rules = ctx.state.get(f"rules/{device_id}")
+        binding = ctx.state.get(f"binding/{device_id}")
+        if rules is None or binding is None or binding["status"] != "active":
+            return
+        last = ctx.state.get(f"last/{device_id}") or {}
+        since = max(int(last.get("at", 0)), rules["time"], binding["since"])
         for rule in rules["rules"]:
             if rule["kind"] != "no_data":
                 continue
-            fired_key = f"silent/{patient}/{rule['id']}"
+            fired_key = f"silent/{device_id}/{rule['id']}"
             fired = ctx.state.get(fired_key)
             if fired is not None and fired >= since:
                 continue  # this silence was already announced
             if ctx.time - since >= rule["minutes"] * MINUTE:
                 self._raise(
                     ctx,
-                    f"{patient}:{rule['id']}:{ctx.height}",
+                    f"{device_id}:silent:{ctx.height}:{rule['id']}",
                     {
                         "rule": rule["id"],
                         "kind": "no_data",
                         "code": None,
                         "index": None,
                         "at": ctx.time,
-                        "value": (ctx.time - since) // MINUTE,
-                        "patient": patient,
-                        "device": None,
+                        "patient": binding["patient"],
+                        "device": device_id,
                         "escalate_after": rule.get("escalate_after"),
                     },
+                    org,
                 )
                 ctx.state.put(fired_key, ctx.time)

@@ -264,6 +264,8 @@ class TrialsV1(Contract):
             meta = ctx.state.read(RECORDS, f"record/{record}")
             if anchored is None or meta is None or anchored["hash"] != digest:
                 raise Rejected("UNKNOWN_RECORD", f"record {record} v{version} is not anchored")
+            if meta["custodian"] != ctx.signer.org:
+                raise Rejected("NOT_CUSTODIAN", f"record {record} is another site's")
             if meta["patient"] != participant or meta["type"] not in CRF_TYPES:
                 raise Rejected(
                     "BAD_ARGS", f"record {record} is not a CRF entry about {participant}"
@@ -304,6 +306,8 @@ class TrialsV1(Contract):
         day = (ctx.time - record["enrolled"]) // DAY_MS
         if abs(day - visit["day"]) > visit["window"]:
             raise Rejected("OUTSIDE_WINDOW", f"visit {visit_id} is due on day {visit['day']}")
+        if ctx.signer.org != record["site"]:
+            raise Rejected("NOT_AUTHORISED", "the participant's own site captures their data")
         entries = self._entries(ctx, args, participant)
         study = entry["id"]
         data = dict(ctx.state.get(f"data/{study}"))

@@ -52,7 +52,7 @@ class VisitsV1(Contract):
 
     @tx_method
     def schedule(self, ctx: Context, args: Args) -> None:
-        args.only("id", "patient", "start", "end", "link_hash", "recording", "reason")
+        args.only("id", "patient", "start", "end", "link_hash", "recording")
         visit_id = args.string("id", pattern=VISIT_ID)
         patient = args.string("patient", max_len=64)
         if not ctx.signer.roles & CARE_ROLES:
@@ -74,7 +74,6 @@ class VisitsV1(Contract):
             "end": end,
             "link_hash": args.string("link_hash", pattern=HASH),
             "recording_requested": args.boolean("recording"),
-            "reason": args.string("reason", max_len=256) if args.has("reason") else "",
             "consent": None,
             "status": "scheduled",
             "joins": [],

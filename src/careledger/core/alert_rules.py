@@ -37,6 +37,7 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge,
 }
 MAX_RULES = 32
+MAX_RECENT = 512  # points a rate rule remembers (its window, bounded)
 MAX_WINDOW_MINUTES = 24 * 60
 RULE_CODES = frozenset(VITALS) - {BP_PANEL} | {SYSTOLIC, DIASTOLIC}
 
@@ -149,7 +150,7 @@ def _abnormal(rule: Mapping[str, Any], state: dict[str, Any], t: int, v: float) 
     recent: list[tuple[int, float]] = [
         (int(rt), float(rv)) for rt, rv in state.get("recent", []) if rt >= horizon
     ]
-    state["recent"] = [*recent, (t, v)]
+    state["recent"] = [*recent, (t, v)][-MAX_RECENT:]
     if not recent:
         return False
     delta = float(rule["delta"])

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 WINDOW_READINGS = 4096
 WINDOW_MS = 2000
 READINGS_TYPE = "DeviceReadings"
+MAX_ATTEMPTS = 50  # a window waiting this many rounds for its predecessor is given up
 BATCH_FIELDS = frozenset({"device", "seq", "sent", "compact", "observations"})
 
 
@@ -140,6 +141,7 @@ class Ingestor:
         self._thread: threading.Thread | None = None
         # observers of anchored windows (bench: alert latency): (window, receipt)
         self.on_anchored: list[Callable[[ClosedWindow, dict[str, Any]], None]] = []
+        self._attempts: dict[tuple[str, int], int] = {}
 
     @property
     def org(self) -> str:
@@ -254,7 +256,7 @@ class Ingestor:
         )
 
     def _rules_changed(self, state: DeviceState, patient: str) -> bool:
-        rules = self.ledger.state(MONITORING, f"rules/{patient}")
+        rules = self._rules(state.device, patient)
         version = 0 if rules is None else int(rules["version"])
         if version == state.rules_version:
             return False
@@ -272,8 +274,8 @@ class Ingestor:
         readings: list[Reading],
         received: float,
     ) -> Ack:
+        rules = self._rules(state.device, patient)
         if state.count == 0:
-            rules = self.ledger.state(MONITORING, f"rules/{patient}")
             state.rules_version = 0 if rules is None else int(rules["version"])
         device = state.device
         batch_salt = self._rng(32)
@@ -311,7 +313,6 @@ class Ingestor:
             },
             digests=b"".join(digests),
         )
-        rules = self.ledger.state(MONITORING, f"rules/{patient}")
         fired = evaluate(
             rules["rules"] if rules else [], state.evaluator, readings, start=state.count
         )
@@ -340,6 +341,11 @@ class Ingestor:
             seq: {"hash": body_hash, "ack": ack},
         }
         return ack
+
+    def _rules(self, device: str, patient: str) -> dict[str, Any] | None:
+        """The device's rules, if they are this patient's (set since the current binding)."""
+        rules = self.ledger.state(MONITORING, f"rules/{device}")
+        return dict(rules) if rules is not None and rules.get("patient") == patient else None
 
     def _member_key(self, patient: str) -> str:
         member = self.ledger.state("identity", f"member/{patient}")
@@ -424,38 +430,71 @@ class Ingestor:
                 "anchor_window",
                 {
                     "device": w.device,
+                    "patient": w.patient,
                     "window": w.window,
                     "root": w.root,
                     "count": w.count,
                     "first": w.first_ms,
                     "last": w.last_ms,
                     "rules_version": w.rules_version,
-                    "alerts": w.alerts,
+                    "alerts": [{k: a[k] for k in ("rule", "index", "at")} for a in w.alerts],
                 },
             )
             for w in windows
         ]
         receipts = self.node.execute(calls, timeout=120)
-        refused_from: dict[str, int] = {}
+        waiting: set[str] = set()  # devices whose later windows wait for an earlier one
+        dropped: set[str] = set()  # devices whose unanchored windows were refused
+        again: list[ClosedWindow] = []
         for window, receipt in zip(windows, receipts, strict=True):
-            if window.device in refused_from:
+            device = window.device
+            if device in dropped:
                 continue
-            if receipt["result"] == "accepted":
-                self.store.anchored(window.device, window.window, receipt["tx_id"])
-                for observer in self.on_anchored:
-                    observer(window, receipt)
-            elif receipt["code"] == "STALE_RULES":
-                self._closed.put(self._reevaluated(window))
+            if device in waiting:
+                again.append(window)  # in order, after the window it waits for
+                continue
+            code = None if receipt["result"] == "accepted" else receipt["code"]
+            if code is None:
+                self._anchored(window, receipt["tx_id"], receipt)
+            elif code == "STALE_RULES":  # the rules changed after it was evaluated
+                again.append(self._reevaluated(window))
+                waiting.add(device)
+            elif code == "WINDOW_ORDER" and self._already_anchored(window):
+                continue
+            elif code == "WINDOW_ORDER" and self._retry(window):
+                again.append(window)  # an earlier window is still on its way
+                waiting.add(device)
             else:
                 log.warning(
                     "window %s/%s refused (%s): its readings are dropped",
-                    window.device,
+                    device,
                     window.window,
-                    receipt["code"],
+                    code,
                 )
-                refused_from[window.device] = window.window
-                self._refused(window.device, window.window)
+                dropped.add(device)
+                self._refused(device, window.window)
+        for window in again:
+            self._closed.put(window)
         return receipts
+
+    def _anchored(self, window: ClosedWindow, tx_id: str, receipt: dict[str, Any]) -> None:
+        self._attempts.pop((window.device, window.window), None)
+        self.store.anchored(window.device, window.window, tx_id)
+        for observer in self.on_anchored:
+            observer(window, receipt)
+
+    def _already_anchored(self, window: ClosedWindow) -> bool:
+        """A window the ledger holds already (a retry after a timeout, or a restart)."""
+        held = self.ledger.state(MONITORING, f"window/{window.device}/{window.window:012d}")
+        if held is None or held["root"] != window.root:
+            return False
+        self._anchored(window, str(held["tx"]), {"result": "accepted", "tx_id": held["tx"]})
+        return True
+
+    def _retry(self, window: ClosedWindow) -> bool:
+        key = (window.device, window.window)
+        self._attempts[key] = self._attempts.get(key, 0) + 1
+        return self._attempts[key] <= MAX_ATTEMPTS
 
     def _refused(self, device: str, window: int) -> None:
         with self._lock(device):
@@ -470,7 +509,7 @@ class Ingestor:
         """The window under the patient's current rules (they changed before it anchored)."""
         from careledger.monitoring.readings import open_batch
 
-        rules = self.ledger.state(MONITORING, f"rules/{window.patient}")
+        rules = self._rules(window.device, window.patient)
         readings: list[Reading] = []
         for batch in self.store.batches_of(window.device, window.window):
             readings += open_batch(batch, self.ledger.node_key, "custodian")

@@ -99,27 +99,47 @@ class ReadingsService:
     def series(
         self, caller: Caller, patient: str, *, since_ms: int = 0, purpose: str = "TREAT"
     ) -> dict[str, Any]:
-        """A patient's anchored readings (oldest first) and alerts, for charts."""
+        """A patient's anchored readings held here (oldest first) and their alerts, for charts.
+
+        Authorised like any read (the ledger records it, naming the windows); with nothing held
+        here, only the patient or the care team of an organisation monitoring them may ask."""
+        require_scope(caller, "Observation", "read", patient)
+        self.records._patient_key(patient)  # an unknown patient is an error, not an empty list
         windows = self.store.windows_of_patient(patient, since_ms, MAX_WINDOWS_READ)
-        if not windows:
-            self.records._patient_key(patient)  # an unknown patient is an error, not empty
-            return {"patient": patient, "readings": [], "alerts": self.alerts_of(patient)}
-        self._authorise(caller, patient, [f"{w.device}/{w.window}" for w in windows], purpose)
+        if windows:
+            self._authorise(caller, patient, [f"{w.device}/{w.window}" for w in windows], purpose)
+        elif caller.member != patient and not self._monitors(caller, patient):
+            raise Forbidden("no readings of this patient are yours to see", code="NO_CONSENT")
         out: list[dict[str, Any]] = []
+        values: dict[tuple[Any, ...], Any] = {}
         for w in windows:
             for batch in self.store.batches_of(w.device, w.window):
                 for i, reading in enumerate(open_batch(batch, self.ledger.node_key, "custodian")):
+                    index = batch.first_index + i
+                    values[(w.device, w.window, index)] = reading.as_json()["value"]
                     if reading.time_ms >= since_ms:
                         out.append(
                             {
                                 **reading.as_json(),
                                 "device": w.device,
                                 "window": w.window,
-                                "index": batch.first_index + i,
+                                "index": index,
                             }
                         )
         out.sort(key=lambda r: r["time"])
-        return {"patient": patient, "readings": out, "alerts": self.alerts_of(patient)}
+        alerts = []
+        for alert in self.alerts_of(patient):
+            if caller.member != patient and alert["org"] != caller.org:
+                continue
+            key = (alert["device"], alert.get("window"), alert.get("index"))
+            alerts.append({**alert, "value": values.get(key)})  # the value only where read
+        return {"patient": patient, "readings": out, "alerts": alerts}
+
+    def _monitors(self, caller: Caller, patient: str) -> bool:
+        """Whether the caller is care staff of an organisation with an alert about the patient."""
+        return bool(caller.roles & {"clinician", "nurse"}) and any(
+            a["org"] == caller.org for a in self.alerts_of(patient)
+        )
 
     def alerts_of(self, patient: str) -> list[dict[str, Any]]:
         found = []
@@ -130,20 +150,18 @@ class ReadingsService:
         return sorted(found, key=lambda a: a["at"])
 
     def inbox(self, caller: Caller) -> list[dict[str, Any]]:
-        """Unacknowledged alerts of the patients the caller's organisation monitors."""
+        """Unacknowledged alerts of the caller's organisation (its devices' patients)."""
         if not caller.roles & {"clinician", "nurse"}:
             raise Forbidden("the care team's inbox", code="NOT_AUTHORISED")
         out = []
-        for alert_id in self.ledger.state(MONITORING, "open") or []:
+        for alert_id in self.ledger.state(MONITORING, f"open/{caller.org}") or []:
             alert = self.ledger.state(MONITORING, f"alert/{alert_id}")
-            if alert is not None and self.owner_org(alert) == caller.org:
+            if alert is not None:
                 out.append(dict(alert))
         return sorted(out, key=lambda a: a["raised"], reverse=True)
 
-    def owner_org(self, alert: dict[str, Any]) -> str | None:
-        """The organisation monitoring the alert's patient (its device's, or its rules')."""
-        if alert.get("device"):
-            device = self.ledger.state(MONITORING, f"device/{alert['device']}")
-            return None if device is None else str(device["org"])
-        rules = self.ledger.state(MONITORING, f"rules/{alert['patient']}")
-        return None if rules is None else str(rules["org"])
+    @staticmethod
+    def owner_org(alert: dict[str, Any]) -> str | None:
+        """The organisation monitoring the alert's patient (the device's owner)."""
+        org = alert.get("org")
+        return None if org is None else str(org)

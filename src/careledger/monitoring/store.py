@@ -274,14 +274,17 @@ class ReadingsStore:
         readings; the device restarts from ``state``. The number of readings dropped."""
         conn = self._conns.get()
         (dropped,) = conn.execute(
-            "SELECT COALESCE(SUM(count), 0) FROM batches WHERE device = ? AND window >= ?",
-            (device, from_window),
+            "SELECT COALESCE(SUM(count), 0) FROM batches WHERE device = ? AND window >= ?"
+            " AND window NOT IN"
+            " (SELECT window FROM windows WHERE device = ? AND status = 'anchored')",
+            (device, from_window, device),
         ).fetchone()
         self._write(
             [
                 (
-                    "DELETE FROM batches WHERE device = ? AND window >= ?",
-                    (device, from_window),
+                    "DELETE FROM batches WHERE device = ? AND window >= ? AND window NOT IN"
+                    " (SELECT window FROM windows WHERE device = ? AND status = 'anchored')",
+                    (device, from_window, device),
                 ),
                 (
                     "UPDATE windows SET status = 'refused' WHERE device = ? AND window >= ?"

@@ -36,11 +36,9 @@ class Ticker:
 
     def due(self) -> bool:
         org = self.node.settings.org
-        for patient in self.ledger.state(MONITORING, "watched") or []:
-            rules = self.ledger.state(MONITORING, f"rules/{patient}")
-            if rules is not None and rules["org"] == org:
-                return True
-        for alert_id in self.ledger.state(MONITORING, "open") or []:
+        if self.ledger.state(MONITORING, f"watched/{org}"):
+            return True
+        for alert_id in self.ledger.state(MONITORING, f"open/{org}") or []:
             alert = self.ledger.state(MONITORING, f"alert/{alert_id}")
             if alert and alert.get("escalate_after") and alert["status"] == "open":
                 return True

@@ -25,7 +25,12 @@ from careledger.sqlite_threads import ThreadConnections, iso_ms
 
 VISITS_FILE = "visits.sqlite"
 MAX_NOTE = 64 * 1024
-SCHEMA = "CREATE TABLE IF NOT EXISTS links(visit TEXT PRIMARY KEY, link TEXT NOT NULL);"
+# The room's link and the visit's reason are the scheduling organisation's (the ledger holds the
+# link's hash only, and no free text).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS links(visit TEXT PRIMARY KEY, link TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS reasons(visit TEXT PRIMARY KEY, reason TEXT NOT NULL);
+"""
 
 
 def encounter(visit: Mapping[str, Any], record_id: str) -> dict[str, Any]:
@@ -80,10 +85,12 @@ class VisitsService:
     def close(self) -> None:
         self._conns.close()
 
-    def keep_link(self, visit_id: str, link: str) -> None:
-        self._conns.get().execute(
-            "INSERT OR REPLACE INTO links(visit, link) VALUES(?, ?)", (visit_id, link)
-        )
+    def keep_link(self, visit_id: str, link: str, reason: str = "") -> None:
+        """Keep a scheduled visit's link (and reason); only once: a link is never replaced."""
+        conn = self._conns.get()
+        conn.execute("INSERT INTO links(visit, link) VALUES(?, ?)", (visit_id, link))
+        if reason:
+            conn.execute("INSERT INTO reasons(visit, reason) VALUES(?, ?)", (visit_id, reason))
 
     def visit(self, caller: Caller, visit_id: str) -> dict[str, Any]:
         visit = self.ledger.state(VISITS, f"visit/{visit_id}")
@@ -91,7 +98,13 @@ class VisitsService:
             raise NotFound("no such visit", code="UNKNOWN_VISIT")
         if caller.member not in {visit["patient"], visit["clinician"]}:
             raise Forbidden("a visit is seen by its patient and clinician", code="NOT_AUTHORISED")
-        return {k: v for k, v in visit.items() if k != "link_hash"}
+        row = (
+            self._conns.get()
+            .execute("SELECT reason FROM reasons WHERE visit = ?", (visit_id,))
+            .fetchone()
+        )
+        shown = {k: v for k, v in visit.items() if k != "link_hash"}
+        return {**shown, "reason": "" if row is None else str(row[0])}
 
     def mine(self, caller: Caller) -> dict[str, list[dict[str, Any]]]:
         """The caller's visits (as patient or clinician), upcoming and past."""
@@ -115,7 +128,10 @@ class VisitsService:
         link = body.get("link")
         if not isinstance(link, str) or not link.startswith("https://") or len(link) > 2048:
             raise ValidationError("link is the video room's https:// address", code="BAD_LINK")
-        visit_id = str(body.get("id") or f"visit-{secrets.token_hex(8)}")
+        reason = body.get("reason") or ""
+        if not isinstance(reason, str) or len(reason) > 512:
+            raise ValidationError("reason is a short text", code="BAD_REQUEST")
+        visit_id = f"visit-{secrets.token_hex(8)}"  # never the caller's: ids are not claimable
         args = {
             "id": visit_id,
             "patient": body.get("patient"),
@@ -124,14 +140,8 @@ class VisitsService:
             "link_hash": hashlib.sha256(link.encode()).hexdigest(),
             "recording": bool(body.get("recording", False)),
         }
-        if body.get("reason"):
-            args["reason"] = body["reason"]
-        self.keep_link(visit_id, link)
-        try:
-            receipt = self.node.act_for(VISITS, caller.member, "schedule", args)
-        except Rejected:
-            self._conns.get().execute("DELETE FROM links WHERE visit = ?", (visit_id,))
-            raise
+        receipt = self.node.act_for(VISITS, caller.member, "schedule", args)
+        self.keep_link(visit_id, link, reason)  # only once the ledger scheduled it
         return {"receipt": receipt, "visit": self.visit(caller, visit_id)}
 
     def consent(
@@ -153,10 +163,15 @@ class VisitsService:
             receipt = self.node.act_for(VISITS, caller.member, method, args)
         return {"receipt": receipt, "visit": self.visit(caller, visit_id)}
 
-    def join(self, caller: Caller, visit_id: str) -> dict[str, Any]:
-        """Record the join on the ledger; only then is the room's link released."""
+    def join(self, caller: Caller, visit_id: str, envelope: object | None = None) -> dict[str, Any]:
+        """Record the join on the ledger; only then is the room's link released. A patient's
+        join is signed by the patient (their own envelope, or the key held for them)."""
         self.visit(caller, visit_id)
-        receipt = self.node.act_for(VISITS, caller.member, "join", {"id": visit_id})
+        args = {"id": visit_id}
+        if "patient" in caller.roles:
+            receipt = sign_as_patient(self.records, caller, VISITS, "join", args, envelope)
+        else:
+            receipt = self.node.act_for(VISITS, caller.member, "join", args)
         row = (
             self._conns.get()
             .execute("SELECT link FROM links WHERE visit = ?", (visit_id,))

@@ -585,9 +585,7 @@ def alert_inbox(request: Request) -> HTMLResponse:
 @router.post("/alerts/{alert_id}/ack")
 async def acknowledge_alert(request: Request, alert_id: str) -> Response:
     caller = _care_team(request)
-    form = parse_qs((await request.body()).decode())
-    note = (form.get("note") or [""])[0][:512]
-    args = {"alert": alert_id, **({"note": note} if note else {})}
+    args = {"alert": alert_id}
     await run_in_threadpool(request.app.state.monitoring.act, caller, "acknowledge", args)
     return RedirectResponse("/alerts", status_code=303)
 

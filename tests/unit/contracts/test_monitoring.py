@@ -34,6 +34,7 @@ def chain() -> TestChain:
 def window(chain: TestChain, seq: int, **kw: Any) -> dict[str, Any]:
     args = {
         "device": "oxi-1",
+        "patient": "patient-1",
         "window": seq,
         "root": f"{seq:064x}",
         "count": 10,
@@ -93,7 +94,9 @@ def test_rules_alerts_acknowledgement(chain: TestChain) -> None:
     assert run(chain, "dr-a", "set_rules", bad) == "BAD_RULE"
     assert run(chain, "dr-a", "set_rules", rules) is None
     assert run(chain, "hosp-node", "anchor_window", window(chain, 0)) == "STALE_RULES"
-    alert = {"rule": "spo2-low", "index": 3, "at": chain.time, "value": 86.0}
+    alert = {"rule": "spo2-low", "index": 3, "at": chain.time}
+    with_value = window(chain, 0, rules_version=1, alerts=[{**alert, "value": 86.0}])
+    assert run(chain, "hosp-node", "anchor_window", with_value) == "BAD_ARGS"  # no PHI
     unknown = window(chain, 0, rules_version=1, alerts=[{**alert, "rule": "nope"}])
     assert run(chain, "hosp-node", "anchor_window", unknown) == "BAD_ARGS"
     beyond = window(chain, 0, rules_version=1, alerts=[{**alert, "index": 10}])
@@ -105,11 +108,12 @@ def test_rules_alerts_acknowledgement(chain: TestChain) -> None:
     assert receipt["result"] == "accepted"
     raised = state(chain, "alert/oxi-1:0:0")
     assert raised["status"] == "open" and raised["patient"] == "patient-1"
-    assert raised["value"] == 86.0 and state(chain, "open") == ["oxi-1:0:0"]
+    assert "value" not in raised and state(chain, "open/hosp") == ["oxi-1:0:0"]
     assert run(chain, "pharm-admin", "acknowledge", {"alert": "oxi-1:0:0"}) == "NOT_AUTHORISED"
-    assert run(chain, "dr-a", "acknowledge", {"alert": "oxi-1:0:0", "note": "called"}) is None
+    assert run(chain, "dr-a", "acknowledge", {"alert": "oxi-1:0:0", "note": "x"}) == "BAD_ARGS"
+    assert run(chain, "dr-a", "acknowledge", {"alert": "oxi-1:0:0"}) is None
     assert run(chain, "dr-a", "acknowledge", {"alert": "oxi-1:0:0"}) == "ALREADY_ACKNOWLEDGED"
-    assert state(chain, "open") == []
+    assert state(chain, "open/hosp") == []
     assert state(chain, "alert/oxi-1:0:0")["acknowledged"]["by"] == "dr-a"
 
 
@@ -122,17 +126,17 @@ def test_time_is_judged_on_block_time_silence_once_and_escalation(chain: TestCha
         "rules": [{**SPO2_LOW, "escalate_after": 5}, silent],
     }
     assert run(chain, "dr-a", "set_rules", rules) is None
-    assert state(chain, "watched") == ["patient-1"]
+    assert state(chain, "watched/hosp") == ["oxi-1"]
     assert run(chain, "dr-a", "tick", {}) == "NOT_AUTHORISED"
     assert run(chain, "hosp-node", "tick", {}) is None
-    assert not state(chain, "open")  # not silent for 10 minutes yet
+    assert not state(chain, "open/hosp")  # not silent for 10 minutes yet
     chain.time += 11 * MINUTE
     assert run(chain, "hosp-node", "tick", {}) is None
-    (opened,) = state(chain, "open")
+    (opened,) = state(chain, "open/hosp")
     assert state(chain, f"alert/{opened}")["kind"] == "no_data"
     chain.time += 2 * MINUTE
     assert run(chain, "hosp-node", "tick", {}) is None
-    assert len(state(chain, "open")) == 1  # the same silence is announced once
+    assert len(state(chain, "open/hosp")) == 1  # the same silence is announced once
     chain.time += 4 * MINUTE  # the alert is now older than escalate_after
     assert run(chain, "hosp-node", "tick", {}) is None
     assert state(chain, f"alert/{opened}")["status"] == "escalated"
@@ -140,4 +144,33 @@ def test_time_is_judged_on_block_time_silence_once_and_escalation(chain: TestCha
     assert run(chain, "hosp-node", "anchor_window", window(chain, 0, rules_version=1)) is None
     chain.time += 11 * MINUTE
     assert run(chain, "hosp-node", "tick", {}) is None
-    assert len(state(chain, "open")) == 2
+    assert len(state(chain, "open/hosp")) == 2
+
+
+def test_a_window_lands_only_on_its_own_patients_binding(chain: TestChain) -> None:
+    assert run(chain, "patient-1", "bind", {"device": "oxi-1"}) is None
+    other = window(chain, 0, patient="patient-2")
+    assert run(chain, "hosp-node", "anchor_window", other) == "NOT_BOUND"
+    future = window(chain, 0, last=chain.time + 2 * 86_400_000)
+    assert run(chain, "hosp-node", "anchor_window", future) == "BAD_ARGS"  # a device clock ahead
+    pending = window(chain, 0)
+    assert run(chain, "patient-1", "unbind", {"device": "oxi-1", "reason": "done"}) is None
+    # readings taken before the binding ended are still anchored for that patient
+    assert run(chain, "hosp-node", "anchor_window", pending) is None
+    rules = {"patient": "patient-1", "device": "oxi-1", "rules": [SPO2_LOW]}
+    assert run(chain, "dr-a", "set_rules", rules) == "NOT_BOUND"
+
+
+def test_rules_are_per_device_and_reset_by_a_new_binding(chain: TestChain) -> None:
+    assert run(chain, "patient-1", "bind", {"device": "oxi-1"}) is None
+    rules = {"patient": "patient-1", "device": "oxi-1", "rules": [SPO2_LOW]}
+    assert run(chain, "dr-a", "set_rules", rules) is None
+    other = {"id": "oxi-p", "model": "x", "public_key": key("oxi-p").public_b64}
+    assert run(chain, "pharm-admin", "register_device", other) is None
+    assert run(chain, "patient-1", "bind", {"device": "oxi-p"}) is None
+    mine = {"patient": "patient-1", "device": "oxi-1", "rules": []}
+    assert run(chain, "pharm-admin", "set_rules", mine) == "NOT_AUTHORISED"  # not hosp's staff
+    assert state(chain, "rules/oxi-1")["rules"][0]["id"] == "spo2-low"
+    assert run(chain, "patient-1", "unbind", {"device": "oxi-1", "reason": "x"}) is None
+    assert run(chain, "patient-1", "bind", {"device": "oxi-1"}) is None
+    assert state(chain, "rules/oxi-1") is None

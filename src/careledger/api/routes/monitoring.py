@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep
 from careledger.api.routes.events import KEEPALIVE_SECONDS, BlockSignal
+from careledger.api.routes.tx import read_body
 from careledger.contracts.monitoring import NAMESPACE as MONITORING
 from careledger.errors import CareLedgerError, ValidationError
 from careledger.health.access import Caller
@@ -90,12 +91,9 @@ async def unbind(
 
 
 async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BATCH_BYTES:
-        raise ValidationError(
-            f"a batch is at most {MAX_BATCH_BYTES} bytes", code="REQUEST_TOO_LARGE"
-        )
-    return loads(raw)
+    """The JSON body, read up to the limit only (the endpoint needs no token: the batch's
+    signature authenticates it, so its size is checked before anything is held)."""
+    return loads(await read_body(request, MAX_BATCH_BYTES))
 
 
 @router.post(
@@ -168,7 +166,10 @@ async def set_rules(
     service = _service(request)
     receipt = await run_in_threadpool(service.act, _caller(claims), "set_rules", args)
     return _json(
-        {"receipt": receipt, "rules": service.ledger.state(MONITORING, f"rules/{patient}")}
+        {
+            "receipt": receipt,
+            "rules": service.ledger.state(MONITORING, f"rules/{args.get('device')}"),
+        }
     )
 
 
@@ -184,7 +185,8 @@ async def acknowledge(
     alert: Annotated[str, Path(max_length=96)],
     body: Annotated[Any, Body()] = None,
 ) -> Response:
-    args = {"alert": alert, **_object(body or {}, "{note?}")}
+    _object(body or {}, "an object")
+    args = {"alert": alert}
     service = _service(request)
     receipt = await run_in_threadpool(service.act, _caller(claims), "acknowledge", args)
     return _json({"receipt": receipt, "alert": service.alert(_caller(claims), alert)})

@@ -25,7 +25,8 @@ class RejectedWithReceipt(Rejected):
         self.receipt = receipt
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it exceeds ``limit`` bytes (never held whole)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ValidationError(f"the request body exceeds {limit} bytes", code="REQUEST_TOO_LARGE")
@@ -57,7 +58,7 @@ async def submit(
     timeout: Annotated[float, Query(gt=0, le=300)] = 30.0,
 ) -> Response:
     settings = node.settings
-    raw = await _read_body(request, settings.max_request_bytes)
+    raw = await read_body(request, settings.max_request_bytes)
     payload = loads(raw)
     single = isinstance(payload, dict)
     objs: list[Any] = [payload] if single else payload if isinstance(payload, list) else []

@@ -70,8 +70,12 @@ async def consent(
 
 
 @router.post("/{visit}/join", summary="Join: recorded on the ledger, then the link is given")
-async def join(request: Request, claims: MemberDep, visit: VisitId) -> Response:
-    return _json(await run_in_threadpool(_service(request).join, _caller(claims), visit))
+async def join(
+    request: Request, claims: MemberDep, visit: VisitId, body: Annotated[Any, Body()] = None
+) -> Response:
+    envelope = _object(body).get("envelope")
+    service = _service(request)
+    return _json(await run_in_threadpool(service.join, _caller(claims), visit, envelope))
 
 
 @router.post("/{visit}/end", summary="End the visit with its note (clinician)")
