@@ -17,13 +17,30 @@ from careledger.keyfile import generate_keypair, write_key_file
 
 DEMO_CHAIN = "careledger.demo"
 
+# Organisations without a node of their own are served by St Mary's (served_by); in consortium
+# mode each registers its own node, which then alone acts for its members.
 DEMO_ORGS = [
     {"id": "st-mary", "name": "St Mary's Hospital", "kind": "hospital"},
-    {"id": "northside-clinic", "name": "Northside Clinic", "kind": "clinic"},
-    {"id": "city-pharmacy", "name": "City Pharmacy", "kind": "pharmacy"},
-    {"id": "acme-pharma", "name": "Acme Pharmaceuticals", "kind": "manufacturer"},
-    {"id": "medline-dist", "name": "Medline Distribution", "kind": "distributor"},
-    {"id": "trialco", "name": "TrialCo Research", "kind": "sponsor"},
+    {
+        "id": "northside-clinic",
+        "name": "Northside Clinic",
+        "kind": "clinic",
+        "served_by": "st-mary",
+    },
+    {"id": "city-pharmacy", "name": "City Pharmacy", "kind": "pharmacy", "served_by": "st-mary"},
+    {
+        "id": "acme-pharma",
+        "name": "Acme Pharmaceuticals",
+        "kind": "manufacturer",
+        "served_by": "st-mary",
+    },
+    {
+        "id": "medline-dist",
+        "name": "Medline Distribution",
+        "kind": "distributor",
+        "served_by": "st-mary",
+    },
+    {"id": "trialco", "name": "TrialCo Research", "kind": "sponsor", "served_by": "st-mary"},
 ]
 
 # (member id, display name, org, roles). The first is the node's own identity.

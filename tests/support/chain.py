@@ -27,8 +27,8 @@ MEMBERS = [
 ]
 ORGS = [
     {"id": "hosp", "name": "Hospital", "kind": "hospital"},
-    {"id": "pharm", "name": "Pharmacy", "kind": "pharmacy"},
-    {"id": "maker", "name": "Maker", "kind": "manufacturer"},
+    {"id": "pharm", "name": "Pharmacy", "kind": "pharmacy", "served_by": "hosp"},
+    {"id": "maker", "name": "Maker", "kind": "manufacturer", "served_by": "hosp"},
 ]
 
 

@@ -118,7 +118,9 @@ def act_for(ctx: Context, member_id: str) -> Context:
 
     Node members exist only by genesis or an admission vote. A node acts for its own
     organisation's members, and for members of organisations that run no node of their own
-    (one shared node); an organisation that registered its node is acted for by it alone.
+    (one shared node) that chose this node's organisation to serve them (``served_by``, set in
+    genesis or by their admin); an organisation that registered its node is acted for by it
+    alone.
     """
     if not ctx.signer.has_role("node"):
         raise Rejected("NOT_AUTHORISED", "only a node acts on behalf of a member")
@@ -132,6 +134,12 @@ def act_for(ctx: Context, member_id: str) -> Context:
         own = ctx.state.read(NAMESPACE, node_key(signer.org))
         if own is not None and own.get("status") == "active":
             raise Rejected("NOT_AUTHORISED", f"{signer.org} runs its own node: act through it")
+        org = ctx.state.read(NAMESPACE, org_key(signer.org)) or {}
+        if org.get("served_by") != ctx.signer.org:
+            raise Rejected(
+                "NOT_AUTHORISED",
+                f"{signer.org} has not chosen {ctx.signer.org}'s node to act for it",
+            )
     return replace(ctx, signer=signer)
 
 
@@ -168,7 +176,7 @@ def genesis_writes(genesis: Mapping[str, Any]) -> list[Write]:
             raise ValidationError("genesis needs non-empty 'orgs' and a 'members' list")
         for org in orgs:
             args = Args(org)
-            args.only("id", "name", "kind")
+            args.only("id", "name", "kind", "served_by")
             oid = args.string("id", pattern=ID_PATTERN)
             kind = args.string("kind")
             if kind not in ORG_KINDS:
@@ -176,6 +184,12 @@ def genesis_writes(genesis: Mapping[str, Any]) -> list[Write]:
             if org_key(oid) in writes:
                 raise ValidationError(f"organisation {oid} appears twice")
             writes[org_key(oid)] = _org_record(oid, args.string("name"), kind)
+            if args.has("served_by"):
+                writes[org_key(oid)]["served_by"] = args.string("served_by", pattern=ID_PATTERN)
+        for org in orgs:
+            served = org.get("served_by")
+            if served is not None and org_key(served) not in writes:
+                raise ValidationError(f"organisation {org['id']}: no organisation {served!r}")
         for member in members:
             args = Args(member)
             args.only("id", "name", "org", "roles", "public_key")
@@ -332,6 +346,25 @@ class IdentityV1(Contract):
         entry = ctx.state.get(key_key(public_key))
         if entry is not None and entry["status"] == ACTIVE:
             ctx.state.put(key_key(public_key), {**entry, "status": REVOKED, "revoked": ctx.height})
+
+    @tx_method
+    def set_serving_node(self, ctx: Context, args: Args) -> None:
+        """An organisation without a node of its own chooses whose node acts for its members
+        in API workflows (``org``: that organisation; absent: none)."""
+        args.only("org")
+        own = ctx.signer.org
+        self._require_admin_of(ctx, own)
+        entry = dict(ctx.state.get(org_key(own)))
+        if args.has("org"):
+            serving = args.string("org", pattern=ID_PATTERN)
+            target = ctx.state.get(org_key(serving))
+            if target is None or target["status"] != ACTIVE:
+                raise Rejected("UNKNOWN_ORG", f"no active organisation {serving!r}")
+            entry["served_by"] = serving
+        else:
+            entry.pop("served_by", None)
+        ctx.state.put(org_key(own), entry)
+        ctx.emit("identity.serving_node", {"org": own, "served_by": entry.get("served_by")})
 
     @tx_method
     def register_node(self, ctx: Context, args: Args) -> None:

@@ -223,3 +223,28 @@ def test_node_registers_patients_only(chain: TestChain) -> None:
         "public_key": key("pt-2").public_b64,
     }
     assert chain.run("hosp-node", "add_member", both)["code"] == "NOT_AUTHORISED"
+
+
+def test_a_node_acts_only_for_organisations_that_chose_it() -> None:
+    from careledger.storage.memory import MemoryStore
+    from tests.support.chain import TestChain, key
+
+    chain = TestChain(MemoryStore())
+    device = {"id": "dev-p", "model": "x", "public_key": key("dev-p").public_b64}
+    call = {"actor": "pharm-admin", "method": "register_device", "args": device}
+
+    def on_behalf() -> str | None:
+        return chain.run("hosp-node", "on_behalf", call, contract="monitoring").get("code")
+
+    assert chain.run("pharm-admin", "set_serving_node", {}).get("code") is None
+    assert on_behalf() == "NOT_AUTHORISED"  # pharm no longer lets hosp's node act for it
+    assert chain.run("dr-a", "set_serving_node", {"org": "hosp"}).get("code") == "NOT_AUTHORISED"
+    assert chain.run("pharm-admin", "set_serving_node", {"org": "nowhere"}).get("code") == (
+        "UNKNOWN_ORG"
+    )
+    assert chain.run("pharm-admin", "set_serving_node", {"org": "hosp"}).get("code") is None
+    assert on_behalf() is None
+    patient = {"actor": "patient-1", "method": "unbind", "args": {"device": "dev-p", "reason": "x"}}
+    assert chain.run("hosp-node", "on_behalf", patient, contract="monitoring")["code"] == (
+        "NOT_AUTHORISED"  # patients sign for themselves
+    )
