@@ -16,7 +16,7 @@ from careledger.errors import VerificationError
 from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
-from tests.support.nodes import Server, run_cli, serving
+from tests.support.nodes import Server, login, run_cli, serving
 from tests.support.phi import distinctive_phi, files_containing
 
 pytestmark = pytest.mark.integration
@@ -42,15 +42,6 @@ def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(node_dir: Path) -> Iterator[Server]:
     with serving(node_dir) as running:
         yield running
-
-
-def login(server: Server, key_file: Path) -> httpx.Client:
-    keypair = read_key_file(key_file)[1]
-    with Client(server.url, keypair=keypair) as c:
-        token = c.login()
-    return httpx.Client(
-        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
-    )
 
 
 def fhir_post(http: httpx.Client, resource: dict[str, Any]) -> httpx.Response:

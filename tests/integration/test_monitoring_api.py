@@ -7,7 +7,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,12 +14,12 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
-from careledger.keyfile import generate_keypair, read_key_file, write_key_file
+from careledger.keyfile import generate_keypair, write_key_file
 from careledger.monitoring import mimic
 from careledger.monitoring.device import sign_batch
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
-from tests.support.nodes import Server, run_cli, serving
+from tests.support.nodes import Server, login, run_cli, serving, wait_for
 from tests.support.vectors import vector_path
 
 pytestmark = pytest.mark.integration
@@ -38,25 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     node_file.write_text(json.dumps(settings))
     with serving(data) as running:
         yield running
-
-
-def login(server: Server, key_file: Path) -> httpx.Client:
-    keypair = read_key_file(key_file)[1]
-    with Client(server.url, keypair=keypair) as c:
-        token = c.login()
-    return httpx.Client(
-        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
-    )
-
-
-def wait_for(check: Any, what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class AlertListener(threading.Thread):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
 from careledger.node import Node
 from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
+from tests.support.nodes import wait_for
 from tests.support.vectors import vector_path
 
 pytestmark = pytest.mark.integration
@@ -73,16 +73,6 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 def caller(member: str, org: str, roles: set[str]) -> Caller:
     return Caller(member, org, frozenset(roles), parse_scopes(default_scopes(roles)))
-
-
-def wait_for(check: Any, what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_mimic_ii_readings_are_anchored_proven_and_alert_once_per_episode(world: World) -> None:

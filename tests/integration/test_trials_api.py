@@ -4,7 +4,6 @@ patients only, e-consent with its FHIR Consent, CRF entries in the vault, paid v
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client, RemoteError
-from tests.support.nodes import Server, run_cli, serving
+from tests.support.nodes import Server, login, run_cli, serving, wait_for
 from tests.support.vectors import vector_path
 
 pytestmark = pytest.mark.integration
@@ -36,15 +35,6 @@ def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(node_dir: Path) -> Iterator[Server]:
     with serving(node_dir) as running:
         yield running
-
-
-def login(server: Server, key_file: Path) -> httpx.Client:
-    keypair = read_key_file(key_file)[1]
-    with Client(server.url, keypair=keypair) as c:
-        token = c.login()
-    return httpx.Client(
-        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
-    )
 
 
 def fhir_post(http: httpx.Client, resource: dict[str, Any]) -> str:
@@ -75,16 +65,6 @@ def new_patient(clinician: httpx.Client, *, born: str, diabetic: bool) -> str:
         }
         fhir_post(clinician, condition)
     return pid
-
-
-def wait_for(check: Any, what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def answered(sponsor: httpx.Client, query: str) -> dict[str, Any]:

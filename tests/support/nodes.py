@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -95,3 +96,27 @@ def serving(data_dir: Path) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+def login(server: Server, key_file: Path) -> httpx.Client:
+    """An HTTP client for ``server`` with a bearer token of the key file's member."""
+    from careledger.keyfile import read_key_file
+    from careledger.sdk import Client
+
+    keypair = read_key_file(key_file)[1]
+    with Client(server.url, keypair=keypair) as c:
+        token = c.login()
+    return httpx.Client(
+        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+def wait_for(check: Any, what: str, timeout: float = 20.0, every: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

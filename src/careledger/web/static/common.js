@@ -33,4 +33,28 @@ const CL = {
     return "{" + Object.keys(value).sort()
       .map((k) => JSON.stringify(k) + ":" + CL.canonical(value[k])).join(",") + "}";
   },
+  // Sign one transaction with the member's key file, here in the browser (the key never leaves
+  // it), and submit it; the receipt, or an Error with the ledger's code.
+  async signAndSubmit(keyFile, { chain, contract, method, args }) {
+    const data = JSON.parse(await keyFile.text());
+    if (data.type !== "careledger-ed25519-key" || !data.seed) throw new Error("choose your (unprotected) key file");
+    const pkcs8 = CL.concat(CL.fromHex("302e020100300506032b657004220420"), CL.b64Decode(data.seed));
+    const key = await crypto.subtle.importKey("pkcs8", pkcs8, { name: "Ed25519" }, false, ["sign"]);
+    const body = {
+      chain, contract, method, args,
+      signer: data.public_key,
+      nonce: Date.now() * 1000,
+      created: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+    };
+    const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, key, new TextEncoder().encode(CL.canonical(body))));
+    const response = await fetch("/v1/tx?wait=true", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ body, sig: CL.b64urlEncode(sig) }),
+    });
+    const answer = await response.json();
+    const receipt = answer.receipt || {};
+    if (!response.ok || receipt.result !== "accepted") throw new Error(receipt.code || answer.code || answer.detail);
+    return receipt;
+  },
 };
