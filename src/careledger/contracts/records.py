@@ -43,6 +43,39 @@ def require_patient(ctx: Context, patient: str) -> dict[str, Any]:
     return dict(member)
 
 
+def anchored_records(
+    ctx: Context,
+    raw: object,
+    *,
+    patient: str,
+    types: frozenset[str],
+    max_items: int,
+    what: str,
+) -> list[dict[str, Any]]:
+    """``[{record, version, hash}]`` that must name anchored versions (same salted hash) of
+    ``patient``'s records of ``types`` held by the signer's organisation: how another contract
+    (a trial's CRF, a visit's note) refers to vault content, so both anchors are one content."""
+    if not isinstance(raw, list) or not 0 < len(raw) <= max_items:
+        raise Rejected("BAD_ARGS", f"{what}: 1..{max_items} anchored records")
+    out = []
+    for item in raw:
+        entry = Args(item if isinstance(item, dict) else {})
+        entry.only("record", "version", "hash")
+        record = entry.string("record", max_len=64)
+        version = entry.integer("version", minimum=1)
+        digest = entry.string("hash", pattern=re.compile(r"^[0-9a-f]{64}$"))
+        anchored = ctx.state.read(NAMESPACE, version_key(record, version))
+        meta = ctx.state.read(NAMESPACE, record_key(record))
+        if anchored is None or meta is None or anchored["hash"] != digest:
+            raise Rejected("UNKNOWN_RECORD", f"record {record} v{version} is not anchored")
+        if meta["custodian"] != ctx.signer.org:
+            raise Rejected("NOT_CUSTODIAN", f"record {record} is another organisation's")
+        if meta["patient"] != patient or meta["type"] not in types:
+            raise Rejected("BAD_ARGS", f"record {record} is not {what} about {patient}")
+        out.append({"record": record, "version": version, "hash": digest, "type": meta["type"]})
+    return out
+
+
 class RecordsV1(Contract):
     name = NAMESPACE
 

@@ -36,8 +36,7 @@ from careledger.contracts.identity import (
     require_sponsor,
     run_on_behalf,
 )
-from careledger.contracts.records import NAMESPACE as RECORDS
-from careledger.contracts.records import version_key
+from careledger.contracts.records import anchored_records
 from careledger.core import merkle
 from careledger.core.disclosure import MIN_CELL, SUPPRESSED
 from careledger.core.eligibility import CriteriaError, parse_criteria
@@ -250,28 +249,15 @@ class TrialsV1(Contract):
         """
         if args.has("hash"):
             return [{"hash": args.string("hash", pattern=HASH)}]
-        raw = args.raw.get("entries")
-        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ENTRIES:
-            raise Rejected("BAD_ARGS", f"give a hash, or 1..{MAX_ENTRIES} vault entries")
-        out = []
-        for item in raw:
-            entry = Args(item if isinstance(item, dict) else {})
-            entry.only("record", "version", "hash")
-            record = entry.string("record", max_len=64)
-            version = entry.integer("version", minimum=1)
-            digest = entry.string("hash", pattern=HASH)
-            anchored = ctx.state.read(RECORDS, version_key(record, version))
-            meta = ctx.state.read(RECORDS, f"record/{record}")
-            if anchored is None or meta is None or anchored["hash"] != digest:
-                raise Rejected("UNKNOWN_RECORD", f"record {record} v{version} is not anchored")
-            if meta["custodian"] != ctx.signer.org:
-                raise Rejected("NOT_CUSTODIAN", f"record {record} is another site's")
-            if meta["patient"] != participant or meta["type"] not in CRF_TYPES:
-                raise Rejected(
-                    "BAD_ARGS", f"record {record} is not a CRF entry about {participant}"
-                )
-            out.append({"hash": digest, "record": record, "version": version})
-        return out
+        entries = anchored_records(
+            ctx,
+            args.raw.get("entries"),
+            patient=participant,
+            types=CRF_TYPES,
+            max_items=MAX_ENTRIES,
+            what="CRF entries",
+        )
+        return [{k: e[k] for k in ("hash", "record", "version")} for e in entries]
 
     def _current(self, ctx: Context, entry: dict[str, Any], participant: str) -> dict[str, Any]:
         """A participant's record, refusing if no data may be taken for them now."""

@@ -20,8 +20,7 @@ from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.identity import run_on_behalf
-from careledger.contracts.records import NAMESPACE as RECORDS
-from careledger.contracts.records import require_patient, version_key
+from careledger.contracts.records import anchored_records, require_patient
 from careledger.errors import Rejected
 
 NAMESPACE = "visits"
@@ -158,25 +157,14 @@ class VisitsV1(Contract):
             raise Rejected("NOT_AUTHORISED", "the clinician ends the visit")
         if visit["status"] != "in_progress":
             raise Rejected("NOT_STARTED", "only a visit in progress ends")
-        raw = args.raw.get("notes")
-        if not isinstance(raw, list) or len(raw) > 10:
-            raise Rejected("BAD_ARGS", "notes lists up to 10 anchored records")
-        notes = []
-        for item in raw:
-            note = Args(item if isinstance(item, dict) else {})
-            note.only("record", "version", "hash")
-            record = note.string("record", max_len=64)
-            version = note.integer("version", minimum=1)
-            digest = note.string("hash", pattern=HASH)
-            anchored = ctx.state.read(RECORDS, version_key(record, version))
-            meta = ctx.state.read(RECORDS, f"record/{record}")
-            if anchored is None or meta is None or anchored["hash"] != digest:
-                raise Rejected("UNKNOWN_RECORD", f"record {record} v{version} is not anchored")
-            if meta["patient"] != visit["patient"] or meta["type"] not in NOTE_TYPES:
-                raise Rejected("BAD_ARGS", f"record {record} is not this visit's note")
-            notes.append(
-                {"record": record, "version": version, "hash": digest, "type": meta["type"]}
-            )
+        notes = anchored_records(
+            ctx,
+            args.raw.get("notes"),
+            patient=visit["patient"],
+            types=NOTE_TYPES,
+            max_items=10,
+            what="the visit's note",
+        )
         visit.update(status="ended", ended=ctx.time, notes=notes)
         ctx.state.put(f"visit/{visit['id']}", visit)
         ctx.emit("visits.ended", {"visit": visit["id"], "notes": len(notes)})

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse, Response
 
 from careledger.api.deps import NodeDep
+from careledger.api.replies import json_response as _json
 from careledger.errors import Conflict, NotFound, ValidationError
-from careledger.jsonio import dumps
 from careledger.ledger.views import members_view
 
 router = APIRouter(tags=["ledger"])
-
-
-def _json(body: Any) -> Response:
-    return Response(dumps(body), media_type="application/json")
 
 
 @router.get("/v1/head", summary="The latest block header and its hash")

@@ -9,9 +9,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep
+from careledger.api.replies import caller_of as _caller
+from careledger.api.replies import json_response as _json
 from careledger.errors import ValidationError
-from careledger.health.access import Caller
-from careledger.jsonio import dumps, loads
+from careledger.jsonio import loads
 from careledger.supply.access import require_supply
 from careledger.supply.cbv import vocabulary_word
 from careledger.supply.repository import EventQuery
@@ -26,14 +27,6 @@ Values = Annotated[list[str] | None, Query()]
 def _service(request: Request) -> EpcisService:
     service: EpcisService = request.app.state.epcis
     return service
-
-
-def _caller(claims: MemberDep) -> Caller:
-    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 @router.post(

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep
-from careledger.auth import TokenClaims
+from careledger.api.replies import caller_of as _caller
 from careledger.errors import ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue
@@ -38,10 +38,6 @@ MAX_PAGE = 1000
 def _records(request: Request) -> HealthRecords:
     records: HealthRecords = request.app.state.health
     return records
-
-
-def _caller(claims: TokenClaims) -> Caller:
-    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
 
 
 def _fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

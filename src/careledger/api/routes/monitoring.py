@@ -13,6 +13,9 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep
+from careledger.api.replies import caller_of as _caller
+from careledger.api.replies import json_object as _object
+from careledger.api.replies import json_response as _json
 from careledger.api.routes.events import KEEPALIVE_SECONDS, BlockSignal
 from careledger.api.routes.tx import read_body
 from careledger.contracts.monitoring import NAMESPACE as MONITORING
@@ -33,20 +36,6 @@ ALERT_EVENTS = frozenset({"monitoring.alert", "monitoring.acknowledged", "monito
 def _service(request: Request) -> MonitoringService:
     service: MonitoringService = request.app.state.monitoring
     return service
-
-
-def _caller(claims: Any) -> Caller:
-    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(dumps(body), status_code=status, media_type="application/json")
-
-
-def _object(body: Any, what: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ValidationError(f"the body is {what}", code="BAD_REQUEST")
-    return body
 
 
 # -- devices and bindings --------------------------------------------------------------------

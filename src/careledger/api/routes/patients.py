@@ -8,16 +8,12 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from careledger.api.deps import MemberDep
-from careledger.health.access import Caller
+from careledger.api.replies import caller_of as _caller
 from careledger.health.service import HealthRecords
 from careledger.jsonio import dumps
 
 router = APIRouter(prefix="/v1", tags=["patients"])
 ID = r"^[A-Za-z0-9\-.]{1,64}$"
-
-
-def _caller(claims: MemberDep) -> Caller:
-    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
 
 
 @router.get("/patients/{patient}/access-log", summary="Who accessed a patient's data")

@@ -10,9 +10,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep, get_issuer, get_member, get_node
+from careledger.api.replies import caller_of as _caller
+from careledger.api.replies import json_response as _json
 from careledger.errors import ValidationError
 from careledger.health.access import Caller
-from careledger.jsonio import dumps
 from careledger.supply.supply_service import (
     SupplyService,
     check_lms_request,
@@ -31,10 +32,6 @@ def _service(request: Request) -> SupplyService:
     return service
 
 
-def _caller(claims: Any) -> Caller:
-    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
-
-
 def _optional_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -47,10 +44,6 @@ def _optional_caller(
 
 
 OptionalCaller = Annotated[Caller | None, Depends(_optional_caller)]
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def _page(items: list[dict[str, Any]], last: int | None, request: Request) -> Response:

@@ -9,9 +9,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep
+from careledger.api.replies import caller_of
+from careledger.api.replies import json_object as _object
+from careledger.api.replies import json_response as _json
 from careledger.errors import ValidationError
 from careledger.health.access import Caller, require_scope
-from careledger.jsonio import dumps
 from careledger.trials.service import TrialsService
 
 router = APIRouter(prefix="/v1/trials", tags=["trials"])
@@ -28,20 +30,10 @@ def _service(request: Request) -> TrialsService:
 
 
 def _caller(claims: Any, action: str | None = None) -> Caller:
-    caller = Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
+    caller = caller_of(claims)
     if action is not None:
         require_scope(caller, STUDY_TYPE, action, None)
     return caller
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(dumps(body), status_code=status, media_type="application/json")
-
-
-def _object(body: Any, what: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ValidationError(f"the body is {what}", code="BAD_REQUEST")
-    return body
 
 
 @router.post("", status_code=201, summary="Register a study (registration, ctgov or researchStudy)")

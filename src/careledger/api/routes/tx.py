@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import NodeDep
 from careledger.api.metrics import Metrics
+from careledger.api.replies import json_response as _json
 from careledger.errors import CareLedgerError, Conflict, Rejected, ValidationError
-from careledger.jsonio import dumps, loads
+from careledger.jsonio import loads
 
 router = APIRouter(tags=["transactions"])
 
@@ -40,10 +41,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(dumps(body), status_code=status, media_type="application/json")
 
 
 @router.post(

@@ -9,9 +9,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep
+from careledger.api.replies import caller_of as _caller
+from careledger.api.replies import json_object as _object
+from careledger.api.replies import json_response as _json
 from careledger.errors import ValidationError
-from careledger.health.access import Caller
-from careledger.jsonio import dumps
 from careledger.monitoring.visits import VisitsService
 
 router = APIRouter(prefix="/v1/visits", tags=["visits"])
@@ -21,22 +22,6 @@ VisitId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9
 def _service(request: Request) -> VisitsService:
     service: VisitsService = request.app.state.visits
     return service
-
-
-def _caller(claims: Any) -> Caller:
-    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(dumps(body), status_code=status, media_type="application/json")
-
-
-def _object(body: Any) -> dict[str, Any]:
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise ValidationError("the body is a JSON object", code="BAD_REQUEST")
-    return body
 
 
 @router.post("", status_code=201, summary="Schedule a visit (clinician)")
