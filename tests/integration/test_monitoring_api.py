@@ -168,6 +168,11 @@ def test_a_monitored_patient_from_device_to_acknowledged_alert(
     pharmacist = login(server, server.data_dir / "keys" / "ph-chen-li.key")
     refused = pharmacist.get(f"/v1/devices/oxi-7/windows/{some['window']}/readings/0")
     assert refused.status_code == 403
+    assert pharmacist.get(f"/v1/monitoring/patients/{pid}/readings").status_code == 403
+    huge = httpx.post(
+        f"{server.url}/v1/devices/oxi-7/readings", content=b"[" + b"1," * 3_000_000 + b"1]"
+    )
+    assert huge.status_code == 400 and huge.json()["code"] == "REQUEST_TOO_LARGE"
     pharmacist.close()
 
 
@@ -222,6 +227,11 @@ def test_a_telemedicine_visit_with_consent_join_and_note(
     consented = patient.post(f"/v1/visits/{visit_id}/consent", json={"recording": False})
     assert consented.status_code == 200, consented.text
     assert consented.json()["visit"]["consent"]["recording"] is False
+    # nobody can claim a visit's id to swap its link: ids are the node's
+    other = clinician.post(
+        "/v1/visits", json={**body, "id": visit_id, "link": "https://evil.example/x"}
+    )
+    assert other.status_code == 201 and other.json()["visit"]["id"] != visit_id
     joined = patient.post(f"/v1/visits/{visit_id}/join")
     assert joined.status_code == 200 and joined.json()["link"] == body["link"]
     admin = world["admin"]

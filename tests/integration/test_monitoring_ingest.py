@@ -175,3 +175,45 @@ def test_bad_batches_are_refused_with_codes(world: World) -> None:
     with pytest.raises(ValidationError) as wrong:
         world.ingest.accept("oxi-9", sign_batch(world.device_key, {"device": "bp-1", "seq": 2}))
     assert wrong.value.code == "WRONG_DEVICE"
+
+
+def test_windows_caught_by_a_rules_change_are_re_evaluated_not_dropped(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    init_demo(data, with_records=False, with_supply=False).store.close()
+    made = World(data)
+    made.ingest.stop()  # anchor by hand below, so the race is certain
+    try:
+        register = {"id": "oxi-r", "model": "x", "public_key": made.device_key.public_b64}
+        assert made.run("st-mary-admin", "register_device", register)["result"] == "accepted"
+        assert made.run(made.patient_key, "bind", {"device": "oxi-r"})["result"] == "accepted"
+        rules = {"patient": made.patient, "device": "oxi-r", "rules": [SPO2_LOW]}
+        assert made.run("dr-ana-silva", "set_rules", rules)["result"] == "accepted"
+        start = made.node.ledger.head.time
+        batches = list(mimic.batches(vector_path("wfdb-mimic2-numerics", SHORT), start_ms=start))
+        for seq, compact in enumerate(batches, start=1):  # alerts close windows: several queue up
+            batch = {"device": "oxi-r", "seq": seq, "compact": compact}
+            made.ingest.accept("oxi-r", sign_batch(made.device_key, batch))
+        made.ingest.flush()
+        queued = []
+        while not made.ingest._closed.empty():
+            queued.append(made.ingest._closed.get_nowait())
+        assert len(queued) >= 3
+        lower = {**rules, "rules": [{**SPO2_LOW, "value": 80}]}  # the clinician edits the rule
+        assert made.run("dr-ana-silva", "set_rules", lower)["result"] == "accepted"
+        made.ingest.anchor(queued)
+        for _ in range(10):  # re-queued windows, in order, until none is left
+            again = []
+            while not made.ingest._closed.empty():
+                again.append(made.ingest._closed.get_nowait())
+            if not again:
+                break
+            made.ingest.anchor(again)
+        ledger = made.node.ledger
+        anchored = [ledger.state("monitoring", f"window/oxi-r/{w.window:012d}") for w in queued]
+        assert all(a is not None for a in anchored)  # nothing dropped
+        total = sum(a["count"] for a in anchored)
+        assert total == sum(made.ingest.store.window("oxi-r", w.window).count for w in queued)
+        keys = ledger.store.state_keys("monitoring", "alert/", 1000)
+        assert len(keys) < 5  # re-judged under the lowered rule: fewer episodes below 80
+    finally:
+        made.close()

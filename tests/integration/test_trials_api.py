@@ -228,7 +228,12 @@ def test_invitations_consent_capture_payment_and_withdrawal(
         )
         assert said.json()["status"] == "interested"
         log = patient.get(f"/v1/patients/{pid}/access-log").json()
-        assert any(e["purpose"] == "HRESCH" for e in log["accesses"]), log
+        contacts = [e for e in log["accesses"] if e["purpose"] == "HRESCH"]
+        assert len(contacts) == 1, log
+        ask(sponsor, {"study": "GLYCO-1", "invite": True})  # asked again: no second contact
+        assert len(patient.get("/v1/recruitment/invitations").json()["items"]) == 1
+        log = patient.get(f"/v1/patients/{pid}/access-log").json()
+        assert len([e for e in log["accesses"] if e["purpose"] == "HRESCH"]) == 1
         bad = patient.post(f"/v1/recruitment/invitations/{invitation['id']}", json={"answer": "x"})
         assert bad.status_code == 400 and bad.json()["code"] == "BAD_ANSWER"
     interested = investigator.get("/v1/trials/GLYCO-1/interested").json()["items"]

@@ -256,3 +256,27 @@ def test_feasibility_answers_are_counts_never_small_cells(chain: TestChain) -> N
         code(run(chain, "hosp-node", "answer", {**answer, "query": receipt["tx_id"], "count": 0}))
         is None
     )
+
+
+def test_invitations_use_the_registered_eligibility_only(chain: TestChain) -> None:
+    narrowed = {"study": "CARDIO-1", "invite": True, "criteria": {"age": [18, 40]}}
+    assert code(run(chain, "sponsor-1", "feasibility", narrowed)) == "BAD_ARGS"
+    same = {**narrowed, "criteria": REGISTRATION["eligibility"]}
+    assert code(run(chain, "sponsor-1", "feasibility", same)) is None
+
+
+def test_only_the_participants_own_site_captures(chain: TestChain) -> None:
+    two_sites = {**REGISTRATION, "study": "TWO-1", "sites": ["hosp", "pharm"]}
+    assert code(run(chain, "sponsor-1", "register", two_sites)) is None
+    args = {
+        "id": "inv-p",
+        "name": "inv-p",
+        "roles": ["investigator"],
+        "public_key": key("inv-p").public_b64,
+    }
+    assert chain.run("pharm-admin", "add_member", args)["result"] == "accepted"
+    assert code(run(chain, "inv-1", "enrol", {"study": "TWO-1", "participant": "p-1"})) is None
+    assert code(run(chain, "p-1", "consent", {"study": "TWO-1", "version": 1})) is None
+    entry = {"study": "TWO-1", "participant": "p-1", "visit": "baseline", "hash": h("x")}
+    assert code(run(chain, "inv-p", "capture", entry)) == "NOT_AUTHORISED"
+    assert code(run(chain, "inv-1", "capture", entry)) is None

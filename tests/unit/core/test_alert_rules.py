@@ -103,3 +103,13 @@ def test_any_split_into_batches_raises_the_same_alerts(
         pieces += evaluate(rules, state, readings[start : start + cut], start=start)
     assert pieces == whole
     assert len(whole) == episodes(series)
+
+
+def test_a_rate_rule_remembers_a_bounded_window() -> None:
+    rule = check_rule(
+        {"id": "r", "kind": "rate", "code": "8867-4", "op": ">", "delta": 30, "minutes": 1440}
+    )
+    state: dict[str, dict[str, Any]] = {}
+    readings = [Reading("8867-4", T0 + i * 1000, 70.0) for i in range(2000)]
+    evaluate([rule], state, readings)
+    assert len(state["r"]["recent"]) <= 512
