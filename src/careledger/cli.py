@@ -479,14 +479,18 @@ def trial_audit(
     out_file: Annotated[Path, typer.Option("--out", help="where to write the HTML report")] = Path(
         "trial-audit.html"
     ),
+    pdf_file: Annotated[
+        Path | None, typer.Option("--pdf", help="also print it to this PDF (headless Chromium)")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write a trial's audit report (HTML): registration proof, consents, data root, endpoints."""
+    """Write a trial's audit report (HTML, and PDF with --pdf): registration proof, consents,
+    data anchors, lock root, endpoints."""
     from careledger.config import Settings
     from careledger.keyfile import read_key_file
     from careledger.ledger.engine import Ledger
     from careledger.storage.sqlite import SQLiteStore
-    from careledger.trials.audit import audit, render
+    from careledger.trials.audit import audit, render, to_pdf
 
     try:
         settings = Settings.load(data_dir)
@@ -494,6 +498,8 @@ def trial_audit(
         _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
         result = audit(Ledger(store, node_name=settings.node_name, node_key=node_key), study)
         out_file.write_text(render(result), encoding="utf-8")
+        if pdf_file is not None:
+            to_pdf(out_file, pdf_file)
     except CareLedgerError as exc:
         raise _fail(exc) from None
     except OSError as exc:
@@ -506,6 +512,8 @@ def trial_audit(
         "lock_matches": result["lock_matches"],
         "outcome_switching": bool((result["report"] or {}).get("outcome_switching")),
     }
+    if pdf_file is not None:
+        summary["pdf"] = str(pdf_file)
     if json_out:
         _print_json(summary)
     else:

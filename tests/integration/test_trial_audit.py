@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import orjson
@@ -84,5 +85,12 @@ def test_the_audit_report_proves_registration_consents_lock_and_flags_switching(
     html = out.read_text()
     assert "NCT99999999" in html and "Outcome switching" in html and "patient-0001" in html
     assert html.count("proof verified") == 1 and h("b") in html  # the consent, an anchor
+    if shutil.which("chromium"):  # the PDF is the same page printed by headless Chromium
+        pdf = tmp_path / "audit.pdf"
+        printed = run_cli(
+            "trial", "audit", str(data), "LIPID-1", "--out", str(out), "--pdf", str(pdf)
+        )
+        assert printed.returncode == 0, printed.stderr
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
     missing = run_cli("trial", "audit", str(data), "NOPE", "--out", str(out))
     assert missing.returncode == 2 and "UNKNOWN_STUDY" in missing.stderr

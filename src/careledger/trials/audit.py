@@ -8,14 +8,18 @@ recomputed from them, and the endpoint check of the reported results.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment
 
 from careledger.core import merkle
 from careledger.core.canonical import canonical_bytes
-from careledger.errors import NotFound
+from careledger.errors import NotFound, ValidationError
 from careledger.ledger.engine import Ledger
 
 NAMESPACE = "trials"
@@ -86,3 +90,35 @@ def render(result: dict[str, Any]) -> str:
     template = resources.files("careledger.trials").joinpath("templates/audit.html")
     env = Environment(autoescape=True)
     return env.from_string(template.read_text(encoding="utf-8")).render(s=result["study"], a=result)
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def to_pdf(html: Path, pdf: Path, *, timeout: float = 120.0) -> None:
+    """Print the HTML report to PDF with a headless Chromium (Debian's, as the portal tests
+    use): the same page a reviewer sees, with no second layout to keep in step."""
+    browser = next((found for name in BROWSERS if (found := shutil.which(name))), None)
+    if browser is None:
+        raise ValidationError(
+            "no Chromium to print the PDF with (scripts/install-system-deps.sh installs it)",
+            code="PDF_UNAVAILABLE",
+        )
+    with tempfile.TemporaryDirectory(prefix="careledger-pdf-") as profile:
+        result = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={profile}",
+                "--no-pdf-header-footer",
+                f"--print-to-pdf={pdf}",
+                html.resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    if result.returncode != 0 or not pdf.exists() or pdf.stat().st_size == 0:
+        raise ValidationError("Chromium could not print the report", code="PDF_FAILED")
