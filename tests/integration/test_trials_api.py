@@ -178,14 +178,15 @@ def grant_research_contact(server: Server, world: dict[str, Any], pid: str) -> N
 
 
 def sponsor_pays(server: Server, world: dict[str, Any]) -> None:
-    keypair = read_key_file(world["keys"] / "trialco-admin.key")[1]
-    with Client(server.url, keypair=keypair) as c:
-        for method, args in (
-            ("deposit", {"credits": 1000, "reference": "wire 42"}),
-            ("open_study", {"study": "GLYCO-1", "schedule": {"baseline": 40, "week-1": 60}}),
-            ("fund", {"study": "GLYCO-1", "credits": 500}),
-        ):
-            assert c.call("payments", method, args)["result"] == "accepted", method
+    sponsor = world["sponsor"]
+    for method, args in (
+        ("deposit", {"credits": 1000, "reference": "wire 42"}),
+        ("open_study", {"study": "GLYCO-1", "schedule": {"baseline": 40, "week-1": 60}}),
+        ("fund", {"study": "GLYCO-1", "credits": 500}),
+    ):
+        done = sponsor.post(f"/v1/payments/{method}", json=args)
+        assert done.status_code == 200, (method, done.text)
+    assert sponsor.get("/v1/payments/balance").json()["credits"] == 0  # the org's, not the member's
 
 
 def crf(pid: str, answer: int) -> dict[str, Any]:
@@ -348,3 +349,31 @@ def test_the_cli_registers_a_published_study_and_asks_for_counts(
     assert table.returncode == 0 and "st-mary" in table.stdout
     missing = run_cli("trial", "feasibility", "--criteria", str(tmp_path / "nope.json"), *common)
     assert missing.returncode != 0 and "BAD_FILE" in missing.stdout + missing.stderr
+
+
+def test_a_research_grant_of_data_is_paid_to_the_patient(
+    server: Server, world: dict[str, Any]
+) -> None:
+    pid = world["diabetics"][5]
+    keypair = read_key_file(world["keys"] / "patients" / f"{pid}.key")[1]
+    grant = {
+        "grantee": {"org": "trialco"},
+        "actions": ["read"],
+        "resource_types": ["Observation"],
+        "purposes": ["CLINTRCH"],
+    }
+    with Client(server.url, keypair=keypair) as c:
+        receipt = c.call("consent", "grant", grant)
+    consent = receipt["tx_id"]
+    sponsor = world["sponsor"]
+    sponsor.post("/v1/payments/deposit", json={"credits": 100, "reference": "data grant"})
+    paid = sponsor.post("/v1/payments/pay_data_use", json={"consent": consent, "credits": 15})
+    assert paid.status_code == 200, paid.text
+    again = sponsor.post("/v1/payments/pay_data_use", json={"consent": consent, "credits": 15})
+    assert again.status_code == 422 and again.json()["code"] == "ALREADY_PAID"
+    with patient_client(server, world, pid) as patient:
+        assert patient.get("/v1/payments/balance").json()["credits"] == 15
+    clinician = world["clinician"]
+    assert clinician.post("/v1/payments/deposit", json={"credits": 1, "reference": "x"}).json()[
+        "code"
+    ] in {"NOT_AUTHORISED", "SCOPE"}

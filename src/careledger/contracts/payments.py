@@ -28,7 +28,7 @@ from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.contracts.consent import consent_key
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, require_sponsor
+from careledger.contracts.identity import member_key, require_sponsor, run_on_behalf
 from careledger.contracts.trials import NAMESPACE as TRIALS
 from careledger.errors import Rejected
 
@@ -54,8 +54,16 @@ def escrow_account(study: str) -> str:
     return f"escrow:{study}"
 
 
+# A sponsor's or researcher's steps a node may run for the member it authenticated (API).
+ON_BEHALF_METHODS = frozenset({"deposit", "open_study", "fund", "pay_data_use"})
+
+
 class PaymentsV1(Contract):
     name = NAMESPACE
+
+    @tx_method
+    def on_behalf(self, ctx: Context, args: Args) -> None:
+        run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
 
     # -- bookkeeping ---------------------------------------------------------------------
 

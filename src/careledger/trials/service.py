@@ -74,6 +74,10 @@ class TrialsService:
             "total_released": sum(released),
         }
 
+    def pay(self, caller: Caller, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A sponsor's payments step (deposit, open_study, fund, pay_data_use), as the caller."""
+        return self.node.act_for(PAYMENTS, caller.member, method, args)
+
     def balance(self, caller: Caller) -> dict[str, Any]:
         credits = self.ledger.state(PAYMENTS, balance_key(caller.member)) or 0
         return {"account": caller.member, "credits": int(credits)}

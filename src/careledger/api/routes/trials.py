@@ -178,6 +178,21 @@ def respond(
 payments_router = APIRouter(prefix="/v1/payments", tags=["trials"])
 
 
+@payments_router.post(
+    "/{method}",
+    summary="Sponsor steps: deposit, open_study, fund, pay_data_use (a research grant of data)",
+)
+async def pay(
+    request: Request,
+    claims: MemberDep,
+    method: Annotated[str, Path(pattern=r"^(deposit|open_study|fund|pay_data_use)$")],
+    body: Annotated[Any, Body()],
+) -> Response:
+    args = _object(body, "the step's arguments")
+    receipt = await run_in_threadpool(_service(request).pay, _caller(claims, "write"), method, args)
+    return _json({"receipt": receipt, "balance": _service(request).balance(_caller(claims))})
+
+
 @payments_router.get("/balance", summary="The caller's credit balance")
 def balance(request: Request, claims: MemberDep) -> Response:
     return _json(_service(request).balance(_caller(claims)))
