@@ -717,6 +717,55 @@ def devices_simulate(
         raise typer.Exit(1)
 
 
+@devices_app.command("audit")
+def devices_audit(
+    data_dir: DirArg,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="only these devices (repeatable)")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-judge the readings this node holds: do the ledger's alerts follow from them under the
+    rules then in force? Exit 1 on any difference."""
+    from careledger.config import Settings
+    from careledger.keyfile import read_key_file
+    from careledger.ledger.engine import Ledger
+    from careledger.monitoring.audit import audit_devices
+    from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
+    from careledger.storage.sqlite import SQLiteStore
+
+    try:
+        settings = Settings.load(data_dir)
+        if not (data_dir / MONITORING_FILE).exists():
+            raise ValidationError("this node holds no device readings", code="NO_READINGS")
+        ledger_store = SQLiteStore(settings.store_path, readonly=True)
+        _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
+        ledger = Ledger(ledger_store, node_name=settings.node_name, node_key=node_key)
+        readings = ReadingsStore(data_dir / MONITORING_FILE)
+        try:
+            reports = audit_devices(ledger, readings, device or readings.devices())
+        finally:
+            readings.close()
+            ledger_store.close()
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    results = [r.as_json() for r in reports]
+    if json_out:
+        _print_json(results)
+    else:
+        table = Table("device", "windows", "alerts", "verdict", title="alerts re-judged")
+        for r in results:
+            verdict = (
+                "[green]as recorded[/green]"
+                if r["ok"]
+                else f"[red]{len(r['mismatches'])} differ[/red]"
+            )
+            table.add_row(r["device"], str(r["windows"]), str(r["alerts"]), verdict)
+        out.print(table)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
 cluster_app = typer.Typer(
     help="A consortium on this machine: NATS JetStream servers and one node per organisation.",
     no_args_is_help=True,

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from careledger.config import Settings
@@ -15,6 +16,7 @@ from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.keyfile import generate_keypair, read_key_file
 from careledger.monitoring import mimic
+from careledger.monitoring.audit import audit_devices, compare
 from careledger.monitoring.device import check_reading_proof, sign_batch
 from careledger.monitoring.ingest import Ingestor
 from careledger.monitoring.readings import ReadingsService
@@ -22,7 +24,7 @@ from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
 from careledger.node import Node
 from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
-from tests.support.nodes import wait_for
+from tests.support.nodes import run_cli, wait_for
 from tests.support.vectors import vector_path
 
 pytestmark = pytest.mark.integration
@@ -32,6 +34,7 @@ SPO2_LOW = {"id": "spo2-low", "kind": "threshold", "code": "59408-5", "op": "<",
 
 class World:
     def __init__(self, data: Path) -> None:
+        self.data = data
         self.keys = data / "keys"
         self.node = Node(Settings.load(data))
         self.node.start()
@@ -122,6 +125,15 @@ def test_mimic_ii_readings_are_anchored_proven_and_alert_once_per_episode(world:
     fired = alerts()
     assert len(fired) == 5 == sum(a.alerts for a in acks)  # five SpO2 < 90 episodes
     assert all("value" not in a and a["rule"] == "spo2-low" for a in fired)  # no PHI on the ledger
+
+    # anyone holding the readings can re-judge them: the alerts follow from the rules
+    (report,) = audit_devices(ledger, world.store, ["oxi-1"])
+    assert report.as_json()["ok"] and report.alerts == 5 and report.windows >= 1
+    audited = run_cli("devices", "audit", str(world.data), "--json")
+    assert audited.returncode == 0, audited.stderr
+    assert orjson.loads(audited.stdout)[0]["alerts"] == 5
+    wrong = [{**fired[0], "index": fired[0]["index"] + 1}, *fired[1:]]
+    assert not compare(wrong, fired)
 
     clinician = caller("dr-ana-silva", "st-mary", {"clinician"})
     inbox = world.readings.inbox(clinician)
@@ -215,5 +227,7 @@ def test_windows_caught_by_a_rules_change_are_re_evaluated_not_dropped(tmp_path:
         assert total == sum(made.ingest.store.window("oxi-r", w.window).count for w in queued)
         keys = ledger.store.state_keys("monitoring", "alert/", 1000)
         assert len(keys) < 5  # re-judged under the lowered rule: fewer episodes below 80
+        (report,) = audit_devices(ledger, made.ingest.store, ["oxi-r"])
+        assert report.as_json()["ok"], report.mismatches
     finally:
         made.close()

@@ -244,6 +244,21 @@ class ReadingsStore:
         )
         return [_window(r) for r in rows]
 
+    def anchored_windows(self, device: str) -> list[ClosedWindow]:
+        rows = (
+            self._conns.get()
+            .execute(
+                "SELECT * FROM windows WHERE device = ? AND status = 'anchored' ORDER BY window",
+                (device,),
+            )
+            .fetchall()
+        )
+        return [_window(r) for r in rows]
+
+    def devices(self) -> list[str]:
+        rows = self._conns.get().execute("SELECT device FROM devices ORDER BY device").fetchall()
+        return [str(r[0]) for r in rows]
+
     def windows_of_patient(
         self, patient: str, since_ms: int = 0, limit: int = 10_000
     ) -> list[ClosedWindow]:
