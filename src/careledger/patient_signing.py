@@ -43,6 +43,7 @@ def sign_as_patient(
         if (
             tx.contract != contract
             or tx.method != method
+            or dict(tx.args) != dict(args)  # the very step asked for (this visit, this study)
             or member is None
             or member.get("member") != caller.member
         ):

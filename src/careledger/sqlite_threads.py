@@ -114,7 +114,11 @@ class GroupCommit:
     def _commit(self, group: list[_Pending]) -> None:
         try:
             self._transaction(group)
-        except Exception as exc:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # interrupted: none of these writes happened
+                for item in group:
+                    item.error = StorageError(f"the {self._what} write was interrupted")
+                raise
             if len(group) > 1:
                 for item in group:
                     self._commit([item])

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
-from careledger.keyfile import generate_keypair, write_key_file
+from careledger.keyfile import generate_keypair, read_key_file, write_key_file
 from careledger.monitoring import mimic
 from careledger.monitoring.device import sign_batch
 from careledger.nodedir import init_demo
@@ -112,7 +112,7 @@ def test_a_monitored_patient_from_device_to_acknowledged_alert(
     assert admin.post("/v1/devices/oxi-7/binding").json()["code"] == "NOT_AUTHORISED"
     set_rules = clinician.put(f"/v1/monitoring/patients/{pid}/rules", json=rules)
     assert set_rules.status_code == 200, set_rules.text
-    assert set_rules.json()["rules"]["version"] == 1
+    assert set_rules.json()["rules"]["version"] == 2  # 1: the binding's empty rules
 
     listener = AlertListener(clinician)
     listener.start()
@@ -141,7 +141,9 @@ def test_a_monitored_patient_from_device_to_acknowledged_alert(
     inbox = clinician.get("/v1/monitoring/alerts").json()["items"]
     assert len(inbox) == 5
     first = inbox[-1]["id"]
-    acked = clinician.post(f"/v1/monitoring/alerts/{first}/ack", json={"note": "phoned"})
+    noted = clinician.post(f"/v1/monitoring/alerts/{first}/ack", json={"note": "phoned"})
+    assert noted.status_code == 400  # clinical text never goes to the ledger
+    acked = clinician.post(f"/v1/monitoring/alerts/{first}/ack")
     assert acked.status_code == 200, acked.text
     assert acked.json()["alert"]["acknowledged"]["by"] == "dr-ana-silva"
     assert len(clinician.get("/v1/monitoring/alerts").json()["items"]) == 4
@@ -232,6 +234,12 @@ def test_a_telemedicine_visit_with_consent_join_and_note(
         "/v1/visits", json={**body, "id": visit_id, "link": "https://evil.example/x"}
     )
     assert other.status_code == 201 and other.json()["visit"]["id"] != visit_id
+    # an envelope signed for another visit does not open this one's room
+    patient_key = read_key_file(server.data_dir / "keys" / "patients" / f"{pid}.key")[1]
+    with Client(server.url, keypair=patient_key) as c:
+        elsewhere = c.build("visits", "join", {"id": other.json()["visit"]["id"]})
+    swapped = patient.post(f"/v1/visits/{visit_id}/join", json={"envelope": elsewhere})
+    assert swapped.status_code == 400 and swapped.json()["code"] == "WRONG_ENVELOPE"
     joined = patient.post(f"/v1/visits/{visit_id}/join")
     assert joined.status_code == 200 and joined.json()["link"] == body["link"]
     admin = world["admin"]

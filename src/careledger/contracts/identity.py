@@ -128,7 +128,7 @@ def act_for(ctx: Context, member_id: str) -> Context:
     if member is None:
         raise Rejected("UNKNOWN_MEMBER", f"no member {member_id!r}")
     signer = resolve_signer(ctx.state.read, member["key"])
-    if signer.has_role("patient"):
+    if signer.has_role("patient") and not signer.roles - {"patient"}:
         raise Rejected("NOT_AUTHORISED", "patients sign for themselves")
     if signer.org != ctx.signer.org:
         own = ctx.state.read(NAMESPACE, node_key(signer.org))

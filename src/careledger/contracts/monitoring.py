@@ -34,7 +34,7 @@ from careledger.core.keys import decode_public_key
 from careledger.errors import Rejected, ValidationError
 
 NAMESPACE = "monitoring"
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # no ":": alert ids use it
 HASH = re.compile(r"^[0-9a-f]{64}$")
 MAX_WINDOW = 100_000  # readings one window anchors
 MAX_ALERTS = 100  # alerts one window raises
@@ -132,12 +132,22 @@ class MonitoringV1(Contract):
             "ended": None,
         }
         ctx.state.put(f"binding/{device['id']}", binding)
-        # a new binding starts with no rules: the last patient's are not this one's
-        ctx.state.delete(f"rules/{device['id']}")
-        watched_key = f"watched/{device['org']}"
-        watched = ctx.state.get(watched_key) or []
-        if device["id"] in watched:
-            ctx.state.put(watched_key, [d for d in watched if d != device["id"]])
+        # a new binding starts with no rules (the last patient's are not this one's), under a
+        # new version, so a window still pending from the last binding can never match them
+        previous = ctx.state.get(f"rules/{device['id']}") or {"version": 0}
+        ctx.state.put(
+            f"rules/{device['id']}",
+            {
+                "rules": [],
+                "version": previous["version"] + 1,
+                "patient": ctx.signer.member,
+                "by": ctx.signer.member,
+                "org": device["org"],
+                "height": ctx.height,
+                "time": ctx.time,
+            },
+        )
+        self._unwatch(ctx, device)
         ctx.emit("monitoring.bound", {"device": device["id"], "patient": ctx.signer.member})
 
     @tx_method
@@ -158,7 +168,14 @@ class MonitoringV1(Contract):
         self._end_binding(ctx, device["id"], reason)
 
     @staticmethod
-    def _end_binding(ctx: Context, device_id: str, reason: str) -> None:
+    def _unwatch(ctx: Context, device: dict[str, Any]) -> None:
+        watched_key = f"watched/{device['org']}"
+        watched = ctx.state.get(watched_key) or []
+        if device["id"] in watched:
+            ctx.state.put(watched_key, [d for d in watched if d != device["id"]])
+
+    def _end_binding(self, ctx: Context, device_id: str, reason: str) -> None:
+        self._unwatch(ctx, self._device(ctx, device_id))
         binding = ctx.state.get(f"binding/{device_id}")
         if binding is None or binding["status"] != "active":
             return
@@ -238,7 +255,7 @@ class MonitoringV1(Contract):
         covered = (
             binding is not None
             and binding["patient"] == patient
-            and (binding["status"] == "active" or (binding["ended"] or 0) >= last)
+            and (binding["status"] == "active" or (binding["ended"] or 0) + SKEW >= last)
         )
         if binding is None or not covered:
             raise Rejected("NOT_BOUND", f"device {device['id']} is not bound to {patient}")
@@ -325,6 +342,8 @@ class MonitoringV1(Contract):
             "raised": ctx.time,
             "height": ctx.height,
         }
+        if ctx.state.get(f"alert/{alert_id}") is not None:
+            raise Rejected("BAD_ARGS", f"alert {alert_id} exists")
         open_key = f"open/{org}"
         opened = list(ctx.state.get(open_key) or [])
         if len(opened) < MAX_OPEN:

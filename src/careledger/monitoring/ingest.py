@@ -418,12 +418,22 @@ class Ingestor:
                     windows.append(self._closed.get_nowait())
             try:
                 self.anchor(windows)
-            except Exception:  # keep anchoring later windows; these are retried at restart
-                log.exception("anchoring %d windows failed", len(windows))
+            except Exception:  # not committed (a timeout, a stopped orderer): try them again
+                log.exception("anchoring %d windows failed; retrying", len(windows))
+                for window in windows:
+                    self._closed.put(window)
+                self._stop.wait(0.5)
             self.close_due()
 
     def anchor(self, windows: list[ClosedWindow]) -> list[dict[str, Any]]:
         """Anchor closed windows in order (one submission); handle each receipt."""
+        # each device's windows in order, whatever order they were queued in; and only windows
+        # still waiting here (a refused device's later windows are gone)
+        windows = sorted(
+            (w for w in windows if self._still_closed(w)), key=lambda w: (w.device, w.window)
+        )
+        if not windows:
+            return []
         calls = [
             (
                 MONITORING,
@@ -450,12 +460,11 @@ class Ingestor:
             device = window.device
             if device in dropped:
                 continue
-            if device in waiting:
-                again.append(window)  # in order, after the window it waits for
-                continue
             code = None if receipt["result"] == "accepted" else receipt["code"]
             if code is None:
                 self._anchored(window, receipt["tx_id"], receipt)
+            elif device in waiting:
+                again.append(window)  # in order, after the window it waits for
             elif code == "STALE_RULES":  # the rules changed after it was evaluated
                 again.append(self._reevaluated(window))
                 waiting.add(device)
@@ -476,6 +485,10 @@ class Ingestor:
         for window in again:
             self._closed.put(window)
         return receipts
+
+    def _still_closed(self, window: ClosedWindow) -> bool:
+        held = self.store.window(window.device, window.window)
+        return held is not None and held.status == "closed" and held.root == window.root
 
     def _anchored(self, window: ClosedWindow, tx_id: str, receipt: dict[str, Any]) -> None:
         self._attempts.pop((window.device, window.window), None)

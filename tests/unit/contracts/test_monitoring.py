@@ -40,7 +40,7 @@ def window(chain: TestChain, seq: int, **kw: Any) -> dict[str, Any]:
         "count": 10,
         "first": chain.time,
         "last": chain.time + 500,
-        "rules_version": 0,
+        "rules_version": (state(chain, "rules/oxi-1") or {"version": 0})["version"],
         "alerts": [],
         **kw,
     }
@@ -78,7 +78,9 @@ def test_readings_need_a_binding_the_patient_signed_and_stop_when_it_ends(
     assert (
         run(chain, "patient-1", "unbind", {"device": "oxi-1", "reason": "patient_request"}) is None
     )
-    assert run(chain, "hosp-node", "anchor_window", window(chain, 1)) == "NOT_BOUND"
+    later = chain.time + 10 * MINUTE  # readings taken after the binding ended (beyond skew)
+    after = window(chain, 1, first=later, last=later)
+    assert run(chain, "hosp-node", "anchor_window", after) == "NOT_BOUND"
     assert state(chain, "binding/oxi-1")["status"] == "revoked"
 
 
@@ -93,16 +95,18 @@ def test_rules_alerts_acknowledgement(chain: TestChain) -> None:
     bad = {**rules, "rules": [{**SPO2_LOW, "op": "!"}]}
     assert run(chain, "dr-a", "set_rules", bad) == "BAD_RULE"
     assert run(chain, "dr-a", "set_rules", rules) is None
-    assert run(chain, "hosp-node", "anchor_window", window(chain, 0)) == "STALE_RULES"
+    assert run(chain, "hosp-node", "anchor_window", window(chain, 0, rules_version=1)) == (
+        "STALE_RULES"  # the binding's empty rules were version 1, the clinician's are 2
+    )
     alert = {"rule": "spo2-low", "index": 3, "at": chain.time}
-    with_value = window(chain, 0, rules_version=1, alerts=[{**alert, "value": 86.0}])
+    with_value = window(chain, 0, rules_version=2, alerts=[{**alert, "value": 86.0}])
     assert run(chain, "hosp-node", "anchor_window", with_value) == "BAD_ARGS"  # no PHI
-    unknown = window(chain, 0, rules_version=1, alerts=[{**alert, "rule": "nope"}])
+    unknown = window(chain, 0, rules_version=2, alerts=[{**alert, "rule": "nope"}])
     assert run(chain, "hosp-node", "anchor_window", unknown) == "BAD_ARGS"
-    beyond = window(chain, 0, rules_version=1, alerts=[{**alert, "index": 10}])
+    beyond = window(chain, 0, rules_version=2, alerts=[{**alert, "index": 10}])
     assert run(chain, "hosp-node", "anchor_window", beyond) == "BAD_ARGS"
     receipt = chain.run(
-        "hosp-node", "anchor_window", window(chain, 0, rules_version=1, alerts=[alert]),
+        "hosp-node", "anchor_window", window(chain, 0, rules_version=2, alerts=[alert]),
         contract="monitoring",
     )  # fmt: skip
     assert receipt["result"] == "accepted"
@@ -141,7 +145,7 @@ def test_time_is_judged_on_block_time_silence_once_and_escalation(chain: TestCha
     assert run(chain, "hosp-node", "tick", {}) is None
     assert state(chain, f"alert/{opened}")["status"] == "escalated"
     # data arrives, then silence again: a new episode
-    assert run(chain, "hosp-node", "anchor_window", window(chain, 0, rules_version=1)) is None
+    assert run(chain, "hosp-node", "anchor_window", window(chain, 0)) is None
     chain.time += 11 * MINUTE
     assert run(chain, "hosp-node", "tick", {}) is None
     assert len(state(chain, "open/hosp")) == 2
@@ -173,4 +177,5 @@ def test_rules_are_per_device_and_reset_by_a_new_binding(chain: TestChain) -> No
     assert state(chain, "rules/oxi-1")["rules"][0]["id"] == "spo2-low"
     assert run(chain, "patient-1", "unbind", {"device": "oxi-1", "reason": "x"}) is None
     assert run(chain, "patient-1", "bind", {"device": "oxi-1"}) is None
-    assert state(chain, "rules/oxi-1") is None
+    reset = state(chain, "rules/oxi-1")
+    assert reset["rules"] == [] and reset["version"] == 3  # 1 bind, 2 rules, 3 the new bind

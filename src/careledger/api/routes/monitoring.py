@@ -26,7 +26,7 @@ from careledger.monitoring.service import MonitoringService
 
 router = APIRouter(tags=["monitoring"])
 DeviceId = Annotated[
-    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ]
 PatientId = Annotated[str, Path(min_length=1, max_length=64)]
 MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -174,7 +174,11 @@ async def acknowledge(
     alert: Annotated[str, Path(max_length=96)],
     body: Annotated[Any, Body()] = None,
 ) -> Response:
-    _object(body or {}, "an object")
+    if _object(body or {}, "an object"):
+        raise ValidationError(
+            "an acknowledgement takes no fields (notes stay in the organisation's records)",
+            code="BAD_REQUEST",
+        )
     args = {"alert": alert}
     service = _service(request)
     receipt = await run_in_threadpool(service.act, _caller(claims), "acknowledge", args)
