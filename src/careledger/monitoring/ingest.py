@@ -213,9 +213,10 @@ class Ingestor:
             state = self._state(device_id)
             if seq <= state.last_seq:
                 return self._replayed(state, seq, body_hash)
-            if state.patient not in (None, patient) or self._rules_changed(state, patient):
+            rules = self._rules(device_id, patient)
+            if state.patient not in (None, patient) or self._rules_changed(state, rules):
                 self._close(state)  # a new binding or new rules start a new window
-            return self._append(state, seq, body_hash, patient, readings, received)
+            return self._append(state, seq, body_hash, patient, readings, received, rules)
 
     def _verified(self, device_id: str, envelope: object) -> tuple[dict[str, Any], str]:
         if not isinstance(envelope, dict) or set(envelope) != {"batch", "sig"}:
@@ -255,8 +256,8 @@ class Ingestor:
             f"batch {seq} was already received (next: > {state.last_seq})", code="REPLAY"
         )
 
-    def _rules_changed(self, state: DeviceState, patient: str) -> bool:
-        rules = self._rules(state.device, patient)
+    @staticmethod
+    def _rules_changed(state: DeviceState, rules: dict[str, Any] | None) -> bool:
         version = 0 if rules is None else int(rules["version"])
         if version == state.rules_version:
             return False
@@ -273,8 +274,8 @@ class Ingestor:
         patient: str,
         readings: list[Reading],
         received: float,
+        rules: dict[str, Any] | None,
     ) -> Ack:
-        rules = self._rules(state.device, patient)
         if state.count == 0:
             state.rules_version = 0 if rules is None else int(rules["version"])
         device = state.device

@@ -105,9 +105,10 @@ class ReadingsService:
         here, only the patient or the care team of an organisation monitoring them may ask."""
         require_scope(caller, "Observation", "read", patient)
         windows = self.store.windows_of_patient(patient, since_ms, MAX_WINDOWS_READ)
+        alerts = self.alerts_of(patient)
         if windows:
             self._authorise(caller, patient, [f"{w.device}/{w.window}" for w in windows], purpose)
-        elif caller.member != patient and not self._monitors(caller, patient):
+        elif caller.member != patient and not self._monitors(caller, alerts):
             # the same answer for an unknown patient: ids are not probed here
             raise Forbidden("no readings of this patient are yours to see", code="NO_CONSENT")
         out: list[dict[str, Any]] = []
@@ -116,29 +117,31 @@ class ReadingsService:
             for batch in self.store.batches_of(w.device, w.window):
                 for i, reading in enumerate(open_batch(batch, self.ledger.node_key, "custodian")):
                     index = batch.first_index + i
-                    values[(w.device, w.window, index)] = reading.as_json()["value"]
+                    row = reading.as_json()
+                    values[(w.device, w.window, index)] = row["value"]
                     if reading.time_ms >= since_ms:
                         out.append(
                             {
-                                **reading.as_json(),
+                                **row,
                                 "device": w.device,
                                 "window": w.window,
                                 "index": index,
                             }
                         )
         out.sort(key=lambda r: r["time"])
-        alerts = []
-        for alert in self.alerts_of(patient):
+        shown = []
+        for alert in alerts:
             if caller.member != patient and alert["org"] != caller.org:
                 continue
             key = (alert["device"], alert.get("window"), alert.get("index"))
-            alerts.append({**alert, "value": values.get(key)})  # the value only where read
-        return {"patient": patient, "readings": out, "alerts": alerts}
+            shown.append({**alert, "value": values.get(key)})  # the value only where read
+        return {"patient": patient, "readings": out, "alerts": shown}
 
-    def _monitors(self, caller: Caller, patient: str) -> bool:
-        """Whether the caller is care staff of an organisation with an alert about the patient."""
+    @staticmethod
+    def _monitors(caller: Caller, alerts: list[dict[str, Any]]) -> bool:
+        """Whether the caller is care staff of an organisation with one of these alerts."""
         return bool(caller.roles & {"clinician", "nurse"}) and any(
-            a["org"] == caller.org for a in self.alerts_of(patient)
+            a["org"] == caller.org for a in alerts
         )
 
     def alerts_of(self, patient: str) -> list[dict[str, Any]]:
@@ -159,9 +162,3 @@ class ReadingsService:
             if alert is not None:
                 out.append(dict(alert))
         return sorted(out, key=lambda a: a["raised"], reverse=True)
-
-    @staticmethod
-    def owner_org(alert: dict[str, Any]) -> str | None:
-        """The organisation monitoring the alert's patient (the device's owner)."""
-        org = alert.get("org")
-        return None if org is None else str(org)

@@ -56,9 +56,7 @@ class MonitoringService:
         alert = self.ledger.state(MONITORING, f"alert/{alert_id}")
         if alert is None:
             raise NotFound("no such alert", code="UNKNOWN_ALERT")
-        care_team = bool(caller.roles & {"clinician", "nurse"}) and (
-            self.readings.owner_org(alert) == caller.org
-        )
+        care_team = bool(caller.roles & {"clinician", "nurse"}) and (alert["org"] == caller.org)
         if caller.member != alert["patient"] and not care_team:
             raise Forbidden("the patient and the care team see an alert", code="NOT_AUTHORISED")
         return dict(alert)

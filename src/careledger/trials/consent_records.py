@@ -8,24 +8,16 @@ inactive. Written by the site's node however the participant signed (portal, SDK
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import queue
 import secrets
-import threading
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from careledger.commit_worker import CommitWorker
 from careledger.contracts.trials import NAMESPACE as TRIALS
 from careledger.contracts.trials import participant_key, study_key
-from careledger.errors import CareLedgerError
 from careledger.health.service import HealthRecords
-from careledger.ledger.execute import Executed
 from careledger.sqlite_threads import ThreadConnections, iso_ms
 
-log = logging.getLogger(__name__)
 SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/consentcategorycodes"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -85,39 +77,21 @@ class ConsentRecorder:
         self.ledger = records.ledger
         self._conns = ThreadConnections(path, "consent records")
         self._conns.get().executescript(SCHEMA)
-        self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker: CommitWorker[tuple[str, str]] = CommitWorker(
+            self.ledger, "consent-records", self._pick, lambda item: self.sync(*item)
+        )
 
     def attach(self) -> None:
-        self.ledger.commit_listeners.append(self.on_commit)
-        self._thread = threading.Thread(target=self._run, name="consent-records", daemon=True)
-        self._thread.start()
+        self._worker.attach()
 
     def detach(self) -> None:
-        with contextlib.suppress(ValueError):
-            self.ledger.commit_listeners.remove(self.on_commit)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._worker.detach()
         self._conns.close()
 
-    def on_commit(self, executed: Executed) -> None:
-        for event in executed.block.events:
-            if event.type in EVENTS:
-                data = orjson.loads(event.data)
-                self._queue.put((data["study"], data["participant"]))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                study, participant = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self.sync(study, participant)
-            except CareLedgerError:
-                log.exception("the FHIR Consent of a trial consent could not be written")
+    @staticmethod
+    def _pick(kind: str, data: dict[str, Any]) -> tuple[str, str] | None:
+        """A participant whose consent changed."""
+        return (data["study"], data["participant"]) if kind in EVENTS else None
 
     def record_of(self, study: str, participant: str) -> str | None:
         row = (

@@ -15,10 +15,7 @@ about who was invited; patients answer the invitation to their own site.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
-import queue
 import secrets
 import threading
 import time
@@ -29,18 +26,15 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from careledger.commit_worker import CommitWorker
 from careledger.contracts.trials import NAMESPACE as TRIALS
 from careledger.core.disclosure import Release, decide
 from careledger.core.eligibility import TYPES, Criteria, CriteriaError, eligible, gather
 from careledger.core.eligibility import parse_criteria as parse
 from careledger.errors import Forbidden, NotFound, ValidationError
 from careledger.health.service import HealthRecords
-from careledger.ledger.execute import Executed
 from careledger.sqlite_threads import ThreadConnections, iso_ms
 
-log = logging.getLogger(__name__)
 TRIALS_FILE = "trials.sqlite"
 ANSWERS = frozenset({"interested", "declined"})
 MAX_QUERIES_SCANNED = 10_000
@@ -211,27 +205,19 @@ class RecruitmentResponder:
         self.node = records.node
         self.ledger = records.ledger
         self.store = store
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker: CommitWorker[str] = CommitWorker(
+            self.ledger, "recruitment", self._pick, self.answer
+        )
 
     @property
     def org(self) -> str:
         return self.records.org
 
     def attach(self) -> None:
-        self.ledger.commit_listeners.append(self.on_commit)
-        self._thread = threading.Thread(target=self._run, name="recruitment", daemon=True)
-        self._thread.start()
-        for query in self._unanswered():
-            self._queue.put(query)
+        self._worker.attach(backlog=self._unanswered())
 
     def detach(self) -> None:
-        with contextlib.suppress(ValueError):
-            self.ledger.commit_listeners.remove(self.on_commit)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._worker.detach()
 
     def _unanswered(self) -> list[str]:
         """Queries committed while this node was down (or before it served the API)."""
@@ -244,23 +230,11 @@ class RecruitmentResponder:
                 out.append(str(query["id"]))
         return out
 
-    def on_commit(self, executed: Executed) -> None:
-        for event in executed.block.events:
-            if event.type == "trials.feasibility":
-                data = orjson.loads(event.data)
-                if self.org in data["sites"]:
-                    self._queue.put(data["query"])
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                query = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self.answer(query)
-            except Exception:  # a failed answer must not stop the next ones
-                log.exception("feasibility query %s could not be answered", query)
+    def _pick(self, kind: str, data: dict[str, Any]) -> str | None:
+        """A feasibility query addressed to this node's organisation."""
+        if kind == "trials.feasibility" and self.org in data["sites"]:
+            return str(data["query"])
+        return None
 
     def answer(self, query_id: str) -> dict[str, Any]:
         """Evaluate, decide and answer on the ledger; the answer as committed."""

@@ -345,6 +345,23 @@ def _patient(request: Request) -> tuple[TokenClaims, Caller]:
     return claims, caller
 
 
+def _timeline(found: list[Any]) -> list[dict[str, Any]]:
+    """Records as timeline rows, newest first (the patient's page and the clinician's)."""
+    rows = [
+        {
+            "type": s.resource_type,
+            "id": s.record_id,
+            "when": fhir_view.when(s.resource),
+            "title": fhir_view.title(s.resource),
+            "custodian": s.custodian,
+            "version": s.version,
+            "anchor_tx": s.anchor_tx,
+        }
+        for s in found
+    ]
+    return sorted(rows, key=lambda r: r["when"], reverse=True)
+
+
 @router.get("/me", response_class=HTMLResponse)
 async def my_records(request: Request) -> HTMLResponse:
     claims, caller = _patient(request)
@@ -352,22 +369,7 @@ async def my_records(request: Request) -> HTMLResponse:
     found, missing = await run_in_threadpool(
         records.everything_everywhere, caller, claims.member, purpose="PATRQT"
     )
-    rows = sorted(
-        (
-            {
-                "type": s.resource_type,
-                "id": s.record_id,
-                "when": fhir_view.when(s.resource),
-                "title": fhir_view.title(s.resource),
-                "custodian": s.custodian,
-                "version": s.version,
-                "anchor_tx": s.anchor_tx,
-            }
-            for s in found
-        ),
-        key=lambda r: r["when"],
-        reverse=True,
-    )
+    rows = _timeline(found)
     series: dict[str, list[tuple[str, float, str]]] = {}
     for s in found:
         q = fhir_view.quantity(s.resource)
@@ -695,20 +697,7 @@ async def clinician(
         )
     except CareLedgerError as exc:
         return page(request, "clinician.html", patient=patient, refused=exc, emergency=emergency)
-    rows = sorted(
-        (
-            {
-                "when": fhir_view.when(s.resource),
-                "title": fhir_view.title(s.resource),
-                "type": s.resource_type,
-                "custodian": s.custodian,
-                "anchor_tx": s.anchor_tx,
-            }
-            for s in found
-        ),
-        key=lambda r: r["when"],
-        reverse=True,
-    )
+    rows = _timeline(found)
     return page(
         request, "clinician.html", patient=patient, rows=rows, missing=missing, emergency=emergency
     )

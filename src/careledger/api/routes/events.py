@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import orjson
@@ -33,6 +33,33 @@ class BlockSignal:
     def _pulse(self) -> None:
         old, self.event = self.event, asyncio.Event()
         old.set()
+
+
+async def follow_blocks(
+    request: Request,
+    node: Node,
+    signal: BlockSignal,
+    start: int,
+    frames: Callable[[int], list[bytes]],
+    *,
+    follow: bool = True,
+) -> AsyncIterator[bytes]:
+    """Server-sent frames of each committed block from ``start`` on, then of each new one as it
+    commits (keepalives between), until the client goes or, without ``follow``, the head."""
+    height = start
+    while True:
+        waiter = signal.event
+        head = node.ledger.head.height
+        while height <= head:
+            for frame in await run_in_threadpool(frames, height):
+                yield frame
+            height += 1
+        if not follow or await request.is_disconnected():
+            return
+        try:
+            await asyncio.wait_for(waiter.wait(), KEEPALIVE_SECONDS)
+        except TimeoutError:
+            yield b": keepalive\n\n"
 
 
 BLOCK_DONE = "b"
@@ -85,21 +112,12 @@ async def events(
     if last_event_id:
         start, after_seq = _parse_last_event_id(last_event_id)
     signal: BlockSignal = request.app.state.block_signal
+    skip = after_seq
 
-    async def stream() -> AsyncIterator[bytes]:
-        height, skip = start, after_seq
-        while True:
-            waiter = signal.event
-            head = node.ledger.head.height
-            while height <= head:
-                for frame in await run_in_threadpool(_block_frames, node, height, skip):
-                    yield frame
-                height, skip = height + 1, -1
-            if not follow or await request.is_disconnected():
-                return
-            try:
-                await asyncio.wait_for(waiter.wait(), KEEPALIVE_SECONDS)
-            except TimeoutError:
-                yield b": keepalive\n\n"
+    def frames(height: int) -> list[bytes]:
+        nonlocal skip
+        out, skip = _block_frames(node, height, skip), -1  # a seq only skips in the first block
+        return out
 
-    return StreamingResponse(stream(), media_type="text/event-stream")
+    stream = follow_blocks(request, node, signal, start, frames, follow=follow)
+    return StreamingResponse(stream, media_type="text/event-stream")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -16,7 +15,7 @@ from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of as _caller
 from careledger.api.replies import json_object as _object
 from careledger.api.replies import json_response as _json
-from careledger.api.routes.events import KEEPALIVE_SECONDS, BlockSignal
+from careledger.api.routes.events import BlockSignal, follow_blocks
 from careledger.api.routes.tx import read_body
 from careledger.contracts.monitoring import NAMESPACE as MONITORING
 from careledger.errors import CareLedgerError, ValidationError
@@ -211,20 +210,15 @@ async def alert_stream(request: Request, claims: MemberDep) -> StreamingResponse
     start = service.ledger.head.height + 1
 
     async def frames() -> AsyncIterator[bytes]:
-        height = start
         yield b": connected\n\n"
-        while True:
-            waiter = signal.event
-            head = service.ledger.head.height
-            while height <= head:
-                for frame in await run_in_threadpool(_alert_frames, service, caller, height):
-                    yield frame
-                height += 1
-            if await request.is_disconnected():
-                return
-            try:
-                await asyncio.wait_for(waiter.wait(), KEEPALIVE_SECONDS)
-            except TimeoutError:
-                yield b": keepalive\n\n"
+        blocks = follow_blocks(
+            request,
+            service.node,
+            signal,
+            start,
+            lambda height: _alert_frames(service, caller, height),
+        )
+        async for frame in blocks:
+            yield frame
 
     return StreamingResponse(frames(), media_type="text/event-stream")
