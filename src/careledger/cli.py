@@ -358,7 +358,6 @@ def token(
     """Print a short-lived bearer token for a member whose key is in DIR (for scripts)."""
     from careledger.auth import TokenIssuer
     from careledger.config import KEYS_DIR, Settings
-    from careledger.contracts.identity import resolve_signer
     from careledger.keyfile import read_key_file
     from careledger.ledger.engine import Ledger
     from careledger.storage.sqlite import SQLiteStore
@@ -374,7 +373,7 @@ def token(
         _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
         store = SQLiteStore(settings.store_path, readonly=True)
         ledger = Ledger(store, node_name=settings.node_name, node_key=node_key)
-        signer = resolve_signer(ledger.state, member_key.public_b64)
+        signer = ledger.signer(member_key.public_b64)
         issuer = TokenIssuer(
             chain=ledger.chain, node_name=settings.node_name, node_key=node_key, ttl_seconds=ttl
         )

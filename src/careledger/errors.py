@@ -10,6 +10,7 @@
      ├── Conflict             the request contradicts current state (e.g. a stale nonce)
      ├── Pushback             the node is overloaded; try again later (HTTP 503)
      └── StorageError         the store is unusable or inconsistent
+          └── UnknownRuleset  the chain scheduled rules this node's software does not have
 
 Every error carries a stable, upper-snake-case ``code`` that users can search for in the docs,
 so HTTP, CLI and SDK report the same thing in the same words. Messages never carry PHI or
@@ -105,6 +106,14 @@ class Pushback(CareLedgerError):
 class StorageError(CareLedgerError):
     code = "STORAGE_ERROR"
     http_status = 500
+
+
+class UnknownRuleset(StorageError):
+    """The chain runs (or has scheduled) a ruleset this software does not know: the node stops
+    at its activation height rather than execute blocks under the wrong rules."""
+
+    code = "UNKNOWN_RULESET"
+    http_status = 503
 
 
 class BatchRefused(CareLedgerError):

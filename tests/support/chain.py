@@ -7,6 +7,7 @@ import hashlib
 import itertools
 from typing import Any
 
+from careledger.contracts.registry import Registry
 from careledger.core.keys import KeyPair
 from careledger.core.tx import make_body, sign_body
 from careledger.ledger.admission import admit_all
@@ -36,8 +37,10 @@ def key(name: str) -> KeyPair:
     return KeyPair.from_seed(hashlib.sha256(name.encode()).digest())
 
 
-def genesis() -> dict[str, Any]:
+def genesis(ruleset: str | None = None) -> dict[str, Any]:
+    """The test genesis; with ``ruleset`` it names the chain's first ruleset (else r0)."""
     return {
+        **({"ruleset": ruleset} if ruleset is not None else {}),
         "chain": CHAIN,
         "time": GENESIS_TIME,
         "orgs": copy.deepcopy(ORGS),
@@ -53,10 +56,19 @@ class TestChain:
 
     __test__ = False
 
-    def __init__(self, store: LedgerStore) -> None:
-        Ledger.create(store, genesis())
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        ruleset: str | None = None,
+        registry: Registry | None = None,
+        genesis_doc: dict[str, Any] | None = None,
+    ) -> None:
+        Ledger.create(store, genesis_doc or genesis(ruleset), registry)
         self.store = store
-        self.ledger = Ledger(store, node_name="hosp-node", node_key=key("hosp-node"))
+        self.ledger = Ledger(
+            store, node_name="hosp-node", node_key=key("hosp-node"), registry=registry
+        )
         self._nonces = itertools.count(1)
         self.time = GENESIS_TIME
 

@@ -9,7 +9,6 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from careledger.auth import TokenClaims, TokenIssuer, scope_within
-from careledger.contracts.identity import resolve_signer
 from careledger.errors import CareLedgerError, Unauthorized
 from careledger.node import Node
 from careledger.scopes import default_scopes, parse_scopes
@@ -41,7 +40,7 @@ def get_member(
         raise Unauthorized("a bearer token is required", code="TOKEN_REQUIRED")
     claims = issuer.verify(credentials.credentials)
     try:
-        signer = resolve_signer(node.ledger.state, claims.public_key)
+        signer = node.ledger.signer(claims.public_key)
     except CareLedgerError:
         raise Unauthorized("the token's key is no longer active", code="TOKEN_REVOKED") from None
     if signer.member != claims.member:

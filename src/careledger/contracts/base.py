@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from careledger.core.block import Write
 from careledger.errors import Rejected
+
+if TYPE_CHECKING:
+    from careledger.contracts.ruleset import Ruleset
 
 StateReader = Callable[[str, str], Any]
 """Reads committed state: (namespace, key) -> JSON value, or None when absent."""
@@ -112,7 +115,12 @@ class Context:
     time: int
     tx_id: str
     state: StateView
+    rules: Ruleset
     _events: list[Event] = field(default_factory=list, repr=False)
+
+    def args(self, raw: Mapping[str, Any]) -> Args:
+        """Typed access to a nested object, matched as this ruleset matches ids."""
+        return self.rules.args(raw)
 
     def emit(self, event_type: str, data: Mapping[str, Any]) -> None:
         self._events.append(Event(event_type, dict(data)))
@@ -151,14 +159,19 @@ class Contract:
     def call(self, ctx: Context, method: str, args: Mapping[str, Any]) -> None:
         if method not in self.methods():
             raise Rejected("UNKNOWN_METHOD", f"{self.name} has no method {method}")
-        getattr(self, method)(ctx, Args(args))
+        getattr(self, method)(ctx, ctx.args(args))
 
 
 class Args:
     """Typed access to a transaction's args; a wrong or missing arg is ``Rejected(BAD_ARGS)``."""
 
-    def __init__(self, raw: Mapping[str, Any]) -> None:
+    def __init__(self, raw: Mapping[str, Any], *, exact: bool = False) -> None:
         self.raw = raw
+        self.exact = exact
+
+    def _matches(self, pattern: re.Pattern[str], value: str) -> bool:
+        found = pattern.fullmatch(value) if self.exact else pattern.match(value)
+        return found is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.raw)
@@ -181,7 +194,7 @@ class Args:
         value = self._get(name, _REQUIRED if default is None else default)
         if not isinstance(value, str) or not 0 < len(value) <= max_len:
             raise Rejected("BAD_ARGS", f"argument {name!r} must be a string of 1..{max_len} chars")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not self._matches(pattern, value):
             raise Rejected("BAD_ARGS", f"argument {name!r} has the wrong format")
         return value
 
@@ -221,7 +234,7 @@ class Args:
         if (
             not isinstance(value, list)
             or not 0 < len(value) <= max_items
-            or not all(isinstance(v, str) and pattern.match(v) for v in value)
+            or not all(isinstance(v, str) and self._matches(pattern, v) for v in value)
         ):
             raise Rejected("BAD_ARGS", f"argument {name!r} must be a list of names")
         return sorted(set(value))
@@ -230,7 +243,7 @@ class Args:
         value = self._get(name, _REQUIRED)
         if not isinstance(value, dict):
             raise Rejected("BAD_ARGS", f"argument {name!r} must be an object")
-        return Args(value)
+        return Args(value, exact=self.exact)
 
     def only(self, *names: str) -> None:
         extra = set(self.raw) - set(names)

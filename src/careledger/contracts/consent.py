@@ -16,7 +16,8 @@ from typing import Any
 from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.records import RESOURCE_TYPE, require_patient
+from careledger.contracts.records import NAMESPACE as RECORDS
+from careledger.contracts.records import RESOURCE_TYPE, record_key, require_patient
 from careledger.errors import Rejected
 
 NAMESPACE = "consent"
@@ -200,4 +201,139 @@ class ConsentV1(Contract):
         ctx.emit(
             "consent.break_glass",
             {"id": ctx.tx_id, "patient": patient, "member": ctx.signer.member, "reason": reason},
+        )
+
+
+BREAK_GLASS_WINDOW_MS = 24 * 60 * 60 * 1000
+BREAK_GLASS_PER_WINDOW = 2
+CARE_PROVIDER_KINDS = frozenset({"hospital", "clinic"})
+
+
+class ConsentV2(ConsentV1):
+    """r2: break-glass needs a care relationship the ledger can see, or a colleague's signature.
+
+    The relationship is the patient's own organisation, or an Encounter of the patient that the
+    clinician's organisation anchored (``encounter``: its record id); otherwise a second
+    clinician or nurse of the same organisation confirms the request before it opens. One
+    break-glass per clinician and patient at a time (no renewal while one runs) and at most two
+    a day; every opening names the patient's custodian, whose node tells its staff at once.
+    """
+
+    version = 2
+
+    @tx_method
+    def break_glass(self, ctx: Context, args: Args) -> None:
+        args.only("patient", "reason", "purpose", "encounter")
+        patient = args.string("patient", pattern=ID_PATTERN)
+        reason = args.string("reason")
+        if reason not in BREAK_GLASS_REASONS:
+            raise Rejected("BAD_ARGS", f"reason must be one of {sorted(BREAK_GLASS_REASONS)}")
+        if args.string("purpose") != "ETREAT":
+            raise Rejected("BAD_ARGS", "break-glass is for purpose ETREAT only")
+        if not ctx.signer.roles & BREAK_GLASS_ROLES:
+            raise Rejected("NOT_AUTHORISED", "only a clinician or nurse may break the glass")
+        record = require_patient(ctx, patient)
+        self._check_limits(ctx, patient, ctx.signer.member)
+        related = record["org"] == ctx.signer.org or (
+            args.has("encounter") and self._encounter_held(ctx, patient, args)
+        )
+        entry = {
+            "id": ctx.tx_id,
+            "patient": patient,
+            "member": ctx.signer.member,
+            "org": ctx.signer.org,
+            "custodian": record["org"],
+            "reason": reason,
+            "purpose": "ETREAT",
+            "height": ctx.height,
+            "basis": "care_relationship" if related else "cosignature",
+            "status": "active" if related else "pending",
+        }
+        if related:
+            self._open(ctx, entry)
+            return
+        entry["requested"] = ctx.time
+        ctx.state.put(break_glass_key(ctx.tx_id), entry)
+        ctx.emit(
+            "consent.break_glass_requested",
+            {
+                "id": ctx.tx_id,
+                "patient": patient,
+                "member": ctx.signer.member,
+                "reason": reason,
+                "custodian": record["org"],
+            },
+        )
+
+    @tx_method
+    def confirm_break_glass(self, ctx: Context, args: Args) -> None:
+        """A second clinician or nurse of the requester's organisation co-signs a pending
+        break-glass (within an hour of the request), which opens it."""
+        args.only("id")
+        entry = ctx.state.get(break_glass_key(args.string("id", max_len=64)))
+        if entry is None or entry.get("status") != "pending":
+            raise Rejected("UNKNOWN_BREAK_GLASS", "no pending break-glass with that id")
+        if (
+            not ctx.signer.roles & BREAK_GLASS_ROLES
+            or ctx.signer.org != entry["org"]
+            or ctx.signer.member == entry["member"]
+        ):
+            raise Rejected(
+                "NOT_AUTHORISED", "a second clinician or nurse of the same organisation confirms"
+            )
+        if ctx.time > entry["requested"] + 60 * 60 * 1000:
+            raise Rejected("BREAK_GLASS_EXPIRED", "the request is over an hour old: ask again")
+        self._check_limits(ctx, entry["patient"], entry["member"])
+        self._open(ctx, {**entry, "status": "active", "cosigner": ctx.signer.member})
+
+    @staticmethod
+    def _encounter_held(ctx: Context, patient: str, args: Args) -> bool:
+        encounter = ctx.state.read(RECORDS, record_key(args.string("encounter", max_len=64)))
+        if (
+            encounter is None
+            or encounter["type"] != "Encounter"
+            or encounter["patient"] != patient
+            or encounter["custodian"] != ctx.signer.org
+            or encounter["shredded"]
+        ):
+            raise Rejected("NO_CARE_RELATIONSHIP", "no Encounter of this patient held by you")
+        return True
+
+    @staticmethod
+    def _check_limits(ctx: Context, patient: str, member: str) -> None:
+        history = ctx.state.get(f"break-glass-count/{patient}/{member}") or []
+        latest = ctx.state.get(break_glass_index_key(patient, member))
+        if latest is not None:
+            running = ctx.state.get(break_glass_key(latest["id"]))
+            if running is not None and ctx.time < running["end"]:
+                raise Rejected(
+                    "BREAK_GLASS_ACTIVE",
+                    "a break-glass for this patient is still open: it is not renewed",
+                )
+        recent = [t for t in history if t > ctx.time - BREAK_GLASS_WINDOW_MS]
+        if len(recent) >= BREAK_GLASS_PER_WINDOW:
+            raise Rejected(
+                "BREAK_GLASS_LIMIT",
+                f"at most {BREAK_GLASS_PER_WINDOW} break-glass accesses to one patient a day",
+            )
+
+    @staticmethod
+    def _open(ctx: Context, entry: dict[str, Any]) -> None:
+        patient, member = entry["patient"], entry["member"]
+        entry = {**entry, "start": ctx.time, "end": ctx.time + BREAK_GLASS_MS}
+        history = ctx.state.get(f"break-glass-count/{patient}/{member}") or []
+        recent = [t for t in history if t > ctx.time - BREAK_GLASS_WINDOW_MS]
+        ctx.state.put(f"break-glass-count/{patient}/{member}", [*recent, ctx.time])
+        ctx.state.put(break_glass_key(entry["id"]), entry)
+        ctx.state.put(break_glass_index_key(patient, member), {"id": entry["id"]})
+        ctx.emit(
+            "consent.break_glass",
+            {
+                "id": entry["id"],
+                "patient": patient,
+                "member": member,
+                "reason": entry["reason"],
+                "custodian": entry["custodian"],
+                "basis": entry["basis"],
+            },
         )

@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from careledger.contracts.base import Args, Context, Contract, Signer, StateReader, tx_method
 from careledger.core.block import Write
 from careledger.core.keys import decode_public_key
 from careledger.errors import Rejected, ValidationError
+
+if TYPE_CHECKING:
+    from careledger.contracts.ruleset import Ruleset
 
 NAMESPACE = "identity"
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -72,6 +75,7 @@ def node_entry(
 
 
 REVOKED = "revoked"
+RECOVERY = "recovery"
 
 
 def org_key(org_id: str) -> str:
@@ -113,6 +117,38 @@ def resolve_node(read: StateReader, member_id: object) -> tuple[Signer, bytes]:
     return signer, decode_public_key(member["key"])
 
 
+def signer_of_member(rules: Ruleset, read: StateReader, public_key: str) -> Signer:
+    """r0's signer: the member behind the key, with every role the member was given."""
+    return resolve_signer(read, public_key)
+
+
+def org_kinds(org: Mapping[str, Any]) -> list[str]:
+    """An organisation's kinds (r0 organisations have one ``kind``)."""
+    kinds = org.get("kinds")
+    return list(kinds) if isinstance(kinds, list) else [str(org["kind"])]
+
+
+def recovery_member(public_key: str) -> str:
+    """The signer name of a patient's recovery key: not a member id, so it matches no member,
+    patient or role check anywhere and can only call ``identity.recover``."""
+    return f"{public_key}#recovery"
+
+
+def signer_by_org_kind(rules: Ruleset, read: StateReader, public_key: str) -> Signer:
+    """r2's signer: roles only as far as the organisation's kinds allow them; a patient's
+    recovery key signs as a recovery signer with no role."""
+    entry = read(NAMESPACE, key_key(public_key))
+    if entry is not None and entry.get("status") == RECOVERY:
+        member = read(NAMESPACE, member_key(entry["member"]))
+        return Signer(public_key, recovery_member(public_key), member["org"], frozenset())
+    signer = resolve_signer(read, public_key)
+    org = read(NAMESPACE, org_key(signer.org))
+    allowed = rules.allowed_roles(org_kinds(org))
+    if signer.roles <= allowed:
+        return signer
+    return replace(signer, roles=signer.roles & allowed)
+
+
 def act_for(ctx: Context, member_id: str) -> Context:
     """The context of a member a node acts for (API workflows signed by the node).
 
@@ -127,7 +163,7 @@ def act_for(ctx: Context, member_id: str) -> Context:
     member = ctx.state.read(NAMESPACE, member_key(member_id))
     if member is None:
         raise Rejected("UNKNOWN_MEMBER", f"no member {member_id!r}")
-    signer = resolve_signer(ctx.state.read, member["key"])
+    signer = ctx.rules.signer(ctx.state.read, member["key"])
     if signer.has_role("patient") and not signer.roles - {"patient"}:
         raise Rejected("NOT_AUTHORISED", "patients sign for themselves")
     if signer.org != ctx.signer.org:
@@ -143,20 +179,6 @@ def act_for(ctx: Context, member_id: str) -> Context:
     return replace(ctx, signer=signer)
 
 
-def run_on_behalf(contract: Contract, ctx: Context, args: Args, allowed: frozenset[str]) -> None:
-    """``{actor, method, args}``: a node runs one of ``allowed`` as a member it authenticated
-    (see :func:`act_for`); roles and ownership are judged as the member's."""
-    args.only("actor", "method", "args")
-    actor = act_for(ctx, args.string("actor", max_len=64))
-    method = args.string("method", max_len=32)
-    if method not in allowed:
-        raise Rejected("BAD_ARGS", f"method must be one of {sorted(allowed)}")
-    inner = args.raw.get("args")
-    if not isinstance(inner, dict):
-        raise Rejected("BAD_ARGS", "args must be an object")
-    contract.call(actor, method, inner)
-
-
 def require_sponsor(read: StateReader, signer: Signer) -> None:
     """A member with the sponsor role, or an admin of a sponsor organisation."""
     org = read(NAMESPACE, org_key(signer.org)) or {}
@@ -166,51 +188,11 @@ def require_sponsor(read: StateReader, signer: Signer) -> None:
         raise Rejected("NOT_AUTHORISED", "only a sponsor may do this")
 
 
-def genesis_writes(genesis: Mapping[str, Any]) -> list[Write]:
+def genesis_writes(genesis: Mapping[str, Any], rules: Ruleset) -> list[Write]:
     """The identity state a genesis document creates at height 0 (ValidationError if unsound)."""
-    writes: dict[str, Any] = {}
-    try:
-        orgs = genesis["orgs"]
-        members = genesis["members"]
-        if not isinstance(orgs, list) or not isinstance(members, list) or not orgs:
-            raise ValidationError("genesis needs non-empty 'orgs' and a 'members' list")
-        for org in orgs:
-            args = Args(org)
-            args.only("id", "name", "kind", "served_by")
-            oid = args.string("id", pattern=ID_PATTERN)
-            kind = args.string("kind")
-            if kind not in ORG_KINDS:
-                raise ValidationError(f"organisation {oid}: unknown kind {kind!r}")
-            if org_key(oid) in writes:
-                raise ValidationError(f"organisation {oid} appears twice")
-            writes[org_key(oid)] = _org_record(oid, args.string("name"), kind)
-            if args.has("served_by"):
-                writes[org_key(oid)]["served_by"] = args.string("served_by", pattern=ID_PATTERN)
-        for org in orgs:
-            served = org.get("served_by")
-            if served is not None and org_key(served) not in writes:
-                raise ValidationError(f"organisation {org['id']}: no organisation {served!r}")
-        for member in members:
-            args = Args(member)
-            args.only("id", "name", "org", "roles", "public_key")
-            record = _new_member(
-                writes.get,
-                member_id=args.string("id", pattern=ID_PATTERN),
-                name=args.string("name"),
-                org=args.string("org", pattern=ID_PATTERN),
-                roles=args.strings("roles", allowed=ROLES),
-                public_key=args.string("public_key"),
-                height=0,
-            )
-            writes.update(record)
-    except (Rejected, ValidationError) as exc:
-        raise ValidationError(f"genesis: {exc.message}", code="BAD_GENESIS") from None
-    except (KeyError, TypeError) as exc:
-        raise ValidationError(f"genesis: malformed ({exc})", code="BAD_GENESIS") from None
-    if not any("admin" in v.get("roles", ()) for k, v in writes.items() if k.startswith("member/")):
-        raise ValidationError("genesis: at least one admin member is needed", code="BAD_GENESIS")
-    writes["orgs"] = sorted(v["id"] for k, v in writes.items() if k.startswith("org/"))
-    return [(NAMESPACE, key, value) for key, value in writes.items()]
+    identity = rules.contracts[NAMESPACE]
+    assert isinstance(identity, IdentityV1)
+    return identity.genesis_writes(genesis, rules)
 
 
 def _org_record(org_id: str, name: str, kind: str) -> dict[str, Any]:
@@ -254,6 +236,70 @@ def _new_member(
 class IdentityV1(Contract):
     name = "identity"
 
+    def genesis_writes(self, genesis: Mapping[str, Any], rules: Ruleset) -> list[Write]:
+        """The identity state a genesis document creates at height 0 (ValidationError if not)."""
+        writes: dict[str, Any] = {}
+        try:
+            orgs = genesis["orgs"]
+            members = genesis["members"]
+            if not isinstance(orgs, list) or not isinstance(members, list) or not orgs:
+                raise ValidationError("genesis needs non-empty 'orgs' and a 'members' list")
+            for org in orgs:
+                args = rules.args(org)
+                record = self._genesis_org(args, rules)
+                oid = record["id"]
+                if org_key(oid) in writes:
+                    raise ValidationError(f"organisation {oid} appears twice")
+                writes[org_key(oid)] = record
+                if args.has("served_by"):
+                    writes[org_key(oid)]["served_by"] = args.string("served_by", pattern=ID_PATTERN)
+            for org in orgs:
+                served = org.get("served_by")
+                if served is not None and org_key(served) not in writes:
+                    raise ValidationError(f"organisation {org['id']}: no organisation {served!r}")
+            for member in members:
+                args = rules.args(member)
+                args.only("id", "name", "org", "roles", "public_key")
+                org_id = args.string("org", pattern=ID_PATTERN)
+                roles = args.strings("roles", allowed=rules.roles)
+                if org_key(org_id) in writes:
+                    self._check_roles(rules, writes[org_key(org_id)], roles)
+                record = _new_member(
+                    writes.get,
+                    member_id=args.string("id", pattern=ID_PATTERN),
+                    name=args.string("name"),
+                    org=org_id,
+                    roles=roles,
+                    public_key=args.string("public_key"),
+                    height=0,
+                )
+                writes.update(record)
+        except (Rejected, ValidationError) as exc:
+            raise ValidationError(f"genesis: {exc.message}", code="BAD_GENESIS") from None
+        except (KeyError, TypeError) as exc:
+            raise ValidationError(f"genesis: malformed ({exc})", code="BAD_GENESIS") from None
+        if not any(
+            "admin" in v.get("roles", ()) for k, v in writes.items() if k.startswith("member/")
+        ):
+            raise ValidationError(
+                "genesis: at least one admin member is needed", code="BAD_GENESIS"
+            )
+        writes["orgs"] = sorted(v["id"] for k, v in writes.items() if k.startswith("org/"))
+        return [(NAMESPACE, key, value) for key, value in writes.items()]
+
+    @staticmethod
+    def _genesis_org(args: Args, rules: Ruleset) -> dict[str, Any]:
+        args.only("id", "name", "kind", "served_by")
+        oid = args.string("id", pattern=ID_PATTERN)
+        kind = args.string("kind")
+        if kind not in rules.org_kinds:
+            raise ValidationError(f"organisation {oid}: unknown kind {kind!r}")
+        return _org_record(oid, args.string("name"), kind)
+
+    @staticmethod
+    def _check_roles(rules: Ruleset, org: Mapping[str, Any], roles: list[str]) -> None:
+        """r0 lets any organisation's members hold any role."""
+
     @staticmethod
     def _require_admin_of(ctx: Context, org: str) -> None:
         if not ctx.signer.has_role("admin") or ctx.signer.org != org:
@@ -270,7 +316,7 @@ class IdentityV1(Contract):
     def add_member(self, ctx: Context, args: Args) -> None:
         """An admin adds staff; an admin or the organisation's node registers patients."""
         args.only("id", "name", "roles", "public_key")
-        roles = args.strings("roles", allowed=ROLES)
+        roles = args.strings("roles", allowed=ctx.rules.roles)
         if "node" in roles:
             raise Rejected(
                 "NOT_AUTHORISED", "node members come from genesis or an admission vote only"
@@ -295,7 +341,7 @@ class IdentityV1(Contract):
         args.only("member", "roles")
         member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
         self._require_admin_of(ctx, member["org"])
-        roles = args.strings("roles", allowed=ROLES)
+        roles = args.strings("roles", allowed=ctx.rules.roles)
         if ("node" in roles) != ("node" in member["roles"]):
             raise Rejected(
                 "NOT_AUTHORISED", "node members come from genesis or an admission vote only"
@@ -417,12 +463,9 @@ class IdentityV1(Contract):
         if not ctx.signer.has_role("admin"):
             raise Rejected("NOT_AUTHORISED", "only an organisation admin may propose")
         org, admin = args.mapping("org"), args.mapping("admin")
-        org.only("id", "name", "kind")
+        proposed = self._proposed_org(ctx, org)
         admin.only("id", "name", "public_key")
-        org_id = org.string("id", pattern=ID_PATTERN)
-        kind = org.string("kind")
-        if kind not in ORG_KINDS:
-            raise Rejected("BAD_ARGS", f"unknown organisation kind {kind!r}")
+        org_id = proposed["id"]
         if ctx.state.get(org_key(org_id)) is not None:
             raise Rejected("ORG_EXISTS", f"organisation {org_id!r} already exists")
         admin_id = admin.string("id", pattern=ID_PATTERN)
@@ -448,7 +491,7 @@ class IdentityV1(Contract):
         proposal = {
             "id": ctx.tx_id,
             "kind": "admit_org",
-            "org": {"id": org_id, "name": org.string("name"), "kind": kind},
+            "org": proposed,
             "admin": {"id": admin_id, "name": admin.string("name"), "public_key": admin_key},
             **({"node": node} if node is not None else {}),
             "proposer": ctx.signer.member,
@@ -460,6 +503,16 @@ class IdentityV1(Contract):
         ctx.state.put(f"proposal/{ctx.tx_id}", proposal)
         ctx.emit("identity.proposal_opened", {"proposal": ctx.tx_id, "org": org_id})
         self._vote(ctx, proposal, approve=True)
+
+    @staticmethod
+    def _proposed_org(ctx: Context, org: Args) -> dict[str, Any]:
+        """The organisation a proposal names, as its record will hold it."""
+        org.only("id", "name", "kind")
+        org_id = org.string("id", pattern=ID_PATTERN)
+        kind = org.string("kind")
+        if kind not in ctx.rules.org_kinds:
+            raise Rejected("BAD_ARGS", f"unknown organisation kind {kind!r}")
+        return {"id": org_id, "name": org.string("name"), "kind": kind}
 
     @tx_method
     def vote(self, ctx: Context, args: Args) -> None:
@@ -500,7 +553,7 @@ class IdentityV1(Contract):
         org, admin = proposal["org"], proposal["admin"]
         if ctx.state.get(org_key(org["id"])) is not None:
             raise Rejected("ORG_EXISTS", f"organisation {org['id']!r} already exists")
-        ctx.state.put(org_key(org["id"]), _org_record(org["id"], org["name"], org["kind"]))
+        ctx.state.put(org_key(org["id"]), {**org, "status": ACTIVE})
         IdentityV1._put_member(ctx, admin, org["id"], ["admin"])
         node = proposal.get("node")
         if node is not None:
@@ -539,3 +592,361 @@ class IdentityV1(Contract):
         if node is not None:
             ctx.state.put(node_key(org_id), {**node, "status": REMOVED, "removed": ctx.height})
         ctx.emit("identity.org_removed", {"org": org_id, "proposal": proposal["id"]})
+
+
+RULESET_NAME = re.compile(r"^[a-z][a-z0-9.-]{0,31}$")
+
+
+class IdentityV2(IdentityV1):
+    """r1: the organisations schedule the next ruleset by the same majority vote.
+
+    A node cannot know whether its peers run software that knows the proposed ruleset, so any
+    well-formed name is accepted; a node that lacks it stops at the activation height (and warns
+    from the moment the schedule names it), it never executes blocks under rules it does not have.
+    """
+
+    version = 2
+
+    @tx_method
+    def propose_ruleset(self, ctx: Context, args: Args) -> None:
+        args.only("ruleset", "height", "reason")
+        if not ctx.signer.has_role("admin"):
+            raise Rejected("NOT_AUTHORISED", "only an organisation admin may propose")
+        name = args.string("ruleset", pattern=RULESET_NAME, max_len=32)
+        height = args.integer("height", minimum=ctx.height + 1)
+        last_height, last_name = _schedule(ctx)[-1]
+        if height <= last_height or name == last_name:
+            raise Rejected(
+                "BAD_ARGS", f"a new ruleset must activate after {last_name} (height {last_height})"
+            )
+        proposal = {
+            "id": ctx.tx_id,
+            "kind": "activate_ruleset",
+            "ruleset": {"name": name, "height": height},
+            "reason": args.string("reason", max_len=256) if args.has("reason") else "",
+            "proposer": ctx.signer.member,
+            "yes": [],
+            "no": [],
+            "status": "open",
+            "opened": ctx.height,
+        }
+        ctx.state.put(f"proposal/{ctx.tx_id}", proposal)
+        ctx.emit("identity.proposal_opened", {"proposal": ctx.tx_id, "ruleset": name})
+        self._vote(ctx, proposal, approve=True)
+
+    def _admit(self, ctx: Context, proposal: Mapping[str, Any]) -> None:  # type: ignore[override]
+        if proposal["kind"] != "activate_ruleset":
+            IdentityV1._admit(ctx, proposal)
+            return
+        wanted = proposal["ruleset"]
+        scheduled = _schedule(ctx)
+        if wanted["height"] <= max(ctx.height, scheduled[-1][0]):
+            # Too late to activate at that height: the proposal lapses, nothing is scheduled.
+            assert isinstance(proposal, dict)
+            proposal["status"] = "lapsed"
+            return
+        entries = [{"height": h, "name": n} for h, n in scheduled]
+        ctx.state.put("rulesets", [*entries, {"height": wanted["height"], "name": wanted["name"]}])
+        ctx.emit(
+            "identity.ruleset_scheduled",
+            {"ruleset": wanted["name"], "height": wanted["height"], "proposal": proposal["id"]},
+        )
+
+
+def _schedule(ctx: Context) -> list[tuple[int, str]]:
+    from careledger.contracts.ruleset import schedule
+
+    return schedule(ctx.state.read)
+
+
+ROLES_R2 = ROLES | {"researcher"}
+_CARE = frozenset(
+    {
+        "admin",
+        "auditor",
+        "clinician",
+        "nurse",
+        "pharmacist",
+        "investigator",
+        "researcher",
+        "device",
+        "patient",
+        "node",
+    }
+)
+KIND_ROLES: Mapping[str, frozenset[str]] = {
+    "hospital": _CARE,
+    "clinic": _CARE,
+    "pharmacy": frozenset({"admin", "auditor", "pharmacist", "node"}),
+    "manufacturer": frozenset({"admin", "auditor", "manufacturer", "node"}),
+    "distributor": frozenset({"admin", "auditor", "distributor", "node"}),
+    "sponsor": frozenset({"admin", "auditor", "sponsor", "researcher", "node"}),
+    "patients": frozenset({"admin", "patient", "node"}),
+    "other": frozenset({"admin", "auditor", "node"}),
+}
+"""r2: which roles an organisation of each kind may give (clinical roles at care providers only)."""
+MAX_GUARDIANS = 7
+
+
+class IdentityV3(IdentityV2):
+    """r2: roles follow the organisation's kinds; a patient's key is the patient's.
+
+    An organisation has one or more kinds, set in genesis or by the admission vote; its admin
+    can give only the roles its kinds allow (and the signer resolution of r2 drops any other role
+    a member still holds). No admin can rotate, revoke or re-role a patient's key: the patient
+    does, or the recovery path the patient set up (a recovery key, or k of n guardians the
+    patient chose). A key a node holds for a patient is marked custodial; the patient moves to a
+    key of their own in one signed step.
+    """
+
+    version = 3
+
+    @staticmethod
+    def _kinds(rules: Ruleset, args: Args) -> list[str]:
+        if args.has("kinds"):
+            kinds = args.strings("kinds", allowed=rules.org_kinds, max_items=8)
+        else:
+            kinds = [args.string("kind")]
+        if not set(kinds) <= rules.org_kinds:
+            raise Rejected("BAD_ARGS", f"unknown organisation kind in {kinds}")
+        return kinds
+
+    @staticmethod
+    def _genesis_org(args: Args, rules: Ruleset) -> dict[str, Any]:
+        args.only("id", "name", "kind", "kinds", "served_by")
+        oid = args.string("id", pattern=ID_PATTERN)
+        kinds = IdentityV3._kinds(rules, args)
+        return {**_org_record(oid, args.string("name"), kinds[0]), "kinds": kinds}
+
+    @staticmethod
+    def _proposed_org(ctx: Context, org: Args) -> dict[str, Any]:
+        org.only("id", "name", "kind", "kinds")
+        org_id = org.string("id", pattern=ID_PATTERN)
+        kinds = IdentityV3._kinds(ctx.rules, org)
+        return {"id": org_id, "name": org.string("name"), "kind": kinds[0], "kinds": kinds}
+
+    @staticmethod
+    def _check_roles(rules: Ruleset, org: Mapping[str, Any], roles: list[str]) -> None:
+        kinds = org_kinds(org)
+        refused = sorted(set(roles) - rules.allowed_roles(kinds))
+        if refused:
+            raise Rejected(
+                "ROLE_NOT_ALLOWED",
+                f"an organisation of kind {'/'.join(kinds)} cannot give the roles {refused}",
+            )
+        if "patient" in roles and roles != ["patient"]:
+            raise Rejected("ROLE_NOT_ALLOWED", "a patient member holds the patient role alone")
+
+    def _org(self, ctx: Context, org_id: str) -> dict[str, Any]:
+        org: dict[str, Any] = ctx.state.get(org_key(org_id))
+        return org
+
+    @tx_method
+    def add_member(self, ctx: Context, args: Args) -> None:
+        """An admin adds staff of the roles the organisation's kinds allow; an admin or the
+        organisation's node registers patients (``custodial``: whether a node holds the key)."""
+        args.only("id", "name", "roles", "public_key", "custodial")
+        roles = args.strings("roles", allowed=ctx.rules.roles)
+        if "node" in roles:
+            raise Rejected(
+                "NOT_AUTHORISED", "node members come from genesis or an admission vote only"
+            )
+        if not (roles == ["patient"] and ctx.signer.has_role("node")):
+            self._require_admin_of(ctx, ctx.signer.org)
+        self._check_roles(ctx.rules, self._org(ctx, ctx.signer.org), roles)
+        if args.has("custodial") and roles != ["patient"]:
+            raise Rejected("BAD_ARGS", "only a patient's key can be custodial")
+        writes = _new_member(
+            ctx.state.get,
+            member_id=args.string("id", pattern=ID_PATTERN),
+            name=args.string("name"),
+            org=ctx.signer.org,
+            roles=roles,
+            public_key=args.string("public_key"),
+            height=ctx.height,
+        )
+        if roles == ["patient"]:
+            record = writes[member_key(args.raw["id"])]
+            record["custodial"] = args.boolean("custodial") if args.has("custodial") else True
+        for key, value in writes.items():
+            ctx.state.put(key, value)
+        ctx.emit("identity.member_added", {"member": args.raw["id"], "org": ctx.signer.org})
+
+    @tx_method
+    def set_roles(self, ctx: Context, args: Args) -> None:
+        args.only("member", "roles")
+        member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
+        self._require_admin_of(ctx, member["org"])
+        roles = args.strings("roles", allowed=ctx.rules.roles)
+        if "patient" in roles or "patient" in member["roles"]:
+            raise Rejected("NOT_AUTHORISED", "a patient's roles are not an admin's to change")
+        if ("node" in roles) != ("node" in member["roles"]):
+            raise Rejected(
+                "NOT_AUTHORISED", "node members come from genesis or an admission vote only"
+            )
+        self._check_roles(ctx.rules, self._org(ctx, member["org"]), roles)
+        member["roles"] = roles
+        ctx.state.put(member_key(member["id"]), member)
+        ctx.emit("identity.roles_set", {"member": member["id"], "roles": member["roles"]})
+
+    @staticmethod
+    def _patient_only(ctx: Context, member: Mapping[str, Any]) -> bool:
+        """True when ``member`` is a patient, after refusing anyone but the patient."""
+        if "patient" not in member["roles"]:
+            return False
+        if ctx.signer.member != member["id"]:
+            raise Rejected(
+                "PATIENT_KEY",
+                "a patient's key is changed only by the patient or the patient's recovery path",
+            )
+        return True
+
+    def _replace_key(
+        self, ctx: Context, member: dict[str, Any], new_key: str, *, custodial: bool | None
+    ) -> None:
+        try:
+            decode_public_key(new_key)
+        except ValidationError:
+            raise Rejected("BAD_ARGS", "public_key must be a base64url Ed25519 key") from None
+        if ctx.state.get(key_key(new_key)) is not None:
+            raise Rejected("KEY_IN_USE", "that public key is already registered")
+        self._revoke(ctx, member["key"])
+        member["key"] = new_key
+        if custodial is not None:
+            member["custodial"] = custodial
+        ctx.state.put(member_key(member["id"]), member)
+        ctx.state.put(
+            key_key(new_key), {"member": member["id"], "status": ACTIVE, "since": ctx.height}
+        )
+
+    @tx_method
+    def rotate_key(self, ctx: Context, args: Args) -> None:
+        """The member itself, or for staff an admin of its organisation, replaces the key. A
+        patient rotating their own key says whether a node holds the new one (default: no)."""
+        args.only("member", "public_key", "custodial")
+        member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
+        patient = self._patient_only(ctx, member)
+        if not patient and ctx.signer.member != member["id"]:
+            self._require_admin_of(ctx, member["org"])
+        if args.has("custodial") and not patient:
+            raise Rejected("BAD_ARGS", "only a patient's key can be custodial")
+        custodial = None
+        if patient:
+            custodial = args.boolean("custodial") if args.has("custodial") else False
+        self._replace_key(ctx, member, args.string("public_key"), custodial=custodial)
+        ctx.emit("identity.key_rotated", {"member": member["id"]})
+
+    @tx_method
+    def revoke_key(self, ctx: Context, args: Args) -> None:
+        args.only("public_key")
+        public_key = args.string("public_key")
+        entry = ctx.state.get(key_key(public_key))
+        if entry is None:
+            raise Rejected("UNKNOWN_KEY", "no such key")
+        member = self._member(ctx, entry["member"])
+        if not self._patient_only(ctx, member) and ctx.signer.member != member["id"]:
+            self._require_admin_of(ctx, member["org"])
+        if entry["status"] != ACTIVE:
+            raise Rejected("KEY_REVOKED", "the key is already revoked")
+        self._revoke(ctx, public_key)
+        ctx.emit("identity.key_revoked", {"member": member["id"]})
+
+    @tx_method
+    def set_recovery(self, ctx: Context, args: Args) -> None:
+        """A patient sets how they get their key back if they lose it: ``guardians`` (members
+        the patient trusts) with a ``threshold`` of them needed, and/or a ``recovery_key`` kept
+        offline. Replacing the path revokes the previous recovery key."""
+        args.only("guardians", "threshold", "recovery_key")
+        member = self._member(ctx, ctx.signer.member) if ctx.signer.has_role("patient") else None
+        if member is None or "patient" not in member["roles"]:
+            raise Rejected("NOT_AUTHORISED", "only a patient sets a recovery path, for themselves")
+        guardians: list[str] = []
+        threshold = 0
+        if args.has("guardians"):
+            guardians = args.names("guardians", pattern=ID_PATTERN, max_items=MAX_GUARDIANS)
+            threshold = args.integer("threshold", minimum=1, maximum=len(guardians))
+            for guardian in guardians:
+                found = ctx.state.get(member_key(guardian))
+                if found is None or guardian == member["id"] or "patient" in found["roles"]:
+                    raise Rejected("BAD_ARGS", f"{guardian!r} cannot be a guardian")
+        elif args.has("threshold"):
+            raise Rejected("BAD_ARGS", "a threshold needs guardians")
+        old = ctx.state.get(f"recovery/{member['id']}") or {}
+        if old.get("recovery_key"):
+            self._revoke_recovery_key(ctx, old["recovery_key"])
+        recovery_key = args.string("recovery_key") if args.has("recovery_key") else None
+        if recovery_key is not None:
+            try:
+                decode_public_key(recovery_key)
+            except ValidationError:
+                raise Rejected("BAD_ARGS", "recovery_key must be a base64url Ed25519 key") from None
+            if ctx.state.get(key_key(recovery_key)) is not None:
+                raise Rejected("KEY_IN_USE", "that public key is already registered")
+            ctx.state.put(
+                key_key(recovery_key),
+                {"member": member["id"], "status": RECOVERY, "since": ctx.height},
+            )
+        if not guardians and recovery_key is None:
+            ctx.state.delete(f"recovery/{member['id']}")
+        else:
+            ctx.state.put(
+                f"recovery/{member['id']}",
+                {
+                    "guardians": guardians,
+                    "threshold": threshold,
+                    "recovery_key": recovery_key,
+                    "approvals": {},
+                    "since": ctx.height,
+                },
+            )
+        ctx.emit(
+            "identity.recovery_set",
+            {
+                "member": member["id"],
+                "guardians": guardians,
+                "threshold": threshold,
+                "recovery_key": recovery_key is not None,
+            },
+        )
+
+    def _revoke_recovery_key(self, ctx: Context, public_key: str) -> None:
+        entry = ctx.state.get(key_key(public_key))
+        if entry is not None and entry["status"] == RECOVERY:
+            ctx.state.put(key_key(public_key), {**entry, "status": REVOKED, "revoked": ctx.height})
+
+    def _recovered(self, ctx: Context, member: dict[str, Any], new_key: str, how: str) -> None:
+        self._replace_key(ctx, member, new_key, custodial=False)
+        path = ctx.state.get(f"recovery/{member['id']}")
+        if path is not None:
+            ctx.state.put(f"recovery/{member['id']}", {**path, "approvals": {}})
+        ctx.emit("identity.key_recovered", {"member": member["id"], "by": how})
+
+    @tx_method
+    def approve_recovery(self, ctx: Context, args: Args) -> None:
+        """A guardian the patient chose approves a new key; the patient's threshold of
+        approvals for the same key replaces the patient's key with it."""
+        args.only("member", "public_key")
+        member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
+        path = ctx.state.get(f"recovery/{member['id']}")
+        if path is None or ctx.signer.member not in path["guardians"]:
+            raise Rejected("NOT_AUTHORISED", "only a guardian the patient chose may approve")
+        new_key = args.string("public_key")
+        approvals = {k: v for k, v in path["approvals"].items() if k != ctx.signer.member}
+        approvals[ctx.signer.member] = new_key
+        ctx.emit(
+            "identity.recovery_approved", {"member": member["id"], "guardian": ctx.signer.member}
+        )
+        if sum(1 for v in approvals.values() if v == new_key) >= path["threshold"]:
+            self._recovered(ctx, member, new_key, "guardians")
+            return
+        ctx.state.put(f"recovery/{member['id']}", {**path, "approvals": approvals})
+
+    @tx_method
+    def recover(self, ctx: Context, args: Args) -> None:
+        """Signed by the patient's recovery key: replace the patient's lost key."""
+        args.only("public_key")
+        entry = ctx.state.get(key_key(ctx.signer.public_key))
+        if entry is None or entry["status"] != RECOVERY:
+            raise Rejected("NOT_AUTHORISED", "only a patient's recovery key may recover")
+        member = self._member(ctx, entry["member"])
+        self._recovered(ctx, member, args.string("public_key"), "recovery_key")

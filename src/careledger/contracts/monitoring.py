@@ -27,7 +27,6 @@ import re
 from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
-from careledger.contracts.identity import run_on_behalf
 from careledger.contracts.records import require_patient
 from careledger.core.alert_rules import RuleError, check_rules
 from careledger.core.keys import decode_public_key
@@ -61,7 +60,7 @@ class MonitoringV1(Contract):
     @tx_method
     def on_behalf(self, ctx: Context, args: Args) -> None:
         """A node runs a staff method for a member it authenticated."""
-        run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
+        ctx.rules.run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
 
     # -- devices ---------------------------------------------------------------------------
 
@@ -271,7 +270,7 @@ class MonitoringV1(Contract):
         rules = ctx.state.get(f"rules/{device['id']}") or {"rules": [], "version": 0}
         if args.integer("rules_version") != rules["version"]:
             raise Rejected("STALE_RULES", f"the device's rules are at version {rules['version']}")
-        alerts = self._alerts(args.raw.get("alerts"), rules["rules"], count)
+        alerts = self._alerts(ctx, args.raw.get("alerts"), rules["rules"], count)
         ids = []
         for n, alert in enumerate(alerts):
             alert_id = f"{device['id']}:{seq}:{n}"
@@ -306,14 +305,16 @@ class MonitoringV1(Contract):
         )
 
     @staticmethod
-    def _alerts(raw: object, rules: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    def _alerts(
+        ctx: Context, raw: object, rules: list[dict[str, Any]], count: int
+    ) -> list[dict[str, Any]]:
         """What fired, where and when; never the reading's value (that stays in the vault)."""
         if not isinstance(raw, list) or len(raw) > MAX_ALERTS:
             raise Rejected("BAD_ARGS", f"alerts is a list of at most {MAX_ALERTS}")
         by_id = {r["id"]: r for r in rules}
         out = []
         for item in raw:
-            alert = Args(item if isinstance(item, dict) else {})
+            alert = ctx.args(item if isinstance(item, dict) else {})
             alert.only("rule", "index", "at")
             rule = by_id.get(alert.string("rule", max_len=32))
             if rule is None or rule["kind"] == "no_data":

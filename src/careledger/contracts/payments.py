@@ -28,7 +28,7 @@ from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.contracts.consent import consent_key
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, require_sponsor, run_on_behalf
+from careledger.contracts.identity import member_key, require_sponsor
 from careledger.contracts.trials import NAMESPACE as TRIALS
 from careledger.errors import Rejected
 
@@ -63,7 +63,7 @@ class PaymentsV1(Contract):
 
     @tx_method
     def on_behalf(self, ctx: Context, args: Args) -> None:
-        run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
+        ctx.rules.run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
 
     # -- bookkeeping ---------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ def anchored_records(
         raise Rejected("BAD_ARGS", f"{what}: 1..{max_items} anchored records")
     out = []
     for item in raw:
-        entry = Args(item if isinstance(item, dict) else {})
+        entry = ctx.args(item if isinstance(item, dict) else {})
         entry.only("record", "version", "hash")
         record = entry.string("record", max_len=64)
         version = entry.integer("version", minimum=1)
@@ -93,7 +93,7 @@ class RecordsV1(Contract):
         for item in anchors:
             if not isinstance(item, dict):
                 raise Rejected("BAD_ARGS", "each anchor is an object")
-            self._anchor(ctx, Args(item))
+            self._anchor(ctx, ctx.args(item))
 
     @staticmethod
     def _anchor(ctx: Context, args: Args) -> None:

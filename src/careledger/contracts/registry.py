@@ -1,54 +1,71 @@
-"""Which contracts (and which version of their rules) apply at a height.
+"""The rulesets this software knows, by name, and which one a chain runs at a height.
 
-Rule changes are added as a new :class:`Ruleset` activated at a height; older rulesets are never
-edited, so replaying old blocks gives byte-identical results.
+Every ruleset is built from the one before it by replacing parts; none is ever edited once a
+chain may have used it (tests/vectors/chains replays recorded chains to their header hashes).
+The chain, not this module, decides when a ruleset applies: see :mod:`careledger.contracts.ruleset`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from functools import cache
 
-from careledger.contracts.base import Contract
-from careledger.errors import Rejected
-
-
-@dataclass(frozen=True)
-class Ruleset:
-    activation_height: int
-    contracts: Mapping[str, Contract]
+from careledger.contracts.base import StateReader
+from careledger.contracts.ruleset import Ruleset, name_at, schedule
+from careledger.errors import UnknownRuleset
 
 
 class Registry:
     def __init__(self, rulesets: Sequence[Ruleset]) -> None:
-        if not rulesets or rulesets[0].activation_height != 0:
-            raise ValueError("the first ruleset must activate at height 0")
-        heights = [r.activation_height for r in rulesets]
-        if heights != sorted(set(heights)):
-            raise ValueError("rulesets must have strictly increasing activation heights")
-        self._rulesets = tuple(rulesets)
+        if not rulesets:
+            raise ValueError("a registry needs at least one ruleset")
+        names = [r.name for r in rulesets]
+        if len(set(names)) != len(names):
+            raise ValueError("ruleset names must be unique")
+        self._rulesets = {r.name: r for r in rulesets}
+        self.latest = rulesets[-1]
 
-    def at(self, height: int) -> Ruleset:
-        current = self._rulesets[0]
-        for ruleset in self._rulesets:
-            if ruleset.activation_height > height:
-                break
-            current = ruleset
-        return current
+    def names(self) -> list[str]:
+        return list(self._rulesets)
 
-    def resolve(self, height: int, contract: str, method: str) -> Contract:
-        found = self.at(height).contracts.get(contract)
+    def knows(self, name: str) -> bool:
+        return name in self._rulesets
+
+    def named(self, name: str) -> Ruleset:
+        found = self._rulesets.get(name)
         if found is None:
-            raise Rejected("UNKNOWN_CONTRACT", f"no contract named {contract!r}")
-        if method not in found.methods():
-            raise Rejected("UNKNOWN_METHOD", f"{contract} has no method {method!r}")
+            raise UnknownRuleset(
+                f"this node does not know ruleset {name!r} (it knows {self.names()}): "
+                "upgrade the node software"
+            )
         return found
 
+    def at(self, height: int, read: StateReader) -> Ruleset:
+        """The ruleset in force at ``height``, by the schedule in the state ``read`` sees."""
+        name = name_at(read, height)
+        if name not in self._rulesets:
+            raise UnknownRuleset(
+                f"ruleset {name!r}, in force at height {height}, is unknown to this node "
+                f"(it knows {self.names()}): upgrade the node software to go on"
+            )
+        return self._rulesets[name]
 
-def default_registry() -> Registry:
+    def unknown_scheduled(self, read: StateReader) -> list[tuple[int, str]]:
+        """Scheduled (height, name) pairs this software cannot execute."""
+        return [(h, n) for h, n in schedule(read) if n not in self._rulesets]
+
+
+def r0() -> Ruleset:
+    """The rules every chain made before rulesets had names runs; frozen."""
     from careledger.contracts.audit import AuditV1
     from careledger.contracts.consent import ConsentV1
-    from careledger.contracts.identity import IdentityV1
+    from careledger.contracts.identity import (
+        ORG_KINDS,
+        ROLES,
+        IdentityV1,
+        act_for,
+        signer_of_member,
+    )
     from careledger.contracts.monitoring import MonitoringV1
     from careledger.contracts.payments import PaymentsV1
     from careledger.contracts.records import RecordsV1
@@ -56,7 +73,7 @@ def default_registry() -> Registry:
     from careledger.contracts.trials import TrialsV1
     from careledger.contracts.visits import VisitsV1
 
-    contracts: list[Contract] = [
+    contracts = [
         IdentityV1(),
         RecordsV1(),
         ConsentV1(),
@@ -67,4 +84,57 @@ def default_registry() -> Registry:
         TrialsV1(),
         VisitsV1(),
     ]
-    return Registry([Ruleset(0, {c.name: c for c in contracts})])
+    return Ruleset(
+        name="r0",
+        contracts={c.name: c for c in contracts},
+        roles=ROLES,
+        org_kinds=ORG_KINDS,
+        kind_roles=None,
+        exact_ids=False,
+        resolve_signer=signer_of_member,
+        act_for=act_for,
+        notes="the first rules; no way to schedule another ruleset",
+    )
+
+
+def r1() -> Ruleset:
+    """r0, and the organisations can schedule the next ruleset by a majority vote."""
+    from careledger.contracts.identity import IdentityV2
+
+    return r0().derive(
+        "r1",
+        contracts=[IdentityV2()],
+        notes="identity.propose_ruleset: rulesets activated by a vote of the organisations",
+    )
+
+
+def r2() -> Ruleset:
+    """r1, with roles that follow the organisation, patients' keys the patients', exact ids."""
+    from careledger.contracts.consent import ConsentV2
+    from careledger.contracts.identity import (
+        KIND_ROLES,
+        ROLES_R2,
+        IdentityV3,
+        signer_by_org_kind,
+    )
+
+    return r1().derive(
+        "r2",
+        contracts=[IdentityV3(), ConsentV2()],
+        roles=ROLES_R2,
+        kind_roles=KIND_ROLES,
+        exact_ids=True,
+        resolve_signer=signer_by_org_kind,
+        notes=(
+            "roles limited by organisation kinds (set at admission), patient keys changed only "
+            "by the patient or the patient's recovery path, custodial keys marked, ids matched "
+            "whole; break-glass needs a care relationship or a colleague's co-signature, one at "
+            "a time and two a day per clinician and patient, and names the custodian"
+        ),
+    )
+
+
+@cache
+def default_registry() -> Registry:
+    """Every ruleset this software knows, oldest first; the last is what new chains start on."""
+    return Registry([r0(), r1(), r2()])

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import act_for, org_key, run_on_behalf
+from careledger.contracts.identity import org_key
 from careledger.errors import Rejected, ValidationError
 from careledger.supply.identifiers import (
     SGTIN,
@@ -988,7 +988,7 @@ class SupplyV1(Contract):
         self._require_roles(ctx, CAPTURE_ROLES)
         capture = args.string("capture", pattern=CAPTURE_ID)
         if args.has("actor"):
-            ctx = act_for(ctx, args.string("actor", max_len=64))
+            ctx = ctx.rules.act_for(ctx, args.string("actor", max_len=64))
             self._require_roles(ctx, SUPPLY_ROLES)
         if ctx.state.get(f"capture/{capture}") is not None:
             raise Rejected("CAPTURE_EXISTS", "that capture id is already anchored")
@@ -996,7 +996,7 @@ class SupplyV1(Contract):
         for position, item in enumerate(events):
             if not isinstance(item, dict):
                 raise Rejected("BAD_ARGS", "each event is an object")
-            event = Args(item)
+            event = ctx.args(item)
             event.only("hash", "type", "op")
             hash_id = event.string("hash", pattern=EVENT_HASH_ID)
             kind = event.string("type")
@@ -1035,7 +1035,7 @@ class SupplyV1(Contract):
 
         Ownership and roles are the member's; the leaf records both the node and the member.
         """
-        run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
+        ctx.rules.run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
 
     # -- EPCIS operations: one bizStep's effect on the units an event names ---------------
 
@@ -1078,7 +1078,7 @@ class SupplyV1(Contract):
         if tracked:
             if op.get("location") is None:
                 raise Rejected("BAD_ARGS", "commissioning needs a bizLocation (the site's GLN)")
-            self.commission(ctx, Args({"units": tracked, "location": op["location"]}))
+            self.commission(ctx, ctx.args({"units": tracked, "location": op["location"]}))
 
     def _op_aggregate(self, ctx: Context, op: Mapping[str, Any]) -> None:
         children = self._tracked_refs(ctx, op.get("children"))
@@ -1086,12 +1086,12 @@ class SupplyV1(Contract):
             return
         parent = _sscc(op.get("parent"))
         args = {"parent_sscc": parent, "children": [_ref_json(c) for c in children]}
-        self.aggregate(ctx, Args(args))
+        self.aggregate(ctx, ctx.args(args))
 
     def _op_disaggregate(self, ctx: Context, op: Mapping[str, Any]) -> None:
         parent = _sscc(op.get("parent"))
         if ctx.state.get(sscc_key(parent)) is not None or self._tracked(ctx, parent):
-            self.disaggregate(ctx, Args({"parent_sscc": parent}))
+            self.disaggregate(ctx, ctx.args({"parent_sscc": parent}))
 
     def _op_ship(self, ctx: Context, op: Mapping[str, Any]) -> None:
         refs = self._tracked_refs(ctx, op.get("units"))
@@ -1112,7 +1112,7 @@ class SupplyV1(Contract):
             "to_org": destination["org"],
             "to_location": to_location,
         }
-        self.ship(ctx, Args(args))
+        self.ship(ctx, ctx.args(args))
 
     def _op_receive(self, ctx: Context, op: Mapping[str, Any]) -> None:
         refs = self._tracked_refs(ctx, op.get("units"))
@@ -1145,7 +1145,7 @@ class SupplyV1(Contract):
         location = self._op_location(op)
         if location is not None:
             args["location"] = location
-        self.receive(ctx, Args(args))
+        self.receive(ctx, ctx.args(args))
 
     def _units_only(self, ctx: Context, op: Mapping[str, Any], what: str) -> list[tuple[str, str]]:
         refs = self._tracked_refs(ctx, op.get("units"))
@@ -1156,16 +1156,16 @@ class SupplyV1(Contract):
     def _op_dispense(self, ctx: Context, op: Mapping[str, Any]) -> None:
         location = op.get("location")
         for gtin14, serial in self._units_only(ctx, op, "dispensing"):
-            self.dispense(ctx, Args({"gtin": gtin14, "serial": serial, "location": location}))
+            self.dispense(ctx, ctx.args({"gtin": gtin14, "serial": serial, "location": location}))
 
     def _op_decommission(self, ctx: Context, op: Mapping[str, Any]) -> None:
         reason = op.get("reason") or "other"
         for gtin14, serial in self._units_only(ctx, op, "decommissioning"):
-            self.decommission(ctx, Args({"gtin": gtin14, "serial": serial, "reason": reason}))
+            self.decommission(ctx, ctx.args({"gtin": gtin14, "serial": serial, "reason": reason}))
 
     def _op_destroy(self, ctx: Context, op: Mapping[str, Any]) -> None:
         for gtin14, serial in self._units_only(ctx, op, "destroying"):
-            self.destroy(ctx, Args({"gtin": gtin14, "serial": serial}))
+            self.destroy(ctx, ctx.args({"gtin": gtin14, "serial": serial}))
 
     def _op_observe(self, ctx: Context, op: Mapping[str, Any]) -> None:
         """An event with no state change still tells where a unit was seen: check it."""

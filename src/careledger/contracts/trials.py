@@ -34,7 +34,6 @@ from careledger.contracts.identity import (
     member_key,
     org_key,
     require_sponsor,
-    run_on_behalf,
 )
 from careledger.contracts.records import anchored_records
 from careledger.core import merkle
@@ -114,7 +113,7 @@ class TrialsV1(Contract):
             raise Rejected("BAD_ARGS", f"visits: 1..{MAX_ITEMS} of {{id, day, window}}")
         visits: dict[str, dict[str, int]] = {}
         for item in visits_raw:
-            visit = Args(item if isinstance(item, dict) else {})
+            visit = ctx.args(item if isinstance(item, dict) else {})
             visit.only("id", "day", "window")
             vid = visit.string("id", pattern=VISIT_ID)
             if vid in visits:
@@ -343,7 +342,7 @@ class TrialsV1(Contract):
     @tx_method
     def on_behalf(self, ctx: Context, args: Args) -> None:
         """A node runs a staff method for a member it authenticated (API workflows)."""
-        run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
+        ctx.rules.run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
 
     @tx_method
     def lock(self, ctx: Context, args: Args) -> None:

@@ -19,7 +19,6 @@ import re
 from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
-from careledger.contracts.identity import run_on_behalf
 from careledger.contracts.records import anchored_records, require_patient
 from careledger.errors import Rejected
 
@@ -40,7 +39,7 @@ class VisitsV1(Contract):
     def on_behalf(self, ctx: Context, args: Args) -> None:
         """A node runs a participant's step for a member it authenticated. A patient's consent
         is never among them: the patient signs it."""
-        run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
+        ctx.rules.run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
 
     @staticmethod
     def _visit(ctx: Context, visit_id: str) -> dict[str, Any]:

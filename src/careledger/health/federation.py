@@ -25,7 +25,7 @@ import orjson
 
 from careledger.auth import scope_within
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, node_key, resolve_node, resolve_signer
+from careledger.contracts.identity import member_key, node_key, resolve_node
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import record_key, version_key
 from careledger.core.canonical import canonical_bytes
@@ -104,7 +104,7 @@ class FederationServer:
         member = ledger.state(IDENTITY, member_key(reader)) if isinstance(reader, str) else None
         if member is None:
             raise Forbidden("no such reader", code="UNKNOWN_MEMBER")
-        signer = resolve_signer(ledger.state, member["key"])
+        signer = ledger.signer(member["key"])
         if signer.org != node_org:
             raise Forbidden("a node speaks only for its own organisation", code="NOT_AUTHORISED")
         allowed = parse_scopes(default_scopes(signer.roles))

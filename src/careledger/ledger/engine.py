@@ -13,8 +13,9 @@ from typing import Any
 
 import orjson
 
-from careledger.contracts.identity import resolve_signer
+from careledger.contracts.base import Signer
 from careledger.contracts.registry import Registry, default_registry
+from careledger.contracts.ruleset import SCHEDULE_KEY, SCHEDULE_NAMESPACE, Ruleset
 from careledger.core import merkle
 from careledger.core.block import BlockHeader
 from careledger.core.canonical import canonical_bytes
@@ -70,14 +71,17 @@ class Ledger:
         self._lock = threading.Lock()
         self._checkpoints: dict[int, str] = {}
         self.commit_listeners: list[Any] = []
+        self.warn_unknown_rulesets()
 
     # -- genesis -------------------------------------------------------------------------
 
     @staticmethod
-    def create(store: LedgerStore, genesis: Mapping[str, Any]) -> BlockHeader:
+    def create(
+        store: LedgerStore, genesis: Mapping[str, Any], registry: Registry | None = None
+    ) -> BlockHeader:
         if store.head() is not None:
             raise Conflict("the store already holds a chain", code="CHAIN_EXISTS")
-        executed = genesis_block(genesis)
+        executed = genesis_block(genesis, registry)
         store.set_chain_meta("chain", executed.block.header.chain)
         store.set_chain_meta("genesis", canonical_bytes(dict(genesis)).decode())
         store.append_block(executed.block)
@@ -108,6 +112,27 @@ class Ledger:
                 self._cache[(namespace, key)] = value
         return value
 
+    def rules(self) -> Ruleset:
+        """The ruleset the next block executes under (UnknownRuleset if this node lacks it)."""
+        return self.registry.at(self._head.height + 1, self.state)
+
+    def signer(self, public_key: str) -> Signer:
+        """The member behind a key, with the roles the rules in force give it (or Rejected)."""
+        return self.rules().signer(self.state, public_key)
+
+    def warn_unknown_rulesets(self) -> list[tuple[int, str]]:
+        """Scheduled rulesets this software lacks, logged: the node stops at their height."""
+        unknown = self.registry.unknown_scheduled(self.state)
+        for height, name in unknown:
+            log.warning(
+                "the chain activates ruleset %r at height %d (head %d); this node does not know "
+                "it and will stop there: upgrade the node software before then",
+                name,
+                height,
+                self._head.height,
+            )
+        return unknown
+
     def explain(self, tx: Transaction) -> Explanation | None:
         """Why ``tx`` is (or was) refused, judged on the head state (see execute.explain)."""
         head = self._head
@@ -137,8 +162,9 @@ class Ledger:
         """Stateful checks (signer, contract, method, nonce) and reservation of the nonce."""
         if not signature_checked:
             check_signature(tx)
-        resolve_signer(self.state, tx.signer)
-        self.registry.resolve(self._head.height + 1, tx.contract, tx.method)
+        rules = self.rules()
+        rules.signer(self.state, tx.signer)
+        rules.contract(tx.contract, tx.method)
         with self._lock:
             last = max(self.state(NONCE_NAMESPACE, tx.signer) or 0, self._pending.get(tx.signer, 0))
             if tx.nonce <= last:
@@ -203,6 +229,8 @@ class Ledger:
                 self._cache.update(executed.state)
                 self._generation += 1
         self.release(txs)
+        if executed is not None and (SCHEDULE_NAMESPACE, SCHEDULE_KEY) in executed.state:
+            self.warn_unknown_rulesets()
         if executed is not None:
             for listener in list(self.commit_listeners):
                 try:

@@ -20,8 +20,14 @@ from careledger.contracts.base import (
     TxState,
 )
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import genesis_writes, resolve_signer
-from careledger.contracts.registry import Registry
+from careledger.contracts.identity import genesis_writes
+from careledger.contracts.registry import Registry, default_registry
+from careledger.contracts.ruleset import (
+    FIRST_RULESET,
+    SCHEDULE_KEY,
+    SCHEDULE_NAMESPACE,
+    Ruleset,
+)
 from careledger.core import merkle
 from careledger.core.block import (
     ZERO_HASH,
@@ -33,11 +39,13 @@ from careledger.core.block import (
 )
 from careledger.core.canonical import canonical_bytes, sha256_hex
 from careledger.core.tx import Transaction
-from careledger.errors import Rejected, ValidationError
+from careledger.errors import Rejected, UnknownRuleset, ValidationError
 from careledger.ledger.ports import BlockWrite, StoredEvent, StoredTx
 
 NONCE_NAMESPACE = "nonce"
 CHAIN_NAMESPACE = "chain"
+NONCE_POLICY = "strictly-increasing-per-signer"  # what execute_block implements
+RECEIPT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -81,14 +89,22 @@ def encode_writes(writes: Sequence[Write]) -> tuple[bytes, list[tuple[str, str, 
     return b"[" + b",".join(parts) + b"]", encoded
 
 
-def genesis_block(genesis: Mapping[str, Any]) -> Executed:
+def genesis_block(genesis: Mapping[str, Any], registry: Registry | None = None) -> Executed:
+    """Block 0. A genesis that names no ``ruleset`` runs r0 (every chain made before rulesets
+    had names); one that names it records it as the first entry of the chain's schedule."""
     chain = genesis.get("chain")
     time = genesis.get("time")
     if not isinstance(chain, str) or not chain:
         raise ValidationError("genesis: 'chain' must be a chain id", code="BAD_GENESIS")
     if type(time) is not int or time < 0:
         raise ValidationError("genesis: 'time' must be milliseconds since 1970", code="BAD_GENESIS")
-    writes = genesis_writes(genesis)
+    named = genesis.get("ruleset")
+    if named is not None and not isinstance(named, str):
+        raise ValidationError("genesis: 'ruleset' must be a ruleset name", code="BAD_GENESIS")
+    rules = (registry or default_registry()).named(named or FIRST_RULESET)
+    writes = genesis_writes(genesis, rules)
+    if named is not None:
+        writes.append((SCHEDULE_NAMESPACE, SCHEDULE_KEY, [{"height": 0, "name": named}]))
     writes.append((CHAIN_NAMESPACE, "genesis", sha256_hex(canonical_bytes(dict(genesis)))))
     writeset, encoded = encode_writes(writes)
     header = BlockHeader(
@@ -125,6 +141,9 @@ def execute_block(
     height = prev.height + 1
     time = max(time, prev.time)
     state = BlockState(read)
+    rules = registry.at(height, state.get)
+    if rules.nonce_policy != NONCE_POLICY or rules.receipt_version != RECEIPT_VERSION:
+        raise UnknownRuleset(f"ruleset {rules.name} needs an executor this node does not have")
     receipts: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     rejections: dict[str, Explanation] = {}
@@ -141,9 +160,7 @@ def execute_block(
             skipped[tx.tx_id] = "NONCE_REPLAY"
             continue
         index = len(stored)
-        code, tx_events, tx_writes, why = _run(
-            registry, state, signers, tx, prev.chain, height, time
-        )
+        code, tx_events, tx_writes, why = _run(rules, state, signers, tx, prev.chain, height, time)
         if why is not None:
             rejections[tx.tx_id] = why
         state.apply(tx_writes)
@@ -189,7 +206,7 @@ def execute_block(
 
 
 def _run(
-    registry: Registry,
+    rules: Ruleset,
     state: BlockState,
     signers: dict[str, Signer],
     tx: Transaction,
@@ -200,9 +217,9 @@ def _run(
     """(rejection code or None, events, writes, why refused) of one transaction."""
     tx_state = TxState(state)
     try:
-        signer = signers.get(tx.signer) or resolve_signer(state.get, tx.signer)
+        signer = signers.get(tx.signer) or rules.signer(state.get, tx.signer)
         signers[tx.signer] = signer
-        contract = registry.resolve(height, tx.contract, tx.method)
+        contract = rules.contract(tx.contract, tx.method)
         ctx = Context(
             signer=signer,
             chain=chain,
@@ -210,6 +227,7 @@ def _run(
             time=time,
             tx_id=tx.tx_id,
             state=StateView(contract.name, tx_state),
+            rules=rules,
         )
         contract.call(ctx, tx.method, tx.args)
     except Rejected as exc:
@@ -236,9 +254,10 @@ def explain(
     come from running the transaction again, here, against the state it was refused on.
     """
     state = BlockState(read)
+    rules = registry.at(height, state.get)
     try:
-        signer = resolve_signer(state.get, tx.signer)
-        contract = registry.resolve(height, tx.contract, tx.method)
+        signer = rules.signer(state.get, tx.signer)
+        contract = rules.contract(tx.contract, tx.method)
         ctx = Context(
             signer=signer,
             chain=chain,
@@ -246,6 +265,7 @@ def explain(
             time=time,
             tx_id=tx.tx_id,
             state=StateView(contract.name, TxState(state)),
+            rules=rules,
         )
         contract.call(ctx, tx.method, tx.args)
     except Rejected as exc:

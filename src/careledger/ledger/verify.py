@@ -199,7 +199,7 @@ class _Verifier:
             raise _Mismatch(height, "header does not hash to its stored hash")
         writeset = store.block_writeset(height) or b""
         if height == 0:
-            executed = _genesis(store)
+            executed = _genesis(store, self.registry)
             if executed.block.header != header or executed.block.writeset != writeset:
                 raise _Mismatch(0, "genesis block does not match the genesis document")
             return executed, header_hash
@@ -344,12 +344,12 @@ def verify_store(
     return report
 
 
-def _genesis(store: LedgerStore) -> Executed:
+def _genesis(store: LedgerStore, registry: Registry) -> Executed:
     raw = store.chain_meta("genesis")
     if raw is None:
         raise _Mismatch(0, "the genesis document is missing")
     try:
-        executed = genesis_block(orjson.loads(raw))
+        executed = genesis_block(orjson.loads(raw), registry)
     except (CareLedgerError, orjson.JSONDecodeError):
         raise _Mismatch(0, "the genesis document is malformed") from None
     if store.chain_meta("chain") != executed.block.header.chain:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from careledger.contracts.identity import genesis_writes, resolve_signer
+from careledger.contracts.registry import default_registry
 from careledger.errors import Rejected, ValidationError
 from careledger.storage.memory import MemoryStore
 from tests.support.chain import TestChain, genesis, key
@@ -45,7 +46,7 @@ def test_bad_genesis_is_refused(mutate, message: str) -> None:
     doc = genesis()
     mutate(doc)
     with pytest.raises(ValidationError, match=message) as info:
-        genesis_writes(doc)
+        genesis_writes(doc, default_registry().named("r0"))
     assert info.value.code == "BAD_GENESIS"
 
 

@@ -1,13 +1,15 @@
-"""Rulesets activate by height; older rules keep applying to older blocks."""
+"""Rulesets are versions the chain schedules: activated by a vote at a height, never edited."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
-from careledger.contracts.identity import IdentityV1
-from careledger.contracts.registry import Registry, Ruleset
-from careledger.errors import Rejected
+from careledger.contracts.registry import Registry, default_registry, r1
+from careledger.contracts.ruleset import Ruleset, schedule
+from careledger.errors import BatchRefused, Rejected, UnknownRuleset
 from careledger.ledger.verify import verify_store
 from careledger.storage.memory import MemoryStore
 from tests.support.chain import TestChain
@@ -33,37 +35,109 @@ class NotesV2(NotesV1):
         ctx.state.put(args.string("key"), {"text": args.string("text"), "v": 2})
 
 
-def registry() -> Registry:
-    identity = IdentityV1()
-    return Registry(
-        [
-            Ruleset(0, {"identity": identity, "notes": NotesV1()}),
-            Ruleset(3, {"identity": identity, "notes": NotesV2()}),
-        ]
+def notes_rulesets() -> tuple[Ruleset, Ruleset]:
+    first = r1().derive("notes-1", contracts=[NotesV1()])
+    return first, first.derive("notes-2", contracts=[NotesV2()])
+
+
+def schedule_by_vote(chain: TestChain, name: str, height: int) -> None:
+    proposal = chain.run("hosp-admin", "propose_ruleset", {"ruleset": name, "height": height})
+    assert proposal["result"] == "accepted", proposal
+    vote = chain.run("pharm-admin", "vote", {"proposal": proposal["tx_id"], "approve": True})
+    assert vote["result"] == "accepted", vote
+
+
+def test_registry_refuses_duplicate_names_and_knows_its_rulesets() -> None:
+    first, _ = notes_rulesets()
+    with pytest.raises(ValueError, match="unique"):
+        Registry([first, first])
+    registry = default_registry()
+    assert registry.names() == ["r0", "r1", "r2"]
+    assert registry.latest.name == "r2"
+    with pytest.raises(UnknownRuleset):
+        registry.named("r99")
+
+
+def test_derive_replaces_parts_and_leaves_the_old_ruleset_as_it_was() -> None:
+    first, second = notes_rulesets()
+    assert isinstance(first.contracts["notes"], NotesV1)
+    assert type(first.contracts["notes"]) is NotesV1
+    assert isinstance(second.contracts["notes"], NotesV2)
+    assert second.contracts["identity"] is first.contracts["identity"]
+    r0, _, r2 = (default_registry().named(n) for n in ("r0", "r1", "r2"))
+    assert not r0.exact_ids and r2.exact_ids
+    assert r0.kind_roles is None and r2.kind_roles is not None
+    assert "propose_ruleset" not in r0.contracts["identity"].methods()
+
+
+def test_rules_change_at_the_height_the_vote_chose_and_replay_is_identical() -> None:
+    first, second = notes_rulesets()
+    registry = Registry([first, second])
+    chain = TestChain(MemoryStore(), ruleset="notes-1", registry=registry)
+    assert schedule(chain.ledger.state) == [(0, "notes-1")]
+    schedule_by_vote(chain, "notes-2", 5)  # proposal at 1, vote at 2
+    assert schedule(chain.ledger.state) == [(0, "notes-1"), (5, "notes-2")]
+    outcomes = []
+    for height in (3, 4, 5, 6):
+        receipt = chain.run("dr-a", "put", {"key": f"k{height}", "text": "n/a"}, contract="notes")
+        outcomes.append((receipt["height"], receipt["result"]))
+    assert outcomes == [(3, "accepted"), (4, "accepted"), (5, "rejected"), (6, "rejected")]
+    assert chain.ledger.state("notes", "k4") == {"text": "n/a", "v": 1}
+    chain.run("dr-a", "put", {"key": "k7", "text": "fine"}, contract="notes")
+    assert chain.ledger.state("notes", "k7") == {"text": "fine", "v": 2}
+    assert verify_store(chain.store, registry=registry, reexecute=True).ok
+    # A node with only the old software cannot verify past the activation height.
+    report = verify_store(chain.store, registry=Registry([first]), reexecute=True)
+    assert not report.ok and report.height == 5
+
+
+def test_a_node_that_lacks_a_scheduled_ruleset_warns_then_stops_at_its_height(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first, _ = notes_rulesets()
+    chain = TestChain(MemoryStore(), ruleset="notes-1", registry=Registry([first]))
+    with caplog.at_level(logging.WARNING, logger="careledger.ledger"):
+        schedule_by_vote(chain, "notes-2", 4)
+    assert "'notes-2' at height 4" in caplog.text and "upgrade" in caplog.text
+    chain.run("dr-a", "put", {"key": "k3", "text": "x"}, contract="notes")  # height 3: old rules
+    head = chain.ledger.head.height
+    envelope = chain.envelope("dr-a", "put", {"key": "k4", "text": "x"}, contract="notes")
+    with pytest.raises(BatchRefused) as refused:  # admission refuses at once
+        chain.commit(envelope)
+    assert refused.value.code == "UNKNOWN_RULESET"
+    with pytest.raises(UnknownRuleset, match="notes-2"):  # and so does the committer
+        chain.ledger.commit([chain.ledger.decode(envelope)], chain.time + 1000)
+    assert chain.ledger.head.height == head  # nothing executed under rules it does not have
+
+
+def test_a_ruleset_proposal_must_be_well_formed_and_in_the_future() -> None:
+    chain = TestChain(MemoryStore(), ruleset="r1")
+    ask = {"ruleset": "r2", "height": 1}
+    assert chain.run("hosp-admin", "propose_ruleset", ask)["code"] == "BAD_ARGS"  # not ahead
+    assert chain.run("dr-a", "propose_ruleset", {**ask, "height": 50})["code"] == "NOT_AUTHORISED"
+    assert (
+        chain.run("hosp-admin", "propose_ruleset", {**ask, "ruleset": "R 2", "height": 50})["code"]
+        == "BAD_ARGS"
+    )
+    assert (
+        chain.run("hosp-admin", "propose_ruleset", {**ask, "ruleset": "r1", "height": 50})["code"]
+        == "BAD_ARGS"  # already in force
     )
 
 
-def test_registry_rejects_bad_orders() -> None:
-    with pytest.raises(ValueError, match="height 0"):
-        Registry([Ruleset(1, {})])
-    with pytest.raises(ValueError, match="increasing"):
-        Registry([Ruleset(0, {}), Ruleset(5, {}), Ruleset(5, {})])
+def test_a_proposal_whose_height_passed_before_the_vote_closed_lapses() -> None:
+    chain = TestChain(MemoryStore(), ruleset="r1")
+    proposal = chain.run("hosp-admin", "propose_ruleset", {"ruleset": "r2", "height": 3})
+    for name in ("rn-2", "rn-3"):  # heights 2 and 3 pass
+        args = {"id": name, "name": name, "roles": ["nurse"], "public_key": _key(name)}
+        assert chain.run("hosp-admin", "add_member", args)["result"] == "accepted"
+    vote = chain.run("pharm-admin", "vote", {"proposal": proposal["tx_id"], "approve": True})
+    assert vote["result"] == "accepted"
+    assert chain.ledger.state("identity", f"proposal/{proposal['tx_id']}")["status"] == "lapsed"
+    assert schedule(chain.ledger.state) == [(0, "r1")]
 
 
-def test_rules_change_at_the_activation_height_and_replay_is_identical() -> None:
-    chain = TestChain(MemoryStore())
-    chain.ledger.registry = registry()
-    outcomes = []
-    for height in (1, 2, 3, 4):
-        receipt = chain.run("dr-a", "put", {"key": f"k{height}", "text": "n/a"}, contract="notes")
-        outcomes.append((receipt["height"], receipt["result"]))
-    assert outcomes == [(1, "accepted"), (2, "accepted"), (3, "rejected"), (4, "rejected")]
-    assert chain.ledger.state("notes", "k2") == {"text": "n/a", "v": 1}
-    chain.run("dr-a", "put", {"key": "k5", "text": "fine"}, contract="notes")
-    assert chain.ledger.state("notes", "k5") == {"text": "fine", "v": 2}
-    assert verify_store(chain.store, registry=registry(), reexecute=True).ok
-    # Replaying with only the new rules would give different receipts: verify notices.
-    only_v2 = Registry([Ruleset(0, {"identity": IdentityV1(), "notes": NotesV2()})])
-    report = verify_store(chain.store, registry=only_v2, reexecute=True)
-    assert not report.ok
-    assert report.height == 1
+def _key(name: str) -> str:
+    from tests.support.chain import key
+
+    return key(name).public_b64

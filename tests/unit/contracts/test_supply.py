@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from careledger.contracts.base import BlockState, Context, Signer, StateView, TxState
+from careledger.contracts.registry import default_registry
 from careledger.contracts.supply import MAX_COMMISSION, NOTIFY_MS, SupplyV1, is_expired, unit_view
 from careledger.errors import Rejected
 from careledger.storage.memory import MemoryStore
@@ -234,7 +235,7 @@ def test_commission_batch_bound() -> None:
     """1,000 units per transaction (checked directly: such an envelope exceeds 64 KiB)."""
     tx = TxState(BlockState(lambda ns, k: None))
     signer = Signer("k", "maker-admin", "maker", frozenset({"admin"}))
-    ctx = Context(signer, "c", 1, 0, "t", StateView("supply", tx))
+    ctx = Context(signer, "c", 1, 0, "t", StateView("supply", tx), default_registry().named("r0"))
     args = {"units": units(*(f"S{i}" for i in range(1001))), "location": MAKER_GLN}
     with pytest.raises(Rejected) as exc:
         SupplyV1().call(ctx, "commission", args)

@@ -6,7 +6,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from careledger.api.deps import IssuerDep, MemberDep, NodeDep
-from careledger.contracts.identity import resolve_signer
 from careledger.errors import CareLedgerError, Unauthorized
 
 router = APIRouter(tags=["auth"])
@@ -54,7 +53,7 @@ def challenge(issuer: IssuerDep) -> ChallengeOut:
 def token(body: TokenIn, node: NodeDep, issuer: IssuerDep) -> TokenOut:
     issuer.redeem(body.challenge, body.public_key, body.signature)
     try:
-        signer = resolve_signer(node.ledger.state, body.public_key)
+        signer = node.ledger.signer(body.public_key)
     except CareLedgerError as exc:
         raise Unauthorized(exc.message, code=exc.code) from None
     value, ttl = issuer.issue(signer, scope=body.scope)
