@@ -98,13 +98,16 @@ def init(
     node_key: Annotated[Path | None, typer.Option(help="the node's key file")] = None,
     node_name: Annotated[str, typer.Option(help="the node's name in checkpoints")] = "",
     org: Annotated[str, typer.Option(help="the node's organisation id")] = "",
+    ruleset: Annotated[
+        str | None, typer.Option(help="the demo chain's first ruleset (default: the newest)")
+    ] = None,
 ) -> None:
     """Create a node directory with its store and genesis block."""
     from careledger.nodedir import init_demo, init_node, load_genesis
 
     try:
         if demo:
-            ledger = init_demo(data_dir)
+            ledger = init_demo(data_dir, ruleset=ruleset)
         else:
             if genesis is None or node_key is None or not node_name or not org:
                 raise ValidationError(
@@ -779,13 +782,16 @@ def cluster_up(
     demo_data: Annotated[
         bool, typer.Option("--demo-data/--no-demo-data", help="demo records and supply chain")
     ] = True,
+    ruleset: Annotated[
+        str | None, typer.Option(help="the chain's first ruleset (default: the newest)")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Start N NATS servers (Raft, fsync always) and N nodes on 127.0.0.1; they keep running."""
     from careledger.cluster.local import LocalCluster, status
 
     try:
-        cluster = LocalCluster.create(directory, nodes, with_demo_data=demo_data)
+        cluster = LocalCluster.create(directory, nodes, with_demo_data=demo_data, ruleset=ruleset)
         with err.status(f"starting {nodes} NATS servers and {nodes} nodes"):
             cluster.start()
         rows = status(directory)

@@ -78,8 +78,9 @@ def demo_keys(keys_dir: Path) -> dict[str, KeyPair]:
     return keys
 
 
-def demo_genesis(keys: dict[str, KeyPair], time_ms: int) -> dict[str, Any]:
+def demo_genesis(keys: dict[str, KeyPair], time_ms: int, ruleset: str) -> dict[str, Any]:
     return {
+        "ruleset": ruleset,
         "chain": DEMO_CHAIN,
         "time": time_ms,
         "orgs": DEMO_ORGS,

@@ -73,17 +73,25 @@ def init_node(
     return Ledger(store, node_name=node_name, node_key=key)
 
 
-def init_demo(data_dir: Path, *, with_records: bool = True, with_supply: bool = True) -> Ledger:
+def init_demo(
+    data_dir: Path,
+    *,
+    with_records: bool = True,
+    with_supply: bool = True,
+    ruleset: str | None = None,
+) -> Ledger:
     """The demo consortium with a short committed history and, by default, health records
-    and a drug supply chain (Acme -> Medline -> City Pharmacy)."""
+    and a drug supply chain (Acme -> Medline -> City Pharmacy). The chain starts on
+    ``ruleset`` (default: the newest this software knows)."""
     from careledger import demo
+    from careledger.contracts.registry import default_registry
     from careledger.keyfile import read_key_file
 
     _check_empty(data_dir)
     keys_dir = data_dir / KEYS_DIR
     keys_dir.mkdir(parents=True, exist_ok=True)
     keys = demo.demo_keys(keys_dir)
-    genesis = demo.demo_genesis(keys, _now_ms())
+    genesis = demo.demo_genesis(keys, _now_ms(), ruleset or default_registry().latest.name)
     ledger = init_node(
         data_dir,
         genesis=genesis,

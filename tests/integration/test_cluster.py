@@ -355,3 +355,50 @@ def test_cluster_cli_up_status_down(tmp_path: Path) -> None:
     assert down.returncode == 0 and "stopped 2" in down.stdout
     after = run_cli("cluster", "status", str(base), "--json")
     assert after.returncode == 1 and orjson.loads(after.stdout)[0]["up"] is False
+
+
+def test_a_ruleset_voted_in_mid_stream_activates_on_every_node(tmp_path: Path) -> None:
+    """A chain started on r1 votes r2 in while transactions keep flowing: every node switches at
+    the chosen height, the attacks r1 allowed are refused from then on, and every node's store
+    still re-executes from genesis (the old blocks under r1, the new under r2)."""
+    cluster = LocalCluster.create(tmp_path / "c", 3, with_demo_data=False, ruleset="r1")
+    cluster.start()
+    try:
+        n1, n2, n3 = cluster.nodes
+        grab = {"member": "acme-admin", "roles": ["admin", "clinician", "manufacturer"]}
+        with admin_client(cluster, n3, "acme-admin") as acme:
+            assert acme.call("identity", "set_roles", grab)["result"] == "accepted"  # r1 allows
+        head = httpx.get(f"{n1.url}/v1/head").json()["height"]
+        activation = head + 8
+        with admin_client(cluster, n1) as client:
+            proposal = client.call(
+                "identity", "propose_ruleset", {"ruleset": "r2", "height": activation}
+            )
+            assert proposal["result"] == "accepted", proposal
+        for admin, node in (("northside-admin", n2), ("medline-admin", n3), ("trialco-admin", n1)):
+            with admin_client(cluster, node, admin) as client:
+                vote = client.call(
+                    "identity", "vote", {"proposal": proposal["tx_id"], "approve": True}
+                )
+                assert vote["result"] == "accepted", vote
+        state = httpx.get(f"{n2.url}/v1/state/identity/rulesets").json()["value"]
+        assert state == [{"height": 0, "name": "r1"}, {"height": activation, "name": "r2"}]
+        heights = []
+        with admin_client(cluster, n1) as client:  # the stream goes on across the activation
+            for i in range(12):
+                heights.append(client.submit(new_member(client, f"mid-{i}"), wait=True)["height"])
+        assert min(heights) < activation <= max(heights)
+        with admin_client(cluster, n3, "acme-admin") as acme, pytest.raises(RemoteError) as again:
+            acme.call("identity", "set_roles", grab)
+        assert again.value.code == "ROLE_NOT_ALLOWED"
+        steal = {"member": "patient-0001", "public_key": generate_keypair().public_b64}
+        with admin_client(cluster, n2) as client, pytest.raises(RemoteError) as taken:
+            client.call("identity", "rotate_key", steal)
+        assert taken.value.code == "PATIENT_KEY"
+        wait_converged(cluster)
+        for node in cluster.nodes:
+            checked = run_cli("verify", str(node.dir), "--reexecute", "--json")
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            assert orjson.loads(checked.stdout)["ok"] is True
+    finally:
+        cluster.stop()

@@ -159,7 +159,13 @@ class LocalCluster:
 
     @classmethod
     def create(
-        cls, base: Path, count: int, *, with_demo_data: bool = True, stream_max_msgs: int = 0
+        cls,
+        base: Path,
+        count: int,
+        *,
+        with_demo_data: bool = True,
+        stream_max_msgs: int = 0,
+        ruleset: str | None = None,
     ) -> LocalCluster:
         """Write the directories (nothing runs yet)."""
         from careledger import demo
@@ -177,7 +183,9 @@ class LocalCluster:
         nats = [NatsServer(s, specs) for s in specs]
         urls = [s.url for s in specs]
         first = base / "node-1"
-        init_demo(first, with_records=with_demo_data, with_supply=with_demo_data).store.close()
+        init_demo(
+            first, with_records=with_demo_data, with_supply=with_demo_data, ruleset=ruleset
+        ).store.close()
         orgs = {m: o for m, _, o, _ in demo.DEMO_MEMBERS}
         nodes: list[NodeProcess] = []
         for i, name in enumerate(demo.CLUSTER_NODES[:count]):
