@@ -13,7 +13,7 @@ import pytest
 
 from careledger.core.checkpoint import format_vkey
 from careledger.errors import VerificationError
-from careledger.keyfile import read_key_file
+from careledger.keyfile import generate_keypair, read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
 from tests.support.nodes import Server, login, run_cli, serving
@@ -343,6 +343,16 @@ def test_break_glass_read_is_flagged_for_the_patient(
                 {"patient": world["patient"], "reason": "unconscious", "purpose": "ETREAT"},
             )
         assert glass["result"] == "accepted"
+        # Northside holds no care relationship with St Mary's patient: the request waits for a
+        # colleague's co-signature (ruleset r2) and reads nothing meanwhile.
+        assert emergency.get(target, headers={"X-Purpose-Of-Use": "ETREAT"}).status_code == 403
+        colleague = generate_keypair()
+        admin = read_key_file(node_dir / "keys" / "northside-admin.key")[1]
+        with Client(server.url, keypair=admin) as c:
+            args = {"id": "rn-north", "name": "RN North", "roles": ["nurse"]}
+            c.call("identity", "add_member", {**args, "public_key": colleague.public_b64})
+        with Client(server.url, keypair=colleague) as c:
+            c.call("consent", "confirm_break_glass", {"id": glass["tx_id"]})
         assert emergency.get(target).status_code == 403  # only for emergency treatment
         assert emergency.get(target, headers={"X-Purpose-Of-Use": "ETREAT"}).status_code == 200
     with login(server, node_dir / "keys" / "patients" / f"{world['patient']}.key") as patient:
