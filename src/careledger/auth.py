@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ from careledger.scopes import Scope, default_scopes, parse_scopes
 
 CHALLENGE_TTL_SECONDS = 120
 MAX_OPEN_CHALLENGES = 10_000
+MAX_CHALLENGES_PER_CLIENT = 16
+MAX_REVOKED_TOKENS = 100_000
 
 
 def scope_within(wanted: Scope, allowed: Scope) -> bool:
@@ -58,26 +61,59 @@ class TokenIssuer:
         self.ttl = ttl_seconds
         self._private = Ed25519PrivateKey.from_private_bytes(node_key.seed)
         self._public: Ed25519PublicKey = self._private.public_key()
-        self._challenges: dict[str, float] = {}
+        self._challenges: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._by_client: dict[str, OrderedDict[str, None]] = {}
+        self._revoked: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def new_challenge(self) -> tuple[str, int]:
+    def new_challenge(self, client: str = "") -> tuple[str, int]:
+        """A fresh challenge. One client address holds at most a few open at once (its oldest
+        is dropped), and when the node holds its maximum the oldest anyone holds is dropped, so
+        a flood of anonymous challenges can delay its sender but lock nobody else out."""
         now = time.time()
         with self._lock:
-            if len(self._challenges) >= MAX_OPEN_CHALLENGES:
-                self._challenges = {c: t for c, t in self._challenges.items() if t > now}
-            if len(self._challenges) >= MAX_OPEN_CHALLENGES:
-                raise Unauthorized(
-                    "too many open challenges; retry shortly", code="TOO_MANY_CHALLENGES"
-                )
+            mine = self._by_client.setdefault(client, OrderedDict())
+            while len(mine) >= MAX_CHALLENGES_PER_CLIENT:
+                oldest, _ = mine.popitem(last=False)
+                self._challenges.pop(oldest, None)
+            while len(self._challenges) >= MAX_OPEN_CHALLENGES:
+                oldest, (_, owner) = self._challenges.popitem(last=False)
+                self._by_client.get(owner, OrderedDict()).pop(oldest, None)
             challenge = b64url_encode(secrets.token_bytes(24))
-            self._challenges[challenge] = now + CHALLENGE_TTL_SECONDS
+            self._challenges[challenge] = (now + CHALLENGE_TTL_SECONDS, client)
+            mine[challenge] = None
+            self._forget_idle_clients()
         return challenge, CHALLENGE_TTL_SECONDS
+
+    def _forget_idle_clients(self) -> None:
+        if len(self._by_client) > 2 * MAX_OPEN_CHALLENGES:
+            self._by_client = {c: m for c, m in self._by_client.items() if m}
+
+    def revoke(self, token: str) -> None:
+        """Refuse ``token`` from now on (sign-out), until it would have expired anyway."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._public,
+                algorithms=["EdDSA"],
+                audience=self.chain,
+                issuer=self.node_name,
+            )
+        except jwt.PyJWTError:
+            return
+        with self._lock:
+            if len(self._revoked) >= MAX_REVOKED_TOKENS:
+                now = time.time()
+                self._revoked = {j: e for j, e in self._revoked.items() if e > now}
+            self._revoked[str(claims.get("jti", ""))] = float(claims["exp"])
 
     def redeem(self, challenge: str, public_key: str, signature: str) -> None:
         """Consume a challenge signed by ``public_key``; any failure is Unauthorized."""
         with self._lock:
-            expiry = self._challenges.pop(challenge, None)
+            entry = self._challenges.pop(challenge, None)
+            if entry is not None:
+                self._by_client.get(entry[1], OrderedDict()).pop(challenge, None)
+        expiry = None if entry is None else entry[0]
         if expiry is None or expiry < time.time():
             raise Unauthorized("unknown or expired challenge", code="BAD_CHALLENGE")
         try:
@@ -128,6 +164,8 @@ class TokenIssuer:
             raise Unauthorized("the token has expired", code="TOKEN_EXPIRED") from None
         except jwt.PyJWTError:
             raise Unauthorized("the token is not valid for this node", code="BAD_TOKEN") from None
+        if str(claims.get("jti", "")) in self._revoked:
+            raise Unauthorized("the token was revoked (signed out)", code="TOKEN_REVOKED")
         return TokenClaims(
             member=str(claims["sub"]),
             org=str(claims.get("org", "")),

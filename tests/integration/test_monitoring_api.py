@@ -174,7 +174,7 @@ def test_a_monitored_patient_from_device_to_acknowledged_alert(
     huge = httpx.post(
         f"{server.url}/v1/devices/oxi-7/readings", content=b"[" + b"1," * 3_000_000 + b"1]"
     )
-    assert huge.status_code == 400 and huge.json()["code"] == "REQUEST_TOO_LARGE"
+    assert huge.status_code == 413 and huge.json()["code"] == "REQUEST_TOO_LARGE"
     pharmacist.close()
 
 

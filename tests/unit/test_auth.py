@@ -69,3 +69,38 @@ def test_challenge_is_single_use() -> None:
     wrong = b64url_encode(MEMBER.sign(challenge_message("other.chain", fresh)))
     with pytest.raises(Unauthorized):
         tokens.redeem(fresh, MEMBER.public_b64, wrong)
+
+
+def redeem(tokens: TokenIssuer, challenge: str) -> None:
+    signature = b64url_encode(MEMBER.sign(challenge_message("c.test", challenge)))
+    tokens.redeem(challenge, MEMBER.public_b64, signature)
+
+
+def test_a_flood_of_challenges_from_one_address_locks_nobody_else_out() -> None:
+    tokens = issuer()
+    alice, _ = tokens.new_challenge("10.0.0.7")
+    for _ in range(12_000):
+        tokens.new_challenge("10.6.6.6")
+    redeem(tokens, alice)  # still open: the flood only displaced the flooder's own challenges
+    fresh, _ = tokens.new_challenge("10.0.0.8")
+    redeem(tokens, fresh)
+
+
+def test_one_address_holds_only_a_few_open_challenges() -> None:
+    tokens = issuer()
+    first, _ = tokens.new_challenge("10.6.6.6")
+    for _ in range(16):
+        tokens.new_challenge("10.6.6.6")
+    with pytest.raises(Unauthorized):
+        redeem(tokens, first)
+
+
+def test_a_revoked_token_is_refused_at_once() -> None:
+    tokens = issuer()
+    token, _ = tokens.issue(signer("clinician"))
+    other, _ = tokens.issue(signer("clinician"))
+    tokens.revoke(token)
+    with pytest.raises(Unauthorized) as refused:
+        tokens.verify(token)
+    assert refused.value.code == "TOKEN_REVOKED"
+    assert tokens.verify(other).member == "m1"

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from careledger import __version__
 from careledger.api import errors
+from careledger.api.body_limit import BodyLimit
 from careledger.api.metrics import Metrics
 from careledger.api.routes import (
     auth,
@@ -126,6 +127,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit)
     routers = (
         tx,
         chain,

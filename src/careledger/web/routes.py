@@ -8,13 +8,15 @@ the same services and authorisation as the API.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
@@ -37,8 +39,55 @@ from careledger.web import fhir_view
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters["iso_ms"] = lambda ms: iso_ms(int(ms))[:19].replace("T", " ")
-router = APIRouter(include_in_schema=False)
 COOKIE = "careledger_session"
+CSRF_FIELD = "csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def csrf_for(token: str) -> str:
+    """The session's anti-forgery value: derived from the HttpOnly session token, which no
+    page of another origin (another port of this host included) can read."""
+    return hashlib.sha256(b"careledger-csrf\x00" + token.encode()).hexdigest()[:32]
+
+
+def _origin(request: Request) -> str | None:
+    origin = request.headers.get("origin")
+    if origin is None:
+        referer = urlsplit(request.headers.get("referer", ""))
+        origin = f"{referer.scheme}://{referer.netloc}" if referer.netloc else None
+    return origin
+
+
+async def csrf_guard(request: Request) -> None:
+    """Every state-changing portal request comes from the portal's own origin and, once signed
+    in, carries the session's anti-forgery value (form field or X-CSRF-Token header)."""
+    if request.method in SAFE_METHODS:
+        return
+    if _origin(request) != f"{request.url.scheme}://{request.headers.get('host', '')}":
+        raise Forbidden("a request from another site was refused", code="CSRF")
+    token = request.cookies.get(COOKIE)
+    if request.url.path == "/session" or not token:
+        return
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.headers.get("content-type", "").startswith(
+        "application/x-www-form-urlencoded"
+    ):
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        sent = (form.get(CSRF_FIELD) or [None])[0]
+    if not sent or not hmac.compare_digest(sent, csrf_for(token)):
+        raise Forbidden("the form is stale or was not sent by the portal: reload it", code="CSRF")
+
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_guard)])
+
+
+async def form_of(request: Request) -> dict[str, list[str]]:
+    """A urlencoded form, or 400 BAD_FORM (never a 500 for bytes that are not UTF-8)."""
+    try:
+        return parse_qs((await request.body()).decode("utf-8"), max_num_fields=200)
+    except (UnicodeDecodeError, ValueError):
+        raise ValidationError("the form is not UTF-8 urlencoded text", code="BAD_FORM") from None
 SUPPLY_ROLES = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
 
 
@@ -62,8 +111,12 @@ def caller_of(claims: TokenClaims | None) -> Caller | None:
 
 def page(request: Request, name: str, **context: Any) -> HTMLResponse:
     claims = session(request)
+    token = request.cookies.get(COOKIE)
+    csrf = csrf_for(token) if claims is not None and token else ""
     return templates.TemplateResponse(
-        request, name, {"me": claims, "chain": get_node(request).ledger.chain, **context}
+        request,
+        name,
+        {"me": claims, "chain": get_node(request).ledger.chain, "csrf": csrf, **context},
     )
 
 
@@ -83,8 +136,13 @@ def signin(request: Request) -> HTMLResponse:
 @router.post("/session")
 async def start_session(request: Request) -> Response:
     """Keep a token the browser obtained by signing the challenge (HttpOnly: no script sees it)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ValidationError("the body is JSON: {'token': ...}", code="UNSUPPORTED_MEDIA_TYPE")
     raw = await request.body()
-    body = orjson.loads(raw) if 0 < len(raw) <= 8192 else None
+    try:
+        body = orjson.loads(raw) if 0 < len(raw) <= 8192 else None
+    except orjson.JSONDecodeError:
+        body = None
     token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(token, str):
         raise ValidationError("the body is {'token': ...}", code="BAD_REQUEST")
@@ -103,7 +161,11 @@ async def start_session(request: Request) -> Response:
 
 
 @router.post("/signout")
-def signout() -> Response:
+def signout(request: Request) -> Response:
+    """Signing out revokes the session's token at once, not only the cookie."""
+    token = request.cookies.get(COOKIE)
+    if token:
+        request.app.state.issuer.revoke(token)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(COOKIE)
     return response
@@ -233,7 +295,7 @@ def _places(node: Any, events: list[dict[str, Any]]) -> list[dict[str, str]]:
 async def dispense(request: Request) -> HTMLResponse:
     """A pharmacist records handing the pack to a patient (no patient data is recorded)."""
     caller = _supply_member(request)
-    form = parse_qs((await request.body()).decode())
+    form = await form_of(request)
     gtin, serial = (form.get("gtin") or [""])[0], (form.get("serial") or [""])[0]
     service: SupplyService = request.app.state.supply
     try:
@@ -407,7 +469,7 @@ def my_consents(request: Request) -> HTMLResponse:
 @router.post("/me/consents")
 async def grant(request: Request) -> Response:
     claims, caller = _patient(request)
-    form = parse_qs((await request.body()).decode())
+    form = await form_of(request)
     org = (form.get("org") or [""])[0]
     types = [t for t in (form.get("types") or ["*"])[0].replace(" ", "").split(",") if t]
     purpose = (form.get("purpose") or ["TREAT"])[0]
@@ -509,7 +571,7 @@ def my_research(request: Request) -> HTMLResponse:
 @router.post("/me/research/invitations/{invitation}")
 async def answer_invitation(request: Request, invitation: str) -> Response:
     _, caller = _patient(request)
-    form = parse_qs((await request.body()).decode())
+    form = await form_of(request)
     answer = (form.get("answer") or [""])[0]
     await run_in_threadpool(request.app.state.trials.respond, caller, invitation, answer)
     return RedirectResponse("/me/research", status_code=303)
@@ -616,7 +678,7 @@ async def visit_step(request: Request, visit_id: str, step: str) -> Response:
     if caller is None:
         raise Forbidden("sign in first", code="NOT_AUTHORISED")
     service = request.app.state.visits
-    form = parse_qs((await request.body()).decode())
+    form = await form_of(request)
     if step == "consent":
         recording = (form.get("recording") or [""])[0] == "yes"
         await run_in_threadpool(service.consent, caller, visit_id, recording, None)
@@ -657,7 +719,7 @@ def recalls(request: Request) -> HTMLResponse:
 @router.post("/recalls")
 async def start_recall(request: Request) -> Response:
     caller = _supply_member(request)
-    form = parse_qs((await request.body()).decode())
+    form = await form_of(request)
     gtin = (form.get("gtin") or [""])[0].strip()
     lots = [x.strip() for x in (form.get("lots") or [""])[0].split(",") if x.strip()]
     reason = (form.get("reason") or [""])[0].strip()
@@ -722,7 +784,7 @@ def register_page(request: Request) -> HTMLResponse:
 async def register_patient(request: Request) -> HTMLResponse:
     """An administrator of this node's organisation registers a patient's own public key."""
     _org_admin(request)
-    form = parse_qs((await request.body()).decode())
+    form = await form_of(request)
     public_key = (form.get("public_key") or [""])[0].strip()
     records = request.app.state.health
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from careledger.api.deps import IssuerDep, MemberDep, NodeDep
@@ -43,8 +43,8 @@ class WhoAmI(BaseModel):
 
 
 @router.post("/v1/auth/challenge", response_model=ChallengeOut)
-def challenge(issuer: IssuerDep) -> ChallengeOut:
-    value, ttl = issuer.new_challenge()
+def challenge(request: Request, issuer: IssuerDep) -> ChallengeOut:
+    value, ttl = issuer.new_challenge(request.client.host if request.client else "")
     message = f"careledger-auth:{issuer.chain}:{value}"
     return ChallengeOut(challenge=value, message=message, expires_in=ttl)
 

@@ -1,0 +1,157 @@
+"""The portal and the API under attack (issue 15): CSRF from another port of the same host,
+sign-out that revokes, bodies limited while they stream, challenge floods, bad bytes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from careledger.keyfile import read_key_file
+from careledger.nodedir import init_demo
+from careledger.sdk import Client
+from careledger.web.routes import COOKIE, csrf_for
+from tests.support.nodes import Server, serving
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("portal-security") / "node"
+    init_demo(data, with_records=False, with_supply=False).store.close()
+    with serving(data) as running:
+        yield running
+
+
+def token_of(server: Server, member: str) -> str:
+    keypair = read_key_file(server.data_dir / "keys" / f"{member}.key")[1]
+    with Client(server.url, keypair=keypair) as client:
+        return str(client.login())
+
+
+def signed_in(server: Server, member: str) -> tuple[httpx.Client, str]:
+    token = token_of(server, member)
+    client = httpx.Client(base_url=server.url, timeout=30, follow_redirects=False)
+    kept = client.post("/session", json={"token": token}, headers={"origin": server.url})
+    assert kept.status_code == 204, kept.text
+    return client, token
+
+
+def peak_rss(server: Server) -> int:
+    """The server process's peak resident memory (VmHWM), in bytes."""
+    assert server.proc is not None
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def consent_form(csrf: str | None) -> dict[str, str]:
+    form = {"org": "northside-clinic", "types": "*", "purpose": "TREAT", "days": "30"}
+    return form if csrf is None else {**form, "csrf": csrf}
+
+
+def test_a_page_on_another_port_cannot_grant_a_consent(server: Server) -> None:
+    patient, token = signed_in(server, "patient-0001")
+    evil = server.url.rsplit(":", 1)[0] + ":6666"  # same host, another port: same site
+    for headers, form in (
+        ({"origin": evil}, consent_form(csrf_for(token))),  # even knowing the value
+        ({"origin": server.url}, consent_form(None)),  # same origin, no anti-forgery value
+        ({"origin": server.url}, consent_form("0" * 32)),
+        ({}, consent_form(csrf_for(token))),  # neither Origin nor Referer
+    ):
+        refused = patient.post("/me/consents", data=form, headers=headers)
+        assert refused.status_code == 403 and refused.json()["code"] == "CSRF", refused.text
+    passed = patient.post(
+        "/me/consents", data=consent_form(csrf_for(token)), headers={"origin": server.url}
+    )
+    # Past the guard, the route itself answers: this demo patient holds their own key.
+    assert passed.json()["code"] == "SIGN_YOURSELF", passed.text
+    page = patient.get("/me/consents").text
+    assert f'name="csrf" value="{csrf_for(token)}"' in page  # every form carries it
+    patient.close()
+
+
+def test_session_refuses_cross_site_and_non_json_bodies(server: Server) -> None:
+    token = token_of(server, "dr-ana-silva")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        cross = client.post(
+            "/session", json={"token": token}, headers={"origin": "http://evil.example"}
+        )
+        assert cross.status_code == 403 and cross.json()["code"] == "CSRF"
+        form = client.post("/session", data={"token": token}, headers={"origin": server.url})
+        assert form.status_code == 400 and form.json()["code"] == "UNSUPPORTED_MEDIA_TYPE"
+        junk = client.post(
+            "/session",
+            content=b"\xff\xfe{",
+            headers={"origin": server.url, "content-type": "application/json"},
+        )
+        assert junk.status_code == 400
+
+
+def test_signing_out_revokes_the_token_at_once(server: Server) -> None:
+    portal, token = signed_in(server, "dr-ana-silva")
+    bearer = {"authorization": f"Bearer {token}"}
+    assert httpx.get(f"{server.url}/v1/auth/whoami", headers=bearer).status_code == 200
+    out = portal.post("/signout", data={"csrf": csrf_for(token)}, headers={"origin": server.url})
+    assert out.status_code == 303
+    after = httpx.get(f"{server.url}/v1/auth/whoami", headers=bearer)
+    assert after.status_code == 401 and after.json()["code"] == "TOKEN_REVOKED"
+    portal.cookies.set(COOKIE, token)
+    assert "Sign out" not in portal.get("/me").text
+    portal.close()
+
+
+def test_non_utf8_forms_are_a_clear_400(server: Server) -> None:
+    patient, token = signed_in(server, "patient-0002")
+    bad = patient.post(
+        "/me/consents",
+        content=b"org=\xff\xfe&csrf=" + csrf_for(token).encode(),
+        headers={"origin": server.url, "content-type": "application/x-www-form-urlencoded"},
+    )
+    # The anti-forgery check reads the form leniently; the route refuses the bytes clearly.
+    assert bad.status_code == 400 and bad.json()["code"] == "BAD_FORM", bad.text
+    patient.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "limit"),
+    [("/v1/federation/read", 64 * 1024), ("/session", 64 * 1024), ("/v1/auth/token", 1 << 20)],
+)
+def test_bodies_are_refused_while_they_stream(server: Server, path: str, limit: int) -> None:
+    """600 MiB sent chunked: the node never holds it (its peak memory barely moves)."""
+    sent = 0
+    peak_before = peak_rss(server)
+
+    def body() -> Iterator[bytes]:
+        nonlocal sent
+        chunk = b"x" * 65536
+        for _ in range(600 * 16):  # up to 600 MiB, chunked: no Content-Length to refuse early
+            sent += len(chunk)
+            yield chunk
+
+    started = time.monotonic()
+    try:
+        answer = httpx.post(
+            f"{server.url}{path}", content=body(), headers={"origin": server.url}, timeout=30
+        )
+        # 413 as the limit passes, or an earlier refusal (a federation request must be signed
+        # first): either way the node stopped reading long before the body ended.
+        assert 400 <= answer.status_code < 500
+    except httpx.TransportError:
+        pass  # the node answered and closed the connection while the client was still sending
+    assert sent > 0 and time.monotonic() - started < 30
+    grown = peak_rss(server) - peak_before
+    assert grown < 64 * 1024 * 1024, f"the node's peak memory grew by {grown} bytes"
+    declared = httpx.post(f"{server.url}{path}", content=b"x" * (limit + 1))
+    assert declared.status_code == 413
+
+
+def test_a_challenge_flood_does_not_block_logins(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for _ in range(300):
+            assert client.post("/v1/auth/challenge").status_code == 200
+    assert token_of(server, "dr-ana-silva")  # signs in at once
