@@ -109,6 +109,13 @@ def install(app: FastAPI) -> None:
             return fhir_outcome(exc.status_code, code, str(exc.detail))
         return problem(exc.status_code, code, str(exc.detail))
 
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> Response:
+        # An integer no store or encoder can hold (2^63 and above) is bad input, not a fault.
+        if _is_fhir(request):
+            return fhir_outcome(400, "OUT_OF_RANGE", "a number is out of range")
+        return problem(400, "OUT_OF_RANGE", "a number is out of range")
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error")

@@ -79,6 +79,8 @@ class SQLiteStore:
     def _one(self, sql: str, params: Sequence[object] = ()) -> tuple[object, ...] | None:
         try:
             row: tuple[object, ...] | None = self._connect().execute(sql, params).fetchone()
+        except OverflowError:
+            raise ValidationError("a number is out of range", code="OUT_OF_RANGE") from None
         except sqlite3.Error as exc:
             raise StorageError(f"ledger store read failed: {exc}") from None
         return row
@@ -86,6 +88,8 @@ class SQLiteStore:
     def _all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
         try:
             return self._connect().execute(sql, params).fetchall()
+        except OverflowError:
+            raise ValidationError("a number is out of range", code="OUT_OF_RANGE") from None
         except sqlite3.Error as exc:
             raise StorageError(f"ledger store read failed: {exc}") from None
 
