@@ -50,6 +50,7 @@ DEMO_MEMBERS = [
     ("dr-ana-silva", "Dr Ana Silva", "st-mary", ["clinician", "investigator"]),
     ("northside-admin", "Northside administrator", "northside-clinic", ["admin"]),
     ("dr-ben-okafor", "Dr Ben Okafor", "northside-clinic", ["clinician"]),
+    ("rn-sam-osei", "Sam Osei, RN", "northside-clinic", ["nurse"]),
     ("city-pharmacy-admin", "City Pharmacy administrator", "city-pharmacy", ["admin"]),
     ("ph-chen-li", "Chen Li, pharmacist", "city-pharmacy", ["pharmacist"]),
     ("acme-admin", "Acme administrator", "acme-pharma", ["admin", "manufacturer"]),

@@ -269,6 +269,25 @@ def test_a_clinician_without_consent_breaks_the_glass_and_the_patient_sees_it(
         str(server.data_dir / "keys" / "dr-ben-okafor.key")
     )
     page.get_by_role("button", name="Break the glass").click()
+    # Northside has no care relationship with St Mary's patient: a colleague must co-sign.
+    expect(page.get_by_test_id("glass-pending")).to_be_visible()
+    colleague = browser.new_context()
+    nurse = colleague.new_page()
+    try:
+        sign_in(nurse, server, server.data_dir / "keys" / "rn-sam-osei.key")
+        nurse.goto(f"{server.url}/clinician")
+        waiting = nurse.get_by_test_id("to-confirm")
+        expect(waiting).to_contain_text("dr-ben-okafor")
+        expect(waiting).to_contain_text(patient)
+        waiting.get_by_label("Your key file").set_input_files(
+            str(server.data_dir / "keys" / "rn-sam-osei.key")
+        )
+        waiting.get_by_role("button", name="Co-sign emergency access").click()
+        expect(waiting.get_by_role("status")).to_contain_text("Co-signed", timeout=20_000)
+        shot(nurse, "clinician-cosigns-break-glass")
+    finally:
+        colleague.close()
+    page.get_by_role("link", name="Open the record again").click()
     expect(page.get_by_test_id("emergency")).to_be_visible()
     history = page.get_by_test_id("history")
     expect(history).to_contain_text("st-mary")  # the source organisation of each record

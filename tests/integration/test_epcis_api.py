@@ -122,3 +122,33 @@ def test_paging_and_access(server: Server, maker: httpx.Client) -> None:
     with client_for(server, "dr-ana-silva") as clinician:
         refused = clinician.post("/epcis/capture", content=json.dumps(document("ObjectEvent.json")))
         assert refused.status_code == 403
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth):
+        value = {"example:x": value}
+    return value
+
+
+def test_a_document_that_cannot_be_stored_is_not_anchored(
+    server: Server, maker: httpx.Client
+) -> None:
+    """An extension nested 150 levels was committed on the ledger, answered 500, lost its body
+    and left epcis.sqlite locked; now it is refused before the ledger and nothing is locked."""
+    doc = document("ObjectEvent.json")
+    doc["epcisBody"]["eventList"][0]["example:ext"] = nested(150)
+    doc["@context"] = [*doc.get("@context", []), {"example": "https://example.com/x#"}]
+    head = httpx.get(f"{server.url}/v1/head").json()["height"]
+    refused = capture(maker, doc)
+    assert refused["success"] is False and refused["ledgerTransaction"] is None
+    assert refused["errors"][0]["code"] == "TOO_DEEP"
+    assert httpx.get(f"{server.url}/v1/head").json()["height"] == head  # nothing anchored
+    fine = document("ObjectEvent.json")
+    for i, item in enumerate(fine["epcisBody"]["eventList"]):  # new events, not seen before
+        item["eventTime"] = f"2026-01-02T03:04:{i:02d}.000Z"
+    stored = capture(maker, fine)
+    assert stored["success"] is True, stored["errors"]  # the repository is not locked
+    listed = maker.get("/epcis/events", params={"perPage": 500}).json()
+    events = listed["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    assert all("example:ext" not in e for e in events)

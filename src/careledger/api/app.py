@@ -65,6 +65,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         app.state.health = health
         repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
         app.state.epcis = EpcisService(running, repository)
+        app.state.epcis.recover()  # captures a stopped node left staged
         alert_store = AlertStore(settings.data_dir / EPCIS_FILE)
         verification_log = VerificationLog(settings.data_dir / EPCIS_FILE)
         watcher = AlertWatcher(running.ledger, alert_store)

@@ -10,7 +10,7 @@ flagged on every access and announced to the patient by an event.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
@@ -204,6 +204,24 @@ class ConsentV1(Contract):
         )
 
 
+BREAK_GLASS_CONFIRM_MS = 60 * 60 * 1000
+BREAK_GLASS_PREFIX = "break-glass/"
+
+
+def awaiting_cosignature(
+    entries: Iterable[Mapping[str, Any]], *, org: str, now: int
+) -> list[Mapping[str, Any]]:
+    """Break-glass requests of ``org``'s staff still waiting for a colleague (the view the
+    node's portal shows; ``entries`` are the ``break-glass/`` values of this namespace)."""
+    return [
+        e
+        for e in entries
+        if e.get("status") == "pending"
+        and e["org"] == org
+        and now <= e["requested"] + BREAK_GLASS_CONFIRM_MS
+    ]
+
+
 BREAK_GLASS_WINDOW_MS = 24 * 60 * 60 * 1000
 BREAK_GLASS_PER_WINDOW = 2
 CARE_PROVIDER_KINDS = frozenset({"hospital", "clinic"})
@@ -281,7 +299,7 @@ class ConsentV2(ConsentV1):
             raise Rejected(
                 "NOT_AUTHORISED", "a second clinician or nurse of the same organisation confirms"
             )
-        if ctx.time > entry["requested"] + 60 * 60 * 1000:
+        if ctx.time > entry["requested"] + BREAK_GLASS_CONFIRM_MS:
             raise Rejected("BREAK_GLASS_EXPIRED", "the request is over an hour old: ask again")
         self._check_limits(ctx, entry["patient"], entry["member"])
         self._open(ctx, {**entry, "status": "active", "cosigner": ctx.signer.member})

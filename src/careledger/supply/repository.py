@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from careledger.errors import NotFound, StorageError
+from careledger.errors import Conflict, NotFound, StorageError
 from careledger.sqlite_threads import ThreadConnections, page_of
 
 SCHEMA = """
@@ -73,27 +73,24 @@ class EpcisRepository:
     def _connect(self) -> sqlite3.Connection:
         return self._conns.get()
 
-    def begin_capture(self, capture: str, org: str, created: str, count: int) -> None:
-        with self._write_lock:
-            self._connect().execute(
-                "INSERT INTO captures(id, org, status, created, events) VALUES(?,?,?,?,?)",
-                (capture, org, "running", created, count),
-            )
-
-    def finish_capture(
-        self,
-        capture: str,
-        *,
-        events: Iterable[StoredEvent] = (),
-        tx_id: str | None = None,
-        errors: Sequence[Mapping[str, Any]] = (),
+    def begin_capture(
+        self, capture: str, org: str, created: str, events: Sequence[StoredEvent] = ()
     ) -> None:
-        """Store the events and mark the capture done, in one transaction (or mark it failed)."""
-        status = "failed" if errors else "succeeded"
+        """Stage a capture and its events before the ledger sees them, in one transaction.
+
+        Staged events are invisible to queries (their capture is 'running'). Storing first means
+        a body that cannot be stored fails the capture before anything is anchored, and an
+        anchored capture never lacks its bodies (see :meth:`finish_capture` and
+        :meth:`running_captures` for the crash between the two).
+        """
         with self._write_lock:
             conn = self._connect()
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO captures(id, org, status, created, events) VALUES(?,?,?,?,?)",
+                    (capture, org, "running", created, len(events)),
+                )
                 for event in events:
                     cursor = conn.execute(
                         "INSERT INTO events(hash, capture, type, event_time, biz_step, disposition,"
@@ -113,15 +110,55 @@ class EpcisRepository:
                         "INSERT OR IGNORE INTO event_epcs(seq, epc, role) VALUES(?,?,?)",
                         [(cursor.lastrowid, epc, role) for epc, role in event.epcs],
                     )
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                _rollback(conn)
+                raise Conflict(
+                    "an event of this capture is already stored", code="DUPLICATE_EVENT"
+                ) from None
+            except (sqlite3.Error, orjson.JSONEncodeError, OverflowError) as exc:
+                _rollback(conn)
+                raise StorageError(f"the capture could not be stored: {exc}") from None
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    def finish_capture(
+        self,
+        capture: str,
+        *,
+        tx_id: str | None = None,
+        errors: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Publish a staged capture (anchored), or drop its events and record why it failed."""
+        status = "failed" if errors else "succeeded"
+        with self._write_lock:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if errors:
+                    conn.execute(
+                        "DELETE FROM event_epcs WHERE seq IN "
+                        "(SELECT seq FROM events WHERE capture = ?)",
+                        (capture,),
+                    )
+                    conn.execute("DELETE FROM events WHERE capture = ?", (capture,))
                 conn.execute(
                     "UPDATE captures SET status = ?, tx_id = ?, errors = ? WHERE id = ?",
                     (status, tx_id, orjson.dumps(list(errors)), capture),
                 )
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise StorageError(f"the capture could not be stored: {exc}") from None
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    def running_captures(self) -> list[str]:
+        """Captures staged but not finished: a node stopped between staging and finishing."""
+        rows = self._connect().execute("SELECT id FROM captures WHERE status = 'running'")
+        return [str(r[0]) for r in rows.fetchall()]
 
     def capture(self, capture: str) -> dict[str, Any]:
         row = (
@@ -185,3 +222,9 @@ class EpcisRepository:
 
     def close(self) -> None:
         self._conns.close()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Never leave a transaction open: a half-written capture would lock the file."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")

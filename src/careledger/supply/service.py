@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from careledger.contracts.supply import MAX_CAPTURE_EVENTS
+from careledger.contracts.supply import NAMESPACE as SUPPLY
 from careledger.core.canonical import canonical_bytes
 from careledger.core.tx import MAX_ENVELOPE_BYTES
 from careledger.errors import CareLedgerError, ValidationError
@@ -35,6 +36,28 @@ _EPC_ROLES = (
     ("inputEPCList", "input"),
     ("outputEPCList", "output"),
 )
+
+
+MAX_NESTING = 64  # far beyond any EPCIS extension seen; orjson itself stops at 255
+
+
+def nesting_depth(value: object) -> int:
+    """How deep objects and arrays nest (iteratively: a hostile document cannot recurse us)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_NESTING:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def canonical_epc(value: str) -> str:
@@ -93,6 +116,10 @@ def prepare_capture(document: object) -> Prepared | list[dict[str, Any]]:
     worker process.
     """
     try:
+        if nesting_depth(document) > MAX_NESTING:
+            raise ValidationError(
+                f"the document nests deeper than {MAX_NESTING} levels", code="TOO_DEEP"
+            )
         events = validate_document(document)
         if len(events) > MAX_CAPTURE_EVENTS:
             raise ValidationError(
@@ -133,7 +160,12 @@ class EpcisService:
                 f"{MAX_ENVELOPE_BYTES} bytes; split it into smaller captures",
             }
             return self._failed(capture_id, caller, created, [too_large])
-        self.repository.begin_capture(capture_id, caller.org, created, len(stored))
+        try:
+            self.repository.begin_capture(capture_id, caller.org, created, stored)
+        except CareLedgerError as exc:  # not storable: nothing reaches the ledger
+            return self._failed(
+                capture_id, caller, created, [{"code": exc.code, "message": exc.message}]
+            )
         try:
             ((receipt, why),) = self.node.execute_explained([("supply", "anchor_events", args)])
         except CareLedgerError as exc:
@@ -151,13 +183,25 @@ class EpcisService:
                 error["message"] = "the ledger refused the capture"
             self.repository.finish_capture(capture_id, tx_id=receipt["tx_id"], errors=[error])
         else:
-            self.repository.finish_capture(capture_id, events=stored, tx_id=receipt["tx_id"])
+            self.repository.finish_capture(capture_id, tx_id=receipt["tx_id"])
         return self.repository.capture(capture_id)
+
+    def recover(self) -> int:
+        """Finish captures a stopped node left staged: published if the ledger anchored them,
+        dropped otherwise. Returns how many were finished."""
+        for capture_id in self.repository.running_captures():
+            anchored = self.node.ledger.state(SUPPLY, f"capture/{capture_id}")
+            if anchored is not None:
+                self.repository.finish_capture(capture_id, tx_id=anchored.get("tx"))
+            else:
+                lost = {"code": "NODE_RESTARTED", "message": "the node stopped before anchoring"}
+                self.repository.finish_capture(capture_id, errors=[lost])
+        return len(self.repository.running_captures())
 
     def _failed(
         self, capture_id: str, caller: Caller, created: str, errors: Sequence[Mapping[str, Any]]
     ) -> dict[str, Any]:
-        self.repository.begin_capture(capture_id, caller.org, created, 0)
+        self.repository.begin_capture(capture_id, caller.org, created)
         self.repository.finish_capture(capture_id, errors=errors)
         return self.repository.capture(capture_id)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +25,8 @@ from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import get_member, get_node
 from careledger.auth import TokenClaims
+from careledger.contracts.consent import BREAK_GLASS_PREFIX, awaiting_cosignature
+from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
 from careledger.health.access import Caller
 from careledger.sqlite_threads import iso_ms
@@ -749,8 +752,15 @@ async def clinician(
     if caller is None or not caller.roles & CARE_ROLES:
         raise Forbidden("sign in with a clinician's or nurse's key", code="NOT_AUTHORISED")
     patient = patient.strip()
+    waiting = _awaiting_cosignature(request, caller)
     if not patient:
-        return page(request, "clinician.html", patient="", consented=_consented(request, caller))
+        return page(
+            request,
+            "clinician.html",
+            patient="",
+            consented=_consented(request, caller),
+            to_confirm=[w for w in waiting if w["member"] != caller.member],
+        )
     purpose = "ETREAT" if emergency else "TREAT"
     records = request.app.state.health
     try:
@@ -758,10 +768,28 @@ async def clinician(
             records.everything_everywhere, caller, patient, purpose=purpose
         )
     except CareLedgerError as exc:
-        return page(request, "clinician.html", patient=patient, refused=exc, emergency=emergency)
+        mine = [w for w in waiting if w["member"] == caller.member and w["patient"] == patient]
+        return page(
+            request,
+            "clinician.html",
+            patient=patient,
+            refused=exc,
+            emergency=emergency,
+            pending=mine[0] if mine else None,
+        )
     rows = _timeline(found)
     return page(
         request, "clinician.html", patient=patient, rows=rows, missing=missing, emergency=emergency
+    )
+
+
+def _awaiting_cosignature(request: Request, caller: Caller) -> list[Mapping[str, Any]]:
+    """Break-glass requests by the caller's colleagues (or the caller) waiting for a co-signer."""
+    ledger = get_node(request).ledger
+    keys = ledger.store.state_keys(CONSENT, BREAK_GLASS_PREFIX, 10_000)
+    entries = (ledger.state(CONSENT, k) for k in keys)
+    return awaiting_cosignature(
+        (e for e in entries if e is not None), org=caller.org, now=int(time.time() * 1000)
     )
 
 
