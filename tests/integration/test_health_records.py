@@ -431,3 +431,26 @@ def test_vault_tampering_is_detected(server: Server, node_dir: Path, world: dict
     response = world["clinician"].get(f"/fhir/Observation/{world['obs'][1]}")
     assert response.status_code == 422
     assert response.headers["X-CareLedger-Code"] == "VAULT_TAMPERED"
+
+
+def test_a_narrowed_token_reads_nothing_outside_its_scopes(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    """A token narrowed to the supply chain no longer reads access logs, AuditEvents or Consents
+    (the attack: a narrowed admin token still read every patient's log)."""
+    admin = read_key_file(node_dir / "keys" / "st-mary-admin.key")[1]
+    patient = world["patient"]
+    reads = (
+        f"/v1/patients/{patient}/access-log",
+        f"/fhir/AuditEvent?patient={patient}",
+        f"/fhir/Consent?patient={patient}",
+    )
+    with Client(server.url, keypair=admin) as c:
+        narrow = c.login(scope="user/SupplyChain.read")
+        wide = c.login()
+    for path in reads:
+        refused = httpx.get(f"{server.url}{path}", headers={"authorization": f"Bearer {narrow}"})
+        assert refused.status_code == 403, (path, refused.text)
+        assert "SCOPE" in refused.text
+        allowed = httpx.get(f"{server.url}{path}", headers={"authorization": f"Bearer {wide}"})
+        assert allowed.status_code == 200, (path, allowed.text)

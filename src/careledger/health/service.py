@@ -660,6 +660,7 @@ class HealthRecords:
         return dict(self.ledger.state("consent", f"consent/{consent_id}"))
 
     def _may_see_consents(self, caller: Caller, patient: str) -> None:
+        require_scope(caller, "Consent", "read", patient)  # a narrowed token stays narrow
         if caller.member == patient:
             return
         own_team = caller.org == self.org and bool(caller.roles & CARE_ROLES)
@@ -683,6 +684,7 @@ class HealthRecords:
         return [self.ledger.state("consent", f"consent/{k.rsplit('/', 1)[1]}") for k in keys]
 
     def access_log(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
+        require_scope(caller, "AuditEvent", "read", patient)  # a narrowed token stays narrow
         oversight = caller.org == self.org and bool(caller.roles & {"admin", "auditor"})
         if caller.member != patient and not (oversight and self.patient_records(patient)):
             raise Forbidden(
