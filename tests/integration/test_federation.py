@@ -198,6 +198,12 @@ def test_node_requests_are_authenticated(cluster: LocalCluster) -> None:
         assert tampered.value.code == "REMOTE_TAMPERED"
     finally:
         store.close()
+    # Replay protection survives a restart of the custodian's node (it forgot every nonce).
+    st_mary.stop()
+    st_mary.start()
+    st_mary.wait_ready()
+    after_restart = ask(good)
+    assert (after_restart.status_code, after_restart.json()["code"]) == (401, "REPLAYED_REQUEST")
 
 
 def test_everything_is_partial_when_a_custodian_is_down(cluster: LocalCluster) -> None:

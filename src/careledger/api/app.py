@@ -32,7 +32,13 @@ from careledger.api.routes import (
 from careledger.api.routes.events import BlockSignal
 from careledger.auth import TokenIssuer
 from careledger.config import EPCIS_FILE, Settings
-from careledger.health.federation import FederationClient, FederationServer
+from careledger.health.federation import (
+    FEDERATION_NONCES_FILE,
+    MAX_AGE_MS,
+    FederationClient,
+    FederationServer,
+)
+from careledger.health.replay_guard import ReplayGuard
 from careledger.health.service import HealthRecords
 from careledger.monitoring.ingest import Ingestor
 from careledger.monitoring.readings import ReadingsService
@@ -60,7 +66,8 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         signal = BlockSignal(asyncio.get_running_loop())
         health = HealthRecords.for_node(running)
         health.federation = FederationClient(health)
-        app.state.federation = FederationServer(health)
+        nonces = ReplayGuard(settings.data_dir / FEDERATION_NONCES_FILE, keep_ms=2 * MAX_AGE_MS)
+        app.state.federation = FederationServer(health, nonces)
         running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
         app.state.health = health
         repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
@@ -120,6 +127,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             recruitment.close()
             readings_store.close()
             app.state.visits.close()
+            nonces.close()
 
     app = FastAPI(
         title="CareLedger",

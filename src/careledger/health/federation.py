@@ -13,9 +13,7 @@ never failed.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -39,12 +37,13 @@ from careledger.errors import (
     VerificationError,
 )
 from careledger.health.access import Caller
+from careledger.health.replay_guard import ReplayGuard
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.scopes import Scope, default_scopes, parse_scopes
 from careledger.vault.crypto import content_hash
 
 MAX_AGE_MS = 120_000
-SEEN_NONCES = 100_000
+FEDERATION_NONCES_FILE = "federation.sqlite"
 NODE_HEADER = "X-CareLedger-Node"
 SIGNATURE_HEADER = "X-CareLedger-Signature"
 OPERATIONS = frozenset({"read", "everything"})
@@ -67,10 +66,9 @@ def stored_json(stored: StoredResource) -> dict[str, Any]:
 class FederationServer:
     """The custodian's side (A)."""
 
-    def __init__(self, records: HealthRecords) -> None:
+    def __init__(self, records: HealthRecords, nonces: ReplayGuard) -> None:
         self.records = records
-        self._seen: OrderedDict[str, int] = OrderedDict()
-        self._lock = threading.Lock()
+        self.nonces = nonces
 
     def _requesting_node(self, node: str, signature: str, operation: str, body: Any) -> Any:
         try:
@@ -91,12 +89,7 @@ class FederationServer:
             raise Unauthorized("the request is stale or from the future", code="STALE_REQUEST")
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
             raise ValidationError("the request needs a nonce", code="BAD_REQUEST")
-        with self._lock:
-            if nonce in self._seen:
-                raise Unauthorized("the request was replayed", code="REPLAYED_REQUEST")
-            self._seen[nonce] = now
-            while len(self._seen) > SEEN_NONCES:
-                self._seen.popitem(last=False)
+        self.nonces.first_use(nonce, now)
 
     def _reader(self, body: Mapping[str, Any], node_org: str) -> Caller:
         ledger = self.records.ledger
