@@ -143,9 +143,11 @@ def serve(
 
     from careledger.api.app import create_app
     from careledger.config import Settings
+    from careledger.node import preflight
 
     try:
         settings = Settings.load(data_dir, host=host, port=port)
+        preflight(settings.data_dir)
         application = create_app(settings)
     except CareLedgerError as exc:
         raise _fail(exc) from None
@@ -944,6 +946,8 @@ def product_verify(
 
 
 def main() -> None:
+    # Node files hold keys, PHI (sealed) and metadata about patients: owner-only, always.
+    os.umask(0o077)
     app()
 
 

@@ -16,7 +16,7 @@ from careledger.cluster.witness import Witness
 from careledger.config import Settings
 from careledger.core.keys import KeyPair
 from careledger.core.tx import Transaction, make_body, sign_body
-from careledger.errors import Conflict, Rejected
+from careledger.errors import Conflict, Rejected, StorageError
 from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
 from careledger.ledger.execute import NONCE_NAMESPACE, Explanation
@@ -30,7 +30,13 @@ LOCK_FILE = "node.lock"
 
 def _lock(data_dir: Path) -> int:
     """Hold the node directory exclusively: two writers would each think they own the head."""
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write in {data_dir}: {exc.strerror}; a node needs its directory writable",
+            code="DIR_NOT_WRITABLE",
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -39,6 +45,24 @@ def _lock(data_dir: Path) -> int:
             f"another process is running the node in {data_dir}", code="NODE_BUSY"
         ) from None
     return fd
+
+
+def preflight(data_dir: Path) -> None:
+    """What ``serve`` checks before it says it serves: the directory is writable and no other
+    process runs this node (DIR_NOT_WRITABLE, NODE_BUSY)."""
+    fd = _lock(data_dir)
+    try:
+        probe = data_dir / f".write-check-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write in {data_dir}: {exc.strerror}; a node needs its directory writable",
+                code="DIR_NOT_WRITABLE",
+            ) from None
+    finally:
+        os.close(fd)
 
 
 class Node:

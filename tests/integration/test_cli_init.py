@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.support.nodes import run_cli
+from careledger.nodedir import init_demo
+from tests.support.nodes import CLI, free_port, run_cli, serving, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +100,63 @@ def test_init_refusals(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2
     assert "MALFORMED_JSON" in refused.stderr
+
+
+def _read_only(path: Path) -> bool:
+    """Make ``path`` read-only for root too (a read-only bind mount); False where not allowed."""
+    bound = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True)
+    if bound.returncode != 0:
+        return False
+    ro = subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], capture_output=True)
+    return ro.returncode == 0
+
+
+def test_serve_refuses_a_directory_it_cannot_write_or_that_is_served(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    init_demo(data, with_records=False, with_supply=False).store.close()
+    with serving(data):
+        busy = run_cli("serve", str(data), "--port", str(free_port()), timeout=60)
+    assert busy.returncode == 2 and "error NODE_BUSY" in busy.stderr
+    assert "serving" not in busy.stdout and "Traceback" not in busy.stderr
+    if _read_only(data):
+        try:
+            refused = run_cli("serve", str(data), "--port", str(free_port()), timeout=60)
+        finally:
+            subprocess.run(["umount", str(data)], check=True)
+    else:  # no mount allowed here: a lock path the node cannot open fails the same way
+        (data / "node.lock").unlink(missing_ok=True)
+        (data / "node.lock").mkdir()
+        refused = run_cli("serve", str(data), "--port", str(free_port()), timeout=60)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "error DIR_NOT_WRITABLE" in refused.stderr and "Traceback" not in refused.stderr
+    assert "serving" not in refused.stdout
+
+
+def test_node_files_are_owner_only(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    run_cli("init", "--demo", str(data), check=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [*CLI, "serve", str(data), "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _up(port), "the node to serve")
+    finally:
+        server.terminate()
+        server.wait(30)
+    loose = [
+        f"{p.relative_to(data)} {oct(p.stat().st_mode & 0o777)}"
+        for p in [data, *data.rglob("*")]
+        if p.stat().st_mode & 0o077
+    ]
+    assert loose == []
+    assert len(list(data.glob("*.sqlite"))) >= 5  # every store the node opened is checked
+
+
+def _up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
