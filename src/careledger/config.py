@@ -9,6 +9,9 @@ from typing import Any
 import orjson
 
 from careledger.errors import ValidationError
+from careledger.write_budget import Budget
+
+DEFAULT_BUDGET = Budget()
 
 NODE_FILE = "node.json"
 GENESIS_FILE = "genesis.json"
@@ -50,6 +53,8 @@ class Settings:
     monitoring_window_ms: int = 2000
     monitoring_window_readings: int = 4096
     monitoring_tick_seconds: float = 30.0
+    # What one member (not the node itself) may write through /v1/tx: see write_budget.py.
+    write_budget: Budget = DEFAULT_BUDGET
 
     @property
     def store_path(self) -> Path:

@@ -9,6 +9,7 @@
      ├── Unauthorized         the caller is not authenticated
      ├── Conflict             the request contradicts current state (e.g. a stale nonce)
      ├── Pushback             the node is overloaded; try again later (HTTP 503)
+     ├── RateLimited          one member writes faster than its budget (HTTP 429, Retry-After)
      └── StorageError         the store is unusable or inconsistent
           └── UnknownRuleset  the chain scheduled rules this node's software does not have
 
@@ -101,6 +102,15 @@ class Conflict(CareLedgerError):
 class Pushback(CareLedgerError):
     code = "OVERLOADED"
     http_status = 503
+
+
+class RateLimited(CareLedgerError):
+    code = "RATE_LIMITED"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StorageError(CareLedgerError):

@@ -24,6 +24,7 @@ from careledger.nonces import NonceSource
 from careledger.ordering.jetstream import JetStreamConfig, JetStreamOrderer, subject_prefix
 from careledger.ordering.local import LocalOrderer
 from careledger.storage.sqlite import SQLiteStore
+from careledger.write_budget import WriteBudget
 
 LOCK_FILE = "node.lock"
 
@@ -80,6 +81,7 @@ class Node:
         _, node_key = read_key_file(settings.node_key_file, passphrase=passphrase)
         self.store = SQLiteStore(settings.store_path)
         self.ledger = Ledger(self.store, node_name=settings.node_name, node_key=node_key)
+        self.write_budget = WriteBudget(settings.write_budget, time.monotonic)
         self._nonces: dict[str, NonceSource] = {}
         self._nonces_lock = threading.Lock()
         # Processes, not threads: a verifying thread must retake the GIL after every signature
@@ -157,6 +159,13 @@ class Node:
 
         return admit_all(
             self.ledger, objs, sizes, pool=self.verify_pool, workers=self.settings.verify_workers
+        )
+
+    def charge_writes(self, txs: Sequence[Transaction]) -> None:
+        """Charge externally signed transactions to their signers' write budgets."""
+        own = self.ledger.node_key.public_b64
+        self.write_budget.charge(
+            (tx.signer, len(tx.signed_bytes) + len(tx.sig)) for tx in txs if tx.signer != own
         )
 
     def submit(self, txs: Sequence[Transaction]) -> list[Future[dict[str, Any]]]:

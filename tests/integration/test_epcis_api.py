@@ -142,7 +142,7 @@ def test_a_document_that_cannot_be_stored_is_not_anchored(
     head = httpx.get(f"{server.url}/v1/head").json()["height"]
     refused = capture(maker, doc)
     assert refused["success"] is False and refused["ledgerTransaction"] is None
-    assert refused["errors"][0]["code"] == "TOO_DEEP"
+    assert refused["errors"][0]["code"] == "NESTING_TOO_DEEP"
     assert httpx.get(f"{server.url}/v1/head").json()["height"] == head  # nothing anchored
     fine = document("ObjectEvent.json")
     for i, item in enumerate(fine["epcisBody"]["eventList"]):  # new events, not seen before

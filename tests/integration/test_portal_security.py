@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from careledger.keyfile import read_key_file
+from careledger.keyfile import generate_keypair, read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
 from careledger.web.routes import COOKIE, csrf_for
@@ -155,3 +155,31 @@ def test_a_challenge_flood_does_not_block_logins(server: Server) -> None:
         for _ in range(300):
             assert client.post("/v1/auth/challenge").status_code == 200
     assert token_of(server, "dr-ana-silva")  # signs in at once
+
+
+def test_one_members_writes_are_rate_and_size_limited(server: Server) -> None:
+    """The attack: one patient key stored 300 junk transactions (37 MB) in two seconds."""
+    keypair = read_key_file(server.data_dir / "keys" / "patient-0003.key")[1]
+    junk = {"guardians": ["x" * 60], "threshold": 1, "note": "j" * 60_000}
+    accepted_bytes = 0
+    refused = None
+    with Client(server.url, keypair=keypair) as client:
+        for _ in range(30):  # 300 in batches of 10, as fast as the node takes them
+            batch = [client.build("identity", "set_recovery", junk) for _ in range(10)]
+            answer = httpx.post(f"{server.url}/v1/tx", json=batch, timeout=30)
+            if answer.status_code == 429:
+                refused = answer
+                break
+            assert answer.status_code == 202, answer.text
+            accepted_bytes += len(answer.request.content)
+    assert refused is not None, "300 junk transactions were all taken"
+    assert refused.json()["code"] == "RATE_LIMITED"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert accepted_bytes <= 6 * 1024 * 1024
+    other = read_key_file(server.data_dir / "keys" / "st-mary-admin.key")[1]
+    with Client(server.url, keypair=other) as client:  # another member is not held back
+        args = {"id": "rn-budget", "name": "RN", "roles": ["nurse"]}
+        receipt = client.call(
+            "identity", "add_member", {**args, "public_key": generate_keypair().public_b64}
+        )
+    assert receipt["result"] == "accepted"

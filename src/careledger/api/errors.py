@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from careledger.errors import BatchRefused, CareLedgerError
+from careledger.errors import BatchRefused, CareLedgerError, RateLimited
 from careledger.fhir.outcome import FhirError
 from careledger.jsonio import dumps
 
@@ -88,7 +88,10 @@ def install(app: FastAPI) -> None:
         if receipt is not None:
             extra["receipt"] = receipt
         extra.update(getattr(exc, "extra", None) or {})
-        return problem(exc.http_status, exc.code, exc.message, **extra)
+        response = problem(exc.http_status, exc.code, exc.message, **extra)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:

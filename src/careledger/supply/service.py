@@ -118,7 +118,7 @@ def prepare_capture(document: object) -> Prepared | list[dict[str, Any]]:
     try:
         if nesting_depth(document) > MAX_NESTING:
             raise ValidationError(
-                f"the document nests deeper than {MAX_NESTING} levels", code="TOO_DEEP"
+                f"the document nests deeper than {MAX_NESTING} levels", code="NESTING_TOO_DEEP"
             )
         events = validate_document(document)
         if len(events) > MAX_CAPTURE_EVENTS:

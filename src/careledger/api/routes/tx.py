@@ -69,6 +69,11 @@ async def submit(
     metrics: Metrics = request.app.state.metrics
     started = time.perf_counter()
     txs = await run_in_threadpool(node.admit_all, objs, sizes)
+    try:
+        node.charge_writes(txs)
+    except CareLedgerError:
+        node.ledger.release(txs)  # nothing ordered: the nonces are free again
+        raise
     futures = node.submit(txs)
     metrics.tx_admitted.inc(len(txs))
     ids = [tx.tx_id for tx in txs]
