@@ -299,7 +299,14 @@ class Client:
         if verified.receipt["result"] != "accepted":
             raise VerificationError("the anchoring transaction was rejected")
         block = self.get_json(f"/v1/blocks/{verified.receipt['height']}")
-        envelope = next((t["envelope"] for t in block["transactions"] if t["tx_id"] == tx_id), None)
+        envelope = next(
+            (t.get("envelope") for t in block["transactions"] if t["tx_id"] == tx_id), None
+        )
+        if envelope is None:
+            raise VerificationError(
+                "the anchoring envelope is not readable with this client: log in as the patient "
+                "it names, or as a node, admin or auditor (ADR 0012)"
+            )
         if (
             envelope is None
             or sha256_hex(canonical_bytes(envelope)) != verified.receipt["envelope_hash"]

@@ -49,6 +49,13 @@ def admin_client(cluster: LocalCluster, node: NodeProcess, member: str = "st-mar
     return Client(node.url, keypair=read_key_file(keys_dir(cluster) / f"{member}.key")[1])
 
 
+def oversight_state(cluster: LocalCluster, node: NodeProcess, contract: str, key: str) -> Any:
+    """A state value, read as an admin (state names patients: members only, ADR 0012)."""
+    with admin_client(cluster, node) as client:
+        client.login()
+        return client.state(contract, key)
+
+
 def heads(cluster: LocalCluster, nodes: list[NodeProcess] | None = None) -> list[str | None]:
     out: list[str | None] = []
     for node in nodes or cluster.nodes:
@@ -143,7 +150,8 @@ def test_failover_under_load_loses_nothing_and_commits_nothing_twice(
     assert len(acknowledged) > 20
     head = wait_converged(cluster)
     for node in cluster.nodes:
-        with Client(node.url) as client:
+        with admin_client(cluster, node) as client:
+            client.login()  # the member list is for oversight roles (ADR 0012)
             members = {m["id"] for m in client.members()["members"]}
             for tx_id, member in acknowledged.items():
                 assert client.tx(tx_id)["receipt"]["result"] == "accepted"
@@ -183,7 +191,8 @@ def test_a_retry_through_two_nodes_commits_once(cluster: LocalCluster) -> None:
     assert len({r["tx_id"] for r in receipts}) == 1
     assert all(r in ("DUPLICATE_TX", "NONCE_REPLAY") for r in results if not isinstance(r, dict))
     wait_converged(cluster)
-    with Client(n2.url) as client:
+    with admin_client(cluster, n2) as client:
+        client.login()
         ids = [m["id"] for m in client.members()["members"]]
     assert ids.count("twice") == 1
 
@@ -311,7 +320,7 @@ def test_a_removed_organisation_can_no_longer_submit(cluster: LocalCluster) -> N
     assert httpx.get(f"{n1.url}/v1/tx/{tx_id}").status_code == 404
     assert httpx.get(f"{n3.url}/v1/tx/{tx_id}").status_code == 404
     wait_converged(cluster)
-    registry = httpx.get(f"{n1.url}/v1/state/identity/node/acme-pharma").json()["value"]
+    registry = oversight_state(cluster, n1, "identity", "node/acme-pharma")
     # the forged call changed nothing; the removal marked Acme's node removed
     assert (registry["endpoint"], registry["status"]) == (n3.url, "removed")
 
@@ -381,7 +390,7 @@ def test_a_ruleset_voted_in_mid_stream_activates_on_every_node(tmp_path: Path) -
                     "identity", "vote", {"proposal": proposal["tx_id"], "approve": True}
                 )
                 assert vote["result"] == "accepted", vote
-        state = httpx.get(f"{n2.url}/v1/state/identity/rulesets").json()["value"]
+        state = oversight_state(cluster, n2, "identity", "rulesets")
         assert state == [{"height": 0, "name": "r1"}, {"height": activation, "name": "r2"}]
         heights = []
         with admin_client(cluster, n1) as client:  # the stream goes on across the activation

@@ -65,9 +65,7 @@ def test_capture_anchors_and_serves_queries(server: Server, maker: httpx.Client)
     events = shipped["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
     assert events
     for hash_id in document_event_hash_ids(doc):  # every event's hash is anchored on the ledger
-        anchored = httpx.get(
-            f"{server.url}/v1/state/supply/event/{hash_id.split(';')[1][:64]}"
-        ).json()
+        anchored = maker.get(f"/v1/state/supply/event/{hash_id.split(';')[1][:64]}").json()
         assert anchored["value"]["capture"] == status["captureID"]
     assert all(e["bizStep"].endswith("shipping") for e in events)
     # A URN and the Digital Link of the same pack find the same events.

@@ -159,12 +159,21 @@ def test_patient_sees_who_accessed(server: Server, node_dir: Path, world: dict[s
 def test_read_carries_a_verifiable_anchor(
     server: Server, node_dir: Path, world: dict[str, Any]
 ) -> None:
-    response = world["clinician"].get(f"/fhir/Observation/{world['obs'][1]}")
-    assert response.status_code == 200
-    resource = response.json()
+    """The patient checks their own record against the ledger (ADR 0012: the anchoring
+    envelope names them, so they may read it; an anonymous reader may not)."""
+    patient_key = read_key_file(node_dir / "keys" / "patients" / f"{world['patient']}.key")[1]
     node_key = read_key_file(node_dir / "keys" / "st-mary-node.key")[1]
     trusted = [format_vkey("st-mary-node", node_key.public_key)]
-    with Client(server.url) as c:
+    with Client(server.url) as anonymous, login(
+        server, node_dir / "keys" / "patients" / f"{world['patient']}.key"
+    ) as http:
+        response = http.get(f"/fhir/Observation/{world['obs'][1]}")
+        assert response.status_code == 200
+        resource = response.json()
+        with pytest.raises(VerificationError):
+            anonymous.verify_resource(resource, response.headers, trusted)
+    with Client(server.url, keypair=patient_key) as c:
+        c.login()
         verified = c.verify_resource(resource, response.headers, trusted)
         assert verified.leaf_index == int(response.headers["X-CareLedger-Leaf-Index"])
         altered = {**resource, "status": "cancelled"}
@@ -359,11 +368,14 @@ def test_break_glass_read_is_flagged_for_the_patient(
         log = patient.get(f"/v1/patients/{world['patient']}/access-log").json()["accesses"]
     flagged = [a for a in log if a["break_glass"]]
     assert [(a["accessor"], a["purpose"]) for a in flagged] == [("dr-ben-okafor", "ETREAT")]
-    with httpx.stream(
-        "GET", f"{server.url}/v1/events", params={"from_height": glass["height"], "follow": "false"}
-    ) as r:
+    with (
+        login(server, node_dir / "keys" / "st-mary-admin.key") as custodian,
+        custodian.stream(
+            "GET", "/v1/events", params={"from_height": glass["height"], "follow": "false"}
+        ) as r,
+    ):
         text = "".join(r.iter_text())
-    assert "event: consent.break_glass" in text  # the patient's notification
+    assert "event: consent.break_glass" in text  # names the custodian, whose node tells staff
     assert "event: audit.break_glass_access" in text
 
 

@@ -17,7 +17,7 @@ from careledger.core.keys import b64url_encode
 from careledger.keyfile import generate_keypair, read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client, RemoteError, verify_checkpoint
-from tests.support.nodes import Server, run_cli, serving
+from tests.support.nodes import Server, login, run_cli, serving
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,14 @@ def trusted(node_dir: Path) -> list[str]:
 @pytest.fixture
 def admin(server: Server, node_dir: Path) -> Iterator[Client]:
     with Client(server.url, keypair=member_key(node_dir, "st-mary-admin")) as client:
+        client.login()  # an admin reads state, envelopes and events (ADR 0012)
         yield client
+
+
+@pytest.fixture
+def oversight(server: Server, node_dir: Path) -> Iterator[httpx.Client]:
+    with login(server, node_dir / "keys" / "st-mary-admin.key") as http:
+        yield http
 
 
 def add_member_args(member_id: str) -> dict[str, Any]:
@@ -137,7 +144,9 @@ def test_contract_rejection_is_committed_with_receipt(server: Server, node_dir: 
     assert tx["receipt"] == body["receipt"]
 
 
-def test_batch_refusal_lists_every_bad_envelope(server: Server, admin: Client) -> None:
+def test_batch_refusal_lists_every_bad_envelope(
+    server: Server, admin: Client, oversight: httpx.Client
+) -> None:
     good = admin.build("identity", "add_member", add_member_args("bb-1"))
     bad = copy.deepcopy(admin.build("identity", "add_member", add_member_args("bb-2")))
     bad["body"]["chain"] = "nope"
@@ -148,7 +157,7 @@ def test_batch_refusal_lists_every_bad_envelope(server: Server, admin: Client) -
         (1, "WRONG_CHAIN"),
         (2, "MALFORMED_TX"),
     ]
-    assert httpx.get(f"{server.url}/v1/state/identity/member/bb-1").status_code == 404
+    assert oversight.get("/v1/state/identity/member/bb-1").status_code == 404
     assert post(server, [good], wait="true").status_code == 200
 
 
@@ -157,11 +166,24 @@ def test_too_many_envelopes(server: Server) -> None:
     assert (response.status_code, problem(response)["code"]) == (400, "BATCH_TOO_LARGE")
 
 
-def test_reads(server: Server, admin: Client, trusted: list[str]) -> None:
+def test_reads(
+    server: Server, admin: Client, trusted: list[str], oversight: httpx.Client, node_dir: Path
+) -> None:
     head = httpx.get(f"{server.url}/v1/head").json()
     block = httpx.get(f"{server.url}/v1/blocks/1").json()
     assert block["hash"] and block["transactions"][0]["tx_id"]
     assert block["transactions"][0]["receipt"]["height"] == 1
+    # Public: headers, receipts, proofs. Envelopes, state, events, members: members (ADR 0012).
+    assert "envelope" not in block["transactions"][0]
+    assert "envelope" in oversight.get("/v1/blocks/1").json()["transactions"][0]
+    with login(server, node_dir / "keys" / "ph-chen-li.key") as pharmacist:
+        theirs = pharmacist.get("/v1/blocks/1").json()["transactions"]
+        assert all("envelope" not in t for t in theirs)  # signed by others, naming others
+        assert pharmacist.get("/v1/state/identity/orgs").status_code == 403
+        assert pharmacist.get("/v1/members").status_code == 403
+    for path in ("/v1/state/identity/orgs", "/v1/members", "/v1/events?follow=false"):
+        refused = httpx.get(f"{server.url}{path}")
+        assert (refused.status_code, refused.json()["code"]) == (401, "TOKEN_REQUIRED"), path
     assert (
         httpx.get(f"{server.url}/v1/blocks/{head['height'] + 100}").json()["code"]
         == "UNKNOWN_BLOCK"
@@ -182,7 +204,7 @@ def test_reads(server: Server, admin: Client, trusted: list[str]) -> None:
         ).status_code
         == 400
     )
-    members = httpx.get(f"{server.url}/v1/members").json()
+    members = oversight.get("/v1/members").json()
     assert {"st-mary-admin", "harbor-admin"} <= {m["id"] for m in members["members"]}
     assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
     metrics = httpx.get(f"{server.url}/metrics").text
@@ -190,18 +212,16 @@ def test_reads(server: Server, admin: Client, trusted: list[str]) -> None:
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
 
-def test_events_stream_and_resume(server: Server) -> None:
-    with httpx.stream(
-        "GET", f"{server.url}/v1/events", params={"from_height": 1, "follow": "false"}
-    ) as r:
+def test_events_stream_and_resume(server: Server, oversight: httpx.Client) -> None:
+    with oversight.stream("GET", "/v1/events", params={"from_height": 1, "follow": "false"}) as r:
         text = "".join(r.iter_text())
     frames = [f for f in text.split("\n\n") if f.strip()]
     ids = [
         line.split(": ", 1)[1] for f in frames for line in f.splitlines() if line.startswith("id: ")
     ]
     assert ids[0] == "1:0" and "1:b" in ids
-    resumed = httpx.get(
-        f"{server.url}/v1/events", params={"follow": "false"}, headers={"last-event-id": "1:b"}
+    resumed = oversight.get(
+        "/v1/events", params={"follow": "false"}, headers={"last-event-id": "1:b"}
     ).text
     resumed_ids = [line[4:] for line in resumed.splitlines() if line.startswith("id: ")]
     assert resumed_ids == ids[ids.index("1:b") + 1 :]

@@ -161,7 +161,9 @@ def test_a_monitored_patient_from_device_to_acknowledged_alert(
         f"/v1/devices/oxi-7/windows/{some['window']}/readings/{some['index']}"
     ).json()
     assert answer["reading"]["time"] == some["time"]
-    with Client(server.url) as c:
+    reader_key = read_key_file(server.data_dir / "keys" / "patients" / f"{pid}.key")[1]
+    with Client(server.url, keypair=reader_key) as c:
+        c.login()  # the patient: the anchoring window names them (ADR 0012)
         verified = c.verify_reading(answer, c.verifier_keys())
         assert verified.receipt["result"] == "accepted"
         forged = {**answer, "reading": {**answer["reading"], "value": 42.0}}

@@ -247,9 +247,10 @@ def test_recall_lists_holders_by_gln_and_tracks_closure(
     assert recall["holders"] == {PHARMACY_GLN: {"org": "city-pharmacy", "quantity": open_units}}
     assert recall["current_holders"] == recall["holders"]
     # the holder hears of it: a recall notice event names its GLN
-    stream = httpx.get(
-        f"{server.url}/v1/events", params={"from_height": start, "follow": "false"}, timeout=30
-    ).text
+    with client_for(server, "city-pharmacy-admin") as holder:  # its admin reads the events
+        stream = holder.get(
+            "/v1/events", params={"from_height": start, "follow": "false"}, timeout=30
+        ).text
     notices = [
         json.loads(line[6:])["data"]
         for line in stream.splitlines()

@@ -18,7 +18,7 @@ import httpx
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import member_key, node_key
 from careledger.core.checkpoint import format_vkey, parse_checkpoint, parse_vkey, verify_note
-from careledger.core.keys import decode_public_key
+from careledger.core.keys import b64url_encode, decode_public_key
 from careledger.core.tx import check_signature
 from careledger.errors import CareLedgerError, VerificationError
 from careledger.ledger.engine import Ledger
@@ -50,12 +50,30 @@ def node_vkeys(ledger: Ledger) -> list[str]:
     return out
 
 
+def _login(http: httpx.Client, ledger: Ledger) -> str:
+    challenge = http.post("/v1/auth/challenge").json()
+    signature = b64url_encode(ledger.node_key.sign(str(challenge["message"]).encode()))
+    answer = http.post(
+        "/v1/auth/token",
+        json={
+            "public_key": ledger.node_key.public_b64,
+            "challenge": challenge["challenge"],
+            "signature": signature,
+        },
+    )
+    if answer.status_code != 200:
+        raise VerificationError(f"the peer refused this node's sign-in: {answer.text[:200]}")
+    return str(answer.json()["access_token"])
+
+
 def catch_up(ledger: Ledger, peer: str, *, min_signatures: int, timeout: float = 30) -> None:
     """Replay the peer's blocks up to its newest checkpoint that ``min_signatures`` node
     members of this chain cosigned (their keys as this node knows them), each block only if
     every signature verifies and it re-executes here to the peer's header hash."""
     verifiers = [parse_vkey(v) for v in node_vkeys(ledger)]
     with httpx.Client(base_url=peer, timeout=timeout) as http:
+        # Block envelopes are for members: this node signs in at the peer with its own key.
+        http.headers["authorization"] = f"Bearer {_login(http, ledger)}"
         note = http.get("/v1/checkpoint", params={"signatures": min_signatures}).text
         body, signers = verify_note(note, verifiers, min_signatures=min_signatures)
         checkpoint = parse_checkpoint(body)

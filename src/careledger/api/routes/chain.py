@@ -1,14 +1,18 @@
-"""Blocks, checkpoints, consistency proofs and state: the ledger's public, provable reads."""
+"""Blocks, checkpoints, consistency proofs and state: the ledger's provable reads.
+
+Headers, receipts, proofs and checkpoints are public; what names patients needs a member token
+(see api/ledger_reads.py and ADR 0012)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse, Response
 
 from careledger.api.deps import NodeDep
+from careledger.api.ledger_reads import ReaderDep, may_read_envelope, require_oversight
 from careledger.api.replies import json_response as _json
 from careledger.errors import Conflict, NotFound, ValidationError
 from careledger.ledger.views import members_view
@@ -24,21 +28,29 @@ def head(node: NodeDep) -> Response:
     )
 
 
-@router.get("/v1/blocks/{height}", summary="A block header and its transactions")
-def block(node: NodeDep, height: Annotated[int, Path(ge=0)]) -> Response:
+@router.get(
+    "/v1/blocks/{height}",
+    summary="A block header and its transactions (envelopes: see ADR 0012)",
+)
+def block(node: NodeDep, reader: ReaderDep, height: Annotated[int, Path(ge=0)]) -> Response:
+    """Anyone sees the header and each transaction's id and receipt; an envelope only a member
+    allowed to read it (oversight roles, its signer, the patient it names)."""
     store = node.ledger.store
     header = store.header(height)
     if header is None:
         raise NotFound(f"no block at height {height}", code="UNKNOWN_BLOCK")
-    txs = [
-        {
+    txs = []
+    for tx in store.block_txs(height):
+        item: dict[str, Any] = {
             "tx_id": tx.tx_id,
             "leaf_index": tx.leaf_index,
-            "envelope": orjson.loads(tx.envelope),
             "receipt": orjson.loads(tx.receipt),
         }
-        for tx in store.block_txs(height)
-    ]
+        if reader is not None:
+            envelope = orjson.loads(tx.envelope)
+            if may_read_envelope(reader, envelope):
+                item["envelope"] = envelope
+        txs.append(item)
     return _json(
         {
             "height": height,
@@ -81,7 +93,8 @@ def consistency(
 
 
 @router.get("/v1/state/{contract}/{key:path}", summary="A contract's current value for a key")
-def state(node: NodeDep, contract: str, key: str) -> Response:
+def state(node: NodeDep, reader: ReaderDep, contract: str, key: str) -> Response:
+    require_oversight(reader, "ledger state values")
     if len(key) > 512 or len(contract) > 64:
         raise ValidationError("contract or key too long", code="BAD_KEY")
     value = node.ledger.state(contract, key)
@@ -93,5 +106,6 @@ def state(node: NodeDep, contract: str, key: str) -> Response:
 
 
 @router.get("/v1/members", summary="The chain's members, their organisations, roles and keys")
-def members(node: NodeDep) -> Response:
+def members(node: NodeDep, reader: ReaderDep) -> Response:
+    require_oversight(reader, "the member list (patients among them)")
     return _json(members_view(node.ledger))

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import NodeDep
+from careledger.api.ledger_reads import ReaderDep, require_oversight
 from careledger.errors import ValidationError
 from careledger.jsonio import dumps
 from careledger.node import Node
@@ -104,10 +105,12 @@ def _block_frames(node: Node, height: int, after_seq: int) -> list[bytes]:
 async def events(
     request: Request,
     node: NodeDep,
+    reader: ReaderDep,
     from_height: Annotated[int, Query(ge=0)] = 0,
     follow: Annotated[bool, Query(description="keep streaming new blocks")] = True,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
+    require_oversight(reader, "ledger events")
     start, after_seq = from_height, -1
     if last_event_id:
         start, after_seq = _parse_last_event_id(last_event_id)
