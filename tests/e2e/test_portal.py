@@ -82,6 +82,8 @@ def test_a_pharmacist_checks_packs_genuine_and_counterfeit(page: Page, server: S
     expect(page.get_by_test_id("verdict")).to_contain_text("Not verified")
     verify(page, "https://id.gs1.org/01/00312345100019/21/X")  # bad check digit
     expect(page.get_by_test_id("verify-error")).to_contain_text("BAD_CHECK_DIGIT")
+    verify(page, f"https://id.gs1.org/01/{AMOX}/21/{AMOX_LOT}0010")  # no lot, no expiry
+    expect(page.get_by_test_id("verify-error")).to_contain_text("INCOMPLETE_IDENTIFIER")
 
 
 def test_signing_in_with_a_key_file_shows_the_packs_journey(page: Page, server: Server) -> None:

@@ -25,7 +25,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_demo_supply_chain_is_served(server: Server) -> None:
-    (amox, amox_lot, *_), (metformin, *_) = DEMO_PRODUCTS
+    (amox, amox_lot, amox_expiry, _), (metformin, *_) = DEMO_PRODUCTS
+    yymmdd = amox_expiry[2:4] + amox_expiry[5:7] + amox_expiry[8:10]
     plant, dc, pharmacy = (gln for gln, _ in DEMO_LOCATIONS.values())
     with client_for(server, "acme-admin") as acme:
         stock = acme.get("/v1/supply/inventory").json()["locations"]
@@ -41,9 +42,9 @@ def test_demo_supply_chain_is_served(server: Server) -> None:
         assert len(dispensed["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 3
         (case,) = acme.get("/v1/supply/suspects").json()["items"]
         assert (case["gtin"], case["stage"]) == (metformin, "investigating")
-    link = f"https://id.gs1.org/01/{amox}/21/{amox_lot}0001"
+    link = f"https://id.gs1.org/01/{amox}/21/{amox_lot}0001?10={amox_lot}&17={yymmdd}"
     gone = httpx.get(f"{server.url}/v1/supply/verify", params={"link": link}).json()
     assert gone["data"]["verified"] is False  # dispensed to a patient in the demo
-    shelf_link = f"https://id.gs1.org/01/{amox}/21/{amox_lot}0010"
+    shelf_link = f"https://id.gs1.org/01/{amox}/21/{amox_lot}0010?10={amox_lot}&17={yymmdd}"
     on_shelf = httpx.get(f"{server.url}/v1/supply/verify", params={"link": shelf_link}).json()
     assert on_shelf["data"] == {"verified": True}

@@ -173,6 +173,11 @@ def test_dscsa_verification_answers_and_logs(
     ok = pharmacy.get(path, params={"10": LOT, "17": EXPIRY, "corrUUID": "c-1"}).json()
     assert ok["data"] == {"verified": True}
     assert ok["corrUUID"] == "c-1" and ok["responderGLN"] == ACME_GLN
+    serial_only = pharmacy.get(path).json()["data"]  # a copied label carries GTIN and serial
+    assert serial_only == {
+        "verified": False,
+        "verificationFailureReason": "No_match_GTIN_Serial_Lot_Expiry",
+    }
     wrong_lot = httpx.get(f"{server.url}{path}", params={"10": "OTHER", "17": EXPIRY}).json()
     assert wrong_lot["data"] == {
         "verified": False,
@@ -211,9 +216,10 @@ def test_verifying_a_decommissioned_pack_raises_an_alert(
         ),
     )
     assert unit(pharmacy, "P7")["reason"] == "damaged"
-    answer = pharmacy.get(f"/v1/supply/verify/01/{GTIN}/21/P7").json()
+    full = {"10": LOT, "17": EXPIRY}  # all four identifiers: GTIN and serial alone never verify
+    answer = pharmacy.get(f"/v1/supply/verify/01/{GTIN}/21/P7", params=full).json()
     assert answer["data"]["verified"] is False
-    dispensed = pharmacy.get(f"/v1/supply/verify/01/{GTIN}/21/P0").json()["data"]
+    dispensed = pharmacy.get(f"/v1/supply/verify/01/{GTIN}/21/P0", params=full).json()["data"]
     assert dispensed == {"verified": False, "verificationFailureReason": "No_reason_provided"}
     alerts = acme.get("/v1/supply/alerts", params={"kind": "verified_after_decommission"})
     assert [(a["serial"], a["org"], a["detail"]["status"]) for a in alerts.json()["items"]] == [
@@ -285,7 +291,9 @@ def test_suspect_workflow_with_the_notification_deadline(
     case = cases["P3"]
     assert case["stage"] == "illegitimate" and case["overdue"] is False and "notify_by" in case
     assert [n["note"] for n in case["notes"]] == ["photos sent"]
-    verify = pharmacy.get(f"/v1/supply/verify/01/{GTIN}/21/P3").json()["data"]
+    verify = pharmacy.get(
+        f"/v1/supply/verify/01/{GTIN}/21/P3", params={"10": LOT, "17": EXPIRY}
+    ).json()["data"]
     assert verify == {"verified": False, "additionalInfo": "Illegitimate"}
     assert pharmacy.post(f"{base}/notification", json={"reference": "FDA-3911"}).is_success
     open_cases = acme.get("/v1/supply/suspects", params={"open": "true"}).json()["items"]

@@ -38,8 +38,10 @@ def verify_unit(
     """The LMS ``data`` object for one request, from the unit's ledger state (None: unknown)."""
     if unit is None:
         return {"verified": False, "verificationFailureReason": "No_match_GTIN_Serial"}
-    lot_ok = lot is None or lot == unit.get("lot")
-    expiry_ok = expiry is None or expiry == unit.get("expiry")
+    # Verified only when all four match: a request without lot or expiry matches nothing more
+    # than GTIN and serial, which a copied label carries too.
+    lot_ok = lot is not None and lot == unit.get("lot")
+    expiry_ok = expiry is not None and expiry == unit.get("expiry")
     if not (lot_ok or expiry_ok):
         return {"verified": False, "verificationFailureReason": "No_match_GTIN_Serial_Lot_Expiry"}
     if not lot_ok:

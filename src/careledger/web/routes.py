@@ -211,6 +211,11 @@ async def verify_result(
                 if v.strip()
             }
         lms = check_lms_request(raw)
+        if not (lms.get("lotNumber") and lms.get("expirationDate")):
+            raise ValidationError(
+                "enter all four: GTIN, serial, lot and expiry, or scan the pack's 2D code",
+                code="INCOMPLETE_IDENTIFIER",
+            )
     except CareLedgerError as exc:
         return page(request, "verify_result.html", error=exc)
     answer = await run_in_threadpool(service.verify, caller_of(claims), lms)

@@ -31,7 +31,17 @@ def answer(
 
 def test_genuine_pack_verifies() -> None:
     assert answer() == {"verified": True}
-    assert answer(lot=None, expiry=None) == {"verified": True}
+
+
+def test_verified_only_when_all_four_match() -> None:
+    """GTIN and serial alone do not verify a pack: a copied serial on a pack of another lot
+    would pass (the attack); the standard's product identifier is all four."""
+    assert answer(lot=None, expiry=None) == {
+        "verified": False,
+        "verificationFailureReason": "No_match_GTIN_Serial_Lot_Expiry",
+    }
+    assert answer(lot=None)["verificationFailureReason"] == "No_match_GTIN_Serial_Lot"
+    assert answer(expiry=None)["verificationFailureReason"] == "No_match_GTIN_Serial_Expiry"
 
 
 @pytest.mark.parametrize(
