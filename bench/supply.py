@@ -234,11 +234,13 @@ def caller_for(member: str) -> Caller:
 
 
 def setup_supply(node: Node) -> None:
+    # The bench's GLNs all lie under Acme's prefix: the others claim theirs before Acme's
+    # prefix is registered (from r3 on, a GLN under a registered prefix is the prefix owner's).
     calls = [
-        ("acme-admin", "register_prefix", {"prefix": PREFIX}),
-        ("acme-admin", "register_location", {"gln": PLANT, "name": "plant"}),
         ("medline-admin", "register_location", {"gln": DC, "name": "dc"}),
         ("ph-chen-li", "register_location", {"gln": PHARMACY, "name": "pharmacy"}),
+        ("acme-admin", "register_prefix", {"prefix": PREFIX}),
+        ("acme-admin", "register_location", {"gln": PLANT, "name": "plant"}),
     ]
     for actor, method, args in calls:
         call = {"actor": actor, "method": method, "args": args}

@@ -12,6 +12,7 @@ import pytest
 from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
+from careledger.supply.epcis_ops import location_gln
 from careledger.supply.event_hash import document_event_hash_ids
 from tests.support.nodes import Server, serving
 from tests.support.vectors import vector_path
@@ -46,7 +47,18 @@ def maker(server: Server) -> Iterator[httpx.Client]:
         yield http
 
 
+def claim_sites(http: httpx.Client, doc: dict[str, Any]) -> None:
+    """Register the document's locations to the capturing organisation: from ruleset r3 on, an
+    event is anchored only by the organisation at whose location it happened."""
+    for event in doc["epcisBody"]["eventList"]:
+        gln = location_gln(event)
+        if gln is not None:
+            answer = http.post("/v1/supply/locations", json={"gln": gln, "name": "corpus site"})
+            assert answer.is_success, answer.text
+
+
 def capture(http: httpx.Client, doc: dict[str, Any]) -> dict[str, Any]:
+    claim_sites(http, doc)
     response = http.post("/epcis/capture", content=json.dumps(doc))
     assert response.status_code == 202, response.text
     status = http.get(response.headers["Location"]).json()
@@ -137,8 +149,10 @@ def test_a_document_that_cannot_be_stored_is_not_anchored(
     doc = document("ObjectEvent.json")
     doc["epcisBody"]["eventList"][0]["example:ext"] = nested(150)
     doc["@context"] = [*doc.get("@context", []), {"example": "https://example.com/x#"}]
+    claim_sites(maker, doc)
     head = httpx.get(f"{server.url}/v1/head").json()["height"]
-    refused = capture(maker, doc)
+    posted = maker.post("/epcis/capture", content=json.dumps(doc))
+    refused = maker.get(posted.headers["Location"]).json()
     assert refused["success"] is False and refused["ledgerTransaction"] is None
     assert refused["errors"][0]["code"] == "NESTING_TOO_DEEP"
     assert httpx.get(f"{server.url}/v1/head").json()["height"] == head  # nothing anchored

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from careledger.nodedir import init_demo
+from careledger.supply.epcis_ops import location_gln
 from tests.integration.test_epcis_api import client_for
 from tests.support.nodes import Server, run_cli, serving
 from tests.support.vectors import vector_path
@@ -326,6 +327,9 @@ def test_cli_capture_and_verify(
     assert json.loads(done.stdout)["success"] is True
     # A standards example naming a serial of Acme's prefix that was never commissioned here.
     corpus = vector_path("openepcis", "Capture", "Documents", "ObjectEvent.json")
+    for event in json.loads(corpus.read_text())["epcisBody"]["eventList"]:  # Acme's sites (r3)
+        site = {"gln": location_gln(event), "name": "corpus site"}
+        assert acme.post("/v1/supply/locations", json=site).is_success
     refused = run_cli("epcis", "capture", str(corpus), "--key", key, "--url", server.url)
     assert refused.returncode == 1
     assert "UNKNOWN_SERIAL" in refused.stdout and "refused" in refused.stdout

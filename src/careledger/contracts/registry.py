@@ -134,7 +134,22 @@ def r2() -> Ruleset:
     )
 
 
+def r3() -> Ruleset:
+    """r2, with EPCIS events read by the ledger itself and anchored only by a party to them."""
+    from careledger.contracts.supply import SupplyV2
+
+    return r2().derive(
+        "r3",
+        contracts=[SupplyV2()],
+        notes=(
+            "supply.anchor_events carries the events: every node recomputes their CBV 2.0 "
+            "hashes and derives their unit operations; only the organisation at whose "
+            "location an event happened anchors it"
+        ),
+    )
+
+
 @cache
 def default_registry() -> Registry:
     """Every ruleset this software knows, oldest first; the last is what new chains start on."""
-    return Registry([r0(), r1(), r2()])
+    return Registry([r0(), r1(), r2(), r3()])

@@ -41,6 +41,8 @@ from careledger.contracts.base import Args, Context, Contract, StateReader, tx_m
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import org_key
 from careledger.errors import Rejected, ValidationError
+from careledger.supply.epcis_ops import location_gln, supply_op
+from careledger.supply.event_hash import document_event_hash_ids
 from careledger.supply.identifiers import (
     SGTIN,
     SSCC,
@@ -1209,3 +1211,95 @@ class SupplyV1(Contract):
 
 def _ref_json(ref: tuple[str, str] | str) -> dict[str, str]:
     return {"sscc": ref} if isinstance(ref, str) else {"gtin": ref[0], "serial": ref[1]}
+
+
+class SupplyV2(SupplyV1):
+    """r3: the ledger, not the capturing node, reads each EPCIS event.
+
+    A capture carries the events themselves (supply-chain events hold no PHI) and the document's
+    ``@context``; every node recomputes each event's CBV 2.0 hash ID and derives its unit
+    operations from the event's own content, so a capturing node can no longer claim one thing
+    and apply another. Only a party the event names anchors it: the event happened at one of the
+    signer's locations (its bizLocation, else readPoint, is a GLN the signer's organisation
+    registered). A partner who sees an event first can no longer anchor its hash and block the
+    real capture, and no one records an observation at another organisation's site.
+    """
+
+    version = 2
+
+    @tx_method
+    def register_location(self, ctx: Context, args: Args) -> None:
+        """As before, and a GLN under a company prefix another organisation registered is that
+        organisation's to claim (r3: a location makes its holder a party to events there)."""
+        gln = _gln(args.raw.get("gln"))
+        owner = prefix_owner(ctx.state.read, "0" + gln)  # a GLN has no indicator digit
+        if owner is not None and owner != ctx.signer.org:
+            raise Rejected("GLN_TAKEN", f"GLN {gln} lies under another organisation's prefix")
+        super().register_location(ctx, args)
+
+    @tx_method
+    def anchor_events(self, ctx: Context, args: Args) -> None:
+        args.only("capture", "events", "context", "actor")
+        self._require_roles(ctx, CAPTURE_ROLES)
+        capture = args.string("capture", pattern=CAPTURE_ID)
+        if args.has("actor"):
+            ctx = ctx.rules.act_for(ctx, args.string("actor", max_len=64))
+            self._require_roles(ctx, SUPPLY_ROLES)
+        if ctx.state.get(f"capture/{capture}") is not None:
+            raise Rejected("CAPTURE_EXISTS", "that capture id is already anchored")
+        events = _list(args, "events", MAX_CAPTURE_EVENTS)
+        if not all(isinstance(e, dict) for e in events):
+            raise Rejected("BAD_ARGS", "each event is an EPCIS event object")
+        try:
+            document = {"@context": args.raw.get("context"), "epcisBody": {"eventList": events}}
+            hashes = document_event_hash_ids(document)
+        except (ValidationError, TypeError, ValueError, KeyError) as exc:
+            raise Rejected("BAD_EVENT", f"the events cannot be hashed: {exc}") from None
+        for position, (event, hash_id) in enumerate(zip(events, hashes, strict=True)):
+            self._anchor_one(ctx, capture, position, event, hash_id)
+        ctx.state.put(
+            f"capture/{capture}",
+            {"org": ctx.signer.org, "events": len(events), "height": ctx.height, "time": ctx.time},
+        )
+        ctx.emit(
+            "supply.captured", {"capture": capture, "org": ctx.signer.org, "events": len(events)}
+        )
+
+    def _anchor_one(
+        self, ctx: Context, capture: str, position: int, event: Mapping[str, Any], hash_id: str
+    ) -> None:
+        def refuse(code: str, message: str) -> Rejected:
+            return Rejected(code, f"event {position}: {message}", detail={"event": position})
+
+        kind = event.get("type")
+        if kind not in EPCIS_EVENT_TYPES:
+            raise refuse("BAD_ARGS", f"unknown EPCIS event type {kind!r}")
+        if "hash" in event or "op" in event:  # r2's anchor shape: a claim, not an event
+            raise refuse("BAD_EVENT", "send the EPCIS event itself, not its hash or operations")
+        key = f"event/{hash_id.split(';', 1)[1][:64]}"
+        if ctx.state.get(key) is not None:
+            raise refuse("DUPLICATE_EVENT", "it was already captured")
+        try:
+            location = location_gln(event)
+            op = supply_op(event, hash_id)
+        except (ValidationError, TypeError, ValueError, KeyError):
+            raise refuse("BAD_EVENT", "the event's identifiers cannot be read") from None
+        site = ctx.state.get(f"gln/{location}") if location is not None else None
+        if site is None or site["org"] != ctx.signer.org:
+            raise refuse(
+                "NOT_A_PARTY",
+                "an event is anchored by the organisation at whose location it happened "
+                "(its bizLocation or readPoint, a GLN that organisation registered)",
+            )
+        ctx.state.put(
+            key, {"capture": capture, "index": position, "type": kind, "org": ctx.signer.org}
+        )
+        if op is not None:
+            try:
+                self._apply(ctx, op)
+            except Rejected as exc:
+                raise Rejected(
+                    exc.code,
+                    f"event {position}: {exc.message}",
+                    detail={**exc.detail, "event": position},
+                ) from None

@@ -106,11 +106,12 @@ def stored_event(event: Mapping[str, Any], hash_id: str) -> StoredEvent:
     )
 
 
-Prepared = tuple[list[StoredEvent], list[dict[str, Any]]]
+Prepared = tuple[list[StoredEvent], list[dict[str, Any]], list[Any]]
 
 
 def prepare_capture(document: object) -> Prepared | list[dict[str, Any]]:
-    """Validate, hash and map a document: (stored events, ledger anchors), or its errors.
+    """Validate, hash and map a document: (stored events, ledger anchors, the events), or its
+    errors.
 
     Pure and picklable both ways (errors are plain dicts, not exceptions), so it runs in a
     worker process.
@@ -132,7 +133,7 @@ def prepare_capture(document: object) -> Prepared | list[dict[str, Any]]:
         return [_error_json(e) for e in exc.errors]
     except CareLedgerError as exc:
         return [{"code": exc.code, "message": exc.message}]
-    return stored, [_anchor(s, e) for s, e in zip(stored, events, strict=True)]
+    return stored, [_anchor(s, e) for s, e in zip(stored, events, strict=True)], list(events)
 
 
 class EpcisService:
@@ -149,8 +150,14 @@ class EpcisService:
         prepared = self.node.verify_pool.submit(prepare_capture, document).result()
         if isinstance(prepared, list):
             return self._failed(capture_id, caller, created, prepared)
-        stored, anchors = prepared
+        stored, anchors, events = prepared
         args: dict[str, Any] = {"capture": capture_id, "events": anchors}
+        if self.node.ledger.rules().contracts["supply"].version >= 2:
+            # r3 on: the ledger reads the events themselves (hashes and operations recomputed
+            # by every node); the document's @context gives their extensions' namespaces.
+            args["events"] = events
+            if isinstance(document, dict) and document.get("@context") is not None:
+                args["context"] = document["@context"]
         if "node" not in caller.roles:
             args["actor"] = caller.member  # the ledger judges ownership as this member's
         if len(canonical_bytes(args)) > MAX_ENVELOPE_BYTES - ENVELOPE_OVERHEAD:
