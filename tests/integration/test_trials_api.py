@@ -265,7 +265,8 @@ def test_invitations_consent_capture_payment_and_withdrawal(
     assert captured.status_code == 201, captured.text
     entries = captured.json()["entries"]
     assert len(entries) == 2 and all(e["type"] == "QuestionnaireResponse" for e in entries)
-    with Client(server.url) as c:
+    with Client(server.url, keypair=read_key_file(world["keys"] / "st-mary-admin.key")[1]) as c:
+        c.login()  # state names patients: an admin reads it (ADR 0012)
         anchored = c.state("trials", f"entry/GLYCO-1/{pid}/baseline/0")
         record = c.state("records", f"record/{entries[0]['record']}/v/00000001")
     assert anchored["hash"] == record["hash"] == entries[0]["hash"]
