@@ -466,3 +466,34 @@ def test_a_narrowed_token_reads_nothing_outside_its_scopes(
         assert "SCOPE" in refused.text
         allowed = httpx.get(f"{server.url}{path}", headers={"authorization": f"Bearer {wide}"})
         assert allowed.status_code == 200, (path, allowed.text)
+
+
+def test_a_write_records_the_purpose_given_or_is_refused(
+    server: Server, node_dir: Path, world: dict[str, Any]
+) -> None:
+    """The access log rewrote purpose HPAYMT (payment) to TREAT; now it keeps the purpose the
+    writer gave, and refuses one a custodian may not write for."""
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{world['patient']}"},
+        "valueQuantity": {"value": 71, "unit": "/min"},
+    }
+    clinician = world["clinician"]
+    billed = clinician.post(
+        "/fhir/Observation",
+        content=json.dumps(obs),
+        headers={"content-type": "application/fhir+json", "X-Purpose-Of-Use": "HPAYMT"},
+    )
+    assert billed.status_code == 201, billed.text
+    research = clinician.post(
+        "/fhir/Observation",
+        content=json.dumps(obs),
+        headers={"content-type": "application/fhir+json", "X-Purpose-Of-Use": "HRESCH"},
+    )
+    assert research.status_code == 400 and "BAD_PURPOSE" in research.text
+    with login(server, node_dir / "keys" / "patients" / f"{world['patient']}.key") as patient:
+        log = patient.get(f"/v1/patients/{world['patient']}/access-log").json()["accesses"]
+    written = [a for a in log if billed.json()["id"] in a.get("records", [])]
+    assert [a["purpose"] for a in written] == ["HPAYMT"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from careledger.contracts.audit import CARE_ROLES as AUDIT_CARE_ROLES
+from careledger.contracts.audit import CUSTODIAN_PURPOSES as AUDIT_CUSTODIAN_PURPOSES
 from careledger.contracts.consent import (
     NAMESPACE as CONSENT,
 )
@@ -23,8 +25,8 @@ from careledger.errors import Forbidden
 from careledger.ledger.engine import Ledger
 from careledger.scopes import Scope, allows, patient_only
 
-CARE_ROLES = frozenset({"clinician", "nurse", "pharmacist", "admin", "node"})
-CUSTODIAN_PURPOSES = frozenset({"TREAT", "ETREAT", "CAREMGT", "HPAYMT", "HOPERAT"})
+CARE_ROLES = AUDIT_CARE_ROLES  # one source: the audit contract judges own-team access
+CUSTODIAN_PURPOSES = AUDIT_CUSTODIAN_PURPOSES
 MAX_CONSENTS_SCANNED = 1000
 
 

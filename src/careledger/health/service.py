@@ -21,6 +21,7 @@ import orjson
 from careledger.config import KEYS_DIR, VAULT_FILE
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.records import NAMESPACE as RECORDS
+from careledger.contracts.records import WRITER_ROLES as RECORD_WRITER_ROLES
 from careledger.contracts.records import record_key, version_key
 from careledger.core.keys import KeyPair, b64url_encode, decode_public_key
 from careledger.errors import (
@@ -30,14 +31,20 @@ from careledger.errors import (
     Rejected,
     ValidationError,
 )
-from careledger.health.access import CARE_ROLES, Caller, choose_basis, require_scope
+from careledger.health.access import (
+    CARE_ROLES,
+    CUSTODIAN_PURPOSES,
+    Caller,
+    choose_basis,
+    require_scope,
+)
 from careledger.keyfile import generate_keypair, write_key_file
 from careledger.ledger.execute import Executed
 from careledger.node import Node
 from careledger.vault import Vault, VaultStore
 
 Call = tuple[str, str, Mapping[str, Any]]
-WRITER_ROLES = frozenset({"clinician", "nurse", "admin", "node", "device", "pharmacist"})
+WRITER_ROLES = RECORD_WRITER_ROLES  # one source: the records contract decides who anchors
 
 if TYPE_CHECKING:
     from careledger.health.federation import FederationClient
@@ -409,13 +416,20 @@ class HealthRecords:
     def _write_access(
         caller: Caller, patient: str, records: list[str], purpose: str
     ) -> dict[str, Any]:
+        # The purpose the caller gave is the one recorded (HPAYMT was rewritten to TREAT): one
+        # the custodian may not write for is refused, never changed.
+        if purpose not in CUSTODIAN_PURPOSES:
+            raise ValidationError(
+                f"a custodian writes for {sorted(CUSTODIAN_PURPOSES)}, not {purpose!r}",
+                code="BAD_PURPOSE",
+            )
         return {
             "patient": patient,
             "accessor": caller.member,
             "accessor_org": caller.org,
             "records": sorted(set(records)),
             "action": "write",
-            "purpose": purpose if purpose in {"TREAT", "ETREAT", "CAREMGT", "HOPERAT"} else "TREAT",
+            "purpose": purpose,
             "basis": {"kind": "custodian"},
         }
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from careledger.contracts.supply import CAPTURE_ROLES
 from careledger.errors import Forbidden
 from careledger.health.access import Caller
 from careledger.scopes import allows
 
 SUPPLY_SCOPE = "SupplyChain"  # the SMART resource type of the supply API (user/SupplyChain.*)
-SUPPLY_READERS = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
+SUPPLY_READERS = CAPTURE_ROLES  # the supply contract's roles, and the node
 
 
 def require_supply(caller: Caller, action: str) -> None:

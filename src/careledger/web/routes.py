@@ -25,11 +25,12 @@ from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import get_member, get_node
 from careledger.auth import TokenClaims
-from careledger.contracts.consent import BREAK_GLASS_PREFIX, awaiting_cosignature
+from careledger.contracts.consent import BREAK_GLASS_PREFIX, BREAK_GLASS_ROLES, awaiting_cosignature
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
 from careledger.health.access import Caller
 from careledger.sqlite_threads import iso_ms
+from careledger.supply.access import SUPPLY_READERS
 from careledger.supply.identifiers import normalise_epc, parse_element_string
 from careledger.supply.repository import EventQuery
 from careledger.supply.supply_service import (
@@ -91,7 +92,9 @@ async def form_of(request: Request) -> dict[str, list[str]]:
         return parse_qs((await request.body()).decode("utf-8"), max_num_fields=200)
     except (UnicodeDecodeError, ValueError):
         raise ValidationError("the form is not UTF-8 urlencoded text", code="BAD_FORM") from None
-SUPPLY_ROLES = frozenset({"admin", "manufacturer", "distributor", "pharmacist", "node"})
+
+
+SUPPLY_ROLES = SUPPLY_READERS
 
 
 def session(request: Request) -> TokenClaims | None:
@@ -743,7 +746,7 @@ async def start_recall(request: Request) -> Response:
 
 # -- clinician: a patient's merged history, break-glass -----------------------------------
 
-CARE_ROLES = frozenset({"clinician", "nurse"})
+CARE_ROLES = BREAK_GLASS_ROLES  # the clinician's page: who may break the glass
 
 
 @router.get("/clinician", response_class=HTMLResponse)
