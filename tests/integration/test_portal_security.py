@@ -183,3 +183,26 @@ def test_one_members_writes_are_rate_and_size_limited(server: Server) -> None:
             "identity", "add_member", {**args, "public_key": generate_keypair().public_b64}
         )
     assert receipt["result"] == "accepted"
+
+
+def test_the_clinicians_consent_list_follows_the_consent_rule(server: Server) -> None:
+    """The portal kept its own copy of consent coverage: it ignored start time, purpose and
+    types. A research-only consent, or one that starts next week, lets no clinician in."""
+    patient_key = read_key_file(server.data_dir / "keys" / "patient-0003.key")[1]
+    base = {
+        "patient": "patient-0003",
+        "grantee": {"org": "st-mary"},
+        "actions": ["read"],
+        "resource_types": ["*"],
+    }
+    week = 7 * 86_400_000
+    with Client(server.url, keypair=patient_key) as patient:
+        patient.call("consent", "grant", {**base, "purposes": ["HRESCH"]})
+        later = int(time.time() * 1000) + week
+        patient.call("consent", "grant", {**base, "purposes": ["TREAT"], "start": later})
+    portal, _ = signed_in(server, "dr-ana-silva")
+    assert "patient-0003" not in portal.get("/clinician").text
+    with Client(server.url, keypair=patient_key) as patient:
+        patient.call("consent", "grant", {**base, "purposes": ["TREAT"]})
+    assert "patient-0003" in portal.get("/clinician").text
+    portal.close()

@@ -25,7 +25,12 @@ from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import get_member, get_node
 from careledger.auth import TokenClaims
-from careledger.contracts.consent import BREAK_GLASS_PREFIX, BREAK_GLASS_ROLES, awaiting_cosignature
+from careledger.contracts.consent import (
+    BREAK_GLASS_PREFIX,
+    BREAK_GLASS_ROLES,
+    awaiting_cosignature,
+    consent_covers,
+)
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
 from careledger.health.access import Caller
@@ -247,20 +252,28 @@ async def verify_result(
 
 
 def _consented(request: Request, caller: Caller) -> list[str]:
-    """Patients with an active consent for the caller or the caller's organisation."""
+    """Patients whose consent lets the caller read some of their records for treatment now,
+    judged by the consent contract's own rule (start, end, purpose, types: not a copy)."""
     node = get_node(request)
     now = int(time.time() * 1000)
     patients = set()
-    for key in node.ledger.store.state_keys("consent", "consent/", 10_000):
-        entry = node.ledger.state("consent", key)
-        if not isinstance(entry, dict) or entry.get("status") != "active":
+    for key in node.ledger.store.state_keys(CONSENT, "consent/", 1_000_000):
+        entry = node.ledger.state(CONSENT, key)
+        if not isinstance(entry, dict):
             continue
-        grantee = entry.get("grantee") or {}
-        if grantee.get("org") != caller.org and grantee.get("member") != caller.member:
-            continue
-        if entry.get("end") is not None and entry["end"] < now:
-            continue
-        patients.add(str(entry["patient"]))
+        if any(
+            consent_covers(
+                entry,
+                member=caller.member,
+                org=caller.org,
+                action="read",
+                resource_type=t,
+                purpose="TREAT",
+                time=now,
+            )
+            for t in entry.get("resource_types", ())
+        ):
+            patients.add(str(entry["patient"]))
     return sorted(patients)
 
 
