@@ -135,7 +135,7 @@ def readings_in(batch: dict[str, Any]) -> int:
 def in_process(data: Path, signed: list[list[dict[str, Any]]], workers: int) -> dict[str, Any]:
     node = Node(Settings.load(data))
     node.start()
-    store = ReadingsStore(data / MONITORING_FILE)
+    store = ReadingsStore.for_node(data / MONITORING_FILE, node.ledger.node_key)
     ingest = Ingestor(node, store)
     arrivals: dict[tuple[str, int], float] = {}
     latencies: list[float] = []

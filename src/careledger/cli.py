@@ -745,7 +745,7 @@ def devices_audit(
         ledger_store = SQLiteStore(settings.store_path, readonly=True)
         _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
         ledger = Ledger(ledger_store, node_name=settings.node_name, node_key=node_key)
-        readings = ReadingsStore(data_dir / MONITORING_FILE)
+        readings = ReadingsStore.for_node(data_dir / MONITORING_FILE, node_key)
         try:
             reports = audit_devices(ledger, readings, device or readings.devices())
         finally:

@@ -472,7 +472,7 @@ def load_demo_monitoring(data_dir: Path) -> None:
     ]
     node = Node(Settings.load(data_dir))
     node.start()
-    store = ReadingsStore(data_dir / MONITORING_FILE)
+    store = ReadingsStore.for_node(data_dir / MONITORING_FILE, node.ledger.node_key)
     ingest = Ingestor(node, store)
     try:
         for key, contract, method, args in steps:

@@ -39,7 +39,7 @@ class World:
         self.node = Node(Settings.load(data))
         self.node.start()
         self.records = HealthRecords.for_node(self.node)
-        self.store = ReadingsStore(data / MONITORING_FILE)
+        self.store = ReadingsStore.for_node(data / MONITORING_FILE, self.node.ledger.node_key)
         self.ingest = Ingestor(self.node, self.store, window_ms=200)
         self.ingest.start()
         self.readings = ReadingsService(self.records, self.store)

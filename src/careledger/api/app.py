@@ -83,7 +83,9 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         consent_records = ConsentRecorder(health, settings.data_dir / TRIALS_FILE)
         app.state.trials = TrialsService(running, health, recruitment)
         app.state.recruitment = responder
-        readings_store = ReadingsStore(settings.data_dir / MONITORING_FILE)
+        readings_store = ReadingsStore.for_node(
+            settings.data_dir / MONITORING_FILE, running.ledger.node_key
+        )
         ingestor = Ingestor(
             running,
             readings_store,

@@ -18,8 +18,10 @@ from typing import Any
 
 import orjson
 
+from careledger.core.keys import KeyPair
 from careledger.sqlite_threads import GroupCommit, ThreadConnections
 from careledger.sqlite_threads import statements as sql_statements
+from careledger.vault.at_rest import AtRest
 
 MONITORING_FILE = "monitoring.sqlite"
 
@@ -98,20 +100,30 @@ def _batch(row: Sequence[Any]) -> StoredBatch:
     )
 
 
-def _window(row: Sequence[Any]) -> ClosedWindow:
-    values = list(row)
-    values[8] = orjson.loads(values[8])
-    return ClosedWindow(*values)
-
-
 class ReadingsStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sealed: AtRest) -> None:
+        """``sealed`` seals what the store keeps beside the encrypted batches: each device's
+        rule state and each window's alerts (values that fired a rule are PHI)."""
+        self._sealed = sealed
         self._conns = ThreadConnections(path, "readings store")
         self._conns.get().executescript(SCHEMA)
         self._group = GroupCommit(self._conns.get, "readings store")
 
+    @classmethod
+    def for_node(cls, path: Path, node_key: KeyPair) -> ReadingsStore:
+        return cls(path, AtRest.for_node(node_key, "monitoring"))
+
     def close(self) -> None:
         self._conns.close()
+
+    def _state_blob(self, device: str, state: dict[str, Any]) -> bytes:
+        return self._sealed.seal(orjson.dumps(state), f"devices:{device}")
+
+    def _window(self, row: Sequence[Any]) -> ClosedWindow:
+        values = list(row)
+        blob = bytes(values[8]) if isinstance(values[8], bytes) else str(values[8]).encode()
+        values[8] = orjson.loads(self._sealed.open(blob, f"windows:{values[0]}/{values[1]}"))
+        return ClosedWindow(*values)
 
     def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         self._group.write(sql_statements(statements))
@@ -124,7 +136,9 @@ class ReadingsStore:
             .execute("SELECT state FROM devices WHERE device = ?", (device,))
             .fetchone()
         )
-        return None if row is None else dict(orjson.loads(row[0]))
+        if row is None:
+            return None
+        return dict(orjson.loads(self._sealed.open(bytes(row[0]), f"devices:{device}")))
 
     def add_batch(
         self,
@@ -156,15 +170,14 @@ class ReadingsStore:
             ),
             (
                 "INSERT OR REPLACE INTO devices(device, state) VALUES(?, ?)",
-                (batch.device, orjson.dumps(state)),
+                (batch.device, self._state_blob(batch.device, state)),
             ),
         ]
         if closed is not None:
             statements.append(self._window_insert(closed))
         self._write(statements)
 
-    @staticmethod
-    def _window_insert(w: ClosedWindow) -> tuple[str, Sequence[Any]]:
+    def _window_insert(self, w: ClosedWindow) -> tuple[str, Sequence[Any]]:
         return (
             "INSERT OR REPLACE INTO windows VALUES(?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -176,7 +189,7 @@ class ReadingsStore:
                 w.last_ms,
                 w.root,
                 w.rules_version,
-                orjson.dumps(w.alerts),
+                self._sealed.seal(orjson.dumps(w.alerts), f"windows:{w.device}/{w.window}"),
                 w.status,
                 w.tx,
             ),
@@ -189,7 +202,7 @@ class ReadingsStore:
                 self._window_insert(window),
                 (
                     "INSERT OR REPLACE INTO devices(device, state) VALUES(?, ?)",
-                    (window.device, orjson.dumps(state)),
+                    (window.device, self._state_blob(window.device, state)),
                 ),
             ]
         )
@@ -234,7 +247,7 @@ class ReadingsStore:
             .execute("SELECT * FROM windows WHERE device = ? AND window = ?", (device, window))
             .fetchone()
         )
-        return None if row is None else _window(row)
+        return None if row is None else self._window(row)
 
     def pending(self) -> list[ClosedWindow]:
         rows = (
@@ -242,7 +255,7 @@ class ReadingsStore:
             .execute("SELECT * FROM windows WHERE status = 'closed' ORDER BY device, window")
             .fetchall()
         )
-        return [_window(r) for r in rows]
+        return [self._window(r) for r in rows]
 
     def anchored_windows(self, device: str) -> list[ClosedWindow]:
         rows = (
@@ -253,7 +266,7 @@ class ReadingsStore:
             )
             .fetchall()
         )
-        return [_window(r) for r in rows]
+        return [self._window(r) for r in rows]
 
     def devices(self) -> list[str]:
         rows = self._conns.get().execute("SELECT device FROM devices ORDER BY device").fetchall()
@@ -271,7 +284,7 @@ class ReadingsStore:
             )
             .fetchall()
         )
-        return [_window(r) for r in rows]
+        return [self._window(r) for r in rows]
 
     def anchored(self, device: str, window: int, tx: str) -> None:
         self._write(
@@ -308,7 +321,7 @@ class ReadingsStore:
                 ),
                 (
                     "INSERT OR REPLACE INTO devices(device, state) VALUES(?, ?)",
-                    (device, orjson.dumps(state)),
+                    (device, self._state_blob(device, state)),
                 ),
             ]
         )

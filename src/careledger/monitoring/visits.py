@@ -22,6 +22,7 @@ from careledger.health.access import Caller
 from careledger.health.service import WRITER_ROLES, HealthRecords
 from careledger.patient_signing import sign_as_patient
 from careledger.sqlite_threads import ThreadConnections, iso_ms
+from careledger.vault.at_rest import AtRest
 
 VISITS_FILE = "visits.sqlite"
 MAX_NOTE = 64 * 1024
@@ -81,6 +82,7 @@ class VisitsService:
         self.ledger = records.ledger
         self._conns = ThreadConnections(path, "visit links")
         self._conns.get().executescript(SCHEMA)
+        self._sealed = AtRest.for_node(self.ledger.node_key, "visits")
 
     def close(self) -> None:
         self._conns.close()
@@ -88,9 +90,11 @@ class VisitsService:
     def keep_link(self, visit_id: str, link: str, reason: str = "") -> None:
         """Keep a scheduled visit's link (and reason); only once: a link is never replaced."""
         conn = self._conns.get()
-        conn.execute("INSERT INTO links(visit, link) VALUES(?, ?)", (visit_id, link))
+        sealed_link = self._sealed.seal(link.encode(), f"links:{visit_id}")
+        conn.execute("INSERT INTO links(visit, link) VALUES(?, ?)", (visit_id, sealed_link))
         if reason:
-            conn.execute("INSERT INTO reasons(visit, reason) VALUES(?, ?)", (visit_id, reason))
+            sealed = self._sealed.seal(reason.encode(), f"reasons:{visit_id}")
+            conn.execute("INSERT INTO reasons(visit, reason) VALUES(?, ?)", (visit_id, sealed))
 
     def visit(self, caller: Caller, visit_id: str) -> dict[str, Any]:
         visit = self.ledger.state(VISITS, f"visit/{visit_id}")
@@ -104,7 +108,10 @@ class VisitsService:
             .fetchone()
         )
         shown = {k: v for k, v in visit.items() if k != "link_hash"}
-        return {**shown, "reason": "" if row is None else str(row[0])}
+        if row is None:
+            return {**shown, "reason": ""}
+        reason = self._sealed.open(_as_bytes(row[0]), f"reasons:{visit_id}").decode()
+        return {**shown, "reason": reason}
 
     def mine(self, caller: Caller) -> dict[str, list[dict[str, Any]]]:
         """The caller's visits (as patient or clinician), upcoming and past."""
@@ -179,7 +186,8 @@ class VisitsService:
         )
         if row is None:
             raise NotFound("the room's link is held by the scheduling node", code="REMOTE_LINK")
-        return {"receipt": receipt, "link": row[0]}
+        link = self._sealed.open(_as_bytes(row[0]), f"links:{visit_id}").decode()
+        return {"receipt": receipt, "link": link}
 
     def end(self, caller: Caller, visit_id: str, note: str) -> dict[str, Any]:
         """End the visit with its note (Encounter + DocumentReference), all or nothing."""
@@ -221,3 +229,8 @@ class VisitsService:
             "encounter": encounter_id,
             "note": note_id,
         }
+
+
+def _as_bytes(value: object) -> bytes:
+    """A column value as bytes (sealed values are BLOBs; rows written before sealing, TEXT)."""
+    return value if isinstance(value, bytes) else str(value).encode()
