@@ -5,6 +5,7 @@
      ├── Rejected(code)       well-formed but refused by admission or a contract rule
      ├── VerificationError    a signature, proof, checkpoint or stored byte does not verify
      ├── NotFound             the thing asked for does not exist
+     ├── Gone                 it existed and was erased (HTTP 410)
      ├── Forbidden            the caller is known but not allowed
      ├── Unauthorized         the caller is not authenticated
      ├── Conflict             the request contradicts current state (e.g. a stale nonce)
@@ -82,6 +83,13 @@ class VerificationError(CareLedgerError):
 class NotFound(CareLedgerError):
     code = "NOT_FOUND"
     http_status = 404
+
+
+class Gone(CareLedgerError):
+    """It existed and was erased (crypto-shredded): its proofs remain, its content does not."""
+
+    code = "GONE"
+    http_status = 410
 
 
 class Forbidden(CareLedgerError):

@@ -258,3 +258,25 @@ def test_a_telemedicine_visit_with_consent_join_and_note(
     kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
     assert {"Encounter", "DocumentReference"} <= kinds
     assert [v["id"] for v in patient.get("/v1/visits").json()["past"]] == [visit_id]
+
+
+def test_a_patients_erasure_reaches_their_readings(server: Server, world: dict[str, Any]) -> None:
+    """Readings are crypto-shredded like vault records; the anchored windows and their proofs
+    stay, and the ledger still verifies."""
+    clinician, patient, pid = world["clinician"], world["patient"], world["patient_id"]
+    series = patient.get(f"/v1/monitoring/patients/{pid}/readings").json()
+    some = series["readings"][0]
+    path = f"/v1/devices/{some['device']}/windows/{some['window']}/readings/{some['index']}"
+    assert clinician.get(path).status_code == 200
+    assert clinician.delete(f"/v1/monitoring/patients/{pid}/readings").status_code == 403
+    erased = patient.delete(f"/v1/monitoring/patients/{pid}/readings")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["receipt"]["result"] == "accepted"
+    gone = wait_for(
+        lambda: (r := clinician.get(path)).status_code == 410 and r, "the readings shredded"
+    )
+    assert gone.json()["code"] == "READINGS_ERASED"
+    after = patient.get(f"/v1/monitoring/patients/{pid}/readings").json()
+    assert after["readings"] == [] and len(after["alerts"]) == len(series["alerts"])
+    checked = run_cli("verify", str(server.data_dir), "--reexecute")
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -92,9 +92,9 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             window_ms=settings.monitoring_window_ms,
             window_readings=settings.monitoring_window_readings,
         )
-        app.state.monitoring = MonitoringService(
-            health, ingestor, ReadingsService(health, readings_store)
-        )
+        readings = ReadingsService(health, readings_store)
+        running.ledger.commit_listeners.append(readings.on_commit)  # erasure shreds readings
+        app.state.monitoring = MonitoringService(health, ingestor, readings)
         ticker = Ticker(running, settings.monitoring_tick_seconds)
         app.state.visits = VisitsService(health, settings.data_dir / VISITS_FILE)
         metrics.head_height.set(running.ledger.head.height)

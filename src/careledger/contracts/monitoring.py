@@ -27,6 +27,7 @@ import re
 from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.records import require_patient
 from careledger.core.alert_rules import RuleError, check_rules
 from careledger.core.keys import decode_public_key
@@ -437,3 +438,24 @@ class MonitoringV1(Contract):
                     org,
                 )
                 ctx.state.put(fired_key, ctx.time)
+
+
+class MonitoringV2(MonitoringV1):
+    """r4: a patient erases their device readings, as they shred vault records.
+
+    The ledger records the erasure (everything read up to this block); every node holding the
+    patient's readings destroys their data keys when it sees the event (crypto-shredding). The
+    windows' anchored roots stay, so every proof of what was anchored still verifies.
+    """
+
+    version = 2
+
+    @tx_method
+    def erase_readings(self, ctx: Context, args: Args) -> None:
+        args.only("patient")
+        patient = args.string("patient", pattern=ID_PATTERN)
+        if ctx.signer.member != patient or not ctx.signer.has_role("patient"):
+            raise Rejected("NOT_AUTHORISED", "a patient erases their own readings, with their key")
+        require_patient(ctx, patient)
+        ctx.state.put(f"erased/{patient}", {"before": ctx.time, "height": ctx.height})
+        ctx.emit("monitoring.readings_erased", {"patient": patient, "before": ctx.time})

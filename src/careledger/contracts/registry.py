@@ -149,7 +149,18 @@ def r3() -> Ruleset:
     )
 
 
+def r4() -> Ruleset:
+    """r3, and a patient erases their device readings (crypto-shredded by the nodes)."""
+    from careledger.contracts.monitoring import MonitoringV2
+
+    return r3().derive(
+        "r4",
+        contracts=[MonitoringV2()],
+        notes="monitoring.erase_readings: a patient's readings are shredded, their roots kept",
+    )
+
+
 @cache
 def default_registry() -> Registry:
     """Every ruleset this software knows, oldest first; the last is what new chains start on."""
-    return Registry([r0(), r1(), r2(), r3()])
+    return Registry([r0(), r1(), r2(), r3(), r4()])

@@ -92,8 +92,11 @@ def audit_devices(
             if held is None:
                 report.mismatches.append({"window": closed.window, "problem": "not on the ledger"})
                 continue
+            batches = store.batches_of(device, closed.window)
+            if any(not batch.wrapped for batch in batches):
+                continue  # the patient erased these readings: nothing left to re-judge
             readings = []
-            for batch in store.batches_of(device, closed.window):
+            for batch in batches:
                 readings += open_batch(batch, ledger.node_key, "custodian")
             rules = _rules_at(history, device, closed.rules_version, held["height"])
             if closed.rules_version != version:

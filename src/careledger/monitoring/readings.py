@@ -17,9 +17,10 @@ from careledger.contracts.monitoring import NAMESPACE as MONITORING
 from careledger.core import merkle
 from careledger.core.keys import KeyPair, b64url_encode
 from careledger.core.vitals import Reading, from_json, to_observation
-from careledger.errors import Forbidden, NotFound
+from careledger.errors import Forbidden, Gone, NotFound
 from careledger.health.access import Caller, require_scope
 from careledger.health.service import HealthRecords
+from careledger.ledger.execute import Executed
 from careledger.monitoring.ingest import READINGS_TYPE, batch_record_id, reading_salt
 from careledger.monitoring.store import ClosedWindow, ReadingsStore, StoredBatch
 from careledger.vault.crypto import open_resource, unwrap_key
@@ -28,7 +29,10 @@ MAX_WINDOWS_READ = 2000
 
 
 def open_batch(batch: StoredBatch, key: KeyPair, recipient: str) -> list[Reading]:
-    data_key = unwrap_key(batch.wrapped[recipient], key)
+    wrapped = batch.wrapped.get(recipient)
+    if wrapped is None:
+        raise Gone("the patient erased these readings", code="READINGS_ERASED")
+    data_key = unwrap_key(wrapped, key)
     plaintext = open_resource(
         batch.ciphertext,
         record_id=batch_record_id(batch.device, batch.seq),
@@ -45,6 +49,13 @@ class ReadingsService:
         self.records = records
         self.ledger = records.ledger
         self.store = store
+
+    def on_commit(self, executed: Executed) -> None:
+        """Shred a patient's readings when the ledger records their erasure (a commit listener:
+        one statement, on the committer's thread)."""
+        for event in executed.block.events:
+            if event.type == "monitoring.readings_erased":
+                self.store.shred_patient(str(orjson.loads(event.data)["patient"]))
 
     def _authorise(self, caller: Caller, patient: str, windows: list[str], purpose: str) -> None:
         require_scope(caller, "Observation", "read", patient)
@@ -115,6 +126,8 @@ class ReadingsService:
         values: dict[tuple[Any, ...], Any] = {}
         for w in windows:
             for batch in self.store.batches_of(w.device, w.window):
+                if not batch.wrapped:
+                    continue  # erased by the patient: nothing to show, the window stays proven
                 for i, reading in enumerate(open_batch(batch, self.ledger.node_key, "custodian")):
                     index = batch.first_index + i
                     row = reading.as_json()

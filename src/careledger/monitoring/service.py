@@ -44,6 +44,15 @@ class MonitoringService:
             self.records, caller, MONITORING, "bind", {"device": device}, envelope
         )
 
+    def erase_readings(
+        self, caller: Caller, patient: str, envelope: object | None
+    ) -> dict[str, Any]:
+        """The patient erases every reading held about them so far (signed by the patient)."""
+        if caller.member != patient:
+            raise Forbidden("a patient erases their own readings", code="NOT_AUTHORISED")
+        args = {"patient": patient}
+        return sign_as_patient(self.records, caller, MONITORING, "erase_readings", args, envelope)
+
     def unbind(
         self, caller: Caller, device: str, reason: str, envelope: object | None
     ) -> dict[str, Any]:

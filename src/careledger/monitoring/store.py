@@ -268,6 +268,16 @@ class ReadingsStore:
         )
         return [self._window(r) for r in rows]
 
+    def shred_patient(self, patient: str) -> int:
+        """Destroy the data keys (and ciphertext) of every batch held about ``patient``: the
+        readings cannot be read again; windows, roots and digests stay for the proofs."""
+        conn = self._conns.get()
+        cursor = conn.execute(
+            "UPDATE batches SET wrapped = ?, ciphertext = ? WHERE patient = ? AND wrapped != ?",
+            (b"{}", b"", patient, b"{}"),
+        )
+        return int(cursor.rowcount)
+
     def devices(self) -> list[str]:
         rows = self._conns.get().execute("SELECT device FROM devices ORDER BY device").fetchall()
         return [str(r[0]) for r in rows]

@@ -146,6 +146,20 @@ def series(
     return _json(_service(request).readings.series(_caller(claims), patient, since_ms=since))
 
 
+@router.delete(
+    "/v1/monitoring/patients/{patient}/readings",
+    summary="Erase your readings (the patient): shredded on every node, proofs kept",
+)
+async def erase_readings(
+    request: Request, claims: MemberDep, patient: PatientId, body: Annotated[Any, Body()] = None
+) -> Response:
+    envelope = _object(body or {}, "{envelope?}").get("envelope")
+    receipt = await run_in_threadpool(
+        _service(request).erase_readings, _caller(claims), patient, envelope
+    )
+    return _json({"receipt": receipt})
+
+
 @router.put("/v1/monitoring/patients/{patient}/rules", summary="Set a patient's alert rules")
 async def set_rules(
     request: Request, claims: MemberDep, patient: PatientId, body: Annotated[Any, Body()]
