@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from careledger.contracts.base import Args, Context, Contract, Signer, StateReader, tx_method
 from careledger.core.block import Write
@@ -312,10 +312,33 @@ class IdentityV1(Contract):
             raise Rejected("UNKNOWN_MEMBER", f"no member {member_id!r}")
         return dict(member)
 
+    # Hooks later versions replace; in r0 and r1 they change nothing.
+    ADD_MEMBER_ARGS: ClassVar[tuple[str, ...]] = ("id", "name", "roles", "public_key")
+    ROTATE_KEY_ARGS: ClassVar[tuple[str, ...]] = ("member", "public_key")
+
+    @staticmethod
+    def _org(ctx: Context, org_id: str) -> dict[str, Any]:
+        org: dict[str, Any] = ctx.state.get(org_key(org_id))
+        return org
+
+    @staticmethod
+    def _patient_only(ctx: Context, member: Mapping[str, Any]) -> bool:
+        """True when only the member itself may change this member's key (r0: nobody)."""
+        return False
+
+    @staticmethod
+    def _protect_roles(member: Mapping[str, Any] | None, roles: list[str]) -> None:
+        """Refuse a role change the rules forbid outright (r0: none)."""
+
+    @staticmethod
+    def _custodial(args: Args, roles: list[str] | None, patient: bool) -> bool | None:
+        """Whether a (new) patient key is held by a node (r0 records nothing)."""
+        return None
+
     @tx_method
     def add_member(self, ctx: Context, args: Args) -> None:
         """An admin adds staff; an admin or the organisation's node registers patients."""
-        args.only("id", "name", "roles", "public_key")
+        args.only(*self.ADD_MEMBER_ARGS)
         roles = args.strings("roles", allowed=ctx.rules.roles)
         if "node" in roles:
             raise Rejected(
@@ -323,6 +346,8 @@ class IdentityV1(Contract):
             )
         if not (roles == ["patient"] and ctx.signer.has_role("node")):
             self._require_admin_of(ctx, ctx.signer.org)
+        self._check_roles(ctx.rules, self._org(ctx, ctx.signer.org), roles)
+        custodial = self._custodial(args, roles, roles == ["patient"])
         writes = _new_member(
             ctx.state.get,
             member_id=args.string("id", pattern=ID_PATTERN),
@@ -332,6 +357,8 @@ class IdentityV1(Contract):
             public_key=args.string("public_key"),
             height=ctx.height,
         )
+        if custodial is not None:
+            writes[member_key(args.raw["id"])]["custodial"] = custodial
         for key, value in writes.items():
             ctx.state.put(key, value)
         ctx.emit("identity.member_added", {"member": args.raw["id"], "org": ctx.signer.org})
@@ -342,22 +369,19 @@ class IdentityV1(Contract):
         member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
         self._require_admin_of(ctx, member["org"])
         roles = args.strings("roles", allowed=ctx.rules.roles)
+        self._protect_roles(member, roles)
         if ("node" in roles) != ("node" in member["roles"]):
             raise Rejected(
                 "NOT_AUTHORISED", "node members come from genesis or an admission vote only"
             )
+        self._check_roles(ctx.rules, self._org(ctx, member["org"]), roles)
         member["roles"] = roles
         ctx.state.put(member_key(member["id"]), member)
         ctx.emit("identity.roles_set", {"member": member["id"], "roles": member["roles"]})
 
-    @tx_method
-    def rotate_key(self, ctx: Context, args: Args) -> None:
-        """The member itself or an admin of its organisation replaces the member's key."""
-        args.only("member", "public_key")
-        member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
-        if ctx.signer.member != member["id"]:
-            self._require_admin_of(ctx, member["org"])
-        new_key = args.string("public_key")
+    def _replace_key(
+        self, ctx: Context, member: dict[str, Any], new_key: str, *, custodial: bool | None
+    ) -> None:
         try:
             decode_public_key(new_key)
         except ValidationError:
@@ -366,10 +390,23 @@ class IdentityV1(Contract):
             raise Rejected("KEY_IN_USE", "that public key is already registered")
         self._revoke(ctx, member["key"])
         member["key"] = new_key
+        if custodial is not None:
+            member["custodial"] = custodial
         ctx.state.put(member_key(member["id"]), member)
         ctx.state.put(
             key_key(new_key), {"member": member["id"], "status": ACTIVE, "since": ctx.height}
         )
+
+    @tx_method
+    def rotate_key(self, ctx: Context, args: Args) -> None:
+        """The member itself or an admin of its organisation replaces the member's key."""
+        args.only(*self.ROTATE_KEY_ARGS)
+        member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
+        patient = self._patient_only(ctx, member)
+        if not patient and ctx.signer.member != member["id"]:
+            self._require_admin_of(ctx, member["org"])
+        custodial = self._custodial(args, None, patient)
+        self._replace_key(ctx, member, args.string("public_key"), custodial=custodial)
         ctx.emit("identity.key_rotated", {"member": member["id"]})
 
     @tx_method
@@ -380,7 +417,7 @@ class IdentityV1(Contract):
         if entry is None:
             raise Rejected("UNKNOWN_KEY", "no such key")
         member = self._member(ctx, entry["member"])
-        if ctx.signer.member != member["id"]:
+        if not self._patient_only(ctx, member) and ctx.signer.member != member["id"]:
             self._require_admin_of(ctx, member["org"])
         if entry["status"] != ACTIVE:
             raise Rejected("KEY_REVOKED", "the key is already revoked")
@@ -438,20 +475,8 @@ class IdentityV1(Contract):
         org = ctx.state.get(org_key(org_id))
         if org is None or org["status"] != ACTIVE:
             raise Rejected("UNKNOWN_ORG", f"no active organisation {org_id!r}")
-        proposal = {
-            "id": ctx.tx_id,
-            "kind": "remove_org",
-            "org": {"id": org_id},
-            "reason": args.string("reason", max_len=256),
-            "proposer": ctx.signer.member,
-            "yes": [],
-            "no": [],
-            "status": "open",
-            "opened": ctx.height,
-        }
-        ctx.state.put(f"proposal/{ctx.tx_id}", proposal)
-        ctx.emit("identity.proposal_opened", {"proposal": ctx.tx_id, "org": org_id})
-        self._vote(ctx, proposal, approve=True)
+        fields = {"org": {"id": org_id}, "reason": args.string("reason", max_len=256)}
+        self._open_proposal(ctx, "remove_org", fields, {"org": org_id})
 
     @tx_method
     def propose_org(self, ctx: Context, args: Args) -> None:
@@ -488,21 +513,12 @@ class IdentityV1(Contract):
             }
             if node["id"] == admin_id or node["public_key"] == admin_key:
                 raise Rejected("BAD_ARGS", "the node needs its own member id and key")
-        proposal = {
-            "id": ctx.tx_id,
-            "kind": "admit_org",
+        fields = {
             "org": proposed,
             "admin": {"id": admin_id, "name": admin.string("name"), "public_key": admin_key},
             **({"node": node} if node is not None else {}),
-            "proposer": ctx.signer.member,
-            "yes": [],
-            "no": [],
-            "status": "open",
-            "opened": ctx.height,
         }
-        ctx.state.put(f"proposal/{ctx.tx_id}", proposal)
-        ctx.emit("identity.proposal_opened", {"proposal": ctx.tx_id, "org": org_id})
-        self._vote(ctx, proposal, approve=True)
+        self._open_proposal(ctx, "admit_org", fields, {"org": org_id})
 
     @staticmethod
     def _proposed_org(ctx: Context, org: Args) -> dict[str, Any]:
@@ -513,6 +529,28 @@ class IdentityV1(Contract):
         if kind not in ctx.rules.org_kinds:
             raise Rejected("BAD_ARGS", f"unknown organisation kind {kind!r}")
         return {"id": org_id, "name": org.string("name"), "kind": kind}
+
+    def _open_proposal(
+        self,
+        ctx: Context,
+        kind: str,
+        fields: Mapping[str, Any],
+        announce: Mapping[str, Any],
+    ) -> None:
+        """Open a proposal (the proposer's organisation votes yes at once)."""
+        proposal = {
+            "id": ctx.tx_id,
+            "kind": kind,
+            **fields,
+            "proposer": ctx.signer.member,
+            "yes": [],
+            "no": [],
+            "status": "open",
+            "opened": ctx.height,
+        }
+        ctx.state.put(f"proposal/{ctx.tx_id}", proposal)
+        ctx.emit("identity.proposal_opened", {"proposal": ctx.tx_id, **announce})
+        self._vote(ctx, proposal, approve=True)
 
     @tx_method
     def vote(self, ctx: Context, args: Args) -> None:
@@ -619,20 +657,11 @@ class IdentityV2(IdentityV1):
             raise Rejected(
                 "BAD_ARGS", f"a new ruleset must activate after {last_name} (height {last_height})"
             )
-        proposal = {
-            "id": ctx.tx_id,
-            "kind": "activate_ruleset",
+        fields = {
             "ruleset": {"name": name, "height": height},
             "reason": args.string("reason", max_len=256) if args.has("reason") else "",
-            "proposer": ctx.signer.member,
-            "yes": [],
-            "no": [],
-            "status": "open",
-            "opened": ctx.height,
         }
-        ctx.state.put(f"proposal/{ctx.tx_id}", proposal)
-        ctx.emit("identity.proposal_opened", {"proposal": ctx.tx_id, "ruleset": name})
-        self._vote(ctx, proposal, approve=True)
+        self._open_proposal(ctx, "activate_ruleset", fields, {"ruleset": name})
 
     def _admit(self, ctx: Context, proposal: Mapping[str, Any]) -> None:  # type: ignore[override]
         if proposal["kind"] != "activate_ruleset":
@@ -737,57 +766,8 @@ class IdentityV3(IdentityV2):
         if "patient" in roles and roles != ["patient"]:
             raise Rejected("ROLE_NOT_ALLOWED", "a patient member holds the patient role alone")
 
-    def _org(self, ctx: Context, org_id: str) -> dict[str, Any]:
-        org: dict[str, Any] = ctx.state.get(org_key(org_id))
-        return org
-
-    @tx_method
-    def add_member(self, ctx: Context, args: Args) -> None:
-        """An admin adds staff of the roles the organisation's kinds allow; an admin or the
-        organisation's node registers patients (``custodial``: whether a node holds the key)."""
-        args.only("id", "name", "roles", "public_key", "custodial")
-        roles = args.strings("roles", allowed=ctx.rules.roles)
-        if "node" in roles:
-            raise Rejected(
-                "NOT_AUTHORISED", "node members come from genesis or an admission vote only"
-            )
-        if not (roles == ["patient"] and ctx.signer.has_role("node")):
-            self._require_admin_of(ctx, ctx.signer.org)
-        self._check_roles(ctx.rules, self._org(ctx, ctx.signer.org), roles)
-        if args.has("custodial") and roles != ["patient"]:
-            raise Rejected("BAD_ARGS", "only a patient's key can be custodial")
-        writes = _new_member(
-            ctx.state.get,
-            member_id=args.string("id", pattern=ID_PATTERN),
-            name=args.string("name"),
-            org=ctx.signer.org,
-            roles=roles,
-            public_key=args.string("public_key"),
-            height=ctx.height,
-        )
-        if roles == ["patient"]:
-            record = writes[member_key(args.raw["id"])]
-            record["custodial"] = args.boolean("custodial") if args.has("custodial") else True
-        for key, value in writes.items():
-            ctx.state.put(key, value)
-        ctx.emit("identity.member_added", {"member": args.raw["id"], "org": ctx.signer.org})
-
-    @tx_method
-    def set_roles(self, ctx: Context, args: Args) -> None:
-        args.only("member", "roles")
-        member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
-        self._require_admin_of(ctx, member["org"])
-        roles = args.strings("roles", allowed=ctx.rules.roles)
-        if "patient" in roles or "patient" in member["roles"]:
-            raise Rejected("NOT_AUTHORISED", "a patient's roles are not an admin's to change")
-        if ("node" in roles) != ("node" in member["roles"]):
-            raise Rejected(
-                "NOT_AUTHORISED", "node members come from genesis or an admission vote only"
-            )
-        self._check_roles(ctx.rules, self._org(ctx, member["org"]), roles)
-        member["roles"] = roles
-        ctx.state.put(member_key(member["id"]), member)
-        ctx.emit("identity.roles_set", {"member": member["id"], "roles": member["roles"]})
+    ADD_MEMBER_ARGS = ("id", "name", "roles", "public_key", "custodial")
+    ROTATE_KEY_ARGS = ("member", "public_key", "custodial")
 
     @staticmethod
     def _patient_only(ctx: Context, member: Mapping[str, Any]) -> bool:
@@ -801,55 +781,22 @@ class IdentityV3(IdentityV2):
             )
         return True
 
-    def _replace_key(
-        self, ctx: Context, member: dict[str, Any], new_key: str, *, custodial: bool | None
-    ) -> None:
-        try:
-            decode_public_key(new_key)
-        except ValidationError:
-            raise Rejected("BAD_ARGS", "public_key must be a base64url Ed25519 key") from None
-        if ctx.state.get(key_key(new_key)) is not None:
-            raise Rejected("KEY_IN_USE", "that public key is already registered")
-        self._revoke(ctx, member["key"])
-        member["key"] = new_key
-        if custodial is not None:
-            member["custodial"] = custodial
-        ctx.state.put(member_key(member["id"]), member)
-        ctx.state.put(
-            key_key(new_key), {"member": member["id"], "status": ACTIVE, "since": ctx.height}
-        )
+    @staticmethod
+    def _protect_roles(member: Mapping[str, Any] | None, roles: list[str]) -> None:
+        if member is not None and ("patient" in roles or "patient" in member["roles"]):
+            raise Rejected("NOT_AUTHORISED", "a patient's roles are not an admin's to change")
 
-    @tx_method
-    def rotate_key(self, ctx: Context, args: Args) -> None:
-        """The member itself, or for staff an admin of its organisation, replaces the key. A
-        patient rotating their own key says whether a node holds the new one (default: no)."""
-        args.only("member", "public_key", "custodial")
-        member = self._member(ctx, args.string("member", pattern=ID_PATTERN))
-        patient = self._patient_only(ctx, member)
-        if not patient and ctx.signer.member != member["id"]:
-            self._require_admin_of(ctx, member["org"])
+    @staticmethod
+    def _custodial(args: Args, roles: list[str] | None, patient: bool) -> bool | None:
+        """A patient's key: held by a node (registered by one: default yes; rotated by the
+        patient: default no). Anyone else's key is never custodial."""
         if args.has("custodial") and not patient:
             raise Rejected("BAD_ARGS", "only a patient's key can be custodial")
-        custodial = None
-        if patient:
-            custodial = args.boolean("custodial") if args.has("custodial") else False
-        self._replace_key(ctx, member, args.string("public_key"), custodial=custodial)
-        ctx.emit("identity.key_rotated", {"member": member["id"]})
-
-    @tx_method
-    def revoke_key(self, ctx: Context, args: Args) -> None:
-        args.only("public_key")
-        public_key = args.string("public_key")
-        entry = ctx.state.get(key_key(public_key))
-        if entry is None:
-            raise Rejected("UNKNOWN_KEY", "no such key")
-        member = self._member(ctx, entry["member"])
-        if not self._patient_only(ctx, member) and ctx.signer.member != member["id"]:
-            self._require_admin_of(ctx, member["org"])
-        if entry["status"] != ACTIVE:
-            raise Rejected("KEY_REVOKED", "the key is already revoked")
-        self._revoke(ctx, public_key)
-        ctx.emit("identity.key_revoked", {"member": member["id"]})
+        if not patient:
+            return None
+        if args.has("custodial"):
+            return args.boolean("custodial")
+        return roles is not None  # registered for the patient: the node holds it
 
     @tx_method
     def set_recovery(self, ctx: Context, args: Args) -> None:
