@@ -83,12 +83,27 @@ class Settings:
             if "port" in raw:
                 fields["port"] = int(raw["port"])
             fields.update(_monitoring(raw.get("monitoring")))
+            if raw.get("write_budget") is not None:
+                fields["write_budget"] = _write_budget(raw["write_budget"])
             base = cls(**fields)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"{path} is malformed: {exc}", code="BAD_NODE_FILE") from None
         values = {k: v for k, v in overrides.items() if v is not None}
         merged: dict[str, Any] = {**base.__dict__, **values}
         return cls(**merged)
+
+
+def _write_budget(raw: object) -> Budget:
+    """The optional ``write_budget`` block of node.json: what one member may write via /v1/tx
+    (``tx_burst``, ``tx_per_second``, ``bytes_burst``, ``bytes_per_second``)."""
+    if not isinstance(raw, dict) or set(raw) - set(Budget.__dataclass_fields__):
+        raise ValueError(
+            "write_budget is an object of tx_burst, tx_per_second, bytes_burst, bytes_per_second"
+        )
+    values = {k: float(v) for k, v in raw.items()}
+    if any(v <= 0 for v in values.values()):
+        raise ValueError("write_budget values are positive")
+    return Budget(**values)
 
 
 def _monitoring(raw: object) -> dict[str, object]:
