@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench.common import lift_write_budget  # noqa: E402
 from ledger import envelopes, line, percentile  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
@@ -105,6 +106,7 @@ def latency(url: str, keys_dir: Path, chain: str, n: int, nonce0: int) -> list[f
 def single_node(workdir: Path, n: int) -> tuple[float, list[float]]:
     data = workdir / "single"
     init_demo(data, with_records=False, with_supply=False).store.close()
+    lift_write_budget(data)
     server = Server(data, free_port(), workdir / "single.log")
     server.start()
     try:
@@ -137,6 +139,8 @@ def wait_all(nodes: list[NodeProcess], target: int, start: float, timeout: float
 
 def cluster_run(workdir: Path, n: int, missed: int) -> dict[str, Any]:
     cluster = LocalCluster.create(workdir / "cluster", 3, with_demo_data=False)
+    for node in cluster.nodes:
+        lift_write_budget(node.dir)  # two members sign everything here, as fast as they can
     cluster.start()
     try:
         n1, n2, n3 = cluster.nodes

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import random
 import resource
@@ -37,6 +36,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import lift_write_budget  # noqa: E402
 from tests.support.chain import TestChain, genesis, key  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
@@ -201,17 +201,7 @@ def http_throughput(n: int, workdir: Path) -> tuple[Server, KeyPair, str]:
     )
     data = workdir / "http-node"
     init_demo(data).store.close()
-    # One member signs everything here, as fast as it can: lift the per-member write budget so
-    # the node's capacity is measured, not the budget (node.json's write_budget).
-    node_file = data / "node.json"
-    config = json.loads(node_file.read_text())
-    config["write_budget"] = {
-        "tx_burst": 1e9,
-        "tx_per_second": 1e9,
-        "bytes_burst": 1e12,
-        "bytes_per_second": 1e12,
-    }
-    node_file.write_text(json.dumps(config))
+    lift_write_budget(data)  # one member signs everything here, as fast as it can
     server = Server(data, free_port(), workdir / "http-server.log")
     server.start()
     admin = read_key_file(data / "keys" / "st-mary-admin.key")[1]
