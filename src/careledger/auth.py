@@ -92,15 +92,9 @@ class TokenIssuer:
     def revoke(self, token: str) -> None:
         """Refuse ``token`` from now on (sign-out), until it would have expired anyway."""
         try:
-            claims = jwt.decode(
-                token,
-                self._public,
-                algorithms=["EdDSA"],
-                audience=self.chain,
-                issuer=self.node_name,
-            )
-        except jwt.PyJWTError:
-            return
+            claims = self.verify(token).raw
+        except Unauthorized:
+            return  # expired, foreign or already revoked: nothing left to refuse
         with self._lock:
             if len(self._revoked) >= MAX_REVOKED_TOKENS:
                 now = time.time()
