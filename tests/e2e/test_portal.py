@@ -291,6 +291,17 @@ def test_a_clinician_without_consent_breaks_the_glass_and_the_patient_sees_it(
         colleague.close()
     page.get_by_role("link", name="Open the record again").click()
     expect(page.get_by_test_id("emergency")).to_be_visible()
+    custodian = browser.new_context()  # the patient's own hospital is told at once
+    try:
+        staff = custodian.new_page()
+        sign_in(staff, server, server.data_dir / "keys" / "dr-ana-silva.key")
+        staff.goto(f"{server.url}/clinician")
+        told = staff.get_by_test_id("glass-on-ours")
+        expect(told).to_contain_text("dr-ben-okafor")
+        expect(told).to_contain_text(patient)
+        expect(told).to_contain_text("rn-sam-osei")
+    finally:
+        custodian.close()
     history = page.get_by_test_id("history")
     expect(history).to_contain_text("st-mary")  # the source organisation of each record
     shot(page, "clinician-break-glass")

@@ -222,6 +222,19 @@ def awaiting_cosignature(
     ]
 
 
+def opened_for_custodian(
+    entries: Iterable[Mapping[str, Any]], *, custodian: str, since: int
+) -> list[Mapping[str, Any]]:
+    """Break-glass accesses opened since ``since`` to patients whose organisation is
+    ``custodian`` (what the custodian's staff are told at once), newest first."""
+    opened = [
+        e
+        for e in entries
+        if e.get("custodian") == custodian and e.get("status") == "active" and e["start"] >= since
+    ]
+    return sorted(opened, key=lambda e: e["start"], reverse=True)
+
+
 BREAK_GLASS_WINDOW_MS = 24 * 60 * 60 * 1000
 BREAK_GLASS_PER_WINDOW = 2
 CARE_PROVIDER_KINDS = frozenset({"hospital", "clinic"})

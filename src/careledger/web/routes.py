@@ -30,6 +30,7 @@ from careledger.contracts.consent import (
     BREAK_GLASS_ROLES,
     awaiting_cosignature,
     consent_covers,
+    opened_for_custodian,
 )
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
@@ -781,6 +782,7 @@ async def clinician(
             patient="",
             consented=_consented(request, caller),
             to_confirm=[w for w in waiting if w["member"] != caller.member],
+            glass_on_ours=_glass_on_our_patients(request, caller),
         )
     purpose = "ETREAT" if emergency else "TREAT"
     records = request.app.state.health
@@ -804,14 +806,24 @@ async def clinician(
     )
 
 
+def _break_glass_entries(request: Request) -> list[Mapping[str, Any]]:
+    ledger = get_node(request).ledger
+    keys = ledger.store.state_keys(CONSENT, BREAK_GLASS_PREFIX, 100_000)
+    return [e for e in (ledger.state(CONSENT, k) for k in keys) if e is not None]
+
+
 def _awaiting_cosignature(request: Request, caller: Caller) -> list[Mapping[str, Any]]:
     """Break-glass requests by the caller's colleagues (or the caller) waiting for a co-signer."""
-    ledger = get_node(request).ledger
-    keys = ledger.store.state_keys(CONSENT, BREAK_GLASS_PREFIX, 10_000)
-    entries = (ledger.state(CONSENT, k) for k in keys)
     return awaiting_cosignature(
-        (e for e in entries if e is not None), org=caller.org, now=int(time.time() * 1000)
+        _break_glass_entries(request), org=caller.org, now=int(time.time() * 1000)
     )
+
+
+def _glass_on_our_patients(request: Request, caller: Caller) -> list[Mapping[str, Any]]:
+    """Emergency accesses opened in the last 7 days to the caller's organisation's patients,
+    by anyone (r2 names the custodian on every break-glass): its staff see them at once."""
+    since = int(time.time() * 1000) - 7 * 86_400_000
+    return opened_for_custodian(_break_glass_entries(request), custodian=caller.org, since=since)
 
 
 # -- keys made in the browser, registered by the patient's organisation ---------------------
