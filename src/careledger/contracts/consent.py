@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.identity import ID_PATTERN
@@ -172,10 +172,11 @@ class ConsentV1(Contract):
         ctx.state.delete(delegate_key(ctx.signer.member, delegate))
         ctx.emit("consent.delegate_removed", {"patient": ctx.signer.member, "delegate": delegate})
 
-    @tx_method
-    def break_glass(self, ctx: Context, args: Args) -> None:
-        """Emergency access without consent: flagged, time-limited, and the patient is told."""
-        args.only("patient", "reason", "purpose")
+    BREAK_GLASS_ARGS: ClassVar[tuple[str, ...]] = ("patient", "reason", "purpose")
+
+    def _glass_request(self, ctx: Context, args: Args) -> tuple[str, str]:
+        """(patient, reason) of a break-glass request, its purpose and signer checked."""
+        args.only(*self.BREAK_GLASS_ARGS)
         patient = args.string("patient", pattern=ID_PATTERN)
         reason = args.string("reason")
         if reason not in BREAK_GLASS_REASONS:
@@ -184,6 +185,12 @@ class ConsentV1(Contract):
             raise Rejected("BAD_ARGS", "break-glass is for purpose ETREAT only")
         if not ctx.signer.roles & BREAK_GLASS_ROLES:
             raise Rejected("NOT_AUTHORISED", "only a clinician or nurse may break the glass")
+        return patient, reason
+
+    @tx_method
+    def break_glass(self, ctx: Context, args: Args) -> None:
+        """Emergency access without consent: flagged, time-limited, and the patient is told."""
+        patient, reason = self._glass_request(ctx, args)
         require_patient(ctx, patient)
         entry = {
             "id": ctx.tx_id,
@@ -251,18 +258,11 @@ class ConsentV2(ConsentV1):
     """
 
     version = 2
+    BREAK_GLASS_ARGS = ("patient", "reason", "purpose", "encounter")
 
     @tx_method
     def break_glass(self, ctx: Context, args: Args) -> None:
-        args.only("patient", "reason", "purpose", "encounter")
-        patient = args.string("patient", pattern=ID_PATTERN)
-        reason = args.string("reason")
-        if reason not in BREAK_GLASS_REASONS:
-            raise Rejected("BAD_ARGS", f"reason must be one of {sorted(BREAK_GLASS_REASONS)}")
-        if args.string("purpose") != "ETREAT":
-            raise Rejected("BAD_ARGS", "break-glass is for purpose ETREAT only")
-        if not ctx.signer.roles & BREAK_GLASS_ROLES:
-            raise Rejected("NOT_AUTHORISED", "only a clinician or nurse may break the glass")
+        patient, reason = self._glass_request(ctx, args)
         record = require_patient(ctx, patient)
         self._check_limits(ctx, patient, ctx.signer.member)
         related = record["org"] == ctx.signer.org or (

@@ -987,13 +987,7 @@ class SupplyV1(Contract):
         (``actor``): ownership and roles are then that member's.
         """
         args.only("capture", "events", "actor")
-        self._require_roles(ctx, CAPTURE_ROLES)
-        capture = args.string("capture", pattern=CAPTURE_ID)
-        if args.has("actor"):
-            ctx = ctx.rules.act_for(ctx, args.string("actor", max_len=64))
-            self._require_roles(ctx, SUPPLY_ROLES)
-        if ctx.state.get(f"capture/{capture}") is not None:
-            raise Rejected("CAPTURE_EXISTS", "that capture id is already anchored")
+        ctx, capture = self._capture_of(ctx, args)
         events = _list(args, "events", MAX_CAPTURE_EVENTS)
         for position, item in enumerate(events):
             if not isinstance(item, dict):
@@ -1015,21 +1009,38 @@ class SupplyV1(Contract):
                 key, {"capture": capture, "index": position, "type": kind, "org": ctx.signer.org}
             )
             if event.has("op"):
-                try:
-                    self._apply(ctx, item["op"])
-                except Rejected as exc:
-                    raise Rejected(
-                        exc.code,
-                        f"event {position}: {exc.message}",
-                        detail={**exc.detail, "event": position},
-                    ) from None
+                self._apply_event(ctx, item["op"], position)
+        self._captured(ctx, capture, len(events))
+
+    def _capture_of(self, ctx: Context, args: Args) -> tuple[Context, str]:
+        """The capturing member's context (a node may capture for one) and a new capture id."""
+        self._require_roles(ctx, CAPTURE_ROLES)
+        capture = args.string("capture", pattern=CAPTURE_ID)
+        if args.has("actor"):
+            ctx = ctx.rules.act_for(ctx, args.string("actor", max_len=64))
+            self._require_roles(ctx, SUPPLY_ROLES)
+        if ctx.state.get(f"capture/{capture}") is not None:
+            raise Rejected("CAPTURE_EXISTS", "that capture id is already anchored")
+        return ctx, capture
+
+    def _apply_event(self, ctx: Context, op: object, position: int) -> None:
+        """Apply one event's op; a refusal names the event."""
+        try:
+            self._apply(ctx, op)
+        except Rejected as exc:
+            raise Rejected(
+                exc.code,
+                f"event {position}: {exc.message}",
+                detail={**exc.detail, "event": position},
+            ) from None
+
+    @staticmethod
+    def _captured(ctx: Context, capture: str, count: int) -> None:
         ctx.state.put(
             f"capture/{capture}",
-            {"org": ctx.signer.org, "events": len(events), "height": ctx.height, "time": ctx.time},
+            {"org": ctx.signer.org, "events": count, "height": ctx.height, "time": ctx.time},
         )
-        ctx.emit(
-            "supply.captured", {"capture": capture, "org": ctx.signer.org, "events": len(events)}
-        )
+        ctx.emit("supply.captured", {"capture": capture, "org": ctx.signer.org, "events": count})
 
     @tx_method
     def on_behalf(self, ctx: Context, args: Args) -> None:
@@ -1240,13 +1251,7 @@ class SupplyV2(SupplyV1):
     @tx_method
     def anchor_events(self, ctx: Context, args: Args) -> None:
         args.only("capture", "events", "context", "actor")
-        self._require_roles(ctx, CAPTURE_ROLES)
-        capture = args.string("capture", pattern=CAPTURE_ID)
-        if args.has("actor"):
-            ctx = ctx.rules.act_for(ctx, args.string("actor", max_len=64))
-            self._require_roles(ctx, SUPPLY_ROLES)
-        if ctx.state.get(f"capture/{capture}") is not None:
-            raise Rejected("CAPTURE_EXISTS", "that capture id is already anchored")
+        ctx, capture = self._capture_of(ctx, args)
         events = _list(args, "events", MAX_CAPTURE_EVENTS)
         if not all(isinstance(e, dict) for e in events):
             raise Rejected("BAD_ARGS", "each event is an EPCIS event object")
@@ -1257,13 +1262,7 @@ class SupplyV2(SupplyV1):
             raise Rejected("BAD_EVENT", f"the events cannot be hashed: {exc}") from None
         for position, (event, hash_id) in enumerate(zip(events, hashes, strict=True)):
             self._anchor_one(ctx, capture, position, event, hash_id)
-        ctx.state.put(
-            f"capture/{capture}",
-            {"org": ctx.signer.org, "events": len(events), "height": ctx.height, "time": ctx.time},
-        )
-        ctx.emit(
-            "supply.captured", {"capture": capture, "org": ctx.signer.org, "events": len(events)}
-        )
+        self._captured(ctx, capture, len(events))
 
     def _anchor_one(
         self, ctx: Context, capture: str, position: int, event: Mapping[str, Any], hash_id: str
@@ -1295,11 +1294,4 @@ class SupplyV2(SupplyV1):
             key, {"capture": capture, "index": position, "type": kind, "org": ctx.signer.org}
         )
         if op is not None:
-            try:
-                self._apply(ctx, op)
-            except Rejected as exc:
-                raise Rejected(
-                    exc.code,
-                    f"event {position}: {exc.message}",
-                    detail={**exc.detail, "event": position},
-                ) from None
+            self._apply_event(ctx, op, position)

@@ -14,20 +14,11 @@ from careledger.errors import BatchRefused, ValidationError
 from careledger.ledger.verify import verify_store
 from careledger.storage.memory import MemoryStore
 from tests.support.chain import ORGS, TestChain, genesis, key
+from tests.unit.contracts.test_governance import code, ok
 
 
 def pk(name: str) -> str:
     return key(name).public_b64
-
-
-def ok(receipt: dict[str, Any]) -> dict[str, Any]:
-    assert receipt["result"] == "accepted", receipt
-    return receipt
-
-
-def code(receipt: dict[str, Any]) -> str:
-    assert receipt["result"] == "rejected", receipt
-    return str(receipt["code"])
 
 
 @pytest.fixture
