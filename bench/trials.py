@@ -48,6 +48,7 @@ from careledger.keyfile import generate_keypair, read_key_file  # noqa: E402
 from careledger.node import Node  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
 from careledger.scopes import default_scopes, parse_scopes  # noqa: E402
+from careledger.sealing import open_sealed  # noqa: E402
 from careledger.trials.recruitment import (  # noqa: E402
     TRIALS_FILE,
     RecruitmentResponder,
@@ -198,9 +199,13 @@ def main() -> None:
             return sum(eligible(criteria, gather(r), date(2026, 11, 24)) for r in by.values())
 
         base_seconds, base_count = timed("baseline query (plain SQLite, no vault)", baseline_query)
+        if "sealed" in answer:  # r5: the count is sealed for the sponsor and this node, with noise
+            seed = node.ledger.node_key.seed
+            answer = orjson.loads(open_sealed(answer["sealed"], node.settings.node_name, seed))
         figures["recruitment query"] = (
             f"{seconds * 1000:,.0f} ms over {n:,} patients ({total_records:,} records);"
-            f" count {answer['count']} (baseline {base_count}); baseline {base_seconds * 1000:,.0f}"
+            f" noisy count {answer['count']} (exact baseline {base_count});"
+            f" baseline {base_seconds * 1000:,.0f}"
             f" ms; ratio {base_seconds / seconds:.1%}"
         )
 

@@ -618,7 +618,9 @@ def trial_feasibility(
     if json_out:
         _print_json(result)
         return
-    table = Table("site", "eligible patients", title=f"query {result['id'][:16]}…")
+    private = any(a.get("private") for a in result["answers"].values())
+    heading = "eligible patients (with noise)" if private else "eligible patients"
+    table = Table("site", heading, title=f"query {result['id'][:16]}…")
     for site in result["sites"]:
         answer = result["answers"].get(site)
         if answer is None:
@@ -629,6 +631,47 @@ def trial_feasibility(
             table.add_row(site, str(answer["count"]))
     out.print(table)
     out.print(f"total released: {result['total_released']}")
+    if private:
+        out.print(
+            "Each count carries random noise and small ones are withheld, so that no answer"
+            " reveals anything about one patient (see `careledger trial budget`)."
+        )
+
+
+@trial_app.command("budget")
+def trial_budget(
+    key: KeyOpt,
+    sponsor: Annotated[
+        str | None, typer.Option("--sponsor", help="set this sponsor's budget (with --epsilon)")
+    ] = None,
+    epsilon: Annotated[
+        float | None, typer.Option("--epsilon", help="the total epsilon it may spend here")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """What each sponsor has spent of its privacy budget at your site (admins set it)."""
+    try:
+        if (sponsor is None) != (epsilon is None):
+            raise ValidationError("--sponsor and --epsilon go together", code="BAD_ARGS")
+        with _logged_in(url, key) as client:
+            if sponsor is not None:
+                client.set_privacy_budget(sponsor, epsilon)
+            items = client.privacy_budgets()
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json({"items": items})
+        return
+    table = Table("sponsor", "queries", "epsilon spent", "limit", title="privacy budgets")
+    for item in items:
+        table.add_row(
+            item["sponsor"],
+            str(item["queries"]),
+            f"{item['epsilon_spent']:g}",
+            f"{item['epsilon_limit']:g}",
+        )
+    out.print(table)
 
 
 devices_app = typer.Typer(help="Remote-monitoring devices.", no_args_is_help=True)

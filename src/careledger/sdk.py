@@ -417,6 +417,21 @@ class Client:
                 return answer
             time.sleep(poll)
 
+    def privacy_budgets(self) -> list[dict[str, Any]]:
+        """Each sponsor's privacy budget at the caller's site (its admin or auditor)."""
+        items: list[dict[str, Any]] = self.get_json("/v1/recruitment/budget")["items"]
+        return items
+
+    def set_privacy_budget(self, sponsor: str, epsilon: float) -> dict[str, Any]:
+        response = self._request(
+            "PUT",
+            f"/v1/recruitment/budget/{sponsor}",
+            content=_dumps({"epsilon": epsilon}),
+            headers={"content-type": "application/json"},
+        )
+        done: dict[str, Any] = response.json()
+        return done
+
     def login(self, keypair: KeyPair | None = None, *, scope: str | None = None) -> str:
         key = keypair or self.keypair
         if key is None:

@@ -164,9 +164,10 @@ def test_read_carries_a_verifiable_anchor(
     patient_key = read_key_file(node_dir / "keys" / "patients" / f"{world['patient']}.key")[1]
     node_key = read_key_file(node_dir / "keys" / "st-mary-node.key")[1]
     trusted = [format_vkey("st-mary-node", node_key.public_key)]
-    with Client(server.url) as anonymous, login(
-        server, node_dir / "keys" / "patients" / f"{world['patient']}.key"
-    ) as http:
+    with (
+        Client(server.url) as anonymous,
+        login(server, node_dir / "keys" / "patients" / f"{world['patient']}.key") as http,
+    ):
         response = http.get(f"/fhir/Observation/{world['obs'][1]}")
         assert response.status_code == 200
         resource = response.json()

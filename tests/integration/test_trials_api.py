@@ -16,12 +16,11 @@ from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client, RemoteError
 from tests.support.nodes import Server, login, run_cli, serving, wait_for
+from tests.support.recruitment import DIABETES, SITES, ask, new_patient
 from tests.support.vectors import vector_path
 
 pytestmark = pytest.mark.integration
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
-DIABETES = {"conditions": [{"system": ICD10, "code": "E11"}]}
-SITES = ["st-mary", "northside-clinic"]
+DIABETICS = 33  # enough that a noisy count of them is released (withheld: p < 1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -37,56 +36,14 @@ def server(node_dir: Path) -> Iterator[Server]:
         yield running
 
 
-def fhir_post(http: httpx.Client, resource: dict[str, Any]) -> str:
-    made = http.post(
-        f"/fhir/{resource['resourceType']}",
-        content=json.dumps(resource),
-        headers={"content-type": "application/fhir+json"},
-    )
-    assert made.status_code == 201, made.text
-    return str(made.json()["id"])
-
-
-def new_patient(clinician: httpx.Client, *, born: str, diabetic: bool) -> str:
-    pid = fhir_post(clinician, {"resourceType": "Patient", "birthDate": born, "gender": "female"})
-    if diabetic:
-        condition = {
-            "resourceType": "Condition",
-            "subject": {"reference": f"Patient/{pid}"},
-            "clinicalStatus": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                        "code": "active",
-                    }
-                ]
-            },
-            "code": {"coding": [{"system": ICD10, "code": "E11.9"}]},
-        }
-        fhir_post(clinician, condition)
-    return pid
-
-
-def answered(sponsor: httpx.Client, query: str) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        body = sponsor.get(f"/v1/recruitment/queries/{query}").json()
-        return body if "st-mary" in body["answers"] else None
-
-    return dict(wait_for(check, "st-mary's answer"))
-
-
-def ask(sponsor: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    made = sponsor.post("/v1/recruitment/queries", json=body)
-    assert made.status_code == 202, made.text
-    return answered(sponsor, made.json()["query"])
-
-
 @pytest.fixture(scope="module")
 def world(server: Server, node_dir: Path) -> Iterator[dict[str, Any]]:
     keys = node_dir / "keys"
     clinician = login(server, keys / "dr-ana-silva.key")
     sponsor = login(server, keys / "trialco-admin.key")
-    diabetics = [new_patient(clinician, born="1975-03-01", diabetic=True) for _ in range(9)]
+    diabetics = [
+        new_patient(clinician, born="1975-03-01", diabetic=True) for _ in range(DIABETICS - 3)
+    ]
     older = [new_patient(clinician, born="1950-03-01", diabetic=True) for _ in range(3)]
     others = [new_patient(clinician, born="1980-03-01", diabetic=False) for _ in range(6)]
     try:
@@ -107,36 +64,72 @@ def patient_client(server: Server, world: dict[str, Any], pid: str) -> httpx.Cli
     return login(server, world["keys"] / "patients" / f"{pid}.key")
 
 
-def test_counts_per_site_and_a_suppressed_cell_never_leaks_by_differencing(
-    world: dict[str, Any],
+def test_counts_carry_noise_are_sealed_and_charged_to_the_budget(
+    server: Server, world: dict[str, Any]
 ) -> None:
     sponsor = world["sponsor"]
     everyone = ask(sponsor, {"criteria": DIABETES, "sites": SITES})
-    assert everyone["answers"]["st-mary"] == {"count": 12, "reason": None}  # of 18
+    answer = everyone["answers"]["st-mary"]
+    assert answer["private"] is True and answer["reason"] is None
+    # 33 diabetics; the noise is two-sided geometric with epsilon 0.5 (|noise| > 30: p < 1e-6)
+    assert abs(answer["count"] - DIABETICS) <= 30
     assert everyone["pending"] == ["northside-clinic"]  # no node of its own answers here
-    younger = ask(sponsor, {"criteria": {**DIABETES, "age": [0, 70]}, "sites": SITES})
-    assert younger["answers"]["st-mary"]["count"] is None
-    assert younger["answers"]["st-mary"]["reason"] == "overlap"  # 12 - 9 would reveal 3
-    over_70 = ask(sponsor, {"criteria": {**DIABETES, "age": [71, 150]}, "sites": ["st-mary"]})
-    assert over_70["answers"]["st-mary"]["reason"] == "small_cell"
-    everybody = ask(sponsor, {"criteria": {"age": [18, 150]}, "sites": ["st-mary"]})
-    assert everybody["answers"]["st-mary"]["count"] == 18  # differs from 12 by 6: a group of 6
-    non_diabetic = {"age": [18, 150], "exclude_conditions": DIABETES["conditions"]}
-    few = ask(sponsor, {"criteria": non_diabetic, "sites": ["st-mary"]})
-    assert few["answers"]["st-mary"]["count"] == 6
-    # everyone but the six without diabetes = the 12 already released: no small group either
-    counts = [
-        a["answers"]["st-mary"]["count"] for a in (everyone, younger, over_70, everybody, few)
-    ]
-    assert counts == [12, None, None, 18, 6]
+    # the ledger holds ciphertext only, even for a member who may read all of its state
+    with login(server, world["keys"] / "st-mary-admin.key") as admin:
+        stored = admin.get(f"/v1/state/trials/answer/{everyone['id']}/st-mary").json()
+        assert set(stored["value"]) == {"sealed", "height"}, stored
+        budgets = admin.get("/v1/recruitment/budget").json()["items"]
+        (trialco,) = [b for b in budgets if b["sponsor"] == "trialco"]
+        assert trialco["queries"] >= 1 and trialco["epsilon_spent"] == trialco["queries"] * 0.5
+        assert trialco["epsilon_limit"] == 10
+    # a member of neither the sponsor nor a site sees nothing of the query
+    with login(server, world["keys"] / "acme-admin.key") as outsider:
+        peek = outsider.get(f"/v1/recruitment/queries/{everyone['id']}")
+        assert peek.status_code == 403 and peek.json()["code"] == "NOT_AUTHORISED"
 
 
-def test_everyone_but_a_small_group_is_withheld(world: dict[str, Any]) -> None:
-    """The whole population counts as released: 'all but those born in 1950' would reveal 3."""
+def test_a_probe_for_one_person_and_the_reason_oracle_learn_nothing(
+    world: dict[str, Any],
+) -> None:
+    """The three over-70 diabetics, then one of them by age: the old rule answered
+    "small_cell" here and "overlap" there, and 0 for an empty cell; now every answer is a noisy
+    count or the same "withheld" (how often each comes is what tests/unit/core/test_privacy
+    bounds), and a site never says why."""
     sponsor = world["sponsor"]
-    but_older = {"age": [0, 70]}
-    answer = ask(sponsor, {"criteria": but_older, "sites": ["st-mary"]})
-    assert answer["answers"]["st-mary"] == {"count": None, "reason": "overlap"}
+    probes = [
+        {"criteria": {**DIABETES, "age": [71, 150]}, "sites": ["st-mary"]},
+        {"criteria": {**DIABETES, "age": [0, 70]}, "sites": ["st-mary"]},
+        {"criteria": {**DIABETES, "age": [76, 76]}, "sites": ["st-mary"]},
+        {"criteria": {**DIABETES, "age": [120, 150]}, "sites": ["st-mary"]},
+    ]
+    for probe in probes:
+        answer = ask(sponsor, probe)["answers"]["st-mary"]
+        if answer["count"] is None:
+            assert answer["reason"] == "withheld"
+        else:
+            assert answer["count"] >= 10 and answer["reason"] is None
+
+
+def test_a_spent_budget_refuses_further_questions(server: Server, world: dict[str, Any]) -> None:
+    with login(server, world["keys"] / "st-mary-admin.key") as admin:
+        wrong = admin.put("/v1/recruitment/budget/trialco", json={"epsilon": "lots"})
+        assert wrong.status_code == 400 and wrong.json()["code"] == "BAD_ARGS"
+        spent = next(
+            b["epsilon_spent"]
+            for b in admin.get("/v1/recruitment/budget").json()["items"]
+            if b["sponsor"] == "trialco"
+        )
+        closed = admin.put("/v1/recruitment/budget/trialco", json={"epsilon": spent})
+        assert closed.status_code == 200, closed.text
+        refused = world["sponsor"].post(
+            "/v1/recruitment/queries", json={"criteria": DIABETES, "sites": ["st-mary"]}
+        )
+        assert refused.status_code == 422 and refused.json()["code"] == "PRIVACY_BUDGET_SPENT"
+        reopened = admin.put("/v1/recruitment/budget/trialco", json={"epsilon": 20})
+        assert reopened.status_code == 200
+    with login(server, world["keys"] / "dr-ana-silva.key") as clinician:
+        denied = clinician.put("/v1/recruitment/budget/trialco", json={"epsilon": 100})
+        assert denied.status_code == 403
 
 
 def test_a_bad_query_is_refused_with_its_code(world: dict[str, Any]) -> None:

@@ -160,7 +160,23 @@ def r4() -> Ruleset:
     )
 
 
+def r5() -> Ruleset:
+    """r4, and recruitment counts under differential privacy, sealed for the sponsor and site."""
+    from careledger.contracts.trials import TrialsV2
+
+    return r4().derive(
+        "r5",
+        contracts=[TrialsV2()],
+        notes=(
+            "trials.feasibility charges epsilon 0.5 per site to a privacy budget per sponsor "
+            "and site (trials.set_privacy_budget); trials.answer carries a noisy count or "
+            "'withheld', sealed for the answering node, the sponsor's member who asked and "
+            "the sponsor's node"
+        ),
+    )
+
+
 @cache
 def default_registry() -> Registry:
     """Every ruleset this software knows, oldest first; the last is what new chains start on."""
-    return Registry([r0(), r1(), r2(), r3(), r4()])
+    return Registry([r0(), r1(), r2(), r3(), r4(), r5()])

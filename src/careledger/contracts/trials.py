@@ -17,28 +17,35 @@ State (namespace ``trials``):
 * ``entry/{study}/{member}/{visit}/{n}`` -> one anchored CRF entry (and its vault record)
 * ``visit/{study}/{member}/{visit}`` -> ``{"entries", "attested"}``: what payments rely on
 * ``query/{id}`` -> a feasibility query (criteria, sites); ``answer/{id}/{site}`` -> its count
+* ``privacy/{site}/{sponsor}`` -> ``{"spent", "limit", "queries"}``: epsilon in thousandths (r5)
 
 Recruitment never identifies anyone: a site's node evaluates a query's criteria over its own
-records and answers with a count that is 0 or at least ``MIN_CELL``, or with no count and the
-reason it was suppressed (see ``careledger.core.disclosure``).
+records. Up to r4 it answers in the clear with a count that is 0 or at least ``MIN_CELL``, or
+with no count and the reason it was suppressed (see ``careledger.core.disclosure``). From r5 it
+answers with a noisy count or "withheld", sealed for the sponsor and itself, and every query is
+charged to a privacy budget per sponsor and site (``TrialsV2``, ``careledger.core.privacy``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
+from careledger.contracts.identity import ID_PATTERN as ID
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import (
     member_key,
+    node_key,
     org_key,
     require_sponsor,
 )
 from careledger.contracts.records import anchored_records
-from careledger.core import merkle
+from careledger.core import merkle, privacy
 from careledger.core.disclosure import MIN_CELL, SUPPRESSED
 from careledger.core.eligibility import CriteriaError, parse_criteria
+from careledger.core.sealed import well_formed
 from careledger.errors import Rejected
 
 NAMESPACE = "trials"
@@ -48,6 +55,7 @@ HASH = re.compile(r"^[0-9a-f]{64}$")
 DAY_MS = 86_400_000
 MAX_ITEMS = 50
 MAX_ENTRIES = 100  # CRF entries one capture anchors
+MAX_BUDGET_MILLI = 1_000_000
 CRF_TYPES = frozenset({"QuestionnaireResponse", "Observation"})
 # Staff methods a node may run for a member it authenticated; a participant's consent and
 # withdrawal are never among them: those are signed with the participant's own key.
@@ -74,6 +82,7 @@ def _endpoints(raw: object, what: str) -> list[str]:
 
 class TrialsV1(Contract):
     name = NAMESPACE
+    ON_BEHALF = ON_BEHALF_METHODS
 
     @staticmethod
     def _sponsor(ctx: Context) -> None:
@@ -342,7 +351,7 @@ class TrialsV1(Contract):
     @tx_method
     def on_behalf(self, ctx: Context, args: Args) -> None:
         """A node runs a staff method for a member it authenticated (API workflows)."""
-        ctx.rules.run_on_behalf(self, ctx, args, ON_BEHALF_METHODS)
+        ctx.rules.run_on_behalf(self, ctx, args, self.ON_BEHALF)
 
     @tx_method
     def lock(self, ctx: Context, args: Args) -> None:
@@ -391,13 +400,8 @@ class TrialsV1(Contract):
 
     # -- recruitment (feasibility counts; never identities) ------------------------------
 
-    @tx_method
-    def feasibility(self, ctx: Context, args: Args) -> None:
-        """A sponsor asks the sites how many of their patients meet criteria (counts only).
-
-        With ``study``, the registered eligibility is used unless ``criteria`` narrow it, and
-        ``invite`` asks sites to invite matching patients who opted in to research contact.
-        """
+    def _query(self, ctx: Context, args: Args) -> dict[str, Any]:
+        """A checked feasibility query, as recorded (shared by every version)."""
         args.only("study", "criteria", "sites", "invite")
         self._sponsor(ctx)
         study = args.string("study", pattern=STUDY_ID) if args.has("study") else None
@@ -427,7 +431,7 @@ class TrialsV1(Contract):
             # invitations are for the registered study's own eligibility, never for criteria
             # a sponsor could vary to learn, from who is contacted, who matches what
             raise Rejected("BAD_ARGS", "invitations use the study's registered eligibility")
-        query = {
+        return {
             "id": ctx.tx_id,
             "sponsor": ctx.signer.org,
             "study": study,
@@ -437,16 +441,24 @@ class TrialsV1(Contract):
             "time": ctx.time,
             "height": ctx.height,
         }
+
+    @tx_method
+    def feasibility(self, ctx: Context, args: Args) -> None:
+        """A sponsor asks the sites how many of their patients meet criteria (counts only).
+
+        With ``study``, the registered eligibility is used unless ``criteria`` narrow it, and
+        ``invite`` asks sites to invite matching patients who opted in to research contact.
+        """
+        query = self._query(ctx, args)
         ctx.state.put(f"query/{ctx.tx_id}", query)
         ctx.emit(
             "trials.feasibility",
             {"query": ctx.tx_id, "sites": query["sites"], "sponsor": ctx.signer.org},
         )
 
-    @tx_method
-    def answer(self, ctx: Context, args: Args) -> None:
-        """A site's node answers a query: a count of 0 or >= MIN_CELL, or suppressed."""
-        args.only("query", "count", "reason")
+    @staticmethod
+    def _to_answer(ctx: Context, args: Args) -> tuple[str, dict[str, Any], str, str]:
+        """(query id, query, answering site, answer key) once the signer may answer."""
         query_id = args.string("query", pattern=HASH)
         query = ctx.state.get(f"query/{query_id}")
         if query is None:
@@ -457,6 +469,13 @@ class TrialsV1(Contract):
         key = f"answer/{query_id}/{site}"
         if ctx.state.get(key) is not None:
             raise Rejected("ALREADY_ANSWERED", f"{site} answered this query")
+        return query_id, dict(query), site, key
+
+    @tx_method
+    def answer(self, ctx: Context, args: Args) -> None:
+        """A site's node answers a query: a count of 0 or >= MIN_CELL, or suppressed."""
+        args.only("query", "count", "reason")
+        query_id, _, site, key = self._to_answer(ctx, args)
         count = args.raw.get("count")
         reason = args.raw.get("reason")
         if count is None:
@@ -469,3 +488,138 @@ class TrialsV1(Contract):
         answer = {"count": count, "reason": reason, "height": ctx.height}
         ctx.state.put(key, answer)
         ctx.emit("trials.answered", {"query": query_id, "site": site, "count": count})
+
+
+# -- r5: counts under differential privacy, sealed for the sponsor and the site -----------------
+
+
+def privacy_prefix(site: str) -> str:
+    return f"privacy/{site}/"
+
+
+def privacy_key(site: str, sponsor: str) -> str:
+    return privacy_prefix(site) + sponsor
+
+
+def privacy_budget(read: StateReader, site: str, sponsor: str) -> dict[str, int]:
+    """What ``sponsor`` has spent of its epsilon budget at ``site``, in thousandths (r5)."""
+    entry = read(NAMESPACE, privacy_key(site, sponsor))
+    if entry is None:
+        return {"spent": 0, "limit": privacy.DEFAULT_BUDGET_MILLI, "queries": 0}
+    return {k: int(entry[k]) for k in ("spent", "limit", "queries")}
+
+
+def _readers(read: StateReader, org: str) -> set[str]:
+    """An organisation and the one whose node serves it: whose nodes may read for it."""
+    entry = read(IDENTITY, org_key(org)) or {}
+    served = entry.get("served_by")
+    return {org, served} if isinstance(served, str) else {org}
+
+
+def answer_readers(
+    read: StateReader, query: Mapping[str, Any], site: str, node_member: str
+) -> dict[str, str]:
+    """member -> Ed25519 key (base64url) of whom a site's answer is sealed for: the answering
+    node, the sponsor's member who asked, and the node registered for the sponsor (or for the
+    organisation serving it). The node's side of the rule ``TrialsV2.answer`` checks."""
+    members = [node_member, str(query["asked_by"])]
+    for org in sorted(_readers(read, query["sponsor"])):
+        node = read(IDENTITY, node_key(org))
+        if node is not None and node.get("status") == "active":
+            members.append(str(node["member"]))
+    out: dict[str, str] = {}
+    for member_id in members:
+        member = read(IDENTITY, member_key(member_id))
+        if member is not None and member.get("status", "active") == "active":
+            out[member_id] = str(member["key"])
+    return out
+
+
+class TrialsV2(TrialsV1):
+    """r5: recruitment counts that reveal nothing about one person.
+
+    Each query is charged ``EPSILON_MILLI`` to the sponsor's privacy budget at every site it
+    names; a query a site's remaining budget cannot pay for is refused before anyone computes
+    anything. A site answers with a noisy count or one uniform "withheld"
+    (``careledger.core.privacy``), sealed for the answering node, the sponsor's member who asked
+    and the sponsor's node (``careledger.core.sealing``): the ledger holds only ciphertext, and
+    the budget, which anyone may audit.
+    """
+
+    version = 2
+    EPSILON_MILLI = privacy.EPSILON_MILLI
+    ON_BEHALF = ON_BEHALF_METHODS | {"set_privacy_budget"}
+
+    @tx_method
+    def feasibility(self, ctx: Context, args: Args) -> None:
+        query = self._query(ctx, args)
+        sponsor = query["sponsor"]
+        budgets = {site: privacy_budget(ctx.state.read, site, sponsor) for site in query["sites"]}
+        for site, budget in budgets.items():
+            if budget["spent"] + self.EPSILON_MILLI > budget["limit"]:
+                raise Rejected(
+                    "PRIVACY_BUDGET_SPENT",
+                    f"{sponsor} has spent its privacy budget at {site} "
+                    f"({budget['spent'] / 1000:g} of {budget['limit'] / 1000:g})",
+                )
+        for site, budget in budgets.items():
+            spent = {
+                "spent": budget["spent"] + self.EPSILON_MILLI,
+                "limit": budget["limit"],
+                "queries": budget["queries"] + 1,
+            }
+            ctx.state.put(privacy_key(site, sponsor), spent)
+        query.update(asked_by=ctx.signer.member, epsilon_milli=self.EPSILON_MILLI)
+        ctx.state.put(f"query/{ctx.tx_id}", query)
+        ctx.emit(
+            "trials.feasibility",
+            {"query": ctx.tx_id, "sites": query["sites"], "sponsor": sponsor},
+        )
+
+    @tx_method
+    def answer(self, ctx: Context, args: Args) -> None:
+        """A site's node answers with its count sealed for the sponsor and itself (a query
+        made before r5, which charged no budget, is still answered as it was then)."""
+        asked = args.raw.get("query")
+        query = ctx.state.get(f"query/{asked}") if isinstance(asked, str) else None
+        if query is not None and "epsilon_milli" not in query:
+            super().answer(ctx, args)
+            return
+        args.only("query", "sealed")
+        query_id, query, site, key = self._to_answer(ctx, args)
+        sealed = args.raw.get("sealed")
+        if not well_formed(sealed) or not isinstance(sealed, dict):
+            raise Rejected("BAD_ARGS", "sealed is {box, keys: {member: sealed key}}")
+        allowed = _readers(ctx.state.read, site) | _readers(ctx.state.read, query["sponsor"])
+        for member_id in sealed["keys"]:
+            member = ctx.state.read(IDENTITY, member_key(member_id)) or {}
+            is_node = "node" in member.get("roles", ())
+            if member_id != query["asked_by"] and not (is_node and member["org"] in allowed):
+                raise Rejected(
+                    "NOT_A_RECIPIENT",
+                    f"{member_id!r} may not read this answer: only the sponsor and the site",
+                )
+        if ctx.signer.member not in sealed["keys"] or query["asked_by"] not in sealed["keys"]:
+            raise Rejected("BAD_ARGS", "an answer is sealed for its site and the sponsor who asked")
+        ctx.state.put(key, {"sealed": sealed, "height": ctx.height})
+        ctx.emit("trials.answered", {"query": query_id, "site": site})
+
+    @tx_method
+    def set_privacy_budget(self, ctx: Context, args: Args) -> None:
+        """A site's admin sets what a sponsor may spend at the site (epsilon, in thousandths)."""
+        args.only("sponsor", "limit_milli")
+        if not ctx.signer.has_role("admin"):
+            raise Rejected("NOT_AUTHORISED", "a site's admin sets its privacy budgets")
+        sponsor = args.string("sponsor", pattern=ID)
+        if ctx.state.read(IDENTITY, org_key(sponsor)) is None:
+            raise Rejected("UNKNOWN_ORG", f"no organisation {sponsor!r}")
+        limit = args.raw.get("limit_milli")
+        if type(limit) is not int or not 0 <= limit <= MAX_BUDGET_MILLI:
+            raise Rejected("BAD_ARGS", f"limit_milli is a whole number 0..{MAX_BUDGET_MILLI}")
+        site = ctx.signer.org
+        budget = privacy_budget(ctx.state.read, site, sponsor)
+        ctx.state.put(privacy_key(site, sponsor), {**budget, "limit": limit})
+        ctx.emit(
+            "trials.privacy_budget",
+            {"site": site, "sponsor": sponsor, "limit_milli": limit, "spent": budget["spent"]},
+        )

@@ -7,6 +7,11 @@ withheld: a small cell, or a population that differs from one released before by
 (``careledger.core.disclosure``). The populations behind released counts stay at the site, as
 keyed pseudonyms, so later queries can be checked against them.
 
+From ruleset r5 (queries that carry ``epsilon_milli``) the answer is a noisy count or one uniform
+"withheld" (``careledger.core.privacy``), sealed for the sponsor and this node
+(``careledger.sealing``); the populations are then not kept: the noise, not a record of
+earlier answers, is what protects each patient.
+
 When the query asks for invitations, the site invites the matching patients who granted it a
 research-contact consent (purpose HRESCH): each invitation is a read the ledger authorises
 against that consent and logs as an access event the patient sees. The sponsor learns nothing
@@ -16,6 +21,7 @@ about who was invited; patients answer the invitation to their own site.
 from __future__ import annotations
 
 import hashlib
+import random
 import secrets
 import threading
 import time
@@ -26,18 +32,25 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from careledger.commit_worker import CommitWorker
 from careledger.contracts.trials import NAMESPACE as TRIALS
+from careledger.contracts.trials import answer_readers
+from careledger.core import privacy
 from careledger.core.disclosure import Release, decide
 from careledger.core.eligibility import TYPES, Criteria, CriteriaError, eligible, gather
 from careledger.core.eligibility import parse_criteria as parse
+from careledger.core.keys import decode_public_key
 from careledger.errors import Forbidden, NotFound, ValidationError
 from careledger.health.service import HealthRecords
+from careledger.sealing import seal
 from careledger.sqlite_threads import ThreadConnections, iso_ms
 
 TRIALS_FILE = "trials.sqlite"
 ANSWERS = frozenset({"interested", "declined"})
 MAX_QUERIES_SCANNED = 10_000
+_SYSTEM = random.SystemRandom()  # the noise must be unpredictable: os.urandom behind it
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -245,6 +258,8 @@ class RecruitmentResponder:
         query = self.ledger.state(TRIALS, f"query/{query_id}")
         if query is None:
             raise NotFound("no such feasibility query", code="UNKNOWN_QUERY")
+        if "epsilon_milli" in query:
+            return self._answer_privately(query)
         try:
             criteria = parse(query["criteria"])
         except CriteriaError:
@@ -269,6 +284,31 @@ class RecruitmentResponder:
         if query["invite"] and query["study"] is not None and release.count is not None:
             self._invite(query, matched, used)  # never when the count itself was withheld
         return dict(self.ledger.state(TRIALS, key) or {})
+
+    def _answer_privately(self, query: dict[str, Any]) -> dict[str, Any]:
+        """r5: a noisy count or "withheld", sealed for the sponsor and this node."""
+        query_id = str(query["id"])
+        try:
+            criteria = parse(query["criteria"])
+        except CriteriaError:  # depends on the criteria only, never on anyone's data
+            said: dict[str, Any] = {"count": None, "status": "not_computable"}
+            matched: list[str] = []
+            used: dict[str, list[tuple[str, str]]] = {}
+        else:
+            matched, used, _ = evaluate(self.records, criteria, query_date(query))
+            said = privacy.release(
+                len(matched), int(query["epsilon_milli"]), _SYSTEM.random
+            ).as_dict()
+        member = self.node.settings.node_name
+        readers = answer_readers(self.ledger.state, query, self.org, member)
+        sealed = seal(orjson.dumps(said), {m: decode_public_key(k) for m, k in readers.items()})
+        args = {"query": query_id, "sealed": sealed}
+        (receipt,) = self.node.execute([(TRIALS, "answer", args)])
+        if receipt["result"] != "accepted" and receipt["code"] != "ALREADY_ANSWERED":
+            raise Forbidden("the ledger refused the answer", code=receipt["code"])
+        if query["invite"] and query["study"] is not None and said["count"] is not None:
+            self._invite(query, matched, used)
+        return dict(self.ledger.state(TRIALS, f"answer/{query_id}/{self.org}") or {})
 
     def _invite(
         self, query: dict[str, Any], matched: list[str], used: dict[str, list[tuple[str, str]]]

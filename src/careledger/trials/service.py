@@ -16,9 +16,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from careledger.contracts.payments import NAMESPACE as PAYMENTS
 from careledger.contracts.payments import balance_key
-from careledger.contracts.trials import CRF_TYPES, study_key
+from careledger.contracts.trials import (
+    CRF_TYPES,
+    MAX_BUDGET_MILLI,
+    privacy_budget,
+    privacy_prefix,
+    study_key,
+)
 from careledger.contracts.trials import NAMESPACE as TRIALS
 from careledger.core.tx import decode_envelope, make_body, sign_body
 from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
@@ -27,11 +35,13 @@ from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.node import Node
 from careledger.patient_signing import sign_as_patient
+from careledger.sealing import open_sealed
 from careledger.trials.recruitment import RecruitmentStore
 from careledger.trials.registration import from_ctgov, from_research_study
 
 PARTICIPANT_METHODS = frozenset({"consent", "withdraw"})
 MAX_CRF_ENTRIES = 100
+MAX_SPONSORS_LISTED = 1_000
 
 
 def _refused(receipt: Mapping[str, Any], why: Any) -> Rejected:
@@ -59,13 +69,16 @@ class TrialsService:
         query = self.ledger.state(TRIALS, f"query/{query_id}")
         if query is None:
             raise NotFound("no such feasibility query", code="UNKNOWN_QUERY")
-        if caller.org != query["sponsor"] and caller.org not in query["sites"]:
+        sponsor = caller.org == query["sponsor"]
+        if not sponsor and caller.org not in query["sites"]:
             raise Forbidden("the sponsor and the sites see a query", code="NOT_AUTHORISED")
         answers = {}
         for site in query["sites"]:
+            if not sponsor and site != caller.org:
+                continue  # a site sees its own answer, not the other sites'
             answer = self.ledger.state(TRIALS, f"answer/{query_id}/{site}")
             if answer is not None:
-                answers[site] = {k: answer[k] for k in ("count", "reason")}
+                answers[site] = self._readable(answer)
         released = [a["count"] for a in answers.values() if a["count"] is not None]
         return {
             **{k: query[k] for k in ("id", "sponsor", "study", "criteria", "sites", "invite")},
@@ -73,6 +86,56 @@ class TrialsService:
             "pending": [s for s in query["sites"] if s not in answers],
             "total_released": sum(released),
         }
+
+    def _readable(self, answer: Mapping[str, Any]) -> dict[str, Any]:
+        """``{count, reason}`` of an answer; r5's are opened with this node's key."""
+        if "sealed" not in answer:
+            return {k: answer[k] for k in ("count", "reason")}
+        key = self.ledger.node_key
+        try:
+            said = orjson.loads(
+                open_sealed(answer["sealed"], self.node.settings.node_name, key.seed)
+            )
+        except (ValidationError, orjson.JSONDecodeError):
+            return {"count": None, "reason": "sealed", "private": True}
+        withheld = said["count"] is None
+        return {
+            "count": said["count"],
+            "reason": said["status"] if withheld else None,
+            "private": True,
+        }
+
+    def budgets(self, caller: Caller) -> list[dict[str, Any]]:
+        """What each sponsor has spent of its privacy budget at the caller's organisation."""
+        if not caller.roles & {"admin", "auditor"}:
+            raise Forbidden("a site's admin or auditor sees its budgets", code="NOT_AUTHORISED")
+        prefix = privacy_prefix(caller.org)
+        keys = self.ledger.store.state_keys(TRIALS, prefix, MAX_SPONSORS_LISTED)
+        out = []
+        for key in keys:
+            sponsor = key[len(prefix) :]
+            budget = privacy_budget(self.ledger.state, caller.org, sponsor)
+            out.append(
+                {
+                    "sponsor": sponsor,
+                    "queries": budget["queries"],
+                    "epsilon_spent": budget["spent"] / 1000,
+                    "epsilon_limit": budget["limit"] / 1000,
+                }
+            )
+        return out
+
+    def set_budget(self, caller: Caller, sponsor: str, epsilon: object) -> dict[str, Any]:
+        """The site's admin sets what ``sponsor`` may spend here (a new ledger transaction)."""
+        if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+            raise ValidationError("epsilon is a number", code="BAD_ARGS")
+        if not 0 <= epsilon <= MAX_BUDGET_MILLI / 1000:
+            raise ValidationError(
+                f"epsilon is between 0 and {MAX_BUDGET_MILLI // 1000}", code="OUT_OF_RANGE"
+            )
+        args = {"sponsor": sponsor, "limit_milli": round(epsilon * 1000)}
+        receipt = self.node.act_for(TRIALS, caller.member, "set_privacy_budget", args)
+        return {"receipt": receipt, "budget": self.budgets(caller)}
 
     def pay(self, caller: Caller, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """A sponsor's payments step (deposit, open_study, fund, pay_data_use), as the caller."""

@@ -151,10 +151,33 @@ async def ask(request: Request, claims: MemberDep, body: Annotated[Any, Body()])
 
 
 @feasibility_router.get(
-    "/queries/{query}", summary="A query's counts per site (small cells withheld)"
+    "/queries/{query}", summary="A query's counts per site (noisy from r5; small ones withheld)"
 )
 def answers(request: Request, claims: MemberDep, query: Hex64) -> Response:
     return _json(_service(request).query(_caller(claims, "read"), query))
+
+
+@feasibility_router.get(
+    "/budget", summary="What each sponsor has spent of its privacy budget here (site admin)"
+)
+def budget(request: Request, claims: MemberDep) -> Response:
+    return _json({"items": _service(request).budgets(_caller(claims, "read"))})
+
+
+@feasibility_router.put(
+    "/budget/{sponsor}", summary="Set a sponsor's privacy budget at this site (site admin)"
+)
+async def set_budget(
+    request: Request,
+    claims: MemberDep,
+    sponsor: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")],
+    body: Annotated[Any, Body()],
+) -> Response:
+    epsilon = _object(body, "{epsilon}").get("epsilon")
+    done = await run_in_threadpool(
+        _service(request).set_budget, _caller(claims, "write"), sponsor, epsilon
+    )
+    return _json(done)
 
 
 @feasibility_router.get("/invitations", summary="Study invitations (the patient's own)")
