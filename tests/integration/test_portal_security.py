@@ -12,7 +12,7 @@ import pytest
 
 from careledger.keyfile import generate_keypair, read_key_file
 from careledger.nodedir import init_demo
-from careledger.sdk import Client
+from careledger.sdk import Client, RemoteError
 from careledger.web.routes import COOKIE, csrf_for
 from tests.support.nodes import Server, serving
 
@@ -206,3 +206,39 @@ def test_the_clinicians_consent_list_follows_the_consent_rule(server: Server) ->
         patient.call("consent", "grant", {**base, "purposes": ["TREAT"]})
     assert "patient-0003" in portal.get("/clinician").text
     portal.close()
+
+
+def test_a_patients_key_recovery_is_in_their_own_log(server: Server) -> None:
+    """A recovery path set by the patient, then used: both are in the patient's log (API and
+    portal), and the lost key no longer signs in."""
+    member = "patient-0003"
+    lost = read_key_file(server.data_dir / "keys" / f"{member}.key")[1]
+    recovery, fresh = generate_keypair(), generate_keypair()
+    with Client(server.url, keypair=lost) as client:
+        made = client.call("identity", "set_recovery", {"recovery_key": recovery.public_b64})
+        assert made["result"] == "accepted", made
+    with Client(server.url, keypair=recovery) as client:
+        done = client.call("identity", "recover", {"public_key": fresh.public_b64})
+        assert done["result"] == "accepted", done
+    with Client(server.url, keypair=lost) as client, pytest.raises(RemoteError) as refused:
+        client.login()
+    assert refused.value.code == "KEY_REVOKED"
+    with Client(server.url, keypair=fresh) as client:
+        token = client.login()
+        log = client.get_json(f"/v1/patients/{member}/access-log")
+    events = [(e["event"], e.get("by")) for e in log["key_events"]]
+    assert events[-2:] == [("recovery_set", None), ("key_recovered", "recovery_key")], events
+    assert all(e["time"] for e in log["key_events"])
+    with httpx.Client(base_url=server.url, timeout=30) as portal:
+        kept = portal.post("/session", json={"token": token}, headers={"origin": server.url})
+        assert kept.status_code == 204
+        page = portal.get("/me/access").text
+    assert "Your key was replaced" in page and "your recovery key" in page
+    # nobody else reads it: another patient's token is refused
+    with Client(
+        server.url, keypair=read_key_file(server.data_dir / "keys" / "patient-0002.key")[1]
+    ) as other:
+        other.login()
+        with pytest.raises(RemoteError) as denied:
+            other.get_json(f"/v1/patients/{member}/access-log")
+    assert denied.value.code in {"SCOPE", "NOT_AUTHORISED"}  # the token names its own patient

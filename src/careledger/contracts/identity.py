@@ -9,7 +9,7 @@ organisation). A revoked key signs nothing more: its later transactions are refu
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -126,6 +126,27 @@ def org_kinds(org: Mapping[str, Any]) -> list[str]:
     """An organisation's kinds (r0 organisations have one ``kind``)."""
     kinds = org.get("kinds")
     return list(kinds) if isinstance(kinds, list) else [str(org["kind"])]
+
+
+KEY_EVENTS = (
+    "identity.key_rotated",
+    "identity.key_revoked",
+    "identity.recovery_set",
+    "identity.recovery_approved",
+    "identity.key_recovered",
+)
+"""Events that change who can sign as a member: a patient sees each of theirs in their log."""
+
+
+def key_events_of(
+    member: str, events: Iterable[tuple[int, str, Mapping[str, Any]]]
+) -> list[dict[str, Any]]:
+    """``member``'s key events from (height, type, data) triples, oldest first."""
+    return [
+        {"height": height, "event": kind.removeprefix("identity."), **data}
+        for height, kind, data in events
+        if kind in KEY_EVENTS and data.get("member") == member
+    ]
 
 
 def recovery_member(public_key: str) -> str:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from careledger.config import KEYS_DIR, VAULT_FILE
+from careledger.contracts.identity import KEY_EVENTS, key_events_of
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import WRITER_ROLES as RECORD_WRITER_ROLES
@@ -41,10 +42,12 @@ from careledger.health.access import (
 from careledger.keyfile import generate_keypair, write_key_file
 from careledger.ledger.execute import Executed
 from careledger.node import Node
+from careledger.sqlite_threads import iso_ms
 from careledger.vault import Vault, VaultStore
 
 Call = tuple[str, str, Mapping[str, Any]]
 WRITER_ROLES = RECORD_WRITER_ROLES  # one source: the records contract decides who anchors
+MAX_KEY_EVENTS_SCANNED = 100_000
 
 if TYPE_CHECKING:
     from careledger.health.federation import FederationClient
@@ -709,6 +712,20 @@ class HealthRecords:
         prefix = f"access/{patient}/"
         keys = self.ledger.store.state_keys("audit", prefix, 100_000)
         return [self.ledger.state("audit", k) for k in keys]
+
+    def key_history(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
+        """Every change to who can sign as ``patient``: key rotations and revocations, the
+        recovery path they set, guardians' approvals and recoveries, with block times. Shown
+        beside the access log, to the same readers."""
+        self.access_log(caller, patient)  # the same authorisation, and nothing more
+        store = self.ledger.store
+        found = store.events_of_types(KEY_EVENTS, MAX_KEY_EVENTS_SCANNED)
+        triples = ((e.height, e.type, orjson.loads(e.data)) for e in found)
+        entries = key_events_of(patient, triples)
+        for entry in entries:
+            header = store.header(entry["height"])
+            entry["time"] = iso_ms(header.time) if header is not None else None
+        return entries
 
 
 def _scope_ok(caller: Caller, resource_type: str, patient: str) -> bool:

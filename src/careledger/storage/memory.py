@@ -64,6 +64,11 @@ class MemoryStore:
     def block_events(self, height: int) -> list[StoredEvent]:
         return list(self._events[height]) if 0 <= height < len(self._events) else []
 
+    def events_of_types(self, types: Sequence[str], limit: int) -> list[StoredEvent]:
+        wanted = set(types)
+        found = [e for block in self._events for e in block if e.type in wanted]
+        return found[:limit]
+
     def find_tx(self, tx_id: str) -> tuple[int, StoredTx] | None:
         found = self._tx_height.get(tx_id)
         if found is None:

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS state(
 CREATE TABLE IF NOT EXISTS events(
   height INTEGER NOT NULL, seq INTEGER NOT NULL, tx_index INTEGER NOT NULL, type TEXT NOT NULL,
   data BLOB NOT NULL, PRIMARY KEY(height, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_type ON events(type, height, seq);
 """
 _NODE_QUERY_CHUNK = 400  # keeps bound parameters well under SQLite's limit
 
@@ -149,6 +150,18 @@ class SQLiteStore:
         rows = self._all(
             "SELECT height, tx_index, seq, type, data FROM events WHERE height = ? ORDER BY seq",
             (height,),
+        )
+        return [
+            StoredEvent(int(h), int(t), int(s), str(ty), _as_bytes(d))  # type: ignore[call-overload,arg-type]
+            for h, t, s, ty, d in rows
+        ]
+
+    def events_of_types(self, types: Sequence[str], limit: int) -> list[StoredEvent]:
+        marks = ",".join("?" for _ in types)  # placeholders only: the types are bound
+        rows = self._all(
+            "SELECT height, tx_index, seq, type, data FROM events"  # noqa: S608
+            f" WHERE type IN ({marks}) ORDER BY height, seq LIMIT ?",
+            (*types, limit),
         )
         return [
             StoredEvent(int(h), int(t), int(s), str(ty), _as_bytes(d))  # type: ignore[call-overload,arg-type]

@@ -478,8 +478,10 @@ async def my_records(request: Request) -> HTMLResponse:
 @router.get("/me/access", response_class=HTMLResponse)
 def my_access_log(request: Request) -> HTMLResponse:
     claims, caller = _patient(request)
-    entries = request.app.state.health.access_log(caller, claims.member)
-    return page(request, "access.html", entries=list(reversed(entries)))  # newest first
+    health = request.app.state.health
+    entries = health.access_log(caller, claims.member)
+    keys = list(reversed(health.key_history(caller, claims.member)))
+    return page(request, "access.html", entries=list(reversed(entries)), key_events=keys)
 
 
 @router.get("/me/consents", response_class=HTMLResponse)

@@ -21,8 +21,11 @@ def access_log(
     request: Request, claims: MemberDep, patient: Annotated[str, Path(pattern=ID)]
 ) -> Response:
     records: HealthRecords = request.app.state.health
-    entries = records.access_log(_caller(claims), patient)
-    return Response(dumps({"patient": patient, "accesses": entries}), media_type="application/json")
+    caller = _caller(claims)
+    entries = records.access_log(caller, patient)
+    keys = records.key_history(caller, patient)
+    body = {"patient": patient, "accesses": entries, "key_events": keys}
+    return Response(dumps(body), media_type="application/json")
 
 
 @router.post("/records/{record_id}/shred", summary="Shred a record (patient with a node-held key)")
