@@ -83,6 +83,7 @@ class SearchParam:
     paths: tuple[Path, ...]
     targets: frozenset[str] = frozenset()
     components: tuple[tuple[SearchParam, Path], ...] = ()
+    definition: str = ""  # the id of HL7's SearchParameter
 
     def values(self, resource: Mapping[str, Any]) -> list[Typed]:
         return [v for path in self.paths for v in path.evaluate(resource)]
@@ -141,6 +142,7 @@ def _compile(definition: Mapping[str, Any], resource_type: str) -> SearchParam |
         paths,
         frozenset(definition.get("target", ())),
         tuple(components),
+        definition["id"],
     )
 
 
@@ -804,3 +806,71 @@ def sort_key(resource: Mapping[str, Any], param: SearchParam, descending: bool) 
     if not keys:
         return (-1 if descending else 1, 0)  # last either way (a descending sort reverses)
     return (0, max(keys) if descending else min(keys))
+
+
+# -- what each entry shows (_summary, _elements) ---------------------------------------------
+
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+}
+_ALWAYS = frozenset({"resourceType", "id", "meta"})
+
+
+@cache
+def summary_elements(resource_type: str) -> frozenset[str]:
+    """The elements R4 marks as summary for a type (from the R4B models, as validation uses)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        model = get_fhir_model_class(resource_type)
+    except KeyError:
+        return _ALWAYS
+    names = {
+        (info.alias or name).lstrip("_")
+        for name, info in model.model_fields.items()
+        if isinstance(info.json_schema_extra, dict)
+        and info.json_schema_extra.get("summary_element_property")
+    }
+    return frozenset(names) | _ALWAYS
+
+
+@cache
+def mandatory_elements(resource_type: str) -> frozenset[str]:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        model = get_fhir_model_class(resource_type)
+    except KeyError:
+        return frozenset()
+    return frozenset((i.alias or n) for n, i in model.model_fields.items() if i.is_required())
+
+
+def shape(
+    resource: Mapping[str, Any], summary: str | None, elements: Sequence[str]
+) -> dict[str, Any]:
+    """The resource as ``_summary`` / ``_elements`` ask; marked SUBSETTED when anything is left
+    out, as R4 requires (a subsetted resource must not be taken for the whole)."""
+    kind = str(resource.get("resourceType", ""))
+    keep: frozenset[str] | None = None
+    if summary == "true":
+        keep = summary_elements(kind)
+    elif summary == "text":
+        keep = _ALWAYS | {"text"} | mandatory_elements(kind)
+    elif summary == "data":
+        keep = frozenset(k for k in resource if k != "text")
+    elif elements:
+        keep = _ALWAYS | set(elements) | mandatory_elements(kind)
+    if keep is None:
+        return dict(resource)
+    out = {k: v for k, v in resource.items() if k in keep or _choice_of(k, keep)}
+    if len(out) < len(resource):
+        meta = dict(out.get("meta") or {})
+        meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
+        out["meta"] = meta
+    return out
+
+
+def _choice_of(key: str, keep: frozenset[str]) -> bool:
+    """``effectiveDateTime`` is kept when ``effective`` (or it) is asked for."""
+    return any(key.startswith(k) and len(key) > len(k) and key[len(k)].isupper() for k in keep)

@@ -593,10 +593,16 @@ class HealthRecords:
         types: set[str] | None = None,
         purpose: str = "TREAT",
         action: str = "read",
+        as_of: int | None = None,
     ) -> list[StoredResource]:
-        """Every record of ``patient`` held here (of ``types``) that the caller may see."""
+        """Every record of ``patient`` held here (of ``types``) that the caller may see; with
+        ``as_of``, each as it stood at that ledger height (records made later left out), so
+        that the pages of one search show one result set."""
         self._patient_key(patient)
         records = self.patient_records(patient, types)
+        if as_of is not None:
+            versions = {r: self._version_at(r, as_of) for r, _ in records}
+            records = [(r, t) for r, t in records if versions[r] is not None]
         allowed = [(r, t) for r, t in records if _scope_ok(caller, t, patient)]
         if not allowed:
             if records:
@@ -610,7 +616,19 @@ class HealthRecords:
             action=action,
             purpose=purpose,
         )
+        if as_of is not None:
+            return [self._open(r, versions[r] or 0) for r, _ in allowed]
         return [self._open(r, self.record_meta(r)["version"]) for r, _ in allowed]
+
+    def _version_at(self, record_id: str, height: int) -> int | None:
+        """The version of a record current at ``height`` (None: it did not exist yet)."""
+        version = int(self.record_meta(record_id)["version"])
+        while version >= 1:
+            entry = self.ledger.state(RECORDS, version_key(record_id, version))
+            if entry is not None and entry["height"] <= height:
+                return version
+            version -= 1
+        return None
 
     def shred(self, caller: Caller, record_id: str) -> dict[str, Any]:
         """A patient whose key this node holds shreds a record; others sign records.shred."""

@@ -10,7 +10,9 @@ HMAC-SHA256(salt, RFC 8785 bytes of the resource)).
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
@@ -21,9 +23,12 @@ from careledger.api.replies import caller_of as _caller
 from careledger.errors import ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue
+from careledger.fhir.search import SearchRequest, parse_search, shape
+from careledger.fhir.search import parameters as search_parameters
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health import bundles
 from careledger.health.access import Caller
+from careledger.health.search import SearchResult, search_patient
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.jsonio import dumps, loads
 
@@ -110,30 +115,32 @@ def _bundle(
     return bundle
 
 
+def _capability(resource_type: str) -> dict[str, Any]:
+    """What this server does with a type: exactly the search parameters it evaluates."""
+    params = search_parameters(resource_type)
+    references = sorted(c for c, p in params.items() if p.type == "reference")
+    return {
+        "type": resource_type,
+        "interaction": [
+            {"code": c}
+            for c in ("read", "vread", "update", "history-instance", "create", "search-type")
+        ],
+        "versioning": "versioned",
+        "searchInclude": [f"{resource_type}:{c}" for c in references],
+        "searchParam": [
+            {
+                "name": code,
+                "definition": f"http://hl7.org/fhir/SearchParameter/{param.definition}",
+                "type": param.type,
+            }
+            for code, param in sorted(params.items())
+        ],
+    }
+
+
 @router.get("/metadata", summary="CapabilityStatement")
 def metadata() -> Response:
-    resources = [
-        {
-            "type": t,
-            "interaction": [
-                {"code": c}
-                for c in ("read", "vread", "update", "history-instance", "create", "search-type")
-            ],
-            "versioning": "versioned",
-            "searchParam": [
-                {"name": n, "type": ty}
-                for n, ty in (
-                    ("patient", "reference"),
-                    ("subject", "reference"),
-                    ("code", "token"),
-                    ("date", "date"),
-                    ("_id", "token"),
-                    ("_lastUpdated", "date"),
-                )
-            ],
-        }
-        for t in sorted(SUPPORTED_TYPES - {"Consent"})
-    ]
+    resources = [_capability(t) for t in sorted(SUPPORTED_TYPES - {"Consent"})]
     return _fhir(
         {
             "resourceType": "CapabilityStatement",
@@ -383,25 +390,70 @@ async def update(
     return _fhir(stored.resource, 200, _anchor_headers(stored))
 
 
-@router.get("/{resource_type}", summary="Search one patient's resources")
+@router.get("/{resource_type}", summary="Search (R4 semantics; see the CapabilityStatement)")
 def search(
     request: Request,
     claims: MemberDep,
     resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
-    patient: Annotated[str | None, Query(max_length=80)] = None,
-    subject: Annotated[str | None, Query(max_length=80)] = None,
-    code: Annotated[str | None, Query(max_length=256)] = None,
-    date: Annotated[list[str] | None, Query(max_length=40)] = None,
-    last_updated: Annotated[list[str] | None, Query(alias="_lastUpdated", max_length=40)] = None,
-    ids: Annotated[str | None, Query(alias="_id", max_length=4096)] = None,
-    count: Annotated[int, Query(alias="_count", ge=0, le=MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(alias="_offset", ge=0)] = 0,
     purpose: PurposeHeader = "TREAT",
 ) -> Response:
+    pairs = list(request.query_params.multi_items())
+    return _search(request, claims, resource_type, pairs, purpose)
+
+
+@router.post("/{resource_type}/_search", summary="Search with the parameters in a form body")
+async def search_by_post(
+    request: Request,
+    claims: MemberDep,
+    resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
+    purpose: PurposeHeader = "TREAT",
+) -> Response:
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind not in ("application/x-www-form-urlencoded", ""):
+        raise ValidationError(
+            "_search takes application/x-www-form-urlencoded", code="UNSUPPORTED_MEDIA_TYPE"
+        )
+    raw = await request.body()
+    try:
+        body = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise ValidationError("the form body is not UTF-8", code="BAD_FORM") from None
+    pairs = [*request.query_params.multi_items(), *body]
+    return await run_in_threadpool(_search, request, claims, resource_type, pairs, purpose)
+
+
+@router.get("/Patient/{patient}/{resource_type}", summary="Search one patient's compartment")
+def compartment_search(
+    request: Request,
+    claims: MemberDep,
+    patient: Annotated[str, Path(pattern=ID_PATTERN)],
+    resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
+    purpose: PurposeHeader = "TREAT",
+) -> Response:
+    param = "patient" if "patient" in search_parameters(resource_type) else "subject"
+    pairs = [(param, f"Patient/{patient}"), *request.query_params.multi_items()]
+    return _search(request, claims, resource_type, pairs, purpose)
+
+
+def _search(
+    request: Request,
+    claims: Any,
+    resource_type: str,
+    pairs: list[tuple[str, str]],
+    purpose: str,
+) -> Response:
     _check_type(resource_type)
+    if any(k == "_format" and "xml" in v for k, v in pairs):
+        raise FhirError(
+            [Issue("error", "not-supported", "only application/fhir+json is served", ("_format",))],
+            code="NOT_ACCEPTABLE",
+            http_status=406,
+        )
     caller = _caller(claims)
-    who = _patient_param(resource_type, patient, subject, ids, caller)
-    records = _records(request)
+    lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
+    query = parse_search(resource_type, pairs, lenient=lenient, max_count=MAX_PAGE)
+    base_url = _base_url(request)
+    who = _patient_of(query, caller, base_url)
     if who is None:
         raise FhirError(
             [
@@ -411,63 +463,82 @@ def search(
             ],
             code="PATIENT_REQUIRED",
         )
-    stored = records.everything(caller, who, types={resource_type}, purpose=purpose)
-    matches = [s for s in stored if _matches(s, code, date or [], last_updated or [], ids)]
-    matches.sort(key=lambda s: s.last_updated, reverse=True)
-    page = matches[offset : offset + count]
-    links = [{"relation": "self", "url": str(request.url)}]
-    if offset + count < len(matches):
-        nxt = request.url.include_query_params(_offset=offset + count, _count=count)
-        links.append({"relation": "next", "url": str(nxt)})
-    return _fhir(_bundle("searchset", page, total=len(matches), links=links))
+    result = search_patient(
+        _records(request),
+        caller,
+        query,
+        who,
+        purpose=purpose,
+        base_url=base_url,
+        now=datetime.now(UTC),
+    )
+    return _fhir(_searchset(request, query, result, base_url))
 
 
-def _patient_param(
-    resource_type: str, patient: str | None, subject: str | None, ids: str | None, caller: Caller
-) -> str | None:
-    raw = patient or subject
-    if raw is not None:
-        return raw.removeprefix("Patient/")
-    if resource_type == "Patient" and ids and "," not in ids:
-        return ids
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def _patient_of(query: SearchRequest, caller: Caller, base_url: str) -> str | None:
+    """The patient a search is about: its patient/subject (or a Patient's _id), one value."""
+    for criterion in query.criteria:
+        code = criterion.param.code
+        is_id = query.resource_type == "Patient" and code == "_id"
+        about = code in ("patient", "subject") or is_id
+        if about and criterion.modifier is None and len(criterion.values) == 1:
+            ref = criterion.values[0].text.removeprefix(base_url + "/")
+            return ref.removeprefix("Patient/").split("/_history/", 1)[0]
     if "patient" in caller.roles:
         return caller.member
     return None
 
 
-def _matches(
-    s: StoredResource, code: str | None, dates: list[str], updated: list[str], ids: str | None
-) -> bool:
-    if ids is not None and s.record_id not in ids.split(","):
-        return False
-    if code is not None:
-        wanted = [c.split("|", 1) if "|" in c else [None, c] for c in code.split(",")]
-        have = extract.codes(s.resource)
-        if not any((sys is None or sys == hs) and c == hc for sys, c in wanted for hs, hc in have):
-            return False
-    resource_dates = extract.search_dates(s.resource) if s.resource_type != "Patient" else []
-    return all(_date_ok(resource_dates, d) for d in dates) and all(
-        _date_ok([s.last_updated], d) for d in updated
-    )
+def _searchset(
+    request: Request, query: SearchRequest, result: SearchResult, base_url: str
+) -> dict[str, Any]:
+    url = f"{base_url}/{query.resource_type}"
+    kept = list(query.kept)
 
+    def link(relation: str, offset: int) -> dict[str, str]:
+        params = [*kept, ("_at", str(result.at))]
+        if offset:
+            params.append(("_offset", str(offset)))
+        return {"relation": relation, "url": f"{url}?{urlencode(params)}"}
 
-_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
-
-
-def _date_ok(values: list[str], param: str) -> bool:
-    prefix, value = (param[:2], param[2:]) if param[:2] in _PREFIXES else ("eq", param)
-    if not value:
-        raise ValidationError("empty date parameter", code="BAD_SEARCH")
-
-    def test(v: str) -> bool:
-        head = v[: len(value)]
-        return {
-            "eq": head == value,
-            "ne": head != value,
-            "gt": head > value,
-            "lt": head < value,
-            "ge": head >= value,
-            "le": head <= value,
-        }[prefix]
-
-    return any(test(v) for v in values)
+    links = [link("self", query.offset)]
+    if query.summary != "count" and query.offset + query.count < result.total:
+        links.append(link("next", query.offset + query.count))
+    if query.offset > 0:
+        links.append(link("previous", max(0, query.offset - query.count)))
+    entries: list[dict[str, Any]] = []
+    for mode, stored in [("match", s) for s in result.page] + [
+        ("include", s) for s in result.included
+    ]:
+        entries.append(
+            {
+                "fullUrl": f"{base_url}/{stored.resource_type}/{stored.record_id}",
+                "resource": shape(stored.resource, query.summary, query.elements),
+                "search": {"mode": mode},
+            }
+        )
+    notes = [f"{name} was ignored: {why}" for name, why in query.ignored] + result.warnings
+    if notes:
+        entries.append(
+            {
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {"severity": "warning", "code": "informational", "diagnostics": note}
+                        for note in notes
+                    ],
+                },
+                "search": {"mode": "outcome"},
+            }
+        )
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if query.total != "none":
+        bundle["total"] = result.total
+    bundle["link"] = links
+    if entries:
+        bundle["entry"] = entries
+    return bundle
