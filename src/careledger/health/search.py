@@ -1,6 +1,7 @@
 """FHIR search over a patient's records held here: candidates, R4 matching, order, one page,
 includes. The semantics are :mod:`careledger.fhir.search`; this module decides which records are
-looked at and read, through the same consent checks and access events as any read.
+looked at (the blind index narrows them: :mod:`careledger.fhir.blind_terms`) and which are
+returned, and only those returned are in the access event the ledger must accept first.
 
 Pages are stable: the first page fixes the ledger height it answered at (``at``) and every later
 page sees the records as they stood then (versions written since are not mixed in, records made
@@ -10,11 +11,13 @@ written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from careledger.errors import CareLedgerError
+from careledger.fhir.blind_terms import plan
 from careledger.fhir.search import (
+    Criterion,
     Include,
     SearchRequest,
     matches,
@@ -34,6 +37,7 @@ class SearchResult:
     at: int
     included: list[StoredResource] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    decrypted: int = 0  # records opened to answer (the page, or every candidate refined)
 
 
 def search_patient(
@@ -45,27 +49,51 @@ def search_patient(
     purpose: str,
     base_url: str,
     now: datetime,
+    implied: Criterion | None = None,
 ) -> SearchResult:
-    """One page of ``request`` over ``patient``'s records of the requested type."""
+    """One page of ``request`` over ``patient``'s records of the requested type.
+
+    Candidates come from the blind index; when its terms decide the answer alone the page is
+    cut from ledger metadata and only the page is decrypted, else the candidates are decrypted
+    and matched. Only what is returned is in the access event. ``implied``: the criterion that
+    named the patient (every candidate meets it).
+    """
     at = request.at if request.at is not None else records.ledger.head.height
-    found = records.everything(
-        caller, patient, types={request.resource_type}, purpose=purpose, as_of=at
-    )
-    hits = [s for s in found if matches(s.resource, request, now=now, base_url=base_url)]
-    # default order: newest change first, then id; explicit keys applied last-to-first (stable)
-    hits.sort(key=lambda s: s.record_id)
-    hits.sort(key=lambda s: s.last_updated, reverse=True)
-    for param, descending in reversed(request.sort):
-        hits.sort(key=lambda s: sort_key(s.resource, param, descending), reverse=descending)
-    page = hits[request.offset : request.offset + request.count]
-    result = SearchResult(page, len(hits), at)
-    if request.summary == "count":
-        result.page = []
-        return result
-    if request.includes:
-        _include(records, caller, request.includes, page, result, purpose, base_url)
-    if request.revincludes:
-        _revinclude(records, caller, request.revincludes, page, result, patient, purpose, at)
+    kind = request.resource_type
+    versions = records.searchable(caller, patient, kind, purpose=purpose, as_of=at)
+    narrowing = replace(request, criteria=[c for c in request.criteria if c is not implied])
+    planned = plan(narrowing, base_url=base_url)
+    candidates = set(versions.items())
+    if planned.groups and candidates:
+        candidates &= records.blind_candidates(planned.groups)
+    # newest version first (ledger order), then id: the order R4 leaves to the server
+    order = sorted(candidates, key=lambda rv: (-records.version_height(*rv), rv[0]))
+    if planned.exact:
+        window = order[request.offset : request.offset + request.count]
+        page = [records.open_version(r, v) for r, v in window] if request.summary != "count" else []
+        result = SearchResult(page, len(order), at, decrypted=len(page))
+    else:
+        opened = [records.open_version(r, v) for r, v in order]
+        hits = [s for s in opened if matches(s.resource, request, now=now, base_url=base_url)]
+        for param, descending in reversed(request.sort):
+            hits.sort(key=lambda s: sort_key(s.resource, param, descending), reverse=descending)
+        page = hits[request.offset : request.offset + request.count]
+        result = SearchResult(page, len(hits), at, decrypted=len(opened))
+        if request.summary == "count":
+            result.page = []
+    if request.revincludes and result.page:
+        _revinclude(records, caller, request.revincludes, result, patient, purpose, at)
+    shown = [s for s in [*result.page, *result.included] if s.patient == patient]
+    if shown:  # nothing returned, nothing read: the basis was checked, no record was released
+        records.log_reads(
+            caller,
+            patient,
+            [s.record_id for s in shown],
+            {s.resource_type for s in shown},
+            purpose=purpose,
+        )
+    if request.includes and result.page:
+        _include(records, caller, request.includes, result.page, result, purpose, base_url)
     return result
 
 
@@ -109,22 +137,24 @@ def _revinclude(
     records: HealthRecords,
     caller: Caller,
     includes: list[Include],
-    page: list[StoredResource],
     result: SearchResult,
     patient: str,
     purpose: str,
     at: int,
 ) -> None:
-    targets = {f"{s.resource_type}/{s.record_id}" for s in page}
+    """Resources of the same patient that refer to the page (logged with the page)."""
+    targets = {f"{s.resource_type}/{s.record_id}" for s in result.page}
     for include in includes:
         try:
-            candidates = records.everything(
-                caller, patient, types={include.source}, purpose=purpose, as_of=at
+            versions = records.searchable(
+                caller, patient, include.source, purpose=purpose, as_of=at
             )
         except CareLedgerError as exc:
             result.warnings.append(f"{include.source} resources are not included ({exc.code})")
             continue
-        for stored in candidates:
+        for record_id, version in sorted(versions.items()):
+            stored = records.open_version(record_id, version)
+            result.decrypted += 1
             refs = {f"{k}/{i}" for k, i in references(include.param.values(stored.resource), "")}
             if refs & targets and len(result.included) < MAX_INCLUDED:
                 result.included.append(stored)

@@ -32,6 +32,8 @@ from careledger.errors import (
     Rejected,
     ValidationError,
 )
+from careledger.fhir.blind_terms import index_terms
+from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.access import (
     CARE_ROLES,
     CUSTODIAN_PURPOSES,
@@ -44,10 +46,13 @@ from careledger.ledger.execute import Executed
 from careledger.node import Node
 from careledger.sqlite_threads import iso_ms
 from careledger.vault import Vault, VaultStore
+from careledger.vault.blind_index import BlindIndex
 
 Call = tuple[str, str, Mapping[str, Any]]
 WRITER_ROLES = RECORD_WRITER_ROLES  # one source: the records contract decides who anchors
 MAX_KEY_EVENTS_SCANNED = 100_000
+BLIND_INDEX_META = "blind_index"
+BLIND_INDEX_VERSION = "1"
 
 if TYPE_CHECKING:
     from careledger.health.federation import FederationClient
@@ -80,6 +85,7 @@ class HealthRecords:
         self.ledger = node.ledger
         self.vault = vault
         self.patient_keys_dir = patient_keys_dir
+        self.blind = BlindIndex.for_node(node.ledger.node_key)
         # Reads of records other custodians hold (consortium mode); None: local records only.
         self.federation: FederationClient | None = None
 
@@ -93,7 +99,23 @@ class HealthRecords:
             patient_keys_dir=data_dir / KEYS_DIR / "patients",
         )
         node.ledger.commit_listeners.append(records.on_commit)
+        records.build_blind_index()
         return records
+
+    def build_blind_index(self) -> int:
+        """Index the records stored before the blind index existed (once per vault); how many
+        were indexed. Each is opened against its ledger anchor, as any read."""
+        store = self.vault.store
+        if store.meta_value(BLIND_INDEX_META) == BLIND_INDEX_VERSION:
+            return 0
+        done = 0
+        for _, record_id, version, _ in store.live_records(SUPPORTED_TYPES):
+            resource = self.open_anchored(record_id, version)
+            if resource is not None:
+                store.index_version(record_id, version, self.blind.tokens(index_terms(resource)))
+                done += 1
+        store.set_meta(BLIND_INDEX_META, BLIND_INDEX_VERSION)
+        return done
 
     def close(self) -> None:
         if self.on_commit in self.node.ledger.commit_listeners:
@@ -329,7 +351,12 @@ class HealthRecords:
                 custodian_key=self.ledger.node_key.public_key,
             )
             sealed.append((stored, record, patient))
-        self.vault.store.put_many([r for _, r, _ in sealed])  # one transaction: all or none
+        tokens = {
+            (r.record_id, r.version): self.blind.tokens(index_terms(stored))
+            for stored, r, _ in sealed
+        }
+        # one transaction: every version and its blind-index tokens, or none
+        self.vault.store.put_many([r for _, r, _ in sealed], tokens)
         try:
             anchors = [
                 self._anchor_args(r.record_id, r.resource_type, p, r.content_hash, r.version)
@@ -619,6 +646,59 @@ class HealthRecords:
         if as_of is not None:
             return [self._open(r, versions[r] or 0) for r, _ in allowed]
         return [self._open(r, self.record_meta(r)["version"]) for r, _ in allowed]
+
+    def searchable(
+        self, caller: Caller, patient: str, resource_type: str, *, purpose: str, as_of: int
+    ) -> dict[str, int]:
+        """record id -> version as at ``as_of`` of the patient's records of this type that the
+        caller could be shown (scopes and a ledger basis checked; nothing read, nothing logged:
+        the records a search then returns are logged by :meth:`log_reads`)."""
+        self._patient_key(patient)
+        records = self.patient_records(patient, {resource_type})
+        if not records:
+            return {}
+        if not _scope_ok(caller, resource_type, patient):
+            raise Forbidden("the token's scopes allow none of these records", code="SCOPE")
+        choose_basis(
+            self.ledger,
+            caller,
+            patient=patient,
+            custodian=self.org,
+            action="read",
+            purpose=purpose,
+            types={resource_type},
+            time=time.time_ns() // 1_000_000,
+        )
+        versions = {r: self._version_at(r, as_of) for r, _ in records}
+        return {r: v for r, v in versions.items() if v is not None}
+
+    def blind_candidates(self, groups: Sequence[Sequence[str]]) -> set[tuple[str, int]]:
+        """(record id, version) pairs holding a term of every group (see fhir.blind_terms)."""
+        return self.vault.store.blind_lookup([self.blind.tokens(g) for g in groups])
+
+    def version_height(self, record_id: str, version: int) -> int:
+        entry = self.ledger.state(RECORDS, version_key(record_id, version))
+        return int(entry["height"]) if entry is not None else -1
+
+    def open_version(self, record_id: str, version: int) -> StoredResource:
+        """Decrypt one version held here, checked against its anchor; not a read of the
+        caller's (the search that decides what to return logs what it returns)."""
+        return self._open(record_id, version)
+
+    def log_reads(
+        self,
+        caller: Caller,
+        patient: str,
+        records: Sequence[str],
+        types: set[str],
+        *,
+        purpose: str,
+    ) -> None:
+        """The access event of exactly what a search returns; Forbidden (nothing is returned)
+        unless the ledger accepts it."""
+        self.authorise(
+            caller, patient=patient, records=records, types=types, action="read", purpose=purpose
+        )
 
     def _version_at(self, record_id: str, height: int) -> int | None:
         """The version of a record current at ``height`` (None: it did not exist yet)."""

@@ -38,7 +38,12 @@ CREATE INDEX IF NOT EXISTS records_by_patient ON records(patient);
 CREATE TABLE IF NOT EXISTS wrapped_keys(
   record_id TEXT NOT NULL, version INTEGER NOT NULL, recipient TEXT NOT NULL,
   wrapped BLOB NOT NULL, PRIMARY KEY(record_id, version, recipient)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blind(
+  token BLOB NOT NULL, record_id TEXT NOT NULL, version INTEGER NOT NULL,
+  PRIMARY KEY(token, record_id, version)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blind_by_record ON blind(record_id);
 """
+_TOKEN_QUERY_CHUNK = 400
 _TYPE_QUERY_CHUNK = 400  # keeps bound parameters well under SQLite's limit
 
 
@@ -138,8 +143,13 @@ class VaultStore:
         """
         self.put_many([record])
 
-    def put_many(self, records: Sequence[SealedRecord]) -> None:
-        """Store record versions in one transaction: all of them, or none (as :meth:`put`).
+    def put_many(
+        self,
+        records: Sequence[SealedRecord],
+        tokens: Mapping[tuple[str, int], Sequence[bytes]] | None = None,
+    ) -> None:
+        """Store record versions in one transaction: all of them, or none (as :meth:`put`),
+        with each version's blind-index ``tokens`` (so a stored record is always findable).
 
         Concurrent writers share commits (group commit): one fsync for all the writes that
         queued while the previous one was being made durable.
@@ -150,6 +160,11 @@ class VaultStore:
         def work(conn: sqlite3.Connection) -> None:
             for record in records:
                 self._put_locked(conn, record)
+                found = (tokens or {}).get((record.record_id, record.version), ())
+                conn.executemany(
+                    "INSERT OR IGNORE INTO blind(token, record_id, version) VALUES(?,?,?)",
+                    [(t, record.record_id, record.version) for t in found],
+                )
 
         self._group.write(work)
 
@@ -206,6 +221,9 @@ class VaultStore:
                     (record_id, version),
                 )
                 conn.execute(
+                    "DELETE FROM blind WHERE record_id = ? AND version = ?", (record_id, version)
+                )
+                conn.execute(
                     "DELETE FROM records WHERE record_id = ? AND version = ?", (record_id, version)
                 )
                 conn.execute("COMMIT")
@@ -250,6 +268,7 @@ class VaultStore:
         if not live:
             raise Conflict("the record is already shredded", code="ALREADY_SHREDDED")
         conn.execute("DELETE FROM wrapped_keys WHERE record_id = ?", (record_id,))
+        conn.execute("DELETE FROM blind WHERE record_id = ?", (record_id,))  # its terms go too
         conn.execute(
             "UPDATE records SET ciphertext = NULL, nonce = NULL, salt = NULL, shredded_at = ?"
             " WHERE record_id = ? AND shredded_at IS NULL",
@@ -398,6 +417,48 @@ class VaultStore:
             wanted,
         )
         return [(str(p), str(r), int(v), str(t)) for p, r, v, t in rows]  # type: ignore[call-overload]
+
+    # -- blind index -------------------------------------------------------------------------
+
+    def blind_lookup(self, groups: Sequence[Sequence[bytes]]) -> set[tuple[str, int]]:
+        """(record id, version) pairs holding at least one token of every group."""
+        found: set[tuple[str, int]] | None = None
+        for group in groups:
+            hits: set[tuple[str, int]] = set()
+            unique = sorted(set(group))
+            for start in range(0, len(unique), _TOKEN_QUERY_CHUNK):
+                chunk = unique[start : start + _TOKEN_QUERY_CHUNK]
+                marks = ",".join("?" for _ in chunk)
+                rows = self._all(
+                    f"SELECT record_id, version FROM blind WHERE token IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+                hits.update((str(r), int(v)) for r, v in rows)  # type: ignore[call-overload]
+            found = hits if found is None else found & hits
+            if not found:
+                return set()
+        return found or set()
+
+    def index_version(self, record_id: str, version: int, tokens: Sequence[bytes]) -> None:
+        """Add a version's tokens (building the index for versions stored before it existed)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR IGNORE INTO blind(token, record_id, version) VALUES(?,?,?)",
+                [(t, record_id, version) for t in tokens],
+            )
+
+        self._group.write(work)
+
+    def meta_value(self, name: str) -> str | None:
+        rows = self._all("SELECT value FROM meta WHERE name = ?", (name,))
+        return None if not rows else str(rows[0][0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES(?, ?)", (name, value))
+
+        self._group.write(work)
 
     def close(self) -> None:
         """Close every connection this store opened (SQLite then checkpoints and drops the WAL)."""

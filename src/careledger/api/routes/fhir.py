@@ -23,7 +23,7 @@ from careledger.api.replies import caller_of as _caller
 from careledger.errors import ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue
-from careledger.fhir.search import SearchRequest, parse_search, shape
+from careledger.fhir.search import Criterion, SearchRequest, parse_search, shape
 from careledger.fhir.search import parameters as search_parameters
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health import bundles
@@ -453,7 +453,7 @@ def _search(
     lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
     query = parse_search(resource_type, pairs, lenient=lenient, max_count=MAX_PAGE)
     base_url = _base_url(request)
-    who = _patient_of(query, caller, base_url)
+    who, implied = _patient_of(query, caller, base_url)
     if who is None:
         raise FhirError(
             [
@@ -471,6 +471,7 @@ def _search(
         purpose=purpose,
         base_url=base_url,
         now=datetime.now(UTC),
+        implied=implied,
     )
     return _fhir(_searchset(request, query, result, base_url))
 
@@ -479,18 +480,21 @@ def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
-def _patient_of(query: SearchRequest, caller: Caller, base_url: str) -> str | None:
-    """The patient a search is about: its patient/subject (or a Patient's _id), one value."""
+def _patient_of(
+    query: SearchRequest, caller: Caller, base_url: str
+) -> tuple[str | None, Criterion | None]:
+    """The patient a search is about, and the criterion that says so: its patient/subject (or
+    a Patient's _id), one value; else the calling patient themself."""
     for criterion in query.criteria:
         code = criterion.param.code
         is_id = query.resource_type == "Patient" and code == "_id"
         about = code in ("patient", "subject") or is_id
         if about and criterion.modifier is None and len(criterion.values) == 1:
             ref = criterion.values[0].text.removeprefix(base_url + "/")
-            return ref.removeprefix("Patient/").split("/_history/", 1)[0]
+            return ref.removeprefix("Patient/").split("/_history/", 1)[0], criterion
     if "patient" in caller.roles:
-        return caller.member
-    return None
+        return caller.member, None
+    return None, None
 
 
 def _searchset(
