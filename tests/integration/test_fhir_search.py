@@ -261,3 +261,35 @@ def test_every_declared_search_parameter_is_honoured(world: dict[str, Any]) -> N
         refused = http.get(f"/fhir/{kind}?{about}&not-a-parameter=1")
         assert refused.status_code == 400, kind
     assert checked > 200
+
+
+def test_staff_find_patients_and_records_across_their_patients(
+    server: Server, world: dict[str, Any]
+) -> None:
+    http, pid, ids = world["clinician"], world["pid"], world["ids"]
+    mrn = post(
+        http,
+        {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-4711"}],
+            "name": [{"family": "Okonkwo", "given": ["Ada"]}],
+            "birthDate": "1988-07-14",
+        },
+    )
+    by_mrn = search(http, "Patient?identifier=urn:oid:2.16.840.1.113883.19.5|MRN-4711")
+    assert matched(by_mrn) == [mrn]
+    assert matched(search(http, "Patient?family=okonk&birthdate=1988-07-14")) == [mrn]
+    assert pid in matched(search(http, "Patient?name=muller"))
+    labs = search(http, f"Observation?code={LOINC}|4548-4")
+    assert ids["lab"] in matched(labs)
+    # the access event of that patient names exactly what was returned
+    with login(server, server.data_dir / "keys" / "st-mary-admin.key") as admin:
+        log = admin.get(f"/v1/patients/{pid}/access-log").json()["accesses"]
+    assert log[-1]["records"] == [ids["lab"]] and log[-1]["accessor"] == "dr-ana-silva"
+    # nothing identifying: refused rather than decrypting every record held
+    broad = http.get("/fhir/Observation?value-quantity=gt5")
+    assert broad.status_code == 400 and broad.json()["issue"][0]["code"] == "too-costly"
+    # another organisation's clinician, with no consent, finds no one (and is told nothing)
+    with login(server, server.data_dir / "keys" / "dr-ben-okafor.key") as outsider:
+        assert matched(search(outsider, "Patient?name=muller")) == []
+        assert matched(search(outsider, "Patient?identifier=MRN-4711")) == []

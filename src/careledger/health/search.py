@@ -16,6 +16,7 @@ from datetime import datetime
 
 from careledger.errors import CareLedgerError
 from careledger.fhir.blind_terms import plan
+from careledger.fhir.outcome import FhirError, Issue
 from careledger.fhir.search import (
     Criterion,
     Include,
@@ -66,21 +67,7 @@ def search_patient(
     candidates = set(versions.items())
     if planned.groups and candidates:
         candidates &= records.blind_candidates(planned.groups)
-    # newest version first (ledger order), then id: the order R4 leaves to the server
-    order = sorted(candidates, key=lambda rv: (-records.version_height(*rv), rv[0]))
-    if planned.exact:
-        window = order[request.offset : request.offset + request.count]
-        page = [records.open_version(r, v) for r, v in window] if request.summary != "count" else []
-        result = SearchResult(page, len(order), at, decrypted=len(page))
-    else:
-        opened = [records.open_version(r, v) for r, v in order]
-        hits = [s for s in opened if matches(s.resource, request, now=now, base_url=base_url)]
-        for param, descending in reversed(request.sort):
-            hits.sort(key=lambda s: sort_key(s.resource, param, descending), reverse=descending)
-        page = hits[request.offset : request.offset + request.count]
-        result = SearchResult(page, len(hits), at, decrypted=len(opened))
-        if request.summary == "count":
-            result.page = []
+    result = _page(records, request, list(candidates), planned.exact, at, now, base_url)
     if request.revincludes and result.page:
         _revinclude(records, caller, request.revincludes, result, patient, purpose, at)
     shown = [s for s in [*result.page, *result.included] if s.patient == patient]
@@ -92,6 +79,87 @@ def search_patient(
             {s.resource_type for s in shown},
             purpose=purpose,
         )
+    if request.includes and result.page:
+        _include(records, caller, request.includes, result.page, result, purpose, base_url)
+    return result
+
+
+def _page(
+    records: HealthRecords,
+    request: SearchRequest,
+    candidates: list[tuple[str, int]],
+    exact: bool,
+    at: int,
+    now: datetime,
+    base_url: str,
+) -> SearchResult:
+    """The page: cut from ledger order when the index decided the answer (only the page is
+    decrypted), else every candidate decrypted, matched and sorted."""
+    # newest version first (ledger order), then id: the order R4 leaves to the server
+    order = sorted(candidates, key=lambda rv: (-records.version_height(*rv), rv[0]))
+    start, stop = request.offset, request.offset + request.count
+    if exact:
+        window = order[start:stop] if request.summary != "count" else []
+        page = [records.open_version(r, v) for r, v in window]
+        return SearchResult(page, len(order), at, decrypted=len(page))
+    opened = [records.open_version(r, v) for r, v in order]
+    hits = [s for s in opened if matches(s.resource, request, now=now, base_url=base_url)]
+    for param, descending in reversed(request.sort):
+        hits.sort(key=lambda s: sort_key(s.resource, param, descending), reverse=descending)
+    page = hits[start:stop] if request.summary != "count" else []
+    return SearchResult(page, len(hits), at, decrypted=len(opened))
+
+
+def search_org(
+    records: HealthRecords,
+    caller: Caller,
+    request: SearchRequest,
+    *,
+    purpose: str,
+    base_url: str,
+    now: datetime,
+) -> SearchResult:
+    """One page of ``request`` across the patients whose records this custodian holds and the
+    caller may see (staff looking a patient up, or a code over their organisation's patients).
+
+    Only the blind index finds candidates here: a search with no indexable criterion would
+    have to decrypt every record the custodian holds, and is refused (SEARCH_TOO_BROAD).
+    """
+    at = request.at if request.at is not None else records.ledger.head.height
+    kind = request.resource_type
+    planned = plan(request, base_url=base_url)
+    if not planned.groups:
+        raise FhirError(
+            [
+                Issue(
+                    "error",
+                    "too-costly",
+                    f"a {kind} search across patients needs an identifying parameter (a code,"
+                    " identifier, name, date or reference), or name the patient",
+                    (kind,),
+                )
+            ],
+            code="SEARCH_TOO_BROAD",
+        )
+    allowed: dict[str, bool] = {}
+    candidates: list[tuple[str, int, str]] = []
+    for record_id, version in records.blind_candidates(planned.groups):
+        current = records.current_at(record_id, at)
+        if current is None or current[1] != version:
+            continue  # another version was current at the search's height
+        patient = current[0]
+        if patient not in allowed:
+            allowed[patient] = records.may_search(caller, patient, kind, purpose=purpose)
+        if allowed[patient]:
+            candidates.append((record_id, version, patient))
+    pairs = [(r, v) for r, v, _ in candidates]
+    result = _page(records, request, pairs, planned.exact, at, now, base_url)
+    if request.revincludes:
+        result.warnings.append("_revinclude is answered on searches about one patient")
+    shown: dict[str, list[StoredResource]] = {}
+    for stored in result.page:
+        shown.setdefault(stored.patient, []).append(stored)
+    records.log_reads_many(caller, shown, purpose=purpose)
     if request.includes and result.page:
         _include(records, caller, request.includes, result.page, result, purpose, base_url)
     return result

@@ -180,6 +180,24 @@ class HealthRecords:
     ) -> dict[str, Any]:
         """Commit the access event for ``records`` (and device reading ``windows``, as
         ``device/seq``); Forbidden unless the ledger accepts it."""
+        args = self._access_args(caller, patient, records, types, action, purpose, windows)
+        (receipt,) = self._commit([("audit", "access", args)])
+        if receipt["result"] != "accepted":
+            raise Forbidden("the ledger refused the access", code=receipt["code"])
+        return receipt
+
+    def _access_args(
+        self,
+        caller: Caller,
+        patient: str,
+        records: Sequence[str],
+        types: set[str],
+        action: str,
+        purpose: str,
+        windows: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """An ``audit.access`` call, with the basis the ledger should accept (Forbidden if
+        there is none)."""
         basis = choose_basis(
             self.ledger,
             caller,
@@ -202,10 +220,7 @@ class HealthRecords:
             args["records"] = sorted(set(records))
         if windows:
             args["windows"] = sorted(set(windows))
-        (receipt,) = self._commit([("audit", "access", args)])
-        if receipt["result"] != "accepted":
-            raise Forbidden("the ledger refused the access", code=receipt["code"])
-        return receipt
+        return args
 
     # -- writes --------------------------------------------------------------------------
 
@@ -659,18 +674,54 @@ class HealthRecords:
             return {}
         if not _scope_ok(caller, resource_type, patient):
             raise Forbidden("the token's scopes allow none of these records", code="SCOPE")
-        choose_basis(
-            self.ledger,
-            caller,
-            patient=patient,
-            custodian=self.org,
-            action="read",
-            purpose=purpose,
-            types={resource_type},
-            time=time.time_ns() // 1_000_000,
-        )
+        self._access_args(caller, patient, [], {resource_type}, "read", purpose)  # a basis?
         versions = {r: self._version_at(r, as_of) for r, _ in records}
         return {r: v for r, v in versions.items() if v is not None}
+
+    def may_search(self, caller: Caller, patient: str, resource_type: str, *, purpose: str) -> bool:
+        """Whether the caller could be shown this patient's records of this type (a search
+        across patients leaves out, without a word, the patients it may not see)."""
+        if not _scope_ok(caller, resource_type, patient):
+            return False
+        try:
+            self._access_args(caller, patient, [], {resource_type}, "read", purpose)
+        except Forbidden:
+            return False
+        return True
+
+    def current_at(self, record_id: str, height: int) -> tuple[str, int] | None:
+        """(patient, version current at ``height``) of a live record held here, else None."""
+        meta = self.ledger.state(RECORDS, record_key(record_id))
+        if meta is None or meta["shredded"] or meta["custodian"] != self.org:
+            return None
+        version = self._version_at(record_id, height)
+        return None if version is None else (str(meta["patient"]), version)
+
+    def log_reads_many(
+        self, caller: Caller, shown: Mapping[str, Sequence[StoredResource]], *, purpose: str
+    ) -> None:
+        """One access event per patient for what a search across patients returns, committed
+        together; Forbidden (nothing is returned) unless the ledger accepts every one."""
+        calls: list[Call] = [
+            (
+                "audit",
+                "access",
+                self._access_args(
+                    caller,
+                    patient,
+                    [s.record_id for s in stored],
+                    {s.resource_type for s in stored},
+                    "read",
+                    purpose,
+                ),
+            )
+            for patient, stored in sorted(shown.items())
+        ]
+        if not calls:
+            return
+        for receipt in self._commit(calls):
+            if receipt["result"] != "accepted":
+                raise Forbidden("the ledger refused the access", code=receipt["code"])
 
     def blind_candidates(self, groups: Sequence[Sequence[str]]) -> set[tuple[str, int]]:
         """(record id, version) pairs holding a term of every group (see fhir.blind_terms)."""

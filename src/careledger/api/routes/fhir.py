@@ -28,7 +28,7 @@ from careledger.fhir.search import parameters as search_parameters
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health import bundles
 from careledger.health.access import Caller
-from careledger.health.search import SearchResult, search_patient
+from careledger.health.search import SearchResult, search_org, search_patient
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.jsonio import dumps, loads
 
@@ -455,14 +455,15 @@ def _search(
     base_url = _base_url(request)
     who, implied = _patient_of(query, caller, base_url)
     if who is None:
-        raise FhirError(
-            [
-                Issue(
-                    "error", "required", "search needs patient (or subject)", (f"{resource_type}",)
-                )
-            ],
-            code="PATIENT_REQUIRED",
+        across = search_org(
+            _records(request),
+            caller,
+            query,
+            purpose=purpose,
+            base_url=base_url,
+            now=datetime.now(UTC),
         )
+        return _fhir(_searchset(request, query, across, base_url))
     result = search_patient(
         _records(request),
         caller,
