@@ -191,7 +191,7 @@ def test_update_history_and_everything(server: Server, world: dict[str, Any]) ->
     current = clinician.get(url).json()
     current["status"] = "amended"
     stale = clinician.put(url, content=json.dumps(current), headers={"If-Match": 'W/"5"'})
-    assert stale.status_code == 409
+    assert stale.status_code == 412  # FHIR: a stale If-Match is a failed precondition
     updated = clinician.put(url, content=json.dumps(current), headers={"If-Match": 'W/"1"'})
     assert updated.status_code == 200, updated.text
     assert updated.json()["meta"]["versionId"] == "2"
@@ -225,7 +225,7 @@ def test_shredded_record_is_unreadable_and_ledger_verifies(
         assert shredded.status_code == 200, shredded.text
         for reader in (world["clinician"], patient):
             gone = reader.get(f"/fhir/Observation/{target}")
-            assert gone.status_code == 404
+            assert gone.status_code == 410  # FHIR: Gone
             assert gone.headers["X-CareLedger-Code"] == "RECORD_SHREDDED"
     assert run_cli("verify", str(node_dir)).returncode == 0
 

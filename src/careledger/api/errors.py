@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from careledger.errors import BatchRefused, CareLedgerError, RateLimited
 from careledger.fhir.outcome import FhirError
@@ -32,7 +33,10 @@ _ISSUE_TYPES = {
     404: "not-found",
     409: "conflict",
     410: "deleted",
+    412: "conflict",
     413: "too-costly",
+    406: "not-supported",
+    405: "not-supported",
     422: "processing",
     503: "transient",
 }
@@ -62,6 +66,24 @@ def fhir_outcome(
     )
 
 
+# FHIR's own status for some of our codes (http://hl7.org/fhir/R4/http.html): an erased
+# resource is Gone, a stale If-Match is a failed precondition.
+FHIR_STATUS = {"RECORD_SHREDDED": 410}
+
+
+def _allowed(request: Request) -> list[str]:
+    """The methods some route takes at this request's path."""
+    methods = set()
+    for route in request.app.router.routes:
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+            match, _ = route.matches({**request.scope, "method": method})
+            if match == Match.FULL:
+                methods.add(method)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def _is_fhir(request: Request) -> bool:
     return request.url.path.startswith("/fhir")
 
@@ -72,6 +94,7 @@ def install(app: FastAPI) -> None:
         if exc.http_status >= 500:
             log.error("request failed: %s (%s)", exc.code, exc.message)
         if _is_fhir(request):
+            status = FHIR_STATUS.get(exc.code, exc.http_status)
             issues = None
             if isinstance(exc, FhirError):
                 issues = [issue.to_json() for issue in exc.issues]
@@ -80,7 +103,7 @@ def install(app: FastAPI) -> None:
                         "details",
                         {"coding": [{"system": "https://careledger.dev/codes", "code": exc.code}]},
                     )
-            return fhir_outcome(exc.http_status, exc.code, exc.message, issues)
+            return fhir_outcome(status, exc.code, exc.message, issues)
         extra: dict[str, Any] = {}
         if isinstance(exc, BatchRefused):
             extra = {"errors": exc.errors, "refused": exc.total}
@@ -109,8 +132,14 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         if _is_fhir(request):
-            return fhir_outcome(exc.status_code, code, str(exc.detail))
-        return problem(exc.status_code, code, str(exc.detail))
+            response = fhir_outcome(exc.status_code, code, str(exc.detail))
+        else:
+            response = problem(exc.status_code, code, str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        if exc.status_code == 405:  # every method some route takes at this path, not the first's
+            response.headers["Allow"] = ", ".join(_allowed(request))
+        return response
 
     @app.exception_handler(OverflowError)
     async def _overflow(request: Request, exc: OverflowError) -> Response:

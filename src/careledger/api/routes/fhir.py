@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of as _caller
-from careledger.errors import ValidationError
+from careledger.errors import Conflict, ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue
 from careledger.fhir.search import Criterion, SearchRequest, parse_search, shape
@@ -32,7 +33,19 @@ from careledger.health.search import SearchResult, search_org, search_patient
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.jsonio import dumps, loads
 
-router = APIRouter(prefix="/fhir", tags=["fhir"])
+
+def _accepts_json(request: Request) -> None:
+    """406 when the client accepts only something other than JSON (XML, say)."""
+    accept = request.headers.get("accept", "").lower()
+    if accept and not any(k in accept for k in ("json", "*/*", "application/*")):
+        raise FhirError(
+            [Issue("error", "not-supported", "only application/fhir+json is served", ())],
+            code="NOT_ACCEPTABLE",
+            http_status=406,
+        )
+
+
+router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(_accepts_json)])
 FHIR_JSON = "application/fhir+json"
 TYPE_PATTERN = r"^[A-Z][A-Za-z]{1,63}$"
 ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
@@ -49,15 +62,65 @@ def _fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
-def _anchor_headers(stored: StoredResource) -> dict[str, str]:
+def _anchor_headers(stored: StoredResource, base: str = "") -> dict[str, str]:
+    """ETag, an HTTP-date Last-Modified, an absolute Location (with ``base``), and the anchor."""
     return {
         "ETag": f'W/"{stored.version}"',
-        "Last-Modified": stored.last_updated,
-        "Location": f"/fhir/{stored.resource_type}/{stored.record_id}/_history/{stored.version}",
+        "Last-Modified": _http_date(stored.last_updated),
+        "Location": f"{base}/fhir/{stored.resource_type}/{stored.record_id}"
+        f"/_history/{stored.version}",
         "X-CareLedger-Anchor-Tx": stored.anchor_tx,
         "X-CareLedger-Leaf-Index": str(stored.leaf_index),
         "X-CareLedger-Salt": stored.salt,
     }
+
+
+def _http_date(instant: str) -> str:
+    """An R4 instant as the HTTP-date Last-Modified requires (RFC 9110)."""
+    try:
+        moment = datetime.fromisoformat(instant.replace("Z", "+00:00"))
+    except ValueError:
+        return instant
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
+
+
+def _origin(request: Request) -> str:
+    """This server's origin as the client reached it (for absolute Location and fullUrl)."""
+    return str(request.base_url).rstrip("/")
+
+
+def _etag_version(tag: str | None) -> int | None:
+    """The version in an ETag-style header, weak (W/"3") or strong ("3"); None if absent."""
+    if tag is None:
+        return None
+    text = tag.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or len(text) > 12:
+        raise FhirError([Issue("error", "invalid", 'an ETag is W/"n" or "n"', ())], code="BAD_ETAG")
+    return int(text)
+
+
+def _returning(request: Request, stored: StoredResource, status: int) -> Response:
+    """Create and update answer as ``Prefer: return=`` asks (representation by default)."""
+    headers = _anchor_headers(stored, _origin(request))
+    prefer = request.headers.get("prefer", "").replace(" ", "")
+    if "return=minimal" in prefer:
+        return Response(status_code=status, headers=headers)
+    if "return=OperationOutcome" in prefer:
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"{stored.resource_type}/{stored.record_id} version "
+                    f"{stored.version} stored and anchored",
+                }
+            ],
+        }
+        return _fhir(outcome, status, headers)
+    return _fhir(stored.resource, status, headers)
 
 
 def _check_type(resource_type: str) -> None:
@@ -276,7 +339,7 @@ async def create(
         patient_public_key=patient_key,
         purpose=purpose,
     )
-    return _fhir(stored.resource, 201, _anchor_headers(stored))
+    return _returning(request, stored, 201)
 
 
 @router.get("/Patient/{patient}/$everything", summary="Everything held about a patient")
@@ -323,8 +386,12 @@ def read(
     purpose: PurposeHeader = "TREAT",
 ) -> Response:
     _check_type(resource_type)
-    stored = _records(request).read(_caller(claims), resource_type, record_id, purpose=purpose)
-    return _fhir(stored.resource, 200, _anchor_headers(stored))
+    records = _records(request)
+    cached = _etag_version(request.headers.get("if-none-match"))
+    if cached is not None and cached == records.record_meta(record_id, resource_type)["version"]:
+        return Response(status_code=304, headers={"ETag": f'W/"{cached}"'})
+    stored = records.read(_caller(claims), resource_type, record_id, purpose=purpose)
+    return _fhir(stored.resource, 200, _anchor_headers(stored, _origin(request)))
 
 
 @router.get("/{resource_type}/{record_id}/_history/{version}", summary="Read one version")
@@ -340,7 +407,7 @@ def vread(
     stored = _records(request).read(
         _caller(claims), resource_type, record_id, version=version, purpose=purpose
     )
-    return _fhir(stored.resource, 200, _anchor_headers(stored))
+    return _fhir(stored.resource, 200, _anchor_headers(stored, _origin(request)))
 
 
 @router.get("/{resource_type}/{record_id}/_history", summary="Every version, newest first")
@@ -363,7 +430,7 @@ async def update(
     resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
     record_id: Annotated[str, Path(pattern=ID_PATTERN)],
     purpose: PurposeHeader = "TREAT",
-    if_match: Annotated[str | None, Header(alias="If-Match", pattern=r'^W/"[0-9]+"$')] = None,
+    if_match: Annotated[str | None, Header(alias="If-Match", max_length=40)] = None,
 ) -> Response:
     _check_type(resource_type)
     resource = await _body(request, resource_type)
@@ -378,16 +445,50 @@ async def update(
                 )
             ]
         )
-    expected = int(if_match[3:-1]) if if_match else None
-    stored = await run_in_threadpool(
-        _records(request).update,
-        _caller(claims),
-        resource,
-        record_id,
-        if_match=expected,
-        purpose=purpose,
-    )
-    return _fhir(stored.resource, 200, _anchor_headers(stored))
+    expected = _etag_version(if_match)
+    try:
+        stored = await run_in_threadpool(
+            _records(request).update,
+            _caller(claims),
+            resource,
+            record_id,
+            if_match=expected,
+            purpose=purpose,
+        )
+    except Conflict as exc:
+        if expected is None or exc.code != "VERSION_CONFLICT":
+            raise
+        raise FhirError(
+            [Issue("error", "conflict", f"If-Match names version {expected}: {exc.message}", ())],
+            code="PRECONDITION_FAILED",
+            http_status=412,
+        ) from None
+    return _returning(request, stored, 200)
+
+
+@router.delete("/{resource_type}/{record_id}", summary="Erase (crypto-shred) a resource")
+async def delete(
+    request: Request,
+    claims: MemberDep,
+    resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
+    record_id: Annotated[str, Path(pattern=ID_PATTERN)],
+) -> Response:
+    _check_type(resource_type)
+    records = _records(request)
+    records.record_meta(record_id, resource_type)  # 404 for another type, 410 if erased already
+    receipt = await run_in_threadpool(records.shred, _caller(claims), record_id)
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "information",
+                "code": "informational",
+                "diagnostics": f"{resource_type}/{record_id} was erased: its keys and ciphertext"
+                f" are destroyed (ledger transaction {receipt['tx_id']})",
+            }
+        ],
+    }
+    return _fhir(outcome, 200)
 
 
 @router.get("/{resource_type}", summary="Search (R4 semantics; see the CapabilityStatement)")

@@ -1,0 +1,106 @@
+"""The FHIR HTTP details over real HTTP (issue 16): Prefer, absolute Location, HTTP-date
+Last-Modified, conditional reads and updates with weak and strong ETags, 406, 405 with Allow,
+DELETE as crypto-shredding and 410 Gone afterwards."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from careledger.nodedir import init_demo
+from tests.support.nodes import Server, login, serving
+
+pytestmark = pytest.mark.integration
+FHIR = {"content-type": "application/fhir+json"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("fhir-http") / "node"
+    init_demo(data, with_records=False, with_supply=False).store.close()
+    with serving(data) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def clinician(server: Server) -> Iterator[httpx.Client]:
+    with login(server, server.data_dir / "keys" / "dr-ana-silva.key") as http:
+        yield http
+
+
+def make(http: httpx.Client, resource: dict[str, Any], **headers: str) -> httpx.Response:
+    return http.post(
+        f"/fhir/{resource['resourceType']}",
+        content=json.dumps(resource),
+        headers={**FHIR, **headers},
+    )
+
+
+def test_prefer_location_and_last_modified(server: Server, clinician: httpx.Client) -> None:
+    minimal = make(
+        clinician, {"resourceType": "Patient", "gender": "other"}, prefer="return=minimal"
+    )
+    assert minimal.status_code == 201 and minimal.content == b""
+    location = minimal.headers["location"]
+    assert location.startswith(f"{server.url}/fhir/Patient/") and "/_history/1" in location
+    modified = parsedate_to_datetime(minimal.headers["last-modified"])
+    assert modified.tzinfo is not None
+    outcome = make(
+        clinician, {"resourceType": "Patient", "gender": "other"}, prefer="return=OperationOutcome"
+    )
+    assert outcome.json()["resourceType"] == "OperationOutcome"
+    full = make(clinician, {"resourceType": "Patient", "gender": "other"})
+    assert full.json()["resourceType"] == "Patient"
+
+
+def test_conditional_read_and_update(clinician: httpx.Client) -> None:
+    made = make(clinician, {"resourceType": "Patient", "gender": "female"}).json()
+    url = f"/fhir/Patient/{made['id']}"
+    assert clinician.get(url, headers={"if-none-match": 'W/"1"'}).status_code == 304
+    assert clinician.get(url, headers={"if-none-match": '"1"'}).status_code == 304  # strong
+    assert clinician.get(url, headers={"if-none-match": 'W/"7"'}).status_code == 200
+    body = json.dumps({**made, "gender": "male"})
+    updated = clinician.put(url, content=body, headers={**FHIR, "if-match": '"1"'})
+    assert updated.status_code == 200 and updated.headers["etag"] == 'W/"2"'
+    stale = clinician.put(url, content=body, headers={**FHIR, "if-match": 'W/"1"'})
+    assert stale.status_code == 412
+    assert stale.json()["resourceType"] == "OperationOutcome"
+    bad = clinician.put(url, content=body, headers={**FHIR, "if-match": "yesterday"})
+    assert bad.status_code == 400
+
+
+def test_xml_is_not_acceptable_and_405_says_what_is_allowed(clinician: httpx.Client) -> None:
+    xml = clinician.get("/fhir/metadata", headers={"accept": "application/fhir+xml"})
+    assert xml.status_code == 406 and xml.json()["resourceType"] == "OperationOutcome"
+    assert clinician.get("/fhir/metadata", headers={"accept": "*/*"}).status_code == 200
+    patched = clinician.patch("/fhir/Patient/whatever", content=b"[]")
+    assert patched.status_code == 405
+    allowed = {m.strip() for m in patched.headers["allow"].split(",")}
+    assert {"GET", "PUT", "DELETE"} <= allowed
+
+
+def test_delete_erases_and_a_later_read_is_gone(server: Server, clinician: httpx.Client) -> None:
+    made = make(clinician, {"resourceType": "Patient", "gender": "female"}).json()
+    pid = made["id"]
+    note = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "note"},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+    oid = make(clinician, note).json()["id"]
+    refused = clinician.delete(f"/fhir/Observation/{oid}")  # only the patient erases here
+    assert refused.status_code == 403
+    with login(server, server.data_dir / "keys" / "patients" / f"{pid}.key") as patient:
+        erased = patient.delete(f"/fhir/Observation/{oid}")
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["resourceType"] == "OperationOutcome"
+        gone = patient.get(f"/fhir/Observation/{oid}")
+        assert gone.status_code == 410 and gone.json()["issue"][0]["code"] == "deleted"
+        again = patient.delete(f"/fhir/Observation/{oid}")
+        assert again.status_code == 410
