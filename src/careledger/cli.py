@@ -461,9 +461,14 @@ def fhir_import(
     if json_out:
         _print_json(report.to_json())
     else:
-        table = Table("resource type", "created", "skipped")
-        for kind in sorted(set(report.created) | set(report.skipped)):
-            table.add_row(kind, str(report.created.get(kind, 0)), str(report.skipped.get(kind, 0)))
+        table = Table("resource type", "created", "already here", "skipped")
+        for kind in sorted(set(report.created) | set(report.existing) | set(report.skipped)):
+            table.add_row(
+                kind,
+                str(report.created.get(kind, 0)),
+                str(report.existing.get(kind, 0)),
+                str(report.skipped.get(kind, 0)),
+            )
         out.print(table)
         out.print(f"{len(report.patients)} patients; {len(report.failed)} entries failed")
         for entry, code in report.failed[:20]:

@@ -365,9 +365,21 @@ class Client:
         )
         return str(response.json()["id"])
 
-    def create(self, resource: dict[str, Any]) -> str:
-        """The importer's Sink interface."""
-        return self.fhir_create(resource)
+    def create(
+        self, resource: dict[str, Any], if_none_exist: str | None = None
+    ) -> tuple[str, bool]:
+        """The importer's Sink interface: a conditional create when ``if_none_exist`` is given;
+        (the id, whether it was created)."""
+        headers = {"content-type": "application/fhir+json"}
+        if if_none_exist is not None:
+            headers["if-none-exist"] = if_none_exist
+        response = self._request(
+            "POST",
+            f"/fhir/{resource.get('resourceType')}",
+            content=_dumps(resource),
+            headers=headers,
+        )
+        return str(response.json()["id"]), response.status_code == 201
 
     # -- auth ----------------------------------------------------------------------------
 

@@ -70,10 +70,20 @@ def test_import_through_the_api_then_in_process(tmp_path: Path) -> None:
                     if e["resource"]["resourceType"] == "Observation"
                 )
                 assert obs["subject"]["reference"] == f"Patient/{patient}"
-    # With the server stopped, the same command imports in-process.
+        # Importing the same files again creates nothing (each entry's source is remembered
+        # in meta.source and found again by a conditional create).
+        rerun = run_cli(
+            "fhir", "import", str(data), *map(str, SYNTHEA), "--url", server.url, "--json"
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        repeated = json.loads(rerun.stdout)
+        assert repeated["created"] == {} and repeated["existing"] == dict(expected)
+        assert repeated["patients"] == report["patients"]
+    # With the server stopped, the same command imports in-process: still nothing new.
     again = run_cli("fhir", "import", str(data), str(SYNTHEA[0]), "--json")
     assert again.returncode == 0, again.stderr
-    assert len(json.loads(again.stdout)["patients"]) == 1
+    offline = json.loads(again.stdout)
+    assert offline["created"] == {} and offline["patients"] == report["patients"][:1]
     assert run_cli("verify", str(data)).returncode == 0
     needles = all_phi()
     assert len(needles) > 20

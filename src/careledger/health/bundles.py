@@ -18,10 +18,11 @@ from careledger.fhir.outcome import FhirError, Issue, operation_outcome
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health.access import Caller
 from careledger.health.importer import rewrite_references
+from careledger.health.search import existing
 from careledger.health.service import HealthRecords, StoredResource
 
 _URL = re.compile(r"^([A-Z][A-Za-z]{1,63})(?:/([A-Za-z0-9\-.]{1,64}))?$")
-_ETAG = re.compile(r'^W/"([0-9]+)"$')
+_ETAG = re.compile(r'^(?:W/)?"([0-9]+)"$')
 MAX_ENTRIES = 1000
 MAX_TRANSACTION = MAX_BATCH  # one ledger transaction anchors them all
 
@@ -37,8 +38,12 @@ def _entries(bundle: object, kind: str) -> list[dict[str, Any]]:
     return entries
 
 
-def _request(entry: object, index: int) -> tuple[str, str, str | None, dict[str, Any], int | None]:
-    """(method, type, id, resource, if-match) of one entry, or FhirError naming the entry."""
+Parsed = tuple[str, str, str | None, dict[str, Any], int | None, str | None]
+
+
+def _request(entry: object, index: int) -> Parsed:
+    """(method, type, id, resource, if-match, if-none-exist) of one entry, or FhirError naming
+    the entry."""
     where = f"Bundle.entry[{index}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         raise FhirError([Issue("error", "required", "entry.request is required", (where,))])
@@ -85,15 +90,27 @@ def _request(entry: object, index: int) -> tuple[str, str, str | None, dict[str,
                 [Issue("error", "invalid", 'ifMatch is W/"n"', (f"{where}.request.ifMatch",))]
             )
         if_match = int(found.group(1))
-    return method, resource_type, record_id, resource, if_match
+    condition = request.get("ifNoneExist")
+    if condition is not None and (method != "POST" or not isinstance(condition, str)):
+        raise FhirError(
+            [
+                Issue(
+                    "error",
+                    "invalid",
+                    "ifNoneExist is a search query on a POST",
+                    (f"{where}.request.ifNoneExist",),
+                )
+            ]
+        )
+    return method, resource_type, record_id, resource, if_match, condition
 
 
-def _response_entry(stored: StoredResource, method: str) -> dict[str, Any]:
+def _response_entry(stored: StoredResource, method: str, *, made: bool = True) -> dict[str, Any]:
     return {
         "fullUrl": f"{stored.resource_type}/{stored.record_id}",
         "resource": stored.resource,
         "response": {
-            "status": "201 Created" if method == "POST" else "200 OK",
+            "status": "201 Created" if method == "POST" and made else "200 OK",
             "location": f"{stored.resource_type}/{stored.record_id}/_history/{stored.version}",
             "etag": f'W/"{stored.version}"',
             "lastModified": stored.last_updated,
@@ -111,7 +128,7 @@ def transaction(
             code="BUNDLE_TOO_LARGE",
         )
     parsed = [_request(e, i) for i, e in enumerate(entries)]
-    for index, (_, resource_type, _, resource, _) in enumerate(parsed):
+    for index, (_, resource_type, _, resource, _, _) in enumerate(parsed):
         try:
             validate_resource(resource, expected_type=resource_type)
         except FhirError as exc:
@@ -129,31 +146,83 @@ def transaction(
     order = sorted(range(len(parsed)), key=lambda i: parsed[i][1] != "Patient")
     ids: dict[str, str] = {}
     writes: dict[int, tuple[dict[str, Any], str, int, str]] = {}
+    found: dict[int, StoredResource] = {}
     for index in order:
-        _, resource_type, record_id, resource, if_match = parsed[index]
+        _, resource_type, record_id, resource, if_match, condition = parsed[index]
+        full_url = entries[index].get("fullUrl")
+        if condition is not None:
+            matches = existing(
+                records, caller, resource_type, rewrite_condition(condition, ids), purpose=purpose
+            )
+            if len(matches) > 1:
+                raise FhirError(
+                    [
+                        Issue(
+                            "error",
+                            "multiple-matches",
+                            "ifNoneExist matches several resources",
+                            (f"Bundle.entry[{index}].request.ifNoneExist",),
+                        )
+                    ],
+                    code="MULTIPLE_MATCHES",
+                    http_status=412,
+                )
+            if matches:  # it exists: nothing is written, references go to it
+                found[index] = matches[0]
+                if isinstance(full_url, str):
+                    ids[full_url] = f"{resource_type}/{matches[0].record_id}"
+                continue
         body = rewrite_references(resource, ids)
         body.pop("id", None)
         prepared = records.prepare(
             caller, body, record_id=record_id, patient_of=patient_id, if_match=if_match
         )
         writes[index] = prepared
-        full_url = entries[index].get("fullUrl")
         if isinstance(full_url, str):
             ids[full_url] = f"{resource_type}/{prepared[1]}"
-    stored = records.write_all(caller, [writes[i] for i in range(len(parsed))], purpose=purpose)
+    to_write = [i for i in range(len(parsed)) if i in writes]
+    stored = (
+        records.write_all(caller, [writes[i] for i in to_write], purpose=purpose)
+        if to_write
+        else []
+    )
+    written = dict(zip(to_write, stored, strict=True))
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
-        "entry": [_response_entry(s, parsed[i][0]) for i, s in enumerate(stored)],
+        "entry": [
+            _response_entry(written[i], parsed[i][0])
+            if i in written
+            else _response_entry(found[i], parsed[i][0], made=False)
+            for i in range(len(parsed))
+        ],
     }
+
+
+def rewrite_condition(condition: str, ids: dict[str, str]) -> str:
+    """An ifNoneExist may name another entry by its fullUrl (patient=urn:uuid:...)."""
+    for full_url, local in ids.items():
+        condition = condition.replace(full_url, local)
+    return condition
 
 
 def batch(records: HealthRecords, caller: Caller, bundle: object, purpose: str) -> dict[str, Any]:
     out = []
     for index, entry in enumerate(_entries(bundle, "batch")):
         try:
-            method, resource_type, record_id, resource, if_match = _request(entry, index)
+            method, resource_type, record_id, resource, if_match, condition = _request(entry, index)
             validate_resource(resource, expected_type=resource_type)
+            if condition is not None:
+                matches = existing(records, caller, resource_type, condition, purpose=purpose)
+                if len(matches) > 1:
+                    raise FhirError(
+                        [Issue("error", "multiple-matches", "ifNoneExist matches several", ())],
+                        code="MULTIPLE_MATCHES",
+                        http_status=412,
+                    )
+                if matches:
+                    out.append(_response_entry(matches[0], method, made=False))
+                    continue
             prepared = records.prepare(
                 caller,
                 dict(resource),

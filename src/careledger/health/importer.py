@@ -2,9 +2,11 @@
 
 Entries are created in Bundle order through a ``Sink`` (the node's service in-process, or its
 FHIR API over HTTP); every ``urn:uuid:`` reference to an entry already created is rewritten to
-that resource's id on the node, so a Patient's Observations point at it. Entries of types the
-node does not hold (Organization, Claim, ...) are counted as skipped; references to them stay
-as they were.
+that resource's id on the node, so a Patient's Observations point at it. Each resource keeps
+where it came from in ``meta.source`` (its entry's fullUrl) and is created only if no resource
+has that source yet (a conditional create), so importing the same files again creates nothing.
+Entries of types the node does not hold (Organization, Claim, ...) are counted as skipped;
+references to them stay as they were.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 from careledger.errors import CareLedgerError, ValidationError
 from careledger.fhir.validate import SUPPORTED_TYPES
@@ -22,13 +25,17 @@ IMPORTABLE = SUPPORTED_TYPES - {"Consent"}
 
 
 class Sink(Protocol):
-    def create(self, resource: dict[str, Any]) -> str:
-        """Create the resource on the node; return its new id."""
+    def create(
+        self, resource: dict[str, Any], if_none_exist: str | None = None
+    ) -> tuple[str, bool]:
+        """Create the resource on the node unless ``if_none_exist`` (a search) finds it;
+        (its id, whether it was created)."""
 
 
 @dataclass
 class ImportReport:
     created: Counter[str] = field(default_factory=Counter)
+    existing: Counter[str] = field(default_factory=Counter)  # found by an earlier import
     skipped: Counter[str] = field(default_factory=Counter)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (entry fullUrl, error code)
     patients: list[str] = field(default_factory=list)
@@ -36,6 +43,7 @@ class ImportReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "created": dict(self.created),
+            "existing": dict(self.existing),
             "skipped": dict(self.skipped),
             "failed": [{"entry": e, "code": c} for e, c in self.failed],
             "patients": self.patients,
@@ -52,6 +60,29 @@ def rewrite_references(node: Any, ids: Mapping[str, str]) -> Any:
     if isinstance(node, list):
         return [rewrite_references(v, ids) for v in node]
     return node
+
+
+def _condition(body: dict[str, Any], full_url: str) -> str | None:
+    """Where the entry came from (``meta.source``: its fullUrl, unless it names one) and the
+    search that finds it again, so that importing the same files twice creates nothing new."""
+    meta = dict(body.get("meta") or {})
+    source = meta.get("source")
+    if not isinstance(source, str):
+        if not full_url.startswith(("urn:uuid:", "http://", "https://")):
+            return None
+        source = full_url
+        meta["source"] = source
+        body["meta"] = meta
+    condition = urlencode({"_source": source})
+    subject = body.get("subject") or body.get("patient")
+    ref = subject.get("reference") if isinstance(subject, dict) else None
+    if (
+        body.get("resourceType") != "Patient"
+        and isinstance(ref, str)
+        and ref.startswith("Patient/")
+    ):
+        condition += "&" + urlencode({"patient": ref})
+    return condition
 
 
 def bundle_entries(bundle: object) -> list[tuple[str, dict[str, Any]]]:
@@ -88,13 +119,14 @@ def import_bundles(
             else:
                 body = rewrite_references(resource, ids)
                 body.pop("id", None)
+                condition = _condition(body, full_url)
                 try:
-                    new_id = sink.create(body)
+                    new_id, made = sink.create(body, condition)
                 except CareLedgerError as exc:
                     report.failed.append((full_url, exc.code))
                 else:
                     ids[full_url] = f"{kind}/{new_id}"
-                    report.created[kind] += 1
+                    (report.created if made else report.existing)[kind] += 1
                     if kind == "Patient":
                         report.patients.append(new_id)
             if progress is not None:

@@ -12,7 +12,8 @@ written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
 
 from careledger.errors import CareLedgerError
 from careledger.fhir.blind_terms import plan
@@ -22,6 +23,7 @@ from careledger.fhir.search import (
     Include,
     SearchRequest,
     matches,
+    parse_search,
     references,
     sort_key,
 )
@@ -108,6 +110,67 @@ def _page(
         hits.sort(key=lambda s: sort_key(s.resource, param, descending), reverse=descending)
     page = hits[start:stop] if request.summary != "count" else []
     return SearchResult(page, len(hits), at, decrypted=len(opened))
+
+
+def about_patient(
+    request: SearchRequest, caller: Caller, base_url: str
+) -> tuple[str | None, Criterion | None]:
+    """The patient a search is about, and the criterion that says so: its patient/subject (or
+    a Patient's _id), one value; else the calling patient themself; else (None, None)."""
+    for criterion in request.criteria:
+        code = criterion.param.code
+        is_id = request.resource_type == "Patient" and code == "_id"
+        about = code in ("patient", "subject") or is_id
+        if about and criterion.modifier is None and len(criterion.values) == 1:
+            ref = criterion.values[0].text.removeprefix(base_url + "/")
+            return ref.removeprefix("Patient/").split("/_history/", 1)[0], criterion
+    if "patient" in caller.roles:
+        return caller.member, None
+    return None, None
+
+
+def run_search(
+    records: HealthRecords,
+    caller: Caller,
+    request: SearchRequest,
+    *,
+    purpose: str,
+    base_url: str,
+    now: datetime,
+) -> SearchResult:
+    """A search about one patient when it names one, else across the caller's patients."""
+    patient, implied = about_patient(request, caller, base_url)
+    if patient is None:
+        return search_org(records, caller, request, purpose=purpose, base_url=base_url, now=now)
+    return search_patient(
+        records, caller, request, patient, purpose=purpose, base_url=base_url, now=now,
+        implied=implied,
+    )  # fmt: skip
+
+
+def existing(
+    records: HealthRecords,
+    caller: Caller,
+    resource_type: str,
+    condition: str,
+    *,
+    purpose: str,
+    base_url: str = "",
+) -> list[StoredResource]:
+    """What a conditional create (``If-None-Exist``, ``ifNoneExist``) finds: at most two of
+    the resources the condition (a search query string) matches, read like any search."""
+    pairs = parse_qsl(condition.removeprefix("?"), keep_blank_values=True)
+    if not pairs:
+        raise FhirError(
+            [Issue("error", "invalid", "If-None-Exist is a search query", ())],
+            code="BAD_CONDITION",
+        )
+    request = parse_search(resource_type, pairs)
+    request.count, request.offset = 2, 0
+    found = run_search(
+        records, caller, request, purpose=purpose, base_url=base_url, now=datetime.now(UTC)
+    )
+    return found.page
 
 
 def search_org(

@@ -892,9 +892,17 @@ class ServiceSink:
         self.records = records
         self.caller = caller
 
-    def create(self, resource: dict[str, Any]) -> str:
+    def create(
+        self, resource: dict[str, Any], if_none_exist: str | None = None
+    ) -> tuple[str, bool]:
         from careledger.fhir.extract import patient_id
         from careledger.fhir.validate import validate_resource
+        from careledger.health.search import existing
 
-        validate_resource(resource, expected_type=resource.get("resourceType"))
-        return self.records.create(self.caller, resource, patient_of=patient_id).record_id
+        kind = str(resource.get("resourceType"))
+        validate_resource(resource, expected_type=kind)
+        if if_none_exist is not None:
+            found = existing(self.records, self.caller, kind, if_none_exist, purpose="TREAT")
+            if found:
+                return found[0].record_id, False
+        return self.records.create(self.caller, resource, patient_of=patient_id).record_id, True

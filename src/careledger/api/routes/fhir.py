@@ -24,12 +24,11 @@ from careledger.api.replies import caller_of as _caller
 from careledger.errors import Conflict, ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue
-from careledger.fhir.search import Criterion, SearchRequest, parse_search, shape
+from careledger.fhir.search import SearchRequest, parse_search, shape
 from careledger.fhir.search import parameters as search_parameters
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health import bundles
-from careledger.health.access import Caller
-from careledger.health.search import SearchResult, search_org, search_patient
+from careledger.health.search import SearchResult, existing, run_search
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.jsonio import dumps, loads
 
@@ -331,6 +330,25 @@ async def create(
 ) -> Response:
     _check_type(resource_type)
     resource = await _body(request, resource_type)
+    condition = request.headers.get("if-none-exist")
+    if condition is not None:
+        found = await run_in_threadpool(
+            existing,
+            _records(request),
+            _caller(claims),
+            resource_type,
+            condition,
+            purpose=purpose,
+            base_url=_base_url(request),
+        )
+        if len(found) > 1:
+            raise FhirError(
+                [Issue("error", "multiple-matches", "If-None-Exist matches several", ())],
+                code="MULTIPLE_MATCHES",
+                http_status=412,
+            )
+        if found:  # it exists: nothing is created, the existing resource is the answer
+            return _returning(request, found[0], 200)
     stored = await run_in_threadpool(
         _records(request).create,
         _caller(claims),
@@ -554,49 +572,14 @@ def _search(
     lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
     query = parse_search(resource_type, pairs, lenient=lenient, max_count=MAX_PAGE)
     base_url = _base_url(request)
-    who, implied = _patient_of(query, caller, base_url)
-    if who is None:
-        across = search_org(
-            _records(request),
-            caller,
-            query,
-            purpose=purpose,
-            base_url=base_url,
-            now=datetime.now(UTC),
-        )
-        return _fhir(_searchset(request, query, across, base_url))
-    result = search_patient(
-        _records(request),
-        caller,
-        query,
-        who,
-        purpose=purpose,
-        base_url=base_url,
-        now=datetime.now(UTC),
-        implied=implied,
+    result = run_search(
+        _records(request), caller, query, purpose=purpose, base_url=base_url, now=datetime.now(UTC)
     )
     return _fhir(_searchset(request, query, result, base_url))
 
 
 def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
-
-
-def _patient_of(
-    query: SearchRequest, caller: Caller, base_url: str
-) -> tuple[str | None, Criterion | None]:
-    """The patient a search is about, and the criterion that says so: its patient/subject (or
-    a Patient's _id), one value; else the calling patient themself."""
-    for criterion in query.criteria:
-        code = criterion.param.code
-        is_id = query.resource_type == "Patient" and code == "_id"
-        about = code in ("patient", "subject") or is_id
-        if about and criterion.modifier is None and len(criterion.values) == 1:
-            ref = criterion.values[0].text.removeprefix(base_url + "/")
-            return ref.removeprefix("Patient/").split("/_history/", 1)[0], criterion
-    if "patient" in caller.roles:
-        return caller.member, None
-    return None, None
 
 
 def _searchset(
