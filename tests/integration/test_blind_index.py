@@ -145,3 +145,22 @@ def test_records_stored_before_the_index_are_indexed_once(
     assert records.build_blind_index() == 0  # once
     found = run(records, patient, [("code", "8867-4"), ("_count", "100")])
     assert "obs-001" in {s.record_id for s in found.page}
+
+
+def test_a_count_is_a_disclosure_and_is_logged(
+    node: tuple[Node, HealthRecords, Path], patient: str
+) -> None:
+    """_summary=count returns no record but says how many match: each counted record is in
+    the access event (else 'has she diagnosis X?' would leave no trace)."""
+    _, records, _ = node
+    counted = run(
+        records, patient, [("code", "4548-4"), ("date", "2024-04-15"), ("_summary", "count")]
+    )
+    assert counted.page == [] and counted.total == 10
+    admin_roles = frozenset({"admin"})
+    admin = Caller("st-mary-admin", "st-mary", admin_roles, parse_scopes("user/*.read"))
+    latest = records.access_log(admin, patient)[-1]
+    assert sorted(latest["records"]) == sorted(r for _, r in counted.matched)
+    beyond = run(records, patient, [("code", "4548-4"), ("_offset", "500")])
+    assert beyond.page == [] and beyond.total > 0
+    assert len(records.access_log(admin, patient)[-1]["records"]) == beyond.total

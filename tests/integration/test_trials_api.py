@@ -208,7 +208,14 @@ def test_invitations_consent_capture_payment_and_withdrawal(
     opted_in, silent = world["diabetics"][:2], world["diabetics"][2]
     for pid in opted_in:
         grant_research_contact(server, world, pid)
-    ask(sponsor, {"study": "GLYCO-1", "invite": True})
+    # from r5 a sponsor's query cannot invite: the site invites on its own
+    asked = sponsor.post("/v1/recruitment/queries", json={"study": "GLYCO-1", "invite": True})
+    assert asked.status_code == 422 and asked.json()["code"] == "INVITE_BY_SITE"
+    not_site = sponsor.post("/v1/trials/GLYCO-1/invitations")
+    assert not_site.status_code == 403
+    sent = investigator.post("/v1/trials/GLYCO-1/invitations")
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["invited"] == len(opted_in) and sent.json()["matched"] >= DIABETICS
 
     # only the patients who opted in to research contact are invited; the sponsor learns no one
     with patient_client(server, world, silent) as other:
@@ -224,7 +231,8 @@ def test_invitations_consent_capture_payment_and_withdrawal(
         log = patient.get(f"/v1/patients/{pid}/access-log").json()
         contacts = [e for e in log["accesses"] if e["purpose"] == "HRESCH"]
         assert len(contacts) == 1, log
-        ask(sponsor, {"study": "GLYCO-1", "invite": True})  # asked again: no second contact
+        again = investigator.post("/v1/trials/GLYCO-1/invitations")  # no second contact
+        assert again.json()["invited"] == 0
         assert len(patient.get("/v1/recruitment/invitations").json()["items"]) == 1
         log = patient.get(f"/v1/patients/{pid}/access-log").json()
         assert len([e for e in log["accesses"] if e["purpose"] == "HRESCH"]) == 1

@@ -530,7 +530,10 @@ def answer_readers(
     out: dict[str, str] = {}
     for member_id in members:
         member = read(IDENTITY, member_key(member_id))
-        if member is not None and member.get("status", "active") == "active":
+        # the member who asked is sealed for whatever their status now (the contract requires
+        # it, and a query must stay answerable); a node only while active
+        active = member is not None and member.get("status", "active") == "active"
+        if member is not None and (active or member_id == query["asked_by"]):
             out[member_id] = str(member["key"])
     return out
 
@@ -540,7 +543,8 @@ class TrialsV2(TrialsV1):
 
     Each query is charged ``EPSILON_MILLI`` to the sponsor's privacy budget at every site it
     names; a query a site's remaining budget cannot pay for is refused before anyone computes
-    anything. A site answers with a noisy count or one uniform "withheld"
+    anything; a query cannot ask for invitations (a site invites on its own). A site answers with
+    a noisy count or one uniform "withheld"
     (``careledger.core.privacy``), sealed for the answering node, the sponsor's member who asked
     and the sponsor's node (``careledger.core.sealing``): the ledger holds only ciphertext, and
     the budget, which anyone may audit.
@@ -553,6 +557,13 @@ class TrialsV2(TrialsV1):
     @tx_method
     def feasibility(self, ctx: Context, args: Args) -> None:
         query = self._query(ctx, args)
+        if query["invite"]:
+            # invitations sent in answer to a sponsor's query would show, on the ledger,
+            # whether its noisy count was released and how many opted-in patients matched
+            raise Rejected(
+                "INVITE_BY_SITE",
+                "from r5 a site invites its opted-in patients itself, not on a sponsor's query",
+            )
         sponsor = query["sponsor"]
         budgets = {site: privacy_budget(ctx.state.read, site, sponsor) for site in query["sites"]}
         for site, budget in budgets.items():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import date
 from typing import Any
 
 from careledger.fhir.search import (
@@ -87,11 +87,13 @@ def _refs(found: Iterable[Any]) -> Iterable[str]:
 
 
 def _months(start: int, end: int) -> list[str]:
-    """Month buckets of [start, end) in microseconds, or ["wide"] when there are too many."""
-    if start <= -(2**61) or end >= 2**61:
+    """Month buckets of [start, end) in microseconds, or ["wide"] when there are too many (or
+    the interval leaves the calendar: open ends, a time zone past 9999-12-31)."""
+    first_day = start // _DAY + _EPOCH_DAY
+    last_day = (end - 1) // _DAY + _EPOCH_DAY
+    if not 1 <= first_day <= last_day <= date.max.toordinal():
         return ["wide"]
-    first = datetime.fromtimestamp(start / 1e6, UTC)
-    last = datetime.fromtimestamp((end - 1) / 1e6, UTC)
+    first, last = date.fromordinal(first_day), date.fromordinal(last_day)
     count = (last.year - first.year) * 12 + last.month - first.month + 1
     if count > MAX_MONTHS:
         return ["wide"]
@@ -101,6 +103,10 @@ def _months(start: int, end: int) -> list[str]:
         out.append(f"{year:04d}-{month:02d}")
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return out
+
+
+_DAY = 86_400_000_000
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
 
 
 @dataclass(frozen=True)

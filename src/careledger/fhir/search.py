@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from calendar import monthrange
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from importlib import resources as package_files
@@ -69,6 +70,7 @@ _DATE = re.compile(
     r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
     r"(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
+_WHOLE = re.compile(r"[0-9]{1,12}")  # ASCII digits only ("²".isdigit() is True)
 MIN_TIME = -(2**62)
 MAX_TIME = 2**62
 
@@ -272,15 +274,15 @@ def _control(
     if modifier and base not in ("_include", "_revinclude"):
         raise _Refused(f"{base} takes no modifier")
     if base == "_count":
-        if not raw.isdigit():
+        if not _WHOLE.fullmatch(raw):
             raise _Refused("_count is a whole number")
         request.count = min(int(raw), max_count)  # capped, as R4 allows, not refused
     elif base == "_offset":
-        if not raw.isdigit() or int(raw) > 10**9:
+        if not _WHOLE.fullmatch(raw) or int(raw) > 10**9:
             raise _Refused("_offset is a whole number")
         request.offset = int(raw)
     elif base == "_at":
-        if not raw.isdigit() or int(raw) > 2**62:
+        if not _WHOLE.fullmatch(raw) or int(raw) > 2**62:
             raise _Refused("_at is a ledger height")
         request.at = int(raw)
     elif base == "_sort":
@@ -472,36 +474,43 @@ def _component_value(param: SearchParam, raw: str) -> Value:
 
 
 def parse_date(text: str) -> tuple[int, int] | None:
-    """[start, end) in microseconds since the epoch, UTC, by the precision written."""
+    """[start, end) in microseconds since the epoch, UTC, by the precision written.
+
+    Integer arithmetic on day ordinals, so every date R4 allows works, 0001 and 9999 included
+    (9999-12-31 is a common "no end"), in any time zone."""
     m = _DATE.match(text)
     if m is None:
         return None
     year, month, day, hour, minute, second, frac, zone = m.groups()
+    y, mo, d = int(year), int(month or 1), int(day or 1)
     try:
-        start = datetime(
-            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
-            int(second or 0), tzinfo=UTC,
-        )  # fmt: skip
+        first = date(y, mo, d)
     except ValueError:
         return None
+    h, mi, sec = int(hour or 0), int(minute or 0), int(second or 0)
+    if h > 23 or mi > 59 or sec > 59:
+        return None
+    begin = (first.toordinal() - _EPOCH_DAY) * _DAY + ((h * 60 + mi) * 60 + sec) * 1_000_000
     if hour is not None and zone is not None and zone != "Z":
         sign = 1 if zone[0] == "+" else -1
-        start -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    begin = _micros(start)
+        begin -= sign * (int(zone[1:3]) * 60 + int(zone[4:6])) * 60_000_000
     if frac is not None:
         begin += int(frac[:6].ljust(6, "0"))
-        width = 10 ** max(0, 6 - len(frac))
-        return begin, begin + width
+        return begin, begin + 10 ** max(0, 6 - len(frac))
     if second is not None:
         return begin, begin + 1_000_000
     if minute is not None:
         return begin, begin + 60_000_000
     if day is not None:
-        return begin, begin + 86_400_000_000
+        return begin, begin + _DAY
     if month is not None:
-        nxt = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=UTC)
-        return begin, _micros(nxt)
-    return begin, _micros(datetime(start.year + 1, 1, 1, tzinfo=UTC))
+        last = date(y, mo, monthrange(y, mo)[1])
+        return begin, (last.toordinal() + 1 - _EPOCH_DAY) * _DAY
+    return begin, (date(y, 12, 31).toordinal() + 1 - _EPOCH_DAY) * _DAY
+
+
+_DAY = 86_400_000_000
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
 
 
 def _micros(moment: datetime) -> int:
@@ -725,11 +734,20 @@ def references(found: Iterable[Typed], base_url: str) -> Iterator[tuple[str, str
 
 
 def _decimal(text: str) -> Decimal | None:
+    """A finite decimal of sane magnitude (1e999999999 is no lab value, and would make
+    Decimal arithmetic raise), else None."""
+    if len(text) > 64:
+        return None
     try:
         number = Decimal(text)
     except InvalidOperation:
         return None
-    return number if number.is_finite() else None
+    if not number.is_finite():
+        return None
+    exponent = number.as_tuple().exponent
+    if not isinstance(exponent, int) or not -64 <= exponent + len(number.as_tuple().digits) <= 64:
+        return None
+    return number
 
 
 def _number_ok(found: Sequence[Typed], value: Value, *, quantity: bool) -> bool:

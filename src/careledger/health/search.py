@@ -31,6 +31,7 @@ from careledger.health.access import Caller
 from careledger.health.service import HealthRecords, StoredResource
 
 MAX_INCLUDED = 1_000
+MAX_LOGGED = 10_000  # records one access event may name (the audit contract's limit)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class SearchResult:
     included: list[StoredResource] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     decrypted: int = 0  # records opened to answer (the page, or every candidate refined)
+    matched: list[tuple[str, str]] = field(default_factory=list)  # (patient, record): all hits
 
 
 def search_patient(
@@ -69,18 +71,14 @@ def search_patient(
     candidates = set(versions.items())
     if planned.groups and candidates:
         candidates &= records.blind_candidates(planned.groups)
-    result = _page(records, request, list(candidates), planned.exact, at, now, base_url)
+    owner = {r: patient for r, _ in candidates}
+    result = _page(records, request, list(candidates), owner, planned.exact, at, now, base_url)
     if request.revincludes and result.page:
         _revinclude(records, caller, request.revincludes, result, patient, purpose, at)
-    shown = [s for s in [*result.page, *result.included] if s.patient == patient]
-    if shown:  # nothing returned, nothing read: the basis was checked, no record was released
-        records.log_reads(
-            caller,
-            patient,
-            [s.record_id for s in shown],
-            {s.resource_type for s in shown},
-            purpose=purpose,
-        )
+    disclosed = _disclosed(result).get(patient, [])
+    if disclosed:  # nothing returned or counted: the basis was checked, nothing was disclosed
+        types = {s.resource_type for s in [*result.page, *result.included]} or {kind}
+        records.log_reads(caller, patient, disclosed, types, purpose=purpose)
     if request.includes and result.page:
         _include(records, caller, request.includes, result.page, result, purpose, base_url)
     return result
@@ -90,6 +88,7 @@ def _page(
     records: HealthRecords,
     request: SearchRequest,
     candidates: list[tuple[str, int]],
+    patients: dict[str, str],
     exact: bool,
     at: int,
     now: datetime,
@@ -103,13 +102,31 @@ def _page(
     if exact:
         window = order[start:stop] if request.summary != "count" else []
         page = [records.open_version(r, v) for r, v in window]
-        return SearchResult(page, len(order), at, decrypted=len(page))
+        result = SearchResult(page, len(order), at, decrypted=len(page))
+        result.matched = [(patients[r], r) for r, _ in order]
+        return result
     opened = [records.open_version(r, v) for r, v in order]
     hits = [s for s in opened if matches(s.resource, request, now=now, base_url=base_url)]
     for param, descending in reversed(request.sort):
         hits.sort(key=lambda s: sort_key(s.resource, param, descending), reverse=descending)
     page = hits[start:stop] if request.summary != "count" else []
-    return SearchResult(page, len(hits), at, decrypted=len(opened))
+    result = SearchResult(page, len(hits), at, decrypted=len(opened))
+    result.matched = [(s.patient, s.record_id) for s in hits]
+    return result
+
+
+def _disclosed(result: SearchResult) -> dict[str, list[str]]:
+    """patient -> records a search disclosed: what it returned or, when it returned none yet
+    counted some (_summary=count, _count=0, a page past the end), every record it counted:
+    a count says something about each of them."""
+    out: dict[str, list[str]] = {}
+    if result.page or result.included:
+        for stored in [*result.page, *result.included]:
+            out.setdefault(stored.patient, []).append(stored.record_id)
+    else:
+        for patient, record_id in result.matched:
+            out.setdefault(patient, []).append(record_id)
+    return {p: ids[:MAX_LOGGED] for p, ids in out.items()}
 
 
 def about_patient(
@@ -216,13 +233,11 @@ def search_org(
         if allowed[patient]:
             candidates.append((record_id, version, patient))
     pairs = [(r, v) for r, v, _ in candidates]
-    result = _page(records, request, pairs, planned.exact, at, now, base_url)
+    owner = {r: p for r, _, p in candidates}
+    result = _page(records, request, pairs, owner, planned.exact, at, now, base_url)
     if request.revincludes:
         result.warnings.append("_revinclude is answered on searches about one patient")
-    shown: dict[str, list[StoredResource]] = {}
-    for stored in result.page:
-        shown.setdefault(stored.patient, []).append(stored)
-    records.log_reads_many(caller, shown, purpose=purpose)
+    records.log_reads_many(caller, _disclosed(result), kind, purpose=purpose)
     if request.includes and result.page:
         _include(records, caller, request.includes, result.page, result, purpose, base_url)
     return result

@@ -669,12 +669,11 @@ class HealthRecords:
         caller could be shown (scopes and a ledger basis checked; nothing read, nothing logged:
         the records a search then returns are logged by :meth:`log_reads`)."""
         self._patient_key(patient)
-        records = self.patient_records(patient, {resource_type})
-        if not records:
-            return {}
+        # checked before looking: "200, none" against "403" must not tell what is held
         if not _scope_ok(caller, resource_type, patient):
             raise Forbidden("the token's scopes allow none of these records", code="SCOPE")
         self._access_args(caller, patient, [], {resource_type}, "read", purpose)  # a basis?
+        records = self.patient_records(patient, {resource_type})
         versions = {r: self._version_at(r, as_of) for r, _ in records}
         return {r: v for r, v in versions.items() if v is not None}
 
@@ -698,24 +697,23 @@ class HealthRecords:
         return None if version is None else (str(meta["patient"]), version)
 
     def log_reads_many(
-        self, caller: Caller, shown: Mapping[str, Sequence[StoredResource]], *, purpose: str
+        self,
+        caller: Caller,
+        disclosed: Mapping[str, Sequence[str]],
+        resource_type: str,
+        *,
+        purpose: str,
     ) -> None:
-        """One access event per patient for what a search across patients returns, committed
-        together; Forbidden (nothing is returned) unless the ledger accepts every one."""
+        """One access event per patient for what a search across patients disclosed (patient
+        -> record ids), committed together; Forbidden (nothing is returned) unless the ledger
+        accepts every one."""
         calls: list[Call] = [
             (
                 "audit",
                 "access",
-                self._access_args(
-                    caller,
-                    patient,
-                    [s.record_id for s in stored],
-                    {s.resource_type for s in stored},
-                    "read",
-                    purpose,
-                ),
+                self._access_args(caller, patient, ids, {resource_type}, "read", purpose),
             )
-            for patient, stored in sorted(shown.items())
+            for patient, ids in sorted(disclosed.items())
         ]
         if not calls:
             return

@@ -92,7 +92,7 @@ class LedgerStore(Protocol):
     def block_events(self, height: int) -> list[StoredEvent]: ...
 
     def events_of_types(self, types: Sequence[str], limit: int) -> list[StoredEvent]:
-        """Committed events of these types, oldest first (at most ``limit``)."""
+        """The newest ``limit`` committed events of these types, oldest first."""
         ...
 
     def find_tx(self, tx_id: str) -> tuple[int, StoredTx] | None:

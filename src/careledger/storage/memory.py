@@ -67,7 +67,7 @@ class MemoryStore:
     def events_of_types(self, types: Sequence[str], limit: int) -> list[StoredEvent]:
         wanted = set(types)
         found = [e for block in self._events for e in block if e.type in wanted]
-        return found[:limit]
+        return found[-limit:] if limit > 0 else []
 
     def find_tx(self, tx_id: str) -> tuple[int, StoredTx] | None:
         found = self._tx_height.get(tx_id)

@@ -160,12 +160,12 @@ class SQLiteStore:
         marks = ",".join("?" for _ in types)  # placeholders only: the types are bound
         rows = self._all(
             "SELECT height, tx_index, seq, type, data FROM events"  # noqa: S608
-            f" WHERE type IN ({marks}) ORDER BY height, seq LIMIT ?",
+            f" WHERE type IN ({marks}) ORDER BY height DESC, seq DESC LIMIT ?",
             (*types, limit),
         )
         return [
             StoredEvent(int(h), int(t), int(s), str(ty), _as_bytes(d))  # type: ignore[call-overload,arg-type]
-            for h, t, s, ty, d in rows
+            for h, t, s, ty, d in reversed(rows)
         ]
 
     def find_tx(self, tx_id: str) -> tuple[int, StoredTx] | None:

@@ -292,10 +292,8 @@ class RecruitmentResponder:
             criteria = parse(query["criteria"])
         except CriteriaError:  # depends on the criteria only, never on anyone's data
             said: dict[str, Any] = {"count": None, "status": "not_computable"}
-            matched: list[str] = []
-            used: dict[str, list[tuple[str, str]]] = {}
         else:
-            matched, used, _ = evaluate(self.records, criteria, query_date(query))
+            matched, _, _ = evaluate(self.records, criteria, query_date(query))
             said = privacy.release(
                 len(matched), int(query["epsilon_milli"]), _SYSTEM.random
             ).as_dict()
@@ -306,9 +304,22 @@ class RecruitmentResponder:
         (receipt,) = self.node.execute([(TRIALS, "answer", args)])
         if receipt["result"] != "accepted" and receipt["code"] != "ALREADY_ANSWERED":
             raise Forbidden("the ledger refused the answer", code=receipt["code"])
-        if query["invite"] and query["study"] is not None and said["count"] is not None:
-            self._invite(query, matched, used)
+        # r5 queries never invite (the contract refuses invite=true): invitations are the
+        # site's own act (invite_for_study), so their timing tells nothing about this answer
         return dict(self.ledger.state(TRIALS, f"answer/{query_id}/{self.org}") or {})
+
+    def invite_for_study(self, study_id: str, study: dict[str, Any]) -> dict[str, int]:
+        """The site invites its patients who meet a registered study's eligibility and opted in
+        to research contact (r5: a site's own act, never timed by a sponsor's query, whose noisy
+        answer it would otherwise give away). How many were evaluated, matched, invited."""
+        try:
+            criteria = parse(study["eligibility"])
+        except CriteriaError as exc:
+            raise ValidationError(exc.message, code=exc.code) from None
+        matched, used, evaluated = evaluate(self.records, criteria, datetime.now(UTC).date())
+        run = {"id": f"site-{secrets.token_hex(8)}", "study": study_id}
+        sent = self._invite(run, matched, used)
+        return {"evaluated": len(evaluated), "matched": len(matched), "invited": sent}
 
     def _invite(
         self, query: dict[str, Any], matched: list[str], used: dict[str, list[tuple[str, str]]]

@@ -36,12 +36,13 @@ from careledger.health.service import HealthRecords
 from careledger.node import Node
 from careledger.patient_signing import sign_as_patient
 from careledger.sealing import open_sealed
-from careledger.trials.recruitment import RecruitmentStore
+from careledger.trials.recruitment import RecruitmentResponder, RecruitmentStore
 from careledger.trials.registration import from_ctgov, from_research_study
 
 PARTICIPANT_METHODS = frozenset({"consent", "withdraw"})
 MAX_CRF_ENTRIES = 100
 MAX_SPONSORS_LISTED = 1_000
+ANSWER_STATUSES = frozenset({"released", "withheld", "not_computable"})
 
 
 def _refused(receipt: Mapping[str, Any], why: Any) -> Rejected:
@@ -91,19 +92,20 @@ class TrialsService:
         """``{count, reason}`` of an answer; r5's are opened with this node's key."""
         if "sealed" not in answer:
             return {k: answer[k] for k in ("count", "reason")}
-        key = self.ledger.node_key
+        member, seed = self.node.settings.node_name, self.ledger.node_key.seed
+        unreadable = {"count": None, "reason": "sealed", "private": True}
         try:
-            said = orjson.loads(
-                open_sealed(answer["sealed"], self.node.settings.node_name, key.seed)
-            )
+            said = orjson.loads(open_sealed(answer["sealed"], member, seed))
         except (ValidationError, orjson.JSONDecodeError):
-            return {"count": None, "reason": "sealed", "private": True}
-        withheld = said["count"] is None
-        return {
-            "count": said["count"],
-            "reason": said["status"] if withheld else None,
-            "private": True,
-        }
+            return unreadable
+        # a site's node decides what it seals: one malformed answer must not hide the others
+        if not isinstance(said, dict) or said.get("status") not in ANSWER_STATUSES:
+            return unreadable
+        count = said.get("count")
+        released = said["status"] == "released"
+        if released != (type(count) is int and count >= 0) or (not released and count is not None):
+            return unreadable
+        return {"count": count, "reason": None if released else said["status"], "private": True}
 
     def budgets(self, caller: Caller) -> list[dict[str, Any]]:
         """What each sponsor has spent of its privacy budget at the caller's organisation."""
@@ -290,6 +292,17 @@ class TrialsService:
         if "patient" not in caller.roles:
             raise Forbidden("invitations are a patient's own", code="NOT_AUTHORISED")
         return self.store.respond(caller.member, invitation, answer)
+
+    def invite(self, caller: Caller, study: str, responder: RecruitmentResponder) -> dict[str, Any]:
+        """A site's investigator or admin invites the site's opted-in patients to a study."""
+        entry = self.study(study)
+        if not caller.roles & {"investigator", "admin"} or caller.org not in entry["sites"]:
+            raise Forbidden(
+                "an investigator or admin at one of the study's sites", code="NOT_AUTHORISED"
+            )
+        if caller.org != responder.org:
+            raise Forbidden("invite through your own organisation's node", code="NOT_AUTHORISED")
+        return responder.invite_for_study(study, entry)
 
     def interested(self, caller: Caller, study: str) -> list[dict[str, Any]]:
         """The site's own patients who said yes, for its investigators (to enrol them)."""

@@ -141,3 +141,15 @@ def test_sealed_answers_do_not_show_their_size(chain: TestChain) -> None:
     released = seal(b'{"count":1234,"status":"released"}', {"a": key("a").public_key})
     withheld = seal(b'{"count":null,"status":"withheld"}', {"a": key("a").public_key})
     assert len(released["box"]) == len(withheld["box"])
+
+
+def test_a_sponsors_query_cannot_invite(chain: TestChain) -> None:
+    """Invitations sent in answer to a query would show on the ledger whether its noisy count
+    was released and how many opted-in patients matched: from r5 a site invites on its own."""
+    from tests.unit.contracts.test_trials import REGISTRATION
+
+    registered = run(chain, "spon-admin", "register", REGISTRATION)
+    assert registered["result"] == "accepted", registered
+    refused = run(chain, "spon-admin", "feasibility", {"study": "CARDIO-1", "invite": True})
+    assert refused["code"] == "INVITE_BY_SITE"
+    assert run(chain, "spon-admin", "feasibility", {"study": "CARDIO-1"})["result"] == "accepted"

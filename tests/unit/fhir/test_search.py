@@ -290,3 +290,37 @@ def test_every_r4_type_has_id_and_last_updated() -> None:
     assert len(types) == 133  # R4 types with search parameters of their own
     for kind in types:
         assert {"_id", "_lastUpdated"} <= set(parameters(kind)), kind
+
+
+# -- edges an outside review found ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["9999", "9999-12", "9999-12-31", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"],
+)
+def test_every_date_r4_allows_parses(text: str) -> None:
+    parsed = parse_date(text)
+    assert parsed is not None and parsed[0] < parsed[1]
+
+
+def test_a_no_end_period_is_indexed_and_found() -> None:
+    from careledger.fhir.blind_terms import index_terms
+
+    stay = {
+        "resourceType": "Encounter",
+        "status": "in-progress",
+        "class": {"code": "IMP"},
+        "period": {"start": "2024-01-01", "end": "9999-12-31"},
+    }
+    assert "Encounter.date@wide" in index_terms(stay)
+    assert found(stay, "date=gt2030-01-01", "Encounter")
+
+
+def test_odd_numbers_are_refused_not_crashed_on() -> None:
+    for query in ("_count=²", "_offset=²", "_at=²", "value-quantity=1e999999999",
+                  "value-quantity=1e-999999999"):  # fmt: skip
+        assert refused(query).code == "UNSUPPORTED_SEARCH", query
+    huge = hr("2024-01-01")
+    huge["valueQuantity"]["value"] = "1e999999999"
+    assert not found(huge, "value-quantity=gt5")  # a value no lab writes is no match, no crash

@@ -123,6 +123,18 @@ def interested(request: Request, claims: MemberDep, study: StudyId) -> Response:
     return _json({"items": _service(request).interested(_caller(claims, "read"), study)})
 
 
+@router.post(
+    "/{study}/invitations",
+    summary="Invite this site's opted-in patients who meet the study's eligibility (site staff)",
+)
+async def invite(request: Request, claims: MemberDep, study: StudyId) -> Response:
+    responder = request.app.state.recruitment
+    done = await run_in_threadpool(
+        _service(request).invite, _caller(claims, "write"), study, responder
+    )
+    return _json(done)
+
+
 @router.post("/{study}/{action}", summary="Amend, lock or report results (the sponsor)")
 async def sponsor_step(
     request: Request,
