@@ -1,7 +1,7 @@
-"""FHIR R4 for the CareLedger API: validation (with OperationOutcome issues) and extraction of
-the fields that search and indexing need."""
+"""FHIR R4 for the CareLedger API: validation (with OperationOutcome issues), the patient a
+resource belongs to, and search (careledger.fhir.search)."""
 
-from careledger.fhir.extract import codes, patient_id, patient_reference, phi_strings, search_dates
+from careledger.fhir.extract import patient_id, patient_reference, phi_strings
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
 from careledger.fhir.validate import (
     REQUIRED_BINDINGS,
@@ -17,12 +17,10 @@ __all__ = [
     "FhirError",
     "Issue",
     "ValueSet",
-    "codes",
     "find_issues",
     "operation_outcome",
     "patient_id",
     "patient_reference",
     "phi_strings",
-    "search_dates",
     "validate_resource",
 ]

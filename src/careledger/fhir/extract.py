@@ -1,4 +1,5 @@
-"""Field extraction from FHIR R4 resources (parsed JSON) for search and indexing.
+"""Field extraction from FHIR R4 resources (parsed JSON): the patient a resource belongs to,
+and the strings that are PHI (for tests that search files and logs for them).
 
 Pure functions over the JSON (no models, no I/O); they expect a resource that passed
 :func:`careledger.fhir.validate.validate_resource` and are total on anything else (they never
@@ -8,15 +9,17 @@ raise on odd shapes, they just find less).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
+
+from careledger.fhir.types import PATIENT_ELEMENT
 
 _ID = r"[A-Za-z0-9\-.]{1,64}"
 _RELATIVE_PATIENT = re.compile(rf"Patient/({_ID})(?:/_history/{_ID})?")
 _ANY_PATIENT = re.compile(rf"(?:.*/)?Patient/{_ID}(?:/_history/{_ID})?")
-_DATE_LIKE = re.compile(r"[0-9]{4}(?:-.*)?")
 
-# Elements that point at the patient a resource is about, in order of preference (subject:
+# Elements that point at the patient, for types the table of careledger.fhir.types does not
+# name (Consent, held by its contract), in order of preference (subject:
 # Observation, Condition, MedicationRequest/Statement, Procedure, Encounter, DiagnosticReport,
 # DocumentReference, CarePlan; patient: AllergyIntolerance, Immunization, Consent (R4);
 # beneficiary: Consent and Coverage in later releases).
@@ -30,10 +33,12 @@ def patient_reference(resource: Mapping[str, Any]) -> str | None:
     ``Patient/{its id}``. None when there is no such element, or it refers to something that is
     not a Patient (Group, Device, Location, a contained ``#id``, a logical identifier only).
     """
-    if resource.get("resourceType") == "Patient":
+    kind = resource.get("resourceType")
+    if kind == "Patient":
         rid = resource.get("id")
         return f"Patient/{rid}" if isinstance(rid, str) and re.fullmatch(_ID, rid) else None
-    for element in PATIENT_ELEMENTS:
+    named = PATIENT_ELEMENT.get(kind) if isinstance(kind, str) else None
+    for element in (named,) if named is not None else PATIENT_ELEMENTS:
         ref = resource.get(element)
         if ref is None:
             continue
@@ -67,140 +72,6 @@ def patient_id(resource: Mapping[str, Any]) -> str | None:
         return None
     match = _RELATIVE_PATIENT.fullmatch(ref)
     return match.group(1) if match else None
-
-
-# The clinically relevant dates per type, in order; "x[x]" is a choice element (its dateTime,
-# instant, date or Period form), a Period gives its start then its end.
-SEARCH_DATE_ELEMENTS: Mapping[str, tuple[str, ...]] = {
-    "Patient": ("birthDate", "deceased[x]"),
-    "Observation": ("effective[x]", "issued"),
-    "Condition": ("onset[x]", "abatement[x]", "recordedDate"),
-    "MedicationRequest": ("authoredOn",),
-    "MedicationStatement": ("effective[x]", "dateAsserted"),
-    "AllergyIntolerance": ("onset[x]", "recordedDate", "lastOccurrence"),
-    "Immunization": ("occurrence[x]", "recorded"),
-    "Procedure": ("performed[x]",),
-    "Encounter": ("period",),
-    "DiagnosticReport": ("effective[x]", "issued"),
-    "DocumentReference": ("date", "context.period"),
-    "CarePlan": ("period", "created"),
-    "Consent": ("dateTime", "provision.period"),
-}
-_DEFAULT_DATE_ELEMENTS = (
-    "effective[x]",
-    "onset[x]",
-    "occurrence[x]",
-    "performed[x]",
-    "authoredOn",
-    "recordedDate",
-    "period",
-    "issued",
-    "date",
-    "birthDate",
-)
-_DATE_CHOICE_TYPES = ("DateTime", "Instant", "Date", "Period")
-
-
-def search_dates(resource: Mapping[str, Any]) -> list[str]:
-    """The clinically relevant dates of ``resource`` (see :data:`SEARCH_DATE_ELEMENTS`) as the
-    FHIR strings they are written as (any precision, ``2013-04-02`` to
-    ``2013-04-02T09:30:10+01:00``), without duplicates, in table order."""
-    rtype = resource.get("resourceType")
-    elements = (
-        SEARCH_DATE_ELEMENTS.get(rtype, _DEFAULT_DATE_ELEMENTS)
-        if isinstance(rtype, str)
-        else _DEFAULT_DATE_ELEMENTS
-    )
-    out: list[str] = []
-    for element in elements:
-        for value in _element_values(resource, element):
-            for date in _dates_of(value):
-                if date not in out:
-                    out.append(date)
-    return out
-
-
-def _element_values(resource: Mapping[str, Any], element: str) -> Iterator[object]:
-    *parents, last = element.split(".")
-    node: object = resource
-    for parent in parents:
-        node = node.get(parent) if isinstance(node, dict) else None
-    if not isinstance(node, dict):
-        return
-    if last.endswith("[x]"):
-        base = last[:-3]
-        for suffix in _DATE_CHOICE_TYPES:
-            if base + suffix in node:
-                yield node[base + suffix]
-    elif last in node:
-        yield node[last]
-
-
-def _dates_of(value: object) -> Iterator[str]:
-    if isinstance(value, str) and _DATE_LIKE.fullmatch(value):
-        yield value
-    elif isinstance(value, dict):  # a Period
-        for bound in ("start", "end"):
-            date = value.get(bound)
-            if isinstance(date, str) and _DATE_LIKE.fullmatch(date):
-                yield date
-
-
-# The element(s) holding the main code of each type (CodeableConcept or a list of them).
-CODE_ELEMENTS: Mapping[str, tuple[str, ...]] = {
-    "Patient": (),
-    "Observation": ("code",),
-    "Condition": ("code",),
-    "MedicationRequest": ("medicationCodeableConcept",),
-    "MedicationStatement": ("medicationCodeableConcept",),
-    "AllergyIntolerance": ("code",),
-    "Immunization": ("vaccineCode",),
-    "Procedure": ("code",),
-    "Encounter": ("type",),
-    "DiagnosticReport": ("code",),
-    "DocumentReference": ("type",),
-    "CarePlan": ("category",),
-    "Consent": ("scope", "category"),
-}
-
-
-def codes(resource: Mapping[str, Any]) -> list[tuple[str | None, str]]:
-    """``(system, code)`` of every coding of the main code of ``resource`` (Observation.code,
-    Immunization.vaccineCode, MedicationRequest.medicationCodeableConcept, Encounter.type...,
-    see :data:`CODE_ELEMENTS`), without duplicates. A medication given as a reference to a
-    contained Medication (``#id``) yields that Medication's code. ``system`` is None when the
-    coding has none; codings without a code are skipped."""
-    rtype = resource.get("resourceType")
-    elements = CODE_ELEMENTS.get(rtype, ("code",)) if isinstance(rtype, str) else ("code",)
-    concepts: list[object] = []
-    for element in elements:
-        value = resource.get(element)
-        concepts.extend(value if isinstance(value, list) else [value])
-    medication = resource.get("medicationReference")
-    if "medicationCodeableConcept" in elements and isinstance(medication, dict):
-        contained = _contained(resource, medication.get("reference"))
-        if contained is not None and contained.get("resourceType") == "Medication":
-            concepts.append(contained.get("code"))
-    out: list[tuple[str | None, str]] = []
-    for concept in concepts:
-        codings = concept.get("coding") if isinstance(concept, dict) else None
-        for coding in codings if isinstance(codings, list) else ():
-            if not isinstance(coding, dict) or not isinstance(coding.get("code"), str):
-                continue
-            system = coding.get("system")
-            pair = (system if isinstance(system, str) else None, coding["code"])
-            if pair not in out:
-                out.append(pair)
-    return out
-
-
-def _contained(resource: Mapping[str, Any], reference: object) -> Mapping[str, Any] | None:
-    if not isinstance(reference, str) or not reference.startswith("#"):
-        return None
-    for item in resource.get("contained") or ():
-        if isinstance(item, dict) and item.get("id") == reference[1:]:
-            return item
-    return None
 
 
 # ---------------------------------------------------------------- PHI

@@ -43,24 +43,10 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.types import FhirBase
 
 from careledger.fhir.outcome import FhirError, Issue
+from careledger.fhir.types import RECORD_TYPES
 
-SUPPORTED_TYPES: frozenset[str] = frozenset(
-    {
-        "Patient",
-        "Observation",
-        "Condition",
-        "MedicationRequest",
-        "MedicationStatement",
-        "AllergyIntolerance",
-        "Immunization",
-        "Procedure",
-        "Encounter",
-        "DiagnosticReport",
-        "DocumentReference",
-        "CarePlan",
-        "Consent",
-    }
-)
+SUPPORTED_TYPES: frozenset[str] = RECORD_TYPES | {"Consent"}
+"""Types the node accepts: a patient's records (careledger.fhir.types) and Consent."""
 
 # http://hl7.org/fhir/R4/datatypes.html#id — Resource.id (the library allows 255 characters).
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")

@@ -12,11 +12,9 @@ import pytest
 import careledger
 from careledger.fhir import (
     SUPPORTED_TYPES,
-    codes,
     patient_id,
     patient_reference,
     phi_strings,
-    search_dates,
 )
 from tests.support.vectors import load_json
 
@@ -78,8 +76,15 @@ def test_patient_id_of_examples(name: str, expected: str | None) -> None:
     ],
 )
 def test_patient_reference_forms(ref: object, pid: str | None, reference: str | None) -> None:
-    for element in ("subject", "patient", "beneficiary"):
-        doc = {"resourceType": "Observation", element: ref}
+    # each type's own patient element (careledger.fhir.types), and Consent's (held by its
+    # contract, found among subject / patient / beneficiary)
+    for kind, element in (
+        ("Observation", "subject"),
+        ("Immunization", "patient"),
+        ("Coverage", "beneficiary"),
+        ("Consent", "patient"),
+    ):
+        doc = {"resourceType": kind, element: ref}
         assert patient_id(doc) == pid
         assert patient_reference(doc) == reference
 
@@ -108,127 +113,7 @@ def test_synthea_patient_references_are_bundle_local() -> None:
             assert patient_id(resource) is None
             assert patient_reference(resource) == patient_entry["fullUrl"]
             linked += 1
-    assert linked == 191 - 3
-
-
-# ---------------------------------------------------------------- search_dates
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("patient-example.json", ["1974-12-25"]),
-        ("observation-example.json", ["2016-03-28"]),
-        ("condition-example.json", ["2012-05-24"]),
-        ("allergyintolerance-example.json", ["2004", "2014-10-09T14:58:00+11:00", "2012-06"]),
-        ("immunization-example.json", ["2013-01-10"]),
-        ("medicationrequest0301.json", ["2015-01-15"]),
-        ("medicationstatementexample1.json", ["2015-01-23", "2015-02-22"]),
-        (
-            "documentreference-example.json",
-            ["2005-12-24T09:43:41+11:00", "2004-12-23T08:00:00+11:00", "2004-12-23T08:01:00+11:00"],
-        ),
-        ("consent-example.json", ["2016-05-11", "1964-01-01", "2016-01-01"]),
-        ("encounter-example.json", []),
-    ],
-)
-def test_search_dates_of_examples(name: str, expected: list[str]) -> None:
-    assert search_dates(example(name)) == expected
-
-
-def test_search_dates_choice_forms_and_defaults() -> None:
-    assert search_dates(
-        {
-            "resourceType": "Procedure",
-            "performedPeriod": {"start": "2020-01-01", "end": "2020-01-02"},
-        }
-    ) == ["2020-01-01", "2020-01-02"]
-    assert search_dates({"resourceType": "Procedure", "performedString": "last spring"}) == []
-    assert search_dates(
-        {"resourceType": "Condition", "onsetAge": {"value": 3}, "recordedDate": "2021-02-03"}
-    ) == ["2021-02-03"]
-    assert search_dates({"resourceType": "Observation", "effectiveDateTime": 5}) == []
-    # a type without an entry in the table falls back to the common date elements
-    assert search_dates({"resourceType": "ServiceRequest", "occurrenceDateTime": "2022"}) == [
-        "2022"
-    ]
-
-
-def test_every_synthea_resource_has_search_dates() -> None:
-    by_type: dict[str, set[int]] = {}
-    for bundle in bundles():
-        for entry in bundle["entry"]:
-            resource = entry["resource"]
-            if resource["resourceType"] in SUPPORTED_TYPES:
-                dates = search_dates(resource)
-                assert dates, resource["resourceType"]
-                assert all(d[:4].isdigit() for d in dates)
-                by_type.setdefault(resource["resourceType"], set()).add(len(dates))
-    assert by_type["Encounter"] == {2}  # period start and end
-    assert by_type["Patient"] == {1}  # birthDate (all three alive)
-
-
-# ---------------------------------------------------------------- codes
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        (
-            "observation-example.json",
-            [
-                ("http://loinc.org", "29463-7"),
-                ("http://loinc.org", "3141-9"),
-                ("http://snomed.info/sct", "27113001"),
-                ("http://acme.org/devices/clinical-codes", "body-weight"),
-            ],
-        ),
-        ("condition-example.json", [("http://snomed.info/sct", "39065001")]),
-        ("allergyintolerance-example.json", [("http://snomed.info/sct", "227493005")]),
-        ("immunization-example.json", [("urn:oid:1.2.36.1.2001.1005.17", "FLUVAX")]),
-        # medicationReference "#med0310": the contained Medication's code
-        ("medicationrequest0301.json", [("http://snomed.info/sct", "430127000")]),
-        ("medicationstatementexample1.json", [("http://hl7.org/fhir/sid/ndc", "50580-506-02")]),
-        ("documentreference-example.json", [("http://loinc.org", "34108-1")]),
-        (
-            "consent-example.json",
-            [
-                ("http://terminology.hl7.org/CodeSystem/consentscope", "patient-privacy"),
-                ("http://loinc.org", "59284-0"),
-            ],
-        ),
-        ("patient-example.json", []),
-        ("encounter-example.json", []),
-    ],
-)
-def test_codes_of_examples(name: str, expected: list[tuple[str | None, str]]) -> None:
-    assert codes(example(name)) == expected
-
-
-def test_codes_edge_cases() -> None:
-    assert codes(
-        {
-            "resourceType": "Observation",
-            "code": {"coding": [{"code": "x"}, {"system": "s"}, {"system": "s", "code": "y"}, 5]},
-        }
-    ) == [(None, "x"), ("s", "y")]
-    assert codes({"resourceType": "Observation", "code": "x"}) == []
-    assert (
-        codes({"resourceType": "MedicationRequest", "medicationReference": {"reference": "#m"}})
-        == []
-    )
-
-
-def test_every_clinical_synthea_resource_has_a_code() -> None:
-    systems: set[str | None] = set()
-    for bundle in bundles():
-        for entry in bundle["entry"]:
-            resource = entry["resource"]
-            if resource["resourceType"] in SUPPORTED_TYPES - {"Patient"}:
-                found = codes(resource)
-                assert found, resource["resourceType"]
-                systems.update(system for system, _ in found)
-    assert {"http://loinc.org", "http://snomed.info/sct", "http://hl7.org/fhir/sid/cvx"} <= systems
+    assert linked == 237 - 9  # every entry but the 3 Patients, Organizations and Practitioners
 
 
 # ---------------------------------------------------------------- phi_strings

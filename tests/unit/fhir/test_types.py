@@ -1,0 +1,50 @@
+"""The table of types held as a patient's records is exactly what HL7's definitions say."""
+
+from __future__ import annotations
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from careledger.fhir.extract import patient_id
+from careledger.fhir.search import _definitions, parameters
+from careledger.fhir.types import PATIENT_ELEMENT, RECORD_TYPES
+from careledger.fhir.validate import SUPPORTED_TYPES
+
+
+def derived() -> dict[str, str]:
+    """Types whose ``patient`` search parameter is one path to one, single Reference element."""
+    kinds = {b for d in _definitions() for b in d["base"]} - {"Resource", "DomainResource"}
+    out = {}
+    for kind in sorted(kinds - {"Consent"}):
+        param = parameters(kind).get("patient")
+        if param is None or "Patient" not in param.targets or len(param.paths) != 1:
+            continue
+        steps = param.paths[0].steps
+        try:
+            model = get_fhir_model_class(kind)
+        except KeyError:
+            continue
+        field = model.model_fields.get(steps[0].arg) if steps else None
+        if field is None or "List" in str(field.annotation):
+            continue
+        out[kind] = steps[0].arg
+    return out
+
+
+def test_the_table_is_derived_from_the_definitions() -> None:
+    assert dict(PATIENT_ELEMENT) == derived()
+    assert len(RECORD_TYPES) > 50 and {"Claim", "ExplanationOfBenefit"} <= RECORD_TYPES
+    assert RECORD_TYPES | {"Consent"} == SUPPORTED_TYPES
+
+
+def test_every_record_type_can_be_searched_by_patient() -> None:
+    for kind in RECORD_TYPES - {"Patient"}:
+        have = parameters(kind)
+        assert {"_id", "_lastUpdated", "patient"} <= set(have), kind
+
+
+def test_the_patient_of_each_type_is_found_in_its_own_element() -> None:
+    for kind, element in PATIENT_ELEMENT.items():
+        resource = {"resourceType": kind, element: {"reference": "Patient/p-1"}}
+        assert patient_id(resource) == "p-1", kind
+        other = {"resourceType": kind, element: {"reference": "Group/g-1"}}
+        assert patient_id(other) is None, kind
