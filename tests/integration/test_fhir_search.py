@@ -293,3 +293,34 @@ def test_staff_find_patients_and_records_across_their_patients(
     with login(server, server.data_dir / "keys" / "dr-ben-okafor.key") as outsider:
         assert matched(search(outsider, "Patient?name=muller")) == []
         assert matched(search(outsider, "Patient?identifier=MRN-4711")) == []
+
+
+def test_everything_pages_and_filters(server: Server, world: dict[str, Any]) -> None:
+    http, pid, ids = world["clinician"], world["pid"], world["ids"]
+    whole = search(http, f"Patient/{pid}/$everything")
+    total = whole["total"]
+    assert total == len(whole["entry"]) >= 7  # the Patient, 4+ Observations, 2 orders
+    seen: list[str] = []
+    page = search(http, f"Patient/{pid}/$everything?_count=3")
+    for _ in range(10):
+        seen += [e["resource"]["id"] for e in page["entry"] if "resource" in e]
+        nxt = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        if nxt is None:
+            break
+        page = http.get(nxt).json()
+    assert len(seen) == len(set(seen)) == total
+    meds = search(http, f"Patient/{pid}/$everything?_type=MedicationRequest")
+    assert sorted(e["resource"]["id"] for e in meds["entry"]) == sorted(
+        [ids["med-active"], ids["med-stopped"]]
+    )
+    assert search(http, f"Patient/{pid}/$everything?_since=2999-01-01")["total"] == 0
+    in_2020 = search(http, f"Patient/{pid}/$everything?start=2020-01-01&end=2020-12-31")
+    kept = {e["resource"]["id"] for e in in_2020["entry"]}
+    assert ids["hr-2020"] in kept and ids["hr-2024"] not in kept and pid in kept  # no date: kept
+    # the access event names the page, not the patient's whole record
+    search(http, f"Patient/{pid}/$everything?_count=2")
+    with login(server, server.data_dir / "keys" / "st-mary-admin.key") as admin:
+        log = admin.get(f"/v1/patients/{pid}/access-log").json()["accesses"]
+    assert len(log[-1]["records"]) == 2
+    bad = http.get(f"/fhir/Patient/{pid}/$everything?_since=yesterday")
+    assert bad.status_code == 400

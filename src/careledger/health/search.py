@@ -13,20 +13,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qsl
 
-from careledger.errors import CareLedgerError
+from careledger.errors import CareLedgerError, Forbidden
 from careledger.fhir.blind_terms import plan
 from careledger.fhir.outcome import FhirError, Issue
 from careledger.fhir.search import (
+    MAX_TIME,
+    MIN_TIME,
     Criterion,
     Include,
     SearchRequest,
+    date_ranges,
     matches,
+    parameters,
+    parse_date,
     parse_search,
     references,
     sort_key,
 )
+from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.access import Caller
 from careledger.health.service import HealthRecords, StoredResource
 
@@ -304,3 +311,107 @@ def _revinclude(
             refs = {f"{k}/{i}" for k, i in references(include.param.values(stored.resource), "")}
             if refs & targets and len(result.included) < MAX_INCLUDED:
                 result.included.append(stored)
+
+
+@dataclass
+class EverythingPage:
+    page: list[StoredResource]
+    total: int
+    missing: list[tuple[str, str]]  # (custodian, why) of records not in the answer
+    decrypted: int = 0
+
+
+def everything_page(
+    records: HealthRecords,
+    caller: Caller,
+    patient: str,
+    *,
+    types: set[str] | None,
+    since: str | None,
+    start: str | None,
+    end: str | None,
+    count: int,
+    offset: int,
+    purpose: str,
+) -> EverythingPage:
+    """One page of Patient/$everything: the patient's records held here (and, in a
+    consortium, those other custodians answer for), newest first, filtered by ``_type``,
+    ``_since`` (changed at or after) and ``start``/``end`` (care dates: a resource with no
+    clinical date is kept, as R4 says). Only the page is decrypted when no care dates are
+    asked for; only the page's records are in the access event."""
+    kinds = types or set(SUPPORTED_TYPES)  # Consent records too (a trial's e-consent)
+    since_ms = _instant_ms(since, "_since") if since is not None else None
+    window = _care_window(start, end)
+    at = records.ledger.head.height
+    local, refused = records.visible_versions(caller, patient, kinds, purpose=purpose, as_of=at)
+    missing: list[tuple[str, str]] = [(records.org, "NO_CONSENT")] if refused else []
+    if since_ms is not None:
+        local = [c for c in local if records.version_time(c[0], c[1]) >= since_ms]
+    local.sort(key=lambda c: (-records.version_height(c[0], c[1]), c[0]))
+    decrypted = 0
+    if window is not None:
+        opened = [records.open_version(r, v) for r, v, _ in local]
+        decrypted = len(opened)
+        kept = [s for s in opened if _in_care_window(s.resource, window)]
+        ordered: list[StoredResource | tuple[str, int, str]] = list(kept)
+    else:
+        ordered = list(local)
+    remote: list[StoredResource] = []
+    others = records.custodians_of(patient)
+    if others and records.federation is not None:
+        remote, gone = records.federation.everything(
+            caller, patient, others, types=types, purpose=purpose
+        )
+        missing += gone
+        if window is not None:
+            remote = [s for s in remote if _in_care_window(s.resource, window)]
+    elif others:
+        missing += [(org, "REMOTE_UNAVAILABLE") for org in others]
+    everything: list[StoredResource | tuple[str, int, str]] = [*ordered, *remote]
+    chosen = everything[offset : offset + count]
+    page: list[StoredResource] = []
+    for item in chosen:
+        if isinstance(item, tuple):
+            page.append(records.open_version(item[0], item[1]))
+            decrypted += 1
+        else:
+            page.append(item)
+    mine = [s for s in page if s.custodian == records.org]
+    if mine:
+        records.log_reads(
+            caller, patient, [s.record_id for s in mine], {s.resource_type for s in mine},
+            purpose=purpose,
+        )  # fmt: skip
+    if refused and not local and not remote and all(o == records.org for o, _ in missing):
+        raise Forbidden("no consent covers these records", code="NO_CONSENT")
+    return EverythingPage(page, len(everything), missing, decrypted)
+
+
+def _instant_ms(text: str, name: str) -> int:
+    parsed = parse_date(text)
+    if parsed is None:
+        raise FhirError(
+            [Issue("error", "invalid", f"{name} is a FHIR instant", (name,))], code="BAD_DATE"
+        )
+    return parsed[0] // 1000
+
+
+def _care_window(start: str | None, end: str | None) -> tuple[int, int] | None:
+    if start is None and end is None:
+        return None
+    low = parse_date(start) if start is not None else None
+    high = parse_date(end) if end is not None else None
+    if (start is not None and low is None) or (end is not None and high is None):
+        raise FhirError(
+            [Issue("error", "invalid", "start and end are FHIR dates", ("start", "end"))],
+            code="BAD_DATE",
+        )
+    return (low[0] if low else MIN_TIME, high[1] if high else MAX_TIME)
+
+
+def _in_care_window(resource: dict[str, Any], window: tuple[int, int]) -> bool:
+    param = parameters(str(resource.get("resourceType"))).get("date")
+    if param is None or param.type != "date":
+        return True  # no clinical date: kept
+    ranges = [r for v in param.values(resource) for r in date_ranges(v)]
+    return not ranges or any(s < window[1] and e > window[0] for s, e in ranges)

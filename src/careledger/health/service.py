@@ -677,6 +677,25 @@ class HealthRecords:
         versions = {r: self._version_at(r, as_of) for r, _ in records}
         return {r: v for r, v in versions.items() if v is not None}
 
+    def visible_versions(
+        self, caller: Caller, patient: str, types: set[str], *, purpose: str, as_of: int
+    ) -> tuple[list[tuple[str, int, str]], set[str]]:
+        """(record, version at ``as_of``, type) of the patient's records of ``types`` the caller
+        may be shown, and the types held here the caller may not see (nothing read or logged)."""
+        self._patient_key(patient)
+        held = self.patient_records(patient, types)
+        visible, refused = [], set()
+        for kind in sorted({t for _, t in held}):
+            if not self.may_search(caller, patient, kind, purpose=purpose):
+                refused.add(kind)
+        for record_id, kind in held:
+            if kind in refused:
+                continue
+            version = self._version_at(record_id, as_of)
+            if version is not None:
+                visible.append((record_id, version, kind))
+        return visible, refused
+
     def may_search(self, caller: Caller, patient: str, resource_type: str, *, purpose: str) -> bool:
         """Whether the caller could be shown this patient's records of this type (a search
         across patients leaves out, without a word, the patients it may not see)."""
@@ -724,6 +743,11 @@ class HealthRecords:
     def blind_candidates(self, groups: Sequence[Sequence[str]]) -> set[tuple[str, int]]:
         """(record id, version) pairs holding a term of every group (see fhir.blind_terms)."""
         return self.vault.store.blind_lookup([self.blind.tokens(g) for g in groups])
+
+    def version_time(self, record_id: str, version: int) -> int:
+        """When a version was anchored (block time, ms)."""
+        entry = self.ledger.state(RECORDS, version_key(record_id, version))
+        return int(entry["time"]) if entry is not None else -1
 
     def version_height(self, record_id: str, version: int) -> int:
         entry = self.ledger.state(RECORDS, version_key(record_id, version))

@@ -28,7 +28,7 @@ from careledger.fhir.search import SearchRequest, parse_search, shape
 from careledger.fhir.search import parameters as search_parameters
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health import bundles
-from careledger.health.search import SearchResult, existing, run_search
+from careledger.health.search import SearchResult, everything_page, existing, run_search
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.jsonio import dumps, loads
 
@@ -366,12 +366,39 @@ def everything(
     claims: MemberDep,
     patient: Annotated[str, Path(pattern=ID_PATTERN)],
     purpose: PurposeHeader = "TREAT",
+    types: Annotated[str | None, Query(alias="_type", max_length=4096)] = None,
+    since: Annotated[str | None, Query(alias="_since", max_length=40)] = None,
+    start: Annotated[str | None, Query(max_length=40)] = None,
+    end: Annotated[str | None, Query(max_length=40)] = None,
+    count: Annotated[int, Query(alias="_count", ge=1)] = MAX_PAGE,
+    offset: Annotated[int, Query(alias="_offset", ge=0, le=10**9)] = 0,
 ) -> Response:
-    records = _records(request)
-    stored, missing = records.everything_everywhere(_caller(claims), patient, purpose=purpose)
-    bundle = _bundle("searchset", stored, sources=True)
-    if missing:
-        bundle["entry"].append(_partial(missing))
+    wanted = {t for t in (types or "").split(",") if t} or None
+    for kind in wanted or ():
+        _check_type(kind)
+    count = min(count, MAX_PAGE)
+    answer = everything_page(
+        _records(request),
+        _caller(claims),
+        patient,
+        types=wanted,
+        since=since,
+        start=start,
+        end=end,
+        count=count,
+        offset=offset,
+        purpose=purpose,
+    )
+    bundle = _bundle("searchset", answer.page, total=answer.total, sources=True)
+    base = f"{_base_url(request)}/Patient/{patient}/$everything"
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"]
+    links = [{"relation": "self", "url": f"{base}?{urlencode([*params, ('_offset', offset)])}"}]
+    if offset + count < answer.total:
+        nxt = urlencode([*params, ("_offset", offset + count)])
+        links.append({"relation": "next", "url": f"{base}?{nxt}"})
+    bundle["link"] = links
+    if answer.missing:
+        bundle["entry"].append(_partial(answer.missing))
     return _fhir(bundle)
 
 
