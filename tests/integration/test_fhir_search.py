@@ -163,7 +163,7 @@ def test_paging_continues_the_same_result_set_while_records_are_written(
     assert len(seen) == len(set(seen)) == before
 
 
-def test_summary_elements_include_and_compartment(world: dict[str, Any]) -> None:
+def test_summary_elements_include_and_compartment(server: Server, world: dict[str, Any]) -> None:
     http, pid, ids = world["clinician"], world["pid"], world["ids"]
     count = search(http, f"Observation?patient={pid}&code=8867-4&_summary=count")
     assert count["total"] >= 3 and "entry" not in count
@@ -177,6 +177,9 @@ def test_summary_elements_include_and_compartment(world: dict[str, Any]) -> None
     )
     modes = [(e["search"]["mode"], e["resource"]["resourceType"]) for e in with_patient["entry"]]
     assert modes == [("match", "Observation"), ("include", "Patient")]
+    with login(server, server.data_dir / "keys" / "st-mary-admin.key") as admin:
+        log = admin.get(f"/v1/patients/{pid}/access-log").json()["accesses"]
+    assert log[-1]["records"] == [pid] and log[-2]["records"] == [ids["lab"]]  # each logged
     compartment = search(http, f"Patient/{pid}/MedicationRequest?status=stopped")
     assert matched(compartment) == [ids["med-stopped"]]
     posted = http.post(

@@ -82,10 +82,8 @@ def search_patient(
     result = _page(records, request, list(candidates), owner, planned.exact, at, now, base_url)
     if request.revincludes and result.page:
         _revinclude(records, caller, request.revincludes, result, patient, purpose, at)
-    disclosed = _disclosed(result).get(patient, [])
-    if disclosed:  # nothing returned or counted: the basis was checked, nothing was disclosed
-        types = {s.resource_type for s in [*result.page, *result.included]} or {kind}
-        records.log_reads(caller, patient, disclosed, types, purpose=purpose)
+    # nothing returned or counted: the basis was checked, nothing was disclosed, nothing logged
+    records.log_reads_many(caller, _disclosed(result, kind), purpose=purpose)
     if request.includes and result.page:
         _include(records, caller, request.includes, result.page, result, purpose, base_url)
     return result
@@ -122,18 +120,18 @@ def _page(
     return result
 
 
-def _disclosed(result: SearchResult) -> dict[str, list[str]]:
-    """patient -> records a search disclosed: what it returned or, when it returned none yet
-    counted some (_summary=count, _count=0, a page past the end), every record it counted:
-    a count says something about each of them."""
-    out: dict[str, list[str]] = {}
+def _disclosed(result: SearchResult, kind: str) -> dict[str, list[tuple[str, str]]]:
+    """patient -> (record, type) a search disclosed: what it returned or, when it returned
+    none yet counted some (_summary=count, _count=0, a page past the end), every record it
+    counted: a count says something about each of them."""
+    out: dict[str, list[tuple[str, str]]] = {}
     if result.page or result.included:
         for stored in [*result.page, *result.included]:
-            out.setdefault(stored.patient, []).append(stored.record_id)
+            out.setdefault(stored.patient, []).append((stored.record_id, stored.resource_type))
     else:
         for patient, record_id in result.matched:
-            out.setdefault(patient, []).append(record_id)
-    return {p: ids[:MAX_LOGGED] for p, ids in out.items()}
+            out.setdefault(patient, []).append((record_id, kind))
+    return {p: pairs[:MAX_LOGGED] for p, pairs in out.items()}
 
 
 def about_patient(
@@ -244,7 +242,7 @@ def search_org(
     result = _page(records, request, pairs, owner, planned.exact, at, now, base_url)
     if request.revincludes:
         result.warnings.append("_revinclude is answered on searches about one patient")
-    records.log_reads_many(caller, _disclosed(result), kind, purpose=purpose)
+    records.log_reads_many(caller, _disclosed(result, kind), purpose=purpose)
     if request.includes and result.page:
         _include(records, caller, request.includes, result.page, result, purpose, base_url)
     return result
@@ -261,6 +259,8 @@ def _include(
 ) -> None:
     seen = {(s.resource_type, s.record_id) for s in page}
     frontier = list(page)
+    pending: dict[str, list[tuple[str, str]]] = {}  # patient -> (record, type) to log
+    fetched: list[StoredResource] = []
     for _ in range(3):  # :iterate follows at most three hops
         wanted: list[tuple[str, str]] = []
         for include in includes:
@@ -276,14 +276,37 @@ def _include(
                 continue
             seen.add((kind, ident))
             try:
-                stored = records.read(caller, kind, ident, purpose=purpose)
+                stored = _included(records, caller, kind, ident, purpose, pending)
             except CareLedgerError as exc:
                 result.warnings.append(f"{kind}/{ident} is not included ({exc.code})")
                 continue
-            result.included.append(stored)
             frontier.append(stored)
+            fetched.append(stored)
         if not frontier or not any(i.iterate for i in includes):
             break
+    # one access event per patient for every record included here (not one per record),
+    # committed before any of them is returned
+    records.log_reads_many(caller, pending, purpose=purpose)
+    result.included.extend(fetched)
+
+
+def _included(
+    records: HealthRecords,
+    caller: Caller,
+    kind: str,
+    ident: str,
+    purpose: str,
+    pending: dict[str, list[tuple[str, str]]],
+) -> StoredResource:
+    """An included record: held here, opened once the caller's basis is checked (and logged
+    with the others); held elsewhere, read from its custodian (who logs it)."""
+    meta = records.record_meta(ident, kind)
+    if meta["custodian"] != records.org:
+        return records.read(caller, kind, ident, purpose=purpose)
+    if not records.may_search(caller, meta["patient"], kind, purpose=purpose):
+        raise Forbidden("no basis covers this record", code="NO_CONSENT")
+    pending.setdefault(str(meta["patient"]), []).append((ident, kind))
+    return records.open_version(ident, int(meta["version"]))
 
 
 def _revinclude(
@@ -376,12 +399,8 @@ def everything_page(
             decrypted += 1
         else:
             page.append(item)
-    mine = [s for s in page if s.custodian == records.org]
-    if mine:
-        records.log_reads(
-            caller, patient, [s.record_id for s in mine], {s.resource_type for s in mine},
-            purpose=purpose,
-        )  # fmt: skip
+    mine = [(s.record_id, s.resource_type) for s in page if s.custodian == records.org]
+    records.log_reads_many(caller, {patient: mine}, purpose=purpose)
     if refused and not local and not remote and all(o == records.org for o, _ in missing):
         raise Forbidden("no consent covers these records", code="NO_CONSENT")
     return EverythingPage(page, len(everything), missing, decrypted)

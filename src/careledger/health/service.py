@@ -718,21 +718,28 @@ class HealthRecords:
     def log_reads_many(
         self,
         caller: Caller,
-        disclosed: Mapping[str, Sequence[str]],
-        resource_type: str,
+        disclosed: Mapping[str, Sequence[tuple[str, str]]],
         *,
         purpose: str,
     ) -> None:
-        """One access event per patient for what a search across patients disclosed (patient
-        -> record ids), committed together; Forbidden (nothing is returned) unless the ledger
-        accepts every one."""
+        """One access event per patient for what a search disclosed (patient -> (record id,
+        type) pairs), committed together; Forbidden (nothing is returned) unless the ledger
+        accepts every one. Nothing disclosed, nothing committed."""
         calls: list[Call] = [
             (
                 "audit",
                 "access",
-                self._access_args(caller, patient, ids, {resource_type}, "read", purpose),
+                self._access_args(
+                    caller,
+                    patient,
+                    [r for r, _ in pairs],
+                    {t for _, t in pairs},
+                    "read",
+                    purpose,
+                ),
             )
-            for patient, ids in sorted(disclosed.items())
+            for patient, pairs in sorted(disclosed.items())
+            if pairs
         ]
         if not calls:
             return
@@ -757,21 +764,6 @@ class HealthRecords:
         """Decrypt one version held here, checked against its anchor; not a read of the
         caller's (the search that decides what to return logs what it returns)."""
         return self._open(record_id, version)
-
-    def log_reads(
-        self,
-        caller: Caller,
-        patient: str,
-        records: Sequence[str],
-        types: set[str],
-        *,
-        purpose: str,
-    ) -> None:
-        """The access event of exactly what a search returns; Forbidden (nothing is returned)
-        unless the ledger accepts it."""
-        self.authorise(
-            caller, patient=patient, records=records, types=types, action="read", purpose=purpose
-        )
 
     def _version_at(self, record_id: str, height: int) -> int | None:
         """The version of a record current at ``height`` (None: it did not exist yet)."""
