@@ -111,7 +111,9 @@ def main() -> None:
                     return len(hits[:10])
 
                 times, result = timed(runs, page)
-                base, _ = timed(max(3, runs // 3), old_way)
+                # the old way names every record in one access event: past a few thousand it
+                # cannot answer at all (an envelope is at most 64 KiB)
+                base, _ = timed(max(3, runs // 3), old_way) if size <= 2_000 else ([0.0], None)
                 figures[size] = (
                     pct(times, 50), pct(times, 99), result.decrypted,
                     pct(base, 50), pct(base, 99), size,
@@ -133,8 +135,12 @@ def main() -> None:
                 line(
                     f"{size:>6,} Observations: 10-entry page",
                     f"p50 {pct(times, 50):.1f} ms  p99 {pct(times, 99):.1f} ms",
-                    f"decrypted {result.decrypted}; old way (decrypt all) p50 {pct(base, 50):.1f}"
-                    f" ms, p99 {pct(base, 99):.1f} ms",
+                    f"decrypted {result.decrypted}; old way (decrypt all) "
+                    + (
+                        f"p50 {pct(base, 50):.1f} ms, p99 {pct(base, 99):.1f} ms"
+                        if size <= 2_000
+                        else "cannot answer (one access event over 64 KiB)"
+                    ),
                 )
                 line(
                     f"{size:>6,} Observations: code=, page of 10",
