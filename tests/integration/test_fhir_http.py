@@ -78,10 +78,10 @@ def test_xml_is_not_acceptable_and_405_says_what_is_allowed(clinician: httpx.Cli
     xml = clinician.get("/fhir/metadata", headers={"accept": "application/fhir+xml"})
     assert xml.status_code == 406 and xml.json()["resourceType"] == "OperationOutcome"
     assert clinician.get("/fhir/metadata", headers={"accept": "*/*"}).status_code == 200
-    patched = clinician.patch("/fhir/Patient/whatever", content=b"[]")
-    assert patched.status_code == 405
-    allowed = {m.strip() for m in patched.headers["allow"].split(",")}
-    assert {"GET", "PUT", "DELETE"} <= allowed
+    posted = clinician.post("/fhir/Patient/whatever", content=b"{}")
+    assert posted.status_code == 405
+    allowed = {m.strip() for m in posted.headers["allow"].split(",")}
+    assert {"GET", "PUT", "DELETE", "PATCH"} <= allowed
 
 
 def test_delete_erases_and_a_later_read_is_gone(server: Server, clinician: httpx.Client) -> None:
@@ -104,3 +104,31 @@ def test_delete_erases_and_a_later_read_is_gone(server: Server, clinician: httpx
         assert gone.status_code == 410 and gone.json()["issue"][0]["code"] == "deleted"
         again = patient.delete(f"/fhir/Observation/{oid}")
         assert again.status_code == 410
+
+
+def test_json_patch(clinician: httpx.Client) -> None:
+    made = make(clinician, {"resourceType": "Patient", "gender": "female"}).json()
+    url = f"/fhir/Patient/{made['id']}"
+    patch = {"content-type": "application/json-patch+json"}
+    ops = [{"op": "replace", "path": "/gender", "value": "male"},
+           {"op": "add", "path": "/birthDate", "value": "1970-01-01"}]  # fmt: skip
+    done = clinician.patch(url, content=json.dumps(ops), headers={**patch, "if-match": 'W/"1"'})
+    assert done.status_code == 200, done.text
+    assert done.json()["gender"] == "male" and done.json()["meta"]["versionId"] == "2"
+    stale = clinician.patch(url, content=json.dumps(ops), headers={**patch, "if-match": 'W/"1"'})
+    assert stale.status_code == 412
+    failing = [{"op": "test", "path": "/gender", "value": "secret-value-zq"}]
+    refused = clinician.patch(url, content=json.dumps(failing), headers=patch)
+    assert refused.status_code == 422 and "secret-value-zq" not in refused.text
+    renamed = clinician.patch(
+        url, content=json.dumps([{"op": "replace", "path": "/id", "value": "x"}]), headers=patch
+    )
+    assert renamed.status_code == 422
+    invalid = clinician.patch(
+        url,
+        content=json.dumps([{"op": "replace", "path": "/gender", "value": "bogus"}]),
+        headers=patch,
+    )
+    assert invalid.status_code == 400  # the patched resource must still be valid R4
+    wrong = clinician.patch(url, content=json.dumps(ops), headers=FHIR)
+    assert wrong.status_code == 415

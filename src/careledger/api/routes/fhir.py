@@ -15,6 +15,8 @@ from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
+import jsonpatch
+import jsonpointer
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -509,6 +511,79 @@ async def update(
             http_status=412,
         ) from None
     return _returning(request, stored, 200)
+
+
+@router.patch("/{resource_type}/{record_id}", summary="Update by JSON Patch (a new version)")
+async def patch(
+    request: Request,
+    claims: MemberDep,
+    resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
+    record_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    purpose: PurposeHeader = "TREAT",
+    if_match: Annotated[str | None, Header(alias="If-Match", max_length=40)] = None,
+) -> Response:
+    _check_type(resource_type)
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind != "application/json-patch+json":
+        raise FhirError(
+            [Issue("error", "not-supported", "PATCH takes application/json-patch+json", ())],
+            code="UNSUPPORTED_MEDIA_TYPE",
+            http_status=415,
+        )
+    raw = await request.body()
+    if len(raw) > 1024 * 1024:
+        raise ValidationError("a patch may be at most 1 MiB", code="REQUEST_TOO_LARGE")
+    operations = loads(raw)
+    if not isinstance(operations, list) or not all(isinstance(o, dict) for o in operations):
+        raise FhirError([Issue("error", "invalid", "a JSON Patch is a list of operations", ())])
+    records = _records(request)
+    caller = _caller(claims)
+    current = await run_in_threadpool(
+        records.read, caller, resource_type, record_id, purpose=purpose
+    )
+    expected = _etag_version(if_match)
+    if expected is not None and expected != current.version:
+        raise FhirError(
+            [Issue("error", "conflict", f"If-Match names version {expected}", ())],
+            code="PRECONDITION_FAILED",
+            http_status=412,
+        )
+    patched = _apply_patch(current.resource, operations)
+    if patched.get("resourceType") != resource_type or patched.get("id") != record_id:
+        raise FhirError(
+            [Issue("error", "invalid", "a patch may not change resourceType or id", ())],
+            http_status=422,
+        )
+    validate_resource(patched, expected_type=resource_type)
+    try:
+        stored = await run_in_threadpool(
+            records.update, caller, patched, record_id, if_match=current.version, purpose=purpose
+        )
+    except Conflict as exc:
+        if exc.code != "VERSION_CONFLICT":
+            raise
+        raise FhirError(
+            [Issue("error", "conflict", "the resource changed while it was patched", ())],
+            code="PRECONDITION_FAILED",
+            http_status=412,
+        ) from None
+    return _returning(request, stored, 200)
+
+
+def _apply_patch(resource: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 through ``jsonpatch``; a failure names the operation, never a value."""
+    for index, operation in enumerate(operations):
+        try:
+            resource = jsonpatch.apply_patch(resource, [operation])
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError):
+            raise FhirError(
+                [Issue("error", "processing", f"patch operation {index} cannot be applied", ())],
+                code="PATCH_FAILED",
+                http_status=422,
+            ) from None
+    if not isinstance(resource, dict):
+        raise FhirError([Issue("error", "invalid", "a patch must leave a resource", ())])
+    return resource
 
 
 @router.delete("/{resource_type}/{record_id}", summary="Erase (crypto-shred) a resource")
