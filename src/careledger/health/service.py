@@ -51,6 +51,7 @@ from careledger.vault.blind_index import BlindIndex
 Call = tuple[str, str, Mapping[str, Any]]
 WRITER_ROLES = RECORD_WRITER_ROLES  # one source: the records contract decides who anchors
 MAX_KEY_EVENTS_SCANNED = 100_000
+MAX_HEIGHTS_REMEMBERED = 1_000_000
 BLIND_INDEX_META = "blind_index"
 BLIND_INDEX_VERSION = "1"
 
@@ -86,6 +87,7 @@ class HealthRecords:
         self.vault = vault
         self.patient_keys_dir = patient_keys_dir
         self.blind = BlindIndex.for_node(node.ledger.node_key)
+        self._heights: dict[tuple[str, int], int] = {}  # (record, version) -> anchoring height
         # Reads of records other custodians hold (consortium mode); None: local records only.
         self.federation: FederationClient | None = None
 
@@ -757,8 +759,15 @@ class HealthRecords:
         return int(entry["time"]) if entry is not None else -1
 
     def version_height(self, record_id: str, version: int) -> int:
+        """The ledger height a version was anchored at (-1: no such version)."""
+        known = self._heights.get((record_id, version))
+        if known is not None:
+            return known
         entry = self.ledger.state(RECORDS, version_key(record_id, version))
-        return int(entry["height"]) if entry is not None else -1
+        if entry is None:
+            return -1
+        self._remember_height(record_id, version, int(entry["height"]))
+        return int(entry["height"])
 
     def open_version(self, record_id: str, version: int) -> StoredResource:
         """Decrypt one version held here, checked against its anchor; not a read of the
@@ -766,14 +775,26 @@ class HealthRecords:
         return self._open(record_id, version)
 
     def _version_at(self, record_id: str, height: int) -> int | None:
-        """The version of a record current at ``height`` (None: it did not exist yet)."""
-        version = int(self.record_meta(record_id)["version"])
+        """The version of a record current at ``height`` (None: it did not exist yet). The
+        record's own entry says its latest version and when it was written, which answers
+        nearly every call with one read; the height of each version is remembered (it never
+        changes) so that ordering a result set costs no more reads."""
+        meta = self.record_meta(record_id)
+        version = int(meta["version"])
+        if int(meta["height"]) <= height:
+            self._remember_height(record_id, version, int(meta["height"]))
+            return version
         while version >= 1:
-            entry = self.ledger.state(RECORDS, version_key(record_id, version))
-            if entry is not None and entry["height"] <= height:
+            written = self.version_height(record_id, version)
+            if 0 <= written <= height:
                 return version
             version -= 1
         return None
+
+    def _remember_height(self, record_id: str, version: int, height: int) -> None:
+        if len(self._heights) >= MAX_HEIGHTS_REMEMBERED:
+            self._heights.clear()
+        self._heights[(record_id, version)] = height
 
     def shred(self, caller: Caller, record_id: str) -> dict[str, Any]:
         """A patient whose key this node holds shreds a record; others sign records.shred."""
