@@ -132,3 +132,33 @@ def test_json_patch(clinician: httpx.Client) -> None:
     assert invalid.status_code == 400  # the patched resource must still be valid R4
     wrong = clinician.patch(url, content=json.dumps(ops), headers=FHIR)
     assert wrong.status_code == 415
+
+
+def test_validate_operation(clinician: httpx.Client) -> None:
+    good = {"resourceType": "Patient", "gender": "female"}
+    ok = clinician.post("/fhir/Patient/$validate", content=json.dumps(good), headers=FHIR)
+    assert ok.status_code == 200 and ok.json()["issue"][0]["severity"] == "information"
+    bad = clinician.post(
+        "/fhir/Patient/$validate",
+        content=json.dumps({"resourceType": "Patient", "gender": "bogus"}),
+        headers=FHIR,
+    )
+    assert bad.status_code == 200
+    assert [i["expression"] for i in bad.json()["issue"]] == [["Patient.gender"]]
+    wrapped = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": good}]}
+    assert (
+        clinician.post("/fhir/Patient/$validate", content=json.dumps(wrapped), headers=FHIR).json()[
+            "issue"
+        ][0]["severity"]
+        == "information"
+    )
+
+
+def test_the_capability_statement_is_a_strict_r4_resource(clinician: httpx.Client) -> None:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    statement = clinician.get("/fhir/metadata").json()
+    get_fhir_model_class("CapabilityStatement").model_validate(statement)
+    patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+    assert {i["code"] for i in patient["interaction"]} >= {"read", "patch", "delete", "create"}
+    assert patient["conditionalCreate"] is True

@@ -25,10 +25,10 @@ from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of as _caller
 from careledger.errors import Conflict, ValidationError
 from careledger.fhir import extract, mapping
-from careledger.fhir.outcome import FhirError, Issue
+from careledger.fhir.outcome import FhirError, Issue, operation_outcome
 from careledger.fhir.search import SearchRequest, parse_search, shape
 from careledger.fhir.search import parameters as search_parameters
-from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
+from careledger.fhir.validate import SUPPORTED_TYPES, find_issues, validate_resource
 from careledger.health import bundles
 from careledger.health.search import SearchResult, everything_page, existing, run_search
 from careledger.health.service import HealthRecords, StoredResource
@@ -187,9 +187,24 @@ def _capability(resource_type: str) -> dict[str, Any]:
         "type": resource_type,
         "interaction": [
             {"code": c}
-            for c in ("read", "vread", "update", "history-instance", "create", "search-type")
+            for c in (
+                "read",
+                "vread",
+                "update",
+                "patch",
+                "delete",
+                "history-instance",
+                "create",
+                "search-type",
+            )
         ],
         "versioning": "versioned",
+        "readHistory": True,
+        "updateCreate": False,
+        "conditionalCreate": True,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
         "searchInclude": [f"{resource_type}:{c}" for c in references],
         "searchParam": [
             {
@@ -221,11 +236,16 @@ def metadata() -> Response:
                         "description": "EdDSA JWT bearer tokens (/v1/auth/token), SMART scopes",
                     },
                     "resource": resources,
+                    "interaction": [{"code": "transaction"}, {"code": "batch"}],
                     "operation": [
                         {
                             "name": "everything",
                             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                        }
+                        },
+                        {
+                            "name": "validate",
+                            "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                        },
                     ],
                 }
             ],
@@ -360,6 +380,29 @@ async def create(
         purpose=purpose,
     )
     return _returning(request, stored, 201)
+
+
+@router.post("/{resource_type}/$validate", summary="Validate a resource (nothing is stored)")
+async def validate(
+    request: Request,
+    claims: MemberDep,
+    resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
+) -> Response:
+    _check_type(resource_type)
+    raw = await request.body()
+    if len(raw) > 4 * 1024 * 1024:
+        raise ValidationError("a resource may be at most 4 MiB", code="REQUEST_TOO_LARGE")
+    body = loads(raw)
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        parts = body.get("parameter") or []
+        given = [
+            p.get("resource") for p in parts if isinstance(p, dict) and p.get("name") == "resource"
+        ]
+        body = given[0] if given else None
+    issues = find_issues(body, expected_type=resource_type)
+    if not issues:
+        issues = [Issue("information", "informational", "the resource is valid R4", ())]
+    return _fhir(operation_outcome(issues), 200)
 
 
 @router.get("/Patient/{patient}/$everything", summary="Everything held about a patient")
