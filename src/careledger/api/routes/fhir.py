@@ -102,6 +102,13 @@ def _etag_version(tag: str | None) -> int | None:
     return int(text)
 
 
+def _precondition_failed(message: str) -> FhirError:
+    """412: the version a client conditioned its write on is no longer the current one."""
+    return FhirError(
+        [Issue("error", "conflict", message, ())], code="PRECONDITION_FAILED", http_status=412
+    )
+
+
 def _returning(request: Request, stored: StoredResource, status: int) -> Response:
     """Create and update answer as ``Prefer: return=`` asks (representation by default)."""
     headers = _anchor_headers(stored, _origin(request))
@@ -548,11 +555,7 @@ async def update(
     except Conflict as exc:
         if expected is None or exc.code != "VERSION_CONFLICT":
             raise
-        raise FhirError(
-            [Issue("error", "conflict", f"If-Match names version {expected}: {exc.message}", ())],
-            code="PRECONDITION_FAILED",
-            http_status=412,
-        ) from None
+        raise _precondition_failed(f"If-Match names version {expected}: {exc.message}") from None
     return _returning(request, stored, 200)
 
 
@@ -586,11 +589,7 @@ async def patch(
     )
     expected = _etag_version(if_match)
     if expected is not None and expected != current.version:
-        raise FhirError(
-            [Issue("error", "conflict", f"If-Match names version {expected}", ())],
-            code="PRECONDITION_FAILED",
-            http_status=412,
-        )
+        raise _precondition_failed(f"If-Match names version {expected}")
     patched = _apply_patch(current.resource, operations)
     if patched.get("resourceType") != resource_type or patched.get("id") != record_id:
         raise FhirError(
@@ -605,11 +604,7 @@ async def patch(
     except Conflict as exc:
         if exc.code != "VERSION_CONFLICT":
             raise
-        raise FhirError(
-            [Issue("error", "conflict", "the resource changed while it was patched", ())],
-            code="PRECONDITION_FAILED",
-            http_status=412,
-        ) from None
+        raise _precondition_failed("the resource changed while it was patched") from None
     return _returning(request, stored, 200)
 
 
