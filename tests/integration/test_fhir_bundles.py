@@ -137,10 +137,12 @@ def test_batch_entries_stand_alone(http: httpx.Client) -> None:
                 "request": {"method": "POST", "url": "Observation"},
             },
             {"resource": new_obs, "request": {"method": "DELETE", "url": "Observation/x"}},
+            {"resource": new_obs, "request": {"method": "PATCH", "url": "Observation/x"}},
         ],
     }
     result = post(http, batch).json()
-    assert [e["response"]["status"] for e in result["entry"]] == ["201 Created", "400", "400"]
+    statuses = [e["response"]["status"] for e in result["entry"]]
+    assert statuses == ["201 Created", "400", "404", "400"]  # no record x; PATCH not in bundles
     assert result["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert post(http, {"resourceType": "Patient"}).status_code == 400
 

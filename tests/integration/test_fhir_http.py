@@ -162,3 +162,41 @@ def test_the_capability_statement_is_a_strict_r4_resource(clinician: httpx.Clien
     patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
     assert {i["code"] for i in patient["interaction"]} >= {"read", "patch", "delete", "create"}
     assert patient["conditionalCreate"] is True
+
+
+def test_batch_reads_searches_erases_and_writes(server: Server, clinician: httpx.Client) -> None:
+    pid = make(clinician, {"resourceType": "Patient", "gender": "female"}).json()["id"]
+    note = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "note"},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+    oid = make(clinician, note).json()["id"]
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"Patient/{pid}"}},
+            {"request": {"method": "GET", "url": f"Observation?patient={pid}&status=final"}},
+            {"request": {"method": "GET", "url": "Observation?colour=red"}},
+            {"request": {"method": "POST", "url": "Observation"}, "resource": note},
+        ],
+    }
+    answer = clinician.post("/fhir", content=json.dumps(batch), headers=FHIR).json()
+    statuses = [e["response"]["status"] for e in answer["entry"]]
+    assert statuses[0] == "200 OK" and answer["entry"][0]["resource"]["id"] == pid
+    assert answer["entry"][1]["resource"]["total"] == 1
+    assert statuses[2] == "400" and statuses[3] == "201 Created"
+    erase = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "DELETE", "url": f"Observation/{oid}"}}],
+    }
+    with login(server, server.data_dir / "keys" / "patients" / f"{pid}.key") as patient:
+        erased = patient.post("/fhir", content=json.dumps(erase), headers=FHIR).json()
+        assert erased["entry"][0]["response"]["status"] == "200 OK"
+        assert patient.get(f"/fhir/Observation/{oid}").status_code == 410
+    in_transaction = {**erase, "type": "transaction"}
+    refused = clinician.post("/fhir", content=json.dumps(in_transaction), headers=FHIR)
+    assert refused.status_code == 400

@@ -9,16 +9,19 @@ members remain (they carry no PHI) and nothing else does.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from careledger.contracts.records import MAX_BATCH
 from careledger.errors import CareLedgerError, ValidationError
 from careledger.fhir.extract import patient_id
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
+from careledger.fhir.search import parse_search
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health.access import Caller
 from careledger.health.importer import rewrite_references
-from careledger.health.search import existing
+from careledger.health.search import existing, run_search
 from careledger.health.service import HealthRecords, StoredResource
 
 _URL = re.compile(r"^([A-Z][A-Za-z]{1,63})(?:/([A-Za-z0-9\-.]{1,64}))?$")
@@ -56,7 +59,8 @@ def _request(entry: object, index: int) -> Parsed:
                 Issue(
                     "error",
                     "not-supported",
-                    "entries may POST Type or PUT Type/id",
+                    "transaction entries may POST Type or PUT Type/id (a batch also GETs and"
+                    " DELETEs: an erasure is its own ledger transaction, never part of another)",
                     (f"{where}.request",),
                 )
             ]
@@ -206,10 +210,66 @@ def rewrite_condition(condition: str, ids: dict[str, str]) -> str:
     return condition
 
 
+def _read_entry(
+    records: HealthRecords, caller: Caller, entry: object, purpose: str
+) -> dict[str, Any] | None:
+    """A GET or DELETE entry of a batch, answered; None for the entries that write."""
+    request = entry.get("request") if isinstance(entry, dict) else None
+    method = request.get("method") if isinstance(request, dict) else None
+    url = request.get("url") if isinstance(request, dict) else None
+    if method not in ("GET", "DELETE") or not isinstance(url, str):
+        return None
+    path, _, query = url.partition("?")
+    match = _URL.match(path)
+    if match is None:
+        raise FhirError([Issue("error", "invalid", "entry.request.url is Type, Type/id", ())])
+    resource_type, record_id = match.groups()
+    if resource_type not in SUPPORTED_TYPES or resource_type == "Consent":
+        raise FhirError([Issue("error", "not-supported", f"{resource_type} is not held here", ())])
+    if method == "DELETE":
+        if record_id is None or query:
+            raise FhirError([Issue("error", "not-supported", "DELETE takes Type/id", ())])
+        records.record_meta(record_id, resource_type)
+        receipt = records.shred(caller, record_id)
+        note = f"{resource_type}/{record_id} was erased (ledger transaction {receipt['tx_id']})"
+        outcome = operation_outcome([Issue("information", "informational", note, ())])
+        return {"response": {"status": "200 OK", "outcome": outcome}}
+    if record_id is not None:
+        stored = records.read(caller, resource_type, record_id, purpose=purpose)
+        return _response_entry(stored, "GET", made=False)
+    found = run_search(
+        records,
+        caller,
+        parse_search(resource_type, parse_qsl(query, keep_blank_values=True)),
+        purpose=purpose,
+        base_url="",
+        now=datetime.now(UTC),
+    )
+    searchset = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": found.total,
+        "entry": [
+            {
+                "fullUrl": f"{s.resource_type}/{s.record_id}",
+                "resource": s.resource,
+                "search": {"mode": "match"},
+            }
+            for s in found.page
+        ],
+    }
+    return {"resource": searchset, "response": {"status": "200 OK"}}
+
+
 def batch(records: HealthRecords, caller: Caller, bundle: object, purpose: str) -> dict[str, Any]:
+    """Each entry on its own: GET (read or search), DELETE (erase), POST and PUT (write)."""
     out = []
     for index, entry in enumerate(_entries(bundle, "batch")):
         try:
+            answered = _read_entry(records, caller, entry, purpose)
+            if answered is not None:
+                out.append(answered)
+                continue
             method, resource_type, record_id, resource, if_match, condition = _request(entry, index)
             validate_resource(resource, expected_type=resource_type)
             if condition is not None:
