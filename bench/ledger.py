@@ -391,25 +391,26 @@ def verify_rate(store_path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: CI checks it runs")
     parser.add_argument("--txs", type=int, default=60_000)
     parser.add_argument("--proof-leaves", type=int, default=1_000_000)
     args = parser.parse_args()
-    n = 6_000 if args.quick else args.txs
-    leaves = 20_000 if args.quick else args.proof_leaves
+    args.quick = args.quick or args.smoke
+    n = 300 if args.smoke else 6_000 if args.quick else args.txs
+    leaves = 2_000 if args.smoke else 20_000 if args.quick else args.proof_leaves
     print(f"CareLedger ledger bench — {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     workdir = Path(tempfile.mkdtemp(prefix="careledger-bench-"))
     server = None
     try:
-        top = ceiling(4_000 if args.quick else 30_000)
+        top = ceiling(300 if args.smoke else 4_000 if args.quick else 30_000)
         store_path = in_process(n, workdir, top)
         server, admin, chain = http_throughput(n, workdir)
-        latency(
-            server, admin, chain, [100, 500] if not args.quick else [50], 3 if args.quick else 8
-        )
+        rates, seconds = ([20], 1) if args.smoke else ([50], 3) if args.quick else ([100, 500], 8)
+        latency(server, admin, chain, rates, seconds)
         server.stop()
         server = None
-        proofs(workdir, leaves, 300 if args.quick else 2_000)
+        proofs(workdir, leaves, 50 if args.smoke else 300 if args.quick else 2_000)
         verify_rate(store_path)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"\n  peak memory of the bench process: {peak:,.0f} MiB")

@@ -130,9 +130,10 @@ def baseline(n: int, workdir: Path, workers: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: CI checks it runs")
     args = parser.parse_args()
-    n = 300 if args.quick else 2_000
-    everything_size = 200 if args.quick else 1_000
+    n = 30 if args.smoke else 300 if args.quick else 2_000
+    everything_size = 20 if args.smoke else 200 if args.quick else 1_000
     workers = 16
     workdir = Path(tempfile.mkdtemp(prefix="careledger-records-bench-"))
     print(f"CareLedger health-records bench — {n} creates/reads, {workers} concurrent clients")
@@ -171,7 +172,7 @@ def main() -> None:
             create_rate, create_lat = run_parallel(n, workers, create)
             read_rate, read_lat = run_parallel(n, workers, read)
             single = []
-            for i in range(50):  # one client, no concurrency: the latency a user sees
+            for i in range(min(50, n)):  # one client, no concurrency: the latency a user sees
                 t = time.perf_counter()
                 create(i)
                 single.append((time.perf_counter() - t) * 1000)

@@ -76,10 +76,11 @@ def line(label: str, value: str, note: str = "") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: CI checks it runs")
     args = parser.parse_args()
-    sizes = (10, 300, 1_000) if args.quick else (10, 1_000, 10_000)
-    patients_n = 2_000 if args.quick else 100_000
-    runs = 10 if args.quick else 30
+    sizes = (10, 40) if args.smoke else (10, 300, 1_000) if args.quick else (10, 1_000, 10_000)
+    patients_n = 50 if args.smoke else 2_000 if args.quick else 100_000
+    runs = 3 if args.smoke else 10 if args.quick else 30
     workdir = Path(tempfile.mkdtemp(prefix="careledger-search-bench-"))
     print(f"CareLedger search bench — pages of 10; patients with {sizes} Observations")
     try:
