@@ -972,24 +972,30 @@ def product_verify(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Is this pack genuine? Exit 0 if verified, 1 if not, 2 on a bad link or error."""
+    """May this pack be dispensed? Exit 0: OK to dispense; 1: do not dispense (unknown,
+    mismatched, recalled, suspect, illegitimate, expired, already dispensed or out of
+    circulation); 2: a bad link or an error."""
     try:
         with _logged_in(url, key) as client:
-            result = client.verify_product(link)
+            result = client.verify_product(link, explain=True)
     except CareLedgerError as exc:
         raise _fail(exc) from None
-    data = result["data"]
+    verdict = result["verdict"]
     if json_out:
         _print_json(result)
     else:
-        verdict = "[green]VERIFIED[/green]" if data["verified"] else "[red]NOT VERIFIED[/red]"
+        colour = "green" if verdict["dispense"] else "red"
+        out.print(f"[{colour}]{verdict['headline'].upper()}[/{colour}]: {verdict['reason']}")
+        out.print(verdict["action"])
+        data = result["data"]
         details = [data.get("verificationFailureReason"), data.get("additionalInfo")]
-        out.print(" ".join([verdict, *(d for d in details if d)]))
+        standard = "verified" if data["verified"] else "not verified"
+        out.print(f"LMS answer: {' '.join([standard, *(d for d in details if d)])}")
         if "responderGLN" in result:
             out.print(
                 f"answered for GLN {result['responderGLN']} at {result['verificationTimestamp']}"
             )
-    if not data["verified"]:
+    if not verdict["dispense"]:
         raise typer.Exit(1)
 
 

@@ -395,11 +395,21 @@ class Client:
         return result
 
     def verify_product(
-        self, link: str, *, corr_uuid: str | None = None, requestor_gln: str | None = None
+        self,
+        link: str,
+        *,
+        corr_uuid: str | None = None,
+        requestor_gln: str | None = None,
+        explain: bool = False,
     ) -> dict[str, Any]:
-        """A DSCSA verification (LMS response) of the pack a GS1 Digital Link names."""
+        """A DSCSA verification (LMS response) of the pack a GS1 Digital Link names; with
+        ``explain``, also its ``verdict`` (dispense or not, why, what to do)."""
         result: dict[str, Any] = self.get_json(
-            "/v1/supply/verify", link=link, corrUUID=corr_uuid, reqGLN=requestor_gln
+            "/v1/supply/verify",
+            link=link,
+            corrUUID=corr_uuid,
+            reqGLN=requestor_gln,
+            explain="true" if explain else None,
         )
         return result
 

@@ -72,14 +72,16 @@ def test_a_pharmacist_checks_packs_genuine_and_counterfeit(page: Page, server: S
     page.goto(f"{server.url}/verify")
     expect(page.get_by_role("heading", name="Verify a pack")).to_be_visible()
     verify(page, link(f"{AMOX_LOT}0010"))
-    expect(page.get_by_test_id("verdict")).to_have_text("Verified")
+    expect(page.get_by_test_id("verdict")).to_have_text("OK to dispense")
     shot(page, "verify-genuine")
     verify(page, link("FAKE0001"))  # a serial Acme never commissioned
-    expect(page.get_by_test_id("verdict")).to_contain_text("Not verified · No_match_GTIN_Serial")
-    expect(page.get_by_text("Do not dispense")).to_be_visible()
+    expect(page.get_by_test_id("verdict")).to_have_text("Do not dispense")
+    expect(page.get_by_test_id("verdict-reason")).to_contain_text("may be counterfeit")
+    expect(page.get_by_test_id("lms")).to_contain_text("No_match_GTIN_Serial")
     shot(page, "verify-counterfeit")
     verify(page, link(f"{AMOX_LOT}0001"))  # dispensed to a patient already
-    expect(page.get_by_test_id("verdict")).to_contain_text("Not verified")
+    expect(page.get_by_test_id("verdict")).to_have_text("Do not dispense")
+    expect(page.get_by_test_id("verdict-reason")).to_contain_text("already dispensed on")
     verify(page, "https://id.gs1.org/01/00312345100019/21/X")  # bad check digit
     expect(page.get_by_test_id("verify-error")).to_contain_text("BAD_CHECK_DIGIT")
     verify(page, f"https://id.gs1.org/01/{AMOX}/21/{AMOX_LOT}0010")  # no lot, no expiry
@@ -141,7 +143,7 @@ def test_pages_work_on_a_phone(browser: Browser, server: Server) -> None:
     try:
         phone.goto(f"{server.url}/verify")
         verify(phone, link(f"{AMOX_LOT}0010"))
-        expect(phone.get_by_test_id("verdict")).to_have_text("Verified")
+        expect(phone.get_by_test_id("verdict")).to_have_text("OK to dispense")
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
         shot(phone, "verify-phone")
@@ -369,13 +371,14 @@ def test_a_pharmacist_records_a_dispense(page: Page, server: Server) -> None:
     sign_in(page, server, server.data_dir / "keys" / "ph-chen-li.key")
     page.goto(f"{server.url}/verify")
     verify(page, link(f"{AMOX_LOT}0011"))
-    expect(page.get_by_test_id("verdict")).to_have_text("Verified")
+    expect(page.get_by_test_id("verdict")).to_have_text("OK to dispense")
     page.get_by_role("button", name="Record dispense").click()
     expect(page.get_by_test_id("dispense-result")).to_have_text(
         "Dispensed · recorded on the ledger"
     )
     verify(page, link(f"{AMOX_LOT}0011"))  # the same pack again: no longer in circulation
-    expect(page.get_by_test_id("verdict")).to_contain_text("Not verified")
+    expect(page.get_by_test_id("verdict")).to_have_text("Do not dispense")
+    expect(page.get_by_test_id("verdict-reason")).to_contain_text("already dispensed on")
     expect(page.get_by_role("button", name="Record dispense")).to_have_count(0)
 
 
@@ -410,7 +413,7 @@ def test_a_scanned_element_string_is_verified(page: Page, server: Server) -> Non
     page.goto(f"{server.url}/verify")
     scanned = f"(01){AMOX}(21){AMOX_LOT}0010(10){AMOX_LOT}(17){EXPIRY}"
     verify(page, scanned)
-    expect(page.get_by_test_id("verdict")).to_have_text("Verified")
+    expect(page.get_by_test_id("verdict")).to_have_text("OK to dispense")
     camera = page.evaluate("'BarcodeDetector' in window")
     expect(page.get_by_role("button", name="Scan the pack's code with the camera")).to_have_count(
         1 if camera else 0
@@ -425,7 +428,9 @@ def test_a_pack_checked_by_typed_numbers(page: Page, server: Server) -> None:
     page.get_by_label("Lot").fill("WRONG")
     page.get_by_label("Expiry (YYMMDD)").fill(EXPIRY)
     page.get_by_role("button", name="Verify").click()
-    expect(page.get_by_test_id("verdict")).to_contain_text("No_match_GTIN_Serial_Lot")
+    expect(page.get_by_test_id("verdict")).to_have_text("Do not dispense")
+    expect(page.get_by_test_id("verdict-reason")).to_contain_text("does not match")
+    expect(page.get_by_test_id("lms")).to_contain_text("No_match_GTIN_Serial_Lot")
 
 
 def test_a_patient_erases_a_record(page: Page, server: Server) -> None:

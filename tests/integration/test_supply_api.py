@@ -273,6 +273,23 @@ def test_recall_lists_holders_by_gln_and_tracks_closure(
     later = acme.get(response.headers["Location"]).json()
     assert later["open_units"] == open_units - 2  # P1 quarantined, P2 destroyed
     assert later["closed_units"] == 4
+    # a recalled pack is "verified" as the standard says, and the verdict says do not dispense
+    checked = pharmacy.get(
+        f"/v1/supply/verify/01/{GTIN}/21/P4", params={"10": LOT, "17": EXPIRY, "explain": "true"}
+    ).json()
+    assert checked["data"] == {"verified": True, "additionalInfo": "Recalled"}
+    assert checked["verdict"]["dispense"] is False
+    assert checked["verdict"]["reason"].startswith("Recalled by Acme Pharmaceuticals on ")
+    assert checked["verdict"]["reason"].endswith(f"lot {LOT}.")
+    plain = pharmacy.get(f"/v1/supply/verify/01/{GTIN}/21/P4", params={"10": LOT, "17": EXPIRY})
+    assert "verdict" not in plain.json()  # the standard answer stays as it is unless asked
+    link = f"https://id.gs1.org/01/{GTIN}/21/P4?10={LOT}&17={EXPIRY}"
+    cli = run_cli("product", "verify", link, "--url", server.url)
+    assert cli.returncode == 1 and "DO NOT DISPENSE" in cli.stdout and "Recalled by" in cli.stdout
+    dispensed = pharmacy.get(
+        f"/v1/supply/verify/01/{GTIN}/21/P0", params={"10": LOT, "17": EXPIRY, "explain": "true"}
+    ).json()["verdict"]
+    assert not dispensed["dispense"] and "already dispensed on" in dispensed["reason"]
 
 
 def test_suspect_workflow_with_the_notification_deadline(
@@ -339,7 +356,7 @@ def test_cli_capture_and_verify(
     assert missing.returncode == 2 and "BAD_FILE" in missing.stderr
     link = f"https://id.gs1.org/01/{GTIN}/21/CLI1?10={LOT}&17={EXPIRY}"
     ok = run_cli("product", "verify", link, "--url", server.url)
-    assert ok.returncode == 0 and "VERIFIED" in ok.stdout
+    assert ok.returncode == 0 and "OK TO DISPENSE" in ok.stdout
     as_json = run_cli("product", "verify", link, "--url", server.url, "--key", key, "--json")
     assert json.loads(as_json.stdout)["data"] == {"verified": True}
     fake = run_cli("product", "verify", link.replace("CLI1", "FAKE9"), "--url", server.url)

@@ -29,6 +29,7 @@ from careledger.sqlite_threads import iso_ms
 from careledger.supply.access import require_supply
 from careledger.supply.alerts import Alert, AlertStore
 from careledger.supply.identifiers import SGTIN, parse_digital_link, validate_gln, validate_gtin
+from careledger.supply.verdict import Verdict, dispense_verdict
 from careledger.supply.verification import OUT_OF_CIRCULATION, verify_unit
 from careledger.supply.verification_log import VerificationLog
 
@@ -205,8 +206,12 @@ class SupplyService:
 
     # -- verification --------------------------------------------------------------------------
 
-    def verify(self, requester: Caller | None, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Answer one LMS verification request from ledger state, log it, and alert if needed."""
+    def verify(
+        self, requester: Caller | None, request: Mapping[str, Any], *, explain: bool = False
+    ) -> dict[str, Any]:
+        """Answer one LMS verification request from ledger state, log it, and alert if needed;
+        with ``explain``, beside the standard answer, the ``verdict``: dispense or not, why in
+        words, and what to do (supply.verdict)."""
         now = _now_ms()
         gtin14, serial = request["gtin"], request["serialNumber"]
         unit = unit_view(self.node.ledger.state, gtin14, serial)
@@ -223,6 +228,8 @@ class SupplyService:
         }
         if "corrUUID" in request:
             response["corrUUID"] = request["corrUUID"]
+        if explain:
+            response["verdict"] = self._verdict(unit, data, now).as_dict()
         responder = self._responder_gln(brand)
         if responder is not None:
             response["responderGLN"] = responder
@@ -250,6 +257,22 @@ class SupplyService:
             )
             self.alerts.add([alert])
         return response
+
+    def _verdict(
+        self, unit: Mapping[str, Any] | None, data: Mapping[str, Any], now: int
+    ) -> Verdict:
+        recall = self._state(f"recall/{unit['recall']}") if unit and unit.get("recall") else None
+        by = None
+        if recall is not None:
+            org = self.node.ledger.state("identity", f"org/{recall['by']}") or {}
+            by = str(org.get("name") or recall["by"])
+        dispensed = None
+        if unit is not None and unit.get("dispensed_height") is not None:
+            header = self.node.ledger.store.header(int(unit["dispensed_height"]))
+            dispensed = header.time if header is not None else None
+        return dispense_verdict(
+            unit, data, time_ms=now, recall=recall, recalled_by=by, dispensed_ms=dispensed
+        )
 
     def _own_gln(self, requester: Caller, gln: object) -> str | None:
         if not isinstance(gln, str):

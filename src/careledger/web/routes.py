@@ -227,7 +227,7 @@ async def verify_result(
             )
     except CareLedgerError as exc:
         return page(request, "verify_result.html", error=exc)
-    answer = await run_in_threadpool(service.verify, caller_of(claims), lms)
+    answer = await run_in_threadpool(service.verify, caller_of(claims), lms, explain=True)
     journey: list[dict[str, Any]] = []
     caller = caller_of(claims)
     places: list[dict[str, str]] = []
@@ -238,8 +238,7 @@ async def verify_result(
     can_dispense = bool(
         caller is not None
         and caller.roles & {"pharmacist", "admin"}
-        and answer["data"].get("verified")
-        and not answer["data"].get("additionalInfo")
+        and answer["verdict"]["dispense"]
     )
     return page(
         request,

@@ -71,11 +71,13 @@ async def verify_path(
     expiry: Annotated[str | None, Query(alias="17", max_length=6)] = None,
     corr_uuid: Annotated[str | None, Query(alias="corrUUID", max_length=64)] = None,
     req_gln: Annotated[str | None, Query(alias="reqGLN", max_length=13)] = None,
+    explain: Annotated[bool, Query(description="add the dispense verdict in words")] = False,
 ) -> Response:
     raw = {"gtin": gtin, "serialNumber": serial, "lotNumber": lot, "expirationDate": expiry}
     raw |= {"corrUUID": corr_uuid, "requestorGLN": req_gln}
     req = check_lms_request({k: v for k, v in raw.items() if v is not None})
-    return _json(await run_in_threadpool(_service(request).verify, caller, req))
+    answer = await run_in_threadpool(_service(request).verify, caller, req, explain=explain)
+    return _json(answer)
 
 
 @router.get("/verify", summary="Verify the pack a GS1 Digital Link URI names")
@@ -85,10 +87,12 @@ async def verify_link(
     link: Annotated[str, Query(min_length=10, max_length=1024)],
     corr_uuid: Annotated[str | None, Query(alias="corrUUID", max_length=64)] = None,
     req_gln: Annotated[str | None, Query(alias="reqGLN", max_length=13)] = None,
+    explain: Annotated[bool, Query(description="add the dispense verdict in words")] = False,
 ) -> Response:
     raw = lms_request_from_link(link, {"corrUUID": corr_uuid, "requestorGLN": req_gln})
     req = check_lms_request(raw)
-    return _json(await run_in_threadpool(_service(request).verify, caller, req))
+    answer = await run_in_threadpool(_service(request).verify, caller, req, explain=explain)
+    return _json(answer)
 
 
 @router.post("/verify", summary="Verify a product identifier (LMS request body)")
