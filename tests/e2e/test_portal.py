@@ -6,6 +6,7 @@ Each test is a user's journey; screenshots of each page go to tests/e2e/screensh
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,6 +136,24 @@ def test_the_explorer_checks_an_inclusion_proof_in_the_browser(page: Page, serve
     expect(page.get_by_test_id("proof-verdict")).to_have_text("Verified in your browser")
     expect(page.locator("#proof-steps li.bad")).to_have_count(0)
     shot(page, "explorer-proof")
+
+
+def test_a_rejected_transaction_never_wears_a_green_badge(page: Page, server: Server) -> None:
+    from careledger.sdk import Client, RemoteError
+
+    keys = server.data_dir / "keys"
+    with (
+        Client(server.url, keypair=read_key_file(keys / "dr-ana-silva.key")[1]) as c,
+        pytest.raises(RemoteError) as refused,
+    ):
+        c.call("consent", "revoke", {"consent": "0" * 64})
+    receipt = refused.value.body["receipt"]  # committed, and rejected
+    assert receipt["result"] == "rejected"
+    page.goto(f"{server.url}/explorer/tx/{receipt['tx_id']}")
+    verdict = page.get_by_test_id("proof-verdict")
+    expect(verdict).to_have_text(f"Included in the ledger: rejected ({receipt['code']})")
+    expect(verdict).to_have_class(re.compile(r"\bbad\b"))
+    expect(page.get_by_test_id("tx-result")).to_contain_text("changed nothing")
 
 
 def test_pages_work_on_a_phone(browser: Browser, server: Server) -> None:

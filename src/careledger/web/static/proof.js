@@ -60,8 +60,15 @@
     }
     step(`checkpoint signature by ${vname} verifies`, okSig);
     const all = okPath && okRoot && okSig;
-    verdict.textContent = all ? "Verified in your browser" : "NOT verified";
-    verdict.classList.add(all ? "ok" : "bad");
+    const receipt = proof.receipt || {};
+    if (all && receipt.result !== "accepted") {
+      // included, and refused: never a green badge for a transaction that changed nothing
+      verdict.textContent = `Included in the ledger: rejected (${receipt.code || "no code"})`;
+      verdict.classList.add("bad");
+    } else {
+      verdict.textContent = all ? "Verified in your browser" : "NOT verified";
+      verdict.classList.add(all ? "ok" : "bad");
+    }
   } catch (error) {
     step(error.message, false);
     verdict.textContent = "NOT verified";
