@@ -9,6 +9,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -62,6 +63,18 @@ def shot(page: Page, name: str) -> None:
 
 def link(serial: str) -> str:
     return f"https://id.gs1.org/01/{AMOX}/21/{serial}?10={AMOX_LOT}&17={EXPIRY}"
+
+
+def confirmations(page: Page) -> list[str]:
+    """Accept every confirmation the page asks for, and keep what each said."""
+    said: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        said.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    return said
 
 
 def verify(page: Page, code: str) -> None:
@@ -238,6 +251,7 @@ def test_a_revoked_consent_stops_the_clinician_at_once(
         clinician.goto(f"{server.url}/clinician")
         clinician.get_by_test_id("consented").get_by_role("link", name=patient).click()
         expect(clinician.get_by_test_id("history")).to_contain_text("st-mary")
+        asked = confirmations(page)
         active = page.get_by_test_id("consents").locator("tr", has_text="northside-clinic")
         active = active.filter(has_text="active")
         for _ in range(5):  # the demo may hold an older Northside consent too: revoke them all
@@ -246,6 +260,7 @@ def test_a_revoked_consent_stops_the_clinician_at_once(
             active.first.get_by_role("button", name="Revoke").click()
             page.wait_for_load_state()
         expect(active).to_have_count(0)
+        assert asked and "Revoke this consent?" in asked[0]
         clinician.reload()  # the very next view is refused
         expect(clinician.get_by_test_id("refused")).to_be_visible()
         expect(clinician.get_by_test_id("history")).to_have_count(0)
@@ -260,11 +275,13 @@ def test_a_manufacturer_recalls_a_lot_and_sees_its_holders(page: Page, server: S
     page.get_by_label("GTIN").fill(metformin)
     page.get_by_label("Lots (comma-separated)").fill(met_lot)
     page.get_by_label("Reason").fill("dissolution failure")
+    asked = confirmations(page)
     page.get_by_role("button", name="Recall").click()
     recall = page.get_by_test_id("recall").first
     expect(recall).to_contain_text("dissolution failure")
     expect(recall).to_contain_text("medline-dist")  # 12 at the distributor
     expect(recall).to_contain_text("city-pharmacy")  # 12 at the pharmacy, one under investigation
+    assert "Every holder is told at once" in asked[0]
     shot(page, "manufacturer-recall")
     page.get_by_label("GTIN").fill(metformin)
     page.get_by_label("Lots (comma-separated)").fill("NO-SUCH-LOT")
@@ -291,7 +308,9 @@ def test_a_clinician_without_consent_breaks_the_glass_and_the_patient_sees_it(
     page.get_by_label("Your key file").set_input_files(
         str(server.data_dir / "keys" / "dr-ben-okafor.key")
     )
+    asked = confirmations(page)
     page.get_by_role("button", name="Break the glass").click()
+    assert "told at once" in asked[0]
     # Northside has no care relationship with St Mary's patient: a colleague must co-sign.
     expect(page.get_by_test_id("glass-pending")).to_be_visible()
     colleague = browser.new_context()
@@ -305,8 +324,10 @@ def test_a_clinician_without_consent_breaks_the_glass_and_the_patient_sees_it(
         waiting.get_by_label("Your key file").set_input_files(
             str(server.data_dir / "keys" / "rn-sam-osei.key")
         )
+        cosign = confirmations(nurse)
         waiting.get_by_role("button", name="Co-sign emergency access").click()
         expect(waiting.get_by_role("status")).to_contain_text("Co-signed", timeout=20_000)
+        assert "Your name is recorded with it" in cosign[0]
         shot(nurse, "clinician-cosigns-break-glass")
     finally:
         colleague.close()
@@ -391,10 +412,12 @@ def test_a_pharmacist_records_a_dispense(page: Page, server: Server) -> None:
     page.goto(f"{server.url}/verify")
     verify(page, link(f"{AMOX_LOT}0011"))
     expect(page.get_by_test_id("verdict")).to_have_text("OK to dispense")
+    asked = confirmations(page)
     page.get_by_role("button", name="Record dispense").click()
     expect(page.get_by_test_id("dispense-result")).to_have_text(
         "Dispensed · recorded on the ledger"
     )
+    assert "leaves circulation for good" in asked[0]
     verify(page, link(f"{AMOX_LOT}0011"))  # the same pack again: no longer in circulation
     expect(page.get_by_test_id("verdict")).to_have_text("Do not dispense")
     expect(page.get_by_test_id("verdict-reason")).to_contain_text("already dispensed on")
@@ -459,9 +482,14 @@ def test_a_patient_erases_a_record(page: Page, server: Server) -> None:
     records = page.get_by_test_id("records").locator("li")
     expect(records.first).to_be_visible()
     before = records.count()
-    page.on("dialog", lambda dialog: dialog.accept())  # "Erase this record for good?"
+    page.once("dialog", lambda dialog: dialog.dismiss())  # "no": nothing happens
+    records.last.get_by_role("button").click()
+    page.wait_for_timeout(300)
+    expect(page.get_by_test_id("records").locator("li")).to_have_count(before)
+    asked = confirmations(page)
     records.last.get_by_role("button").click()
     expect(page.get_by_test_id("records").locator("li")).to_have_count(before - 1)
+    assert "Erase this record for good?" in asked[0]
 
 
 def test_a_patient_answers_an_invitation_and_consents_to_a_trial(

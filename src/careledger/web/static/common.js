@@ -58,3 +58,18 @@ const CL = {
     return receipt;
   },
 };
+
+// Destructive or binding actions ask first and say what will happen: a form (or button) with
+// data-confirm shows its message; cancelling stops the submit before any other handler runs.
+document.addEventListener(
+  "submit",
+  (event) => {
+    const form = event.target;
+    const message = form instanceof HTMLFormElement ? form.dataset.confirm : undefined;
+    if (message && !window.confirm(message)) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+    }
+  },
+  true,
+);
