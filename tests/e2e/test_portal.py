@@ -664,3 +664,25 @@ def test_monitoring_alerts_are_acknowledged_and_a_visit_is_joined(
         shot(patient_page, "patient-visit-room")
     finally:
         context.close()
+
+
+def test_errors_are_portal_pages_and_sign_in_comes_back(page: Page, server: Server) -> None:
+    missing = page.goto(f"{server.url}/no-such-page")
+    assert missing is not None and missing.status == 404
+    expect(page.get_by_test_id("error-title")).to_have_text("Nothing here")
+    assert "application/json" not in (missing.headers.get("content-type") or "")
+    page.goto(f"{server.url}/me/consents")  # signed out: sign in, then back here
+    expect(page).to_have_url(re.compile(r"/signin\?next=%2Fme%2Fconsents$"))
+    page.get_by_label("Key file").set_input_files(str(patient_key(server)))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/me/consents$"))
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, server, server.data_dir / "keys" / "ph-chen-li.key")
+    other = page.goto(f"{server.url}/me")  # a patient's page, for a pharmacist
+    assert other is not None and other.status == 403
+    expect(page.get_by_test_id("error-title")).to_have_text("This page is not for you")
+    expect(page.get_by_test_id("error-message")).to_contain_text("patient")
+    icon = page.request.get(f"{server.url}/favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
+    api = page.request.get(f"{server.url}/v1/no-such-thing")  # machines still get JSON
+    assert api.status == 404 and api.json()["code"] == "NOT_FOUND"

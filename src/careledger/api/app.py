@@ -161,4 +161,5 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
     app.include_router(trials.payments_router)
     app.include_router(portal.router)
     app.mount("/static", StaticFiles(directory=str(portal.HERE / "static")), name="static")
+    app.state.error_page = portal.error_page  # portal errors as pages (api/errors.py)
     return app

@@ -71,6 +71,13 @@ def fhir_outcome(
 FHIR_STATUS = {"RECORD_SHREDDED": 410}
 
 
+def _plain(status: int) -> str:
+    return {
+        404: "There is no page at this address.",
+        405: "This page cannot be used that way.",
+    }.get(status, "The request could not be answered.")
+
+
 def _allowed(request: Request) -> list[str]:
     """The methods some route takes at this request's path."""
     methods = set()
@@ -84,6 +91,23 @@ def _allowed(request: Request) -> list[str]:
     return sorted(methods)
 
 
+# Paths of the machine interfaces: everything else is the portal, whose errors a browser sees.
+_MACHINE_PATHS = ("/v1", "/fhir", "/epcis", "/.well-known", "/docs", "/openapi", "/redoc",
+                  "/session", "/static", "/metrics", "/healthz")  # fmt: skip
+
+
+def _portal_page(request: Request, status: int, code: str, message: str) -> Response | None:
+    """The portal's error page, when a browser asked for a portal page (else None)."""
+    render = getattr(request.app.state, "error_page", None)
+    path = request.url.path
+    if render is None or path.startswith(_MACHINE_PATHS) or request.headers.get("hx-request"):
+        return None
+    if "text/html" not in request.headers.get("accept", ""):
+        return None
+    response: Response = render(request, status, code, message)
+    return response
+
+
 def _is_fhir(request: Request) -> bool:
     return request.url.path.startswith("/fhir")
 
@@ -93,6 +117,9 @@ def install(app: FastAPI) -> None:
     async def _careledger(request: Request, exc: CareLedgerError) -> Response:
         if exc.http_status >= 500:
             log.error("request failed: %s (%s)", exc.code, exc.message)
+        shown = _portal_page(request, exc.http_status, exc.code, exc.message)
+        if shown is not None:
+            return shown
         if _is_fhir(request):
             status = FHIR_STATUS.get(exc.code, exc.http_status)
             issues = None
@@ -131,6 +158,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        shown = _portal_page(request, exc.status_code, code, _plain(exc.status_code))
+        if shown is not None:
+            return shown
         if _is_fhir(request):
             response = fhir_outcome(exc.status_code, code, str(exc.detail))
         else:

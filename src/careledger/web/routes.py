@@ -14,11 +14,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -135,6 +135,46 @@ def page(request: Request, name: str, **context: Any) -> HTMLResponse:
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request) -> HTMLResponse:
     return page(request, "home.html")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> FileResponse:
+    return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon")
+
+
+ERROR_TITLES = {
+    400: "That request could not be used",
+    401: "Please sign in",
+    403: "This page is not for you",
+    404: "Nothing here",
+    405: "Not allowed here",
+    409: "That clashes with what is there",
+    410: "Gone for good",
+    413: "Too large",
+    422: "The ledger refused it",
+    429: "Too many requests: wait a moment",
+}
+
+
+def error_page(request: Request, status: int, code: str, message: str) -> Response:
+    """An error as a portal page (a browser asked): signed out or expired sessions go to
+    sign-in and come back; everything else is a page in the portal's style, never JSON."""
+    claims = session(request)
+    if status in (401, 403) and claims is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
+    title = ERROR_TITLES.get(status, "Something went wrong")
+    response = page(
+        request,
+        "error.html",
+        title=title,
+        message=message,
+        code=code,
+        status=status,
+        path=request.url.path,
+    )
+    response.status_code = status
+    return response
 
 
 # -- sign in ------------------------------------------------------------------------------

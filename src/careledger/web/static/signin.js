@@ -57,7 +57,10 @@
         body: JSON.stringify({ token: body.access_token }),
       });
       if (!kept.ok) throw new Error((await kept.json()).detail || "the portal refused the session");
-      window.location.assign("/");
+      // back to the page that asked for a sign-in (a path on this site only)
+      const next = new URLSearchParams(window.location.search).get("next") || "/";
+      const local = next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\");
+      window.location.assign(local ? next : "/");
     } catch (error) {
       status.textContent = "Could not sign in: " + error.message;
     }
