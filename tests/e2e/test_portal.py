@@ -686,3 +686,21 @@ def test_errors_are_portal_pages_and_sign_in_comes_back(page: Page, server: Serv
     assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
     api = page.request.get(f"{server.url}/v1/no-such-thing")  # machines still get JSON
     assert api.status == 404 and api.json()["code"] == "NOT_FOUND"
+
+
+def test_the_api_docs_work_offline(page: Page, server: Server) -> None:
+    """Every request the /docs page makes stays on this node (no CDN)."""
+    elsewhere: list[str] = []
+
+    def only_here(route: Any) -> None:
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_here)
+    page.goto(f"{server.url}/docs")
+    expect(page.locator(".swagger-ui .information-container")).to_contain_text("CareLedger")
+    expect(page.get_by_text("/fhir/metadata").first).to_be_visible()
+    assert elsewhere == []

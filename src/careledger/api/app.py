@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from careledger import __version__
@@ -136,7 +138,20 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         version=__version__,
         description="A permissioned, provable ledger for health data.",
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own assets: /docs works offline
+        redoc_url=None,
     )
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="CareLedger API",
+            swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui.css",
+            swagger_favicon_url="/favicon.ico",
+        )
+
     errors.install(app)
     app.add_middleware(BodyLimit)
     routers = (
