@@ -726,13 +726,13 @@ def devices_simulate(
             chosen = [(device, read_key_file(key)[1])]
         else:
             raise ValidationError("give --device and --key, or --keys-dir", code="BAD_ARGS")
+        total = count_batches(files, per_batch) * len(chosen)  # reads every file: checked now
     except (CareLedgerError, OSError) as exc:
         error = (
             exc if isinstance(exc, CareLedgerError) else ValidationError(str(exc), code="BAD_FILE")
         )
         raise _fail(error) from None
     totals = Totals()
-    total = count_batches(files, per_batch) * len(chosen)
     first_seq = clock.time_ns() // 1000
     with _progress("sending batches", "batches", quiet=json_out) as bar:
         task = bar.add_task("sending batches", total=total)
@@ -1002,7 +1002,22 @@ def product_verify(
 def main() -> None:
     # Node files hold keys, PHI (sealed) and metadata about patients: owner-only, always.
     os.umask(0o077)
-    app()
+    try:
+        app()
+    except CareLedgerError as exc:  # a command that did not catch its own: same words, same exit
+        raise _fail(exc) from None
+    except OSError as exc:  # a file or directory that is not there, not writable, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error[/red] IO_ERROR: {exc.strerror or exc}{where}")
+        raise SystemExit(2) from None
+    except Exception as exc:
+        if os.environ.get("CARELEDGER_DEBUG"):
+            raise
+        err.print(
+            f"[red]error[/red] INTERNAL_ERROR: {type(exc).__name__} (a fault in careledger:"
+            " run again with CARELEDGER_DEBUG=1 for the traceback, and report it)"
+        )
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from careledger.core.vitals import BP_PANEL
+from careledger.errors import ValidationError
 
 CODES = ["8867-4", "59408-5", "9279-1", BP_PANEL]
 MINUTE_MS = 60_000
@@ -29,20 +30,40 @@ def _num(row: dict[str, str], *names: str) -> float | None:
 
 
 def rows(path: Path) -> list[tuple[int, list[Any]]]:
-    """(elapsed minutes, [HR, SpO2, RESP, [sys, dia] | None]) per CSV row."""
+    """(elapsed minutes, [HR, SpO2, RESP, [sys, dia] | None]) per CSV row; ValidationError
+    (BAD_FILE) naming the file and row when it is not a numerics CSV."""
     out = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            systolic = _num(row, "ABPSys [mmHg]", "NBPSys [mmHg]")
-            diastolic = _num(row, "ABPDias [mmHg]", "NBPDias [mmHg]")
-            pressure = [systolic, diastolic] if systolic and diastolic else None
-            values = [
-                _num(row, "HR [bpm]"),
-                _num(row, "SpO2 [%]"),
-                _num(row, "RESP [pm]"),
-                pressure,
-            ]
-            out.append((int(float(row["elapsed_min"])), values))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if "elapsed_min" not in (reader.fieldnames or ()):
+                raise ValidationError(
+                    f"{path.name} is not a numerics CSV: it has no elapsed_min column",
+                    code="BAD_FILE",
+                )
+            for number, row in enumerate(reader, start=2):
+                try:
+                    systolic = _num(row, "ABPSys [mmHg]", "NBPSys [mmHg]")
+                    diastolic = _num(row, "ABPDias [mmHg]", "NBPDias [mmHg]")
+                    pressure = [systolic, diastolic] if systolic and diastolic else None
+                    values = [
+                        _num(row, "HR [bpm]"),
+                        _num(row, "SpO2 [%]"),
+                        _num(row, "RESP [pm]"),
+                        pressure,
+                    ]
+                    out.append((int(float(row["elapsed_min"])), values))
+                except (TypeError, ValueError, OverflowError):
+                    raise ValidationError(
+                        f"{path.name}, line {number}: not a number where one is expected",
+                        code="BAD_FILE",
+                    ) from None
+    except UnicodeDecodeError:
+        raise ValidationError(f"{path.name} is not a text (UTF-8) CSV", code="BAD_FILE") from None
+    except csv.Error as exc:
+        raise ValidationError(f"{path.name} is not a CSV: {exc}", code="BAD_FILE") from None
+    if not out:
+        raise ValidationError(f"{path.name} holds no readings", code="BAD_FILE")
     return out
 
 
