@@ -132,8 +132,10 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
+            where = str(self._http.base_url).rstrip("/")
             raise CareLedgerError(
-                f"cannot reach the node: {exc}", code="NODE_UNREACHABLE"
+                f"cannot reach the node at {where} (give --url or set CARELEDGER_URL): {exc}",
+                code="NODE_UNREACHABLE",
             ) from None
         if response.status_code >= 400:
             try:
