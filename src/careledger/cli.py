@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from careledger.errors import CareLedgerError, ValidationError
+from careledger.errors import CareLedgerError, Rejected, ValidationError
 
 app = typer.Typer(
     help="CareLedger: a permissioned, provable ledger for health data.",
@@ -163,9 +163,13 @@ def submit(
     args: Annotated[str, typer.Argument(help="arguments as a JSON object")] = "{}",
     url: UrlOpt = DEFAULT_URL,
     wait: Annotated[bool, typer.Option(help="wait for the commit")] = True,
+    force: Annotated[
+        bool, typer.Option("--force", help="submit even if the dry run says it would be refused")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Sign a transaction and submit it to a node."""
+    """Sign a transaction and submit it to a node. A dry run first: a transaction the node
+    would refuse is not submitted (a refused one stays on the ledger for good) unless --force."""
     from careledger.keyfile import read_key_file
     from careledger.sdk import Client
 
@@ -176,6 +180,14 @@ def submit(
     try:
         _, keypair = read_key_file(key, passphrase=os.environ.get("CARELEDGER_KEY_PASSPHRASE"))
         with Client(url, keypair=keypair) as client:
+            if not force:
+                dry = client.check(contract, method, parsed)
+                if dry["result"] != "would_accept":
+                    raise Rejected(
+                        dry["code"],
+                        f"{dry['message'] or dry['code']} (nothing was submitted: fix it, or"
+                        " --force to record the refusal on the ledger)",
+                    )
             result = client.call(contract, method, parsed, wait=wait)
     except CareLedgerError as exc:
         if json_out and hasattr(exc, "body"):

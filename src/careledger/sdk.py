@@ -246,6 +246,18 @@ class Client:
     ) -> Any:
         return self.submit(self.build(contract, method, args), wait=wait)
 
+    def check(self, contract: str, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A dry run of a call on the node's head state: ``{"result": "would_accept"}`` or
+        ``{"result": "would_reject", "code", "message"}``; nothing is submitted."""
+        response = self._request(
+            "POST",
+            "/v1/tx/check",
+            content=_dumps(self.build(contract, method, args)),
+            headers={"content-type": "application/json"},
+        )
+        answer: dict[str, Any] = response.json()
+        return answer
+
     # -- verified reads ------------------------------------------------------------------
 
     def verified_receipt(

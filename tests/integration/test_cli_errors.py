@@ -72,3 +72,40 @@ def test_bad_input_gets_a_code_never_a_traceback(path: list[str], tmp_path: Path
 
 def test_there_are_commands_to_check() -> None:
     assert len(COMMANDS) >= 20
+
+
+def test_a_typo_is_caught_before_it_becomes_a_permanent_refusal(tmp_path: Path) -> None:
+    from careledger.keyfile import read_key_file
+    from careledger.ledger.execute import NONCE_NAMESPACE
+    from careledger.nodedir import init_demo
+    from careledger.sdk import Client, RemoteError
+    from tests.support.nodes import run_cli, serving
+
+    data = tmp_path / "node"
+    init_demo(data, with_records=False, with_supply=False).store.close()
+    key = str(data / "keys" / "st-mary-admin.key")
+    typo = '{"id": "Lee RN", "name": "Lee", "roles": ["nurse"], "public_key": "x"}'
+    admin = read_key_file(Path(key))[1]
+
+    def last_nonce(client: Client) -> object:
+        try:
+            return client.get_json(f"/v1/state/{NONCE_NAMESPACE}/{admin.public_b64}")["value"]
+        except RemoteError:
+            return None  # never signed anything
+
+    with serving(data) as server, Client(server.url, keypair=admin) as client:
+        client.login()
+        before = last_nonce(client)
+        refused = run_cli(
+            "submit", "--key", key, "identity", "add_member", typo, "--url", server.url
+        )
+        assert refused.returncode == 2
+        said = refused.stderr + refused.stdout
+        assert "BAD_ARGS" in said and "'id'" in said and "nothing was submitted" in said
+        assert before is not None  # the demo's admin has signed before
+        assert last_nonce(client) == before  # nothing of the admin's reached the ledger
+        forced = run_cli(
+            "submit", "--key", key, "identity", "add_member", typo, "--url", server.url, "--force"
+        )
+        assert forced.returncode == 2 and "committed as rejected" in forced.stderr + forced.stdout
+        assert last_nonce(client) != before  # --force: the refusal is on the ledger for good

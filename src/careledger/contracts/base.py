@@ -195,7 +195,9 @@ class Args:
         if not isinstance(value, str) or not 0 < len(value) <= max_len:
             raise Rejected("BAD_ARGS", f"argument {name!r} must be a string of 1..{max_len} chars")
         if pattern is not None and not self._matches(pattern, value):
-            raise Rejected("BAD_ARGS", f"argument {name!r} has the wrong format")
+            raise Rejected(
+                "BAD_ARGS", f"argument {name!r} has the wrong format (must match {pattern.pattern})"
+            )
         return value
 
     def boolean(self, name: str) -> bool:

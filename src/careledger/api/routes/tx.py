@@ -43,6 +43,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@router.post("/v1/tx/check", summary="Dry run: would this signed envelope be accepted now?")
+async def check(request: Request, node: NodeDep) -> Response:
+    raw = await read_body(request, node.settings.max_request_bytes)
+    payload = loads(raw)
+    if not isinstance(payload, dict):
+        raise ValidationError("send one envelope object", code="MALFORMED_TX")
+    why = await run_in_threadpool(node.ledger.check, payload, size=len(raw))
+    if why is None:
+        return _json({"result": "would_accept"})
+    return _json(
+        {"result": "would_reject", "code": why.code, "message": why.message, **dict(why.detail)}
+    )
+
+
 @router.post(
     "/v1/tx",
     summary="Submit one signed envelope or a JSON array of up to 10,000",
