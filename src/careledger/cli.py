@@ -369,7 +369,10 @@ def members(data_dir: DirArg, json_out: JsonOpt = False) -> None:
 @app.command()
 def token(
     data_dir: DirArg,
-    name: Annotated[str, typer.Argument(help="member id whose key file is DIR/keys/NAME.key")],
+    name: Annotated[
+        str,
+        typer.Argument(help="member id: DIR/keys/NAME.key, or a patient's or device's key there"),
+    ],
     ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 900,
 ) -> None:
     """Print a short-lived bearer token for a member whose key is in DIR (for scripts)."""
@@ -381,11 +384,20 @@ def token(
 
     try:
         settings = Settings.load(data_dir)
-        key_file = data_dir / KEYS_DIR / f"{name}.key"
-        if not key_file.exists():
+        # staff keys, then the keys the node holds for patients and devices
+        places = [
+            data_dir / KEYS_DIR,
+            data_dir / KEYS_DIR / "patients",
+            data_dir / KEYS_DIR / "devices",
+        ]
+        found = [p / f"{name}.key" for p in places if (p / f"{name}.key").is_file()]
+        if not found or "/" in name or name.startswith("."):
             raise ValidationError(
-                f"no key file for {name!r} in {data_dir / KEYS_DIR}", code="NO_KEY"
+                f"no key file for {name!r} in {data_dir / KEYS_DIR} (or its patients/ and"
+                " devices/)",
+                code="NO_KEY",
             )
+        key_file = found[0]
         _, member_key = read_key_file(key_file, passphrase=_passphrase(False))
         _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
         store = SQLiteStore(settings.store_path, readonly=True)
