@@ -704,3 +704,36 @@ def test_the_api_docs_work_offline(page: Page, server: Server) -> None:
     expect(page.locator(".swagger-ui .information-container")).to_contain_text("CareLedger")
     expect(page.get_by_text("/fhir/metadata").first).to_be_visible()
     assert elsewhere == []
+
+
+PHONE_PAGES = {
+    None: ["/", "/verify", "/explorer", "/signin", "/keys/new"],
+    "patient": ["/me", "/me/access", "/me/consents", "/me/vitals", "/me/research", "/visits"],
+    "dr-ana-silva": ["/clinician", "/alerts", "/visits"],
+    "acme-admin": ["/recalls"],
+    "st-mary-admin": ["/admin/patients"],
+}
+
+
+def test_no_page_is_wider_than_a_phone(browser: Browser, server: Server) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    phone = context.new_page()
+    wide: list[tuple[str, int]] = []
+    try:
+        for who, paths in PHONE_PAGES.items():
+            if who is not None:
+                key = (
+                    patient_key(server)
+                    if who == "patient"
+                    else server.data_dir / "keys" / f"{who}.key"
+                )
+                phone.context.clear_cookies()
+                sign_in(phone, server, key)
+            for path in paths:
+                phone.goto(f"{server.url}{path}")
+                width = phone.evaluate("document.documentElement.scrollWidth")
+                if width > 390:
+                    wide.append((path, width))
+    finally:
+        context.close()
+    assert wide == [], f"pages that scroll sideways on a phone: {wide}"
