@@ -640,8 +640,16 @@ def trial_feasibility(
             body["sites"] = [s for s in sites.split(",") if s]
         if invite:
             body["invite"] = True
-        with _logged_in(url, key) as client:
-            result = client.feasibility(body, wait=wait)
+        with _logged_in(url, key) as client, err.status("asking the sites…") as status:
+
+            def show(answer: dict[str, Any], left: float) -> None:
+                done = len(answer["sites"]) - len(answer["pending"])
+                status.update(
+                    f"{done} of {len(answer['sites'])} sites answered; waiting for"
+                    f" {', '.join(answer['pending'])} ({left:.0f} s left, --wait to change)"
+                )
+
+            result = client.feasibility(body, wait=wait, progress=None if json_out else show)
     except CareLedgerError as exc:
         raise _fail(exc) from None
     if json_out:
@@ -653,7 +661,7 @@ def trial_feasibility(
     for site in result["sites"]:
         answer = result["answers"].get(site)
         if answer is None:
-            table.add_row(site, "[yellow]pending[/yellow]")
+            table.add_row(site, f"[yellow]no answer within {wait:g} s[/yellow]")
         elif answer["count"] is None:
             table.add_row(site, f"withheld ({answer['reason']})")
         else:

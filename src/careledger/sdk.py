@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -441,16 +441,25 @@ class Client:
         return result
 
     def feasibility(
-        self, body: Mapping[str, Any], *, wait: float = 0.0, poll: float = 0.2
+        self,
+        body: Mapping[str, Any],
+        *,
+        wait: float = 0.0,
+        poll: float = 0.2,
+        progress: Callable[[dict[str, Any], float], None] | None = None,
     ) -> dict[str, Any]:
         """Ask the sites for eligible counts; with ``wait``, poll until every site answered
-        or ``wait`` seconds passed (the answer then lists the sites still pending)."""
+        or ``wait`` seconds passed (the answer then lists the sites still pending).
+        ``progress(answer so far, seconds left)`` is called at each poll."""
         query = self.post_json("/v1/recruitment/queries", body)["query"]
         deadline = time.monotonic() + wait
         while True:
             answer: dict[str, Any] = self.get_json(f"/v1/recruitment/queries/{query}")
-            if not answer["pending"] or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if not answer["pending"] or left <= 0:
                 return answer
+            if progress is not None:
+                progress(answer, left)
             time.sleep(poll)
 
     def privacy_budgets(self) -> list[dict[str, Any]]:

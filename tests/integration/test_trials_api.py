@@ -349,6 +349,11 @@ def test_the_cli_registers_a_published_study_and_asks_for_counts(
         "trial", "feasibility", "--criteria", str(criteria), "--sites", "st-mary", *common
     )
     assert table.returncode == 0 and "st-mary" in table.stdout
+    silent = run_cli(
+        "trial", "feasibility", "--criteria", str(criteria), "--sites", "st-mary,northside-clinic",
+        "--wait", "1", *common,
+    )  # fmt: skip
+    assert silent.returncode == 0 and "no answer within 1 s" in silent.stdout  # northside
     missing = run_cli("trial", "feasibility", "--criteria", str(tmp_path / "nope.json"), *common)
     assert missing.returncode != 0 and "BAD_FILE" in missing.stdout + missing.stderr
 
