@@ -152,7 +152,15 @@ def serve(
     except CareLedgerError as exc:
         raise _fail(exc) from None
     out.print(f"serving {data_dir} on http://{host}:{port} (API docs at /docs)")
-    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+    # open streams (event feeds, video visits) are closed after 5 s: a node always stops
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
 
 
 @app.command()
