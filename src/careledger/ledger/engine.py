@@ -160,6 +160,18 @@ class Ledger:
 
     def admit_decoded(self, tx: Transaction, *, signature_checked: bool = False) -> Transaction:
         """Stateful checks (signer, contract, method, nonce) and reservation of the nonce."""
+        self._admissible(tx, signature_checked=signature_checked, reserve=True)
+        return tx
+
+    def check(self, obj: object, *, size: int | None = None) -> Explanation | None:
+        """A dry run: every admission check and the contract's judgement on the head state,
+        without reserving the nonce or ordering anything. None: it would be accepted now
+        (a later block may still decide otherwise)."""
+        tx = self.decode(obj, size=size)
+        self._admissible(tx, signature_checked=False, reserve=False)
+        return self.explain(tx)
+
+    def _admissible(self, tx: Transaction, *, signature_checked: bool, reserve: bool) -> None:
         if not signature_checked:
             check_signature(tx)
         rules = self.rules()
@@ -174,26 +186,8 @@ class Ledger:
                     f"nonce {tx.nonce} is not above the signer's last nonce {last}",
                     code="NONCE_REPLAY",
                 )
-            self._pending[tx.signer] = tx.nonce
-        return tx
-
-    def check(self, obj: object, *, size: int | None = None) -> Explanation | None:
-        """A dry run: every admission check and the contract's judgement on the head state,
-        without reserving the nonce or ordering anything. None: it would be accepted now
-        (a later block may still decide otherwise)."""
-        tx = self.decode(obj, size=size)
-        check_signature(tx)
-        rules = self.rules()
-        rules.signer(self.state, tx.signer)
-        rules.contract(tx.contract, tx.method)
-        with self._lock:
-            last = max(self.state(NONCE_NAMESPACE, tx.signer) or 0, self._pending.get(tx.signer, 0))
-        if tx.nonce <= last:
-            raise Conflict(
-                f"nonce {tx.nonce} is not above the signer's last nonce {last}",
-                code="NONCE_REPLAY",
-            )
-        return self.explain(tx)
+            if reserve:
+                self._pending[tx.signer] = tx.nonce
 
     def admit(self, obj: object, *, size: int | None = None) -> Transaction:
         return self.admit_decoded(self.decode(obj, size=size))
