@@ -358,7 +358,7 @@ def _parse_value(param: SearchParam, modifier: str | None, raw: str) -> Value:
     if param.type == "date":
         prefix, text = _prefixed(raw, DATE_PREFIXES)
         if parse_date(text) is None:
-            raise _Refused(f"{text!r} is not a FHIR date")
+            raise _Refused("the value is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or an instant)")
         return Value(prefix, text)
     if param.type in ("number", "quantity"):
         prefix, text = _prefixed(raw, NUMBER_PREFIXES)
@@ -366,7 +366,7 @@ def _parse_value(param: SearchParam, modifier: str | None, raw: str) -> Value:
             raise _Refused(f"the prefix {raw[:2]} applies to dates only")
         number = text.split("|", 1)[0]
         if _decimal(number) is None:
-            raise _Refused(f"{number!r} is not a number")
+            raise _Refused("the value is not a number")
         if param.type == "number" and "|" in text:
             raise _Refused("a number has no unit")
         return Value(prefix, text)

@@ -324,3 +324,12 @@ def test_odd_numbers_are_refused_not_crashed_on() -> None:
     huge = hr("2024-01-01")
     huge["valueQuantity"]["value"] = "1e999999999"
     assert not found(huge, "value-quantity=gt5")  # a value no lab writes is no match, no crash
+
+
+def test_a_refusal_never_echoes_the_value_searched_for() -> None:
+    """A search value may be PHI (a birthdate, a name): errors name the parameter only."""
+    for query in ("birthdate=1970-13-31", "value-quantity=secret-41"):
+        kind = "Patient" if query.startswith("birthdate") else "Observation"
+        error = refused(query, kind)
+        value = query.split("=", 1)[1]
+        assert value not in str(error.operation_outcome()) and value not in error.message
