@@ -3,7 +3,6 @@ the wrong records before. Also through fhirpy, a third-party FHIR client."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from fhirpy import SyncFHIRClient
 
 from careledger.nodedir import init_demo
 from tests.support.nodes import Server, login, serving
+from tests.support.recruitment import fhir_post as post
 
 pytestmark = pytest.mark.integration
 LOINC = "http://loinc.org"
@@ -25,16 +25,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     init_demo(data, with_records=False, with_supply=False).store.close()
     with serving(data) as running:
         yield running
-
-
-def post(http: httpx.Client, resource: dict[str, Any]) -> str:
-    made = http.post(
-        f"/fhir/{resource['resourceType']}",
-        content=json.dumps(resource),
-        headers={"content-type": "application/fhir+json"},
-    )
-    assert made.status_code == 201, made.text
-    return str(made.json()["id"])
 
 
 def observation(pid: str, code: str, category: str, when: str, value: float) -> dict[str, Any]:

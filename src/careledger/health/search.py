@@ -82,8 +82,21 @@ def search_patient(
     result = _page(records, request, list(candidates), owner, planned.exact, at, now, base_url)
     if request.revincludes and result.page:
         _revinclude(records, caller, request.revincludes, result, patient, purpose, at)
-    # nothing returned or counted: the basis was checked, nothing was disclosed, nothing logged
-    records.log_reads_many(caller, _disclosed(result, kind), purpose=purpose)
+    return _disclose(records, caller, request, result, purpose, base_url)
+
+
+def _disclose(
+    records: HealthRecords,
+    caller: Caller,
+    request: SearchRequest,
+    result: SearchResult,
+    purpose: str,
+    base_url: str,
+) -> SearchResult:
+    """Log what the search disclosed (nothing returned or counted: nothing logged; the basis
+    was checked before looking), then add the _include records, logged with their own event."""
+    disclosed = _disclosed(result, request.resource_type)
+    records.log_reads_many(caller, disclosed, purpose=purpose)
     if request.includes and result.page:
         _include(records, caller, request.includes, result.page, result, purpose, base_url)
     return result
@@ -242,10 +255,7 @@ def search_org(
     result = _page(records, request, pairs, owner, planned.exact, at, now, base_url)
     if request.revincludes:
         result.warnings.append("_revinclude is answered on searches about one patient")
-    records.log_reads_many(caller, _disclosed(result, kind), purpose=purpose)
-    if request.includes and result.page:
-        _include(records, caller, request.includes, result.page, result, purpose, base_url)
-    return result
+    return _disclose(records, caller, request, result, purpose, base_url)
 
 
 def _include(
