@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) $(ASSETS) system
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 test: lint typecheck unit
 
