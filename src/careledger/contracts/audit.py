@@ -9,8 +9,10 @@ working from the block that revoked it, and a refused access is itself on the lo
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
+from careledger.contracts.apps import CLIENT_ID, app_of
 from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.consent import (
     ACTIONS,
@@ -45,18 +47,21 @@ def access_key(patient: str, height: int, tx_id: str) -> str:
 class AuditV1(Contract):
     name = NAMESPACE
 
+    ACCESS_ARGS: tuple[str, ...] = (
+        "patient",
+        "accessor",
+        "accessor_org",
+        "records",
+        "windows",
+        "action",
+        "purpose",
+        "basis",
+    )
+
     @tx_method
     def access(self, ctx: Context, args: Args) -> None:
-        args.only(
-            "patient",
-            "accessor",
-            "accessor_org",
-            "records",
-            "windows",
-            "action",
-            "purpose",
-            "basis",
-        )
+        args.only(*self.ACCESS_ARGS)
+        app = self._app(ctx, args)
         if not ctx.signer.has_role("node"):
             raise Rejected("NOT_AUTHORISED", "accesses are recorded by the custodian's node")
         patient = args.string("patient", pattern=ID_PATTERN)
@@ -89,9 +94,9 @@ class AuditV1(Contract):
             ctx, patient, windows
         )
         flagged = self._check_basis(
-            ctx, kind, basis, patient, accessor, accessor_org, action, purpose, types
+            ctx, kind, basis, patient, accessor, accessor_org, action, purpose, types, app
         )
-        entry = {
+        entry: dict[str, Any] = {
             "patient": patient,
             "accessor": accessor,
             "accessor_org": accessor_org,
@@ -106,12 +111,18 @@ class AuditV1(Contract):
             "time": ctx.time,
             "tx": ctx.tx_id,
         }
+        if app is not None:
+            entry["app"] = app["client_id"]
         ctx.state.put(access_key(patient, ctx.height, ctx.tx_id), entry)
         event = {k: entry[k] for k in ("patient", "accessor", "accessor_org", "action", "purpose")}
         ctx.emit(
             "audit.break_glass_access" if flagged else "audit.access",
             {**event, "count": len(records) + len(windows)},
         )
+
+    def _app(self, ctx: Context, args: Args) -> Mapping[str, Any] | None:
+        """The app behind the access: none before apps were on the ledger (``AuditV2``)."""
+        return None
 
     @staticmethod
     def _record_types(ctx: Context, patient: str, records: list[str]) -> set[str]:
@@ -144,8 +155,17 @@ class AuditV1(Contract):
                 raise Rejected("NOT_CUSTODIAN", "a node records accesses to its own readings only")
         return {"Observation"} if windows else set()
 
-    @staticmethod
+    def _accessor_roles(
+        self, ctx: Context, accessor: str, accessor_org: str, app: Mapping[str, Any] | None
+    ) -> set[str]:
+        """The accessor's roles: a member of ``accessor_org``, as the ledger has it."""
+        member = ctx.state.read(IDENTITY, f"member/{accessor}")
+        if member is None or member["org"] != accessor_org:
+            raise Rejected("UNKNOWN_MEMBER", "the accessor is not a member of accessor_org")
+        return set(member["roles"])
+
     def _check_basis(
+        self,
         ctx: Context,
         kind: str,
         basis: Args,
@@ -155,16 +175,14 @@ class AuditV1(Contract):
         action: str,
         purpose: str,
         types: set[str],
+        app: Mapping[str, Any] | None,
     ) -> bool:
         """Raise NO_CONSENT (or a sharper code) unless the basis covers it; True if flagged."""
-        member = ctx.state.read(IDENTITY, f"member/{accessor}")
-        if member is None or member["org"] != accessor_org:
-            raise Rejected("UNKNOWN_MEMBER", "the accessor is not a member of accessor_org")
+        roles = self._accessor_roles(ctx, accessor, accessor_org, app)
         if kind == "self":
             if accessor != patient:
                 raise Rejected("NO_CONSENT", "'self' is for the patient's own access")
             return False
-        roles = set(member["roles"])
         if kind == "custodian":
             own_team = accessor_org == ctx.signer.org and bool(roles & CARE_ROLES)
             if not own_team or purpose not in CUSTODIAN_PURPOSES or action == EXPORT:
@@ -193,6 +211,84 @@ class AuditV1(Contract):
             if not consent_covers(
                 consent,
                 member=accessor,
+                org=accessor_org,
+                action=needed,
+                resource_type=resource_type,
+                purpose=purpose,
+                time=ctx.time,
+            ):
+                raise Rejected("NO_CONSENT", "the consent does not cover this access")
+        return False
+
+
+class AuditV2(AuditV1):
+    """Access events name the app behind an access (``app``: a client id on the ledger).
+
+    A user's access through an app is judged as the user's, and the app must be registered
+    and not suspended at this block. A backend app (SMART Backend Services) is itself the
+    accessor: it acts for its organisation, reads (and bulk-exports) the organisation's own
+    records as custodian for its operations, and others' records under a consent to the
+    organisation; it never uses "self" or break-glass, and a consent naming one member never
+    reaches it.
+    """
+
+    ACCESS_ARGS = (*AuditV1.ACCESS_ARGS, "app")
+
+    def _app(self, ctx: Context, args: Args) -> Mapping[str, Any] | None:
+        if not args.has("app"):
+            return None
+        client_id = args.string("app", pattern=CLIENT_ID)
+        app = app_of(ctx.state.read, client_id)
+        if app is None:
+            raise Rejected("UNKNOWN_APP", f"no app {client_id!r}")
+        if app["status"] != "active":
+            raise Rejected("APP_SUSPENDED", "the app is suspended")
+        return app
+
+    def _accessor_roles(
+        self, ctx: Context, accessor: str, accessor_org: str, app: Mapping[str, Any] | None
+    ) -> set[str]:
+        if app is None or app["kind"] != "backend":
+            return super()._accessor_roles(ctx, accessor, accessor_org, app)
+        if accessor != app["client_id"] or accessor_org != app["org"]:
+            raise Rejected("UNKNOWN_MEMBER", "a backend app accesses as itself, for its org")
+        return {"system"}
+
+    def _check_basis(
+        self,
+        ctx: Context,
+        kind: str,
+        basis: Args,
+        patient: str,
+        accessor: str,
+        accessor_org: str,
+        action: str,
+        purpose: str,
+        types: set[str],
+        app: Mapping[str, Any] | None,
+    ) -> bool:
+        if app is None or app["kind"] != "backend":
+            return super()._check_basis(
+                ctx, kind, basis, patient, accessor, accessor_org, action, purpose, types, app
+            )
+        self._accessor_roles(ctx, accessor, accessor_org, app)
+        if kind == "custodian":
+            if accessor_org != ctx.signer.org or purpose not in CUSTODIAN_PURPOSES:
+                raise Rejected("NO_CONSENT", "the custodian basis covers its own care team only")
+            return False
+        if kind != "consent":
+            raise Rejected("NO_CONSENT", "a backend app reads under a consent or as custodian")
+        basis_id = basis.string("id", max_len=64)
+        consent = ctx.state.read(CONSENT, consent_key(basis_id))
+        if consent is None or consent["patient"] != patient:
+            raise Rejected("NO_CONSENT", "no such consent for this patient")
+        if consent["status"] != "active":
+            raise Rejected("CONSENT_REVOKED", "the consent was revoked")
+        needed = "read" if action == EXPORT else action
+        for resource_type in types:
+            if not consent_covers(
+                consent,
+                member="",  # a consent to one person never reaches an app
                 org=accessor_org,
                 action=needed,
                 resource_type=resource_type,

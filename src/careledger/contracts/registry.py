@@ -176,7 +176,25 @@ def r5() -> Ruleset:
     )
 
 
+def r6() -> Ruleset:
+    """r5, and apps on the ledger (SMART on FHIR clients), named in every access they make."""
+    from careledger.contracts.apps import AppsV1
+    from careledger.contracts.audit import AuditV2
+
+    return r5().derive(
+        "r6",
+        contracts=[AppsV1(), AuditV2()],
+        notes=(
+            "apps.register/update/suspend/resume by an organisation's admin; audit.access "
+            "names the app (client id) behind an access, refused if it is unknown or "
+            "suspended; a backend app accesses as itself for its organisation: as custodian "
+            "of the organisation's records (export included) or under a consent to the "
+            "organisation"
+        ),
+    )
+
+
 @cache
 def default_registry() -> Registry:
     """Every ruleset this software knows, oldest first; the last is what new chains start on."""
-    return Registry([r0(), r1(), r2(), r3(), r4(), r5()])
+    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6()])
