@@ -30,12 +30,15 @@ MAX_REVOKED_TOKENS = 100_000
 
 
 def scope_within(wanted: Scope, allowed: Scope) -> bool:
-    """Whether ``wanted`` asks for no more than ``allowed`` grants."""
+    """Whether ``wanted`` asks for no more than ``allowed`` grants. A ``patient/`` scope is
+    within a ``user/`` one (it narrows it to one patient: the launch's)."""
+    narrower = (wanted.context, allowed.context) == ("patient", "user")
     return (
-        wanted.context == allowed.context
+        (wanted.context == allowed.context or narrower)
         and allowed.resource_type in ("*", wanted.resource_type)
         and (allowed.read or not wanted.read)
         and (allowed.write or not wanted.write)
+        and (not allowed.query or allowed.query == wanted.query)
     )
 
 
@@ -52,6 +55,8 @@ class TokenClaims:
     expires: int
     scopes: tuple[Scope, ...]
     raw: dict[str, Any]
+    app: str | None = None  # the SMART client the token was issued to
+    patient: str | None = None  # the patient a SMART launch is about
 
 
 class TokenIssuer:
@@ -64,6 +69,7 @@ class TokenIssuer:
         self._challenges: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._by_client: dict[str, OrderedDict[str, None]] = {}
         self._revoked: dict[str, float] = {}
+        self._revoked_grants: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def new_challenge(self, client: str = "") -> tuple[str, int]:
@@ -101,6 +107,14 @@ class TokenIssuer:
                 self._revoked = {j: e for j, e in self._revoked.items() if e > now}
             self._revoked[str(claims.get("jti", ""))] = float(claims["exp"])
 
+    def revoke_grant(self, grant: str, until: float) -> None:
+        """Refuse every token issued from a SMART grant (a revoked or leaked refresh token)."""
+        with self._lock:
+            if len(self._revoked_grants) >= MAX_REVOKED_TOKENS:
+                now = time.time()
+                self._revoked_grants = {g: e for g, e in self._revoked_grants.items() if e > now}
+            self._revoked_grants[grant] = until
+
     def redeem(self, challenge: str, public_key: str, signature: str) -> None:
         """Consume a challenge signed by ``public_key``; any failure is Unauthorized."""
         with self._lock:
@@ -118,9 +132,17 @@ class TokenIssuer:
             raise Unauthorized("the challenge signature does not verify", code="BAD_CHALLENGE")
 
     def issue(
-        self, signer: Signer, *, scope: str | None = None, now: int | None = None
+        self,
+        signer: Signer,
+        *,
+        scope: str | None = None,
+        now: int | None = None,
+        client_id: str | None = None,
+        patient: str | None = None,
+        grant: str | None = None,
     ) -> tuple[str, int]:
-        """A token for ``signer``; ``scope`` may narrow the role's default scopes, never widen."""
+        """A token for ``signer``; ``scope`` may narrow the role's default scopes, never widen.
+        ``client_id`` and ``patient``: the SMART app it is issued to and its launch patient."""
         allowed = parse_scopes(default_scopes(signer.roles))
         if scope is not None:
             for wanted in parse_scopes(scope):
@@ -138,6 +160,32 @@ class TokenIssuer:
             "roles": sorted(signer.roles),
             "scope": granted,
             "key": signer.public_key,
+            "iat": issued,
+            "exp": issued + self.ttl,
+            "jti": b64url_encode(secrets.token_bytes(12)),
+        }
+        if client_id is not None:
+            claims["cid"] = client_id
+        if patient is not None:
+            claims["patient"] = patient
+        if grant is not None:
+            claims["gid"] = grant  # the SMART grant: revoking it revokes this token
+        return jwt.encode(claims, self._private, algorithm="EdDSA"), self.ttl
+
+    def issue_to_app(
+        self, client_id: str, org: str, scope: str, *, now: int | None = None
+    ) -> tuple[str, int]:
+        """A token for a backend app (SMART Backend Services): it acts as itself, for ``org``."""
+        issued = int(time.time()) if now is None else now
+        claims = {
+            "iss": self.node_name,
+            "aud": self.chain,
+            "sub": client_id,
+            "cid": client_id,
+            "org": org,
+            "roles": ["system"],
+            "scope": scope,
+            "key": "",
             "iat": issued,
             "exp": issued + self.ttl,
             "jti": b64url_encode(secrets.token_bytes(12)),
@@ -160,6 +208,8 @@ class TokenIssuer:
             raise Unauthorized("the token is not valid for this node", code="BAD_TOKEN") from None
         if str(claims.get("jti", "")) in self._revoked:
             raise Unauthorized("the token was revoked (signed out)", code="TOKEN_REVOKED")
+        if claims.get("gid") and str(claims["gid"]) in self._revoked_grants:
+            raise Unauthorized("the app's access was revoked", code="TOKEN_REVOKED")
         return TokenClaims(
             member=str(claims["sub"]),
             org=str(claims.get("org", "")),
@@ -168,4 +218,6 @@ class TokenIssuer:
             expires=int(claims["exp"]),
             scopes=parse_scopes(str(claims.get("scope", ""))),
             raw=claims,
+            app=str(claims["cid"]) if claims.get("cid") else None,
+            patient=str(claims["patient"]) if claims.get("patient") else None,
         )

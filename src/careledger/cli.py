@@ -719,6 +719,115 @@ def trial_budget(
     out.print(table)
 
 
+apps_app = typer.Typer(help="SMART on FHIR apps registered on the ledger.", no_args_is_help=True)
+app.add_typer(apps_app, name="apps")
+
+
+@apps_app.command("list")
+def apps_list(
+    key: KeyOpt,
+    org: Annotated[str | None, typer.Option("--org", help="only this organisation's")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """The apps on the ledger: who registered them, what they may ask for, and their status."""
+    try:
+        with _logged_in(url, key) as client:
+            items = client.apps(org)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json({"items": items})
+        return
+    table = Table("client id", "name", "org", "kind", "status", "scopes", title="apps")
+    for item in items:
+        table.add_row(
+            item["client_id"], item["name"], item["org"], item["kind"], item["status"],
+            item["scopes"],
+        )  # fmt: skip
+    out.print(table)
+
+
+@apps_app.command("register")
+def apps_register(
+    key: KeyOpt,
+    client_id: Annotated[
+        str, typer.Argument(help="the app's client id (3-64 letters, digits, . _ -)")
+    ],
+    name: Annotated[str, typer.Option("--name", help="the name users see when they approve it")],
+    scopes: Annotated[str, typer.Option("--scopes", help="the SMART scopes it may ask for")],
+    kind: Annotated[str, typer.Option("--kind", help="public, confidential or backend")] = "public",
+    redirect: Annotated[
+        list[str] | None, typer.Option("--redirect", help="a redirect URI (repeat for more)")
+    ] = None,
+    jwks: Annotated[
+        Path | None, typer.Option("--jwks", help="a JSON file of its public keys (JWKS)")
+    ] = None,
+    launch_uri: Annotated[
+        str | None, typer.Option("--launch-uri", help="where an EHR launch opens it")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register an app for your organisation (admins). A confidential app without --jwks gets a
+    client secret, printed once: the ledger keeps only its hash."""
+    body: dict[str, Any] = {"client_id": client_id, "name": name, "kind": kind, "scopes": scopes}
+    try:
+        if redirect:
+            body["redirect_uris"] = redirect
+        if jwks is not None:
+            body["jwks"] = _read_json_file(jwks)
+        if launch_uri:
+            body["launch_uri"] = launch_uri
+        with _logged_in(url, key) as client:
+            done = client.register_app(body)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(done)
+        return
+    out.print(f"registered [bold]{client_id}[/bold] for {done['app']['org']} ({kind})")
+    if "client_secret" in done:
+        out.print(f"client secret (shown once, keep it safe): {done['client_secret']}")
+
+
+@apps_app.command("suspend")
+def apps_suspend(
+    key: KeyOpt,
+    client_id: Annotated[str, typer.Argument(help="the app's client id")],
+    reason: Annotated[str | None, typer.Option("--reason", help="why, for the record")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """Suspend an app: from the next block no node honours its tokens or issues new ones."""
+    _app_step(key, client_id, "suspend", reason, url, json_out)
+
+
+@apps_app.command("resume")
+def apps_resume(
+    key: KeyOpt,
+    client_id: Annotated[str, typer.Argument(help="the app's client id")],
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """Let a suspended app connect again."""
+    _app_step(key, client_id, "resume", None, url, json_out)
+
+
+def _app_step(
+    key: Path, client_id: str, step: str, reason: str | None, url: str, json_out: bool
+) -> None:
+    try:
+        with _logged_in(url, key) as client:
+            done = client.app_step(client_id, step, reason)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(done)
+        return
+    out.print(f"{client_id}: {done['status']}")
+
+
 devices_app = typer.Typer(help="Remote-monitoring devices.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 

@@ -9,11 +9,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from careledger.errors import ValidationError
 
 _SCOPE = re.compile(
-    r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*|[cruds]{1,5})$"
+    r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*|c?r?u?d?s?)"
+    r"(?:\?([A-Za-z0-9_.:|=&%,-]{1,200}))?$"
+)
+# Scopes about the launch, the user's identity and refresh, not about resources (SMART 2.2).
+CONTEXT_SCOPES = frozenset(
+    {
+        "openid",
+        "fhirUser",
+        "profile",
+        "launch",
+        "launch/patient",
+        "launch/encounter",
+        "offline_access",
+        "online_access",
+    }
 )
 _V2_READ = frozenset("rs")
 _V2_WRITE = frozenset("cud")
@@ -43,6 +58,9 @@ class Scope:
     resource_type: str
     read: bool
     write: bool
+    # SMART v2 query restriction (``patient/Observation.rs?category=laboratory``): what it
+    # reaches must also meet these search parameters.
+    query: tuple[tuple[str, str], ...] = ()
 
     def covers(self, resource_type: str, action: str) -> bool:
         if self.resource_type not in ("*", resource_type):
@@ -52,17 +70,43 @@ class Scope:
 
 def parse_scope(text: str) -> Scope:
     match = _SCOPE.match(text)
-    if match is None:
+    if match is None or not match.group(3):
         raise ValidationError(f"not a SMART scope: {text[:80]!r}", code="BAD_SCOPE")
-    context, resource_type, actions = match.groups()
+    context, resource_type, actions, query = match.groups()
+    restriction: tuple[tuple[str, str], ...] = ()
+    if query:
+        if actions in ("read", "write", "*"):
+            raise ValidationError("a query restriction is SMART v2 syntax", code="BAD_SCOPE")
+        restriction = tuple(parse_qsl(query, keep_blank_values=False, strict_parsing=False))
+        if not restriction or resource_type == "*":
+            raise ValidationError(
+                f"a query restriction names one resource type: {text[:80]!r}", code="BAD_SCOPE"
+            )
     if actions in ("read", "write", "*"):
         return Scope(context, resource_type, actions in ("read", "*"), actions in ("write", "*"))
     letters = set(actions)
-    return Scope(context, resource_type, bool(letters & _V2_READ), bool(letters & _V2_WRITE))
+    return Scope(
+        context, resource_type, bool(letters & _V2_READ), bool(letters & _V2_WRITE), restriction
+    )
 
 
 def parse_scopes(text: str) -> tuple[Scope, ...]:
-    return tuple(parse_scope(part) for part in text.split())
+    """The resource scopes of ``text``; launch, identity and refresh scopes are skipped."""
+    return tuple(parse_scope(part) for part in text.split() if part not in CONTEXT_SCOPES)
+
+
+def restrictions(
+    scopes: tuple[Scope, ...], resource_type: str, action: str
+) -> list[tuple[tuple[str, str], ...]] | None:
+    """The query restrictions ``action`` on ``resource_type`` must meet (one of them), or None
+    when some scope covers it without restriction."""
+    found = []
+    for scope in scopes:
+        if scope.covers(resource_type, action):
+            if not scope.query:
+                return None
+            found.append(scope.query)
+    return found
 
 
 def default_scopes(roles: frozenset[str] | set[str]) -> str:

@@ -477,6 +477,24 @@ class Client:
         done: dict[str, Any] = response.json()
         return done
 
+    # -- SMART apps on the ledger ----------------------------------------------------------
+
+    def apps(self, org: str | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.get_json("/v1/apps", org=org)["items"]
+        return items
+
+    def register_app(self, app: Mapping[str, Any]) -> dict[str, Any]:
+        """Register an app (as an organisation's admin); a confidential app without keys gets
+        its ``client_secret`` here, once."""
+        done: dict[str, Any] = self.post_json("/v1/apps", app)
+        return done
+
+    def app_step(self, client_id: str, step: str, reason: str | None = None) -> dict[str, Any]:
+        """``suspend`` or ``resume`` an app of the caller's organisation."""
+        body = {"reason": reason} if reason else {}
+        done: dict[str, Any] = self.post_json(f"/v1/apps/{client_id}/{step}", body)
+        return done
+
     def login(self, keypair: KeyPair | None = None, *, scope: str | None = None) -> str:
         key = keypair or self.keypair
         if key is None:

@@ -19,6 +19,7 @@ SMOKES = {
     "cluster": (["--txs", "200", "--missed", "200"], "catch-up"),
     "records": (["--smoke"], "create resources/s"),
     "search": (["--smoke"], "Patient?identifier="),
+    "smart": (["--smoke"], "client_credentials (ES384 assertion)"),
     "supply": (["--units", "500", "--workers", "1"], "capture: whole flow"),
     "trials": (["--patients", "40", "--workers", "2"], "recruitment query"),
     "monitoring": (

@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from careledger import __version__
 from careledger.api import errors
 from careledger.api.body_limit import BodyLimit
+from careledger.api.cors import AppOrigins
 from careledger.api.metrics import Metrics
 from careledger.api.routes import (
     auth,
@@ -26,6 +27,7 @@ from careledger.api.routes import (
     health,
     monitoring,
     patients,
+    smart,
     supply,
     trials,
     tx,
@@ -49,6 +51,9 @@ from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
 from careledger.monitoring.ticker import Ticker
 from careledger.monitoring.visits import VISITS_FILE, VisitsService
 from careledger.node import Node
+from careledger.smart.grants import SMART_FILE, GrantStore
+from careledger.smart.oauth import AuthorizationServer
+from careledger.smart.oidc import OidcKey
 from careledger.supply.alerts import AlertStore, AlertWatcher
 from careledger.supply.repository import EpcisRepository
 from careledger.supply.service import EpcisService
@@ -57,6 +62,7 @@ from careledger.supply.verification_log import VerificationLog
 from careledger.trials.consent_records import ConsentRecorder
 from careledger.trials.recruitment import TRIALS_FILE, RecruitmentResponder, RecruitmentStore
 from careledger.trials.service import TrialsService
+from careledger.web import authorize
 from careledger.web import routes as portal
 
 
@@ -110,6 +116,10 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             node_key=running.ledger.node_key,
             ttl_seconds=settings.token_ttl_seconds,
         )
+        grants = GrantStore(settings.data_dir / SMART_FILE)
+        app.state.smart = AuthorizationServer(
+            running.ledger, app.state.issuer, grants, OidcKey.for_node(settings.data_dir)
+        )
         running.start()
         responder.attach()  # after start: it answers queries committed while it was down
         consent_records.attach()
@@ -132,6 +142,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             readings_store.close()
             app.state.visits.close()
             nonces.close()
+            grants.close()
 
     app = FastAPI(
         title="CareLedger",
@@ -154,6 +165,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
 
     errors.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(AppOrigins)
     routers = (
         tx,
         chain,
@@ -169,12 +181,14 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         monitoring,
         visits,
     )
+    app.include_router(smart.router)  # before /fhir/{type}/{id}: /fhir/.well-known/...
     for module in routers:
         app.include_router(module.router)
     app.include_router(trials.router)
     app.include_router(trials.feasibility_router)
     app.include_router(trials.payments_router)
     app.include_router(portal.router)
+    app.include_router(authorize.router)
     app.mount("/static", StaticFiles(directory=str(portal.HERE / "static")), name="static")
     app.state.error_page = portal.error_page  # portal errors as pages (api/errors.py)
     return app

@@ -9,7 +9,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from careledger.auth import TokenClaims, TokenIssuer, scope_within
+from careledger.contracts.apps import app_of
 from careledger.errors import CareLedgerError, Unauthorized
+from careledger.health.access import SYSTEM
 from careledger.node import Node
 from careledger.scopes import default_scopes, parse_scopes
 
@@ -38,7 +40,26 @@ def get_member(
     """The token's member, re-checked against the ledger so a revoked key's token dies at once."""
     if credentials is None:
         raise Unauthorized("a bearer token is required", code="TOKEN_REQUIRED")
-    claims = issuer.verify(credentials.credentials)
+    return current_claims(node, issuer.verify(credentials.credentials))
+
+
+def current_claims(node: Node, claims: TokenClaims) -> TokenClaims:
+    """A verified token's claims as the ledger has them now: the member's key still active,
+    roles and organisation as they are, scopes cut to what the roles (and the app) allow;
+    a token issued to an app dies with the app's suspension."""
+    if claims.app is not None:
+        app = app_of(node.ledger.state, claims.app)
+        if app is None or app["status"] != "active":
+            raise Unauthorized(
+                "the app this token was issued to is suspended", code="APP_SUSPENDED"
+            )
+        registered = parse_scopes(app["scopes"])
+        scopes = tuple(s for s in claims.scopes if any(scope_within(s, a) for a in registered))
+        claims = replace(claims, scopes=scopes)
+        if app["kind"] == "backend":
+            if claims.member != app["client_id"]:
+                raise Unauthorized("the token is not valid for this node", code="BAD_TOKEN")
+            return replace(claims, org=app["org"], roles=(SYSTEM,))
     try:
         signer = node.ledger.signer(claims.public_key)
     except CareLedgerError:

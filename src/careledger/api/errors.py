@@ -93,7 +93,8 @@ def _allowed(request: Request) -> list[str]:
 
 # Paths of the machine interfaces: everything else is the portal, whose errors a browser sees.
 _MACHINE_PATHS = ("/v1", "/fhir", "/epcis", "/.well-known", "/docs", "/openapi", "/redoc",
-                  "/session", "/static", "/metrics", "/healthz")  # fmt: skip
+                  "/session", "/static", "/metrics", "/healthz", "/auth/token",
+                  "/auth/introspect", "/auth/revoke")  # fmt: skip
 
 
 def _portal_page(request: Request, status: int, code: str, message: str) -> Response | None:
@@ -106,6 +107,18 @@ def _portal_page(request: Request, status: int, code: str, message: str) -> Resp
         return None
     response: Response = render(request, status, code, message)
     return response
+
+
+def _challenge(request: Request, exc: CareLedgerError, response: Response) -> None:
+    """401 says how to authenticate (RFC 6750 section 3): a bearer token, and why this one
+    was refused when one was sent."""
+    if exc.http_status != 401:
+        return
+    value = 'Bearer realm="careledger"'
+    if request.headers.get("authorization", "").lower().startswith("bearer "):
+        reason = exc.message.replace('"', "'")
+        value += f', error="invalid_token", error_description="{reason}"'
+    response.headers["WWW-Authenticate"] = value
 
 
 def _is_fhir(request: Request) -> bool:
@@ -130,7 +143,9 @@ def install(app: FastAPI) -> None:
                         "details",
                         {"coding": [{"system": "https://careledger.dev/codes", "code": exc.code}]},
                     )
-            return fhir_outcome(status, exc.code, exc.message, issues)
+            response = fhir_outcome(status, exc.code, exc.message, issues)
+            _challenge(request, exc, response)
+            return response
         extra: dict[str, Any] = {}
         if isinstance(exc, BatchRefused):
             extra = {"errors": exc.errors, "refused": exc.total}
@@ -139,6 +154,7 @@ def install(app: FastAPI) -> None:
             extra["receipt"] = receipt
         extra.update(getattr(exc, "extra", None) or {})
         response = problem(exc.http_status, exc.code, exc.message, **extra)
+        _challenge(request, exc, response)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response

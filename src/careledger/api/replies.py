@@ -14,7 +14,14 @@ from careledger.jsonio import dumps
 
 def caller_of(claims: TokenClaims) -> Caller:
     """The member behind a checked token, as the services take it."""
-    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
+    return Caller(
+        claims.member,
+        claims.org,
+        frozenset(claims.roles),
+        claims.scopes,
+        app=claims.app,
+        patient=claims.patient,
+    )
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

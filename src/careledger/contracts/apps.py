@@ -21,6 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
+from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.identity import member_key
 from careledger.errors import Rejected
 
 NAMESPACE = "apps"
@@ -79,8 +81,9 @@ def _jwks(raw: Any) -> dict[str, Any]:
         if not isinstance(key.get("kid"), str) or not 1 <= len(key["kid"]) <= 128:
             raise Rejected("BAD_ARGS", "every key has a kid")
         for field, value in key.items():
-            if not isinstance(value, str) or len(value) > MAX_KEY_FIELD:
-                raise Rejected("BAD_ARGS", f"key field {field!r} is a short string")
+            listed = value if isinstance(value, list) and len(value) <= 8 else [value]
+            if not all(isinstance(v, str) and len(v) <= MAX_KEY_FIELD for v in listed):
+                raise Rejected("BAD_ARGS", f"key field {field!r} is a short string (or list)")
         kept.append(dict(key))
     kids = [k["kid"] for k in kept]
     if len(set(kids)) != len(kids):
@@ -185,6 +188,8 @@ class AppsV1(Contract):
             raise Rejected("BAD_ARGS", "an app has a name and the scopes it may ask for")
         if ctx.state.get(app_key(client_id)) is not None:
             raise Rejected("APP_EXISTS", f"client id {client_id!r} is taken")
+        if ctx.state.read(IDENTITY, member_key(client_id)) is not None:
+            raise Rejected("APP_EXISTS", "a client id is not a member's id")
         app = {
             "client_id": client_id,
             "org": ctx.signer.org,

@@ -30,12 +30,33 @@ CUSTODIAN_PURPOSES = AUDIT_CUSTODIAN_PURPOSES
 MAX_CONSENTS_SCANNED = 1000
 
 
+SYSTEM = "system"  # the role a backend app (SMART Backend Services) acts with
+
+
 @dataclass(frozen=True)
 class Caller:
-    member: str
+    member: str  # a member id, or a backend app's client id
     org: str
     roles: frozenset[str]
     scopes: tuple[Scope, ...]
+    app: str | None = None  # the SMART app behind the request (its client id)
+    patient: str | None = None  # the patient a SMART launch is about
+
+    @property
+    def is_app(self) -> bool:
+        """A backend app acting for its organisation, not a person."""
+        return SYSTEM in self.roles
+
+    def is_patient(self, patient: str) -> bool:
+        """Whether the caller is ``patient`` themself (an app never is, whatever its id)."""
+        return self.member == patient and not self.is_app
+
+    @property
+    def own_patient(self) -> str | None:
+        """The one patient ``patient/`` scopes reach: the launch's, or the patient themself."""
+        if self.patient is not None:
+            return self.patient
+        return None if self.is_app else self.member
 
 
 def require_scope(caller: Caller, resource_type: str, action: str, patient: str | None) -> None:
@@ -43,7 +64,7 @@ def require_scope(caller: Caller, resource_type: str, action: str, patient: str 
         raise Forbidden(
             f"the token's scopes do not allow {action} of {resource_type}", code="SCOPE"
         )
-    if patient_only(caller.scopes) and patient is not None and patient != caller.member:
+    if patient_only(caller.scopes) and patient is not None and patient != caller.own_patient:
         raise Forbidden("a patient token reaches that patient's data only", code="SCOPE")
 
 
@@ -58,11 +79,15 @@ def choose_basis(
     types: Collection[str],
     time: int,
 ) -> dict[str, str]:
-    """A basis the audit contract should accept, or Forbidden(NO_CONSENT)."""
-    if caller.member == patient:
+    """A basis the audit contract should accept, or Forbidden(NO_CONSENT). A backend app
+    reads its organisation's own records as custodian (export included) and others' under a
+    consent to its organisation; never as a patient, a person or by break-glass."""
+    if caller.is_patient(patient):
         return {"kind": "self"}
     own_team = caller.org == custodian and bool(caller.roles & CARE_ROLES)
     if own_team and purpose in CUSTODIAN_PURPOSES and action != "export":
+        return {"kind": "custodian"}
+    if caller.is_app and caller.org == custodian and purpose in CUSTODIAN_PURPOSES:
         return {"kind": "custodian"}
     needed = "read" if action == "export" else action
     for key in ledger.store.state_keys(CONSENT, f"by-patient/{patient}/", MAX_CONSENTS_SCANNED):
@@ -71,7 +96,7 @@ def choose_basis(
         if consent is not None and all(
             consent_covers(
                 consent,
-                member=caller.member,
+                member="" if caller.is_app else caller.member,
                 org=caller.org,
                 action=needed,
                 resource_type=t,
@@ -81,7 +106,7 @@ def choose_basis(
             for t in types
         ):
             return {"kind": "consent", "id": consent_id}
-    if purpose == "ETREAT" and action == "read":
+    if purpose == "ETREAT" and action == "read" and not caller.is_app:
         latest = ledger.state(CONSENT, break_glass_index_key(patient, caller.member))
         if latest is not None:
             entry = ledger.state(CONSENT, break_glass_key(latest["id"]))

@@ -159,6 +159,8 @@ def about_patient(
         if about and criterion.modifier is None and len(criterion.values) == 1:
             ref = criterion.values[0].text.removeprefix(base_url + "/")
             return ref.removeprefix("Patient/").split("/_history/", 1)[0], criterion
+    if caller.patient is not None:  # a SMART launch about one patient
+        return caller.patient, None
     if "patient" in caller.roles:
         return caller.member, None
     return None, None

@@ -218,6 +218,8 @@ class HealthRecords:
             "purpose": purpose,
             "basis": basis,
         }
+        if caller.app is not None:
+            args["app"] = caller.app
         if records:
             args["records"] = sorted(set(records))
         if windows:
@@ -470,7 +472,7 @@ class HealthRecords:
                 f"a custodian writes for {sorted(CUSTODIAN_PURPOSES)}, not {purpose!r}",
                 code="BAD_PURPOSE",
             )
-        return {
+        args: dict[str, Any] = {
             "patient": patient,
             "accessor": caller.member,
             "accessor_org": caller.org,
@@ -479,6 +481,9 @@ class HealthRecords:
             "purpose": purpose,
             "basis": {"kind": "custodian"},
         }
+        if caller.app is not None:
+            args["app"] = caller.app
+        return args
 
     def _require_writer(self, caller: Caller, resource_type: str) -> None:
         if caller.org != self.org or not caller.roles & WRITER_ROLES:
@@ -799,7 +804,7 @@ class HealthRecords:
     def shred(self, caller: Caller, record_id: str) -> dict[str, Any]:
         """A patient whose key this node holds shreds a record; others sign records.shred."""
         meta = self.record_meta(record_id)
-        if caller.member != meta["patient"]:
+        if not caller.is_patient(meta["patient"]):
             raise Forbidden(
                 "the patient, or the custodian's admin with their own key, shreds",
                 code="NOT_AUTHORISED",
@@ -829,7 +834,7 @@ class HealthRecords:
 
     def _patient_signer(self, caller: Caller, patient: str) -> KeyPair:
         require_scope(caller, "Consent", "write", patient)
-        if caller.member != patient:
+        if not caller.is_patient(patient):
             raise Forbidden(
                 "a patient grants and revokes their own consents", code="NOT_AUTHORISED"
             )
@@ -862,7 +867,7 @@ class HealthRecords:
 
     def _may_see_consents(self, caller: Caller, patient: str) -> None:
         require_scope(caller, "Consent", "read", patient)  # a narrowed token stays narrow
-        if caller.member == patient:
+        if caller.is_patient(patient):
             return
         own_team = caller.org == self.org and bool(caller.roles & CARE_ROLES)
         if not own_team or not self.patient_records(patient):
@@ -887,7 +892,7 @@ class HealthRecords:
     def access_log(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
         require_scope(caller, "AuditEvent", "read", patient)  # a narrowed token stays narrow
         oversight = caller.org == self.org and bool(caller.roles & {"admin", "auditor"})
-        if caller.member != patient and not (oversight and self.patient_records(patient)):
+        if not caller.is_patient(patient) and not (oversight and self.patient_records(patient)):
             raise Forbidden(
                 "a patient sees their own access log; the custodian's admins and auditors see it"
                 " for patients whose records they hold",

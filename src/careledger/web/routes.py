@@ -24,6 +24,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import get_member, get_node
+from careledger.api.replies import caller_of as api_caller_of
 from careledger.auth import TokenClaims
 from careledger.contracts.consent import (
     BREAK_GLASS_PREFIX,
@@ -45,6 +46,7 @@ from careledger.supply.supply_service import (
     lms_request_from_link,
 )
 from careledger.web import fhir_view
+from careledger.web.access_words import plain_entries
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -118,7 +120,7 @@ def session(request: Request) -> TokenClaims | None:
 def caller_of(claims: TokenClaims | None) -> Caller | None:
     if claims is None:
         return None
-    return Caller(claims.member, claims.org, frozenset(claims.roles), claims.scopes)
+    return api_caller_of(claims)
 
 
 def page(request: Request, name: str, **context: Any) -> HTMLResponse:
@@ -520,7 +522,8 @@ def my_access_log(request: Request) -> HTMLResponse:
     health = request.app.state.health
     entries = health.access_log(caller, claims.member)
     keys = list(reversed(health.key_history(caller, claims.member)))
-    return page(request, "access.html", entries=list(reversed(entries)), key_events=keys)
+    shown = plain_entries(list(reversed(entries)), get_node(request).ledger.state)
+    return page(request, "access.html", entries=shown, key_events=keys)
 
 
 @router.get("/me/consents", response_class=HTMLResponse)

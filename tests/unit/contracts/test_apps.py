@@ -191,23 +191,25 @@ def test_a_backend_app_reads_as_its_organisation_never_as_a_person(chain: TestCh
 
 def test_a_backend_app_of_another_org_needs_a_consent_to_that_org(chain: TestChain) -> None:
     anchor(chain)
-    # an app whose client id is also a person's member id gets nothing of that person's consents
-    pharm_pipeline = {**PIPELINE, "client_id": "pharm-admin"}
+    # a client id is never a person's member id: a consent to a person cannot reach an app
+    taken = {**PIPELINE, "client_id": "pharm-admin"}
+    assert apps(chain, "pharm-admin", "register", taken)["code"] == "APP_EXISTS"
+    pharm_pipeline = {**PIPELINE, "client_id": "pharm-sync"}
     assert apps(chain, "pharm-admin", "register", pharm_pipeline)["result"] == "accepted"
-    kw = {"app": "pharm-admin"}
-    assert access(chain, "pharm-admin", "pharm", {"kind": "custodian"}, **kw)["code"] == (
+    kw = {"app": "pharm-sync"}
+    assert access(chain, "pharm-sync", "pharm", {"kind": "custodian"}, **kw)["code"] == (
         "NO_CONSENT"
     )
-    to_member = {"grantee": {"member": "pharm-admin"}, "actions": ["read"],
+    to_person = {"grantee": {"member": "pharm-admin"}, "actions": ["read"],
                  "resource_types": ["Observation"], "purposes": ["TREAT"]}  # fmt: skip
-    assert chain.run("patient-1", "grant", to_member, contract="consent")["result"] == "accepted"
+    assert chain.run("patient-1", "grant", to_person, contract="consent")["result"] == "accepted"
     (person,) = consent_ids(chain)
     basis = {"kind": "consent", "id": person}
-    assert access(chain, "pharm-admin", "pharm", basis, **kw)["code"] == "NO_CONSENT"
+    assert access(chain, "pharm-sync", "pharm", basis, **kw)["code"] == "NO_CONSENT"
     assert access(chain, "pharm-admin", "pharm", basis)["result"] == "accepted"  # the person
-    to_org = {**to_member, "grantee": {"org": "pharm"}}
+    to_org = {**to_person, "grantee": {"org": "pharm"}}
     assert chain.run("patient-1", "grant", to_org, contract="consent")["result"] == "accepted"
     (org_consent,) = set(consent_ids(chain)) - {person}
     basis = {"kind": "consent", "id": org_consent}
-    assert access(chain, "pharm-admin", "pharm", basis, **kw)["result"] == "accepted"
-    assert logged(chain)[-1]["app"] == "pharm-admin"
+    assert access(chain, "pharm-sync", "pharm", basis, **kw)["result"] == "accepted"
+    assert logged(chain)[-1]["app"] == "pharm-sync"

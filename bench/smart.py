@@ -1,0 +1,185 @@
+"""SMART on FHIR token figures (issue 17), over real HTTP on a served demo node.
+
+Prints the latency (p50/p99) of the token endpoint for an authorization-code exchange (PKCE
+checked, access and refresh tokens issued, the grant stored durably), a refresh (rotation),
+and Backend Services' client_credentials (an ES384 client assertion verified against the app's
+keys on the ledger, its jti recorded); beside the baseline measured in the same run: CareLedger's
+own challenge sign-in (/v1/auth/challenge + /v1/auth/token). Also the server's peak RSS.
+
+    .venv/bin/python bench/smart.py [--rounds N] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from html import unescape
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import pct  # noqa: E402
+from tests.support.nodes import Server, free_port  # noqa: E402
+
+from careledger.keyfile import read_key_file  # noqa: E402
+from careledger.nodedir import init_demo  # noqa: E402
+from careledger.sdk import Client  # noqa: E402
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+REDIRECT = "http://127.0.0.1:9/callback"
+ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def token_of(server: Server, key_file: Path) -> str:
+    with Client(server.url, keypair=read_key_file(key_file)[1]) as client:
+        return str(client.login())
+
+
+def timed(rounds: int, step: Callable[[], None]) -> list[float]:
+    took = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        took.append((time.perf_counter() - start) * 1000)
+    return took
+
+
+def codes(server: Server, user_token: str, count: int) -> list[tuple[str, str]]:
+    """``count`` (code, verifier) pairs, approved through the portal's authorize page."""
+    portal = httpx.Client(base_url=server.url, headers={"origin": server.url}, timeout=30)
+    portal.post("/session", json={"token": user_token}).raise_for_status()
+    made = []
+    for _ in range(count):
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        query = urlencode({
+            "response_type": "code", "client_id": "bench-app", "redirect_uri": REDIRECT,
+            "scope": "launch/patient patient/*.rs offline_access", "state": "s",
+            "aud": f"{server.url}/fhir", "code_challenge": challenge.decode().rstrip("="),
+            "code_challenge_method": "S256",
+        })  # fmt: skip
+        page = portal.get(f"/auth/authorize?{query}").text
+        csrf = unescape(re.search(r'name="csrf" value="([^"]*)"', page).group(1))  # type: ignore[union-attr]
+        request = unescape(re.search(r'name="request" value="([^"]*)"', page).group(1))  # type: ignore[union-attr]
+        form = {"csrf": csrf, "request": request, "decision": "approve",
+                "scope": ["launch/patient", "patient/*.rs", "offline_access"]}  # fmt: skip
+        answer = portal.post("/auth/authorize/decision", content=urlencode(form, doseq=True),
+                             headers=FORM)  # fmt: skip
+        code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+        made.append((code, verifier))
+    portal.close()
+    return made
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the bench runs")
+    args = parser.parse_args()
+    rounds = 10 if args.smoke else args.rounds
+    workdir = Path(tempfile.mkdtemp(prefix="bench-smart-"))
+    try:
+        data = workdir / "node"
+        init_demo(data, with_records=False, with_supply=False).store.close()
+        server = Server(data, free_port(), workdir / "server.log")
+        server.start()
+        try:
+            run(server, data, rounds)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(server: Server, data: Path, rounds: int) -> None:
+    keys = data / "keys"
+    admin = httpx.Client(base_url=server.url, timeout=30,
+                         headers={"authorization": f"Bearer {token_of(server, keys / 'st-mary-admin.key')}"})  # fmt: skip
+    private = ec.generate_private_key(ec.SECP384R1())
+    public = json.loads(jwt.get_algorithm_by_name("ES384").to_jwk(private.public_key()))
+    for app in (
+        {"client_id": "bench-app", "name": "Bench app", "kind": "public",
+         "redirect_uris": [REDIRECT], "scopes": "launch/patient offline_access patient/*.rs"},
+        {"client_id": "bench-backend", "name": "Bench backend", "kind": "backend",
+         "scopes": "system/*.rs", "jwks": {"keys": [{**public, "kid": "k1"}]}},
+    ):  # fmt: skip
+        admin.post("/v1/apps", json=app).raise_for_status()
+    admin.close()
+    http = httpx.Client(base_url=server.url, timeout=30)
+    patient = token_of(server, keys / "patient-0001.key")
+    print(f"SMART token endpoint over HTTP, {rounds} rounds each (one client, loopback)")
+
+    pending = codes(server, patient, rounds)
+    refresh: list[str] = []
+
+    def exchange() -> None:
+        code, verifier = pending.pop()
+        answer = http.post("/auth/token", headers=FORM, content=urlencode({
+            "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+            "code_verifier": verifier, "client_id": "bench-app"}))  # fmt: skip
+        answer.raise_for_status()
+        refresh.append(answer.json()["refresh_token"])
+
+    def rotate() -> None:
+        answer = http.post("/auth/token", headers=FORM, content=urlencode({
+            "grant_type": "refresh_token", "refresh_token": refresh.pop(),
+            "client_id": "bench-app"}))  # fmt: skip
+        answer.raise_for_status()
+
+    def backend() -> None:
+        now = int(time.time())
+        signed = jwt.encode(
+            {"iss": "bench-backend", "sub": "bench-backend", "aud": f"{server.url}/auth/token",
+             "exp": now + 240, "jti": uuid.uuid4().hex},
+            private, algorithm="ES384", headers={"kid": "k1"},
+        )  # fmt: skip
+        answer = http.post("/auth/token", headers=FORM, content=urlencode({
+            "grant_type": "client_credentials", "scope": "system/*.rs",
+            "client_assertion_type": ASSERTION, "client_assertion": signed}))  # fmt: skip
+        answer.raise_for_status()
+
+    key = read_key_file(keys / "patient-0001.key")[1]
+
+    def challenge_sign_in() -> None:
+        got = http.post("/v1/auth/challenge").json()
+        signature = key.sign(got["message"].encode())
+        http.post("/v1/auth/token", json={
+            "public_key": key.public_b64, "challenge": got["challenge"],
+            "signature": base64.urlsafe_b64encode(signature).decode().rstrip("=")},
+        ).raise_for_status()  # fmt: skip
+
+    rows = [
+        ("authorization code exchange (PKCE)", timed(rounds, exchange)),
+        ("refresh (rotation)", timed(rounds, rotate)),
+        ("client_credentials (ES384 assertion)", timed(rounds, backend)),
+        ("baseline: challenge sign-in (2 requests)", timed(rounds, challenge_sign_in)),
+    ]
+    print(f"{'path':44} {'p50 ms':>8} {'p99 ms':>8} {'per s':>8}")
+    for name, took in rows:
+        mean = sum(took) / len(took)
+        print(f"{name:44} {pct(took, 50):8.2f} {pct(took, 99):8.2f} {1000 / mean:8.0f}")
+    http.close()
+    assert server.proc is not None
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    peak = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+    print(f"server peak RSS: {int(peak) / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Cross-origin access for the browser apps registered on the ledger, and for no one else.
+
+A SMART app running in a browser (SMART's JavaScript client) reads the discovery documents,
+exchanges its code at the token endpoint and calls /fhir from its own origin. The origins
+allowed are those of the redirect URIs of active apps on the ledger, read again whenever the
+chain grows; no cookies are ever allowed cross-origin (the portal's session stays same-site).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from careledger.contracts.apps import NAMESPACE as APPS
+
+PATHS = ("/fhir", "/.well-known/", "/auth/token", "/auth/introspect", "/auth/revoke")
+ALLOW_HEADERS = (
+    "authorization, content-type, accept, prefer, if-match, if-none-match, if-none-exist, "
+    "if-modified-since, x-purpose-of-use"
+)
+EXPOSE_HEADERS = (
+    "location, content-location, etag, last-modified, retry-after, x-progress, "
+    "www-authenticate, x-careledger-anchor-tx, x-careledger-leaf-index, x-careledger-salt"
+)
+MAX_APPS = 10_000
+
+
+def origin_of(uri: str) -> str:
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class AppOrigins:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._height = -1
+        self._origins: frozenset[str] = frozenset()
+
+    def _allowed(self, scope: Scope) -> frozenset[str]:
+        node: Any = getattr(scope["app"].state, "node", None)
+        if node is None:
+            return frozenset()
+        ledger = node.ledger
+        height = ledger.head.height
+        if height != self._height:
+            origins = set()
+            for key in ledger.store.state_keys(APPS, "app/", MAX_APPS):
+                app = ledger.state(APPS, key)
+                if app is not None and app["status"] == "active":
+                    origins.update(origin_of(u) for u in app.get("redirect_uris", []))
+            self._origins, self._height = frozenset(origins), height
+        return self._origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope["path"]).startswith(PATHS):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin", b"").decode("latin-1").lower()
+        if not origin or origin not in self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        cors = [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"vary", b"Origin"),
+            (b"access-control-expose-headers", EXPOSE_HEADERS.encode()),
+        ]
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": [
+                        *cors,
+                        (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE"),
+                        (b"access-control-allow-headers", ALLOW_HEADERS.encode()),
+                        (b"access-control-max-age", b"600"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *cors]}
+            await send(message)
+
+        await self.app(scope, receive, with_cors)
