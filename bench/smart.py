@@ -6,7 +6,11 @@ and Backend Services' client_credentials (an ES384 client assertion verified aga
 keys on the ledger, its jti recorded); beside the baseline measured in the same run: CareLedger's
 own challenge sign-in (/v1/auth/challenge + /v1/auth/token). Also the server's peak RSS.
 
-    .venv/bin/python bench/smart.py [--rounds N] [--smoke]
+Then FHIR Bulk Data: a backend app exports N Observations (default 10,000 over 20 patients) over
+HTTP: kick-off to complete, resources/s, and the server's peak RSS; beside the baseline of the
+same resources dumped to NDJSON from a plain SQLite table in the same run.
+
+    .venv/bin/python bench/smart.py [--rounds N] [--export N] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,11 +38,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import pct  # noqa: E402
+from bench.common import lift_write_budget, pct, plain_db  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
+from careledger.config import Settings  # noqa: E402
+from careledger.fhir.extract import patient_id  # noqa: E402
+from careledger.health.access import Caller  # noqa: E402
+from careledger.health.service import HealthRecords  # noqa: E402
 from careledger.keyfile import read_key_file  # noqa: E402
+from careledger.node import Node  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
+from careledger.scopes import default_scopes, parse_scopes  # noqa: E402
 from careledger.sdk import Client  # noqa: E402
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -90,21 +100,127 @@ def codes(server: Server, user_token: str, count: int) -> list[tuple[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--export", type=int, default=10_000, help="Observations to export")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the bench runs")
     args = parser.parse_args()
     rounds = 10 if args.smoke else args.rounds
+    resources = 200 if args.smoke else args.export
     workdir = Path(tempfile.mkdtemp(prefix="bench-smart-"))
     try:
         data = workdir / "node"
         init_demo(data, with_records=False, with_supply=False).store.close()
+        lift_write_budget(data)
+        populate(data, resources, patients=max(1, min(20, resources // 10)))
         server = Server(data, free_port(), workdir / "server.log")
         server.start()
         try:
             run(server, data, rounds)
+            export_figures(server, data, resources, workdir)
         finally:
             server.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def populate(data: Path, count: int, patients: int) -> None:
+    """``count`` Observations over ``patients`` patients, written in-process as St Mary's."""
+    roles = frozenset({"clinician"})
+    caller = Caller("dr-ana-silva", "st-mary", roles, parse_scopes(default_scopes(roles)))
+    node = Node(Settings.load(data))
+    node.start()
+    records = HealthRecords.for_node(node)
+    try:
+        started = time.perf_counter()
+        pids = [records.create(caller, {"resourceType": "Patient", "gender": "other"},
+                               patient_of=patient_id).record_id for _ in range(patients)]  # fmt: skip
+        batch = []
+        for i in range(count):
+            pid = pids[i % patients]
+            obs = {"resourceType": "Observation", "status": "final",
+                   "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                 "observation-category", "code": "vital-signs"}]}],
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                   "subject": {"reference": f"Patient/{pid}"},
+                   "effectiveDateTime": f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}",
+                   "valueQuantity": {"value": 60 + i % 40, "unit": "/min"}}  # fmt: skip
+            batch.append((obs, f"b{i}", 1, pid))
+            if len(batch) == 250:
+                records.write_all(caller, batch)
+                batch = []
+        if batch:
+            records.write_all(caller, batch)
+        print(f"(set-up: {count:,} Observations written in {time.perf_counter() - started:.1f} s)")
+    finally:
+        records.close()
+        node.stop()
+
+
+def peak_rss(server: Server) -> float:
+    assert server.proc is not None
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    return int(next(x.split()[1] for x in status.splitlines() if x.startswith("VmHWM"))) / 1024
+
+
+def export_figures(server: Server, data: Path, count: int, workdir: Path) -> None:
+    keys = data / "keys"
+    private = ec.generate_private_key(ec.SECP384R1())
+    public = json.loads(jwt.get_algorithm_by_name("ES384").to_jwk(private.public_key()))
+    with httpx.Client(
+        base_url=server.url,
+        timeout=60,
+        headers={"authorization": f"Bearer {token_of(server, keys / 'st-mary-admin.key')}"},
+    ) as admin:
+        admin.post("/v1/apps", json={"client_id": "bench-export", "name": "Bench export",
+                   "kind": "backend", "scopes": "system/*.rs",
+                   "jwks": {"keys": [{**public, "kid": "k1"}]}}).raise_for_status()  # fmt: skip
+    now = int(time.time())
+    signed = jwt.encode({"iss": "bench-export", "sub": "bench-export",
+                         "aud": f"{server.url}/auth/token", "exp": now + 240,
+                         "jti": uuid.uuid4().hex}, private, algorithm="ES384",
+                        headers={"kid": "k1"})  # fmt: skip
+    token = httpx.post(f"{server.url}/auth/token", headers=FORM, content=urlencode({
+        "grant_type": "client_credentials", "scope": "system/*.rs",
+        "client_assertion_type": ASSERTION, "client_assertion": signed})).json()  # fmt: skip
+    http = httpx.Client(base_url=server.url, timeout=120,
+                        headers={"authorization": f"Bearer {token['access_token']}"})  # fmt: skip
+    before = peak_rss(server)
+    started = time.perf_counter()
+    kicked = http.get("/fhir/$export?_type=Observation",
+                      headers={"prefer": "respond-async"})  # fmt: skip
+    kicked.raise_for_status()
+    status_url = kicked.headers["content-location"]
+    while True:
+        answer = http.get(status_url)
+        if answer.status_code == 200:
+            break
+        answer.raise_for_status()
+        time.sleep(0.05)
+    took = time.perf_counter() - started
+    manifest = answer.json()
+    exported = sum(o["count"] for o in manifest["output"])
+    downloaded = sum(len(http.get(o["url"]).content) for o in manifest["output"])
+    http.close()
+    # the baseline: the same resources as JSON rows in a plain SQLite table, dumped to NDJSON
+    rows = workdir / "plain.sqlite"
+    conn = plain_db(rows)
+    conn.execute("CREATE TABLE r(id TEXT PRIMARY KEY, body BLOB)")
+    body = b'{"resourceType":"Observation","status":"final","valueQuantity":{"value":70}}'
+    conn.executemany("INSERT INTO r VALUES(?, ?)", ((str(i), body) for i in range(count)))
+    base_start = time.perf_counter()
+    with (workdir / "plain.ndjson").open("wb") as out:
+        for (raw,) in conn.execute("SELECT body FROM r"):
+            out.write(raw + b"\n")
+    base = time.perf_counter() - base_start
+    conn.close()
+    print(f"\nBulk export ($export, one backend app, {count:,} Observations)")
+    print(f"{'path':44} {'seconds':>8} {'per s':>10}")
+    print(f"{'kick-off to complete (access events, NDJSON)':44} {took:8.2f} "
+          f"{exported / took:10,.0f}")  # fmt: skip
+    print(f"{'baseline: plain SQLite rows to NDJSON':44} {base:8.2f} {count / base:10,.0f}")
+    print(
+        f"exported {exported:,} resources, {downloaded / 1e6:.1f} MB; "
+        f"server peak RSS {before:.0f} MiB before, {peak_rss(server):.0f} MiB after"
+    )
 
 
 def run(server: Server, data: Path, rounds: int) -> None:
@@ -175,10 +291,7 @@ def run(server: Server, data: Path, rounds: int) -> None:
         mean = sum(took) / len(took)
         print(f"{name:44} {pct(took, 50):8.2f} {pct(took, 99):8.2f} {1000 / mean:8.0f}")
     http.close()
-    assert server.proc is not None
-    status = Path(f"/proc/{server.proc.pid}/status").read_text()
-    peak = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
-    print(f"server peak RSS: {int(peak) / 1024:.0f} MiB")
+    print(f"server peak RSS: {peak_rss(server):.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +37,7 @@ def scope_within(wanted: Scope, allowed: Scope) -> bool:
     return (
         (wanted.context == allowed.context or narrower)
         and allowed.resource_type in ("*", wanted.resource_type)
-        and (allowed.read or not wanted.read)
-        and (allowed.write or not wanted.write)
+        and wanted.letters <= allowed.letters
         and (not allowed.query or allowed.query == wanted.query)
     )
 
@@ -70,6 +70,8 @@ class TokenIssuer:
         self._by_client: dict[str, OrderedDict[str, None]] = {}
         self._revoked: dict[str, float] = {}
         self._revoked_grants: dict[str, float] = {}
+        # called with (jti, expiry) for each revocation, to keep it across restarts
+        self.on_revoke: Callable[[str, int], None] | None = None
         self._lock = threading.Lock()
 
     def new_challenge(self, client: str = "") -> tuple[str, int]:
@@ -106,6 +108,13 @@ class TokenIssuer:
                 now = time.time()
                 self._revoked = {j: e for j, e in self._revoked.items() if e > now}
             self._revoked[str(claims.get("jti", ""))] = float(claims["exp"])
+        if self.on_revoke is not None:
+            self.on_revoke(str(claims.get("jti", "")), int(claims["exp"]))
+
+    def remember_revoked(self, revoked: dict[str, int]) -> None:
+        """Revocations kept from before a restart."""
+        with self._lock:
+            self._revoked.update({j: float(e) for j, e in revoked.items()})
 
     def revoke_grant(self, grant: str, until: float) -> None:
         """Refuse every token issued from a SMART grant (a revoked or leaked refresh token)."""
@@ -146,6 +155,11 @@ class TokenIssuer:
         allowed = parse_scopes(default_scopes(signer.roles))
         if scope is not None:
             for wanted in parse_scopes(scope):
+                if wanted.query and client_id is None:
+                    raise Unauthorized(
+                        "query-restricted scopes are for SMART apps (/auth/authorize)",
+                        code="BAD_SCOPE",
+                    )
                 if not any(scope_within(wanted, a) for a in allowed):
                     raise Unauthorized(
                         "a requested scope exceeds the member's roles", code="BAD_SCOPE"

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from careledger.errors import CareLedgerError, Rejected, ValidationError
+from careledger.errors import CareLedgerError, Rejected, ValidationError, VerificationError
 
 app = typer.Typer(
     help="CareLedger: a permissioned, provable ledger for health data.",
@@ -717,6 +717,51 @@ def trial_budget(
             f"{item['epsilon_limit']:g}",
         )
     out.print(table)
+
+
+export_app = typer.Typer(help="FHIR bulk exports ($export).", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("verify")
+def export_verify(
+    manifest: Annotated[Path, typer.Argument(help="the export's manifest (JSON, as polled)")],
+    files: Annotated[list[Path], typer.Argument(help="every NDJSON file of the export")],
+    node_key: Annotated[
+        list[str] | None,
+        typer.Option("--node-key", help="the node verifier key you trust (repeatable)"),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a bulk export offline: the node's signature on its manifest, every file's hash and
+    count, and every record against the salted hash its anchoring transaction holds. Exits 1
+    when anything differs."""
+    from careledger.health.export_proof import verify_export
+
+    try:
+        document = _read_json_file(manifest)
+        if not isinstance(document, dict):
+            raise ValidationError(f"{manifest} is not an export manifest", code="BAD_FILE")
+        for path in files:
+            if not path.is_file():
+                raise ValidationError(f"cannot read {path}", code="IO_ERROR")
+        report = verify_export(document, files, node_key or ())
+    except VerificationError as exc:
+        err.print(f"error {exc.code}: {exc.message}")
+        raise typer.Exit(1) from None
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json({"ok": True, "signer": report.signer, "trusted": report.trusted,
+                     "height": report.height, "records": report.records,
+                     "files": [{"name": n, "lines": c} for n, c in report.files]})  # fmt: skip
+        return
+    table = Table("file", "lines", title=f"export at ledger height {report.height}")
+    for name, lines in report.files:
+        table.add_row(name, str(lines))
+    out.print(table)
+    who = "a node you trust" if report.trusted else "a node you did not name (give --node-key)"
+    out.print(f"verified: {report.records} records, signed by {report.signer} ({who})")
 
 
 apps_app = typer.Typer(help="SMART on FHIR apps registered on the ledger.", no_args_is_help=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from careledger.errors import ValidationError
 
@@ -52,20 +52,46 @@ DEFAULT_SCOPES: dict[str, tuple[str, ...]] = {
 }
 
 
+# What each action needs: "read" (by id) r, "search" s, "create" c, "update" u, "delete" d;
+# "write" (an older call that does not say which) any of c, u, d.
+ACTION_LETTERS = {
+    "read": frozenset("r"),
+    "search": frozenset("s"),
+    "create": frozenset("c"),
+    "update": frozenset("u"),
+    "delete": frozenset("d"),
+    "write": _V2_WRITE,
+}
+V1_LETTERS = {"read": frozenset("rs"), "write": frozenset("cud"), "*": frozenset("cruds")}
+
+
 @dataclass(frozen=True)
 class Scope:
     context: str
     resource_type: str
-    read: bool
-    write: bool
+    letters: frozenset[str]  # of c r u d s (SMART v1 read = rs, write = cud)
     # SMART v2 query restriction (``patient/Observation.rs?category=laboratory``): what it
     # reaches must also meet these search parameters.
     query: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def read(self) -> bool:
+        return bool(self.letters & _V2_READ)
+
+    @property
+    def write(self) -> bool:
+        return bool(self.letters & _V2_WRITE)
+
     def covers(self, resource_type: str, action: str) -> bool:
         if self.resource_type not in ("*", resource_type):
             return False
-        return self.read if action == "read" else self.write
+        return bool(self.letters & ACTION_LETTERS[action])
+
+    def text(self) -> str:
+        """The scope as SMART v2 writes it (its query restriction kept)."""
+        letters = "".join(c for c in "cruds" if c in self.letters)
+        query = "?" + urlencode(self.query) if self.query else ""
+        return f"{self.context}/{self.resource_type}.{letters}{query}"
 
 
 def parse_scope(text: str) -> Scope:
@@ -75,19 +101,15 @@ def parse_scope(text: str) -> Scope:
     context, resource_type, actions, query = match.groups()
     restriction: tuple[tuple[str, str], ...] = ()
     if query:
-        if actions in ("read", "write", "*"):
+        if actions in V1_LETTERS:
             raise ValidationError("a query restriction is SMART v2 syntax", code="BAD_SCOPE")
         restriction = tuple(parse_qsl(query, keep_blank_values=False, strict_parsing=False))
         if not restriction or resource_type == "*":
             raise ValidationError(
                 f"a query restriction names one resource type: {text[:80]!r}", code="BAD_SCOPE"
             )
-    if actions in ("read", "write", "*"):
-        return Scope(context, resource_type, actions in ("read", "*"), actions in ("write", "*"))
-    letters = set(actions)
-    return Scope(
-        context, resource_type, bool(letters & _V2_READ), bool(letters & _V2_WRITE), restriction
-    )
+    letters = V1_LETTERS.get(actions, frozenset(actions))
+    return Scope(context, resource_type, letters, restriction)
 
 
 def parse_scopes(text: str) -> tuple[Scope, ...]:

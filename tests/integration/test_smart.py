@@ -89,14 +89,17 @@ def patient_app(admin: httpx.Client) -> str:
         kind="public",
         redirect_uris=[REDIRECT],
         scopes="launch/patient openid fhirUser offline_access patient/*.rs "
-        "patient/Observation.rs?category=laboratory user/*.rs",
+        "patient/Observation.rs?category=laboratory patient/Observation.c "
+        "patient/Observation.cud?category=laboratory user/*.rs user/Observation.rs",
     )
     return "acme-charting"
 
 
-def authorize_in_browser(browser: Browser, server: Server, url: str, key: Path) -> str:
-    """Follow an authorize URL as the user: sign in with the key file, approve; the URL the
-    app's redirect URI received."""
+def authorize_in_browser(
+    browser: Browser, server: Server, url: str, key: Path, patient: str | None = None
+) -> str:
+    """Follow an authorize URL as the user: sign in with the key file, (name the patient,)
+    approve; the URL the app's redirect URI received."""
     context = browser.new_context()
     page: Page = context.new_page()
     landed: list[str] = []
@@ -107,6 +110,9 @@ def authorize_in_browser(browser: Browser, server: Server, url: str, key: Path) 
         page.get_by_label("Key file").set_input_files(str(key))
         page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_test_id("authorize-title")).to_contain_text("Acme Charting")
+        assert page.evaluate("() => window.top === window.self")
+        if patient is not None:
+            page.get_by_label("Which patient (their id)").fill(patient)
         page.get_by_test_id("approve").click()
         page.wait_for_url(f"{REDIRECT}**")
     finally:
@@ -191,7 +197,13 @@ def pkce() -> tuple[str, str]:
 
 
 def code_flow(
-    browser: Browser, server: Server, client_id: str, scope: str, key: Path, replay: bool = False
+    browser: Browser,
+    server: Server,
+    client_id: str,
+    scope: str,
+    key: Path,
+    replay: bool = False,
+    patient: str | None = None,
 ) -> dict[str, Any]:
     """An authorization-code flow by hand, as the spec writes it (PKCE S256)."""
     verifier, challenge = pkce()
@@ -201,7 +213,9 @@ def code_flow(
         "scope": scope, "state": state, "aud": f"{server.url}/fhir",
         "code_challenge": challenge, "code_challenge_method": "S256",
     })  # fmt: skip
-    landed = authorize_in_browser(browser, server, f"{server.url}/auth/authorize?{query}", key)
+    landed = authorize_in_browser(
+        browser, server, f"{server.url}/auth/authorize?{query}", key, patient
+    )
     params = parse_qs(urlsplit(landed).query)
     assert params["state"] == [state]
     body = {"grant_type": "authorization_code", "code": params["code"][0],
@@ -501,3 +515,184 @@ def test_smarts_javascript_client_signs_in_from_another_origin(
     evil = httpx.options(f"{server.url}/auth/token", headers={
         "origin": "http://evil.example", "access-control-request-method": "POST"})  # fmt: skip
     assert "access-control-allow-origin" not in evil.headers
+
+
+# -- what the security review found (each was reproduced before it was fixed) ----------------
+
+
+def bearer(server: Server, token: str) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {token}"})
+
+
+@pytest.fixture(scope="module")
+def two_patients(server: Server) -> list[str]:
+    return sorted(k.stem for k in (server.data_dir / "keys" / "patients").glob("*.key"))[:2]
+
+
+def test_an_apps_token_opens_the_fhir_api_only(
+    server: Server, browser: Browser, patient_app: str, two_patients: list[str]
+) -> None:
+    """An app approved by an admin cannot use the token on the rest of the API (apps, ...)."""
+    first = two_patients[0]
+    tokens = code_flow(browser, server, patient_app, "launch/patient user/*.rs",
+                       server.data_dir / "keys" / "st-mary-admin.key", patient=first)  # fmt: skip
+    with bearer(server, tokens["access_token"]) as http:
+        grab = http.post("/v1/apps", json={"client_id": "grab-app", "name": "Grab",
+                         "kind": "public", "redirect_uris": [REDIRECT], "scopes": "user/*.rs"})  # fmt: skip
+        assert grab.status_code == 403 and grab.json()["code"] == "SCOPE"
+        assert http.get("/v1/auth/whoami").status_code == 403
+        assert http.get(f"/fhir/Observation?patient={first}&_count=1").status_code == 200
+
+
+def test_a_patient_scope_reaches_the_launch_patient_only(
+    server: Server, browser: Browser, patient_app: str, two_patients: list[str]
+) -> None:
+    first, second = two_patients
+    tokens = code_flow(browser, server, patient_app,
+                       "launch/patient patient/*.rs user/Observation.rs",
+                       server.data_dir / "keys" / "dr-ana-silva.key", patient=first)  # fmt: skip
+    assert tokens["patient"] == first
+    with bearer(server, tokens["access_token"]) as http:
+        assert http.get(f"/fhir/Condition?patient={first}").status_code == 200
+        other = http.get(f"/fhir/Condition?patient={second}")
+        assert other.status_code == 403 and other.headers["x-careledger-code"] == "SCOPE"
+        assert http.get(f"/fhir/Observation?patient={second}&_count=1").status_code == 200
+
+
+def test_restrictions_and_v2_letters_hold_in_batches_and_deletes(
+    server: Server, browser: Browser, patient_app: str, patient: tuple[str, Path]
+) -> None:
+    who, key = patient
+    labs_only = code_flow(browser, server, patient_app,
+                          "launch/patient patient/Observation.rs?category=laboratory", key)  # fmt: skip
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {
+        "method": "GET", "url": f"Observation?patient={who}&category=vital-signs"}}]}  # fmt: skip
+    with bearer(server, labs_only["access_token"]) as http:
+        answer = http.post("/fhir", content=json.dumps(batch),
+                           headers={"content-type": "application/fhir+json"})  # fmt: skip
+        assert answer.status_code == 200
+        found = answer.json()["entry"][0].get("resource", {})
+        assert not found.get("entry"), "a vital sign came back under a laboratory-only scope"
+        vitals = http.get(f"/fhir/Observation?patient={who}&_count=200")
+    # the ids of a vital sign and a lab result, read with the patient's own token
+    with login(server, key) as own:
+        every = own.get(f"/fhir/Observation?patient={who}&_count=200").json()["entry"]
+    kinds = {e["resource"]["id"]: {c["code"] for cat in e["resource"].get("category", [])
+                                   for c in cat["coding"]} for e in every}  # fmt: skip
+    vital = next(i for i, k in kinds.items() if "vital-signs" in k)
+    assert vitals.status_code == 200
+    create_only = code_flow(browser, server, patient_app,
+                            "launch/patient patient/Observation.c", key)  # fmt: skip
+    with bearer(server, create_only["access_token"]) as http:
+        assert http.delete(f"/fhir/Observation/{vital}").status_code == 403
+        assert http.get(f"/fhir/Observation/{vital}").status_code == 403
+    lab_writes = code_flow(browser, server, patient_app,
+                           "launch/patient patient/Observation.cud?category=laboratory", key)  # fmt: skip
+    with bearer(server, lab_writes["access_token"]) as http:
+        assert http.delete(f"/fhir/Observation/{vital}").status_code == 403
+    with login(server, key) as own:
+        assert own.get(f"/fhir/Observation/{vital}").status_code == 200  # still there
+
+
+def test_the_token_audience_is_the_configured_origin_not_the_host_header(
+    server: Server, admin: httpx.Client
+) -> None:
+    alg, private, public = KEYS[1]
+    register(admin, client_id="host-test", name="Host test", kind="backend",
+             scopes="system/*.rs", jwks={"keys": [public]})  # fmt: skip
+    spoofed = assertion(server, "host-test", alg, private, aud="http://other.example/auth/token")
+    body = urlencode({"grant_type": "client_credentials", "scope": "system/*.rs",
+                      "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                      "client_assertion": spoofed})  # fmt: skip
+    answer = httpx.post(f"{server.url}/auth/token", content=body,
+                        headers={**FORM, "host": "other.example"})  # fmt: skip
+    assert answer.status_code == 401
+    config = httpx.get(f"{server.url}/.well-known/smart-configuration",
+                       headers={"host": "evil.example"}).json()  # fmt: skip
+    assert config["token_endpoint"] == f"{server.url}/auth/token"
+
+
+def test_portal_pages_cannot_be_framed_and_introspection_is_for_servers(
+    server: Server, patient_app: str, admin: httpx.Client
+) -> None:
+    page = httpx.get(f"{server.url}/signin")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    token = admin.headers["authorization"].split()[1]
+    public = httpx.post(f"{server.url}/auth/introspect", headers=FORM,
+                        content=urlencode({"token": token, "client_id": patient_app}))  # fmt: skip
+    assert public.status_code == 401
+    as_admin = admin.post("/auth/introspect", headers=FORM, content=urlencode({"token": token}))
+    assert as_admin.status_code == 200 and as_admin.json()["active"] is True
+    nothing = admin.post("/auth/introspect", headers=FORM, content=urlencode({"token": "x.y.z"}))
+    assert nothing.json() == {"active": False}
+    vary = httpx.get(f"{server.url}/.well-known/smart-configuration",
+                     headers={"origin": "http://evil.example"})  # fmt: skip
+    assert "Origin" in vary.headers.get("vary", "")
+
+
+def test_an_ehr_launch_from_the_portal_carries_the_patient(
+    server: Server, browser: Browser, admin: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    who = patient[0]
+    launch_uri = f"http://127.0.0.1:{REDIRECT_PORT}/launch"
+    register(admin, client_id="ehr-app", name="EHR App", kind="public",
+             redirect_uris=[REDIRECT], launch_uri=launch_uri,
+             scopes="launch openid fhirUser patient/*.rs")  # fmt: skip
+    context = browser.new_context()
+    page = context.new_page()
+    landed: list[str] = []
+    page.route(f"http://127.0.0.1:{REDIRECT_PORT}/**", lambda route: (
+        landed.append(route.request.url), route.fulfill(body="ok")))  # fmt: skip
+    try:
+        page.goto(f"{server.url}/signin?next=/clinician%3Fpatient%3D{who}")
+        page.get_by_label("Key file").set_input_files(
+            str(server.data_dir / "keys" / "dr-ana-silva.key")
+        )
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_test_id("launch-ehr-app").get_by_role("button").click()
+        page.wait_for_url(f"{launch_uri}**")
+        sent = parse_qs(urlsplit(landed[-1]).query)
+        assert sent["iss"] == [f"{server.url}/fhir"] and sent["launch"]
+        verifier, challenge = pkce()
+        query = urlencode({
+            "response_type": "code", "client_id": "ehr-app", "redirect_uri": REDIRECT,
+            "scope": "launch openid fhirUser patient/*.rs", "state": "e1",
+            "aud": sent["iss"][0], "launch": sent["launch"][0],
+            "code_challenge": challenge, "code_challenge_method": "S256",
+        })  # fmt: skip
+        page.goto(f"{server.url}/auth/authorize?{query}")
+        expect(page.get_by_test_id("launch-patient")).to_have_text(who)
+        page.get_by_test_id("approve").click()
+        page.wait_for_url(f"{REDIRECT}**")
+    finally:
+        context.close()
+    code = parse_qs(urlsplit(landed[-1]).query)["code"][0]
+    answer = httpx.post(f"{server.url}/auth/token", headers=FORM, content=urlencode({
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+        "code_verifier": verifier, "client_id": "ehr-app"})).json()  # fmt: skip
+    assert answer["patient"] == who and answer["need_patient_banner"] is True
+    identity = jwt.decode(answer["id_token"], options={"verify_signature": False})
+    assert identity["fhirUser"].endswith("/Practitioner/dr-ana-silva")
+    # another user cannot use this launch: it is the clinician's, for this app
+    with bearer(server, answer["access_token"]) as http:
+        assert http.get(f"/fhir/Condition?patient={who}").status_code == 200
+
+
+def test_revoking_a_refresh_token_ends_the_grant(
+    server: Server, browser: Browser, patient_app: str, patient: tuple[str, Path]
+) -> None:
+    tokens = code_flow(browser, server, patient_app, "launch/patient offline_access patient/*.rs",
+                       patient[1])  # fmt: skip
+    revoke = httpx.post(f"{server.url}/auth/revoke", headers=FORM, content=urlencode(
+        {"token": tokens["refresh_token"], "client_id": patient_app}))  # fmt: skip
+    assert revoke.status_code == 200
+    with bearer(server, tokens["access_token"]) as http:
+        assert http.get(f"/fhir/Condition?patient={patient[0]}").status_code == 401
+    refresh = httpx.post(f"{server.url}/auth/token", headers=FORM, content=urlencode({
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+        "client_id": patient_app}))  # fmt: skip
+    assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
+    unknown = httpx.post(f"{server.url}/auth/revoke", headers=FORM,
+                         content=urlencode({"token": "nothing", "client_id": patient_app}))  # fmt: skip
+    assert unknown.status_code == 200  # RFC 7009: whatever the token was

@@ -18,6 +18,7 @@ from careledger.api.cors import AppOrigins
 from careledger.api.metrics import Metrics
 from careledger.api.routes import (
     auth,
+    bulk,
     chain,
     cluster,
     epcis,
@@ -36,6 +37,7 @@ from careledger.api.routes import (
 from careledger.api.routes.events import BlockSignal
 from careledger.auth import TokenIssuer
 from careledger.config import EPCIS_FILE, Settings
+from careledger.health.bulk_export import ExportJobs
 from careledger.health.federation import (
     FEDERATION_NONCES_FILE,
     MAX_AGE_MS,
@@ -66,6 +68,17 @@ from careledger.web import authorize
 from careledger.web import routes as portal
 
 
+def public_origin(settings: Settings) -> str:
+    """Where clients reach this node: ``public_url`` if set, else the address it serves on
+    (none when it listens on every interface: then the request's own URL is used)."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    if settings.host in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison, not a bind
+        return ""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
+
+
 def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +91,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         app.state.federation = FederationServer(health, nonces)
         running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
         app.state.health = health
+        app.state.exports = ExportJobs(health, settings.data_dir)
         repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
         app.state.epcis = EpcisService(running, repository)
         app.state.epcis.recover()  # captures a stopped node left staged
@@ -116,6 +130,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             node_key=running.ledger.node_key,
             ttl_seconds=settings.token_ttl_seconds,
         )
+        app.state.public_origin = public_origin(settings)
         grants = GrantStore(settings.data_dir / SMART_FILE)
         app.state.smart = AuthorizationServer(
             running.ledger, app.state.issuer, grants, OidcKey.for_node(settings.data_dir)
@@ -128,6 +143,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.exports.close()  # before the node stops: a running job ends first
             ticker.stop()
             ingestor.stop()
             responder.detach()
@@ -182,6 +198,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         visits,
     )
     app.include_router(smart.router)  # before /fhir/{type}/{id}: /fhir/.well-known/...
+    app.include_router(bulk.router)  # before /fhir/{type}/{id}: /fhir/Patient/$export
     for module in routers:
         app.include_router(module.router)
     app.include_router(trials.router)

@@ -27,9 +27,17 @@ EXPOSE_HEADERS = (
 MAX_APPS = 10_000
 
 
+DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 def origin_of(uri: str) -> str:
+    """An origin as browsers send it: scheme and host, the port only when not the default."""
     parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.netloc}".lower()
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    port = parts.port
+    shown = "" if port is None or port == DEFAULT_PORTS.get(parts.scheme) else f":{port}"
+    return f"{parts.scheme}://{host}{shown}"
 
 
 class AppOrigins:
@@ -60,7 +68,14 @@ class AppOrigins:
         headers = dict(scope["headers"])
         origin = headers.get(b"origin", b"").decode("latin-1").lower()
         if not origin or origin not in self._allowed(scope):
-            await self.app(scope, receive, send)
+
+            async def vary(message: Message) -> None:  # the answer depends on Origin
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"vary", b"Origin")]}  # fmt: skip
+                await send(message)
+
+            await self.app(scope, receive, vary)
             return
         cors = [
             (b"access-control-allow-origin", origin.encode("latin-1")),

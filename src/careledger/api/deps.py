@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from careledger.auth import TokenClaims, TokenIssuer, scope_within
 from careledger.contracts.apps import app_of
-from careledger.errors import CareLedgerError, Unauthorized
+from careledger.errors import CareLedgerError, Forbidden, Unauthorized
 from careledger.health.access import SYSTEM
 from careledger.node import Node
 from careledger.scopes import default_scopes, parse_scopes
@@ -32,15 +32,24 @@ NodeDep = Annotated[Node, Depends(get_node)]
 IssuerDep = Annotated[TokenIssuer, Depends(get_issuer)]
 
 
+APP_PATHS = ("/fhir/", "/fhir?")
+
+
 def get_member(
+    request: Request,
     node: NodeDep,
     issuer: IssuerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> TokenClaims:
-    """The token's member, re-checked against the ledger so a revoked key's token dies at once."""
+    """The token's member, re-checked against the ledger so a revoked key's token dies at once.
+    A token issued to a SMART app is for the FHIR API only: its scopes say nothing about the
+    rest (registering apps, payments, devices), so it opens none of it."""
     if credentials is None:
         raise Unauthorized("a bearer token is required", code="TOKEN_REQUIRED")
-    return current_claims(node, issuer.verify(credentials.credentials))
+    claims = current_claims(node, issuer.verify(credentials.credentials))
+    if claims.app is not None and not (request.url.path + "?").startswith(APP_PATHS):
+        raise Forbidden("a token issued to an app is for the FHIR API (/fhir) only", code="SCOPE")
+    return claims
 
 
 def current_claims(node: Node, claims: TokenClaims) -> TokenClaims:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from careledger.api.deps import IssuerDep, NodeDep, _bearer, get_member
@@ -25,6 +25,7 @@ OVERSIGHT_ROLES = frozenset({"node", "admin", "auditor"})
 
 
 def optional_member(
+    request: Request,
     node: NodeDep,
     issuer: IssuerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -32,7 +33,7 @@ def optional_member(
     """The member behind a bearer token, or None without one (a bad token is still refused)."""
     if credentials is None:
         return None
-    return get_member(node, issuer, credentials)
+    return get_member(request, node, issuer, credentials)
 
 
 ReaderDep = Annotated[TokenClaims | None, Depends(optional_member)]

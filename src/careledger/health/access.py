@@ -23,7 +23,7 @@ from careledger.contracts.consent import (
 )
 from careledger.errors import Forbidden
 from careledger.ledger.engine import Ledger
-from careledger.scopes import Scope, allows, patient_only
+from careledger.scopes import Scope, allows
 
 CARE_ROLES = AUDIT_CARE_ROLES  # one source: the audit contract judges own-team access
 CUSTODIAN_PURPOSES = AUDIT_CUSTODIAN_PURPOSES
@@ -60,12 +60,18 @@ class Caller:
 
 
 def require_scope(caller: Caller, resource_type: str, action: str, patient: str | None) -> None:
-    if not allows(caller.scopes, resource_type, action):
-        raise Forbidden(
-            f"the token's scopes do not allow {action} of {resource_type}", code="SCOPE"
-        )
-    if patient_only(caller.scopes) and patient is not None and patient != caller.own_patient:
+    """Forbidden(SCOPE) unless a scope of the token allows ``action`` (read, search, create,
+    update, delete, or write: any of the three) on ``patient``'s ``resource_type``. A
+    ``patient/`` scope counts only for the token's own patient (the launch's, or the patient
+    themself); never for another patient, nor for a resource about no patient yet."""
+    usable = caller.scopes
+    if patient is None or patient != caller.own_patient:
+        usable = tuple(s for s in usable if s.context != "patient")
+    if allows(usable, resource_type, action):
+        return
+    if allows(caller.scopes, resource_type, action):
         raise Forbidden("a patient token reaches that patient's data only", code="SCOPE")
+    raise Forbidden(f"the token's scopes do not allow {action} of {resource_type}", code="SCOPE")
 
 
 def choose_basis(

@@ -50,8 +50,8 @@ OPERATIONS = frozenset({"read", "everything"})
 
 
 def scope_text(scope: Scope) -> str:
-    action = "*" if scope.read and scope.write else ("read" if scope.read else "write")
-    return f"{scope.context}/{scope.resource_type}.{action}"
+    """The scope as the custodian's node will parse it again: letters and query kept."""
+    return scope.text()
 
 
 def request_bytes(operation: str, body: Mapping[str, Any]) -> bytes:

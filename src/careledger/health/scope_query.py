@@ -28,9 +28,9 @@ def restrict_search(request: SearchRequest, scopes: tuple[Scope, ...]) -> Search
     """``request`` narrowed to what the token's scopes reach (unchanged when unrestricted)."""
     for include in [*request.includes, *request.revincludes]:
         for kind in (include.source, include.target):
-            if kind and restrictions(scopes, kind, "read"):
+            if kind and restrictions(scopes, kind, "search"):
                 raise _refuse(f"_include/_revinclude of {kind}, which it restricts")
-    found = restrictions(scopes, request.resource_type, "read")
+    found = restrictions(scopes, request.resource_type, "search")
     if not found:
         return request
     if len(found) == 1:
@@ -47,10 +47,12 @@ def restrict_search(request: SearchRequest, scopes: tuple[Scope, ...]) -> Search
     return replace(request, criteria=[*request.criteria, *extra.criteria])
 
 
-def within_scopes(resource: Mapping[str, Any], scopes: tuple[Scope, ...], base_url: str) -> bool:
-    """Whether the token's scopes reach this resource (its restrictions, if any, met)."""
+def within_scopes(
+    resource: Mapping[str, Any], scopes: tuple[Scope, ...], base_url: str, action: str = "read"
+) -> bool:
+    """Whether the token's scopes reach this resource for ``action`` (restrictions met)."""
     kind = str(resource.get("resourceType", ""))
-    found = restrictions(scopes, kind, "read")
+    found = restrictions(scopes, kind, action)
     if found is None:
         return True
     now = datetime.now(UTC)

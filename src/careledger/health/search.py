@@ -35,6 +35,7 @@ from careledger.fhir.search import (
 )
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.access import Caller
+from careledger.health.scope_query import restrict_search
 from careledger.health.service import HealthRecords, StoredResource
 
 MAX_INCLUDED = 1_000
@@ -70,6 +71,7 @@ def search_patient(
     and matched. Only what is returned is in the access event. ``implied``: the criterion that
     named the patient (every candidate meets it).
     """
+    request = restrict_search(request, caller.scopes)
     at = request.at if request.at is not None else records.ledger.head.height
     kind = request.resource_type
     versions = records.searchable(caller, patient, kind, purpose=purpose, as_of=at)
@@ -225,6 +227,7 @@ def search_org(
     Only the blind index finds candidates here: a search with no indexable criterion would
     have to decrypt every record the custodian holds, and is refused (SEARCH_TOO_BROAD).
     """
+    request = restrict_search(request, caller.scopes)
     at = request.at if request.at is not None else records.ledger.head.height
     kind = request.resource_type
     planned = plan(request, base_url=base_url)
@@ -374,6 +377,11 @@ def everything_page(
     ``_since`` (changed at or after) and ``start``/``end`` (care dates: a resource with no
     clinical date is kept, as R4 says). Only the page is decrypted when no care dates are
     asked for; only the page's records are in the access event."""
+    if any(scope.query for scope in caller.scopes):
+        raise Forbidden(
+            "$everything is not for a token with query-restricted scopes: search each type",
+            code="SCOPE",
+        )
     kinds = types or set(SUPPORTED_TYPES)  # Consent records too (a trial's e-consent)
     since_ms = _instant_ms(since, "_since") if since is not None else None
     window = _care_window(start, end)

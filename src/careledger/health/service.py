@@ -41,9 +41,11 @@ from careledger.health.access import (
     choose_basis,
     require_scope,
 )
+from careledger.health.scope_query import within_scopes
 from careledger.keyfile import generate_keypair, write_key_file
 from careledger.ledger.execute import Executed
 from careledger.node import Node
+from careledger.scopes import restrictions
 from careledger.sqlite_threads import iso_ms
 from careledger.vault import Vault, VaultStore
 from careledger.vault.blind_index import BlindIndex
@@ -142,6 +144,12 @@ class HealthRecords:
     def _commit(self, calls: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
         return self.node.execute(calls)
 
+    def commit_calls(
+        self, calls: Sequence[tuple[str, str, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Commit contract calls signed by this node (bulk export's access events)."""
+        return self._commit(calls)
+
     def record_meta(self, record_id: str, resource_type: str | None = None) -> dict[str, Any]:
         meta = self.ledger.state(RECORDS, record_key(record_id))
         if meta is None or (resource_type is not None and meta["type"] != resource_type):
@@ -187,6 +195,18 @@ class HealthRecords:
         if receipt["result"] != "accepted":
             raise Forbidden("the ledger refused the access", code=receipt["code"])
         return receipt
+
+    def access_args(
+        self,
+        caller: Caller,
+        patient: str,
+        records: Sequence[str],
+        types: set[str],
+        action: str,
+        purpose: str,
+    ) -> dict[str, Any]:
+        """An ``audit.access`` call with the basis the ledger should accept (Forbidden if none)."""
+        return self._access_args(caller, patient, records, types, action, purpose)
 
     def _access_args(
         self,
@@ -314,14 +334,18 @@ class HealthRecords:
         self._require_writer(caller, resource_type)
         if record_id is not None:
             meta = self.record_meta(record_id, resource_type)
-            require_scope(caller, resource_type, "write", meta["patient"])
+            require_scope(caller, resource_type, "update", meta["patient"])
+            self._within(caller, resource, "update")
+            if restrictions(caller.scopes, resource_type, "update"):
+                current = self._open(record_id, meta["version"]).resource
+                self._within(caller, current, "update")
             if meta["custodian"] != self.org:
                 raise Forbidden("this node is not the record's custodian", code="NOT_CUSTODIAN")
             if if_match is not None and if_match != meta["version"]:
                 raise Conflict(f"the current version is {meta['version']}", code="VERSION_CONFLICT")
             return resource, record_id, meta["version"] + 1, meta["patient"]
         if resource_type == "Patient":
-            require_scope(caller, resource_type, "write", None)
+            require_scope(caller, resource_type, "create", None)
             patient = self.register_patient(patient_public_key)
             return resource, patient, 1, patient
         patient = patient_of(resource)
@@ -329,7 +353,8 @@ class HealthRecords:
             raise ValidationError(
                 "the resource must reference its Patient on this ledger", code="NO_PATIENT"
             )
-        require_scope(caller, resource_type, "write", patient)
+        require_scope(caller, resource_type, "create", patient)
+        self._within(caller, resource, "create")
         self._patient_key(patient)
         return resource, secrets.token_hex(16), 1, patient
 
@@ -549,7 +574,7 @@ class HealthRecords:
         if meta["custodian"] != self.org:
             if local_only or self.federation is None:
                 raise NotFound("the record is held by another custodian", code="REMOTE_RECORD")
-            return self.federation.read(
+            remote = self.federation.read(
                 caller,
                 meta["custodian"],
                 resource_type,
@@ -557,6 +582,8 @@ class HealthRecords:
                 version=version,
                 purpose=purpose,
             )
+            self._within(caller, remote.resource, "read")
+            return remote
         if version is not None and not 1 <= version <= meta["version"]:
             raise NotFound("no such version", code="UNKNOWN_VERSION")
         self.authorise(
@@ -567,7 +594,15 @@ class HealthRecords:
             action="read",
             purpose=purpose,
         )
-        return self._open(record_id, version or meta["version"])
+        stored = self._open(record_id, version or meta["version"])
+        self._within(caller, stored.resource, "read")
+        return stored
+
+    @staticmethod
+    def _within(caller: Caller, resource: Mapping[str, Any], action: str) -> None:
+        """Forbidden(SCOPE) for a resource a query-restricted scope does not reach (SMART v2)."""
+        if not within_scopes(resource, caller.scopes, "", action):
+            raise Forbidden("the token's scopes do not reach this resource", code="SCOPE")
 
     def history(
         self, caller: Caller, resource_type: str, record_id: str, *, purpose: str = "TREAT"
@@ -582,7 +617,10 @@ class HealthRecords:
             action="read",
             purpose=purpose,
         )
-        return [self._open(record_id, v) for v in range(meta["version"], 0, -1)]
+        versions = [self._open(record_id, v) for v in range(meta["version"], 0, -1)]
+        for stored in versions:
+            self._within(caller, stored.resource, "read")
+        return versions
 
     def patient_records(self, patient: str, types: set[str] | None = None) -> list[tuple[str, str]]:
         """(record id, type) of a patient's live records held here, from the ledger's index."""
@@ -809,7 +847,9 @@ class HealthRecords:
                 "the patient, or the custodian's admin with their own key, shreds",
                 code="NOT_AUTHORISED",
             )
-        require_scope(caller, meta["type"], "write", meta["patient"])
+        require_scope(caller, meta["type"], "delete", meta["patient"])
+        if restrictions(caller.scopes, meta["type"], "delete"):
+            self._within(caller, self._open(record_id, meta["version"]).resource, "delete")
         key = self.custodial_key(meta["patient"])
         if key is None:
             raise Forbidden(
@@ -917,9 +957,9 @@ class HealthRecords:
         return entries
 
 
-def _scope_ok(caller: Caller, resource_type: str, patient: str) -> bool:
+def _scope_ok(caller: Caller, resource_type: str, patient: str, action: str = "search") -> bool:
     try:
-        require_scope(caller, resource_type, "read", patient)
+        require_scope(caller, resource_type, action, patient)
     except Forbidden:
         return False
     return True

@@ -48,7 +48,7 @@ class MonitoringService:
         self, caller: Caller, patient: str, envelope: object | None
     ) -> dict[str, Any]:
         """The patient erases every reading held about them so far (signed by the patient)."""
-        if caller.member != patient:
+        if not caller.is_patient(patient):
             raise Forbidden("a patient erases their own readings", code="NOT_AUTHORISED")
         args = {"patient": patient}
         return sign_as_patient(self.records, caller, MONITORING, "erase_readings", args, envelope)
@@ -66,6 +66,6 @@ class MonitoringService:
         if alert is None:
             raise NotFound("no such alert", code="UNKNOWN_ALERT")
         care_team = bool(caller.roles & {"clinician", "nurse"}) and (alert["org"] == caller.org)
-        if caller.member != alert["patient"] and not care_team:
+        if not caller.is_patient(alert["patient"]) and not care_team:
             raise Forbidden("the patient and the care team see an alert", code="NOT_AUTHORISED")
         return dict(alert)

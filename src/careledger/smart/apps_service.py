@@ -44,7 +44,7 @@ class AppsService:
             secret = b64url_encode(secrets.token_bytes(32))
             args["secret_hash"] = hashlib.sha256(secret.encode()).hexdigest()
         self.node.act_for(APPS, caller.member, "register", args)
-        answer = {"app": self.get(str(args.get("client_id")))}
+        answer: dict[str, Any] = {"app": self.get(str(args.get("client_id")))}
         if secret is not None:
             answer["client_secret"] = secret  # shown once; the ledger holds its hash only
         return answer

@@ -14,6 +14,7 @@ import hashlib
 import secrets
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +26,15 @@ SMART_FILE = "smart.sqlite"
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS refresh(
         hash TEXT PRIMARY KEY, family TEXT NOT NULL, client_id TEXT NOT NULL,
-        member TEXT NOT NULL, scope TEXT NOT NULL, patient TEXT, created INTEGER NOT NULL,
+        member TEXT NOT NULL, public_key TEXT NOT NULL, scope TEXT NOT NULL, patient TEXT,
+        created INTEGER NOT NULL,
         expires INTEGER NOT NULL, state TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS refresh_family ON refresh(family)",
     """CREATE TABLE IF NOT EXISTS assertion(
         client_id TEXT NOT NULL, jti TEXT NOT NULL, expires INTEGER NOT NULL,
         PRIMARY KEY(client_id, jti))""",
     "CREATE TABLE IF NOT EXISTS revoked_family(family TEXT PRIMARY KEY, until INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS revoked_token(jti TEXT PRIMARY KEY, until INTEGER NOT NULL)",
 )
 
 
@@ -46,6 +49,7 @@ class Grant:
     family: str
     client_id: str
     member: str
+    public_key: str  # the key the user signed in with: the grant ends if it changes
     scope: str
     patient: str | None
     expires: int  # seconds since the epoch: when the family's refresh tokens stop working
@@ -75,9 +79,9 @@ class GrantStore:
     def issue_refresh(self, grant: Grant, now: int) -> str:
         token = b64url_encode(secrets.token_bytes(32))
         self._run(
-            "INSERT INTO refresh VALUES(?,?,?,?,?,?,?,?, 'active')",
-            (token_hash(token), grant.family, grant.client_id, grant.member, grant.scope,
-             grant.patient, now, grant.expires),
+            "INSERT INTO refresh VALUES(?,?,?,?,?,?,?,?,?, 'active')",
+            (token_hash(token), grant.family, grant.client_id, grant.member, grant.public_key,
+             grant.scope, grant.patient, now, grant.expires),
         )  # fmt: skip
         return token
 
@@ -86,13 +90,13 @@ class GrantStore:
         None if unknown, expired, revoked or another client's; ReusedToken if used before."""
         with self._lock:
             rows = self._run(
-                "SELECT family, client_id, member, scope, patient, expires, state FROM refresh "
-                "WHERE hash = ?",
+                "SELECT family, client_id, member, public_key, scope, patient, expires, state "
+                "FROM refresh WHERE hash = ?",
                 (token_hash(token),),
             )
             if not rows:
                 return None
-            family, owner, member, scope, patient, expires, state = rows[0]
+            family, owner, member, key, scope, patient, expires, state = rows[0]
             if owner != client_id or self.family_revoked(str(family)):
                 return None
             if state == "used":
@@ -102,7 +106,7 @@ class GrantStore:
                 return None
             self._run("UPDATE refresh SET state = 'used' WHERE hash = ?", (token_hash(token),))
         return Grant(
-            str(family), str(owner), str(member), str(scope),
+            str(family), str(owner), str(member), str(key), str(scope),
             None if patient is None else str(patient), int(str(expires)),
         )  # fmt: skip
 
@@ -130,6 +134,15 @@ class GrantStore:
     def revoked_families(self, now: int) -> dict[str, int]:
         rows = self._run("SELECT family, until FROM revoked_family WHERE until > ?", (now,))
         return {str(f): int(str(u)) for f, u in rows}
+
+    def revoke_token(self, jti: str, until: int) -> None:
+        """An access token revoked (sign-out, RFC 7009): refused after a restart too."""
+        self._run("DELETE FROM revoked_token WHERE until < ?", (int(time.time()),))
+        self._run("INSERT OR REPLACE INTO revoked_token VALUES(?, ?)", (jti, int(until)))
+
+    def revoked_tokens(self, now: int) -> dict[str, int]:
+        rows = self._run("SELECT jti, until FROM revoked_token WHERE until > ?", (now,))
+        return {str(j): int(str(u)) for j, u in rows}
 
     def first_assertion(self, client_id: str, jti: str, expires: int, now: int) -> bool:
         """Record a client assertion's ``jti``; False if it was seen before (a replay)."""

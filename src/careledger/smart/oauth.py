@@ -128,8 +128,11 @@ class AuthorizationServer:
         self._launches: OrderedDict[str, _Launch] = OrderedDict()
         self._spent_codes: OrderedDict[str, str] = OrderedDict()  # code hash -> family
         self._lock = threading.Lock()
-        for family, until in grants.revoked_families(int(time.time())).items():
+        now = int(time.time())
+        for family, until in grants.revoked_families(now).items():
             issuer.revoke_grant(family, until)
+        issuer.remember_revoked(grants.revoked_tokens(now))
+        issuer.on_revoke = grants.revoke_token
 
     # -- apps ----------------------------------------------------------------------------
 
@@ -262,7 +265,10 @@ class AuthorizationServer:
         elif "patient" in signer.roles and signer.roles <= {"patient"}:
             patient = signer.member
         resources = parse_scopes(" ".join(granted))
-        if any(s.context == "patient" for s in resources) and patient is None:
+        wants_patient = any(s.context == "patient" for s in resources) or (
+            "launch/patient" in granted
+        )
+        if wants_patient and patient is None:
             raise OAuthError("invalid_request", "patient/ scopes need a patient: choose one")
         code = b64url_encode(secrets.token_bytes(32))
         with self._lock:
@@ -443,8 +449,10 @@ class AuthorizationServer:
         words: list[str],
         patient: str | None,
         family: str,
-        expires: int | None = None,
+        grant: Grant | None = None,
     ) -> dict[str, Any]:
+        """An access token for ``words``; a refresh token when the grant has one (a refresh
+        keeps the grant's own scope and expiry, even when this access token is narrower)."""
         scope = " ".join(words)
         try:
             access, ttl = self.issuer.issue(
@@ -461,13 +469,12 @@ class AuthorizationServer:
         if patient is not None:
             answer["patient"] = patient
             answer["need_patient_banner"] = True
-        if "offline_access" in words or "online_access" in words:
-            now = int(time.time())
+        now = int(time.time())
+        if grant is None and ("offline_access" in words or "online_access" in words):
             lifetime = OFFLINE_SECONDS if "offline_access" in words else ONLINE_SECONDS
-            grant = Grant(
-                family, app["client_id"], signer.member, scope, patient,
-                expires if expires is not None else now + lifetime,
-            )  # fmt: skip
+            grant = Grant(family, app["client_id"], signer.member, signer.public_key, scope,
+                          patient, now + lifetime)  # fmt: skip
+        if grant is not None:
             answer["refresh_token"] = self.grants.issue_refresh(grant, now)
         return answer
 
@@ -510,10 +517,12 @@ class AuthorizationServer:
                 raise OAuthError("invalid_scope", "a refresh may narrow the scopes, never widen")
             words = narrower
         member = self.ledger.state("identity", f"member/{grant.member}")
-        if member is None:
-            raise OAuthError("invalid_grant", "the user is no longer a member")
-        signer = self._signer(str(member["key"]), grant.member)
-        return self._user_tokens(app, signer, words, grant.patient, grant.family, grant.expires)
+        if member is None or member.get("key") != grant.public_key:
+            # a changed key (rotated, recovered after a theft) ends what the old one approved
+            self._revoke_family(grant.family, grant.expires)
+            raise OAuthError("invalid_grant", "the user's key changed since the approval")
+        signer = self._signer(grant.public_key, grant.member)
+        return self._user_tokens(app, signer, words, grant.patient, grant.family, grant)
 
     def _backend_grant(
         self, form: Mapping[str, list[str]], app: Mapping[str, Any]

@@ -5,6 +5,7 @@ sent to an unverified address (RFC 6749 4.1.2.1)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -12,6 +13,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from careledger.api.deps import get_node
+from careledger.api.routes.smart import origin_of
+from careledger.contracts.audit import CARE_ROLES
 from careledger.contracts.base import Signer
 from careledger.errors import CareLedgerError
 from careledger.scopes import parse_scope, parse_scopes
@@ -20,6 +23,7 @@ from careledger.web.routes import csrf_guard, error_page, form_of, page, session
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_guard)])
 MAX_QUERY = 8192
+PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 CONTEXT_WORDS = {
     "openid": "Know who you are",
@@ -55,7 +59,7 @@ def describe(scope: str) -> str:
 
 
 def _fhir_base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
+    return origin_of(request) + "/fhir"
 
 
 def _server(request: Request) -> AuthorizationServer:
@@ -114,7 +118,9 @@ def _render(
         return _back_to_app(checked, error=exc.error, error_description=exc.description)
     resources = parse_scopes(" ".join(offered))
     is_patient = signer.roles <= {"patient"}
-    needs_patient = any(s.context == "patient" for s in resources) and not is_patient
+    needs_patient = not is_patient and (
+        any(s.context == "patient" for s in resources) or "launch/patient" in offered
+    )
     context: dict[str, Any] = {
         "app": checked.app,
         "offered": [{"scope": s, "words": describe(s)} for s in offered],
@@ -141,6 +147,24 @@ def authorize(request: Request) -> Response:
     return _render(request, checked, signer, query)
 
 
+@router.post("/clinician/launch")
+async def ehr_launch(request: Request) -> Response:
+    """An EHR launch: a clinician with a patient open sends them to an app; the app gets
+    ``iss`` and ``launch``, and its authorization then carries this patient as its context."""
+    form = await form_of(request)
+    signer = _signer(request)
+    if signer is None or not signer.roles & CARE_ROLES:
+        return error_page(request, 403, "NOT_AUTHORISED", "Only the care team opens apps here.")
+    client_id = (form.get("client_id") or [""])[0]
+    patient = (form.get("patient") or [""])[0].strip()
+    app = _server(request).app(client_id)
+    if app is None or not app.get("launch_uri") or not PATIENT_ID.match(patient):
+        return error_page(request, 400, "BAD_LAUNCH", "That app cannot be opened from here.")
+    launch = _server(request).create_launch(signer, client_id, patient)
+    target = _redirect(str(app["launch_uri"]), "", iss=_fhir_base(request), launch=launch)
+    return target
+
+
 @router.post("/auth/authorize/decision")
 async def decide(request: Request) -> Response:
     form = await form_of(request)
@@ -156,11 +180,10 @@ async def decide(request: Request) -> Response:
         return _back_to_app(checked, error="access_denied", error_description="the user said no")
     granted = list(dict.fromkeys(form.get("scope") or []))
     patient = (form.get("patient") or [""])[0].strip() or None
-    ledger = get_node(request).ledger
-    if patient is not None:
-        member = ledger.state("identity", f"member/{patient}")
-        if member is None or "patient" not in member["roles"]:
-            return _render(request, checked, signer, query, "No patient has that id.", patient)
+    # Only the id's form is checked: whether such a patient exists is not told (the app's
+    # token then simply reaches nothing).
+    if patient is not None and not PATIENT_ID.match(patient):
+        return _render(request, checked, signer, query, "That is not a patient id.", patient)
     try:
         code = _server(request).approve(checked, signer, granted, patient)
     except OAuthError as exc:

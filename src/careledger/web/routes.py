@@ -36,6 +36,7 @@ from careledger.contracts.consent import (
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
 from careledger.health.access import Caller
+from careledger.smart.apps_service import AppsService
 from careledger.sqlite_threads import iso_ms
 from careledger.supply.access import SUPPLY_READERS
 from careledger.supply.identifiers import normalise_epc, parse_element_string
@@ -112,7 +113,7 @@ def session(request: Request) -> TokenClaims | None:
         return None
     try:
         credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
-        return get_member(get_node(request), request.app.state.issuer, credentials)
+        return get_member(request, get_node(request), request.app.state.issuer, credentials)
     except CareLedgerError:
         return None
 
@@ -127,11 +128,16 @@ def page(request: Request, name: str, **context: Any) -> HTMLResponse:
     claims = session(request)
     token = request.cookies.get(COOKIE)
     csrf = csrf_for(token) if claims is not None and token else ""
-    return templates.TemplateResponse(
+    response = templates.TemplateResponse(
         request,
         name,
         {"me": claims, "chain": get_node(request).ledger.chain, "csrf": csrf, **context},
     )
+    # No page of the portal is ever framed: a framed "Allow" or "Dispense" could be clicked
+    # for the user by the page around it (clickjacking).
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    return response
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -201,7 +207,7 @@ async def start_session(request: Request) -> Response:
     if not isinstance(token, str):
         raise ValidationError("the body is {'token': ...}", code="BAD_REQUEST")
     credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
-    claims = get_member(get_node(request), request.app.state.issuer, credentials)
+    claims = get_member(request, get_node(request), request.app.state.issuer, credentials)
     response = Response(status_code=204)
     response.set_cookie(
         COOKIE,
@@ -845,8 +851,15 @@ async def clinician(
             pending=mine[0] if mine else None,
         )
     rows = _timeline(found)
+    launch_apps = [a for a in AppsService(get_node(request)).list() if a.get("launch_uri")]
     return page(
-        request, "clinician.html", patient=patient, rows=rows, missing=missing, emergency=emergency
+        request,
+        "clinician.html",
+        patient=patient,
+        rows=rows,
+        missing=missing,
+        emergency=emergency,
+        launch_apps=[a for a in launch_apps if a["status"] == "active"],
     )
 
 

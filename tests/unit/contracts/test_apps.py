@@ -61,6 +61,10 @@ def test_an_admin_registers_an_app_that_every_node_then_knows(chain: TestChain) 
         {"redirect_uris": ["https://app.example/cb#frag"]},
         {"redirect_uris": []},
         {"scopes": "patient/*.read nonsense"},
+        {"scopes": "patient/Observation."},  # no action
+        {"scopes": "patient/*.rs?category=laboratory"},  # a restriction names one type
+        {"scopes": "patient/Observation.read?category=laboratory"},  # v2 syntax only
+        {"scopes": "patient/Observation.rs?=x"},
         {"scopes": "system/*.rs"},  # system scopes are for backend apps
         {"kind": "robot"},
         {"client_id": "a"},

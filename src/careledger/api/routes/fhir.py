@@ -23,15 +23,14 @@ from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of as _caller
-from careledger.errors import Conflict, Forbidden, ValidationError
+from careledger.api.routes.smart import origin_of
+from careledger.errors import Conflict, ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
 from careledger.fhir.search import SearchRequest, parse_search, shape
 from careledger.fhir.search import parameters as search_parameters
 from careledger.fhir.validate import SUPPORTED_TYPES, find_issues, validate_resource
 from careledger.health import bundles
-from careledger.health.access import Caller
-from careledger.health.scope_query import restrict_search, within_scopes
 from careledger.health.search import SearchResult, everything_page, existing, run_search
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.jsonio import dumps, loads
@@ -242,7 +241,7 @@ def metadata(request: Request) -> Response:
             "rest": [
                 {
                     "mode": "server",
-                    "security": capability_security(_origin(request)),
+                    "security": capability_security(origin_of(request)),
                     "resource": resources,
                     "interaction": [{"code": "transaction"}, {"code": "batch"}],
                     "operation": [
@@ -430,15 +429,9 @@ def everything(
     for kind in wanted or ():
         _check_type(kind)
     count = min(count, MAX_PAGE)
-    caller = _caller(claims)
-    if any(scope.query for scope in caller.scopes):
-        raise Forbidden(
-            "$everything is not for a token with query-restricted scopes: search each type",
-            code="SCOPE",
-        )
     answer = everything_page(
         _records(request),
-        caller,
+        _caller(claims),
         patient,
         types=wanted,
         since=since,
@@ -494,17 +487,8 @@ def read(
     cached = _etag_version(request.headers.get("if-none-match"))
     if cached is not None and cached == records.record_meta(record_id, resource_type)["version"]:
         return Response(status_code=304, headers={"ETag": f'W/"{cached}"'})
-    caller = _caller(claims)
-    stored = records.read(caller, resource_type, record_id, purpose=purpose)
-    _within(request, caller, [stored])
+    stored = records.read(_caller(claims), resource_type, record_id, purpose=purpose)
     return _fhir(stored.resource, 200, _anchor_headers(stored, _origin(request)))
-
-
-def _within(request: Request, caller: Caller, found: list[StoredResource]) -> None:
-    """403 for a resource a query-restricted scope does not reach (SMART v2)."""
-    base = _base_url(request)
-    if not all(within_scopes(s.resource, caller.scopes, base) for s in found):
-        raise Forbidden("the token's scopes do not reach this resource", code="SCOPE")
 
 
 @router.get("/{resource_type}/{record_id}/_history/{version}", summary="Read one version")
@@ -517,11 +501,9 @@ def vread(
     purpose: PurposeHeader = "TREAT",
 ) -> Response:
     _check_type(resource_type)
-    caller = _caller(claims)
     stored = _records(request).read(
-        caller, resource_type, record_id, version=version, purpose=purpose
+        _caller(claims), resource_type, record_id, version=version, purpose=purpose
     )
-    _within(request, caller, [stored])
     return _fhir(stored.resource, 200, _anchor_headers(stored, _origin(request)))
 
 
@@ -534,9 +516,7 @@ def history(
     purpose: PurposeHeader = "TREAT",
 ) -> Response:
     _check_type(resource_type)
-    caller = _caller(claims)
-    stored = _records(request).history(caller, resource_type, record_id, purpose=purpose)
-    _within(request, caller, stored)
+    stored = _records(request).history(_caller(claims), resource_type, record_id, purpose=purpose)
     return _fhir(_bundle("history", stored))
 
 
@@ -731,7 +711,6 @@ def _search(
     caller = _caller(claims)
     lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
     query = parse_search(resource_type, pairs, lenient=lenient, max_count=MAX_PAGE)
-    query = restrict_search(query, caller.scopes)
     base_url = _base_url(request)
     result = run_search(
         _records(request), caller, query, purpose=purpose, base_url=base_url, now=datetime.now(UTC)

@@ -28,7 +28,11 @@ CLIENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$"
 
 
 def origin_of(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    """This node's public origin, as configured (``public_url``, else the address it serves
+    on): never the request's Host header, which a client chooses. Assertion audiences, the
+    authorize ``aud`` check and discovery use it."""
+    configured: str = getattr(request.app.state, "public_origin", "")
+    return configured or str(request.base_url).rstrip("/")
 
 
 def _server(request: Request) -> AuthorizationServer:
@@ -94,26 +98,41 @@ async def token(request: Request) -> Response:
     return _oauth_json(answer)
 
 
+RESOURCE_SERVER_ROLES = frozenset({"node", "admin"})
+
+
 @router.post("/auth/introspect", summary="Token introspection (RFC 7662)")
 async def introspect(request: Request) -> Response:
-    """For an authenticated app, or a bearer of any active token (a resource server)."""
+    """For a confidential or backend app (its own tokens), or a resource server: a bearer
+    token of a node or an admin (any token). Public apps and other callers are refused."""
     server = _server(request)
+    node = get_node(request)
     try:
         form = await _form(request)
         authorization = request.headers.get("authorization") or ""
+        only_client: str | None = None
         if authorization.lower().startswith("bearer "):
-            node = get_node(request)
-            current_claims(node, server.issuer.verify(authorization[7:].strip()))
+            bearer = server.issuer.verify(authorization[7:].strip())
+            asker = await run_in_threadpool(current_claims, node, bearer)
+            if asker.app is not None or not RESOURCE_SERVER_ROLES & set(asker.roles):
+                raise OAuthError("invalid_client", "introspection is for resource servers", 401)
         else:
-            origin = origin_of(request)
-            server.authenticate(form, authorization or None, f"{origin}/auth/token")
+            app = await run_in_threadpool(
+                server.authenticate, form, authorization or None, f"{origin_of(request)}/auth/token"
+            )
+            if app["kind"] == "public":
+                raise OAuthError("invalid_client", "a public app cannot introspect", 401)
+            only_client = str(app["client_id"])
         token_value = (form.get("token") or [""])[0]
     except OAuthError as exc:
         return _oauth_json(exc.body(), exc.status)
     except CareLedgerError:  # an invalid bearer: RFC 7662 section 2.3
         return _oauth_json({"error": "invalid_token", "error_description": "not authorised"}, 401)
-    node = get_node(request)
-    answer = server.introspect(token_value, lambda claims: current_claims(node, claims))
+    answer = await run_in_threadpool(
+        server.introspect, token_value, lambda claims: current_claims(node, claims)
+    )
+    if only_client is not None and answer.get("client_id") != only_client:
+        answer = {"active": False}  # an app learns nothing of others' tokens
     return _oauth_json(answer)
 
 
@@ -123,8 +142,8 @@ async def revoke(request: Request) -> Response:
     try:
         form = await _form(request)
         origin = origin_of(request)
-        app = server.authenticate(
-            form, request.headers.get("authorization"), f"{origin}/auth/token"
+        app = await run_in_threadpool(
+            server.authenticate, form, request.headers.get("authorization"), f"{origin}/auth/token"
         )
         token_value = (form.get("token") or [""])[0]
         if not token_value:

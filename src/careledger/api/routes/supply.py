@@ -39,7 +39,7 @@ def _optional_caller(
     """Verification is open to anyone; a token, when given, must be valid and is logged."""
     if credentials is None:
         return None
-    claims = get_member(get_node(request), get_issuer(request), credentials)
+    claims = get_member(request, get_node(request), get_issuer(request), credentials)
     return _caller(claims)
 
 

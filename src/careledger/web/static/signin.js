@@ -58,9 +58,15 @@
       });
       if (!kept.ok) throw new Error((await kept.json()).detail || "the portal refused the session");
       // back to the page that asked for a sign-in (a path on this site only)
-      const next = new URLSearchParams(window.location.search).get("next") || "/";
-      const local = next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\");
-      window.location.assign(local ? next : "/");
+      // resolved against this page and kept only if it stays on this origin ("/\t/evil" and
+      // similar tricks resolve elsewhere and are dropped)
+      const asked = new URLSearchParams(window.location.search).get("next") || "/";
+      let target = "/";
+      try {
+        const resolved = new URL(asked, window.location.origin);
+        if (resolved.origin === window.location.origin) target = resolved.pathname + resolved.search;
+      } catch { target = "/"; }
+      window.location.assign(target);
     } catch (error) {
       status.textContent = "Could not sign in: " + error.message;
     }

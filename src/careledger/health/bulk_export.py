@@ -1,0 +1,354 @@
+"""FHIR Bulk Data Access (``$export``) for backend apps, with a manifest that proves what it holds.
+
+A job exports, as of the ledger height at kick-off, every record this custodian holds that the
+app may see: its organisation's own records as custodian, others' under a consent to the
+organisation. Each patient's exported records get one access event (action ``export``), committed
+before a line of them is written. Files are NDJSON per type, streamed to disk (memory bounded by
+one batch of patients), listed in a manifest the node signs: each file's SHA-256 and count, the
+ledger height and the checkpoint (signed tree head) of that height, and ``records.ndjson``, which
+names every exported record version with its anchoring transaction, so that a recipient can check
+offline (``careledger export verify``) that the files are exactly what the node says it sent.
+
+Jobs run one at a time on a worker thread. A job under way when the node stops is marked failed
+on restart ("start it again"): never left half-written and reported complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from careledger.contracts.records import NAMESPACE as RECORDS
+from careledger.core.canonical import canonical_bytes
+from careledger.core.checkpoint import sign_note
+from careledger.errors import CareLedgerError, Forbidden, NotFound, StorageError
+from careledger.fhir.search import SearchRequest, matches
+from careledger.health.access import Caller, require_scope
+from careledger.health.scope_query import within_scopes
+from careledger.health.service import HealthRecords, StoredResource
+from careledger.scopes import allows
+from careledger.sqlite_threads import ThreadConnections
+
+EXPORT_FILE = "export.sqlite"
+EXPORT_DIR = "exports"
+PROOF_EXTENSION = "https://careledger.dev/fhir/StructureDefinition/export-proof"
+INDEX_FILE = "records.ndjson"
+PATIENTS_PER_COMMIT = 50
+MAX_RECORDS_PER_EVENT = 10_000  # audit.access names at most this many records
+SCHEMA = """CREATE TABLE IF NOT EXISTS job(
+    id TEXT PRIMARY KEY, client TEXT NOT NULL, org TEXT NOT NULL, request TEXT NOT NULL,
+    status TEXT NOT NULL, progress TEXT NOT NULL, created INTEGER NOT NULL, finished INTEGER,
+    manifest TEXT, error TEXT)"""
+RUNNING = ("accepted", "in-progress")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    kind: str  # "system" or "patient"
+    types: frozenset[str] | None
+    since_ms: int | None
+    filters: Mapping[str, Sequence[SearchRequest]]  # _typeFilter, per type (OR)
+    url: str  # the kick-off request, as the manifest repeats it
+    purpose: str
+    origin: str  # where the files are fetched: {origin}/fhir/$export-file/{job}/{name}
+
+
+@dataclass
+class _File:
+    handle: IO[bytes]
+    digest: Any = field(default_factory=hashlib.sha256)
+    count: int = 0
+
+    def write(self, line: bytes) -> None:
+        self.handle.write(line)
+        self.digest.update(line)
+        self.count += 1
+
+
+class ExportJobs:
+    def __init__(self, records: HealthRecords, data_dir: Path) -> None:
+        self.records = records
+        self.ledger = records.ledger
+        self.root = data_dir / EXPORT_DIR
+        self._conns = ThreadConnections(data_dir / EXPORT_FILE, "export job store")
+        self._conns.get().execute(SCHEMA)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-export")
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self._fail_interrupted()
+
+    def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conns.get().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"the export job store failed: {exc}") from None
+
+    def _fail_interrupted(self) -> None:
+        """Jobs the node was running when it stopped: failed, their partial files removed."""
+        for (job,) in self._run("SELECT id FROM job WHERE status IN (?, ?)", RUNNING):
+            shutil.rmtree(self.root / job, ignore_errors=True)
+            self._finish(
+                job, "failed", error="the node restarted during the export: start it again"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._cancelled.update(j for (j,) in self._run(
+                "SELECT id FROM job WHERE status IN (?, ?)", RUNNING))  # fmt: skip
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._conns.close()
+
+    # -- kick-off, status, files, cancel ---------------------------------------------------
+
+    def start(self, caller: Caller, request: ExportRequest) -> str:
+        if not caller.is_app:
+            raise Forbidden("bulk export is for backend apps (SMART Backend Services)",
+                            code="EXPORT_FOR_APPS")  # fmt: skip
+        for kind in request.types or ():
+            require_scope(caller, kind, "search", None)  # a named type the app may not read
+        job = secrets.token_hex(12)
+        raw = {"kind": request.kind, "url": request.url, "purpose": request.purpose}
+        self._run(
+            "INSERT INTO job(id, client, org, request, status, progress, created) "
+            "VALUES(?, ?, ?, ?, 'accepted', 'waiting to start', ?)",
+            (job, caller.member, caller.org, orjson.dumps(raw).decode(), int(time.time())),
+        )
+        self._pool.submit(self._work, job, caller, request)
+        return job
+
+    def _own(self, caller: Caller, job: str) -> tuple[Any, ...]:
+        rows = self._run(
+            "SELECT status, progress, manifest, error, client FROM job WHERE id = ?", (job,)
+        )
+        if not rows or rows[0][4] != caller.member:
+            raise NotFound("no such export job", code="UNKNOWN_EXPORT")
+        return rows[0]
+
+    def status(self, caller: Caller, job: str) -> tuple[str, str, dict[str, Any] | None, str]:
+        """(status, progress, manifest when complete, error when failed)."""
+        status, progress, manifest, error, _ = self._own(caller, job)
+        return status, progress, orjson.loads(manifest) if manifest else None, error or ""
+
+    def cancel(self, caller: Caller, job: str) -> None:
+        """Stop a job (or forget a finished one) and delete its files."""
+        status, *_ = self._own(caller, job)
+        with self._lock:
+            self._cancelled.add(job)
+        if status not in RUNNING:
+            self._run("DELETE FROM job WHERE id = ?", (job,))
+            shutil.rmtree(self.root / job, ignore_errors=True)
+        else:
+            self._finish(job, "cancelled")
+
+    def file(self, caller: Caller, job: str, name: str) -> Path:
+        status, *_ = self._own(caller, job)
+        path = self.root / job / name
+        if status != "complete" or "/" in name or not name.endswith(".ndjson") or not path.exists():
+            raise NotFound("no such export file", code="UNKNOWN_EXPORT")
+        return path
+
+    def _finish(self, job: str, status: str, *, manifest: Any = None, error: str = "") -> None:
+        self._run(
+            "UPDATE job SET status = ?, finished = ?, manifest = ?, error = ? WHERE id = ?",
+            (status, int(time.time()), orjson.dumps(manifest).decode() if manifest else None,
+             error or None, job),
+        )  # fmt: skip
+        if status == "cancelled":
+            self._run("DELETE FROM job WHERE id = ?", (job,))
+
+    # -- the work ----------------------------------------------------------------------------
+
+    def _progress(self, job: str, text: str) -> None:
+        self._run("UPDATE job SET status = 'in-progress', progress = ? WHERE id = ?", (text, job))
+
+    def _stopped(self, job: str) -> bool:
+        with self._lock:
+            return job in self._cancelled
+
+    def _work(self, job: str, caller: Caller, request: ExportRequest) -> None:
+        out = self.root / job
+        try:
+            out.mkdir(parents=True, exist_ok=False)
+            manifest = self._export(job, caller, request, out)
+        except Exception as exc:  # any failure ends the job clearly, never half-written
+            shutil.rmtree(out, ignore_errors=True)
+            if not self._stopped(job):
+                why = exc.message if isinstance(exc, CareLedgerError) else "the export failed"
+                self._finish(job, "failed", error=why)
+            return
+        if self._stopped(job):
+            shutil.rmtree(out, ignore_errors=True)
+            return
+        self._finish(job, "complete", manifest=manifest)
+
+    def _patients(self) -> list[str]:
+        keys = self.ledger.store.state_keys(RECORDS, "patient/", 100_000_000)
+        return sorted({k.split("/", 2)[1] for k in keys})
+
+    def _plan(
+        self, caller: Caller, patient: str, request: ExportRequest, height: int
+    ) -> list[tuple[str, str, int]]:
+        """(record, type, version at ``height``) of a patient's records to export."""
+        planned = []
+        for record_id, kind in self.records.patient_records(
+            patient, set(request.types or ()) or None
+        ):
+            if not allows(caller.scopes, kind, "search"):
+                continue  # a type the app's scopes do not reach is not exported
+            version = self.records.current_at(record_id, height)
+            if version is None:
+                continue
+            since = request.since_ms
+            if since is not None and self.records.version_time(record_id, version[1]) < since:
+                continue
+            planned.append((record_id, kind, version[1]))
+        return planned
+
+    def _export(
+        self, job: str, caller: Caller, request: ExportRequest, out: Path
+    ) -> dict[str, Any]:
+        head = self.ledger.head
+        height, size = head.height, head.log_size
+        header = self.ledger.store.header(height)
+        moment = header.time if header is not None else int(time.time() * 1000)
+        patients = self._patients()
+        files: dict[str, _File] = {}
+        index = _File(open(out / INDEX_FILE, "wb"))  # noqa: SIM115 - closed below
+        exported = refused = 0
+        now = datetime.now(UTC)
+        try:
+            for start in range(0, len(patients), PATIENTS_PER_COMMIT):
+                if self._stopped(job):
+                    raise CareLedgerError("cancelled", code="CANCELLED")
+                batch = patients[start : start + PATIENTS_PER_COMMIT]
+                done, skipped = self._batch(caller, request, batch, height, now, files, index, out)
+                exported += done
+                refused += skipped
+                self._progress(job, f"{min(start + len(batch), len(patients))} of "
+                                    f"{len(patients)} patients")  # fmt: skip
+        finally:
+            index.handle.close()
+            for f in files.values():
+                f.handle.close()
+        outputs = [
+            {"type": kind, "url": f"{request.origin}/fhir/$export-file/{job}/{kind}.ndjson",
+             "count": f.count}
+            for kind, f in sorted(files.items())
+        ]  # fmt: skip
+        listed = [
+            {"name": f"{kind}.ndjson", "sha256": f.digest.hexdigest(), "count": f.count}
+            for kind, f in sorted(files.items())
+        ]
+        listed.append(
+            {"name": INDEX_FILE, "sha256": index.digest.hexdigest(), "count": index.count}
+        )
+        proof = {
+            "job": job,
+            "height": height,
+            "tree_size": size,
+            "checkpoint": self.ledger.checkpoint(size),
+            "node": self.ledger.verifier_key(),
+            "files": listed,
+            "patients": {"exported": exported, "no_basis": refused},
+            "requester": {"client_id": caller.member, "org": caller.org},
+        }
+        manifest: dict[str, Any] = {
+            "transactionTime": datetime.fromtimestamp(moment / 1000, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "request": request.url,
+            "requiresAccessToken": True,
+            "output": outputs,
+            "error": [],
+            "extension": {PROOF_EXTENSION: proof},
+        }
+        proof["signature"] = sign_note(
+            manifest_body(manifest), self.ledger.node_name, self.ledger.node_key
+        )
+        return manifest
+
+    def _batch(
+        self,
+        caller: Caller,
+        request: ExportRequest,
+        patients: list[str],
+        height: int,
+        now: datetime,
+        files: dict[str, _File],
+        index: _File,
+        out: Path,
+    ) -> tuple[int, int]:
+        """Export a few patients: basis first, then decrypt and filter, then one committed
+        access event per patient for exactly what is written, then the lines."""
+        chosen: list[tuple[str, list[StoredResource]]] = []
+        calls = []
+        refused = 0
+        for patient in patients:
+            planned = self._plan(caller, patient, request, height)
+            if not planned:
+                continue
+            types = {kind for _, kind, _ in planned}
+            try:  # the ledger basis, before anything is opened
+                self.records.access_args(caller, patient, [], types, "export", request.purpose)
+            except Forbidden:
+                refused += 1
+                continue
+            opened = [self.records.open_version(r, v) for r, _, v in planned]
+            kept = [s for s in opened if _kept(s.resource, request, caller, now)]
+            for start in range(0, len(kept), MAX_RECORDS_PER_EVENT):
+                part = kept[start : start + MAX_RECORDS_PER_EVENT]
+                ids = [s.record_id for s in part]
+                kinds = {s.resource_type for s in part}
+                calls.append(("audit", "access", self.records.access_args(
+                    caller, patient, ids, kinds, "export", request.purpose)))  # fmt: skip
+            if kept:
+                chosen.append((patient, kept))
+        if calls:
+            for receipt in self.records.commit_calls(calls):
+                if receipt["result"] != "accepted":
+                    raise Forbidden("the ledger refused an export's access event",
+                                    code=receipt["code"])  # fmt: skip
+        for _, kept in chosen:
+            for stored in kept:
+                target = files.get(stored.resource_type)
+                if target is None:
+                    handle = open(out / f"{stored.resource_type}.ndjson", "wb")  # noqa: SIM115
+                    target = files[stored.resource_type] = _File(handle)
+                target.write(orjson.dumps(stored.resource) + b"\n")
+                index.write(orjson.dumps({
+                    "type": stored.resource_type, "id": stored.record_id,
+                    "version": stored.version, "patient": stored.patient,
+                    "anchor_tx": stored.anchor_tx, "leaf_index": stored.leaf_index,
+                    "hash": stored.content_hash, "salt": stored.salt}) + b"\n")  # fmt: skip
+        return len(chosen), refused
+
+
+def _kept(
+    resource: Mapping[str, Any], request: ExportRequest, caller: Caller, now: datetime
+) -> bool:
+    """Whether a resource meets the request's _typeFilter for its type (any of them) and the
+    app's query-restricted scopes (SMART v2), if it has any."""
+    if not within_scopes(resource, caller.scopes, "", "search"):
+        return False
+    wanted = request.filters.get(str(resource.get("resourceType")))
+    return not wanted or any(matches(resource, f, now=now) for f in wanted)
+
+
+def manifest_body(manifest: Mapping[str, Any]) -> str:
+    """What the node signs: the SHA-256 of the manifest's RFC 8785 bytes, its signature left out."""
+    copy = orjson.loads(orjson.dumps(manifest))
+    copy.get("extension", {}).get(PROOF_EXTENSION, {}).pop("signature", None)
+    digest = hashlib.sha256(canonical_bytes(copy)).hexdigest()
+    return f"careledger bulk export manifest\n{digest}\n"

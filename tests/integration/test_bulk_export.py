@@ -1,0 +1,209 @@
+"""FHIR Bulk Data $export over real HTTP (issue 17): a backend app kicks off, polls, downloads
+NDJSON; every exported patient's records have one access event naming the app; consent decides
+what another organisation's app gets; the signed manifest is checked offline by
+`careledger export verify`, which catches a changed byte."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from careledger.nodedir import init_demo
+from tests.support.nodes import Server, login, run_cli, serving, wait_for
+
+pytestmark = pytest.mark.integration
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+ASYNC = {"prefer": "respond-async", "accept": "application/fhir+json"}
+KEY = ec.generate_private_key(ec.SECP384R1())
+PUBLIC = {**json.loads(jwt.get_algorithm_by_name("ES384").to_jwk(KEY.public_key())), "kid": "k1"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("bulk") / "node"
+    init_demo(data, with_supply=False).store.close()
+    with serving(data) as running:
+        yield running
+
+
+def register_backend(server: Server, admin_key: str, client_id: str) -> None:
+    with login(server, server.data_dir / "keys" / admin_key) as admin:
+        answer = admin.post("/v1/apps", json={"client_id": client_id, "name": client_id,
+                            "kind": "backend", "scopes": "system/*.rs", "jwks": {"keys": [PUBLIC]}})  # fmt: skip
+        assert answer.status_code == 201, answer.text
+
+
+def app_client(server: Server, client_id: str, scope: str = "system/*.rs") -> httpx.Client:
+    now = int(time.time())
+    signed = jwt.encode({"iss": client_id, "sub": client_id, "aud": f"{server.url}/auth/token",
+                         "exp": now + 240, "jti": uuid.uuid4().hex}, KEY, algorithm="ES384",
+                        headers={"kid": "k1"})  # fmt: skip
+    body = {"grant_type": "client_credentials", "scope": scope,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": signed}  # fmt: skip
+    token = httpx.post(f"{server.url}/auth/token", headers=FORM, content=urlencode(body))
+    assert token.status_code == 200, token.text
+    return httpx.Client(base_url=server.url, timeout=30,
+                        headers={"authorization": f"Bearer {token.json()['access_token']}"})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def st_mary(server: Server) -> Iterator[httpx.Client]:
+    register_backend(server, "st-mary-admin.key", "st-mary-export")
+    with app_client(server, "st-mary-export") as http:
+        yield http
+
+
+def run_export(http: httpx.Client, path: str, **headers: str) -> tuple[str, dict[str, Any]]:
+    kicked = http.get(path, headers={**ASYNC, **headers})
+    assert kicked.status_code == 202, kicked.text
+    status_url = kicked.headers["content-location"]
+    job = status_url.rsplit("/", 1)[1]
+
+    def done() -> dict[str, Any] | None:
+        answer = http.get(status_url)
+        if answer.status_code == 202:
+            assert answer.headers["retry-after"] and "x-progress" in answer.headers
+            return None
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    return job, wait_for(done, "the export to complete", timeout=120, every=0.2)
+
+
+def test_a_backend_app_exports_and_the_manifest_verifies_offline(
+    server: Server, st_mary: httpx.Client, tmp_path: Path
+) -> None:
+    job, manifest = run_export(st_mary, "/fhir/$export?_type=Observation,Condition")
+    assert manifest["requiresAccessToken"] is True and manifest["transactionTime"]
+    kinds = {o["type"] for o in manifest["output"]}
+    assert kinds == {"Observation", "Condition"}
+    files = []
+    for output in manifest["output"]:
+        body = st_mary.get(output["url"])
+        assert body.status_code == 200
+        assert body.headers["content-type"].startswith("application/fhir+ndjson")
+        lines = [json.loads(x) for x in body.text.splitlines() if x.strip()]
+        assert len(lines) == output["count"] > 0
+        assert {r["resourceType"] for r in lines} == {output["type"]}
+        path = tmp_path / f"{output['type']}.ndjson"
+        path.write_bytes(body.content)
+        files.append(path)
+    index = st_mary.get(f"/fhir/$export-file/{job}/records.ndjson")
+    assert index.status_code == 200
+    (tmp_path / "records.ndjson").write_bytes(index.content)
+    files.append(tmp_path / "records.ndjson")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    node_key = httpx.get(f"{server.url}/v1/checkpoint/keys").text.strip()
+    checked = run_cli("export", "verify", str(tmp_path / "manifest.json"), *map(str, files),
+                      "--node-key", node_key, "--json")  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["trusted"] is True
+    assert report["records"] == sum(o["count"] for o in manifest["output"])
+    # one changed byte anywhere: refused
+    observations = tmp_path / "Observation.ndjson"
+    observations.write_bytes(observations.read_bytes().replace(b'"final"', b'"amended"', 1))
+    tampered = run_cli("export", "verify", str(tmp_path / "manifest.json"), *map(str, files))
+    assert tampered.returncode == 1 and "EXPORT_MISMATCH" in tampered.stderr
+    assert "Traceback" not in tampered.stderr
+    # each exported patient has one access event naming the app, action export
+    patient = json.loads(index.text.splitlines()[0])["patient"]
+    with login(server, server.data_dir / "keys" / "patients" / f"{patient}.key") as own:
+        log = own.get(f"/v1/patients/{patient}/access-log").json()["accesses"]
+    exports = [e for e in log if e["action"] == "export"]
+    assert len(exports) == 1 and exports[0]["app"] == "st-mary-export"
+    assert exports[0]["accessor"] == "st-mary-export"
+
+
+def test_another_organisations_app_gets_only_what_consents_give(server: Server) -> None:
+    register_backend(server, "northside-admin.key", "northside-export")
+    with app_client(server, "northside-export") as http:
+        _, manifest = run_export(http, "/fhir/Patient/$export", **{"x-purpose-of-use": "TREAT"})
+        proof = manifest["extension"][
+            "https://careledger.dev/fhir/StructureDefinition/export-proof"
+        ]
+        # the demo's first patient consented to Northside for treatment; the others did not
+        assert proof["patients"] == {"exported": 1, "no_basis": 2}
+
+
+def test_type_filter_and_cancel(st_mary: httpx.Client) -> None:
+    _, manifest = run_export(
+        st_mary, "/fhir/$export?_type=Observation&_typeFilter=Observation%3Fcategory%3Dlaboratory"
+    )
+    (output,) = manifest["output"]
+    lines = [json.loads(x) for x in st_mary.get(output["url"]).text.splitlines() if x]
+    cats = {c["code"] for r in lines for cat in r.get("category", []) for c in cat["coding"]}
+    assert cats == {"laboratory"}
+    job, _ = run_export(st_mary, "/fhir/$export?_type=Condition")
+    assert st_mary.delete(f"/fhir/$export-status/{job}").status_code == 202
+    assert st_mary.get(f"/fhir/$export-status/{job}").status_code == 404
+
+
+def test_bad_kick_offs_and_strangers(server: Server, st_mary: httpx.Client) -> None:
+    assert st_mary.get("/fhir/$export").status_code == 400  # no Prefer: respond-async
+    for query in ("_type=Nonsense", "_since=yesterday", "_outputFormat=text/csv", "_elements=id"):
+        answer = st_mary.get(f"/fhir/$export?{query}", headers=ASYNC)
+        assert answer.status_code == 400, query
+        assert answer.json()["resourceType"] == "OperationOutcome"
+    assert st_mary.get("/fhir/Group/g1/$export", headers=ASYNC).status_code == 404
+    job, manifest = run_export(st_mary, "/fhir/$export?_type=Condition")
+    with login(server, server.data_dir / "keys" / "dr-ana-silva.key") as person:
+        refused = person.get("/fhir/$export", headers=ASYNC)
+        assert refused.status_code == 403
+        assert refused.headers["x-careledger-code"] == "EXPORT_FOR_APPS"
+        assert person.get(f"/fhir/$export-status/{job}").status_code == 404
+        assert person.get(manifest["output"][0]["url"]).status_code == 404
+
+
+def test_since_and_the_apps_scopes_narrow_an_export(server: Server, st_mary: httpx.Client) -> None:
+    _, later = run_export(st_mary, "/fhir/$export?_since=2999-01-01T00:00:00Z")
+    assert later["output"] == []
+    with login(server, server.data_dir / "keys" / "st-mary-admin.key") as admin:
+        answer = admin.post("/v1/apps", json={"client_id": "st-mary-obs-only", "name": "Obs",
+                            "kind": "backend", "scopes": "system/Observation.rs",
+                            "jwks": {"keys": [PUBLIC]}})  # fmt: skip
+        assert answer.status_code == 201
+    with app_client(server, "st-mary-obs-only", "system/Observation.rs") as narrow:
+        _, manifest = run_export(narrow, "/fhir/$export")
+        assert {o["type"] for o in manifest["output"]} == {"Observation"}
+        refused = narrow.get("/fhir/$export?_type=Condition", headers=ASYNC)
+        assert refused.status_code == 403
+
+
+def test_an_export_under_way_when_the_node_stops_fails_clearly(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    data = tmp_path_factory.mktemp("bulk-restart") / "node"
+    init_demo(data, with_records=False, with_supply=False).store.close()
+    with serving(data) as running:
+        register_backend(running, "st-mary-admin.key", "restart-export")
+        with app_client(running, "restart-export") as http:
+            kicked = http.get("/fhir/$export", headers=ASYNC)
+            status_url = kicked.headers["content-location"]
+            wait_for(lambda: http.get(status_url).status_code == 200, "the first export")
+    # a job the node was running when it stopped, as the job store holds it
+    job = "ab" * 12
+    conn = sqlite3.connect(data / "export.sqlite")
+    conn.execute("INSERT INTO job(id, client, org, request, status, progress, created) "
+                 "VALUES(?, 'restart-export', 'st-mary', '{}', 'in-progress', '3 of 9', 0)", (job,))  # fmt: skip
+    conn.commit()
+    conn.close()
+    (data / "exports" / job).mkdir(parents=True)
+    (data / "exports" / job / "Observation.ndjson").write_text("{}\n")
+    with serving(data) as running, app_client(running, "restart-export") as http:
+        answer = http.get(f"/fhir/$export-status/{job}")
+        assert answer.status_code == 500
+        assert "restarted" in answer.json()["issue"][0]["diagnostics"]
+        assert not (data / "exports" / job).exists()  # no half-written file stays
