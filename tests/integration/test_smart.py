@@ -696,3 +696,84 @@ def test_revoking_a_refresh_token_ends_the_grant(
     unknown = httpx.post(f"{server.url}/auth/revoke", headers=FORM,
                          content=urlencode({"token": "nothing", "client_id": patient_app}))  # fmt: skip
     assert unknown.status_code == 200  # RFC 7009: whatever the token was
+
+
+def test_access_events_are_balp_audit_events_searchable_and_proven(
+    server: Server, admin: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    who, key = patient
+    alg, private, public = KEYS[2]
+    register(admin, client_id="audit-probe", name="Audit probe", kind="backend",
+             scopes="system/*.rs", jwks={"keys": [public]})  # fmt: skip
+    token = backend_token(server, assertion(server, "audit-probe", alg, private)).json()
+    with bearer(server, token["access_token"]) as app:
+        found = app.get(f"/fhir/Observation?patient={who}&_count=2",
+                        headers={"x-purpose-of-use": "HOPERAT"}).json()  # fmt: skip
+    read_ids = [e["resource"]["id"] for e in found["entry"]]
+    with login(server, key) as own:
+        everything = own.get(f"/fhir/AuditEvent?patient={who}")
+        assert everything.status_code == 200
+        events = [e["resource"] for e in everything.json()["entry"]]
+        for event in events:
+            AuditEvent.model_validate(event)
+        by_app = own.get(f"/fhir/AuditEvent?patient={who}&altid=audit-probe").json()
+        (mine,) = [e["resource"] for e in by_app["entry"]]
+        assert mine["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientRead")
+        assert {e["what"].get("reference") for e in mine["entity"]} >= {
+            f"Observation/{r}" for r in read_ids
+        }
+        assert mine["agent"][0]["policy"] == ["urn:careledger:custodian"]
+        for query, expected in (
+            (f"entity=Observation/{read_ids[0]}", True),
+            ("action=R", True),
+            ("action=E", False),
+            ("subtype=read", True),
+            ("date=ge2000-01-01", True),
+            ("date=lt2000-01-01", False),
+            ("agent=Organization/st-mary", True),
+            ("policy=urn:careledger:custodian", True),
+        ):
+            hits = own.get(f"/fhir/AuditEvent?patient={who}&altid=audit-probe&{query}").json()
+            assert (hits["total"] == 1) is expected, query
+        assert own.get(f"/fhir/AuditEvent?patient={who}&nonsense=1").status_code == 400
+        one = own.get(f"/fhir/AuditEvent/{mine['id']}")
+        assert one.status_code == 200 and one.json() == mine
+        proof = {x["url"]: x for x in mine["extension"][0]["extension"]}["proof"]["valueUri"]
+        assert own.get(proof.removeprefix(server.url)).status_code == 200  # its inclusion proof
+    with login(server, server.data_dir / "keys" / "dr-ben-okafor.key") as stranger:
+        assert stranger.get(f"/fhir/AuditEvent/{mine['id']}").status_code == 404
+        assert stranger.get(f"/fhir/AuditEvent?patient={who}").status_code == 403
+    statement = httpx.get(f"{server.url}/fhir/metadata").json()
+    audit = next(r for r in statement["rest"][0]["resource"] if r["type"] == "AuditEvent")
+    assert {p["name"] for p in audit["searchParam"]} == {
+        "patient", "date", "agent", "altid", "entity", "action", "subtype", "policy"}  # fmt: skip
+
+
+def test_a_user_sees_and_stops_the_apps_they_let_in(
+    server: Server, browser: Browser, patient_app: str, patient: tuple[str, Path]
+) -> None:
+    tokens = code_flow(browser, server, patient_app, "launch/patient offline_access patient/*.rs",
+                       patient[1])  # fmt: skip
+    context = browser.new_context()
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    try:
+        page.goto(f"{server.url}/signin?next=/me/apps")
+        page.get_by_label("Key file").set_input_files(str(patient[1]))
+        page.get_by_role("button", name="Sign in").click()
+        grants = page.get_by_test_id("app-grants")
+        expect(grants).to_contain_text("Acme Charting")
+        expect(grants).to_contain_text("Read and search this patient's records of every kind")
+        before = grants.get_by_role("button", name="Stop").count()
+        grants.get_by_role("button", name="Stop").first.click()
+        expect(grants.get_by_role("button", name="Stop")).to_have_count(before - 1)
+    finally:
+        context.close()
+    refresh = httpx.post(f"{server.url}/auth/token", headers=FORM, content=urlencode({
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+        "client_id": patient_app}))  # fmt: skip
+    assert refresh.status_code == 400  # the newest grant was stopped, at once
+    config = httpx.get(f"{server.url}/.well-known/smart-configuration").json()
+    assert config["management_endpoint"] == f"{server.url}/me/apps"

@@ -157,33 +157,124 @@ def grant_to_consent(entry: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def access_to_audit_event(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """An ``audit.access`` entry as a FHIR R4 AuditEvent (read-only)."""
-    action = {"read": "R", "write": "U", "export": "R"}[entry["action"]]
-    who = "Patient" if entry["accessor"] == entry["patient"] else "Practitioner"
-    return {
+BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+RESTFUL = "http://hl7.org/fhir/restful-interaction"
+SECURITY_ROLE = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
+APPS_SYSTEM = "https://careledger.dev/apps"
+LEDGER_PROOF = "https://careledger.dev/fhir/StructureDefinition/ledger-proof"
+# ledger action -> (BALP profile, restful interaction, AuditEvent.action)
+BALP_KINDS = {
+    "read": ("PatientRead", "read", "R"),
+    "write": ("PatientUpdate", "update", "U"),
+    "export": ("PatientQuery", "operation", "E"),
+}
+
+
+def access_to_audit_event(
+    entry: Mapping[str, Any], types: Mapping[str, str] | None = None, base: str = ""
+) -> dict[str, Any]:
+    """An ``audit.access`` entry as an IHE BALP AuditEvent (read-only): the user and the app
+    (client), the custodian's node (server), the patient and each record (entities), the basis
+    that allowed it (a consent or a break-glass, as the agent's policy), and the ledger
+    transaction that carries it (extension, with the URL of its inclusion proof)."""
+    profile, interaction, action = BALP_KINDS[entry["action"]]
+    accessor, app = entry["accessor"], entry.get("app")
+    backend = app is not None and accessor == app
+    who = "Patient" if accessor == entry["patient"] else "Practitioner"
+    basis = entry.get("basis") or {}
+    policy = [
+        f"urn:careledger:{basis.get('kind')}" + (f":{basis['id']}" if basis.get("id") else "")
+    ]
+    client = (
+        {"identifier": {"system": APPS_SYSTEM, "value": app}}
+        if app is not None
+        else {"reference": f"{who}/{accessor}"}
+    )
+    agents: list[dict[str, Any]] = [
+        {
+            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+            "who": client,
+            "altId": app or accessor,
+            "requestor": backend,
+            **({"policy": policy} if backend else {}),
+        },
+        {
+            "type": {
+                "coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]
+            },
+            "who": {"reference": f"Organization/{entry['custodian']}"},
+            "requestor": False,
+        },
+    ]
+    if not backend:
+        agents.append(
+            {
+                "type": {"coding": [{"system": SECURITY_ROLE, "code": "humanuser"}]},
+                "who": {"reference": f"{who}/{accessor}"},
+                "altId": accessor,
+                "requestor": True,
+                "policy": policy,
+            }
+        )
+    known = types or {}
+    records = [
+        {
+            "what": {"reference": f"{known[r]}/{r}"}
+            if r in known
+            else {"identifier": {"value": r}},
+            "type": {"system": ENTITY_TYPE, "code": "2"},
+            "role": {"system": OBJECT_ROLE, "code": "4"},
+        }
+        for r in entry.get("records", [])
+    ]
+    event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "id": entry["tx"],
+        "meta": {"profile": [BALP + profile]},
+        "extension": [
+            {
+                "url": LEDGER_PROOF,
+                "extension": [
+                    {"url": "transaction", "valueString": entry["tx"]},
+                    {"url": "height", "valueInteger": entry["height"]},
+                    {"url": "proof", "valueUri": f"{base}/v1/tx/{entry['tx']}"},
+                ],
+            }
+        ],
         "type": {
             "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
             "code": "rest",
         },
+        "subtype": [{"system": RESTFUL, "code": interaction}],
         "action": action,
         "recorded": _iso(entry["time"]),
         "outcome": "0",
         "purposeOfEvent": [{"coding": [{"system": ACTREASON, "code": entry["purpose"]}]}],
-        "agent": [
-            {"who": {"reference": f"{who}/{entry['accessor']}"}, "requestor": True},
-            {"who": {"reference": f"Organization/{entry['custodian']}"}, "requestor": False},
-        ],
-        "source": {"observer": {"reference": f"Organization/{entry['custodian']}"}},
+        "agent": agents,
+        "source": {
+            "observer": {"reference": f"Organization/{entry['custodian']}"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                }
+            ],
+        },
         "entity": [
-            {"what": {"reference": f"Patient/{entry['patient']}"}},
-            *({"what": {"identifier": {"value": r}}} for r in entry["records"]),
+            {
+                "what": {"reference": f"Patient/{entry['patient']}"},
+                "type": {"system": ENTITY_TYPE, "code": "1"},
+                "role": {"system": OBJECT_ROLE, "code": "1"},
+            },
+            *records,
         ],
-        **(
-            {"subtype": [{"system": "https://careledger.dev/codes", "code": "break-glass"}]}
-            if entry["break_glass"]
-            else {}
-        ),
     }
+    if entry.get("break_glass"):
+        event["meta"]["security"] = [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                      "code": "BTG", "display": "break the glass"}]  # fmt: skip
+    if interaction == "operation":
+        event["subtype"].append({"system": "https://careledger.dev/codes", "code": "bulk-export"})
+    return event

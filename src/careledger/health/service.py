@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from careledger.config import KEYS_DIR, VAULT_FILE
+from careledger.contracts.audit import access_key
 from careledger.contracts.identity import KEY_EVENTS, key_events_of
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.records import NAMESPACE as RECORDS
@@ -941,6 +942,23 @@ class HealthRecords:
         prefix = f"access/{patient}/"
         keys = self.ledger.store.state_keys("audit", prefix, 100_000)
         return [self.ledger.state("audit", k) for k in keys]
+
+    def access_entry(self, caller: Caller, tx_id: str) -> dict[str, Any]:
+        """One access event, by the transaction that recorded it, for those who may see the
+        patient's access log (NotFound otherwise: whether it exists is not told)."""
+        found = self.ledger.store.find_tx(tx_id)
+        body = orjson.loads(found[1].envelope)["body"] if found is not None else {}
+        patient = body.get("args", {}).get("patient") if isinstance(body, dict) else None
+        if found is None or (body.get("contract"), body.get("method")) != ("audit", "access"):
+            raise NotFound("no such access event", code="UNKNOWN_EVENT")
+        try:
+            self.access_log(caller, str(patient))
+        except Forbidden:
+            raise NotFound("no such access event", code="UNKNOWN_EVENT") from None
+        entry = self.ledger.state("audit", access_key(str(patient), found[0], tx_id))
+        if entry is None:  # refused by the ledger: no access happened
+            raise NotFound("no such access event", code="UNKNOWN_EVENT")
+        return dict(entry)
 
     def key_history(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
         """Every change to who can sign as ``patient``: key rotations and revocations, the

@@ -52,6 +52,7 @@ def endpoints(origin: str) -> dict[str, str]:
         "introspect": f"{origin}/auth/introspect",
         "revoke": f"{origin}/auth/revoke",
         "jwks": f"{origin}/.well-known/jwks.json",
+        "manage": f"{origin}/me/apps",
     }
 
 
@@ -64,6 +65,7 @@ def smart_configuration(origin: str) -> dict[str, Any]:
         "token_endpoint": urls["token"],
         "introspection_endpoint": urls["introspect"],
         "revocation_endpoint": urls["revoke"],
+        "management_endpoint": urls["manage"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "token_endpoint_auth_methods_supported": [
             "private_key_jwt",
@@ -107,6 +109,7 @@ def capability_security(origin: str) -> dict[str, Any]:
                     {"url": "token", "valueUri": urls["token"]},
                     {"url": "introspect", "valueUri": urls["introspect"]},
                     {"url": "revoke", "valueUri": urls["revoke"]},
+                    {"url": "manage", "valueUri": urls["manage"]},
                 ],
             }
         ],

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from careledger.core.keys import b64url_encode
 from careledger.errors import StorageError
@@ -119,6 +120,25 @@ class GrantStore:
             return None
         family, client_id, expires = rows[0]
         return str(family), str(client_id), int(str(expires))
+
+    def grants_of(self, member: str, now: int) -> list[dict[str, Any]]:
+        """The apps a member approved that can still refresh: one row per grant."""
+        rows = self._run(
+            "SELECT family, client_id, scope, patient, MIN(created), MAX(expires) FROM refresh "
+            "WHERE member = ? AND state = 'active' AND expires > ? GROUP BY family "
+            "ORDER BY MAX(rowid) DESC",
+            (member, now),
+        )
+        return [
+            {"grant": f, "client_id": c, "scope": s, "patient": p, "since": int(a),
+             "until": int(u)}
+            for f, c, s, p, a, u in rows
+            if not self.family_revoked(str(f))
+        ]  # fmt: skip
+
+    def member_of_family(self, family: str) -> str | None:
+        rows = self._run("SELECT member FROM refresh WHERE family = ? LIMIT 1", (family,))
+        return str(rows[0][0]) if rows else None
 
     def revoke_family(self, family: str, until: int) -> None:
         self._run("UPDATE refresh SET state = 'revoked' WHERE family = ?", (family,))

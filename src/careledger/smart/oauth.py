@@ -584,6 +584,13 @@ class AuthorizationServer:
         if claims.app == app["client_id"]:
             self.issuer.revoke(token)
 
+    def revoke_users_grant(self, member: str, family: str) -> bool:
+        """The user ends an app's access they approved (False: not theirs, or unknown)."""
+        if self.grants.member_of_family(family) != member:
+            return False
+        self._revoke_family(family, int(time.time()) + OFFLINE_SECONDS)
+        return True
+
     def _revoke_family(self, family: str, until: int) -> None:
         self.grants.revoke_family(family, until)
         self.issuer.revoke_grant(family, until)

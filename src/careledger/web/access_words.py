@@ -27,16 +27,49 @@ BASES = {
     "break_glass": "Emergency access (break-glass)",
 }
 ACTIONS = {"read": "read", "write": "wrote", "export": "exported"}
+# record kinds as a patient would say them (singular, plural)
+KINDS = {
+    "Observation": ("test result or measurement", "test results and measurements"),
+    "Condition": ("diagnosis", "diagnoses"),
+    "MedicationRequest": ("prescription", "prescriptions"),
+    "MedicationStatement": ("medicine taken", "medicines taken"),
+    "Encounter": ("visit", "visits"),
+    "Immunization": ("vaccination", "vaccinations"),
+    "AllergyIntolerance": ("allergy", "allergies"),
+    "Procedure": ("procedure", "procedures"),
+    "DiagnosticReport": ("report", "reports"),
+    "DocumentReference": ("document", "documents"),
+    "CarePlan": ("care plan", "care plans"),
+    "Patient": ("your details", "your details"),
+    "Claim": ("claim", "claims"),
+    "ExplanationOfBenefit": ("insurance statement", "insurance statements"),
+}
 
 
 def when(ms: int) -> str:
     return time.strftime("%d %b %Y, %H:%M UTC", time.gmtime(ms / 1000))
 
 
+def what_words(types: list[str], windows: int) -> str:
+    """'2 test results and measurements, 1 diagnosis' (most first)."""
+    counts: dict[str, int] = {}
+    for kind in types:
+        counts[kind] = counts.get(kind, 0) + 1
+    parts = []
+    for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        one, many = KINDS.get(kind, (f"{kind} record", f"{kind} records"))
+        parts.append(f"{n} {one if n == 1 else many}")
+    if windows:
+        parts.append(f"{windows} set{'s' if windows != 1 else ''} of device readings")
+    return ", ".join(parts) or "nothing"
+
+
 def plain_entries(
     entries: list[Mapping[str, Any]], read: Callable[[str, str], Any]
 ) -> list[dict[str, Any]]:
-    """Each access with its words beside it (the raw entry kept for the proof links)."""
+    """Each access with its words beside it; the same person doing the same thing on the same
+    day for the same reason is one row (a node's housekeeping writes are not fifty rows), a
+    break-glass always its own."""
     names: dict[tuple[str, str], str] = {}
 
     def name(namespace: str, key: str, field: str, fallback: str) -> str:
@@ -55,17 +88,40 @@ def plain_entries(
         who = name("identity", f"member/{accessor}", "name", accessor)
         if app is not None and app.get("kind") == "backend":
             who = str(app["name"])
-        out.append(
-            {
-                **entry,
-                "when": when(int(entry.get("time", 0))),
-                "who": who,
-                "org_name": name("identity", f"org/{org}", "name", org),
-                "via": None if app is None or app.get("kind") == "backend" else app["name"],
-                "did": ACTIONS.get(str(entry.get("action")), str(entry.get("action"))),
-                "why": PURPOSES.get(str(entry.get("purpose")), str(entry.get("purpose"))),
-                "basis_words": BASES.get(str(basis.get("kind")), str(basis.get("kind", ""))),
-                "count": len(entry.get("records", [])) + len(entry.get("windows", [])),
-            }
-        )
+        kinds = []
+        for record_id in entry.get("records", []):
+            found = read("records", f"record/{record_id}") or {}
+            kinds.append(str(found.get("type", "record")))
+        row = {
+            **entry,
+            "kinds": kinds,
+            "day": time.strftime("%Y-%m-%d", time.gmtime(int(entry.get("time", 0)) / 1000)),
+            "when": when(int(entry.get("time", 0))),
+            "who": who,
+            "org_name": name("identity", f"org/{org}", "name", org),
+            "via": None if app is None or app.get("kind") == "backend" else app["name"],
+            "did": ACTIONS.get(str(entry.get("action")), str(entry.get("action"))),
+            "why": PURPOSES.get(str(entry.get("purpose")), str(entry.get("purpose"))),
+            "basis_words": BASES.get(str(basis.get("kind")), str(basis.get("kind", ""))),
+            "count": len(entry.get("records", [])) + len(entry.get("windows", [])),
+            "accesses": 1,
+        }
+        last = out[-1] if out else None
+        same = ("day", "accessor", "action", "purpose", "app", "accessor_org")
+        if (
+            last is not None
+            and not row.get("break_glass")
+            and not last.get("break_glass")
+            and all(last.get(k) == row.get(k) for k in same)
+            and (last.get("basis") or {}).get("kind") == basis.get("kind")
+        ):
+            last["kinds"] = [*last["kinds"], *kinds]
+            last["count"] += row["count"]
+            last["accesses"] += 1
+            last["windows"] = [*last.get("windows", []), *entry.get("windows", [])]
+            last["first"] = row["when"]
+        else:
+            out.append(row)
+    for row in out:
+        row["what"] = what_words(row["kinds"], len(row.get("windows", [])))
     return out

@@ -6,6 +6,7 @@ sent to an unverified address (RFC 6749 4.1.2.1)."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -19,6 +20,7 @@ from careledger.contracts.base import Signer
 from careledger.errors import CareLedgerError
 from careledger.scopes import parse_scope, parse_scopes
 from careledger.smart.oauth import AuthorizationServer, AuthorizeRequest, OAuthError
+from careledger.web.access_words import when
 from careledger.web.routes import csrf_guard, error_page, form_of, page, session
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_guard)])
@@ -145,6 +147,35 @@ def authorize(request: Request) -> Response:
         target = f"/auth/authorize?{query}"
         return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
     return _render(request, checked, signer, query)
+
+
+@router.get("/me/apps")
+def my_apps(request: Request) -> Response:
+    """The apps the signed-in member let in and that can still refresh (the SMART
+    ``management_endpoint``): each can be stopped here at once."""
+    signer = _signer(request)
+    if signer is None:
+        return RedirectResponse("/signin?next=%2Fme%2Fapps", status_code=303)
+    server = _server(request)
+    grants = server.grants.grants_of(signer.member, int(time.time()))
+    for grant in grants:
+        app = server.app(grant["client_id"])
+        grant["name"] = app["name"] if app is not None else grant["client_id"]
+        grant["org"] = app["org"] if app is not None else ""
+        grant["since_words"] = when(grant["since"] * 1000)
+        grant["until_words"] = when(grant["until"] * 1000)
+        grant["what"] = [describe(s) for s in grant["scope"].split()]
+    return page(request, "apps.html", grants=grants)
+
+
+@router.post("/me/apps/{grant}/revoke")
+async def stop_app(request: Request, grant: str) -> Response:
+    signer = _signer(request)
+    if signer is None:
+        return RedirectResponse("/signin?next=%2Fme%2Fapps", status_code=303)
+    if not _server(request).revoke_users_grant(signer.member, grant[:64]):
+        return error_page(request, 404, "UNKNOWN_GRANT", "There is no such app access of yours.")
+    return RedirectResponse("/me/apps", status_code=303)
 
 
 @router.post("/clinician/launch")

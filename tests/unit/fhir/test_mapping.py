@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
 
 from careledger.fhir.mapping import access_to_audit_event, consent_to_grant, grant_to_consent
 from careledger.fhir.outcome import FhirError
@@ -74,24 +75,53 @@ def test_unsupported_consents_are_refused(mutate) -> None:
     assert info.value.http_status == 422
 
 
-def test_access_as_audit_event() -> None:
+BREAK_GLASS_READ = {
+    "tx": "cd" * 32,
+    "patient": "pt-1",
+    "accessor": "dr-x",
+    "accessor_org": "clinic",
+    "custodian": "hosp",
+    "records": ["r1", "r2"],
+    "action": "read",
+    "purpose": "ETREAT",
+    "basis": {"kind": "break_glass", "id": "x"},
+    "break_glass": True,
+    "height": 3,
+    "time": 1_790_000_000_000,
+}
+
+
+def test_access_as_a_balp_audit_event() -> None:
     event = access_to_audit_event(
-        {
-            "tx": "cd" * 32,
-            "patient": "pt-1",
-            "accessor": "dr-x",
-            "accessor_org": "clinic",
-            "custodian": "hosp",
-            "records": ["r1", "r2"],
-            "action": "read",
-            "purpose": "ETREAT",
-            "basis": {"kind": "break_glass", "id": "x"},
-            "break_glass": True,
-            "height": 3,
-            "time": 1_790_000_000_000,
-        }
+        {**BREAK_GLASS_READ, "app": "acme-charting"}, {"r1": "Observation"}, "https://n"
     )
-    assert event["action"] == "R"
-    assert event["agent"][0]["who"]["reference"] == "Practitioner/dr-x"
-    assert event["subtype"][0]["code"] == "break-glass"
-    assert len(event["entity"]) == 3
+    AuditEvent.model_validate(event)  # valid R4(B), strictly
+    assert event["meta"]["profile"] == [
+        "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead"
+    ]
+    assert event["meta"]["security"][0]["code"] == "BTG"
+    assert event["action"] == "R" and event["subtype"][0]["code"] == "read"
+    client, server, user = event["agent"]
+    assert client["type"]["coding"][0]["code"] == "110153"
+    assert client["who"]["identifier"]["value"] == "acme-charting" and not client["requestor"]
+    assert server["who"]["reference"] == "Organization/hosp"
+    assert user["who"]["reference"] == "Practitioner/dr-x" and user["requestor"] is True
+    assert user["policy"] == ["urn:careledger:break_glass:x"]
+    patient, first, second = event["entity"]
+    assert patient["what"]["reference"] == "Patient/pt-1" and patient["role"]["code"] == "1"
+    assert first["what"]["reference"] == "Observation/r1"
+    assert second["what"]["identifier"]["value"] == "r2"
+    proof = {e["url"]: e for e in event["extension"][0]["extension"]}
+    assert proof["proof"]["valueUri"] == f"https://n/v1/tx/{'cd' * 32}"
+
+
+def test_a_backend_apps_export_is_a_query_by_the_app_itself() -> None:
+    entry = {**BREAK_GLASS_READ, "accessor": "sync-app", "app": "sync-app", "action": "export",
+             "purpose": "HOPERAT", "basis": {"kind": "custodian", "id": None},
+             "break_glass": False}  # fmt: skip
+    event = access_to_audit_event(entry)
+    AuditEvent.model_validate(event)
+    assert event["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientQuery")
+    assert event["action"] == "E" and "security" not in event["meta"]
+    assert len(event["agent"]) == 2 and event["agent"][0]["requestor"] is True
+    assert event["agent"][0]["policy"] == ["urn:careledger:custodian"]

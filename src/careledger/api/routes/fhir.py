@@ -24,10 +24,13 @@ from starlette.concurrency import run_in_threadpool
 from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of as _caller
 from careledger.api.routes.smart import origin_of
+from careledger.contracts.records import NAMESPACE as RECORDS_NS
+from careledger.contracts.records import record_key
 from careledger.errors import Conflict, ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
 from careledger.fhir.search import SearchRequest, parse_search, shape
+from careledger.fhir.search import matches as search_matches
 from careledger.fhir.search import parameters as search_parameters
 from careledger.fhir.validate import SUPPORTED_TYPES, find_issues, validate_resource
 from careledger.health import bundles
@@ -229,6 +232,7 @@ def _capability(resource_type: str) -> dict[str, Any]:
 @router.get("/metadata", summary="CapabilityStatement")
 def metadata(request: Request) -> Response:
     resources = [_capability(t) for t in sorted(SUPPORTED_TYPES - {"Consent"})]
+    resources.append(_audit_capability())
     return _fhir(
         {
             "resourceType": "CapabilityStatement",
@@ -311,12 +315,79 @@ def search_consents(
     return _fhir(_plain_bundle(resources))
 
 
-@router.get("/AuditEvent", summary="Who accessed a patient's data (read-only, from the ledger)")
-def search_audit_events(
-    request: Request, claims: MemberDep, patient: Annotated[str, Query(max_length=80)]
+AUDIT_SEARCH = ("date", "agent", "altid", "entity", "action", "subtype", "policy")
+
+
+def _audit_capability() -> dict[str, Any]:
+    """AuditEvent: read and searched, never written (the ledger's access events, as BALP)."""
+    params = search_parameters("AuditEvent")
+    return {
+        "type": "AuditEvent",
+        "supportedProfile": [mapping.BALP + k for k, _, _ in mapping.BALP_KINDS.values()],
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [
+            {
+                "name": code,
+                "definition": f"http://hl7.org/fhir/SearchParameter/{params[code].definition}",
+                "type": params[code].type,
+            }
+            for code in ("patient", *AUDIT_SEARCH)
+        ],
+    }
+
+
+@router.get("/AuditEvent", summary="Who accessed a patient's data (IHE BALP, from the ledger)")
+def search_audit_events(request: Request, claims: MemberDep) -> Response:
+    """A patient's access events as BALP AuditEvents, newest first; searchable by ``date``,
+    ``agent`` (who), ``altid`` (a member's or an app's id), ``entity`` (a record), ``action``,
+    ``subtype`` and ``policy`` (the consent or break-glass that allowed it)."""
+    pairs = request.query_params.multi_items()
+    patients = [v for k, v in pairs if k == "patient"]
+    if len(patients) != 1:
+        raise FhirError(
+            [Issue("error", "required", "AuditEvent is searched for one patient", ("patient",))],
+            code="PATIENT_REQUIRED",
+        )
+    rest = [(k, v) for k, v in pairs if k != "patient"]
+    refused = sorted({k.split(":")[0] for k, _ in rest} - {*AUDIT_SEARCH, "_count", "_offset"})
+    if refused:
+        raise FhirError(
+            [Issue("error", "not-supported", f"{refused[0]}: not searched here", (refused[0],))],
+            code="UNSUPPORTED_SEARCH",
+        )
+    query = parse_search("AuditEvent", rest, max_count=MAX_PAGE)
+    patient = patients[0].removeprefix("Patient/")
+    records = _records(request)
+    entries = records.access_log(_caller(claims), patient)
+    events = _audit_events(request, entries)
+    now, base = datetime.now(UTC), _base_url(request)
+    hits = [e for e in reversed(events) if search_matches(e, query, now=now, base_url=base)]
+    page = hits[query.offset : query.offset + query.count]
+    bundle = _plain_bundle(page)
+    bundle["total"] = len(hits)
+    return _fhir(bundle)
+
+
+def _audit_events(request: Request, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    records = _records(request)
+    types: dict[str, str] = {}
+    for entry in entries:
+        for record_id in entry.get("records", []):
+            if record_id not in types:
+                meta = records.ledger.state(RECORDS_NS, record_key(record_id))
+                if meta is not None:
+                    types[record_id] = str(meta["type"])
+    origin = origin_of(request)
+    return [mapping.access_to_audit_event(e, types, origin) for e in entries]
+
+
+@router.get("/AuditEvent/{event_id}", summary="One access event (IHE BALP), by its transaction")
+def read_audit_event(
+    request: Request, claims: MemberDep, event_id: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
 ) -> Response:
-    entries = _records(request).access_log(_caller(claims), patient.removeprefix("Patient/"))
-    return _fhir(_plain_bundle([mapping.access_to_audit_event(e) for e in entries]))
+    records = _records(request)
+    entry = records.access_entry(_caller(claims), event_id)
+    return _fhir(_audit_events(request, [entry])[0])
 
 
 def _plain_bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
