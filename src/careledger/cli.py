@@ -950,8 +950,14 @@ def devices_simulate(
         for thread in threads:
             thread.join()
     summary = totals.as_json()
+    already = totals.already()
+    for dev, windows in already.items():
+        err.print(
+            f"note: {dev} already had {windows} windows of readings on the ledger; these rows"
+            " were added beside them as new readings stamped from now, not merged"
+        )
     if json_out:
-        _print_json(summary)
+        _print_json({**summary, **({"already": already} if already else {})})
     else:
         out.print(
             f"sent {summary['batches']} batches ({summary['readings']} readings) from"

@@ -19,7 +19,7 @@ from careledger.demo import DEMO_PRODUCTS
 from careledger.keyfile import read_key_file, write_key_file
 from careledger.nodedir import init_demo
 from careledger.storage.sqlite import SQLiteStore
-from tests.support.nodes import Server, serving
+from tests.support.nodes import Server, login, serving
 
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
@@ -229,7 +229,7 @@ def test_a_patient_sees_verified_records_and_exports_them(page: Page, server: Se
     expect(page.get_by_test_id("proof-verdict")).to_have_text("Verified in your browser")
     page.goto(f"{server.url}/me/access")
     log = page.get_by_test_id("access-log")
-    expect(log).to_contain_text(key.stem)  # the patient's own reads are on the record too
+    expect(log).to_contain_text("You")  # the patient's own reads are on the record too
     shot(page, "patient-access-log")
 
 
@@ -240,11 +240,25 @@ def test_a_revoked_consent_stops_the_clinician_at_once(
     patient = key.stem
     sign_in(page, server, key)
     page.goto(f"{server.url}/me/consents")
-    page.get_by_label("Organisation").select_option("northside-clinic")
-    page.get_by_role("button", name="Grant").click()
+    # nothing is chosen for the patient: who, which records, what for and how long
+    expect(page.get_by_label("Organisation")).to_have_value("")
+    assert not page.locator("input[name=types]:checked").count()
+    expect(page.get_by_label("Organisation")).to_contain_text("(your hospital)")
+
+    def grant_northside() -> None:
+        page.get_by_label("Organisation").select_option("northside-clinic")
+        page.get_by_label("Everything").check()
+        page.get_by_label("Treatment").check()
+        page.get_by_label("30 days").check()
+        page.get_by_role("button", name="Grant").click()
+
+    grant_northside()
     table = page.get_by_test_id("consents")
-    expect(table).to_contain_text("northside-clinic")
+    expect(table).to_contain_text("Northside Clinic")
+    expect(table).to_contain_text("everything")
     shot(page, "patient-consents")
+    grant_northside()  # the very same again: refused, said plainly
+    expect(page.get_by_test_id("consent-problem")).to_contain_text("already gave this consent")
     clinician = browser.new_context().new_page()
     try:
         sign_in(clinician, server, server.data_dir / "keys" / "dr-ben-okafor.key")
@@ -393,7 +407,8 @@ def axe_problems(page: Page) -> list[str]:
 def test_pages_pass_an_accessibility_check(page: Page, server: Server) -> None:
     assert AXE.exists(), "scripts/vendor-assets.sh installs axe-core for this test"
     problems: dict[str, list[str]] = {}
-    for path in ("/", "/signin", "/verify", "/explorer"):
+    for path in ("/", "/signin", "/verify", "/explorer", "/explorer/blocks/1",
+                 "/explorer/members/dr-ana-silva", "/keys/new"):  # fmt: skip
         page.goto(f"{server.url}{path}")
         problems[path] = axe_problems(page)
     page.goto(f"{server.url}/verify")
@@ -401,7 +416,12 @@ def test_pages_pass_an_accessibility_check(page: Page, server: Server) -> None:
     expect(page.get_by_test_id("verdict")).to_be_visible()
     problems["/verify (result)"] = axe_problems(page)
     sign_in(page, server, patient_key(server))
-    for path in ("/me", "/me/access", "/me/consents", "/me/research", "/me/vitals", "/visits"):
+    for path in ("/me", "/me/access", "/me/consents", "/me/research", "/me/vitals", "/visits",
+                 "/me/apps"):  # fmt: skip
+        page.goto(f"{server.url}{path}")
+        problems[path] = axe_problems(page)
+    sign_in(page, server, server.data_dir / "keys" / "dr-ana-silva.key")  # a clinician's too
+    for path in ("/clinician", "/clinician?find=an", "/clinician?patient=nobody-here"):
         page.goto(f"{server.url}{path}")
         problems[path] = axe_problems(page)
     assert {p: v for p, v in problems.items() if v} == {}
@@ -707,9 +727,25 @@ def test_the_api_docs_work_offline(page: Page, server: Server) -> None:
 
 
 PHONE_PAGES = {
-    None: ["/", "/verify", "/explorer", "/signin", "/keys/new"],
-    "patient": ["/me", "/me/access", "/me/consents", "/me/vitals", "/me/research", "/visits"],
-    "dr-ana-silva": ["/clinician", "/alerts", "/visits"],
+    None: [
+        "/",
+        "/verify",
+        "/explorer",
+        "/signin",
+        "/keys/new",
+        "/explorer/members/dr-ana-silva",
+        "/explorer/blocks/1",
+    ],
+    "patient": [
+        "/me",
+        "/me/access",
+        "/me/consents",
+        "/me/vitals",
+        "/me/research",
+        "/visits",
+        "/me/apps",
+    ],
+    "dr-ana-silva": ["/clinician", "/clinician?find=an", "/alerts", "/visits"],
     "acme-admin": ["/recalls"],
     "st-mary-admin": ["/admin/patients"],
 }
@@ -737,3 +773,56 @@ def test_no_page_is_wider_than_a_phone(browser: Browser, server: Server) -> None
     finally:
         context.close()
     assert wide == [], f"pages that scroll sideways on a phone: {wide}"
+
+
+def test_clinicians_find_patients_by_name_and_an_unknown_id_says_so(
+    page: Page, server: Server
+) -> None:
+    key = patient_key(server)
+    with login(server, key) as own:
+        family = own.get(f"/fhir/Patient/{key.stem}").json()["name"][0]["family"]
+    sign_in(page, server, server.data_dir / "keys" / "dr-ana-silva.key")
+    page.goto(f"{server.url}/clinician")
+    page.get_by_label("Find a patient by name").fill(family[:4])
+    page.get_by_role("button", name="Find").click()
+    found = page.get_by_test_id("found")
+    expect(found).to_contain_text(family)
+    found.get_by_role("link").filter(has_text=family).first.click()
+    expect(page.get_by_test_id("history")).to_be_visible()
+    page.goto(f"{server.url}/clinician?patient=nobody-here")
+    expect(page.get_by_test_id("unknown-patient")).to_contain_text("No patient has the id")
+    expect(page.locator("#glass")).to_have_count(0)  # no break-glass offered for nobody
+
+
+def test_an_admin_finds_registration_and_keys_from_home(page: Page, server: Server) -> None:
+    sign_in(page, server, server.data_dir / "keys" / "st-mary-admin.key")
+    page.goto(f"{server.url}/")
+    links = page.get_by_test_id("my-links")
+    expect(links.get_by_role("link", name="Register a patient")).to_have_attribute(
+        "href", "/admin/patients"
+    )
+    links.get_by_role("link", name="Make a key for someone").click()
+    expect(page.locator("#made")).to_be_hidden()  # the key is shown only once made
+
+
+def test_the_explorer_finds_and_pages_and_says_who_did_what(page: Page, server: Server) -> None:
+    page.goto(f"{server.url}/explorer")
+    blocks = page.get_by_test_id("blocks")
+    expect(blocks.locator("tbody tr")).to_have_count(15)
+    newest = int(blocks.locator("tbody tr a").first.inner_text())
+    page.get_by_test_id("older").click()
+    expect(blocks.locator("tbody tr a").first).to_have_text(str(newest - 15))
+    search = page.get_by_label("Find a transaction id, a block height, or a member's id")
+    search.fill("1")
+    page.get_by_role("button", name="Find").click()
+    expect(page.get_by_role("heading", name="Block 1")).to_be_visible()
+    expect(page.locator("table")).to_contain_text("identity")  # contract, method, signer
+    page.locator("table a").first.click()
+    expect(page.get_by_test_id("tx-what")).to_contain_text("signed by")
+    tx_id = page.url.rsplit("/", 1)[1]
+    page.goto(f"{server.url}/explorer?q={tx_id}")
+    expect(page).to_have_url(re.compile(f"/explorer/tx/{tx_id}$"))
+    page.goto(f"{server.url}/explorer?q=dr-ana-silva")
+    expect(page.get_by_test_id("member")).to_contain_text("clinician")
+    page.goto(f"{server.url}/explorer?q=nobody-at-all")
+    expect(page.get_by_test_id("not-found")).to_contain_text("nobody-at-all")

@@ -4,6 +4,7 @@ care team, acknowledged, readings proven end to end, a WebSocket stream, an ende
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -178,6 +179,14 @@ def test_a_monitored_patient_from_device_to_acknowledged_alert(
     )
     assert huge.status_code == 413 and huge.json()["code"] == "REQUEST_TOO_LARGE"
     pharmacist.close()
+    # the same file again: said plainly that it lands beside what is there, not merged
+    again = run_cli(
+        "devices", "simulate", str(csv), "--device", "oxi-7", "--key", str(world["key_file"]),
+        "--speed", "0", "--per-batch", "6", "--url", server.url, "--json",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"oxi-7 already had \d+ windows", " ".join(again.stderr.split()))
+    assert orjson.loads(again.stdout)["already"]["oxi-7"] > 0
 
 
 def test_a_websocket_stream_and_an_ended_binding(server: Server, world: dict[str, Any]) -> None:

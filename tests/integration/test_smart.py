@@ -36,6 +36,7 @@ from tests.support.nodes import Server, free_port, login, run_cli, serving
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "tests" / "e2e" / "screenshots"  # copied into docs/screenshots
 REDIRECT_PORT = free_port()
 REDIRECT = f"http://127.0.0.1:{REDIRECT_PORT}/callback"
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -111,6 +112,8 @@ def authorize_in_browser(
         page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_test_id("authorize-title")).to_contain_text("Acme Charting")
         assert page.evaluate("() => window.top === window.self")
+        SHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SHOTS / "smart-authorize.png"), full_page=True)
         if patient is not None:
             page.get_by_label("Which patient (their id)").fill(patient)
         page.get_by_test_id("approve").click()
@@ -174,6 +177,7 @@ def test_a_patient_signs_in_to_an_app_with_the_python_smart_client(
         page.get_by_label("Key file").set_input_files(str(key))
         page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_test_id("via-app").first).to_have_text("via Acme Charting")
+        page.screenshot(path=str(SHOTS / "patient-access-log.png"), full_page=True)
     finally:
         context.close()
     # refresh rotates; the rotated token used again revokes the whole grant

@@ -25,11 +25,15 @@ class Totals:
     readings: int = 0
     alerts: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    # device -> the window its first batch of this run went into: above 0, the device already
+    # had readings on the ledger, and these were added beside them
+    first_window: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, answer: dict[str, Any]) -> None:
         with self.lock:
             if answer.get("status") == "accepted":
+                self.first_window.setdefault(str(answer.get("device")), int(answer["window"]))
                 self.batches += 1
                 self.readings += int(answer["readings"])
                 self.alerts += int(answer["alerts"])
@@ -44,6 +48,10 @@ class Totals:
             "alerts": self.alerts,
             "refused": dict(self.refused),
         }
+
+    def already(self) -> dict[str, int]:
+        """Devices that had readings before this run, and how many windows of them."""
+        return {d: w for d, w in sorted(self.first_window.items()) if w > 0}
 
 
 def _post(client: httpx.Client, device: str) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -86,6 +86,8 @@ def plain_entries(
         app = app_of(read, str(app_id)) if app_id else None
         basis = entry.get("basis") or {}
         who = name("identity", f"member/{accessor}", "name", accessor)
+        if accessor == entry.get("patient"):
+            who = "You"
         if app is not None and app.get("kind") == "backend":
             who = str(app["name"])
         kinds = []
@@ -105,6 +107,7 @@ def plain_entries(
             "basis_words": BASES.get(str(basis.get("kind")), str(basis.get("kind", ""))),
             "count": len(entry.get("records", [])) + len(entry.get("windows", [])),
             "accesses": 1,
+            "seen": set(entry.get("records", [])),
         }
         last = out[-1] if out else None
         same = ("day", "accessor", "action", "purpose", "app", "accessor_org")
@@ -115,7 +118,10 @@ def plain_entries(
             and all(last.get(k) == row.get(k) for k in same)
             and (last.get("basis") or {}).get("kind") == basis.get("kind")
         ):
-            last["kinds"] = [*last["kinds"], *kinds]
+            fresh = [r for r in entry.get("records", []) if r not in last["seen"]]
+            last["seen"].update(fresh)
+            pairs = zip(entry.get("records", []), kinds, strict=True)
+            last["kinds"] = [*last["kinds"], *(k for r, k in pairs if r in fresh)]
             last["count"] += row["count"]
             last["accesses"] += 1
             last["windows"] = [*last.get("windows", []), *entry.get("windows", [])]

@@ -123,8 +123,10 @@ def _render(
     needs_patient = not is_patient and (
         any(s.context == "patient" for s in resources) or "launch/patient" in offered
     )
+    org = get_node(request).ledger.state("identity", f"org/{checked.app['org']}") or {}
     context: dict[str, Any] = {
         "app": checked.app,
+        "org_name": org.get("name", checked.app["org"]),
         "offered": [{"scope": s, "words": describe(s)} for s in offered],
         "dropped": [s for s in checked.scope if s not in offered],
         "launch_patient": launch_patient,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,11 +48,16 @@ from careledger.supply.supply_service import (
     lms_request_from_link,
 )
 from careledger.web import fhir_view
+from careledger.web.access_words import PURPOSES as PURPOSE_WORDS
 from careledger.web.access_words import plain_entries
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters["iso_ms"] = lambda ms: iso_ms(int(ms))[:19].replace("T", " ")
+templates.env.filters["purpose_words"] = lambda code: PURPOSE_WORDS.get(code, code)
+templates.env.filters["day_words"] = lambda ms: time.strftime(
+    "%d %b %Y", time.gmtime(int(ms) / 1000)
+)
 COOKIE = "careledger_session"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
@@ -386,42 +392,81 @@ async def dispense(request: Request) -> HTMLResponse:
 # -- ledger explorer ----------------------------------------------------------------------
 
 
+EXPLORER_PAGE = 15
+TX_ID = re.compile(r"^[0-9a-f]{64}$")
+MEMBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _who_signed(ledger: Any, public_key: str) -> str:
+    """The member id behind a key, as the ledger has it (revoked keys still say whose)."""
+    entry = ledger.state("identity", f"key/{public_key}")
+    return str(entry["member"]) if entry else f"{public_key[:12]}…"
+
+
+def _tx_summary(ledger: Any, envelope: bytes) -> dict[str, str]:
+    body = orjson.loads(envelope).get("body", {})
+    return {
+        "contract": str(body.get("contract", "")),
+        "method": str(body.get("method", "")),
+        "signer": _who_signed(ledger, str(body.get("signer", ""))),
+    }
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
 @router.get("/explorer", response_class=HTMLResponse)
-def explorer(request: Request) -> HTMLResponse:
+def explorer(
+    request: Request,
+    q: Annotated[str, Query(max_length=80)] = "",
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> Response:
+    """The head, the checkpoint, blocks 15 at a time (``before``: older pages), the
+    transactions per day, and a search box: a transaction id, a height, or a member's id."""
     node = get_node(request)
-    head = node.ledger.head
+    ledger = node.ledger
+    head = ledger.head
+    wanted = q.strip()
+    if wanted:
+        if wanted.isdigit() and 0 <= int(wanted) <= head.height:
+            return RedirectResponse(f"/explorer/blocks/{int(wanted)}", status_code=303)
+        if TX_ID.match(wanted) and ledger.store.find_tx(wanted) is not None:
+            return RedirectResponse(f"/explorer/tx/{wanted}", status_code=303)
+        if MEMBER_ID.match(wanted) and ledger.state("identity", f"member/{wanted}") is not None:
+            return RedirectResponse(f"/explorer/members/{wanted}", status_code=303)
+    top = min(head.height, (before or head.height + 1) - 1)
     blocks = []
-    for height in range(head.height, max(-1, head.height - 15), -1):
-        header = node.ledger.store.header(height)
+    for height in range(top, max(-1, top - EXPLORER_PAGE), -1):
+        header = ledger.store.header(height)
         if header is not None:
-            blocks.append(
-                {
-                    "height": height,
-                    "hash": node.ledger.store.header_hash(height),
-                    "header": header.to_json(),
-                }
-            )
-    note = node.ledger.checkpoint()
+            blocks.append({"height": height, "hash": ledger.store.header_hash(height),
+                           "header": header.to_json(), "when": _when(header.time)})  # fmt: skip
+    note = ledger.checkpoint()
     if node.witness is not None:  # consortium: the newest checkpoint with the most cosigners
-        for wanted in range(8, 1, -1):
+        for cosigners in range(8, 1, -1):
             try:
-                note = node.witness.cosigned(wanted)
+                note = node.witness.cosigned(cosigners)
                 break
             except CareLedgerError:
                 continue
     signers = [line.split()[1] for line in note.splitlines() if line.startswith("\u2014 ")]
     per_day: dict[str, int] = {}
     for height in range(max(1, head.height - 5000), head.height + 1):  # the recent history
-        header = node.ledger.store.header(height)
+        header = ledger.store.header(height)
         if header is not None:
             day = time.strftime("%Y-%m-%d", time.gmtime(header.time / 1000))
             per_day[day] = per_day.get(day, 0) + header.tx_count
+    oldest = blocks[-1]["height"] if blocks else 0
     return page(
         request,
         "explorer.html",
         head=head.to_json(),
-        head_hash=node.ledger.head_hash,
+        head_hash=ledger.head_hash,
         blocks=blocks,
+        older=oldest if oldest > 0 else None,
+        newer=top < head.height,
+        searched=wanted,
         checkpoint=note,
         signers=signers,
         chart_name="Transactions per day",
@@ -429,6 +474,17 @@ def explorer(request: Request) -> HTMLResponse:
         .decode()
         .replace("<", "\\u003c"),
     )
+
+
+@router.get("/explorer/members/{member_id}", response_class=HTMLResponse)
+def member_page(request: Request, member_id: str) -> HTMLResponse:
+    """A member as the ledger has it: the open part of identity (ADR 0004)."""
+    ledger = get_node(request).ledger
+    member = ledger.state("identity", f"member/{member_id}") if MEMBER_ID.match(member_id) else None
+    if member is None:
+        raise NotFound("no member with that id", code="UNKNOWN_MEMBER")
+    org = ledger.state("identity", f"org/{member['org']}") or {}
+    return page(request, "member.html", member=member, org=org)
 
 
 @router.get("/explorer/blocks/{height}", response_class=HTMLResponse)
@@ -439,13 +495,16 @@ def block_page(request: Request, height: int) -> HTMLResponse:
         raise NotFound(f"no block at height {height}", code="UNKNOWN_BLOCK")
     txs = node.ledger.store.block_txs(height)
     rows = [
-        {"tx_id": t.tx_id, "leaf": t.leaf_index, "receipt": orjson.loads(t.receipt)} for t in txs
-    ]
+        {"tx_id": t.tx_id, "leaf": t.leaf_index, "receipt": orjson.loads(t.receipt),
+         **_tx_summary(node.ledger, t.envelope)}
+        for t in txs
+    ]  # fmt: skip
     return page(
         request,
         "block.html",
         height=height,
         header=header.to_json(),
+        when=_when(header.time),
         hash=node.ledger.store.header_hash(height),
         txs=rows,
     )
@@ -457,11 +516,16 @@ def tx_page(request: Request, tx_id: str) -> HTMLResponse:
     if len(tx_id) != 64:
         raise NotFound("no such transaction", code="UNKNOWN_TX")
     proof = node.ledger.tx_proof(tx_id)
+    found = node.ledger.store.find_tx(tx_id)
+    summary = _tx_summary(node.ledger, found[1].envelope) if found is not None else {}
+    header = node.ledger.store.header(found[0]) if found is not None else None
     return page(
         request,
         "tx.html",
         tx_id=tx_id,
         proof=proof,
+        summary=summary,
+        when=_when(header.time) if header is not None else "",
         proof_json=orjson.dumps(proof).decode().replace("<", "\\u003c"),
         vkey=node.ledger.verifier_key(),
     )
@@ -532,32 +596,92 @@ def my_access_log(request: Request) -> HTMLResponse:
     return page(request, "access.html", entries=shown, key_events=keys)
 
 
+CONSENT_KINDS = (
+    ("*", "Everything"),
+    ("Observation", "Test results and measurements"),
+    ("Condition", "Diagnoses"),
+    ("MedicationRequest", "Prescriptions"),
+    ("AllergyIntolerance", "Allergies"),
+    ("Immunization", "Vaccinations"),
+    ("Encounter", "Visits"),
+    ("DiagnosticReport", "Reports"),
+)
+CONSENT_PURPOSES = frozenset({"TREAT", "CAREMGT", "HRESCH"})
+
+
+def _consents_page(
+    request: Request, claims: TokenClaims, caller: Caller, problem: str = ""
+) -> HTMLResponse:
+    node = get_node(request)
+    consents = request.app.state.health.consents(caller, claims.member)
+    orgs = list(node.ledger.state("identity", "orgs") or [])
+    names = {o: (node.ledger.state("identity", f"org/{o}") or {}).get("name", o) for o in orgs}
+    response = page(
+        request,
+        "consents.html",
+        consents=consents,
+        orgs=orgs,
+        org_names=names,
+        own_org=claims.org,
+        kinds=CONSENT_KINDS,
+        problem=problem,
+    )
+    if problem:
+        response.status_code = 400
+    return response
+
+
 @router.get("/me/consents", response_class=HTMLResponse)
 def my_consents(request: Request) -> HTMLResponse:
     claims, caller = _patient(request)
-    node = get_node(request)
-    consents = request.app.state.health.consents(caller, claims.member)
-    orgs = [o for o in (node.ledger.state("identity", "orgs") or []) if o != claims.org]
-    return page(request, "consents.html", consents=consents, orgs=orgs)
+    return _consents_page(request, claims, caller)
 
 
 @router.post("/me/consents")
 async def grant(request: Request) -> Response:
+    """Nothing is assumed: who, which records, what for and how long are each chosen; an
+    exact copy of an active consent is refused rather than granted twice."""
     claims, caller = _patient(request)
     form = await form_of(request)
     org = (form.get("org") or [""])[0]
-    types = [t for t in (form.get("types") or ["*"])[0].replace(" ", "").split(",") if t]
-    purpose = (form.get("purpose") or ["TREAT"])[0]
+    types = sorted({t for v in form.get("types") or [] for t in v.replace(" ", "").split(",") if t})
+    purpose = (form.get("purpose") or [""])[0]
     days = (form.get("days") or [""])[0]
+    orgs = get_node(request).ledger.state("identity", "orgs") or []
+    missing = [
+        what
+        for what, ok in (
+            ("who may read", org in orgs),
+            ("which records", bool(types)),
+            ("what for", purpose in CONSENT_PURPOSES),
+            ("for how long", days == "forever" or (days.isdigit() and 0 < int(days) <= 3650)),
+        )
+        if not ok
+    ]
+    if missing:
+        return _consents_page(request, claims, caller, f"Please choose {', '.join(missing)}.")
     args: dict[str, Any] = {
         "grantee": {"org": org},
         "actions": ["read"],
-        "resource_types": types or ["*"],
+        "resource_types": ["*"] if "*" in types else types,
         "purposes": [purpose],
     }
-    if days.isdigit() and 0 < int(days) <= 3650:
+    if days != "forever":
         args["end"] = int(time.time() * 1000) + int(days) * 86_400_000
-    await run_in_threadpool(request.app.state.health.grant_consent, caller, claims.member, args)
+    health = request.app.state.health
+    for existing in health.consents(caller, claims.member):
+        same = (
+            existing["status"] == "active"
+            and existing["grantee"] == args["grantee"]
+            and sorted(existing["resource_types"]) == sorted(args["resource_types"])
+            and sorted(existing["purposes"]) == [purpose]
+            and (existing["end"] is None) == ("end" not in args)
+        )
+        if same:
+            return _consents_page(
+                request, claims, caller, "You already gave this consent: it is in the table."
+            )
+    await run_in_threadpool(health.grant_consent, caller, claims.member, args)
     return RedirectResponse("/me/consents", status_code=303)
 
 
@@ -818,6 +942,7 @@ async def clinician(
     request: Request,
     patient: Annotated[str, Query(max_length=64)] = "",
     emergency: Annotated[bool, Query()] = False,
+    find: Annotated[str, Query(max_length=80)] = "",
 ) -> HTMLResponse:
     claims = session(request)
     caller = caller_of(claims)
@@ -825,10 +950,15 @@ async def clinician(
         raise Forbidden("sign in with a clinician's or nurse's key", code="NOT_AUTHORISED")
     patient = patient.strip()
     waiting = _awaiting_cosignature(request, caller)
+    if patient and get_node(request).ledger.state("identity", f"member/{patient}") is None:
+        return page(request, "clinician.html", patient=patient, unknown=True)
     if not patient:
+        found = await run_in_threadpool(_find_patients, request, caller, find.strip())
         return page(
             request,
             "clinician.html",
+            find=find.strip(),
+            found=found,
             patient="",
             consented=_consented(request, caller),
             to_confirm=[w for w in waiting if w["member"] != caller.member],
@@ -861,6 +991,30 @@ async def clinician(
         emergency=emergency,
         launch_apps=[a for a in launch_apps if a["status"] == "active"],
     )
+
+
+def _find_patients(request: Request, caller: Caller, text: str) -> list[dict[str, str]] | None:
+    """Patients of the caller's organisation (and those who consented to it) by name, as a
+    FHIR ``Patient?name=`` search: the blind index finds them, and only the patients shown
+    are read (and logged). None when nothing was asked."""
+    if not text:
+        return None
+    from datetime import UTC, datetime
+
+    from careledger.fhir.search import parse_search
+    from careledger.health.search import search_org
+
+    request_ = parse_search("Patient", [("name", text), ("_count", "20")])
+    result = search_org(request.app.state.health, caller, request_, purpose="TREAT",
+                        base_url="", now=datetime.now(UTC))  # fmt: skip
+    shown = []
+    for stored in result.page:
+        names = stored.resource.get("name") or [{}]
+        first = names[0]
+        words = " ".join([*first.get("given", []), first.get("family", "")]).strip()
+        shown.append({"id": stored.record_id, "name": words or first.get("text", "(no name)"),
+                      "born": str(stored.resource.get("birthDate", ""))})  # fmt: skip
+    return shown
 
 
 def _break_glass_entries(request: Request) -> list[Mapping[str, Any]]:

@@ -31,6 +31,8 @@ def entry(**kw: Any) -> dict[str, Any]:
 
 def test_names_dates_purposes_and_the_app_in_words() -> None:
     (row,) = plain_entries([entry(app="acme", records=["o1", "o2", "c1"])], read)
+    (own,) = plain_entries([entry(accessor="pt-1", patient="pt-1")], read)
+    assert own["who"] == "You"
     assert row["who"] == "Dr Ana Silva" and row["org_name"] == "St Mary's Hospital"
     assert row["via"] == "Acme Charting" and row["why"] == "treatment"
     assert row["when"].startswith("0") or row["when"][0].isdigit()
@@ -48,7 +50,8 @@ def test_a_days_housekeeping_is_one_row_and_a_break_glass_never_merges() -> None
     assert len(rows) == 3  # two break-glass reads, one row for sixty writes
     housekeeping = rows[-1]
     assert housekeeping["accesses"] == 60 and housekeeping["who"] == "St Mary's node"
-    assert housekeeping["what"] == "40 test results and measurements, 20 diagnoses"
+    # the same three records, written again and again: three records
+    assert housekeeping["what"] == "2 test results and measurements, 1 diagnosis"
     assert rows[0]["basis_words"] == "Emergency access (break-glass)"
 
 

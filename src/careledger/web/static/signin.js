@@ -71,4 +71,6 @@
       status.textContent = "Could not sign in: " + error.message;
     }
   });
+  // enabled only now that this script listens: a click before would submit the bare form
+  form.querySelector("button[type=submit]").disabled = false;
 })();
