@@ -4,7 +4,7 @@ A job exports, as of the ledger height at kick-off, every record this custodian 
 app may see: its organisation's own records as custodian, others' under a consent to the
 organisation. Each patient's exported records get one access event (action ``export``), committed
 before a line of them is written. Files are NDJSON per type, streamed to disk (memory bounded by
-one batch of patients), listed in a manifest the node signs: each file's SHA-256 and count, the
+2,000 decrypted records), listed in a manifest the node signs: each file's SHA-256 and count, the
 ledger height and the checkpoint (signed tree head) of that height, and ``records.ndjson``, which
 names every exported record version with its anchoring transaction, so that a recipient can check
 offline (``careledger export verify``) that the files are exactly what the node says it sent.
@@ -46,7 +46,7 @@ EXPORT_DIR = "exports"
 PROOF_EXTENSION = "https://careledger.dev/fhir/StructureDefinition/export-proof"
 INDEX_FILE = "records.ndjson"
 PATIENTS_PER_COMMIT = 50
-MAX_RECORDS_PER_EVENT = 10_000  # audit.access names at most this many records
+FLUSH_RECORDS = 2_000  # decrypted records held at once; also the most one access event names
 SCHEMA = """CREATE TABLE IF NOT EXISTS job(
     id TEXT PRIMARY KEY, client TEXT NOT NULL, org TEXT NOT NULL, request TEXT NOT NULL,
     status TEXT NOT NULL, progress TEXT NOT NULL, created INTEGER NOT NULL, finished INTEGER,
@@ -290,10 +290,12 @@ class ExportJobs:
         index: _File,
         out: Path,
     ) -> tuple[int, int]:
-        """Export a few patients: basis first, then decrypt and filter, then one committed
-        access event per patient for exactly what is written, then the lines."""
-        chosen: list[tuple[str, list[StoredResource]]] = []
-        calls = []
+        """Export a few patients: basis first, then decrypt and filter at most FLUSH_RECORDS
+        at a time, then one committed access event per patient and set for exactly what is
+        written, then the lines. Memory holds one set, however many records a patient has."""
+        pending: list[tuple[str, list[StoredResource]]] = []
+        held = 0
+        exported: set[str] = set()
         refused = 0
         for patient in patients:
             planned = self._plan(caller, patient, request, height)
@@ -305,22 +307,43 @@ class ExportJobs:
             except Forbidden:
                 refused += 1
                 continue
-            opened = [self.records.open_version(r, v) for r, _, v in planned]
-            kept = [s for s in opened if _kept(s.resource, request, caller, now)]
-            for start in range(0, len(kept), MAX_RECORDS_PER_EVENT):
-                part = kept[start : start + MAX_RECORDS_PER_EVENT]
-                ids = [s.record_id for s in part]
-                kinds = {s.resource_type for s in part}
-                calls.append(("audit", "access", self.records.access_args(
-                    caller, patient, ids, kinds, "export", request.purpose)))  # fmt: skip
-            if kept:
-                chosen.append((patient, kept))
-        if calls:
-            for receipt in self.records.commit_calls(calls):
-                if receipt["result"] != "accepted":
-                    raise Forbidden("the ledger refused an export's access event",
-                                    code=receipt["code"])  # fmt: skip
-        for _, kept in chosen:
+            for start in range(0, len(planned), FLUSH_RECORDS):
+                part = planned[start : start + FLUSH_RECORDS]
+                opened = (self.records.open_version(r, v) for r, _, v in part)
+                kept = [s for s in opened if _kept(s.resource, request, caller, now)]
+                if kept:
+                    pending.append((patient, kept))
+                    exported.add(patient)
+                    held += len(kept)
+                if held >= FLUSH_RECORDS:
+                    self._flush(caller, request, pending, files, index, out)
+                    pending, held = [], 0
+        self._flush(caller, request, pending, files, index, out)
+        return len(exported), refused
+
+    def _flush(
+        self,
+        caller: Caller,
+        request: ExportRequest,
+        pending: list[tuple[str, list[StoredResource]]],
+        files: dict[str, _File],
+        index: _File,
+        out: Path,
+    ) -> None:
+        """Commit the access events of ``pending`` (all or nothing), then write its lines."""
+        if not pending:
+            return
+        calls = [
+            ("audit", "access", self.records.access_args(
+                caller, patient, [s.record_id for s in kept],
+                {s.resource_type for s in kept}, "export", request.purpose))
+            for patient, kept in pending
+        ]  # fmt: skip
+        for receipt in self.records.commit_calls(calls):
+            if receipt["result"] != "accepted":
+                raise Forbidden("the ledger refused an export's access event",
+                                code=receipt["code"])  # fmt: skip
+        for _, kept in pending:
             for stored in kept:
                 target = files.get(stored.resource_type)
                 if target is None:
@@ -332,7 +355,6 @@ class ExportJobs:
                     "version": stored.version, "patient": stored.patient,
                     "anchor_tx": stored.anchor_tx, "leaf_index": stored.leaf_index,
                     "hash": stored.content_hash, "salt": stored.salt}) + b"\n")  # fmt: skip
-        return len(chosen), refused
 
 
 def _kept(
