@@ -742,6 +742,9 @@ def test_access_events_are_balp_audit_events_searchable_and_proven(
             hits = own.get(f"/fhir/AuditEvent?patient={who}&altid=audit-probe&{query}").json()
             assert (hits["total"] == 1) is expected, query
         assert own.get(f"/fhir/AuditEvent?patient={who}&nonsense=1").status_code == 400
+        created = own.get(f"/fhir/AuditEvent?patient={who}&action=C").json()  # the import
+        assert created["total"] >= 1
+        assert created["entry"][0]["resource"]["meta"]["profile"][0].endswith("PatientCreate")
         one = own.get(f"/fhir/AuditEvent/{mine['id']}")
         assert one.status_code == 200 and one.json() == mine
         proof = {x["url"]: x for x in mine["extension"][0]["extension"]}["proof"]["valueUri"]

@@ -171,16 +171,22 @@ BALP_KINDS = {
     "write": ("PatientUpdate", "update", "U"),
     "export": ("PatientQuery", "operation", "E"),
 }
+BALP_CREATE = ("PatientCreate", "create", "C")
 
 
 def access_to_audit_event(
-    entry: Mapping[str, Any], types: Mapping[str, str] | None = None, base: str = ""
+    entry: Mapping[str, Any],
+    types: Mapping[str, str] | None = None,
+    base: str = "",
+    *,
+    created: bool = False,
 ) -> dict[str, Any]:
     """An ``audit.access`` entry as an IHE BALP AuditEvent (read-only): the user and the app
     (client), the custodian's node (server), the patient and each record (entities), the basis
     that allowed it (a consent or a break-glass, as the agent's policy), and the ledger
     transaction that carries it (extension, with the URL of its inclusion proof)."""
-    profile, interaction, action = BALP_KINDS[entry["action"]]
+    kind = BALP_CREATE if created and entry["action"] == "write" else BALP_KINDS[entry["action"]]
+    profile, interaction, action = kind
     accessor, app = entry["accessor"], entry.get("app")
     backend = app is not None and accessor == app
     who = "Patient" if accessor == entry["patient"] else "Practitioner"

@@ -125,3 +125,15 @@ def test_a_backend_apps_export_is_a_query_by_the_app_itself() -> None:
     assert event["action"] == "E" and "security" not in event["meta"]
     assert len(event["agent"]) == 2 and event["agent"][0]["requestor"] is True
     assert event["agent"][0]["policy"] == ["urn:careledger:custodian"]
+
+
+def test_a_write_that_created_its_records_is_a_balp_create() -> None:
+    write = {**BREAK_GLASS_READ, "action": "write", "purpose": "TREAT", "break_glass": False,
+             "basis": {"kind": "custodian", "id": None}}  # fmt: skip
+    created = access_to_audit_event(write, created=True)
+    AuditEvent.model_validate(created)
+    assert created["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientCreate")
+    assert created["action"] == "C" and created["subtype"][0]["code"] == "create"
+    updated = access_to_audit_event(write)
+    assert updated["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientUpdate")
+    assert updated["action"] == "U"

@@ -10,6 +10,7 @@ HMAC-SHA256(salt, RFC 8785 bytes of the resource)).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Annotated, Any
@@ -25,7 +26,7 @@ from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of as _caller
 from careledger.api.routes.smart import origin_of
 from careledger.contracts.records import NAMESPACE as RECORDS_NS
-from careledger.contracts.records import record_key
+from careledger.contracts.records import record_key, version_key
 from careledger.errors import Conflict, ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
@@ -323,7 +324,10 @@ def _audit_capability() -> dict[str, Any]:
     params = search_parameters("AuditEvent")
     return {
         "type": "AuditEvent",
-        "supportedProfile": [mapping.BALP + k for k, _, _ in mapping.BALP_KINDS.values()],
+        "supportedProfile": [
+            mapping.BALP + k
+            for k, _, _ in (*mapping.BALP_KINDS.values(), mapping.BALP_CREATE)
+        ],
         "interaction": [{"code": "read"}, {"code": "search-type"}],
         "searchParam": [
             {
@@ -378,7 +382,25 @@ def _audit_events(request: Request, entries: list[dict[str, Any]]) -> list[dict[
                 if meta is not None:
                     types[record_id] = str(meta["type"])
     origin = origin_of(request)
-    return [mapping.access_to_audit_event(e, types, origin) for e in entries]
+    return [
+        mapping.access_to_audit_event(e, types, origin, created=_created(records, e))
+        for e in entries
+    ]
+
+
+def _created(records: HealthRecords, entry: Mapping[str, Any]) -> bool:
+    """A write whose every record was at its first version when the event was recorded."""
+    if entry.get("action") != "write" or not entry.get("records"):
+        return False
+    height = int(entry.get("height", 0))
+    for record_id in entry["records"]:
+        first = records.ledger.state(RECORDS_NS, version_key(record_id, 1))
+        second = records.ledger.state(RECORDS_NS, version_key(record_id, 2))
+        if first is None or int(first["height"]) > height:
+            return False
+        if second is not None and int(second["height"]) <= height:
+            return False
+    return True
 
 
 @router.get("/AuditEvent/{event_id}", summary="One access event (IHE BALP), by its transaction")
