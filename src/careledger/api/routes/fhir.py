@@ -325,8 +325,7 @@ def _audit_capability() -> dict[str, Any]:
     return {
         "type": "AuditEvent",
         "supportedProfile": [
-            mapping.BALP + k
-            for k, _, _ in (*mapping.BALP_KINDS.values(), mapping.BALP_CREATE)
+            mapping.BALP + k for k, _, _ in (*mapping.BALP_KINDS.values(), mapping.BALP_CREATE)
         ],
         "interaction": [{"code": "read"}, {"code": "search-type"}],
         "searchParam": [
