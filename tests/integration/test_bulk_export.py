@@ -102,8 +102,11 @@ def test_a_backend_app_exports_and_the_manifest_verifies_offline(
         files.append(path)
     index = st_mary.get(f"/fhir/$export-file/{job}/records.ndjson")
     assert index.status_code == 200
-    (tmp_path / "records.ndjson").write_bytes(index.content)
-    files.append(tmp_path / "records.ndjson")
+    for name in ("records.ndjson", "anchors.ndjson"):  # what proves the files, and the anchors
+        body = st_mary.get(f"/fhir/$export-file/{job}/{name}")
+        assert body.status_code == 200
+        (tmp_path / name).write_bytes(body.content)
+        files.append(tmp_path / name)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     node_key = httpx.get(f"{server.url}/v1/checkpoint/keys").text.strip()
     checked = run_cli("export", "verify", str(tmp_path / "manifest.json"), *map(str, files),
@@ -112,12 +115,18 @@ def test_a_backend_app_exports_and_the_manifest_verifies_offline(
     report = json.loads(checked.stdout)
     assert report["trusted"] is True
     assert report["records"] == sum(o["count"] for o in manifest["output"])
-    # one changed byte anywhere: refused
+    # without naming the node it trusts, nothing is accepted: anyone can make a key and sign
+    untrusted = run_cli("export", "verify", str(tmp_path / "manifest.json"), *map(str, files))
+    assert untrusted.returncode == 1 and "EXPORT_UNTRUSTED" in untrusted.stderr
+    # one changed byte anywhere, or a blank line added: refused
     observations = tmp_path / "Observation.ndjson"
-    observations.write_bytes(observations.read_bytes().replace(b'"final"', b'"amended"', 1))
-    tampered = run_cli("export", "verify", str(tmp_path / "manifest.json"), *map(str, files))
-    assert tampered.returncode == 1 and "EXPORT_MISMATCH" in tampered.stderr
-    assert "Traceback" not in tampered.stderr
+    original = observations.read_bytes()
+    for changed in (original.replace(b'"final"', b'"amended"', 1), original + b"   \n"):
+        observations.write_bytes(changed)
+        tampered = run_cli("export", "verify", str(tmp_path / "manifest.json"), *map(str, files),
+                           "--node-key", node_key)  # fmt: skip
+        assert tampered.returncode == 1 and "EXPORT_MISMATCH" in tampered.stderr
+        assert "Traceback" not in tampered.stderr
     # each exported patient has one access event naming the app, action export
     patient = json.loads(index.text.splitlines()[0])["patient"]
     with login(server, server.data_dir / "keys" / "patients" / f"{patient}.key") as own:
@@ -134,8 +143,9 @@ def test_another_organisations_app_gets_only_what_consents_give(server: Server) 
         proof = manifest["extension"][
             "https://careledger.dev/fhir/StructureDefinition/export-proof"
         ]
-        # the demo's first patient consented to Northside for treatment; the others did not
-        assert proof["patients"] == {"exported": 1, "no_basis": 2}
+        # the demo's first patient consented to Northside for treatment; the others did not,
+        # and how many they are is not told to another organisation's app
+        assert proof["patients"] == {"exported": 1}
 
 
 def test_type_filter_and_cancel(st_mary: httpx.Client) -> None:
@@ -207,3 +217,36 @@ def test_an_export_under_way_when_the_node_stops_fails_clearly(
         assert answer.status_code == 500
         assert "restarted" in answer.json()["issue"][0]["diagnostics"]
         assert not (data / "exports" / job).exists()  # no half-written file stays
+
+
+def test_an_erasure_withdraws_the_exports_holding_that_patient(
+    server: Server, st_mary: httpx.Client
+) -> None:
+    job, manifest = run_export(st_mary, "/fhir/$export?_type=Condition")
+    first = json.loads(st_mary.get(manifest["output"][0]["url"]).text.splitlines()[0])
+    patient = first["subject"]["reference"].rsplit("/", 1)[1]
+    with login(server, server.data_dir / "keys" / "patients" / f"{patient}.key") as own:
+        assert own.delete(f"/fhir/Condition/{first['id']}").status_code == 200
+    status = wait_for(
+        lambda: (
+            (answer := st_mary.get(f"/fhir/$export-status/{job}")).status_code == 410 and answer
+        ),
+        "the export to be withdrawn",
+    )
+    assert "withdrawn" in status.json()["issue"][0]["diagnostics"]
+    assert st_mary.get(manifest["output"][0]["url"]).status_code == 404
+    assert not (server.data_dir / "exports" / job).exists()
+
+
+def test_one_export_at_a_time_per_app_and_no_emergency_exports(st_mary: httpx.Client) -> None:
+    answers = [st_mary.get("/fhir/$export", headers=ASYNC) for _ in range(5)]
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited and limited[0].headers["retry-after"]
+    assert all(a.status_code in (202, 429) for a in answers)
+    for answer in answers:  # let what was started finish
+        if answer.status_code == 202:
+            url = answer.headers["content-location"]
+            wait_for(lambda url=url: st_mary.get(url).status_code != 202, "the export")
+    for purpose in ("ETREAT", "NONSENSE"):
+        refused = st_mary.get("/fhir/$export", headers={**ASYNC, "x-purpose-of-use": purpose})
+        assert refused.status_code == 400 and refused.headers["x-careledger-code"] == "BAD_PURPOSE"

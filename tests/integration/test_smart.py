@@ -724,16 +724,17 @@ def test_access_events_are_balp_audit_events_searchable_and_proven(
             AuditEvent.model_validate(event)
         by_app = own.get(f"/fhir/AuditEvent?patient={who}&altid=audit-probe").json()
         (mine,) = [e["resource"] for e in by_app["entry"]]
-        assert mine["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientRead")
-        assert {e["what"].get("reference") for e in mine["entity"]} >= {
+        # a search: BALP's query (r7 records the interaction)
+        assert mine["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientQuery")
+        assert {e.get("what", {}).get("reference") for e in mine["entity"]} >= {
             f"Observation/{r}" for r in read_ids
         }
         assert mine["agent"][0]["policy"] == ["urn:careledger:custodian"]
         for query, expected in (
             (f"entity=Observation/{read_ids[0]}", True),
-            ("action=R", True),
-            ("action=E", False),
-            ("subtype=read", True),
+            ("action=E", True),
+            ("action=R", False),
+            ("subtype=search-type", True),
             ("date=ge2000-01-01", True),
             ("date=lt2000-01-01", False),
             ("agent=Organization/st-mary", True),

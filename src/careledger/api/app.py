@@ -92,6 +92,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
         app.state.health = health
         app.state.exports = ExportJobs(health, settings.data_dir)
+        running.ledger.commit_listeners.append(app.state.exports.on_commit)
         repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
         app.state.epcis = EpcisService(running, repository)
         app.state.epcis.recover()  # captures a stopped node left staged

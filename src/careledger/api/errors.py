@@ -145,6 +145,8 @@ def install(app: FastAPI) -> None:
                     )
             response = fhir_outcome(status, exc.code, exc.message, issues)
             _challenge(request, exc, response)
+            if isinstance(exc, RateLimited):
+                response.headers["Retry-After"] = str(exc.retry_after)
             return response
         extra: dict[str, Any] = {}
         if isinstance(exc, BatchRefused):

@@ -113,6 +113,7 @@ class AuditV1(Contract):
         }
         if app is not None:
             entry["app"] = app["client_id"]
+        entry.update(self._extra(args, action))
         ctx.state.put(access_key(patient, ctx.height, ctx.tx_id), entry)
         event = {k: entry[k] for k in ("patient", "accessor", "accessor_org", "action", "purpose")}
         ctx.emit(
@@ -123,6 +124,10 @@ class AuditV1(Contract):
     def _app(self, ctx: Context, args: Args) -> Mapping[str, Any] | None:
         """The app behind the access: none before apps were on the ledger (``AuditV2``)."""
         return None
+
+    def _extra(self, args: Args, action: str) -> dict[str, Any]:
+        """More the entry records (``AuditV3``: the FHIR interaction)."""
+        return {}
 
     @staticmethod
     def _record_types(ctx: Context, patient: str, records: list[str]) -> set[str]:
@@ -232,6 +237,7 @@ class AuditV2(AuditV1):
     reaches it.
     """
 
+    version = 2
     ACCESS_ARGS = (*AuditV1.ACCESS_ARGS, "app")
 
     def _app(self, ctx: Context, args: Args) -> Mapping[str, Any] | None:
@@ -297,3 +303,28 @@ class AuditV2(AuditV1):
             ):
                 raise Rejected("NO_CONSENT", "the consent does not cover this access")
         return False
+
+
+# The FHIR interaction behind an access, by the ledger action it must come with.
+INTERACTIONS = {
+    "read": frozenset({"read", "vread", "history", "search"}),
+    "write": frozenset({"create", "update", "patch", "delete"}),
+    EXPORT: frozenset({"export"}),
+}
+
+
+class AuditV3(AuditV2):
+    """An access event may say which FHIR interaction it was (read, vread, history, search,
+    create, update, patch, delete, export), one that fits its action: audit logs in the IHE
+    BALP shape tell a query from a read and a create from an update by it."""
+
+    version = 3
+    ACCESS_ARGS = (*AuditV2.ACCESS_ARGS, "interaction")
+
+    def _extra(self, args: Args, action: str) -> dict[str, Any]:
+        if not args.has("interaction"):
+            return {}
+        interaction = args.string("interaction", max_len=16)
+        if interaction not in INTERACTIONS.get(action, frozenset()):
+            raise Rejected("BAD_ARGS", "the interaction does not fit the action")
+        return {"interaction": interaction}

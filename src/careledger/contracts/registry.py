@@ -194,7 +194,22 @@ def r6() -> Ruleset:
     )
 
 
+def r7() -> Ruleset:
+    """r6, and access events that say which FHIR interaction they were."""
+    from careledger.contracts.audit import AuditV3
+
+    return r6().derive(
+        "r7",
+        contracts=[AuditV3()],
+        notes=(
+            "audit.access may carry interaction (read, vread, history, search, create, update,"
+            " patch, delete, export), one that fits its action: BALP's query, read, create and"
+            " update told apart"
+        ),
+    )
+
+
 @cache
 def default_registry() -> Registry:
     """Every ruleset this software knows, oldest first; the last is what new chains start on."""
-    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6()])
+    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6(), r7()])

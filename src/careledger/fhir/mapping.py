@@ -172,6 +172,18 @@ BALP_KINDS = {
     "export": ("PatientQuery", "operation", "E"),
 }
 BALP_CREATE = ("PatientCreate", "create", "C")
+# the interaction an r7 access event records -> (BALP profile, restful interaction, action)
+BALP_INTERACTIONS = {
+    "read": ("PatientRead", "read", "R"),
+    "vread": ("PatientRead", "vread", "R"),
+    "history": ("PatientRead", "history-instance", "R"),
+    "search": ("PatientQuery", "search-type", "E"),
+    "create": BALP_CREATE,
+    "update": ("PatientUpdate", "update", "U"),
+    "patch": ("PatientUpdate", "patch", "U"),
+    "delete": ("PatientDelete", "delete", "D"),
+    "export": ("PatientQuery", "operation", "E"),
+}
 
 
 def access_to_audit_event(
@@ -185,7 +197,12 @@ def access_to_audit_event(
     (client), the custodian's node (server), the patient and each record (entities), the basis
     that allowed it (a consent or a break-glass, as the agent's policy), and the ledger
     transaction that carries it (extension, with the URL of its inclusion proof)."""
-    kind = BALP_CREATE if created and entry["action"] == "write" else BALP_KINDS[entry["action"]]
+    if entry.get("interaction") in BALP_INTERACTIONS:
+        kind = BALP_INTERACTIONS[entry["interaction"]]
+    elif created and entry["action"] == "write":
+        kind = BALP_CREATE
+    else:
+        kind = BALP_KINDS[entry["action"]]
     profile, interaction, action = kind
     accessor, app = entry["accessor"], entry.get("app")
     backend = app is not None and accessor == app
@@ -283,4 +300,11 @@ def access_to_audit_event(
                                       "code": "BTG", "display": "break the glass"}]  # fmt: skip
     if interaction == "operation":
         event["subtype"].append({"system": "https://careledger.dev/codes", "code": "bulk-export"})
+    if interaction == "search-type":  # BALP: the query's entity (its parameters are not kept)
+        event["entity"].append(
+            {
+                "type": {"system": ENTITY_TYPE, "code": "2"},
+                "role": {"system": OBJECT_ROLE, "code": "24"},
+            }
+        )
     return event

@@ -33,7 +33,7 @@ import orjson
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import sign_note
-from careledger.errors import CareLedgerError, Forbidden, NotFound, StorageError
+from careledger.errors import CareLedgerError, Forbidden, NotFound, RateLimited, StorageError
 from careledger.fhir.search import SearchRequest, matches
 from careledger.health.access import Caller, require_scope
 from careledger.health.scope_query import within_scopes
@@ -45,13 +45,20 @@ EXPORT_FILE = "export.sqlite"
 EXPORT_DIR = "exports"
 PROOF_EXTENSION = "https://careledger.dev/fhir/StructureDefinition/export-proof"
 INDEX_FILE = "records.ndjson"
+ANCHORS_FILE = "anchors.ndjson"  # each anchoring transaction, its receipt and inclusion proof
 PATIENTS_PER_COMMIT = 50
 FLUSH_RECORDS = 2_000  # decrypted records held at once; also the most one access event names
 SCHEMA = """CREATE TABLE IF NOT EXISTS job(
     id TEXT PRIMARY KEY, client TEXT NOT NULL, org TEXT NOT NULL, request TEXT NOT NULL,
     status TEXT NOT NULL, progress TEXT NOT NULL, created INTEGER NOT NULL, finished INTEGER,
-    manifest TEXT, error TEXT)"""
+    manifest TEXT, error TEXT, patients TEXT)"""
 RUNNING = ("accepted", "in-progress")
+KEEP_SECONDS = 24 * 3600  # a finished export's files are served this long, then removed
+KEEP_JOBS = 5  # finished exports an app keeps at once (the oldest go first)
+WITHDRAWN = (
+    "withdrawn: since the export, a patient in it erased records or revoked a consent; "
+    "start a new export"
+)
 
 
 @dataclass(frozen=True)
@@ -86,8 +93,10 @@ class ExportJobs:
         self._conns.get().execute(SCHEMA)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-export")
         self._cancelled: set[str] = set()
-        self._lock = threading.Lock()
+        self._exported: dict[str, list[str]] = {}  # job -> patients exported (while it runs)
+        self._lock = threading.RLock()
         self._fail_interrupted()
+        self._sweep()
 
     def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -102,6 +111,44 @@ class ExportJobs:
             self._finish(
                 job, "failed", error="the node restarted during the export: start it again"
             )
+
+    def _sweep(self) -> None:
+        """Remove expired exports, and directories no job owns (a crash between steps)."""
+        cutoff = int(time.time()) - KEEP_SECONDS
+        for (job,) in self._run(
+            "SELECT id FROM job WHERE status NOT IN (?, ?) AND finished < ?", (*RUNNING, cutoff)
+        ):
+            self._forget(job)
+        owned = {j for (j,) in self._run("SELECT id FROM job")}
+        if self.root.exists():
+            for path in self.root.iterdir():
+                if path.name not in owned:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    def _forget(self, job: str) -> None:
+        self._run("DELETE FROM job WHERE id = ?", (job,))
+        shutil.rmtree(self.root / job, ignore_errors=True)
+
+    def on_commit(self, executed: Any) -> None:
+        """A patient's erasure or consent revocation withdraws every finished export holding
+        that patient: its files are deleted at once (the app must ask again, and the ledger
+        decides again)."""
+        touched = set()
+        for event in executed.block.events:
+            if event.type in ("records.shredded", "consent.revoked"):
+                touched.add(str(orjson.loads(event.data).get("patient")))
+        if not touched:
+            return
+        with self._lock:
+            rows = self._run("SELECT id, patients FROM job WHERE status = 'complete'")
+            for job, patients in rows:
+                if touched & set(orjson.loads(patients or "[]")):
+                    shutil.rmtree(self.root / job, ignore_errors=True)
+                    self._run(
+                        "UPDATE job SET status = 'withdrawn', manifest = NULL, error = ? "
+                        "WHERE id = ?",
+                        (WITHDRAWN, job),
+                    )
 
     def close(self) -> None:
         with self._lock:
@@ -118,6 +165,19 @@ class ExportJobs:
                             code="EXPORT_FOR_APPS")  # fmt: skip
         for kind in request.types or ():
             require_scope(caller, kind, "search", None)  # a named type the app may not read
+        self._sweep()
+        with self._lock:
+            running = self._run(
+                "SELECT COUNT(*) FROM job WHERE client = ? AND status IN (?, ?)",
+                (caller.member, *RUNNING),
+            )[0][0]
+            if running:
+                raise RateLimited("this app has an export under way: wait for it", retry_after=5)
+            kept = self._run(
+                "SELECT id FROM job WHERE client = ? ORDER BY created DESC", (caller.member,)
+            )
+            for (old,) in kept[KEEP_JOBS - 1 :]:
+                self._forget(old)
         job = secrets.token_hex(12)
         raw = {"kind": request.kind, "url": request.url, "purpose": request.purpose}
         self._run(
@@ -137,36 +197,41 @@ class ExportJobs:
         return rows[0]
 
     def status(self, caller: Caller, job: str) -> tuple[str, str, dict[str, Any] | None, str]:
-        """(status, progress, manifest when complete, error when failed)."""
+        """(status, progress, manifest when complete, error when failed or withdrawn)."""
+        self._sweep()
         status, progress, manifest, error, _ = self._own(caller, job)
         return status, progress, orjson.loads(manifest) if manifest else None, error or ""
 
     def cancel(self, caller: Caller, job: str) -> None:
         """Stop a job (or forget a finished one) and delete its files."""
-        status, *_ = self._own(caller, job)
         with self._lock:
+            self._own(caller, job)
             self._cancelled.add(job)
-        if status not in RUNNING:
-            self._run("DELETE FROM job WHERE id = ?", (job,))
-            shutil.rmtree(self.root / job, ignore_errors=True)
-        else:
-            self._finish(job, "cancelled")
+            self._forget(job)
 
     def file(self, caller: Caller, job: str, name: str) -> Path:
+        self._sweep()
         status, *_ = self._own(caller, job)
         path = self.root / job / name
         if status != "complete" or "/" in name or not name.endswith(".ndjson") or not path.exists():
             raise NotFound("no such export file", code="UNKNOWN_EXPORT")
         return path
 
-    def _finish(self, job: str, status: str, *, manifest: Any = None, error: str = "") -> None:
+    def _finish(
+        self,
+        job: str,
+        status: str,
+        *,
+        manifest: Any = None,
+        error: str = "",
+        patients: Sequence[str] = (),
+    ) -> None:
         self._run(
-            "UPDATE job SET status = ?, finished = ?, manifest = ?, error = ? WHERE id = ?",
+            "UPDATE job SET status = ?, finished = ?, manifest = ?, error = ?, patients = ? "
+            "WHERE id = ?",
             (status, int(time.time()), orjson.dumps(manifest).decode() if manifest else None,
-             error or None, job),
+             error or None, orjson.dumps(list(patients)).decode(), job),
         )  # fmt: skip
-        if status == "cancelled":
-            self._run("DELETE FROM job WHERE id = ?", (job,))
 
     # -- the work ----------------------------------------------------------------------------
 
@@ -184,14 +249,16 @@ class ExportJobs:
             manifest = self._export(job, caller, request, out)
         except Exception as exc:  # any failure ends the job clearly, never half-written
             shutil.rmtree(out, ignore_errors=True)
+            self._exported.pop(job, None)
             if not self._stopped(job):
                 why = exc.message if isinstance(exc, CareLedgerError) else "the export failed"
                 self._finish(job, "failed", error=why)
             return
-        if self._stopped(job):
-            shutil.rmtree(out, ignore_errors=True)
-            return
-        self._finish(job, "complete", manifest=manifest)
+        with self._lock:  # a cancel between the check and the update would leave files behind
+            if self._stopped(job):
+                shutil.rmtree(out, ignore_errors=True)
+                return
+            self._finish(job, "complete", manifest=manifest, patients=self._exported.pop(job, []))
 
     def _patients(self) -> list[str]:
         keys = self.ledger.store.state_keys(RECORDS, "patient/", 100_000_000)
@@ -234,7 +301,8 @@ class ExportJobs:
                     raise CareLedgerError("cancelled", code="CANCELLED")
                 batch = patients[start : start + PATIENTS_PER_COMMIT]
                 done, skipped = self._batch(caller, request, batch, height, now, files, index, out)
-                exported += done
+                exported += len(done)
+                self._exported.setdefault(job, []).extend(sorted(done))
                 refused += skipped
                 self._progress(job, f"{min(start + len(batch), len(patients))} of "
                                     f"{len(patients)} patients")  # fmt: skip
@@ -254,6 +322,10 @@ class ExportJobs:
         listed.append(
             {"name": INDEX_FILE, "sha256": index.digest.hexdigest(), "count": index.count}
         )
+        anchors = self._anchors(out, size)
+        listed.append(
+            {"name": ANCHORS_FILE, "sha256": anchors.digest.hexdigest(), "count": anchors.count}
+        )
         proof = {
             "job": job,
             "height": height,
@@ -261,7 +333,10 @@ class ExportJobs:
             "checkpoint": self.ledger.checkpoint(size),
             "node": self.ledger.verifier_key(),
             "files": listed,
-            "patients": {"exported": exported, "no_basis": refused},
+            # how many had no basis is told only to the custodian's own apps: to another
+            # organisation's it would count patients who never consented to it
+            "patients": {"exported": exported}
+            | ({"no_basis": refused} if caller.org == self.records.org else {}),
             "requester": {"client_id": caller.member, "org": caller.org},
         }
         manifest: dict[str, Any] = {
@@ -279,6 +354,29 @@ class ExportJobs:
         )
         return manifest
 
+    def _anchors(self, out: Path, size: int) -> _File:
+        """One line per anchoring transaction of the exported records: its envelope (which
+        names each record version's salted hash), its receipt and the inclusion proof of that
+        receipt in the checkpoint the manifest carries. With them a recipient checks offline
+        that the ledger holds every exported version."""
+        txs: set[str] = set()
+        with (out / INDEX_FILE).open("rb") as listed:
+            for line in listed:
+                txs.add(str(orjson.loads(line)["anchor_tx"]))
+        anchors = _File(open(out / ANCHORS_FILE, "wb"))  # noqa: SIM115 - closed below
+        try:
+            for tx_id in sorted(txs):
+                found = self.ledger.store.find_tx(tx_id)
+                if found is None:
+                    raise StorageError(f"an anchoring transaction is missing: {tx_id}")
+                answer = self.ledger.tx_proof(tx_id, size)
+                answer.pop("checkpoint", None)  # the manifest's, once
+                envelope = orjson.loads(found[1].envelope)
+                anchors.write(orjson.dumps({"tx": tx_id, "envelope": envelope, **answer}) + b"\n")
+        finally:
+            anchors.handle.close()
+        return anchors
+
     def _batch(
         self,
         caller: Caller,
@@ -289,7 +387,7 @@ class ExportJobs:
         files: dict[str, _File],
         index: _File,
         out: Path,
-    ) -> tuple[int, int]:
+    ) -> tuple[set[str], int]:
         """Export a few patients: basis first, then decrypt and filter at most FLUSH_RECORDS
         at a time, then one committed access event per patient and set for exactly what is
         written, then the lines. Memory holds one set, however many records a patient has."""
@@ -319,7 +417,7 @@ class ExportJobs:
                     self._flush(caller, request, pending, files, index, out)
                     pending, held = [], 0
         self._flush(caller, request, pending, files, index, out)
-        return len(exported), refused
+        return exported, refused
 
     def _flush(
         self,
@@ -336,7 +434,7 @@ class ExportJobs:
         calls = [
             ("audit", "access", self.records.access_args(
                 caller, patient, [s.record_id for s in kept],
-                {s.resource_type for s in kept}, "export", request.purpose))
+                {s.resource_type for s in kept}, "export", request.purpose, "export"))
             for patient, kept in pending
         ]  # fmt: skip
         for receipt in self.records.commit_calls(calls):

@@ -188,10 +188,13 @@ class HealthRecords:
         action: str,
         purpose: str,
         windows: Sequence[str] = (),
+        interaction: str | None = None,
     ) -> dict[str, Any]:
         """Commit the access event for ``records`` (and device reading ``windows``, as
         ``device/seq``); Forbidden unless the ledger accepts it."""
-        args = self._access_args(caller, patient, records, types, action, purpose, windows)
+        args = self._access_args(
+            caller, patient, records, types, action, purpose, windows, interaction
+        )
         (receipt,) = self._commit([("audit", "access", args)])
         if receipt["result"] != "accepted":
             raise Forbidden("the ledger refused the access", code=receipt["code"])
@@ -205,9 +208,16 @@ class HealthRecords:
         types: set[str],
         action: str,
         purpose: str,
+        interaction: str | None = None,
     ) -> dict[str, Any]:
         """An ``audit.access`` call with the basis the ledger should accept (Forbidden if none)."""
-        return self._access_args(caller, patient, records, types, action, purpose)
+        return self._access_args(
+            caller, patient, records, types, action, purpose, interaction=interaction
+        )
+
+    def _says_interaction(self) -> bool:
+        """Whether the ruleset in force records the FHIR interaction of an access (r7)."""
+        return int(getattr(self.ledger.rules().contracts["audit"], "version", 1)) >= 3
 
     def _access_args(
         self,
@@ -218,9 +228,10 @@ class HealthRecords:
         action: str,
         purpose: str,
         windows: Sequence[str] = (),
+        interaction: str | None = None,
     ) -> dict[str, Any]:
         """An ``audit.access`` call, with the basis the ledger should accept (Forbidden if
-        there is none)."""
+        there is none); with the FHIR ``interaction`` when the ruleset records it."""
         basis = choose_basis(
             self.ledger,
             caller,
@@ -241,6 +252,8 @@ class HealthRecords:
         }
         if caller.app is not None:
             args["app"] = caller.app
+        if interaction is not None and self._says_interaction():
+            args["interaction"] = interaction
         if records:
             args["records"] = sorted(set(records))
         if windows:
@@ -413,10 +426,14 @@ class HealthRecords:
             calls: list[tuple[str, str, Mapping[str, Any]]] = [
                 ("records", "anchor_batch", {"anchors": anchors})
             ]
+            created = {r.record_id for _, r, _ in sealed if r.version == 1}
+            says = self._says_interaction()
             calls += [
-                ("audit", "access", self._write_access(caller, p, ids, purpose))
+                ("audit", "access", self._write_access(
+                    caller, p, ids, purpose,
+                    ("create" if set(ids) <= created else "update") if says else None))
                 for p, ids in by_patient.items()
-            ]
+            ]  # fmt: skip
             mine = len(calls)
             if then is not None:
                 calls += then([(r.record_id, r.version, r.content_hash) for _, r, _ in sealed])
@@ -489,7 +506,11 @@ class HealthRecords:
 
     @staticmethod
     def _write_access(
-        caller: Caller, patient: str, records: list[str], purpose: str
+        caller: Caller,
+        patient: str,
+        records: list[str],
+        purpose: str,
+        interaction: str | None = None,
     ) -> dict[str, Any]:
         # The purpose the caller gave is the one recorded (HPAYMT was rewritten to TREAT): one
         # the custodian may not write for is refused, never changed.
@@ -509,6 +530,8 @@ class HealthRecords:
         }
         if caller.app is not None:
             args["app"] = caller.app
+        if interaction is not None:
+            args["interaction"] = interaction
         return args
 
     def _require_writer(self, caller: Caller, resource_type: str) -> None:
@@ -594,6 +617,7 @@ class HealthRecords:
             types={resource_type},
             action="read",
             purpose=purpose,
+            interaction="read" if version is None else "vread",
         )
         stored = self._open(record_id, version or meta["version"])
         self._within(caller, stored.resource, "read")
@@ -617,6 +641,7 @@ class HealthRecords:
             types={resource_type},
             action="read",
             purpose=purpose,
+            interaction="history",
         )
         versions = [self._open(record_id, v) for v in range(meta["version"], 0, -1)]
         for stored in versions:
@@ -782,6 +807,7 @@ class HealthRecords:
                     {t for _, t in pairs},
                     "read",
                     purpose,
+                    interaction="search",
                 ),
             )
             for patient, pairs in sorted(disclosed.items())

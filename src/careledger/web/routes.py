@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import get_member, get_node
+from careledger.api.ledger_reads import OVERSIGHT_ROLES
 from careledger.api.replies import caller_of as api_caller_of
 from careledger.auth import TokenClaims
 from careledger.contracts.consent import (
@@ -36,6 +37,7 @@ from careledger.contracts.consent import (
 )
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
+from careledger.fhir.outcome import FhirError
 from careledger.health.access import Caller
 from careledger.smart.apps_service import AppsService
 from careledger.sqlite_threads import iso_ms
@@ -143,6 +145,11 @@ def page(request: Request, name: str, **context: Any) -> HTMLResponse:
     # for the user by the page around it (clickjacking).
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    # a page's address (a searched name, a patient's id) is told to no other site, and a
+    # signed-in page is kept in no cache
+    response.headers["Referrer-Policy"] = "same-origin"
+    if claims is not None:
+        response.headers["Cache-Control"] = "no-store"
     return response
 
 
@@ -393,6 +400,7 @@ async def dispense(request: Request) -> HTMLResponse:
 
 
 EXPLORER_PAGE = 15
+DIGITS = re.compile(r"^[0-9]{1,12}$")  # ASCII digits only: "²".isdigit() is True
 TX_ID = re.compile(r"^[0-9a-f]{64}$")
 MEMBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -401,6 +409,13 @@ def _who_signed(ledger: Any, public_key: str) -> str:
     """The member id behind a key, as the ledger has it (revoked keys still say whose)."""
     entry = ledger.state("identity", f"key/{public_key}")
     return str(entry["member"]) if entry else f"{public_key[:12]}…"
+
+
+def _oversight(request: Request) -> bool:
+    """Who signed what names patients by pseudonym: like /v1/members (ADR 0012), it is shown
+    to nodes and organisations' admins and auditors, not to anyone passing by."""
+    claims = session(request)
+    return claims is not None and bool(OVERSIGHT_ROLES & set(claims.roles))
 
 
 def _tx_summary(ledger: Any, envelope: bytes) -> dict[str, str]:
@@ -429,11 +444,12 @@ def explorer(
     head = ledger.head
     wanted = q.strip()
     if wanted:
-        if wanted.isdigit() and 0 <= int(wanted) <= head.height:
+        if DIGITS.match(wanted) and 0 <= int(wanted) <= head.height:
             return RedirectResponse(f"/explorer/blocks/{int(wanted)}", status_code=303)
         if TX_ID.match(wanted) and ledger.store.find_tx(wanted) is not None:
             return RedirectResponse(f"/explorer/tx/{wanted}", status_code=303)
-        if MEMBER_ID.match(wanted) and ledger.state("identity", f"member/{wanted}") is not None:
+        known = MEMBER_ID.match(wanted) and ledger.state("identity", f"member/{wanted}")
+        if known and _oversight(request):
             return RedirectResponse(f"/explorer/members/{wanted}", status_code=303)
     top = min(head.height, (before or head.height + 1) - 1)
     blocks = []
@@ -479,6 +495,8 @@ def explorer(
 @router.get("/explorer/members/{member_id}", response_class=HTMLResponse)
 def member_page(request: Request, member_id: str) -> HTMLResponse:
     """A member as the ledger has it: the open part of identity (ADR 0004)."""
+    if not _oversight(request):
+        raise Forbidden("members are shown to nodes, admins and auditors", code="NOT_AUTHORISED")
     ledger = get_node(request).ledger
     member = ledger.state("identity", f"member/{member_id}") if MEMBER_ID.match(member_id) else None
     if member is None:
@@ -494,9 +512,10 @@ def block_page(request: Request, height: int) -> HTMLResponse:
     if header is None:
         raise NotFound(f"no block at height {height}", code="UNKNOWN_BLOCK")
     txs = node.ledger.store.block_txs(height)
+    shown = _oversight(request)
     rows = [
         {"tx_id": t.tx_id, "leaf": t.leaf_index, "receipt": orjson.loads(t.receipt),
-         **_tx_summary(node.ledger, t.envelope)}
+         **(_tx_summary(node.ledger, t.envelope) if shown else {})}
         for t in txs
     ]  # fmt: skip
     return page(
@@ -517,7 +536,11 @@ def tx_page(request: Request, tx_id: str) -> HTMLResponse:
         raise NotFound("no such transaction", code="UNKNOWN_TX")
     proof = node.ledger.tx_proof(tx_id)
     found = node.ledger.store.find_tx(tx_id)
-    summary = _tx_summary(node.ledger, found[1].envelope) if found is not None else {}
+    summary = (
+        _tx_summary(node.ledger, found[1].envelope)
+        if found is not None and _oversight(request)
+        else {}
+    )
     header = node.ledger.store.header(found[0]) if found is not None else None
     return page(
         request,
@@ -654,7 +677,7 @@ async def grant(request: Request) -> Response:
             ("who may read", org in orgs),
             ("which records", bool(types)),
             ("what for", purpose in CONSENT_PURPOSES),
-            ("for how long", days == "forever" or (days.isdigit() and 0 < int(days) <= 3650)),
+            ("for how long", days == "forever" or (DIGITS.match(days) and 0 < int(days) <= 3650)),
         )
         if not ok
     ]
@@ -1004,9 +1027,12 @@ def _find_patients(request: Request, caller: Caller, text: str) -> list[dict[str
     from careledger.fhir.search import parse_search
     from careledger.health.search import search_org
 
-    request_ = parse_search("Patient", [("name", text), ("_count", "20")])
-    result = search_org(request.app.state.health, caller, request_, purpose="TREAT",
-                        base_url="", now=datetime.now(UTC))  # fmt: skip
+    try:
+        request_ = parse_search("Patient", [("name", text), ("_count", "20")])
+        result = search_org(request.app.state.health, caller, request_, purpose="TREAT",
+                            base_url="", now=datetime.now(UTC))  # fmt: skip
+    except FhirError:
+        return []  # nothing searchable in it: nobody found
     shown = []
     for stored in result.page:
         names = stored.resource.get("name") or [{}]

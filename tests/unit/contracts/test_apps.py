@@ -217,3 +217,22 @@ def test_a_backend_app_of_another_org_needs_a_consent_to_that_org(chain: TestCha
     basis = {"kind": "consent", "id": org_consent}
     assert access(chain, "pharm-sync", "pharm", basis, **kw)["result"] == "accepted"
     assert logged(chain)[-1]["app"] == "pharm-sync"
+
+
+def test_r7_access_events_say_their_interaction() -> None:
+    chain = TestChain(MemoryStore(), ruleset="r7")
+    anchor(chain)
+    assert access(chain, "dr-a", "hosp", {"kind": "custodian"}, interaction="search")["result"] == (
+        "accepted"
+    )
+    assert logged(chain)[-1]["interaction"] == "search"
+    mismatch = access(chain, "dr-a", "hosp", {"kind": "custodian"}, interaction="create")
+    assert mismatch["code"] == "BAD_ARGS"  # a read is not a create
+    assert access(chain, "dr-a", "hosp", {"kind": "custodian"}, interaction="x")["code"] == (
+        "BAD_ARGS"
+    )
+    older = TestChain(MemoryStore(), ruleset="r6")
+    anchor(older)
+    assert access(older, "dr-a", "hosp", {"kind": "custodian"}, interaction="read")["code"] == (
+        "BAD_ARGS"
+    )

@@ -137,3 +137,22 @@ def test_a_write_that_created_its_records_is_a_balp_create() -> None:
     updated = access_to_audit_event(write)
     assert updated["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientUpdate")
     assert updated["action"] == "U"
+
+
+@pytest.mark.parametrize(
+    ("interaction", "profile", "code", "action"),
+    [
+        ("search", "PatientQuery", "search-type", "E"),
+        ("vread", "PatientRead", "vread", "R"),
+        ("history", "PatientRead", "history-instance", "R"),
+        ("patch", "PatientUpdate", "patch", "U"),
+        ("delete", "PatientDelete", "delete", "D"),
+    ],
+)
+def test_an_r7_event_says_its_interaction(
+    interaction: str, profile: str, code: str, action: str
+) -> None:
+    event = access_to_audit_event({**BREAK_GLASS_READ, "interaction": interaction})
+    AuditEvent.model_validate(event)
+    assert event["meta"]["profile"][0].endswith(f"IHE.BasicAudit.{profile}")
+    assert event["subtype"][0]["code"] == code and event["action"] == action

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, Response
 from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of
 from careledger.api.routes.smart import origin_of
+from careledger.contracts.consent import PURPOSES
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
 from careledger.fhir.search import SearchRequest, parse_search
 from careledger.fhir.validate import SUPPORTED_TYPES
@@ -72,6 +73,9 @@ def _request(request: Request, kind: str) -> ExportRequest:
                 raise _refuse(f"_typeFilter names a type not exported: {kind_[:64]}")
             filters.setdefault(kind_, []).append(parse_search(kind_, parse_qsl(query)))
     purpose = request.headers.get("x-purpose-of-use", "HOPERAT")
+    if purpose not in PURPOSES or purpose == "ETREAT":
+        # an automated export is never emergency treatment
+        raise _refuse("X-Purpose-Of-Use is a purpose of use other than ETREAT", code="BAD_PURPOSE")
     return ExportRequest(
         kind=kind,
         types=frozenset(types) or None,
@@ -121,6 +125,9 @@ def export_status(
     if status == "failed":
         outcome = operation_outcome([Issue("error", "exception", error, ())])
         return Response(dumps(outcome), status_code=500, media_type="application/fhir+json")
+    if status == "withdrawn":
+        outcome = operation_outcome([Issue("error", "deleted", error, ())])
+        return Response(dumps(outcome), status_code=410, media_type="application/fhir+json")
     return Response(
         status_code=202, headers={"X-Progress": progress[:100], "Retry-After": RETRY_SECONDS}
     )
