@@ -5,7 +5,6 @@ Each test is a user's journey; screenshots of each page go to tests/e2e/screensh
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from careledger.demo import DEMO_PRODUCTS
 from careledger.keyfile import read_key_file, write_key_file
@@ -22,7 +21,6 @@ from careledger.storage.sqlite import SQLiteStore
 from tests.support.nodes import Server, login, serving
 
 pytestmark = pytest.mark.integration
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).parent / "screenshots"
 AMOX, AMOX_LOT, *_ = DEMO_PRODUCTS[0]
 EXPIRY = "271130"
@@ -34,18 +32,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     init_demo(data).store.close()
     with serving(data) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0:
-            pytest.skip("no /usr/bin/chromium and not root to install it (scripts/)")
-        raise AssertionError("/usr/bin/chromium is missing: run scripts/install-system-deps.sh")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import secrets
 import shutil
 import threading
@@ -28,13 +27,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fhirclient import client as smart_client
 from fhirclient.models.observation import Observation
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from careledger.nodedir import init_demo
 from tests.support.nodes import Server, free_port, login, run_cli, serving
 
 pytestmark = pytest.mark.integration
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "tests" / "e2e" / "screenshots"  # copied into docs/screenshots
 REDIRECT_PORT = free_port()
@@ -61,18 +59,6 @@ def patient(server: Server) -> tuple[str, Path]:
 def admin(server: Server) -> Iterator[httpx.Client]:
     with login(server, server.data_dir / "keys" / "st-mary-admin.key") as http:
         yield http
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0:
-            pytest.skip("no /usr/bin/chromium and not root to install it (scripts/)")
-        raise AssertionError("/usr/bin/chromium is missing: run scripts/install-system-deps.sh")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 def register(admin: httpx.Client, **app: Any) -> dict[str, Any]:

@@ -203,27 +203,44 @@ class AuditV1(Contract):
             if not entry["start"] <= ctx.time < entry["end"]:
                 raise Rejected("BREAK_GLASS_EXPIRED", "the break-glass window has closed")
             return True
+        consent = self._active_consent(ctx, basis_id, patient)
+        if consent["grantee"].get("org") is not None and not roles - ORG_GRANT_EXCLUDED:
+            # A consent to an organisation is for its people, not its patients' or devices' keys.
+            raise Rejected("NO_CONSENT", "an organisation's consent does not extend to this member")
+        self._consent_covers_all(ctx, consent, accessor, accessor_org, action, purpose, types)
+        return False
+
+    @staticmethod
+    def _active_consent(ctx: Context, basis_id: str, patient: str) -> Any:
         consent = ctx.state.read(CONSENT, consent_key(basis_id))
         if consent is None or consent["patient"] != patient:
             raise Rejected("NO_CONSENT", "no such consent for this patient")
         if consent["status"] != "active":
             raise Rejected("CONSENT_REVOKED", "the consent was revoked")
-        if consent["grantee"].get("org") is not None and not roles - ORG_GRANT_EXCLUDED:
-            # A consent to an organisation is for its people, not its patients' or devices' keys.
-            raise Rejected("NO_CONSENT", "an organisation's consent does not extend to this member")
+        return consent
+
+    @staticmethod
+    def _consent_covers_all(
+        ctx: Context,
+        consent: Any,
+        member: str,
+        org: str,
+        action: str,
+        purpose: str,
+        types: set[str],
+    ) -> None:
         needed = "read" if action == EXPORT else action
         for resource_type in types:
             if not consent_covers(
                 consent,
-                member=accessor,
-                org=accessor_org,
+                member=member,
+                org=org,
                 action=needed,
                 resource_type=resource_type,
                 purpose=purpose,
                 time=ctx.time,
             ):
                 raise Rejected("NO_CONSENT", "the consent does not cover this access")
-        return False
 
 
 class AuditV2(AuditV1):
@@ -284,24 +301,9 @@ class AuditV2(AuditV1):
             return False
         if kind != "consent":
             raise Rejected("NO_CONSENT", "a backend app reads under a consent or as custodian")
-        basis_id = basis.string("id", max_len=64)
-        consent = ctx.state.read(CONSENT, consent_key(basis_id))
-        if consent is None or consent["patient"] != patient:
-            raise Rejected("NO_CONSENT", "no such consent for this patient")
-        if consent["status"] != "active":
-            raise Rejected("CONSENT_REVOKED", "the consent was revoked")
-        needed = "read" if action == EXPORT else action
-        for resource_type in types:
-            if not consent_covers(
-                consent,
-                member="",  # a consent to one person never reaches an app
-                org=accessor_org,
-                action=needed,
-                resource_type=resource_type,
-                purpose=purpose,
-                time=ctx.time,
-            ):
-                raise Rejected("NO_CONSENT", "the consent does not cover this access")
+        consent = self._active_consent(ctx, basis.string("id", max_len=64), patient)
+        # member "": a consent to one person never reaches an app
+        self._consent_covers_all(ctx, consent, "", accessor_org, action, purpose, types)
         return False
 
 

@@ -146,9 +146,14 @@ def authorize(request: Request) -> Response:
         return checked
     signer = _signer(request)
     if signer is None:
-        target = f"/auth/authorize?{query}"
-        return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
+        return _to_signin(query)
     return _render(request, checked, signer, query)
+
+
+def _to_signin(query: str) -> Response:
+    """Sign in first, then back to the same authorization request."""
+    target = f"/auth/authorize?{query}"
+    return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
 
 
 @router.get("/me/apps")
@@ -207,8 +212,7 @@ async def decide(request: Request) -> Response:
         return checked
     signer = _signer(request)
     if signer is None:
-        target = f"/auth/authorize?{query}"
-        return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
+        return _to_signin(query)
     if (form.get("decision") or [""])[0] != "approve":
         return _back_to_app(checked, error="access_denied", error_description="the user said no")
     granted = list(dict.fromkeys(form.get("scope") or []))
