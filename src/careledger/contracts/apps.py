@@ -70,7 +70,11 @@ def app_of(read: StateReader, client_id: str) -> Mapping[str, Any] | None:
 
 def _redirect(uri: str) -> str:
     """An absolute https URI, or http on loopback (RFC 8252 native apps), with no fragment."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises on a port that is no port (":99999", ":x")
+    except ValueError:
+        raise Rejected("BAD_ARGS", "a redirect URI is a URI (host and port)") from None
     loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
     if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not loopback):
         raise Rejected("BAD_ARGS", "a redirect URI is https, or http on this machine's loopback")

@@ -59,6 +59,8 @@ def test_an_admin_registers_an_app_that_every_node_then_knows(chain: TestChain) 
     [
         {"redirect_uris": ["http://app.example/cb"]},  # http off loopback
         {"redirect_uris": ["https://app.example/cb#frag"]},
+        {"redirect_uris": ["https://[bad/cb"]},  # was a contract fault, not a refusal
+        {"redirect_uris": ["https://app.example:99999/cb"]},
         {"redirect_uris": []},
         {"scopes": "patient/*.read nonsense"},
         {"scopes": "patient/Observation."},  # no action
