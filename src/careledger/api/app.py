@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from careledger import __version__
 from careledger.api import errors
 from careledger.api.body_limit import BodyLimit
-from careledger.api.cors import AppOrigins
+from careledger.api.cors import AppOriginIndex, AppOrigins
 from careledger.api.metrics import Metrics
 from careledger.api.routes import (
     auth,
@@ -90,6 +90,8 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         nonces = ReplayGuard(settings.data_dir / FEDERATION_NONCES_FILE, keep_ms=2 * MAX_AGE_MS)
         app.state.federation = FederationServer(health, nonces)
         running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
+        app.state.app_origins = AppOriginIndex(running.ledger)
+        running.ledger.commit_listeners.append(app.state.app_origins.on_commit)
         app.state.health = health
         app.state.exports = ExportJobs(health, settings.data_dir)
         running.ledger.commit_listeners.append(app.state.exports.on_commit)

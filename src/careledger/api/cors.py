@@ -40,26 +40,42 @@ def origin_of(uri: str) -> str:
     return f"{parts.scheme}://{host}{shown}"
 
 
+class AppOriginIndex:
+    """The origins of active apps' redirect URIs, read again only when a block changes apps
+    (a commit listener): not on every request, whose own access event makes a new block."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+        self._generation = 0  # bumped by each block that changes apps
+        self._read: tuple[int, frozenset[str]] | None = None
+
+    def on_commit(self, executed: Any) -> None:
+        if any(event.type.startswith(f"{APPS}.") for event in executed.block.events):
+            self._generation += 1
+
+    def allowed(self) -> frozenset[str]:
+        generation, read = self._generation, self._read
+        if read is not None and read[0] == generation:
+            return read[1]
+        found = set()
+        for key in self.ledger.store.state_keys(APPS, "app/", MAX_APPS):
+            app = self.ledger.state(APPS, key)
+            if app is not None and app["status"] == "active":
+                found.update(origin_of(u) for u in app.get("redirect_uris", []))
+        # kept under the generation read before: a change since makes it read again
+        origins = frozenset(found)
+        self._read = (generation, origins)
+        return origins
+
+
 class AppOrigins:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._height = -1
-        self._origins: frozenset[str] = frozenset()
 
-    def _allowed(self, scope: Scope) -> frozenset[str]:
-        node: Any = getattr(scope["app"].state, "node", None)
-        if node is None:
-            return frozenset()
-        ledger = node.ledger
-        height = ledger.head.height
-        if height != self._height:
-            origins = set()
-            for key in ledger.store.state_keys(APPS, "app/", MAX_APPS):
-                app = ledger.state(APPS, key)
-                if app is not None and app["status"] == "active":
-                    origins.update(origin_of(u) for u in app.get("redirect_uris", []))
-            self._origins, self._height = frozenset(origins), height
-        return self._origins
+    @staticmethod
+    def _allowed(scope: Scope) -> frozenset[str]:
+        index: AppOriginIndex | None = getattr(scope["app"].state, "app_origins", None)
+        return frozenset() if index is None else index.allowed()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope["path"]).startswith(PATHS):
