@@ -434,10 +434,10 @@ class ExportJobs:
         calls = [
             ("audit", "access", self.records.access_args(
                 caller, patient, [s.record_id for s in kept],
-                {s.resource_type for s in kept}, "export", request.purpose, "export"))
+                {s.resource_type for s in kept}, "export", request.purpose, interaction="export"))
             for patient, kept in pending
         ]  # fmt: skip
-        for receipt in self.records.commit_calls(calls):
+        for receipt in self.records.node.execute(calls):
             if receipt["result"] != "accepted":
                 raise Forbidden("the ledger refused an export's access event",
                                 code=receipt["code"])  # fmt: skip

@@ -145,12 +145,6 @@ class HealthRecords:
     def _commit(self, calls: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
         return self.node.execute(calls)
 
-    def commit_calls(
-        self, calls: Sequence[tuple[str, str, Mapping[str, Any]]]
-    ) -> list[dict[str, Any]]:
-        """Commit contract calls signed by this node (bulk export's access events)."""
-        return self._commit(calls)
-
     def record_meta(self, record_id: str, resource_type: str | None = None) -> dict[str, Any]:
         meta = self.ledger.state(RECORDS, record_key(record_id))
         if meta is None or (resource_type is not None and meta["type"] != resource_type):
@@ -192,7 +186,7 @@ class HealthRecords:
     ) -> dict[str, Any]:
         """Commit the access event for ``records`` (and device reading ``windows``, as
         ``device/seq``); Forbidden unless the ledger accepts it."""
-        args = self._access_args(
+        args = self.access_args(
             caller, patient, records, types, action, purpose, windows, interaction
         )
         (receipt,) = self._commit([("audit", "access", args)])
@@ -200,26 +194,11 @@ class HealthRecords:
             raise Forbidden("the ledger refused the access", code=receipt["code"])
         return receipt
 
-    def access_args(
-        self,
-        caller: Caller,
-        patient: str,
-        records: Sequence[str],
-        types: set[str],
-        action: str,
-        purpose: str,
-        interaction: str | None = None,
-    ) -> dict[str, Any]:
-        """An ``audit.access`` call with the basis the ledger should accept (Forbidden if none)."""
-        return self._access_args(
-            caller, patient, records, types, action, purpose, interaction=interaction
-        )
-
     def _says_interaction(self) -> bool:
         """Whether the ruleset in force records the FHIR interaction of an access (r7)."""
         return int(getattr(self.ledger.rules().contracts["audit"], "version", 1)) >= 3
 
-    def _access_args(
+    def access_args(
         self,
         caller: Caller,
         patient: str,
@@ -743,7 +722,7 @@ class HealthRecords:
         # checked before looking: "200, none" against "403" must not tell what is held
         if not _scope_ok(caller, resource_type, patient):
             raise Forbidden("the token's scopes allow none of these records", code="SCOPE")
-        self._access_args(caller, patient, [], {resource_type}, "read", purpose)  # a basis?
+        self.access_args(caller, patient, [], {resource_type}, "read", purpose)  # a basis?
         records = self.patient_records(patient, {resource_type})
         versions = {r: self._version_at(r, as_of) for r, _ in records}
         return {r: v for r, v in versions.items() if v is not None}
@@ -773,7 +752,7 @@ class HealthRecords:
         if not _scope_ok(caller, resource_type, patient):
             return False
         try:
-            self._access_args(caller, patient, [], {resource_type}, "read", purpose)
+            self.access_args(caller, patient, [], {resource_type}, "read", purpose)
         except Forbidden:
             return False
         return True
@@ -800,7 +779,7 @@ class HealthRecords:
             (
                 "audit",
                 "access",
-                self._access_args(
+                self.access_args(
                     caller,
                     patient,
                     [r for r, _ in pairs],
