@@ -141,19 +141,23 @@ def _render(
 @router.get("/auth/authorize")
 def authorize(request: Request) -> Response:
     query = request.url.query
+    found = _request_and_user(request, query)
+    if isinstance(found, Response):
+        return found
+    return _render(request, *found, query)
+
+
+def _request_and_user(request: Request, query: str) -> tuple[AuthorizeRequest, Signer] | Response:
+    """The app's request, checked, and the signed-in user; else the answer to give instead
+    (an error, or sign in first and come back to the same request)."""
     checked = _checked(request, query)
     if isinstance(checked, Response):
         return checked
     signer = _signer(request)
     if signer is None:
-        return _to_signin(query)
-    return _render(request, checked, signer, query)
-
-
-def _to_signin(query: str) -> Response:
-    """Sign in first, then back to the same authorization request."""
-    target = f"/auth/authorize?{query}"
-    return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
+        target = f"/auth/authorize?{query}"
+        return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
+    return checked, signer
 
 
 @router.get("/me/apps")
@@ -207,12 +211,10 @@ async def ehr_launch(request: Request) -> Response:
 async def decide(request: Request) -> Response:
     form = await form_of(request)
     query = (form.get("request") or [""])[0]
-    checked = _checked(request, query)
-    if isinstance(checked, Response):
-        return checked
-    signer = _signer(request)
-    if signer is None:
-        return _to_signin(query)
+    found = _request_and_user(request, query)
+    if isinstance(found, Response):
+        return found
+    checked, signer = found
     if (form.get("decision") or [""])[0] != "approve":
         return _back_to_app(checked, error="access_denied", error_description="the user said no")
     granted = list(dict.fromkeys(form.get("scope") or []))
