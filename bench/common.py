@@ -11,7 +11,10 @@ import orjson
 
 from careledger.core.keys import KeyPair
 from careledger.core.tx import make_body, sign_body
+from careledger.health.access import Caller
+from careledger.health.service import HealthRecords
 from careledger.node import Node
+from careledger.scopes import default_scopes, parse_scopes
 
 CHUNK = 1000
 
@@ -81,3 +84,27 @@ class Chain:
                 receipt = future.result(300)
                 refused += receipt["result"] != "accepted"
         return refused
+
+
+# The demo clinician who writes the benches' records, and how many go in one anchor_batch.
+ROLES = frozenset({"clinician"})
+CALLER = Caller("dr-ana-silva", "st-mary", ROLES, parse_scopes(default_scopes(ROLES)))
+BATCH = 250  # records.MAX_BATCH: one anchor_batch per write
+
+
+def observation(pid: str, i: int) -> dict[str, Any]:
+    """The i-th of a patient's Observations: a heart rate or, one in four, a lab value."""
+    code = "8867-4" if i % 4 else "4548-4"
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": f"20{10 + i % 15:02d}-{1 + i % 12:02d}-{1 + i % 28:02d}",
+        "valueQuantity": {"value": 60 + i % 40, "unit": "/min"},
+    }
+
+
+def write(records: HealthRecords, resources: list[tuple[dict[str, Any], str, int, str]]) -> None:
+    for start in range(0, len(resources), BATCH):
+        records.write_all(CALLER, resources[start : start + BATCH])

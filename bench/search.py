@@ -24,40 +24,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import lift_write_budget, pct  # noqa: E402
+from bench.common import BATCH, CALLER, lift_write_budget, observation, pct, write  # noqa: E402
 
 from careledger.config import Settings  # noqa: E402
 from careledger.core.keys import KeyPair  # noqa: E402
 from careledger.fhir.extract import patient_id  # noqa: E402
 from careledger.fhir.search import matches, parse_search  # noqa: E402
-from careledger.health.access import Caller  # noqa: E402
 from careledger.health.search import SearchResult, search_org, search_patient  # noqa: E402
 from careledger.health.service import HealthRecords  # noqa: E402
 from careledger.node import Node  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
-from careledger.scopes import default_scopes, parse_scopes  # noqa: E402
 
 NOW = datetime.now(UTC)
-ROLES = frozenset({"clinician"})
-CALLER = Caller("dr-ana-silva", "st-mary", ROLES, parse_scopes(default_scopes(ROLES)))
-BATCH = 250  # records.MAX_BATCH: one anchor_batch per write
-
-
-def observation(pid: str, i: int) -> dict[str, Any]:
-    code = "8867-4" if i % 4 else "4548-4"
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": f"20{10 + i % 15:02d}-{1 + i % 12:02d}-{1 + i % 28:02d}",
-        "valueQuantity": {"value": 60 + i % 40, "unit": "/min"},
-    }
-
-
-def write(records: HealthRecords, resources: list[tuple[dict[str, Any], str, int, str]]) -> None:
-    for start in range(0, len(resources), BATCH):
-        records.write_all(CALLER, resources[start : start + BATCH])
 
 
 def timed(runs: int, task: Callable[[], SearchResult | int]) -> tuple[list[float], Any]:

@@ -38,17 +38,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import lift_write_budget, pct, plain_db  # noqa: E402
+from bench.common import CALLER, lift_write_budget, observation, pct, plain_db, write  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
 from careledger.config import Settings  # noqa: E402
 from careledger.fhir.extract import patient_id  # noqa: E402
-from careledger.health.access import Caller  # noqa: E402
 from careledger.health.service import HealthRecords  # noqa: E402
 from careledger.keyfile import read_key_file  # noqa: E402
 from careledger.node import Node  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
-from careledger.scopes import default_scopes, parse_scopes  # noqa: E402
 from careledger.sdk import Client  # noqa: E402
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -124,31 +122,15 @@ def main() -> None:
 
 def populate(data: Path, count: int, patients: int) -> None:
     """``count`` Observations over ``patients`` patients, written in-process as St Mary's."""
-    roles = frozenset({"clinician"})
-    caller = Caller("dr-ana-silva", "st-mary", roles, parse_scopes(default_scopes(roles)))
     node = Node(Settings.load(data))
     node.start()
     records = HealthRecords.for_node(node)
     try:
         started = time.perf_counter()
-        pids = [records.create(caller, {"resourceType": "Patient", "gender": "other"},
+        pids = [records.create(CALLER, {"resourceType": "Patient", "gender": "other"},
                                patient_of=patient_id).record_id for _ in range(patients)]  # fmt: skip
-        batch = []
-        for i in range(count):
-            pid = pids[i % patients]
-            obs = {"resourceType": "Observation", "status": "final",
-                   "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                                 "observation-category", "code": "vital-signs"}]}],
-                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                   "subject": {"reference": f"Patient/{pid}"},
-                   "effectiveDateTime": f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}",
-                   "valueQuantity": {"value": 60 + i % 40, "unit": "/min"}}  # fmt: skip
-            batch.append((obs, f"b{i}", 1, pid))
-            if len(batch) == 250:
-                records.write_all(caller, batch)
-                batch = []
-        if batch:
-            records.write_all(caller, batch)
+        write(records, [(observation(pids[i % patients], i), f"b{i}", 1, pids[i % patients])
+                        for i in range(count)])  # fmt: skip
         print(f"(set-up: {count:,} Observations written in {time.perf_counter() - started:.1f} s)")
     finally:
         records.close()
