@@ -4,6 +4,12 @@ An anchor names the record, its FHIR type, the patient's pseudonym (a member id,
 or an identifier from the record), the custodian organisation and a salted hash of the canonical
 resource (the salt stays in the vault, so the hash reveals nothing). Versions chain: an update
 names the version it replaces, so two writers cannot silently overwrite each other.
+
+From ruleset r8 (``RecordsV2``) the contract also keeps each custodian's *holdings* of a patient's
+records of one type: a count and a hash chain over every anchor and shred, in the order applied.
+``attest_holdings`` is accepted only if it names the chain heads the ledger holds at its block,
+so an accepted attestation, with the operations that hash to its head, proves which versions of
+which records a custodian held then: what a bulk export must contain, checked offline.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import Any
 from careledger.contracts.base import Args, Context, Contract, tx_method
 from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.core.block import ZERO_HASH
+from careledger.core.canonical import canonical_bytes, sha256_hex
 from careledger.errors import Rejected
 
 NAMESPACE = "records"
@@ -34,6 +42,31 @@ def version_key(record_id: str, version: int) -> str:
 
 def patient_index_key(patient: str, record_id: str) -> str:
     return f"patient/{patient}/{record_id}"
+
+
+def holding_key(patient: str, custodian: str, resource_type: str) -> str:
+    return f"holding/{patient}/{custodian}/{resource_type}"
+
+
+def holding_op_key(patient: str, custodian: str, resource_type: str, n: int) -> str:
+    return f"{holding_key(patient, custodian, resource_type)}/op/{n:010d}"
+
+
+def next_holding_head(head: str, op: list[Any]) -> str:
+    """One step of a holdings chain: ``op`` is ``[kind, record, version, hash, time, height]``
+    with kind ``put`` (an anchored version) or ``shred``; the height lets a verifier replay the
+    chain up to any block (block times may repeat, heights do not)."""
+    return sha256_hex(bytes.fromhex(head) + canonical_bytes(op))
+
+
+def holding_of(value: Any) -> tuple[int, str]:
+    """(operations, head) of a holdings entry; an absent one is empty."""
+    if value is None:
+        return 0, ZERO_HASH
+    return int(value["n"]), str(value["head"])
+
+
+MAX_ATTESTED = 250
 
 
 def require_patient(ctx: Context, patient: str) -> dict[str, Any]:
@@ -171,3 +204,57 @@ class RecordsV1(Contract):
             "records.shredded",
             {"record": record_id, "patient": current["patient"], "reason": reason},
         )
+
+
+class RecordsV2(RecordsV1):
+    """r8: holdings chains on every anchor and shred, and ``attest_holdings``."""
+
+    version = 2
+
+    @staticmethod
+    def _anchor(ctx: Context, args: Args) -> None:
+        RecordsV1._anchor(ctx, args)
+        entry = ctx.state.get(record_key(args.raw["record"]))
+        RecordsV2._append(ctx, entry, "put")
+
+    @staticmethod
+    def _append(ctx: Context, entry: dict[str, Any], kind: str) -> None:
+        patient, custodian, resource_type = entry["patient"], entry["custodian"], entry["type"]
+        key = holding_key(patient, custodian, resource_type)
+        n, head = holding_of(ctx.state.get(key))
+        op = [kind, entry["id"], entry["version"], entry["hash"], ctx.time, ctx.height]
+        ctx.state.put(holding_op_key(patient, custodian, resource_type, n + 1), op)
+        ctx.state.put(key, {"n": n + 1, "head": next_holding_head(head, op)})
+
+    @tx_method
+    def shred(self, ctx: Context, args: Args) -> None:
+        super().shred(ctx, args)
+        self._append(ctx, ctx.state.get(record_key(args.raw["record"])), "shred")
+
+    @tx_method
+    def attest_holdings(self, ctx: Context, args: Args) -> None:
+        """The signer's node states the heads of its organisation's holdings; refused unless
+        every one is the ledger's at this block (an empty holding: 0 operations, zero head)."""
+        args.only("holdings")
+        if not ctx.signer.has_role("node"):
+            raise Rejected("NOT_AUTHORISED", "holdings are attested by the custodian's node")
+        raw = args.raw.get("holdings")
+        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ATTESTED:
+            raise Rejected("BAD_ARGS", f"holdings must be a list of 1..{MAX_ATTESTED} objects")
+        seen = set()
+        for item in raw:
+            entry = ctx.args(item if isinstance(item, dict) else {})
+            entry.only("patient", "type", "n", "head")
+            patient = entry.string("patient", pattern=ID_PATTERN)
+            resource_type = entry.string("type", pattern=RESOURCE_TYPE)
+            n = entry.integer("n")
+            head = entry.string("head", pattern=HEX_HASH)
+            if (patient, resource_type) in seen:
+                raise Rejected("BAD_ARGS", "a holding is attested once per transaction")
+            seen.add((patient, resource_type))
+            held = holding_of(ctx.state.get(holding_key(patient, ctx.signer.org, resource_type)))
+            if held != (n, head):
+                raise Rejected(
+                    "HOLDINGS_CHANGED",
+                    f"the holding of {resource_type} for {patient} is not the one attested",
+                )

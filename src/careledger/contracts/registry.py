@@ -209,7 +209,22 @@ def r7() -> Ruleset:
     )
 
 
+def r8() -> Ruleset:
+    """r7, and each custodian's holdings of a patient's records, attested for bulk exports."""
+    from careledger.contracts.records import RecordsV2
+
+    return r7().derive(
+        "r8",
+        contracts=[RecordsV2()],
+        notes=(
+            "records keep, per patient, custodian and type, a count and hash chain of every "
+            "anchor and shred; records.attest_holdings is accepted only if it names the "
+            "chains' heads at its block, so a bulk export proves it left nothing out"
+        ),
+    )
+
+
 @cache
 def default_registry() -> Registry:
     """Every ruleset this software knows, oldest first; the last is what new chains start on."""
-    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6(), r7()])
+    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6(), r7(), r8()])
