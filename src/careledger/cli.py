@@ -734,8 +734,9 @@ def export_verify(
     json_out: JsonOpt = False,
 ) -> None:
     """Check a bulk export offline: the node's signature on its manifest, every file's hash and
-    count, and every record against the salted hash its anchoring transaction holds. Exits 1
-    when anything differs."""
+    count, every record against the salted hash its anchoring transaction holds, and that no
+    record the ledger says was held for an exported patient is missing. Exits 1 when anything
+    differs."""
     from careledger.health.export_proof import verify_export
 
     try:
@@ -754,6 +755,8 @@ def export_verify(
     if json_out:
         _print_json({"ok": True, "signer": report.signer, "trusted": report.trusted,
                      "height": report.height, "records": report.records,
+                     "holdings": report.holdings, "withheld": report.withheld,
+                     "unproven": report.unproven,
                      "files": [{"name": n, "lines": c} for n, c in report.files]})  # fmt: skip
         return
     table = Table("file", "lines", title=f"export at ledger height {report.height}")
@@ -762,6 +765,16 @@ def export_verify(
     out.print(table)
     who = "a node you trust" if report.trusted else "a node you did not name (give --node-key)"
     out.print(f"verified: {report.records} records, signed by {report.signer} ({who})")
+    if report.holdings:
+        out.print(
+            f"complete: every record the ledger held at height {report.height} for "
+            f"{report.holdings} patient-and-type holdings is here"
+            + (f" ({report.withheld} left out by _typeFilter)" if report.withheld else "")
+        )
+        if report.unproven:
+            out.print(f"{report.unproven} exported records lie outside the attested holdings")
+    else:
+        out.print("completeness not proven: the export attests no holdings (ledger before r8)")
 
 
 apps_app = typer.Typer(help="SMART on FHIR apps registered on the ledger.", no_args_is_help=True)

@@ -5,6 +5,7 @@ what another organisation's app gets; the signed manifest is checked offline by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -102,11 +103,7 @@ def test_a_backend_app_exports_and_the_manifest_verifies_offline(
         files.append(path)
     index = st_mary.get(f"/fhir/$export-file/{job}/records.ndjson")
     assert index.status_code == 200
-    for name in ("records.ndjson", "anchors.ndjson"):  # what proves the files, and the anchors
-        body = st_mary.get(f"/fhir/$export-file/{job}/{name}")
-        assert body.status_code == 200
-        (tmp_path / name).write_bytes(body.content)
-        files.append(tmp_path / name)
+    files += proof_files(st_mary, job, tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     node_key = httpx.get(f"{server.url}/v1/checkpoint/keys").text.strip()
     checked = run_cli("export", "verify", str(tmp_path / "manifest.json"), *map(str, files),
@@ -115,6 +112,12 @@ def test_a_backend_app_exports_and_the_manifest_verifies_offline(
     report = json.loads(checked.stdout)
     assert report["trusted"] is True
     assert report["records"] == sum(o["count"] for o in manifest["output"])
+    # complete: every (patient, type) exported is attested, and nothing lies outside
+    patients = {json.loads(x)["patient"] for x in index.text.splitlines()}
+    assert report["holdings"] == 2 * len(patients) and report["unproven"] == 0
+    words = run_cli("export", "verify", str(tmp_path / "manifest.json"), *map(str, files),
+                    "--node-key", node_key)  # fmt: skip
+    assert "complete: every record the ledger held" in words.stdout
     # without naming the node it trusts, nothing is accepted: anyone can make a key and sign
     untrusted = run_cli("export", "verify", str(tmp_path / "manifest.json"), *map(str, files))
     assert untrusted.returncode == 1 and "EXPORT_UNTRUSTED" in untrusted.stderr
@@ -136,6 +139,87 @@ def test_a_backend_app_exports_and_the_manifest_verifies_offline(
     assert exports[0]["accessor"] == "st-mary-export"
 
 
+PROOF_FILES = ("records.ndjson", "anchors.ndjson", "holdings.ndjson", "attestations.ndjson",
+               "withheld.ndjson")  # fmt: skip
+
+
+def proof_files(http: httpx.Client, job: str, folder: Path) -> list[Path]:
+    """What proves the data files: the index, the anchors, and the attested holdings."""
+    out = []
+    for name in PROOF_FILES:
+        body = http.get(f"/fhir/$export-file/{job}/{name}")
+        assert body.status_code == 200, name
+        (folder / name).write_bytes(body.content)
+        out.append(folder / name)
+    return out
+
+
+def data_files(http: httpx.Client, manifest: dict[str, Any], folder: Path) -> list[Path]:
+    out = []
+    for output in manifest["output"]:
+        path = folder / f"{output['type']}.ndjson"
+        path.write_bytes(http.get(output["url"]).content)
+        out.append(path)
+    return out
+
+
+def resign(server: Server, manifest: dict[str, Any], files: list[Path]) -> None:
+    """The node itself lying: the manifest re-signed with its own key over changed files."""
+    from careledger.core.checkpoint import sign_note
+    from careledger.health.bulk_export import PROOF_EXTENSION, manifest_body
+    from careledger.keyfile import read_key_file
+
+    settings = json.loads((server.data_dir / "node.json").read_text())
+    _, key = read_key_file(server.data_dir / settings["node_key"])
+    proof = manifest["extension"][PROOF_EXTENSION]
+    by_name = {p.name: p for p in files}
+    for entry in proof["files"]:
+        data = by_name[entry["name"]].read_bytes()
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+        entry["count"] = data.count(b"\n")
+    for output in manifest["output"]:
+        output["count"] = by_name[f"{output['type']}.ndjson"].read_bytes().count(b"\n")
+    proof["signature"] = sign_note(manifest_body(manifest), settings["node_name"], key)
+
+
+def verify(manifest: dict[str, Any], files: list[Path], node_key: str, folder: Path) -> Any:
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return run_cli("export", "verify", str(folder / "manifest.json"), *map(str, files),
+                   "--node-key", node_key, "--json")  # fmt: skip
+
+
+def test_not_even_the_node_can_leave_a_record_out(
+    server: Server, st_mary: httpx.Client, tmp_path: Path
+) -> None:
+    """A node that drops a record from its own export, and signs the smaller manifest with its
+    own key, is caught: the ledger's attested holdings say the record was there."""
+    job, manifest = run_export(st_mary, "/fhir/$export?_type=Condition")
+    files = data_files(st_mary, manifest, tmp_path) + proof_files(st_mary, job, tmp_path)
+    node_key = httpx.get(f"{server.url}/v1/checkpoint/keys").text.strip()
+    honest = verify(manifest, files, node_key, tmp_path)
+    assert honest.returncode == 0, honest.stderr
+    conditions, index = tmp_path / "Condition.ndjson", tmp_path / "records.ndjson"
+    dropped = json.loads(conditions.read_bytes().splitlines()[0])
+    conditions.write_bytes(b"".join(x + b"\n" for x in conditions.read_bytes().splitlines()[1:]))
+    index.write_bytes(b"".join(
+        x + b"\n" for x in index.read_bytes().splitlines() if json.loads(x)["id"] != dropped["id"]
+    ))  # fmt: skip
+    resign(server, manifest, files)
+    lying = verify(manifest, files, node_key, tmp_path)
+    assert lying.returncode == 1 and "EXPORT_MISMATCH" in lying.stderr
+    assert f"Condition/{dropped['id']}" in lying.stderr and "missing" in lying.stderr
+    # nor by calling it withheld by a _typeFilter the request did not hold for it... unless
+    # listed; and the holdings themselves cannot be trimmed: they must hash to the attested head
+    holdings = tmp_path / "holdings.ndjson"
+    lines = [json.loads(x) for x in holdings.read_bytes().splitlines()]
+    for line in lines:
+        line["ops"] = [op for op in line["ops"] if op[1] != dropped["id"]]
+    holdings.write_bytes(b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+    resign(server, manifest, files)
+    trimmed = verify(manifest, files, node_key, tmp_path)
+    assert trimmed.returncode == 1 and "not what the ledger attested" in trimmed.stderr
+
+
 def test_another_organisations_app_gets_only_what_consents_give(server: Server) -> None:
     register_backend(server, "northside-admin.key", "northside-export")
     with app_client(server, "northside-export") as http:
@@ -148,14 +232,21 @@ def test_another_organisations_app_gets_only_what_consents_give(server: Server) 
         assert proof["patients"] == {"exported": 1}
 
 
-def test_type_filter_and_cancel(st_mary: httpx.Client) -> None:
-    _, manifest = run_export(
+def test_type_filter_and_cancel(server: Server, st_mary: httpx.Client, tmp_path: Path) -> None:
+    job, manifest = run_export(
         st_mary, "/fhir/$export?_type=Observation&_typeFilter=Observation%3Fcategory%3Dlaboratory"
     )
     (output,) = manifest["output"]
     lines = [json.loads(x) for x in st_mary.get(output["url"]).text.splitlines() if x]
     cats = {c["code"] for r in lines for cat in r.get("category", []) for c in cat["coding"]}
     assert cats == {"laboratory"}
+    # what the filter left out is named (no content), so the export still proves complete
+    files = data_files(st_mary, manifest, tmp_path) + proof_files(st_mary, job, tmp_path)
+    node_key = httpx.get(f"{server.url}/v1/checkpoint/keys").text.strip()
+    checked = verify(manifest, files, node_key, tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["withheld"] > 0 and report["records"] == output["count"]
     job, _ = run_export(st_mary, "/fhir/$export?_type=Condition")
     assert st_mary.delete(f"/fhir/$export-status/{job}").status_code == 202
     assert st_mary.get(f"/fhir/$export-status/{job}").status_code == 404

@@ -9,6 +9,15 @@ ledger height and the checkpoint (signed tree head) of that height, and ``record
 names every exported record version with its anchoring transaction, so that a recipient can check
 offline (``careledger export verify``) that the files are exactly what the node says it sent.
 
+And that nothing was left out (ruleset r8): before a patient's records are read, the node commits
+``records.attest_holdings`` for each type the app may see of that patient, which the ledger
+accepts only if it names the chain heads it holds. ``holdings.ndjson`` carries each chain's
+operations (record ids, versions, salted hashes, no content), ``attestations.ndjson`` the
+attesting transactions with their inclusion proofs; replaying the operations up to the export's
+height gives exactly the versions the export must hold. Records withheld by ``_typeFilter`` are
+named in ``withheld.ndjson``. Types under a query-restricted SMART scope are not attested: their
+operations would show the app records its scopes do not reach.
+
 Jobs run one at a time on a worker thread. A job under way when the node stops is marked failed
 on restart ("start it again"): never left half-written and reported complete.
 """
@@ -30,15 +39,19 @@ from typing import IO, Any
 
 import orjson
 
+from careledger.contracts.consent import NAMESPACE as CONSENT
+from careledger.contracts.consent import consent_covers, consent_key
+from careledger.contracts.records import MAX_ATTESTED, holding_key, holding_of, holding_op_key
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import sign_note
 from careledger.errors import CareLedgerError, Forbidden, NotFound, RateLimited, StorageError
 from careledger.fhir.search import SearchRequest, matches
+from careledger.fhir.types import RECORD_TYPES
 from careledger.health.access import Caller, require_scope
 from careledger.health.scope_query import within_scopes
 from careledger.health.service import HealthRecords, StoredResource
-from careledger.scopes import allows
+from careledger.scopes import allows, restrictions
 from careledger.sqlite_threads import ThreadConnections
 
 EXPORT_FILE = "export.sqlite"
@@ -46,6 +59,11 @@ EXPORT_DIR = "exports"
 PROOF_EXTENSION = "https://careledger.dev/fhir/StructureDefinition/export-proof"
 INDEX_FILE = "records.ndjson"
 ANCHORS_FILE = "anchors.ndjson"  # each anchoring transaction, its receipt and inclusion proof
+HOLDINGS_FILE = "holdings.ndjson"  # each attested holdings chain, with its operations
+ATTESTATIONS_FILE = "attestations.ndjson"  # each attesting transaction, receipt and proof
+WITHHELD_FILE = "withheld.ndjson"  # records held and visible but left out by _typeFilter
+PROOF_FILES = (INDEX_FILE, ANCHORS_FILE, HOLDINGS_FILE, ATTESTATIONS_FILE, WITHHELD_FILE)
+ATTEST_RETRIES = 3  # a write landing between reading the heads and attesting them: read again
 PATIENTS_PER_COMMIT = 50
 FLUSH_RECORDS = 2_000  # decrypted records held at once; also the most one access event names
 SCHEMA = """CREATE TABLE IF NOT EXISTS job(
@@ -286,13 +304,12 @@ class ExportJobs:
     def _export(
         self, job: str, caller: Caller, request: ExportRequest, out: Path
     ) -> dict[str, Any]:
-        head = self.ledger.head
-        height, size = head.height, head.log_size
+        height = self.ledger.head.height
         header = self.ledger.store.header(height)
         moment = header.time if header is not None else int(time.time() * 1000)
         patients = self._patients()
         files: dict[str, _File] = {}
-        index = _File(open(out / INDEX_FILE, "wb"))  # noqa: SIM115 - closed below
+        proof = _Proof(out)
         exported = refused = 0
         now = datetime.now(UTC)
         try:
@@ -300,35 +317,37 @@ class ExportJobs:
                 if self._stopped(job):
                     raise CareLedgerError("cancelled", code="CANCELLED")
                 batch = patients[start : start + PATIENTS_PER_COMMIT]
-                done, skipped = self._batch(caller, request, batch, height, now, files, index, out)
+                done, skipped = self._batch(caller, request, batch, height, now, files, proof, out)
                 exported += len(done)
                 self._exported.setdefault(job, []).extend(sorted(done))
                 refused += skipped
                 self._progress(job, f"{min(start + len(batch), len(patients))} of "
                                     f"{len(patients)} patients")  # fmt: skip
         finally:
-            index.handle.close()
+            proof.close()
             for f in files.values():
                 f.handle.close()
+        # every access event and attestation is committed: prove them in one later checkpoint
+        size = self.ledger.head.log_size
+        anchors = self._tx_proofs(out / ANCHORS_FILE, proof.anchor_txs(), size)
+        attestations = self._tx_proofs(out / ATTESTATIONS_FILE, proof.attest_txs, size)
         outputs = [
             {"type": kind, "url": f"{request.origin}/fhir/$export-file/{job}/{kind}.ndjson",
              "count": f.count}
             for kind, f in sorted(files.items())
         ]  # fmt: skip
+        written = {f"{kind}.ndjson": f for kind, f in sorted(files.items())}
+        written.update({INDEX_FILE: proof.index, ANCHORS_FILE: anchors,
+                        HOLDINGS_FILE: proof.holdings, ATTESTATIONS_FILE: attestations,
+                        WITHHELD_FILE: proof.withheld})  # fmt: skip
         listed = [
-            {"name": f"{kind}.ndjson", "sha256": f.digest.hexdigest(), "count": f.count}
-            for kind, f in sorted(files.items())
+            {"name": name, "sha256": f.digest.hexdigest(), "count": f.count}
+            for name, f in written.items()
         ]
-        listed.append(
-            {"name": INDEX_FILE, "sha256": index.digest.hexdigest(), "count": index.count}
-        )
-        anchors = self._anchors(out, size)
-        listed.append(
-            {"name": ANCHORS_FILE, "sha256": anchors.digest.hexdigest(), "count": anchors.count}
-        )
-        proof = {
+        body = {
             "job": job,
             "height": height,
+            "since_ms": request.since_ms,
             "tree_size": size,
             "checkpoint": self.ledger.checkpoint(size),
             "node": self.ledger.verifier_key(),
@@ -347,35 +366,91 @@ class ExportJobs:
             "requiresAccessToken": True,
             "output": outputs,
             "error": [],
-            "extension": {PROOF_EXTENSION: proof},
+            "extension": {PROOF_EXTENSION: body},
         }
-        proof["signature"] = sign_note(
+        body["signature"] = sign_note(
             manifest_body(manifest), self.ledger.node_name, self.ledger.node_key
         )
         return manifest
 
-    def _anchors(self, out: Path, size: int) -> _File:
-        """One line per anchoring transaction of the exported records: its envelope (which
-        names each record version's salted hash), its receipt and the inclusion proof of that
-        receipt in the checkpoint the manifest carries. With them a recipient checks offline
-        that the ledger holds every exported version."""
-        txs: set[str] = set()
-        with (out / INDEX_FILE).open("rb") as listed:
-            for line in listed:
-                txs.add(str(orjson.loads(line)["anchor_tx"]))
-        anchors = _File(open(out / ANCHORS_FILE, "wb"))  # noqa: SIM115 - closed below
+    def _tx_proofs(self, path: Path, tx_ids: Sequence[str], size: int) -> _File:
+        """One line per transaction: its envelope, its receipt and the inclusion proof of that
+        receipt in the checkpoint the manifest carries (which is there once, not per line)."""
+        out = _File(open(path, "wb"))  # noqa: SIM115 - closed below
         try:
-            for tx_id in sorted(txs):
+            for tx_id in sorted(set(tx_ids)):
                 found = self.ledger.store.find_tx(tx_id)
                 if found is None:
-                    raise StorageError(f"an anchoring transaction is missing: {tx_id}")
+                    raise StorageError(f"a transaction of the export is missing: {tx_id}")
                 answer = self.ledger.tx_proof(tx_id, size)
-                answer.pop("checkpoint", None)  # the manifest's, once
+                answer.pop("checkpoint", None)
                 envelope = orjson.loads(found[1].envelope)
-                anchors.write(orjson.dumps({"tx": tx_id, "envelope": envelope, **answer}) + b"\n")
+                out.write(orjson.dumps({"tx": tx_id, "envelope": envelope, **answer}) + b"\n")
         finally:
-            anchors.handle.close()
-        return anchors
+            out.handle.close()
+        return out
+
+    def _attests(self) -> bool:
+        """Whether the ruleset in force keeps holdings (r8)."""
+        return "attest_holdings" in self.ledger.rules().contracts[RECORDS].methods()
+
+    def _attestable(
+        self, caller: Caller, request: ExportRequest, basis: Mapping[str, Any]
+    ) -> set[str]:
+        """The types of a patient whose completeness the export proves: those the request and
+        the app's scopes reach (not a query-restricted scope: the chain's operations would show
+        records the restriction hides) and, under a consent, those the consent covers."""
+        kinds = {
+            kind
+            for kind in (request.types or RECORD_TYPES)
+            if allows(caller.scopes, kind, "search")
+            and restrictions(caller.scopes, kind, "search") is None
+        }
+        if basis.get("kind") == "consent":
+            consent = self.ledger.state(CONSENT, consent_key(str(basis["id"])))
+            now_ms = time.time_ns() // 1_000_000
+            kinds = {
+                kind
+                for kind in kinds
+                if consent is not None
+                and consent_covers(consent, member="", org=caller.org, action="read",
+                                   resource_type=kind, purpose=request.purpose, time=now_ms)
+            }  # fmt: skip
+        return kinds
+
+    def _attest(self, wanted: Sequence[tuple[str, str]], proof: _Proof) -> None:
+        """Commit ``records.attest_holdings`` for each (patient, type), then write each chain's
+        line: its head, the attesting transaction and every operation."""
+        if not wanted or not self._attests():
+            return
+        org = self.records.org
+        for start in range(0, len(wanted), MAX_ATTESTED):
+            chunk = wanted[start : start + MAX_ATTESTED]
+            for _ in range(ATTEST_RETRIES):
+                heads = [
+                    (patient, kind, *holding_of(
+                        self.ledger.state(RECORDS, holding_key(patient, org, kind))))
+                    for patient, kind in chunk
+                ]  # fmt: skip
+                items = [{"patient": p, "type": k, "n": n, "head": h} for p, k, n, h in heads]
+                (receipt,) = self.records.node.execute(
+                    [("records", "attest_holdings", {"holdings": items})]
+                )
+                if receipt["result"] == "accepted" or receipt.get("code") != "HOLDINGS_CHANGED":
+                    break
+            if receipt["result"] != "accepted":
+                raise StorageError(
+                    f"the ledger refused the export's holdings ({receipt.get('code')})"
+                )
+            proof.attest_txs.append(str(receipt["tx_id"]))
+            for patient, kind, n, head in heads:
+                ops = [
+                    self.ledger.state(RECORDS, holding_op_key(patient, org, kind, i))
+                    for i in range(1, n + 1)
+                ]
+                proof.holdings.write(orjson.dumps({
+                    "patient": patient, "type": kind, "n": n, "head": head,
+                    "tx": receipt["tx_id"], "ops": ops}) + b"\n")  # fmt: skip
 
     def _batch(
         self,
@@ -385,15 +460,14 @@ class ExportJobs:
         height: int,
         now: datetime,
         files: dict[str, _File],
-        index: _File,
+        proof: _Proof,
         out: Path,
     ) -> tuple[set[str], int]:
-        """Export a few patients: basis first, then decrypt and filter at most FLUSH_RECORDS
-        at a time, then one committed access event per patient and set for exactly what is
-        written, then the lines. Memory holds one set, however many records a patient has."""
-        pending: list[tuple[str, list[StoredResource]]] = []
-        held = 0
-        exported: set[str] = set()
+        """Export a few patients: basis first, then their holdings attested, then decrypt and
+        filter at most FLUSH_RECORDS at a time, then one committed access event per patient and
+        set for exactly what is written, then the lines. Memory holds one set, however many
+        records a patient has."""
+        plans = []
         refused = 0
         for patient in patients:
             planned = self._plan(caller, patient, request, height)
@@ -401,22 +475,37 @@ class ExportJobs:
                 continue
             types = {kind for _, kind, _ in planned}
             try:  # the ledger basis, before anything is opened
-                self.records.access_args(caller, patient, [], types, "export", request.purpose)
+                args = self.records.access_args(
+                    caller, patient, [], types, "export", request.purpose
+                )
             except Forbidden:
                 refused += 1
                 continue
+            plans.append((patient, planned, self._attestable(caller, request, args["basis"])))
+        self._attest([(p, k) for p, _, kinds in plans for k in sorted(kinds)], proof)
+        pending: list[tuple[str, list[StoredResource]]] = []
+        held = 0
+        exported: set[str] = set()
+        for patient, planned, attested in plans:
             for start in range(0, len(planned), FLUSH_RECORDS):
                 part = planned[start : start + FLUSH_RECORDS]
-                opened = (self.records.open_version(r, v) for r, _, v in part)
-                kept = [s for s in opened if _kept(s.resource, request, caller, now)]
+                kept = []
+                for stored in (self.records.open_version(r, v) for r, _, v in part):
+                    if _kept(stored.resource, request, caller, now):
+                        kept.append(stored)
+                    elif stored.resource_type in attested:  # only _typeFilter, there
+                        proof.withheld.write(orjson.dumps({
+                            "patient": patient, "type": stored.resource_type,
+                            "id": stored.record_id, "version": stored.version,
+                            "reason": "_typeFilter"}) + b"\n")  # fmt: skip
                 if kept:
                     pending.append((patient, kept))
                     exported.add(patient)
                     held += len(kept)
                 if held >= FLUSH_RECORDS:
-                    self._flush(caller, request, pending, files, index, out)
+                    self._flush(caller, request, pending, files, proof.index, out)
                     pending, held = [], 0
-        self._flush(caller, request, pending, files, index, out)
+        self._flush(caller, request, pending, files, proof.index, out)
         return exported, refused
 
     def _flush(
@@ -453,6 +542,29 @@ class ExportJobs:
                     "version": stored.version, "patient": stored.patient,
                     "anchor_tx": stored.anchor_tx, "leaf_index": stored.leaf_index,
                     "hash": stored.content_hash, "salt": stored.salt}) + b"\n")  # fmt: skip
+
+
+class _Proof:
+    """The files beside the data that let a recipient check the export offline."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.index = _File(open(out / INDEX_FILE, "wb"))  # noqa: SIM115 - closed by close()
+        self.holdings = _File(open(out / HOLDINGS_FILE, "wb"))  # noqa: SIM115
+        self.withheld = _File(open(out / WITHHELD_FILE, "wb"))  # noqa: SIM115
+        self.attest_txs: list[str] = []
+
+    def close(self) -> None:
+        for f in (self.index, self.holdings, self.withheld):
+            f.handle.close()
+
+    def anchor_txs(self) -> list[str]:
+        """The anchoring transaction of every exported version, read back from the index."""
+        txs: set[str] = set()
+        with (self.out / INDEX_FILE).open("rb") as listed:
+            for line in listed:
+                txs.add(str(orjson.loads(line)["anchor_tx"]))
+        return sorted(txs)
 
 
 def _kept(

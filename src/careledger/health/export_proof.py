@@ -8,8 +8,15 @@ their bytes, line counts, no blank lines); each resource hashes, with its salt, 
 ``records.ndjson`` names for it; that hash is the one the ledger anchored for that version, in
 a transaction accepted and included in the checkpoint (``anchors.ndjson``: each anchoring
 envelope, its receipt and its inclusion proof); nothing is listed twice, or listed and not
-exported, or exported and not listed. What it takes on the node's word: that nothing the app
-could see was left out.
+exported, or exported and not listed.
+
+And that nothing was left out, for each patient and type whose holdings the export attests
+(ruleset r8): the attesting transaction is in the checkpoint, accepted and signed by the node
+(the ledger accepted it only if it named the chain heads it held); the chain's operations hash
+to that head; replayed up to the export's height (less records shredded since, and versions
+older than ``_since``) they give exactly the versions exported or named as withheld by
+``_typeFilter``. What it still takes on the node's word: which patients are in the export, and
+types it did not attest (a query-restricted scope, or records anchored before r8).
 """
 
 from __future__ import annotations
@@ -23,13 +30,20 @@ from typing import Any
 
 import orjson
 
+from careledger.contracts.records import next_holding_head
+from careledger.core.block import ZERO_HASH
 from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import parse_checkpoint, parse_vkey, verify_note
+from careledger.core.keys import decode_public_key
 from careledger.errors import CareLedgerError, VerificationError
 from careledger.health.bulk_export import (
     ANCHORS_FILE,
+    ATTESTATIONS_FILE,
+    HOLDINGS_FILE,
     INDEX_FILE,
     PROOF_EXTENSION,
+    PROOF_FILES,
+    WITHHELD_FILE,
     manifest_body,
 )
 from careledger.vault.crypto import content_hash
@@ -43,6 +57,9 @@ class ExportReport:
     tree_size: int
     files: list[tuple[str, int]] = field(default_factory=list)  # (name, lines)
     records: int = 0
+    holdings: int = 0  # (patient, type) pairs proven complete
+    withheld: int = 0  # records held and visible, left out by the request's _typeFilter
+    unproven: int = 0  # exported records outside every attested holding
 
 
 def _fail(message: str) -> VerificationError:
@@ -115,12 +132,125 @@ def verify_export(
         if digest.hexdigest() != entry["sha256"] or lines != int(entry["count"]):
             raise _fail(f"{name} is not the file the node signed for (hash or count)")
         kind = name.removesuffix(".ndjson")
-        if name not in (INDEX_FILE, ANCHORS_FILE) and counts.get(kind) != lines:
+        if name not in PROOF_FILES and counts.get(kind) != lines:
             raise _fail(f"the manifest's count for {kind} differs from its file")
         report.files.append((name, lines))
     anchored = _check_anchors(given, str(proof["checkpoint"]), str(proof["node"]))
     report.records = _check_records(given, anchored)
+    if HOLDINGS_FILE in given:
+        _check_holdings(given, proof, report)
     return report
+
+
+def _proven_txs(
+    path: Path, checkpoint: str, vkey: str, methods: set[tuple[str, str]]
+) -> Iterable[tuple[str, dict[str, Any]]]:
+    """(tx id, body) of each line's transaction: in the signed checkpoint by its inclusion
+    proof, accepted, and a call of one of ``methods``."""
+    from careledger.sdk import verify_tx_proof
+
+    for line in _lines(path):
+        entry = orjson.loads(line)
+        try:
+            verified = verify_tx_proof({**entry, "checkpoint": checkpoint}, [vkey])
+        except CareLedgerError as exc:
+            why = exc.message
+            raise _fail(f"an inclusion proof in {path.name} does not verify: {why}") from None
+        body = entry["envelope"]["body"]
+        receipt = verified.receipt
+        tx_id = hashlib.sha256(canonical_bytes(body)).hexdigest()
+        if tx_id != entry["tx"] or receipt.get("tx_id") != tx_id:
+            raise _fail(f"a transaction in {path.name} is not the one its receipt names")
+        if receipt.get("result") != "accepted":
+            raise _fail(f"a transaction in {path.name} was refused by the ledger")
+        if (body.get("contract"), body.get("method")) not in methods:
+            raise _fail(f"a transaction in {path.name} is not a {sorted(methods)[0][1]}")
+        yield tx_id, body
+
+
+def _check_holdings(
+    given: Mapping[str, Path], proof: Mapping[str, Any], report: ExportReport
+) -> None:
+    """Every version a proven holding held at the export's height is exported or withheld."""
+    vkey = str(proof["node"])
+    node_key = parse_vkey(vkey).public_key
+    height = int(proof["height"])
+    since = proof.get("since_ms")
+    attested: dict[tuple[str, str], tuple[int, str, str]] = {}
+    for tx_id, body in _proven_txs(
+        given[ATTESTATIONS_FILE], str(proof["checkpoint"]), vkey,
+        {("records", "attest_holdings")},
+    ):  # fmt: skip
+        if decode_public_key(str(body.get("signer"))) != node_key:
+            raise _fail("a holdings attestation is signed by another member than the node")
+        for item in body.get("args", {}).get("holdings", []):
+            key = (str(item["patient"]), str(item["type"]))
+            attested[key] = (int(item["n"]), str(item["head"]), tx_id)
+    expected: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
+    chained: set[tuple[str, str, str]] = set()  # (patient, type, record) in any proven chain
+    for line in _lines(given[HOLDINGS_FILE]):
+        entry = orjson.loads(line)
+        key = (str(entry["patient"]), str(entry["type"]))
+        ops = entry["ops"]
+        head = ZERO_HASH
+        for op in ops:
+            head = next_holding_head(head, op)
+        if attested.get(key) != (len(ops), head, str(entry["tx"])):
+            raise _fail(f"the holdings of {key[1]} for {key[0]} are not what the ledger attested")
+        expected[key] = _held_at(ops, height, since)
+        chained.update((key[0], key[1], str(op[1])) for op in ops)
+    report.holdings = len(expected)
+    withheld: dict[tuple[str, str, str], int] = {}
+    for line in _lines(given[WITHHELD_FILE]):
+        entry = orjson.loads(line)
+        withheld[(str(entry["patient"]), str(entry["type"]), str(entry["id"]))] = int(
+            entry["version"]
+        )
+    exported: dict[tuple[str, str, str], tuple[int, str]] = {}
+    for line in _lines(given[INDEX_FILE]):
+        entry = orjson.loads(line)
+        three = (str(entry["patient"]), str(entry["type"]), str(entry["id"]))
+        exported[three] = (int(entry["version"]), str(entry["hash"]))
+        if three in chained and expected[three[:2]].get(three[2]) != exported[three]:
+            raise _fail(f"{three[1]}/{three[2]} is not the version held at height {height}")
+        if three not in chained:
+            report.unproven += 1
+    for (patient, kind), held in expected.items():
+        for record, (version, digest) in held.items():
+            three = (patient, kind, record)
+            if exported.get(three) == (version, digest):
+                continue
+            if withheld.get(three) == version:
+                report.withheld += 1
+                continue
+            raise _fail(
+                f"{kind}/{record} (v{version}) was held for a patient in this export at height "
+                f"{height} and is missing from it"
+            )
+    for three in withheld:
+        if three[:2] not in expected or three[2] not in expected[three[:2]]:
+            raise _fail(f"{three[1]}/{three[2]} is named as withheld but was not held")
+
+
+def _held_at(ops: list[list[Any]], height: int, since: Any) -> dict[str, tuple[int, str]]:
+    """record -> (version, salted hash) live at ``height`` and not shredded since (its content
+    is gone), anchored at or after ``since`` (ms) when the request had ``_since``."""
+    live: dict[str, tuple[int, str, int]] = {}
+    shredded_later = set()
+    for kind, record, version, digest, at, op_height in ops:
+        if op_height > height:
+            if kind == "shred":
+                shredded_later.add(record)
+            continue
+        if kind == "put":
+            live[record] = (int(version), str(digest), int(at))
+        else:
+            live.pop(record, None)
+    return {
+        record: (version, digest)
+        for record, (version, digest, at) in live.items()
+        if record not in shredded_later and (since is None or at >= int(since))
+    }
 
 
 def _check_anchors(
@@ -128,27 +258,9 @@ def _check_anchors(
 ) -> dict[tuple[str, int], tuple[str, str]]:
     """(record, version) -> (salted hash, anchoring tx) for every anchor whose transaction is,
     by its inclusion proof, in the signed checkpoint, and was accepted."""
-    from careledger.sdk import verify_tx_proof
-
     anchored: dict[tuple[str, int], tuple[str, str]] = {}
-    for line in _lines(given[ANCHORS_FILE]):
-        entry = orjson.loads(line)
-        try:
-            verified = verify_tx_proof({**entry, "checkpoint": checkpoint}, [vkey])
-        except CareLedgerError as exc:
-            raise _fail(f"an anchor's inclusion proof does not verify: {exc.message}") from None
-        body = entry["envelope"]["body"]
-        receipt = verified.receipt
-        tx_id = hashlib.sha256(canonical_bytes(body)).hexdigest()
-        if tx_id != entry["tx"] or receipt.get("tx_id") != tx_id:
-            raise _fail("an anchor's envelope is not the transaction its receipt names")
-        if receipt.get("result") != "accepted":
-            raise _fail("an anchoring transaction was refused by the ledger")
-        if (body.get("contract"), body.get("method")) not in (
-            ("records", "anchor"),
-            ("records", "anchor_batch"),
-        ):
-            raise _fail("an anchoring transaction is not a records anchor")
+    methods = {("records", "anchor"), ("records", "anchor_batch")}
+    for tx_id, body in _proven_txs(given[ANCHORS_FILE], checkpoint, vkey, methods):
         args = body.get("args", {})
         for anchor in args.get("anchors", [args]):
             key = (str(anchor["record"]), int(anchor["version"]))
@@ -173,7 +285,7 @@ def _check_records(
         index[key] = entry
     seen = 0
     for name, path in given.items():
-        if name in (INDEX_FILE, ANCHORS_FILE):
+        if name in PROOF_FILES:
             continue
         for line in _lines(path):
             resource = orjson.loads(line)

@@ -36,3 +36,24 @@ def test_a_resource_must_be_the_version_the_ledger_anchored(tmp_path: Path) -> N
     wrong = "f" * 64  # listed and anchored, but not what the resource hashes to
     with pytest.raises(VerificationError, match="not the version"):
         _check_records(files(tmp_path, wrong), {("o1", 1): (wrong, "t")})
+
+
+def test_the_holdings_at_the_export_height_are_what_must_be_exported() -> None:
+    """Replayed to the export's height: later versions ignored (the export is of its height),
+    a record shredded since is not expected (its content is gone), older than _since left out."""
+    from careledger.health.export_proof import _held_at
+
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    ops = [
+        ["put", "o1", 1, a, 1_000, 5],
+        ["put", "o2", 1, b, 2_000, 6],
+        ["put", "o3", 1, c, 3_000, 7],
+        ["shred", "o3", 1, c, 3_500, 8],  # gone before the export
+        ["put", "o1", 2, c, 4_000, 12],  # after the export's height
+        ["shred", "o2", 1, b, 5_000, 13],  # after the height: its content is gone too
+    ]
+    assert _held_at(ops, 10, None) == {"o1": (1, a)}
+    assert _held_at(ops, 12, None) == {"o1": (2, c)}
+    assert _held_at(ops, 7, None) == {"o1": (1, a)}  # o3 was shredded at 8
+    assert _held_at(ops, 12, 3_000) == {"o1": (2, c)}
+    assert _held_at(ops, 12, 4_500) == {}
