@@ -732,6 +732,15 @@ def test_access_events_are_balp_audit_events_searchable_and_proven(
         created = own.get(f"/fhir/AuditEvent?patient={who}&action=C").json()  # the import
         assert created["total"] >= 1
         assert created["entry"][0]["resource"]["meta"]["profile"][0].endswith("PatientCreate")
+        # a delete is an access too (BALP PatientDelete), logged before the record is shredded
+        gone = read_ids[1]
+        assert own.delete(f"/fhir/Observation/{gone}").status_code == 200
+        deleted = own.get(f"/fhir/AuditEvent?patient={who}&action=D").json()
+        (erased,) = [e["resource"] for e in deleted["entry"]]
+        assert erased["meta"]["profile"][0].endswith("IHE.BasicAudit.PatientDelete")
+        assert f"Observation/{gone}" in {e.get("what", {}).get("reference")
+                                         for e in erased["entity"]}  # fmt: skip
+        assert own.get(f"/fhir/Observation/{gone}").status_code == 410
         one = own.get(f"/fhir/AuditEvent/{mine['id']}")
         assert one.status_code == 200 and one.json() == mine
         proof = {x["url"]: x for x in mine["extension"][0]["extension"]}["proof"]["valueUri"]

@@ -861,6 +861,9 @@ class HealthRecords:
             raise Forbidden(
                 "sign records.shred with your own key (POST /v1/tx)", code="SIGN_YOURSELF"
             )
+        # the delete is an access like any other (BALP PatientDelete): logged before it happens
+        self.authorise(caller, patient=meta["patient"], records=[record_id], types={meta["type"]},
+                       action="write", purpose="PATRQT", interaction="delete")  # fmt: skip
         args = {"record": record_id, "reason": "patient_request"}
         (receipt,) = self.node.execute([("records", "shred", args)], keypair=key)
         if receipt["result"] != "accepted":
