@@ -18,6 +18,9 @@ PURE = sorted(
         SRC / "supply" / "epcis_ops.py",
         SRC / "supply" / "cbv.py",
         SRC / "supply" / "verification.py",
+        SRC / "health_links" / "link.py",
+        SRC / "health_links" / "jwe.py",
+        SRC / "health_links" / "card.py",
     ]
 )
 FORBIDDEN = {
