@@ -24,10 +24,13 @@ from careledger.contracts.consent import (
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.links import NAMESPACE as LINKS
+from careledger.contracts.links import link_key, link_serves
 from careledger.contracts.monitoring import NAMESPACE as MONITORING
 from careledger.contracts.monitoring import window_key
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import RECORD_ID, record_key
+from careledger.core.sealed import well_formed
 from careledger.errors import Rejected
 
 NAMESPACE = "audit"
@@ -46,6 +49,7 @@ def access_key(patient: str, height: int, tx_id: str) -> str:
 
 class AuditV1(Contract):
     name = NAMESPACE
+    BASES: frozenset[str] = BASES
 
     ACCESS_ARGS: tuple[str, ...] = (
         "patient",
@@ -88,8 +92,8 @@ class AuditV1(Contract):
         basis = args.mapping("basis")
         basis.only("kind", "id")
         kind = basis.string("kind")
-        if kind not in BASES:
-            raise Rejected("BAD_ARGS", f"basis.kind must be one of {sorted(BASES)}")
+        if kind not in self.BASES:
+            raise Rejected("BAD_ARGS", f"basis.kind must be one of {sorted(self.BASES)}")
         types = self._record_types(ctx, patient, records) | self._window_types(
             ctx, patient, windows
         )
@@ -330,3 +334,58 @@ class AuditV3(AuditV2):
         if interaction not in INTERACTIONS.get(action, frozenset()):
             raise Rejected("BAD_ARGS", "the interaction does not fit the action")
         return {"interaction": interaction}
+
+
+class AuditV4(AuditV3):
+    """r9: an opening of a patient's SMART Health Link is an access on the ``link`` basis.
+
+    The accessor is the link (its id), for the custodian that serves it; the recipient's
+    declared name travels sealed for the patient and the custodian's node (``recipient``), so
+    "who saw my data" can name them without the name being readable on the ledger.
+    """
+
+    version = 4
+    BASES = BASES | {"link"}
+    ACCESS_ARGS = (*AuditV3.ACCESS_ARGS, "recipient")
+
+    def _extra(self, args: Args, action: str) -> dict[str, Any]:
+        extra = super()._extra(args, action)
+        kind = (args.raw.get("basis") or {}).get("kind")
+        if args.has("recipient") != (kind == "link"):
+            raise Rejected("BAD_ARGS", "a link's opening, and only it, names its recipient")
+        if kind == "link":
+            recipient = args.raw["recipient"]
+            if not well_formed(recipient):
+                raise Rejected("BAD_ARGS", "recipient must be sealed ({box, keys})")
+            extra["recipient"] = recipient
+        return extra
+
+    def _check_basis(
+        self,
+        ctx: Context,
+        kind: str,
+        basis: Args,
+        patient: str,
+        accessor: str,
+        accessor_org: str,
+        action: str,
+        purpose: str,
+        types: set[str],
+        app: Mapping[str, Any] | None,
+    ) -> bool:
+        if kind != "link":
+            return super()._check_basis(
+                ctx, kind, basis, patient, accessor, accessor_org, action, purpose, types, app
+            )
+        link_id = basis.string("id", max_len=64)
+        if app is not None or accessor != link_id or accessor_org != ctx.signer.org:
+            raise Rejected("NO_CONSENT", "a link's opening is the link's, served by its node")
+        if action != "read" or purpose != "PATRQT":
+            raise Rejected("NO_CONSENT", "a link is read at the patient's request (PATRQT)")
+        link = ctx.state.read(LINKS, link_key(link_id))
+        why = link_serves(
+            link, patient=patient, custodian=ctx.signer.org, time=ctx.time, types=types
+        )
+        if why is not None:
+            raise Rejected(why, "the link does not serve this")
+        return False

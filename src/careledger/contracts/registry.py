@@ -224,7 +224,26 @@ def r8() -> Ruleset:
     )
 
 
+def r9() -> Ruleset:
+    """r8, and SMART Health Links and Cards a patient makes, each opening an access."""
+    from careledger.contracts.audit import AuditV4
+    from careledger.contracts.links import LinksV1
+
+    return r8().derive(
+        "r9",
+        contracts=[LinksV1(), AuditV4()],
+        notes=(
+            "links.create/revoke by the patient (or a delegate), links.disable by the serving "
+            "node (passcode guessed too often); audit.access on the 'link' basis for each "
+            "opening, accepted only while the link is active, unexpired and covers the types, "
+            "with the recipient's declared name sealed for the patient and node; "
+            "links.issue_card/revoke_card record SMART Health Cards and the issuer's "
+            "revocation list"
+        ),
+    )
+
+
 @cache
 def default_registry() -> Registry:
     """Every ruleset this software knows, oldest first; the last is what new chains start on."""
-    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6(), r7(), r8()])
+    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6(), r7(), r8(), r9()])
