@@ -26,6 +26,7 @@ from careledger.api.routes import (
     federation,
     fhir,
     health,
+    links,
     monitoring,
     patients,
     smart,
@@ -46,6 +47,7 @@ from careledger.health.federation import (
 )
 from careledger.health.replay_guard import ReplayGuard
 from careledger.health.service import HealthRecords
+from careledger.health.share_links import ShareLinks
 from careledger.monitoring.ingest import Ingestor
 from careledger.monitoring.readings import ReadingsService
 from careledger.monitoring.service import MonitoringService
@@ -94,6 +96,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         running.ledger.commit_listeners.append(app.state.app_origins.on_commit)
         app.state.health = health
         app.state.exports = ExportJobs(health, settings.data_dir)
+        app.state.share_links = ShareLinks(health, settings.data_dir)
         running.ledger.commit_listeners.append(app.state.exports.on_commit)
         repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
         app.state.epcis = EpcisService(running, repository)
@@ -162,6 +165,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
             app.state.visits.close()
             nonces.close()
             grants.close()
+            app.state.share_links.close()
 
     app = FastAPI(
         title="CareLedger",
@@ -199,6 +203,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         supply,
         monitoring,
         visits,
+        links,
     )
     app.include_router(smart.router)  # before /fhir/{type}/{id}: /fhir/.well-known/...
     app.include_router(bulk.router)  # before /fhir/{type}/{id}: /fhir/Patient/$export

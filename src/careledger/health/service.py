@@ -27,6 +27,7 @@ from careledger.contracts.records import WRITER_ROLES as RECORD_WRITER_ROLES
 from careledger.contracts.records import record_key, version_key
 from careledger.core.keys import KeyPair, b64url_encode, decode_public_key
 from careledger.errors import (
+    CareLedgerError,
     Conflict,
     Forbidden,
     NotFound,
@@ -47,6 +48,7 @@ from careledger.keyfile import generate_keypair, write_key_file
 from careledger.ledger.execute import Executed
 from careledger.node import Node
 from careledger.scopes import restrictions
+from careledger.sealing import open_sealed
 from careledger.sqlite_threads import iso_ms
 from careledger.vault import Vault, VaultStore
 from careledger.vault.blind_index import BlindIndex
@@ -949,7 +951,19 @@ class HealthRecords:
             )
         prefix = f"access/{patient}/"
         keys = self.ledger.store.state_keys("audit", prefix, 100_000)
-        return [self.ledger.state("audit", k) for k in keys]
+        return [self._named(self.ledger.state("audit", k)) for k in keys]
+
+    def _named(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A link's opening with its recipient's declared name, opened from the ledger's sealed
+        copy (sealed for the patient and the serving node)."""
+        sealed = entry.get("recipient")
+        if not isinstance(sealed, dict):
+            return entry
+        try:
+            name = open_sealed(sealed, self.node.settings.node_name, self.ledger.node_key.seed)
+        except CareLedgerError:
+            return entry
+        return {**entry, "recipient_name": name.decode("utf-8", "replace").strip()}
 
     def access_entry(self, caller: Caller, tx_id: str) -> dict[str, Any]:
         """One access event, by the transaction that recorded it, for those who may see the

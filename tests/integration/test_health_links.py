@@ -1,0 +1,227 @@
+"""SMART Health Links over real HTTP (issue 19): a patient shares part of their record; a
+receiver written from the spec alone (tests/support/shl_receiver.py, jwcrypto) opens it; every
+opening is an access event on the ledger naming the recipient; wrong passcodes are counted to
+the limit; revoked and expired links answer 404, as the spec says."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from careledger.nodedir import init_demo
+from tests.support import shl_receiver as shl
+from tests.support.nodes import Server, login, serving
+
+pytestmark = pytest.mark.integration
+PASSCODE = "harbour-lights-7"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("links") / "node"
+    init_demo(data, with_supply=False).store.close()
+    with serving(data) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def patient(server: Server) -> tuple[str, Path]:
+    """A demo patient with records of several types (the node holds their key)."""
+    keys = sorted((server.data_dir / "keys" / "patients").glob("*.key"))
+    return keys[0].stem, keys[0]
+
+
+@pytest.fixture
+def own(server: Server, patient: tuple[str, Path]) -> Iterator[httpx.Client]:
+    with login(server, patient[1]) as client:
+        yield client
+
+
+def make(own: httpx.Client, who: str, **body: Any) -> dict[str, Any]:
+    answer = own.post(f"/v1/patients/{who}/links", json=body)
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+def receive(link: str, **kw: Any) -> list[shl.Received]:
+    with httpx.Client(timeout=30) as client:
+        return shl.open_link(link, client=client, **kw)
+
+
+def openings(own: httpx.Client, who: str, link_id: str) -> list[dict[str, Any]]:
+    log = own.get(f"/v1/patients/{who}/access-log").json()["accesses"]
+    return [e for e in log if e["basis"] == {"kind": "link", "id": link_id}]
+
+
+def test_a_patient_shares_and_a_spec_receiver_opens_the_link(
+    own: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+
+    who = patient[0]
+    made = make(own, who, types=["Observation", "Condition"], passcode=PASSCODE,
+                label="For Dr Jones, urgent care", expires_in_days=7)  # fmt: skip
+    assert made["shlink"].startswith("shlink:/") and made["flags"] == "P"
+    assert made["qr_svg"].lstrip().startswith("<svg")
+    payload = shl.parse_shlink(made["shlink"])
+    assert payload["label"] == "For Dr Jones, urgent care" and len(payload["key"]) == 43
+    assert shl.url_has_256_bit_token(payload["url"])
+    (received,) = receive(made["shlink"], recipient="Dr Jones, Urgent Care", passcode=PASSCODE)
+    assert received.content_type == "application/fhir+json"
+    bundle = received.content
+    Bundle.model_validate(bundle)
+    kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert kinds <= {"Observation", "Condition"} and "Observation" in kinds
+    # the opening is on the ledger, in the patient's "who saw my data", with the name given
+    (logged,) = openings(own, who, made["id"])
+    assert logged["recipient_name"] == "Dr Jones, Urgent Care"
+    assert logged["purpose"] == "PATRQT" and logged["accessor"] == made["id"]
+    served = {e["resource"]["id"] for e in bundle["entry"]}
+    assert set(logged["records"]) == served
+    assert "Jones" not in str(logged["recipient"])  # sealed on the ledger
+    # the patient's list says what it is and how often it was opened
+    (listed,) = [x for x in own.get(f"/v1/patients/{who}/links").json()["links"]
+                 if x["id"] == made["id"]]  # fmt: skip
+    assert listed["label"] == "For Dr Jones, urgent care" and listed["opened"] == 1
+    assert listed["status"] == "active"
+    # a wrong passcode: 401 with the attempts left; revoked: 404, and nothing more served
+    with pytest.raises(shl.ShlError) as wrong:
+        receive(made["shlink"], recipient="Someone", passcode="not-it-at-all")
+    assert wrong.value.status == 401 and wrong.value.remaining_attempts == 4
+    assert own.delete(f"/v1/patients/{who}/links/{made['id']}").status_code == 200
+    with pytest.raises(shl.ShlError) as gone:
+        receive(made["shlink"], recipient="Dr Jones, Urgent Care", passcode=PASSCODE)
+    assert gone.value.status == 404
+    assert len(openings(own, who, made["id"])) == 1
+
+
+def test_passcode_attempts_run_out_and_the_ledger_disables_the_link(
+    own: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    who = patient[0]
+    made = make(own, who, types=["Condition"], passcode=PASSCODE)
+    left = []
+    for _ in range(5):
+        with pytest.raises(shl.ShlError) as wrong:
+            receive(made["shlink"], recipient="Guesser", passcode="guess-guess")
+        left.append(wrong.value.remaining_attempts)
+    assert left == [4, 3, 2, 1, 0]
+    with pytest.raises(shl.ShlError) as gone:  # even with the right one now
+        receive(made["shlink"], recipient="Dr Jones", passcode=PASSCODE)
+    assert gone.value.status == 404
+    (listed,) = [x for x in own.get(f"/v1/patients/{who}/links").json()["links"]
+                 if x["id"] == made["id"]]  # fmt: skip
+    assert listed["status"] == "disabled"  # on the ledger: links.disable by the node
+    assert openings(own, who, made["id"]) == []
+
+
+def test_long_term_direct_and_location_links(
+    server: Server, own: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    who = patient[0]
+    direct = make(own, who, types=["Condition"], direct=True)
+    (file,) = receive(direct["shlink"], recipient="Clinic app")
+    assert file.content["resourceType"] == "Bundle"
+    assert len(openings(own, who, direct["id"])) == 1
+    # L follows later updates; a link without L serves what it was made with
+    frozen = make(own, who, types=["Observation"])
+    following = make(own, who, types=["Observation"], long_term=True)
+    assert following["flags"] == "L"
+    before = len(receive(following["shlink"], recipient="A")[0].content["entry"])
+    observation = {"resourceType": "Observation", "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                   "subject": {"reference": f"Patient/{who}"},
+                   "effectiveDateTime": "2026-12-01T10:00:00Z",
+                   "valueQuantity": {"value": 71, "unit": "/min"}}  # fmt: skip
+    with login(server, server.data_dir / "keys" / "dr-ana-silva.key") as clinician:
+        assert clinician.post("/fhir/Observation", json=observation).status_code == 201
+    assert len(receive(following["shlink"], recipient="A")[0].content["entry"]) == before + 1
+    assert len(receive(frozen["shlink"], recipient="A")[0].content["entry"]) == before
+    # a receiver that wants no embedded file gets a location URL, good for an hour
+    (located,) = receive(frozen["shlink"], recipient="B", embedded_length_max=0)
+    assert located.location is not None and "/shl/file/" in located.location
+    assert httpx.get(located.location).status_code == 200
+    assert own.delete(f"/v1/patients/{who}/links/{frozen['id']}").status_code == 200
+    assert httpx.get(located.location).status_code == 404  # revoked: its files too
+
+
+def test_a_patient_summary_link_is_an_ips_document(
+    own: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+
+    who = patient[0]
+    made = make(own, who, summary=True, label="My summary")
+    (received,) = receive(made["shlink"], recipient="Travel clinic")
+    document = received.content
+    Bundle.model_validate(document)
+    assert document["type"] == "document"
+    composition = document["entry"][0]["resource"]
+    assert composition["resourceType"] == "Composition"
+    assert composition["type"]["coding"][0]["code"] == "60591-5"
+    (logged,) = openings(own, who, made["id"])
+    assert who in logged["records"]  # the Patient resource itself was served, and logged
+
+
+def test_expired_links_answer_404(own: httpx.Client, patient: tuple[str, Path]) -> None:
+    who = patient[0]
+    soon = int(time.time()) + 3
+    made = make(own, who, types=["Condition"], expires=soon)
+    assert shl.parse_shlink(made["shlink"])["exp"] == soon
+    time.sleep(4)
+    with pytest.raises(shl.ShlError) as gone:
+        receive(made["shlink"], recipient="Late")
+    assert gone.value.status == 404
+    (listed,) = [x for x in own.get(f"/v1/patients/{who}/links").json()["links"]
+                 if x["id"] == made["id"]]  # fmt: skip
+    assert listed["status"] == "expired"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"types": ["Nonsense"]}, "BAD_SELECTION"),
+        ({}, "BAD_SELECTION"),
+        ({"types": ["Condition"], "label": "x" * 81}, "BAD_LABEL"),
+        ({"types": ["Condition"], "passcode": "123"}, "BAD_PASSCODE"),
+        ({"types": ["Condition"], "passcode": PASSCODE, "direct": True}, "BAD_FLAGS"),
+        ({"types": ["Condition"], "expires": "2001-01-01T00:00:00Z"}, "BAD_EXPIRY"),
+        ({"types": ["Condition"], "since": "last year"}, "BAD_SELECTION"),
+        ({"types": ["Condition"], "colour": "red"}, "BAD_REQUEST"),
+        ({"types": ["Condition"], "key": "short"}, "BAD_SHLINK"),
+    ],
+)
+def test_bad_links_are_refused_clearly(
+    own: httpx.Client, patient: tuple[str, Path], body: dict[str, Any], code: str
+) -> None:
+    answer = own.post(f"/v1/patients/{patient[0]}/links", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == code
+
+
+def test_only_the_patient_shares_and_recipients_must_say_who_they_are(
+    server: Server, own: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    who = patient[0]
+    with login(server, server.data_dir / "keys" / "dr-ana-silva.key") as clinician:
+        refused = clinician.post(f"/v1/patients/{who}/links", json={"types": ["Condition"]})
+        assert refused.status_code == 403
+        assert clinician.get(f"/v1/patients/{who}/links").status_code == 403
+    made = make(own, who, types=["Condition"])
+    url = shl.parse_shlink(made["shlink"])["url"]
+    for body in ({}, {"recipient": ""}, {"recipient": "x" * 201}):
+        answer = httpx.post(url, json=body)
+        assert answer.status_code == 400, body
+        assert answer.headers["access-control-allow-origin"] == "*"
+    assert httpx.post(url + "x", json={"recipient": "A"}).status_code == 404
+    unknown = url.rsplit("/", 1)[0] + "/" + "A" * 43
+    assert httpx.post(unknown, json={"recipient": "A"}).status_code == 404
+    assert httpx.get(url, params={"recipient": "A"}).status_code == 400  # not a U link
+    preflight = httpx.options(url, headers={"origin": "https://viewer.example",
+                                            "access-control-request-method": "POST"})  # fmt: skip
+    assert preflight.status_code == 204
