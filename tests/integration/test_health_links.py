@@ -225,3 +225,41 @@ def test_only_the_patient_shares_and_recipients_must_say_who_they_are(
     preflight = httpx.options(url, headers={"origin": "https://viewer.example",
                                             "access-control-request-method": "POST"})  # fmt: skip
     assert preflight.status_code == 204
+
+
+def test_a_health_card_any_verifier_accepts_until_it_is_revoked(
+    own: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    """A card of the patient's immunizations, checked by the verifier written from the SHC
+    spec: the issuer's keys fetched from the node, the numeric QR decoding to the same JWS; once
+    the patient revokes it, the issuer's revocation list (read from the ledger) refuses it."""
+    from tests.support import shc_verifier as shc
+
+    who = patient[0]
+    issued = own.post(f"/v1/patients/{who}/cards", json={"kind": "immunizations"})
+    assert issued.status_code == 201, issued.text
+    card = issued.json()
+    assert card["shc"].startswith("shc:/") and shc.decode_numeric(card["shc"]) == card["jws"]
+    assert card["qr_svg"].lstrip().startswith("<svg") and 1 <= card["included"] <= card["held"]
+    with httpx.Client(timeout=30) as client:
+        verified = shc.verify_card(card["jws"], client=client)
+        assert shc.verify_file(card["file"], client=client)
+    claims = verified["payload"] if "payload" in verified else verified
+    subject = claims["vc"]["credentialSubject"]["fhirBundle"]
+    kinds = [e["resource"]["resourceType"] for e in subject["entry"]]
+    assert kinds[0] == "Patient" and set(kinds[1:]) == {"Immunization"}
+    assert "https://smarthealth.cards#immunization" in claims["vc"]["type"]
+    listed = own.get(f"/v1/patients/{who}/cards").json()["cards"]
+    assert [c["status"] for c in listed if c["id"] == card["id"]] == ["active"]
+    # the issuing read the patient's own records: an access event, basis self
+    log = own.get(f"/v1/patients/{who}/access-log").json()["accesses"]
+    assert any(e["basis"]["kind"] == "self" and who in e["records"] for e in log)
+    assert own.delete(f"/v1/patients/{who}/cards/{card['id']}").status_code == 200
+    with httpx.Client(timeout=30) as client, pytest.raises(shc.ShcError) as revoked:
+        shc.verify_card(card["jws"], client=client)
+    assert "revok" in str(revoked.value).lower()
+    again = own.delete(f"/v1/patients/{who}/cards/{card['id']}")
+    assert again.status_code == 422 and again.json()["code"] == "CARD_REVOKED"
+    labs = own.post(f"/v1/patients/{who}/cards", json={"kind": "lab-results"})
+    assert labs.status_code in (201, 404)  # 404: this patient has no lab results held here
+    assert own.post(f"/v1/patients/{who}/cards", json={"kind": "x"}).status_code == 400

@@ -19,6 +19,7 @@ from careledger.api.metrics import Metrics
 from careledger.api.routes import (
     auth,
     bulk,
+    cards,
     chain,
     cluster,
     epcis,
@@ -45,6 +46,7 @@ from careledger.health.federation import (
     FederationClient,
     FederationServer,
 )
+from careledger.health.health_cards import HealthCards
 from careledger.health.replay_guard import ReplayGuard
 from careledger.health.service import HealthRecords
 from careledger.health.share_links import ShareLinks
@@ -97,6 +99,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         app.state.health = health
         app.state.exports = ExportJobs(health, settings.data_dir)
         app.state.share_links = ShareLinks(health, settings.data_dir)
+        app.state.health_cards = HealthCards(health, settings.data_dir)
         running.ledger.commit_listeners.append(app.state.exports.on_commit)
         repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
         app.state.epcis = EpcisService(running, repository)
@@ -204,6 +207,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         monitoring,
         visits,
         links,
+        cards,
     )
     app.include_router(smart.router)  # before /fhir/{type}/{id}: /fhir/.well-known/...
     app.include_router(bulk.router)  # before /fhir/{type}/{id}: /fhir/Patient/$export

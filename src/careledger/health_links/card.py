@@ -29,6 +29,7 @@ from joserfc.registry import HeaderParameter
 
 from careledger.core.canonical import canonical_bytes
 from careledger.errors import ValidationError, VerificationError
+from careledger.health_links.link import LOOPBACK_HOSTS
 
 __all__ = [
     "FHIR_VERSION",
@@ -81,7 +82,8 @@ def _check_issuer(iss: object) -> str:
         parts = urlsplit(iss)
     except ValueError:
         raise _bad("iss is not a valid URL") from None
-    if parts.scheme != "https" or not parts.netloc:
+    loopback = parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS  # development only
+    if (parts.scheme != "https" and not loopback) or not parts.netloc:
         raise _bad("iss SHALL use the https scheme")
     if iss.endswith("/"):
         raise _bad("iss SHALL NOT end with '/' (keys are at iss + '/.well-known/jwks.json')")

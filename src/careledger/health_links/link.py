@@ -50,7 +50,7 @@ _MAX_EXP = 2**53 - 1
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _FLAGS = re.compile(r"[A-Z]*")
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _bad(message: str) -> ValidationError:
@@ -106,7 +106,7 @@ def _check_https_url(url: object, what: str) -> str:
         raise _bad(f"{what} is not a valid URL") from None
     if parts.scheme == "https" and host:
         return url
-    if parts.scheme == "http" and host in _LOCAL_HOSTS:
+    if parts.scheme == "http" and host in LOOPBACK_HOSTS:
         return url
     raise _bad(f"{what} must be an absolute https URL")
 

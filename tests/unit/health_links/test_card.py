@@ -162,6 +162,10 @@ def test_issuer_must_be_https_without_trailing_slash(iss: str) -> None:
     assert err.value.code == "BAD_SHC"
 
 
+def test_a_loopback_issuer_may_use_http_for_development() -> None:
+    assert card_payload("http://127.0.0.1:8000/shc/org", 1, bundle())["iss"].startswith("http:")
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
