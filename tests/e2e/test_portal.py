@@ -402,7 +402,7 @@ def test_pages_pass_an_accessibility_check(page: Page, server: Server) -> None:
     problems["/verify (result)"] = axe_problems(page)
     sign_in(page, server, patient_key(server))
     for path in ("/me", "/me/access", "/me/consents", "/me/research", "/me/vitals", "/visits",
-                 "/me/apps"):  # fmt: skip
+                 "/me/apps", "/me/share"):  # fmt: skip
         page.goto(f"{server.url}{path}")
         problems[path] = axe_problems(page)
     sign_in(page, server, server.data_dir / "keys" / "dr-ana-silva.key")  # a clinician's too

@@ -25,6 +25,7 @@ BASES = {
     "custodian": "your care team at the organisation holding the record",
     "consent": "a consent you gave",
     "break_glass": "Emergency access (break-glass)",
+    "link": "a SMART Health Link you made",
 }
 ACTIONS = {"read": "read", "write": "wrote", "export": "exported"}
 # record kinds as a patient would say them (singular, plural)
@@ -90,6 +91,9 @@ def plain_entries(
             who = "You"
         if app is not None and app.get("kind") == "backend":
             who = str(app["name"])
+        by_link = basis.get("kind") == "link"
+        if by_link:  # the name the recipient gave when opening the link (not checked by anyone)
+            who = f"{entry.get('recipient_name') or 'Someone'} (in their own words)"
         kinds = []
         for record_id in entry.get("records", []):
             found = read("records", f"record/{record_id}") or {}
@@ -100,7 +104,9 @@ def plain_entries(
             "day": time.strftime("%Y-%m-%d", time.gmtime(int(entry.get("time", 0)) / 1000)),
             "when": when(int(entry.get("time", 0))),
             "who": who,
-            "org_name": name("identity", f"org/{org}", "name", org),
+            "org_name": "through your link"
+            if by_link
+            else name("identity", f"org/{org}", "name", org),
             "via": None if app is None or app.get("kind") == "backend" else app["name"],
             "did": ACTIONS.get(str(entry.get("action")), str(entry.get("action"))),
             "why": PURPOSES.get(str(entry.get("purpose")), str(entry.get("purpose"))),

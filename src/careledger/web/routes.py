@@ -57,6 +57,7 @@ HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters["iso_ms"] = lambda ms: iso_ms(int(ms))[:19].replace("T", " ")
 templates.env.filters["purpose_words"] = lambda code: PURPOSE_WORDS.get(code, code)
+templates.env.filters["share_kind"] = lambda kind, words: words.get(kind, kind)
 templates.env.filters["day_words"] = lambda ms: time.strftime(
     "%d %b %Y", time.gmtime(int(ms) / 1000)
 )
@@ -619,6 +620,25 @@ def my_access_log(request: Request) -> HTMLResponse:
     return page(request, "access.html", entries=shown, key_events=keys)
 
 
+@router.get("/me/access/proof")
+async def my_access_proof(request: Request) -> Response:
+    """The list above as a file that verifies offline (/static/verify-access.html)."""
+    from careledger.health.access_proof import build_access_proof
+
+    claims, caller = _patient(request)
+    proof = await run_in_threadpool(
+        build_access_proof, request.app.state.health, caller, claims.member
+    )
+    return Response(
+        orjson.dumps(proof),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="access-proof-{claims.member}.json"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 CONSENT_KINDS = (
     ("*", "Everything"),
     ("Observation", "Test results and measurements"),
@@ -713,6 +733,101 @@ async def revoke(request: Request, consent_id: str) -> Response:
     _, caller = _patient(request)
     await run_in_threadpool(request.app.state.health.revoke_consent, caller, consent_id)
     return RedirectResponse("/me/consents", status_code=303)
+
+
+SHARE_KINDS = tuple(k for k in CONSENT_KINDS if k[0] != "*")
+SHARE_DAYS = {"1": 1, "7": 7, "30": 30, "365": 365}
+CARD_KINDS = {"immunizations": "vaccinations", "lab-results": "lab results"}
+
+
+def _share_page(
+    request: Request, claims: TokenClaims, caller: Caller, **shown: Any
+) -> HTMLResponse:
+    links = request.app.state.share_links.links(caller, claims.member)
+    cards = request.app.state.health_cards.cards(caller, claims.member)
+    response = page(request, "share.html", links=links, cards=cards, kinds=SHARE_KINDS,
+                    kind_words=dict(SHARE_KINDS), card_kinds=CARD_KINDS, **shown)  # fmt: skip
+    response.headers["Cache-Control"] = "no-store"  # a new link's key is on the page once
+    if shown.get("problem"):
+        response.status_code = 400
+    return response
+
+
+@router.get("/me/share", response_class=HTMLResponse)
+def my_share(request: Request) -> HTMLResponse:
+    claims, caller = _patient(request)
+    return _share_page(request, claims, caller)
+
+
+@router.post("/me/share", response_class=HTMLResponse)
+async def make_link(request: Request) -> HTMLResponse:
+    """A SMART Health Link: what it shares, whether it follows updates, a passcode, how long,
+    a label; each chosen. The link (with its key) is shown once, here, with its QR code."""
+    from careledger.api.routes.smart import origin_of
+    from careledger.health.share_links import Selection
+
+    claims, caller = _patient(request)
+    form = await form_of(request)
+    first = {k: (v or [""])[0].strip() for k, v in form.items()}
+    types = sorted({t for t in form.get("types") or [] if t in dict(SHARE_KINDS)})
+    summary = first.get("what") == "summary"
+    days = first.get("days", "")
+    missing = [what for what, ok in (
+        ("what to share", summary or bool(types)),
+        ("for how long", days in SHARE_DAYS),
+    ) if not ok]  # fmt: skip
+    if missing:
+        return _share_page(request, claims, caller, problem=f"Please choose {', '.join(missing)}.")
+    passcode = first.get("passcode") or None
+    flags = ("L" if first.get("long_term") == "yes" else "") + ("P" if passcode else "")
+    try:
+        made = await run_in_threadpool(
+            request.app.state.share_links.create, caller, claims.member,
+            origin=origin_of(request), selection=Selection(() if summary else tuple(types),
+                                                           summary),
+            flags=flags, passcode=passcode,
+            expires=int(time.time()) + SHARE_DAYS[days] * 86_400,
+            label=first.get("label") or None,
+        )  # fmt: skip
+    except ValidationError as exc:
+        return _share_page(request, claims, caller, problem=exc.message)
+    return _share_page(request, claims, caller, made=made)
+
+
+@router.post("/me/share/{link_id}/revoke")
+async def revoke_link(request: Request, link_id: str) -> Response:
+    claims, caller = _patient(request)
+    await run_in_threadpool(
+        request.app.state.share_links.revoke, caller, claims.member, link_id
+    )
+    return RedirectResponse("/me/share", status_code=303)
+
+
+@router.post("/me/cards", response_class=HTMLResponse)
+async def make_card(request: Request) -> HTMLResponse:
+    from careledger.api.routes.smart import origin_of
+
+    claims, caller = _patient(request)
+    kind = ((await form_of(request)).get("kind") or [""])[0]
+    if kind not in CARD_KINDS:
+        return _share_page(request, claims, caller, problem="Please choose a kind of card.")
+    try:
+        card = await run_in_threadpool(
+            request.app.state.health_cards.issue, caller, claims.member, kind, origin_of(request)
+        )
+    except (ValidationError, NotFound) as exc:
+        return _share_page(request, claims, caller, problem=exc.message)
+    return _share_page(request, claims, caller, card=card,
+                       card_file=orjson.dumps(card["file"]).decode())  # fmt: skip
+
+
+@router.post("/me/cards/{card_id}/revoke")
+async def revoke_card(request: Request, card_id: str) -> Response:
+    claims, caller = _patient(request)
+    await run_in_threadpool(
+        request.app.state.health_cards.revoke, caller, claims.member, card_id
+    )
+    return RedirectResponse("/me/share", status_code=303)
 
 
 @router.get("/me/export")
