@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SMOKES = {
     "ledger": (["--smoke"], "Inclusion-proof latency"),
+    "links": (["--smoke"], "open: International Patient Summary"),
     "cluster": (["--txs", "200", "--missed", "200"], "catch-up"),
     "records": (["--smoke"], "create resources/s"),
     "search": (["--smoke"], "Patient?identifier="),

@@ -1,0 +1,129 @@
+"""SMART Health Links and Cards figures (issue 19), over real HTTP on a served demo node.
+
+Prints the latency (p50/p99) of: making a link (the patient's links.create committed, the key
+wrapped, the QR drawn); opening one as a receiver does (manifest POST: passcode checked, records
+decrypted, the opening's access event committed, the file encrypted as JWE), for a link to two
+kinds of record and for an International Patient Summary; a wrong passcode; and issuing a SMART
+Health Card (ES256, fitted to one QR). Beside them, measured in the same run: the node's HTTP
+floor (GET /healthz) and the spec's own cost for the same file (JWE encryption in-process). Also
+the server's peak RSS.
+
+    .venv/bin/python bench/links.py [--rounds N] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import lift_write_budget, pct  # noqa: E402
+from bench.smart import peak_rss, token_of  # noqa: E402
+from tests.support.nodes import Server, free_port  # noqa: E402
+
+from careledger.health_links import jwe  # noqa: E402
+from careledger.health_links.link import new_key, parse_uri  # noqa: E402
+from careledger.nodedir import init_demo  # noqa: E402
+
+PASSCODE = "bench-passcode-1"
+
+
+def timed(rounds: int, step: Callable[[], object]) -> list[float]:
+    took = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        took.append((time.perf_counter() - start) * 1000)
+    return took
+
+
+def row(name: str, took: list[float]) -> None:
+    print(f"{name:52} {pct(took, 50):8.2f} {pct(took, 99):8.2f} {len(took):7}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the bench runs")
+    args = parser.parse_args()
+    rounds = 5 if args.smoke else args.rounds
+    workdir = Path(tempfile.mkdtemp(prefix="bench-links-"))
+    try:
+        data = workdir / "node"
+        init_demo(data, with_supply=False).store.close()
+        lift_write_budget(data)
+        server = Server(data, free_port(), workdir / "server.log")
+        server.start()
+        try:
+            run(server, data, rounds)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(server: Server, data: Path, rounds: int) -> None:
+    key_file = sorted((data / "keys" / "patients").glob("*.key"))[0]
+    patient = key_file.stem
+    headers = {"authorization": f"Bearer {token_of(server, key_file)}"}
+    own = httpx.Client(base_url=server.url, headers=headers, timeout=60)
+    recipient = httpx.Client(timeout=60)
+    body = {"types": ["Observation", "Condition"], "passcode": PASSCODE, "expires_in_days": 1}
+
+    def make(extra: dict[str, object] | None = None) -> dict[str, object]:
+        answer = own.post(f"/v1/patients/{patient}/links", json={**body, **(extra or {})})
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    made = timed(rounds, make)
+    link = parse_uri(str(make()["shlink"]))
+    summary = parse_uri(str(make({"summary": True, "types": []})["shlink"]))
+    size = 0
+
+    def open_link(url: str, passcode: str = PASSCODE) -> None:
+        nonlocal size
+        answer = recipient.post(url, json={"recipient": "Bench clinic", "passcode": passcode})
+        if passcode == PASSCODE:
+            answer.raise_for_status()
+            size = len(answer.json()["files"][0]["embedded"])
+        elif answer.status_code != 401:
+            raise AssertionError(answer.text)
+
+    opened = timed(rounds, lambda: open_link(link.url))
+    kinds_size = size
+    summaries = timed(rounds, lambda: open_link(summary.url))
+    wrong_link = parse_uri(str(make()["shlink"]))
+    wrong = timed(min(rounds, 4), lambda: open_link(wrong_link.url, "not-the-passcode"))
+    cards = timed(rounds, lambda: own.post(f"/v1/patients/{patient}/cards",
+                                           json={"kind": "immunizations"}).raise_for_status())  # fmt: skip
+    floor = timed(rounds, lambda: recipient.get(f"{server.url}/healthz").raise_for_status())
+    plain = b"x" * max(1, kinds_size * 3 // 4)  # about the file's plaintext (before base64)
+    key = new_key(b"\x01" * 32)
+    crypto = timed(rounds, lambda: jwe.encrypt(plain, key, "application/fhir+json",
+                                               compress=True))  # fmt: skip
+    own.close()
+    recipient.close()
+    print(f"\nSMART Health Links and Cards ({rounds} rounds; milliseconds)")
+    print(f"{'path':52} {'p50':>8} {'p99':>8} {'rounds':>7}")
+    row("make a link (links.create on the ledger, QR)", made)
+    row(f"open: 2 kinds of record (JWE of {kinds_size:,} chars)", opened)
+    row("open: International Patient Summary", summaries)
+    row("open: wrong passcode (401, counted)", wrong)
+    row("issue a SMART Health Card (ES256, one QR)", cards)
+    print("baselines, same run:")
+    row("  HTTP floor: GET /healthz", floor)
+    row("  the spec's cost: JWE (dir, A256GCM, DEF) in-process", crypto)
+    print(f"server peak RSS: {peak_rss(server):,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
