@@ -124,7 +124,10 @@ def test_long_term_direct_and_location_links(
     server: Server, own: httpx.Client, patient: tuple[str, Path]
 ) -> None:
     who = patient[0]
-    direct = make(own, who, types=["Condition"], direct=True)
+    direct = make(own, who, types=["Condition"], direct=True, viewer="https://viewer.example/")
+    viewer_link = direct["viewer_link"]
+    assert viewer_link.startswith("https://viewer.example/#shlink:/")
+    assert shl.parse_shlink(viewer_link) == shl.parse_shlink(direct["shlink"])
     (file,) = receive(direct["shlink"], recipient="Clinic app")
     assert file.content["resourceType"] == "Bundle"
     assert len(openings(own, who, direct["id"])) == 1
@@ -194,6 +197,7 @@ def test_expired_links_answer_404(own: httpx.Client, patient: tuple[str, Path]) 
         ({"types": ["Condition"], "since": "last year"}, "BAD_SELECTION"),
         ({"types": ["Condition"], "colour": "red"}, "BAD_REQUEST"),
         ({"types": ["Condition"], "key": "short"}, "BAD_SHLINK"),
+        ({"types": ["Condition"], "viewer": "http://viewer.example/"}, "BAD_SHLINK"),
     ],
 )
 def test_bad_links_are_refused_clearly(
@@ -244,7 +248,7 @@ def test_a_health_card_any_verifier_accepts_until_it_is_revoked(
     with httpx.Client(timeout=30) as client:
         verified = shc.verify_card(card["jws"], client=client)
         assert shc.verify_file(card["file"], client=client)
-    claims = verified["payload"] if "payload" in verified else verified
+    claims = verified["payload"]
     subject = claims["vc"]["credentialSubject"]["fhirBundle"]
     kinds = [e["resource"]["resourceType"] for e in subject["entry"]]
     assert kinds[0] == "Patient" and set(kinds[1:]) == {"Immunization"}

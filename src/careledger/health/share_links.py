@@ -169,6 +169,7 @@ class ShareLinks:
         label: str | None,
         key: str | None = None,
         envelope: object | None = None,
+        viewer: str | None = None,
     ) -> dict[str, Any]:
         """Make a link on the ledger (signed as the patient) and here; its shlink URI and QR.
 
@@ -198,6 +199,9 @@ class ShareLinks:
             raise ValidationError("the link must expire in the future", code="BAD_EXPIRY")
         if key is not None:
             key_bytes(key)  # ValidationError(BAD_SHLINK) if not 43 base64url chars of 32 bytes
+        if viewer is not None:  # checked before anything is committed: https, no fragment
+            probe = LinkPayload(url=f"{origin}/shl/{'A' * 43}", key=new_key(bytes(32)))
+            to_uri(probe, viewer)
         args: dict[str, Any] = {"custodian": self.records.org, "types": selection.ledger_types()}
         if flags:
             args["flags"] = flags
@@ -229,6 +233,7 @@ class ShareLinks:
         return {
             "id": link_id,
             "shlink": uri,
+            "viewer_link": to_uri(payload, viewer) if viewer else None,
             "qr_svg": qr_svg(uri, title=f"SMART Health Link{': ' + label if label else ''}"),
             "flags": flags,
             "expires": expires,

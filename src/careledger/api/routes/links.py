@@ -67,7 +67,7 @@ async def create(
     if not isinstance(raw, dict):
         raise ValidationError("send a JSON object", code="BAD_REQUEST")
     known = {"types", "summary", "since", "until", "long_term", "passcode", "direct",
-             "expires", "expires_in_days", "label", "key", "envelope"}  # fmt: skip
+             "expires", "expires_in_days", "label", "key", "envelope", "viewer"}  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValidationError(f"unknown field {unknown[0]!r}", code="BAD_REQUEST")
@@ -77,7 +77,7 @@ async def create(
     for name in ("summary", "long_term", "direct"):
         if not isinstance(raw.get(name, False), bool):
             raise ValidationError(f"{name}: true or false", code="BAD_REQUEST")
-    for name in ("since", "until", "passcode", "label", "key"):
+    for name in ("since", "until", "passcode", "label", "key", "viewer"):
         if raw.get(name) is not None and not isinstance(raw[name], str):
             raise ValidationError(f"{name}: a string", code="BAD_REQUEST")
     passcode = raw.get("passcode") or None
@@ -92,7 +92,7 @@ async def create(
     made = _links(request).create(
         caller_of(claims), patient, origin=origin_of(request), selection=selection, flags=flags,
         passcode=passcode, expires=_expiry(raw), label=raw.get("label"), key=raw.get("key"),
-        envelope=raw.get("envelope"),
+        envelope=raw.get("envelope"), viewer=raw.get("viewer"),
     )  # fmt: skip
     return _json(made, 201, NO_STORE)
 
