@@ -24,7 +24,8 @@ from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.contracts.consent import TYPE_OR_ALL, delegate_key
 from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.records import require_patient
+from careledger.contracts.records import NAMESPACE as RECORDS
+from careledger.contracts.records import holding_key, holding_of, require_patient
 from careledger.errors import Rejected
 
 NAMESPACE = "links"
@@ -35,6 +36,7 @@ CARD_ID = re.compile(r"^[0-9a-f]{32}$")
 LINK_ID = re.compile(r"^[0-9a-f]{64}$")  # the id of the transaction that created it
 CARD_TYPES = frozenset({"Immunization", "Observation"})
 MAX_ACTIVE_LINKS = 50
+MAX_ACTIVE_CARDS = 20  # per patient and issuer
 MAX_TYPES = 32
 DISABLE_REASONS = frozenset({"passcode_attempts"})
 
@@ -182,6 +184,15 @@ class LinksV1(Contract):
         types = args.strings("types", allowed=CARD_TYPES, max_items=len(CARD_TYPES))
         if not types:
             raise Rejected("BAD_ARGS", "a card holds immunizations or lab results")
+        for kind in types:  # an issuer vouches only for records it holds (its holdings, r8)
+            held = ctx.state.read(RECORDS, holding_key(patient, ctx.signer.org, kind))
+            if holding_of(held)[0] == 0:
+                raise Rejected("NOT_CUSTODIAN", f"this organisation holds no {kind} of the patient")
+        count_key = f"active-cards/{patient}/{ctx.signer.org}"
+        active = int(ctx.state.get(count_key) or 0)
+        if active >= MAX_ACTIVE_CARDS:
+            raise Rejected("TOO_MANY_CARDS", f"at most {MAX_ACTIVE_CARDS} active cards")
+        ctx.state.put(count_key, active + 1)
         card = {
             "id": card_id,
             "patient": patient,
@@ -214,6 +225,8 @@ class LinksV1(Contract):
         if card["status"] != "active":
             raise Rejected("CARD_REVOKED", "the card is already revoked")
         ctx.state.put(card_key(card_id), {**card, "status": "revoked", "revoked_at": ctx.height})
+        count_key = f"active-cards/{card['patient']}/{card['issuer']}"
+        ctx.state.put(count_key, max(0, int(ctx.state.get(count_key) or 1) - 1))
         ctx.state.put(
             revoked_rid_key(card["issuer"], card["kid"], card["rid"]), {"time": ctx.time}
         )

@@ -137,8 +137,13 @@ def test_only_the_patient_or_a_delegate_makes_a_link(chain: TestChain) -> None:
 
 def test_cards_and_the_issuers_revocation_list(chain: TestChain) -> None:
     card = {"card": "c" * 32, "patient": "patient-1", "kid": KID, "rid": "r1d",
-            "types": ["Immunization"]}  # fmt: skip
+            "types": ["Observation"]}  # fmt: skip
     assert chain.run("dr-a", "issue_card", card, contract="links")["code"] == "NOT_AUTHORISED"
+    # an issuer vouches only for what it holds: no Immunization of this patient is anchored
+    unheld = {**card, "types": ["Immunization"]}
+    assert chain.run("hosp-node", "issue_card", unheld, contract="links")["code"] == (
+        "NOT_CUSTODIAN"
+    )
     assert chain.run("hosp-node", "issue_card", {**card, "types": ["Condition"]},
                      contract="links")["code"] == "BAD_ARGS"  # fmt: skip
     assert chain.run("hosp-node", "issue_card", card, contract="links")["result"] == "accepted"
@@ -170,3 +175,16 @@ def test_before_r9_there_are_no_links() -> None:
     older = TestChain(MemoryStore(), ruleset="r8")
     with pytest.raises(BatchRefused):
         create(older)
+
+
+def test_at_most_twenty_active_cards_per_patient_and_issuer(chain: TestChain) -> None:
+    def issue(n: int) -> dict:
+        card = {"card": f"{n:032x}", "patient": "patient-1", "kid": KID, "rid": f"r{n}",
+                "types": ["Observation"]}  # fmt: skip
+        return chain.run("hosp-node", "issue_card", card, contract="links")
+
+    assert all(issue(n)["result"] == "accepted" for n in range(20))
+    assert issue(20)["code"] == "TOO_MANY_CARDS"
+    revoke = {"card": f"{0:032x}"}
+    assert chain.run("patient-1", "revoke_card", revoke, contract="links")["result"] == "accepted"
+    assert issue(21)["result"] == "accepted"
