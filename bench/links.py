@@ -1,7 +1,7 @@
 """SMART Health Links and Cards figures (issue 19), over real HTTP on a served demo node.
 
 Prints the latency (p50/p99) of: making a link (the patient's links.create committed, the key
-wrapped, the QR drawn); opening one as a receiver does (manifest POST: passcode checked, records
+wrapped, the QR drawn) and revoking it (at most 50 are active at once); opening one as a receiver does (manifest POST: passcode checked, records
 decrypted, the opening's access event committed, the file encrypted as JWE), for a link to two
 kinds of record and for an International Patient Summary; a wrong passcode; and issuing a SMART
 Health Card (ES256, fitted to one QR). Beside them, measured in the same run: the node's HTTP
@@ -84,7 +84,15 @@ def run(server: Server, data: Path, rounds: int) -> None:
         answer.raise_for_status()
         return dict(answer.json())
 
-    made = timed(rounds, make)
+    made: list[float] = []
+    revoked: list[float] = []
+    for _ in range(rounds):  # one made, one revoked: at most 50 are active at once
+        start = time.perf_counter()
+        link_id = str(make()["id"])
+        made.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        own.delete(f"/v1/patients/{patient}/links/{link_id}").raise_for_status()
+        revoked.append((time.perf_counter() - start) * 1000)
     link = parse_uri(str(make()["shlink"]))
     summary = parse_uri(str(make({"summary": True, "types": []})["shlink"]))
     size = 0
@@ -115,6 +123,7 @@ def run(server: Server, data: Path, rounds: int) -> None:
     print(f"\nSMART Health Links and Cards ({rounds} rounds; milliseconds)")
     print(f"{'path':52} {'p50':>8} {'p99':>8} {'rounds':>7}")
     row("make a link (links.create on the ledger, QR)", made)
+    row("revoke a link (links.revoke on the ledger)", revoked)
     row(f"open: 2 kinds of record (JWE of {kinds_size:,} chars)", opened)
     row("open: International Patient Summary", summaries)
     row("open: wrong passcode (401, counted)", wrong)

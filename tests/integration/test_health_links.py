@@ -267,3 +267,54 @@ def test_a_health_card_any_verifier_accepts_until_it_is_revoked(
     labs = own.post(f"/v1/patients/{who}/cards", json={"kind": "lab-results"})
     assert labs.status_code in (201, 404)  # 404: this patient has no lab results held here
     assert own.post(f"/v1/patients/{who}/cards", json={"kind": "x"}).status_code == 400
+
+
+def test_openings_are_throttled_and_malformed_requests_are_400(
+    server: Server, own: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    """Each opening is an access event for ever: whoever holds a link cannot flood the log
+    (20 in ten minutes, then 429 with Retry-After, as the spec allows). Malformed bodies are
+    400s, never 500s, and nothing half-made is left on the ledger."""
+    who = patient[0]
+    made = make(own, who, types=["Condition"])
+    url = shl.parse_shlink(made["shlink"])["url"]
+    answers = [httpx.post(url, json={"recipient": f"R{i}"}).status_code for i in range(21)]
+    assert answers[:20] == [200] * 20 and answers[20] == 429
+    limited = httpx.post(url, json={"recipient": "R"})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+    assert len(openings(own, who, made["id"])) == 20
+    nested = b'{"recipient": ' + b"[" * 1500 + b"]" * 1500 + b"}"
+    assert httpx.post(url, content=nested).status_code == 400
+    assert httpx.post(url, content=b"\xff\xfe").status_code == 400
+    before = len(own.get(f"/v1/patients/{who}/links").json()["links"])
+    for body in (b"not json", b"", b"[]"):
+        answer = own.post(f"/v1/patients/{who}/links", content=body,
+                          headers={"content-type": "application/json"})  # fmt: skip
+        assert answer.status_code == 400, body
+    surrogate = b'{"types": ["Condition"], "passcode": "abc\\ud800defgh"}'
+    answer = own.post(f"/v1/patients/{who}/links", content=surrogate,
+                      headers={"content-type": "application/json"})  # fmt: skip
+    assert answer.status_code == 400  # not text: refused before anything is signed
+    zero = own.post(f"/v1/patients/{who}/links", json={"types": ["Condition"], "key": "A" * 43})
+    assert zero.status_code == 400 and zero.json()["code"] == "BAD_SHLINK"
+    assert len(own.get(f"/v1/patients/{who}/links").json()["links"]) == before
+    bad = own.request("DELETE", f"/v1/patients/{who}/links/{made['id']}", content=b"{")
+    assert bad.status_code == 400
+
+
+def test_the_recipients_name_is_the_patients_and_an_erasure_ends_location_files(
+    server: Server, own: httpx.Client, patient: tuple[str, Path]
+) -> None:
+    who = patient[0]
+    made = make(own, who, types=["Condition"])
+    (located,) = receive(made["shlink"], recipient="A private clinic", embedded_length_max=0)
+    assert located.location is not None and httpx.get(located.location).status_code == 200
+    (logged,) = openings(own, who, made["id"])
+    assert logged["recipient_name"] == "A private clinic"
+    with login(server, server.data_dir / "keys" / "st-mary-admin.key") as admin:
+        log = admin.get(f"/v1/patients/{who}/access-log").json()["accesses"]
+    (seen,) = [e for e in log if e["basis"] == {"kind": "link", "id": made["id"]}]
+    assert "recipient_name" not in seen  # oversight sees an opening, not whom it was for
+    served = located.content["entry"][0]["resource"]["id"]
+    assert own.delete(f"/fhir/Condition/{served}").status_code == 200
+    assert httpx.get(located.location).status_code == 404  # the file went with the record

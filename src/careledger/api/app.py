@@ -99,6 +99,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         app.state.health = health
         app.state.exports = ExportJobs(health, settings.data_dir)
         app.state.share_links = ShareLinks(health, settings.data_dir)
+        running.ledger.commit_listeners.append(app.state.share_links.on_commit)
         app.state.health_cards = HealthCards(health, settings.data_dir)
         running.ledger.commit_listeners.append(app.state.exports.on_commit)
         repository = EpcisRepository(settings.data_dir / EPCIS_FILE)

@@ -81,6 +81,9 @@ class StoredResource:
     last_updated: str
 
 
+MAX_ACCESS_LOG = 100_000  # the newest accesses a log shows
+
+
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -950,14 +953,17 @@ class HealthRecords:
                 code="NOT_AUTHORISED",
             )
         prefix = f"access/{patient}/"
-        keys = self.ledger.store.state_keys("audit", prefix, 100_000)
-        return [self._named(self.ledger.state("audit", k)) for k in keys]
+        # the newest: however many accesses came before, the latest are never cut off
+        keys = self.ledger.store.state_keys("audit", prefix, MAX_ACCESS_LOG, last=True)
+        own = caller.is_patient(patient)
+        return [self._named(self.ledger.state("audit", k), own) for k in keys]
 
-    def _named(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def _named(self, entry: dict[str, Any], own: bool) -> dict[str, Any]:
         """A link's opening with its recipient's declared name, opened from the ledger's sealed
-        copy (sealed for the patient and the serving node)."""
+        copy (sealed for the patient and the serving node): for the patient only, not for the
+        custodian's oversight (who a patient shares with is theirs)."""
         sealed = entry.get("recipient")
-        if not isinstance(sealed, dict):
+        if not own or not isinstance(sealed, dict):
             return entry
         try:
             name = open_sealed(sealed, self.node.settings.node_name, self.ledger.node_key.seed)

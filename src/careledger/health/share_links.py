@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +41,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from careledger.contracts.links import LINK_ID, link_key, link_serves
 from careledger.contracts.links import NAMESPACE as LINKS
 from careledger.core.keys import b64url_encode, decode_public_key
-from careledger.errors import CareLedgerError, Forbidden, NotFound, StorageError, ValidationError
+from careledger.errors import (
+    CareLedgerError,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    StorageError,
+    ValidationError,
+)
 from careledger.fhir.types import RECORD_TYPES
 from careledger.health.access import Caller
 from careledger.health.service import HealthRecords, StoredResource
@@ -57,14 +65,22 @@ LINKS_FILE = "links.sqlite"
 MAX_ATTEMPTS = 5  # wrong passcodes in a link's lifetime, then it is disabled on the ledger
 LOCATION_SECONDS = 3600  # the spec: a location URL lives at most an hour
 MAX_RECIPIENT = 200
-MAX_RECORDS = 2_000  # served by one opening (one access event names at most 10,000)
+MAX_RECORDS = 2_000  # served by one opening
+RECORDS_PER_EVENT = 500  # an access event's envelope stays far below the 64 KiB limit
+OPENINGS = 20  # openings of one link (each an access event, for ever) ...
+OPENINGS_WINDOW_S = 600  # ... in ten minutes; then 429 with Retry-After, as the spec allows
+FILES_PER_LINK = 5  # location URLs of one link alive at once
 FHIR_JSON = "application/fhir+json"
 SUMMARY_TYPES = frozenset(
     {"Patient", "Condition", "AllergyIntolerance", "MedicationRequest", "MedicationStatement",
      "Immunization", "Observation", "Procedure"}
 )  # fmt: skip
-DATE_FIELDS = ("effectiveDateTime", "onsetDateTime", "authoredOn", "occurrenceDateTime",
-               "recordedDate", "issued", "date", "performedDateTime")  # fmt: skip
+# where R4 puts a record's clinical date (a dateTime, or a Period's start), most telling first
+DATE_FIELDS = ("effectiveDateTime", "effectiveInstant", "onsetDateTime", "performedDateTime",
+               "occurrenceDateTime", "authoredOn", "recordedDate", "issued", "date", "created",
+               "assertedDate", "dateWritten", "sent", "started", "recorded")  # fmt: skip
+PERIOD_FIELDS = ("effectivePeriod", "onsetPeriod", "performedPeriod", "occurrencePeriod",
+                 "period", "billablePeriod", "whenHandedOver")  # fmt: skip
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS link(
         id TEXT PRIMARY KEY, patient TEXT NOT NULL, token_hash TEXT UNIQUE NOT NULL,
@@ -117,19 +133,41 @@ def _passcode_hash(passcode: str, salt: bytes) -> bytes:
     return hashlib.scrypt(passcode.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
 
 
+def _clinical_day(resource: Mapping[str, Any]) -> str | None:
+    """The record's clinical date (YYYY-MM-DD), if it has one R4 names."""
+    for name in DATE_FIELDS:
+        value = resource.get(name)
+        if isinstance(value, str) and len(value) >= 4:
+            return value[:10]
+    for name in PERIOD_FIELDS:
+        period = resource.get(name)
+        if isinstance(period, dict):
+            value = period.get("start") or period.get("end")
+            if isinstance(value, str) and len(value) >= 4:
+                return value[:10]
+    return None
+
+
 def _dated_within(resource: Mapping[str, Any], since: str | None, until: str | None) -> bool:
-    """Whether the resource's clinical date lies in [since, until] (ISO dates compared by their
-    day); a resource with no date is kept: leaving it out would hide it silently."""
+    """Whether the record's clinical date lies in [since, until]. With a range, a record with no
+    date it can be placed by is left out: a patient who limits a link to recent records must
+    not find their childhood history in it."""
     if since is None and until is None:
         return True
-    found = next((str(resource[f]) for f in DATE_FIELDS if resource.get(f)), None)
-    if found is None:
-        period = resource.get("effectivePeriod") or resource.get("period") or {}
-        found = str(period.get("start")) if period.get("start") else None
-    if found is None:
-        return True
-    day = found[:10]
-    return (since is None or day >= since) and (until is None or day <= until)
+    day = _clinical_day(resource)
+    if day is None:
+        return False
+    return (since is None or day >= since[: len(day)]) and (until is None or day <= until)
+
+
+def _utf8(text: str | None, what: str, code: str) -> None:
+    """Text that cannot be written as UTF-8 (a lone surrogate) is refused before anything is
+    committed, not found unwritable after."""
+    if text is not None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{what} is not valid text", code=code) from None
 
 
 class ShareLinks:
@@ -141,6 +179,7 @@ class ShareLinks:
             self._conns.get().execute(statement)
         self._sealed = AtRest.for_node(self.ledger.node_key, "health links")
         self._lock = threading.Lock()  # passcode attempts: counted one at a time
+        self._openings: dict[str, deque[float]] = {}
 
     def close(self) -> None:
         self._conns.close()
@@ -195,10 +234,12 @@ class ShareLinks:
             raise ValidationError("a passcode is 6 to 64 characters", code="BAD_PASSCODE")
         if passcode and "P" not in flags:
             raise ValidationError("a passcode needs the P flag", code="BAD_PASSCODE")
+        _utf8(passcode, "the passcode", "BAD_PASSCODE")
+        _utf8(label, "the label", "BAD_LABEL")
         if expires is not None and expires <= time.time():
             raise ValidationError("the link must expire in the future", code="BAD_EXPIRY")
-        if key is not None:
-            key_bytes(key)  # ValidationError(BAD_SHLINK) if not 43 base64url chars of 32 bytes
+        if key is not None and not any(key_bytes(key)):  # BAD_SHLINK unless 32 bytes, too
+            raise ValidationError("the link key is all zero bytes: not a key", code="BAD_SHLINK")
         if viewer is not None:  # checked before anything is committed: https, no fragment
             probe = LinkPayload(url=f"{origin}/shl/{'A' * 43}", key=new_key(bytes(32)))
             to_uri(probe, viewer)
@@ -300,6 +341,19 @@ class ShareLinks:
             raise NotFound("no such link, or it no longer works", code="LINK_INACTIVE")
         return row
 
+    def _throttle(self, link_id: str) -> None:
+        """At most OPENINGS openings of a link in OPENINGS_WINDOW_S: each is an access event
+        on the ledger for ever, so whoever holds a link cannot flood the patient's log."""
+        now = time.monotonic()
+        with self._lock:
+            recent = self._openings.setdefault(link_id, deque())
+            while recent and recent[0] <= now - OPENINGS_WINDOW_S:
+                recent.popleft()
+            if len(recent) >= OPENINGS:
+                wait = int(recent[0] + OPENINGS_WINDOW_S - now) + 1
+                raise RateLimited("this link was opened often just now: wait", retry_after=wait)
+            recent.append(now)
+
     def _check_passcode(self, row: tuple[Any, ...], passcode: object) -> None:
         """Every wrong passcode counts, for the link's lifetime; at the limit the link is
         disabled on the ledger. Attempts are counted one at a time."""
@@ -324,10 +378,7 @@ class ShareLinks:
     def manifest(self, token: str, body: Mapping[str, Any], origin: str) -> dict[str, Any]:
         """The spec's manifest answer, after the opening's access event is committed."""
         row = self._row(token)
-        recipient = body.get("recipient")
-        if not isinstance(recipient, str) or not 0 < len(recipient.strip()) <= MAX_RECIPIENT:
-            raise ValidationError(f"recipient: who is asking, 1 to {MAX_RECIPIENT} characters",
-                                  code="BAD_RECIPIENT")  # fmt: skip
+        recipient = _recipient(body.get("recipient"))
         limit = body.get("embeddedLengthMax")
         if limit is not None and (type(limit) is not int or limit < 0):
             raise ValidationError("embeddedLengthMax is a whole number", code="BAD_REQUEST")
@@ -335,13 +386,19 @@ class ShareLinks:
         if "U" in flags:
             raise ValidationError("this link is a direct file: GET it", code="DIRECT_FILE")
         self._check_passcode(row, body.get("passcode"))
-        token_jwe, updated = self._serve(row, token, recipient.strip(), origin)
+        self._throttle(str(row[0]))
+        token_jwe, updated = self._serve(row, token, recipient, origin)
         entry: dict[str, Any] = {"contentType": FHIR_JSON, "lastUpdated": updated}
         if limit is None or len(token_jwe) <= limit:
             entry["embedded"] = token_jwe
         else:
             file_token = secrets.token_urlsafe(32)
             self._run("DELETE FROM file WHERE expires < ?", (int(time.time()),))
+            self._run(
+                "DELETE FROM file WHERE link = ? AND token_hash NOT IN (SELECT token_hash FROM "
+                "file WHERE link = ? ORDER BY expires DESC LIMIT ?)",
+                (row[0], row[0], FILES_PER_LINK - 1),
+            )
             self._run("INSERT INTO file(token_hash, link, jwe, expires) VALUES(?, ?, ?, ?)",
                       (_token_hash(file_token), row[0], token_jwe.encode(),
                        int(time.time()) + LOCATION_SECONDS))  # fmt: skip
@@ -354,10 +411,9 @@ class ShareLinks:
         flags = str((self.ledger.state(LINKS, link_key(row[0])) or {}).get("flags", ""))
         if "U" not in flags:
             raise ValidationError("POST this link's manifest", code="NOT_DIRECT")
-        if not isinstance(recipient, str) or not 0 < len(recipient.strip()) <= MAX_RECIPIENT:
-            raise ValidationError(f"recipient: who is asking, 1 to {MAX_RECIPIENT} characters",
-                                  code="BAD_RECIPIENT")  # fmt: skip
-        return self._serve(row, token, recipient.strip(), origin)[0]
+        name = _recipient(recipient)
+        self._throttle(str(row[0]))
+        return self._serve(row, token, name, origin)[0]
 
     def location(self, file_token: str) -> str:
         rows = self._run(
@@ -419,24 +475,38 @@ class ShareLinks:
     def _log_opening(
         self, link_id: str, patient: str, opened: Sequence[StoredResource], recipient: str
     ) -> None:
+        """The opening's access events, committed before anything is served: one per
+        RECORDS_PER_EVENT records, so a large record still fits an envelope."""
         member = self.ledger.state("identity", f"member/{patient}") or {}
         readers = {self.records.node.settings.node_name: self.ledger.node_key.public_key}
         if member.get("key"):
             readers[patient] = decode_public_key(str(member["key"]))
-        args = {
-            "patient": patient,
-            "accessor": link_id,
-            "accessor_org": self.records.org,
-            "records": sorted({s.record_id for s in opened}),
-            "action": "read",
-            "purpose": "PATRQT",
-            "basis": {"kind": "link", "id": link_id},
-            "interaction": "read",
-            "recipient": seal(recipient.encode(), readers),
-        }
-        (receipt,) = self.records.node.execute([("audit", "access", args)])
-        if receipt["result"] != "accepted":
+        sealed = seal(recipient.encode(), readers)
+        served = sorted({s.record_id for s in opened})
+        calls = [
+            ("audit", "access", {
+                "patient": patient, "accessor": link_id, "accessor_org": self.records.org,
+                "records": served[start : start + RECORDS_PER_EVENT], "action": "read",
+                "purpose": "PATRQT", "basis": {"kind": "link", "id": link_id},
+                "interaction": "read", "recipient": sealed})
+            for start in range(0, len(served), RECORDS_PER_EVENT)
+        ]  # fmt: skip
+        receipts = self.records.node.execute(calls)
+        if any(r["result"] != "accepted" for r in receipts):
             raise NotFound("no such link, or it no longer works", code="LINK_INACTIVE")
+
+    def on_commit(self, executed: Any) -> None:
+        """Location files (an hour's life) go at once when the patient erases a record or the
+        link ends: a file must not outlive what it may hold."""
+        for event in executed.block.events:
+            data = orjson.loads(event.data)
+            if event.type == "records.shredded":
+                self._run(
+                    "DELETE FROM file WHERE link IN (SELECT id FROM link WHERE patient = ?)",
+                    (str(data.get("patient")),),
+                )
+            elif event.type in ("links.revoked", "links.disabled"):
+                self._run("DELETE FROM file WHERE link = ?", (str(data.get("link")),))
 
     def _document(
         self, patient: str, selection: Selection, opened: Sequence[StoredResource], origin: str
@@ -457,6 +527,14 @@ class ShareLinks:
                 for r in resources
             ],
         }
+
+
+def _recipient(raw: object) -> str:
+    if not isinstance(raw, str) or not 0 < len(raw.strip()) <= MAX_RECIPIENT:
+        raise ValidationError(f"recipient: who is asking, 1 to {MAX_RECIPIENT} characters",
+                              code="BAD_RECIPIENT")  # fmt: skip
+    _utf8(raw, "recipient", "BAD_RECIPIENT")
+    return raw.strip()
 
 
 def _now() -> str:

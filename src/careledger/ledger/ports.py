@@ -105,7 +105,11 @@ class LedgerStore(Protocol):
     def state_items(self) -> Iterator[tuple[str, str, bytes]]:
         """Every live (namespace, key, value), sorted by (namespace, key)."""
 
-    def state_keys(self, namespace: str, prefix: str, limit: int) -> list[str]: ...
+    def state_keys(
+        self, namespace: str, prefix: str, limit: int, *, last: bool = False
+    ) -> list[str]:
+        """Keys under ``prefix`` in order: the first ``limit``, or with ``last`` the last."""
+        ...
 
     def get_nodes(self, ids: Sequence[NodeId]) -> list[bytes]: ...
 

@@ -85,9 +85,11 @@ class MemoryStore:
         for (ns, key), value in sorted(self._state.items()):
             yield ns, key, value
 
-    def state_keys(self, namespace: str, prefix: str, limit: int) -> list[str]:
+    def state_keys(
+        self, namespace: str, prefix: str, limit: int, *, last: bool = False
+    ) -> list[str]:
         keys = sorted(k for ns, k in self._state if ns == namespace and k.startswith(prefix))
-        return keys[:limit]
+        return keys[-limit:] if last and limit else keys[:limit]
 
     def get_nodes(self, ids: Sequence[NodeId]) -> list[bytes]:
         try:

@@ -41,6 +41,12 @@ CREATE INDEX IF NOT EXISTS events_by_type ON events(type, height, seq);
 _NODE_QUERY_CHUNK = 400  # keeps bound parameters well under SQLite's limit
 
 
+_FIRST_KEYS = "SELECT key FROM state WHERE ns = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?"
+_LAST_KEYS = (
+    "SELECT key FROM state WHERE ns = ? AND key >= ? AND key < ? ORDER BY key DESC LIMIT ?"
+)
+
+
 class SQLiteStore:
     def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -189,11 +195,14 @@ class SQLiteStore:
         for ns, key, value in cursor:
             yield ns, key, _as_bytes(value)
 
-    def state_keys(self, namespace: str, prefix: str, limit: int) -> list[str]:
+    def state_keys(
+        self, namespace: str, prefix: str, limit: int, *, last: bool = False
+    ) -> list[str]:
         rows = self._all(
-            "SELECT key FROM state WHERE ns = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?",
-            (namespace, prefix, prefix + "\U0010ffff", limit),
+            _LAST_KEYS if last else _FIRST_KEYS, (namespace, prefix, prefix + "\U0010ffff", limit)
         )
+        if last:
+            rows.reverse()
         return [str(r[0]) for r in rows]
 
     def get_nodes(self, ids: Sequence[NodeId]) -> list[bytes]:

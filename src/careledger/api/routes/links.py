@@ -6,13 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of
 from careledger.api.routes.smart import origin_of
-from careledger.errors import CareLedgerError, ValidationError
+from careledger.errors import CareLedgerError, RateLimited, ValidationError
 from careledger.health.share_links import Selection, ShareLinks, WrongPasscode
 from careledger.jsonio import dumps
 
@@ -35,6 +37,17 @@ def _links(request: Request) -> ShareLinks:
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(dumps(body), status_code=status, media_type="application/json",
                     headers=headers)  # fmt: skip
+
+
+async def _body(request: Request) -> Any:
+    """The JSON body (None when empty); 400 for anything else than JSON."""
+    raw = await request.body()
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValidationError("the body is not JSON", code="BAD_REQUEST") from None
 
 
 def _expiry(raw: dict[str, Any]) -> int | None:
@@ -63,7 +76,7 @@ def _expiry(raw: dict[str, Any]) -> int | None:
 async def create(
     request: Request, claims: MemberDep, patient: Annotated[str, Path(pattern=ID)]
 ) -> Response:
-    raw = await request.json()
+    raw = await _body(request)
     if not isinstance(raw, dict):
         raise ValidationError("send a JSON object", code="BAD_REQUEST")
     known = {"types", "summary", "since", "until", "long_term", "passcode", "direct",
@@ -89,10 +102,11 @@ async def create(
                               code="BAD_FLAGS")  # fmt: skip
     selection = Selection(tuple(sorted(set(types))), bool(raw.get("summary")),
                           raw.get("since"), raw.get("until"))  # fmt: skip
-    made = _links(request).create(
-        caller_of(claims), patient, origin=origin_of(request), selection=selection, flags=flags,
-        passcode=passcode, expires=_expiry(raw), label=raw.get("label"), key=raw.get("key"),
-        envelope=raw.get("envelope"), viewer=raw.get("viewer"),
+    made = await run_in_threadpool(  # scrypt and a ledger commit: off the event loop
+        _links(request).create, caller_of(claims), patient, origin=origin_of(request),
+        selection=selection, flags=flags, passcode=passcode, expires=_expiry(raw),
+        label=raw.get("label"), key=raw.get("key"), envelope=raw.get("envelope"),
+        viewer=raw.get("viewer"),
     )  # fmt: skip
     return _json(made, 201, NO_STORE)
 
@@ -112,11 +126,11 @@ async def revoke(
     patient: Annotated[str, Path(pattern=ID)],
     link: Annotated[str, Path(pattern=LINK)],
 ) -> Response:
-    envelope = None
-    if await request.body():
-        raw = await request.json()
-        envelope = raw.get("envelope") if isinstance(raw, dict) else None
-    receipt = _links(request).revoke(caller_of(claims), patient, link, envelope)
+    raw = await _body(request)
+    envelope = raw.get("envelope") if isinstance(raw, dict) else None
+    receipt = await run_in_threadpool(
+        _links(request).revoke, caller_of(claims), patient, link, envelope
+    )
     return _json({"link": link, "status": "revoked", "receipt": receipt})
 
 
@@ -134,6 +148,9 @@ def _spec_error(exc: CareLedgerError) -> Response:
     that does not exist or no longer works (which are not told apart), 400 otherwise."""
     if isinstance(exc, WrongPasscode):
         return _json({"remainingAttempts": exc.remaining}, 401, CORS)
+    if isinstance(exc, RateLimited):
+        return _json({"error": exc.message, "code": exc.code}, 429,
+                     {**CORS, "retry-after": str(exc.retry_after)})  # fmt: skip
     status = 404 if exc.code == "LINK_INACTIVE" else 400
     return _json({"error": exc.message, "code": exc.code}, status,
                  {**CORS, "x-careledger-code": exc.code})  # fmt: skip
@@ -145,12 +162,16 @@ async def manifest(request: Request, token: Annotated[str, Path(pattern=URL_SEGM
     if len(body) > MAX_BODY:
         return _json({"error": "the request is too large", "code": "TOO_LARGE"}, 413, CORS)
     try:
-        raw = await request.json()
+        try:  # orjson: a deeply nested document is a 400, never a RecursionError
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ValidationError("send JSON", code="BAD_REQUEST") from None
         if not isinstance(raw, dict):
             raise ValidationError("send a JSON object with recipient", code="BAD_REQUEST")
-        answer = _links(request).manifest(token, raw, origin_of(request))
-    except ValueError:
-        return _json({"error": "send JSON", "code": "BAD_REQUEST"}, 400, CORS)
+        # scrypt, decryption and the ledger commit on a worker thread: never the event loop
+        answer = await run_in_threadpool(
+            _links(request).manifest, token, raw, origin_of(request)
+        )
     except CareLedgerError as exc:
         return _spec_error(exc)
     return _json(answer, 200, {**CORS, **NO_STORE})
