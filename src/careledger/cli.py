@@ -777,6 +777,57 @@ def export_verify(
         out.print("completeness not proven: the export attests no holdings (ledger before r8)")
 
 
+@app.command("verify-access")
+def verify_access(
+    file: Annotated[Path, typer.Argument(help="the access proof file (access-proof-ID.json)")],
+    node_key: Annotated[
+        list[str] | None,
+        typer.Option("--node-key", help="a node verifier key you trust (repeatable)"),
+    ] = None,
+    min_signatures: Annotated[
+        int, typer.Option("--min-signatures", min=1, help="how many named nodes must sign")
+    ] = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a patient's "who saw my data" file offline: the checkpoint is signed by the nodes
+    you name, every access event is in it, accepted, to this patient's data, and says what the
+    readable list says. Exits 1 when anything differs."""
+    from careledger.health.access_proof import FORMAT, verify_access_proof
+
+    try:
+        document = _read_json_file(file)
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise ValidationError(
+                f"{file} is not an access proof (download one from "
+                "GET /v1/patients/ID/access-log/proof)",
+                code="BAD_FILE",
+            )
+        report = verify_access_proof(document, node_key or (), min_signatures)
+    except VerificationError as exc:
+        err.print(f"error {exc.code}: {exc.message}")
+        raise typer.Exit(1) from None
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(report.to_json())
+        return
+    table = Table(
+        "when", "who", "what", "purpose", "basis", title=f"who saw {report.patient}'s data"
+    )
+    for a in report.accesses:
+        who = f"{a['accessor']} ({a['accessor_org']})" + (f" via {a['app']}" if a["app"] else "")
+        count = len(a["records"]) + len(a["windows"])
+        what = f"{a['action']} {count} record{'s' if count != 1 else ''}"
+        basis = a["basis"]["kind"] + (" [bold]BREAK-GLASS[/bold]" if a["break_glass"] else "")
+        table.add_row(str(a["created"]), who, what, str(a["purpose"]), basis)
+    out.print(table)
+    out.print(
+        f"verified: {len(report.accesses)} accesses, checkpoint of size {report.tree_size} "
+        f"signed by {', '.join(report.signers)}"
+    )
+    out.print("each access listed is on the ledger; that none is missing is the node's word")
+
+
 apps_app = typer.Typer(help="SMART on FHIR apps registered on the ledger.", no_args_is_help=True)
 app.add_typer(apps_app, name="apps")
 

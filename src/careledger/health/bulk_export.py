@@ -51,6 +51,7 @@ from careledger.fhir.types import RECORD_TYPES
 from careledger.health.access import Caller, require_scope
 from careledger.health.scope_query import within_scopes
 from careledger.health.service import HealthRecords, StoredResource
+from careledger.ledger.engine import Ledger
 from careledger.scopes import allows, restrictions
 from careledger.sqlite_threads import ThreadConnections
 
@@ -379,13 +380,7 @@ class ExportJobs:
         out = _File(open(path, "wb"))  # noqa: SIM115 - closed below
         try:
             for tx_id in sorted(set(tx_ids)):
-                found = self.ledger.store.find_tx(tx_id)
-                if found is None:
-                    raise StorageError(f"a transaction of the export is missing: {tx_id}")
-                answer = self.ledger.tx_proof(tx_id, size)
-                answer.pop("checkpoint", None)
-                envelope = orjson.loads(found[1].envelope)
-                out.write(orjson.dumps({"tx": tx_id, "envelope": envelope, **answer}) + b"\n")
+                out.write(orjson.dumps(proven_tx(self.ledger, tx_id, size)) + b"\n")
         finally:
             out.handle.close()
         return out
@@ -576,6 +571,18 @@ def _kept(
         return False
     wanted = request.filters.get(str(resource.get("resourceType")))
     return not wanted or any(matches(resource, f, now=now) for f in wanted)
+
+
+def proven_tx(ledger: Ledger, tx_id: str, size: int) -> dict[str, Any]:
+    """A committed transaction as an offline proof carries it: its id, envelope and receipt,
+    and the inclusion proof of that receipt in the tree of ``size`` (whose checkpoint the
+    proof carries once, not per transaction). Checked by ``export_proof.verify_proven_tx``."""
+    found = ledger.store.find_tx(tx_id)
+    if found is None:
+        raise StorageError(f"a transaction of the proof is missing: {tx_id}")
+    answer = ledger.tx_proof(tx_id, size)
+    answer.pop("checkpoint", None)
+    return {"tx": tx_id, "envelope": orjson.loads(found[1].envelope), **answer}
 
 
 def manifest_body(manifest: Mapping[str, Any]) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from careledger.core.block import ZERO_HASH
 from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import parse_checkpoint, parse_vkey, verify_note
 from careledger.core.keys import decode_public_key
+from careledger.core.tx import check_signature, decode_envelope
 from careledger.errors import CareLedgerError, VerificationError
 from careledger.health.bulk_export import (
     ANCHORS_FILE,
@@ -142,30 +143,77 @@ def verify_export(
     return report
 
 
+@dataclass(frozen=True)
+class ProvenTx:
+    """A transaction an offline proof carries, checked: in the signed checkpoint, accepted."""
+
+    tx_id: str
+    body: dict[str, Any]
+    receipt: dict[str, Any]
+    signers: tuple[str, ...]  # the trusted keys that signed the checkpoint
+
+
+def verify_proven_tx(
+    entry: Mapping[str, Any],
+    checkpoint: str,
+    verifier_keys: Iterable[str],
+    methods: Collection[tuple[str, str]],
+    *,
+    min_signatures: int = 1,
+) -> ProvenTx:
+    """Check one transaction as ``bulk_export.proven_tx`` writes it, against ``checkpoint``:
+    the receipt is a leaf of the checkpoint's tree (RFC 9162 inclusion proof) and the checkpoint
+    is signed by ``min_signatures`` of the trusted keys; the envelope is well formed, signed by
+    its signer, and is the one the receipt names (tx id = SHA-256 of the RFC 8785 body, envelope
+    hash, chain); the ledger accepted it; it is a call of one of ``methods``.
+
+    VerificationError whose message completes "the transaction ..." (callers say which one).
+    """
+    from careledger.sdk import verify_tx_proof
+
+    if not isinstance(entry, Mapping):
+        raise VerificationError("is malformed: not a JSON object")
+    try:
+        verified = verify_tx_proof(
+            {**entry, "checkpoint": checkpoint}, verifier_keys, min_signatures=min_signatures
+        )
+    except CareLedgerError as exc:
+        raise VerificationError(f"does not verify against the checkpoint: {exc.message}") from None
+    try:
+        envelope = entry["envelope"]
+        tx = decode_envelope(envelope)
+        check_signature(tx)
+    except CareLedgerError as exc:
+        raise VerificationError(f"has an envelope that does not verify: {exc.message}") from None
+    except (KeyError, TypeError) as exc:
+        raise VerificationError(f"is malformed: {exc}") from None
+    receipt = verified.receipt
+    if (
+        tx.tx_id != entry.get("tx")
+        or receipt.get("tx_id") != tx.tx_id
+        or receipt.get("envelope_hash") != tx.envelope_hash()
+        or receipt.get("chain") != tx.chain
+    ):
+        raise VerificationError("is not the one its receipt names")
+    if receipt.get("result") != "accepted":
+        raise VerificationError("was refused by the ledger")
+    if (tx.contract, tx.method) not in methods:
+        names = " or ".join(sorted(".".join(m) for m in methods))
+        raise VerificationError(f"is not a call of {names}")
+    return ProvenTx(tx.tx_id, dict(tx.body), receipt, verified.signers)
+
+
 def _proven_txs(
     path: Path, checkpoint: str, vkey: str, methods: set[tuple[str, str]]
 ) -> Iterable[tuple[str, dict[str, Any]]]:
     """(tx id, body) of each line's transaction: in the signed checkpoint by its inclusion
     proof, accepted, and a call of one of ``methods``."""
-    from careledger.sdk import verify_tx_proof
-
     for line in _lines(path):
-        entry = orjson.loads(line)
         try:
-            verified = verify_tx_proof({**entry, "checkpoint": checkpoint}, [vkey])
-        except CareLedgerError as exc:
-            why = exc.message
-            raise _fail(f"an inclusion proof in {path.name} does not verify: {why}") from None
-        body = entry["envelope"]["body"]
-        receipt = verified.receipt
-        tx_id = hashlib.sha256(canonical_bytes(body)).hexdigest()
-        if tx_id != entry["tx"] or receipt.get("tx_id") != tx_id:
-            raise _fail(f"a transaction in {path.name} is not the one its receipt names")
-        if receipt.get("result") != "accepted":
-            raise _fail(f"a transaction in {path.name} was refused by the ledger")
-        if (body.get("contract"), body.get("method")) not in methods:
-            raise _fail(f"a transaction in {path.name} is not a {sorted(methods)[0][1]}")
-        yield tx_id, body
+            proven = verify_proven_tx(orjson.loads(line), checkpoint, [vkey], methods)
+        except VerificationError as exc:
+            raise _fail(f"a transaction in {path.name} {exc.message}") from None
+        yield proven.tx_id, proven.body
 
 
 def _check_holdings(
