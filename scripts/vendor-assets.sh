@@ -8,6 +8,7 @@ AXE=4.14.1        # accessibility checks in the browser tests (not shipped)
 SODIUM=0.7.15     # libsodium (Argon2id, secretbox): passphrase-protected key files in the browser
 SWAGGER=5.36.0    # the API's /docs page, served from here rather than a CDN
 FHIRCLIENT=2.6.3  # SMART's JavaScript client, driven in the browser by the SMART tests (not shipped)
+SHCSDK=0.0.8      # PathCheck's SMART Health Card verifier, run by node in the card tests (not shipped)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT="$ROOT/src/careledger/web/static/vendor"
 WORK="$ROOT/build/npm"
@@ -16,7 +17,7 @@ cd "$WORK"
 [ -f package.json ] || echo '{"name": "careledger-portal-assets", "private": true}' > package.json
 npm install --silent --no-audit --no-fund "htmx.org@$HTMX" "uplot@$UPLOT" \
   "axe-core@$AXE" "libsodium-wrappers-sumo@$SODIUM" "swagger-ui-dist@$SWAGGER" \
-  "fhirclient@$FHIRCLIENT" >/dev/null
+  "fhirclient@$FHIRCLIENT" "@pathcheck/shc-sdk@$SHCSDK" >/dev/null
 cp node_modules/htmx.org/dist/htmx.min.js "$OUT/htmx.min.js"
 cp node_modules/uplot/dist/uPlot.iife.min.js "$OUT/uPlot.iife.min.js"
 cp node_modules/uplot/dist/uPlot.min.css "$OUT/uPlot.min.css"
