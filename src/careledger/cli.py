@@ -731,6 +731,10 @@ def export_verify(
         list[str] | None,
         typer.Option("--node-key", help="the node verifier key you trust (repeatable)"),
     ] = None,
+    allow_unproven: Annotated[
+        bool,
+        typer.Option("--allow-unproven", help="check an export that proves no holdings"),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Check a bulk export offline: the node's signature on its manifest, every file's hash and
@@ -746,7 +750,7 @@ def export_verify(
         for path in files:
             if not path.is_file():
                 raise ValidationError(f"cannot read {path}", code="IO_ERROR")
-        report = verify_export(document, files, node_key or ())
+        report = verify_export(document, files, node_key or (), allow_unproven=allow_unproven)
     except VerificationError as exc:
         err.print(f"error {exc.code}: {exc.message}")
         raise typer.Exit(1) from None
@@ -756,7 +760,9 @@ def export_verify(
         _print_json({"ok": True, "signer": report.signer, "trusted": report.trusted,
                      "height": report.height, "records": report.records,
                      "holdings": report.holdings, "withheld": report.withheld,
-                     "unproven": report.unproven,
+                     "unproven": report.unproven, "excused": report.excused,
+                     "complete": report.complete,
+                     "attested_heights": report.attested_heights,
                      "files": [{"name": n, "lines": c} for n, c in report.files]})  # fmt: skip
         return
     table = Table("file", "lines", title=f"export at ledger height {report.height}")
@@ -765,67 +771,22 @@ def export_verify(
     out.print(table)
     who = "a node you trust" if report.trusted else "a node you did not name (give --node-key)"
     out.print(f"verified: {report.records} records, signed by {report.signer} ({who})")
-    if report.holdings:
+    if report.complete:
+        low, high = report.attested_heights or (report.height, report.height)
         out.print(
-            f"complete: every record the ledger held at height {report.height} for "
-            f"{report.holdings} patient-and-type holdings is here"
+            f"complete: every record the ledger held for the {report.holdings} patient-and-type "
+            f"holdings attested (blocks {low} to {high}) is here"
             + (f" ({report.withheld} left out by _typeFilter)" if report.withheld else "")
         )
+    elif report.holdings:
+        out.print(f"{report.holdings} patient-and-type holdings proven complete; not proven:")
+        if report.excused:
+            out.print(f"  {report.excused} requested types excused on the node's word "
+                      "(the app's scopes or the patient's consent)")  # fmt: skip
         if report.unproven:
-            out.print(f"{report.unproven} exported records lie outside the attested holdings")
+            out.print(f"  {report.unproven} exported records anchored before holdings were kept")
     else:
-        out.print("completeness not proven: the export attests no holdings (ledger before r8)")
-
-
-@app.command("verify-access")
-def verify_access(
-    file: Annotated[Path, typer.Argument(help="the access proof file (access-proof-ID.json)")],
-    node_key: Annotated[
-        list[str] | None,
-        typer.Option("--node-key", help="a node verifier key you trust (repeatable)"),
-    ] = None,
-    min_signatures: Annotated[
-        int, typer.Option("--min-signatures", min=1, help="how many named nodes must sign")
-    ] = 1,
-    json_out: JsonOpt = False,
-) -> None:
-    """Check a patient's "who saw my data" file offline: the checkpoint is signed by the nodes
-    you name, every access event is in it, accepted, to this patient's data, and says what the
-    readable list says. Exits 1 when anything differs."""
-    from careledger.health.access_proof import FORMAT, verify_access_proof
-
-    try:
-        document = _read_json_file(file)
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise ValidationError(
-                f"{file} is not an access proof (download one from "
-                "GET /v1/patients/ID/access-log/proof)",
-                code="BAD_FILE",
-            )
-        report = verify_access_proof(document, node_key or (), min_signatures)
-    except VerificationError as exc:
-        err.print(f"error {exc.code}: {exc.message}")
-        raise typer.Exit(1) from None
-    except CareLedgerError as exc:
-        raise _fail(exc) from None
-    if json_out:
-        _print_json(report.to_json())
-        return
-    table = Table(
-        "when", "who", "what", "purpose", "basis", title=f"who saw {report.patient}'s data"
-    )
-    for a in report.accesses:
-        who = f"{a['accessor']} ({a['accessor_org']})" + (f" via {a['app']}" if a["app"] else "")
-        count = len(a["records"]) + len(a["windows"])
-        what = f"{a['action']} {count} record{'s' if count != 1 else ''}"
-        basis = a["basis"]["kind"] + (" [bold]BREAK-GLASS[/bold]" if a["break_glass"] else "")
-        table.add_row(str(a["created"]), who, what, str(a["purpose"]), basis)
-    out.print(table)
-    out.print(
-        f"verified: {len(report.accesses)} accesses, checkpoint of size {report.tree_size} "
-        f"signed by {', '.join(report.signers)}"
-    )
-    out.print("each access listed is on the ledger; that none is missing is the node's word")
+        out.print("completeness not proven: the export attests no holdings")
 
 
 apps_app = typer.Typer(help="SMART on FHIR apps registered on the ledger.", no_args_is_help=True)

@@ -10,7 +10,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -139,6 +139,7 @@ def test_a_backend_app_exports_and_the_manifest_verifies_offline(
     assert exports[0]["accessor"] == "st-mary-export"
 
 
+PROOF = "https://careledger.dev/fhir/StructureDefinition/export-proof"
 PROOF_FILES = ("records.ndjson", "anchors.ndjson", "holdings.ndjson", "attestations.ndjson",
                "withheld.ndjson")  # fmt: skip
 
@@ -188,36 +189,95 @@ def verify(manifest: dict[str, Any], files: list[Path], node_key: str, folder: P
                    "--node-key", node_key, "--json")  # fmt: skip
 
 
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_bytes().splitlines()]
+
+
+def write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_bytes(b"".join(json.dumps(x).encode() + b"\n" for x in rows))
+
+
 def test_not_even_the_node_can_leave_a_record_out(
     server: Server, st_mary: httpx.Client, tmp_path: Path
 ) -> None:
     """A node that drops a record from its own export, and signs the smaller manifest with its
-    own key, is caught: the ledger's attested holdings say the record was there."""
+    own key, is caught whichever way it tries to hide it: the ledger's attested holdings say
+    the record was there (the forgeries a security review made, each tried here)."""
+    first_job, _ = run_export(st_mary, "/fhir/$export?_type=Condition")
+    first = tmp_path / "first"
+    first.mkdir()
+    proof_files(st_mary, first_job, first)
     job, manifest = run_export(st_mary, "/fhir/$export?_type=Condition")
     files = data_files(st_mary, manifest, tmp_path) + proof_files(st_mary, job, tmp_path)
     node_key = httpx.get(f"{server.url}/v1/checkpoint/keys").text.strip()
     honest = verify(manifest, files, node_key, tmp_path)
     assert honest.returncode == 0, honest.stderr
-    conditions, index = tmp_path / "Condition.ndjson", tmp_path / "records.ndjson"
-    dropped = json.loads(conditions.read_bytes().splitlines()[0])
-    conditions.write_bytes(b"".join(x + b"\n" for x in conditions.read_bytes().splitlines()[1:]))
-    index.write_bytes(b"".join(
-        x + b"\n" for x in index.read_bytes().splitlines() if json.loads(x)["id"] != dropped["id"]
-    ))  # fmt: skip
-    resign(server, manifest, files)
-    lying = verify(manifest, files, node_key, tmp_path)
-    assert lying.returncode == 1 and "EXPORT_MISMATCH" in lying.stderr
-    assert f"Condition/{dropped['id']}" in lying.stderr and "missing" in lying.stderr
-    # nor by calling it withheld by a _typeFilter the request did not hold for it... unless
-    # listed; and the holdings themselves cannot be trimmed: they must hash to the attested head
-    holdings = tmp_path / "holdings.ndjson"
-    lines = [json.loads(x) for x in holdings.read_bytes().splitlines()]
-    for line in lines:
-        line["ops"] = [op for op in line["ops"] if op[1] != dropped["id"]]
-    holdings.write_bytes(b"".join(json.dumps(x).encode() + b"\n" for x in lines))
-    resign(server, manifest, files)
-    trimmed = verify(manifest, files, node_key, tmp_path)
-    assert trimmed.returncode == 1 and "not what the ledger attested" in trimmed.stderr
+    assert json.loads(honest.stdout)["complete"] is True
+    pristine = {p.name: p.read_bytes() for p in files}
+    original = json.loads(json.dumps(manifest))
+
+    def forged(change: Callable[[dict[str, Any]], None], *expected: str) -> None:
+        for path in files:
+            path.write_bytes(pristine[path.name])
+        doc = json.loads(json.dumps(original))
+        conditions, index = tmp_path / "Condition.ndjson", tmp_path / "records.ndjson"
+        dropped = lines_of(conditions)[0]
+        write_lines(conditions, lines_of(conditions)[1:])
+        write_lines(index, [x for x in lines_of(index) if x["id"] != dropped["id"]])
+        change({"doc": doc, "dropped": dropped})
+        kept = [p for p in files if p.exists()]
+        resign(server, doc, kept)
+        lying = verify(doc, kept, node_key, tmp_path)
+        assert lying.returncode == 1, (expected, lying.stdout)
+        assert "Traceback" not in lying.stderr
+        for words in expected:
+            assert words in lying.stderr, (words, lying.stderr)
+
+    proof_of = lambda doc: doc["extension"][PROOF]  # noqa: E731
+    # simply left out
+    forged(lambda f: None, "EXPORT_MISMATCH", "missing")
+    # called withheld by a _typeFilter the request does not have
+    forged(lambda f: write_lines(tmp_path / "withheld.ndjson", [{
+        "patient": f["dropped"]["subject"]["reference"].rsplit("/", 1)[1], "type": "Condition",
+        "id": f["dropped"]["id"], "version": 1, "reason": "_typeFilter"}]),
+        "_typeFilter not asked for")  # fmt: skip
+    # a _since the request did not ask for, to leave everything out
+    forged(lambda f: proof_of(f["doc"]).update(since_ms=32503680000000), "_since")
+    # the chain trimmed of the record
+    forged(lambda f: write_lines(tmp_path / "holdings.ndjson", [
+        {**line, "ops": [op for op in line["ops"] if op[1] != f["dropped"]["id"]]}
+        for line in lines_of(tmp_path / "holdings.ndjson")]), "not what the ledger attested")
+    # the chain's line left out, its attestation kept
+    forged(lambda f: write_lines(tmp_path / "holdings.ndjson", []), "attested but absent")
+    # another export's (older) attestations and chains put in this one's place, with fresh
+    # inclusion proofs in this export's checkpoint (GET /v1/tx/{id}?tree_size=, public)
+    size = proof_of(original)["tree_size"]
+
+    def swap(f: dict[str, Any]) -> None:
+        (tmp_path / "holdings.ndjson").write_bytes((first / "holdings.ndjson").read_bytes())
+        moved = []
+        for line in lines_of(first / "attestations.ndjson"):
+            fresh = httpx.get(f"{server.url}/v1/tx/{line['tx']}", params={"tree_size": size})
+            moved.append({**line, **{k: v for k, v in fresh.json().items()
+                                     if k != "checkpoint"}})  # fmt: skip
+        write_lines(tmp_path / "attestations.ndjson", moved)
+
+    forged(swap, "made for another export")
+    # no attestation at all for the patients' Conditions (the type left out whole)
+    def untested(f: dict[str, Any]) -> None:
+        write_lines(tmp_path / "holdings.ndjson", [])
+        write_lines(tmp_path / "attestations.ndjson", [])
+
+    forged(untested, "neither attested nor excused")
+    # the proof files dropped from the signed list: nothing is proven, and that is refused
+    def unlisted(f: dict[str, Any]) -> None:
+        proof = proof_of(f["doc"])
+        names = ("holdings.ndjson", "attestations.ndjson", "withheld.ndjson")
+        proof["files"] = [x for x in proof["files"] if x["name"] not in names]
+        for name in names:
+            (tmp_path / name).unlink()
+
+    forged(unlisted, "EXPORT_UNPROVEN")
 
 
 def test_another_organisations_app_gets_only_what_consents_give(server: Server) -> None:

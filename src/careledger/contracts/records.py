@@ -59,6 +59,23 @@ def next_holding_head(head: str, op: list[Any]) -> str:
     return sha256_hex(bytes.fromhex(head) + canonical_bytes(op))
 
 
+def replay_holding(
+    ops: list[list[Any]],
+) -> tuple[str, dict[str, tuple[int, str, int]]]:
+    """A holdings chain's head and what it holds after ``ops``: record -> (version, salted hash,
+    time anchored). The one reading of a chain, for the node that exports and the recipient
+    that checks the export alike."""
+    head, held = ZERO_HASH, {}
+    for op in ops:
+        head = next_holding_head(head, op)
+        kind, record, version, digest, at = op[0], str(op[1]), int(op[2]), str(op[3]), int(op[4])
+        if kind == "put":
+            held[record] = (version, digest, at)
+        else:
+            held.pop(record, None)
+    return head, held
+
+
 def holding_of(value: Any) -> tuple[int, str]:
     """(operations, head) of a holdings entry; an absent one is empty."""
     if value is None:
@@ -67,6 +84,7 @@ def holding_of(value: Any) -> tuple[int, str]:
 
 
 MAX_ATTESTED = 250
+EXPORT_ID = re.compile(r"^[0-9a-f]{1,64}$")
 
 
 def require_patient(ctx: Context, patient: str) -> dict[str, Any]:
@@ -234,8 +252,12 @@ class RecordsV2(RecordsV1):
     @tx_method
     def attest_holdings(self, ctx: Context, args: Args) -> None:
         """The signer's node states the heads of its organisation's holdings; refused unless
-        every one is the ledger's at this block (an empty holding: 0 operations, zero head)."""
-        args.only("holdings")
+        every one is the ledger's at this block (an empty holding: 0 operations, zero head).
+        ``export`` names the bulk export it is made for, so that it cannot be passed off as
+        another export's."""
+        args.only("holdings", "export")
+        if args.has("export"):  # the bulk export it is for: binds it to that export's proof
+            args.string("export", pattern=EXPORT_ID)
         if not ctx.signer.has_role("node"):
             raise Rejected("NOT_AUTHORISED", "holdings are attested by the custodian's node")
         raw = args.raw.get("holdings")

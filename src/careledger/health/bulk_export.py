@@ -41,7 +41,13 @@ import orjson
 
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.contracts.consent import consent_covers, consent_key
-from careledger.contracts.records import MAX_ATTESTED, holding_key, holding_of, holding_op_key
+from careledger.contracts.records import (
+    MAX_ATTESTED,
+    holding_key,
+    holding_of,
+    holding_op_key,
+    replay_holding,
+)
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import sign_note
@@ -318,7 +324,9 @@ class ExportJobs:
                 if self._stopped(job):
                     raise CareLedgerError("cancelled", code="CANCELLED")
                 batch = patients[start : start + PATIENTS_PER_COMMIT]
-                done, skipped = self._batch(caller, request, batch, height, now, files, proof, out)
+                done, skipped = self._batch(
+                    job, caller, request, batch, height, now, files, proof, out
+                )
                 exported += len(done)
                 self._exported.setdefault(job, []).extend(sorted(done))
                 refused += skipped
@@ -349,6 +357,11 @@ class ExportJobs:
             "job": job,
             "height": height,
             "since_ms": request.since_ms,
+            # requested types whose completeness is not proven, and why (the node's word)
+            "excused": {
+                "types": self._scope_excused(caller, request),
+                "patients": dict(sorted(proof.uncovered.items())),
+            },
             "tree_size": size,
             "checkpoint": self.ledger.checkpoint(size),
             "node": self.ledger.verifier_key(),
@@ -389,36 +402,49 @@ class ExportJobs:
         """Whether the ruleset in force keeps holdings (r8)."""
         return "attest_holdings" in self.ledger.rules().contracts[RECORDS].methods()
 
+    def _scope_excused(self, caller: Caller, request: ExportRequest) -> dict[str, str]:
+        """Requested types whose completeness no export of this app proves, and why: its scopes
+        do not reach them, or reach them only through a query restriction (a chain's operations
+        would show the app records the restriction hides)."""
+        excused = {}
+        for kind in sorted((request.types or RECORD_TYPES) & RECORD_TYPES):
+            if not allows(caller.scopes, kind, "search"):
+                excused[kind] = "not in the app's scopes"
+            elif restrictions(caller.scopes, kind, "search") is not None:
+                excused[kind] = "the app's scope reaches it only through a query restriction"
+        return excused
+
     def _attestable(
         self, caller: Caller, request: ExportRequest, basis: Mapping[str, Any]
-    ) -> set[str]:
-        """The types of a patient whose completeness the export proves: those the request and
-        the app's scopes reach (not a query-restricted scope: the chain's operations would show
-        records the restriction hides) and, under a consent, those the consent covers."""
-        kinds = {
-            kind
-            for kind in (request.types or RECORD_TYPES)
-            if allows(caller.scopes, kind, "search")
-            and restrictions(caller.scopes, kind, "search") is None
-        }
+    ) -> tuple[set[str], list[str]]:
+        """(types of a patient whose completeness the export proves, requested types the
+        patient's consent does not cover): those the request and the app's scopes reach and,
+        under a consent, those the consent covers."""
+        excused = self._scope_excused(caller, request)
+        kinds = {k for k in (request.types or RECORD_TYPES) & RECORD_TYPES if k not in excused}
+        uncovered: list[str] = []
         if basis.get("kind") == "consent":
             consent = self.ledger.state(CONSENT, consent_key(str(basis["id"])))
             now_ms = time.time_ns() // 1_000_000
-            kinds = {
+            uncovered = sorted(
                 kind
                 for kind in kinds
-                if consent is not None
-                and consent_covers(consent, member="", org=caller.org, action="read",
-                                   resource_type=kind, purpose=request.purpose, time=now_ms)
-            }  # fmt: skip
-        return kinds
+                if consent is None
+                or not consent_covers(consent, member="", org=caller.org, action="read",
+                                      resource_type=kind, purpose=request.purpose, time=now_ms)
+            )  # fmt: skip
+        return kinds - set(uncovered), uncovered
 
-    def _attest(self, wanted: Sequence[tuple[str, str]], proof: _Proof) -> None:
-        """Commit ``records.attest_holdings`` for each (patient, type), then write each chain's
-        line: its head, the attesting transaction and every operation."""
+    def _attest(
+        self, wanted: Sequence[tuple[str, str]], proof: _Proof, job: str, since: int | None
+    ) -> dict[tuple[str, str], tuple[dict[str, int], set[str]]]:
+        """Commit ``records.attest_holdings`` (naming this export) for each (patient, type),
+        write each chain's line, and return what each chain holds at its attestation:
+        (record -> version, anchored at or after ``since``; every record the chain names)."""
         if not wanted or not self._attests():
-            return
+            return {}
         org = self.records.org
+        held: dict[tuple[str, str], tuple[dict[str, int], set[str]]] = {}
         for start in range(0, len(wanted), MAX_ATTESTED):
             chunk = wanted[start : start + MAX_ATTESTED]
             for _ in range(ATTEST_RETRIES):
@@ -429,7 +455,7 @@ class ExportJobs:
                 ]  # fmt: skip
                 items = [{"patient": p, "type": k, "n": n, "head": h} for p, k, n, h in heads]
                 (receipt,) = self.records.node.execute(
-                    [("records", "attest_holdings", {"holdings": items})]
+                    [("records", "attest_holdings", {"holdings": items, "export": job})]
                 )
                 if receipt["result"] == "accepted" or receipt.get("code") != "HOLDINGS_CHANGED":
                     break
@@ -446,9 +472,14 @@ class ExportJobs:
                 proof.holdings.write(orjson.dumps({
                     "patient": patient, "type": kind, "n": n, "head": head,
                     "tx": receipt["tx_id"], "ops": ops}) + b"\n")  # fmt: skip
+                _, current = replay_holding(ops)
+                chosen = {r: v for r, (v, _, at) in current.items() if since is None or at >= since}
+                held[(patient, kind)] = (chosen, {str(op[1]) for op in ops})
+        return held
 
     def _batch(
         self,
+        job: str,
         caller: Caller,
         request: ExportRequest,
         patients: list[str],
@@ -476,8 +507,14 @@ class ExportJobs:
             except Forbidden:
                 refused += 1
                 continue
-            plans.append((patient, planned, self._attestable(caller, request, args["basis"])))
-        self._attest([(p, k) for p, _, kinds in plans for k in sorted(kinds)], proof)
+            attested, uncovered = self._attestable(caller, request, args["basis"])
+            if uncovered:
+                proof.uncovered[patient] = uncovered
+            plans.append((patient, planned, attested))
+        chains = self._attest(
+            [(p, k) for p, _, kinds in plans for k in sorted(kinds)], proof, job, request.since_ms
+        )
+        plans = [(p, _from_chains(p, planned, kinds, chains), kinds) for p, planned, kinds in plans]
         pending: list[tuple[str, list[StoredResource]]] = []
         held = 0
         exported: set[str] = set()
@@ -548,6 +585,7 @@ class _Proof:
         self.holdings = _File(open(out / HOLDINGS_FILE, "wb"))  # noqa: SIM115
         self.withheld = _File(open(out / WITHHELD_FILE, "wb"))  # noqa: SIM115
         self.attest_txs: list[str] = []
+        self.uncovered: dict[str, list[str]] = {}  # patient -> requested types no consent covers
 
     def close(self) -> None:
         for f in (self.index, self.holdings, self.withheld):
@@ -560,6 +598,23 @@ class _Proof:
             for line in listed:
                 txs.add(str(orjson.loads(line)["anchor_tx"]))
         return sorted(txs)
+
+
+def _from_chains(
+    patient: str,
+    planned: list[tuple[str, str, int]],
+    attested: set[str],
+    chains: Mapping[tuple[str, str], tuple[dict[str, int], set[str]]],
+) -> list[tuple[str, str, int]]:
+    """What to export of a patient: for an attested type, exactly the versions its chain held
+    when attested (what the recipient's check expects), and records anchored before chains
+    were kept (r8), which no chain names; other types as planned."""
+    out = []
+    for kind in sorted(attested):
+        chosen, named = chains.get((patient, kind), ({}, set()))
+        out += [(record, kind, version) for record, version in sorted(chosen.items())]
+        out += [p for p in planned if p[1] == kind and p[0] not in named]
+    return out + [p for p in planned if p[1] not in attested]
 
 
 def _kept(

@@ -25,18 +25,20 @@ import base64
 import hashlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from careledger.contracts.records import next_holding_head
-from careledger.core.block import ZERO_HASH
+from careledger.contracts.records import replay_holding
 from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import parse_checkpoint, parse_vkey, verify_note
 from careledger.core.keys import decode_public_key
 from careledger.core.tx import check_signature, decode_envelope
 from careledger.errors import CareLedgerError, VerificationError
+from careledger.fhir.types import RECORD_TYPES
 from careledger.health.bulk_export import (
     ANCHORS_FILE,
     ATTESTATIONS_FILE,
@@ -61,6 +63,9 @@ class ExportReport:
     holdings: int = 0  # (patient, type) pairs proven complete
     withheld: int = 0  # records held and visible, left out by the request's _typeFilter
     unproven: int = 0  # exported records outside every attested holding
+    excused: int = 0  # (patient, requested type) pairs not attested, with the node's reason
+    attested_heights: tuple[int, int] | None = None  # blocks of the attestations
+    complete: bool = False  # attested holdings, every requested type covered, none unproven
 
 
 def _fail(message: str) -> VerificationError:
@@ -81,7 +86,11 @@ def _lines(path: Path) -> Iterable[bytes]:
 
 
 def verify_export(
-    manifest: Mapping[str, Any], files: Iterable[Path], trusted_keys: Iterable[str] = ()
+    manifest: Mapping[str, Any],
+    files: Iterable[Path],
+    trusted_keys: Iterable[str] = (),
+    *,
+    allow_unproven: bool = False,
 ) -> ExportReport:
     """VerificationError(EXPORT_MISMATCH) at the first thing that does not hold."""
     proof = (manifest.get("extension") or {}).get(PROOF_EXTENSION)
@@ -138,8 +147,15 @@ def verify_export(
         report.files.append((name, lines))
     anchored = _check_anchors(given, str(proof["checkpoint"]), str(proof["node"]))
     report.records = _check_records(given, anchored)
-    if HOLDINGS_FILE in given:
-        _check_holdings(given, proof, report)
+    if HOLDINGS_FILE in given and ATTESTATIONS_FILE in given and WITHHELD_FILE in given:
+        _check_holdings(manifest, given, proof, report)
+        report.complete = report.unproven == 0 and report.excused == 0
+    elif not allow_unproven:
+        raise VerificationError(
+            "the export proves no holdings (a ledger before r8, or files left out): it may "
+            "lack records; --allow-unproven to check the rest",
+            code="EXPORT_UNPROVEN",
+        )
     return report
 
 
@@ -203,68 +219,128 @@ def verify_proven_tx(
     return ProvenTx(tx.tx_id, dict(tx.body), receipt, verified.signers)
 
 
+def _proven(
+    path: Path, checkpoint: str, vkey: str, methods: set[tuple[str, str]]
+) -> Iterable[ProvenTx]:
+    """Each line's transaction: in the signed checkpoint by its inclusion proof, accepted, and
+    a call of one of ``methods``."""
+    for line in _lines(path):
+        try:
+            yield verify_proven_tx(orjson.loads(line), checkpoint, [vkey], methods)
+        except VerificationError as exc:
+            raise _fail(f"a transaction in {path.name} {exc.message}") from None
+
+
 def _proven_txs(
     path: Path, checkpoint: str, vkey: str, methods: set[tuple[str, str]]
 ) -> Iterable[tuple[str, dict[str, Any]]]:
-    """(tx id, body) of each line's transaction: in the signed checkpoint by its inclusion
-    proof, accepted, and a call of one of ``methods``."""
-    for line in _lines(path):
-        try:
-            proven = verify_proven_tx(orjson.loads(line), checkpoint, [vkey], methods)
-        except VerificationError as exc:
-            raise _fail(f"a transaction in {path.name} {exc.message}") from None
+    """(tx id, body) of each line's transaction, as ``_proven`` checks it."""
+    for proven in _proven(path, checkpoint, vkey, methods):
         yield proven.tx_id, proven.body
 
 
+def _request_terms(url: str) -> tuple[frozenset[str], int | None, frozenset[str]]:
+    """What the signed kick-off asked: the record types (``_type``, else every type held), the
+    ``_since`` instant in ms, and the types a ``_typeFilter`` narrows; read as the node reads
+    them (api/routes/bulk.py), so the node cannot prove a narrower export than was asked."""
+    pairs = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    types = frozenset(t for k, v in pairs if k == "_type" for t in v.split(",") if t)
+    since = None
+    for key, value in pairs:
+        if key == "_since":
+            try:
+                since = int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+            except ValueError:
+                raise _fail("the manifest's request has a _since that is not an instant") from None
+            break
+    filtered = frozenset(
+        one.partition("?")[0] for k, v in pairs if k == "_typeFilter" for one in v.split(",")
+    )
+    return (types or RECORD_TYPES) & RECORD_TYPES, since, filtered
+
+
 def _check_holdings(
-    given: Mapping[str, Path], proof: Mapping[str, Any], report: ExportReport
+    manifest: Mapping[str, Any],
+    given: Mapping[str, Path],
+    proof: Mapping[str, Any],
+    report: ExportReport,
 ) -> None:
-    """Every version a proven holding held at the export's height is exported or withheld."""
+    """Nothing was left out: every requested type of every exported patient is attested (or
+    excused, on the node's word, and reported); each attestation is in the checkpoint, signed
+    by the node, made for this export, once per patient and type; each chain's operations hash
+    to the head attested; and what the chain held then (since ``_since``) is exactly what was
+    exported, or withheld by a ``_typeFilter`` the request holds for that type."""
     vkey = str(proof["node"])
     node_key = parse_vkey(vkey).public_key
-    height = int(proof["height"])
-    since = proof.get("since_ms")
+    requested, since, filtered = _request_terms(str(manifest.get("request", "")))
+    if proof.get("since_ms") != since:
+        raise _fail("the proof's _since is not the one the request asked for")
     attested: dict[tuple[str, str], tuple[int, str, str]] = {}
-    for tx_id, body in _proven_txs(
-        given[ATTESTATIONS_FILE], str(proof["checkpoint"]), vkey,
-        {("records", "attest_holdings")},
-    ):  # fmt: skip
+    heights = []
+    for proven in _proven(given[ATTESTATIONS_FILE], str(proof["checkpoint"]), vkey,
+                          {("records", "attest_holdings")}):  # fmt: skip
+        body = proven.body
         if decode_public_key(str(body.get("signer"))) != node_key:
             raise _fail("a holdings attestation is signed by another member than the node")
-        for item in body.get("args", {}).get("holdings", []):
+        args = body.get("args", {})
+        if args.get("export") != proof.get("job"):
+            raise _fail("a holdings attestation was made for another export")
+        heights.append(int(proven.receipt["height"]))
+        for item in args.get("holdings", []):
             key = (str(item["patient"]), str(item["type"]))
-            attested[key] = (int(item["n"]), str(item["head"]), tx_id)
+            if key in attested:
+                raise _fail(f"the holdings of {key[1]} for {key[0]} are attested twice")
+            attested[key] = (int(item["n"]), str(item["head"]), proven.tx_id)
     expected: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
     chained: set[tuple[str, str, str]] = set()  # (patient, type, record) in any proven chain
     for line in _lines(given[HOLDINGS_FILE]):
         entry = orjson.loads(line)
         key = (str(entry["patient"]), str(entry["type"]))
-        ops = entry["ops"]
-        head = ZERO_HASH
-        for op in ops:
-            head = next_holding_head(head, op)
-        if attested.get(key) != (len(ops), head, str(entry["tx"])):
+        head, held = replay_holding(entry["ops"])
+        if key in expected or attested.get(key) != (len(entry["ops"]), head, str(entry["tx"])):
             raise _fail(f"the holdings of {key[1]} for {key[0]} are not what the ledger attested")
-        expected[key] = _held_at(ops, height, since)
-        chained.update((key[0], key[1], str(op[1])) for op in ops)
+        expected[key] = {
+            record: (version, digest)
+            for record, (version, digest, at) in held.items()
+            if since is None or at >= since
+        }
+        chained.update((key[0], key[1], str(op[1])) for op in entry["ops"])
+    missing = sorted(set(attested) - set(expected))
+    if missing:
+        raise _fail(f"the holdings of {missing[0][1]} for {missing[0][0]} are attested but absent")
     report.holdings = len(expected)
+    report.attested_heights = (min(heights), max(heights)) if heights else None
     withheld: dict[tuple[str, str, str], int] = {}
     for line in _lines(given[WITHHELD_FILE]):
         entry = orjson.loads(line)
-        withheld[(str(entry["patient"]), str(entry["type"]), str(entry["id"]))] = int(
-            entry["version"]
-        )
+        three = (str(entry["patient"]), str(entry["type"]), str(entry["id"]))
+        if three[1] not in filtered:
+            raise _fail(f"{three[1]}/{three[2]} is said withheld by a _typeFilter not asked for")
+        withheld[three] = int(entry["version"])
+    excused = proof.get("excused") or {}
+    by_type = excused.get("types") or {}
+    by_patient = excused.get("patients") or {}
     exported: dict[tuple[str, str, str], tuple[int, str]] = {}
+    patients = set()
     for line in _lines(given[INDEX_FILE]):
         entry = orjson.loads(line)
         three = (str(entry["patient"]), str(entry["type"]), str(entry["id"]))
+        patients.add(three[0])
         exported[three] = (int(entry["version"]), str(entry["hash"]))
         if three in chained and expected[three[:2]].get(three[2]) != exported[three]:
-            raise _fail(f"{three[1]}/{three[2]} is not the version held at height {height}")
+            raise _fail(f"{three[1]}/{three[2]} is not the version its holdings held")
         if three not in chained:
             report.unproven += 1
-    for (patient, kind), held in expected.items():
-        for record, (version, digest) in held.items():
+    for patient in sorted(patients):
+        for kind in sorted(requested):
+            if (patient, kind) in attested:
+                continue
+            if kind in by_type or kind in by_patient.get(patient, []):
+                report.excused += 1
+                continue
+            raise _fail(f"{kind} of a patient in this export is neither attested nor excused")
+    for (patient, kind), versions in expected.items():
+        for record, (version, digest) in versions.items():
             three = (patient, kind, record)
             if exported.get(three) == (version, digest):
                 continue
@@ -272,33 +348,12 @@ def _check_holdings(
                 report.withheld += 1
                 continue
             raise _fail(
-                f"{kind}/{record} (v{version}) was held for a patient in this export at height "
-                f"{height} and is missing from it"
+                f"{kind}/{record} (v{version}) was held for a patient in this export when its "
+                "holdings were attested, and is missing from it"
             )
     for three in withheld:
         if three[:2] not in expected or three[2] not in expected[three[:2]]:
             raise _fail(f"{three[1]}/{three[2]} is named as withheld but was not held")
-
-
-def _held_at(ops: list[list[Any]], height: int, since: Any) -> dict[str, tuple[int, str]]:
-    """record -> (version, salted hash) live at ``height`` and not shredded since (its content
-    is gone), anchored at or after ``since`` (ms) when the request had ``_since``."""
-    live: dict[str, tuple[int, str, int]] = {}
-    shredded_later = set()
-    for kind, record, version, digest, at, op_height in ops:
-        if op_height > height:
-            if kind == "shred":
-                shredded_later.add(record)
-            continue
-        if kind == "put":
-            live[record] = (int(version), str(digest), int(at))
-        else:
-            live.pop(record, None)
-    return {
-        record: (version, digest)
-        for record, (version, digest, at) in live.items()
-        if record not in shredded_later and (since is None or at >= int(since))
-    }
 
 
 def _check_anchors(

@@ -98,6 +98,14 @@ def test_every_anchor_and_shred_extends_the_chain_and_an_attestation_must_match_
     assert attest(chain)["code"] == "BAD_ARGS"
     assert attest(chain, {**good, "extra": 1})["code"] == "BAD_ARGS"
     assert attest(chain, {**good, "head": "zz"})["code"] == "BAD_ARGS"
+    named = {"holdings": [good], "export": "ab" * 12}
+    assert chain.run("hosp-node", "attest_holdings", named, contract="records")["result"] == (
+        "accepted"
+    )
+    bad_name = {"holdings": [good], "export": "not hex"}
+    assert chain.run("hosp-node", "attest_holdings", bad_name, contract="records")["code"] == (
+        "BAD_ARGS"
+    )
 
 
 def test_before_r8_there_are_no_holdings_and_no_attestation() -> None:

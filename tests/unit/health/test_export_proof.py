@@ -38,22 +38,25 @@ def test_a_resource_must_be_the_version_the_ledger_anchored(tmp_path: Path) -> N
         _check_records(files(tmp_path, wrong), {("o1", 1): (wrong, "t")})
 
 
-def test_the_holdings_at_the_export_height_are_what_must_be_exported() -> None:
-    """Replayed to the export's height: later versions ignored (the export is of its height),
-    a record shredded since is not expected (its content is gone), older than _since left out."""
-    from careledger.health.export_proof import _held_at
+def test_a_chain_replays_to_what_it_holds_and_the_request_says_what_was_asked() -> None:
+    """The one reading of a holdings chain (the records contract's), and the terms of the
+    signed kick-off the verifier holds the export to."""
+    from careledger.contracts.records import replay_holding
+    from careledger.fhir.types import RECORD_TYPES
+    from careledger.health.export_proof import _request_terms
 
     a, b, c = "a" * 64, "b" * 64, "c" * 64
     ops = [
         ["put", "o1", 1, a, 1_000, 5],
         ["put", "o2", 1, b, 2_000, 6],
-        ["put", "o3", 1, c, 3_000, 7],
-        ["shred", "o3", 1, c, 3_500, 8],  # gone before the export
-        ["put", "o1", 2, c, 4_000, 12],  # after the export's height
-        ["shred", "o2", 1, b, 5_000, 13],  # after the height: its content is gone too
+        ["shred", "o2", 1, b, 3_500, 8],
+        ["put", "o1", 2, c, 4_000, 12],
     ]
-    assert _held_at(ops, 10, None) == {"o1": (1, a)}
-    assert _held_at(ops, 12, None) == {"o1": (2, c)}
-    assert _held_at(ops, 7, None) == {"o1": (1, a)}  # o3 was shredded at 8
-    assert _held_at(ops, 12, 3_000) == {"o1": (2, c)}
-    assert _held_at(ops, 12, 4_500) == {}
+    _, held = replay_holding(ops)
+    assert held == {"o1": (2, c, 4_000)}
+    url = ("http://n/fhir/$export?_type=Observation,Condition&_since=2024-01-01T00:00:00Z"
+           "&_typeFilter=Observation%3Fcategory%3Dlaboratory")  # fmt: skip
+    assert _request_terms(url) == (
+        frozenset({"Observation", "Condition"}), 1_704_067_200_000, frozenset({"Observation"})
+    )
+    assert _request_terms("http://n/fhir/$export")[0] == RECORD_TYPES
