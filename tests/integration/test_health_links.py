@@ -5,6 +5,8 @@ the limit; revoked and expired links answer 404, as the spec says."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,6 +254,9 @@ def test_a_health_card_any_verifier_accepts_until_it_is_revoked(
     subject = claims["vc"]["credentialSubject"]["fhirBundle"]
     kinds = [e["resource"]["resourceType"] for e in subject["entry"]]
     assert kinds[0] == "Patient" and set(kinds[1:]) == {"Immunization"}
+    # every reference is to the card's own entries: nothing outside it is pointed at
+    references = re.findall(r'"reference":\s*"([^"]*)"', json.dumps(subject))
+    assert references and all(r.startswith("resource:") for r in references)
     assert "https://smarthealth.cards#immunization" in claims["vc"]["type"]
     listed = own.get(f"/v1/patients/{who}/cards").json()["cards"]
     assert [c["status"] for c in listed if c["id"] == card["id"]] == ["active"]

@@ -56,6 +56,25 @@ def _is_lab(resource: dict[str, Any]) -> bool:
     )
 
 
+def _self_contained(resource: dict[str, Any], patient: str) -> dict[str, Any]:
+    """The resource without references to anything the card does not hold (an encounter, a
+    performer): a card's references are to its own entries (``resource:N``), and what it does
+    not carry it should not point at."""
+    def keep(value: Any) -> bool:
+        return not (isinstance(value, dict) and "reference" in value
+                    and value["reference"] != f"Patient/{patient}")  # fmt: skip
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if keep(v) and clean(v) != []}
+        if isinstance(value, list):
+            return [clean(v) for v in value if keep(v) and clean(v) not in ([], {})]
+        return value
+
+    out: dict[str, Any] = clean(resource)
+    return out
+
+
 def _date(resource: dict[str, Any]) -> str:
     for field in ("occurrenceDateTime", "effectiveDateTime", "issued", "recorded"):
         if resource.get(field):
@@ -139,7 +158,8 @@ class HealthCards:
             included = chosen[:count]
             bundle = {"resourceType": "Bundle", "type": "collection",
                       "entry": [{"fullUrl": f"Patient/{patient}", "resource": subject}]
-                      + [{"fullUrl": f"{s.resource_type}/{s.record_id}", "resource": s.resource}
+                      + [{"fullUrl": f"{s.resource_type}/{s.record_id}",
+                          "resource": _self_contained(s.resource, patient)}
                          for s in included]}  # fmt: skip
             payload = card_payload(iss, nbf, minimise_bundle(bundle), [vc_type], rid)
             jws = sign_card(payload, jwk)
