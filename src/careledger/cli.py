@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -787,6 +788,162 @@ def export_verify(
             out.print(f"  {report.unproven} exported records anchored before holdings were kept")
     else:
         out.print("completeness not proven: the export attests no holdings")
+
+
+@app.command("verify-access")
+def verify_access(
+    file: Annotated[Path, typer.Argument(help="the access proof file (access-proof-ID.json)")],
+    node_key: Annotated[
+        list[str] | None,
+        typer.Option("--node-key", help="a node verifier key you trust (repeatable)"),
+    ] = None,
+    min_signatures: Annotated[
+        int, typer.Option("--min-signatures", min=1, help="how many named nodes must sign")
+    ] = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a patient's "who saw my data" file offline: the checkpoint is signed by the nodes
+    you name, every access event is in it, accepted, to this patient's data, and says what the
+    readable list says. Exits 1 when anything differs."""
+    from careledger.health.access_proof import FORMAT, verify_access_proof
+
+    try:
+        document = _read_json_file(file)
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise ValidationError(
+                f"{file} is not an access proof (download one from "
+                "GET /v1/patients/ID/access-log/proof)",
+                code="BAD_FILE",
+            )
+        report = verify_access_proof(document, node_key or (), min_signatures)
+    except VerificationError as exc:
+        err.print(f"error {exc.code}: {exc.message}")
+        raise typer.Exit(1) from None
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(report.to_json())
+        return
+    table = Table(
+        "when", "who", "what", "purpose", "basis", title=f"who saw {report.patient}'s data"
+    )
+    for a in report.accesses:
+        who = f"{a['accessor']} ({a['accessor_org']})" + (f" via {a['app']}" if a["app"] else "")
+        count = len(a["records"]) + len(a["windows"])
+        what = f"{a['action']} {count} record{'s' if count != 1 else ''}"
+        basis = a["basis"]["kind"] + (" [bold]BREAK-GLASS[/bold]" if a["break_glass"] else "")
+        table.add_row(str(a["created"]), who, what, str(a["purpose"]), basis)
+    out.print(table)
+    out.print(
+        f"verified: {len(report.accesses)} accesses, checkpoint of size {report.tree_size} "
+        f"signed by {', '.join(report.signers)}"
+    )
+    out.print("each access listed is on the ledger; that none is missing is the node's word")
+
+
+share_app = typer.Typer(help="SMART Health Links: share your records.", no_args_is_help=True)
+app.add_typer(share_app, name="share")
+
+
+def _patient_of(key: Path) -> str:
+    from careledger.keyfile import read_key_file
+
+    try:
+        return read_key_file(key, passphrase=_passphrase(False))[0]
+    except OSError as exc:
+        raise ValidationError(f"cannot read {key}: {exc.strerror}", code="BAD_FILE") from None
+
+
+@share_app.command("make")
+def share_make(
+    key: KeyOpt,
+    types: Annotated[
+        list[str] | None, typer.Option("--type", help="a FHIR record type (repeat for more)")
+    ] = None,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="a summary of your health instead")
+    ] = False,
+    days: Annotated[int, typer.Option("--days", help="days until it expires (1-366)")] = 7,
+    passcode: Annotated[
+        str | None, typer.Option("--passcode", help="a passcode the recipient must give")
+    ] = None,
+    label: Annotated[str | None, typer.Option("--label", help="what the recipient sees")] = None,
+    long_term: Annotated[
+        bool, typer.Option("--long-term", help="also share records you get later")
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make a SMART Health Link to some of your records: prints the link (shown only now) and
+    its QR code. Signed with your key, or by the node that holds it for you."""
+    if not 1 <= days <= 366:
+        raise _fail(ValidationError("--days: 1 to 366", code="BAD_EXPIRY"))
+    body: dict[str, Any] = {"types": types or [], "summary": summary, "long_term": long_term,
+                            "expires": int(time.time()) + days * 86_400}  # fmt: skip
+    if passcode:
+        body["passcode"] = passcode
+    if label:
+        body["label"] = label
+    try:
+        patient = _patient_of(key)
+        with _logged_in(url, key) as client:
+            made = client.make_link(patient, body)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json({k: v for k, v in made.items() if k != "qr_svg"})
+        return
+    import segno
+
+    segno.make(made["shlink"], error="m", micro=False).terminal(compact=True)
+    also = " and the passcode" if passcode else ""
+    out.print(f"[bold]Your link[/bold] (shown only now; whoever has it{also} can open it "
+              f"for {days} days):")  # fmt: skip
+    print(made["shlink"])
+    out.print(f"link id {made['id']}: `careledger share revoke {made['id']}` ends it at once")
+
+
+@share_app.command("list")
+def share_list(key: KeyOpt, url: UrlOpt = DEFAULT_URL, json_out: JsonOpt = False) -> None:
+    """Your SMART Health Links: what each shares, until when, and how often it was opened."""
+    try:
+        patient = _patient_of(key)
+        with _logged_in(url, key) as client:
+            items = client.links(patient)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json({"items": items})
+        return
+    table = Table("id", "label", "shares", "until", "status", "opened", title="your links")
+    for item in items:
+        shares = "a summary" if item["selection"]["summary"] else ", ".join(
+            item["selection"]["types"])  # fmt: skip
+        expires = item["expires"]
+        until = time.strftime("%d %b %Y", time.gmtime(expires)) if expires else ""
+        table.add_row(item["id"][:12], item["label"] or "", shares, until, item["status"],
+                      str(item["opened"]))  # fmt: skip
+    out.print(table)
+
+
+@share_app.command("revoke")
+def share_revoke(
+    key: KeyOpt,
+    link: Annotated[str, typer.Argument(help="the link's id (64 hex digits)")],
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+) -> None:
+    """End a link at once: from the next block it opens nothing."""
+    try:
+        patient = _patient_of(key)
+        with _logged_in(url, key) as client:
+            done = client.revoke_link(patient, link)
+    except CareLedgerError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _print_json(done)
+        return
+    out.print(f"{link[:12]}: revoked")
 
 
 apps_app = typer.Typer(help="SMART on FHIR apps registered on the ledger.", no_args_is_help=True)

@@ -495,6 +495,41 @@ class Client:
         done: dict[str, Any] = self.post_json(f"/v1/apps/{client_id}/{step}", body)
         return done
 
+    # -- SMART Health Links -----------------------------------------------------------------
+
+    def make_link(self, patient: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Make a SMART Health Link: the node signs ``links.create`` when it holds the
+        patient's key; otherwise this client signs it with its own (the patient's), as the
+        node prepared it. ``expires`` must then be absolute (seconds since the epoch)."""
+        path = f"/v1/patients/{patient}/links"
+        try:
+            made: dict[str, Any] = self.post_json(path, request)
+            return made
+        except RemoteError as exc:
+            if exc.code != "SIGN_YOURSELF" or self.keypair is None:
+                raise
+        step = self.post_json(path, {**request, "prepare": True})["sign"]
+        envelope = self.build(step["contract"], step["method"], step["args"])
+        made = self.post_json(path, {**request, "envelope": envelope})
+        return made
+
+    def links(self, patient: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.get_json(f"/v1/patients/{patient}/links")["links"]
+        return items
+
+    def revoke_link(self, patient: str, link: str) -> dict[str, Any]:
+        path = f"/v1/patients/{patient}/links/{link}"
+        try:
+            done: dict[str, Any] = self._request("DELETE", path).json()
+            return done
+        except RemoteError as exc:
+            if exc.code != "SIGN_YOURSELF" or self.keypair is None:
+                raise
+        envelope = self.build("links", "revoke", {"link": link})
+        done = self._request("DELETE", path, content=_dumps({"envelope": envelope}),
+                             headers={"content-type": "application/json"}).json()  # fmt: skip
+        return done
+
     def login(self, keypair: KeyPair | None = None, *, scope: str | None = None) -> str:
         key = keypair or self.keypair
         if key is None:

@@ -323,3 +323,34 @@ def test_the_recipients_name_is_the_patients_and_an_erasure_ends_location_files(
     served = located.content["entry"][0]["resource"]["id"]
     assert own.delete(f"/fhir/Condition/{served}").status_code == 200
     assert httpx.get(located.location).status_code == 404  # the file went with the record
+
+
+def test_the_cli_shares_for_a_patient_the_node_signs_for_and_one_with_their_own_key(
+    server: Server, patient: tuple[str, Path]
+) -> None:
+    """`careledger share make|list|revoke`: the node signs links.create for a patient whose key
+    it holds; a patient with their own key signs it in the CLI, as the node prepared it."""
+    from tests.support.nodes import run_cli
+
+    for key in (patient[1], server.data_dir / "keys" / "patient-0001.key"):
+        made = run_cli("share", "make", "--key", str(key), "--type", "Condition",
+                       "--passcode", PASSCODE, "--label", "From the CLI", "--url", server.url,
+                       "--json")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        link = json.loads(made.stdout)
+        (received,) = receive(link["shlink"], recipient="CLI test", passcode=PASSCODE)
+        assert received.content["resourceType"] == "Bundle"
+        listed = run_cli("share", "list", "--key", str(key), "--url", server.url, "--json")
+        assert link["id"] in {x["id"] for x in json.loads(listed.stdout)["items"]}
+        words = run_cli("share", "list", "--key", str(key), "--url", server.url)
+        assert "From the CLI" in words.stdout and "Traceback" not in words.stderr
+        ended = run_cli("share", "revoke", "--key", str(key), link["id"], "--url", server.url)
+        assert ended.returncode == 0, ended.stderr
+        with pytest.raises(shl.ShlError) as gone:
+            receive(link["shlink"], recipient="CLI test", passcode=PASSCODE)
+        assert gone.value.status == 404
+    shown = run_cli("share", "make", "--key", str(patient[1]), "--summary", "--url", server.url)
+    assert shown.returncode == 0 and "shlink:/" in shown.stdout and "▀" in shown.stdout  # a QR
+    bad = run_cli("share", "make", "--key", str(patient[1]), "--type", "Nonsense",
+                  "--url", server.url)  # fmt: skip
+    assert bad.returncode == 2 and "BAD_SELECTION" in bad.stderr and "Traceback" not in bad.stderr

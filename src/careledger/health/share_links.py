@@ -209,6 +209,7 @@ class ShareLinks:
         key: str | None = None,
         envelope: object | None = None,
         viewer: str | None = None,
+        prepare: bool = False,
     ) -> dict[str, Any]:
         """Make a link on the ledger (signed as the patient) and here; its shlink URI and QR.
 
@@ -248,6 +249,8 @@ class ShareLinks:
             args["flags"] = flags
         if expires is not None:
             args["exp"] = expires * 1000
+        if prepare:  # a patient with their own key signs exactly this, then sends it back
+            return {"sign": {"contract": LINKS, "method": "create", "args": args}}
         receipt = sign_as_patient(self.records, caller, LINKS, "create", args, envelope)
         link_id = str(receipt["tx_id"])
         token = secrets.token_urlsafe(32)

@@ -80,14 +80,14 @@ async def create(
     if not isinstance(raw, dict):
         raise ValidationError("send a JSON object", code="BAD_REQUEST")
     known = {"types", "summary", "since", "until", "long_term", "passcode", "direct",
-             "expires", "expires_in_days", "label", "key", "envelope", "viewer"}  # fmt: skip
+             "expires", "expires_in_days", "label", "key", "envelope", "viewer", "prepare"}  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValidationError(f"unknown field {unknown[0]!r}", code="BAD_REQUEST")
     types = raw.get("types") or []
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise ValidationError("types: a list of FHIR resource types", code="BAD_SELECTION")
-    for name in ("summary", "long_term", "direct"):
+    for name in ("summary", "long_term", "direct", "prepare"):
         if not isinstance(raw.get(name, False), bool):
             raise ValidationError(f"{name}: true or false", code="BAD_REQUEST")
     for name in ("since", "until", "passcode", "label", "key", "viewer"):
@@ -106,9 +106,9 @@ async def create(
         _links(request).create, caller_of(claims), patient, origin=origin_of(request),
         selection=selection, flags=flags, passcode=passcode, expires=_expiry(raw),
         label=raw.get("label"), key=raw.get("key"), envelope=raw.get("envelope"),
-        viewer=raw.get("viewer"),
+        viewer=raw.get("viewer"), prepare=bool(raw.get("prepare")),
     )  # fmt: skip
-    return _json(made, 201, NO_STORE)
+    return _json(made, 200 if raw.get("prepare") else 201, NO_STORE)
 
 
 @router.get("/v1/patients/{patient}/links", summary="Your SMART Health Links")
