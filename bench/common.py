@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,16 @@ def pct(values: Sequence[float], p: float) -> float:
     if not ordered:
         return 0.0
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def timed(rounds: int, step: Callable[[], object]) -> list[float]:
+    """Milliseconds each of ``rounds`` calls of ``step`` took."""
+    took = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        took.append((time.perf_counter() - start) * 1000)
+    return took
 
 
 def rate(n: int, seconds: float) -> str:

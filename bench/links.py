@@ -18,7 +18,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -26,7 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import lift_write_budget, pct  # noqa: E402
+from bench.common import lift_write_budget, pct, timed  # noqa: E402
 from bench.smart import peak_rss, token_of  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
@@ -35,15 +34,6 @@ from careledger.health_links.link import new_key, parse_uri  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
 
 PASSCODE = "bench-passcode-1"
-
-
-def timed(rounds: int, step: Callable[[], object]) -> list[float]:
-    took = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        step()
-        took.append((time.perf_counter() - start) * 1000)
-    return took
 
 
 def row(name: str, took: list[float]) -> None:

@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from html import unescape
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -38,7 +37,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import CALLER, lift_write_budget, observation, pct, plain_db, write  # noqa: E402
+from bench.common import (  # noqa: E402
+    CALLER,
+    lift_write_budget,
+    observation,
+    pct,
+    plain_db,
+    timed,
+    write,
+)
 from tests.support.nodes import Server, free_port  # noqa: E402
 
 from careledger.config import Settings  # noqa: E402
@@ -57,15 +64,6 @@ ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 def token_of(server: Server, key_file: Path) -> str:
     with Client(server.url, keypair=read_key_file(key_file)[1]) as client:
         return str(client.login())
-
-
-def timed(rounds: int, step: Callable[[], None]) -> list[float]:
-    took = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        step()
-        took.append((time.perf_counter() - start) * 1000)
-    return took
 
 
 def codes(server: Server, user_token: str, count: int) -> list[tuple[str, str]]:
