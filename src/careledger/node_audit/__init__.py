@@ -1,0 +1,101 @@
+"""A whole-node audit: every store a node keeps beside its ledger, checked against the ledger.
+
+``careledger verify DIR`` replays the ledger itself (``ledger/verify.py``); this package checks
+what the ledger only anchors: the vault's sealed records, the EPCIS repository's events, the
+monitoring store's reading windows, the visits store's links, each store's metadata and schema.
+Each store has its own checker module; each names the store, table and row of every difference
+it finds, so an operator knows exactly what was changed behind the node's back.
+
+A checker reads its store read-only and the ledger's state through ``NodeContext.state``; it
+holds the node's key only to open what the node sealed for itself (never to write).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from careledger.core.keys import KeyPair
+from careledger.ledger.ports import LedgerStore
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Something in a store that does not match the ledger (or itself)."""
+
+    store: str  # the file, e.g. "vault.sqlite"
+    table: str
+    row: str  # what names the row: a record id and version, an event hash, a window
+    problem: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"store": self.store, "table": self.table, "row": self.row,
+                "problem": self.problem}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What a checker needs: the node's directory, its ledger (read-only) and its key."""
+
+    data_dir: Path
+    ledger: LedgerStore
+    node_key: KeyPair
+    node_name: str
+    org: str
+
+    def state(self, namespace: str, key: str) -> Any:
+        raw = self.ledger.get_state(namespace, key)
+        return None if raw is None else orjson.loads(raw)
+
+    def state_keys(self, namespace: str, prefix: str, limit: int = 100_000_000) -> list[str]:
+        return self.ledger.state_keys(namespace, prefix, limit)
+
+    def open_store(self, name: str) -> sqlite3.Connection | None:
+        """A store of the node's directory, read-only (None: the node has none)."""
+        path = self.data_dir / name
+        if not path.exists():
+            return None
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+class StoreCheck(Protocol):
+    """One store's checker. ``size`` is the work it will report to ``progress`` (rows)."""
+
+    store: str
+
+    def size(self, context: NodeContext) -> int: ...
+
+    def check(
+        self, context: NodeContext, progress: Callable[[int], None]
+    ) -> Iterator[Difference]: ...
+
+
+def checks() -> list[StoreCheck]:
+    """Every store checker this software has, in the order they run."""
+    from careledger.node_audit.epcis_store import EpcisStoreCheck
+    from careledger.node_audit.monitoring_store import MonitoringStoreCheck
+    from careledger.node_audit.vault_store import VaultStoreCheck
+    from careledger.node_audit.visits_store import VisitsStoreCheck
+
+    return [VaultStoreCheck(), EpcisStoreCheck(), MonitoringStoreCheck(), VisitsStoreCheck()]
+
+
+def audit_node(
+    context: NodeContext,
+    progress: Callable[[int], None] = lambda n: None,
+    *,
+    limit: int = 100,
+) -> list[Difference]:
+    """The differences in every store (at most ``limit``: the first tell the operator enough)."""
+    found: list[Difference] = []
+    for check in checks():
+        for difference in check.check(context, progress):
+            found.append(difference)
+            if len(found) >= limit:
+                return found
+    return found
