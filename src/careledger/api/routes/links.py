@@ -79,8 +79,8 @@ async def create(
     raw = await _body(request)
     if not isinstance(raw, dict):
         raise ValidationError("send a JSON object", code="BAD_REQUEST")
-    known = {"types", "summary", "since", "until", "long_term", "passcode", "direct",
-             "expires", "expires_in_days", "label", "key", "envelope", "viewer", "prepare"}  # fmt: skip
+    known = {"types", "summary", "since", "until", "long_term", "passcode", "direct", "expires",
+             "expires_in_days", "label", "key", "envelope", "viewer", "prepare"}  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValidationError(f"unknown field {unknown[0]!r}", code="BAD_REQUEST")
