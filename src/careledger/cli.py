@@ -311,9 +311,14 @@ def verify(
     reexecute: Annotated[
         bool, typer.Option("--reexecute", help="also re-run every transaction through its contract")
     ] = False,
+    ledger_only: Annotated[
+        bool, typer.Option("--ledger-only", help="the ledger alone, not the node's other stores")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Replay the whole store offline; exit 1 naming the first bad height."""
+    """Replay the whole store offline, then check every other store of the node (vault, EPCIS
+    repository, monitoring, visits) against the ledger; exit 1 naming the first bad height, or
+    the store, table and row of each difference."""
     from concurrent.futures import ProcessPoolExecutor
 
     from careledger.config import Settings
@@ -335,17 +340,48 @@ def verify(
         report = verify_store(
             store, pool=pool, progress=lambda h, n: bar.advance(task), reexecute=reexecute
         )
+    differences: list[Any] = []
+    if report.ok and not ledger_only:
+        try:
+            differences = _audit_stores(settings, store, json_out)
+        except CareLedgerError as exc:
+            store.close()
+            raise _fail(exc) from None
     store.close()
     if json_out:
-        _print_json(report.to_json())
-    elif report.ok:
-        out.print(
-            f"[green]ok[/green] {report.blocks} blocks, {report.transactions} transactions verified"
-        )
-    else:
+        _print_json({**report.to_json(), "stores_checked": not ledger_only,
+                     "differences": [d.to_json() for d in differences],
+                     "ok": report.ok and not differences})  # fmt: skip
+    elif not report.ok:
         err.print(f"[red]FAILED[/red] at height {report.height}: {report.problem}")
-    if not report.ok:
+    elif differences:
+        table = Table("store", "table", "row", "problem", title="the node's stores differ")
+        for d in differences:
+            table.add_row(d.store, d.table, d.row, d.problem)
+        err.print(table)
+        err.print(f"[red]FAILED[/red]: {len(differences)} difference(s) between the node's "
+                  "stores and its ledger")  # fmt: skip
+    else:
+        stores = "" if ledger_only else "; the vault, EPCIS, monitoring and visits stores match it"
+        out.print(
+            f"[green]ok[/green] {report.blocks} blocks, {report.transactions} transactions "
+            f"verified{stores}"
+        )
+    if not report.ok or differences:
         raise typer.Exit(1)
+
+
+def _audit_stores(settings: Any, store: Any, quiet: bool) -> list[Any]:
+    """Every store beside the ledger, checked against it (node_audit), with a progress bar."""
+    from careledger.keyfile import read_key_file
+    from careledger.node_audit import NodeContext, audit_node, checks
+
+    _, key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
+    context = NodeContext(settings.data_dir, store, key, settings.node_name, settings.org)
+    total = sum(check.size(context) for check in checks())
+    with _progress("checking stores", "rows", quiet=quiet) as bar:
+        task = bar.add_task("stores", total=total)
+        return audit_node(context, lambda n: bar.advance(task, n))
 
 
 @app.command()

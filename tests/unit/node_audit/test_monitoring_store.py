@@ -1,0 +1,246 @@
+"""The monitoring store's checker on a real demo node: a clean node passes; one change, deletion
+or insertion in any table is named by store and table; a patient's erasure of their readings
+(through the node's own path) still passes; an open window is checked against the device's
+state."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from careledger.config import Settings
+from careledger.demo import DEMO_DEVICE
+from careledger.health.access import Caller
+from careledger.health.service import HealthRecords
+from careledger.keyfile import read_key_file
+from careledger.monitoring.device import sign_batch
+from careledger.monitoring.ingest import Ingestor
+from careledger.monitoring.readings import ReadingsService
+from careledger.monitoring.service import MonitoringService
+from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
+from careledger.node import Node
+from careledger.node_audit import Difference, NodeContext
+from careledger.node_audit.monitoring_store import MonitoringStoreCheck
+from careledger.nodedir import init_demo
+from careledger.scopes import default_scopes, parse_scopes
+from careledger.storage.sqlite import SQLiteStore
+from tests.support.nodes import wait_for
+
+pytestmark = pytest.mark.integration
+Tamper = Callable[[sqlite3.Connection], object]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("monitoring-audit") / "node"
+    init_demo(data, with_supply=False).store.close()
+    with closing(sqlite3.connect(data / MONITORING_FILE)) as conn:
+        statuses = [s for (s,) in conn.execute("SELECT status FROM windows")]
+        ((batches,),) = conn.execute("SELECT COUNT(*) FROM batches").fetchall()
+    assert len(statuses) >= 2 and set(statuses) == {"anchored"}
+    assert batches > len(statuses)  # some window has several batches
+    return data
+
+
+@pytest.fixture
+def node(pristine: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "node"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def audit(data: Path) -> list[Difference]:
+    settings = Settings.load(data)
+    store = SQLiteStore(settings.store_path, readonly=True)
+    try:
+        key = read_key_file(settings.node_key_file)[1]
+        context = NodeContext(data, store, key, settings.node_name, settings.org)
+        check = MonitoringStoreCheck()
+        done: list[int] = []
+        found = list(check.check(context, done.append))
+        assert sum(done) == check.size(context)  # the progress bar ends full
+        return found
+    finally:
+        store.close()
+
+
+def patient_of(data: Path) -> str:
+    with closing(sqlite3.connect(data / MONITORING_FILE)) as conn:
+        ((patient,),) = conn.execute("SELECT DISTINCT patient FROM windows").fetchall()
+    return str(patient)
+
+
+def tamper(data: Path, change: Tamper) -> None:
+    with closing(sqlite3.connect(data / MONITORING_FILE)) as conn:
+        change(conn)
+        conn.commit()
+
+
+def flip(table: str, column: str, where: str) -> Tamper:
+    """One bit of one value changed (the last byte: for a sealed value, its tag)."""
+
+    def change(conn: sqlite3.Connection) -> None:
+        (value,) = conn.execute(f"SELECT {column} FROM {table} WHERE {where}").fetchone()
+        changed = bytearray(value if isinstance(value, bytes) else str(value).encode())
+        changed[-1] ^= 1
+        conn.execute(f"UPDATE {table} SET {column} = ? WHERE {where}", (bytes(changed),))
+
+    return change
+
+
+def sql(*statements: str) -> Tamper:
+    def change(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return change
+
+
+BATCH_COPY = (
+    "INSERT INTO batches SELECT device, 999, window, first_index, count, patient, first_ms,"
+    " last_ms, received_ms, body_hash, nonce, ciphertext, salt, wrapped, digests FROM batches"
+    " WHERE seq = 1"
+)
+WINDOW_COPY = (
+    "INSERT INTO windows SELECT device, 99, patient, count, first_ms, last_ms, root,"
+    " rules_version, alerts, status, tx FROM windows WHERE window = 0"
+)
+
+CASES: list[tuple[str, str, Tamper]] = [
+    ("devices", "change state", flip("devices", "state", "1")),
+    ("devices", "delete", sql("DELETE FROM devices")),
+    ("devices", "insert", sql("INSERT INTO devices SELECT 'oxi-stray', state FROM devices")),
+    ("batches", "change ciphertext", flip("batches", "ciphertext", "seq = 2")),
+    ("batches", "change digests", flip("batches", "digests", "seq = 1")),
+    ("batches", "change salt", flip("batches", "salt", "seq = 3")),
+    ("batches", "change count", sql("UPDATE batches SET count = count - 1 WHERE seq = 1")),
+    ("batches", "change patient", sql("UPDATE batches SET patient = 'pt-other' WHERE seq = 2")),
+    ("batches", "change times", sql("UPDATE batches SET last_ms = last_ms + 1 WHERE seq = 2")),
+    ("batches", "change window", sql("UPDATE batches SET window = window + 1 WHERE seq = 1")),
+    ("batches", "destroy keys", sql("UPDATE batches SET wrapped = x'7b7d' WHERE seq = 1")),
+    ("batches", "wrapped keys a list", sql("UPDATE batches SET wrapped = x'5b5d' WHERE seq = 1")),
+    ("batches", "delete", sql("DELETE FROM batches WHERE seq = 2")),
+    ("batches", "insert", sql(BATCH_COPY)),
+    (
+        "windows",
+        "change root",
+        sql("UPDATE windows SET root = printf('%064d', 0) WHERE window = 1"),
+    ),
+    ("windows", "change count", sql("UPDATE windows SET count = count + 1 WHERE window = 1")),
+    ("windows", "change alerts", flip("windows", "alerts", "window = 0")),
+    ("windows", "truncate alerts", sql("UPDATE windows SET alerts = x'01' WHERE window = 2")),
+    ("windows", "change rules", sql("UPDATE windows SET rules_version = 9 WHERE window = 0")),
+    ("windows", "change status", sql("UPDATE windows SET status = 'closed' WHERE window = 1")),
+    ("windows", "change tx", sql("UPDATE windows SET tx = NULL WHERE window = 1")),
+    ("windows", "delete", sql("DELETE FROM windows WHERE window = 1")),
+    ("windows", "insert", sql(WINDOW_COPY)),
+    (
+        "batches",
+        "add a trigger",
+        sql("CREATE TRIGGER t AFTER INSERT ON batches BEGIN SELECT 1; END"),
+    ),
+    ("windows", "drop an index", sql("DROP INDEX windows_status")),
+]
+
+
+def test_a_clean_node_has_no_difference(node: Path) -> None:
+    assert audit(node) == []
+
+
+@pytest.mark.parametrize(("table", "how", "change"), CASES, ids=[f"{t}: {h}" for t, h, _ in CASES])
+def test_a_tampered_table_is_named(node: Path, table: str, how: str, change: Tamper) -> None:
+    patient = patient_of(node)
+    tamper(node, change)
+    found = audit(node)
+    assert any(d.store == MONITORING_FILE and d.table == table for d in found), found
+    for d in found:  # a difference names rows and fields, never the patient
+        assert patient not in d.row + d.problem
+
+
+def test_a_missing_store_is_a_difference_when_the_node_anchored_windows(node: Path) -> None:
+    (node / MONITORING_FILE).unlink()
+    found = audit(node)
+    assert {d.table for d in found} == {"devices", "windows"}
+
+
+def test_values_in_clear_are_differences(node: Path) -> None:
+    tamper(node, sql("UPDATE windows SET alerts = '[]' WHERE window = 1"))
+    (found,) = audit(node)
+    assert (found.table, found.row) == ("windows", f"{DEMO_DEVICE}/1")
+    assert "in clear" in found.problem
+
+
+@contextmanager
+def running(data: Path) -> Iterator[tuple[Node, HealthRecords, ReadingsStore, ReadingsService]]:
+    """The node's own services, as the API wires them (the erasure listener included)."""
+    node = Node(Settings.load(data))
+    node.start()
+    records = HealthRecords.for_node(node)
+    store = ReadingsStore.for_node(data / MONITORING_FILE, node.ledger.node_key)
+    readings = ReadingsService(records, store)
+    node.ledger.commit_listeners.append(readings.on_commit)
+    try:
+        yield node, records, store, readings
+    finally:
+        store.close()
+        records.close()
+        node.stop()
+
+
+def test_a_patients_erasure_passes_and_readings_left_readable_do_not(
+    node: Path, pristine: Path
+) -> None:
+    patient = patient_of(node)
+    with running(node) as (live, records, store, readings):
+        service = MonitoringService(records, Ingestor(live, store), readings)
+        roles = frozenset({"patient"})
+        caller = Caller(patient, live.settings.org, roles, parse_scopes(default_scopes(roles)))
+        receipt = service.erase_readings(caller, patient, None)  # as DELETE .../readings does
+        assert receipt["result"] == "accepted"
+    with closing(sqlite3.connect(node / MONITORING_FILE)) as conn:
+        wait_for(
+            lambda: {bytes(w) for (w,) in conn.execute("SELECT wrapped FROM batches")} == {b"{}"},
+            "the readings shredded",
+        )
+    assert audit(node) == []  # the roots stay: the digests still make them
+    shutil.copy(pristine / MONITORING_FILE, node / MONITORING_FILE)  # the readings back
+    found = audit(node)
+    assert found and {d.table for d in found} == {"batches"}
+    assert all("erased" in d.problem for d in found)
+
+
+def test_readings_destroyed_without_an_erasure_are_a_difference(node: Path) -> None:
+    store = ReadingsStore.for_node(node / MONITORING_FILE, read_key_file(
+        Settings.load(node).node_key_file)[1])  # fmt: skip
+    try:
+        assert store.shred_patient(patient_of(node)) > 0
+    finally:
+        store.close()
+    found = audit(node)
+    assert found and {d.table for d in found} == {"batches"}
+    assert all("no erasure" in d.problem for d in found)
+
+
+def test_an_open_window_is_checked_against_the_device_state(node: Path) -> None:
+    device_key = read_key_file(node / "keys" / "devices" / f"{DEMO_DEVICE}.key")[1]
+    with running(node) as (live, _, store, _):
+        state = store.device_state(DEMO_DEVICE)
+        assert state is not None
+        ingest = Ingestor(live, store)  # not started: the window stays open
+        for seq in (state["last_seq"] + 1, state["last_seq"] + 2):
+            compact = {"t0": int(time.time() * 1000), "codes": ["59408-5"], "rows": [[0, 97]]}
+            batch = {"device": DEMO_DEVICE, "seq": seq, "compact": compact}
+            ack = ingest.accept(DEMO_DEVICE, sign_batch(device_key, batch))
+            assert ack.window == state["window"]
+    assert audit(node) == []
+    last = state["last_seq"] + 2
+    tamper(node, sql(f"DELETE FROM batches WHERE seq = {last}"))
+    found = audit(node)
+    assert found and {d.table for d in found} == {"batches"}
+    assert any("frontier" in d.problem or "state says" in d.problem for d in found)
