@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from careledger.contracts.supply import MAX_CAPTURE_EVENTS
 from careledger.contracts.supply import NAMESPACE as SUPPLY
 from careledger.core.canonical import canonical_bytes
@@ -199,11 +201,26 @@ class EpcisService:
         for capture_id in self.repository.running_captures():
             anchored = self.node.ledger.state(SUPPLY, f"capture/{capture_id}")
             if anchored is not None:
-                self.repository.finish_capture(capture_id, tx_id=anchored.get("tx"))
+                tx_id = self._anchoring_tx(capture_id, int(anchored["height"]))
+                self.repository.finish_capture(capture_id, tx_id=tx_id)
             else:
                 lost = {"code": "NODE_RESTARTED", "message": "the node stopped before anchoring"}
                 self.repository.finish_capture(capture_id, errors=[lost])
         return len(self.repository.running_captures())
+
+    def _anchoring_tx(self, capture_id: str, height: int) -> str | None:
+        """The accepted transaction of the block at ``height`` that anchored the capture (the
+        ledger's capture entry names its block, not its transaction)."""
+        for stored in self.node.ledger.store.block_txs(height):
+            body = orjson.loads(stored.envelope).get("body", {})
+            accepted = orjson.loads(stored.receipt).get("result") == "accepted"
+            if (
+                accepted
+                and (body.get("contract"), body.get("method")) in _ANCHORING
+                and body.get("args", {}).get("capture") == capture_id
+            ):
+                return str(stored.tx_id)
+        return None
 
     def _failed(
         self, capture_id: str, caller: Caller, created: str, errors: Sequence[Mapping[str, Any]]
@@ -214,6 +231,9 @@ class EpcisService:
 
     def query(self, q: EventQuery) -> tuple[list[dict[str, Any]], int | None]:
         return self.repository.query(q)
+
+
+_ANCHORING = {(SUPPLY, "anchor_events")}
 
 
 def _anchor(stored: StoredEvent, event: Mapping[str, Any]) -> dict[str, Any]:
