@@ -42,8 +42,9 @@ unit: $(STAMP) $(ASSETS) system
 
 test: lint typecheck unit
 
+# Every bench, one after another, into one table: docs/bench.md (BENCH_ARGS=--quick for smoke sizes).
 bench: $(STAMP)
-	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/careledger/web/static/vendor

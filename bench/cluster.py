@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench.common import lift_write_budget  # noqa: E402
+from bench.common import figure, lift_write_budget  # noqa: E402
 from ledger import envelopes, line, percentile  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
@@ -35,6 +35,8 @@ from careledger.keyfile import read_key_file  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
 
 BATCH = 2000
+BENCH = "cluster"
+SINGLE = "single node (local ordering), same run"
 SIGNERS = ("st-mary-admin", "acme-admin")
 
 
@@ -177,6 +179,58 @@ def cluster_run(workdir: Path, n: int, missed: int) -> dict[str, Any]:
         cluster.stop()
 
 
+def report(
+    single_rate: float, single_lat: list[float], result: dict[str, Any], missed: int
+) -> None:
+    """The printed figures, for bench/all.py; the cluster's beside the single node's."""
+    figure(BENCH, "single node: committed tx/s", single_rate, "tx/s")
+    for p in (50, 99):
+        figure(BENCH, f"single node: commit latency p{p}", percentile(single_lat, p), "ms")
+    for i, rate in enumerate(result["node_rates"]):
+        figure(
+            BENCH,
+            f"3-node cluster: committed tx/s at node {i + 1}",
+            rate,
+            "tx/s",
+            baseline=SINGLE,
+            baseline_value=single_rate,
+        )
+    figure(
+        BENCH,
+        "3-node cluster: committed tx/s at the slowest node",
+        min(result["node_rates"]),
+        "tx/s",
+        baseline=SINGLE,
+        baseline_value=single_rate,
+        note="target >= 50% of the single node",
+    )
+    figure(
+        BENCH,
+        "3-node cluster: acknowledged tx/s",
+        result["acked_rate"],
+        "tx/s",
+        baseline=SINGLE,
+        baseline_value=single_rate,
+    )
+    for p in (50, 99):
+        figure(
+            BENCH,
+            f"3-node cluster: commit latency p{p}",
+            percentile(result["latency"], p),
+            "ms",
+            baseline=f"single node p{p}",
+            baseline_value=percentile(single_lat, p),
+        )
+    figure(
+        BENCH,
+        f"catch-up of a node that missed {missed:,} transactions",
+        missed / result["catchup_s"],
+        "tx/s",
+        note=f"{result['catchup_s']:.1f} s from restart ({result['catchup_ready_s']:.1f} s to serve)",
+    )
+    figure(BENCH, "heads identical at the end", bool(result["converged"]), "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="10,000 txs, 20,000 missed")
@@ -217,6 +271,7 @@ def main() -> None:
             f"{result['catchup_s']:.1f} s from restart ({result['catchup_ready_s']:.1f} s to serve)",
         )
         line("heads identical at the end", str(result["converged"]))
+        report(single_rate, single_lat, result, missed)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

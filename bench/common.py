@@ -1,7 +1,9 @@
-"""Helpers the bench scripts share: percentiles, rates, a plain SQLite baseline, many signers."""
+"""Helpers the bench scripts share: percentiles, rates, a plain SQLite baseline, many signers,
+and ``figure``, through which every bench hands its figures to bench/all.py."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +20,45 @@ from careledger.node import Node
 from careledger.scopes import default_scopes, parse_scopes
 
 CHUNK = 1000
+BENCH_OUT = "CARELEDGER_BENCH_OUT"
+
+
+def figure(
+    bench: str,
+    path: str,
+    value: float,
+    unit: str,
+    *,
+    baseline: str | None = None,
+    baseline_value: float | None = None,
+    note: str | None = None,
+    peak_rss_mib: float | None = None,
+) -> None:
+    """Record one figure: when $CARELEDGER_BENCH_OUT names a file, append one JSON line to it.
+
+    Never prints: each bench keeps printing its own table for people. ``baseline`` names the
+    no-ledger (or floor) measurement taken in the same run, ``baseline_value`` is it in the
+    same unit, and ``ratio`` is value / baseline_value (so above 1 means more tx/s, or more ms).
+    """
+    out = os.environ.get(BENCH_OUT)
+    if not out:
+        return
+    ratio = None
+    if baseline_value and not isinstance(value, bool):
+        ratio = value / baseline_value
+    record = {
+        "bench": bench,
+        "path": path,
+        "value": value,
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": baseline_value,
+        "ratio": ratio,
+        "note": note,
+        "peak_rss_mib": peak_rss_mib,
+    }
+    with Path(out).open("ab") as lines:
+        lines.write(orjson.dumps(record) + b"\n")
 
 
 def lift_write_budget(node_dir: Path) -> None:

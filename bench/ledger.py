@@ -36,7 +36,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import lift_write_budget  # noqa: E402
+from bench.common import figure, lift_write_budget  # noqa: E402
 from tests.support.chain import TestChain, genesis, key  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
@@ -56,6 +56,8 @@ from careledger.storage.sqlite import SQLiteStore  # noqa: E402
 
 FABRIC_PUBLISHED_TPS = 3_500
 BATCH = 2_000
+BENCH = "ledger"
+FABRIC = f"Hyperledger Fabric's published ~{FABRIC_PUBLISHED_TPS:,} tx/s"
 
 
 def line(label: str, value: str, note: str = "") -> None:
@@ -128,6 +130,25 @@ def ceiling(n: int) -> float:
     line("verifications/s, 2 threads", f"{threads:,.0f}", f"{threads / one:.2f}x one thread")
     line("verifications/s, 2 processes", f"{processes:,.0f}", f"{processes / one:.2f}x one thread")
     line("ceiling (best of the 2-core figures)", f"{best:,.0f}")
+    one_thread = "1 thread, same run"
+    figure(BENCH, "Ed25519 verifications/s, 1 thread", one, "/s")
+    figure(
+        BENCH,
+        "Ed25519 verifications/s, 2 threads",
+        threads,
+        "/s",
+        baseline=one_thread,
+        baseline_value=one,
+    )
+    figure(
+        BENCH,
+        "Ed25519 verifications/s, 2 processes",
+        processes,
+        "/s",
+        baseline=one_thread,
+        baseline_value=one,
+    )
+    figure(BENCH, "Ed25519 verification ceiling (best 2-core figure)", best, "/s")
     return best
 
 
@@ -187,6 +208,24 @@ def in_process(n: int, workdir: Path, verify_ceiling: float) -> Path:
         f"ledger = {rate / base:.0%} of it",
     )
     line("  vs Hyperledger Fabric's published ~3,500 tx/s", f"{rate / FABRIC_PUBLISHED_TPS:.1f}x")
+    figure(
+        BENCH,
+        "in-process commit: committed tx/s",
+        rate,
+        "tx/s",
+        baseline="plain SQLite insert of the envelopes",
+        baseline_value=base,
+        note=f"{rate / FABRIC_PUBLISHED_TPS:.1f}x {FABRIC}",
+    )
+    figure(
+        BENCH,
+        "in-process commit vs the verification ceiling",
+        rate,
+        "tx/s",
+        baseline="Ed25519 verification ceiling",
+        baseline_value=verify_ceiling,
+        note="target >= 50%",
+    )
     chain.store.close()
     pool.shutdown()
     return store_path
@@ -239,6 +278,13 @@ def http_throughput(n: int, workdir: Path) -> tuple[Server, KeyPair, str]:
     rate = sum(committed) / elapsed
     line("committed tx/s over HTTP (client on the same 2 cores)", f"{rate:,.0f}", "target >= 5,000")
     line("  vs Hyperledger Fabric's published ~3,500 tx/s", f"{rate / FABRIC_PUBLISHED_TPS:.1f}x")
+    figure(
+        BENCH,
+        "HTTP batch submit: committed tx/s",
+        rate,
+        "tx/s",
+        note=f"target >= 5,000; {rate / FABRIC_PUBLISHED_TPS:.1f}x {FABRIC}",
+    )
     return server, admin, chain
 
 
@@ -290,6 +336,15 @@ def latency(
             f"p50 {percentile(ms, 50):.1f} ms",
             f"p99 {percentile(ms, 99):.1f} ms  (n={len(ms)})",
         )
+        note = f"achieved {achieved:,.0f}/s, n={len(ms)}"
+        for p in (50, 99):
+            figure(
+                BENCH,
+                f"HTTP commit latency at {rate}/s offered, p{p}",
+                percentile(ms, p) if ms else 0.0,
+                "ms",
+                note=note,
+            )
 
 
 # -- 5. proofs at 1M leaves ---------------------------------------------------------------
@@ -349,6 +404,7 @@ def proofs(workdir: Path, leaves: int, samples: int) -> None:
     print(
         "\n[5] Inclusion-proof latency (Ledger.tx_proof: lookup, O(log n) node reads, root, checkpoint)"
     )
+    small: dict[int, float] = {}
     for size in (1_000, leaves):
         t = time.perf_counter()
         store = synthetic_log(workdir / f"proofs-{size}.sqlite", size)
@@ -366,6 +422,19 @@ def proofs(workdir: Path, leaves: int, samples: int) -> None:
             f"p50 {percentile(times, 50):.3f} ms",
             f"p99 {percentile(times, 99):.3f} ms  target <= 1 ms",
         )
+        for p in (50, 99):
+            value = percentile(times, p)
+            if size == 1_000:
+                small[p] = value
+            figure(
+                BENCH,
+                f"inclusion proof at {size:,} leaves, p{p}",
+                value,
+                "ms",
+                baseline=None if size == 1_000 else f"1,000 leaves, p{p}",
+                baseline_value=None if size == 1_000 else small[p],
+                note="target <= 1 ms",
+            )
         store.close()
 
 
@@ -386,6 +455,13 @@ def verify_rate(store_path: Path) -> None:
             elapsed = time.perf_counter() - t
         assert report.ok, report.problem
         line(f"verified tx/s, {label}", f"{report.transactions / elapsed:,.0f}", "target >= 20,000")
+        figure(
+            BENCH,
+            f"careledger verify: verified tx/s, {label}",
+            report.transactions / elapsed,
+            "tx/s",
+            note="target >= 20,000",
+        )
         store.close()
 
 
@@ -414,6 +490,7 @@ def main() -> None:
         verify_rate(store_path)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"\n  peak memory of the bench process: {peak:,.0f} MiB")
+        figure(BENCH, "peak RSS of the bench process", peak, "MiB", peak_rss_mib=peak)
     finally:
         if server is not None:
             server.stop()

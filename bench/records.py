@@ -32,7 +32,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import pct  # noqa: E402
+from bench.common import figure, pct  # noqa: E402
 from tests.support.nodes import Server, free_port, run_cli  # noqa: E402
 
 from careledger.keyfile import read_key_file  # noqa: E402
@@ -40,6 +40,7 @@ from careledger.nodedir import init_demo  # noqa: E402
 from careledger.sdk import Client  # noqa: E402
 
 HAPI_CREATE_MEAN_MS = 100.0
+BENCH = "records"
 SYNTHEA = ROOT / "src" / "careledger" / "demo_data" / "synthea"
 
 
@@ -201,6 +202,33 @@ def main() -> None:
                 f"{mean:.1f} ms",
                 f"HAPI FHIR published ~100 ms: {HAPI_CREATE_MEAN_MS / mean:.0f}x faster (target 10x)",
             )
+            figure(
+                BENCH,
+                "FHIR create over HTTP: resources/s",
+                create_rate,
+                "/s",
+                baseline="plain SQLite JSON rows",
+                baseline_value=base_create,
+                note="target >= 40% of the baseline",
+            )
+            figure(
+                BENCH,
+                "FHIR read over HTTP: resources/s",
+                read_rate,
+                "/s",
+                baseline="plain SQLite JSON rows",
+                baseline_value=base_read,
+            )
+            for kind, lat in (("create", create_lat), ("read", read_lat)):
+                for p in (50, 99):
+                    figure(BENCH, f"{kind} latency under load p{p}", pct(lat, p), "ms")
+            figure(
+                BENCH,
+                "create latency, one client: mean",
+                mean,
+                "ms",
+                note=f"HAPI FHIR published ~100 ms: {HAPI_CREATE_MEAN_MS / mean:.0f}x faster (target 10x)",
+            )
 
             print(f"\n[2] $everything for a patient with {everything_size:,} resources")
             big = http.post(
@@ -232,6 +260,10 @@ def main() -> None:
                 f"{pct(times, 50):.0f} / {max(times):.0f} ms",
                 f"{everything_size + 1} resources decrypted and hash-checked",
             )
+            note = f"{everything_size + 1} resources decrypted and hash-checked"
+            label = f"$everything, patient with {everything_size:,} resources"
+            figure(BENCH, f"{label}: latency p50", pct(times, 50), "ms", note=note)
+            figure(BENCH, f"{label}: latency max", max(times), "ms", note=note)
             http.close()
         finally:
             server.stop()
@@ -247,6 +279,13 @@ def main() -> None:
             "import resources/s (incl. process start)",
             f"{count / elapsed:,.0f}",
             f"{count} resources in {elapsed:.1f} s",
+        )
+        figure(
+            BENCH,
+            "fhir import (Synthea): resources/s, incl. process start",
+            count / elapsed,
+            "/s",
+            note=f"{count} resources in {elapsed:.1f} s",
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

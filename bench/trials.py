@@ -38,7 +38,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Chain, pct, plain_db, rate  # noqa: E402
+from bench.common import Chain, figure, pct, plain_db, rate  # noqa: E402
 
 from careledger.config import Settings  # noqa: E402
 from careledger.core.eligibility import eligible, gather, parse_criteria  # noqa: E402
@@ -63,6 +63,7 @@ CRITERIA = {
     "labs": [{"code": "4548-4", "min": 7.0, "max": 11.0, "unit": "%"}],
 }
 ENTRIES_PER_VISIT = 10
+BENCH = "trials"
 
 
 def patient_resources(pid: str, rng: random.Random) -> list[dict[str, Any]]:
@@ -208,6 +209,15 @@ def main() -> None:
             f" baseline {base_seconds * 1000:,.0f}"
             f" ms; ratio {base_seconds / seconds:.1%}"
         )
+        figure(
+            BENCH,
+            f"recruitment query over {n:,} patients",
+            seconds * 1000,
+            "ms",
+            baseline="the same evaluation over plain SQLite, no vault",
+            baseline_value=base_seconds * 1000,
+            note=f"{total_records:,} records; noisy count {answer['count']} (exact {base_count})",
+        )
 
         # -- study, enrolment, consent -------------------------------------------------------
         registration = {
@@ -237,6 +247,7 @@ def main() -> None:
         seconds, refused = timed("enrol", lambda: chain.commit(enrol))
         assert refused == 0
         figures["enrol"] = rate(n, seconds)
+        enrol_seconds = seconds
         consent = [
             chain.envelope(patient_keys[p], "trials", "consent", {"study": "BENCH-1", "version": 1})
             for p in patients
@@ -246,6 +257,7 @@ def main() -> None:
         )
         assert refused == 0
         figures["e-consent"] = rate(n, seconds)
+        consent_seconds = seconds
         base = plain_db(work / "enrol.sqlite")
         base.execute("CREATE TABLE participants(study TEXT, patient TEXT, status TEXT)")
 
@@ -255,6 +267,15 @@ def main() -> None:
 
         base_seconds, _ = timed("baseline enrol (one plain SQLite row each)", baseline_enrol)
         figures["enrol baseline"] = rate(n, base_seconds)
+        figure(
+            BENCH,
+            "enrol",
+            n / enrol_seconds,
+            "tx/s",
+            baseline="one plain SQLite row per participant",
+            baseline_value=n / base_seconds,
+        )
+        figure(BENCH, "e-consent (participants' own keys)", n / consent_seconds, "tx/s")
 
         # -- CRF capture --------------------------------------------------------------------
         latencies: list[float] = []
@@ -294,6 +315,17 @@ def main() -> None:
             f" p99 {pct(latencies, 99) * 1000:.1f} ms; baseline {rate(entries, base_seconds)};"
             f" ratio {base_seconds / seconds:.1%}"
         )
+        figure(
+            BENCH,
+            "CRF capture",
+            entries / seconds,
+            "entries/s",
+            baseline="the same JSON into plain SQLite, no vault, no ledger",
+            baseline_value=entries / base_seconds,
+            note=f"{entries:,} entries in {seconds:.1f} s, {opts.workers} callers",
+        )
+        for p in (50, 99):
+            figure(BENCH, f"CRF capture: per visit call p{p}", pct(latencies, p) * 1000, "ms")
 
         # -- payments -----------------------------------------------------------------------
         attest = [
@@ -308,6 +340,7 @@ def main() -> None:
         seconds, refused = timed("attest visits", lambda: chain.commit(attest))
         assert refused == 0
         figures["attest"] = rate(n, seconds)
+        figure(BENCH, "attest visits", n / seconds, "tx/s")
         pay = [
             chain.envelope(
                 inv_key,
@@ -337,15 +370,26 @@ def main() -> None:
             f"{rate(n, seconds)} (participant balance {paid}); baseline {rate(n, base_seconds)};"
             f" ratio {base_seconds / seconds:.1%}"
         )
+        figure(
+            BENCH,
+            "visit payments",
+            n / seconds,
+            "tx/s",
+            baseline="a balance update in plain SQLite",
+            baseline_value=n / base_seconds,
+            note=f"participant balance {paid}",
+        )
         ledger_file = data / "ledger.sqlite"
         figures["ledger size"] = (
             f"{ledger_file.stat().st_size / 2**20:,.1f} MiB after the run"
             if ledger_file.exists()
             else "n/a"
         )
-        figures["peak RSS"] = (
-            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"
-        )
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        figures["peak RSS"] = f"{peak:,.0f} MiB"
+        if ledger_file.exists():
+            figure(BENCH, "ledger size after the run", ledger_file.stat().st_size / 2**20, "MiB")
+        figure(BENCH, "peak RSS of the bench process", peak, "MiB", peak_rss_mib=peak)
         records.close()
         store.close()
         node.stop()

@@ -4,6 +4,7 @@ prints its figures, never how fast: figures are for the benches' own output and 
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,21 @@ SMOKES = {
 }
 
 
+# Scripts in bench/ that are not benches: shared helpers and the runner of them all.
+HELPERS = {"common", "all", "__init__"}
+
+
 def test_every_bench_has_a_smoke() -> None:
-    scripts = {p.stem for p in (ROOT / "bench").glob("*.py")} - {"common", "__init__"}
+    scripts = {p.stem for p in (ROOT / "bench").glob("*.py")} - HELPERS
     assert scripts == set(SMOKES)
+
+
+def test_make_bench_runs_every_bench_and_quick_means_these_smokes() -> None:
+    runner = importlib.import_module("bench.all")  # imported, not run
+    assert set(runner.HELPERS) == HELPERS
+    assert runner.benches() == sorted(SMOKES)
+    assert {bench: args for bench, (args, _) in SMOKES.items()} == runner.QUICK
+    assert set(runner.FULL) == set(SMOKES)
 
 
 def run(bench: str) -> tuple[str, subprocess.CompletedProcess[str]]:
@@ -56,3 +69,45 @@ def test_every_bench_runs_and_prints_its_figures() -> None:
         figure = SMOKES[bench][1]
         assert done.returncode == 0, (bench, done.stderr[-2000:])
         assert figure in done.stdout, (bench, done.stdout[-2000:])
+
+
+def table(text: str, header: str) -> dict[tuple[str, str], list[str]]:
+    """The rows of the markdown table under ``header``, by (bench, path)."""
+    lines = text.split(header + "\n", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in lines]
+    return {(row[0], row[1]): row for row in rows}
+
+
+def test_bench_all_writes_one_table_with_baselines(tmp_path: Path) -> None:
+    """`make bench`'s runner, on two benches at smoke sizes: one markdown table of their
+    figures, the baseline column filled where the bench measures one in the same run."""
+    out = tmp_path / "bench.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "all.py"), "--quick", "--only", "links,ledger",
+         "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    for bench in ("ledger", "links"):  # the benches' own tables still reach the console
+        assert SMOKES[bench][1] in done.stdout
+    text = out.read_text()
+    assert "Smoke sizes" in text
+    assert "- machine: " in text and " cores, " in text and "- commit: " in text
+    rows = table(text, "| bench | path | value | baseline (same run) | ratio | note |")
+    assert {bench for bench, _ in rows} == {"ledger", "links"}
+    committed = rows[("ledger", "in-process commit: committed tx/s")]
+    assert committed[2].endswith(" tx/s"), committed
+    assert committed[3].startswith("plain SQLite insert of the envelopes: "), committed
+    assert committed[4].endswith("x"), committed
+    opened = rows[("links", "open: International Patient Summary p50")]
+    assert opened[3].startswith("HTTP floor (GET /healthz) p50: "), opened
+    assert opened[4].endswith("x"), opened
+    commands = table(text, "| bench | command | seconds | peak RSS reported | result |")
+    for bench in ("ledger", "links"):
+        (row,) = [row for (name, _), row in commands.items() if name == bench]
+        assert row[1].endswith(f"bench/{bench}.py --smoke`"), row
+        assert row[4].startswith("ok, "), row
