@@ -63,6 +63,28 @@ class NodeContext:
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
+SchemaObjects = dict[str, tuple[str, str, str | None]]  # name -> (type, table, SQL)
+
+
+def schema_of(conn: sqlite3.Connection) -> SchemaObjects:
+    """Every object of a store as SQLite records it (``sqlite_master``), by name."""
+    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    return {str(name): (str(kind), str(table), None if sql is None else str(sql))
+            for kind, name, table, sql in rows}  # fmt: skip
+
+
+def schema_created_by(*scripts: str) -> SchemaObjects:
+    """What the store modules' own schema scripts create, as SQLite records it: the reference
+    a store's file is compared with (built in memory, so no copy of the schema is kept here)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for script in scripts:
+            conn.executescript(script)
+        return schema_of(conn)
+    finally:
+        conn.close()
+
+
 class StoreCheck(Protocol):
     """One store's checker. ``size`` is the work it will report to ``progress`` (rows)."""
 

@@ -95,7 +95,7 @@ from careledger.core.canonical import canonical_bytes
 from careledger.core.tx import Transaction, decode_stored_envelope
 from careledger.errors import CareLedgerError
 from careledger.ledger.ports import StoredTx
-from careledger.node_audit import Difference, NodeContext
+from careledger.node_audit import Difference, NodeContext, schema_created_by, schema_of
 from careledger.sqlite_threads import iso_ms
 from careledger.supply.alerts import ALERT_KINDS, REFUSAL_KINDS
 from careledger.supply.alerts import SCHEMA as ALERTS_SCHEMA
@@ -228,17 +228,6 @@ def _canonical(value: object) -> bytes | None:
         return None
 
 
-def _schema_objects(script: str) -> dict[str, tuple[str, str, str | None]]:
-    """(type, table, SQL) of every object a module's schema script creates, by name."""
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.executescript(script)
-        rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
-    finally:
-        conn.close()
-    return {str(name): (str(kind), str(table), sql) for kind, name, table, sql in rows}
-
-
 class _Audit:
     def __init__(
         self, context: NodeContext, conn: sqlite3.Connection, progress: Callable[[int], None]
@@ -288,15 +277,10 @@ class _Audit:
         return [str(r[0]) for r in rows if r[0] != "ok"]
 
     def _schema(self) -> Iterator[Difference]:
-        expected = _schema_objects(REPOSITORY_SCHEMA)
-        actual = {
-            str(name): (str(kind), str(table), sql)
-            for kind, name, table, sql in self.conn.execute(
-                "SELECT type, name, tbl_name, sql FROM sqlite_master"
-            )
-        }
+        expected = schema_created_by(REPOSITORY_SCHEMA)
+        actual = schema_of(self.conn)
         for optional in (ALERTS_SCHEMA, VERIFICATIONS_SCHEMA):
-            objects = _schema_objects(optional)
+            objects = schema_created_by(optional)
             if (set(objects) - set(expected)) & set(actual):  # the module has run here
                 expected.update(objects)
         for name in sorted(set(expected) | set(actual)):

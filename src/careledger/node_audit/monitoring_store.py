@@ -77,7 +77,13 @@ from careledger.monitoring.ingest import (
     reading_salt,
 )
 from careledger.monitoring.store import MONITORING_FILE, SCHEMA
-from careledger.node_audit import Difference, NodeContext
+from careledger.node_audit import (
+    Difference,
+    NodeContext,
+    SchemaObjects,
+    schema_created_by,
+    schema_of,
+)
 from careledger.vault.at_rest import MARK, AtRest
 from careledger.vault.crypto import NONCE_SIZE, SALT_SIZE, open_resource, unwrap_key
 
@@ -89,13 +95,8 @@ DECODING = (CareLedgerError, ValueError, TypeError, KeyError, IndexError, Attrib
 
 def schema_differences(store: str, conn: sqlite3.Connection, schema: str) -> Iterator[Difference]:
     """How a store's schema differs from what ``schema`` creates, and SQLite's quick check."""
-    fresh = sqlite3.connect(":memory:")
-    try:
-        fresh.executescript(schema)
-        expected = _objects(fresh)
-    finally:
-        fresh.close()
-    held = _objects(conn)
+    expected = _by_kind(schema_created_by(schema))
+    held = _by_kind(schema_of(conn))
     for kind, name in sorted(expected.keys() | held.keys()):
         ours, theirs = expected.get((kind, name)), held.get((kind, name))
         if theirs is None:
@@ -112,9 +113,8 @@ def schema_differences(store: str, conn: sqlite3.Connection, schema: str) -> Ite
         yield Difference(store, "(file)", "", "SQLite's quick check fails: " + "; ".join(found[:3]))
 
 
-def _objects(conn: sqlite3.Connection) -> dict[tuple[str, str], tuple[str, str | None]]:
-    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
-    return {(str(r[0]), str(r[1])): (str(r[2]), None if r[3] is None else str(r[3])) for r in rows}
+def _by_kind(objects: SchemaObjects) -> dict[tuple[str, str], tuple[str, str | None]]:
+    return {(kind, name): (table, sql) for name, (kind, table, sql) in objects.items()}
 
 
 def open_sealed(sealed: AtRest, value: object, row: str) -> tuple[bytes | None, str]:

@@ -73,7 +73,7 @@ from careledger.errors import CareLedgerError, VerificationError
 from careledger.fhir.blind_terms import index_terms
 from careledger.health.service import BLIND_INDEX_META, BLIND_INDEX_VERSION
 from careledger.keyfile import read_key_file
-from careledger.node_audit import Difference, NodeContext
+from careledger.node_audit import Difference, NodeContext, schema_created_by, schema_of
 from careledger.vault.blind_index import TOKEN_BYTES, BlindIndex
 from careledger.vault.crypto import (
     NONCE_SIZE,
@@ -557,13 +557,8 @@ def _integrity(conn: sqlite3.Connection) -> Iterator[Difference]:
 def _schema(conn: sqlite3.Connection) -> Iterator[Difference]:
     """``sqlite_master`` against the schema ``careledger.vault.store`` creates, as SQLite
     records it (built in memory from the same script)."""
-    reference = sqlite3.connect(":memory:")
-    try:
-        reference.executescript(SCHEMA)
-        expected = _master(reference)
-    finally:
-        reference.close()
-    found = _master(conn)
+    expected = schema_created_by(SCHEMA)
+    found = schema_of(conn)
     for name in sorted(expected.keys() | found.keys()):
         kind, table, _ = expected.get(name) or found[name]
         row = f"{kind} {name}"
@@ -577,15 +572,6 @@ def _schema(conn: sqlite3.Connection) -> Iterator[Difference]:
             yield _difference(
                 table, row, f"the {kind}'s definition differs from the one the vault store creates"
             )
-
-
-def _master(conn: sqlite3.Connection) -> dict[str, tuple[str, str, str | None]]:
-    return {
-        str(name): (str(kind), str(table), None if sql is None else str(sql))
-        for kind, name, table, sql in conn.execute(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master"
-        )
-    }
 
 
 def _meta(conn: sqlite3.Connection) -> Iterator[Difference]:
