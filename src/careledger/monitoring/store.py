@@ -45,6 +45,9 @@ CREATE INDEX IF NOT EXISTS windows_status ON windows(status);
 """
 
 
+ERASED_ALERT_FIELDS = ("rule", "index", "at")  # what an erased patient's alert keeps
+
+
 @dataclass(frozen=True)
 class StoredBatch:
     device: str
@@ -270,13 +273,35 @@ class ReadingsStore:
 
     def shred_patient(self, patient: str) -> int:
         """Destroy the data keys (and ciphertext) of every batch held about ``patient``: the
-        readings cannot be read again; windows, roots and digests stay for the proofs."""
+        readings cannot be read again; windows, roots and digests stay for the proofs. The
+        values that fired an alert go too (they are readings): each window keeps of its alerts
+        only what the ledger holds (rule, reading index, time)."""
         conn = self._conns.get()
+        conn.execute("BEGIN IMMEDIATE")  # keys and alert values go together, or neither
+        try:
+            shredded = self._shred_locked(conn, patient)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return shredded
+
+    def _shred_locked(self, conn: Any, patient: str) -> int:
         cursor = conn.execute(
             "UPDATE batches SET wrapped = ?, ciphertext = ? WHERE patient = ? AND wrapped != ?",
             (b"{}", b"", patient, b"{}"),
         )
-        return int(cursor.rowcount)
+        shredded = int(cursor.rowcount)
+        for row in conn.execute("SELECT * FROM windows WHERE patient = ?", (patient,)).fetchall():
+            window = self._window(row)
+            kept = [{k: a[k] for k in ERASED_ALERT_FIELDS if k in a} for a in window.alerts]
+            if kept != window.alerts:
+                conn.execute(
+                    "UPDATE windows SET alerts = ? WHERE device = ? AND window = ?",
+                    (self._sealed.seal(orjson.dumps(kept), f"windows:{window.device}/"
+                                       f"{window.window}"), window.device, window.window),
+                )  # fmt: skip
+        return shredded
 
     def devices(self) -> list[str]:
         rows = self._conns.get().execute("SELECT device FROM devices ORDER BY device").fetchall()

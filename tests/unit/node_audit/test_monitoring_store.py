@@ -209,6 +209,14 @@ def test_a_patients_erasure_passes_and_readings_left_readable_do_not(
             "the readings shredded",
         )
     assert audit(node) == []  # the roots stay: the digests still make them
+    # the values that fired an alert were readings too: gone, what the ledger holds kept
+    kept = ReadingsStore.for_node(node / MONITORING_FILE, read_key_file(
+        Settings.load(node).node_key_file)[1])  # fmt: skip
+    try:
+        alerts = [a for d in kept.devices() for w in kept.anchored_windows(d) for a in w.alerts]
+    finally:
+        kept.close()
+    assert alerts and all(set(a) == {"rule", "index", "at"} for a in alerts)
     shutil.copy(pristine / MONITORING_FILE, node / MONITORING_FILE)  # the readings back
     found = audit(node)
     assert found and {d.table for d in found} == {"batches"}
