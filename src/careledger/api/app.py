@@ -126,6 +126,7 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
         )
         readings = ReadingsService(health, readings_store)
         running.ledger.commit_listeners.append(readings.on_commit)  # erasure shreds readings
+        running.ledger.commit_listeners.append(ingestor.on_commit)  # and the live values
         app.state.monitoring = MonitoringService(health, ingestor, readings)
         ticker = Ticker(running, settings.monitoring_tick_seconds)
         app.state.visits = VisitsService(health, settings.data_dir / VISITS_FILE)

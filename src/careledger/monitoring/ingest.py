@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
@@ -34,7 +35,12 @@ from careledger.core.canonical import canonical_bytes
 from careledger.core.keys import b64url_decode, decode_public_key
 from careledger.core.vitals import Reading, ReadingError, parse_readings
 from careledger.errors import Conflict, Forbidden, NotFound, ValidationError
-from careledger.monitoring.store import ClosedWindow, ReadingsStore, StoredBatch
+from careledger.monitoring.store import (
+    ERASED_ALERT_FIELDS,
+    ClosedWindow,
+    ReadingsStore,
+    StoredBatch,
+)
 from careledger.node import Node
 from careledger.vault.crypto import DATA_KEY_SIZE, NONCE_SIZE, content_hash, seal_resource, wrap_key
 
@@ -136,6 +142,7 @@ class Ingestor:
         self._devices: dict[str, DeviceState] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._erased: queue.SimpleQueue[str] = queue.SimpleQueue()  # patients to scrub
         self._closed: queue.Queue[ClosedWindow] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -406,8 +413,37 @@ class Ingestor:
 
     # -- anchoring -------------------------------------------------------------------------
 
+    def on_commit(self, executed: Any) -> None:
+        """A patient's readings erasure (a commit listener: it only queues; the anchoring
+        thread scrubs, under each device's lock, what the live state holds of their values)."""
+        for event in executed.block.events:
+            if event.type == "monitoring.readings_erased":
+                self._erased.put(str(orjson.loads(event.data)["patient"]))
+
+    def forget_erased(self) -> int:
+        """Scrub the live state of devices bound to a patient who erased their readings: the
+        rules' memory of recent values goes, and the open window's alerts keep only what the
+        ledger will hold (rule, index, time). How many devices were scrubbed."""
+        scrubbed = 0
+        while True:
+            try:
+                patient = self._erased.get_nowait()
+            except queue.Empty:
+                return scrubbed
+            for device in sorted(set(self.store.devices()) | set(self._devices)):
+                with self._lock(device):
+                    state = self._state(device)
+                    if state.patient != patient:
+                        continue
+                    state.evaluator = {}
+                    state.alerts = [{k: a[k] for k in ERASED_ALERT_FIELDS if k in a}
+                                    for a in state.alerts]  # fmt: skip
+                    self.store.save_state(device, state.to_json())
+                    scrubbed += 1
+
     def _anchor_loop(self) -> None:
         while not self._stop.is_set():
+            self.forget_erased()
             try:
                 first = self._closed.get(timeout=min(0.05, self.window_ms / 4000))
             except queue.Empty:

@@ -198,6 +198,13 @@ class ReadingsStore:
             ),
         )
 
+    def save_state(self, device: str, state: dict[str, Any]) -> None:
+        """A device's live state alone (after an erasure scrubbed its readings' values)."""
+        self._write([(
+            "INSERT OR REPLACE INTO devices(device, state) VALUES(?, ?)",
+            (device, self._state_blob(device, state)),
+        )])  # fmt: skip
+
     def close_window(self, window: ClosedWindow, state: dict[str, Any]) -> None:
         """A window closed by time (no batch arrived with it)."""
         self._write(

@@ -252,3 +252,22 @@ def test_an_open_window_is_checked_against_the_device_state(node: Path) -> None:
     found = audit(node)
     assert found and {d.table for d in found} == {"batches"}
     assert any("frontier" in d.problem or "state says" in d.problem for d in found)
+
+
+def test_an_erasure_scrubs_the_live_state_of_the_patients_devices(node: Path) -> None:
+    """The rules' memory of a patient's recent readings goes with their erasure (the anchoring
+    thread scrubs it, under the device's lock), and the audit still passes."""
+    patient = patient_of(node)
+    with running(node) as (live, records, store, readings):
+        ingestor = Ingestor(live, store)
+        live.ledger.commit_listeners.append(ingestor.on_commit)  # as the API wires it
+        (device,) = [d for d in store.devices() if store.device_state(d)["patient"] == patient]
+        assert store.device_state(device)["evaluator"]  # what the rules remember of readings
+        service = MonitoringService(records, ingestor, readings)
+        roles = frozenset({"patient"})
+        caller = Caller(patient, live.settings.org, roles, parse_scopes(default_scopes(roles)))
+        assert service.erase_readings(caller, patient, None)["result"] == "accepted"
+        assert ingestor.forget_erased() == 1
+        assert store.device_state(device)["evaluator"] == {}
+        assert ingestor.forget_erased() == 0  # once
+    assert audit(node) == []
