@@ -154,6 +154,39 @@ def test_validate_operation(clinician: httpx.Client) -> None:
     )
 
 
+def test_validate_an_update_or_an_erasure_of_one_resource(
+    server: Server, clinician: httpx.Client
+) -> None:
+    """Instance $validate (issue 16): mode=update checks the resource as an update of this
+    record and that the caller may make it; mode=delete whether the caller may erase it, and a
+    record they may not erase is not found (its existence is not told)."""
+    pid = make(clinician, {"resourceType": "Patient", "gender": "male"}).json()["id"]
+    note = {"resourceType": "Observation", "status": "final", "code": {"text": "note"},
+            "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    oid = make(clinician, note).json()["id"]
+    url = f"/fhir/Observation/{oid}/$validate"
+    ok = clinician.post(url, content=json.dumps({**note, "id": oid}), headers=FHIR)
+    assert ok.status_code == 200 and ok.json()["issue"][0]["severity"] == "information"
+    moved = clinician.post(url, content=json.dumps({**note, "id": "another"}), headers=FHIR)
+    assert [i["expression"] for i in moved.json()["issue"]] == [["Observation.id"]]
+    bad = clinician.post(url, content=json.dumps({**note, "status": "bogus"}), headers=FHIR)
+    assert bad.json()["issue"][0]["severity"] == "error"
+    params = {"resourceType": "Parameters", "parameter": [
+        {"name": "mode", "valueCode": "update"}, {"name": "resource", "resource": note}]}  # fmt: skip
+    assert clinician.post(url, content=json.dumps(params), headers=FHIR).status_code == 200
+    unknown = clinician.post("/fhir/Observation/nope/$validate", content=json.dumps(note),
+                             headers=FHIR)  # fmt: skip
+    assert unknown.status_code == 404
+    assert clinician.post(f"{url}?mode=delete", headers=FHIR).status_code == 404  # not theirs
+    assert clinician.post(f"{url}?mode=create", headers=FHIR).status_code == 400
+    with login(server, server.data_dir / "keys" / "patients" / f"{pid}.key") as patient:
+        may = patient.post(f"{url}?mode=delete", headers=FHIR)
+        assert may.status_code == 200, may.text
+        assert may.json()["issue"][0]["severity"] == "information"
+        assert patient.post(url, content=json.dumps(note), headers=FHIR).status_code == 403
+    assert clinician.get(f"/fhir/Observation/{oid}").status_code == 200  # nothing changed
+
+
 def test_the_capability_statement_is_a_strict_r4_resource(clinician: httpx.Client) -> None:
     from fhir.resources.R4B import get_fhir_model_class
 

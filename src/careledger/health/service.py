@@ -518,6 +518,27 @@ class HealthRecords:
             args["interaction"] = interaction
         return args
 
+    def may_change(self, caller: Caller, record_id: str, resource_type: str, mode: str) -> None:
+        """Whether ``caller`` may update (``mode`` "update") or erase ("delete") this record,
+        as FHIR's instance ``$validate`` asks; Forbidden or NotFound as the write itself would
+        answer. A record the caller may not erase is "not found" to them: whether it exists
+        is not told."""
+        if mode == "delete":
+            try:
+                meta = self.record_meta(record_id, resource_type)
+            except NotFound:
+                meta = None
+            if meta is None or not caller.is_patient(meta["patient"]):
+                raise NotFound(f"no {resource_type} with that id you may erase",
+                               code="UNKNOWN_RECORD")  # fmt: skip
+            require_scope(caller, resource_type, "delete", meta["patient"])
+            return
+        self._require_writer(caller, resource_type)
+        meta = self.record_meta(record_id, resource_type)
+        if meta["custodian"] != self.org:
+            raise Forbidden("this node is not the record's custodian", code="NOT_CUSTODIAN")
+        require_scope(caller, resource_type, "update", meta["patient"])
+
     def _require_writer(self, caller: Caller, resource_type: str) -> None:
         if caller.org != self.org or not caller.roles & WRITER_ROLES:
             raise Forbidden("only the custodian's staff write its records", code="NOT_CUSTODIAN")

@@ -504,6 +504,49 @@ async def validate(
     return _fhir(operation_outcome(issues), 200)
 
 
+@router.post("/{resource_type}/{record_id}/$validate",
+             summary="Validate an update or an erasure of a resource (nothing is stored)")
+async def validate_instance(
+    request: Request,
+    claims: MemberDep,
+    resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
+    record_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    mode: Annotated[str | None, Query(max_length=16)] = None,
+) -> Response:
+    """FHIR's instance ``$validate``: ``mode=update`` (the default) checks the resource as an
+    update of this record (valid R4, the same id) and that the caller may make it; ``mode=delete``
+    checks that the caller may erase it (no resource needed)."""
+    _check_type(resource_type)
+    raw = await request.body()
+    if len(raw) > 4 * 1024 * 1024:
+        raise ValidationError("a resource may be at most 4 MiB", code="REQUEST_TOO_LARGE")
+    body = loads(raw) if raw.strip() else None
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        parts = [p for p in body.get("parameter") or [] if isinstance(p, dict)]
+        given = [p.get("resource") for p in parts if p.get("name") == "resource"]
+        modes = [p.get("valueCode") for p in parts if p.get("name") == "mode"]
+        body = given[0] if given else None
+        mode = mode or (str(modes[0]) if modes else None)
+    mode = mode or "update"
+    if mode not in ("update", "delete"):
+        raise FhirError([Issue("error", "not-supported",
+                               f"mode {mode[:16]!r}: this server validates update or delete", ())],
+                        code="UNSUPPORTED_MODE", http_status=400)  # fmt: skip
+    await run_in_threadpool(
+        _records(request).may_change, _caller(claims), record_id, resource_type, mode
+    )
+    if mode == "delete":
+        issues = [Issue("information", "informational", "you may erase this record", ())]
+        return _fhir(operation_outcome(issues), 200)
+    issues = find_issues(body, expected_type=resource_type)
+    if isinstance(body, dict) and body.get("id") not in (None, record_id):
+        issues.append(Issue("error", "invariant", "the resource's id is not the one in the URL",
+                            (f"{resource_type}.id",)))  # fmt: skip
+    if not issues:
+        issues = [Issue("information", "informational", "the update is valid R4", ())]
+    return _fhir(operation_outcome(issues), 200)
+
+
 @router.get("/Patient/{patient}/$everything", summary="Everything held about a patient")
 def everything(
     request: Request,
