@@ -187,6 +187,36 @@ def test_validate_an_update_or_an_erasure_of_one_resource(
     assert clinician.get(f"/fhir/Observation/{oid}").status_code == 200  # nothing changed
 
 
+def test_update_as_create_under_the_clients_id(clinician: httpx.Client) -> None:
+    """A PUT to an id nobody holds creates the record under that id (201, FHIR's updateCreate,
+    as HAPI allows client-assigned ids); a Patient's id is its ledger pseudonym, never chosen;
+    an id another record holds is refused by the ledger, not overwritten."""
+    import uuid
+
+    pid = make(clinician, {"resourceType": "Patient", "gender": "other"}).json()["id"]
+    chosen = f"client-{uuid.uuid4().hex[:12]}"
+    note = {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+            "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    made = clinician.put(f"/fhir/Observation/{chosen}", content=json.dumps(note), headers=FHIR)
+    assert made.status_code == 201, made.text
+    assert made.headers["location"].endswith(f"/fhir/Observation/{chosen}/_history/1")
+    assert made.json()["id"] == chosen and made.json()["meta"]["versionId"] == "1"
+    again = clinician.put(f"/fhir/Observation/{chosen}", content=json.dumps(note), headers=FHIR)
+    assert again.status_code == 200 and again.json()["meta"]["versionId"] == "2"
+    patient = {"resourceType": "Patient", "gender": "other"}
+    refused = clinician.put(f"/fhir/Patient/{chosen}-p", content=json.dumps(patient), headers=FHIR)
+    assert refused.status_code == 400
+    condition = {"resourceType": "Condition", "code": {"text": "x"},
+                 "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    taken = clinician.put(f"/fhir/Condition/{chosen}", content=json.dumps(condition), headers=FHIR)
+    assert taken.status_code in (404, 409, 422), taken.text  # an Observation holds that id
+    assert clinician.get(f"/fhir/Observation/{chosen}").json()["meta"]["versionId"] == "2"
+    statement = clinician.get("/fhir/metadata").json()["rest"][0]["resource"]
+    by_type = {r["type"]: r for r in statement}
+    assert by_type["Observation"]["updateCreate"] is True
+    assert by_type["Patient"]["updateCreate"] is False
+
+
 def test_the_capability_statement_is_a_strict_r4_resource(clinician: httpx.Client) -> None:
     from fhir.resources.R4B import get_fhir_model_class
 

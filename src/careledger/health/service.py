@@ -299,6 +299,29 @@ class HealthRecords:
         (stored,) = self.write_all(caller, [prepared], purpose=purpose)
         return stored
 
+    def create_at(
+        self,
+        caller: Caller,
+        resource: dict[str, Any],
+        record_id: str,
+        *,
+        patient_of: Any,
+        purpose: str = "TREAT",
+    ) -> StoredResource:
+        """FHIR's update-as-create: a new record under the id the client chose (a PUT to an id
+        nobody holds). A Patient's id is its ledger pseudonym, made by the ledger: never chosen.
+        An id another record holds is refused by the ledger (records are one namespace)."""
+        if resource["resourceType"] == "Patient":
+            raise ValidationError(
+                "a Patient's id is its ledger pseudonym: create it with POST", code="PATIENT_ID"
+            )
+        prepared, _, version, patient = self.prepare(
+            caller, resource, record_id=None, patient_of=patient_of
+        )
+        (stored,) = self.write_all(caller, [(prepared, record_id, version, patient)],
+                                   purpose=purpose)  # fmt: skip
+        return stored
+
     def update(
         self,
         caller: Caller,

@@ -9,6 +9,7 @@ HMAC-SHA256(salt, RFC 8785 bytes of the resource)).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from careledger.api.replies import caller_of as _caller
 from careledger.api.routes.smart import origin_of
 from careledger.contracts.records import NAMESPACE as RECORDS_NS
 from careledger.contracts.records import record_key, version_key
-from careledger.errors import Conflict, ValidationError
+from careledger.errors import Conflict, NotFound, ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
 from careledger.fhir.search import SearchRequest, parse_search, shape
@@ -213,7 +214,7 @@ def _capability(resource_type: str) -> dict[str, Any]:
         ],
         "versioning": "versioned",
         "readHistory": True,
-        "updateCreate": False,
+        "updateCreate": resource_type != "Patient",
         "conditionalCreate": True,
         "conditionalRead": "not-supported",
         "conditionalUpdate": False,
@@ -691,6 +692,16 @@ async def update(
         if expected is None or exc.code != "VERSION_CONFLICT":
             raise
         raise _precondition_failed(f"If-Match names version {expected}: {exc.message}") from None
+    except NotFound as exc:
+        if exc.code != "UNKNOWN_RECORD" or expected is not None:
+            raise
+        # update as create: the client chose the id of a record nobody holds
+        stored = await run_in_threadpool(
+            functools.partial(_records(request).create_at, patient_of=extract.patient_id,
+                              purpose=purpose),
+            _caller(claims), resource, record_id,
+        )  # fmt: skip
+        return _returning(request, stored, 201)
     return _returning(request, stored, 200)
 
 
