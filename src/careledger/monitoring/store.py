@@ -294,8 +294,12 @@ class ReadingsStore:
         return shredded
 
     def _shred_locked(self, conn: Any, patient: str) -> int:
+        # The salt and the device's body hash go too: a reading is small (a code, a time the
+        # window names, a value on a short grid), so with them its digest could be matched by
+        # trying values. The digests alone still make the anchored root.
         cursor = conn.execute(
-            "UPDATE batches SET wrapped = ?, ciphertext = ? WHERE patient = ? AND wrapped != ?",
+            "UPDATE batches SET wrapped = ?, ciphertext = ?, salt = zeroblob(length(salt)), "
+            "body_hash = '' WHERE patient = ? AND wrapped != ?",
             (b"{}", b"", patient, b"{}"),
         )
         shredded = int(cursor.rowcount)

@@ -617,6 +617,8 @@ class _Audit:
                 yield "its readings were destroyed, but the ledger records no erasure covering them"
             elif batch.ciphertext:
                 yield "erased, yet its ciphertext is kept"
+            elif any(batch.salt):
+                yield "erased, yet its salt is kept (its readings could be found by guessing)"
             return
         if must:
             yield "the patient erased these readings (on the ledger), yet they can still be read"

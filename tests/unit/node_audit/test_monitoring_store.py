@@ -209,6 +209,9 @@ def test_a_patients_erasure_passes_and_readings_left_readable_do_not(
             "the readings shredded",
         )
     assert audit(node) == []  # the roots stay: the digests still make them
+    with closing(sqlite3.connect(node / MONITORING_FILE)) as conn:  # nothing to guess from
+        assert all(not any(bytes(salt)) and not body for salt, body in conn.execute(
+            "SELECT salt, body_hash FROM batches"))  # fmt: skip
     # the values that fired an alert were readings too: gone, what the ledger holds kept
     kept = ReadingsStore.for_node(node / MONITORING_FILE, read_key_file(
         Settings.load(node).node_key_file)[1])  # fmt: skip
