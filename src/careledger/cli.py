@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from careledger.errors import CareLedgerError, Rejected, ValidationError, VerificationError
 
@@ -356,8 +357,8 @@ def verify(
         err.print(f"[red]FAILED[/red] at height {report.height}: {report.problem}")
     elif differences:
         table = Table("store", "table", "row", "problem", title="the node's stores differ")
-        for d in differences:
-            table.add_row(d.store, d.table, d.row, d.problem)
+        for d in differences:  # as plain text: a store's content is no markup or escape
+            table.add_row(*(Text(_printable(x)) for x in (d.store, d.table, d.row, d.problem)))
         err.print(table)
         err.print(f"[red]FAILED[/red]: {len(differences)} difference(s) between the node's "
                   "stores and its ledger")  # fmt: skip
@@ -371,14 +372,19 @@ def verify(
         raise typer.Exit(1)
 
 
+def _printable(text: str) -> str:
+    """Control characters shown as escapes, never sent to the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _audit_stores(settings: Any, store: Any, quiet: bool) -> list[Any]:
     """Every store beside the ledger, checked against it (node_audit), with a progress bar."""
     from careledger.keyfile import read_key_file
-    from careledger.node_audit import NodeContext, audit_node, checks
+    from careledger.node_audit import NodeContext, audit_node, checks, store_size
 
     _, key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
     context = NodeContext(settings.data_dir, store, key, settings.node_name, settings.org)
-    total = sum(check.size(context) for check in checks())
+    total = sum(store_size(check, context) for check in checks())
     with _progress("checking stores", "rows", quiet=quiet) as bar:
         task = bar.add_task("stores", total=total)
         return audit_node(context, lambda n: bar.advance(task, n))
@@ -957,7 +963,7 @@ def share_list(key: KeyOpt, url: UrlOpt = DEFAULT_URL, json_out: JsonOpt = False
             item["selection"]["types"])  # fmt: skip
         expires = item["expires"]
         until = time.strftime("%d %b %Y", time.gmtime(expires)) if expires else ""
-        table.add_row(item["id"][:12], item["label"] or "", shares, until, item["status"],
+        table.add_row(item["id"], item["label"] or "", shares, until, item["status"],
                       str(item["opened"]))  # fmt: skip
     out.print(table)
 

@@ -39,6 +39,13 @@ __all__ = [
 ]
 
 
+def _link_flags(request: Mapping[str, Any]) -> str:
+    """The SMART Health Link flags a make_link request means (L, P, U in that order)."""
+    return ("L" if request.get("long_term") else "") + ("P" if request.get("passcode") else "") + (
+        "U" if request.get("direct") else ""
+    )
+
+
 class RemoteError(CareLedgerError):
     """The node answered with an error; ``code`` is its stable problem code."""
 
@@ -509,7 +516,21 @@ class Client:
             if exc.code != "SIGN_YOURSELF" or self.keypair is None:
                 raise
         step = self.post_json(path, {**request, "prepare": True})["sign"]
-        envelope = self.build(step["contract"], step["method"], step["args"])
+        args = step.get("args") if isinstance(step, dict) else None
+        # sign only the links.create of what was asked: never whatever a node returns
+        if (
+            not isinstance(args, dict)
+            or (step.get("contract"), step.get("method")) != ("links", "create")
+            or set(args) - {"custodian", "types", "flags", "exp"}
+            or args.get("flags", "") != _link_flags(request)
+            or ("exp" in args) != (request.get("expires") is not None)
+            or ("exp" in args and args["exp"] != int(request["expires"]) * 1000)
+        ):
+            raise CareLedgerError(
+                "the node prepared another transaction than the link asked for",
+                code="WRONG_PREPARED",
+            )
+        envelope = self.build("links", "create", args)
         made = self.post_json(path, {**request, "envelope": envelope})
         return made
 

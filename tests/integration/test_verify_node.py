@@ -72,3 +72,27 @@ def test_a_clean_node_passes_whole(pristine: Path) -> None:
     report = json.loads(done.stdout)
     assert report["ok"] is True and report["stores_checked"] is True
     assert report["differences"] == []
+
+
+def test_damaged_stores_and_odd_paths_are_said_never_crash(pristine: Path, tmp_path: Path) -> None:
+    """A store that is a directory, a name that is Rich markup or a terminal escape, and a
+    directory whose name holds '?' and '#': each is named (exit 1) or passes, never a traceback,
+    never a file written beside the node, never the store's content echoed."""
+    data = copy_of(pristine, tmp_path)
+    (data / "visits.sqlite").unlink()
+    (data / "visits.sqlite").mkdir()
+    conn = sqlite3.connect(data / "monitoring.sqlite")
+    conn.execute("INSERT INTO devices VALUES('oxi[/red]\x1b[2J', x'00')")
+    conn.commit()
+    conn.close()
+    done = run_cli("verify", str(data))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "visits.sqlite" in done.stderr and "Traceback" not in done.stderr
+    assert "\x1b[2J" not in done.stderr and "oxi[/red]" in done.stderr
+    odd = tmp_path / "we?ird#dir"
+    odd.mkdir()
+    node = odd / "node"
+    shutil.copytree(pristine, node)
+    clean = run_cli("verify", str(node))
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert not (tmp_path / "we").exists()  # the '?' did not end the path

@@ -435,7 +435,8 @@ class Ingestor:
                     state = self._state(device)
                     if state.patient != patient:
                         continue
-                    state.evaluator = {}
+                    state.evaluator = {rule: {k: v for k, v in memory.items() if k != "recent"}
+                                       for rule, memory in state.evaluator.items()}  # fmt: skip
                     state.alerts = [{k: a[k] for k in ERASED_ALERT_FIELDS if k in a}
                                     for a in state.alerts]  # fmt: skip
                     self.store.save_state(device, state.to_json())

@@ -60,7 +60,8 @@ class NodeContext:
         path = self.data_dir / name
         if not path.exists():
             return None
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # as a URI with the path escaped: a '?' or '#' in a directory name must not end it
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
 
 SchemaObjects = dict[str, tuple[str, str, str | None]]  # name -> (type, table, SQL)
@@ -116,8 +117,27 @@ def audit_node(
     """The differences in every store (at most ``limit``: the first tell the operator enough)."""
     found: list[Difference] = []
     for check in checks():
-        for difference in check.check(context, progress):
-            found.append(difference)
-            if len(found) >= limit:
-                return found
+        try:
+            for difference in check.check(context, progress):
+                found.append(difference)
+                if len(found) >= limit:
+                    return found
+        except sqlite3.Error as exc:  # a store that cannot even be opened (a directory, say)
+            why = f"cannot be read as SQLite ({type(exc).__name__})"
+            found.append(Difference(check.store, "(file)", "-", why))
     return found
+
+
+def unreadable(exc: BaseException) -> str:
+    """What went wrong reading a store, without SQLite's message: it may quote a damaged
+    column's text (a patient's id), and the audit's output never carries patients."""
+    return f"{type(exc).__name__}; the file is damaged or not the node's"
+
+
+def store_size(check: StoreCheck, context: NodeContext) -> int:
+    """A checker's work, for the progress bar (0 when its store cannot be opened: the check
+    itself then says why)."""
+    try:
+        return check.size(context)
+    except sqlite3.Error:
+        return 0

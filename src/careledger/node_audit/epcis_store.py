@@ -95,7 +95,7 @@ from careledger.core.canonical import canonical_bytes
 from careledger.core.tx import Transaction, decode_stored_envelope
 from careledger.errors import CareLedgerError
 from careledger.ledger.ports import StoredTx
-from careledger.node_audit import Difference, NodeContext, schema_created_by, schema_of
+from careledger.node_audit import Difference, NodeContext, schema_created_by, schema_of, unreadable
 from careledger.sqlite_threads import iso_ms
 from careledger.supply.alerts import ALERT_KINDS, REFUSAL_KINDS
 from careledger.supply.alerts import SCHEMA as ALERTS_SCHEMA
@@ -243,7 +243,7 @@ class _Audit:
         try:
             problems = self._integrity()
         except sqlite3.Error as exc:
-            yield _difference(FILE, "-", f"cannot be read as SQLite: {exc}")
+            yield _difference(FILE, "-", f"cannot be read as SQLite ({unreadable(exc)})")
             return
         for problem in problems:
             yield _difference(FILE, "-", f"integrity check: {problem}")
@@ -264,7 +264,7 @@ class _Audit:
             try:
                 yield from section()
             except sqlite3.Error as exc:
-                yield _difference(table, "-", f"cannot be read: {exc}")
+                yield _difference(table, "-", f"cannot be read ({unreadable(exc)})")
 
     # -- the file and its schema ---------------------------------------------------------------
 

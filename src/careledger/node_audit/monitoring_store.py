@@ -83,6 +83,7 @@ from careledger.node_audit import (
     SchemaObjects,
     schema_created_by,
     schema_of,
+    unreadable,
 )
 from careledger.vault.at_rest import MARK, AtRest
 from careledger.vault.crypto import NONCE_SIZE, SALT_SIZE, open_resource, unwrap_key
@@ -274,7 +275,8 @@ class MonitoringStoreCheck:
             yield from schema_differences(self.store, conn, SCHEMA)
             yield from _Audit(context, conn, progress).run()
         except sqlite3.DatabaseError as exc:
-            yield Difference(self.store, "(file)", "", f"the store cannot be read: {exc}")
+            why = f"the store cannot be read ({unreadable(exc)})"
+            yield Difference(self.store, "(file)", "", why)
         finally:
             conn.close()
 
@@ -351,7 +353,7 @@ class _Audit:
         try:
             rows = self.conn.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()  # noqa: S608 - our names
         except sqlite3.Error as exc:
-            yield self._difference(table, "", f"the table cannot be read: {exc}")
+            yield self._difference(table, "", f"the table cannot be read ({unreadable(exc)})")
             with contextlib.suppress(sqlite3.Error):  # its rows were counted in size()
                 self.progress(int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]))  # noqa: S608
             return

@@ -73,7 +73,7 @@ from careledger.errors import CareLedgerError, VerificationError
 from careledger.fhir.blind_terms import index_terms
 from careledger.health.service import BLIND_INDEX_META, BLIND_INDEX_VERSION
 from careledger.keyfile import read_key_file
-from careledger.node_audit import Difference, NodeContext, schema_created_by, schema_of
+from careledger.node_audit import Difference, NodeContext, schema_created_by, schema_of, unreadable
 from careledger.vault.blind_index import TOKEN_BYTES, BlindIndex
 from careledger.vault.crypto import (
     NONCE_SIZE,
@@ -169,7 +169,8 @@ class VaultStoreCheck:
             yield from self._unheld(context, conn)
         except (sqlite3.Error, ValueError) as exc:
             # a schema that differs (reported above) or a damaged file: nothing further reads
-            yield _difference(reading, "-", f"the vault cannot be read any further: {exc}")
+            why = f"the vault cannot be read any further ({unreadable(exc)})"
+            yield _difference(reading, "-", why)
         finally:
             conn.close()
 

@@ -43,7 +43,7 @@ import orjson
 
 from careledger.contracts.visits import NAMESPACE as VISITS
 from careledger.monitoring.visits import SCHEMA, VISITS_FILE
-from careledger.node_audit import Difference, NodeContext
+from careledger.node_audit import Difference, NodeContext, unreadable
 from careledger.node_audit.monitoring_store import open_sealed, schema_differences
 from careledger.vault.at_rest import AtRest
 
@@ -88,7 +88,8 @@ class VisitsStoreCheck:
             yield from audit.reasons(reasons)
             yield from audit.unheld_links(set(links), set(reasons))
         except sqlite3.DatabaseError as exc:
-            yield Difference(self.store, "(file)", "", f"the store cannot be read: {exc}")
+            why = f"the store cannot be read ({unreadable(exc)})"
+            yield Difference(self.store, "(file)", "", why)
         finally:
             conn.close()
 

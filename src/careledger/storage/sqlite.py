@@ -71,7 +71,8 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            uri = f"file:{self.path}{'?mode=ro' if self._readonly else ''}"
+            # a URI with the path escaped: a '?' or '#' in a directory name must not end it
+            uri = Path(self.path).resolve().as_uri() + ("?mode=ro" if self._readonly else "")
             try:
                 conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
                 if not self._readonly:

@@ -93,6 +93,9 @@ async def create(
     for name in ("since", "until", "passcode", "label", "key", "viewer"):
         if raw.get(name) is not None and not isinstance(raw[name], str):
             raise ValidationError(f"{name}: a string", code="BAD_REQUEST")
+    if raw.get("expires_in_days") is not None and (raw.get("prepare") or raw.get("envelope")):
+        why = "a signed link needs an absolute expires: expires_in_days changes between calls"
+        raise ValidationError(why, code="BAD_EXPIRY")
     passcode = raw.get("passcode") or None
     flags = ("L" if raw.get("long_term") else "") + ("P" if passcode else "") + (
         "U" if raw.get("direct") else ""
