@@ -34,7 +34,7 @@ from careledger.core.alert_rules import evaluate
 from careledger.core.canonical import canonical_bytes
 from careledger.core.keys import b64url_decode, decode_public_key
 from careledger.core.vitals import Reading, ReadingError, parse_readings
-from careledger.errors import Conflict, Forbidden, NotFound, ValidationError
+from careledger.errors import Conflict, Forbidden, Gone, NotFound, ValidationError
 from careledger.monitoring.store import (
     ERASED_ALERT_FIELDS,
     ClosedWindow,
@@ -562,9 +562,14 @@ class Ingestor:
 
         rules = self._rules(window.device, window.patient)
         readings: list[Reading] = []
-        for batch in self.store.batches_of(window.device, window.window):
-            readings += open_batch(batch, self.ledger.node_key, "custodian")
-        fired = evaluate(rules["rules"] if rules else [], {}, readings)
+        try:
+            for batch in self.store.batches_of(window.device, window.window):
+                readings += open_batch(batch, self.ledger.node_key, "custodian")
+            fired = evaluate(rules["rules"] if rules else [], {}, readings)
+        except Gone:
+            # the patient erased these readings before the window anchored: nothing is left to
+            # judge, so it anchors under the new rules with no alert (never retried for ever)
+            fired = []
         redone = ClosedWindow(
             **{
                 **window.__dict__,

@@ -274,3 +274,48 @@ def test_an_erasure_scrubs_the_live_state_of_the_patients_devices(node: Path) ->
         assert store.device_state(device)["evaluator"] == {}
         assert ingestor.forget_erased() == 0  # once
     assert audit(node) == []
+
+
+def test_a_window_whose_readings_were_erased_before_it_anchored_still_anchors(
+    node: Path,
+) -> None:
+    """Rules changed and the patient erased their readings while a window waited to anchor:
+    there is nothing left to judge, so it anchors under the new rules with no alert, instead
+    of the anchoring thread retrying it for ever (a reviewer's finding)."""
+    import queue
+
+    patient = patient_of(node)
+    with running(node) as (live, records, store, readings):
+        ingestor = Ingestor(live, store)
+        live.ledger.commit_listeners.append(ingestor.on_commit)
+        device_key = read_key_file(node / "keys" / "devices" / f"{DEMO_DEVICE}.key")[1]
+        seq = store.device_state(DEMO_DEVICE)["last_seq"] + 1
+        now = int(time.time() * 1000)
+        ingestor.accept(DEMO_DEVICE, sign_batch(device_key, {
+            "device": DEMO_DEVICE, "seq": seq,
+            "compact": {"t0": now, "codes": ["59408-5"], "rows": [[0, 97], [1000, 85]]}}))  # fmt: skip
+        clinician = read_key_file(node / "keys" / "dr-ana-silva.key")[1]
+        rule = {"id": "spo2-low", "kind": "threshold", "code": "59408-5", "op": "<", "value": 80}
+        (changed,) = live.execute([("monitoring", "set_rules", {
+            "patient": patient, "device": DEMO_DEVICE, "rules": [rule]})], keypair=clinician)  # fmt: skip
+        assert changed["result"] == "accepted"
+        service = MonitoringService(records, ingestor, readings)
+        roles = frozenset({"patient"})
+        caller = Caller(patient, live.settings.org, roles, parse_scopes(default_scopes(roles)))
+        assert service.erase_readings(caller, patient, None)["result"] == "accepted"
+        ingestor.flush()
+        number = None
+        for _ in range(3):  # refused for the changed rules, judged again, resubmitted, anchored
+            waiting = []
+            while True:
+                try:
+                    waiting.append(ingestor._closed.get_nowait())
+                except queue.Empty:
+                    break
+            if not waiting:
+                break
+            number = waiting[-1].window
+            ingestor.anchor(waiting)  # never raises: the erased readings are not needed
+        assert number is not None
+        (window,) = [w for w in store.anchored_windows(DEMO_DEVICE) if w.window == number]
+        assert window.alerts == [] and window.status == "anchored"
