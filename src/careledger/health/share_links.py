@@ -328,7 +328,8 @@ class ShareLinks:
 
     # -- the recipient's side ----------------------------------------------------------------
 
-    def _row(self, token: str) -> tuple[Any, ...]:
+    def _row(self, token: str) -> tuple[tuple[Any, ...], str]:
+        """The link's row and its flags on the ledger (read once per opening), or 404."""
         rows = self._run(
             "SELECT id, patient, wrapped_key, passcode, attempts_left, sealed FROM link "
             "WHERE token_hash = ?",
@@ -342,7 +343,7 @@ class ShareLinks:
                           time=int(time.time() * 1000), types=set())  # fmt: skip
         if why is not None or row[4] <= 0:
             raise NotFound("no such link, or it no longer works", code="LINK_INACTIVE")
-        return row
+        return row, str(on_ledger["flags"])
 
     def _throttle(self, link_id: str) -> None:
         """At most OPENINGS openings of a link in OPENINGS_WINDOW_S: each is an access event
@@ -380,12 +381,11 @@ class ShareLinks:
 
     def manifest(self, token: str, body: Mapping[str, Any], origin: str) -> dict[str, Any]:
         """The spec's manifest answer, after the opening's access event is committed."""
-        row = self._row(token)
+        row, flags = self._row(token)
         recipient = _recipient(body.get("recipient"))
         limit = body.get("embeddedLengthMax")
         if limit is not None and (type(limit) is not int or limit < 0):
             raise ValidationError("embeddedLengthMax is a whole number", code="BAD_REQUEST")
-        flags = str((self.ledger.state(LINKS, link_key(row[0])) or {}).get("flags", ""))
         if "U" in flags:
             raise ValidationError("this link is a direct file: GET it", code="DIRECT_FILE")
         self._check_passcode(row, body.get("passcode"))
@@ -410,8 +410,7 @@ class ShareLinks:
 
     def direct(self, token: str, recipient: object, origin: str) -> str:
         """A U link: the one file, by GET."""
-        row = self._row(token)
-        flags = str((self.ledger.state(LINKS, link_key(row[0])) or {}).get("flags", ""))
+        row, flags = self._row(token)
         if "U" not in flags:
             raise ValidationError("POST this link's manifest", code="NOT_DIRECT")
         name = _recipient(recipient)
@@ -542,15 +541,3 @@ def _recipient(raw: object) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def recipient_of(sealed: Mapping[str, Any], node_name: str, node_seed: bytes) -> str | None:
-    """The declared name of who opened a link, for the patient's "who saw my data"."""
-    from careledger.sealing import open_sealed
-
-    try:
-        return open_sealed(sealed, node_name, node_seed).decode().strip()
-    except (CareLedgerError, UnicodeDecodeError):
-        return None
-
-
