@@ -10,6 +10,13 @@ records of one type: a count and a hash chain over every anchor and shred, in th
 ``attest_holdings`` is accepted only if it names the chain heads the ledger holds at its block,
 so an accepted attestation, with the operations that hash to its head, proves which versions of
 which records a custodian held then: what a bulk export must contain, checked offline.
+
+From ruleset r10 (``RecordsV3``) an organisation also keeps records about no patient: its
+directory (Organization, Practitioner, Location, ...), definitions (Questionnaire, ValueSet, ...)
+and the lists of patients it keeps (Group). Only the types in :data:`ORG_RECORD_TYPES` may be
+anchored without a patient, so a patient's record can never be passed off as the organisation's
+(which no consent guards). They are indexed by custodian and chained in holdings of their own
+(``holding-org/{custodian}/{type}``), attested like a patient's.
 """
 
 from __future__ import annotations
@@ -82,6 +89,57 @@ def holding_of(value: Any) -> tuple[int, str]:
         return 0, ZERO_HASH
     return int(value["n"]), str(value["head"])
 
+
+def org_index_key(custodian: str, record_id: str) -> str:
+    return f"org/{custodian}/{record_id}"
+
+
+def org_holding_key(custodian: str, resource_type: str) -> str:
+    return f"holding-org/{custodian}/{resource_type}"
+
+
+def org_holding_op_key(custodian: str, resource_type: str, n: int) -> str:
+    return f"{org_holding_key(custodian, resource_type)}/op/{n:010d}"
+
+
+ORG_RECORD_TYPES: frozenset[str] = frozenset(
+    {
+        # the directory: who and where care is given
+        "Organization",
+        "OrganizationAffiliation",
+        "Practitioner",
+        "PractitionerRole",
+        "Location",
+        "HealthcareService",
+        "Endpoint",
+        "InsurancePlan",
+        # what is given: products and their definitions
+        "Medication",
+        "MedicationKnowledge",
+        "Substance",
+        "DeviceDefinition",
+        "BiologicallyDerivedProduct",
+        # definitions and knowledge
+        "ActivityDefinition",
+        "PlanDefinition",
+        "Questionnaire",
+        "Library",
+        "Measure",
+        "ObservationDefinition",
+        "SpecimenDefinition",
+        "ChargeItemDefinition",
+        "ResearchStudy",
+        "CodeSystem",
+        "ValueSet",
+        "ConceptMap",
+        "NamingSystem",
+        # the lists of patients an organisation keeps (a bulk export's Group)
+        "Group",
+    }
+)
+"""R4 types an organisation may anchor without a patient (r10). None is in R4's Patient
+compartment except Group, whose members are read by the custodian only; a type that is about a
+patient (Observation, Appointment, Provenance, ...) must name one, so consent guards it."""
 
 MAX_ATTESTED = 250
 EXPORT_ID = re.compile(r"^[0-9a-f]{1,64}$")
@@ -279,4 +337,131 @@ class RecordsV2(RecordsV1):
                 raise Rejected(
                     "HOLDINGS_CHANGED",
                     f"the holding of {resource_type} for {patient} is not the one attested",
+                )
+
+
+class RecordsV3(RecordsV2):
+    """r10: records about no patient (the types of :data:`ORG_RECORD_TYPES`), the anchoring
+    organisation's own: indexed by custodian, chained in their own holdings, shredded by the
+    custodian's admin or node."""
+
+    version = 3
+
+    @staticmethod
+    def _anchor(ctx: Context, args: Args) -> None:
+        if args.has("patient"):
+            RecordsV2._anchor(ctx, args)
+            return
+        args.only("record", "type", "hash", "version", "prev_version")
+        record_id = args.string("record", pattern=RECORD_ID)
+        resource_type = args.string("type", pattern=RESOURCE_TYPE)
+        digest = args.string("hash", pattern=HEX_HASH)
+        version = args.integer("version", minimum=1)
+        prev_version = args.optional_integer("prev_version", minimum=1)
+        if resource_type not in ORG_RECORD_TYPES:
+            raise Rejected("NO_PATIENT", f"a {resource_type} record names its patient")
+        if not ctx.signer.roles & WRITER_ROLES - {"device"}:
+            raise Rejected("NOT_AUTHORISED", "only an organisation's staff or node anchors")
+        current = ctx.state.get(record_key(record_id))
+        if current is None:
+            if version != 1 or prev_version is not None:
+                raise Rejected("VERSION_CONFLICT", "a new record starts at version 1")
+        else:
+            if current["shredded"]:
+                raise Rejected("RECORD_SHREDDED", "the record was shredded")
+            if current["custodian"] != ctx.signer.org:
+                raise Rejected("NOT_CUSTODIAN", "only the custodian organisation updates a record")
+            if (current["patient"], current["type"]) != (None, resource_type):
+                raise Rejected("BAD_ARGS", "a record keeps its patient and resource type")
+            if prev_version != current["version"] or version != current["version"] + 1:
+                raise Rejected("VERSION_CONFLICT", f"the current version is {current['version']}")
+        entry = {
+            "id": record_id,
+            "type": resource_type,
+            "patient": None,
+            "custodian": ctx.signer.org,
+            "version": version,
+            "hash": digest,
+            "height": ctx.height,
+            "time": ctx.time,
+            "shredded": False,
+        }
+        ctx.state.put(record_key(record_id), entry)
+        ctx.state.put(
+            version_key(record_id, version),
+            {"hash": digest, "height": ctx.height, "time": ctx.time, "tx": ctx.tx_id},
+        )
+        ctx.state.put(org_index_key(ctx.signer.org, record_id), {"type": resource_type})
+        RecordsV3._append(ctx, entry, "put")
+        ctx.emit(
+            "records.anchored",
+            {"record": record_id, "type": resource_type, "patient": None, "version": version},
+        )
+
+    @staticmethod
+    def _append(ctx: Context, entry: dict[str, Any], kind: str) -> None:
+        if entry["patient"] is not None:
+            RecordsV2._append(ctx, entry, kind)
+            return
+        custodian, resource_type = entry["custodian"], entry["type"]
+        key = org_holding_key(custodian, resource_type)
+        n, head = holding_of(ctx.state.get(key))
+        op = [kind, entry["id"], entry["version"], entry["hash"], ctx.time, ctx.height]
+        ctx.state.put(org_holding_op_key(custodian, resource_type, n + 1), op)
+        ctx.state.put(key, {"n": n + 1, "head": next_holding_head(head, op)})
+
+    @tx_method
+    def shred(self, ctx: Context, args: Args) -> None:
+        named = args.raw.get("record")
+        current = ctx.state.get(record_key(named)) if isinstance(named, str) else None
+        if current is None or current["patient"] is not None:
+            super().shred(ctx, args)
+            return
+        args.only("record", "reason")
+        record_id = args.string("record", pattern=RECORD_ID)
+        reason = args.string("reason", max_len=64, pattern=re.compile(r"^[a-z][a-z0-9_-]*$"))
+        if current["shredded"]:
+            raise Rejected("ALREADY_SHREDDED", "the record was already shredded")
+        own = ctx.signer.org == current["custodian"]
+        if not (own and ctx.signer.roles & {"admin", "node"}):
+            raise Rejected("NOT_AUTHORISED", "the custodian's admin or node shreds its records")
+        shredded = {**current, "shredded": True, "shredded_at": ctx.height}
+        ctx.state.put(record_key(record_id), shredded)
+        ctx.state.delete(org_index_key(current["custodian"], record_id))
+        self._append(ctx, shredded, "shred")
+        ctx.emit("records.shredded", {"record": record_id, "patient": None, "reason": reason})
+
+    @tx_method
+    def attest_holdings(self, ctx: Context, args: Args) -> None:
+        """As r8, and an item without ``patient`` names the organisation's own holding of a
+        type about no patient."""
+        args.only("holdings", "export")
+        raw = args.raw.get("holdings")
+        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ATTESTED:
+            raise Rejected("BAD_ARGS", f"holdings must be a list of 1..{MAX_ATTESTED} objects")
+        own = [i for i in raw if isinstance(i, dict) and "patient" not in i]
+        if len(own) < len(raw):  # the patients' holdings, checked as r8 does
+            theirs = [i for i in raw if not (isinstance(i, dict) and "patient" not in i)]
+            super().attest_holdings(ctx, ctx.args({**args.raw, "holdings": theirs}))
+        if not own:
+            return
+        if args.has("export"):
+            args.string("export", pattern=EXPORT_ID)
+        if not ctx.signer.has_role("node"):
+            raise Rejected("NOT_AUTHORISED", "holdings are attested by the custodian's node")
+        seen = set()
+        for item in own:
+            entry = ctx.args(item)
+            entry.only("type", "n", "head")
+            resource_type = entry.string("type", pattern=RESOURCE_TYPE)
+            n = entry.integer("n")
+            head = entry.string("head", pattern=HEX_HASH)
+            if resource_type in seen:
+                raise Rejected("BAD_ARGS", "a holding is attested once per transaction")
+            seen.add(resource_type)
+            held = holding_of(ctx.state.get(org_holding_key(ctx.signer.org, resource_type)))
+            if held != (n, head):
+                raise Rejected(
+                    "HOLDINGS_CHANGED",
+                    f"the organisation's holding of {resource_type} is not the one attested",
                 )

@@ -243,7 +243,24 @@ def r9() -> Ruleset:
     )
 
 
+def r10() -> Ruleset:
+    """r9, and an organisation's own records, about no patient (directory, definitions, Group)."""
+    from careledger.contracts.records import RecordsV3
+
+    return r9().derive(
+        "r10",
+        contracts=[RecordsV3()],
+        notes=(
+            "records.anchor without a patient for the types of records.ORG_RECORD_TYPES "
+            "(Organization, Practitioner, Location, Medication, Questionnaire, Group, ...): "
+            "indexed by custodian, chained in holdings of their own (attested without a "
+            "patient), shredded by the custodian's admin or node; every other type names "
+            "its patient (NO_PATIENT)"
+        ),
+    )
+
+
 @cache
 def default_registry() -> Registry:
     """Every ruleset this software knows, oldest first; the last is what new chains start on."""
-    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6(), r7(), r8(), r9()])
+    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6(), r7(), r8(), r9(), r10()])
