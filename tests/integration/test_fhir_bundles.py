@@ -65,7 +65,15 @@ def test_transaction_creates_everything_with_resolved_references(http: httpx.Cli
         e["resource"]["id"] for e in result["entry"] if e["resource"]["resourceType"] == "Patient"
     )
     everything = http.get(f"/fhir/Patient/{patient}/$everything").json()
-    assert everything["total"] == len(bundle["entry"])
+    # the patient's records match; the Organization and Practitioner they name come along
+    directory = {"Organization", "Practitioner"}
+    assert everything["total"] == len(bundle["entry"]) - 2
+    modes = {
+        e["resource"]["resourceType"]: e["search"]["mode"]
+        for e in everything["entry"]
+        if e["resource"]["resourceType"] in directory
+    }
+    assert modes == {"Organization": "include", "Practitioner": "include"}
     refs = {
         e["resource"]["subject"]["reference"]
         for e in everything["entry"]

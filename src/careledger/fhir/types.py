@@ -1,5 +1,5 @@
 """Which R4 resource types this node holds as a patient's records, and the element that names
-the patient. Pure.
+the patient; and which it holds as an organisation's own records (about no patient). Pure.
 
 A record belongs to exactly one patient: the types held are those of R4's Patient compartment
 whose ``patient`` search parameter (HL7's definition) is one, single Reference element. The
@@ -11,6 +11,8 @@ consent contract, not as a record.
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from careledger.contracts.records import ORG_RECORD_TYPES
 
 PATIENT_ELEMENT: Mapping[str, str] = {
     "AllergyIntolerance": "patient",
@@ -74,3 +76,12 @@ PATIENT_ELEMENT: Mapping[str, str] = {
 
 RECORD_TYPES: frozenset[str] = frozenset({"Patient", *PATIENT_ELEMENT})
 """Every type held as a patient's record (the Patient itself included)."""
+
+ORG_TYPES: frozenset[str] = ORG_RECORD_TYPES
+"""Types held as an organisation's own records, about no patient (ruleset r10's list)."""
+
+CUSTODIAN_ONLY: frozenset[str] = frozenset({"Group"})
+"""Organisation records only the custodian's own staff and apps read: a Group lists patients."""
+
+HELD_TYPES: frozenset[str] = RECORD_TYPES | ORG_TYPES
+"""Every type held as a record, a patient's or an organisation's."""

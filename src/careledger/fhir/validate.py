@@ -43,10 +43,11 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.types import FhirBase
 
 from careledger.fhir.outcome import FhirError, Issue
-from careledger.fhir.types import RECORD_TYPES
+from careledger.fhir.types import HELD_TYPES
 
-SUPPORTED_TYPES: frozenset[str] = RECORD_TYPES | {"Consent"}
-"""Types the node accepts: a patient's records (careledger.fhir.types) and Consent."""
+SUPPORTED_TYPES: frozenset[str] = HELD_TYPES | {"Consent"}
+"""Types the node accepts: a patient's or an organisation's records (careledger.fhir.types),
+and Consent."""
 
 # http://hl7.org/fhir/R4/datatypes.html#id — Resource.id (the library allows 255 characters).
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")

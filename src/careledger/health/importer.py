@@ -5,8 +5,9 @@ FHIR API over HTTP); every ``urn:uuid:`` reference to an entry already created i
 that resource's id on the node, so a Patient's Observations point at it. Each resource keeps
 where it came from in ``meta.source`` (its entry's fullUrl) and is created only if no resource
 has that source yet (a conditional create), so importing the same files again creates nothing.
-Entries of types the node does not hold (Organization, Claim, ...) are counted as skipped;
-references to them stay as they were.
+Organization, Practitioner and the other types about no patient are the importing
+organisation's own records (ruleset r10). Entries of types the node does not hold (an
+Appointment, a Provenance) are counted as skipped; references to them stay as they were.
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ def import_bundles(
                 try:
                     new_id, made = sink.create(body, condition)
                 except CareLedgerError as exc:
-                    report.failed.append((full_url, exc.code))
+                    if exc.code == "UNSUPPORTED_TYPE":  # not held under the chain's ruleset
+                        report.skipped[kind] += 1
+                    else:
+                        report.failed.append((full_url, exc.code))
                 else:
                     ids[full_url] = f"{kind}/{new_id}"
                     (report.created if made else report.existing)[kind] += 1

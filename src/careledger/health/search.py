@@ -11,6 +11,7 @@ written.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,7 @@ from careledger.fhir.search import (
     references,
     sort_key,
 )
+from careledger.fhir.types import ORG_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.access import Caller
 from careledger.health.scope_query import restrict_search
@@ -146,7 +148,8 @@ def _disclosed(result: SearchResult, kind: str) -> dict[str, list[tuple[str, str
     else:
         for patient, record_id in result.matched:
             out.setdefault(patient, []).append((record_id, kind))
-    return {p: pairs[:MAX_LOGGED] for p, pairs in out.items()}
+    # "": an organisation's own records, which are no patient's data
+    return {p: pairs[:MAX_LOGGED] for p, pairs in out.items() if p}
 
 
 def about_patient(
@@ -177,7 +180,10 @@ def run_search(
     base_url: str,
     now: datetime,
 ) -> SearchResult:
-    """A search about one patient when it names one, else across the caller's patients."""
+    """A search about one patient when it names one, else across the caller's patients; of an
+    organisation's own records (about no patient), over this organisation's."""
+    if request.resource_type in ORG_TYPES:
+        return search_own(records, caller, request, base_url=base_url, now=now, purpose=purpose)
     patient, implied = about_patient(request, caller, base_url)
     if patient is None:
         return search_org(records, caller, request, purpose=purpose, base_url=base_url, now=now)
@@ -263,6 +269,37 @@ def search_org(
     return _disclose(records, caller, request, result, purpose, base_url)
 
 
+def search_own(
+    records: HealthRecords,
+    caller: Caller,
+    request: SearchRequest,
+    *,
+    purpose: str,
+    base_url: str,
+    now: datetime,
+) -> SearchResult:
+    """One page of ``request`` over this organisation's own records of a type about no
+    patient (its directory, definitions, Group lists). No consent decides and no access event
+    is made (they are no patient's data); who may read them is :meth:`HealthRecords.may_read_own`.
+    Records it includes from patients' records are logged as any include is."""
+    request = restrict_search(request, caller.scopes)
+    kind = request.resource_type
+    records.may_read_own(caller, kind, records.org)
+    at = request.at if request.at is not None else records.ledger.head.height
+    planned = plan(request, base_url=base_url)
+    candidates = set(records.own_records(kind, at).items())
+    if planned.groups and candidates:
+        candidates &= records.blind_candidates(planned.groups)
+    owner = {r: "" for r, _ in candidates}
+    result = _page(records, request, list(candidates), owner, planned.exact, at, now, base_url)
+    result.matched = []  # nobody's data: nothing for an access event to name
+    if request.revincludes:
+        result.warnings.append("_revinclude is answered on searches about one patient")
+    if request.includes and result.page:
+        _include(records, caller, request.includes, result.page, result, purpose, base_url)
+    return result
+
+
 def _include(
     records: HealthRecords,
     caller: Caller,
@@ -316,6 +353,8 @@ def _included(
     """An included record: held here, opened once the caller's basis is checked (and logged
     with the others); held elsewhere, read from its custodian (who logs it)."""
     meta = records.record_meta(ident, kind)
+    if meta["patient"] is None:  # an organisation's own record: no access event
+        return records.read(caller, kind, ident, purpose=purpose)
     if meta["custodian"] != records.org:
         return records.read(caller, kind, ident, purpose=purpose)
     if not records.may_search(caller, meta["patient"], kind, purpose=purpose):
@@ -357,6 +396,7 @@ class EverythingPage:
     total: int
     missing: list[tuple[str, str]]  # (custodian, why) of records not in the answer
     decrypted: int = 0
+    referenced: list[StoredResource] = field(default_factory=list)  # the page's directory
 
 
 def everything_page(
@@ -423,7 +463,43 @@ def everything_page(
     records.log_reads_many(caller, {patient: mine}, purpose=purpose)
     if refused and not local and not remote and all(o == records.org for o, _ in missing):
         raise Forbidden("no consent covers these records", code="NO_CONSENT")
-    return EverythingPage(page, len(everything), missing, decrypted)
+    directory = _directory(records, caller, page)
+    return EverythingPage(page, len(everything), missing, decrypted, directory)
+
+
+def _directory(
+    records: HealthRecords, caller: Caller, page: list[StoredResource]
+) -> list[StoredResource]:
+    """The organisation records held here that the page's resources refer to (the
+    Organization, Practitioner, Location, Medication a record names): R4's $everything
+    returns what the patient's resources reference, and these are no patient's data."""
+    wanted: dict[tuple[str, str], None] = {}
+    for stored in page:
+        for ref in _reference_strings(stored.resource):
+            kind, _, ident = ref.partition("/")
+            if kind in ORG_TYPES and ident and "/" not in ident:
+                wanted[(kind, ident)] = None
+    out: list[StoredResource] = []
+    for kind, ident in list(wanted)[:MAX_INCLUDED]:
+        try:
+            out.append(records.read(caller, kind, ident))
+        except CareLedgerError:
+            continue  # not held here, erased, or not the caller's to read (a Group)
+    return out
+
+
+def _reference_strings(value: Any) -> Iterator[str]:
+    """Every relative ``Reference.reference`` in a resource (bounded by its nesting)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("reference")
+            if isinstance(ref, str):
+                yield ref
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
 
 
 def _instant_ms(text: str, name: str) -> int:

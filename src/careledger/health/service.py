@@ -24,7 +24,7 @@ from careledger.contracts.identity import KEY_EVENTS, key_events_of
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import WRITER_ROLES as RECORD_WRITER_ROLES
-from careledger.contracts.records import record_key, version_key
+from careledger.contracts.records import org_index_key, record_key, version_key
 from careledger.core.keys import KeyPair, b64url_encode, decode_public_key
 from careledger.errors import (
     CareLedgerError,
@@ -35,6 +35,7 @@ from careledger.errors import (
     ValidationError,
 )
 from careledger.fhir.blind_terms import index_terms
+from careledger.fhir.types import CUSTODIAN_ONLY, ORG_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.access import (
     CARE_ROLES,
@@ -72,7 +73,7 @@ class StoredResource:
     record_id: str
     resource_type: str
     version: int
-    patient: str
+    patient: str  # "" for an organisation's own record (about no patient)
     custodian: str
     content_hash: str
     salt: str  # base64url: lets the reader recompute the salted hash the ledger anchors
@@ -347,7 +348,8 @@ class HealthRecords:
         if_match: int | None = None,
         patient_public_key: str | None = None,
     ) -> tuple[dict[str, Any], str, int, str]:
-        """Checks for one write of a transaction: (resource, record id, version, patient).
+        """Checks for one write of a transaction: (resource, record id, version, patient: ""
+        for an organisation's own record).
 
         A new Patient is registered on the ledger here, before the records are anchored.
         """
@@ -364,7 +366,12 @@ class HealthRecords:
                 raise Forbidden("this node is not the record's custodian", code="NOT_CUSTODIAN")
             if if_match is not None and if_match != meta["version"]:
                 raise Conflict(f"the current version is {meta['version']}", code="VERSION_CONFLICT")
-            return resource, record_id, meta["version"] + 1, meta["patient"]
+            return resource, record_id, meta["version"] + 1, meta["patient"] or ""
+        if resource_type in ORG_TYPES:  # the organisation's own record, about no patient
+            self._require_org_records(resource_type)
+            require_scope(caller, resource_type, "create", None)
+            self._within(caller, resource, "create")
+            return resource, secrets.token_hex(16), 1, ""
         if resource_type == "Patient":
             require_scope(caller, resource_type, "create", None)
             patient = self.register_patient(patient_public_key)
@@ -411,7 +418,7 @@ class HealthRecords:
                 resource_type=stored["resourceType"],
                 version=version,
                 patient=patient,
-                patient_key=self._patient_key(patient),
+                patient_key=self._patient_key(patient) if patient else None,
                 custodian=self.org,
                 custodian_key=self.ledger.node_key.public_key,
             )
@@ -429,7 +436,8 @@ class HealthRecords:
             ]
             by_patient: dict[str, list[str]] = {}
             for _, r, p in sealed:
-                by_patient.setdefault(p, []).append(r.record_id)
+                if p:  # an organisation's own record is no patient's data: no access event
+                    by_patient.setdefault(p, []).append(r.record_id)
             calls: list[tuple[str, str, Mapping[str, Any]]] = [
                 ("records", "anchor_batch", {"anchors": anchors})
             ]
@@ -500,13 +508,10 @@ class HealthRecords:
     def _anchor_args(
         record_id: str, resource_type: str, patient: str, digest: str, version: int
     ) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "record": record_id,
-            "type": resource_type,
-            "patient": patient,
-            "hash": digest,
-            "version": version,
-        }
+        args: dict[str, Any] = {"record": record_id, "type": resource_type}
+        if patient:
+            args["patient"] = patient
+        args.update(hash=digest, version=version)
         if version > 1:
             args["prev_version"] = version - 1
         return args
@@ -551,6 +556,12 @@ class HealthRecords:
                 meta = self.record_meta(record_id, resource_type)
             except NotFound:
                 meta = None
+            if meta is not None and meta["patient"] is None:
+                try:
+                    self._may_erase_own(caller, meta)
+                    return
+                except Forbidden:
+                    meta = None
             if meta is None or not caller.is_patient(meta["patient"]):
                 raise NotFound(f"no {resource_type} with that id you may erase",
                                code="UNKNOWN_RECORD")  # fmt: skip
@@ -561,6 +572,59 @@ class HealthRecords:
         if meta["custodian"] != self.org:
             raise Forbidden("this node is not the record's custodian", code="NOT_CUSTODIAN")
         require_scope(caller, resource_type, "update", meta["patient"])
+
+    def _require_org_records(self, resource_type: str) -> None:
+        """An organisation's own records need ruleset r10 (``RecordsV3``) in force."""
+        if int(getattr(self.ledger.rules().contracts["records"], "version", 1)) < 3:
+            raise NotFound(
+                f"{resource_type} is held as an organisation's record from ruleset r10; this"
+                " chain runs an older ruleset",
+                code="UNSUPPORTED_TYPE",
+            )
+
+    def may_read_own(self, caller: Caller, resource_type: str, custodian: str) -> None:
+        """Who reads an organisation's own records (about no patient, so no consent decides
+        and no access event is made): its directory and definitions, any member or app of the
+        network its scopes allow; a Group, which lists patients, the custodian's own staff and
+        apps alone. Forbidden otherwise."""
+        require_scope(caller, resource_type, "read", caller.own_patient)
+        if resource_type in CUSTODIAN_ONLY:
+            own = caller.org == custodian and (
+                caller.is_app or bool(caller.roles & (CARE_ROLES | {"admin", "auditor"}))
+            )
+            if not own:
+                raise Forbidden(
+                    f"a {resource_type} is read by its custodian's staff only",
+                    code="NOT_CUSTODIAN",
+                )
+
+    def own_records(self, resource_type: str, as_of: int) -> dict[str, int]:
+        """record id -> version as at ``as_of`` of this organisation's own live records of a
+        type (from the ledger's index of them)."""
+        prefix = org_index_key(self.org, "")
+        out = {}
+        for key in self.ledger.store.state_keys(RECORDS, prefix, 1_000_000):
+            entry = self.ledger.state(RECORDS, key)
+            if entry is None or entry["type"] != resource_type:
+                continue
+            record_id = key[len(prefix) :]
+            version = self._version_at(record_id, as_of)
+            if version is not None:
+                out[record_id] = version
+        return out
+
+    def _read_own(
+        self, caller: Caller, meta: Mapping[str, Any], version: int | None
+    ) -> StoredResource:
+        record_id, resource_type = str(meta["id"]), str(meta["type"])
+        if meta["custodian"] != self.org:
+            raise NotFound("the record is held by another custodian", code="REMOTE_RECORD")
+        self.may_read_own(caller, resource_type, str(meta["custodian"]))
+        if version is not None and not 1 <= version <= meta["version"]:
+            raise NotFound("no such version", code="UNKNOWN_VERSION")
+        stored = self._open(record_id, version or int(meta["version"]))
+        self._within(caller, stored.resource, "read")
+        return stored
 
     def _require_writer(self, caller: Caller, resource_type: str) -> None:
         if caller.org != self.org or not caller.roles & WRITER_ROLES:
@@ -622,6 +686,8 @@ class HealthRecords:
         unless ``local_only`` (a federated request itself never hops further).
         """
         meta = self.record_meta(record_id, resource_type)
+        if meta["patient"] is None:
+            return self._read_own(caller, meta, version)
         require_scope(caller, resource_type, "read", meta["patient"])
         if meta["custodian"] != self.org:
             if local_only or self.federation is None:
@@ -661,6 +727,12 @@ class HealthRecords:
         self, caller: Caller, resource_type: str, record_id: str, *, purpose: str = "TREAT"
     ) -> list[StoredResource]:
         meta = self.record_meta(record_id, resource_type)
+        if meta["patient"] is None:
+            self._read_own(caller, meta, None)
+            versions = [self._open(record_id, v) for v in range(meta["version"], 0, -1)]
+            for stored in versions:
+                self._within(caller, stored.resource, "read")
+            return versions
         require_scope(caller, resource_type, "read", meta["patient"])
         self.authorise(
             caller,
@@ -895,8 +967,12 @@ class HealthRecords:
         self._heights[(record_id, version)] = height
 
     def shred(self, caller: Caller, record_id: str) -> dict[str, Any]:
-        """A patient whose key this node holds shreds a record; others sign records.shred."""
+        """A patient whose key this node holds shreds a record; others sign records.shred.
+        An organisation's own record is erased by its admin or one of its apps, signed by
+        this node."""
         meta = self.record_meta(record_id)
+        if meta["patient"] is None:
+            return self._shred_own(caller, meta)
         if not caller.is_patient(meta["patient"]):
             raise Forbidden(
                 "the patient, or the custodian's admin with their own key, shreds",
@@ -915,6 +991,25 @@ class HealthRecords:
                        action="write", purpose="PATRQT", interaction="delete")  # fmt: skip
         args = {"record": record_id, "reason": "patient_request"}
         (receipt,) = self.node.execute([("records", "shred", args)], keypair=key)
+        if receipt["result"] != "accepted":
+            raise Conflict("the ledger refused the shredding", code=receipt["code"])
+        return receipt
+
+    def _may_erase_own(self, caller: Caller, meta: Mapping[str, Any]) -> None:
+        own = caller.org == self.org == meta["custodian"]
+        if not own or not (caller.is_app or "admin" in caller.roles):
+            raise Forbidden(
+                "the custodian's admins and apps erase its own records", code="NOT_AUTHORISED"
+            )
+        require_scope(caller, str(meta["type"]), "delete", None)
+
+    def _shred_own(self, caller: Caller, meta: Mapping[str, Any]) -> dict[str, Any]:
+        self._may_erase_own(caller, meta)
+        record_id = str(meta["id"])
+        if restrictions(caller.scopes, meta["type"], "delete"):
+            self._within(caller, self._open(record_id, meta["version"]).resource, "delete")
+        args = {"record": record_id, "reason": "custodian_request"}
+        (receipt,) = self._commit([("records", "shred", args)])
         if receipt["result"] != "accepted":
             raise Conflict("the ledger refused the shredding", code=receipt["code"])
         return receipt

@@ -245,7 +245,8 @@ class _Versions:
             )
             return
         for column, field in _LEDGER_FIELDS:
-            if columns[column] != entry[field]:
+            # an organisation's own record names no patient: "" in the vault, null on the ledger
+            if columns[column] != ("" if entry[field] is None else entry[field]):
                 yield _difference("records", name, f"{column} differs from the ledger's record")
         if entry["custodian"] != self.context.org:
             yield _difference(
@@ -380,7 +381,16 @@ class _Versions:
         data_key: bytes | None,
     ) -> Generator[Difference, None, bytes | None]:
         """Checks every wrap but the node's; returns the data key a custodial patient's wrap
-        opens to (None: no such wrap, or it does not open)."""
+        opens to (None: no such wrap, or it does not open). An organisation's own record (r10,
+        about no patient) is sealed for the node alone."""
+        if entry["patient"] is None:
+            for recipient in sorted(str(r) for r in wraps):
+                yield _difference(
+                    "wrapped_keys",
+                    f"{name} {recipient}",
+                    "a wrapped key besides the node's on a record about no patient",
+                )
+            return None
         patient = str(entry["patient"])
         if not wraps:
             yield _difference("wrapped_keys", name, "no wrapped key for the patient")

@@ -99,7 +99,7 @@ class Vault:
         resource_type: str,
         version: int,
         patient: str,
-        patient_key: bytes,
+        patient_key: bytes | None,
         custodian: str,
         custodian_key: bytes,
     ) -> SealedRecord:
@@ -107,7 +107,8 @@ class Vault:
 
         The resource must be a JSON object; if it names a ``resourceType`` it must be
         ``resource_type``. ``patient_key`` and ``custodian_key`` are the recipients' Ed25519
-        ledger public keys.
+        ledger public keys. An organisation's own record (about no patient) has ``patient``
+        "" and no ``patient_key``: it is sealed for the custodian alone.
         """
         if not isinstance(resource, Mapping):
             raise ValidationError("a vault record is one JSON object (a FHIR resource)")
@@ -116,8 +117,10 @@ class Vault:
             raise ValidationError(
                 "resource.resourceType differs from resource_type", code="RESOURCE_TYPE_MISMATCH"
             )
-        if not isinstance(patient, str) or not patient:
-            raise ValidationError("patient must be a non-empty string")
+        if not isinstance(patient, str) or bool(patient) != (patient_key is not None):
+            raise ValidationError(
+                "a patient's record names the patient and their key; an organisation's neither"
+            )
         if not isinstance(custodian, str) or not custodian:
             raise ValidationError("custodian must be a non-empty string")
         record_aad(record_id, resource_type, version)  # validates the binding fields
@@ -126,10 +129,10 @@ class Vault:
         data_key = self._random(DATA_KEY_SIZE)
         nonce = self._random(NONCE_SIZE)
         salt = self._random(SALT_SIZE)
-        wrapped = {
-            b64url_encode(patient_key): wrap_key(data_key, patient_key),
-            b64url_encode(custodian_key): wrap_key(data_key, custodian_key),
-        }
+        wrapped = {}
+        if patient_key is not None:
+            wrapped[b64url_encode(patient_key)] = wrap_key(data_key, patient_key)
+        wrapped[b64url_encode(custodian_key)] = wrap_key(data_key, custodian_key)
         record = SealedRecord(
             record_id=record_id,
             version=version,

@@ -474,8 +474,10 @@ class VaultStore:
 def _check_record(record: SealedRecord) -> None:
     if not isinstance(record, SealedRecord):
         raise ValidationError("expected a SealedRecord")
-    if not record.record_id or not record.resource_type or not record.patient:
-        raise ValidationError("record id, resource type and patient must be non-empty")
+    if not record.record_id or not record.resource_type:
+        raise ValidationError("record id and resource type must be non-empty")
+    if not isinstance(record.patient, str):  # "" for an organisation's own record
+        raise ValidationError("patient must be a string")
     if not record.custodian:
         raise ValidationError("custodian must be non-empty")
     if type(record.version) is not int or record.version < 1:

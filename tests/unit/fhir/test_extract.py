@@ -11,11 +11,11 @@ import pytest
 
 import careledger
 from careledger.fhir import (
-    SUPPORTED_TYPES,
     patient_id,
     patient_reference,
     phi_strings,
 )
+from careledger.fhir.types import RECORD_TYPES
 from tests.support.vectors import load_json
 
 SYNTHEA = Path(careledger.__file__).parent / "demo_data" / "synthea"
@@ -108,7 +108,7 @@ def test_synthea_patient_references_are_bundle_local() -> None:
         assert patient_id(patient) == patient["id"]
         for entry in bundle["entry"][1:]:
             resource = entry["resource"]
-            if resource["resourceType"] not in SUPPORTED_TYPES:
+            if resource["resourceType"] not in RECORD_TYPES:  # about no patient
                 continue
             assert patient_id(resource) is None
             assert patient_reference(resource) == patient_entry["fullUrl"]

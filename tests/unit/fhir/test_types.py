@@ -6,7 +6,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from careledger.fhir.extract import patient_id
 from careledger.fhir.search import _definitions, parameters
-from careledger.fhir.types import PATIENT_ELEMENT, RECORD_TYPES
+from careledger.fhir.types import ORG_TYPES, PATIENT_ELEMENT, RECORD_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES
 
 
@@ -33,7 +33,15 @@ def derived() -> dict[str, str]:
 def test_the_table_is_derived_from_the_definitions() -> None:
     assert dict(PATIENT_ELEMENT) == derived()
     assert len(RECORD_TYPES) > 50 and {"Claim", "ExplanationOfBenefit"} <= RECORD_TYPES
-    assert RECORD_TYPES | {"Consent"} == SUPPORTED_TYPES
+    assert RECORD_TYPES | ORG_TYPES | {"Consent"} == SUPPORTED_TYPES
+
+
+def test_every_organisation_type_is_r4_about_no_patient_and_searchable() -> None:
+    for kind in ORG_TYPES:
+        assert get_fhir_model_class(kind) is not None, kind
+        have = parameters(kind)
+        assert {"_id", "_lastUpdated"} <= set(have), kind
+        assert "patient" not in have or kind == "Group", kind
 
 
 def test_every_record_type_can_be_searched_by_patient() -> None:

@@ -213,6 +213,7 @@ def test_seal_refuses_bad_resources_and_stores_nothing(
         {"record_id": ""},
         {"version": 0},
         {"patient": ""},
+        {"patient_key": None},
         {"custodian": ""},
         {"patient_key": b"\x00" * 32},
         {"custodian_key": b"short"},
@@ -232,6 +233,17 @@ def test_seal_refuses_bad_arguments(vault: Vault, change: dict[str, Any]) -> Non
     }
     with pytest.raises(ValidationError):
         vault.seal(patient_resource(), **args)
+
+
+def test_an_organisations_own_record_is_sealed_for_the_custodian_alone(vault: Vault) -> None:
+    org = {"resourceType": "Organization", "name": "Lakeside Hospital"}
+    sealed = vault.seal(org, record_id="org-1", resource_type="Organization", version=1,
+                        patient="", patient_key=None, custodian="hosp",
+                        custodian_key=CUSTODIAN.public_key)  # fmt: skip
+    assert list(sealed.wrapped_keys) == [CUSTODIAN.public_b64]
+    resource, record = vault.open("org-1", 1, CUSTODIAN)
+    assert resource == org and record.patient == ""
+    expect("NOT_A_RECIPIENT", lambda: vault.open("org-1", 1, PATIENT))
 
 
 def test_seal_refuses_a_non_object(vault: Vault) -> None:

@@ -139,7 +139,7 @@ def test_put_is_atomic(store: VaultStore, path: Path) -> None:
         {"version": 0},
         {"version": True},
         {"record_id": ""},
-        {"patient": ""},
+        {"patient": None},  # "" is an organisation's own record (about no patient)
         {"custodian": ""},
         {"resource_type": ""},
         {"wrapped_keys": {}},

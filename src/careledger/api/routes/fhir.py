@@ -585,6 +585,9 @@ def everything(
         nxt = urlencode([*params, ("_offset", offset + count)])
         links.append({"relation": "next", "url": f"{base}?{nxt}"})
     bundle["link"] = links
+    for included in _bundle("searchset", answer.referenced, sources=True)["entry"]:
+        included["search"] = {"mode": "include"}
+        bundle["entry"].append(included)
     if answer.missing:
         bundle["entry"].append(_partial(answer.missing))
     return _fhir(bundle)
