@@ -15,10 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +30,11 @@ from careledger.core.keys import b64url_encode
 from careledger.errors import CareLedgerError, Unauthorized, ValidationError
 from careledger.ledger.engine import Ledger
 from careledger.scopes import CONTEXT_SCOPES, default_scopes, parse_scope, parse_scopes
-from careledger.smart.grants import Grant, GrantStore, ReusedToken
+from careledger.smart.grants import Grant, GrantStore, PendingCode, ReusedCode, ReusedToken
 from careledger.smart.oidc import OidcKey
 
 CODE_TTL = 60
 LAUNCH_TTL = 300
-MAX_PENDING = 10_000
 OFFLINE_SECONDS = 30 * 24 * 3600
 ONLINE_SECONDS = 12 * 3600
 MAX_ASSERTION_LIFETIME = 300
@@ -78,24 +74,6 @@ class AuthorizeRequest:
     app: Mapping[str, Any] = field(compare=False)
 
 
-@dataclass(frozen=True)
-class _Code:
-    request: AuthorizeRequest
-    member: str
-    public_key: str
-    scope: str
-    patient: str | None
-    expires: float
-
-
-@dataclass(frozen=True)
-class _Launch:
-    member: str
-    client_id: str
-    patient: str | None
-    expires: float
-
-
 def _pkce_ok(verifier: str, challenge: str) -> bool:
     """RFC 7636 S256: 43-128 unreserved characters, hashed to the challenge."""
     if not 43 <= len(verifier) <= 128 or set(verifier) - PKCE_VERIFIER:
@@ -123,11 +101,7 @@ class AuthorizationServer:
         self.ledger = ledger
         self.issuer = issuer
         self.grants = grants
-        self.oidc = oidc
-        self._codes: OrderedDict[str, _Code] = OrderedDict()
-        self._launches: OrderedDict[str, _Launch] = OrderedDict()
-        self._spent_codes: OrderedDict[str, str] = OrderedDict()  # code hash -> family
-        self._lock = threading.Lock()
+        self.oidc = oidc  # codes and launches live in ``grants``: a restart keeps them
         now = int(time.time())
         for family, until in grants.revoked_families(now).items():
             issuer.revoke_grant(family, until)
@@ -229,11 +203,9 @@ class AuthorizationServer:
         """The patient an EHR launch was started for (None for a standalone launch)."""
         if request.launch is None:
             return None
-        with self._lock:
-            launch = self._launches.get(request.launch)
+        launch = self.grants.launch(request.launch, int(time.time()))
         if (
             launch is None
-            or launch.expires < time.monotonic()
             or launch.member != signer.member
             or launch.client_id != request.client_id
         ):
@@ -244,13 +216,8 @@ class AuthorizationServer:
         """An EHR launch: the portal opens an app about a patient; the app gets ``launch``."""
         if self.app(client_id) is None:
             raise ValidationError("no such app, or it is suspended", code="UNKNOWN_APP")
-        launch_id = b64url_encode(secrets.token_bytes(18))
-        with self._lock:
-            self._drop_expired(self._launches)
-            self._launches[launch_id] = _Launch(
-                signer.member, client_id, patient, time.monotonic() + LAUNCH_TTL
-            )
-        return launch_id
+        now = int(time.time())
+        return self.grants.create_launch(signer.member, client_id, patient, now + LAUNCH_TTL, now)
 
     def approve(
         self, request: AuthorizeRequest, signer: Signer, granted: list[str], patient: str | None
@@ -270,25 +237,20 @@ class AuthorizationServer:
         )
         if wants_patient and patient is None:
             raise OAuthError("invalid_request", "patient/ scopes need a patient: choose one")
-        code = b64url_encode(secrets.token_bytes(32))
-        with self._lock:
-            self._drop_expired(self._codes)
-            self._codes[hashlib.sha256(code.encode()).hexdigest()] = _Code(
-                request,
-                signer.member,
-                signer.public_key,
-                " ".join(granted),
-                patient,
-                time.monotonic() + CODE_TTL,
-            )
-        return code
-
-    def _drop_expired(self, pending: OrderedDict[str, Any]) -> None:
-        now = time.monotonic()
-        while pending and (
-            len(pending) >= MAX_PENDING or next(iter(pending.values())).expires < now
-        ):
-            pending.popitem(last=False)
+        now = int(time.time())
+        pending = PendingCode(
+            client_id=request.client_id,
+            redirect_uri=request.redirect_uri,
+            code_challenge=request.code_challenge,
+            member=signer.member,
+            public_key=signer.public_key,
+            scope=" ".join(granted),
+            patient=patient,
+            aud=request.aud,
+            nonce=request.nonce,
+            expires=now + CODE_TTL,
+        )
+        return self.grants.issue_code(pending, now)
 
     # -- token ---------------------------------------------------------------------------
 
@@ -406,28 +368,24 @@ class AuthorizationServer:
         self, form: Mapping[str, list[str]], app: Mapping[str, Any], issuer_url: str
     ) -> dict[str, Any]:
         code = _one(form, "code") or ""
-        digest = hashlib.sha256(code.encode()).hexdigest()
-        with self._lock:
-            pending = self._codes.pop(digest, None)
-            reused_family = self._spent_codes.get(digest)
+        # The code is spent by this very call, bound to the family about to be issued, so a
+        # second use (now, concurrently, or after a restart) revokes whatever it gave.
+        family = self.grants.new_family()
+        try:
+            pending = self.grants.redeem_code(code, family, int(time.time()))
+        except ReusedCode as reused:  # RFC 6749 4.1.2: revoke what the code gave
+            self.issuer.revoke_grant(reused.family, reused.until)
+            pending = None
         if pending is None:
-            if reused_family is not None:  # RFC 6749 4.1.2: revoke what the code gave
-                self._revoke_family(reused_family, int(time.time()) + OFFLINE_SECONDS)
             raise OAuthError("invalid_grant", "the code is unknown, used or expired")
-        request = pending.request
-        if pending.expires < time.monotonic() or request.client_id != app["client_id"]:
-            raise OAuthError("invalid_grant", "the code is expired or another client's")
-        if _one(form, "redirect_uri") != request.redirect_uri:
+        if pending.client_id != app["client_id"]:
+            raise OAuthError("invalid_grant", "the code is another client's")
+        if _one(form, "redirect_uri") != pending.redirect_uri:
             raise OAuthError("invalid_grant", "redirect_uri differs from the authorization's")
-        if not _pkce_ok(_one(form, "code_verifier") or "", request.code_challenge):
+        if not _pkce_ok(_one(form, "code_verifier") or "", pending.code_challenge):
             raise OAuthError("invalid_grant", "the code_verifier does not match (PKCE)")
         signer = self._signer(pending.public_key, pending.member)
         words = pending.scope.split()
-        family = self.grants.new_family()
-        with self._lock:
-            self._spent_codes[digest] = family
-            while len(self._spent_codes) > MAX_PENDING:
-                self._spent_codes.popitem(last=False)
         answer = self._user_tokens(app, signer, words, pending.patient, family)
         if "openid" in words:
             answer["id_token"] = self._id_token(signer, app, pending, issuer_url)
@@ -479,7 +437,7 @@ class AuthorizationServer:
         return answer
 
     def _id_token(
-        self, signer: Signer, app: Mapping[str, Any], pending: _Code, issuer_url: str
+        self, signer: Signer, app: Mapping[str, Any], pending: PendingCode, issuer_url: str
     ) -> str:
         now = int(time.time())
         kind = "Patient" if signer.roles <= {"patient"} else "Practitioner"
@@ -489,10 +447,10 @@ class AuthorizationServer:
             "aud": app["client_id"],
             "iat": now,
             "exp": now + self.issuer.ttl,
-            "fhirUser": f"{pending.request.aud.rstrip('/')}/{kind}/{signer.member}",
+            "fhirUser": f"{pending.aud.rstrip('/')}/{kind}/{signer.member}",
         }
-        if pending.request.nonce:
-            claims["nonce"] = pending.request.nonce
+        if pending.nonce:
+            claims["nonce"] = pending.nonce
         return self.oidc.sign(claims)
 
     def _refresh_grant(
