@@ -806,6 +806,7 @@ def export_verify(
                      "unproven": report.unproven, "excused": report.excused,
                      "complete": report.complete,
                      "attested_heights": report.attested_heights,
+                     "group": report.group, "members": report.members,
                      "files": [{"name": n, "lines": c} for n, c in report.files]})  # fmt: skip
         return
     table = Table("file", "lines", title=f"export at ledger height {report.height}")
@@ -814,6 +815,9 @@ def export_verify(
     out.print(table)
     who = "a node you trust" if report.trusted else "a node you did not name (give --node-key)"
     out.print(f"verified: {report.records} records, signed by {report.signer} ({who})")
+    if report.group is not None:
+        out.print(f"Group {report.group}: its {report.members} members, as the ledger held it, "
+                  "are the export's patients")  # fmt: skip
     if report.complete:
         low, high = report.attested_heights or (report.height, report.height)
         out.print(

@@ -318,7 +318,7 @@ def test_bad_kick_offs_and_strangers(server: Server, st_mary: httpx.Client) -> N
         answer = st_mary.get(f"/fhir/$export?{query}", headers=ASYNC)
         assert answer.status_code == 400, query
         assert answer.json()["resourceType"] == "OperationOutcome"
-    assert st_mary.get("/fhir/Group/g1/$export", headers=ASYNC).status_code == 404
+    assert st_mary.get("/fhir/Group/g1/$export", headers=ASYNC).status_code == 404  # not held
     job, manifest = run_export(st_mary, "/fhir/$export?_type=Condition")
     with login(server, server.data_dir / "keys" / "dr-ana-silva.key") as person:
         refused = person.get("/fhir/$export", headers=ASYNC)
@@ -401,3 +401,112 @@ def test_one_export_at_a_time_per_app_and_no_emergency_exports(st_mary: httpx.Cl
     for purpose in ("ETREAT", "NONSENSE"):
         refused = st_mary.get("/fhir/$export", headers={**ASYNC, "x-purpose-of-use": purpose})
         assert refused.status_code == 400 and refused.headers["x-careledger-code"] == "BAD_PURPOSE"
+
+
+def test_a_group_export_proves_its_member_set(
+    server: Server, st_mary: httpx.Client, tmp_path: Path
+) -> None:
+    """Group/{id}/$export (r10): the Group's active Patient members' records; the proof carries
+    the Group as the ledger anchored it and its attested holdings, so the recipient reads the
+    member set itself and requires every member's every requested type attested, even one who
+    has nothing held. The node leaving a member out, or editing the Group, is caught."""
+    patients = sorted(p.stem for p in (server.data_dir / "keys" / "patients").glob("*.key"))
+    members, gone = patients[:2], patients[2]
+    group = {
+        "resourceType": "Group", "type": "person", "actual": True, "name": "Follow-up",
+        "member": [
+            *({"entity": {"reference": f"Patient/{p}"}} for p in members),
+            {"entity": {"reference": f"Patient/{gone}"}, "inactive": True},
+            {"entity": {"reference": "Practitioner/not-a-patient"}},
+        ],
+    }  # fmt: skip
+    with login(server, server.data_dir / "keys" / "dr-ana-silva.key") as dr:
+        made = dr.post("/fhir/Group", content=json.dumps(group),
+                       headers={"content-type": "application/fhir+json"})  # fmt: skip
+        assert made.status_code == 201, made.text
+    group_id = made.json()["id"]
+    before = group_exports(server, gone)
+    job, manifest = run_export(
+        st_mary, f"/fhir/Group/{group_id}/$export?_type=Observation,Condition"
+    )
+    files = data_files(st_mary, manifest, tmp_path) + proof_files(st_mary, job, tmp_path)
+    body = st_mary.get(f"/fhir/$export-file/{job}/group.ndjson")
+    assert body.status_code == 200
+    (tmp_path / "group.ndjson").write_bytes(body.content)
+    files.append(tmp_path / "group.ndjson")
+    node_key = httpx.get(f"{server.url}/v1/checkpoint/keys").text.strip()
+    checked = verify(manifest, files, node_key, tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["complete"] is True
+    assert (report["group"], report["members"]) == (group_id, 2)
+    assert report["holdings"] == 2 * 2  # two members, two types: attested even when empty
+    index = (tmp_path / "records.ndjson").read_bytes().splitlines()
+    exported = {json.loads(x)["patient"] for x in index}
+    assert exported and exported <= set(members)
+    # the inactive member's records are not exported, nor read: no export access event
+    assert group_exports(server, gone) == before
+    # the node lying, re-signing its own manifest each time:
+    original = {p.name: p.read_bytes() for p in files}
+
+    def forged(change: Callable[[], None], expected: str) -> None:
+        for path in files:
+            path.write_bytes(original[path.name])
+        change()
+        copy = json.loads(json.dumps(manifest))
+        resign(server, copy, files)
+        answer = verify(copy, files, node_key, tmp_path)
+        assert answer.returncode == 1, expected
+        assert expected in answer.stderr, answer.stderr
+
+    # a member's attested holdings dropped (a member left out)
+    member = members[0]
+    forged(lambda: write_lines(tmp_path / "holdings.ndjson", [
+        line for line in lines_of(tmp_path / "holdings.ndjson")
+        if line.get("patient") != member]), "attested but absent")  # fmt: skip
+    # a member taken out of the Group the proof carries
+
+    def shrink() -> None:
+        (entry,) = lines_of(tmp_path / "group.ndjson")
+        entry["resource"]["member"] = entry["resource"]["member"][1:]
+        write_lines(tmp_path / "group.ndjson", [entry])
+
+    forged(shrink, "not the version its anchor names")
+    # the Group left out of the proof
+    without = [f for f in files if f.name != "group.ndjson"]
+    bare = json.loads(json.dumps(manifest))
+    proof = bare["extension"][PROOF]
+    proof["files"] = [f for f in proof["files"] if f["name"] != "group.ndjson"]
+    for path in files:
+        path.write_bytes(original[path.name])
+    resign(server, bare, without)
+    answer = verify(bare, without, node_key, tmp_path)
+    assert answer.returncode == 1 and "proves no member set" in answer.stderr, answer.stderr
+
+
+def group_exports(server: Server, patient: str) -> int:
+    """How many export access events the patient's log holds."""
+    with login(server, server.data_dir / "keys" / "patients" / f"{patient}.key") as own:
+        log = own.get(f"/v1/patients/{patient}/access-log").json()["accesses"]
+    return len([e for e in log if e["action"] == "export"])
+
+
+def test_a_group_export_is_the_custodians_apps_alone(
+    server: Server, st_mary: httpx.Client
+) -> None:
+    empty = {"resourceType": "Group", "type": "person", "actual": True}
+    with login(server, server.data_dir / "keys" / "dr-ana-silva.key") as dr:
+        made = dr.post("/fhir/Group", content=json.dumps(empty),
+                       headers={"content-type": "application/fhir+json"})  # fmt: skip
+    group_id = made.json()["id"]
+    register_backend(server, "northside-admin.key", "northside-groups")
+    with app_client(server, "northside-groups") as other:
+        refused = other.get(f"/fhir/Group/{group_id}/$export", headers=ASYNC)
+        assert refused.status_code == 403
+        assert refused.headers["x-careledger-code"] == "NOT_CUSTODIAN"
+    assert st_mary.get("/fhir/Group/no-such-group/$export", headers=ASYNC).status_code == 404
+    own = st_mary.get("/fhir/$export?_type=Organization", headers=ASYNC)
+    assert own.status_code == 400 and own.headers["x-careledger-code"] == "UNSUPPORTED_TYPE"
+    # an empty Group exports nothing, and proves it
+    _, manifest = run_export(st_mary, f"/fhir/Group/{group_id}/$export")
+    assert manifest["output"] == []

@@ -143,3 +143,21 @@ def _add(out: set[str], value: object) -> None:
     for item in value if isinstance(value, list) else [value]:
         if isinstance(item, str):
             out.add(item)
+
+
+def group_patients(group: Mapping[str, Any]) -> list[str]:
+    """The ledger ids of the patients a Group lists as members now: each ``member`` whose
+    ``entity`` is a relative ``Patient/{id}`` and which is not ``inactive`` (R4: "a member is
+    no longer in the group"), sorted, once each. The one reading of a Group's patients, for the
+    node that exports them and the recipient who checks that export alike."""
+    found: set[str] = set()
+    members = group.get("member")
+    for member in members if isinstance(members, list) else ():
+        if not isinstance(member, dict) or member.get("inactive") is True:
+            continue
+        entity = member.get("entity")
+        ref = entity.get("reference") if isinstance(entity, dict) else None
+        match = _RELATIVE_PATIENT.fullmatch(ref) if isinstance(ref, str) else None
+        if match is not None:
+            found.add(match.group(1))
+    return sorted(found)

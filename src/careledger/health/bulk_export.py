@@ -18,6 +18,14 @@ height gives exactly the versions the export must hold. Records withheld by ``_t
 named in ``withheld.ndjson``. Types under a query-restricted SMART scope are not attested: their
 operations would show the app records its scopes do not reach.
 
+A Group export (``Group/{id}/$export``, ruleset r10: a Group is the organisation's own record)
+exports the Group's member patients as of the kick-off height, for the custodian's own apps
+only. Its proof goes further than a system export's, whose patient set is the node's word: the
+Group itself is in ``group.ndjson`` with its salt and anchor, its holdings chain (the
+organisation's Groups) is attested with the patients', so the recipient checks that the Group
+exported is the one the ledger held, reads its members itself, and requires every member's
+every requested type attested (a member with nothing held has an empty chain).
+
 Jobs run one at a time on a worker thread. A job under way when the node stops is marked failed
 on restart ("start it again"): never left half-written and reported complete.
 """
@@ -25,6 +33,7 @@ on restart ("start it again"): never left half-written and reported complete.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import shutil
 import sqlite3
@@ -46,12 +55,15 @@ from careledger.contracts.records import (
     holding_key,
     holding_of,
     holding_op_key,
+    org_holding_key,
+    org_holding_op_key,
     replay_holding,
 )
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import sign_note
 from careledger.errors import CareLedgerError, Forbidden, NotFound, RateLimited, StorageError
+from careledger.fhir.extract import group_patients
 from careledger.fhir.search import SearchRequest, matches
 from careledger.fhir.types import RECORD_TYPES
 from careledger.health.access import Caller, require_scope
@@ -69,7 +81,10 @@ ANCHORS_FILE = "anchors.ndjson"  # each anchoring transaction, its receipt and i
 HOLDINGS_FILE = "holdings.ndjson"  # each attested holdings chain, with its operations
 ATTESTATIONS_FILE = "attestations.ndjson"  # each attesting transaction, receipt and proof
 WITHHELD_FILE = "withheld.ndjson"  # records held and visible but left out by _typeFilter
-PROOF_FILES = (INDEX_FILE, ANCHORS_FILE, HOLDINGS_FILE, ATTESTATIONS_FILE, WITHHELD_FILE)
+GROUP_FILE = "group.ndjson"  # a Group export's Group, with its salt and anchor
+PROOF_FILES = (
+    INDEX_FILE, ANCHORS_FILE, HOLDINGS_FILE, ATTESTATIONS_FILE, WITHHELD_FILE, GROUP_FILE
+)
 ATTEST_RETRIES = 3  # a write landing between reading the heads and attesting them: read again
 PATIENTS_PER_COMMIT = 50
 FLUSH_RECORDS = 2_000  # decrypted records held at once; also the most one access event names
@@ -88,13 +103,14 @@ WITHDRAWN = (
 
 @dataclass(frozen=True)
 class ExportRequest:
-    kind: str  # "system" or "patient"
+    kind: str  # "system", "patient" or "group"
     types: frozenset[str] | None
     since_ms: int | None
     filters: Mapping[str, Sequence[SearchRequest]]  # _typeFilter, per type (OR)
     url: str  # the kick-off request, as the manifest repeats it
     purpose: str
     origin: str  # where the files are fetched: {origin}/fhir/$export-file/{job}/{name}
+    group: str | None = None  # the Group's id, for a Group export
 
 
 @dataclass
@@ -190,6 +206,8 @@ class ExportJobs:
                             code="EXPORT_FOR_APPS")  # fmt: skip
         for kind in request.types or ():
             require_scope(caller, kind, "search", None)  # a named type the app may not read
+        if request.group is not None:
+            self._group_meta(caller, request.group)
         self._sweep()
         with self._lock:
             running = self._run(
@@ -289,6 +307,31 @@ class ExportJobs:
         keys = self.ledger.store.state_keys(RECORDS, "patient/", 100_000_000)
         return sorted({k.split("/", 2)[1] for k in keys})
 
+    def _group_meta(self, caller: Caller, group: str) -> dict[str, Any]:
+        """The Group's ledger entry: a live Group of this organisation's, which only its own
+        staff and apps read (NotFound, or Forbidden(NOT_CUSTODIAN))."""
+        meta = self.records.record_meta(group, "Group")
+        if meta["patient"] is not None or meta["custodian"] != self.records.org:
+            raise NotFound("no Group with that id is held here", code="UNKNOWN_RECORD")
+        self.records.may_read_own(caller, "Group", self.records.org)
+        return meta
+
+    def _group(
+        self, caller: Caller, group: str, height: int, proof: _Proof
+    ) -> tuple[list[str], tuple[str, int, str]]:
+        """The Group as it stood at ``height``: its member patients, and (record, version,
+        anchoring tx) for the proof; its line is written to ``group.ndjson``."""
+        self._group_meta(caller, group)
+        version = self.records.version_at(group, height)
+        if version is None:
+            raise NotFound("the Group did not exist at the export's height", code="UNKNOWN_RECORD")
+        stored = self.records.open_version(group, version)
+        proof.group.write(orjson.dumps({
+            "id": group, "version": version, "hash": stored.content_hash, "salt": stored.salt,
+            "anchor_tx": stored.anchor_tx, "resource": stored.resource}) + b"\n")  # fmt: skip
+        proof.extra_anchors.append(stored.anchor_tx)
+        return group_patients(stored.resource), (group, version, stored.anchor_tx)
+
     def _plan(
         self, caller: Caller, patient: str, request: ExportRequest, height: int
     ) -> list[tuple[str, str, int]]:
@@ -314,9 +357,13 @@ class ExportJobs:
         height = self.ledger.head.height
         header = self.ledger.store.header(height)
         moment = header.time if header is not None else int(time.time() * 1000)
-        patients = self._patients()
         files: dict[str, _File] = {}
-        proof = _Proof(out)
+        proof = _Proof(out, group=request.group is not None)
+        if request.group is not None:
+            patients, _ = self._group(caller, request.group, height, proof)
+            self._attest_groups(proof, job)
+        else:
+            patients = self._patients()
         exported = refused = 0
         now = datetime.now(UTC)
         try:
@@ -338,7 +385,9 @@ class ExportJobs:
                 f.handle.close()
         # every access event and attestation is committed: prove them in one later checkpoint
         size = self.ledger.head.log_size
-        anchors = self._tx_proofs(out / ANCHORS_FILE, proof.anchor_txs(), size)
+        anchors = self._tx_proofs(
+            out / ANCHORS_FILE, [*proof.anchor_txs(), *proof.extra_anchors], size
+        )
         attestations = self._tx_proofs(out / ATTESTATIONS_FILE, proof.attest_txs, size)
         outputs = [
             {"type": kind, "url": f"{request.origin}/fhir/$export-file/{job}/{kind}.ndjson",
@@ -349,6 +398,8 @@ class ExportJobs:
         written.update({INDEX_FILE: proof.index, ANCHORS_FILE: anchors,
                         HOLDINGS_FILE: proof.holdings, ATTESTATIONS_FILE: attestations,
                         WITHHELD_FILE: proof.withheld})  # fmt: skip
+        if request.group is not None:
+            written[GROUP_FILE] = proof.group
         listed = [
             {"name": name, "sha256": f.digest.hexdigest(), "count": f.count}
             for name, f in written.items()
@@ -435,6 +486,30 @@ class ExportJobs:
             )  # fmt: skip
         return kinds - set(uncovered), uncovered
 
+    def _attest_groups(self, proof: _Proof, job: str) -> None:
+        """Commit ``records.attest_holdings`` of the organisation's own Group holdings (r10),
+        naming this export, and write the chain's line: the recipient replays it to see that
+        the Group exported is the version the ledger held."""
+        org = self.records.org
+        for _ in range(ATTEST_RETRIES):
+            n, head = holding_of(self.ledger.state(RECORDS, org_holding_key(org, "Group")))
+            item = {"type": "Group", "n": n, "head": head}
+            (receipt,) = self.records.node.execute(
+                [("records", "attest_holdings", {"holdings": [item], "export": job})]
+            )
+            if receipt["result"] == "accepted" or receipt.get("code") != "HOLDINGS_CHANGED":
+                break
+        if receipt["result"] != "accepted":
+            raise StorageError(f"the ledger refused the export's holdings ({receipt.get('code')})")
+        proof.attest_txs.append(str(receipt["tx_id"]))
+        ops = [
+            self.ledger.state(RECORDS, org_holding_op_key(org, "Group", i))
+            for i in range(1, n + 1)
+        ]
+        proof.holdings.write(orjson.dumps({
+            "org": org, "type": "Group", "n": n, "head": head, "tx": receipt["tx_id"],
+            "ops": ops}) + b"\n")  # fmt: skip
+
     def _attest(
         self, wanted: Sequence[tuple[str, str]], proof: _Proof, job: str, since: int | None
     ) -> dict[tuple[str, str], tuple[dict[str, int], set[str]]]:
@@ -497,9 +572,11 @@ class ExportJobs:
         refused = 0
         for patient in patients:
             planned = self._plan(caller, patient, request, height)
-            if not planned:
+            if not planned and request.group is None:
                 continue
-            types = {kind for _, kind, _ in planned}
+            # a Group's member with nothing held is attested too: its empty chains are the
+            # proof that nothing was left out
+            types = {kind for _, kind, _ in planned} or {"Patient"}
             try:  # the ledger basis, before anything is opened
                 args = self.records.access_args(
                     caller, patient, [], types, "export", request.purpose
@@ -579,16 +656,19 @@ class ExportJobs:
 class _Proof:
     """The files beside the data that let a recipient check the export offline."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, *, group: bool = False) -> None:
         self.out = out
         self.index = _File(open(out / INDEX_FILE, "wb"))  # noqa: SIM115 - closed by close()
         self.holdings = _File(open(out / HOLDINGS_FILE, "wb"))  # noqa: SIM115
         self.withheld = _File(open(out / WITHHELD_FILE, "wb"))  # noqa: SIM115
+        # a Group export's Group (the file exists, and is listed, for a Group export only)
+        self.group = _File(open(out / GROUP_FILE, "wb") if group else open(os.devnull, "wb"))  # noqa: SIM115
         self.attest_txs: list[str] = []
+        self.extra_anchors: list[str] = []  # the Group's anchoring transaction
         self.uncovered: dict[str, list[str]] = {}  # patient -> requested types no consent covers
 
     def close(self) -> None:
-        for f in (self.index, self.holdings, self.withheld):
+        for f in (self.index, self.holdings, self.withheld, self.group):
             f.handle.close()
 
     def anchor_txs(self) -> list[str]:

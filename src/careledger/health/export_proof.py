@@ -15,14 +15,22 @@ And that nothing was left out, for each patient and type whose holdings the expo
 (the ledger accepted it only if it named the chain heads it held); the chain's operations hash
 to that head; replayed up to the export's height (less records shredded since, and versions
 older than ``_since``) they give exactly the versions exported or named as withheld by
-``_typeFilter``. What it still takes on the node's word: which patients are in the export, and
-types it did not attest (a query-restricted scope, or records anchored before r8).
+``_typeFilter``. What it still takes on the node's word: which patients are in a system or
+Patient export, and types it did not attest (a query-restricted scope, or records anchored
+before r8).
+
+A Group export (r10) proves its patients too: ``group.ndjson`` holds the Group, which must hash
+with its salt to the version the ledger anchored; the organisation's Group holdings, attested
+for this export, must hold that very version; the Group's members (read here, by the same
+function the node uses) are the export's patients, and every requested type of every member
+must be attested, a member with nothing held by an empty chain.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,10 +46,12 @@ from careledger.core.checkpoint import parse_checkpoint, parse_vkey, verify_note
 from careledger.core.keys import decode_public_key
 from careledger.core.tx import check_signature, decode_envelope
 from careledger.errors import CareLedgerError, VerificationError
+from careledger.fhir.extract import group_patients
 from careledger.fhir.types import RECORD_TYPES
 from careledger.health.bulk_export import (
     ANCHORS_FILE,
     ATTESTATIONS_FILE,
+    GROUP_FILE,
     HOLDINGS_FILE,
     INDEX_FILE,
     PROOF_EXTENSION,
@@ -65,6 +75,8 @@ class ExportReport:
     unproven: int = 0  # exported records outside every attested holding
     excused: int = 0  # (patient, requested type) pairs not attested, with the node's reason
     attested_heights: tuple[int, int] | None = None  # blocks of the attestations
+    group: str | None = None  # a Group export's Group, whose members the export proves
+    members: int = 0  # how many patients that Group lists
     complete: bool = False  # attested holdings, every requested type covered, none unproven
 
 
@@ -147,8 +159,10 @@ def verify_export(
         report.files.append((name, lines))
     anchored = _check_anchors(given, str(proof["checkpoint"]), str(proof["node"]))
     report.records = _check_records(given, anchored)
+    group = _group_of(str(manifest.get("request", "")))
     if HOLDINGS_FILE in given and ATTESTATIONS_FILE in given and WITHHELD_FILE in given:
-        _check_holdings(manifest, given, proof, report)
+        members = _check_group(given, anchored, group) if group is not None else None
+        _check_holdings(manifest, given, proof, report, members)
         report.complete = report.unproven == 0 and report.excused == 0
     elif not allow_unproven:
         raise VerificationError(
@@ -259,11 +273,52 @@ def _request_terms(url: str) -> tuple[frozenset[str], int | None, frozenset[str]
     return (types or RECORD_TYPES) & RECORD_TYPES, since, filtered
 
 
+_GROUP_EXPORT = re.compile(r"/Group/([A-Za-z0-9\-.]{1,64})/\$export$")
+
+
+def _group_of(url: str) -> str | None:
+    """The Group a signed kick-off asked for, or None (a system or Patient export)."""
+    match = _GROUP_EXPORT.search(urlsplit(url).path)
+    return match.group(1) if match else None
+
+
+def _check_group(
+    given: Mapping[str, Path], anchored: Mapping[tuple[str, int], tuple[str, str]], group: str
+) -> tuple[str, int, str, list[str]]:
+    """The Group the export is for, as ``group.ndjson`` carries it: (id, version, hash, its
+    member patients). It must be that Group, and hash with its salt to what the ledger
+    anchored for that version in the transaction named (``anchors.ndjson``)."""
+    if GROUP_FILE not in given:
+        raise _fail("a Group export without its Group (group.ndjson) proves no member set")
+    lines = list(_lines(given[GROUP_FILE]))
+    if len(lines) != 1:
+        raise _fail("group.ndjson holds one Group, the one exported")
+    try:
+        entry = orjson.loads(lines[0])
+        resource, version = entry["resource"], int(entry["version"])
+        digest, salt = str(entry["hash"]), _b64(str(entry["salt"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise _fail("group.ndjson is malformed") from None
+    if (
+        not isinstance(resource, dict)
+        or resource.get("resourceType") != "Group"
+        or resource.get("id") != group
+        or entry.get("id") != group
+    ):
+        raise _fail("group.ndjson holds another resource than the Group exported")
+    if anchored.get((group, version)) != (digest, str(entry.get("anchor_tx"))):
+        raise _fail("the Group in group.ndjson is not a version the ledger anchored")
+    if content_hash(canonical_bytes(resource), salt) != digest:
+        raise _fail("the Group in group.ndjson is not the version its anchor names")
+    return group, version, digest, group_patients(resource)
+
+
 def _check_holdings(
     manifest: Mapping[str, Any],
     given: Mapping[str, Path],
     proof: Mapping[str, Any],
     report: ExportReport,
+    group: tuple[str, int, str, list[str]] | None = None,
 ) -> None:
     """Nothing was left out: every requested type of every exported patient is attested (or
     excused, on the node's word, and reported); each attestation is in the checkpoint, signed
@@ -287,25 +342,34 @@ def _check_holdings(
             raise _fail("a holdings attestation was made for another export")
         heights.append(int(proven.receipt["height"]))
         for item in args.get("holdings", []):
-            key = (str(item["patient"]), str(item["type"]))
+            # an organisation's own holding (r10) names no patient: keyed "" (no patient id is)
+            key = (str(item.get("patient", "")), str(item["type"]))
             if key in attested:
                 raise _fail(f"the holdings of {key[1]} for {key[0]} are attested twice")
             attested[key] = (int(item["n"]), str(item["head"]), proven.tx_id)
     expected: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
     chained: set[tuple[str, str, str]] = set()  # (patient, type, record) in any proven chain
+    own: dict[str, dict[str, tuple[int, str]]] = {}  # the organisation's holdings, by type
     for line in _lines(given[HOLDINGS_FILE]):
         entry = orjson.loads(line)
-        key = (str(entry["patient"]), str(entry["type"]))
+        key = (str(entry.get("patient", "")), str(entry["type"]))
         head, held = replay_holding(entry["ops"])
-        if key in expected or attested.get(key) != (len(entry["ops"]), head, str(entry["tx"])):
+        if (
+            key in expected
+            or key[1] in own
+            or attested.get(key) != (len(entry["ops"]), head, str(entry["tx"]))
+        ):
             raise _fail(f"the holdings of {key[1]} for {key[0]} are not what the ledger attested")
+        if not key[0]:
+            own[key[1]] = {r: (v, d) for r, (v, d, _) in held.items()}
+            continue
         expected[key] = {
             record: (version, digest)
             for record, (version, digest, at) in held.items()
             if since is None or at >= since
         }
         chained.update((key[0], key[1], str(op[1])) for op in entry["ops"])
-    missing = sorted(set(attested) - set(expected))
+    missing = sorted(set(attested) - set(expected) - {("", k) for k in own})
     if missing:
         raise _fail(f"the holdings of {missing[0][1]} for {missing[0][0]} are attested but absent")
     report.holdings = len(expected)
@@ -331,6 +395,17 @@ def _check_holdings(
             raise _fail(f"{three[1]}/{three[2]} is not the version its holdings held")
         if three not in chained:
             report.unproven += 1
+    if group is not None:
+        group_id, version, digest, members = group
+        if own.get("Group", {}).get(group_id) != (version, digest):
+            raise _fail(
+                "the Group exported is not the version the organisation's attested holdings held"
+            )
+        strangers = sorted(patients - set(members))
+        if strangers:
+            raise _fail("a patient in this export is not a member of the Group")
+        patients |= set(members)
+        report.group, report.members = group_id, len(members)
     for patient in sorted(patients):
         for kind in sorted(requested):
             if (patient, kind) in attested:

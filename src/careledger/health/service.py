@@ -879,12 +879,19 @@ class HealthRecords:
         return True
 
     def current_at(self, record_id: str, height: int) -> tuple[str, int] | None:
-        """(patient, version current at ``height``) of a live record held here, else None."""
+        """(patient, version current at ``height``) of a live patient's record held here, else
+        None."""
         meta = self.ledger.state(RECORDS, record_key(record_id))
         if meta is None or meta["shredded"] or meta["custodian"] != self.org:
             return None
+        if meta["patient"] is None:  # the organisation's own record: no patient's
+            return None
         version = self._version_at(record_id, height)
         return None if version is None else (str(meta["patient"]), version)
+
+    def version_at(self, record_id: str, height: int) -> int | None:
+        """The version of a live record current at ``height`` (None: it did not exist yet)."""
+        return self._version_at(record_id, height)
 
     def log_reads_many(
         self,
