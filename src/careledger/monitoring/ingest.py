@@ -8,6 +8,13 @@ bound to a patient, seals the readings, appends their salted digests to the devi
 window and runs the patient's rules over them in order. A window closes when it is full, when
 it has been open for ``window_ms``, or at once when a rule fired (so an alert waits for no
 timer); closed windows are anchored in order by one background thread, many per block.
+
+A patient's erasure (``monitoring.erase_readings``) reaches every copy of their readings here:
+the stored batches (crypto-shredded), their windows' alert values, and each device's live state
+(the rules' memory of recent values, the open window's alert values). It is applied from the
+ledger's state, never from a message alone, and recorded in the store only once done, so a stop
+or a failure between the erasure's commit and its application leaves it to be applied at the
+next pass or start (see ``_reconcile`` for why it holds under every interleaving).
 """
 
 from __future__ import annotations
@@ -35,11 +42,13 @@ from careledger.core.canonical import canonical_bytes
 from careledger.core.keys import b64url_decode, decode_public_key
 from careledger.core.vitals import Reading, ReadingError, parse_readings
 from careledger.errors import Conflict, Forbidden, Gone, NotFound, ValidationError
+from careledger.ledger.engine import Ledger
 from careledger.monitoring.store import (
-    ERASED_ALERT_FIELDS,
     ClosedWindow,
+    Erasure,
     ReadingsStore,
     StoredBatch,
+    erased_alerts,
 )
 from careledger.node import Node
 from careledger.vault.crypto import DATA_KEY_SIZE, NONCE_SIZE, content_hash, seal_resource, wrap_key
@@ -63,6 +72,12 @@ def reading_digest(reading: Reading, device: str, salt: bytes) -> bytes:
 
 def batch_record_id(device: str, seq: int) -> str:
     return f"{device}:{seq}"
+
+
+def erasure_of(ledger: Ledger, patient: str) -> Erasure | None:
+    """The patient's last erasure of their readings, as the ledger holds it (None: none)."""
+    held = ledger.state(MONITORING, f"erased/{patient}")
+    return None if held is None else Erasure(int(held["height"]), int(held["before"]))
 
 
 @dataclass
@@ -142,7 +157,10 @@ class Ingestor:
         self._devices: dict[str, DeviceState] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._erased: queue.SimpleQueue[str] = queue.SimpleQueue()  # patients to scrub
+        # patients whose erasure may not be applied yet: a hint (the ledger's state decides)
+        self._erasures: set[str] = set()
+        self._erasures_lock = threading.Lock()
+        self._applied: dict[tuple[str, str], int] = {}  # (patient, device): erasure height
         self._closed: queue.Queue[ClosedWindow] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -159,6 +177,10 @@ class Ingestor:
     def start(self) -> None:
         for window in self.store.pending():  # closed before a restart, not yet anchored
             self._closed.put(window)
+        left = self._erasures_left()  # committed before a stop, or failed, and not applied
+        with self._erasures_lock:
+            self._erasures |= left
+        self.forget_erased()  # before the anchoring thread: what fails is retried by it
         self._thread = threading.Thread(target=self._anchor_loop, name="anchorer", daemon=True)
         self._thread.start()
 
@@ -220,9 +242,13 @@ class Ingestor:
             state = self._state(device_id)
             if seq <= state.last_seq:
                 return self._replayed(state, seq, body_hash)
+            self._reconcile(state, patient)  # no erased value judges this batch, or stays
             rules = self._rules(device_id, patient)
-            if state.patient not in (None, patient) or self._rules_changed(state, rules):
-                self._close(state)  # a new binding or new rules start a new window
+            if state.patient not in (None, patient):
+                self._close(state)  # a new binding starts a new window, and a new memory:
+                state.evaluator = {}  # one patient's values never judge another's
+            elif self._rules_changed(state, rules):
+                self._close(state)  # new rules start a new window
             return self._append(state, seq, body_hash, patient, readings, received, rules)
 
     def _verified(self, device_id: str, envelope: object) -> tuple[dict[str, Any], str]:
@@ -411,40 +437,148 @@ class Ingestor:
             with self._lock(device):
                 self._close(state)
 
-    # -- anchoring -------------------------------------------------------------------------
+    # -- erasure ---------------------------------------------------------------------------
 
     def on_commit(self, executed: Any) -> None:
-        """A patient's readings erasure (a commit listener: it only queues; the anchoring
-        thread scrubs, under each device's lock, what the live state holds of their values)."""
+        """A patient's readings erasure (a commit listener: it only notes the patient; the
+        anchoring thread applies the erasure the ledger holds, under each device's lock)."""
         for event in executed.block.events:
             if event.type == "monitoring.readings_erased":
-                self._erased.put(str(orjson.loads(event.data)["patient"]))
+                with self._erasures_lock:
+                    self._erasures.add(str(orjson.loads(event.data)["patient"]))
+
+    def _applied_to(self, patient: str, device: str) -> int:
+        """The height of the patient's erasure last applied to the device (its lock held)."""
+        key = (patient, device)
+        if key not in self._applied:
+            self._applied[key] = self.store.erasure_applied(patient, device)
+        return self._applied[key]
+
+    def _reconcile(self, state: DeviceState, patient: str | None = None) -> int:
+        """Apply to the device (its lock held) the ledger's erasure of the patient of its live
+        state, and of ``patient`` (a batch's, about to be appended), if not applied to it yet.
+        How many were applied.
+
+        Why every copy goes, whatever the interleaving. A batch is appended to a device only
+        under the device's lock, after this check of the ledger, and the erasure is recorded as
+        applied to the device (in the store, with the scrub, in one transaction) before the lock
+        is let go. So a batch of the patient appended to the device while the device is not
+        recorded as scrubbed for the erasure was checked before the erasure committed: the
+        erasure covers it, even when its write lands after the store-wide shred (the group
+        commit it waited in ran late). The scrub, under the lock, therefore shreds again every
+        batch of the patient the device holds (with their windows' alert values, and the live
+        state's memory of values), and every batch appended after it was read after the
+        erasure and is kept; the store-wide shred leaves devices already scrubbed alone, so it
+        never destroys those. Reading times (the device's clock) could not draw that line: a
+        batch read before the erasure may hold readings stamped after its block time (a clock
+        ahead), and one read after it may hold readings measured before (a device that was
+        offline); refusing or shredding by them would keep the first and lose the second.
+
+        The one bound on time is the ledger's own: a batch received later than the erasure's
+        block time plus the contract's clock skew is not the erasure's to destroy (a node
+        catching up reads it before it commits the erasure's block), as the node audit holds.
+
+        The live state only ever holds its patient's values (a new binding empties the rules'
+        memory), and it changes patient only under the lock, after this check."""
+        applied = 0
+        for who in dict.fromkeys(p for p in (state.patient, patient) if p):
+            erasure = erasure_of(self.ledger, who)
+            if erasure is not None and self._applied_to(who, state.device) < erasure.height:
+                self._scrub(state, who, erasure)
+                applied += 1
+        return applied
+
+    def _scrub(self, state: DeviceState, patient: str, erasure: Erasure) -> None:
+        """The erasure applied to a device (its lock held): its batches of the patient
+        shredded; if the live state is the patient's, the rules' memory of recent values goes
+        (their counters stay, so an alert under way does not fire twice) and the open window's
+        alerts keep only what the ledger will hold (rule, index, time). Recorded as applied in
+        the same transaction; memory changes only once that is durable."""
+        live = state.patient == patient
+        evaluator = {rule: {k: v for k, v in memory.items() if k != "recent"}
+                     for rule, memory in state.evaluator.items()}  # fmt: skip
+        alerts = erased_alerts(state.alerts)
+        scrubbed = {**state.to_json(), "evaluator": evaluator, "alerts": alerts} if live else None
+        self.store.scrub_device(state.device, patient, erasure, scrubbed)
+        if live:
+            state.evaluator, state.alerts = evaluator, alerts
+        self._applied[(patient, state.device)] = erasure.height
+
+    def _erasures_left(self) -> set[str]:
+        """Patients held here whose erasure on the ledger is not wholly applied (a stop between
+        its commit and its application, or a failure): to a device whose live state is theirs,
+        to the whole store, or to a batch stored after the store-wide shred."""
+        left, patients = set(), set(self.store.patients())
+        for device in self.store.devices():
+            with self._lock(device):  # what is applied to a device is read under its lock
+                patient = self._state(device).patient
+                if patient is None:
+                    continue
+                patients.add(patient)
+                erasure = erasure_of(self.ledger, patient)
+                if erasure is not None and self._applied_to(patient, device) < erasure.height:
+                    left.add(patient)
+        for patient in sorted(patients - left):
+            erasure = erasure_of(self.ledger, patient)
+            if erasure is not None and (
+                self.store.erasure_applied(patient) < erasure.height
+                or self.store.devices_holding(patient, erasure)
+            ):
+                left.add(patient)
+        return left
 
     def forget_erased(self) -> int:
-        """Scrub the live state of devices bound to a patient who erased their readings: the
-        rules' memory of recent values goes, and the open window's alerts keep only what the
-        ledger will hold (rule, index, time). How many devices were scrubbed."""
-        scrubbed = 0
-        while True:
+        """Apply the erasures noted (committed since the last pass, or left by a stop or a
+        failure). One that fails stays noted for the next pass (the anchoring thread's, or the
+        next start's: the store records what was applied). How many devices were scrubbed."""
+        scrubbed, _ = self._apply_erasures()
+        return scrubbed
+
+    def _apply_erasures(self) -> tuple[int, bool]:
+        with self._erasures_lock:
+            noted, self._erasures = self._erasures, set()
+        scrubbed, failed = 0, False
+        for patient in sorted(noted):
             try:
-                patient = self._erased.get_nowait()
-            except queue.Empty:
-                return scrubbed
-            for device in sorted(set(self.store.devices()) | set(self._devices)):
-                with self._lock(device):
-                    state = self._state(device)
-                    if state.patient != patient:
-                        continue
-                    state.evaluator = {rule: {k: v for k, v in memory.items() if k != "recent"}
-                                       for rule, memory in state.evaluator.items()}  # fmt: skip
-                    state.alerts = [{k: a[k] for k in ERASED_ALERT_FIELDS if k in a}
-                                    for a in state.alerts]  # fmt: skip
-                    self.store.save_state(device, state.to_json())
+                scrubbed += self._apply_erasure(patient)
+            except Exception as exc:  # a busy or failing store: applied at the next pass
+                failed = True
+                log.warning(
+                    "an erasure of device readings could not be applied yet (%s); it will be "
+                    "retried",
+                    type(exc).__name__,
+                )  # the patient and the store's message are not logged
+                with self._erasures_lock:
+                    self._erasures.add(patient)
+        return scrubbed, failed
+
+    def _apply_erasure(self, patient: str) -> int:
+        erasure = erasure_of(self.ledger, patient)
+        if erasure is None:
+            return 0
+        if self.store.erasure_applied(patient) < erasure.height:
+            self.store.shred_patient(patient, erasure)  # its listener's shred failed, or none ran
+        scrubbed = 0
+        for device in sorted(set(self.store.devices()) | set(self._devices)):
+            with self._lock(device):
+                state = self._state(device)
+                if state.patient == patient and self._reconcile(state):
                     scrubbed += 1
+        # a batch stored after the shred on a device whose live state has moved on since
+        for device in self.store.devices_holding(patient, erasure):
+            with self._lock(device):
+                state = self._state(device)
+                if self._applied_to(patient, device) < erasure.height:
+                    self._scrub(state, patient, erasure)
+                    scrubbed += 1
+        return scrubbed
+
+    # -- anchoring -------------------------------------------------------------------------
 
     def _anchor_loop(self) -> None:
         while not self._stop.is_set():
-            self.forget_erased()
+            if self._apply_erasures()[1]:
+                self._stop.wait(0.5)  # a failing store: not retried in a tight loop
             try:
                 first = self._closed.get(timeout=min(0.05, self.window_ms / 4000))
             except queue.Empty:
@@ -550,6 +684,12 @@ class Ingestor:
     def _refused(self, device: str, window: int) -> None:
         with self._lock(device):
             state = self._state(device)
+            try:
+                self._reconcile(state)  # before the state forgets whose it was
+            except Exception:  # the store-wide pass finds the device by its batches
+                if state.patient is not None:
+                    with self._erasures_lock:
+                        self._erasures.add(state.patient)
             last = self.ledger.state(MONITORING, f"last/{device}")
             fresh = DeviceState(device, last_seq=state.last_seq)
             fresh.window = 0 if last is None else last["window"] + 1

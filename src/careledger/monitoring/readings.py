@@ -9,6 +9,7 @@ care team, or a consent) and leaves an access event naming the windows read.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -21,10 +22,11 @@ from careledger.errors import Forbidden, Gone, NotFound
 from careledger.health.access import Caller, require_scope
 from careledger.health.service import HealthRecords
 from careledger.ledger.execute import Executed
-from careledger.monitoring.ingest import READINGS_TYPE, batch_record_id, reading_salt
+from careledger.monitoring.ingest import READINGS_TYPE, batch_record_id, erasure_of, reading_salt
 from careledger.monitoring.store import ClosedWindow, ReadingsStore, StoredBatch
 from careledger.vault.crypto import open_resource, unwrap_key
 
+log = logging.getLogger(__name__)
 MAX_WINDOWS_READ = 2000
 
 
@@ -51,11 +53,26 @@ class ReadingsService:
         self.store = store
 
     def on_commit(self, executed: Executed) -> None:
-        """Shred a patient's readings when the ledger records their erasure (a commit listener:
-        one statement, on the committer's thread)."""
+        """Shred a patient's readings when the ledger records their erasure (a commit listener,
+        on the committer's thread: index lookups of the patient's batches and windows).
+
+        A failure (a busy store) is not the erasure lost: it stays unrecorded in the store, and
+        the ingestor applies it at its next pass or start (``Ingestor.forget_erased``)."""
         for event in executed.block.events:
-            if event.type == "monitoring.readings_erased":
-                self.store.shred_patient(str(orjson.loads(event.data)["patient"]))
+            if event.type != "monitoring.readings_erased":
+                continue
+            patient = str(orjson.loads(event.data)["patient"])
+            erasure = erasure_of(self.ledger, patient)
+            if erasure is None:
+                continue
+            try:
+                self.store.shred_patient(patient, erasure)
+            except Exception as exc:  # the ingestor retries it; never the patient in a log
+                log.warning(
+                    "shredding erased readings at height %d failed (%s); it will be retried",
+                    executed.block.header.height,
+                    type(exc).__name__,
+                )
 
     def _authorise(self, caller: Caller, patient: str, windows: list[str], purpose: str) -> None:
         require_scope(caller, "Observation", "read", patient)

@@ -7,17 +7,24 @@ open, closed (waiting for their anchor), anchored, or refused (then their batche
 readings the ledger refused are not kept). A device's state (last batch sequence, current
 window, Merkle frontier, the rule evaluator's state) is written in the same transaction as the
 batch that changed it, so a restart resumes exactly where the last acknowledged batch left.
+
+A patient's erasure (``monitoring.erase_readings``) destroys the data keys, salts and body
+hashes of their batches and the values in their windows' alerts; ``erasures`` records, durably,
+which erasure (by ledger height) was applied to the whole store (``device`` '') and which to each
+device under the ingestor's lock of that device (see ``Ingestor`` for why both).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from careledger.contracts.monitoring import SKEW
 from careledger.core.keys import KeyPair
 from careledger.sqlite_threads import GroupCommit, ThreadConnections
 from careledger.sqlite_threads import statements as sql_statements
@@ -42,10 +49,40 @@ CREATE TABLE IF NOT EXISTS windows(
   rules_version INTEGER NOT NULL, alerts BLOB NOT NULL, status TEXT NOT NULL, tx TEXT,
   PRIMARY KEY(device, window));
 CREATE INDEX IF NOT EXISTS windows_status ON windows(status);
+CREATE INDEX IF NOT EXISTS batches_patient ON batches(patient, device);
+CREATE INDEX IF NOT EXISTS windows_patient ON windows(patient, device);
+CREATE TABLE IF NOT EXISTS erasures(
+  patient TEXT NOT NULL, device TEXT NOT NULL, height INTEGER NOT NULL,
+  PRIMARY KEY(patient, device));
 """
+# Every statement is IF NOT EXISTS: a store made by an older node gains the indexes and the
+# erasures table when it is next opened (an erasure recorded nowhere is then applied again, which
+# is idempotent).
+
+EVERY_DEVICE = ""  # the erasures row of the store-wide shred (a device id is never empty)
+SHREDDED = b"{}"  # the wrapped keys of an erased batch
 
 
 ERASED_ALERT_FIELDS = ("rule", "index", "at")  # what an erased patient's alert keeps
+
+
+def erased_alerts(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Alerts as an erasure leaves them: what the ledger holds, never the value that fired."""
+    return [{k: a[k] for k in ERASED_ALERT_FIELDS if k in a} for a in alerts]
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """A patient's erasure as the ledger holds it (``erased/{patient}``): the height of its block
+    and its block time. It covers the batches the node received up to that time, within the
+    contract's clock skew (the bound the node audit holds the store to)."""
+
+    height: int
+    before: int
+
+    @property
+    def received_by(self) -> int:
+        return self.before + SKEW
 
 
 @dataclass(frozen=True)
@@ -122,6 +159,9 @@ class ReadingsStore:
     def _state_blob(self, device: str, state: dict[str, Any]) -> bytes:
         return self._sealed.seal(orjson.dumps(state), f"devices:{device}")
 
+    def _alerts_blob(self, device: str, window: int, alerts: list[dict[str, Any]]) -> bytes:
+        return self._sealed.seal(orjson.dumps(alerts), f"windows:{device}/{window}")
+
     def _window(self, row: Sequence[Any]) -> ClosedWindow:
         values = list(row)
         blob = bytes(values[8]) if isinstance(values[8], bytes) else str(values[8]).encode()
@@ -192,18 +232,11 @@ class ReadingsStore:
                 w.last_ms,
                 w.root,
                 w.rules_version,
-                self._sealed.seal(orjson.dumps(w.alerts), f"windows:{w.device}/{w.window}"),
+                self._alerts_blob(w.device, w.window, w.alerts),
                 w.status,
                 w.tx,
             ),
         )
-
-    def save_state(self, device: str, state: dict[str, Any]) -> None:
-        """A device's live state alone (after an erasure scrubbed its readings' values)."""
-        self._write([(
-            "INSERT OR REPLACE INTO devices(device, state) VALUES(?, ?)",
-            (device, self._state_blob(device, state)),
-        )])  # fmt: skip
 
     def close_window(self, window: ClosedWindow, state: dict[str, Any]) -> None:
         """A window closed by time (no batch arrived with it)."""
@@ -278,41 +311,127 @@ class ReadingsStore:
         )
         return [self._window(r) for r in rows]
 
-    def shred_patient(self, patient: str) -> int:
-        """Destroy the data keys (and ciphertext) of every batch held about ``patient``: the
-        readings cannot be read again; windows, roots and digests stay for the proofs. The
-        values that fired an alert go too (they are readings): each window keeps of its alerts
-        only what the ledger holds (rule, reading index, time)."""
+    # -- erasure --------------------------------------------------------------------------
+
+    def shred_patient(self, patient: str, erasure: Erasure) -> int:
+        """Apply ``erasure`` to every device at once: destroy the data keys (and ciphertext,
+        salt and body hash) of the patient's batches it covers, and keep of their windows' alerts
+        only what the ledger holds (rule, reading index, time); windows, roots and digests stay
+        for the proofs. Recorded as applied in the same transaction, so a failure (SQLITE_BUSY)
+        leaves it unrecorded and the ingestor applies it again. How many batches were shredded.
+
+        Devices already scrubbed for this erasure under their lock are left out: what they hold
+        of the patient now was received after the erasure (see ``Ingestor._reconcile``)."""
         conn = self._conns.get()
-        conn.execute("BEGIN IMMEDIATE")  # keys and alert values go together, or neither
+        conn.execute("BEGIN IMMEDIATE")  # keys, alert values and the record go together
         try:
-            shredded = self._shred_locked(conn, patient)
+            shredded = self._shred(conn, patient, erasure, None)
+            self._record(conn, patient, EVERY_DEVICE, erasure)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         return shredded
 
-    def _shred_locked(self, conn: Any, patient: str) -> int:
+    def scrub_device(
+        self, device: str, patient: str, erasure: Erasure, state: dict[str, Any] | None
+    ) -> int:
+        """Apply ``erasure`` to one device (the ingestor holds the device's lock): shred the
+        patient's batches it holds and their windows' alert values, save the device's scrubbed
+        ``state`` (when it is the patient's), and record the erasure as applied to the device,
+        all in one transaction. How many batches were shredded."""
+        shredded: list[int] = []
+
+        def work(conn: sqlite3.Connection) -> None:
+            shredded[:] = [self._shred(conn, patient, erasure, device)]
+            if state is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO devices(device, state) VALUES(?, ?)",
+                    (device, self._state_blob(device, state)),
+                )
+            self._record(conn, patient, device, erasure)
+
+        self._group.write(work)
+        return shredded[0]
+
+    @staticmethod
+    def _record(conn: sqlite3.Connection, patient: str, device: str, erasure: Erasure) -> None:
+        conn.execute(
+            "INSERT INTO erasures(patient, device, height) VALUES(?, ?, ?)"
+            " ON CONFLICT(patient, device) DO UPDATE SET height = max(height, excluded.height)",
+            (patient, device, erasure.height),
+        )
+
+    def _shred(
+        self, conn: sqlite3.Connection, patient: str, erasure: Erasure, device: str | None
+    ) -> int:
         # The salt and the device's body hash go too: a reading is small (a code, a time the
         # window names, a value on a short grid), so with them its digest could be matched by
         # trying values. The digests alone still make the anchored root.
+        if device is None:  # every device not yet scrubbed for this erasure under its lock
+            scope = (
+                " AND device NOT IN (SELECT device FROM erasures"
+                " WHERE patient = ? AND device != '' AND height >= ?)"
+            )
+            params: tuple[Any, ...] = (patient, erasure.height)
+        else:
+            scope, params = " AND device = ?", (device,)
+        shred = (
+            "UPDATE batches SET wrapped = ?, ciphertext = ?, salt = zeroblob(length(salt)),"
+            " body_hash = '' WHERE patient = ? AND wrapped != ? AND received_ms <= ?"
+        )
         cursor = conn.execute(
-            "UPDATE batches SET wrapped = ?, ciphertext = ?, salt = zeroblob(length(salt)), "
-            "body_hash = '' WHERE patient = ? AND wrapped != ?",
-            (b"{}", b"", patient, b"{}"),
+            shred + scope,  # one of two fixed clauses, every value bound
+            (SHREDDED, b"", patient, SHREDDED, erasure.received_by, *params),
         )
         shredded = int(cursor.rowcount)
-        for row in conn.execute("SELECT * FROM windows WHERE patient = ?", (patient,)).fetchall():
+        rows = conn.execute(
+            "SELECT * FROM windows WHERE patient = ?" + scope,  # noqa: S608 - a fixed clause
+            (patient, *params),
+        )
+        for row in rows.fetchall():
             window = self._window(row)
-            kept = [{k: a[k] for k in ERASED_ALERT_FIELDS if k in a} for a in window.alerts]
+            kept = erased_alerts(window.alerts)
             if kept != window.alerts:
                 conn.execute(
                     "UPDATE windows SET alerts = ? WHERE device = ? AND window = ?",
-                    (self._sealed.seal(orjson.dumps(kept), f"windows:{window.device}/"
-                                       f"{window.window}"), window.device, window.window),
+                    (self._alerts_blob(window.device, window.window, kept), window.device,
+                     window.window),
                 )  # fmt: skip
         return shredded
+
+    def erasure_applied(self, patient: str, device: str = EVERY_DEVICE) -> int:
+        """The height of the patient's last erasure applied to ``device`` (by default: to the
+        whole store); 0 for none."""
+        row = (
+            self._conns.get()
+            .execute(
+                "SELECT height FROM erasures WHERE patient = ? AND device = ?", (patient, device)
+            )
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    def devices_holding(self, patient: str, erasure: Erasure) -> list[str]:
+        """Devices holding batches of the patient that ``erasure`` covers, still readable, and
+        not scrubbed for it under their lock (after the store-wide shred: a batch whose write
+        landed after it)."""
+        rows = (
+            self._conns.get()
+            .execute(
+                "SELECT DISTINCT device FROM batches WHERE patient = ? AND wrapped != ?"
+                " AND received_ms <= ? AND device NOT IN (SELECT device FROM erasures"
+                " WHERE patient = ? AND device != '' AND height >= ?) ORDER BY device",
+                (patient, SHREDDED, erasure.received_by, patient, erasure.height),
+            )
+            .fetchall()
+        )
+        return [str(r[0]) for r in rows]
+
+    def patients(self) -> list[str]:
+        """The patients of the windows held (an open window's are in its device's state)."""
+        rows = self._conns.get().execute("SELECT DISTINCT patient FROM windows").fetchall()
+        return sorted(str(r[0]) for r in rows)
 
     def devices(self) -> list[str]:
         rows = self._conns.get().execute("SELECT device FROM devices ORDER BY device").fetchall()
@@ -374,4 +493,18 @@ class ReadingsStore:
         return int(dropped)
 
     def resubmit(self, window: ClosedWindow) -> None:
-        self._write([self._window_insert(window)])
+        """A window judged again (its rules changed before it anchored). It is judged from
+        readings read before this write, outside the shred's transaction: if some of them were
+        shredded since, the values that fired its alerts are not written back."""
+        erased = erased_alerts(window.alerts)
+
+        def work(conn: sqlite3.Connection) -> None:
+            shredded = conn.execute(
+                "SELECT 1 FROM batches WHERE device = ? AND window = ? AND wrapped = ? LIMIT 1",
+                (window.device, window.window, SHREDDED),
+            ).fetchone()
+            judged = window if shredded is None else replace(window, alerts=erased)
+            sql, params = self._window_insert(judged)
+            conn.execute(sql, params)
+
+        self._group.write(work)

@@ -28,6 +28,10 @@ What is checked:
   committed (its window anchored at or before the erasure's height, or received before it by
   more than the skew) that can still be read is a difference. An erased batch's digests stay
   and still recompute the anchored root, so a node passes after a patient's erasure.
+* ``erasures`` (what the node records as applied, so that an erasure interrupted by a stop or a
+  failure is applied again): each row's patient erased their readings on the ledger, at the
+  row's height or later, and a device it names is on the ledger and this organisation's. Whether
+  the erasure was wholly applied is what the batches' check sees.
 
 What cannot be checked, and why:
 
@@ -257,7 +261,7 @@ class MonitoringStoreCheck:
             return 0
         total = 0
         try:
-            for table in ("devices", "batches", "windows"):
+            for table in ("devices", "batches", "windows", "erasures"):
                 try:
                     total += int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608 - our table names
                 except sqlite3.Error:
@@ -392,10 +396,45 @@ class _Audit:
                 yield self._difference(
                     "batches", f"{item[0]}:{item[1]}", "a column holds a value of the wrong type"
                 )
+        erasures: list[tuple[Any, ...]] = []
+        for item in self._rows("erasures", "patient, device, height", "device, height, patient"):
+            if isinstance(item, Difference):
+                yield item
+            else:
+                erasures.append(item)
         owned = self.owned_devices()
         yield from self.devices(devices, owned)
         yield from self.windows(windows, set(devices), owned)
         yield from self.batches(batches, windows)
+        yield from self.erasures(erasures)
+
+    # -- erasures ------------------------------------------------------------------------------
+
+    def erasures(self, rows: list[tuple[Any, ...]]) -> Iterator[Difference]:
+        """Each recorded erasure is one the ledger holds (the row names no patient)."""
+        for patient, device, height in rows:
+            self.progress(1)
+            if not (isinstance(patient, str) and isinstance(device, str) and type(height) is int):
+                yield self._difference(
+                    "erasures", f"{device}@{height}", "a column holds a value of the wrong type"
+                )
+                continue
+            row = f"{device or '(every device)'}@{height}"
+            erasure = self.erasure(patient)
+            if erasure is None or height < 1:
+                yield self._difference(
+                    "erasures", row, "records an erasure the ledger does not hold"
+                )
+            elif height > int(erasure.get("height", 0)):
+                yield self._difference(
+                    "erasures", row, "records an erasure later than the patient's on the ledger"
+                )
+            if device:
+                entry = self.ledger_device(device)
+                if entry is None or entry.get("org") != self.context.org:
+                    yield self._difference(
+                        "erasures", row, "names a device that is not this organisation's"
+                    )
 
     # -- devices -------------------------------------------------------------------------------
 

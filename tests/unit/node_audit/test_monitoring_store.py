@@ -23,7 +23,7 @@ from careledger.monitoring.device import sign_batch
 from careledger.monitoring.ingest import Ingestor
 from careledger.monitoring.readings import ReadingsService
 from careledger.monitoring.service import MonitoringService
-from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
+from careledger.monitoring.store import MONITORING_FILE, Erasure, ReadingsStore
 from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext
 from careledger.node_audit.monitoring_store import MonitoringStoreCheck
@@ -146,6 +146,18 @@ CASES: list[tuple[str, str, Tamper]] = [
         sql("CREATE TRIGGER t AFTER INSERT ON batches BEGIN SELECT 1; END"),
     ),
     ("windows", "drop an index", sql("DROP INDEX windows_status")),
+    ("batches", "drop the patient index", sql("DROP INDEX batches_patient")),
+    ("erasures", "drop the table", sql("DROP TABLE erasures")),
+    (
+        "erasures",
+        "record an erasure the ledger does not hold",
+        sql("INSERT INTO erasures SELECT DISTINCT patient, '', 7 FROM windows"),
+    ),
+    (
+        "erasures",
+        "record a device's erasure the ledger does not hold",
+        sql(f"INSERT INTO erasures SELECT DISTINCT patient, '{DEMO_DEVICE}', 7 FROM windows"),
+    ),
 ]
 
 
@@ -229,13 +241,16 @@ def test_a_patients_erasure_passes_and_readings_left_readable_do_not(
 def test_readings_destroyed_without_an_erasure_are_a_difference(node: Path) -> None:
     store = ReadingsStore.for_node(node / MONITORING_FILE, read_key_file(
         Settings.load(node).node_key_file)[1])  # fmt: skip
-    try:
-        assert store.shred_patient(patient_of(node)) > 0
+    try:  # as an erasure would, but the ledger holds none
+        everything = Erasure(height=1, before=int(time.time() * 1000) + 3_600_000)
+        assert store.shred_patient(patient_of(node), everything) > 0
     finally:
         store.close()
     found = audit(node)
-    assert found and {d.table for d in found} == {"batches"}
-    assert all("no erasure" in d.problem for d in found)
+    assert found and {d.table for d in found} == {"batches", "erasures"}
+    assert all("no erasure" in d.problem for d in found if d.table == "batches")
+    (recorded,) = [d for d in found if d.table == "erasures"]  # it says it applied one
+    assert recorded.problem == "records an erasure the ledger does not hold"
 
 
 def test_an_open_window_is_checked_against_the_device_state(node: Path) -> None:
