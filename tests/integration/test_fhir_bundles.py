@@ -150,7 +150,8 @@ def test_batch_entries_stand_alone(http: httpx.Client) -> None:
     }
     result = post(http, batch).json()
     statuses = [e["response"]["status"] for e in result["entry"]]
-    assert statuses == ["201 Created", "400", "404", "400"]  # no record x; PATCH not in bundles
+    # no record x; a PATCH entry's resource is a Binary holding the patch, not an Observation
+    assert statuses == ["201 Created", "400", "404", "400"]
     assert result["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert post(http, {"resourceType": "Patient"}).status_code == 400
 

@@ -263,3 +263,74 @@ def test_batch_reads_searches_erases_and_writes(server: Server, clinician: httpx
     in_transaction = {**erase, "type": "transaction"}
     refused = clinician.post("/fhir", content=json.dumps(in_transaction), headers=FHIR)
     assert refused.status_code == 400
+
+
+def test_conditional_update_updates_the_one_match_or_creates(clinician: httpx.Client) -> None:
+    mrn = {"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-CU-1"}
+    body = {"resourceType": "Patient", "identifier": [mrn], "gender": "female"}
+    query = f"identifier={mrn['system']}|{mrn['value']}"
+    made = clinician.put(f"/fhir/Patient?{query}", content=json.dumps(body), headers=FHIR)
+    assert made.status_code == 201, made.text  # nothing matched: created
+    pid = made.json()["id"]
+    again = clinician.put(f"/fhir/Patient?{query}",
+                          content=json.dumps({**body, "gender": "other"}), headers=FHIR)  # fmt: skip
+    assert again.status_code == 200, again.text
+    assert (again.json()["id"], again.json()["meta"]["versionId"]) == (pid, "2")
+    assert clinician.get(f"/fhir/Patient/{pid}").json()["gender"] == "other"
+    stale = clinician.put(f"/fhir/Patient?{query}", content=json.dumps(body),
+                          headers={**FHIR, "if-match": 'W/"1"'})  # fmt: skip
+    assert stale.status_code == 412
+    wrong_id = clinician.put(f"/fhir/Patient?{query}",
+                             content=json.dumps({**body, "id": "someone-else"}), headers=FHIR)  # fmt: skip
+    assert wrong_id.status_code == 400
+    # two matches: 412, nothing written
+    twin = make(clinician, body).json()["id"]
+    both = clinician.put(f"/fhir/Patient?{query}", content=json.dumps(body), headers=FHIR)
+    assert both.status_code == 412
+    assert both.headers["x-careledger-code"] == "MULTIPLE_MATCHES"
+    assert clinician.get(f"/fhir/Patient/{twin}").json()["meta"]["versionId"] == "1"
+    assert clinician.put("/fhir/Patient", content=json.dumps(body), headers=FHIR).status_code == 400
+    statement = clinician.get("/fhir/metadata").json()["rest"][0]["resource"]
+    assert all(r["conditionalUpdate"] is True for r in statement if r["type"] == "Patient")
+
+
+def test_bundles_patch_update_as_create_and_conditional_update(clinician: httpx.Client) -> None:
+    import base64
+
+    pid = make(clinician, {"resourceType": "Patient", "gender": "female"}).json()["id"]
+    note = {"resourceType": "Observation", "status": "preliminary", "code": {"text": "note"},
+            "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    oid = make(clinician, note).json()["id"]
+    patch = [{"op": "replace", "path": "/status", "value": "final"}]
+    binary = {"resourceType": "Binary", "contentType": "application/json-patch+json",
+              "data": base64.b64encode(json.dumps(patch).encode()).decode()}  # fmt: skip
+    chosen = f"client-{pid[-8:]}"
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "PATCH", "url": f"Observation/{oid}"}, "resource": binary},
+        {"request": {"method": "PUT", "url": f"Observation/{chosen}"},
+         "resource": {**note, "id": chosen}},
+        {"request": {"method": "PUT", "url": f"Observation?_id={oid}&patient={pid}"},
+         "resource": {**note, "status": "amended"}},
+    ]}  # fmt: skip
+    answer = clinician.post("/fhir", content=json.dumps(bundle), headers=FHIR)
+    # the PATCH and the conditional update both write the same record: one transaction cannot
+    # hold two new versions of it, and nothing is written
+    assert answer.status_code == 409, answer.text
+    assert clinician.get(f"/fhir/Observation/{oid}").json()["status"] == "preliminary"
+    bundle["entry"] = bundle["entry"][:2]
+    answer = clinician.post("/fhir", content=json.dumps(bundle), headers=FHIR)
+    assert answer.status_code == 200, answer.text
+    patched, created = (e for e in answer.json()["entry"])
+    assert patched["response"]["status"] == "200 OK" and patched["resource"]["status"] == "final"
+    assert created["response"]["status"] == "201 Created"
+    assert created["resource"]["id"] == chosen
+    conditional = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "PUT", "url": f"Observation?_id={oid}&patient={pid}"},
+         "resource": {**note, "status": "amended"}},
+        {"request": {"method": "PATCH", "url": f"Observation/{oid}"},
+         "resource": {**binary, "contentType": "text/plain"}},
+    ]}  # fmt: skip
+    batch = clinician.post("/fhir", content=json.dumps(conditional), headers=FHIR).json()
+    first, second = (e["response"]["status"] for e in batch["entry"])
+    assert first == "200 OK" and second.startswith("4")
+    assert clinician.get(f"/fhir/Observation/{oid}").json()["status"] == "amended"

@@ -118,7 +118,6 @@ ORG_RECORD_TYPES: frozenset[str] = frozenset(
         "MedicationKnowledge",
         "Substance",
         "DeviceDefinition",
-        "BiologicallyDerivedProduct",
         # definitions and knowledge
         "ActivityDefinition",
         "PlanDefinition",
@@ -138,8 +137,9 @@ ORG_RECORD_TYPES: frozenset[str] = frozenset(
     }
 )
 """R4 types an organisation may anchor without a patient (r10). None is in R4's Patient
-compartment except Group, whose members are read by the custodian only; a type that is about a
-patient (Observation, Appointment, Provenance, ...) must name one, so consent guards it."""
+compartment except Group, whose members are read by the custodian only, and none refers to a
+patient by its definition (BiologicallyDerivedProduct names its donor: left out); a type that is
+about a patient (Observation, Appointment, Provenance, ...) must name one, so consent guards it."""
 
 MAX_ATTESTED = 250
 EXPORT_ID = re.compile(r"^[0-9a-f]{1,64}$")

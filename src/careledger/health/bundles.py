@@ -1,5 +1,10 @@
 """FHIR Bundle ``transaction`` (atomic) and ``batch`` (independent entries) for POST /fhir.
 
+Writing entries: POST (with ``ifNoneExist``: a conditional create), PUT Type/id (an update, or
+an update-as-create of an id nobody holds), PUT Type?search (a conditional update: the one
+match updated, none created, several 412) and PATCH Type/id (a Binary holding a JSON Patch).
+A batch also reads (GET) and erases (DELETE).
+
 A transaction resolves ``urn:uuid:`` references between its entries, checks every entry, then
 anchors all records in one ledger transaction: all of them are committed, or none. New Patients
 are registered as ledger members first; if the transaction then fails, those pseudonymous
@@ -14,13 +19,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from careledger.contracts.records import MAX_BATCH
-from careledger.errors import CareLedgerError, ValidationError
+from careledger.errors import CareLedgerError, NotFound, ValidationError
 from careledger.fhir.extract import patient_id
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
+from careledger.fhir.patch import apply_patch, operations_in_binary
 from careledger.fhir.search import parse_search
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health.access import Caller
-from careledger.health.importer import rewrite_references
+from careledger.health.importer import entry_rank, rewrite_references
 from careledger.health.search import existing, run_search
 from careledger.health.service import HealthRecords, StoredResource
 
@@ -45,34 +51,44 @@ Parsed = tuple[str, str, str | None, dict[str, Any], int | None, str | None]
 
 
 def _request(entry: object, index: int) -> Parsed:
-    """(method, type, id, resource, if-match, if-none-exist) of one entry, or FhirError naming
-    the entry."""
+    """(method, type, id, resource, if-match, condition) of one entry, or FhirError naming the
+    entry. The condition is a POST's ``ifNoneExist`` (conditional create) or the query of a
+    ``PUT Type?query`` (conditional update)."""
     where = f"Bundle.entry[{index}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         raise FhirError([Issue("error", "required", "entry.request is required", (where,))])
     request, resource = entry["request"], entry.get("resource")
     method, url = request.get("method"), request.get("url")
-    match = _URL.match(url) if isinstance(url, str) else None
-    if method not in ("POST", "PUT") or match is None:
+    path, _, query = url.partition("?") if isinstance(url, str) else ("", "", "")
+    match = _URL.match(path)
+    if method not in ("POST", "PUT", "PATCH") or match is None:
         raise FhirError(
             [
                 Issue(
                     "error",
                     "not-supported",
-                    "transaction entries may POST Type or PUT Type/id (a batch also GETs and"
-                    " DELETEs: an erasure is its own ledger transaction, never part of another)",
+                    "transaction entries may POST Type, PUT Type/id or Type?query, PATCH"
+                    " Type/id (a batch also GETs and DELETEs: an erasure is its own ledger"
+                    " transaction, never part of another)",
                     (f"{where}.request",),
                 )
             ]
         )
     resource_type, record_id = match.groups()
-    if (method == "PUT") != (record_id is not None):
+    conditional_put = method == "PUT" and record_id is None and bool(query)
+    wrong = (
+        (method == "POST" and (record_id is not None or query))
+        or (method == "PUT" and not conditional_put and (record_id is None or query))
+        or (method == "PATCH" and (record_id is None or query))
+    )
+    if wrong:
         raise FhirError(
             [
                 Issue(
                     "error",
                     "invalid",
-                    "PUT needs Type/id, POST only Type",
+                    "POST takes Type, PUT Type/id or Type?search (a conditional update), PATCH"
+                    " Type/id",
                     (f"{where}.request.url",),
                 )
             ]
@@ -95,7 +111,9 @@ def _request(entry: object, index: int) -> Parsed:
             )
         if_match = int(found.group(1))
     condition = request.get("ifNoneExist")
-    if condition is not None and (method != "POST" or not isinstance(condition, str)):
+    if conditional_put:
+        condition = query
+    elif condition is not None and (method != "POST" or not isinstance(condition, str)):
         raise FhirError(
             [
                 Issue(
@@ -110,11 +128,13 @@ def _request(entry: object, index: int) -> Parsed:
 
 
 def _response_entry(stored: StoredResource, method: str, *, made: bool = True) -> dict[str, Any]:
+    """``made``: the entry created the resource (a POST, or a PUT that created)."""
+    created = made and method in ("POST", "PUT") and stored.version == 1
     return {
         "fullUrl": f"{stored.resource_type}/{stored.record_id}",
         "resource": stored.resource,
         "response": {
-            "status": "201 Created" if method == "POST" and made else "200 OK",
+            "status": "201 Created" if created else "200 OK",
             "location": f"{stored.resource_type}/{stored.record_id}/_history/{stored.version}",
             "etag": f'W/"{stored.version}"',
             "lastModified": stored.last_updated,
@@ -132,7 +152,9 @@ def transaction(
             code="BUNDLE_TOO_LARGE",
         )
     parsed = [_request(e, i) for i, e in enumerate(entries)]
-    for index, (_, resource_type, _, resource, _, _) in enumerate(parsed):
+    for index, (method, resource_type, _, resource, _, _) in enumerate(parsed):
+        if method == "PATCH":
+            continue  # a Binary holding the patch: the patched resource is validated
         try:
             validate_resource(resource, expected_type=resource_type)
         except FhirError as exc:
@@ -146,44 +168,25 @@ def transaction(
                 for i in exc.issues
             ]
             raise FhirError(prefixed) from None
-    # Patients first, so references to them can be resolved before the other entries are checked.
-    order = sorted(range(len(parsed)), key=lambda i: parsed[i][1] != "Patient")
+    # Patients first, then the organisation's own records (the Organization and Practitioner
+    # an Encounter names), so references to them are resolved before the other entries.
+    order = sorted(range(len(parsed)), key=lambda i: entry_rank(parsed[i][1]))
     ids: dict[str, str] = {}
     writes: dict[int, tuple[dict[str, Any], str, int, str]] = {}
     found: dict[int, StoredResource] = {}
     for index in order:
-        _, resource_type, record_id, resource, if_match, condition = parsed[index]
         full_url = entries[index].get("fullUrl")
-        if condition is not None:
-            matches = existing(
-                records, caller, resource_type, rewrite_condition(condition, ids), purpose=purpose
-            )
-            if len(matches) > 1:
-                raise FhirError(
-                    [
-                        Issue(
-                            "error",
-                            "multiple-matches",
-                            "ifNoneExist matches several resources",
-                            (f"Bundle.entry[{index}].request.ifNoneExist",),
-                        )
-                    ],
-                    code="MULTIPLE_MATCHES",
-                    http_status=412,
-                )
-            if matches:  # it exists: nothing is written, references go to it
-                found[index] = matches[0]
-                if isinstance(full_url, str):
-                    ids[full_url] = f"{resource_type}/{matches[0].record_id}"
-                continue
-        body = rewrite_references(resource, ids)
-        body.pop("id", None)
-        prepared = records.prepare(
-            caller, body, record_id=record_id, patient_of=patient_id, if_match=if_match
+        planned = plan_entry(
+            records, caller, parsed[index], ids, purpose, f"Bundle.entry[{index}]"
         )
-        writes[index] = prepared
+        if isinstance(planned, StoredResource):  # it exists: nothing written, refs go to it
+            found[index] = planned
+            local = planned.record_id
+        else:
+            writes[index] = planned
+            local = planned[1]
         if isinstance(full_url, str):
-            ids[full_url] = f"{resource_type}/{prepared[1]}"
+            ids[full_url] = f"{parsed[index][1]}/{local}"
     to_write = [i for i in range(len(parsed)) if i in writes]
     stored = (
         records.write_all(caller, [writes[i] for i in to_write], purpose=purpose)
@@ -201,6 +204,79 @@ def transaction(
             for i in range(len(parsed))
         ],
     }
+
+
+def plan_entry(
+    records: HealthRecords,
+    caller: Caller,
+    parsed: Parsed,
+    ids: dict[str, str],
+    purpose: str,
+    where: str,
+) -> StoredResource | tuple[dict[str, Any], str, int, str]:
+    """What one writing entry does: the resource a conditional create found (nothing to
+    write), or the write prepared (resource, record id, version, patient), checked as the REST
+    interaction would check it (the REST conditional update is planned here too). ``ids``: the
+    fullUrls of entries already planned; ``where``: the entry, as errors name it."""
+    method, resource_type, record_id, resource, if_match, condition = parsed
+    if condition is not None:
+        matches = existing(
+            records, caller, resource_type, rewrite_condition(condition, ids), purpose=purpose
+        )
+        if len(matches) > 1:
+            what = "ifNoneExist" if method == "POST" else "the conditional update's search"
+            raise FhirError(
+                [Issue("error", "multiple-matches", f"{what} matches several resources",
+                       (f"{where}.request",))],
+                code="MULTIPLE_MATCHES",
+                http_status=412,
+            )  # fmt: skip
+        if matches and method == "POST":
+            return matches[0]
+        if matches:  # a conditional update of the one match
+            record_id = matches[0].record_id
+            if resource.get("id") not in (None, record_id):
+                raise FhirError([Issue("error", "invalid", "the resource id is not the match's",
+                                       (f"{where}.resource.id",))])  # fmt: skip
+    body = rewrite_references(resource, ids)
+    if method == "PATCH":
+        assert record_id is not None
+        operations = operations_in_binary(body, where)  # a bad patch is refused unread
+        current = records.read(caller, resource_type, record_id, purpose=purpose)
+        if if_match is not None and if_match != current.version:
+            raise _stale(where, if_match)
+        patched = apply_patch(current.resource, operations, resource_type, record_id)
+        validate_resource(patched, expected_type=resource_type)
+        return records.prepare(caller, patched, record_id=record_id, patient_of=patient_id,
+                               if_match=current.version)  # fmt: skip
+    body.pop("id", None)
+    if record_id is None:  # a create (POST, or a conditional update that matched nothing)
+        return records.prepare(caller, body, record_id=None, patient_of=patient_id)
+    try:
+        return records.prepare(
+            caller, body, record_id=record_id, patient_of=patient_id, if_match=if_match
+        )
+    except NotFound as exc:
+        if exc.code != "UNKNOWN_RECORD" or if_match is not None:
+            raise
+    # update as create: the client chose the id of a record nobody holds
+    if resource_type == "Patient":
+        raise ValidationError(
+            "a Patient's id is its ledger pseudonym: create it with POST", code="PATIENT_ID"
+        )
+    prepared, _, version, patient = records.prepare(
+        caller, body, record_id=None, patient_of=patient_id
+    )
+    return prepared, record_id, version, patient
+
+
+def _stale(where: str, if_match: int) -> FhirError:
+    return FhirError(
+        [Issue("error", "conflict", f"ifMatch names version {if_match}, not the current one",
+               (f"{where}.request.ifMatch",))],
+        code="VERSION_CONFLICT",
+        http_status=412,
+    )  # fmt: skip
 
 
 def rewrite_condition(condition: str, ids: dict[str, str]) -> str:
@@ -270,27 +346,15 @@ def batch(records: HealthRecords, caller: Caller, bundle: object, purpose: str) 
             if answered is not None:
                 out.append(answered)
                 continue
-            method, resource_type, record_id, resource, if_match, condition = _request(entry, index)
-            validate_resource(resource, expected_type=resource_type)
-            if condition is not None:
-                matches = existing(records, caller, resource_type, condition, purpose=purpose)
-                if len(matches) > 1:
-                    raise FhirError(
-                        [Issue("error", "multiple-matches", "ifNoneExist matches several", ())],
-                        code="MULTIPLE_MATCHES",
-                        http_status=412,
-                    )
-                if matches:
-                    out.append(_response_entry(matches[0], method, made=False))
-                    continue
-            prepared = records.prepare(
-                caller,
-                dict(resource),
-                record_id=record_id,
-                patient_of=patient_id,
-                if_match=if_match,
-            )
-            (stored,) = records.write_all(caller, [prepared], purpose=purpose)
+            parsed = _request(entry, index)
+            method, resource_type = parsed[0], parsed[1]
+            if method != "PATCH":
+                validate_resource(parsed[3], expected_type=resource_type)
+            planned = plan_entry(records, caller, parsed, {}, purpose, f"Bundle.entry[{index}]")
+            if isinstance(planned, StoredResource):
+                out.append(_response_entry(planned, method, made=False))
+                continue
+            (stored,) = records.write_all(caller, [planned], purpose=purpose)
             out.append(_response_entry(stored, method))
         except CareLedgerError as exc:
             issues = (

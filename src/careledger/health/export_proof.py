@@ -161,8 +161,11 @@ def verify_export(
     report.records = _check_records(given, anchored)
     group = _group_of(str(manifest.get("request", "")))
     if HOLDINGS_FILE in given and ATTESTATIONS_FILE in given and WITHHELD_FILE in given:
-        members = _check_group(given, anchored, group) if group is not None else None
-        _check_holdings(manifest, given, proof, report, members)
+        try:
+            members = _check_group(given, anchored, group) if group is not None else None
+            _check_holdings(manifest, given, proof, report, members)
+        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+            raise _fail(f"a proof file is malformed: {type(exc).__name__}") from None
         report.complete = report.unproven == 0 and report.excused == 0
     elif not allow_unproven:
         raise VerificationError(

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from careledger.errors import CareLedgerError, ValidationError
+from careledger.fhir.types import ORG_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES
 
 # Consent is imported through the consent contract, not as a record.
@@ -49,6 +50,11 @@ class ImportReport:
             "failed": [{"entry": e, "code": c} for e, c in self.failed],
             "patients": self.patients,
         }
+
+
+def entry_rank(resource_type: str) -> int:
+    """The order entries are written in: Patients, the organisation's records, the rest."""
+    return 0 if resource_type == "Patient" else 1 if resource_type in ORG_TYPES else 2
 
 
 def rewrite_references(node: Any, ids: Mapping[str, str]) -> Any:
@@ -111,8 +117,9 @@ def import_bundles(
     for bundle in bundles:
         ids: dict[str, str] = {}
         entries = bundle_entries(bundle)
-        # Patients first, so every other entry can point at its patient's new id.
-        ordered = sorted(entries, key=lambda e: e[1].get("resourceType") != "Patient")
+        # Patients first, then the organisation's own records, so every other entry can point
+        # at its patient's, its Organization's and its Practitioner's new ids.
+        ordered = sorted(entries, key=lambda e: entry_rank(str(e[1].get("resourceType"))))
         for full_url, resource in ordered:
             kind = str(resource.get("resourceType"))
             if kind not in IMPORTABLE:

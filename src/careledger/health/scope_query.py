@@ -31,8 +31,12 @@ def restrict_search(request: SearchRequest, scopes: tuple[Scope, ...]) -> Search
             if kind and restrictions(scopes, kind, "search"):
                 raise _refuse(f"_include/_revinclude of {kind}, which it restricts")
     found = restrictions(scopes, request.resource_type, "search")
-    if not found:
+    if found is None:
         return request
+    if not found:  # no scope allows searching the type at all: never read as unrestricted
+        raise Forbidden(
+            f"the token's scopes do not allow search of {request.resource_type}", code="SCOPE"
+        )
     if len(found) == 1:
         pairs = list(found[0])
     else:

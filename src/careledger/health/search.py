@@ -37,10 +37,11 @@ from careledger.fhir.search import (
 from careledger.fhir.types import ORG_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.access import Caller
-from careledger.health.scope_query import restrict_search
+from careledger.health.scope_query import restrict_search, within_scopes
 from careledger.health.service import HealthRecords, StoredResource
 
 MAX_INCLUDED = 1_000
+MAX_UNINDEXED = 5_000  # an organisation's own records one search may decrypt and match
 MAX_LOGGED = 10_000  # records one access event may name (the audit contract's limit)
 
 
@@ -282,17 +283,26 @@ def search_own(
     patient (its directory, definitions, Group lists). No consent decides and no access event
     is made (they are no patient's data); who may read them is :meth:`HealthRecords.may_read_own`.
     Records it includes from patients' records are logged as any include is."""
-    request = restrict_search(request, caller.scopes)
     kind = request.resource_type
-    records.may_read_own(caller, kind, records.org)
+    records.may_read_own(caller, kind, records.org, "search")
+    request = restrict_search(request, caller.scopes)
     at = request.at if request.at is not None else records.ledger.head.height
     planned = plan(request, base_url=base_url)
     candidates = set(records.own_records(kind, at).items())
     if planned.groups and candidates:
         candidates &= records.blind_candidates(planned.groups)
+    if not planned.exact and len(candidates) > MAX_UNINDEXED:
+        raise FhirError(
+            [Issue("error", "too-costly", f"this {kind} search would decrypt more than"
+                   f" {MAX_UNINDEXED:,} records: add an indexed parameter (a name, an"
+                   " identifier, a code)", (kind,))],
+            code="SEARCH_TOO_BROAD",
+        )  # fmt: skip
     owner = {r: "" for r, _ in candidates}
     result = _page(records, request, list(candidates), owner, planned.exact, at, now, base_url)
     result.matched = []  # nobody's data: nothing for an access event to name
+    # a backstop: what a query-restricted scope does not reach is never returned
+    result.page = [s for s in result.page if within_scopes(s.resource, caller.scopes, "", "read")]
     if request.revincludes:
         result.warnings.append("_revinclude is answered on searches about one patient")
     if request.includes and result.page:

@@ -9,6 +9,7 @@ decrypted resource must hash to the ledger's anchor.
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -316,6 +317,10 @@ class HealthRecords:
             raise ValidationError(
                 "a Patient's id is its ledger pseudonym: create it with POST", code="PATIENT_ID"
             )
+        if self.ledger.state(RECORDS, record_key(record_id)) is not None:
+            # held (or erased) by someone: refused before anything is sealed, and alike
+            # whoever holds it (which would tell the caller where an id lives)
+            raise Conflict("that id is taken: choose another, or POST", code="ID_TAKEN")
         prepared, _, version, patient = self.prepare(
             caller, resource, record_id=None, patient_of=patient_of
         )
@@ -369,6 +374,7 @@ class HealthRecords:
             return resource, record_id, meta["version"] + 1, meta["patient"] or ""
         if resource_type in ORG_TYPES:  # the organisation's own record, about no patient
             self._require_org_records(resource_type)
+            _about_no_patient(resource)
             require_scope(caller, resource_type, "create", None)
             self._within(caller, resource, "create")
             return resource, secrets.token_hex(16), 1, ""
@@ -491,8 +497,14 @@ class HealthRecords:
         whose anchor is on the ledger is kept, or its anchor would point at nothing.
         """
         for record in sealed:
+            anchored = self.ledger.state(RECORDS, version_key(record.record_id, record.version))
             meta = self.ledger.state(RECORDS, record_key(record.record_id))
-            if meta is None or meta["version"] < record.version:
+            if (
+                anchored is None
+                or anchored["hash"] != record.content_hash
+                or meta is None
+                or meta["custodian"] != self.org
+            ):  # not this version of ours: another's record, or a version the ledger refused
                 self.vault.store.discard(record.record_id, record.version)
 
     @staticmethod
@@ -582,13 +594,18 @@ class HealthRecords:
                 code="UNSUPPORTED_TYPE",
             )
 
-    def may_read_own(self, caller: Caller, resource_type: str, custodian: str) -> None:
-        """Who reads an organisation's own records (about no patient, so no consent decides
-        and no access event is made): its directory and definitions, any member or app of the
-        network its scopes allow; a Group, which lists patients, the custodian's own staff and
-        apps alone. Forbidden otherwise."""
-        require_scope(caller, resource_type, "read", caller.own_patient)
-        if resource_type in CUSTODIAN_ONLY:
+    def may_read_own(
+        self, caller: Caller, resource_type: str, custodian: str, action: str = "read"
+    ) -> None:
+        """Who reads (``action`` read, or search) an organisation's own records (about no
+        patient, so no consent decides and no access event is made): its directory and
+        definitions, any member or app of the network its scopes allow (a ``patient/`` scope
+        too, for its patient's app); a Group, which lists patients, the custodian's own staff
+        and apps alone, and never through a ``patient/`` scope (a launch about one patient
+        does not reach the organisation's lists of others). Forbidden otherwise."""
+        listed = resource_type in CUSTODIAN_ONLY
+        require_scope(caller, resource_type, action, None if listed else caller.own_patient)
+        if listed:
             own = caller.org == custodian and (
                 caller.is_app or bool(caller.roles & (CARE_ROLES | {"admin", "auditor"}))
             )
@@ -1147,6 +1164,44 @@ class HealthRecords:
             header = store.header(entry["height"])
             entry["time"] = iso_ms(header.time) if header is not None else None
         return entries
+
+
+def _about_no_patient(resource: Mapping[str, Any]) -> None:
+    """An organisation's own record is read network-wide with no consent and no access event:
+    it may not carry a patient's data in its structure (a contained resource, a reference to a
+    Patient, but a Group's members, which only the custodian reads). Free text is the writer's
+    to keep clean, as on any directory."""
+    if resource.get("contained"):
+        raise ValidationError(
+            "an organisation's record about no patient holds no contained resources",
+            code="NO_PATIENT_DATA",
+        )
+    members = resource.get("member") if resource.get("resourceType") == "Group" else None
+    rest = {k: v for k, v in resource.items() if k != "member"} if members is not None else resource
+    if _names_a_patient(rest) or (members is not None and _names_a_patient(
+            [{k: v for k, v in m.items() if k != "entity"} if isinstance(m, dict) else m
+             for m in members] if isinstance(members, list) else members)):  # fmt: skip
+        raise ValidationError(
+            "an organisation's record about no patient may not refer to a Patient",
+            code="NO_PATIENT_DATA",
+        )
+
+
+def _names_a_patient(value: Any) -> bool:
+    """Whether a reference in ``value`` points at a Patient (relative, absolute or typed)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref, kind = item.get("reference"), item.get("type")
+            if kind == "Patient" or (
+                isinstance(ref, str) and re.search(r"(^|/)Patient/", ref) is not None
+            ):
+                return True
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return False
 
 
 def _scope_ok(caller: Caller, resource_type: str, patient: str, action: str = "search") -> bool:

@@ -17,8 +17,6 @@ from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
-import jsonpatch
-import jsonpointer
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -31,9 +29,11 @@ from careledger.contracts.records import record_key, version_key
 from careledger.errors import Conflict, NotFound, ValidationError
 from careledger.fhir import extract, mapping
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
+from careledger.fhir.patch import JSON_PATCH, MAX_PATCH, apply_patch, operations_of
 from careledger.fhir.search import SearchRequest, parse_search, shape
 from careledger.fhir.search import matches as search_matches
 from careledger.fhir.search import parameters as search_parameters
+from careledger.fhir.types import ORG_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES, find_issues, validate_resource
 from careledger.health import bundles
 from careledger.health.search import SearchResult, everything_page, existing, run_search
@@ -217,7 +217,7 @@ def _capability(resource_type: str) -> dict[str, Any]:
         "updateCreate": resource_type != "Patient",
         "conditionalCreate": True,
         "conditionalRead": "not-supported",
-        "conditionalUpdate": False,
+        "conditionalUpdate": True,
         "conditionalDelete": "not-supported",
         "searchInclude": [f"{resource_type}:{c}" for c in references],
         "searchParam": [
@@ -708,6 +708,43 @@ async def update(
     return _returning(request, stored, 200)
 
 
+@router.put("/{resource_type}", summary="Conditional update: the one match, or a create")
+async def conditional_update(
+    request: Request,
+    claims: MemberDep,
+    resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
+    purpose: PurposeHeader = "TREAT",
+    if_match: Annotated[str | None, Header(alias="If-Match", max_length=40)] = None,
+) -> Response:
+    """R4 conditional update: the search in the query finds the resource to update; none
+    found, it is created; several, 412 (MULTIPLE_MATCHES). The search is read like any search
+    (its access event names what it found)."""
+    _check_type(resource_type)
+    query = request.url.query
+    if not query:
+        raise FhirError(
+            [Issue("error", "required", "a conditional update names a search (PUT Type?...)", ())],
+            code="BAD_CONDITION",
+        )
+    resource = await _body(request, resource_type)
+    parsed = ("PUT", resource_type, None, resource, _etag_version(if_match), query)
+    records, caller = _records(request), _caller(claims)
+    try:
+        planned = await run_in_threadpool(
+            bundles.plan_entry, records, caller, parsed, {}, purpose, resource_type
+        )
+        if isinstance(planned, StoredResource):  # a POST's outcome only; never for a PUT
+            return _returning(request, planned, 200)
+        (stored,) = await run_in_threadpool(
+            functools.partial(records.write_all, purpose=purpose), caller, [planned]
+        )
+    except Conflict as exc:
+        if exc.code != "VERSION_CONFLICT" or if_match is None:
+            raise
+        raise _precondition_failed(f"If-Match: {exc.message}") from None
+    return _returning(request, stored, 201 if stored.version == 1 else 200)
+
+
 @router.patch("/{resource_type}/{record_id}", summary="Update by JSON Patch (a new version)")
 async def patch(
     request: Request,
@@ -719,18 +756,16 @@ async def patch(
 ) -> Response:
     _check_type(resource_type)
     kind = request.headers.get("content-type", "").split(";")[0].strip()
-    if kind != "application/json-patch+json":
+    if kind != JSON_PATCH:
         raise FhirError(
             [Issue("error", "not-supported", "PATCH takes application/json-patch+json", ())],
             code="UNSUPPORTED_MEDIA_TYPE",
             http_status=415,
         )
     raw = await request.body()
-    if len(raw) > 1024 * 1024:
+    if len(raw) > MAX_PATCH:
         raise ValidationError("a patch may be at most 1 MiB", code="REQUEST_TOO_LARGE")
-    operations = loads(raw)
-    if not isinstance(operations, list) or not all(isinstance(o, dict) for o in operations):
-        raise FhirError([Issue("error", "invalid", "a JSON Patch is a list of operations", ())])
+    operations = operations_of(loads(raw))
     records = _records(request)
     caller = _caller(claims)
     current = await run_in_threadpool(
@@ -739,12 +774,7 @@ async def patch(
     expected = _etag_version(if_match)
     if expected is not None and expected != current.version:
         raise _precondition_failed(f"If-Match names version {expected}")
-    patched = _apply_patch(current.resource, operations)
-    if patched.get("resourceType") != resource_type or patched.get("id") != record_id:
-        raise FhirError(
-            [Issue("error", "invalid", "a patch may not change resourceType or id", ())],
-            http_status=422,
-        )
+    patched = apply_patch(current.resource, operations, resource_type, record_id)
     validate_resource(patched, expected_type=resource_type)
     try:
         stored = await run_in_threadpool(
@@ -755,22 +785,6 @@ async def patch(
             raise
         raise _precondition_failed("the resource changed while it was patched") from None
     return _returning(request, stored, 200)
-
-
-def _apply_patch(resource: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
-    """RFC 6902 through ``jsonpatch``; a failure names the operation, never a value."""
-    for index, operation in enumerate(operations):
-        try:
-            resource = jsonpatch.apply_patch(resource, [operation])
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError):
-            raise FhirError(
-                [Issue("error", "processing", f"patch operation {index} cannot be applied", ())],
-                code="PATCH_FAILED",
-                http_status=422,
-            ) from None
-    if not isinstance(resource, dict):
-        raise FhirError([Issue("error", "invalid", "a patch must leave a resource", ())])
-    return resource
 
 
 @router.delete("/{resource_type}/{record_id}", summary="Erase (crypto-shred) a resource")
@@ -838,6 +852,13 @@ def compartment_search(
     resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
     purpose: PurposeHeader = "TREAT",
 ) -> Response:
+    if resource_type in ORG_TYPES:  # never a patient's: never "the patient's compartment"
+        raise FhirError(
+            [Issue("error", "not-supported",
+                   f"{resource_type} is an organisation's record, in no patient's compartment",
+                   (resource_type,))],
+            code="NOT_IN_COMPARTMENT",
+        )  # fmt: skip
     param = "patient" if "patient" in search_parameters(resource_type) else "subject"
     pairs = [(param, f"Patient/{patient}"), *request.query_params.multi_items()]
     return _search(request, claims, resource_type, pairs, purpose)
