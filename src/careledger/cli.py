@@ -162,6 +162,7 @@ def serve(
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
+        proxy_headers=False,  # believed from trusted_proxies only: api/forwarded.py
     )
 
 

@@ -48,6 +48,8 @@ class Settings:
     nats_max_msgs: int = 0  # stream retention by count (0: keep every batch)
     catchup_signatures: int = 2
     public_url: str = ""  # where peers and clients reach this node's API (the node registry)
+    # reverse proxies whose X-Forwarded-* / Forwarded headers are believed (api/forwarded.py)
+    trusted_proxies: tuple[str, ...] = ()
     # Remote monitoring: a window of device readings closes after this long or this many
     # readings (at once when an alert fires); time rules are judged every tick.
     monitoring_window_ms: int = 2000
@@ -78,6 +80,7 @@ class Settings:
                 "org": str(raw["org"]),
                 "node_key_file": data_dir / str(raw["node_key"]),
                 "public_url": str(raw.get("public_url", "")),
+                "trusted_proxies": _proxies(raw.get("trusted_proxies")),
                 **_ordering(raw.get("ordering"), data_dir),
             }
             if "port" in raw:
@@ -104,6 +107,18 @@ def _write_budget(raw: object) -> Budget:
     if any(v <= 0 for v in values.values()):
         raise ValueError("write_budget values are positive")
     return Budget(**values)
+
+
+def _proxies(raw: object) -> tuple[str, ...]:
+    """The optional ``trusted_proxies`` list of node.json: addresses or networks."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise ValueError("trusted_proxies is a list of addresses or networks")
+    from careledger.api.forwarded import networks
+
+    networks(raw)  # each one parses, or the node file is refused
+    return tuple(raw)
 
 
 def _monitoring(raw: object) -> dict[str, object]:

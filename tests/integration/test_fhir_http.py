@@ -334,3 +334,35 @@ def test_bundles_patch_update_as_create_and_conditional_update(clinician: httpx.
     first, second = (e["response"]["status"] for e in batch["entry"])
     assert first == "200 OK" and second.startswith("4")
     assert clinician.get(f"/fhir/Observation/{oid}").json()["status"] == "amended"
+
+
+def test_forwarded_headers_are_believed_from_a_trusted_proxy_only(
+    server: Server, clinician: httpx.Client, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    proxied = {"x-forwarded-proto": "https", "x-forwarded-host": "ehr.example.org"}
+    # this node trusts no proxy: a client does not choose the URLs it is handed
+    plain = make(clinician, {"resourceType": "Patient", "gender": "other"}, **proxied)
+    assert plain.headers["location"].startswith(f"{server.url}/fhir/Patient/")
+    data = tmp_path_factory.mktemp("proxied") / "node"
+    init_demo(data, with_records=False, with_supply=False).store.close()
+    node_file = data / "node.json"
+    node_file.write_text(json.dumps({**json.loads(node_file.read_text()),
+                                     "trusted_proxies": ["127.0.0.0/8"]}))  # fmt: skip
+    with serving(data) as behind, login(behind, data / "keys" / "dr-ana-silva.key") as http:
+        made = make(http, {"resourceType": "Patient", "gender": "other"}, **proxied)
+        assert made.headers["location"].startswith("https://ehr.example.org/fhir/Patient/")
+        rfc7239 = make(http, {"resourceType": "Patient", "gender": "other"},
+                       forwarded='for=192.0.2.60;proto=https;host="ehr2.example.org:8443"')  # fmt: skip
+        assert rfc7239.headers["location"].startswith("https://ehr2.example.org:8443/fhir/")
+        bad = make(http, {"resourceType": "Patient", "gender": "other"},
+                   **{"x-forwarded-host": "evil.example/x?", "x-forwarded-proto": "gopher"})  # fmt: skip
+        assert bad.headers["location"].startswith(f"{behind.url}/fhir/Patient/")
+        page = http.get("/fhir/Patient", params={"gender": "other"}, headers=proxied).json()
+        assert all(link["url"].startswith("https://ehr.example.org/fhir/")
+                   for link in page["link"])  # fmt: skip
+    node_file.write_text(json.dumps({**json.loads(node_file.read_text()),
+                                     "trusted_proxies": ["not-an-address"]}))  # fmt: skip
+    from tests.support.nodes import run_cli
+
+    refused = run_cli("verify", str(data), "--ledger-only")
+    assert refused.returncode != 0 and "trusted_proxies" in (refused.stdout + refused.stderr)

@@ -15,6 +15,7 @@ from careledger import __version__
 from careledger.api import errors
 from careledger.api.body_limit import BodyLimit
 from careledger.api.cors import AppOriginIndex, AppOrigins
+from careledger.api.forwarded import ForwardedHeaders, networks
 from careledger.api.metrics import Metrics
 from careledger.api.routes import (
     auth,
@@ -194,6 +195,8 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(AppOrigins)
+    # outermost: a trusted proxy's scheme, host and client are what every layer sees
+    app.add_middleware(ForwardedHeaders, trusted=networks(settings.trusted_proxies))
     routers = (
         tx,
         chain,
