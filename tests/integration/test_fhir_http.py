@@ -366,3 +366,41 @@ def test_forwarded_headers_are_believed_from_a_trusted_proxy_only(
 
     refused = run_cli("verify", str(data), "--ledger-only")
     assert refused.returncode != 0 and "trusted_proxies" in (refused.stdout + refused.stderr)
+
+
+def test_type_and_system_history(server: Server, clinician: httpx.Client) -> None:
+    pid = make(clinician, {"resourceType": "Patient", "gender": "female"}).json()["id"]
+    note = {"resourceType": "Observation", "status": "preliminary", "code": {"text": "hx"},
+            "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    made = make(clinician, note).json()
+    clinician.put(f"/fhir/Observation/{made['id']}", headers=FHIR,
+                  content=json.dumps({**made, "status": "final"}))  # fmt: skip
+    org = make(clinician, {"resourceType": "Organization", "name": "History Clinic"}).json()
+    whole = clinician.get("/fhir/Observation/_history").json()
+    assert whole["type"] == "history"
+    mine = [e for e in whole["entry"] if e["resource"]["id"] == made["id"]]
+    assert [e["resource"]["meta"]["versionId"] for e in mine] == ["2", "1"]
+    assert [e["request"]["method"] for e in mine] == ["PUT", "POST"]
+    # paged at one ledger height: a write after the first page is not mixed in
+    first = clinician.get("/fhir/Observation/_history", params={"_count": 1}).json()
+    next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    make(clinician, note)
+    second = clinician.get(next_url.split("/fhir", 1)[1].join(["/fhir", ""])).json()
+    assert second["total"] == first["total"]
+    # the patient's access log names the history read (interaction history)
+    with login(server, server.data_dir / "keys" / "patients" / f"{pid}.key") as patient:
+        log = patient.get(f"/v1/patients/{pid}/access-log").json()["accesses"]
+        assert any(e.get("interaction") == "history" and made["id"] in e["records"] for e in log)
+        # the patient's own history: their records only
+        own = patient.get("/fhir/_history").json()
+        assert {e["resource"].get("subject", {}).get("reference", f"Patient/{pid}")
+                for e in own["entry"] if "resource" in e
+                and e["resource"]["resourceType"] != "OperationOutcome"} <= {f"Patient/{pid}"}  # fmt: skip
+    everything = clinician.get("/fhir/_history", params={"_count": 1000}).json()
+    ids = {e["resource"]["id"] for e in everything["entry"] if "request" in e}
+    assert {made["id"], org["id"], pid} <= ids
+    since = clinician.get("/fhir/Organization/_history",
+                          params={"_since": "2999-01-01T00:00:00Z"}).json()  # fmt: skip
+    assert since["total"] == 0
+    assert clinician.get("/fhir/Observation/_history", params={"_at": "2020"}).status_code == 400
+    assert clinician.get("/fhir/Observation/_history", params={"_since": "soon"}).status_code == 400

@@ -916,6 +916,7 @@ class HealthRecords:
         disclosed: Mapping[str, Sequence[tuple[str, str]]],
         *,
         purpose: str,
+        interaction: str = "search",
     ) -> None:
         """One access event per patient for what a search disclosed (patient -> (record id,
         type) pairs), committed together; Forbidden (nothing is returned) unless the ledger
@@ -931,7 +932,7 @@ class HealthRecords:
                     {t for _, t in pairs},
                     "read",
                     purpose,
-                    interaction="search",
+                    interaction=interaction,
                 ),
             )
             for patient, pairs in sorted(disclosed.items())

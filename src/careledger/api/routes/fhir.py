@@ -36,6 +36,7 @@ from careledger.fhir.search import parameters as search_parameters
 from careledger.fhir.types import ORG_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES, find_issues, validate_resource
 from careledger.health import bundles
+from careledger.health.history import history as versions_of
 from careledger.health.search import SearchResult, everything_page, existing, run_search
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.jsonio import dumps, loads
@@ -208,6 +209,7 @@ def _capability(resource_type: str) -> dict[str, Any]:
                 "patch",
                 "delete",
                 "history-instance",
+                "history-type",
                 "create",
                 "search-type",
             )
@@ -249,7 +251,11 @@ def metadata(request: Request) -> Response:
                     "mode": "server",
                     "security": capability_security(origin_of(request)),
                     "resource": resources,
-                    "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                    "interaction": [
+                        {"code": "transaction"},
+                        {"code": "batch"},
+                        {"code": "history-system"},
+                    ],
                     "operation": [
                         {
                             "name": "everything",
@@ -611,6 +617,83 @@ def _partial(missing: list[tuple[str, str]]) -> dict[str, Any]:
         "resource": {"resourceType": "OperationOutcome", "issue": issues},
         "search": {"mode": "outcome"},
     }
+
+
+HISTORY_PARAMS = frozenset({"_count", "_since", "_offset", "_height", "_format"})
+
+
+@router.get("/_history", summary="Every version of every record you may see, newest first")
+def system_history(
+    request: Request, claims: MemberDep, purpose: PurposeHeader = "TREAT"
+) -> Response:
+    return _history(request, claims, None, purpose)
+
+
+@router.get("/{resource_type}/_history", summary="Every version of a type's records you may see")
+def type_history(
+    request: Request,
+    claims: MemberDep,
+    resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
+    purpose: PurposeHeader = "TREAT",
+) -> Response:
+    _check_type(resource_type)
+    return _history(request, claims, resource_type, purpose)
+
+
+def _history(request: Request, claims: Any, kind: str | None, purpose: str) -> Response:
+    """R4 history-type and history-system: ``_count``, ``_since`` (an instant), paged at one
+    ledger height; anything else (``_at``, ``_list``) is refused, never ignored."""
+    pairs = request.query_params.multi_items()
+    unknown = sorted({k for k, _ in pairs} - HISTORY_PARAMS)
+    if unknown:
+        raise FhirError(
+            [Issue("error", "not-supported", f"history does not take {unknown[0]}", (unknown[0],))],
+            code="UNSUPPORTED_SEARCH",
+        )
+    params = dict(pairs)
+    try:
+        count = min(int(params.get("_count", MAX_PAGE)), MAX_PAGE)
+        offset = int(params.get("_offset", 0))
+        height = int(params["_height"]) if "_height" in params else None
+        since = None
+        if "_since" in params:
+            moment = datetime.fromisoformat(params["_since"].replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                raise ValueError("an instant has a time zone")
+            since = int(moment.timestamp() * 1000)
+    except ValueError:
+        raise FhirError(
+            [Issue("error", "invalid", "_count, _offset, _height: numbers; _since: instant", ())],
+            code="UNSUPPORTED_SEARCH",
+        ) from None
+    if count < 0 or offset < 0 or (height is not None and height < 0):
+        raise FhirError(
+            [Issue("error", "invalid", "negative paging", ())], code="UNSUPPORTED_SEARCH"
+        )
+    answer = versions_of(
+        _records(request), _caller(claims), [kind] if kind else None, since_ms=since, at=height,
+        count=count, offset=offset, purpose=purpose,
+    )  # fmt: skip
+    bundle = _bundle("history", answer.page, total=answer.total, links=None)
+    base = f"{_base_url(request)}/{kind}/_history" if kind else f"{_base_url(request)}/_history"
+    kept = [(k, v) for k, v in pairs if k not in ("_offset", "_height")]
+
+    def link(relation: str, at: int) -> dict[str, str]:
+        query = urlencode([*kept, ("_height", answer.at), ("_offset", at)])
+        return {"relation": relation, "url": f"{base}?{query}"}
+
+    bundle["link"] = [link("self", offset)]
+    if offset + count < answer.total:
+        bundle["link"].append(link("next", offset + count))
+    if answer.refused:
+        note = f"types held here you may not see are left out: {', '.join(answer.refused)}"
+        bundle["entry"].append(_outcome_entry(note))
+    return _fhir(bundle)
+
+
+def _outcome_entry(note: str) -> dict[str, Any]:
+    return {"resource": {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "warning", "code": "informational", "diagnostics": note}]}}  # fmt: skip
 
 
 @router.get("/{resource_type}/{record_id}", summary="Read the current version")
