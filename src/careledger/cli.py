@@ -56,6 +56,18 @@ def _progress(label: str, unit: str, *, quiet: bool) -> Progress:
     )
 
 
+def _share_passcode() -> str:
+    """A link's passcode: from CARELEDGER_SHARE_PASSCODE, else typed twice, unseen."""
+    given = os.environ.get("CARELEDGER_SHARE_PASSCODE")
+    if given is None:
+        given = getpass.getpass("passcode for the link: ")
+        if getpass.getpass("the same passcode again: ") != given:
+            raise _fail(ValidationError("the two passcodes differ", code="BAD_PASSCODE"))
+    if not given:
+        raise _fail(ValidationError("a passcode is not empty", code="BAD_PASSCODE"))
+    return given
+
+
 def _passphrase(ask: bool) -> str | None:
     env = os.environ.get("CARELEDGER_KEY_PASSPHRASE")
     if env:
@@ -912,8 +924,13 @@ def share_make(
     ] = False,
     days: Annotated[int, typer.Option("--days", help="days until it expires (1-366)")] = 7,
     passcode: Annotated[
-        str | None, typer.Option("--passcode", help="a passcode the recipient must give")
-    ] = None,
+        bool,
+        typer.Option(
+            "--passcode",
+            help="ask for a passcode the recipient must give (typed unseen, or from "
+            "CARELEDGER_SHARE_PASSCODE): never on the command line, where `ps` shows it",
+        ),
+    ] = False,
     label: Annotated[str | None, typer.Option("--label", help="what the recipient sees")] = None,
     long_term: Annotated[
         bool, typer.Option("--long-term", help="also share records you get later")
@@ -928,7 +945,7 @@ def share_make(
     body: dict[str, Any] = {"types": types or [], "summary": summary, "long_term": long_term,
                             "expires": int(time.time()) + days * 86_400}  # fmt: skip
     if passcode:
-        body["passcode"] = passcode
+        body["passcode"] = _share_passcode()
     if label:
         body["label"] = label
     try:

@@ -334,8 +334,8 @@ def test_the_cli_shares_for_a_patient_the_node_signs_for_and_one_with_their_own_
 
     for key in (patient[1], server.data_dir / "keys" / "patient-0001.key"):
         made = run_cli("share", "make", "--key", str(key), "--type", "Condition",
-                       "--passcode", PASSCODE, "--label", "From the CLI", "--url", server.url,
-                       "--json")  # fmt: skip
+                       "--passcode", "--label", "From the CLI", "--url", server.url,
+                       "--json", env={"CARELEDGER_SHARE_PASSCODE": PASSCODE})  # fmt: skip
         assert made.returncode == 0, made.stderr
         link = json.loads(made.stdout)
         (received,) = receive(link["shlink"], recipient="CLI test", passcode=PASSCODE)

@@ -25,9 +25,9 @@ def free_port() -> int:
 
 
 def run_cli(
-    *args: str, check: bool = False, timeout: float = 120
+    *args: str, check: bool = False, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     result = subprocess.run(
         [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
