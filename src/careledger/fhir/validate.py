@@ -16,7 +16,10 @@ FHIRPath-like expression (``Observation.status``, ``Patient.name[0].given[1]``):
 4. the REQUIRED value-set bindings of the supported types and of common datatypes
    (:data:`REQUIRED_BINDINGS`), which the models do not check at all (they accept
    ``Observation.status = "bogus"``), on ``code`` elements and on ``CodeableConcept`` elements
-   (at least one coding must come from the value set's code system with an allowed code).
+   (at least one coding must come from the value set's code system with an allowed code); and
+   of every other ``code`` element of every held type, by the codes its model lists (the
+   models list a code element's value set, or cut it short with "+": those are in the table,
+   and tests/unit/fhir/test_validate.py keeps it so).
 
 R4 (4.0.1) JSON is checked with the R4B (4.3.0) models, as ``fhir.resources`` has no pure R4
 package; R4B changed mostly other resources, and the HL7 R4 examples and the Synthea R4 bundles
@@ -214,11 +217,29 @@ EVENT_TIMING = _vs(
 # Element definition path -> required value set. Paths of datatypes start with the datatype
 # (HumanName.use applies wherever a HumanName occurs, Quantity.comparator also to Age, Duration,
 # ...). Elements with a required binding that are not listed here are not checked.
+# http://hl7.org/fhir/R4/valueset-udi-entry-type.html
+UDI_ENTRY_TYPE = _vs("udi-entry-type", "barcode rfid manual card self-reported unknown")
+# http://hl7.org/fhir/R4/valueset-device-statement-status.html
+DEVICE_STATEMENT_STATUS = _vs(
+    "device-statement-status", "active completed entered-in-error intended stopped on-hold"
+)
+# http://hl7.org/fhir/R4/valueset-item-type.html ("question" is abstract: not a value)
+ITEM_TYPE = _vs(
+    "item-type",
+    "group display boolean decimal integer date dateTime time string text url choice"
+    " open-choice attachment reference quantity",
+)
+
 REQUIRED_BINDINGS: Mapping[str, ValueSet] = {
     "Patient.gender": ADMINISTRATIVE_GENDER,
     "Patient.contact.gender": ADMINISTRATIVE_GENDER,
     "Patient.link.type": LINK_TYPE,
     "Observation.status": OBSERVATION_STATUS,
+    "DetectedIssue.status": OBSERVATION_STATUS,
+    "RiskAssessment.status": OBSERVATION_STATUS,
+    "DeviceUseStatement.status": DEVICE_STATEMENT_STATUS,
+    "Device.udiCarrier.entryType": UDI_ENTRY_TYPE,
+    "Questionnaire.item.type": ITEM_TYPE,
     "Condition.clinicalStatus": CONDITION_CLINICAL,
     "Condition.verificationStatus": CONDITION_VER_STATUS,
     "MedicationRequest.status": MEDICATIONREQUEST_STATUS,
@@ -368,6 +389,7 @@ class _Field:
     is_list: bool
     kind: str  # boolean | integer | decimal | string | model | resource | other
     model: type[FHIRAbstractModel] | None
+    codes: tuple[str, ...] | None = None  # a code element's whole value set, from the model
 
 
 _PRIMITIVE_KINDS: dict[object, str] = {
@@ -424,7 +446,15 @@ def _fields(cls: type[FHIRAbstractModel]) -> dict[str, _Field]:
         if isinstance(tp, type) and issubclass(tp, FhirBase):
             model = tp.get_model_klass()
             kind = "resource" if model.has_resource_base() else "model"
-        out[alias] = _Field(alias.removeprefix("_"), is_list, kind, model)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        listed = extra.get("enum_values")
+        # a code element's codes as the model lists them; "+" marks a list it cut short
+        codes = (
+            tuple(str(c) for c in listed)
+            if kind == "string" and isinstance(listed, list) and listed and "+" not in listed
+            else None
+        )
+        out[alias] = _Field(alias.removeprefix("_"), is_list, kind, model, codes)
     return out
 
 
@@ -539,6 +569,8 @@ class _Walker:
                 binding = next(
                     (b for d in defs if (b := REQUIRED_BINDINGS.get(f"{d}.{spec.name}"))), None
                 )
+                if binding is None and spec.codes is not None:  # any other code element
+                    binding = ValueSet(f"{defs[0]}.{spec.name}" if defs else path, spec.codes)
             if spec.is_list:
                 if not isinstance(value, list):
                     continue  # the model reports it
