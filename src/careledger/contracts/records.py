@@ -132,6 +132,22 @@ ORG_RECORD_TYPES: frozenset[str] = frozenset(
         "ValueSet",
         "ConceptMap",
         "NamingSystem",
+        "EventDefinition",
+        "Evidence",
+        "EvidenceVariable",
+        "ResearchDefinition",
+        "ResearchElementDefinition",
+        # conformance: how this organisation's systems exchange and check data
+        "StructureDefinition",
+        "SearchParameter",
+        "OperationDefinition",
+        "CompartmentDefinition",
+        "GraphDefinition",
+        "MessageDefinition",
+        "ImplementationGuide",
+        "TerminologyCapabilities",
+        "ExampleScenario",
+        "TestScript",
         # the lists of patients an organisation keeps (a bulk export's Group)
         "Group",
     }
