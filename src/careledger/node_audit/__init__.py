@@ -101,11 +101,13 @@ class StoreCheck(Protocol):
 def checks() -> list[StoreCheck]:
     """Every store checker this software has, in the order they run."""
     from careledger.node_audit.epcis_store import EpcisStoreCheck
+    from careledger.node_audit.links_store import IssuerKeyCheck, LinksStoreCheck
     from careledger.node_audit.monitoring_store import MonitoringStoreCheck
     from careledger.node_audit.vault_store import VaultStoreCheck
     from careledger.node_audit.visits_store import VisitsStoreCheck
 
-    return [VaultStoreCheck(), EpcisStoreCheck(), MonitoringStoreCheck(), VisitsStoreCheck()]
+    return [VaultStoreCheck(), EpcisStoreCheck(), MonitoringStoreCheck(), VisitsStoreCheck(),
+            LinksStoreCheck(), IssuerKeyCheck()]  # fmt: skip
 
 
 def audit_node(
