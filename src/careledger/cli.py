@@ -376,7 +376,9 @@ def verify(
         err.print(f"[red]FAILED[/red]: {len(differences)} difference(s) between the node's "
                   "stores and its ledger")  # fmt: skip
     else:
-        stores = "" if ledger_only else "; the vault, EPCIS, monitoring and visits stores match it"
+        stores = "" if ledger_only else (
+            "; the vault, EPCIS, monitoring, visits and links stores match it"
+        )
         out.print(
             f"[green]ok[/green] {report.blocks} blocks, {report.transactions} transactions "
             f"verified{stores}"
