@@ -50,6 +50,7 @@ class Settings:
     public_url: str = ""  # where peers and clients reach this node's API (the node registry)
     # reverse proxies whose X-Forwarded-* / Forwarded headers are believed (api/forwarded.py)
     trusted_proxies: tuple[str, ...] = ()
+    forwarded_headers: str = "x-forwarded"  # the one family believed: or "forwarded" (RFC 7239)
     # Remote monitoring: a window of device readings closes after this long or this many
     # readings (at once when an alert fires); time rules are judged every tick.
     monitoring_window_ms: int = 2000
@@ -81,6 +82,7 @@ class Settings:
                 "node_key_file": data_dir / str(raw["node_key"]),
                 "public_url": str(raw.get("public_url", "")),
                 "trusted_proxies": _proxies(raw.get("trusted_proxies")),
+                "forwarded_headers": _family(raw.get("forwarded_headers", "x-forwarded")),
                 **_ordering(raw.get("ordering"), data_dir),
             }
             if "port" in raw:
@@ -119,6 +121,12 @@ def _proxies(raw: object) -> tuple[str, ...]:
 
     networks(raw)  # each one parses, or the node file is refused
     return tuple(raw)
+
+
+def _family(raw: object) -> str:
+    if raw not in ("x-forwarded", "forwarded"):
+        raise ValueError('forwarded_headers is "x-forwarded" or "forwarded"')
+    return str(raw)
 
 
 def _monitoring(raw: object) -> dict[str, object]:

@@ -26,6 +26,8 @@ from careledger.scopes import default_scopes, parse_scopes
 pytestmark = pytest.mark.integration
 DR = Caller("dr-ana-silva", "st-mary", frozenset({"clinician"}),
             parse_scopes(default_scopes({"clinician"})))  # fmt: skip
+DR_ADMIN = Caller("st-mary-admin", "st-mary", frozenset({"admin"}),
+                  parse_scopes(default_scopes({"admin"})))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +106,17 @@ def test_a_patient_launch_never_reaches_the_organisations_lists(records: HealthR
          "member": [{"entity": {"reference": "Patient/patient-0001"},
                      "extension": [{"url": "http://x", "valueReference": {
                          "reference": "Patient/patient-0002"}}]}]},
+        {"resourceType": "Location", "name": "A",
+         "managingOrganization": {"reference": " Patient/patient-0001"}},
+        {"resourceType": "Location", "name": "B",
+         "managingOrganization": {"reference": "Patient?identifier=urn:oid:1.2.3|MRN-42"}},
+        {"resourceType": "Location", "name": "C",
+         "extension": [{"url": "http://x", "valueReference": {"reference": "Encounter/e1"}}]},
+        {"resourceType": "Group", "type": "person", "actual": True,
+         "managingEntity": {"reference": "RelatedPerson/r1"}},
     ],
-    ids=["contained", "reference", "group-manager", "member-extension"],
+    ids=["contained", "reference", "group-manager", "member-extension", "leading-space",
+         "conditional", "patients-record", "related-person"],
 )  # fmt: skip
 def test_an_organisation_record_carries_no_patients_data(
     records: HealthRecords, resource: dict
@@ -141,3 +152,78 @@ def test_a_transaction_resolves_references_to_organisation_records_listed_later(
     answer = bundles.transaction(records, DR, bundle, "TREAT")
     encounter, org = (e["resource"] for e in answer["entry"])
     assert encounter["serviceProvider"]["reference"] == f"Organization/{org['id']}"
+
+
+def observation(patient: str, status: str = "final") -> dict:
+    return {"resourceType": "Observation", "status": status, "code": {"text": "x"},
+            "subject": {"reference": f"Patient/{patient}"}}  # fmt: skip
+
+
+def test_an_update_keeps_the_records_patient(records: HealthRecords) -> None:
+    """From a review: an update naming another patient moved that patient's data into a
+    record sealed, anchored and logged as the first patient's."""
+    made = records.create(DR, observation("patient-0001"), patient_of=patient_id)
+    moved = {**observation("patient-0002"), "id": made.record_id}
+    with pytest.raises(ValidationError) as refused:
+        records.update(DR, moved, made.record_id)
+    assert refused.value.code == "PATIENT_CHANGED"
+    kept = records.update(DR, {**observation("patient-0001", "amended"), "id": made.record_id},
+                          made.record_id)  # fmt: skip
+    assert kept.version == 2
+
+
+def test_an_organisation_record_stays_free_of_patient_data_when_updated(
+    records: HealthRecords,
+) -> None:
+    place = make(records, {"resourceType": "Location", "name": "Ward 9"})
+    for changed in (
+        {"resourceType": "Location", "id": place, "name": "Ward 9",
+         "contained": [{"resourceType": "Patient", "id": "p", "gender": "male"}]},
+        {"resourceType": "Location", "id": place, "name": "Ward 9",
+         "partOf": {"reference": "Patient/patient-0001"}},
+    ):  # fmt: skip
+        with pytest.raises(ValidationError) as refused:
+            records.update(DR, changed, place)
+        assert refused.value.code == "NO_PATIENT_DATA"
+
+
+def test_history_is_not_for_a_query_restricted_scope_and_a_count_is_an_access(
+    records: HealthRecords,
+) -> None:
+    from careledger.health.history import history
+
+    labs_only = Caller("lab-app", "st-mary", frozenset({SYSTEM}),
+                       parse_scopes("system/Observation.rs?category=laboratory"),
+                       app="lab-app")  # fmt: skip
+    with pytest.raises(Forbidden) as refused:
+        history(records, labs_only, ["Observation"], since_ms=None, at=None, count=10,
+                offset=0, purpose="TREAT")  # fmt: skip
+    assert refused.value.code == "SCOPE"
+    # a page that shows nothing still counts: every counted record is in an access event
+    made = records.create(DR, observation("patient-0003"), patient_of=patient_id)
+    before = len(records.access_log(DR_ADMIN, "patient-0003"))
+    page = history(records, DR, ["Observation"], since_ms=None, at=None, count=0, offset=0,
+                   purpose="TREAT")  # fmt: skip
+    assert page.page == [] and page.total > 0
+    log = records.access_log(DR_ADMIN, "patient-0003")
+    assert len(log) > before and made.record_id in log[-1]["records"]
+
+
+@pytest.mark.parametrize(
+    ("entity", "code"),
+    [
+        ({"reference": "http://elsewhere.example/fhir/Patient/patient-0001"}, "BAD_MEMBER"),
+        ({"type": "Patient", "identifier": {"value": "MRN-1"}}, "BAD_MEMBER"),
+        ({"reference": "Patient?identifier=MRN-1"}, "BAD_MEMBER"),
+        ({"reference": "Patient/no-such-patient"}, "UNKNOWN_PATIENT"),
+    ],
+)
+def test_a_groups_patients_are_named_alike_for_every_reader(
+    records: HealthRecords, entity: dict, code: str
+) -> None:
+    """From a review: a member named by an absolute URL was skipped by the export and by its
+    check alike, so an export missing that patient proved complete."""
+    with pytest.raises(ValidationError) as refused:
+        make(records, {"resourceType": "Group", "type": "person", "actual": True,
+                       "member": [{"entity": entity}]})  # fmt: skip
+    assert refused.value.code == code

@@ -196,7 +196,11 @@ def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(AppOrigins)
     # outermost: a trusted proxy's scheme, host and client are what every layer sees
-    app.add_middleware(ForwardedHeaders, trusted=networks(settings.trusted_proxies))
+    app.add_middleware(
+        ForwardedHeaders,
+        trusted=networks(settings.trusted_proxies),
+        family=settings.forwarded_headers,
+    )
     routers = (
         tx,
         chain,

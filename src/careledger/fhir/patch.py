@@ -19,12 +19,18 @@ from careledger.fhir.outcome import FhirError, Issue
 
 JSON_PATCH = "application/json-patch+json"
 MAX_PATCH = 1024 * 1024
+MAX_OPERATIONS = 1_000
+MAX_RESULT = 4 * 1024 * 1024  # what a resource may be (the API's limit on a body)
 
 
 def operations_of(value: object) -> list[dict[str, Any]]:
     """The operations of a JSON Patch document, or FhirError."""
     if not isinstance(value, list) or not all(isinstance(o, dict) for o in value):
         raise FhirError([Issue("error", "invalid", "a JSON Patch is a list of operations", ())])
+    if len(value) > MAX_OPERATIONS:
+        raise FhirError([Issue("error", "too-costly",
+                               f"a patch has at most {MAX_OPERATIONS:,} operations", ())],
+                        code="REQUEST_TOO_LARGE")  # fmt: skip
     return value
 
 
@@ -56,7 +62,7 @@ def apply_patch(
 ) -> dict[str, Any]:
     """The patched resource, which must stay the same type and id; FhirError (422) naming the
     operation that cannot be applied."""
-    for index, operation in enumerate(operations):
+    for index, operation in enumerate(operations_of(operations)):
         try:
             resource = jsonpatch.apply_patch(resource, [operation])
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError):
@@ -65,6 +71,15 @@ def apply_patch(
                 code="PATCH_FAILED",
                 http_status=422,
             ) from None
+        if operation.get("op") in ("add", "copy", "replace", "move") and len(
+            orjson.dumps(resource)
+        ) > MAX_RESULT:  # "copy" doubles a value: a few operations could fill memory
+            raise FhirError(
+                [Issue("error", "too-costly", f"patch operation {index} makes the resource"
+                       " larger than 4 MiB", ())],
+                code="REQUEST_TOO_LARGE",
+                http_status=413,
+            )  # fmt: skip
     if not isinstance(resource, dict):
         raise FhirError([Issue("error", "invalid", "a patch must leave a resource", ())])
     if resource.get("resourceType") != resource_type or resource.get("id") != record_id:

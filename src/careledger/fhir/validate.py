@@ -448,12 +448,11 @@ def _fields(cls: type[FHIRAbstractModel]) -> dict[str, _Field]:
             kind = "resource" if model.has_resource_base() else "model"
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         listed = extra.get("enum_values")
-        # a code element's codes as the model lists them; "+" marks a list it cut short
-        codes = (
-            tuple(str(c) for c in listed)
-            if kind == "string" and isinstance(listed, list) and listed and "+" not in listed
-            else None
-        )
+        # a code element's codes as the model lists them; "+" marks a list it cut short, and
+        # "etc." an open one (Expression.language: an extensible binding, not a required one)
+        values = [str(c) for c in listed] if isinstance(listed, list) else []
+        complete = kind == "string" and bool(values) and not {"+", "etc."} & set(values)
+        codes = tuple(values) if complete else None
         out[alias] = _Field(alias.removeprefix("_"), is_list, kind, model, codes)
     return out
 
@@ -570,7 +569,8 @@ class _Walker:
                     (b for d in defs if (b := REQUIRED_BINDINGS.get(f"{d}.{spec.name}"))), None
                 )
                 if binding is None and spec.codes is not None:  # any other code element
-                    binding = ValueSet(f"{defs[0]}.{spec.name}" if defs else path, spec.codes)
+                    where = f"{defs[0]}.{spec.name}" if defs else path
+                    binding = ValueSet(f"of {where} (R4)", spec.codes)
             if spec.is_list:
                 if not isinstance(value, list):
                     continue  # the model reports it

@@ -242,6 +242,7 @@ def plan_entry(
     if method == "PATCH":
         assert record_id is not None
         operations = operations_in_binary(body, where)  # a bad patch is refused unread
+        records.may_change(caller, record_id, resource_type, "update")  # before reading it
         current = records.read(caller, resource_type, record_id, purpose=purpose)
         if if_match is not None and if_match != current.version:
             raise _stale(where, if_match)
@@ -264,6 +265,7 @@ def plan_entry(
         raise ValidationError(
             "a Patient's id is its ledger pseudonym: create it with POST", code="PATIENT_ID"
         )
+    records.require_free_id(record_id)
     prepared, _, version, patient = records.prepare(
         caller, body, record_id=None, patient_of=patient_id
     )

@@ -22,6 +22,7 @@ from careledger.fhir.outcome import FhirError, Issue
 from careledger.fhir.types import HELD_TYPES, ORG_TYPES
 from careledger.health.access import Caller
 from careledger.health.service import HealthRecords, StoredResource
+from careledger.scopes import restrictions
 
 MAX_VERSIONS = 10_000  # versions one history lists before refusing (narrow it with _since)
 
@@ -46,6 +47,13 @@ def _records_of(
     records: HealthRecords, caller: Caller, kind: str, at: int, purpose: str
 ) -> dict[str, tuple[int, str]]:
     """record -> (version at ``at``, patient or "") of the type that the caller may see."""
+    if restrictions(caller.scopes, kind, "search"):
+        # a query-restricted scope reaches some records of the type only: a history of the
+        # type would list the others' versions (instance history checks each version instead)
+        raise Forbidden(
+            f"the token's scope reaches {kind} only through a query restriction: search it",
+            code="SCOPE",
+        )
     if kind in ORG_TYPES:
         records.may_read_own(caller, kind, records.org)
         return {r: (v, "") for r, v in records.own_records(kind, at).items()}
@@ -57,7 +65,10 @@ def _records_of(
             caller, patient, kind, purpose=purpose, as_of=at).items()}  # fmt: skip
     allowed: dict[str, bool] = {}
     out: dict[str, tuple[int, str]] = {}
-    for owner, record_id, _, _ in records.vault.store.live_records({kind}):
+    held = records.vault.store.live_records({kind})
+    if len(held) > MAX_VERSIONS:  # before a basis is checked for each of their patients
+        raise _too_many(kind)
+    for owner, record_id, _, _ in held:
         if not owner:
             continue
         if owner not in allowed:
@@ -102,9 +113,13 @@ def history(
     versions.sort(key=lambda v: (-v[0], v[1], -v[2]))
     chosen = versions[offset : offset + count]
     page = [records.open_version(record_id, version) for _, record_id, version, _, _ in chosen]
-    disclosed: dict[str, list[tuple[str, str]]] = {}
-    for _, record_id, _, kind, who in chosen:
-        if who:  # a patient's record: its access event names it
-            disclosed.setdefault(who, []).append((record_id, kind))
+    # what the page shows; a page that shows none still counts them all (its total), and a
+    # count says something of each: then every counted record is named
+    named = chosen if chosen or not versions else versions
+    seen: dict[str, dict[tuple[str, str], None]] = {}
+    for _, record_id, _, kind, who in named:
+        if who:
+            seen.setdefault(who, {})[(record_id, kind)] = None
+    disclosed = {who: list(pairs) for who, pairs in seen.items()}
     records.log_reads_many(caller, disclosed, purpose=purpose, interaction="history")
     return HistoryPage(page, len(versions), height, refused)

@@ -41,6 +41,10 @@ from careledger.health.scope_query import restrict_search, within_scopes
 from careledger.health.service import HealthRecords, StoredResource
 
 MAX_INCLUDED = 1_000
+CONDITION_REFUSED = frozenset(
+    {"_summary", "_count", "_offset", "_at", "_sort", "_elements", "_include", "_revinclude",
+     "_total"}
+)  # fmt: skip
 MAX_UNINDEXED = 5_000  # an organisation's own records one search may decrypt and match
 MAX_LOGGED = 10_000  # records one access event may name (the audit contract's limit)
 
@@ -211,8 +215,14 @@ def existing(
             [Issue("error", "invalid", "If-None-Exist is a search query", ())],
             code="BAD_CONDITION",
         )
+    shaping = sorted({k.split(":", 1)[0] for k, _ in pairs} & CONDITION_REFUSED)
+    if shaping:  # a condition selects: paging, a past height or includes would change it
+        raise FhirError(
+            [Issue("error", "invalid", f"a condition is criteria only, not {shaping[0]}", ())],
+            code="BAD_CONDITION",
+        )
     request = parse_search(resource_type, pairs)
-    request.count, request.offset = 2, 0
+    request.count, request.offset, request.at = 2, 0, None
     found = run_search(
         records, caller, request, purpose=purpose, base_url=base_url, now=datetime.now(UTC)
     )

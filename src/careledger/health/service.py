@@ -36,6 +36,7 @@ from careledger.errors import (
     ValidationError,
 )
 from careledger.fhir.blind_terms import index_terms
+from careledger.fhir.extract import patient_id
 from careledger.fhir.types import CUSTODIAN_ONLY, ORG_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.access import (
@@ -317,16 +318,20 @@ class HealthRecords:
             raise ValidationError(
                 "a Patient's id is its ledger pseudonym: create it with POST", code="PATIENT_ID"
             )
-        if self.ledger.state(RECORDS, record_key(record_id)) is not None:
-            # held (or erased) by someone: refused before anything is sealed, and alike
-            # whoever holds it (which would tell the caller where an id lives)
-            raise Conflict("that id is taken: choose another, or POST", code="ID_TAKEN")
+        self.require_free_id(record_id)
         prepared, _, version, patient = self.prepare(
             caller, resource, record_id=None, patient_of=patient_of
         )
         (stored,) = self.write_all(caller, [(prepared, record_id, version, patient)],
                                    purpose=purpose)  # fmt: skip
         return stored
+
+    def require_free_id(self, record_id: str) -> None:
+        """Conflict(ID_TAKEN) when a record holds, or held, the id: an update-as-create is
+        refused before anything is sealed, and alike whoever holds it (which would tell the
+        caller where an id lives)."""
+        if self.ledger.state(RECORDS, record_key(record_id)) is not None:
+            raise Conflict("that id is taken: choose another, or POST", code="ID_TAKEN")
 
     def update(
         self,
@@ -371,10 +376,21 @@ class HealthRecords:
                 raise Forbidden("this node is not the record's custodian", code="NOT_CUSTODIAN")
             if if_match is not None and if_match != meta["version"]:
                 raise Conflict(f"the current version is {meta['version']}", code="VERSION_CONFLICT")
+            if meta["patient"] is None:
+                _about_no_patient(resource)  # an update carries no patient's data either
+                self._group_members(resource)
+            elif resource_type != "Patient" and patient_id(resource) != meta["patient"]:
+                # sealed, anchored and logged as the record's patient: its content must be
+                # about that patient, never moved to (or written as) another's
+                raise ValidationError(
+                    "an update keeps the record's patient: its subject must name that patient",
+                    code="PATIENT_CHANGED",
+                )
             return resource, record_id, meta["version"] + 1, meta["patient"] or ""
         if resource_type in ORG_TYPES:  # the organisation's own record, about no patient
             self._require_org_records(resource_type)
             _about_no_patient(resource)
+            self._group_members(resource)
             require_scope(caller, resource_type, "create", None)
             self._within(caller, resource, "create")
             return resource, secrets.token_hex(16), 1, ""
@@ -584,6 +600,27 @@ class HealthRecords:
         if meta["custodian"] != self.org:
             raise Forbidden("this node is not the record's custodian", code="NOT_CUSTODIAN")
         require_scope(caller, resource_type, "update", meta["patient"])
+
+    def _group_members(self, resource: Mapping[str, Any]) -> None:
+        """A Group's members are named so that anyone reads them alike (the exporter and the
+        recipient checking the export): each by a reference, and a patient as relative
+        ``Patient/{id}`` of a patient on this ledger; never an absolute URL, an identifier
+        alone or a search (BAD_MEMBER)."""
+        members = resource.get("member") if resource.get("resourceType") == "Group" else None
+        for index, member in enumerate(members if isinstance(members, list) else ()):
+            entity = member.get("entity") if isinstance(member, dict) else None
+            ref = entity.get("reference") if isinstance(entity, dict) else None
+            if not isinstance(ref, str):
+                raise ValidationError(f"Group.member[{index}].entity names its member by a"
+                                      " reference", code="BAD_MEMBER")  # fmt: skip
+            patient = patient_id({"resourceType": "Basic", "subject": {"reference": ref}})
+            if patient is not None:
+                self._patient_key(patient)  # UNKNOWN_PATIENT unless a patient on this ledger
+            elif _names_a_patient([entity]) or "?" in ref:
+                raise ValidationError(
+                    f"Group.member[{index}]: a patient member is Patient/{{id}} on this server",
+                    code="BAD_MEMBER",
+                )
 
     def _require_org_records(self, resource_type: str) -> None:
         """An organisation's own records need ruleset r10 (``RecordsV3``) in force."""
@@ -1167,42 +1204,71 @@ class HealthRecords:
         return entries
 
 
+_ORG_REFERENCE = re.compile(
+    r"^(?:https?://[^\s/]+(?:/[^\s]*)?/)?(?P<type>[A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}"
+    r"(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
+)
+
+
 def _about_no_patient(resource: Mapping[str, Any]) -> None:
     """An organisation's own record is read network-wide with no consent and no access event:
-    it may not carry a patient's data in its structure (a contained resource, a reference to a
-    Patient, but a Group's members, which only the custodian reads). Free text is the writer's
-    to keep clean, as on any directory."""
+    its structure may carry no patient's data. So no contained resource, and every reference
+    (extensions' included) goes to another organisation record (a Group's members aside, which
+    only the custodian reads, checked by ``_group_members``): never a Patient, nor a patient's
+    record (an Encounter names its patient), nor a search. Free text is the writer's to keep
+    clean, as on any directory."""
     if resource.get("contained"):
         raise ValidationError(
             "an organisation's record about no patient holds no contained resources",
             code="NO_PATIENT_DATA",
         )
-    members = resource.get("member") if resource.get("resourceType") == "Group" else None
-    rest = {k: v for k, v in resource.items() if k != "member"} if members is not None else resource
-    if _names_a_patient(rest) or (members is not None and _names_a_patient(
-            [{k: v for k, v in m.items() if k != "entity"} if isinstance(m, dict) else m
-             for m in members] if isinstance(members, list) else members)):  # fmt: skip
-        raise ValidationError(
-            "an organisation's record about no patient may not refer to a Patient",
-            code="NO_PATIENT_DATA",
-        )
+    rest: Any = resource
+    if resource.get("resourceType") == "Group" and isinstance(resource.get("member"), list):
+        members = [{k: v for k, v in m.items() if k != "entity"} if isinstance(m, dict) else m
+                   for m in resource["member"]]  # fmt: skip
+        rest = {**resource, "member": members}
+    for ref, kind in _references(rest):
+        match = _ORG_REFERENCE.match(ref) if ref is not None else None
+        target = match.group("type") if match else None
+        if ref is not None and not ref.startswith("urn:uuid:") and target not in ORG_TYPES:
+            raise ValidationError(
+                "an organisation's record about no patient refers only to other organisation"
+                " records (Organization, Practitioner, Location, ...)",
+                code="NO_PATIENT_DATA",
+            )
+        if kind is not None and kind not in ORG_TYPES:
+            raise ValidationError(
+                "an organisation's record about no patient refers only to other organisation"
+                " records",
+                code="NO_PATIENT_DATA",
+            )
 
 
-def _names_a_patient(value: Any) -> bool:
-    """Whether a reference in ``value`` points at a Patient (relative, absolute or typed)."""
+def _references(value: Any) -> list[tuple[str | None, str | None]]:
+    """(reference, type) of every Reference in ``value`` (one with a type or identifier only
+    gives None for the reference)."""
+    out: list[tuple[str | None, str | None]] = []
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             ref, kind = item.get("reference"), item.get("type")
-            if kind == "Patient" or (
-                isinstance(ref, str) and re.search(r"(^|/)Patient/", ref) is not None
-            ):
-                return True
+            logical = isinstance(kind, str) and isinstance(item.get("identifier"), dict)
+            if "resourceType" not in item and (isinstance(ref, str) or logical):
+                out.append((ref if isinstance(ref, str) else None,
+                            kind if isinstance(kind, str) else None))  # fmt: skip
             stack.extend(v for v in item.values() if isinstance(v, dict | list))
         elif isinstance(item, list):
             stack.extend(v for v in item if isinstance(v, dict | list))
-    return False
+    return out
+
+
+def _names_a_patient(value: Any) -> bool:
+    """Whether a reference in ``value`` points at a Patient (relative, absolute or typed)."""
+    return any(
+        kind == "Patient" or (ref is not None and re.search(r"(^|/)Patient/", ref) is not None)
+        for ref, kind in _references(value)
+    )
 
 
 def _scope_ok(caller: Caller, resource_type: str, patient: str, action: str = "search") -> bool:

@@ -96,8 +96,17 @@ def _http_date(instant: str) -> str:
 
 
 def _origin(request: Request) -> str:
-    """This server's origin as the client reached it (for absolute Location and fullUrl)."""
-    return str(request.base_url).rstrip("/")
+    """This server's origin for absolute Location and fullUrl: ``public_url`` when configured,
+    else as the client reached it (through a trusted proxy: api/forwarded.py)."""
+    configured: str = getattr(request.app.state, "public_origin", "")
+    return configured if configured and _configured(request) else str(request.base_url).rstrip("/")
+
+
+def _configured(request: Request) -> bool:
+    """Whether node.json names a public_url (public_origin otherwise defaults to the address
+    the node serves on, which a proxied client did not use)."""
+    node = getattr(request.app.state, "node", None)
+    return bool(node is not None and node.settings.public_url)
 
 
 def _etag_version(tag: str | None) -> int | None:
@@ -651,6 +660,12 @@ def _history(request: Request, claims: Any, kind: str | None, purpose: str) -> R
             code="UNSUPPORTED_SEARCH",
         )
     params = dict(pairs)
+    if "xml" in params.get("_format", ""):
+        raise FhirError(
+            [Issue("error", "not-supported", "only application/fhir+json is served", ("_format",))],
+            code="NOT_ACCEPTABLE",
+            http_status=406,
+        )
     try:
         count = min(int(params.get("_count", MAX_PAGE)), MAX_PAGE)
         offset = int(params.get("_offset", 0))
@@ -851,14 +866,20 @@ async def patch(
     operations = operations_of(loads(raw))
     records = _records(request)
     caller = _caller(claims)
+    # whether the caller may change it, before it is read (and the read logged)
+    await run_in_threadpool(records.may_change, caller, record_id, resource_type, "update")
     current = await run_in_threadpool(
         records.read, caller, resource_type, record_id, purpose=purpose
     )
     expected = _etag_version(if_match)
     if expected is not None and expected != current.version:
         raise _precondition_failed(f"If-Match names version {expected}")
-    patched = apply_patch(current.resource, operations, resource_type, record_id)
-    validate_resource(patched, expected_type=resource_type)
+    patched = await run_in_threadpool(  # never on the event loop: a patch can be heavy
+        apply_patch, current.resource, operations, resource_type, record_id
+    )
+    await run_in_threadpool(
+        functools.partial(validate_resource, expected_type=resource_type), patched
+    )
     try:
         stored = await run_in_threadpool(
             records.update, caller, patched, record_id, if_match=current.version, purpose=purpose
@@ -972,7 +993,7 @@ def _search(
 
 
 def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
+    return _origin(request) + "/fhir"
 
 
 def _searchset(
