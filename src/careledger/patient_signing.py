@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from careledger.contracts.identity import key_of
 from careledger.errors import Forbidden, Rejected, ValidationError
 from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
@@ -39,13 +40,13 @@ def sign_as_patient(
         ((receipt, why),) = node.execute_explained([(contract, method, dict(args))], keypair=key)
     else:
         tx = ledger.decode(envelope)
-        member = ledger.state("identity", f"key/{tx.signer}")
+        signed_by = key_of(ledger.state, tx.signer)
         if (
             tx.contract != contract
             or tx.method != method
             or dict(tx.args) != dict(args)  # the very step asked for (this visit, this study)
-            or member is None
-            or member.get("member") != caller.member
+            or signed_by is None
+            or signed_by.get("member") != caller.member
         ):
             raise ValidationError(
                 f"the envelope must be your own {contract}.{method}", code="WRONG_ENVELOPE"

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import member_key, node_key
+from careledger.contracts.identity import member_of, node_of, org_ids
 from careledger.core.checkpoint import format_vkey, parse_checkpoint, parse_vkey, verify_note
 from careledger.core.keys import b64url_encode, decode_public_key
 from careledger.core.tx import check_signature
@@ -32,7 +31,7 @@ def peer_urls(ledger: Ledger, orgs: Sequence[str], own_org: str) -> list[str]:
     for org in orgs:
         if org == own_org:
             continue
-        entry = ledger.state(IDENTITY, node_key(org))
+        entry = node_of(ledger.state, org)
         if entry is not None and entry.get("status") == "active":
             urls.append(str(entry["endpoint"]).rstrip("/"))
     return urls
@@ -40,11 +39,11 @@ def peer_urls(ledger: Ledger, orgs: Sequence[str], own_org: str) -> list[str]:
 
 def node_vkeys(ledger: Ledger) -> list[str]:
     out = []
-    for org in ledger.state(IDENTITY, "orgs") or []:
-        entry = ledger.state(IDENTITY, node_key(org))
+    for org in org_ids(ledger.state):
+        entry = node_of(ledger.state, org)
         if entry is None or entry.get("status") != "active":
             continue
-        member = ledger.state(IDENTITY, member_key(entry["member"]))
+        member = member_of(ledger.state, entry["member"])
         if member is not None:
             out.append(format_vkey(member["id"], decode_public_key(member["key"])))
     return out
@@ -103,7 +102,7 @@ def catch_up(ledger: Ledger, peer: str, *, min_signatures: int, timeout: float =
 
 def catch_up_from_any(ledger: Ledger, own_org: str, *, min_signatures: int) -> None:
     errors = []
-    for peer in peer_urls(ledger, ledger.state(IDENTITY, "orgs") or [], own_org):
+    for peer in peer_urls(ledger, org_ids(ledger.state), own_org):
         try:
             catch_up(ledger, peer, min_signatures=min_signatures)
             return

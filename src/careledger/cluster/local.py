@@ -268,7 +268,7 @@ class LocalCluster:
         """Each organisation's admin records its node's URL in the ledger's node registry
         (once; peers find each other there, e.g. for federated reads)."""
         from careledger import demo
-        from careledger.contracts.identity import node_key
+        from careledger.contracts.identity import node_of
         from careledger.keyfile import read_key_file
         from careledger.sdk import Client, RemoteError
 
@@ -277,7 +277,7 @@ class LocalCluster:
         for node in self.nodes:
             with Client(node.url) as reader:
                 try:
-                    entry = reader.state("identity", node_key(node.org))
+                    entry = node_of(reader.state, node.org)
                 except RemoteError:
                     entry = None
             if entry is not None and entry.get("endpoint") == node.url:

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 StateReader = Callable[[str, str], Any]
 """Reads committed state: (namespace, key) -> JSON value, or None when absent."""
 
+KeyLister = Callable[[str, str, int], list[str]]
+"""Lists committed keys: (namespace, prefix, limit) -> the first ``limit`` keys under ``prefix``,
+in order. The node's views over many entries take one beside a :data:`StateReader`."""
+
 _DELETED = object()
 
 

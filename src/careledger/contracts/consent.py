@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.base import Args, Context, Contract, KeyLister, StateReader, tx_method
 from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.records import NAMESPACE as RECORDS
@@ -54,6 +54,16 @@ def break_glass_index_key(patient: str, member: str) -> str:
 
 def delegate_key(patient: str, delegate: str) -> str:
     return f"delegate/{patient}/{delegate}"
+
+
+CONSENT_PREFIX = "consent/"
+
+
+def every_consent(read: StateReader, keys: KeyLister, limit: int) -> list[Any]:
+    """Every consent granted on the chain (revoked ones too), in key order, at most ``limit``:
+    which patients a clinician's consents reach (judged with :func:`consent_covers`)."""
+    found = (read(NAMESPACE, k) for k in keys(NAMESPACE, CONSENT_PREFIX, limit))
+    return [e for e in found if e is not None]
 
 
 def consent_covers(
@@ -213,6 +223,13 @@ class ConsentV1(Contract):
 
 BREAK_GLASS_CONFIRM_MS = 60 * 60 * 1000
 BREAK_GLASS_PREFIX = "break-glass/"
+
+
+def break_glass_entries(read: StateReader, keys: KeyLister, limit: int) -> list[Any]:
+    """Every break-glass request and access, in key order, at most ``limit``: what
+    :func:`awaiting_cosignature` and :func:`opened_for_custodian` are given."""
+    found = (read(NAMESPACE, k) for k in keys(NAMESPACE, BREAK_GLASS_PREFIX, limit))
+    return [e for e in found if e is not None]
 
 
 def awaiting_cosignature(

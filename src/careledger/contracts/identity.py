@@ -90,6 +90,39 @@ def key_key(public_key: str) -> str:
     return f"key/{public_key}"
 
 
+ORGS_KEY = "orgs"
+"""The sorted ids of the chain's organisations (removed ones leave it)."""
+
+
+def org_ids(read: StateReader) -> list[str]:
+    """The chain's organisations, by id: what the node lists, names and asks for peers."""
+    return [str(o) for o in read(NAMESPACE, ORGS_KEY) or []]
+
+
+def org_of(read: StateReader, org_id: str) -> Mapping[str, Any] | None:
+    """An organisation (name, kind, status), or None: for the names the node shows."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, org_key(org_id))
+    return found
+
+
+def member_of(read: StateReader, member_id: str) -> Mapping[str, Any] | None:
+    """A member (org, roles, key, status), or None: whose key the node checks or shows."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, member_key(member_id))
+    return found
+
+
+def key_of(read: StateReader, public_key: str) -> Mapping[str, Any] | None:
+    """A public key's registration (its member, its status), or None: who signed a transaction."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, key_key(public_key))
+    return found
+
+
+def node_of(read: StateReader, org_id: str) -> Mapping[str, Any] | None:
+    """An organisation's entry in the node registry (endpoint, member, status), or None."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, node_key(org_id))
+    return found
+
+
 def resolve_signer(read: StateReader, public_key: str) -> Signer:
     """The member behind a key, or ``Rejected`` (UNKNOWN_SIGNER, KEY_REVOKED, ORG_REMOVED)."""
     entry = read(NAMESPACE, key_key(public_key))

@@ -24,9 +24,10 @@ State (namespace ``monitoring``):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.base import Args, Context, Contract, KeyLister, StateReader, tx_method
 from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.records import require_patient
 from careledger.core.alert_rules import RuleError, check_rules
@@ -53,6 +54,133 @@ ON_BEHALF_METHODS = frozenset(
 
 def window_key(device: str, seq: int) -> str:
     return f"window/{device}/{seq:012d}"
+
+
+# -- views: what the node reads of this contract's state (pure; none is used by a ruleset) ----
+
+
+def device_key(device_id: str) -> str:
+    return f"device/{device_id}"
+
+
+def binding_key(device_id: str) -> str:
+    return f"binding/{device_id}"
+
+
+def rules_key(device_id: str) -> str:
+    return f"rules/{device_id}"
+
+
+def last_key(device_id: str) -> str:
+    return f"last/{device_id}"
+
+
+def alert_key(alert_id: str) -> str:
+    return f"alert/{alert_id}"
+
+
+def open_alerts_key(org: str) -> str:
+    return f"open/{org}"
+
+
+def watched_devices_key(org: str) -> str:
+    return f"watched/{org}"
+
+
+def erased_key(patient: str) -> str:
+    return f"erased/{patient}"
+
+
+DEVICE_PREFIX = "device/"
+ALERT_PREFIX = "alert/"
+
+
+def _window_prefix(device: str) -> str:
+    return f"window/{device}/"
+
+
+def device_of(read: StateReader, device_id: str) -> Mapping[str, Any] | None:
+    """A registered device (key, model, owner org, status), or None: whose batches to accept."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, device_key(device_id))
+    return found
+
+
+def device_ids(keys: KeyLister, limit: int) -> list[str]:
+    """Every registered device's id, in key order: what a node audit checks it owns."""
+    return [k[len(DEVICE_PREFIX) :] for k in keys(NAMESPACE, DEVICE_PREFIX, limit)]
+
+
+def binding_of(read: StateReader, device_id: str) -> Mapping[str, Any] | None:
+    """A device's binding to a patient (patient, since, status), or None: whom readings are of."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, binding_key(device_id))
+    return found
+
+
+def rules_of(read: StateReader, device_id: str) -> Mapping[str, Any] | None:
+    """A device's alert rules as last set (rules, version, patient), or None: what to judge by."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, rules_key(device_id))
+    return found
+
+
+def next_window(read: StateReader, device_id: str) -> int:
+    """The number of a device's next window, i.e. how many windows the ledger anchored for it."""
+    last = read(NAMESPACE, last_key(device_id))
+    return 0 if last is None else int(last["window"]) + 1
+
+
+def window_of(read: StateReader, device_id: str, seq: int) -> Mapping[str, Any] | None:
+    """An anchored window (root, count, height, tx, alerts), or None: what a reading proves to."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, window_key(device_id, seq))
+    return found
+
+
+def windows_of(read: StateReader, keys: KeyLister, device_id: str, limit: int) -> dict[int, Any]:
+    """Every window anchored for a device, by number: what a node audit compares its store to."""
+    prefix = _window_prefix(device_id)
+    found: dict[int, Any] = {}
+    for key in keys(NAMESPACE, prefix, limit):
+        held = read(NAMESPACE, key)
+        if held is not None:
+            found[int(key[len(prefix) :])] = held
+    return found
+
+
+def alert_of(read: StateReader, alert_id: str) -> Mapping[str, Any] | None:
+    """An alert (patient, device, rule, org, status; never a reading's value), or None."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, alert_key(alert_id))
+    return found
+
+
+def alerts_of_patient(
+    read: StateReader, keys: KeyLister, patient: str, limit: int
+) -> list[Mapping[str, Any]]:
+    """A patient's alerts, oldest first, among the first ``limit`` alerts: for their charts."""
+    found = []
+    for key in keys(NAMESPACE, ALERT_PREFIX, limit):
+        alert = read(NAMESPACE, key)
+        if alert is not None and alert["patient"] == patient:
+            found.append(alert)
+    return sorted(found, key=lambda a: a["at"])
+
+
+def open_alerts(read: StateReader, org: str) -> Iterator[Mapping[str, Any]]:
+    """The alerts an organisation tracks for escalation (unacknowledged), in the order raised,
+    read lazily: its care team's inbox, and whether its node has escalations to judge."""
+    for alert_id in read(NAMESPACE, open_alerts_key(org)) or []:
+        alert = read(NAMESPACE, alert_key(alert_id))
+        if alert is not None:
+            yield alert
+
+
+def watched_devices(read: StateReader, org: str) -> list[str]:
+    """An organisation's devices with a no-data rule: whether its node has silences to judge."""
+    return [str(d) for d in read(NAMESPACE, watched_devices_key(org)) or []]
+
+
+def erasure_entry(read: StateReader, patient: str) -> Mapping[str, Any] | None:
+    """A patient's last erasure of their readings (``before``, ``height``), or None (r4)."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, erased_key(patient))
+    return found
 
 
 class MonitoringV1(Contract):

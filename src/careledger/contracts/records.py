@@ -22,9 +22,10 @@ anchored without a patient, so a patient's record can never be passed off as the
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
 from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.core.block import ZERO_HASH
@@ -45,6 +46,12 @@ def record_key(record_id: str) -> str:
 
 def version_key(record_id: str, version: int) -> str:
     return f"record/{record_id}/v/{version:08d}"
+
+
+def record_of(read: StateReader, record_id: str) -> Mapping[str, Any] | None:
+    """A record's anchor (type, patient, custodian, latest version), or None: what it is."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, record_key(record_id))
+    return found
 
 
 def patient_index_key(patient: str, record_id: str) -> str:

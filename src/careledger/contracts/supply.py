@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, timedelta
 from typing import Any, ClassVar
 
-from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
+from careledger.contracts.base import Args, Context, Contract, KeyLister, StateReader, tx_method
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import org_key
 from careledger.errors import Rejected, ValidationError
@@ -180,6 +180,94 @@ def prefix_owner(read: StateReader, digits: str) -> str | None:
         if entry is not None:
             return str(entry["org"])
     return None
+
+
+# -- views: what the node reads of this contract's state (pure; none is used by a ruleset) ----
+
+GLN_PREFIX = "gln/"
+RECALL_PREFIX = "recall/"
+STOCK_PREFIX = "stock/"
+SUSPECT_PREFIX = "suspect/"
+
+
+def gln_key(gln: str) -> str:
+    return f"{GLN_PREFIX}{gln}"
+
+
+def recall_key(recall_id: str) -> str:
+    return f"{RECALL_PREFIX}{recall_id}"
+
+
+def capture_key(capture_id: str) -> str:
+    return f"capture/{capture_id}"
+
+
+def _entries(read: StateReader, keys: KeyLister, prefix: str, limit: int) -> list[Any]:
+    found = (read(NAMESPACE, k) for k in keys(NAMESPACE, prefix, limit))
+    return [e for e in found if e is not None]
+
+
+def location_of(read: StateReader, gln: str) -> Mapping[str, Any] | None:
+    """A registered location (its org and name), or None: whose site a GLN is."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, gln_key(gln))
+    return found
+
+
+def first_location_of(read: StateReader, keys: KeyLister, org: str, limit: int) -> str | None:
+    """The first GLN (in key order) ``org`` registered, or None: who answers for a brand."""
+    for key in keys(NAMESPACE, GLN_PREFIX, limit):
+        entry = read(NAMESPACE, key)
+        if entry is not None and entry["org"] == org:
+            return key[len(GLN_PREFIX) :]
+    return None
+
+
+def shipment_of(read: StateReader, shipment_id: str) -> Mapping[str, Any] | None:
+    """A shipment (from, to, destination, units, status), or None: where a shipped unit goes."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, shipment_key(shipment_id))
+    return found
+
+
+def lot_serials(read: StateReader, gtin14: str, lot: str) -> list[str]:
+    """The serials commissioned in one lot of a GTIN, in commission order: what a recall
+    reaches."""
+    index = read(NAMESPACE, lot_units_key(gtin14, lot)) or {"chunks": 0}
+    serials: list[str] = []
+    for i in range(index["chunks"]):
+        serials.extend(read(NAMESPACE, lot_chunk_key(gtin14, lot, i)))
+    return serials
+
+
+def stock_entries(
+    read: StateReader, keys: KeyLister, gtin14: str | None, limit: int
+) -> list[Mapping[str, Any]]:
+    """Stock counters (gtin, gln, org, quantity) of one GTIN, or of all with None, in key
+    order, at most ``limit``: the inventory."""
+    prefix = f"{STOCK_PREFIX}{gtin14}/" if gtin14 else STOCK_PREFIX
+    return _entries(read, keys, prefix, limit)
+
+
+def recall_of(read: StateReader, recall_id: str) -> Mapping[str, Any] | None:
+    """A recall as issued (gtin, lots, reason, by, holders reached), or None."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, recall_key(recall_id))
+    return found
+
+
+def recall_entries(read: StateReader, keys: KeyLister, limit: int) -> list[Mapping[str, Any]]:
+    """Recalls in key order, at most ``limit``: the list a supply member browses."""
+    return _entries(read, keys, RECALL_PREFIX, limit)
+
+
+def suspect_cases(read: StateReader, keys: KeyLister, limit: int) -> list[Mapping[str, Any]]:
+    """Suspect-product cases in key order, at most ``limit``: whom each concerns is the node's
+    to judge."""
+    return _entries(read, keys, SUSPECT_PREFIX, limit)
+
+
+def capture_of(read: StateReader, capture_id: str) -> Mapping[str, Any] | None:
+    """An anchored EPCIS capture (its height), or None: whether a staged capture committed."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, capture_key(capture_id))
+    return found
 
 
 def expiry_date(expiry: str) -> date:

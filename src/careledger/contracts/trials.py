@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
+from careledger.contracts.base import Args, Context, Contract, KeyLister, StateReader, tx_method
 from careledger.contracts.identity import ID_PATTERN as ID
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import (
@@ -70,6 +70,96 @@ def study_key(study: str) -> str:
 
 def participant_key(study: str, member: str) -> str:
     return f"participant/{study}/{member}"
+
+
+# -- views: what the node reads of this contract's state (pure; none is used by a ruleset) ----
+
+PARTICIPANT_PREFIX = "participant/"
+QUERY_PREFIX = "query/"
+
+
+def query_key(query_id: str) -> str:
+    return f"{QUERY_PREFIX}{query_id}"
+
+
+def answer_key(query_id: str, site: str) -> str:
+    return f"answer/{query_id}/{site}"
+
+
+def study_of(read: StateReader, study: str) -> Mapping[str, Any] | None:
+    """A registered study (protocols, version, lock, report), or None: what the node shows."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, study_key(study))
+    return found
+
+
+def participant_of(read: StateReader, study: str, member: str) -> Mapping[str, Any] | None:
+    """A participant's enrolment and consent timeline in a study, or None."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, participant_key(study, member))
+    return found
+
+
+def participants_of(
+    read: StateReader, keys: KeyLister, study: str, limit: int
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """A study's participants (member, enrolment), in key order: for its audit report."""
+    prefix = f"{PARTICIPANT_PREFIX}{study}/"
+    out = []
+    for key in keys(NAMESPACE, prefix, limit):
+        record = read(NAMESPACE, key)
+        if record is not None:
+            out.append((key[len(prefix) :], record))
+    return out
+
+
+def enrolments_of(read: StateReader, keys: KeyLister, member: str, limit: int) -> dict[str, Any]:
+    """study id -> a member's enrolment, among the first ``limit`` participants of any study:
+    the studies a patient takes part in."""
+    out: dict[str, Any] = {}
+    for key in keys(NAMESPACE, PARTICIPANT_PREFIX, limit):
+        study, who = key.split("/")[1:3]
+        if who != member:
+            continue
+        record = read(NAMESPACE, key)
+        if record is not None:
+            out[study] = record
+    return out
+
+
+def data_entries(
+    read: StateReader, keys: KeyLister, study: str, limit: int
+) -> list[dict[str, Any]]:
+    """A study's anchored CRF entries, each with its ``participant`` and ``visit``, in key
+    order: what its audit report recomputes the lock root from."""
+    out = []
+    for key in keys(NAMESPACE, f"entry/{study}/", limit):
+        _, _, member, visit, _ = key.split("/")
+        out.append({**read(NAMESPACE, key), "participant": member, "visit": visit})
+    return out
+
+
+def query_of(read: StateReader, query_id: str) -> Mapping[str, Any] | None:
+    """A feasibility query (sponsor, criteria, sites), or None: what a site evaluates."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, query_key(query_id))
+    return found
+
+
+def answer_of(read: StateReader, query_id: str, site: str) -> Mapping[str, Any] | None:
+    """A site's answer to a feasibility query (a count or a sealed one), or None: not yet."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, answer_key(query_id, site))
+    return found
+
+
+def unanswered_queries(read: StateReader, keys: KeyLister, site: str, limit: int) -> list[str]:
+    """Ids of the queries addressed to ``site`` it has not answered, among the first ``limit``
+    queries: what a node answers after a restart."""
+    out = []
+    for key in keys(NAMESPACE, QUERY_PREFIX, limit):
+        query = read(NAMESPACE, key)
+        if query is None or site not in query["sites"]:
+            continue
+        if answer_of(read, str(query["id"]), site) is None:
+            out.append(str(query["id"]))
+    return out
 
 
 def _endpoints(raw: object, what: str) -> list[str]:
@@ -499,6 +589,12 @@ def privacy_prefix(site: str) -> str:
 
 def privacy_key(site: str, sponsor: str) -> str:
     return privacy_prefix(site) + sponsor
+
+
+def budget_sponsors(keys: KeyLister, site: str, limit: int) -> list[str]:
+    """The sponsors with a privacy budget at ``site`` (r5): what its admins review."""
+    prefix = privacy_prefix(site)
+    return [k[len(prefix) :] for k in keys(NAMESPACE, prefix, limit)]
 
 
 def privacy_budget(read: StateReader, site: str, sponsor: str) -> dict[str, int]:

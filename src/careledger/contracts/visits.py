@@ -16,9 +16,10 @@ State (namespace ``visits``):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from careledger.contracts.base import Args, Context, Contract, tx_method
+from careledger.contracts.base import Args, Context, Contract, KeyLister, StateReader, tx_method
 from careledger.contracts.records import anchored_records, require_patient
 from careledger.errors import Rejected
 
@@ -30,6 +31,40 @@ JOIN_EARLY_MS = 15 * 60_000
 MAX_VISIT_MS = 8 * 60 * 60_000
 NOTE_TYPES = frozenset({"Encounter", "DocumentReference"})
 ON_BEHALF_METHODS = frozenset({"schedule", "join", "start", "end", "cancel"})
+
+
+# -- views: what the node reads of this contract's state (pure; none is used by a ruleset) ----
+
+VISIT_PREFIX = "visit/"
+
+
+def visit_key(visit_id: str) -> str:
+    return f"{VISIT_PREFIX}{visit_id}"
+
+
+def visit_of(read: StateReader, visit_id: str) -> Mapping[str, Any] | None:
+    """A visit (patient, clinician, org, times, link hash, status), or None: who may see it."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, visit_key(visit_id))
+    return found
+
+
+def _ids_under(keys: KeyLister, prefix: str, limit: int) -> list[str]:
+    return [k[len(prefix) :] for k in keys(NAMESPACE, prefix, limit)]
+
+
+def visit_ids(keys: KeyLister, limit: int) -> list[str]:
+    """Every visit's id, in key order: what a node audit checks it keeps the links of."""
+    return _ids_under(keys, VISIT_PREFIX, limit)
+
+
+def patient_visit_ids(keys: KeyLister, patient: str, limit: int) -> list[str]:
+    """The ids of a patient's visits: their list of visits."""
+    return _ids_under(keys, f"by-patient/{patient}/", limit)
+
+
+def clinician_visit_ids(keys: KeyLister, clinician: str, limit: int) -> list[str]:
+    """The ids of the visits a clinician scheduled: their list of visits."""
+    return _ids_under(keys, f"by-clinician/{clinician}/", limit)
 
 
 class VisitsV1(Contract):

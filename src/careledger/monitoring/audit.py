@@ -16,8 +16,7 @@ from typing import Any
 
 import orjson
 
-from careledger.contracts.monitoring import NAMESPACE as MONITORING
-from careledger.contracts.monitoring import window_key
+from careledger.contracts.monitoring import alert_of, window_of
 from careledger.core.alert_rules import check_rules, evaluate
 from careledger.ledger.engine import Ledger
 from careledger.monitoring.readings import open_batch
@@ -88,7 +87,7 @@ def audit_devices(
         state: dict[str, dict[str, Any]] = {}
         version = -1
         for closed in store.anchored_windows(device):
-            held = ledger.state(MONITORING, window_key(device, closed.window))
+            held = window_of(ledger.state, device, closed.window)
             if held is None:
                 report.mismatches.append({"window": closed.window, "problem": "not on the ledger"})
                 continue
@@ -102,7 +101,8 @@ def audit_devices(
             if closed.rules_version != version:
                 state, version = {}, closed.rules_version
             carried = evaluate(rules, state, readings)
-            recorded = [ledger.state(MONITORING, f"alert/{a}") for a in held["alerts"]]
+            # every alert a window names was recorded by the transaction that anchored it
+            recorded: list[Any] = [alert_of(ledger.state, a) for a in held["alerts"]]
             expected = [f.as_json() for f in carried]
             if not compare(expected, recorded):
                 alone = [f.as_json() for f in evaluate(rules, {}, readings)]

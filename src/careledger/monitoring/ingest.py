@@ -35,7 +35,16 @@ import orjson
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from careledger.contracts.identity import member_of
 from careledger.contracts.monitoring import NAMESPACE as MONITORING
+from careledger.contracts.monitoring import (
+    binding_of,
+    device_of,
+    erasure_entry,
+    next_window,
+    rules_of,
+    window_of,
+)
 from careledger.core import merkle
 from careledger.core.alert_rules import evaluate
 from careledger.core.canonical import canonical_bytes
@@ -76,7 +85,7 @@ def batch_record_id(device: str, seq: int) -> str:
 
 def erasure_of(ledger: Ledger, patient: str) -> Erasure | None:
     """The patient's last erasure of their readings, as the ledger holds it (None: none)."""
-    held = ledger.state(MONITORING, f"erased/{patient}")
+    held = erasure_entry(ledger.state, patient)
     return None if held is None else Erasure(int(held["height"]), int(held["before"]))
 
 
@@ -208,15 +217,14 @@ class Ingestor:
             if state.count:  # a window left open at the last stop: its timer starts now
                 state.opened = time.monotonic()
             if raw is None:
-                last = self.ledger.state(MONITORING, f"last/{device}")
-                state.window = 0 if last is None else last["window"] + 1
+                state.window = next_window(self.ledger.state, device)
             self._devices[device] = state
         return state
 
     # -- accepting a batch -------------------------------------------------------------------
 
     def device_of(self, device_id: str) -> dict[str, Any]:
-        device = self.ledger.state(MONITORING, f"device/{device_id}")
+        device = device_of(self.ledger.state, device_id)
         if device is None:
             raise NotFound(f"no device {device_id!r}", code="UNKNOWN_DEVICE")
         return dict(device)
@@ -226,7 +234,7 @@ class Ingestor:
         received = time.monotonic() if received is None else received
         batch, body_hash = self._verified(device_id, envelope)
         seq = batch["seq"]
-        binding = self.ledger.state(MONITORING, f"binding/{device_id}")
+        binding = binding_of(self.ledger.state, device_id)
         if binding is None or binding["status"] != "active":
             raise Forbidden("the device is not bound to a patient", code="NOT_BOUND")
         patient = str(binding["patient"])
@@ -378,11 +386,11 @@ class Ingestor:
 
     def _rules(self, device: str, patient: str) -> dict[str, Any] | None:
         """The device's rules, if they are this patient's (set since the current binding)."""
-        rules = self.ledger.state(MONITORING, f"rules/{device}")
+        rules = rules_of(self.ledger.state, device)
         return dict(rules) if rules is not None and rules.get("patient") == patient else None
 
     def _member_key(self, patient: str) -> str:
-        member = self.ledger.state("identity", f"member/{patient}")
+        member = member_of(self.ledger.state, patient)
         if member is None:
             raise NotFound("the bound patient is not a member", code="UNKNOWN_PATIENT")
         return str(member["key"])
@@ -670,7 +678,7 @@ class Ingestor:
 
     def _already_anchored(self, window: ClosedWindow) -> bool:
         """A window the ledger holds already (a retry after a timeout, or a restart)."""
-        held = self.ledger.state(MONITORING, f"window/{window.device}/{window.window:012d}")
+        held = window_of(self.ledger.state, window.device, window.window)
         if held is None or held["root"] != window.root:
             return False
         self._anchored(window, str(held["tx"]), {"result": "accepted", "tx_id": held["tx"]})
@@ -690,9 +698,8 @@ class Ingestor:
                 if state.patient is not None:
                     with self._erasures_lock:
                         self._erasures.add(state.patient)
-            last = self.ledger.state(MONITORING, f"last/{device}")
             fresh = DeviceState(device, last_seq=state.last_seq)
-            fresh.window = 0 if last is None else last["window"] + 1
+            fresh.window = next_window(self.ledger.state, device)
             self._devices[device] = fresh
             self.store.refused(device, window, fresh.to_json())
 

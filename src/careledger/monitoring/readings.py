@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from careledger.contracts.monitoring import NAMESPACE as MONITORING
+from careledger.contracts.monitoring import alerts_of_patient, open_alerts, window_of
 from careledger.core import merkle
 from careledger.core.keys import KeyPair, b64url_encode
 from careledger.core.vitals import Reading, from_json, to_observation
@@ -88,7 +88,7 @@ class ReadingsService:
 
     def _anchored(self, device: str, window: int) -> tuple[ClosedWindow, dict[str, Any]]:
         closed = self.store.window(device, window)
-        anchored = self.ledger.state(MONITORING, f"window/{device}/{window:012d}")
+        anchored = window_of(self.ledger.state, device, window)
         if closed is None or closed.status != "anchored" or anchored is None:
             raise NotFound("no anchored window with that number", code="UNKNOWN_WINDOW")
         return closed, dict(anchored)
@@ -175,20 +175,12 @@ class ReadingsService:
         )
 
     def alerts_of(self, patient: str) -> list[dict[str, Any]]:
-        found = []
-        for key in self.ledger.store.state_keys(MONITORING, "alert/", 100_000):
-            alert = self.ledger.state(MONITORING, key)
-            if alert is not None and alert["patient"] == patient:
-                found.append(dict(alert))
-        return sorted(found, key=lambda a: a["at"])
+        found = alerts_of_patient(self.ledger.state, self.ledger.store.state_keys, patient, 100_000)
+        return [dict(alert) for alert in found]
 
     def inbox(self, caller: Caller) -> list[dict[str, Any]]:
         """Unacknowledged alerts of the caller's organisation (its devices' patients)."""
         if not caller.roles & {"clinician", "nurse"}:
             raise Forbidden("the care team's inbox", code="NOT_AUTHORISED")
-        out = []
-        for alert_id in self.ledger.state(MONITORING, f"open/{caller.org}") or []:
-            alert = self.ledger.state(MONITORING, f"alert/{alert_id}")
-            if alert is not None:
-                out.append(dict(alert))
+        out = [dict(alert) for alert in open_alerts(self.ledger.state, caller.org)]
         return sorted(out, key=lambda a: a["raised"], reverse=True)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from careledger.contracts.monitoring import NAMESPACE as MONITORING
+from careledger.contracts.monitoring import alert_of, binding_of, next_window
 from careledger.errors import Forbidden, NotFound
 from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
@@ -27,12 +28,11 @@ class MonitoringService:
 
     def device(self, device_id: str) -> dict[str, Any]:
         device = self.ingestor.device_of(device_id)
-        binding = self.ledger.state(MONITORING, f"binding/{device_id}")
-        last = self.ledger.state(MONITORING, f"last/{device_id}")
+        binding = binding_of(self.ledger.state, device_id)
         return {
             **device,
             "binding": None if binding is None else {k: binding[k] for k in ("status", "since")},
-            "windows": 0 if last is None else last["window"] + 1,
+            "windows": next_window(self.ledger.state, device_id),
         }
 
     def act(self, caller: Caller, method: str, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,7 +62,7 @@ class MonitoringService:
         return self.act(caller, "unbind", args)
 
     def alert(self, caller: Caller, alert_id: str) -> dict[str, Any]:
-        alert = self.ledger.state(MONITORING, f"alert/{alert_id}")
+        alert = alert_of(self.ledger.state, alert_id)
         if alert is None:
             raise NotFound("no such alert", code="UNKNOWN_ALERT")
         care_team = bool(caller.roles & {"clinician", "nurse"}) and (alert["org"] == caller.org)

@@ -12,6 +12,7 @@ import logging
 import threading
 
 from careledger.contracts.monitoring import NAMESPACE as MONITORING
+from careledger.contracts.monitoring import open_alerts, watched_devices
 from careledger.node import Node
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,9 @@ class Ticker:
 
     def due(self) -> bool:
         org = self.node.settings.org
-        if self.ledger.state(MONITORING, f"watched/{org}"):
+        if watched_devices(self.ledger.state, org):
             return True
-        for alert_id in self.ledger.state(MONITORING, f"open/{org}") or []:
-            alert = self.ledger.state(MONITORING, f"alert/{alert_id}")
+        for alert in open_alerts(self.ledger.state, org):
             if alert and alert.get("escalate_after") and alert["status"] == "open":
                 return True
         return False

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from careledger.contracts.visits import NAMESPACE as VISITS
+from careledger.contracts.visits import clinician_visit_ids, patient_visit_ids, visit_of
 from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
 from careledger.health.access import Caller
 from careledger.health.service import WRITER_ROLES, HealthRecords
@@ -97,7 +98,7 @@ class VisitsService:
             conn.execute("INSERT INTO reasons(visit, reason) VALUES(?, ?)", (visit_id, sealed))
 
     def visit(self, caller: Caller, visit_id: str) -> dict[str, Any]:
-        visit = self.ledger.state(VISITS, f"visit/{visit_id}")
+        visit = visit_of(self.ledger.state, visit_id)
         if visit is None:
             raise NotFound("no such visit", code="UNKNOWN_VISIT")
         if caller.member not in {visit["patient"], visit["clinician"]}:
@@ -115,11 +116,8 @@ class VisitsService:
 
     def mine(self, caller: Caller) -> dict[str, list[dict[str, Any]]]:
         """The caller's visits (as patient or clinician), upcoming and past."""
-        prefix = "by-patient" if "patient" in caller.roles else "by-clinician"
-        ids = [
-            k.rsplit("/", 1)[1]
-            for k in self.ledger.store.state_keys(VISITS, f"{prefix}/{caller.member}/", 10_000)
-        ]
+        listed = patient_visit_ids if "patient" in caller.roles else clinician_visit_ids
+        ids = listed(self.ledger.store.state_keys, caller.member, 10_000)
         visits = [self.visit(caller, i) for i in ids]
         now = int(time.time() * 1000)
         upcoming = [

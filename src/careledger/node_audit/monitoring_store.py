@@ -69,8 +69,13 @@ from typing import Any
 
 import orjson
 
-from careledger.contracts.monitoring import NAMESPACE as MONITORING
-from careledger.contracts.monitoring import SKEW
+from careledger.contracts.monitoring import (
+    SKEW,
+    device_ids,
+    device_of,
+    erasure_entry,
+    windows_of,
+)
 from careledger.core import merkle
 from careledger.core.vitals import Reading, from_json
 from careledger.errors import CareLedgerError
@@ -93,6 +98,7 @@ from careledger.vault.at_rest import MARK, AtRest
 from careledger.vault.crypto import NONCE_SIZE, SALT_SIZE, open_resource, unwrap_key
 
 DIGEST = 32
+LISTED = 100_000_000  # keys of the ledger listed at most: an audit reads them all
 WRAPPED_SIZE = 80  # a sealed box: ephemeral key, data key, tag
 STATUSES = frozenset({"closed", "anchored", "refused"})
 DECODING = (CareLedgerError, ValueError, TypeError, KeyError, IndexError, AttributeError)
@@ -309,23 +315,19 @@ class _Audit:
 
     def ledger_device(self, device: str) -> Any:
         if device not in self._devices:
-            self._devices[device] = self.context.state(MONITORING, f"device/{device}")
+            self._devices[device] = device_of(self.context.state, device)
         return self._devices[device]
 
     def ledger_windows(self, device: str) -> dict[int, dict[str, Any]]:
         """The windows the ledger anchored for a device, by number."""
         if device not in self._ledger_windows:
-            found: dict[int, dict[str, Any]] = {}
-            for key in self.context.state_keys(MONITORING, f"window/{device}/"):
-                held = self.context.state(MONITORING, key)
-                if held is not None:
-                    found[int(key.rsplit("/", 1)[1])] = dict(held)
-            self._ledger_windows[device] = found
+            held = windows_of(self.context.state, self.context.state_keys, device, LISTED)
+            self._ledger_windows[device] = {n: dict(w) for n, w in held.items()}
         return self._ledger_windows[device]
 
     def erasure(self, patient: str) -> Any:
         if patient not in self._erased:
-            self._erased[patient] = self.context.state(MONITORING, f"erased/{patient}")
+            self._erased[patient] = erasure_entry(self.context.state, patient)
         return self._erased[patient]
 
     def anchoring(self, held: dict[str, Any]) -> dict[str, Any] | None:
@@ -342,8 +344,7 @@ class _Audit:
 
     def owned_devices(self) -> list[str]:
         owned = []
-        for key in self.context.state_keys(MONITORING, "device/"):
-            device = key.split("/", 1)[1]
+        for device in device_ids(self.context.state_keys, LISTED):
             entry = self.ledger_device(device)
             if entry is not None and entry.get("org") == self.context.org:
                 owned.append(device)

@@ -42,12 +42,14 @@ from typing import Any
 import orjson
 
 from careledger.contracts.visits import NAMESPACE as VISITS
+from careledger.contracts.visits import visit_ids, visit_of
 from careledger.monitoring.visits import SCHEMA, VISITS_FILE
 from careledger.node_audit import Difference, NodeContext, unreadable
 from careledger.node_audit.monitoring_store import open_sealed, schema_differences
 from careledger.vault.at_rest import AtRest
 
 MAX_REASON = 512  # VisitsService.schedule refuses longer reasons
+LISTED = 100_000_000  # keys of the ledger listed at most: an audit reads them all
 TABLES = ("links", "reasons")
 
 
@@ -116,7 +118,7 @@ class _Audit:
         return Difference(VISITS_FILE, table, row, problem)
 
     def visit(self, visit_id: str) -> dict[str, Any] | None:
-        held = self.context.state(VISITS, f"visit/{visit_id}")
+        held = visit_of(self.context.state, visit_id)
         return None if held is None else dict(held)
 
     def _visit_problem(self, visit: dict[str, Any] | None, what: str) -> str:
@@ -167,8 +169,7 @@ class _Audit:
                 yield self._difference(
                     "links", visit_id, "the visit's reason is held, its link is not"
                 )
-        for key in self.context.state_keys(VISITS, "visit/"):
-            visit_id = key.split("/", 1)[1]
+        for visit_id in visit_ids(self.context.state_keys, LISTED):
             if visit_id in links or visit_id in reasons:
                 continue
             visit = self.visit(visit_id)

@@ -26,6 +26,7 @@ import jwt
 from careledger.auth import TokenIssuer, scope_within
 from careledger.contracts.apps import app_of
 from careledger.contracts.base import Signer
+from careledger.contracts.identity import member_of
 from careledger.core.keys import b64url_encode
 from careledger.errors import CareLedgerError, Unauthorized, ValidationError
 from careledger.ledger.engine import Ledger
@@ -474,7 +475,7 @@ class AuthorizationServer:
             if set(narrower) - set(words):
                 raise OAuthError("invalid_scope", "a refresh may narrow the scopes, never widen")
             words = narrower
-        member = self.ledger.state("identity", f"member/{grant.member}")
+        member = member_of(self.ledger.state, grant.member)
         if member is None or member.get("key") != grant.public_key:
             # a changed key (rotated, recovered after a theft) ends what the old one approved
             self._revoke_family(grant.family, grant.expires)

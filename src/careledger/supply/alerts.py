@@ -27,8 +27,7 @@ from typing import Any
 
 import orjson
 
-from careledger.contracts.identity import NAMESPACE as IDENTITY
-from careledger.contracts.identity import key_key, member_key
+from careledger.contracts.identity import key_of, member_of
 from careledger.contracts.supply import prefix_owner
 from careledger.core.tx import decode_stored_envelope
 from careledger.errors import ValidationError
@@ -300,7 +299,7 @@ class AlertWatcher:
     def _org_of(self, public_key: str, actor: object) -> str | None:
         member_id = actor
         if not isinstance(member_id, str):
-            key = self.ledger.state(IDENTITY, key_key(public_key))
+            key = key_of(self.ledger.state, public_key)
             member_id = key.get("member") if key else None
-        member = self.ledger.state(IDENTITY, member_key(member_id)) if member_id else None
+        member = member_of(self.ledger.state, str(member_id)) if member_id else None
         return member.get("org") if member else None

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from careledger.contracts.supply import MAX_CAPTURE_EVENTS
+from careledger.contracts.supply import MAX_CAPTURE_EVENTS, capture_of
 from careledger.contracts.supply import NAMESPACE as SUPPLY
 from careledger.core.canonical import canonical_bytes
 from careledger.core.tx import MAX_ENVELOPE_BYTES
@@ -199,7 +199,7 @@ class EpcisService:
         """Finish captures a stopped node left staged: published if the ledger anchored them,
         dropped otherwise. Returns how many were finished."""
         for capture_id in self.repository.running_captures():
-            anchored = self.node.ledger.state(SUPPLY, f"capture/{capture_id}")
+            anchored = capture_of(self.node.ledger.state, capture_id)
             if anchored is not None:
                 tx_id = self._anchoring_tx(capture_id, int(anchored["height"]))
                 self.repository.finish_capture(capture_id, tx_id=tx_id)

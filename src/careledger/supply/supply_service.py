@@ -11,15 +11,22 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from careledger.contracts.base import KeyLister, StateReader
+from careledger.contracts.identity import org_of
 from careledger.contracts.supply import (
     ILLEGITIMATE,
     IN_STOCK,
     NAMESPACE,
     SHIPPED,
     SUSPECT,
-    lot_chunk_key,
-    lot_units_key,
+    first_location_of,
+    location_of,
+    lot_serials,
     prefix_owner,
+    recall_of,
+    shipment_of,
+    stock_entries,
+    suspect_cases,
     unit_view,
 )
 from careledger.errors import NotFound, ValidationError
@@ -88,14 +95,16 @@ class SupplyService:
 
     # -- reads of ledger state ---------------------------------------------------------------
 
-    def _state(self, key: str) -> Any:
-        return self.node.ledger.state(NAMESPACE, key)
+    @property
+    def _read(self) -> StateReader:
+        return self.node.ledger.state
 
-    def _keys(self, prefix: str) -> list[str]:
-        return self.node.ledger.store.state_keys(NAMESPACE, prefix, MAX_LISTED)
+    @property
+    def _keys(self) -> KeyLister:
+        return self.node.ledger.store.state_keys
 
     def brand_owner(self, gtin14: str) -> str | None:
-        return prefix_owner(self.node.ledger.state, gtin14)
+        return prefix_owner(self._read, gtin14)
 
     @staticmethod
     def require_reader(caller: Caller, action: str = "read") -> None:
@@ -104,7 +113,7 @@ class SupplyService:
     def unit(self, caller: Caller, gtin: str, serial: str) -> dict[str, Any]:
         self.require_reader(caller)
         gtin14 = validate_gtin(gtin)
-        unit = unit_view(self.node.ledger.state, gtin14, serial)
+        unit = unit_view(self._read, gtin14, serial)
         if unit is None:
             raise NotFound("no unit with that GTIN and serial", code="UNKNOWN_SERIAL")
         return unit
@@ -116,13 +125,8 @@ class SupplyService:
         self.require_reader(caller)
         gtin14 = validate_gtin(gtin) if gtin else None
         gln = validate_gln(location) if location else None
-        keys = self._keys(f"stock/{gtin14}/" if gtin14 else "stock/")
-        rows = []
-        for key in keys:
-            entry = self._state(key)
-            if entry is None or (gln is not None and entry["gln"] != gln):
-                continue
-            rows.append(entry)
+        entries = stock_entries(self._read, self._keys, gtin14, MAX_LISTED)
+        rows = [e for e in entries if gln is None or e["gln"] == gln]
         by_gtin: dict[str, int] = {}
         for row in rows:
             by_gtin[row["gtin"]] = by_gtin.get(row["gtin"], 0) + row["quantity"]
@@ -130,24 +134,26 @@ class SupplyService:
             "height": self.node.ledger.head.height,
             "locations": rows,
             "totals": [{"gtin": g, "quantity": q} for g, q in sorted(by_gtin.items())],
-            "truncated": len(keys) >= MAX_LISTED,
+            "truncated": len(entries) >= MAX_LISTED,
         }
 
     def recall(self, caller: Caller, recall_id: str) -> dict[str, Any]:
         """The recall as issued, and who holds its still-open units now (by GLN)."""
         self.require_reader(caller)
-        entry = self._state(f"recall/{recall_id}") if recall_id.isalnum() else None
+        entry = recall_of(self._read, recall_id) if recall_id.isalnum() else None
         if entry is None:
             raise NotFound("no recall with that id", code="UNKNOWN_RECALL")
         current: dict[str, dict[str, Any]] = {}
         closed = 0
         for lot in entry["lots"]:
-            for serial in self._lot_serials(entry["gtin"], lot):
-                unit = self._state(f"unit/{entry['gtin']}/{serial}")
+            for serial in lot_serials(self._read, entry["gtin"], lot):
+                unit = unit_view(self._read, entry["gtin"], serial)
+                assert unit is not None  # a lot lists the units commissioned in it
                 gln, holder = unit["holder_location"], unit["owner"]
                 flags = set(unit["flags"])
                 if unit["status"] == SHIPPED:
-                    shipment = self._state(f"shipment/{unit['shipment']}")
+                    shipment = shipment_of(self._read, unit["shipment"])
+                    assert shipment is not None  # a shipped unit names its shipment
                     gln, holder = shipment["to_location"], shipment["to"]
                 elif unit["status"] not in IN_STOCK or flags & {SUSPECT, ILLEGITIMATE}:
                     closed += 1  # destroyed, decommissioned, dispensed or quarantined
@@ -162,23 +168,13 @@ class SupplyService:
             "closed_units": closed,
         }
 
-    def _lot_serials(self, gtin14: str, lot: str) -> list[str]:
-        index = self._state(lot_units_key(gtin14, lot)) or {"chunks": 0}
-        serials: list[str] = []
-        for i in range(index["chunks"]):
-            serials.extend(self._state(lot_chunk_key(gtin14, lot, i)))
-        return serials
-
     def suspects(self, caller: Caller, *, open_only: bool = False) -> list[dict[str, Any]]:
         """Suspect-product cases the caller's organisation runs, holds or owns the brand of."""
         self.require_reader(caller)
         now = _now_ms()
         cases = []
-        for key in self._keys("suspect/"):
-            case = self._state(key)
-            if case is None:
-                continue
-            unit = self._state(f"unit/{case['gtin']}/{case['serial']}") or {}
+        for case in suspect_cases(self._read, self._keys, MAX_LISTED):
+            unit = unit_view(self._read, case["gtin"], case["serial"]) or {}
             parties = {case.get("opened_by"), unit.get("owner"), self.brand_owner(case["gtin"])}
             if caller.org not in parties and "node" not in caller.roles:
                 continue
@@ -214,7 +210,7 @@ class SupplyService:
         words, and what to do (supply.verdict)."""
         now = _now_ms()
         gtin14, serial = request["gtin"], request["serialNumber"]
-        unit = unit_view(self.node.ledger.state, gtin14, serial)
+        unit = unit_view(self._read, gtin14, serial)
         data = verify_unit(
             unit,
             lot=request.get("lotNumber"),
@@ -261,10 +257,10 @@ class SupplyService:
     def _verdict(
         self, unit: Mapping[str, Any] | None, data: Mapping[str, Any], now: int
     ) -> Verdict:
-        recall = self._state(f"recall/{unit['recall']}") if unit and unit.get("recall") else None
+        recall = recall_of(self._read, unit["recall"]) if unit and unit.get("recall") else None
         by = None
         if recall is not None:
-            org = self.node.ledger.state("identity", f"org/{recall['by']}") or {}
+            org = org_of(self._read, recall["by"]) or {}
             by = str(org.get("name") or recall["by"])
         dispensed = None
         if unit is not None and unit.get("dispensed_height") is not None:
@@ -277,7 +273,7 @@ class SupplyService:
     def _own_gln(self, requester: Caller, gln: object) -> str | None:
         if not isinstance(gln, str):
             return None
-        entry = self._state(f"gln/{gln}")
+        entry = location_of(self._read, gln)
         return gln if entry is not None and entry["org"] == requester.org else None
 
     def _responder_gln(self, brand: str | None) -> str | None:
@@ -285,11 +281,9 @@ class SupplyService:
         if brand is None:
             return None
         if brand not in self._responders:
-            for key in self._keys("gln/"):
-                entry = self._state(key)
-                if entry is not None and entry["org"] == brand:
-                    self._responders[brand] = key.split("/", 1)[1]
-                    break
+            found = first_location_of(self._read, self._keys, brand, MAX_LISTED)
+            if found is not None:
+                self._responders[brand] = found
         return self._responders.get(brand)
 
     def list_verifications(

@@ -17,12 +17,12 @@ from typing import Any
 
 from jinja2 import Environment
 
+from careledger.contracts.trials import data_entries, participants_of, study_of
 from careledger.core import merkle
 from careledger.core.canonical import canonical_bytes
 from careledger.errors import NotFound, ValidationError
 from careledger.ledger.engine import Ledger
 
-NAMESPACE = "trials"
 PROVED_CONSENTS = 1000  # consent transactions proved one by one; beyond, listed by id
 LISTED_ANCHORS = 1000  # data anchors listed in the report (all of them make the root)
 
@@ -40,13 +40,12 @@ def _proof(ledger: Ledger, tx_id: str) -> dict[str, Any]:
 
 
 def audit(ledger: Ledger, study: str) -> dict[str, Any]:
-    entry = ledger.state(NAMESPACE, f"study/{study}")
+    entry = study_of(ledger.state, study)
     if entry is None:
         raise NotFound(f"no study {study!r} on this ledger", code="UNKNOWN_STUDY")
     participants = []
     proved = 0
-    for key in ledger.store.state_keys(NAMESPACE, f"participant/{study}/", 100_000):
-        record = dict(ledger.state(NAMESPACE, key))
+    for member, record in participants_of(ledger.state, ledger.store.state_keys, study, 100_000):
         consents = []
         for consent in record["consents"]:
             tx = consent.get("tx")
@@ -59,15 +58,12 @@ def audit(ledger: Ledger, study: str) -> dict[str, Any]:
                 }
                 proved += 1
             consents.append(consent)
-        participants.append({"member": key.rsplit("/", 1)[1], **record, "consents": consents})
-    entries = []
-    for key in ledger.store.state_keys(NAMESPACE, f"entry/{study}/", 1_000_000):
-        _, _, member, visit, _ = key.split("/")
-        entries.append({**ledger.state(NAMESPACE, key), "participant": member, "visit": visit})
+        participants.append({"member": member, **record, "consents": consents})
+    entries = data_entries(ledger.state, ledger.store.state_keys, study, 1_000_000)
     entries.sort(key=lambda e: e["index"])
     leaves = [merkle.leaf_hash(bytes.fromhex(e["hash"])) for e in entries]
     recomputed = merkle.root_from_leaf_hashes(leaves).hex() if leaves else None
-    locked = entry.get("locked")
+    locked: Any = entry.get("locked")
     report = entry.get("report")
     return {
         "study": entry,

@@ -9,12 +9,12 @@ inactive. Written by the site's node however the participant signed (portal, SDK
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from careledger.commit_worker import CommitWorker
-from careledger.contracts.trials import NAMESPACE as TRIALS
-from careledger.contracts.trials import participant_key, study_key
+from careledger.contracts.trials import participant_of, study_of
 from careledger.health.service import HealthRecords
 from careledger.sqlite_threads import ThreadConnections, iso_ms
 
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS consent_records(
 
 def fhir_consent(
     *,
-    study: dict[str, Any],
+    study: Mapping[str, Any],
     participant: str,
     site: str,
     version: int,
@@ -106,8 +106,8 @@ class ConsentRecorder:
 
     def sync(self, study_id: str, participant: str) -> str | None:
         """Write (or update) the participant's FHIR Consent; its record id (None: not ours)."""
-        study = self.ledger.state(TRIALS, study_key(study_id))
-        entry = self.ledger.state(TRIALS, participant_key(study_id, participant))
+        study = study_of(self.ledger.state, study_id)
+        entry = participant_of(self.ledger.state, study_id, participant)
         if study is None or entry is None or entry["site"] != self.records.org:
             return None
         if not entry["consents"]:

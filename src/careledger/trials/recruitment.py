@@ -36,7 +36,7 @@ import orjson
 
 from careledger.commit_worker import CommitWorker
 from careledger.contracts.trials import NAMESPACE as TRIALS
-from careledger.contracts.trials import answer_readers
+from careledger.contracts.trials import answer_of, answer_readers, query_of, unanswered_queries
 from careledger.core import privacy
 from careledger.core.disclosure import Release, decide
 from careledger.core.eligibility import TYPES, Criteria, CriteriaError, eligible, gather
@@ -234,14 +234,8 @@ class RecruitmentResponder:
 
     def _unanswered(self) -> list[str]:
         """Queries committed while this node was down (or before it served the API)."""
-        out = []
-        for key in self.ledger.store.state_keys(TRIALS, "query/", MAX_QUERIES_SCANNED):
-            query = self.ledger.state(TRIALS, key)
-            if query is None or self.org not in query["sites"]:
-                continue
-            if self.ledger.state(TRIALS, f"answer/{query['id']}/{self.org}") is None:
-                out.append(str(query["id"]))
-        return out
+        keys = self.ledger.store.state_keys
+        return unanswered_queries(self.ledger.state, keys, self.org, MAX_QUERIES_SCANNED)
 
     def _pick(self, kind: str, data: dict[str, Any]) -> str | None:
         """A feasibility query addressed to this node's organisation."""
@@ -251,13 +245,13 @@ class RecruitmentResponder:
 
     def answer(self, query_id: str) -> dict[str, Any]:
         """Evaluate, decide and answer on the ledger; the answer as committed."""
-        key = f"answer/{query_id}/{self.org}"
-        done = self.ledger.state(TRIALS, key)
+        done = answer_of(self.ledger.state, query_id, self.org)
         if done is not None:
             return dict(done)
-        query = self.ledger.state(TRIALS, f"query/{query_id}")
-        if query is None:
+        found = query_of(self.ledger.state, query_id)
+        if found is None:
             raise NotFound("no such feasibility query", code="UNKNOWN_QUERY")
+        query = dict(found)
         if "epsilon_milli" in query:
             return self._answer_privately(query)
         try:
@@ -283,7 +277,7 @@ class RecruitmentResponder:
             raise Forbidden("the ledger refused the answer", code=receipt["code"])
         if query["invite"] and query["study"] is not None and release.count is not None:
             self._invite(query, matched, used)  # never when the count itself was withheld
-        return dict(self.ledger.state(TRIALS, key) or {})
+        return dict(answer_of(self.ledger.state, query_id, self.org) or {})
 
     def _answer_privately(self, query: dict[str, Any]) -> dict[str, Any]:
         """r5: a noisy count or "withheld", sealed for the sponsor and this node."""
@@ -306,7 +300,7 @@ class RecruitmentResponder:
             raise Forbidden("the ledger refused the answer", code=receipt["code"])
         # r5 queries never invite (the contract refuses invite=true): invitations are the
         # site's own act (invite_for_study), so their timing tells nothing about this answer
-        return dict(self.ledger.state(TRIALS, f"answer/{query_id}/{self.org}") or {})
+        return dict(answer_of(self.ledger.state, query_id, self.org) or {})
 
     def invite_for_study(self, study_id: str, study: dict[str, Any]) -> dict[str, int]:
         """The site invites its patients who meet a registered study's eligibility and opted in

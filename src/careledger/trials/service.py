@@ -23,9 +23,11 @@ from careledger.contracts.payments import balance_key
 from careledger.contracts.trials import (
     CRF_TYPES,
     MAX_BUDGET_MILLI,
+    answer_of,
+    budget_sponsors,
     privacy_budget,
-    privacy_prefix,
-    study_key,
+    query_of,
+    study_of,
 )
 from careledger.contracts.trials import NAMESPACE as TRIALS
 from careledger.core.tx import decode_envelope, make_body, sign_body
@@ -60,14 +62,14 @@ class TrialsService:
     # -- reads ---------------------------------------------------------------------------
 
     def study(self, study: str) -> dict[str, Any]:
-        entry = self.ledger.state(TRIALS, study_key(study))
+        entry = study_of(self.ledger.state, study)
         if entry is None:
             raise NotFound(f"no study {study!r}", code="UNKNOWN_STUDY")
         return dict(entry)
 
     def query(self, caller: Caller, query_id: str) -> dict[str, Any]:
         """A feasibility query with each site's answer; for the sponsor and the sites."""
-        query = self.ledger.state(TRIALS, f"query/{query_id}")
+        query = query_of(self.ledger.state, query_id)
         if query is None:
             raise NotFound("no such feasibility query", code="UNKNOWN_QUERY")
         sponsor = caller.org == query["sponsor"]
@@ -77,7 +79,7 @@ class TrialsService:
         for site in query["sites"]:
             if not sponsor and site != caller.org:
                 continue  # a site sees its own answer, not the other sites'
-            answer = self.ledger.state(TRIALS, f"answer/{query_id}/{site}")
+            answer = answer_of(self.ledger.state, query_id, site)
             if answer is not None:
                 answers[site] = self._readable(answer)
         released = [a["count"] for a in answers.values() if a["count"] is not None]
@@ -111,11 +113,9 @@ class TrialsService:
         """What each sponsor has spent of its privacy budget at the caller's organisation."""
         if not caller.roles & {"admin", "auditor"}:
             raise Forbidden("a site's admin or auditor sees its budgets", code="NOT_AUTHORISED")
-        prefix = privacy_prefix(caller.org)
-        keys = self.ledger.store.state_keys(TRIALS, prefix, MAX_SPONSORS_LISTED)
+        sponsors = budget_sponsors(self.ledger.store.state_keys, caller.org, MAX_SPONSORS_LISTED)
         out = []
-        for key in keys:
-            sponsor = key[len(prefix) :]
+        for sponsor in sponsors:
             budget = privacy_budget(self.ledger.state, caller.org, sponsor)
             out.append(
                 {

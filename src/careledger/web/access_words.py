@@ -10,6 +10,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from careledger.contracts.apps import app_of
+from careledger.contracts.base import StateReader
+from careledger.contracts.identity import member_of, org_of
+from careledger.contracts.records import record_of
 
 PURPOSES = {
     "TREAT": "treatment",
@@ -65,19 +68,18 @@ def what_words(types: list[str], windows: int) -> str:
     return ", ".join(parts) or "nothing"
 
 
-def plain_entries(
-    entries: list[Mapping[str, Any]], read: Callable[[str, str], Any]
-) -> list[dict[str, Any]]:
+def plain_entries(entries: list[Mapping[str, Any]], read: StateReader) -> list[dict[str, Any]]:
     """Each access with its words beside it; the same person doing the same thing on the same
     day for the same reason is one row (a node's housekeeping writes are not fifty rows), a
     break-glass always its own."""
     names: dict[tuple[str, str], str] = {}
 
-    def name(namespace: str, key: str, field: str, fallback: str) -> str:
-        if (namespace, key) not in names:
-            found = read(namespace, key) or {}
-            names[(namespace, key)] = str(found.get(field) or fallback)
-        return names[(namespace, key)]
+    def name(view: Callable[[StateReader, str], Mapping[str, Any] | None], ident: str) -> str:
+        """A member's or an organisation's name (its id when it has none), read once."""
+        if (view.__name__, ident) not in names:
+            found = view(read, ident) or {}
+            names[(view.__name__, ident)] = str(found.get("name") or ident)
+        return names[(view.__name__, ident)]
 
     out = []
     for entry in entries:
@@ -86,7 +88,7 @@ def plain_entries(
         app_id = entry.get("app")
         app = app_of(read, str(app_id)) if app_id else None
         basis = entry.get("basis") or {}
-        who = name("identity", f"member/{accessor}", "name", accessor)
+        who = name(member_of, accessor)
         if accessor == entry.get("patient"):
             who = "You"
         if app is not None and app.get("kind") == "backend":
@@ -96,7 +98,7 @@ def plain_entries(
             who = f"{entry.get('recipient_name') or 'Someone'} (in their own words)"
         kinds = []
         for record_id in entry.get("records", []):
-            found = read("records", f"record/{record_id}") or {}
+            found = record_of(read, record_id) or {}
             kinds.append(str(found.get("type", "record")))
         row = {
             **entry,
@@ -104,9 +106,7 @@ def plain_entries(
             "day": time.strftime("%Y-%m-%d", time.gmtime(int(entry.get("time", 0)) / 1000)),
             "when": when(int(entry.get("time", 0))),
             "who": who,
-            "org_name": "through your link"
-            if by_link
-            else name("identity", f"org/{org}", "name", org),
+            "org_name": "through your link" if by_link else name(org_of, org),
             "via": None if app is None or app.get("kind") == "backend" else app["name"],
             "did": ACTIONS.get(str(entry.get("action")), str(entry.get("action"))),
             "why": PURPOSES.get(str(entry.get("purpose")), str(entry.get("purpose"))),

@@ -17,6 +17,7 @@ from careledger.api.deps import get_node
 from careledger.api.routes.smart import origin_of
 from careledger.contracts.audit import CARE_ROLES
 from careledger.contracts.base import Signer
+from careledger.contracts.identity import org_of
 from careledger.errors import CareLedgerError
 from careledger.scopes import parse_scope, parse_scopes
 from careledger.smart.oauth import AuthorizationServer, AuthorizeRequest, OAuthError
@@ -123,7 +124,7 @@ def _render(
     needs_patient = not is_patient and (
         any(s.context == "patient" for s in resources) or "launch/patient" in offered
     )
-    org = get_node(request).ledger.state("identity", f"org/{checked.app['org']}") or {}
+    org = org_of(get_node(request).ledger.state, checked.app["org"]) or {}
     context: dict[str, Any] = {
         "app": checked.app,
         "org_name": org.get("name", checked.app["org"]),

@@ -29,13 +29,16 @@ from careledger.api.ledger_reads import OVERSIGHT_ROLES
 from careledger.api.replies import caller_of as api_caller_of
 from careledger.auth import TokenClaims
 from careledger.contracts.consent import (
-    BREAK_GLASS_PREFIX,
     BREAK_GLASS_ROLES,
     awaiting_cosignature,
+    break_glass_entries,
     consent_covers,
+    every_consent,
     opened_for_custodian,
 )
-from careledger.contracts.consent import NAMESPACE as CONSENT
+from careledger.contracts.identity import key_of, member_of, org_ids, org_of
+from careledger.contracts.supply import location_of, recall_entries
+from careledger.contracts.trials import enrolments_of, study_of
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
 from careledger.fhir.outcome import FhirError
 from careledger.health.access import Caller
@@ -319,8 +322,7 @@ def _consented(request: Request, caller: Caller) -> list[str]:
     node = get_node(request)
     now = int(time.time() * 1000)
     patients = set()
-    for key in node.ledger.store.state_keys(CONSENT, "consent/", 1_000_000):
-        entry = node.ledger.state(CONSENT, key)
+    for entry in every_consent(node.ledger.state, node.ledger.store.state_keys, 1_000_000):
         if not isinstance(entry, dict):
             continue
         if any(
@@ -370,7 +372,7 @@ def _places(node: Any, events: list[dict[str, Any]]) -> list[dict[str, str]]:
             continue
         if out and out[-1]["gln"] == gln:
             continue
-        entry = node.ledger.state("supply", f"gln/{gln}") or {}
+        entry = location_of(node.ledger.state, gln) or {}
         out.append(
             {"gln": gln, "name": str(entry.get("name", gln)), "org": str(entry.get("org", ""))}
         )
@@ -408,7 +410,7 @@ MEMBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 def _who_signed(ledger: Any, public_key: str) -> str:
     """The member id behind a key, as the ledger has it (revoked keys still say whose)."""
-    entry = ledger.state("identity", f"key/{public_key}")
+    entry = key_of(ledger.state, public_key)
     return str(entry["member"]) if entry else f"{public_key[:12]}…"
 
 
@@ -449,7 +451,7 @@ def explorer(
             return RedirectResponse(f"/explorer/blocks/{int(wanted)}", status_code=303)
         if TX_ID.match(wanted) and ledger.store.find_tx(wanted) is not None:
             return RedirectResponse(f"/explorer/tx/{wanted}", status_code=303)
-        known = MEMBER_ID.match(wanted) and ledger.state("identity", f"member/{wanted}")
+        known = MEMBER_ID.match(wanted) and member_of(ledger.state, wanted)
         if known and _oversight(request):
             return RedirectResponse(f"/explorer/members/{wanted}", status_code=303)
     top = min(head.height, (before or head.height + 1) - 1)
@@ -499,10 +501,10 @@ def member_page(request: Request, member_id: str) -> HTMLResponse:
     if not _oversight(request):
         raise Forbidden("members are shown to nodes, admins and auditors", code="NOT_AUTHORISED")
     ledger = get_node(request).ledger
-    member = ledger.state("identity", f"member/{member_id}") if MEMBER_ID.match(member_id) else None
+    member = member_of(ledger.state, member_id) if MEMBER_ID.match(member_id) else None
     if member is None:
         raise NotFound("no member with that id", code="UNKNOWN_MEMBER")
-    org = ledger.state("identity", f"org/{member['org']}") or {}
+    org = org_of(ledger.state, member["org"]) or {}
     return page(request, "member.html", member=member, org=org)
 
 
@@ -657,8 +659,8 @@ def _consents_page(
 ) -> HTMLResponse:
     node = get_node(request)
     consents = request.app.state.health.consents(caller, claims.member)
-    orgs = list(node.ledger.state("identity", "orgs") or [])
-    names = {o: (node.ledger.state("identity", f"org/{o}") or {}).get("name", o) for o in orgs}
+    orgs = org_ids(node.ledger.state)
+    names = {o: (org_of(node.ledger.state, o) or {}).get("name", o) for o in orgs}
     response = page(
         request,
         "consents.html",
@@ -690,7 +692,7 @@ async def grant(request: Request) -> Response:
     types = sorted({t for v in form.get("types") or [] for t in v.replace(" ", "").split(",") if t})
     purpose = (form.get("purpose") or [""])[0]
     days = (form.get("days") or [""])[0]
-    orgs = get_node(request).ledger.state("identity", "orgs") or []
+    orgs = org_ids(get_node(request).ledger.state)
     missing = [
         what
         for what, ok in (
@@ -868,13 +870,10 @@ def _my_studies(request: Request, member: str) -> list[dict[str, Any]]:
     """The studies the patient is enrolled in, from ledger state."""
     ledger = get_node(request).ledger
     out = []
-    for key in ledger.store.state_keys("trials", "participant/", 10_000):
-        study_id, who = key.split("/")[1:3]
-        if who != member:
-            continue
-        entry = ledger.state("trials", key)
-        study = ledger.state("trials", f"study/{study_id}")
-        if entry is None or study is None:
+    enrolled = enrolments_of(ledger.state, ledger.store.state_keys, member, 10_000)
+    for study_id, entry in enrolled.items():
+        study = study_of(ledger.state, study_id)
+        if study is None:
             continue
         out.append(
             {
@@ -1045,10 +1044,8 @@ def recalls(request: Request) -> HTMLResponse:
     node = get_node(request)
     service: SupplyService = request.app.state.supply
     items = []
-    for key in node.ledger.store.state_keys("supply", "recall/", 1000):
-        entry = node.ledger.state("supply", key)
-        if entry is not None:
-            items.append(service.recall(caller, entry["id"]))
+    for entry in recall_entries(node.ledger.state, node.ledger.store.state_keys, 1000):
+        items.append(service.recall(caller, entry["id"]))
     items.sort(key=lambda r: r["height"], reverse=True)
     return page(request, "recalls.html", recalls=items)
 
@@ -1088,7 +1085,7 @@ async def clinician(
         raise Forbidden("sign in with a clinician's or nurse's key", code="NOT_AUTHORISED")
     patient = patient.strip()
     waiting = _awaiting_cosignature(request, caller)
-    if patient and get_node(request).ledger.state("identity", f"member/{patient}") is None:
+    if patient and member_of(get_node(request).ledger.state, patient) is None:
         return page(request, "clinician.html", patient=patient, unknown=True)
     if not patient:
         found = await run_in_threadpool(_find_patients, request, caller, find.strip())
@@ -1160,8 +1157,7 @@ def _find_patients(request: Request, caller: Caller, text: str) -> list[dict[str
 
 def _break_glass_entries(request: Request) -> list[Mapping[str, Any]]:
     ledger = get_node(request).ledger
-    keys = ledger.store.state_keys(CONSENT, BREAK_GLASS_PREFIX, 100_000)
-    return [e for e in (ledger.state(CONSENT, k) for k in keys) if e is not None]
+    return break_glass_entries(ledger.state, ledger.store.state_keys, 100_000)
 
 
 def _awaiting_cosignature(request: Request, caller: Caller) -> list[Mapping[str, Any]]:

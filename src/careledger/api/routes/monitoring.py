@@ -17,7 +17,7 @@ from careledger.api.replies import json_object as _object
 from careledger.api.replies import json_response as _json
 from careledger.api.routes.events import BlockSignal, follow_blocks
 from careledger.api.routes.tx import read_body
-from careledger.contracts.monitoring import NAMESPACE as MONITORING
+from careledger.contracts.monitoring import rules_of
 from careledger.errors import CareLedgerError, ValidationError
 from careledger.health.access import Caller
 from careledger.jsonio import dumps, loads
@@ -170,7 +170,7 @@ async def set_rules(
     return _json(
         {
             "receipt": receipt,
-            "rules": service.ledger.state(MONITORING, f"rules/{args.get('device')}"),
+            "rules": rules_of(service.ledger.state, str(args.get("device"))),
         }
     )
 
