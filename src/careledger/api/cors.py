@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from careledger.contracts.apps import APP_PREFIX
 from careledger.contracts.apps import NAMESPACE as APPS
 
 PATHS = ("/fhir", "/.well-known/", "/auth/token", "/auth/introspect", "/auth/revoke")
@@ -58,7 +59,7 @@ class AppOriginIndex:
         if read is not None and read[0] == generation:
             return read[1]
         found = set()
-        for key in self.ledger.store.state_keys(APPS, "app/", MAX_APPS):
+        for key in self.ledger.store.state_keys(APPS, APP_PREFIX, MAX_APPS):
             app = self.ledger.state(APPS, key)
             if app is not None and app["status"] == "active":
                 found.update(origin_of(u) for u in app.get("redirect_uris", []))

@@ -62,6 +62,10 @@ def app_key(client_id: str) -> str:
     return f"app/{client_id}"
 
 
+APP_PREFIX = "app/"
+"""Where the registered apps are (``app_key``): the node lists them for CORS."""
+
+
 def app_of(read: StateReader, client_id: str) -> Mapping[str, Any] | None:
     """The registered app, or None (the node's view: what a token's client id stands for)."""
     found: Mapping[str, Any] | None = read(NAMESPACE, app_key(client_id))

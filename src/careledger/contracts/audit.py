@@ -42,6 +42,11 @@ ORG_GRANT_EXCLUDED = frozenset({"patient", "device"})
 EXPORT = "export"
 
 
+def access_prefix(patient: str) -> str:
+    """Where a patient's access events are (``access_key``): their access log lists them."""
+    return f"access/{patient}/"
+
+
 def access_key(patient: str, height: int, tx_id: str) -> str:
     """Sorts a patient's accesses by block, for the patient's "who saw my data" list."""
     return f"access/{patient}/{height:012d}-{tx_id[:16]}"

@@ -43,6 +43,11 @@ def by_patient_key(patient: str, consent_id: str) -> str:
     return f"by-patient/{patient}/{consent_id}"
 
 
+def patient_consents_prefix(patient: str) -> str:
+    """Where a patient's consents are indexed (``by_patient_key``): the node lists them."""
+    return by_patient_key(patient, "")
+
+
 def break_glass_key(access_id: str) -> str:
     return f"break-glass/{access_id}"
 

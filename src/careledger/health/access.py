@@ -20,6 +20,7 @@ from careledger.contracts.consent import (
     break_glass_key,
     consent_covers,
     consent_key,
+    patient_consents_prefix,
 )
 from careledger.errors import Forbidden
 from careledger.ledger.engine import Ledger
@@ -96,7 +97,8 @@ def choose_basis(
     if caller.is_app and caller.org == custodian and purpose in CUSTODIAN_PURPOSES:
         return {"kind": "custodian"}
     needed = "read" if action == "export" else action
-    for key in ledger.store.state_keys(CONSENT, f"by-patient/{patient}/", MAX_CONSENTS_SCANNED):
+    indexed = patient_consents_prefix(patient)
+    for key in ledger.store.state_keys(CONSENT, indexed, MAX_CONSENTS_SCANNED):
         consent_id = key.rsplit("/", 1)[1]
         consent = ledger.state(CONSENT, consent_key(consent_id))
         if consent is not None and all(

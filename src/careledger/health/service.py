@@ -20,12 +20,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from careledger.config import KEYS_DIR, VAULT_FILE
-from careledger.contracts.audit import access_key
-from careledger.contracts.identity import KEY_EVENTS, key_events_of
-from careledger.contracts.identity import NAMESPACE as IDENTITY
+from careledger.contracts.audit import NAMESPACE as AUDIT
+from careledger.contracts.audit import access_key, access_prefix
+from careledger.contracts.consent import NAMESPACE as CONSENT
+from careledger.contracts.consent import consent_key, patient_consents_prefix
+from careledger.contracts.identity import KEY_EVENTS, key_events_of, member_of
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import WRITER_ROLES as RECORD_WRITER_ROLES
-from careledger.contracts.records import org_index_key, record_key, version_key
+from careledger.contracts.records import (
+    org_index_key,
+    patient_index_key,
+    record_key,
+    version_key,
+)
 from careledger.core.keys import KeyPair, b64url_encode, decode_public_key
 from careledger.errors import (
     CareLedgerError,
@@ -171,7 +178,7 @@ class HealthRecords:
         return entry["hash"], entry["tx"], leaf
 
     def _patient_key(self, patient: str) -> bytes:
-        member = self.ledger.state(IDENTITY, f"member/{patient}")
+        member = member_of(self.ledger.state, patient)
         if member is None or "patient" not in member["roles"]:
             raise ValidationError(
                 "the subject is not a patient on this ledger", code="UNKNOWN_PATIENT"
@@ -804,7 +811,7 @@ class HealthRecords:
 
     def patient_records(self, patient: str, types: set[str] | None = None) -> list[tuple[str, str]]:
         """(record id, type) of a patient's live records held here, from the ledger's index."""
-        prefix = f"patient/{patient}/"
+        prefix = patient_index_key(patient, "")
         out = []
         for key in self.ledger.store.state_keys(RECORDS, prefix, 1_000_000):
             entry = self.ledger.state(RECORDS, key)
@@ -816,7 +823,7 @@ class HealthRecords:
 
     def custodians_of(self, patient: str) -> list[str]:
         """Other organisations holding live records of ``patient`` (from the ledger's index)."""
-        prefix = f"patient/{patient}/"
+        prefix = patient_index_key(patient, "")
         found = set()
         for key in self.ledger.store.state_keys(RECORDS, prefix, 1_000_000):
             entry = self.ledger.state(RECORDS, key)
@@ -1108,7 +1115,7 @@ class HealthRecords:
         (receipt,) = self.node.execute([("consent", "grant", dict(args))], keypair=key)
         if receipt["result"] != "accepted":
             raise Rejected(receipt["code"], "the ledger refused the consent")
-        return dict(self.ledger.state("consent", f"consent/{receipt['tx_id']}"))
+        return dict(self.ledger.state(CONSENT, consent_key(receipt["tx_id"])))
 
     def revoke_consent(self, caller: Caller, consent_id: str) -> dict[str, Any]:
         entry = self.consent(caller, consent_id)
@@ -1118,7 +1125,7 @@ class HealthRecords:
         )
         if receipt["result"] != "accepted":
             raise Conflict("the ledger refused the revocation", code=receipt["code"])
-        return dict(self.ledger.state("consent", f"consent/{consent_id}"))
+        return dict(self.ledger.state(CONSENT, consent_key(consent_id)))
 
     def _may_see_consents(self, caller: Caller, patient: str) -> None:
         require_scope(caller, "Consent", "read", patient)  # a narrowed token stays narrow
@@ -1133,7 +1140,7 @@ class HealthRecords:
             )
 
     def consent(self, caller: Caller, consent_id: str) -> dict[str, Any]:
-        entry = self.ledger.state("consent", f"consent/{consent_id}")
+        entry = self.ledger.state(CONSENT, consent_key(consent_id))
         if entry is None:
             raise NotFound("no such consent", code="UNKNOWN_CONSENT")
         self._may_see_consents(caller, entry["patient"])
@@ -1141,8 +1148,8 @@ class HealthRecords:
 
     def consents(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
         self._may_see_consents(caller, patient)
-        keys = self.ledger.store.state_keys("consent", f"by-patient/{patient}/", 10_000)
-        return [self.ledger.state("consent", f"consent/{k.rsplit('/', 1)[1]}") for k in keys]
+        keys = self.ledger.store.state_keys(CONSENT, patient_consents_prefix(patient), 10_000)
+        return [self.ledger.state(CONSENT, consent_key(k.rsplit("/", 1)[1])) for k in keys]
 
     def access_log(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
         require_scope(caller, "AuditEvent", "read", patient)  # a narrowed token stays narrow
@@ -1153,11 +1160,11 @@ class HealthRecords:
                 " for patients whose records they hold",
                 code="NOT_AUTHORISED",
             )
-        prefix = f"access/{patient}/"
+        prefix = access_prefix(patient)
         # the newest: however many accesses came before, the latest are never cut off
-        keys = self.ledger.store.state_keys("audit", prefix, MAX_ACCESS_LOG, last=True)
+        keys = self.ledger.store.state_keys(AUDIT, prefix, MAX_ACCESS_LOG, last=True)
         own = caller.is_patient(patient)
-        return [self._named(self.ledger.state("audit", k), own) for k in keys]
+        return [self._named(self.ledger.state(AUDIT, k), own) for k in keys]
 
     def _named(self, entry: dict[str, Any], own: bool) -> dict[str, Any]:
         """A link's opening with its recipient's declared name, opened from the ledger's sealed
@@ -1184,7 +1191,7 @@ class HealthRecords:
             self.access_log(caller, str(patient))
         except Forbidden:
             raise NotFound("no such access event", code="UNKNOWN_EVENT") from None
-        entry = self.ledger.state("audit", access_key(str(patient), found[0], tx_id))
+        entry = self.ledger.state(AUDIT, access_key(str(patient), found[0], tx_id))
         if entry is None:  # refused by the ledger: no access happened
             raise NotFound("no such access event", code="UNKNOWN_EVENT")
         return dict(entry)

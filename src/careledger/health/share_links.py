@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from careledger.contracts.identity import member_of
 from careledger.contracts.links import LINK_ID, link_key, link_serves
 from careledger.contracts.links import NAMESPACE as LINKS
 from careledger.core.keys import b64url_encode, decode_public_key
@@ -479,7 +480,7 @@ class ShareLinks:
     ) -> None:
         """The opening's access events, committed before anything is served: one per
         RECORDS_PER_EVENT records, so a large record still fits an envelope."""
-        member = self.ledger.state("identity", f"member/{patient}") or {}
+        member = member_of(self.ledger.state, patient) or {}
         readers = {self.records.node.settings.node_name: self.ledger.node_key.public_key}
         if member.get("key"):
             readers[patient] = decode_public_key(str(member["key"]))

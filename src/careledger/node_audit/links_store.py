@@ -98,8 +98,9 @@ from joserfc.jwk import ECKey
 
 from careledger.config import KEYS_DIR
 from careledger.contracts.audit import NAMESPACE as AUDIT
+from careledger.contracts.audit import access_prefix
 from careledger.contracts.identity import ID_PATTERN
-from careledger.contracts.links import CARD_ID, LINK_ID, link_key
+from careledger.contracts.links import CARD_ID, LINK_ID, card_key, link_key
 from careledger.contracts.links import NAMESPACE as LINKS
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import record_key, version_key
@@ -503,7 +504,7 @@ class _LinksAudit:
 
     def unheld(self, held: set[str]) -> Iterator[Difference]:
         """Links of this organisation this node made, disabled or served, with no row."""
-        for key in self.context.state_keys(LINKS, "link/"):
+        for key in self.context.state_keys(LINKS, link_key("")):
             link_id = key.split("/", 1)[1]
             if link_id in held:
                 continue
@@ -554,7 +555,7 @@ class _LinksAudit:
         """A patient's link openings this organisation committed: link id -> transaction ids."""
         if patient not in self._openings:
             found: dict[str, list[str]] = {}
-            for key in self.context.state_keys(AUDIT, f"access/{patient}/"):
+            for key in self.context.state_keys(AUDIT, access_prefix(patient)):
                 entry = self.context.state(AUDIT, key)
                 if not isinstance(entry, dict) or entry.get("custodian") != self.context.org:
                     continue
@@ -653,7 +654,7 @@ class IssuerKeyCheck:
     store = ISSUER_FILE
 
     def size(self, context: NodeContext) -> int:
-        return len(context.state_keys(LINKS, "card/"))
+        return len(context.state_keys(LINKS, card_key("")))
 
     def check(self, context: NodeContext, progress: Callable[[int], None]) -> Iterator[Difference]:
         path = context.data_dir / ISSUER_FILE
@@ -670,7 +671,7 @@ class IssuerKeyCheck:
                 issuer = issuer_or_why
         node = context.node_key.public_b64
         blocks: dict[int, list[dict[str, Any]]] = {}
-        for key in context.state_keys(LINKS, "card/"):
+        for key in context.state_keys(LINKS, card_key("")):
             progress(1)
             card = context.state(LINKS, key)
             card_id = key.split("/", 1)[1]
