@@ -417,7 +417,8 @@ def test_a_group_export_proves_its_member_set(
         "member": [
             *({"entity": {"reference": f"Patient/{p}"}} for p in members),
             {"entity": {"reference": f"Patient/{gone}"}, "inactive": True},
-            {"entity": {"reference": "Practitioner/not-a-patient"}},
+            {"entity": {"reference": f"Patient/{gone}"}, "period": {"end": "2001-01-01"}},
+            {"entity": {"reference": "Practitioner/dr-ana-silva"}},
         ],
     }  # fmt: skip
     with login(server, server.data_dir / "keys" / "dr-ana-silva.key") as dr:
@@ -472,6 +473,14 @@ def test_a_group_export_proves_its_member_set(
         write_lines(tmp_path / "group.ndjson", [entry])
 
     forged(shrink, "not the version its anchor names")
+    # an older export passed off as newer (its Group, since changed, as if current then)
+    for path in files:
+        path.write_bytes(original[path.name])
+    later = json.loads(json.dumps(manifest))
+    later["extension"][PROOF]["height"] = report["attested_heights"][1] + 2
+    resign(server, later, files)
+    answer = verify(later, files, node_key, tmp_path)
+    assert answer.returncode == 1 and "before the export's height" in answer.stderr
     # the Group left out of the proof
     without = [f for f in files if f.name != "group.ndjson"]
     bare = json.loads(json.dumps(manifest))

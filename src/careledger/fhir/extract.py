@@ -145,16 +145,27 @@ def _add(out: set[str], value: object) -> None:
             out.add(item)
 
 
-def group_patients(group: Mapping[str, Any]) -> list[str]:
-    """The ledger ids of the patients a Group lists as members now: each ``member`` whose
-    ``entity`` is a relative ``Patient/{id}`` and which is not ``inactive`` (R4: "a member is
-    no longer in the group"), sorted, once each. The one reading of a Group's patients, for the
-    node that exports them and the recipient who checks that export alike."""
+def group_patients(group: Mapping[str, Any], at_ms: int | None = None) -> list[str]:
+    """The ledger ids of the patients a Group lists as members at ``at_ms`` (ms since the
+    epoch; None: whatever their period): each ``member`` whose ``entity`` is a relative
+    ``Patient/{id}``, not ``inactive`` (R4: "a member is no longer in the group") and, at
+    ``at_ms``, within its ``period`` (begun, not ended), sorted, once each. The one reading of a
+    Group's patients, for the node that exports them and the recipient who checks that export
+    alike (both at the export's block time)."""
+    from careledger.fhir.search import parse_date
+
     found: set[str] = set()
     members = group.get("member")
     for member in members if isinstance(members, list) else ():
         if not isinstance(member, dict) or member.get("inactive") is True:
             continue
+        period = member.get("period")
+        if at_ms is not None and isinstance(period, dict):
+            at = at_ms * 1000
+            start = parse_date(str(period["start"])) if "start" in period else None
+            end = parse_date(str(period["end"])) if "end" in period else None
+            if (start is not None and start[0] > at) or (end is not None and end[1] <= at):
+                continue
         entity = member.get("entity")
         ref = entity.get("reference") if isinstance(entity, dict) else None
         match = _RELATIVE_PATIENT.fullmatch(ref) if isinstance(ref, str) else None

@@ -4,7 +4,8 @@ A job exports, as of the ledger height at kick-off, every record this custodian 
 app may see: its organisation's own records as custodian, others' under a consent to the
 organisation. Each patient's exported records get one access event (action ``export``), committed
 before a line of them is written. Files are NDJSON per type, streamed to disk (memory bounded by
-2,000 decrypted records), listed in a manifest the node signs: each file's SHA-256 and count, the
+2,000 decrypted records and one patient's plan and chains, however large the export: see
+``_ExportReads``), listed in a manifest the node signs: each file's SHA-256 and count, the
 ledger height and the checkpoint (signed tree head) of that height, and ``records.ndjson``, which
 names every exported record version with its anchoring transaction, so that a recipient can check
 offline (``careledger export verify``) that the files are exactly what the node says it sent.
@@ -33,18 +34,19 @@ on restart ("start it again"): never left half-written and reported complete.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import secrets
 import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -317,10 +319,11 @@ class ExportJobs:
         return meta
 
     def _group(
-        self, caller: Caller, group: str, height: int, proof: _Proof
+        self, caller: Caller, group: str, height: int, moment: int, proof: _Proof
     ) -> tuple[list[str], tuple[str, int, str]]:
-        """The Group as it stood at ``height``: its member patients, and (record, version,
-        anchoring tx) for the proof; its line is written to ``group.ndjson``."""
+        """The Group as it stood at ``height`` (block time ``moment``): its member patients
+        then, and (record, version, anchoring tx) for the proof; its line is written to
+        ``group.ndjson``."""
         self._group_meta(caller, group)
         version = self.records.version_at(group, height)
         if version is None:
@@ -330,23 +333,22 @@ class ExportJobs:
             "id": group, "version": version, "hash": stored.content_hash, "salt": stored.salt,
             "anchor_tx": stored.anchor_tx, "resource": stored.resource}) + b"\n")  # fmt: skip
         proof.extra_anchors.append(stored.anchor_tx)
-        return group_patients(stored.resource), (group, version, stored.anchor_tx)
+        return group_patients(stored.resource, moment), (group, version, stored.anchor_tx)
 
+    @staticmethod
     def _plan(
-        self, caller: Caller, patient: str, request: ExportRequest, height: int
+        reads: HealthRecords, caller: Caller, patient: str, request: ExportRequest, height: int
     ) -> list[tuple[str, str, int]]:
         """(record, type, version at ``height``) of a patient's records to export."""
         planned = []
-        for record_id, kind in self.records.patient_records(
-            patient, set(request.types or ()) or None
-        ):
+        for record_id, kind in reads.patient_records(patient, set(request.types or ()) or None):
             if not allows(caller.scopes, kind, "search"):
                 continue  # a type the app's scopes do not reach is not exported
-            version = self.records.current_at(record_id, height)
+            version = reads.current_at(record_id, height)
             if version is None:
                 continue
             since = request.since_ms
-            if since is not None and self.records.version_time(record_id, version[1]) < since:
+            if since is not None and reads.version_time(record_id, version[1]) < since:
                 continue
             planned.append((record_id, kind, version[1]))
         return planned
@@ -359,9 +361,10 @@ class ExportJobs:
         moment = header.time if header is not None else int(time.time() * 1000)
         files: dict[str, _File] = {}
         proof = _Proof(out, group=request.group is not None)
+        reads = _ExportReads(self.records)
         if request.group is not None:
-            patients, _ = self._group(caller, request.group, height, proof)
-            self._attest_groups(proof, job)
+            patients, _ = self._group(caller, request.group, height, moment, proof)
+            self._attest_groups(reads, proof, job)
         else:
             patients = self._patients()
         exported = refused = 0
@@ -372,7 +375,7 @@ class ExportJobs:
                     raise CareLedgerError("cancelled", code="CANCELLED")
                 batch = patients[start : start + PATIENTS_PER_COMMIT]
                 done, skipped = self._batch(
-                    job, caller, request, batch, height, now, files, proof, out
+                    job, caller, request, batch, height, now, files, proof, out, reads
                 )
                 exported += len(done)
                 self._exported.setdefault(job, []).extend(sorted(done))
@@ -386,7 +389,7 @@ class ExportJobs:
         # every access event and attestation is committed: prove them in one later checkpoint
         size = self.ledger.head.log_size
         anchors = self._tx_proofs(
-            out / ANCHORS_FILE, [*proof.anchor_txs(), *proof.extra_anchors], size
+            out / ANCHORS_FILE, itertools.chain(proof.anchor_txs(), proof.extra_anchors), size
         )
         attestations = self._tx_proofs(out / ATTESTATIONS_FILE, proof.attest_txs, size)
         outputs = [
@@ -438,14 +441,21 @@ class ExportJobs:
         )
         return manifest
 
-    def _tx_proofs(self, path: Path, tx_ids: Sequence[str], size: int) -> _File:
-        """One line per transaction: its envelope, its receipt and the inclusion proof of that
-        receipt in the checkpoint the manifest carries (which is there once, not per line)."""
+    def _tx_proofs(self, path: Path, tx_ids: Iterable[str], size: int) -> _File:
+        """One line per transaction, in order of id: its envelope, its receipt and the inclusion
+        proof of that receipt in the checkpoint the manifest carries (which is there once, not
+        per line). The ids are put in order on disk, in a temporary SQLite database: an export
+        may name a transaction per record (records written one at a time)."""
         out = _File(open(path, "wb"))  # noqa: SIM115 - closed below
+        ids = sqlite3.connect("")  # private and temporary: deleted when closed
         try:
-            for tx_id in sorted(set(tx_ids)):
+            # TEXT in SQLite's binary order is UTF-8 byte order, which is sorted()'s order
+            ids.execute("CREATE TABLE tx(id TEXT PRIMARY KEY) WITHOUT ROWID")
+            ids.executemany("INSERT OR IGNORE INTO tx VALUES(?)", ((t,) for t in tx_ids))
+            for (tx_id,) in ids.execute("SELECT id FROM tx ORDER BY id"):
                 out.write(orjson.dumps(proven_tx(self.ledger, tx_id, size)) + b"\n")
         finally:
+            ids.close()
             out.handle.close()
         return out
 
@@ -486,13 +496,13 @@ class ExportJobs:
             )  # fmt: skip
         return kinds - set(uncovered), uncovered
 
-    def _attest_groups(self, proof: _Proof, job: str) -> None:
+    def _attest_groups(self, reads: HealthRecords, proof: _Proof, job: str) -> None:
         """Commit ``records.attest_holdings`` of the organisation's own Group holdings (r10),
         naming this export, and write the chain's line: the recipient replays it to see that
         the Group exported is the version the ledger held."""
         org = self.records.org
         for _ in range(ATTEST_RETRIES):
-            n, head = holding_of(self.ledger.state(RECORDS, org_holding_key(org, "Group")))
+            n, head = holding_of(reads.ledger.state(RECORDS, org_holding_key(org, "Group")))
             item = {"type": "Group", "n": n, "head": head}
             (receipt,) = self.records.node.execute(
                 [("records", "attest_holdings", {"holdings": [item], "export": job})]
@@ -503,7 +513,7 @@ class ExportJobs:
             raise StorageError(f"the ledger refused the export's holdings ({receipt.get('code')})")
         proof.attest_txs.append(str(receipt["tx_id"]))
         ops = [
-            self.ledger.state(RECORDS, org_holding_op_key(org, "Group", i))
+            reads.ledger.state(RECORDS, org_holding_op_key(org, "Group", i))
             for i in range(1, n + 1)
         ]
         proof.holdings.write(orjson.dumps({
@@ -511,21 +521,20 @@ class ExportJobs:
             "ops": ops}) + b"\n")  # fmt: skip
 
     def _attest(
-        self, wanted: Sequence[tuple[str, str]], proof: _Proof, job: str, since: int | None
-    ) -> dict[tuple[str, str], tuple[dict[str, int], set[str]]]:
-        """Commit ``records.attest_holdings`` (naming this export) for each (patient, type),
-        write each chain's line, and return what each chain holds at its attestation:
-        (record -> version, anchored at or after ``since``; every record the chain names)."""
+        self, reads: HealthRecords, wanted: Sequence[tuple[str, str]], proof: _Proof, job: str
+    ) -> dict[tuple[str, str], tuple[int, str, str]]:
+        """Commit ``records.attest_holdings`` (naming this export) for each (patient, type), and
+        return each chain's (operations, head, attesting transaction); ``_chain`` reads it."""
         if not wanted or not self._attests():
             return {}
         org = self.records.org
-        held: dict[tuple[str, str], tuple[dict[str, int], set[str]]] = {}
+        attested: dict[tuple[str, str], tuple[int, str, str]] = {}
         for start in range(0, len(wanted), MAX_ATTESTED):
             chunk = wanted[start : start + MAX_ATTESTED]
             for _ in range(ATTEST_RETRIES):
                 heads = [
                     (patient, kind, *holding_of(
-                        self.ledger.state(RECORDS, holding_key(patient, org, kind))))
+                        reads.ledger.state(RECORDS, holding_key(patient, org, kind))))
                     for patient, kind in chunk
                 ]  # fmt: skip
                 items = [{"patient": p, "type": k, "n": n, "head": h} for p, k, n, h in heads]
@@ -540,17 +549,33 @@ class ExportJobs:
                 )
             proof.attest_txs.append(str(receipt["tx_id"]))
             for patient, kind, n, head in heads:
-                ops = [
-                    self.ledger.state(RECORDS, holding_op_key(patient, org, kind, i))
-                    for i in range(1, n + 1)
-                ]
-                proof.holdings.write(orjson.dumps({
-                    "patient": patient, "type": kind, "n": n, "head": head,
-                    "tx": receipt["tx_id"], "ops": ops}) + b"\n")  # fmt: skip
-                _, current = replay_holding(ops)
-                chosen = {r: v for r, (v, _, at) in current.items() if since is None or at >= since}
-                held[(patient, kind)] = (chosen, {str(op[1]) for op in ops})
-        return held
+                attested[(patient, kind)] = (n, head, receipt["tx_id"])
+        return attested
+
+    def _chain(
+        self,
+        reads: HealthRecords,
+        patient: str,
+        kind: str,
+        attested: tuple[int, str, str],
+        proof: _Proof,
+        since: int | None,
+    ) -> tuple[dict[str, int], set[str]]:
+        """Write an attested chain's line, with its operations up to the attested one (a chain
+        only grows, so they read the same at any time after), and return what it held then:
+        (record -> version, anchored at or after ``since``; every record the chain names)."""
+        n, head, tx_id = attested
+        org = self.records.org
+        ops = [
+            reads.ledger.state(RECORDS, holding_op_key(patient, org, kind, i))
+            for i in range(1, n + 1)
+        ]
+        proof.holdings.write(orjson.dumps({
+            "patient": patient, "type": kind, "n": n, "head": head, "tx": tx_id,
+            "ops": ops}) + b"\n")  # fmt: skip
+        _, current = replay_holding(ops)
+        chosen = {r: v for r, (v, _, at) in current.items() if since is None or at >= since}
+        return chosen, {str(op[1]) for op in ops}
 
     def _batch(
         self,
@@ -563,23 +588,25 @@ class ExportJobs:
         files: dict[str, _File],
         proof: _Proof,
         out: Path,
+        reads: HealthRecords,
     ) -> tuple[set[str], int]:
-        """Export a few patients: basis first, then their holdings attested, then decrypt and
-        filter at most FLUSH_RECORDS at a time, then one committed access event per patient and
-        set for exactly what is written, then the lines. Memory holds one set, however many
-        records a patient has."""
-        plans = []
+        """Export a few patients: basis first, then their holdings attested (together), then
+        one patient at a time: its chains' lines written, its records decrypted and filtered at
+        most FLUSH_RECORDS at a time, then one committed access event per patient and set for
+        exactly what is written, then the lines. Memory holds one patient's plan and chains and
+        one set of decrypted records, however many records the batch has: a patient's plan is
+        made again when its turn comes (as of ``height``, it reads the same), not kept."""
+        chosen: list[tuple[str, set[str]]] = []  # (patient, types whose completeness is proven)
         refused = 0
         for patient in patients:
-            planned = self._plan(caller, patient, request, height)
-            if not planned and request.group is None:
+            types = {kind for _, kind, _ in self._plan(reads, caller, patient, request, height)}
+            if not types and request.group is None:
                 continue
             # a Group's member with nothing held is attested too: its empty chains are the
             # proof that nothing was left out
-            types = {kind for _, kind, _ in planned} or {"Patient"}
             try:  # the ledger basis, before anything is opened
                 args = self.records.access_args(
-                    caller, patient, [], types, "export", request.purpose
+                    caller, patient, [], types or {"Patient"}, "export", request.purpose
                 )
             except Forbidden:
                 refused += 1
@@ -587,19 +614,28 @@ class ExportJobs:
             attested, uncovered = self._attestable(caller, request, args["basis"])
             if uncovered:
                 proof.uncovered[patient] = uncovered
-            plans.append((patient, planned, attested))
-        chains = self._attest(
-            [(p, k) for p, _, kinds in plans for k in sorted(kinds)], proof, job, request.since_ms
-        )
-        plans = [(p, _from_chains(p, planned, kinds, chains), kinds) for p, planned, kinds in plans]
+            chosen.append((patient, attested))
+        heads = self._attest(reads, [(p, k) for p, kinds in chosen for k in sorted(kinds)],
+                             proof, job)  # fmt: skip
         pending: list[tuple[str, list[StoredResource]]] = []
         held = 0
         exported: set[str] = set()
-        for patient, planned, attested in plans:
+        for patient, attested in chosen:
+            chains = {
+                (patient, kind): self._chain(
+                    reads, patient, kind, heads[(patient, kind)], proof, request.since_ms
+                )
+                for kind in sorted(attested)
+                if (patient, kind) in heads
+            }
+            planned = _from_chains(
+                patient, self._plan(reads, caller, patient, request, height), attested, chains
+            )
+            del chains
             for start in range(0, len(planned), FLUSH_RECORDS):
                 part = planned[start : start + FLUSH_RECORDS]
                 kept = []
-                for stored in (self.records.open_version(r, v) for r, _, v in part):
+                for stored in (reads.open_version(r, v) for r, _, v in part):
                     if _kept(stored.resource, request, caller, now):
                         kept.append(stored)
                     elif stored.resource_type in attested:  # only _typeFilter, there
@@ -653,6 +689,37 @@ class ExportJobs:
                     "hash": stored.content_hash, "salt": stored.salt}) + b"\n")  # fmt: skip
 
 
+class _StoreReads:
+    """The ledger as an export reads it: state straight from the store (committed state, as
+    the ledger's own reads), never kept in the ledger's cache; anything else is the ledger's."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def state(self, namespace: str, key: str) -> Any:
+        raw = self._ledger.store.get_state(namespace, key)
+        return None if raw is None else orjson.loads(raw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+
+class _ExportReads(HealthRecords):
+    """The records service as an export reads through it: the same node, vault and keys, but
+    ledger state read through ``_StoreReads`` and no version's height remembered. An export
+    asks about each of its records once or twice, so keeping what it reads would grow the node
+    with the export (some 3 KiB a record: four entries in the ledger's state cache, up to its
+    200,000, and a version's height in the service's, up to its 1,000,000) and push out what
+    other requests read often."""
+
+    def __init__(self, records: HealthRecords) -> None:
+        vars(self).update(vars(records))  # a view of the same service, not a second one
+        self.ledger = cast(Ledger, _StoreReads(records.ledger))
+
+    def _remember_height(self, record_id: str, version: int, height: int) -> None:
+        return  # each version is asked about once or twice: nothing worth keeping
+
+
 class _Proof:
     """The files beside the data that let a recipient check the export offline."""
 
@@ -671,13 +738,12 @@ class _Proof:
         for f in (self.index, self.holdings, self.withheld, self.group):
             f.handle.close()
 
-    def anchor_txs(self) -> list[str]:
-        """The anchoring transaction of every exported version, read back from the index."""
-        txs: set[str] = set()
+    def anchor_txs(self) -> Iterator[str]:
+        """The anchoring transaction of every exported version, read back from the index (once
+        a version: ``_tx_proofs`` keeps each once)."""
         with (self.out / INDEX_FILE).open("rb") as listed:
             for line in listed:
-                txs.add(str(orjson.loads(line)["anchor_tx"]))
-        return sorted(txs)
+                yield str(orjson.loads(line)["anchor_tx"])
 
 
 def _from_chains(

@@ -162,7 +162,11 @@ def verify_export(
     group = _group_of(str(manifest.get("request", "")))
     if HOLDINGS_FILE in given and ATTESTATIONS_FILE in given and WITHHELD_FILE in given:
         try:
-            members = _check_group(given, anchored, group) if group is not None else None
+            members = (
+                _check_group(given, anchored, group, _instant_ms(manifest))
+                if group is not None
+                else None
+            )
             _check_holdings(manifest, given, proof, report, members)
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
             raise _fail(f"a proof file is malformed: {type(exc).__name__}") from None
@@ -276,6 +280,12 @@ def _request_terms(url: str) -> tuple[frozenset[str], int | None, frozenset[str]
     return (types or RECORD_TYPES) & RECORD_TYPES, since, filtered
 
 
+def _instant_ms(manifest: Mapping[str, Any]) -> int:
+    """The export's block time (``transactionTime``), in ms: a Group's members are read at it."""
+    moment = datetime.fromisoformat(str(manifest["transactionTime"]).replace("Z", "+00:00"))
+    return int(moment.timestamp() * 1000)
+
+
 _GROUP_EXPORT = re.compile(r"/Group/([A-Za-z0-9\-.]{1,64})/\$export$")
 
 
@@ -286,7 +296,10 @@ def _group_of(url: str) -> str | None:
 
 
 def _check_group(
-    given: Mapping[str, Path], anchored: Mapping[tuple[str, int], tuple[str, str]], group: str
+    given: Mapping[str, Path],
+    anchored: Mapping[tuple[str, int], tuple[str, str]],
+    group: str,
+    at_ms: int,
 ) -> tuple[str, int, str, list[str]]:
     """The Group the export is for, as ``group.ndjson`` carries it: (id, version, hash, its
     member patients). It must be that Group, and hash with its salt to what the ledger
@@ -313,7 +326,7 @@ def _check_group(
         raise _fail("the Group in group.ndjson is not a version the ledger anchored")
     if content_hash(canonical_bytes(resource), salt) != digest:
         raise _fail("the Group in group.ndjson is not the version its anchor names")
-    return group, version, digest, group_patients(resource)
+    return group, version, digest, group_patients(resource, at_ms)
 
 
 def _check_holdings(
@@ -377,6 +390,10 @@ def _check_holdings(
         raise _fail(f"the holdings of {missing[0][1]} for {missing[0][0]} are attested but absent")
     report.holdings = len(expected)
     report.attested_heights = (min(heights), max(heights)) if heights else None
+    if heights and min(heights) <= int(proof["height"]):
+        # the node attests after it fixes the export's height: an attestation from before it
+        # is another (older) export's, passed off as this one's
+        raise _fail("a holdings attestation comes from before the export's height")
     withheld: dict[tuple[str, str, str], int] = {}
     for line in _lines(given[WITHHELD_FILE]):
         entry = orjson.loads(line)
