@@ -121,17 +121,6 @@ def test_forbidden_import_is_caught(tmp_path: Path) -> None:
 STATE_READS = frozenset({"state", "state_keys", "get_state"})
 NODE_SOURCES = sorted(p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] != "contracts")
 
-# Files not yet converted: each still builds state keys itself. The list only shrinks: a file
-# leaves it when its reads go through contract views (a test below fails while a converted file
-# is still listed), and no file joins it.
-ALLOWLIST = frozenset(
-    {
-        "health/bulk_export.py",  # patients with records ("patient/")
-        "ledger/views.py",  # members and organisations
-    }
-)
-
-
 def _builds_a_string(node: ast.expr) -> bool:
     """A string literal, an f-string, or a string made from one ("a/" + x, "a/%s" % x,
     "a/{}".format(x))."""
@@ -171,19 +160,12 @@ def test_node_reads_contract_state_through_views() -> None:
     offenders = {
         _name(path): reads
         for path in NODE_SOURCES
-        if _name(path) not in ALLOWLIST and (reads := literal_state_reads(path))
+        if (reads := literal_state_reads(path))
     }
     assert not offenders, (
         "state read with a literal namespace or key outside contracts/ (call the owning "
         f"contract's view instead): {offenders}"
     )
-
-
-@pytest.mark.parametrize("name", sorted(ALLOWLIST))
-def test_allowlist_names_only_files_still_to_convert(name: str) -> None:
-    path = SRC / name
-    assert path.is_file(), f"{name} is allowlisted but does not exist: remove it from ALLOWLIST"
-    assert literal_state_reads(path), f"{name} reads state through views now: remove it"
 
 
 def test_the_state_check_sees_the_node() -> None:

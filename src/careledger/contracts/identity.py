@@ -105,6 +105,10 @@ def org_of(read: StateReader, org_id: str) -> Mapping[str, Any] | None:
     return found
 
 
+MEMBER_PREFIX = "member/"
+"""Where the members are (``member_key``): the node lists them."""
+
+
 def member_of(read: StateReader, member_id: str) -> Mapping[str, Any] | None:
     """A member (org, roles, key, status), or None: whose key the node checks or shows."""
     found: Mapping[str, Any] | None = read(NAMESPACE, member_key(member_id))

@@ -58,6 +58,11 @@ def patient_index_key(patient: str, record_id: str) -> str:
     return f"patient/{patient}/{record_id}"
 
 
+PATIENT_INDEX_PREFIX = "patient/"
+"""Where every patient's records are indexed (``patient_index_key``): a system export lists
+the patients with records from it."""
+
+
 def holding_key(patient: str, custodian: str, resource_type: str) -> str:
     return f"holding/{patient}/{custodian}/{resource_type}"
 

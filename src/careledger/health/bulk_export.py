@@ -54,6 +54,7 @@ from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.contracts.consent import consent_covers, consent_key
 from careledger.contracts.records import (
     MAX_ATTESTED,
+    PATIENT_INDEX_PREFIX,
     holding_key,
     holding_of,
     holding_op_key,
@@ -306,7 +307,7 @@ class ExportJobs:
             self._finish(job, "complete", manifest=manifest, patients=self._exported.pop(job, []))
 
     def _patients(self) -> list[str]:
-        keys = self.ledger.store.state_keys(RECORDS, "patient/", 100_000_000)
+        keys = self.ledger.store.state_keys(RECORDS, PATIENT_INDEX_PREFIX, 100_000_000)
         return sorted({k.split("/", 2)[1] for k in keys})
 
     def _group_meta(self, caller: Caller, group: str) -> dict[str, Any]:
