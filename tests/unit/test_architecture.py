@@ -190,3 +190,49 @@ def test_literal_state_read_is_caught(tmp_path: Path) -> None:
     assert [line.split(":")[0] for line in literal_state_reads(sample)] == [
         "1", "2", "3", "4", "5"
     ]  # fmt: skip
+
+
+# -- roles: defined once, in the ruleset ----------------------------------------------------
+
+
+def _role_sets() -> dict[str, frozenset[str]]:
+    """Every module-level ``*_ROLES`` set of the code, by ``module.NAME``: the roles a rule or
+    a page names."""
+    import importlib
+
+    found: dict[str, frozenset[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        names = [
+            t.id
+            for node in tree.body
+            if isinstance(node, ast.Assign | ast.AnnAssign)
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(t, ast.Name) and t.id.endswith("_ROLES")
+        ]
+        if not names:
+            continue
+        module = "careledger." + ".".join(path.relative_to(SRC).with_suffix("").parts)
+        loaded = importlib.import_module(module)
+        for name in names:
+            value = getattr(loaded, name)
+            if isinstance(value, frozenset | set) and all(isinstance(v, str) for v in value):
+                found[f"{module}.{name}"] = frozenset(value)
+    return found
+
+
+def test_every_role_named_anywhere_is_one_the_ruleset_grants() -> None:
+    from careledger.contracts.registry import default_registry
+    from careledger.health.access import SYSTEM
+    from careledger.scopes import DEFAULT_SCOPES
+
+    rules = default_registry().latest
+    roles = set(rules.roles)
+    assert rules.kind_roles is not None
+    grantable = set().union(*rules.kind_roles.values())
+    assert roles <= grantable, f"roles no organisation kind may hold: {roles - grantable}"
+    sets = _role_sets()
+    assert len(sets) >= 10  # the check sees the contracts' and the node's role sets
+    unknown = {name: sorted(v - roles - {SYSTEM}) for name, v in sets.items() if v - roles - {SYSTEM}}
+    assert not unknown, f"roles that no ruleset grants: {unknown}"
+    assert set(DEFAULT_SCOPES) <= roles, "scope defaults for a role no ruleset grants"
