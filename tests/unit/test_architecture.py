@@ -236,3 +236,74 @@ def test_every_role_named_anywhere_is_one_the_ruleset_grants() -> None:
     unknown = {name: sorted(v - roles - {SYSTEM}) for name, v in sets.items() if v - roles - {SYSTEM}}
     assert not unknown, f"roles that no ruleset grants: {unknown}"
     assert set(DEFAULT_SCOPES) <= roles, "scope defaults for a role no ruleset grants"
+
+
+# -- no import cycles -------------------------------------------------------------------------
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1]) if parts[-1] == "__init__" else ".".join(parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """careledger module -> the careledger modules it imports when it is loaded (module level;
+    ``if TYPE_CHECKING:`` imports and imports inside functions are not run at load)."""
+    modules = {_module(p): p for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            for item in ast.walk(node) if isinstance(node, ast.If | ast.Try) else [node]:
+                if isinstance(item, ast.ImportFrom) and (item.module or "").startswith("careledger"):
+                    base = str(item.module)
+                    found.add(base)
+                    found.update(f"{base}.{a.name}" for a in item.names)
+                elif isinstance(item, ast.Import):
+                    found.update(a.name for a in item.names)
+        graph[name] = {d for d in found if d in modules and d != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                out.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    assert len(graph) > 100 and "careledger.health.service" in graph
+    assert cycles(graph) == []
+
+
+def test_a_cycle_is_caught() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
