@@ -22,7 +22,7 @@ from tests.support.nodes import Server, login, run_cli, serving
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SYNTHEA = ROOT / "src" / "careledger" / "demo_data" / "synthea"
-CORPUS = ROOT.parent / "shared" / "corpora" / "synthea-smart-on-fhir"
+CORPUS = ROOT / "tests" / "vectors" / "synthea-directory"  # Synthea's as published
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
 
