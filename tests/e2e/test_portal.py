@@ -707,6 +707,10 @@ def test_the_api_docs_work_offline(page: Page, server: Server) -> None:
     page.route("**/*", only_here)
     page.goto(f"{server.url}/docs")
     expect(page.locator(".swagger-ui .information-container")).to_contain_text("CareLedger")
+    spec = page.request.get(f"{server.url}/openapi.json").json()
+    groups = {t for path in spec["paths"].values() for op in path.values() for t in op["tags"]}
+    expect(page.locator(".opblock-tag")).to_have_count(len(groups))  # every group listed
+    page.locator(".opblock-tag", has_text="fhir").first.click()  # and opened on demand
     expect(page.get_by_text("/fhir/metadata").first).to_be_visible()
     assert elsewhere == []
 
