@@ -7,6 +7,11 @@ comparison); `careledger verify` transactions/s; peak memory.
 
     .venv/bin/python bench/ledger.py            # full run (a few minutes on 2 cores)
     .venv/bin/python bench/ledger.py --quick    # smaller sizes, for a smoke test
+    .venv/bin/python bench/ledger.py --sections commit,verify   # the ledger core only
+
+Sections: ceiling, commit (in-process), http, latency, proofs, verify; commit and verify also
+print the CPU time spent per transaction (this process, and its worker processes), which other
+load on the machine changes much less than it changes the rates.
 
 Workload: identity.add_member transactions (3 state writes each: member, key, nonce), signed by one
 admin, in batches of 2,000. No figure here is asserted anywhere; they go in the issue note.
@@ -58,10 +63,26 @@ FABRIC_PUBLISHED_TPS = 3_500
 BATCH = 2_000
 BENCH = "ledger"
 FABRIC = f"Hyperledger Fabric's published ~{FABRIC_PUBLISHED_TPS:,} tx/s"
+SECTIONS = ("ceiling", "commit", "http", "latency", "proofs", "verify")
 
 
 def line(label: str, value: str, note: str = "") -> None:
     print(f"  {label:<52} {value:>16}  {note}")
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished (and reaped) child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_per_tx(label: str, own: float, workers: float, n: int) -> None:
+    """CPU time per transaction, which load from other processes disturbs less than rates."""
+    line(
+        label,
+        f"{(own + workers) / n * 1e6:,.1f} µs",
+        f"this process {own / n * 1e6:,.1f} µs, its workers {workers / n * 1e6:,.1f} µs",
+    )
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -181,11 +202,13 @@ def in_process(n: int, workdir: Path, verify_ceiling: float) -> Path:
     chain = TestChain(SQLiteStore(store_path))
 
     envs = envelopes(key("hosp-admin"), chain.ledger.chain, n, "ip")
+    workers_before = children_cpu()
     pool = ProcessPoolExecutor(2)
     pool.submit(abs, 0).result()
     orderer = LocalOrderer(chain.ledger, max_batch=BATCH, max_wait=0.002)
     orderer.start()
     futures = []
+    cpu = time.process_time()
     t = time.perf_counter()
     for i in range(0, n, BATCH):
         txs = admit_all(
@@ -194,11 +217,14 @@ def in_process(n: int, workdir: Path, verify_ceiling: float) -> Path:
         futures.extend(orderer.submit(txs))
     wait(futures)
     elapsed = time.perf_counter() - t
+    cpu = time.process_time() - cpu
     orderer.stop()
     assert all(f.result()["result"] == "accepted" for f in futures)
     rate = n / elapsed
     base = sqlite_baseline(envs, workdir / "baseline.sqlite")
+    pool.shutdown()
     line("committed tx/s (admit + sign check + execute + commit)", f"{rate:,.0f}")
+    cpu_per_tx("  CPU per transaction", cpu, children_cpu() - workers_before, n)
     line(
         "  as a share of the verification ceiling", f"{rate / verify_ceiling:.0%}", "target >= 50%"
     )
@@ -227,7 +253,6 @@ def in_process(n: int, workdir: Path, verify_ceiling: float) -> Path:
         note="target >= 50%",
     )
     chain.store.close()
-    pool.shutdown()
     return store_path
 
 
@@ -448,13 +473,19 @@ def verify_rate(store_path: Path) -> None:
         (True, "--reexecute (contracts re-run)"),
     ]:
         store = SQLiteStore(store_path, readonly=True)
+        workers_before = children_cpu()
         with ProcessPoolExecutor(2) as pool:
             pool.submit(abs, 0).result()
+            cpu = time.process_time()
             t = time.perf_counter()
             report = verify_store(store, pool=pool, reexecute=reexecute)
             elapsed = time.perf_counter() - t
+            cpu = time.process_time() - cpu
         assert report.ok, report.problem
         line(f"verified tx/s, {label}", f"{report.transactions / elapsed:,.0f}", "target >= 20,000")
+        cpu_per_tx(
+            "  CPU per transaction", cpu, children_cpu() - workers_before, report.transactions
+        )
         figure(
             BENCH,
             f"careledger verify: verified tx/s, {label}",
@@ -471,7 +502,20 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: CI checks it runs")
     parser.add_argument("--txs", type=int, default=60_000)
     parser.add_argument("--proof-leaves", type=int, default=1_000_000)
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, of {', '.join(SECTIONS)} (commit runs the ceiling first; "
+        "verify runs commit first, to have a store)",
+    )
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if unknown := sections - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    if "verify" in sections:
+        sections.add("commit")
+    if "commit" in sections:
+        sections.add("ceiling")
     args.quick = args.quick or args.smoke
     n = 300 if args.smoke else 6_000 if args.quick else args.txs
     leaves = 2_000 if args.smoke else 20_000 if args.quick else args.proof_leaves
@@ -479,15 +523,23 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="careledger-bench-"))
     server = None
     try:
-        top = ceiling(300 if args.smoke else 4_000 if args.quick else 30_000)
-        store_path = in_process(n, workdir, top)
-        server, admin, chain = http_throughput(n, workdir)
-        rates, seconds = ([20], 1) if args.smoke else ([50], 3) if args.quick else ([100, 500], 8)
-        latency(server, admin, chain, rates, seconds)
-        server.stop()
-        server = None
-        proofs(workdir, leaves, 50 if args.smoke else 300 if args.quick else 2_000)
-        verify_rate(store_path)
+        if "ceiling" in sections:
+            top = ceiling(300 if args.smoke else 4_000 if args.quick else 30_000)
+        if "commit" in sections:
+            store_path = in_process(n, workdir, top)
+        if sections & {"http", "latency"}:
+            server, admin, chain = http_throughput(n, workdir)
+            if "latency" in sections:
+                rates, seconds = (
+                    ([20], 1) if args.smoke else ([50], 3) if args.quick else ([100, 500], 8)
+                )
+                latency(server, admin, chain, rates, seconds)
+            server.stop()
+            server = None
+        if "proofs" in sections:
+            proofs(workdir, leaves, 50 if args.smoke else 300 if args.quick else 2_000)
+        if "verify" in sections:
+            verify_rate(store_path)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"\n  peak memory of the bench process: {peak:,.0f} MiB")
         figure(BENCH, "peak RSS of the bench process", peak, "MiB", peak_rss_mib=peak)

@@ -15,7 +15,7 @@ from typing import Any
 from careledger.cluster.witness import Witness
 from careledger.config import Settings
 from careledger.core.keys import KeyPair
-from careledger.core.tx import Transaction, make_body, sign_body
+from careledger.core.tx import Transaction, make_body, sign_envelope
 from careledger.errors import Conflict, Rejected, StorageError
 from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
@@ -204,15 +204,15 @@ class Node:
         timeout: float = 30.0,
     ) -> list[tuple[dict[str, Any], Explanation | None]]:
         """As :meth:`execute`, with each rejection's message and detail (see Ledger.explain)."""
-        from careledger.ledger.admission import admit_all
+        from careledger.ledger.admission import admit_signed
 
         key = keypair or self.ledger.node_key
         nonces = self._nonce_source(key)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         # Nonces must reach admission in the order they were drawn: one signer, one queue.
         with nonces.lock:
-            envelopes = [
-                sign_body(
+            signed = [
+                sign_envelope(
                     make_body(
                         chain=self.ledger.chain,
                         contract=contract,
@@ -226,7 +226,8 @@ class Node:
                 )
                 for contract, method, args in calls
             ]
-            txs = admit_all(self.ledger, envelopes, [None] * len(envelopes))
+            # Signed here, just now: admitted without encoding or verifying them again.
+            txs = admit_signed(self.ledger, signed)
             futures = self.submit(txs)
         out: list[tuple[dict[str, Any], Explanation | None]] = []
         for tx, future in zip(txs, futures, strict=True):

@@ -9,9 +9,11 @@ transaction, not merely that it was seen.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import orjson
 
 from careledger.core.canonical import canonical_bytes, sha256, sha256_hex
 from careledger.errors import ValidationError
@@ -68,6 +70,38 @@ def writeset_bytes(writes: Iterable[Write]) -> bytes:
     """Canonical write-set: sorted by (namespace, key), deletes as null."""
     rows = sorted(([ns, key, value] for ns, key, value in writes), key=lambda r: (r[0], r[1]))
     return canonical_bytes(rows)
+
+
+def canonical_writeset(rows: Sequence[tuple[str, str, bytes | None]]) -> bytes:
+    """``writeset_bytes`` of rows already sorted whose values are canonical bytes (None: a
+    delete): the values are embedded as they are instead of being encoded a second time."""
+    items: list[list[object]] = []
+    for ns, key, raw in rows:
+        if type(ns) is not str or type(key) is not str:
+            return _joined_writeset(rows)
+        items.append([ns, key, orjson.Fragment(_NULL if raw is None else raw)])
+    try:
+        # Strings need no guard: orjson escapes them exactly as RFC 8785 does (canonical.py).
+        return orjson.dumps(items)
+    except orjson.JSONEncodeError:  # a lone surrogate: the reference encoder refuses it
+        return _joined_writeset(rows)
+
+
+def _joined_writeset(rows: Sequence[tuple[str, str, bytes | None]]) -> bytes:
+    parts = [
+        b"["
+        + canonical_bytes(ns)
+        + b","
+        + canonical_bytes(key)
+        + b","
+        + (_NULL if raw is None else raw)
+        + b"]"
+        for ns, key, raw in rows
+    ]
+    return b"[" + b",".join(parts) + b"]"
+
+
+_NULL = b"null"
 
 
 def next_state_digest(prev_digest: str, writeset: bytes) -> str:

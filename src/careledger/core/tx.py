@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -37,6 +38,7 @@ class Transaction:
 
     body: Mapping[str, Any]
     sig: bytes
+    sig_text: str  # the envelope's "sig": decoding proved it the one base64url form of ``sig``
     signed_bytes: bytes
     tx_id: str
     chain: str
@@ -48,13 +50,11 @@ class Transaction:
     nonce: int
 
     def envelope(self) -> dict[str, Any]:
-        return {"body": dict(self.body), "sig": b64url_encode(self.sig)}
+        return {"body": dict(self.body), "sig": self.sig_text}
 
     def envelope_bytes(self) -> bytes:
         # Keys "body" < "sig", so this concatenation is the RFC 8785 form of the envelope.
-        return (
-            b'{"body":' + self.signed_bytes + b',"sig":"' + b64url_encode(self.sig).encode() + b'"}'
-        )
+        return b'{"body":' + self.signed_bytes + b',"sig":"' + self.sig_text.encode() + b'"}'
 
     def envelope_hash(self) -> str:
         return sha256_hex(self.envelope_bytes())
@@ -68,7 +68,8 @@ def decode_envelope(obj: object, *, canonical_body: bytes | None = None) -> Tran
     """Check shape and encodings (not the signature, not the ledger state).
 
     ``canonical_body``, when the caller already holds the body's RFC 8785 bytes (a stored
-    envelope, see :func:`decode_stored_envelope`), saves encoding it again.
+    envelope, see :func:`decode_stored_envelope`, or one it has just signed, see
+    :func:`sign_envelope`), saves encoding it again; they must be that body's bytes.
     """
     if not isinstance(obj, dict):
         raise _malformed("envelope must be a JSON object")
@@ -79,11 +80,12 @@ def decode_envelope(obj: object, *, canonical_body: bytes | None = None) -> Tran
         raise _malformed("body must be a JSON object")
     if not isinstance(sig_text, str):
         raise _malformed("sig must be a base64url string")
-    missing = BODY_FIELDS - set(body)
-    extra = set(body) - BODY_FIELDS
-    if missing or extra:
-        detail = f"missing {sorted(missing)}" if missing else f"unknown {sorted(extra)}"
-        raise _malformed(f"body fields: {detail}")
+    if type(body) is not dict or body.keys() != BODY_FIELDS:
+        missing = BODY_FIELDS - set(body)
+        extra = set(body) - BODY_FIELDS
+        if missing or extra:
+            detail = f"missing {sorted(missing)}" if missing else f"unknown {sorted(extra)}"
+            raise _malformed(f"body fields: {detail}")
     chain, contract, method = body["chain"], body["contract"], body["method"]
     if not isinstance(chain, str) or not CHAIN_PATTERN.match(chain):
         raise _malformed("body.chain must be a chain id")
@@ -103,7 +105,7 @@ def decode_envelope(obj: object, *, canonical_body: bytes | None = None) -> Tran
     if not isinstance(signer, str):
         raise _malformed("body.signer must be a base64url public key")
     try:
-        signer_key = decode_public_key(signer)
+        signer_key = _public_key(signer) if type(signer) is str else decode_public_key(signer)
         sig = decode_signature(sig_text)
         signed = canonical_bytes(body) if canonical_body is None else canonical_body
     except ValidationError as exc:
@@ -111,6 +113,7 @@ def decode_envelope(obj: object, *, canonical_body: bytes | None = None) -> Tran
     return Transaction(
         body=body,
         sig=sig,
+        sig_text=sig_text if type(sig_text) is str else b64url_encode(sig),
         signed_bytes=signed,
         tx_id=sha256_hex(signed),
         chain=chain,
@@ -121,6 +124,12 @@ def decode_envelope(obj: object, *, canonical_body: bytes | None = None) -> Tran
         signer_key=signer_key,
         nonce=nonce,
     )
+
+
+@lru_cache(maxsize=4096)
+def _public_key(text: str) -> bytes:
+    """``decode_public_key``, remembered: a handful of signers sign most transactions."""
+    return decode_public_key(text)
 
 
 _BODY_PREFIX = b'{"body":'
@@ -167,4 +176,11 @@ def make_body(
 
 def sign_body(body: Mapping[str, Any], keypair: KeyPair) -> dict[str, Any]:
     """Sign a body as built by :func:`make_body`; the caller supplies nonce and time."""
-    return {"body": dict(body), "sig": b64url_encode(keypair.sign(canonical_bytes(body)))}
+    return sign_envelope(body, keypair)[0]
+
+
+def sign_envelope(body: Mapping[str, Any], keypair: KeyPair) -> tuple[dict[str, Any], bytes]:
+    """:func:`sign_body`, and the canonical body it signed: whoever decodes the envelope in the
+    same call path passes it as ``canonical_body`` rather than encoding the body again."""
+    signed = canonical_bytes(body)
+    return {"body": dict(body), "sig": b64url_encode(keypair.sign(signed))}, signed

@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -38,9 +38,11 @@ from careledger.ledger.execute import (
     explain,
     genesis_block,
 )
+from careledger.ledger.keyfilter import KeyFilter
 from careledger.ledger.ports import LedgerStore
 
 _STATE_CACHE_LIMIT = 200_000
+_SIGNER_CACHE_LIMIT = 10_000
 log = logging.getLogger("careledger.ledger")
 
 
@@ -64,8 +66,13 @@ class Ledger:
         self._head = head
         self._head_hash = store.header_hash(head.height) or ""
         self._frontier = _load_frontier(store, head.log_size)
-        self._cache: dict[tuple[str, str], Any] = {}
+        self._cache: dict[tuple[str, str], bytes | None] = {}
         self._cache_lock = threading.Lock()
+        # Built by the first commit (a ledger that only reads never scans the store).
+        self._keys: KeyFilter | None = None
+        # The ruleset and signers as of a generation (see rules() and signer()).
+        self._rules: tuple[int, Ruleset] | None = None
+        self._signers: dict[str, tuple[int, Signer]] = {}
         self._generation = 0
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -98,27 +105,54 @@ class Ledger:
         return self._head_hash
 
     def state(self, namespace: str, key: str) -> Any:
+        """The committed value of a key (None: absent), decoded afresh for each caller.
+
+        The cache keeps canonical bytes, not decoded values: a caller may change what it gets
+        without changing what the next one reads, and the garbage collector has no cached
+        dicts and lists to walk (a busy node keeps up to 200,000 entries).
+        """
         cached = self._cache.get((namespace, key), _MISSING)
         if cached is not _MISSING:
-            return cached
-        generation = self._generation
-        raw = self.store.get_state(namespace, key)
-        value = None if raw is None else orjson.loads(raw)
-        with self._cache_lock:
-            # A block committed since the read may have changed the key: do not cache the old value.
-            if generation == self._generation:
-                if len(self._cache) >= _STATE_CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[(namespace, key)] = value
-        return value
+            raw = cast("bytes | None", cached)
+        else:
+            keys = self._keys
+            if keys is not None and not keys.might_contain(namespace, key):
+                return None  # never written: no store read, and nothing to cache
+            generation = self._generation
+            raw = self.store.get_state(namespace, key)
+            with self._cache_lock:
+                # A block committed since the read may have changed the key: do not cache it.
+                if generation == self._generation:
+                    if len(self._cache) >= _STATE_CACHE_LIMIT:
+                        self._cache.clear()
+                    self._cache[(namespace, key)] = raw
+        return None if raw is None else orjson.loads(raw)
 
     def rules(self) -> Ruleset:
         """The ruleset the next block executes under (UnknownRuleset if this node lacks it)."""
-        return self.registry.at(self._head.height + 1, self.state)
+        generation = self._generation  # read first: a commit meanwhile only makes it stale
+        known = self._rules
+        if known is not None and known[0] == generation:
+            return known[1]
+        rules = self.registry.at(self._head.height + 1, self.state)
+        self._rules = (generation, rules)
+        return rules
 
     def signer(self, public_key: str) -> Signer:
-        """The member behind a key, with the roles the rules in force give it (or Rejected)."""
-        return self.rules().signer(self.state, public_key)
+        """The member behind a key, with the roles the rules in force give it (or Rejected).
+
+        Remembered until the next commit (admission asks once per transaction, and most
+        transactions come from a few signers); a refusal is not remembered.
+        """
+        generation = self._generation
+        known = self._signers.get(public_key)
+        if known is not None and known[0] == generation:
+            return known[1]
+        signer = self.rules().signer(self.state, public_key)
+        if len(self._signers) >= _SIGNER_CACHE_LIMIT:
+            self._signers.clear()
+        self._signers[public_key] = (generation, signer)
+        return signer
 
     def warn_unknown_rulesets(self) -> list[tuple[int, str]]:
         """Scheduled rulesets this software lacks, logged: the node stops at their height."""
@@ -147,11 +181,14 @@ class Ledger:
 
     # -- admission -----------------------------------------------------------------------
 
-    def decode(self, obj: object, *, size: int | None = None) -> Transaction:
-        """Stateless checks: size, shape, chain, signature."""
+    def decode(
+        self, obj: object, *, size: int | None = None, canonical_body: bytes | None = None
+    ) -> Transaction:
+        """Stateless checks: size, shape, chain (the signature is admission's: see
+        ``admit_decoded``). ``canonical_body``: as for :func:`decode_envelope`."""
         if size is not None and size > MAX_ENVELOPE_BYTES:
             raise Rejected("TX_TOO_LARGE", f"an envelope may be at most {MAX_ENVELOPE_BYTES} bytes")
-        tx = decode_envelope(obj)
+        tx = decode_envelope(obj, canonical_body=canonical_body)
         if len(tx.signed_bytes) > MAX_ENVELOPE_BYTES:
             raise Rejected("TX_TOO_LARGE", f"an envelope may be at most {MAX_ENVELOPE_BYTES} bytes")
         if tx.chain != self.chain:
@@ -174,9 +211,8 @@ class Ledger:
     def _admissible(self, tx: Transaction, *, signature_checked: bool, reserve: bool) -> None:
         if not signature_checked:
             check_signature(tx)
-        rules = self.rules()
-        rules.signer(self.state, tx.signer)
-        rules.contract(tx.contract, tx.method)
+        self.signer(tx.signer)
+        self.rules().contract(tx.contract, tx.method)
         with self._lock:
             last = max(self.state(NONCE_NAMESPACE, tx.signer) or 0, self._pending.get(tx.signer, 0))
             if tx.nonce <= last:
@@ -214,6 +250,9 @@ class Ledger:
         With ``expect_hash`` (a block another node served), the block is stored only if this
         node derives that very header hash; otherwise nothing is written (PEER_FORK).
         """
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = KeyFilter.of((ns, key) for ns, key, _ in self.store.state_items())
         executed = execute_block(
             registry=self.registry,
             prev=self._head,
@@ -233,12 +272,15 @@ class Ledger:
         if executed is not None:
             if local:
                 executed = replace(executed, block=replace(executed.block, local=dict(local)))
+            for ns, key, raw in executed.block.state:
+                if raw is not None:
+                    keys.add(ns, key)  # before the store has it: no reader may miss it
             self.store.append_block(executed.block)
             self._head = executed.block.header
             self._head_hash = executed.block.header_hash
             self._frontier = executed.frontier
             with self._cache_lock:
-                self._cache.update(executed.state)
+                self._cache.update({(ns, key): raw for ns, key, raw in executed.block.state})
                 self._generation += 1
         self.release(txs)
         if executed is not None and (SCHEDULE_NAMESPACE, SCHEDULE_KEY) in executed.state:

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from careledger.contracts.base import (
     BlockState,
     Context,
+    Contract,
     Signer,
     StateReader,
     StateView,
     TxState,
 )
-from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import genesis_writes
 from careledger.contracts.registry import Registry, default_registry
 from careledger.contracts.ruleset import (
@@ -33,11 +34,12 @@ from careledger.core.block import (
     ZERO_HASH,
     BlockHeader,
     Write,
+    canonical_writeset,
     events_digest,
     next_state_digest,
     receipt,
 )
-from careledger.core.canonical import canonical_bytes, sha256_hex
+from careledger.core.canonical import canonical_bytes, canonical_values, sha256_hex
 from careledger.core.tx import Transaction
 from careledger.errors import Rejected, UnknownRuleset, ValidationError
 from careledger.ledger.ports import BlockWrite, StoredEvent, StoredTx
@@ -70,23 +72,18 @@ class Executed:
 
 
 def encode_writes(writes: Sequence[Write]) -> tuple[bytes, list[tuple[str, str, bytes | None]]]:
-    """The canonical write-set and each value's canonical bytes, canonicalising each value once."""
-    rows = sorted(writes, key=lambda w: (w[0], w[1]))
-    encoded: list[tuple[str, str, bytes | None]] = []
-    parts: list[bytes] = []
-    for ns, key, value in rows:
-        raw = None if value is None else canonical_bytes(value)
-        encoded.append((ns, key, raw))
-        parts.append(
-            b"["
-            + canonical_bytes(ns)
-            + b","
-            + canonical_bytes(key)
-            + b","
-            + (b"null" if raw is None else raw)
-            + b"]"
-        )
-    return b"[" + b",".join(parts) + b"]", encoded
+    """The canonical write-set and each value's canonical bytes, canonicalising each value once.
+
+    The write-set is the canonical form of ``[[ns, key, value], ...]`` sorted by (ns, key);
+    RFC 8785 is compositional, so it is assembled from the values' own canonical bytes.
+    """
+    rows = sorted(writes, key=_NS_KEY)
+    raws = canonical_values([value for _, _, value in rows])
+    encoded = [(ns, key, raw) for (ns, key, _), raw in zip(rows, raws, strict=True)]
+    return canonical_writeset(encoded), encoded
+
+
+_NS_KEY = itemgetter(0, 1)
 
 
 def genesis_block(genesis: Mapping[str, Any], registry: Registry | None = None) -> Executed:
@@ -150,25 +147,33 @@ def execute_block(
     stored: list[StoredTx] = []
     events: list[StoredEvent] = []
     leaves: list[bytes] = []
-    signers: dict[str, Signer] = {}
+    signers = _Signers(rules, state)
+    contracts = _Contracts(rules)
+    chain = prev.chain
     for tx in txs:
         last = state.get(NONCE_NAMESPACE, tx.signer)
-        if tx.chain != prev.chain:
+        if tx.chain != chain:
             skipped[tx.tx_id] = "WRONG_CHAIN"
             continue
         if last is not None and tx.nonce <= last:
             skipped[tx.tx_id] = "NONCE_REPLAY"
             continue
         index = len(stored)
-        code, tx_events, tx_writes, why = _run(rules, state, signers, tx, prev.chain, height, time)
+        code, tx_events, tx_writes, why = _run(
+            rules, state, signers, contracts, tx, chain, height, time
+        )
         if why is not None:
             rejections[tx.tx_id] = why
-        state.apply(tx_writes)
-        state.apply({(NONCE_NAMESPACE, tx.signer): tx.nonce})
+        nonce_write = {(NONCE_NAMESPACE, tx.signer): tx.nonce}
+        if tx_writes:
+            state.apply(tx_writes)
+            signers.forget_readers_of(tx_writes)
+        state.apply(nonce_write)
+        signers.forget_readers_of(nonce_write)
         leaf_index = prev.log_size + index
         envelope = tx.envelope_bytes()
         rec = receipt(
-            chain=prev.chain,
+            chain=chain,
             tx_id=tx.tx_id,
             envelope_hash=sha256_hex(envelope),
             height=height,
@@ -190,7 +195,7 @@ def execute_block(
     writes = state.writes()
     writeset, encoded = encode_writes(writes)
     header = BlockHeader(
-        chain=prev.chain,
+        chain=chain,
         height=height,
         prev=prev_hash,
         time=time,
@@ -205,10 +210,66 @@ def execute_block(
     return Executed(block, new_frontier, receipts, skipped, decoded, rejections)
 
 
+class _Signers:
+    """The signers resolved so far in a block, each kept until a write touches what it read.
+
+    Resolving a signer reads a few identity keys (its key, member and organisation entries) and
+    is a pure function of them, so a cached signer equals a fresh resolution for as long as none
+    of those keys is written. Invalidating by the keys actually read, instead of on any identity
+    write, keeps a block of ``identity.add_member`` calls from resolving its signer each time.
+    A refusal (``Rejected``) is not cached: the next transaction of that key resolves again.
+    """
+
+    def __init__(self, rules: Ruleset, state: BlockState) -> None:
+        self._rules = rules
+        self._state = state
+        self._by_key: dict[str, Signer] = {}
+        self._readers: dict[tuple[str, str], set[str]] = {}  # state key -> signers that read it
+
+    def get(self, public_key: str) -> Signer:
+        signer = self._by_key.get(public_key)
+        if signer is not None:
+            return signer
+        read: list[tuple[str, str]] = []
+        get = self._state.get
+
+        def recording(namespace: str, key: str) -> Any:
+            read.append((namespace, key))
+            return get(namespace, key)
+
+        signer = self._rules.signer(recording, public_key)
+        self._by_key[public_key] = signer
+        for state_key in read:
+            self._readers.setdefault(state_key, set()).add(public_key)
+        return signer
+
+    def forget_readers_of(self, writes: Mapping[tuple[str, str], Any]) -> None:
+        if not self._readers:
+            return
+        for state_key in writes:
+            for public_key in self._readers.pop(state_key, ()):
+                self._by_key.pop(public_key, None)
+
+
+class _Contracts:
+    """``rules.contract`` memoised for one block: the ruleset cannot change within a block."""
+
+    def __init__(self, rules: Ruleset) -> None:
+        self._rules = rules
+        self._found: dict[tuple[str, str], Contract] = {}
+
+    def get(self, contract: str, method: str) -> Contract:
+        found = self._found.get((contract, method))
+        if found is None:  # an unknown one raises Rejected, every time
+            found = self._found[(contract, method)] = self._rules.contract(contract, method)
+        return found
+
+
 def _run(
     rules: Ruleset,
     state: BlockState,
-    signers: dict[str, Signer],
+    signers: _Signers,
+    contracts: _Contracts,
     tx: Transaction,
     chain: str,
     height: int,
@@ -217,9 +278,8 @@ def _run(
     """(rejection code or None, events, writes, why refused) of one transaction."""
     tx_state = TxState(state)
     try:
-        signer = signers.get(tx.signer) or rules.signer(state.get, tx.signer)
-        signers[tx.signer] = signer
-        contract = rules.contract(tx.contract, tx.method)
+        signer = signers.get(tx.signer)
+        contract = contracts.get(tx.contract, tx.method)
         ctx = Context(
             signer=signer,
             chain=chain,
@@ -234,8 +294,6 @@ def _run(
         return exc.code, (), {}, Explanation(exc.code, exc.message, exc.detail)
     except Exception:  # a contract bug must not stop the chain; the leaf records it
         return "CONTRACT_FAULT", (), {}, Explanation("CONTRACT_FAULT", "the contract failed", {})
-    if any(ns == IDENTITY for ns, _ in tx_state.writes):
-        signers.clear()  # keys, members or organisations changed: resolve afresh
     return None, ctx.events, tx_state.writes, None
 
 

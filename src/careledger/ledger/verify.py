@@ -11,13 +11,19 @@ replayed state, and the receipts, write-set and events must come out byte for by
 this proves the outcomes, not only their integrity, at the cost of execution time.
 
 The first difference names its height; nothing is repaired.
+
+With a pool, each transaction's own checks (its envelope decodes, is canonical and hashes to
+its id; its receipt; its signature) run in the workers, a block ahead of the walk, which then
+raises the first difference in the same order as it does without them: the report is the same
+either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -25,12 +31,13 @@ import orjson
 from careledger.contracts.registry import Registry, default_registry
 from careledger.core import merkle
 from careledger.core.block import BlockHeader, events_digest, next_state_digest, receipt
-from careledger.core.canonical import is_canonical_json, sha256_hex
+from careledger.core.canonical import canonical_bytes, canonical_items, sha256_hex
+from careledger.core.keys import verify_signature
 from careledger.core.tx import Transaction, decode_stored_envelope
 from careledger.errors import CareLedgerError, StorageError
 from careledger.ledger.execute import Executed, execute_block, genesis_block
 from careledger.ledger.ports import BlockWrite, LedgerStore, StoredTx
-from careledger.ledger.sigcheck import submit_signatures
+from careledger.ledger.sigcheck import submit_chunks, submit_signatures
 
 SORTED = orjson.OPT_SORT_KEYS
 Progress = Callable[[int, int], None]  # (height, transactions in that block)
@@ -62,21 +69,55 @@ class _Mismatch(Exception):
         self.problem = problem
 
 
+Rows = dict[tuple[str, str], bytes | None]
+"""Each key a block wrote, with its canonical write-set row ``[ns,key,value]`` (None: deleted)."""
+
+
 class _ReplayState:
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, str], Any] = {}
+    """The state replayed from genesis: each live key's canonical write-set row (the store's
+    current value must be the value in it, compared as bytes at the end) and, when
+    re-executing, the decoded values the contracts read. Replaying write-sets alone decodes only
+    the nonces it checks: keeping every value decoded would hold millions of objects that each
+    garbage collection walks."""
+
+    def __init__(self, decoded: bool) -> None:
+        self.rows: dict[tuple[str, str], bytes] = {}
+        self.values: dict[tuple[str, str], Any] | None = {} if decoded else None
         self.written_at: dict[tuple[str, str], int] = {}
 
     def read(self, namespace: str, key: str) -> Any:
-        return self.values.get((namespace, key))
+        if self.values is not None:
+            return self.values.get((namespace, key))
+        row = self.rows.get((namespace, key))
+        return None if row is None else orjson.loads(row)[2]
 
-    def apply(self, executed: Executed, height: int) -> None:
-        for k, v in executed.state.items():
-            if v is None:
-                self.values.pop(k, None)
+    def apply(self, writes: Mapping[tuple[str, str], Any], rows: Rows, height: int) -> None:
+        for k, v in writes.items():  # in the order the block wrote them
+            row = rows[k]
+            if row is None:
+                self.rows.pop(k, None)
             else:
-                self.values[k] = v
+                self.rows[k] = row
             self.written_at[k] = height
+            if self.values is not None:
+                if v is None:
+                    self.values.pop(k, None)
+                else:
+                    self.values[k] = v
+
+
+def _row(ns: object, key: object, value: bytes) -> bytes:
+    """A write-set row from its names and its value's canonical bytes (RFC 8785 composes)."""
+    if type(ns) is str and type(key) is str:
+        try:  # orjson writes a string exactly as RFC 8785 does (see core.canonical)
+            return b"[" + orjson.dumps(ns) + b"," + orjson.dumps(key) + b"," + value + b"]"
+        except orjson.JSONEncodeError:
+            pass  # a lone surrogate: the reference encoder refuses it
+    return b"[" + canonical_bytes(ns) + b"," + canonical_bytes(key) + b"," + value + b"]"
+
+
+def _rows_of(encoded: Sequence[tuple[str, str, bytes | None]]) -> Rows:
+    return {(ns, key): None if raw is None else _row(ns, key, raw) for ns, key, raw in encoded}
 
 
 def _compare_block(stored: BlockWrite, derived: BlockWrite, store: LedgerStore) -> None:
@@ -99,10 +140,10 @@ def _compare_block(stored: BlockWrite, derived: BlockWrite, store: LedgerStore) 
         raise _Mismatch(h, "header differs from re-derivation (log root, state digest or time)")
 
 
-def _check_signatures(height: int, txs: Sequence[Transaction], checks: Sequence[bool]) -> None:
-    for tx, ok in zip(txs, checks, strict=True):
+def _check_signatures(height: int, tx_ids: Sequence[str], checks: Sequence[bool]) -> None:
+    for tx_id, ok in zip(tx_ids, checks, strict=True):
         if not ok:
-            raise _Mismatch(height, f"signature of transaction {tx.tx_id} is invalid")
+            raise _Mismatch(height, f"signature of transaction {tx_id} is invalid")
 
 
 def _decode_block_txs(height: int, stored_txs: Sequence[StoredTx]) -> list[Transaction]:
@@ -118,13 +159,97 @@ def _decode_block_txs(height: int, stored_txs: Sequence[StoredTx]) -> list[Trans
     return txs
 
 
+# -- what a worker checks of each stored transaction --------------------------------------
+
+TxRow = tuple[str, bytes, bytes, int]
+"""A stored transaction as a worker receives it: (tx_id, envelope, receipt, leaf index)."""
+TxCheck = tuple[int, str, int, bytes, bool]
+"""(outcome, signer, nonce, leaf hash, signature valid); signer and nonce only if it decoded."""
+
+_OK, _MALFORMED, _WRONG_ID, _RECEIPT_MALFORMED, _RECEIPT_DIFFERS = range(5)
+
+
+def check_stored_txs(
+    chain: object, height: int, first_leaf: int, offset: int, rows: Sequence[TxRow]
+) -> list[TxCheck]:
+    """Everything verify checks of each stored transaction on its own, for the transactions at
+    ``offset``... of block ``height``: the envelope is canonical, well formed and hashes to its
+    id; the receipt is the one the block must hold at that position; the leaf hash; the
+    signature. The walker then checks what needs the chain so far (nonces, log, state) and
+    raises the first difference in the order it always has.
+
+    Runs in the signature workers, so decoding happens next to the signature check instead of
+    on the walker's critical path; a pure function of its arguments.
+    """
+    out: list[TxCheck] = []
+    for index, (tx_id, envelope, kept_receipt, kept_leaf) in enumerate(rows, start=offset):
+        try:
+            tx = decode_stored_envelope(envelope)
+        except CareLedgerError:
+            out.append((_MALFORMED, "", 0, b"", False))
+            continue
+        if tx.tx_id != tx_id:
+            out.append((_WRONG_ID, "", 0, b"", False))
+            continue
+        outcome = _receipt_outcome(
+            chain, height, first_leaf + index, index, tx, envelope, kept_receipt, kept_leaf
+        )
+        valid = verify_signature(tx.signer_key, tx.signed_bytes, tx.sig)
+        out.append((outcome, tx.signer, tx.nonce, merkle.leaf_hash(kept_receipt), valid))
+    return out
+
+
+def _receipt_outcome(
+    chain: object,
+    height: int,
+    leaf_index: int,
+    index: int,
+    tx: Transaction,
+    envelope: bytes,
+    kept_receipt: bytes,
+    kept_leaf: int,
+) -> int:
+    """The receipt parses, and is exactly this transaction's at this place, with the rejection
+    code it records (if any)."""
+    envelope_hash = sha256_hex(envelope)
+
+    def expected(code: str | None) -> bytes:
+        rec = receipt(
+            chain=chain,  # type: ignore[arg-type]  # the stored header's, as the walker reads it
+            tx_id=tx.tx_id,
+            envelope_hash=envelope_hash,
+            height=height,
+            index=index,
+            leaf_index=leaf_index,
+            code=code,
+        )
+        # Receipts hold ASCII strings and small ints only: orjson's sorted output is JCS.
+        return orjson.dumps(rec, option=SORTED)
+
+    # Most transactions were accepted: their receipt is compared before the stored one is
+    # parsed (a stored receipt equal to it parses, and records no code).
+    if kept_leaf == leaf_index and expected(None) == kept_receipt:
+        return _OK
+    try:
+        code = orjson.loads(kept_receipt).get("code")
+    except (orjson.JSONDecodeError, AttributeError):
+        return _RECEIPT_MALFORMED
+    if kept_leaf != leaf_index or expected(code if isinstance(code, str) else None) != kept_receipt:
+        return _RECEIPT_DIFFERS
+    return _OK
+
+
 @dataclass
 class _Ahead:
     height: int
+    tx_ids: Sequence[str]
+    # Re-execution keeps the stored transactions (it compares them) and decodes them here;
+    # replaying write-sets keeps only their ids: a block's worth of objects held while the
+    # workers run would be promoted by the garbage collector and walked by its full passes.
     stored: Sequence[StoredTx]
     txs: Sequence[Transaction]
-    signatures: Callable[[], list[bool]]
-    error: _Mismatch | None = None
+    results: Callable[[], list[Any]]  # signatures (re-execution) or TxChecks, in order
+    error: _Mismatch | None = None  # a transaction that does not decode (re-execution)
 
 
 class _Verifier:
@@ -143,36 +268,58 @@ class _Verifier:
         self.reexecute = reexecute
         self.pool = pool
         self.workers = workers
-        self.replay = _ReplayState()
+        self.replay = _ReplayState(decoded=reexecute)
         self.frontier: list[bytes] = []
         self.prev_hash = ""
         self._ahead: _Ahead | None = None
 
-    def _read_ahead(self, height: int) -> _Ahead | None:
-        """Read and decode block ``height`` and start its signature checks (None past the head)."""
+    def _read_ahead(self, height: int, prev: BlockHeader) -> _Ahead | None:
+        """Read block ``height`` (``prev`` is the header before it) and start its checks in the
+        workers; None past the head."""
         stored_txs = self.store.block_txs(height)
         if not stored_txs:
             return None
+        tx_ids = [t.tx_id for t in stored_txs]
+        if not self.reexecute:
+            rows = [(t.tx_id, t.envelope, t.receipt, t.leaf_index) for t in stored_txs]
+            check = partial(check_stored_txs, prev.chain, height, prev.log_size)
+            checks = submit_chunks(check, rows, self.pool, self.workers)
+            return _Ahead(height, tx_ids, [], [], checks)
         try:
             txs = _decode_block_txs(height, stored_txs)
         except _Mismatch as bad:
-            return _Ahead(height, stored_txs, [], lambda: [], bad)
-        return _Ahead(height, stored_txs, txs, submit_signatures(txs, self.pool, self.workers))
+            return _Ahead(height, tx_ids, stored_txs, [], lambda: [], bad)
+        signatures = submit_signatures(txs, self.pool, self.workers)
+        return _Ahead(height, tx_ids, stored_txs, txs, signatures)
 
-    def _take(
-        self, height: int
-    ) -> tuple[Sequence[StoredTx], Sequence[Transaction], Callable[[], list[bool]]]:
+    def _read_next(self, height: int, prev: BlockHeader) -> tuple[_Ahead | None, Exception | None]:
+        """``_read_ahead``, and what it raised, for the caller to raise where it always has."""
+        try:
+            return self._read_ahead(height, prev), None
+        except Exception as exc:  # re-raised as it is by _derive
+            return None, exc
+
+    def _take(self, height: int, prev: BlockHeader) -> tuple[_Ahead, list[Any]]:
+        """Block ``height`` read ahead (or now), and its checks' results once they are in;
+        raises the first transaction that does not decode or hash to its id."""
         ahead = self._ahead if self._ahead and self._ahead.height == height else None
         if ahead is None:
-            ahead = self._read_ahead(height) or _Ahead(height, [], [], lambda: [])
+            ahead = self._read_ahead(height, prev) or _Ahead(height, [], [], [], lambda: [])
         if ahead.error is not None:
             raise ahead.error
-        return ahead.stored, ahead.txs, ahead.signatures
+        results = ahead.results()
+        if not self.reexecute:
+            for tx_id, (outcome, *_) in zip(ahead.tx_ids, results, strict=True):
+                if outcome == _MALFORMED:
+                    raise _Mismatch(height, f"envelope of {tx_id} is malformed")
+                if outcome == _WRONG_ID:
+                    raise _Mismatch(height, f"envelope does not hash to its id {tx_id}")
+        return ahead, results
 
     def block(self, height: int) -> BlockWrite:
         """Re-derive block ``height``, compare it with the store, and advance."""
         try:
-            executed, header_hash = self._derive(height)
+            executed, header_hash, rows = self._derive(height)
         except _Mismatch:
             raise
         except (
@@ -185,11 +332,14 @@ class _Verifier:
             raise _Mismatch(height, f"stored data is unreadable ({type(exc).__name__})") from None
         if height:
             self.frontier = executed.frontier
-        self.replay.apply(executed, height)
+        if rows is None:
+            rows = _rows_of(executed.block.state)
+        self.replay.apply(executed.state, rows, height)
         self.prev_hash = header_hash
         return executed.block
 
-    def _derive(self, height: int) -> tuple[Executed, str]:
+    def _derive(self, height: int) -> tuple[Executed, str, Rows | None]:
+        """The block re-derived, its hash, and its write-set rows when it read them."""
         store = self.store
         header = store.header(height)
         header_hash = store.header_hash(height)
@@ -202,20 +352,25 @@ class _Verifier:
             executed = _genesis(store, self.registry)
             if executed.block.header != header or executed.block.writeset != writeset:
                 raise _Mismatch(0, "genesis block does not match the genesis document")
-            return executed, header_hash
+            return executed, header_hash, None
         prev = store.header(height - 1)
         if prev is None or header.prev != self.prev_hash:
             raise _Mismatch(height, "prev does not link to the previous header")
-        stored_txs, txs, signatures = self._take(height)
-        self._ahead = self._read_ahead(height + 1)  # next block's signatures check meanwhile
+        # The workers start on the next block now; this one's results are (mostly) in.
+        ahead, failure = self._read_next(height + 1, header)
+        taken, results = self._take(height, prev)
+        if failure is not None:
+            raise failure  # reading the next block failed: reported here, as it always was
+        self._ahead = ahead
         stored = BlockWrite(
-            header, header_hash, stored_txs, (), writeset, (), store.block_events(height)
+            header, header_hash, taken.stored, (), writeset, (), store.block_events(height)
         )
         if not self.reexecute:
-            executed = self._replay_recorded(stored, prev, txs)
-            _check_signatures(height, txs, signatures())
-            return executed, header_hash
-        _check_signatures(height, txs, signatures())
+            executed, rows = self._replay_recorded(stored, prev, taken.tx_ids, results)
+            _check_signatures(height, taken.tx_ids, [valid for *_, valid in results])
+            return executed, header_hash, rows
+        txs = taken.txs
+        _check_signatures(height, [tx.tx_id for tx in txs], results)
         derived = execute_block(
             registry=self.registry,
             prev=prev,
@@ -228,46 +383,40 @@ class _Verifier:
         if derived is None or derived.skipped:
             raise _Mismatch(height, "the block holds transactions that cannot commit")
         _compare_block(stored, derived.block, store)
-        return derived, header_hash
+        return derived, header_hash, None
 
     def _replay_recorded(
-        self, stored: BlockWrite, prev: BlockHeader, txs: Sequence[Transaction]
-    ) -> Executed:
-        """Check a block against what it records (no re-execution) and return its write-set."""
+        self,
+        stored: BlockWrite,
+        prev: BlockHeader,
+        tx_ids: Sequence[str],
+        checks: Sequence[TxCheck],
+    ) -> tuple[Executed, Rows]:
+        """Check a block against what it records (no re-execution) and return its write-set.
+
+        ``checks`` are the workers' results for its transactions (see check_stored_txs).
+        """
         header = stored.header
         h = header.height
         if header.chain != prev.chain or header.time < prev.time:
             raise _Mismatch(h, "chain id or block time does not follow the previous block")
-        if header.tx_count != len(stored.txs) or header.log_size != prev.log_size + len(txs):
+        if header.tx_count != len(tx_ids) or header.log_size != prev.log_size + len(checks):
             raise _Mismatch(h, "transaction count or log size differs")
         leaves = []
         last_nonce: dict[str, int] = {}
-        for index, (kept, tx) in enumerate(zip(stored.txs, txs, strict=True)):
-            leaf_index = prev.log_size + index
-            try:
-                code = orjson.loads(kept.receipt).get("code")
-            except (orjson.JSONDecodeError, AttributeError):
-                raise _Mismatch(h, f"receipt of transaction {tx.tx_id} is malformed") from None
-            expected = receipt(
-                chain=header.chain,
-                tx_id=tx.tx_id,
-                envelope_hash=sha256_hex(kept.envelope),
-                height=h,
-                index=index,
-                leaf_index=leaf_index,
-                code=code if isinstance(code, str) else None,
-            )
-            # Receipts hold ASCII strings and small ints only: orjson's sorted output is JCS.
-            if (
-                kept.leaf_index != leaf_index
-                or orjson.dumps(expected, option=SORTED) != kept.receipt
-            ):
-                raise _Mismatch(h, f"receipt of transaction {tx.tx_id} differs")
-            previous = last_nonce.get(tx.signer, self.replay.read("nonce", tx.signer) or 0)
-            if tx.nonce <= previous:
-                raise _Mismatch(h, f"transaction {tx.tx_id} replays a nonce")
-            last_nonce[tx.signer] = tx.nonce
-            leaves.append(merkle.leaf_hash(kept.receipt))
+        read = self.replay.read
+        for tx_id, (outcome, signer, nonce, leaf, _) in zip(tx_ids, checks, strict=True):
+            # the workers checked each receipt against the previous header's chain (this
+            # header's, or the walk stopped just above) and log size
+            if outcome == _RECEIPT_MALFORMED:
+                raise _Mismatch(h, f"receipt of transaction {tx_id} is malformed")
+            if outcome == _RECEIPT_DIFFERS:
+                raise _Mismatch(h, f"receipt of transaction {tx_id} differs")
+            previous = last_nonce.get(signer, read("nonce", signer) or 0)
+            if nonce <= previous:
+                raise _Mismatch(h, f"transaction {tx_id} replays a nonce")
+            last_nonce[signer] = nonce
+            leaves.append(leaf)
         frontier, nodes = merkle.append_leaf_hashes(self.frontier, prev.log_size, leaves)
         _compare_nodes(h, nodes, self.store)
         if merkle.root_from_frontier(frontier).hex() != header.log_root:
@@ -276,26 +425,31 @@ class _Verifier:
             raise _Mismatch(h, "state digest differs from the write-set")
         events = [(e.tx_index, e.type, e.data) for e in stored.events]
         well_formed = [e.seq for e in stored.events] == list(range(len(events))) and all(
-            0 <= i < len(txs) for i, _, _ in events
+            0 <= i < len(checks) for i, _, _ in events
         )
         if not well_formed or events_digest(events) != header.events_digest:
             raise _Mismatch(h, "events differ from the events digest")
-        writes = _parse_writeset(h, stored.writeset)
+        writes, rows = _parse_writeset(h, stored.writeset)
         for signer, nonce in last_nonce.items():
             if writes.get(("nonce", signer)) != nonce:
                 raise _Mismatch(h, "the write-set does not record the signers' nonces")
-        return Executed(stored, frontier, {}, {}, writes)
+        return Executed(stored, frontier, {}, {}, writes), rows
 
 
-def _parse_writeset(height: int, raw: bytes) -> dict[tuple[str, str], Any]:
+def _parse_writeset(height: int, raw: bytes) -> tuple[dict[tuple[str, str], Any], Rows]:
+    """The write-set's values by (namespace, key), and its rows' canonical bytes."""
     try:
         rows = orjson.loads(raw)
         writes = {(ns, key): value for ns, key, value in rows}
     except (orjson.JSONDecodeError, TypeError, ValueError):
         raise _Mismatch(height, "the write-set is malformed") from None
-    if len(writes) != len(rows) or not is_canonical_json(raw, rows):
+    parts = canonical_items(raw, rows) if len(writes) == len(rows) else None
+    if parts is None:
         raise _Mismatch(height, "the write-set is not canonical")
-    return writes
+    kept = {
+        k: None if v is None else part for (k, v), part in zip(writes.items(), parts, strict=True)
+    }
+    return writes, kept
 
 
 def _compare_nodes(
@@ -361,12 +515,14 @@ def _compare_state(store: LedgerStore, replay: _ReplayState) -> None:
     seen: set[tuple[str, str]] = set()
     for ns, key, value in store.state_items():
         seen.add((ns, key))
-        expected = replay.values.get((ns, key))
-        if expected is None or not is_canonical_json(value, expected):
+        # The replayed rows are canonical (each write-set was checked), so the stored value is
+        # the canonical encoding of the replayed one exactly when the two rows are equal.
+        expected = replay.rows.get((ns, key))
+        if expected is None or expected != _row(ns, key, value):
             height = replay.written_at.get((ns, key), -1)
             at = f"last written at height {height}" if height >= 0 else "never written"
             raise _Mismatch(max(height, 0), f"current state {ns}/{key} differs ({at})")
-    missing: Sequence[tuple[str, str]] = [k for k in replay.values if k not in seen]
+    missing: Sequence[tuple[str, str]] = [k for k in replay.rows if k not in seen]
     if missing:
         ns, key = missing[0]
         raise _Mismatch(replay.written_at[(ns, key)], f"current state {ns}/{key} is missing")
