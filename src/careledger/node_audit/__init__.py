@@ -12,8 +12,9 @@ holds the node's key only to open what the node sealed for itself (never to writ
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -134,6 +135,22 @@ def unreadable(exc: BaseException) -> str:
     """What went wrong reading a store, without SQLite's message: it may quote a damaged
     column's text (a patient's id), and the audit's output never carries patients."""
     return f"{type(exc).__name__}; the file is damaged or not the node's"
+
+
+def row_count(context: NodeContext, store: str, tables: Sequence[str]) -> int:
+    """Rows of a store's tables, for a checker's progress bar (0 without the store; a table it
+    cannot count is left out: the check itself then says why)."""
+    conn = context.open_store(store)
+    if conn is None:
+        return 0
+    total = 0
+    try:
+        for table in tables:
+            with contextlib.suppress(sqlite3.Error):
+                total += int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608 - our table names
+    finally:
+        conn.close()
+    return total
 
 
 def store_size(check: StoreCheck, context: NodeContext) -> int:

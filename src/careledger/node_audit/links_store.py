@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -118,7 +117,14 @@ from careledger.health.share_links import (
 from careledger.health_links.card import issuer_jwk, revocation_id
 from careledger.health_links.link import MAX_LABEL_CHARS
 from careledger.keyfile import read_key_file
-from careledger.node_audit import Difference, NodeContext, schema_created_by, schema_of, unreadable
+from careledger.node_audit import (
+    Difference,
+    NodeContext,
+    row_count,
+    schema_created_by,
+    schema_of,
+    unreadable,
+)
 from careledger.node_audit.monitoring_store import open_sealed
 from careledger.vault.at_rest import AtRest
 
@@ -192,17 +198,7 @@ class LinksStoreCheck:
     store = LINKS_FILE
 
     def size(self, context: NodeContext) -> int:
-        conn = context.open_store(self.store)
-        if conn is None:
-            return 0
-        total = 0
-        try:
-            for table in TABLES:
-                with contextlib.suppress(sqlite3.Error):
-                    total += int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608 - our table names
-        finally:
-            conn.close()
-        return total
+        return row_count(context, self.store, TABLES)
 
     def check(self, context: NodeContext, progress: Callable[[int], None]) -> Iterator[Difference]:
         audit = _LinksAudit(context)

@@ -90,6 +90,7 @@ from careledger.node_audit import (
     Difference,
     NodeContext,
     SchemaObjects,
+    row_count,
     schema_created_by,
     schema_of,
     unreadable,
@@ -262,19 +263,7 @@ class MonitoringStoreCheck:
     store = MONITORING_FILE
 
     def size(self, context: NodeContext) -> int:
-        conn = context.open_store(self.store)
-        if conn is None:
-            return 0
-        total = 0
-        try:
-            for table in ("devices", "batches", "windows", "erasures"):
-                try:
-                    total += int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608 - our table names
-                except sqlite3.Error:
-                    continue
-        finally:
-            conn.close()
-        return total
+        return row_count(context, self.store, ("devices", "batches", "windows", "erasures"))
 
     def check(self, context: NodeContext, progress: Callable[[int], None]) -> Iterator[Difference]:
         conn = context.open_store(self.store)

@@ -33,7 +33,6 @@ visits and fields, never a link or a reason.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -44,7 +43,7 @@ import orjson
 from careledger.contracts.visits import NAMESPACE as VISITS
 from careledger.contracts.visits import visit_ids, visit_of
 from careledger.monitoring.visits import SCHEMA, VISITS_FILE
-from careledger.node_audit import Difference, NodeContext, unreadable
+from careledger.node_audit import Difference, NodeContext, row_count, unreadable
 from careledger.node_audit.monitoring_store import open_sealed, schema_differences
 from careledger.vault.at_rest import AtRest
 
@@ -59,17 +58,7 @@ class VisitsStoreCheck:
     store = VISITS_FILE
 
     def size(self, context: NodeContext) -> int:
-        conn = context.open_store(self.store)
-        if conn is None:
-            return 0
-        total = 0
-        try:
-            for table in TABLES:
-                with contextlib.suppress(sqlite3.Error):
-                    total += int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608 - our table names
-        finally:
-            conn.close()
-        return total
+        return row_count(context, self.store, TABLES)
 
     def check(self, context: NodeContext, progress: Callable[[int], None]) -> Iterator[Difference]:
         conn = context.open_store(self.store)
