@@ -409,3 +409,28 @@ def test_type_and_system_history(server: Server, clinician: httpx.Client) -> Non
     assert clinician.get("/fhir/Observation/_history", params={"_at": "2020"}).status_code == 400
     assert clinician.get("/fhir/_history", params={"_format": "xml"}).status_code == 406
     assert clinician.get("/fhir/Observation/_history", params={"_since": "soon"}).status_code == 400
+
+
+def test_a_task_or_adverse_event_about_a_patient_is_theirs(clinician: httpx.Client) -> None:
+    pid = make(clinician, {"resourceType": "Patient", "gender": "female"}).json()["id"]
+    task = {"resourceType": "Task", "status": "requested", "intent": "order",
+            "for": {"reference": f"Patient/{pid}"}, "description": "Book a follow-up"}  # fmt: skip
+    event = {"resourceType": "AdverseEvent", "actuality": "actual",
+             "subject": {"reference": f"Patient/{pid}"},
+             "event": {"text": "rash after the first dose"}}  # fmt: skip
+    ids = {}
+    for resource in (task, event):
+        made = make(clinician, resource)
+        assert made.status_code == 201, made.text
+        ids[resource["resourceType"]] = made.json()["id"]
+    assert [e["resource"]["id"] for e in clinician.get(
+        "/fhir/Task", params={"patient": pid}).json()["entry"]] == [ids["Task"]]  # fmt: skip
+    assert [e["resource"]["id"] for e in clinician.get(
+        "/fhir/AdverseEvent", params={"subject": f"Patient/{pid}"}).json()["entry"]] == [
+        ids["AdverseEvent"]]  # fmt: skip
+    everything = clinician.get(f"/fhir/Patient/{pid}/$everything").json()
+    assert {"Task", "AdverseEvent"} <= {e["resource"]["resourceType"] for e in everything["entry"]}
+    # a task for no patient (a practitioner's to-do) is not held: it would be nobody's record
+    chore = {**task, "for": {"reference": "Practitioner/dr-ana-silva"}}
+    refused = make(clinician, chore)
+    assert refused.status_code == 400 and refused.headers["x-careledger-code"] == "NO_PATIENT"

@@ -245,6 +245,8 @@ def test_every_declared_search_parameter_is_honoured(world: dict[str, Any]) -> N
         names = {p["name"] for p in resource["searchParam"]}
         if kind in ORG_TYPES:  # the organisation's own records: about no patient
             about = "_lastUpdated=ge2000"
+        elif kind == "AdverseEvent":  # R4 names its patient "subject" (no patient parameter)
+            about = f"subject=Patient/{pid}"
         else:
             assert "patient" in names or kind == "Patient", kind
         for param in resource["searchParam"]:

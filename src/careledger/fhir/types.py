@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from careledger.contracts.records import ORG_RECORD_TYPES
 
 PATIENT_ELEMENT: Mapping[str, str] = {
+    "AdverseEvent": "subject",  # R4's compartment names it by "subject" (no "patient" param)
     "AllergyIntolerance": "patient",
     "AppointmentResponse": "actor",
     "Basic": "subject",
@@ -71,6 +72,7 @@ PATIENT_ELEMENT: Mapping[str, str] = {
     "ServiceRequest": "subject",
     "Specimen": "subject",
     "SupplyDelivery": "patient",
+    "Task": "for",  # Task.for.where(resolve() is Patient): held when it is for a patient
     "VisionPrescription": "patient",
 }
 

@@ -217,6 +217,12 @@ EVENT_TIMING = _vs(
 # Element definition path -> required value set. Paths of datatypes start with the datatype
 # (HumanName.use applies wherever a HumanName occurs, Quantity.comparator also to Age, Duration,
 # ...). Elements with a required binding that are not listed here are not checked.
+# http://hl7.org/fhir/R4/valueset-task-status.html
+TASK_STATUS = _vs(
+    "task-status",
+    "draft requested received accepted rejected ready cancelled in-progress on-hold failed"
+    " completed entered-in-error",
+)
 # http://hl7.org/fhir/R4/valueset-udi-entry-type.html
 UDI_ENTRY_TYPE = _vs("udi-entry-type", "barcode rfid manual card self-reported unknown")
 # http://hl7.org/fhir/R4/valueset-device-statement-status.html
@@ -240,6 +246,7 @@ REQUIRED_BINDINGS: Mapping[str, ValueSet] = {
     "DeviceUseStatement.status": DEVICE_STATEMENT_STATUS,
     "Device.udiCarrier.entryType": UDI_ENTRY_TYPE,
     "Questionnaire.item.type": ITEM_TYPE,
+    "Task.status": TASK_STATUS,
     "Condition.clinicalStatus": CONDITION_CLINICAL,
     "Condition.verificationStatus": CONDITION_VER_STATUS,
     "MedicationRequest.status": MEDICATIONREQUEST_STATUS,

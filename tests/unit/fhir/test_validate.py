@@ -203,6 +203,8 @@ CC_BOGUS = {"coding": [{"system": "http://example.org/other", "code": BOGUS}], "
 MINIMAL = {
     "Questionnaire": {"resourceType": "Questionnaire", "status": "active",
                       "item": [{"linkId": "1", "text": "How are you?", "type": "string"}]},
+    "Task": {"resourceType": "Task", "status": "requested", "intent": "order",
+             "for": {"reference": "Patient/p-1"}},
 }  # fmt: skip
 
 
@@ -315,6 +317,7 @@ BINDING_CASES = [
     ("DeviceUseStatement", "status", BOGUS, "DeviceUseStatement.status"),
     ("Device", "udiCarrier[0]", {"entryType": BOGUS}, "Device.udiCarrier[0].entryType"),
     ("Questionnaire", "item[0].type", BOGUS, "Questionnaire.item[0].type"),
+    ("Task", "status", BOGUS, "Task.status"),
     ("DocumentReference", "status", BOGUS, "DocumentReference.status"),
     ("DocumentReference", "docStatus", BOGUS, "DocumentReference.docStatus"),
     ("DocumentReference", "relatesTo[0].code", BOGUS, "DocumentReference.relatesTo[0].code"),
