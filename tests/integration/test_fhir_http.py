@@ -434,3 +434,64 @@ def test_a_task_or_adverse_event_about_a_patient_is_theirs(clinician: httpx.Clie
     chore = {**task, "for": {"reference": "Practitioner/dr-ana-silva"}}
     refused = make(clinician, chore)
     assert refused.status_code == 400 and refused.headers["x-careledger-code"] == "NO_PATIENT"
+
+
+def _interaction_works(
+    http: httpx.Client, code: str, kind: str, body: dict[str, Any], made: dict[str, Any]
+) -> bool:
+    """One declared type-level interaction, exercised as R4 defines it."""
+    url = f"/fhir/{kind}/{made['id']}"
+    patch = {"content-type": "application/json-patch+json"}
+    if code == "create":
+        return make(http, body).status_code == 201
+    if code == "read":
+        return http.get(url).status_code == 200
+    if code == "vread":
+        return http.get(f"{url}/_history/1").status_code == 200
+    if code == "update":
+        return http.put(url, headers=FHIR, content=json.dumps(http.get(url).json())).is_success
+    if code == "patch":
+        op = [{"op": "add", "path": "/language", "value": "en"}]
+        return http.patch(url, content=json.dumps(op), headers=patch).status_code == 200
+    if code == "history-instance":
+        return bool(http.get(f"{url}/_history").json()["type"] == "history")
+    if code == "history-type":
+        return bool(http.get(f"/fhir/{kind}/_history").json()["type"] == "history")
+    if code == "search-type":
+        found = http.get(f"/fhir/{kind}", params={"_id": made["id"]})
+        return found.status_code == 200 and found.json()["total"] == 1
+    raise AssertionError(f"{kind}: {code} is declared but not checked here")
+
+
+def test_every_interaction_the_capability_statement_declares_works(
+    server: Server, clinician: httpx.Client
+) -> None:
+    """Derived from the CapabilityStatement: each interaction it declares for a type (here
+    Location, an organisation's record, and Observation, a patient's) and at system level is
+    exercised over HTTP and answers as R4 says; an undeclared one is not served."""
+    statement = clinician.get("/fhir/metadata").json()["rest"][0]
+    declared = {r["type"]: {i["code"] for i in r["interaction"]} for r in statement["resource"]}
+    pid = make(clinician, {"resourceType": "Patient", "gender": "other"}).json()["id"]
+    samples = {
+        "Location": {"resourceType": "Location", "name": "Room 1", "status": "active"},
+        "Observation": {"resourceType": "Observation", "status": "final",
+                        "code": {"text": "cap"}, "subject": {"reference": f"Patient/{pid}"}},
+    }  # fmt: skip
+    for kind, body in samples.items():
+        made = make(clinician, body).json()
+        assert "delete" in declared[kind]  # erasing: the custodian's admin's or the patient's
+        for code in sorted(declared[kind] - {"delete"}):
+            assert _interaction_works(clinician, code, kind, body, made), f"{kind}: {code}"
+    with login(server, server.data_dir / "keys" / "st-mary-admin.key") as admin:
+        gone = make(clinician, samples["Location"]).json()["id"]
+        assert admin.delete(f"/fhir/Location/{gone}").status_code == 200
+        assert clinician.get(f"/fhir/Location/{gone}").status_code == 410
+    system = {i["code"] for i in statement["interaction"]}
+    assert system == {"transaction", "batch", "history-system"}
+    for kind in ("transaction", "batch"):
+        bundle = {"resourceType": "Bundle", "type": kind, "entry": []}
+        empty = clinician.post("/fhir", headers=FHIR, content=json.dumps(bundle))
+        assert empty.status_code == 200 and empty.json()["type"] == f"{kind}-response"
+    assert clinician.get("/fhir/_history").json()["type"] == "history"
+    # nothing undeclared is served: a system-level search is not declared, and not answered
+    assert clinician.get("/fhir", params={"_id": "x"}).status_code in (404, 405)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from careledger.contracts.records import record_of
 from careledger.errors import CareLedgerError, Forbidden
 from careledger.fhir.blind_terms import plan
 from careledger.fhir.outcome import FhirError, Issue
@@ -248,6 +249,17 @@ def search_org(
     at = request.at if request.at is not None else records.ledger.head.height
     kind = request.resource_type
     planned = plan(request, base_url=base_url)
+    named = _named_ids(request)
+    if named is not None:  # _id names the records: look them up, no index needed
+        found = ((r, records.current_at(r, at)) for r in named)
+        pairs = [(r, c) for r, c in found if c is not None and _is_a(records, r, kind)]
+        allowed_ids = {p for _, (p, _) in pairs if records.may_search(caller, p, kind,
+                                                                      purpose=purpose)}  # fmt: skip
+        chosen = [(r, v, p) for r, (p, v) in pairs if p in allowed_ids]
+        owner = {r: p for r, _, p in chosen}
+        result = _page(records, request, [(r, v) for r, v, _ in chosen], owner, False, at, now,
+                       base_url)  # fmt: skip
+        return _disclose(records, caller, request, result, purpose, base_url)
     if not planned.groups:
         raise FhirError(
             [
@@ -318,6 +330,19 @@ def search_own(
     if request.includes and result.page:
         _include(records, caller, request.includes, result.page, result, purpose, base_url)
     return result
+
+
+def _named_ids(request: SearchRequest) -> list[str] | None:
+    """The record ids an ``_id`` criterion (no modifier) names, else None."""
+    for criterion in request.criteria:
+        if criterion.param.code == "_id" and criterion.modifier is None:
+            return sorted({v.text for v in criterion.values})[:MAX_INCLUDED]
+    return None
+
+
+def _is_a(records: HealthRecords, record_id: str, kind: str) -> bool:
+    meta = record_of(records.ledger.state, record_id)
+    return meta is not None and meta["type"] == kind
 
 
 def _include(
