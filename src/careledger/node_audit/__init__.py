@@ -102,13 +102,17 @@ class StoreCheck(Protocol):
 def checks() -> list[StoreCheck]:
     """Every store checker this software has, in the order they run."""
     from careledger.node_audit.epcis_store import EpcisStoreCheck
+    from careledger.node_audit.export_store import ExportStoreCheck
     from careledger.node_audit.links_store import IssuerKeyCheck, LinksStoreCheck
     from careledger.node_audit.monitoring_store import MonitoringStoreCheck
+    from careledger.node_audit.smart_store import SmartStoreCheck
+    from careledger.node_audit.trials_store import TrialsStoreCheck
     from careledger.node_audit.vault_store import VaultStoreCheck
     from careledger.node_audit.visits_store import VisitsStoreCheck
 
     return [VaultStoreCheck(), EpcisStoreCheck(), MonitoringStoreCheck(), VisitsStoreCheck(),
-            LinksStoreCheck(), IssuerKeyCheck()]  # fmt: skip
+            LinksStoreCheck(), IssuerKeyCheck(), SmartStoreCheck(), ExportStoreCheck(),
+            TrialsStoreCheck()]  # fmt: skip
 
 
 def audit_node(

@@ -287,7 +287,9 @@ CASES: list[tuple[str, str, str, Tamper]] = [
      lambda m, c, s: c.execute("UPDATE link SET patient = ? WHERE id = ?",
                                (m.other, m.links["plain"]))),
     ("link", "a copy of another organisation's link", "another organisation to serve",
-     sql("INSERT INTO link SELECT ?, patient, 'f' || substr(token_hash, 2), wrapped_key,"
+     # another first hex digit: token_hash is unique (an 'f' there would copy it whole)
+     sql("INSERT INTO link SELECT ?, patient, CASE substr(token_hash, 1, 1) WHEN 'f' THEN 'e'"
+         " ELSE 'f' END || substr(token_hash, 2), wrapped_key,"
          " passcode, attempts_left, sealed, created FROM link WHERE id = ?", "foreign", "plain")),
     ("link", "a token hash not in hex", "token_hash is not",
      sql("UPDATE link SET token_hash = 'not-hex' WHERE id = ?", "plain")),
