@@ -138,6 +138,7 @@ class ExportJobs:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-export")
         self._cancelled: set[str] = set()
         self._exported: dict[str, list[str]] = {}  # job -> patients exported (while it runs)
+        self._touched: dict[str, set[str]] = {}  # job -> patients who erased or revoked since
         self._lock = threading.RLock()
         self._fail_interrupted()
         self._sweep()
@@ -184,6 +185,8 @@ class ExportJobs:
         if not touched:
             return
         with self._lock:
+            for running in self._touched.values():  # judged when the job finishes
+                running.update(touched)
             rows = self._run("SELECT id, patients FROM job WHERE status = 'complete'")
             for job, patients in rows:
                 if touched & set(orjson.loads(patients or "[]")):
@@ -290,21 +293,31 @@ class ExportJobs:
 
     def _work(self, job: str, caller: Caller, request: ExportRequest) -> None:
         out = self.root / job
+        with self._lock:
+            self._touched[job] = set()  # patients erasing or revoking while the job runs
         try:
             out.mkdir(parents=True, exist_ok=False)
             manifest = self._export(job, caller, request, out)
         except Exception as exc:  # any failure ends the job clearly, never half-written
             shutil.rmtree(out, ignore_errors=True)
             self._exported.pop(job, None)
+            with self._lock:
+                self._touched.pop(job, None)
             if not self._stopped(job):
                 why = exc.message if isinstance(exc, CareLedgerError) else "the export failed"
                 self._finish(job, "failed", error=why)
             return
         with self._lock:  # a cancel between the check and the update would leave files behind
+            touched = self._touched.pop(job, set())
+            exported = self._exported.pop(job, [])
             if self._stopped(job):
                 shutil.rmtree(out, ignore_errors=True)
                 return
-            self._finish(job, "complete", manifest=manifest, patients=self._exported.pop(job, []))
+            if touched & set(exported):  # an erasure or revocation came while it ran
+                shutil.rmtree(out, ignore_errors=True)
+                self._finish(job, "withdrawn", error=WITHDRAWN, patients=exported)
+                return
+            self._finish(job, "complete", manifest=manifest, patients=exported)
 
     def _patients(self) -> list[str]:
         keys = self.ledger.store.state_keys(RECORDS, PATIENT_INDEX_PREFIX, 100_000_000)
