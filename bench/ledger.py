@@ -20,6 +20,7 @@ admin, in batches of 2,000. No figure here is asserted anywhere; they go in the 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import os
 import random
@@ -55,6 +56,7 @@ from careledger.ledger.admission import admit_all  # noqa: E402
 from careledger.ledger.engine import Ledger  # noqa: E402
 from careledger.ledger.ports import BlockWrite, StoredTx  # noqa: E402
 from careledger.ledger.verify import verify_store  # noqa: E402
+from careledger.node import settle_heap  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
 from careledger.ordering.local import LocalOrderer  # noqa: E402
 from careledger.storage.sqlite import SQLiteStore  # noqa: E402
@@ -83,6 +85,37 @@ def cpu_per_tx(label: str, own: float, workers: float, n: int) -> None:
         f"{(own + workers) / n * 1e6:,.1f} µs",
         f"this process {own / n * 1e6:,.1f} µs, its workers {workers / n * 1e6:,.1f} µs",
     )
+
+
+class GcMeter:
+    """Time spent in the cyclic garbage collector (all threads), and collections per generation."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def _on(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> GcMeter:
+        gc.callbacks.append(self._on)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on)
+
+    def print_per_tx(self, n: int) -> None:
+        gens = "/".join(f"{c:,}" for c in self.collections)
+        line(
+            "  garbage collection per transaction",
+            f"{self.seconds / n * 1e6:,.1f} µs",
+            f"collections gen0/gen1/gen2 {gens}",
+        )
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -196,10 +229,12 @@ def sqlite_baseline(envs: list[dict[str, Any]], path: Path) -> float:
     return rate
 
 
-def in_process(n: int, workdir: Path, verify_ceiling: float) -> Path:
+def in_process(n: int, workdir: Path, verify_ceiling: float, *, default_gc: bool = False) -> Path:
     print(f"\n[2] In-process commit: {n:,} transactions, batches of {BATCH:,}, SQLite WAL + fsync")
     store_path = workdir / "inproc.sqlite"
     chain = TestChain(SQLiteStore(store_path))
+    if not default_gc:
+        settle_heap()  # what Node.start does once the ledger is loaded
 
     envs = envelopes(key("hosp-admin"), chain.ledger.chain, n, "ip")
     workers_before = children_cpu()
@@ -208,16 +243,17 @@ def in_process(n: int, workdir: Path, verify_ceiling: float) -> Path:
     orderer = LocalOrderer(chain.ledger, max_batch=BATCH, max_wait=0.002)
     orderer.start()
     futures = []
-    cpu = time.process_time()
-    t = time.perf_counter()
-    for i in range(0, n, BATCH):
-        txs = admit_all(
-            chain.ledger, envs[i : i + BATCH], [None] * len(envs[i : i + BATCH]), pool=pool
-        )
-        futures.extend(orderer.submit(txs))
-    wait(futures)
-    elapsed = time.perf_counter() - t
-    cpu = time.process_time() - cpu
+    with GcMeter() as gc_meter:
+        cpu = time.process_time()
+        t = time.perf_counter()
+        for i in range(0, n, BATCH):
+            txs = admit_all(
+                chain.ledger, envs[i : i + BATCH], [None] * len(envs[i : i + BATCH]), pool=pool
+            )
+            futures.extend(orderer.submit(txs))
+        wait(futures)
+        elapsed = time.perf_counter() - t
+        cpu = time.process_time() - cpu
     orderer.stop()
     assert all(f.result()["result"] == "accepted" for f in futures)
     rate = n / elapsed
@@ -225,6 +261,7 @@ def in_process(n: int, workdir: Path, verify_ceiling: float) -> Path:
     pool.shutdown()
     line("committed tx/s (admit + sign check + execute + commit)", f"{rate:,.0f}")
     cpu_per_tx("  CPU per transaction", cpu, children_cpu() - workers_before, n)
+    gc_meter.print_per_tx(n)
     line(
         "  as a share of the verification ceiling", f"{rate / verify_ceiling:.0%}", "target >= 50%"
     )
@@ -503,6 +540,11 @@ def main() -> None:
     parser.add_argument("--txs", type=int, default=60_000)
     parser.add_argument("--proof-leaves", type=int, default=1_000_000)
     parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="commit with CPython's default collector settings, not the node's (settle_heap)",
+    )
+    parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
         help=f"comma-separated, of {', '.join(SECTIONS)} (commit runs the ceiling first; "
@@ -526,7 +568,7 @@ def main() -> None:
         if "ceiling" in sections:
             top = ceiling(300 if args.smoke else 4_000 if args.quick else 30_000)
         if "commit" in sections:
-            store_path = in_process(n, workdir, top)
+            store_path = in_process(n, workdir, top, default_gc=args.default_gc)
         if sections & {"http", "latency"}:
             server, admin, chain = http_throughput(n, workdir)
             if "latency" in sections:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import threading
 import time
@@ -27,6 +28,28 @@ from careledger.storage.sqlite import SQLiteStore
 from careledger.write_budget import WriteBudget
 
 LOCK_FILE = "node.lock"
+# The cyclic collector's young-generation threshold once a node runs (CPython's default: 700).
+# At 700 a block of 2,000 transactions runs about 30 young collections and every ~70,000
+# allocations one that walks the whole heap; the committer paid 20-25 µs a transaction for it.
+# Cyclic garbage still goes, after 20,000 allocations instead of 700: a few MB at most.
+GC_YOUNG_THRESHOLD = 20_000
+_heap_settled = False
+_heap_lock = threading.Lock()
+
+
+def settle_heap() -> None:
+    """Once per process, after start-up: collect, then freeze what is alive (modules, app,
+    settings, the loaded ledger) so that no later collection walks it again, and raise the
+    young threshold. Objects made later are collected as before, so memory does not grow."""
+    global _heap_settled
+    with _heap_lock:
+        if _heap_settled:
+            return
+        _heap_settled = True
+        gc.collect()
+        gc.freeze()
+        young, middle, old = gc.get_threshold()
+        gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
 def _lock(data_dir: Path) -> int:
@@ -142,6 +165,7 @@ class Node:
         if self.witness is not None:
             self.witness.announce_head()
             self.witness.start_heartbeat()
+        settle_heap()
 
     def stop(self) -> None:
         if self.witness is not None:

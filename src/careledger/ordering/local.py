@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from careledger.core.tx import Transaction
@@ -25,6 +25,24 @@ Clock = Callable[[], int]
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _settle(
+    fut: Future[dict[str, Any]],
+    *,
+    result: dict[str, Any] | None = None,
+    exc: BaseException | None = None,
+) -> None:
+    """Resolve a transaction's future, unless its waiter gave up and cancelled it (asyncio does
+    when a request with ?wait times out): set_result on a cancelled future raises, and would
+    stop the committer thread, which every later transaction waits on."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass  # cancelled: nobody waits for it any more
 
 
 class LocalOrderer:
@@ -119,15 +137,14 @@ class LocalOrderer:
             log.error("block not committed: %s", exc.message)
             self.ledger.release(txs)
             for _, fut in batch:
-                fut.set_exception(StorageError("the block could not be committed"))
+                _settle(fut, exc=StorageError("the block could not be committed"))
             return
         except Exception as exc:  # keep the committer alive; tell every waiting client
             log.exception("committer failed")
             self.ledger.release(txs)
             for _, fut in batch:
-                fut.set_exception(
-                    StorageError(f"the block could not be committed: {type(exc).__name__}")
-                )
+                _settle(fut, exc=StorageError(
+                    f"the block could not be committed: {type(exc).__name__}"))  # fmt: skip
             return
         receipts = {} if executed is None else executed.receipts
         skipped = {} if executed is None else executed.skipped
@@ -137,7 +154,7 @@ class LocalOrderer:
         for tx, fut in batch:
             rec = receipts.get(tx.tx_id)
             if rec is not None:
-                fut.set_result(rec)
+                _settle(fut, result=rec)
             else:
                 code = skipped.get(tx.tx_id, "NONCE_REPLAY")
-                fut.set_exception(Conflict("the transaction was not committed (replay)", code=code))
+                _settle(fut, exc=Conflict("the transaction was not committed (replay)", code=code))

@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS events(
 CREATE INDEX IF NOT EXISTS events_by_type ON events(type, height, seq);
 """
 _NODE_QUERY_CHUNK = 400  # keeps bound parameters well under SQLite's limit
+# Page cache of the connection that appends blocks (SQLite's default is 2 MiB): the txs' tx_id
+# index and the state table take keys in random order, and with the default cache a block of
+# 2,000 transactions rereads their pages. Readers keep the default; this bounds the extra memory.
+_WRITER_CACHE_KIB = 32 * 1024
 
 
 _FIRST_KEYS = "SELECT key FROM state WHERE ns = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?"
@@ -233,6 +237,9 @@ class SQLiteStore:
         header = block.header
         with self._write_lock:
             conn = self._connect()
+            if not getattr(self._local, "writer", False):
+                conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
+                self._local.writer = True
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 row = conn.execute(
@@ -288,6 +295,7 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            self._local.writer = False
 
 
 def _as_bytes(value: object) -> bytes:

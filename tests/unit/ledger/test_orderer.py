@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import wait
+
 import pytest
 
 from careledger.errors import Pushback
@@ -82,3 +85,54 @@ def test_duplicate_in_queue_commits_once() -> None:
     finally:
         orderer.stop()
     assert chain.store.head().log_size == 1
+
+
+def test_one_submit_split_across_blocks_resolves_every_future() -> None:
+    chain = TestChain(MemoryStore())
+    orderer = LocalOrderer(chain.ledger, max_batch=7, max_wait=0.01)
+    orderer.start()
+    try:
+        txs = admit_all(chain.ledger, member_envelopes(chain, 30, "g"), [None] * 30)
+        futures = orderer.submit(txs)
+        _done, pending = wait(futures, timeout=10)  # the stdlib's waiters work on them
+        assert not pending
+        receipts = [f.result(timeout=0) for f in futures]
+    finally:
+        orderer.stop()
+    assert [r["leaf_index"] for r in receipts] == list(range(30))
+    assert orderer.blocks_committed == 5  # 7 + 7 + 7 + 7 + 2
+    assert orderer.queued == 0
+
+
+def test_a_cancelled_future_does_not_stop_the_committer() -> None:
+    chain = TestChain(MemoryStore())
+    orderer = LocalOrderer(chain.ledger, max_batch=10, max_wait=0.05)
+    orderer.start()
+    try:
+        envelopes = member_envelopes(chain, 3, "c")
+        cancelled, kept = orderer.submit(admit_all(chain.ledger, envelopes[:2], [None] * 2))
+        assert cancelled.cancel()  # as asyncio does when a waiting request times out
+        assert kept.result(timeout=10)["result"] == "accepted"
+        (later,) = orderer.submit(admit_all(chain.ledger, envelopes[2:], [None]))
+        assert later.result(timeout=10)["result"] == "accepted"
+    finally:
+        orderer.stop()
+    assert chain.store.head().log_size == 3
+
+
+def test_futures_work_with_asyncio() -> None:
+    chain = TestChain(MemoryStore())
+    orderer = LocalOrderer(chain.ledger, max_batch=10, max_wait=0.01)
+    orderer.start()
+    try:
+        futures = orderer.submit(
+            admit_all(chain.ledger, member_envelopes(chain, 3, "a"), [None] * 3)
+        )
+
+        async def gather() -> list[dict]:
+            return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+
+        receipts = asyncio.run(gather())
+    finally:
+        orderer.stop()
+    assert [r["result"] for r in receipts] == ["accepted"] * 3
