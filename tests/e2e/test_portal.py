@@ -16,9 +16,8 @@ from playwright.sync_api import Browser, Page, expect
 
 from careledger.demo import DEMO_PRODUCTS
 from careledger.keyfile import read_key_file, write_key_file
-from careledger.nodedir import init_demo
 from careledger.storage.sqlite import SQLiteStore
-from tests.support.nodes import Server, login, serving
+from tests.support.nodes import Server, demo_node, login, serving
 
 pytestmark = pytest.mark.integration
 SHOTS = Path(__file__).parent / "screenshots"
@@ -29,7 +28,7 @@ EXPIRY = "271130"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("portal") / "node"
-    init_demo(data).store.close()
+    demo_node(data)
     with serving(data) as running:
         yield running
 

@@ -12,11 +12,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from careledger.nodedir import init_demo
 from tests.e2e.test_portal import axe_problems, shot, sign_in
 from tests.support import shc_verifier as shc
 from tests.support import shl_receiver as shl
-from tests.support.nodes import Server, serving
+from tests.support.nodes import Server, demo_node, serving
 from tests.support.qr_scan import scan
 
 pytestmark = pytest.mark.integration
@@ -26,7 +25,7 @@ PASSCODE = "lantern-river-42"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("share") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     with serving(data) as running:
         yield running
 

@@ -16,8 +16,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from careledger.health.access_proof import verify_access_proof
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, login, run_cli, serving
+from tests.support.nodes import Server, demo_node, login, run_cli, serving
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("access-proof") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     with serving(data) as running:
         yield running
 

@@ -18,8 +18,8 @@ from careledger.health.access import Caller
 from careledger.health.search import search_patient
 from careledger.health.service import BLIND_INDEX_META, HealthRecords
 from careledger.node import Node
-from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 LOINC = "http://loinc.org"
@@ -29,7 +29,7 @@ NOW = datetime(2026, 12, 6, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, HealthRecords, Path]]:
     data = tmp_path_factory.mktemp("blind") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     running = Node(Settings.load(data))
     running.start()
     records = HealthRecords.for_node(running)

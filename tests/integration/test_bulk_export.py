@@ -20,8 +20,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, login, run_cli, serving, wait_for
+from tests.support.nodes import Server, demo_node, login, run_cli, serving, wait_for
 
 pytestmark = pytest.mark.integration
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -33,7 +32,7 @@ PUBLIC = {**json.loads(jwt.get_algorithm_by_name("ES384").to_jwk(KEY.public_key(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("bulk") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     with serving(data) as running:
         yield running
 
@@ -347,7 +346,7 @@ def test_an_export_under_way_when_the_node_stops_fails_clearly(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     data = tmp_path_factory.mktemp("bulk-restart") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data) as running:
         register_backend(running, "st-mary-admin.key", "restart-export")
         with app_client(running, "restart-export") as http:

@@ -13,6 +13,7 @@ import pytest
 import typer
 
 from careledger.cli import app
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 CLOSED = "http://127.0.0.1:9"  # nothing listens on the discard port here
@@ -77,12 +78,11 @@ def test_there_are_commands_to_check() -> None:
 def test_a_typo_is_caught_before_it_becomes_a_permanent_refusal(tmp_path: Path) -> None:
     from careledger.keyfile import read_key_file
     from careledger.ledger.execute import NONCE_NAMESPACE
-    from careledger.nodedir import init_demo
     from careledger.sdk import Client, RemoteError
     from tests.support.nodes import run_cli, serving
 
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     key = str(data / "keys" / "st-mary-admin.key")
     typo = '{"id": "Lee RN", "name": "Lee", "roles": ["nurse"], "public_key": "x"}'
     admin = read_key_file(Path(key))[1]

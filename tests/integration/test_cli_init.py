@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import CLI, free_port, run_cli, serving, wait_for
+from tests.support.nodes import CLI, demo_node, free_port, run_cli, serving, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +112,7 @@ def _read_only(path: Path) -> bool:
 
 def test_serve_refuses_a_directory_it_cannot_write_or_that_is_served(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data):
         busy = run_cli("serve", str(data), "--port", str(free_port()), timeout=60)
     assert busy.returncode == 2 and "error NODE_BUSY" in busy.stderr

@@ -10,9 +10,8 @@ import httpx
 import pytest
 
 from careledger.keyfile import generate_keypair, read_key_file
-from careledger.nodedir import init_demo
 from careledger.sdk import Client
-from tests.support.nodes import Server, free_port, run_cli
+from tests.support.nodes import Server, demo_node, free_port, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +44,7 @@ def load(url: str, key_file: Path, acked: list[str], stop: threading.Event, work
 
 def test_kill9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     server = Server(data, free_port(), tmp_path / "server.log")
     server.start()
     acked: list[str] = []

@@ -9,9 +9,8 @@ import httpx
 import pytest
 
 from careledger.demo import DEMO_LOCATIONS, DEMO_PRODUCTS
-from careledger.nodedir import init_demo
 from tests.integration.test_epcis_api import client_for
-from tests.support.nodes import Server, serving
+from tests.support.nodes import Server, demo_node, serving
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data: Path = tmp_path_factory.mktemp("demo") / "node"
-    init_demo(data, with_records=False).store.close()
+    demo_node(data, with_records=False)
     with serving(data) as running:
         yield running
 

@@ -10,11 +10,10 @@ import httpx
 import pytest
 
 from careledger.keyfile import read_key_file
-from careledger.nodedir import init_demo
 from careledger.sdk import Client
 from careledger.supply.epcis_ops import location_gln
 from careledger.supply.event_hash import document_event_hash_ids
-from tests.support.nodes import Server, serving
+from tests.support.nodes import Server, demo_node, serving
 from tests.support.vectors import vector_path
 
 pytestmark = pytest.mark.integration
@@ -27,7 +26,7 @@ def document(name: str, folder: str = "Documents") -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("epcis") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data) as running:
         yield running
 

@@ -11,16 +11,16 @@ import pytest
 
 from careledger.config import EPCIS_FILE, Settings
 from careledger.node import Node
-from careledger.nodedir import init_demo
 from careledger.supply.repository import EpcisRepository
 from careledger.supply.service import EpcisService
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 
 
 def test_recovery_keeps_the_anchoring_transaction(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data).store.close()
+    demo_node(data)
     conn = sqlite3.connect(data / EPCIS_FILE)
     capture, tx_id = conn.execute(
         "SELECT id, tx_id FROM captures WHERE status = 'succeeded' AND tx_id IS NOT NULL "

@@ -12,9 +12,8 @@ import pytest
 
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.keyfile import read_key_file
-from careledger.nodedir import init_demo
 from careledger.sdk import Client
-from tests.support.nodes import Server, serving
+from tests.support.nodes import Server, demo_node, serving
 
 pytestmark = pytest.mark.integration
 SYNTHEA = Path(__file__).resolve().parents[2] / "src" / "careledger" / "demo_data" / "synthea"
@@ -23,7 +22,7 @@ SYNTHEA = Path(__file__).resolve().parents[2] / "src" / "careledger" / "demo_dat
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("bundles") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data) as running:
         yield running
 

@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, login, serving
+from tests.support.nodes import Server, demo_node, login, serving
 
 pytestmark = pytest.mark.integration
 FHIR = {"content-type": "application/fhir+json"}
@@ -22,7 +21,7 @@ FHIR = {"content-type": "application/fhir+json"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("fhir-http") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data) as running:
         yield running
 
@@ -58,12 +57,17 @@ def test_prefer_location_and_last_modified(server: Server, clinician: httpx.Clie
     assert full.json()["resourceType"] == "Patient"
 
 
-def test_conditional_read_and_update(clinician: httpx.Client) -> None:
+def test_conditional_read_and_update(server: Server, clinician: httpx.Client) -> None:
     made = make(clinician, {"resourceType": "Patient", "gender": "female"}).json()
     url = f"/fhir/Patient/{made['id']}"
     assert clinician.get(url, headers={"if-none-match": 'W/"1"'}).status_code == 304
     assert clinician.get(url, headers={"if-none-match": '"1"'}).status_code == 304  # strong
     assert clinician.get(url, headers={"if-none-match": 'W/"7"'}).status_code == 200
+    # another organisation's clinician, with no consent, learns nothing from a guessed version
+    with login(server, server.data_dir / "keys" / "dr-ben-okafor.key") as stranger:
+        probe = stranger.get(url, headers={"if-none-match": 'W/"1"'})
+        assert probe.status_code == 403, probe.text
+        assert stranger.get(url, headers={"if-none-match": 'W/"7"'}).status_code == 403
     body = json.dumps({**made, "gender": "male"})
     updated = clinician.put(url, content=body, headers={**FHIR, "if-match": '"1"'})
     assert updated.status_code == 200 and updated.headers["etag"] == 'W/"2"'
@@ -344,7 +348,7 @@ def test_forwarded_headers_are_believed_from_a_trusted_proxy_only(
     plain = make(clinician, {"resourceType": "Patient", "gender": "other"}, **proxied)
     assert plain.headers["location"].startswith(f"{server.url}/fhir/Patient/")
     data = tmp_path_factory.mktemp("proxied") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     node_file = data / "node.json"
     node_file.write_text(json.dumps({**json.loads(node_file.read_text()),
                                      "trusted_proxies": ["127.0.0.0/8"]}))  # fmt: skip

@@ -14,7 +14,7 @@ from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.keyfile import read_key_file
 from careledger.nodedir import init_demo
 from careledger.sdk import Client
-from tests.support.nodes import run_cli, serving
+from tests.support.nodes import demo_node, run_cli, serving
 from tests.support.phi import distinctive_phi, files_containing
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def all_phi() -> set[str]:
 
 def test_import_through_the_api_then_in_process(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data) as server:
         result = run_cli(
             "fhir", "import", str(data), *map(str, SYNTHEA), "--url", server.url, "--json"
@@ -93,7 +93,7 @@ def test_import_through_the_api_then_in_process(tmp_path: Path) -> None:
 
 def test_import_refuses_what_is_not_a_bundle(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"resourceType": "Patient"}))
     result = run_cli("fhir", "import", str(data), str(bad))

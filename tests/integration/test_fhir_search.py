@@ -11,8 +11,7 @@ import pytest
 from fhirpy import SyncFHIRClient
 
 from careledger.fhir.types import ORG_TYPES
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, login, serving
+from tests.support.nodes import Server, demo_node, login, serving
 from tests.support.recruitment import fhir_post as post
 
 pytestmark = pytest.mark.integration
@@ -23,7 +22,7 @@ CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("fhir-search") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data) as running:
         yield running
 

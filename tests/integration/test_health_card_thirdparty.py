@@ -32,8 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, login, serving
+from tests.support.nodes import Server, demo_node, login, serving
 from tests.support.shc_verifier import decode_numeric, encode_numeric
 
 pytestmark = pytest.mark.integration
@@ -106,7 +105,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("shc3p") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     with serving(data) as running:
         yield running
 

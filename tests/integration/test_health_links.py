@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from careledger.nodedir import init_demo
 from tests.support import shl_receiver as shl
-from tests.support.nodes import Server, login, serving
+from tests.support.nodes import Server, demo_node, login, serving
 
 pytestmark = pytest.mark.integration
 PASSCODE = "harbour-lights-7"
@@ -26,7 +25,7 @@ PASSCODE = "harbour-lights-7"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("links") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     with serving(data) as running:
         yield running
 

@@ -14,9 +14,8 @@ import pytest
 from careledger.core.checkpoint import format_vkey
 from careledger.errors import VerificationError
 from careledger.keyfile import generate_keypair, read_key_file
-from careledger.nodedir import init_demo
 from careledger.sdk import Client
-from tests.support.nodes import Server, login, run_cli, serving
+from tests.support.nodes import Server, demo_node, login, run_cli, serving
 from tests.support.phi import distinctive_phi, files_containing
 
 pytestmark = pytest.mark.integration
@@ -34,7 +33,7 @@ def synthea_patient() -> tuple[dict[str, Any], list[dict[str, Any]]]:
 @pytest.fixture(scope="module")
 def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("health") / "node"
-    init_demo(data).store.close()
+    demo_node(data)
     return data
 
 

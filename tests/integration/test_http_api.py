@@ -15,9 +15,8 @@ from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import format_vkey
 from careledger.core.keys import b64url_encode
 from careledger.keyfile import generate_keypair, read_key_file
-from careledger.nodedir import init_demo
 from careledger.sdk import Client, RemoteError, verify_checkpoint
-from tests.support.nodes import Server, login, run_cli, serving
+from tests.support.nodes import Server, demo_node, login, run_cli, serving
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("http") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     return data
 
 

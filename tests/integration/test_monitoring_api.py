@@ -18,9 +18,8 @@ from websockets.sync.client import connect
 from careledger.keyfile import generate_keypair, read_key_file, write_key_file
 from careledger.monitoring import mimic
 from careledger.monitoring.device import sign_batch
-from careledger.nodedir import init_demo
 from careledger.sdk import Client
-from tests.support.nodes import Server, login, run_cli, serving, wait_for
+from tests.support.nodes import Server, demo_node, login, run_cli, serving, wait_for
 from tests.support.vectors import vector_path
 
 pytestmark = pytest.mark.integration
@@ -31,7 +30,7 @@ SPO2_LOW = {"id": "spo2-low", "kind": "threshold", "code": "59408-5", "op": "<",
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("monitoring") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     node_file = data / "node.json"
     settings = json.loads(node_file.read_text())
     settings["monitoring"] = {"window_ms": 200, "tick_seconds": 0.5}

@@ -35,10 +35,9 @@ from careledger.monitoring.store import ERASED_ALERT_FIELDS, MONITORING_FILE, Re
 from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext
 from careledger.node_audit.monitoring_store import MonitoringStoreCheck
-from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
 from careledger.storage.sqlite import SQLiteStore
-from tests.support.nodes import wait_for
+from tests.support.nodes import demo_node, wait_for
 
 pytestmark = pytest.mark.integration
 SPO2 = "59408-5"
@@ -52,7 +51,7 @@ NO_SHRED = (
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("monitoring-erasure") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     return data
 
 

@@ -22,9 +22,8 @@ from careledger.monitoring.ingest import Ingestor
 from careledger.monitoring.readings import ReadingsService
 from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
 from careledger.node import Node
-from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
-from tests.support.nodes import run_cli, wait_for
+from tests.support.nodes import demo_node, run_cli, wait_for
 from tests.support.vectors import vector_path
 
 pytestmark = pytest.mark.integration
@@ -66,7 +65,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     made = World(data)
     try:
         yield made
@@ -191,7 +190,7 @@ def test_bad_batches_are_refused_with_codes(world: World) -> None:
 
 def test_windows_caught_by_a_rules_change_are_re_evaluated_not_dropped(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     made = World(data)
     made.ingest.stop()  # anchor by hand below, so the race is certain
     try:

@@ -23,9 +23,8 @@ from cryptography.x509.oid import NameOID
 from careledger.cluster.natsd import NatsServer, free_port
 from careledger.cluster.natsd import NatsServerSpec as Spec
 from careledger.keyfile import generate_keypair, read_key_file
-from careledger.nodedir import init_demo
 from careledger.sdk import Client
-from tests.support.nodes import run_cli, serving
+from tests.support.nodes import demo_node, run_cli, serving
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +94,7 @@ def test_tls_and_nkey_protected_nats(tmp_path: Path) -> None:
     try:
         server.wait_ready()
         data = tmp_path / "node"
-        init_demo(data, with_records=False, with_supply=False).store.close()
+        demo_node(data, with_records=False, with_supply=False)
         (data / "secrets").mkdir()
         (data / "secrets" / "node.nk").write_bytes(seed)
         for name in ("ca.pem", "client.pem", "client.key"):

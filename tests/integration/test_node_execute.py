@@ -11,14 +11,14 @@ from careledger.config import Settings
 from careledger.errors import Conflict
 from careledger.keyfile import generate_keypair
 from careledger.node import Node
-from careledger.nodedir import init_demo
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 
 
 def test_concurrent_execute_commits_every_call(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     node = Node(Settings.load(data))
     node.start()
     try:

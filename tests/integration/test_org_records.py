@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, login, run_cli, serving
+from tests.support.nodes import Server, demo_node, login, run_cli, serving
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +28,7 @@ FHIR_JSON = {"content-type": "application/fhir+json"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("org-records") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     with serving(data) as running:
         yield running
 
@@ -202,7 +201,7 @@ def test_the_node_audit_checks_organisation_records(
 
 def test_a_chain_before_r10_holds_no_organisation_record(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False, ruleset="r9").store.close()
+    demo_node(data, with_records=False, with_supply=False, ruleset="r9")
     with serving(data) as old, login(old, data / "keys" / "dr-ana-silva.key") as dr:
         refused = post(dr, ORG)
         assert refused.status_code == 404, refused.text

@@ -20,8 +20,8 @@ from careledger.health.access import SYSTEM, Caller
 from careledger.health.search import run_search
 from careledger.health.service import HealthRecords
 from careledger.node import Node
-from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 DR = Caller("dr-ana-silva", "st-mary", frozenset({"clinician"}),
@@ -33,7 +33,7 @@ DR_ADMIN = Caller("st-mary-admin", "st-mary", frozenset({"admin"}),
 @pytest.fixture(scope="module")
 def records(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HealthRecords]:
     data: Path = tmp_path_factory.mktemp("org-access") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     node = Node(Settings.load(data))
     node.start()
     held = HealthRecords.for_node(node)

@@ -11,10 +11,9 @@ import httpx
 import pytest
 
 from careledger.keyfile import generate_keypair, read_key_file
-from careledger.nodedir import init_demo
 from careledger.sdk import Client, RemoteError
 from careledger.web.routes import COOKIE, csrf_for
-from tests.support.nodes import Server, serving
+from tests.support.nodes import Server, demo_node, serving
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("portal-security") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data) as running:
         yield running
 

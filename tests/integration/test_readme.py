@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, serving
+from tests.support.nodes import Server, demo_node, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("readme")
     for name in (".venv", "src", "examples"):
         (work / name).symlink_to(REPO / name)
-    init_demo(work / ".careledger").store.close()
+    demo_node(work / ".careledger")
     with serving(work / ".careledger") as running:
         yield running
 

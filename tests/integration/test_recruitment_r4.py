@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import login, serving
+from tests.support.nodes import demo_node, login, serving
 from tests.support.recruitment import DIABETES, SITES, ask, new_patient
 
 pytestmark = pytest.mark.integration
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data = tmp_path_factory.mktemp("recruitment-r4") / "node"
-    init_demo(data, with_records=False, with_supply=False, ruleset="r4").store.close()
+    demo_node(data, with_records=False, with_supply=False, ruleset="r4")
     with serving(data) as server:
         clinician = login(server, data / "keys" / "dr-ana-silva.key")
         sponsor = login(server, data / "keys" / "trialco-admin.key")

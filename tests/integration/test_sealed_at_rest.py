@@ -12,15 +12,15 @@ from careledger.config import Settings
 from careledger.keyfile import read_key_file
 from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
 from careledger.monitoring.visits import VISITS_FILE
-from careledger.nodedir import init_demo
 from careledger.vault.at_rest import MARK, AtRest
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 
 
 def test_phi_beside_the_vault_is_sealed_on_disk(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data).store.close()
+    demo_node(data)
     node_key = read_key_file(Settings.load(data).node_key_file)[1]
     visits = sqlite3.connect(data / VISITS_FILE)
     reasons = visits.execute("SELECT visit, reason FROM reasons").fetchall()

@@ -29,8 +29,7 @@ from fhirclient import client as smart_client
 from fhirclient.models.observation import Observation
 from playwright.sync_api import Browser, Page, expect
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, free_port, login, run_cli, serving
+from tests.support.nodes import Server, demo_node, free_port, login, run_cli, serving
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +42,7 @@ FORM = {"content-type": "application/x-www-form-urlencoded"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("smart") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     with serving(data) as running:
         yield running
 

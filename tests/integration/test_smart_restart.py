@@ -21,8 +21,7 @@ import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, free_port, login
+from tests.support.nodes import Server, demo_node, free_port, login
 
 pytestmark = pytest.mark.integration
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -33,7 +32,7 @@ SCOPE = "launch openid fhirUser patient/*.rs"
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     data = tmp_path / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     running = Server(data, free_port(), tmp_path / "server.log")
     running.start()
     try:

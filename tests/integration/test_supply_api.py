@@ -15,10 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from careledger.nodedir import init_demo
 from careledger.supply.epcis_ops import location_gln
 from tests.integration.test_epcis_api import client_for
-from tests.support.nodes import Server, run_cli, serving
+from tests.support.nodes import Server, demo_node, run_cli, serving
 from tests.support.vectors import vector_path
 from tests.unit.contracts.test_supply import EXPIRY, GTIN, LOT, PREFIX, cd
 from tests.unit.contracts.test_supply_epcis import (
@@ -68,7 +67,7 @@ def captured(http: httpx.Client, *events: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("supply") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data) as running:
         yield running
 

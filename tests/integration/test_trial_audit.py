@@ -12,8 +12,7 @@ import pytest
 from careledger.config import Settings
 from careledger.keyfile import generate_keypair, read_key_file
 from careledger.node import Node
-from careledger.nodedir import init_demo
-from tests.support.nodes import run_cli
+from tests.support.nodes import demo_node, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +25,7 @@ def test_the_audit_report_proves_registration_consents_lock_and_flags_switching(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     keys = data / "keys"
 
     def key(member: str):

@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from careledger.keyfile import read_key_file
-from careledger.nodedir import init_demo
 from careledger.sdk import Client, RemoteError
-from tests.support.nodes import Server, login, run_cli, serving, wait_for
+from tests.support.nodes import Server, demo_node, login, run_cli, serving, wait_for
 from tests.support.recruitment import DIABETES, SITES, ask, new_patient
 from tests.support.vectors import vector_path
 
@@ -26,7 +25,7 @@ DIABETICS = 33  # enough that a noisy count of them is released (withheld: p < 1
 @pytest.fixture(scope="module")
 def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("trials") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     return data
 
 

@@ -13,10 +13,10 @@ from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.keyfile import read_key_file
 from careledger.node import Node
-from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
 from careledger.trials.recruitment import TRIALS_FILE, RecruitmentStore
 from careledger.trials.service import TrialsService
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ class Racing(TrialsService):
 
 def test_entries_the_trial_refuses_after_all_are_shredded(tmp_path: Path) -> None:
     data = tmp_path / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     keys = data / "keys"
     node = Node(Settings.load(data))
     node.start()

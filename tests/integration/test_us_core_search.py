@@ -21,8 +21,7 @@ import httpx
 import pytest
 from fhirpy import SyncFHIRClient
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import Server, login, serving
+from tests.support.nodes import Server, demo_node, login, serving
 
 pytestmark = pytest.mark.integration
 FHIR = {"content-type": "application/fhir+json"}
@@ -325,7 +324,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("us-core-search") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     with serving(data) as running:
         yield running
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from careledger.nodedir import init_demo
-from tests.support.nodes import run_cli
+from tests.support.nodes import demo_node, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("verify-node") / "node"
-    init_demo(data).store.close()
+    demo_node(data)
     return data
 
 

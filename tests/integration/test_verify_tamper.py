@@ -10,9 +10,8 @@ import pytest
 
 from careledger.errors import StorageError
 from careledger.ledger.verify import verify_store
-from careledger.nodedir import init_demo
 from careledger.storage.sqlite import SQLiteStore
-from tests.support.nodes import run_cli
+from tests.support.nodes import demo_node, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +34,7 @@ TARGETS = [
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("pristine") / "node"
-    init_demo(data).store.close()
+    demo_node(data)
     return data
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +19,29 @@ from typing import Any
 import httpx
 
 CLI = [sys.executable, "-m", "careledger.cli"]
+
+_DEMOS: dict[tuple[tuple[str, Any], ...], Path] = {}
+
+
+def demo_node(data: Path, **options: Any) -> None:
+    """A demo node directory at ``data``, as ``init_demo(data, **options)`` writes one.
+
+    Built once per test process and options, then copied: the demo's records take seconds to
+    make, and some fifty modules each want a fresh node. The copies share the demo's keys and
+    chain id, which no test tells apart (each node is served alone); a test that needs a chain
+    of its own (another genesis, other keys) calls ``init_demo`` itself.
+    """
+    key = tuple(sorted(options.items()))
+    template = _DEMOS.get(key)
+    if template is None:
+        from careledger.nodedir import init_demo
+
+        root = Path(tempfile.mkdtemp(prefix="careledger-demo-"))
+        atexit.register(shutil.rmtree, root, True)
+        template = root / "node"
+        init_demo(template, **options).store.close()
+        _DEMOS[key] = template
+    shutil.copytree(template, data, dirs_exist_ok=True)
 
 
 def free_port() -> int:

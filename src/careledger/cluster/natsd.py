@@ -199,13 +199,22 @@ class NatsServer:
             self.proc.wait(10)
 
     def stop(self) -> None:
+        self.signal(signal.SIGTERM)
+        self.wait_stopped()
+
+    def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+            os.killpg(self.proc.pid, sig)
+
+    def wait_stopped(self) -> None:
+        """After SIGTERM: until the server has gone, killing it if it outlives the grace."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
 
 
 def start_cluster(base: Path, count: int) -> list[NatsServer]:

@@ -15,8 +15,8 @@ from careledger.config import EPCIS_FILE, Settings
 from careledger.keyfile import read_key_file
 from careledger.node_audit import Difference, NodeContext
 from careledger.node_audit.epcis_store import EpcisStoreCheck
-from careledger.nodedir import init_demo
 from careledger.storage.sqlite import SQLiteStore
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ def _add_supply_activity(data: Path) -> None:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("epcis-audit") / "node"
-    init_demo(data, with_records=False).store.close()
+    demo_node(data, with_records=False)
     _add_supply_activity(data)
     with sqlite3.connect(data / EPCIS_FILE) as conn:
         kinds = {k for (k,) in conn.execute("SELECT kind FROM alerts")}
@@ -125,7 +125,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pristine_r2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A chain on r2: the ledger anchors each event's hash, type and unit operation only."""
     data = tmp_path_factory.mktemp("epcis-audit-r2") / "node"
-    init_demo(data, with_records=False, ruleset="r2").store.close()
+    demo_node(data, with_records=False, ruleset="r2")
     return data
 
 

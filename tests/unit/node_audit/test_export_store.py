@@ -26,8 +26,8 @@ from careledger.keyfile import read_key_file
 from careledger.node import Node
 from careledger.node_audit import checks
 from careledger.node_audit.export_store import ExportStoreCheck
-from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
+from tests.support.nodes import demo_node
 from tests.unit.node_audit.stores import audit, copy_of, leaked, run_sql
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,7 @@ def wait(jobs: ExportJobs, caller: Caller, job: str) -> str:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Made:
     data = tmp_path_factory.mktemp("export-audit") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     node = Node(Settings.load(data))
     node.start()
     records = HealthRecords.for_node(node)

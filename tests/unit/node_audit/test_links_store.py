@@ -32,10 +32,10 @@ from careledger.keyfile import read_key_file
 from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext, audit_node, links_store
 from careledger.node_audit.links_store import IssuerKeyCheck, LinksStoreCheck
-from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
 from careledger.storage.sqlite import SQLiteStore
 from careledger.vault.at_rest import AtRest
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 ORIGIN = "https://node.example"
@@ -76,7 +76,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Made:
     """The demo node, its first patient's links made through ``ShareLinks`` (with its commit
     listener, as the app runs it) and a health card through ``HealthCards``."""
     data = tmp_path_factory.mktemp("links-audit") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     node = Node(Settings.load(data))
     node.start()
     records = HealthRecords.for_node(node)

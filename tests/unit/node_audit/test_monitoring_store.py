@@ -27,10 +27,9 @@ from careledger.monitoring.store import MONITORING_FILE, Erasure, ReadingsStore
 from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext
 from careledger.node_audit.monitoring_store import MonitoringStoreCheck
-from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
 from careledger.storage.sqlite import SQLiteStore
-from tests.support.nodes import wait_for
+from tests.support.nodes import demo_node, wait_for
 
 pytestmark = pytest.mark.integration
 Tamper = Callable[[sqlite3.Connection], object]
@@ -39,7 +38,7 @@ Tamper = Callable[[sqlite3.Connection], object]
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("monitoring-audit") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     with closing(sqlite3.connect(data / MONITORING_FILE)) as conn:
         statuses = [s for (s,) in conn.execute("SELECT status FROM windows")]
         ((batches,),) = conn.execute("SELECT COUNT(*) FROM batches").fetchall()

@@ -20,9 +20,9 @@ from careledger.keyfile import read_key_file
 from careledger.node import Node
 from careledger.node_audit import checks
 from careledger.node_audit.smart_store import SmartStoreCheck
-from careledger.nodedir import init_demo
 from careledger.smart.grants import SMART_FILE, Grant, GrantStore, PendingCode
 from careledger.smart.oauth import CODE_TTL, LAUNCH_TTL, OFFLINE_SECONDS, ONLINE_SECONDS
+from tests.support.nodes import demo_node
 from tests.unit.node_audit.stores import audit, copy_of, leaked, run_sql
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ class Made:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Made:
     data = tmp_path_factory.mktemp("smart-audit") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     node = Node(Settings.load(data))
     node.start()
     try:

@@ -19,9 +19,9 @@ from careledger.keyfile import read_key_file
 from careledger.node import Node
 from careledger.node_audit import checks
 from careledger.node_audit.trials_store import TrialsStoreCheck
-from careledger.nodedir import init_demo
 from careledger.trials.consent_records import ConsentRecorder
 from careledger.trials.recruitment import TRIALS_FILE, RecruitmentResponder, RecruitmentStore
+from tests.support.nodes import demo_node
 from tests.unit.node_audit.stores import audit, copy_of, leaked, run_sql
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ class Made:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Made:
     data = tmp_path_factory.mktemp("trials-audit") / "node"
-    init_demo(data, with_records=False, with_supply=False).store.close()
+    demo_node(data, with_records=False, with_supply=False)
     keys = data / "keys"
     node = Node(Settings.load(data))
     node.start()

@@ -18,8 +18,8 @@ from careledger.config import Settings
 from careledger.keyfile import read_key_file
 from careledger.node_audit import Difference, NodeContext
 from careledger.node_audit.vault_store import VaultStoreCheck, _anchored_record_ids
-from careledger.nodedir import init_demo
 from careledger.storage.sqlite import SQLiteStore
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 VAULT = "vault.sqlite"
@@ -42,7 +42,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ids]:
     from careledger.node import Node
 
     data = tmp_path_factory.mktemp("vault-audit") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     with sqlite3.connect(data / VAULT) as conn:
         observations = [r for (r,) in conn.execute(
             "SELECT record_id FROM records WHERE resource_type = 'Observation'"

@@ -21,10 +21,10 @@ from careledger.monitoring.visits import VISITS_FILE, VisitsService
 from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext
 from careledger.node_audit.visits_store import VisitsStoreCheck
-from careledger.nodedir import init_demo
 from careledger.scopes import default_scopes, parse_scopes
 from careledger.storage.sqlite import SQLiteStore
 from careledger.vault.at_rest import AtRest
+from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration
 Tamper = Callable[[sqlite3.Connection, AtRest], object]
@@ -38,7 +38,7 @@ SERVICE_LINK = "https://video.example/room-42"
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The demo node, plus a visit scheduled through the visits API's service (no reason)."""
     data = tmp_path_factory.mktemp("visits-audit") / "node"
-    init_demo(data, with_supply=False).store.close()
+    demo_node(data, with_supply=False)
     node = Node(Settings.load(data))
     node.start()
     records = HealthRecords.for_node(node)

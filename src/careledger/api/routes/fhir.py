@@ -720,11 +720,12 @@ def read(
     purpose: PurposeHeader = "TREAT",
 ) -> Response:
     _check_type(resource_type)
-    records = _records(request)
     cached = _etag_version(request.headers.get("if-none-match"))
-    if cached is not None and cached == records.record_meta(record_id, resource_type)["version"]:
+    # Authorised (and logged) before anything is said: a 304 confirms a copy of the record is
+    # current, which is for a caller who may read it, and tells a stranger nothing.
+    stored = _records(request).read(_caller(claims), resource_type, record_id, purpose=purpose)
+    if cached is not None and cached == stored.version:
         return Response(status_code=304, headers={"ETag": f'W/"{cached}"'})
-    stored = records.read(_caller(claims), resource_type, record_id, purpose=purpose)
     return _fhir(stored.resource, 200, _anchor_headers(stored, _origin(request)))
 
 
