@@ -21,6 +21,7 @@ from careledger.errors import Conflict, Rejected, StorageError
 from careledger.keyfile import read_key_file
 from careledger.ledger.engine import Ledger
 from careledger.ledger.execute import NONCE_NAMESPACE, Explanation
+from careledger.ledger.ports import Orderer
 from careledger.nonces import NonceSource
 from careledger.ordering.jetstream import JetStreamConfig, JetStreamOrderer, subject_prefix
 from careledger.ordering.local import LocalOrderer
@@ -112,7 +113,7 @@ class Node:
         self.verify_pool = ProcessPoolExecutor(
             max_workers=max(1, settings.verify_workers), mp_context=get_context("spawn")
         )
-        self.orderer: LocalOrderer | JetStreamOrderer
+        self.orderer: Orderer  # either implementation, checked against the port by mypy
         self.witness: Witness | None = None
         batching = {
             "max_batch": settings.max_batch,

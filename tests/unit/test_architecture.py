@@ -307,3 +307,79 @@ def test_no_import_cycles() -> None:
 
 def test_a_cycle_is_caught() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# -- commit listeners (ledger/ports.py CommitListener) ------------------------------------------
+#
+# Whatever the node registers on ``commit_listeners`` is called as ``listener(executed)`` and
+# MUST NOT commit or submit (the ledger and the orderers refuse it at run time with
+# LISTENER_REENTRY; this catches it when the code is written).
+
+REENTRY = {"submit", "execute", "execute_explained", "act_for", "commit", "admit", "admit_all"}
+WRITERS = {"node", "ledger", "orderer", "_node", "_ledger", "_orderer"}
+
+
+def registered_listeners(path: Path) -> set[str]:
+    """Names of the callables ``commit_listeners.append(x.name)`` / ``.extend([...])`` adds."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in {"append", "extend"}
+            and isinstance(node.func.value, ast.Attribute)
+            and node.func.value.attr == "commit_listeners"
+        ):
+            continue
+        for arg in node.args:
+            items = arg.elts if isinstance(arg, ast.List | ast.Tuple) else [arg]
+            names.update(i.attr for i in items if isinstance(i, ast.Attribute))
+    return names
+
+
+def listener_faults(path: Path, names: set[str]) -> list[str]:
+    """``line: why`` for each function named in ``names`` that is not shaped as a listener
+    (one positional parameter after self, or *args) or calls a writer's submit/commit."""
+    faults: list[str] = []
+    for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(fn, ast.FunctionDef) or fn.name not in names:
+            continue
+        positional = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args] if a.arg != "self"]
+        required = len(positional) - len(fn.args.defaults)
+        if not (required <= 1 and (len(positional) >= 1 or fn.args.vararg is not None)):
+            faults.append(f"{fn.lineno}: {fn.name} does not take (executed)")
+        for call in ast.walk(fn):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr in REENTRY
+                and isinstance(call.func.value, ast.Attribute | ast.Name)
+                and (getattr(call.func.value, "attr", None) or getattr(call.func.value, "id", ""))
+                in WRITERS
+            ):
+                faults.append(f"{call.lineno}: {fn.name} calls {ast.unparse(call.func)}")
+    return faults
+
+
+def test_commit_listeners_take_the_block_and_never_write() -> None:
+    sources = sorted(SRC.rglob("*.py"))
+    names = set().union(*(registered_listeners(p) for p in sources))
+    assert {"on_commit", "pulse_threadsafe"} <= names  # the check sees the node's listeners
+    faults = {_name(p): f for p in sources if (f := listener_faults(p, names))}
+    assert not faults, f"commit listeners that are not CommitListeners: {faults}"
+
+
+def test_a_writing_listener_is_caught(tmp_path: Path) -> None:
+    sample = tmp_path / "bad.py"
+    sample.write_text(
+        "ledger.commit_listeners.extend([self.on_commit, signal.pulse])\n"
+        "class A:\n"
+        "    def on_commit(self, executed):\n"
+        "        self.node.execute([])\n"
+        "        self.ledger.commit([], 0)\n"
+        "    def pulse(self):\n"
+        "        pass\n"
+    )
+    names = registered_listeners(sample)
+    assert names == {"on_commit", "pulse"}
+    assert sorted(f.split(":")[0] for f in listener_faults(sample, names)) == ["4", "5", "6"]

@@ -1,6 +1,8 @@
 """The ledger engine: admit, commit, prove. No I/O of its own: it talks to a LedgerStore.
 
-Only one thread commits (the orderer's); admission and reads may run on any thread.
+Only one thread commits (the orderer's); admission and reads may run on any thread. Commit
+listeners (ports.CommitListener) are called by :meth:`Ledger.notify`, which an orderer runs off
+its committing thread.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from careledger.core.checkpoint import Checkpoint, format_checkpoint, format_vke
 from careledger.core.keys import KeyPair
 from careledger.core.tx import MAX_ENVELOPE_BYTES, Transaction, check_signature, decode_envelope
 from careledger.errors import (
+    CareLedgerError,
     Conflict,
     NotFound,
     Rejected,
@@ -39,7 +42,7 @@ from careledger.ledger.execute import (
     genesis_block,
 )
 from careledger.ledger.keyfilter import KeyFilter
-from careledger.ledger.ports import LedgerStore
+from careledger.ledger.ports import CommitListener, LedgerStore
 
 _STATE_CACHE_LIMIT = 200_000
 _SIGNER_CACHE_LIMIT = 10_000
@@ -77,7 +80,8 @@ class Ledger:
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
         self._checkpoints: dict[int, str] = {}
-        self.commit_listeners: list[Any] = []
+        self.commit_listeners: list[CommitListener] = []
+        self._notifying = threading.local()  # set while this thread runs commit listeners
         self.warn_unknown_rulesets()
 
     # -- genesis -------------------------------------------------------------------------
@@ -244,12 +248,16 @@ class Ledger:
         *,
         local: Mapping[str, str] | None = None,
         expect_hash: str | None = None,
+        notify: bool = True,
     ) -> Executed | None:
         """Execute and store one block; ``local`` node bookkeeping is stored with it.
 
         With ``expect_hash`` (a block another node served), the block is stored only if this
         node derives that very header hash; otherwise nothing is written (PEER_FORK).
+        With ``notify`` False the commit listeners are not called: the caller (an orderer)
+        calls :meth:`notify` for the block on another thread.
         """
+        self.refuse_in_listener(txs)
         keys = self._keys
         if keys is None:
             keys = self._keys = KeyFilter.of((ns, key) for ns, key, _ in self.store.state_items())
@@ -285,7 +293,15 @@ class Ledger:
         self.release(txs)
         if executed is not None and (SCHEDULE_NAMESPACE, SCHEDULE_KEY) in executed.state:
             self.warn_unknown_rulesets()
-        if executed is not None:
+        if executed is not None and notify:
+            self.notify(executed)
+        return executed
+
+    def notify(self, executed: Executed) -> None:
+        """Call every commit listener for a durable block, in the order they were added; a
+        listener's failure is logged and the next one runs."""
+        self._notifying.active = True
+        try:
             for listener in list(self.commit_listeners):
                 try:
                     listener(executed)
@@ -293,7 +309,18 @@ class Ledger:
                     log.exception(
                         "a commit listener failed at height %d", executed.block.header.height
                     )
-        return executed
+        finally:
+            self._notifying.active = False
+
+    def refuse_in_listener(self, txs: Sequence[Transaction]) -> None:
+        """LISTENER_REENTRY if this thread is running a commit listener: a listener that
+        commits or submits would wait on itself. ``txs``' reserved nonces are released."""
+        if getattr(self._notifying, "active", False):
+            self.release(txs)
+            raise CareLedgerError(
+                "a commit listener may not commit or submit transactions",
+                code="LISTENER_REENTRY",
+            )
 
     # -- proofs --------------------------------------------------------------------------
 

@@ -1,17 +1,28 @@
-"""The storage port and the guarantees every implementation MUST give.
+"""The ports of the ledger and the guarantees every implementation MUST give.
 
-The engine is written against :class:`LedgerStore` only. A memory store serves unit tests and
-the SQLite store is the default; one contract-test class (tests/unit/ledger/test_store_contract)
-runs against both, so a new adapter (PostgreSQL, ...) proves itself by passing the same tests.
+- :class:`LedgerStore`: the engine is written against it only. A memory store serves unit
+  tests and the SQLite store is the default; one contract-test class
+  (tests/unit/ledger/test_store_contract) runs against both, so a new adapter (PostgreSQL, ...)
+  proves itself by passing the same tests.
+- :class:`Orderer`: puts admitted transactions in one order and commits them block by block
+  (ordering/local, ordering/jetstream, and ordering/memory for tests); one contract suite
+  (tests/unit/ordering/test_orderer_contract) checks each MUST against every orderer.
+- :class:`CommitListener`: what the node does because a block committed (cosigning, metrics,
+  caches, vault and export clean-up, alerts, commit workers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from careledger.core.block import BlockHeader
+
+if TYPE_CHECKING:  # execute imports this module
+    from careledger.core.tx import Transaction
+    from careledger.ledger.execute import Executed
 
 NodeId = tuple[int, int]
 
@@ -116,3 +127,65 @@ class LedgerStore(Protocol):
     def append_block(self, block: BlockWrite) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Orderer(Protocol):
+    """Puts admitted transactions in one total order and commits them through the ledger, one
+    block per batch, on one committing thread.
+
+    An implementation MUST:
+    - resolve a submission's future only once its block is durable: appended to the store, whose
+      ``append_block`` returns after the fsync (see LedgerStore). The value is the transaction's
+      receipt (accepted, or rejected by its contract); ``Conflict`` if it was a replay;
+      ``StorageError`` if its block could not be written;
+    - resolve every future it handed out, and keep ordering when a waiter cancelled its future
+      (asyncio does when a request's ``wait`` times out);
+    - on pushback (``Pushback``: ``OVERLOADED`` when the queue is full, ``NODE_STOPPING`` when
+      not started or stopping) queue nothing of the submission and release every nonce that
+      admission reserved for it (``Ledger.release``), so the same transactions can be admitted
+      and submitted again;
+    - commit with ``Ledger.commit(..., notify=False)`` and hand each block to the ledger's commit
+      listeners (``Ledger.notify``) off the committing thread, in height order, after the block
+      is durable: a slow listener never delays the commit of later blocks. The block's futures
+      resolve after its listeners returned, so a client told "committed" sees their effects;
+    - refuse a submission made from a commit listener (``LISTENER_REENTRY``), releasing its
+      nonces as on pushback.
+    It MUST NOT commit a transaction twice: a resubmitted one is a replay.
+    """
+
+    @property
+    def queued(self) -> int:
+        """Transactions submitted whose futures are not resolved yet."""
+        ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Take no more submissions; what was submitted before is committed or failed."""
+
+    def submit(self, txs: Sequence[Transaction]) -> list[Future[dict[str, Any]]]:
+        """One future per admitted transaction, in order (``Pushback``: nothing was queued)."""
+        ...
+
+
+@runtime_checkable
+class CommitListener(Protocol):
+    """Told about each committed block: ``listener(executed)``, registered on
+    ``Ledger.commit_listeners``.
+
+    The orderer calls it once per block it commits, in height order, after the block is
+    durable, on a thread of its own (never the committing one), and resolves the block's
+    futures after it returns (see Orderer). A listener MUST:
+    - return soon and hand long or blocking work to a thread of its own (``CommitWorker``): while
+      it runs, later blocks still commit but their receipts wait;
+    - read what it needs from ``executed`` (its header, events, receipts): the ledger's head may
+      already be past its block;
+    - not count on the call to report failure: an exception is logged and the next listener
+      runs; the block stays committed whatever a listener does.
+    It MUST NOT commit or submit transactions (it would wait on itself): ``Ledger.commit`` and
+    ``Orderer.submit`` refuse on a listener's thread with ``LISTENER_REENTRY``. A write that
+    follows from a block goes through a worker thread.
+    """
+
+    def __call__(self, executed: Executed, /) -> None: ...

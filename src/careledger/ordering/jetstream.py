@@ -11,7 +11,9 @@ honest node skips it. A client that retries through two nodes commits once: the 
 is a nonce replay, and its publisher answers with the first copy's receipt. A publish retried
 after a lost acknowledgement carries the same ``Nats-Msg-Id``, so the stream keeps it once.
 
-The same port as the local orderer: ``start``, ``stop``, ``submit`` -> futures, ``queued``.
+The same port as the local orderer (ports.Orderer): ``start``, ``stop``, ``submit`` -> futures,
+``queued``. Each applied block goes to a CommitNotifier, whose thread runs the commit listeners
+and then resolves this node's futures of the block, while the committer applies the next batch.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from careledger.core.tx import Transaction
 from careledger.errors import CareLedgerError, Conflict, Pushback, StorageError, ValidationError
 from careledger.ledger.engine import Ledger
 from careledger.ledger.sigcheck import submit_signatures
+from careledger.ordering.notify import CommitNotifier, settle
 
 log = logging.getLogger("careledger.jetstream")
 
@@ -167,6 +170,7 @@ class JetStreamOrderer:
         self._loop = asyncio.new_event_loop()
         self._loop_thread: threading.Thread | None = None
         self._committer: threading.Thread | None = None
+        self._notifier = CommitNotifier(ledger)
         self._inbox: asyncio.Queue[Transaction] | None = None
         self._nc: Any = None
         self._js: Any = None
@@ -181,6 +185,7 @@ class JetStreamOrderer:
     def start(self) -> None:
         if self._loop_thread is not None:
             return
+        self._notifier.start()
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="careledger-nats", daemon=True
         )
@@ -208,15 +213,29 @@ class JetStreamOrderer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(timeout)
             self._loop_thread = None
+        self._close_loop()
         if self._committer is not None:
             self._deliveries.put(None)
             self._committer.join(timeout)
             self._committer = None
+        self._notifier.stop(timeout)
         with self._pending_lock:
             pending, self._pending = self._pending, {}
         for fut, _ in pending.values():
-            if not fut.done():
-                fut.set_exception(Pushback("the node stopped", code="NODE_STOPPING"))
+            settle(fut, exc=Pushback("the node stopped", code="NODE_STOPPING"))
+
+    def _close_loop(self) -> None:
+        """Cancel what still runs on the stopped loop (the client's consumer tasks) and close
+        it, so its sockets are released with the orderer rather than at exit."""
+        loop = self._loop
+        if loop.is_running() or loop.is_closed():
+            return  # its thread did not stop in time: leave it to the process's exit
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
 
     def _catch_up_from_peers(self, first: int) -> None:
         from careledger.cluster.catchup import catch_up_from_any
@@ -374,14 +393,15 @@ class JetStreamOrderer:
         return self._queued
 
     def submit(self, txs: Sequence[Transaction]) -> list[Future[dict[str, Any]]]:
+        self.ledger.refuse_in_listener(txs)
         if self._loop_thread is None or self._stopping.is_set():
             self.ledger.release(txs)
             raise Pushback("the node is not accepting transactions", code="NODE_STOPPING")
-        if self._queued + len(txs) > self.max_queue:
-            self.ledger.release(txs)
-            raise Pushback("too many transactions waiting to be ordered; retry later")
         futures: list[Future[dict[str, Any]]] = []
         with self._pending_lock:
+            if self._queued + len(txs) > self.max_queue:  # checked and taken in one step
+                self.ledger.release(txs)
+                raise Pushback("too many transactions waiting to be ordered; retry later")
             for tx in txs:
                 fut: Future[dict[str, Any]] = Future()
                 futures.append(fut)
@@ -447,8 +467,8 @@ class JetStreamOrderer:
             entries = [self._pending.pop(tx.tx_id, None) for tx in txs]
             self._queued -= len(txs)
         for entry in entries:
-            if entry is not None and not entry[0].done():
-                entry[0].set_exception(error)
+            if entry is not None:
+                settle(entry[0], exc=error)
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -514,7 +534,7 @@ class JetStreamOrderer:
         executed = None
         if txs:
             try:
-                executed = self.ledger.commit(txs, block_time, local=marker)
+                executed = self.ledger.commit(txs, block_time, local=marker, notify=False)
             except StorageError:
                 raise
             except Exception:  # deterministic in the batch's content: every node skips it
@@ -530,7 +550,8 @@ class JetStreamOrderer:
         if executed is not None:
             self.blocks_committed += 1
             self.txs_committed += len(receipts)
-        self._resolve(txs, receipts)
+        # Listeners, then this node's waiters, on the notifier's thread: never on this one.
+        self._notifier.post(executed, lambda: self._resolve(txs, receipts))
 
     def _decoded(self, envelopes: list[Any]) -> list[Transaction]:
         """The batch's transactions that decode and whose signatures verify, in order."""
@@ -571,11 +592,14 @@ class JetStreamOrderer:
                 found = self.ledger.store.find_tx(tx.tx_id)
                 if found is not None:
                     receipt = orjson.loads(found[1].receipt)
+            # settle: a waiter may have cancelled (a request's wait timed out); set_result on
+            # its future raises, and would leave the block's other futures unresolved.
             if receipt is not None:
-                fut.set_result(receipt)
+                settle(fut, result=receipt)
             else:
-                fut.set_exception(
-                    Conflict("the transaction was not committed (replay)", code="NONCE_REPLAY")
+                settle(
+                    fut,
+                    exc=Conflict("the transaction was not committed (replay)", code="NONCE_REPLAY"),
                 )
 
     def _applied_snapshot(self) -> dict[str, int]:
