@@ -493,3 +493,116 @@ class RecordsV3(RecordsV2):
                     "HOLDINGS_CHANGED",
                     f"the organisation's holding of {resource_type} is not the one attested",
                 )
+
+
+ORG_RECORD_TYPES_V4: frozenset[str] = ORG_RECORD_TYPES | frozenset(
+    {
+        # conformance and testing: what this organisation's systems say and were shown to do
+        "CapabilityStatement",
+        "StructureMap",
+        "TestReport",  # the outcome of a TestScript run against a system, not a patient
+        # knowledge: evidence syntheses over populations, never one patient
+        "EffectEvidenceSynthesis",
+        "RiskEvidenceSynthesis",
+        # regulated product definitions (ISO IDMP): a product, its authorisation, its label
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "SubstanceSpecification",
+        "SubstanceNucleicAcid",
+        "SubstancePolymer",
+        "SubstanceProtein",
+        "SubstanceReferenceInformation",
+        "SubstanceSourceMaterial",
+        "CatalogEntry",  # an entry of the organisation's catalogue of products and services
+        # types about a patient when they name one, and the organisation's own otherwise:
+        "Schedule",  # a practitioner's, a room's or a device's diary
+        "Slot",  # a free or busy time of such a Schedule
+        "DeviceMetric",  # a measurement channel of a device assigned to no patient
+        "SupplyRequest",  # supplies ordered for a ward or a store
+        "PaymentNotice",  # a payment notified between an insurer and a provider
+        "PaymentReconciliation",  # an insurer's remittance to a provider
+        "VerificationResult",  # a practitioner's or an organisation's credentials checked
+        "Linkage",  # copies of one directory entry linked (two Practitioner records)
+        "EnrollmentResponse",  # an insurer's answer to an enrolment of no patient held here
+        "Account",  # a cost centre of a ward, a device or a service
+        "Contract",  # an agreement between organisations
+        "BiologicallyDerivedProduct",  # a blood bank's unit collected by an organisation
+        "MessageHeader",  # a message between the organisation's systems about no patient
+        "Provenance",  # who made the organisation's own records, and how
+    }
+)
+"""R4 types an organisation may anchor without a patient from r11 (``RecordsV4``): r10's,
+the R4 definitions r10 left out, and the types about a patient only when they name one (then
+they are the patient's record, which the contract anchors under any type). Never Patient,
+nor a type that is always about a patient (Observation, Appointment, Person, Binary, ...)."""
+
+
+def anchor_without_patient(ctx: Context, args: Args, types: frozenset[str]) -> None:
+    """An organisation's own record (about no patient) anchored, for the types ``types``: what
+    ``RecordsV3`` does for r10's list, for another list."""
+    args.only("record", "type", "hash", "version", "prev_version")
+    record_id = args.string("record", pattern=RECORD_ID)
+    resource_type = args.string("type", pattern=RESOURCE_TYPE)
+    digest = args.string("hash", pattern=HEX_HASH)
+    version = args.integer("version", minimum=1)
+    prev_version = args.optional_integer("prev_version", minimum=1)
+    if resource_type not in types:
+        raise Rejected("NO_PATIENT", f"a {resource_type} record names its patient")
+    if not ctx.signer.roles & WRITER_ROLES - {"device"}:
+        raise Rejected("NOT_AUTHORISED", "only an organisation's staff or node anchors")
+    current = ctx.state.get(record_key(record_id))
+    if current is None:
+        if version != 1 or prev_version is not None:
+            raise Rejected("VERSION_CONFLICT", "a new record starts at version 1")
+    else:
+        if current["shredded"]:
+            raise Rejected("RECORD_SHREDDED", "the record was shredded")
+        if current["custodian"] != ctx.signer.org:
+            raise Rejected("NOT_CUSTODIAN", "only the custodian organisation updates a record")
+        if (current["patient"], current["type"]) != (None, resource_type):
+            raise Rejected("BAD_ARGS", "a record keeps its patient and resource type")
+        if prev_version != current["version"] or version != current["version"] + 1:
+            raise Rejected("VERSION_CONFLICT", f"the current version is {current['version']}")
+    entry = {
+        "id": record_id,
+        "type": resource_type,
+        "patient": None,
+        "custodian": ctx.signer.org,
+        "version": version,
+        "hash": digest,
+        "height": ctx.height,
+        "time": ctx.time,
+        "shredded": False,
+    }
+    ctx.state.put(record_key(record_id), entry)
+    ctx.state.put(
+        version_key(record_id, version),
+        {"hash": digest, "height": ctx.height, "time": ctx.time, "tx": ctx.tx_id},
+    )
+    ctx.state.put(org_index_key(ctx.signer.org, record_id), {"type": resource_type})
+    RecordsV3._append(ctx, entry, "put")
+    ctx.emit(
+        "records.anchored",
+        {"record": record_id, "type": resource_type, "patient": None, "version": version},
+    )
+
+
+class RecordsV4(RecordsV3):
+    """r11: as r10, with the organisation's own records of :data:`ORG_RECORD_TYPES_V4`."""
+
+    version = 4
+
+    @staticmethod
+    def _anchor(ctx: Context, args: Args) -> None:
+        if args.has("patient"):
+            RecordsV2._anchor(ctx, args)
+            return
+        anchor_without_patient(ctx, args, ORG_RECORD_TYPES_V4)

@@ -260,7 +260,26 @@ def r10() -> Ruleset:
     )
 
 
+def r11() -> Ruleset:
+    """r10, and every other R4 type about no patient held as the organisation's own record."""
+    from careledger.contracts.records import RecordsV4
+
+    return r10().derive(
+        "r11",
+        contracts=[RecordsV4()],
+        notes=(
+            "records.anchor without a patient also for the types r10 left out "
+            "(records.ORG_RECORD_TYPES_V4: CapabilityStatement, StructureMap, TestReport, the "
+            "evidence syntheses, MedicinalProduct* and Substance*, CatalogEntry) and for the "
+            "types about a patient only when they name one (Schedule, Slot, DeviceMetric, "
+            "SupplyRequest, PaymentNotice, PaymentReconciliation, VerificationResult, Linkage, "
+            "EnrollmentResponse, Account, Contract, BiologicallyDerivedProduct, MessageHeader, "
+            "Provenance)"
+        ),
+    )
+
+
 @cache
 def default_registry() -> Registry:
     """Every ruleset this software knows, oldest first; the last is what new chains start on."""
-    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6(), r7(), r8(), r9(), r10()])
+    return Registry([r0(), r1(), r2(), r3(), r4(), r5(), r6(), r7(), r8(), r9(), r10(), r11()])

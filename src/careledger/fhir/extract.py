@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from careledger.fhir.types import PATIENT_ELEMENT
+from careledger.fhir.types import PATIENT_ELEMENT, PATIENT_PATHS, RECORD_PATHS
 
 _ID = r"[A-Za-z0-9\-.]{1,64}"
 _RELATIVE_PATIENT = re.compile(rf"Patient/({_ID})(?:/_history/{_ID})?")
@@ -58,20 +58,76 @@ def patient_id(resource: Mapping[str, Any]) -> str | None:
     """The logical id of the patient ``resource`` belongs to, on this server.
 
     A Patient gives its own ``id``; other resources the id of a RELATIVE ``Patient/{id}``
-    reference (``/_history/{v}`` allowed) in subject, patient or beneficiary. None for everything
-    else, in particular ``urn:uuid:`` references between entries of a Bundle (Synthea writes
-    those): they name a Bundle entry, not a server id, and can only be resolved by the code that
-    holds the Bundle (see :func:`patient_reference`); absolute URLs are None too, since they may
-    name another server.
+    reference (``/_history/{v}`` allowed) in subject, patient or beneficiary, or, for the types
+    found on paths (:data:`~careledger.fhir.types.PATIENT_PATHS`,
+    :data:`~careledger.fhir.types.RECORD_PATHS`), the one patient their ``Patient/{id}``
+    references name (None when they name none or several: see :func:`path_patients`). None for
+    everything else, in particular ``urn:uuid:`` references between entries of a Bundle
+    (Synthea writes those): they name a Bundle entry, not a server id, and can only be resolved
+    by the code that holds the Bundle (see :func:`patient_reference`); absolute URLs are None
+    too, since they may name another server.
     """
-    if resource.get("resourceType") == "Patient":
+    kind = resource.get("resourceType")
+    if kind == "Patient":
         rid = resource.get("id")
         return rid if isinstance(rid, str) and re.fullmatch(_ID, rid) else None
+    if kind in PATIENT_PATHS or kind in RECORD_PATHS:
+        found = path_patients(resource)
+        return next(iter(found)) if len(found) == 1 else None
     ref = patient_reference(resource)
     if ref is None:
         return None
     match = _RELATIVE_PATIENT.fullmatch(ref)
     return match.group(1) if match else None
+
+
+def references_at(resource: Mapping[str, Any], path: str) -> list[Mapping[str, Any]]:
+    """The Reference objects at a dotted element path (``participant.actor``), through lists."""
+    nodes: list[Any] = [resource]
+    for step in path.split("."):
+        found: list[Any] = []
+        for node in nodes:
+            value = node.get(step) if isinstance(node, dict) else None
+            found.extend(value if isinstance(value, list) else [value])
+        nodes = [n for n in found if isinstance(n, dict)]
+    return nodes
+
+
+def _patient_paths(kind: object) -> tuple[str, ...]:
+    if not isinstance(kind, str):
+        return ()
+    return (*PATIENT_PATHS.get(kind, ()), *RECORD_PATHS.get(kind, ()))
+
+
+def path_patients(resource: Mapping[str, Any]) -> set[str]:
+    """The ids of the patients the relative ``Patient/{id}`` references on a type's patient
+    paths name (a reference typed as another type is not one)."""
+    out: set[str] = set()
+    for path in _patient_paths(resource.get("resourceType")):
+        for ref in references_at(resource, path):
+            target, declared = ref.get("reference"), ref.get("type")
+            match = _RELATIVE_PATIENT.fullmatch(target) if isinstance(target, str) else None
+            if match is not None and declared in (None, "Patient"):
+                out.add(match.group(1))
+    return out
+
+
+_RELATIVE_RECORD = re.compile(rf"([A-Z][A-Za-z]{{1,63}})/({_ID})(?:/_history/{_ID})?")
+
+
+def referenced_records(resource: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(type, id) of the records other than Patients named by relative references on the
+    paths through which a type of :data:`~careledger.fhir.types.RECORD_PATHS` finds its
+    patient (contained ``#id``, ``urn:uuid:`` and absolute references are not records here)."""
+    kind = resource.get("resourceType")
+    out: set[tuple[str, str]] = set()
+    for path in RECORD_PATHS.get(kind, ()) if isinstance(kind, str) else ():
+        for ref in references_at(resource, path):
+            target = ref.get("reference")
+            match = _RELATIVE_RECORD.fullmatch(target) if isinstance(target, str) else None
+            if match is not None and match.group(1) != "Patient":
+                out.add((match.group(1), match.group(2)))
+    return out
 
 
 # ---------------------------------------------------------------- PHI

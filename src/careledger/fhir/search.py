@@ -106,9 +106,18 @@ def _by_id() -> dict[str, dict[str, Any]]:
     return {d["id"]: d for d in _definitions()}
 
 
+LEDGER_PATIENT = "https://careledger.dev/fhir/SearchParameter/ledger-patient"
+"""This server's ``patient`` parameter of the types held as a patient's record that R4 gives no
+parameter naming their patient (a Binary, a Slot, a stored Bundle): the patient whose record
+the ledger says it is. It is answered from the ledger's index of that patient's records, given
+once; it has no element to match, so it is not an _include."""
+
+
 @cache
 def parameters(resource_type: str) -> dict[str, SearchParam]:
     """The search parameters of ``resource_type`` this module evaluates, by code."""
+    from careledger.fhir.types import RECORD_TYPES, patient_search
+
     out: dict[str, SearchParam] = {}
     for definition in _definitions():
         bases = definition["base"]
@@ -117,6 +126,10 @@ def parameters(resource_type: str) -> dict[str, SearchParam]:
         param = _compile(definition, resource_type)
         if param is not None:
             out[param.code] = param
+    named = patient_search(resource_type)
+    if resource_type in RECORD_TYPES - {"Patient"} and named not in out:
+        out[named] = SearchParam(named, "reference", (), frozenset({"Patient"}), (),
+                                 LEDGER_PATIENT)  # fmt: skip
     return out
 
 
@@ -325,8 +338,8 @@ def _include(resource_type: str, raw: str, iterate: bool, forward: bool) -> Incl
     if forward and source != resource_type and not iterate:
         raise _Refused(f"_include starts from {resource_type} (or use _include:iterate)")
     param = parameters(source).get(code) if re.fullmatch(r"[A-Z][A-Za-z]+", source) else None
-    if param is None or param.type != "reference":
-        raise _Refused(f"{source} has no reference parameter {code!r}")
+    if param is None or param.type != "reference" or not param.paths:
+        raise _Refused(f"{source} has no reference parameter {code!r} to include by")
     if target is not None and param.targets and target not in param.targets:
         raise _Refused(f"{source}:{code} does not refer to {target}")
     return Include(source, param, target, iterate, raw)

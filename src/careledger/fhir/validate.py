@@ -23,7 +23,11 @@ FHIRPath-like expression (``Observation.status``, ``Patient.name[0].given[1]``):
 
 R4 (4.0.1) JSON is checked with the R4B (4.3.0) models, as ``fhir.resources`` has no pure R4
 package; R4B changed mostly other resources, and the HL7 R4 examples and the Synthea R4 bundles
-pass. Diagnostics name paths, FHIR types and allowed codes, never the offending values (PHI).
+pass. The 18 R4 types R4B dropped (MedicinalProduct*, Substance* but Substance, the evidence
+syntheses) are checked against their R4 element tables (``data/r4-models.json``, derived from
+fhirclient's R4 models by tests/unit/fhir/test_r4_only_models.py): elements, cardinality,
+choices, JSON types, and their datatypes by the R4B models; their code elements are not bound.
+Diagnostics name paths, FHIR types and allowed codes, never the offending values (PHI).
 Nesting deeper than :data:`MAX_DEPTH` steps is refused before the recursive checks run.
 """
 
@@ -236,7 +240,20 @@ ITEM_TYPE = _vs(
     " open-choice attachment reference quantity",
 )
 
+# http://hl7.org/fhir/R4/valueset-map-transform.html
+MAP_TRANSFORM = _vs(
+    "map-transform",
+    "create copy truncate escape cast append translate reference dateOp uuid pointer evaluate cc"
+    " c qty id cp",
+)
+# http://hl7.org/fhir/R4/valueset-supplyrequest-status.html
+SUPPLYREQUEST_STATUS = _vs(
+    "supplyrequest-status", "draft active suspended cancelled completed entered-in-error unknown"
+)
+
 REQUIRED_BINDINGS: Mapping[str, ValueSet] = {
+    "StructureMap.group.rule.target.transform": MAP_TRANSFORM,
+    "SupplyRequest.status": SUPPLYREQUEST_STATUS,
     "Patient.gender": ADMINISTRATIVE_GENDER,
     "Patient.contact.gender": ADMINISTRATIVE_GENDER,
     "Patient.link.type": LINK_TYPE,
@@ -304,7 +321,9 @@ def find_issues(
     ``expected_type`` is the type the route is for (``/fhir/Patient``); ``require_id`` demands a
     resource ``id`` (update), otherwise it is only checked when present.
     """
-    if expected_type is not None and _resource_class(expected_type) is None:
+    if expected_type is not None and _resource_class(expected_type) is None and (
+        expected_type not in _r4_only()["resources"]
+    ):
         raise ValueError(f"expected_type {expected_type!r} is not a FHIR resource type")
     if not isinstance(obj, dict):
         return [_error("structure", "a FHIR resource must be a JSON object", ())]
@@ -314,6 +333,15 @@ def find_issues(
     cls: type[FHIRAbstractModel] | None = None
     if rtype is None:
         issues.append(_error("required", "resourceType is missing", ("resourceType",)))
+    elif isinstance(rtype, str) and rtype in _r4_only()["resources"]:
+        if rtype not in SUPPORTED_TYPES:  # pragma: no cover - every one is held
+            issues.append(_error("not-supported", f"{rtype} is not supported", ("resourceType",)))
+        if expected_type is not None and rtype != expected_type:
+            issues.append(_error("invalid", f"resource type {rtype} does not match the expected"
+                                 f" type {expected_type}", ("resourceType",)))  # fmt: skip
+        if require_id and "id" not in obj:
+            issues.append(_error("required", "the resource must have an id", (f"{rtype}.id",)))
+        return issues + _r4_issues(obj, rtype)
     elif not isinstance(rtype, str) or (cls := _resource_class(rtype)) is None:
         issues.append(_error("not-supported", "unknown resource type", ("resourceType",)))
     else:
@@ -358,6 +386,134 @@ def find_issues(
         if not seen.intersection(issue.expression):
             issues.append(issue)
     return issues
+
+
+@cache
+def _r4_only() -> dict[str, Any]:
+    """The element tables of the R4 types the R4B models dropped (see the module docstring)."""
+    import json
+    from importlib import resources as package_files
+
+    text = (
+        package_files.files("careledger.fhir")
+        .joinpath("data/r4-models.json")
+        .read_text(encoding="utf-8")
+    )
+    data: dict[str, Any] = json.loads(text)
+    data["resources"] = frozenset(data["resources"])
+    return data
+
+
+def _r4_issues(resource: Mapping[str, Any], rtype: str) -> list[Issue]:
+    issues: list[Issue] = []
+    rid = resource.get("id")
+    if isinstance(rid, str) and not ID_RE.fullmatch(rid):
+        issues.append(
+            _error("value", "not a valid FHIR id ([A-Za-z0-9-.]{1,64})", (f"{rtype}.id",))
+        )
+    _r4_object(resource, rtype, rtype, 0, issues, is_resource=True)
+    seen: set[str] = set()
+    out = []
+    for issue in issues:
+        if not seen.intersection(issue.expression):
+            out.append(issue)
+            seen.update(issue.expression)
+    return out
+
+
+def _r4_object(
+    node: Mapping[str, Any],
+    cls: str,
+    expr: str,
+    depth: int,
+    issues: list[Issue],
+    *,
+    is_resource: bool = False,
+) -> None:
+    """One object against an R4 element table (a resource or backbone element of a type R4B
+    dropped); datatypes inside go to the R4B models, as everywhere else."""
+    if depth > MAX_DEPTH:
+        issues.append(_error("structure", f"nested more than {MAX_DEPTH} levels deep", (expr,)))
+        return
+    if not node:
+        issues.append(_error("structure", "empty object: an element needs a value or children",
+                             (expr,)))  # fmt: skip
+        return
+    rows = {row[0]: row for row in _r4_only()["classes"][cls]}
+    choices: dict[str, list[str]] = {}
+    required_choices: set[str] = set()
+    for name, _, _, of_many, required in rows.values():
+        if of_many is not None:
+            choices.setdefault(of_many, []).append(name)
+            if required:
+                required_choices.add(of_many)
+        elif required:
+            ext = node.get("_" + name)
+            if node.get(name) is None and not (isinstance(ext, dict) and ext.get("extension")):
+                missing = _error("required", "required element is missing", (f"{expr}.{name}",))
+                issues.append(missing)
+    for prefix, names in choices.items():
+        present = [n for n in names if node.get(n) is not None or node.get("_" + n)]
+        if len(present) > 1:
+            issues.append(_error("structure", "only one of " + ", ".join(present)
+                                 + " may be present", (f"{expr}.{prefix}[x]",)))  # fmt: skip
+        elif prefix in required_choices and not present:
+            issues.append(_error("required", "one of " + ", ".join(names) + " is required",
+                                 (f"{expr}.{prefix}[x]",)))  # fmt: skip
+    for key, value in node.items():
+        if is_resource and key == "resourceType":
+            continue
+        row = rows.get(key.removeprefix("_"))
+        primitive_ext = key.startswith("_")
+        if row is None or (primitive_ext and row[1] not in _JSON_TYPE_NAMES):
+            issues.append(_error("structure", "unknown element", (f"{expr}.{_segment(key)}",)))
+            continue
+        name, kind, is_list = row[0], row[1], row[2]
+        path = f"{expr}.{name}"
+        if is_list != isinstance(value, list):
+            want = "an array" if is_list else "a single value, not an array"
+            issues.append(_error("structure", f"must be {want}", (path,)))
+            continue
+        items = list(enumerate(value)) if is_list else [(None, value)]
+        if is_list and not items:
+            issues.append(_error("structure", "empty array: omit the element instead", (path,)))
+        for index, item in items:
+            where = path if index is None else f"{path}[{index}]"
+            if item is None:
+                if not (is_list and (primitive_ext or kind in _JSON_TYPE_NAMES)):
+                    issues.append(_error("structure", "null is not allowed here", (where,)))
+                continue
+            if primitive_ext:
+                if not isinstance(item, dict):
+                    issues.append(_error("structure", "must be a JSON object", (where,)))
+                continue
+            _r4_item(item, kind, where, depth, issues)
+
+
+def _r4_item(item: object, kind: str, where: str, depth: int, issues: list[Issue]) -> None:
+    if kind in _JSON_TYPE_NAMES:
+        if item == "":
+            issues.append(_error("value", "empty string: omit the element instead", (where,)))
+        elif not _json_type_ok(kind, item):
+            issues.append(_error("structure", f"must be {_JSON_TYPE_NAMES[kind]}", (where,)))
+        return
+    if not isinstance(item, dict):
+        issues.append(_error("structure", "must be a JSON object", (where,)))
+        return
+    if kind == "resource":
+        for issue in find_issues(item):
+            issues.append(Issue(issue.severity, issue.code, issue.diagnostics,
+                                tuple(f"{where}.{e}" for e in issue.expression)))  # fmt: skip
+        return
+    if kind.startswith("dt:"):
+        model = get_fhir_model_class(kind[3:])
+        walker = _Walker()
+        walker._object(item, model, where, _datatype_paths(model), (where,) * (depth + 1))
+        issues.extend(walker.issues)
+        if not walker.too_deep:
+            issues.extend(_structure_issues(item, model, where, walker.issues))
+        return
+    _r4_object(item, kind, where, depth + 1, issues)
 
 
 def validate_resource(

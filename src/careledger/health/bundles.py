@@ -172,12 +172,13 @@ def transaction(
     # an Encounter names), so references to them are resolved before the other entries.
     order = sorted(range(len(parsed)), key=lambda i: entry_rank(parsed[i][1]))
     ids: dict[str, str] = {}
+    pending: dict[str, str] = {}  # Type/id -> patient of the entries planned so far
     writes: dict[int, tuple[dict[str, Any], str, int, str]] = {}
     found: dict[int, StoredResource] = {}
     for index in order:
         full_url = entries[index].get("fullUrl")
         planned = plan_entry(
-            records, caller, parsed[index], ids, purpose, f"Bundle.entry[{index}]"
+            records, caller, parsed[index], ids, purpose, f"Bundle.entry[{index}]", pending
         )
         if isinstance(planned, StoredResource):  # it exists: nothing written, refs go to it
             found[index] = planned
@@ -185,6 +186,7 @@ def transaction(
         else:
             writes[index] = planned
             local = planned[1]
+            pending[f"{parsed[index][1]}/{local}"] = planned[3]
         if isinstance(full_url, str):
             ids[full_url] = f"{parsed[index][1]}/{local}"
     to_write = [i for i in range(len(parsed)) if i in writes]
@@ -213,6 +215,7 @@ def plan_entry(
     ids: dict[str, str],
     purpose: str,
     where: str,
+    pending: dict[str, str] | None = None,
 ) -> StoredResource | tuple[dict[str, Any], str, int, str]:
     """What one writing entry does: the resource a conditional create found (nothing to
     write), or the write prepared (resource, record id, version, patient), checked as the REST
@@ -249,14 +252,16 @@ def plan_entry(
         patched = apply_patch(current.resource, operations, resource_type, record_id)
         validate_resource(patched, expected_type=resource_type)
         return records.prepare(caller, patched, record_id=record_id, patient_of=patient_id,
-                               if_match=current.version)  # fmt: skip
+                               if_match=current.version, pending=pending)  # fmt: skip
     body.pop("id", None)
     if record_id is None:  # a create (POST, or a conditional update that matched nothing)
-        return records.prepare(caller, body, record_id=None, patient_of=patient_id)
+        return records.prepare(caller, body, record_id=None, patient_of=patient_id,
+                               pending=pending)  # fmt: skip
     try:
         return records.prepare(
-            caller, body, record_id=record_id, patient_of=patient_id, if_match=if_match
-        )
+            caller, body, record_id=record_id, patient_of=patient_id, if_match=if_match,
+            pending=pending,
+        )  # fmt: skip
     except NotFound as exc:
         if exc.code != "UNKNOWN_RECORD" or if_match is not None:
             raise
@@ -267,7 +272,7 @@ def plan_entry(
         )
     records.require_free_id(record_id)
     prepared, _, version, patient = records.prepare(
-        caller, body, record_id=None, patient_of=patient_id
+        caller, body, record_id=None, patient_of=patient_id, pending=pending
     )
     return prepared, record_id, version, patient
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from careledger.errors import Forbidden
 from careledger.fhir.outcome import FhirError, Issue
-from careledger.fhir.types import HELD_TYPES, ORG_TYPES
+from careledger.fhir.types import EITHER_TYPES, HELD_TYPES, ORG_ONLY_TYPES
 from careledger.health.access import Caller
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.scopes import restrictions
@@ -54,17 +54,24 @@ def _records_of(
             f"the token's scope reaches {kind} only through a query restriction: search it",
             code="SCOPE",
         )
-    if kind in ORG_TYPES:
+    if kind in ORG_ONLY_TYPES:
         records.may_read_own(caller, kind, records.org)
         return {r: (v, "") for r, v in records.own_records(kind, at).items()}
+    own: dict[str, tuple[int, str]] = {}
+    if kind in EITHER_TYPES:  # a Schedule is the organisation's own, or a patient's
+        try:
+            records.may_read_own(caller, kind, records.org)
+            own = {r: (v, "") for r, v in records.own_records(kind, at).items()}
+        except Forbidden:
+            own = {}
     patient = caller.patient or (caller.member if "patient" in caller.roles else None)
     if patient is not None:  # a patient, or an app launched for one: theirs only
         if not records.may_search(caller, patient, kind, purpose=purpose):
             raise Forbidden("no basis lets you see these records", code="NO_CONSENT")
-        return {r: (v, patient) for r, v in records.searchable(
+        return own | {r: (v, patient) for r, v in records.searchable(
             caller, patient, kind, purpose=purpose, as_of=at).items()}  # fmt: skip
     allowed: dict[str, bool] = {}
-    out: dict[str, tuple[int, str]] = {}
+    out: dict[str, tuple[int, str]] = dict(own)
     held = records.vault.store.live_records({kind})
     if len(held) > MAX_VERSIONS:  # before a basis is checked for each of their patients
         raise _too_many(kind)

@@ -6,8 +6,9 @@ that resource's id on the node, so a Patient's Observations point at it. Each re
 where it came from in ``meta.source`` (its entry's fullUrl) and is created only if no resource
 has that source yet (a conditional create), so importing the same files again creates nothing.
 Organization, Practitioner and the other types about no patient are the importing
-organisation's own records (ruleset r10). Entries of types the node does not hold (an
-Appointment, a Provenance) are counted as skipped; references to them stay as they were.
+organisation's own records (ruleset r10, more from r11). Entries of types the node does not hold
+(a Subscription, an OperationOutcome) are counted as skipped; references to them stay as they
+were.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from careledger.errors import CareLedgerError, ValidationError
-from careledger.fhir.types import ORG_TYPES
+from careledger.fhir.types import ORG_ONLY_TYPES, RECORD_PATHS
 from careledger.fhir.validate import SUPPORTED_TYPES
 
 # Consent is imported through the consent contract, not as a record.
@@ -53,8 +54,14 @@ class ImportReport:
 
 
 def entry_rank(resource_type: str) -> int:
-    """The order entries are written in: Patients, the organisation's records, the rest."""
-    return 0 if resource_type == "Patient" else 1 if resource_type in ORG_TYPES else 2
+    """The order entries are written in: Patients, the organisation's records, the rest, and
+    last the types whose patient is that of the records they refer to (a Provenance of an
+    Observation, a stored Bundle), so those are known when they are."""
+    if resource_type == "Patient":
+        return 0
+    if resource_type in ORG_ONLY_TYPES:
+        return 1
+    return 3 if resource_type in RECORD_PATHS or resource_type == "Bundle" else 2
 
 
 def rewrite_references(node: Any, ids: Mapping[str, str]) -> Any:

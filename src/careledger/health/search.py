@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from careledger.contracts.records import record_of
-from careledger.errors import CareLedgerError, Forbidden
+from careledger.errors import CareLedgerError, Forbidden, ValidationError
 from careledger.fhir.blind_terms import plan
 from careledger.fhir.outcome import FhirError, Issue
 from careledger.fhir.search import (
@@ -35,7 +35,7 @@ from careledger.fhir.search import (
     references,
     sort_key,
 )
-from careledger.fhir.types import ORG_TYPES
+from careledger.fhir.types import EITHER_TYPES, ORG_ONLY_TYPES, ORG_TYPES, patient_search
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.access import Caller
 from careledger.health.scope_query import restrict_search, within_scopes
@@ -163,10 +163,13 @@ def about_patient(
 ) -> tuple[str | None, Criterion | None]:
     """The patient a search is about, and the criterion that says so: its patient/subject (or
     a Patient's _id), one value; else the calling patient themself; else (None, None)."""
+    named_by = patient_search(request.resource_type)
     for criterion in request.criteria:
         code = criterion.param.code
         is_id = request.resource_type == "Patient" and code == "_id"
         about = code in ("patient", "subject") or is_id
+        if code == named_by != "patient" and criterion.values:  # Schedule?actor=Patient/x
+            about = criterion.values[0].text.removeprefix(base_url + "/").startswith("Patient/")
         if about and criterion.modifier is None and len(criterion.values) == 1:
             ref = criterion.values[0].text.removeprefix(base_url + "/")
             return ref.removeprefix("Patient/").split("/_history/", 1)[0], criterion
@@ -187,16 +190,32 @@ def run_search(
     now: datetime,
 ) -> SearchResult:
     """A search about one patient when it names one, else across the caller's patients; of an
-    organisation's own records (about no patient), over this organisation's."""
-    if request.resource_type in ORG_TYPES:
+    organisation's own records (about no patient), over this organisation's. A type held
+    either way (a Schedule) is searched as the patient's when the search names one of this
+    ledger's patients, its ``_id`` is looked up wherever it is, and otherwise the
+    organisation's own are searched."""
+    kind = request.resource_type
+    if kind in ORG_ONLY_TYPES:
         return search_own(records, caller, request, base_url=base_url, now=now, purpose=purpose)
     patient, implied = about_patient(request, caller, base_url)
+    if kind in EITHER_TYPES and implied is not None and not _is_patient(records, patient):
+        patient = None  # no patient of this ledger: the organisation's own, which name none
+    if patient is None and kind in EITHER_TYPES and _named_ids(request) is None:
+        return search_own(records, caller, request, base_url=base_url, now=now, purpose=purpose)
     if patient is None:
         return search_org(records, caller, request, purpose=purpose, base_url=base_url, now=now)
     return search_patient(
         records, caller, request, patient, purpose=purpose, base_url=base_url, now=now,
         implied=implied,
     )  # fmt: skip
+
+
+def _is_patient(records: HealthRecords, patient: str | None) -> bool:
+    try:
+        records._patient_key(str(patient))
+    except ValidationError:
+        return False
+    return True
 
 
 def existing(
@@ -253,8 +272,14 @@ def search_org(
     if named is not None:  # _id names the records: look them up, no index needed
         found = ((r, records.current_at(r, at)) for r in named)
         pairs = [(r, c) for r, c in found if c is not None and _is_a(records, r, kind)]
-        allowed_ids = {p for _, (p, _) in pairs if records.may_search(caller, p, kind,
-                                                                      purpose=purpose)}  # fmt: skip
+        if kind in EITHER_TYPES:  # the organisation's own records of the type too
+            mine = records.own_records(kind, at)
+            own = [r for r in named if r in mine]
+            if own:
+                records.may_read_own(caller, kind, records.org, "search")
+                pairs += [(r, ("", mine[r])) for r in own]
+        allowed_ids = {p for _, (p, _) in pairs if p == "" or records.may_search(
+            caller, p, kind, purpose=purpose)}  # fmt: skip
         chosen = [(r, v, p) for r, (p, v) in pairs if p in allowed_ids]
         owner = {r: p for r, _, p in chosen}
         result = _page(records, request, [(r, v) for r, v, _ in chosen], owner, False, at, now,
@@ -524,6 +549,10 @@ def _directory(
             kind, _, ident = ref.partition("/")
             if kind in ORG_TYPES and ident and "/" not in ident:
                 wanted[(kind, ident)] = None
+    for kind, ident in [w for w in wanted if w[0] in EITHER_TYPES]:
+        meta = record_of(records.ledger.state, ident)
+        if meta is None or meta["patient"] is not None:  # a patient's Schedule: not directory
+            del wanted[(kind, ident)]
     out: list[StoredResource] = []
     for kind, ident in list(wanted)[:MAX_INCLUDED]:
         try:

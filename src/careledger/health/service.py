@@ -43,8 +43,18 @@ from careledger.errors import (
     ValidationError,
 )
 from careledger.fhir.blind_terms import index_terms
-from careledger.fhir.extract import patient_id
-from careledger.fhir.types import CUSTODIAN_ONLY, ORG_TYPES
+from careledger.fhir.extract import path_patients, patient_id, referenced_records
+from careledger.fhir.types import (
+    CUSTODIAN_ONLY,
+    EITHER_TYPES,
+    NOT_HELD,
+    ORG_ONLY_TYPES,
+    ORG_TYPES,
+    ORG_TYPES_R10,
+    PATIENT_PATHS,
+    RECORD_PATHS,
+    STORED_BUNDLE_TYPES,
+)
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.access import (
     CARE_ROLES,
@@ -364,14 +374,17 @@ class HealthRecords:
         patient_of: Any,
         if_match: int | None = None,
         patient_public_key: str | None = None,
+        pending: Mapping[str, str] | None = None,
     ) -> tuple[dict[str, Any], str, int, str]:
         """Checks for one write of a transaction: (resource, record id, version, patient: ""
-        for an organisation's own record).
+        for an organisation's own record). ``pending``: ``Type/id`` -> patient ("" for an
+        organisation's record) of the records the same transaction writes before this one.
 
         A new Patient is registered on the ledger here, before the records are anchored.
         """
         resource_type = resource["resourceType"]
         self._require_writer(caller, resource_type)
+        pending = pending or {}
         if record_id is not None:
             meta = self.record_meta(record_id, resource_type)
             require_scope(caller, resource_type, "update", meta["patient"])
@@ -384,9 +397,12 @@ class HealthRecords:
             if if_match is not None and if_match != meta["version"]:
                 raise Conflict(f"the current version is {meta['version']}", code="VERSION_CONFLICT")
             if meta["patient"] is None:
-                _about_no_patient(resource)  # an update carries no patient's data either
+                self._about_no_patient(resource, pending)  # an update carries none either
                 self._group_members(resource)
-            elif resource_type != "Patient" and patient_id(resource) != meta["patient"]:
+            elif resource_type != "Patient" and (
+                self.patient_of(caller, resource, patient_of=patient_id, pending=pending)
+                != meta["patient"]
+            ):
                 # sealed, anchored and logged as the record's patient: its content must be
                 # about that patient, never moved to (or written as) another's
                 raise ValidationError(
@@ -394,18 +410,15 @@ class HealthRecords:
                     code="PATIENT_CHANGED",
                 )
             return resource, record_id, meta["version"] + 1, meta["patient"] or ""
-        if resource_type in ORG_TYPES:  # the organisation's own record, about no patient
-            self._require_org_records(resource_type)
-            _about_no_patient(resource)
-            self._group_members(resource)
-            require_scope(caller, resource_type, "create", None)
-            self._within(caller, resource, "create")
-            return resource, secrets.token_hex(16), 1, ""
+        if resource_type in ORG_ONLY_TYPES:  # the organisation's own record, about no patient
+            return self._prepare_own(caller, resource, pending)
         if resource_type == "Patient":
             require_scope(caller, resource_type, "create", None)
             patient = self.register_patient(patient_public_key)
             return resource, patient, 1, patient
-        patient = patient_of(resource)
+        patient = self.patient_of(caller, resource, patient_of=patient_of, pending=pending)
+        if patient is None and resource_type in EITHER_TYPES and self._holds_own(resource_type):
+            return self._prepare_own(caller, resource, pending)
         if patient is None:
             raise ValidationError(
                 "the resource must reference its Patient on this ledger", code="NO_PATIENT"
@@ -414,6 +427,101 @@ class HealthRecords:
         self._within(caller, resource, "create")
         self._patient_key(patient)
         return resource, secrets.token_hex(16), 1, patient
+
+    def _prepare_own(
+        self, caller: Caller, resource: dict[str, Any], pending: Mapping[str, str]
+    ) -> tuple[dict[str, Any], str, int, str]:
+        resource_type = resource["resourceType"]
+        self._require_org_records(resource_type)
+        self._about_no_patient(resource, pending)
+        self._group_members(resource)
+        require_scope(caller, resource_type, "create", None)
+        self._within(caller, resource, "create")
+        return resource, secrets.token_hex(16), 1, ""
+
+    def patient_of(
+        self,
+        caller: Caller,
+        resource: Mapping[str, Any],
+        *,
+        patient_of: Any = patient_id,
+        pending: Mapping[str, str] | None = None,
+    ) -> str | None:
+        """The patient a resource about a patient belongs to, by its type's rule (see
+        careledger.fhir.types), or None. ValidationError(MULTIPLE_PATIENTS) when it names
+        several: a record is one patient's, so that consent can guard it.
+
+        Through the records it refers to (Provenance.target, ...), a record counts when it is
+        held here (or written earlier in the same transaction: ``pending``) and the caller may
+        see its patient's records of its type; any other is as unknown as a record that does
+        not exist, so the answer never tells whether another patient's record exists."""
+        kind = resource.get("resourceType")
+        if kind == "Bundle":
+            return self._bundle_patient(caller, resource, pending or {})
+        if kind not in PATIENT_PATHS and kind not in RECORD_PATHS:
+            found: str | None = patient_of(resource)
+            return found
+        patients = set(path_patients(resource))
+        for ref_type, ref_id in sorted(referenced_records(resource)):
+            owner = self._record_patient(caller, ref_type, ref_id, pending or {})
+            if owner:
+                patients.add(owner)
+        return _one_patient(str(kind), patients)
+
+    def _record_patient(
+        self, caller: Caller, kind: str, record_id: str, pending: Mapping[str, str]
+    ) -> str | None:
+        """The patient of a record this node holds that the caller may see, else None."""
+        if f"{kind}/{record_id}" in pending:
+            return pending[f"{kind}/{record_id}"] or None
+        meta = self.ledger.state(RECORDS, record_key(record_id))
+        if meta is None or meta["shredded"] or meta["type"] != kind or meta["patient"] is None:
+            return None
+        if meta["custodian"] != self.org:
+            return None
+        patient = str(meta["patient"])
+        if not self.may_search(caller, patient, kind, purpose="TREAT"):
+            return None
+        return patient
+
+    def _bundle_patient(
+        self, caller: Caller, bundle: Mapping[str, Any], pending: Mapping[str, str]
+    ) -> str | None:
+        """A stored Bundle (document or collection) is one patient's: every entry's resource
+        belongs to that patient by its own type's rule (the organisation's directory and
+        definitions it carries, Practitioner and Organization, are no patient's)."""
+        if bundle.get("type") not in STORED_BUNDLE_TYPES:
+            raise ValidationError(
+                "a Bundle is stored when it is a document or a collection (a transaction or a"
+                " batch is POSTed to /fhir)",
+                code="BUNDLE_TYPE",
+            )
+        patients: set[str] = set()
+        entries = bundle.get("entry")
+        for index, entry in enumerate(entries if isinstance(entries, list) else ()):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            kind = resource.get("resourceType") if isinstance(resource, dict) else None
+            if not isinstance(resource, dict) or kind in ORG_ONLY_TYPES:
+                continue
+            if kind == "Patient":
+                owner = patient_id(resource)
+            elif kind in NOT_HELD or kind == "Consent":
+                owner = None
+            else:
+                owner = self.patient_of(caller, resource, pending=pending)
+            if owner is None:
+                raise ValidationError(
+                    f"Bundle.entry[{index}]: every entry of a stored Bundle belongs to its"
+                    " patient (a Patient/{id} on this ledger)",
+                    code="NO_PATIENT",
+                )
+            patients.add(owner)
+        return _one_patient("Bundle", patients)
+
+    def _holds_own(self, resource_type: str) -> bool:
+        """Whether the ruleset in force holds this type as an organisation's own record."""
+        needed = 3 if resource_type in ORG_TYPES_R10 else 4
+        return int(getattr(self.ledger.rules().contracts["records"], "version", 1)) >= needed
 
     def write_all(
         self,
@@ -630,12 +738,39 @@ class HealthRecords:
                 )
 
     def _require_org_records(self, resource_type: str) -> None:
-        """An organisation's own records need ruleset r10 (``RecordsV3``) in force."""
-        if int(getattr(self.ledger.rules().contracts["records"], "version", 1)) < 3:
+        """An organisation's own records need ruleset r10 (``RecordsV3``) in force, and those
+        of the types r11 added ``RecordsV4``."""
+        if not self._holds_own(resource_type):
+            since = "r10" if resource_type in ORG_TYPES_R10 else "r11"
             raise NotFound(
-                f"{resource_type} is held as an organisation's record from ruleset r10; this"
-                " chain runs an older ruleset",
+                f"{resource_type} is held as an organisation's record from ruleset {since};"
+                " this chain runs an older ruleset",
                 code="UNSUPPORTED_TYPE",
+            )
+
+    def _about_no_patient(self, resource: Mapping[str, Any], pending: Mapping[str, str]) -> None:
+        """:func:`_about_no_patient`, and a reference to a type that may also be a patient's
+        record (a Schedule, a Provenance) must name one of this organisation's own records
+        (one of the same transaction included): a patient's, another's or an unknown one is
+        refused alike, so the answer tells nothing of whose it is."""
+        _about_no_patient(resource)
+        for ref, _ in _references(_outside_members(resource)):
+            match = _ORG_REFERENCE.match(ref) if ref is not None else None
+            if match is None or match.group("type") not in EITHER_TYPES:
+                continue
+            kind, record_id = ref.split("/_history/")[0].rsplit("/", 2)[-2:]
+            named = f"{kind}/{record_id}"
+            if named in pending:
+                if pending[named] == "":
+                    continue
+            elif self.ledger.state(RECORDS, org_index_key(self.org, record_id)) is not None:
+                meta = self.ledger.state(RECORDS, record_key(record_id))
+                if meta is not None and meta["type"] == kind:
+                    continue
+            raise ValidationError(
+                f"an organisation's record about no patient refers to a {kind} only when it is"
+                " one of the organisation's own records",
+                code="NO_PATIENT_DATA",
             )
 
     def may_read_own(
@@ -1215,6 +1350,25 @@ _ORG_REFERENCE = re.compile(
     r"^(?:https?://[^\s/]+(?:/[^\s]*)?/)?(?P<type>[A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}"
     r"(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
 )
+
+
+def _one_patient(kind: str, patients: set[str]) -> str | None:
+    if len(patients) > 1:
+        raise ValidationError(
+            f"this {kind} is about {len(patients)} patients: a record belongs to exactly one"
+            " patient, so that consent can guard it (write one per patient)",
+            code="MULTIPLE_PATIENTS",
+        )
+    return next(iter(patients)) if patients else None
+
+
+def _outside_members(resource: Mapping[str, Any]) -> Any:
+    """The resource without a Group's member entities (which may name patients)."""
+    if resource.get("resourceType") == "Group" and isinstance(resource.get("member"), list):
+        members = [{k: v for k, v in m.items() if k != "entity"} if isinstance(m, dict) else m
+                   for m in resource["member"]]  # fmt: skip
+        return {**resource, "member": members}
+    return resource
 
 
 def _about_no_patient(resource: Mapping[str, Any]) -> None:

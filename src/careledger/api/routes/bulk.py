@@ -17,7 +17,7 @@ from careledger.api.routes.smart import origin_of
 from careledger.contracts.consent import PURPOSES
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
 from careledger.fhir.search import SearchRequest, parse_search
-from careledger.fhir.types import ORG_TYPES
+from careledger.fhir.types import ORG_ONLY_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES
 from careledger.health.bulk_export import ExportJobs, ExportRequest
 from careledger.jsonio import dumps
@@ -58,7 +58,7 @@ def _request(request: Request, kind: str) -> ExportRequest:
     bad = sorted(types - SUPPORTED_TYPES)
     if bad:
         raise _refuse(f"_type names a type this server does not hold: {bad[0]}")
-    own = sorted(types & ORG_TYPES)
+    own = sorted(types & ORG_ONLY_TYPES)  # a Schedule may be a patient's: exported then
     if own:  # never accepted and then left out without a word
         raise _refuse(
             f"_type names {own[0]}, an organisation's own record (about no patient): a bulk "
@@ -78,7 +78,7 @@ def _request(request: Request, kind: str) -> ExportRequest:
     for text in params.get("_typeFilter", []):
         for one in text.split(","):
             kind_, _, query = one.partition("?")
-            if kind_ not in SUPPORTED_TYPES - ORG_TYPES or (types and kind_ not in types):
+            if kind_ not in SUPPORTED_TYPES - ORG_ONLY_TYPES or (types and kind_ not in types):
                 raise _refuse(f"_typeFilter names a type not exported: {kind_[:64]}")
             filters.setdefault(kind_, []).append(parse_search(kind_, parse_qsl(query)))
     purpose = request.headers.get("x-purpose-of-use", "HOPERAT")

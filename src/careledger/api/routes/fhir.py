@@ -33,7 +33,7 @@ from careledger.fhir.patch import JSON_PATCH, MAX_PATCH, apply_patch, operations
 from careledger.fhir.search import SearchRequest, parse_search, shape
 from careledger.fhir.search import matches as search_matches
 from careledger.fhir.search import parameters as search_parameters
-from careledger.fhir.types import ORG_TYPES
+from careledger.fhir.types import NOT_HELD, ORG_ONLY_TYPES, patient_search
 from careledger.fhir.validate import SUPPORTED_TYPES, find_issues, validate_resource
 from careledger.health import bundles
 from careledger.health.history import history as versions_of
@@ -149,6 +149,13 @@ def _returning(request: Request, stored: StoredResource, status: int) -> Respons
 
 
 def _check_type(resource_type: str) -> None:
+    refused = NOT_HELD.get(resource_type)
+    if refused is not None:  # R4 types this server refuses to hold, each for its reason
+        code, why = refused
+        status = 404 if code == "UNSUPPORTED_TYPE" else 405
+        raise FhirError(
+            [Issue("error", "not-supported", why, (resource_type,))], code=code, http_status=status
+        )
     if resource_type not in SUPPORTED_TYPES:
         raise FhirError(
             [Issue("error", "not-supported", f"{resource_type} is not supported here", ())],
@@ -206,7 +213,7 @@ def _bundle(
 def _capability(resource_type: str) -> dict[str, Any]:
     """What this server does with a type: exactly the search parameters it evaluates."""
     params = search_parameters(resource_type)
-    references = sorted(c for c, p in params.items() if p.type == "reference")
+    references = sorted(c for c, p in params.items() if p.type == "reference" and p.paths)
     return {
         "type": resource_type,
         "interaction": [
@@ -234,7 +241,8 @@ def _capability(resource_type: str) -> dict[str, Any]:
         "searchParam": [
             {
                 "name": code,
-                "definition": f"http://hl7.org/fhir/SearchParameter/{param.definition}",
+                "definition": param.definition if param.definition.startswith("https:")
+                else f"http://hl7.org/fhir/SearchParameter/{param.definition}",
                 "type": param.type,
             }
             for code, param in sorted(params.items())
@@ -957,15 +965,18 @@ def compartment_search(
     resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
     purpose: PurposeHeader = "TREAT",
 ) -> Response:
-    if resource_type in ORG_TYPES:  # never a patient's: never "the patient's compartment"
+    _check_type(resource_type)
+    if resource_type in ORG_ONLY_TYPES:  # never a patient's: never "the patient's compartment"
         raise FhirError(
             [Issue("error", "not-supported",
                    f"{resource_type} is an organisation's record, in no patient's compartment",
                    (resource_type,))],
             code="NOT_IN_COMPARTMENT",
         )  # fmt: skip
-    param = "patient" if "patient" in search_parameters(resource_type) else "subject"
-    pairs = [(param, f"Patient/{patient}"), *request.query_params.multi_items()]
+    # R4's patient or compartment parameter, or this server's (a Slot, a Binary: types R4 gives
+    # no parameter naming their patient): the patient's records of the type, by the ledger
+    pairs = [(patient_search(resource_type), f"Patient/{patient}"),
+             *request.query_params.multi_items()]  # fmt: skip
     return _search(request, claims, resource_type, pairs, purpose)
 
 
