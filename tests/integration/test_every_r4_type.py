@@ -432,3 +432,147 @@ def test_a_chain_on_r10_holds_none_of_the_types_r11_added(tmp_path: Path) -> Non
     finally:
         records.close()
         node.stop()
+
+
+# ---------------------------------------------------------------- review r11 (findings F1-F6)
+
+
+def _transaction(http: httpx.Client, entries: list[dict[str, Any]]) -> httpx.Response:
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return http.post("/fhir", content=json.dumps(bundle), headers=FHIR)
+
+
+def _provenance(*targets: str) -> dict[str, Any]:
+    return {"resourceType": "Provenance", "recorded": "2024-05-01T10:00:00Z",
+            "agent": [{"who": {"display": "lab"}}], "reason": [{"text": "diagnosis: HIV"}],
+            "target": [{"reference": t} for t in targets]}  # fmt: skip
+
+
+def test_a_urn_uuid_never_makes_a_patients_record_the_organisations(
+    clinician: httpx.Client, world: dict[str, str]
+) -> None:
+    """F1: a Provenance whose target is an entry of the same rank (a Binary of p2) is p2's,
+    never the organisation's; a urn:uuid: no entry resolves is refused on the organisation's
+    records; same-rank references between the organisation's records are resolved; a cycle
+    is refused."""
+    prov, binary = "urn:uuid:5f0c0000-0000-4000-8000-000000000001", "urn:uuid:5f0c0000-0000-4000-8000-000000000002"
+    done = _transaction(clinician, [
+        {"fullUrl": prov, "resource": _provenance(binary),
+         "request": {"method": "POST", "url": "Provenance"}},
+        {"fullUrl": binary, "resource": {"resourceType": "Binary", "contentType": "text/plain",
+                                         "securityContext": {"reference": f"Patient/{world['p2']}"},
+                                         "data": "SElW"},
+         "request": {"method": "POST", "url": "Binary"}}])  # fmt: skip
+    assert done.status_code == 200, done.text
+    made = [e["response"]["location"].split("/")[1] for e in done.json()["entry"]]
+    assert done.json()["entry"][0]["resource"]["target"] == [{"reference": f"Binary/{made[1]}"}]
+    theirs = clinician.get(f"/fhir/Patient/{world['p2']}/Provenance").json()
+    assert made[0] in {e["resource"]["id"] for e in theirs.get("entry", [])}
+    # same-rank: a PractitionerRole naming an Organization written after it
+    role, org = "urn:uuid:5f0c0000-0000-4000-8000-000000000003", "urn:uuid:5f0c0000-0000-4000-8000-000000000004"
+    done = _transaction(clinician, [
+        {"fullUrl": role, "resource": {"resourceType": "PractitionerRole",
+                                       "organization": {"reference": org}},
+         "request": {"method": "POST", "url": "PractitionerRole"}},
+        {"fullUrl": org, "resource": {"resourceType": "Organization", "name": "Later Org"},
+         "request": {"method": "POST", "url": "Organization"}}])  # fmt: skip
+    assert done.status_code == 200, done.text
+    org_id = done.json()["entry"][1]["response"]["location"].split("/")[1]
+    assert done.json()["entry"][0]["resource"]["organization"] == {
+        "reference": f"Organization/{org_id}"}
+    # a cycle among entries found through each other
+    a, b = "urn:uuid:5f0c0000-0000-4000-8000-00000000000a", "urn:uuid:5f0c0000-0000-4000-8000-00000000000b"
+    cycle = _transaction(clinician, [
+        {"fullUrl": a, "resource": _provenance(b), "request": {"method": "POST", "url": "Provenance"}},
+        {"fullUrl": b, "resource": _provenance(a), "request": {"method": "POST", "url": "Provenance"}},
+    ])  # fmt: skip
+    assert cycle.status_code == 400 and code_of(cycle) == "REFERENCE_CYCLE", cycle.text
+    # a urn:uuid: no entry resolves: unknown, never the organisation's own
+    direct = clinician.post("/fhir/Provenance", headers=FHIR,
+                            content=json.dumps(_provenance("urn:uuid:6f1c2e0a-0000-4000-8000-000000000001")))  # fmt: skip
+    assert direct.status_code == 400 and code_of(direct) == "NO_PATIENT_DATA", direct.text
+
+
+def test_a_reference_by_identifier_is_no_way_around_the_patient_finder(
+    clinician: httpx.Client, world: dict[str, str]
+) -> None:
+    """F2: a Schedule, an Account or a Slot naming its patient (or a Schedule) by identifier is
+    refused, never stored as the organisation's own record."""
+    mrn = {"system": "http://hospital.example/mrn", "value": "MRN-0003-McLaughlin"}
+    for body in (
+        {"resourceType": "Schedule", "actor": [
+            {"identifier": mrn, "display": "Stephen McLaughlin (HIV clinic follow-up)"}]},
+        {"resourceType": "Account", "status": "active", "subject": [{"identifier": mrn}]},
+        {"resourceType": "Slot", "status": "free", "start": "2024-01-01T10:00:00Z",
+         "end": "2024-01-01T10:30:00Z", "schedule": {"type": "Schedule", "identifier": mrn}},
+    ):  # fmt: skip
+        refused = clinician.post(f"/fhir/{body['resourceType']}", content=json.dumps(body),
+                                 headers=FHIR)  # fmt: skip
+        assert refused.status_code == 400, refused.text
+        assert code_of(refused) == "PATIENT_REFERENCE", body["resourceType"]
+    own = post(clinician, {"resourceType": "Schedule", "actor": [{"reference": "Location/r1"}]})
+    update = {**own, "actor": [{"type": "Practitioner", "identifier": mrn}]}
+    refused = clinician.put(f"/fhir/Schedule/{own['id']}", content=json.dumps(update),
+                            headers=FHIR)  # fmt: skip
+    assert refused.status_code == 400 and code_of(refused) == "PATIENT_REFERENCE"
+    org = {"resourceType": "Organization", "name": "x", "extension": [
+        {"url": "http://x.example/e", "valueReference": {"identifier": mrn}}]}  # fmt: skip
+    refused = clinician.post("/fhir/Organization", content=json.dumps(org), headers=FHIR)
+    assert refused.status_code == 400 and code_of(refused) == "NO_PATIENT_DATA"
+
+
+def test_a_second_patient_cannot_hide_in_an_appointment(
+    clinician: httpx.Client, world: dict[str, str], server: Server
+) -> None:
+    """F3: P2 typed as a Practitioner, by this server's absolute URL, or by identifier."""
+    p2 = world["p2"]
+    for hidden, code in (
+        ({"reference": f"Patient/{p2}", "type": "Practitioner"}, "PATIENT_REFERENCE"),
+        ({"reference": f"{server.url}/fhir/Patient/{p2}"}, "MULTIPLE_PATIENTS"),
+        ({"type": "Patient", "identifier": {"value": "MRN-3"}}, "PATIENT_REFERENCE"),
+    ):
+        body = {"resourceType": "Appointment", "status": "booked", "participant": [
+            {"actor": {"reference": f"Patient/{world['p1']}"}, "status": "accepted"},
+            {"actor": hidden, "status": "accepted"}]}  # fmt: skip
+        refused = clinician.post("/fhir/Appointment", content=json.dumps(body), headers=FHIR)
+        assert refused.status_code == 400 and code_of(refused) == code, (hidden, refused.text)
+
+
+def test_a_stored_bundle_carries_no_other_patients_data(
+    clinician: httpx.Client, world: dict[str, str]
+) -> None:
+    """F4: a Group (its members), an organisation's record naming another patient, or an
+    entry's response outcome in a collection of p1's are refused."""
+    obs = {**minimal("Observation"), "subject": {"reference": f"Patient/{world['p1']}"}}
+    p2 = {"reference": f"Patient/{world['p2']}"}
+    group = {"resourceType": "Group", "type": "person", "actual": True, "name": "HIV cohort",
+             "member": [{"entity": p2}]}  # fmt: skip
+    named = {"resourceType": "Practitioner", "extension": [
+        {"url": "http://x.example/e", "valueReference": p2}]}  # fmt: skip
+    outcome = {**obs, "subject": p2}
+    for entries, code in (
+        ([{"resource": obs}, {"resource": group}], "NO_PATIENT_DATA"),
+        ([{"resource": obs}, {"resource": named}], "NO_PATIENT_DATA"),
+        ([{"resource": obs}, {"response": {"status": "200", "outcome": outcome}}], "BUNDLE_TYPE"),
+        ([{"resource": obs, "request": {"method": "POST", "url": "Observation"}}], "BUNDLE_TYPE"),
+    ):
+        body = {"resourceType": "Bundle", "type": "collection", "entry": entries}
+        refused = clinician.post("/fhir/Bundle", content=json.dumps(body), headers=FHIR)
+        assert refused.status_code == 400 and code_of(refused) == code, refused.text
+    author = {"resourceType": "Practitioner", "name": [{"family": "Silva"}]}
+    fine = {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": obs}, {"resource": author}]}  # fmt: skip
+    post(clinician, fine)
+
+
+def test_a_patients_audit_compartment_is_their_access_log(
+    server: Server, world: dict[str, str]
+) -> None:
+    """F6: GET /fhir/Patient/{id}/AuditEvent answers what /fhir/AuditEvent?patient={id} does."""
+    with login(server, server.data_dir / "keys" / "st-mary-admin.key") as admin:
+        by_search = admin.get("/fhir/AuditEvent", params={"patient": world["p1"]})
+        by_compartment = admin.get(f"/fhir/Patient/{world['p1']}/AuditEvent")
+    assert by_search.status_code == by_compartment.status_code == 200, by_compartment.text
+    assert by_compartment.json()["total"] == by_search.json()["total"] > 0
+    ids = [[e["resource"]["id"] for e in a.json()["entry"]] for a in (by_search, by_compartment)]
+    assert ids[0] == ids[1]

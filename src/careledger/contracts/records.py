@@ -595,13 +595,27 @@ def anchor_without_patient(ctx: Context, args: Args, types: frozenset[str]) -> N
     )
 
 
+NOT_HELD_TYPES: frozenset[str] = frozenset(
+    {"Parameters", "OperationOutcome", "Subscription", "AuditEvent"}
+)
+"""R4 types never anchored as a record from r11 (``RecordsV4``), with a patient or without:
+Parameters and OperationOutcome (R4 never persists them), Subscription (no notifications are
+sent, a stored one would never fire) and AuditEvent (the ledger's access events are the audit
+trail; a written one would sit beside them). ``careledger.fhir.types.NOT_HELD`` gives each its
+HTTP answer, for these names."""
+
+
 class RecordsV4(RecordsV3):
-    """r11: as r10, with the organisation's own records of :data:`ORG_RECORD_TYPES_V4`."""
+    """r11: as r10, with the organisation's own records of :data:`ORG_RECORD_TYPES_V4`, and
+    none of the types of :data:`NOT_HELD_TYPES`, a patient's or not."""
 
     version = 4
 
     @staticmethod
     def _anchor(ctx: Context, args: Args) -> None:
+        kind = args.raw.get("type")
+        if isinstance(kind, str) and kind in NOT_HELD_TYPES:
+            raise Rejected("UNSUPPORTED_TYPE", f"a {kind} is never held as a record")
         if args.has("patient"):
             RecordsV2._anchor(ctx, args)
             return

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from careledger.fhir.types import PATIENT_ELEMENT, PATIENT_PATHS, RECORD_PATHS
+from careledger.fhir.types import EITHER_TYPES, PATIENT_ELEMENT, PATIENT_PATHS, RECORD_PATHS
 
 _ID = r"[A-Za-z0-9\-.]{1,64}"
 _RELATIVE_PATIENT = re.compile(rf"Patient/({_ID})(?:/_history/{_ID})?")
@@ -99,26 +99,59 @@ def _patient_paths(kind: object) -> tuple[str, ...]:
     return (*PATIENT_PATHS.get(kind, ()), *RECORD_PATHS.get(kind, ()))
 
 
+_ON_PATH = re.compile(
+    rf"(?:https?://[^\s]+/)?(?P<type>[A-Z][A-Za-z]{{1,63}})/(?P<id>{_ID})(?:/_history/{_ID})?"
+)
+
+
 def path_patients(resource: Mapping[str, Any]) -> set[str]:
-    """The ids of the patients the relative ``Patient/{id}`` references on a type's patient
-    paths name (a reference typed as another type is not one)."""
+    """The ids of the patients the references on a type's patient paths name: every one that
+    reads ``Patient/{id}``, relative or absolute (this server's base URL has many spellings
+    behind proxies, and a record naming a second person must not pass for one patient's),
+    whatever its ``type`` says (a ``type`` that contradicts it is refused:
+    :func:`path_reference_problem`)."""
     out: set[str] = set()
     for path in _patient_paths(resource.get("resourceType")):
         for ref in references_at(resource, path):
-            target, declared = ref.get("reference"), ref.get("type")
-            match = _RELATIVE_PATIENT.fullmatch(target) if isinstance(target, str) else None
-            if match is not None and declared in (None, "Patient"):
-                out.add(match.group(1))
+            target = ref.get("reference")
+            match = _ON_PATH.fullmatch(target) if isinstance(target, str) else None
+            if match is not None and match.group("type") == "Patient":
+                out.add(match.group("id"))
     return out
 
 
-_RELATIVE_RECORD = re.compile(rf"([A-Z][A-Za-z]{{1,63}})/({_ID})(?:/_history/{_ID})?")
+def path_reference_problem(resource: Mapping[str, Any]) -> str | None:
+    """Why a reference on a type's patient paths cannot be checked, or None: a ``type`` that
+    contradicts the reference (``Patient/x`` typed as a Practitioner), a Patient (or a
+    reference of no declared type) by identifier alone, and any reference by identifier alone
+    on the paths of a type that is the organisation's own when it names no patient (which
+    patient, if any, it names cannot be known)."""
+    kind = resource.get("resourceType")
+    for path in _patient_paths(kind):
+        for ref in references_at(resource, path):
+            target, declared = ref.get("reference"), ref.get("type")
+            match = _ON_PATH.fullmatch(target) if isinstance(target, str) else None
+            if match is not None and declared is not None and declared != match.group("type"):
+                return f"{kind}.{path}: its type contradicts the reference"
+            by_identifier = target is None and ref.get("identifier") is not None
+            if by_identifier and (kind in EITHER_TYPES or declared in (None, "Patient")):
+                return (
+                    f"{kind}.{path}: a reference by identifier alone (whose it is cannot be"
+                    " checked): reference the record on this ledger"
+                )
+    return None
+
+
+_RELATIVE_RECORD = re.compile(
+    rf"(?:https?://[^\s]+/)?([A-Z][A-Za-z]{{1,63}})/({_ID})(?:/_history/{_ID})?"
+)
 
 
 def referenced_records(resource: Mapping[str, Any]) -> set[tuple[str, str]]:
-    """(type, id) of the records other than Patients named by relative references on the
-    paths through which a type of :data:`~careledger.fhir.types.RECORD_PATHS` finds its
-    patient (contained ``#id``, ``urn:uuid:`` and absolute references are not records here)."""
+    """(type, id) of the records other than Patients named by references (relative, or
+    absolute: those of another server are unknown here) on the paths through which a type of
+    :data:`~careledger.fhir.types.RECORD_PATHS` finds its patient (contained ``#id`` and
+    ``urn:uuid:`` references are not records here)."""
     kind = resource.get("resourceType")
     out: set[tuple[str, str]] = set()
     for path in RECORD_PATHS.get(kind, ()) if isinstance(kind, str) else ():

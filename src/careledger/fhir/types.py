@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from careledger.contracts.records import ORG_RECORD_TYPES, ORG_RECORD_TYPES_V4
+from careledger.contracts.records import NOT_HELD_TYPES, ORG_RECORD_TYPES, ORG_RECORD_TYPES_V4
 
 PATIENT_ELEMENT: Mapping[str, str] = {
     "AdverseEvent": "subject",  # R4's compartment names it by "subject" (no "patient" param)
@@ -147,7 +147,7 @@ ward, a PaymentNotice between organisations, ..."""
 ORG_ONLY_TYPES: frozenset[str] = ORG_TYPES - RECORD_TYPES
 """Types only ever held as an organisation's own records."""
 
-NOT_HELD: Mapping[str, tuple[str, str]] = {
+_NOT_HELD_WHY: Mapping[str, tuple[str, str]] = {
     "Parameters": (
         "NOT_PERSISTED",
         "Parameters carries an operation's input or output; R4 never persists it",
@@ -166,7 +166,13 @@ NOT_HELD: Mapping[str, tuple[str, str]] = {
         " clients read and search it, never write it",
     ),
 }
-"""R4 types refused (code, why): every other R4 type is held."""
+
+NOT_HELD: Mapping[str, tuple[str, str]] = {
+    kind: _NOT_HELD_WHY[kind] for kind in sorted(NOT_HELD_TYPES)
+}
+"""R4 types refused (code, why): every other R4 type is held. The names are the records
+contract's (``NOT_HELD_TYPES``, which r11 refuses to anchor), so the two never differ (a name
+added there without its reason here fails at import)."""
 
 CUSTODIAN_ONLY: frozenset[str] = frozenset({"Group"})
 """Organisation records only the custodian's own staff and apps read: a Group lists patients."""

@@ -14,6 +14,7 @@ members remain (they carry no PHI) and nothing else does.
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,6 +25,7 @@ from careledger.fhir.extract import patient_id
 from careledger.fhir.outcome import FhirError, Issue, operation_outcome
 from careledger.fhir.patch import apply_patch, operations_in_binary
 from careledger.fhir.search import parse_search
+from careledger.fhir.types import ORG_TYPES, RECORD_PATHS, RECORD_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
 from careledger.health.access import Caller
 from careledger.health.importer import entry_rank, rewrite_references
@@ -168,27 +170,45 @@ def transaction(
                 for i in exc.issues
             ]
             raise FhirError(prefixed) from None
-    # Patients first, then the organisation's own records (the Organization and Practitioner
-    # an Encounter names), so references to them are resolved before the other entries.
+    # Every entry's id first (Patients are registered, conditional creates and updates are
+    # searched, in the order of entry_rank, so an ifNoneExist may name an earlier entry), so
+    # that EVERY urn:uuid: reference between entries is rewritten before any entry is checked.
     order = sorted(range(len(parsed)), key=lambda i: entry_rank(parsed[i][1]))
     ids: dict[str, str] = {}
     pending: dict[str, str] = {}  # Type/id -> patient of the entries planned so far
     writes: dict[int, tuple[dict[str, Any], str, int, str]] = {}
     found: dict[int, StoredResource] = {}
+    new_ids: dict[int, str] = {}
     for index in order:
-        full_url = entries[index].get("fullUrl")
-        planned = plan_entry(
-            records, caller, parsed[index], ids, purpose, f"Bundle.entry[{index}]", pending
-        )
-        if isinstance(planned, StoredResource):  # it exists: nothing written, refs go to it
-            found[index] = planned
-            local = planned.record_id
+        where = f"Bundle.entry[{index}]"
+        resolved = resolve_entry(records, caller, parsed[index], ids, purpose, where)
+        if isinstance(resolved, StoredResource):  # it exists: nothing written, refs go to it
+            found[index] = resolved
+            local = resolved.record_id
         else:
-            writes[index] = planned
-            local = planned[1]
-            pending[f"{parsed[index][1]}/{local}"] = planned[3]
+            parsed[index] = resolved
+            resource_type, record_id = resolved[1], resolved[2]
+            if record_id is not None:
+                local = record_id
+            elif resource_type == "Patient":  # its id is its ledger pseudonym: registered now
+                writes[index] = _plan(records, caller, resolved, ids, purpose, where, pending)
+                local = writes[index][1]
+                pending[f"Patient/{local}"] = writes[index][3]
+            else:
+                local = new_ids[index] = secrets.token_hex(16)
+        full_url = entries[index].get("fullUrl")
         if isinstance(full_url, str):
             ids[full_url] = f"{parsed[index][1]}/{local}"
+    for index, (_, local, version, patient) in list(writes.items()):  # new Patients
+        rewritten = rewrite_references(parsed[index][3], ids)
+        rewritten.pop("id", None)
+        writes[index] = (rewritten, local, version, patient)
+    for index in _planning_order(parsed, ids, new_ids, found, writes):
+        writes[index] = _plan(
+            records, caller, parsed[index], ids, purpose, f"Bundle.entry[{index}]", pending,
+            new_ids.get(index),
+        )  # fmt: skip
+        pending[f"{parsed[index][1]}/{writes[index][1]}"] = writes[index][3]
     to_write = [i for i in range(len(parsed)) if i in writes]
     stored = (
         records.write_all(caller, [writes[i] for i in to_write], purpose=purpose)
@@ -208,19 +228,87 @@ def transaction(
     }
 
 
-def plan_entry(
+def _planning_order(
+    parsed: list[Parsed],
+    ids: dict[str, str],
+    new_ids: dict[int, str],
+    found: dict[int, StoredResource],
+    planned: dict[int, Any],
+) -> list[int]:
+    """The order the entries left are checked in: an entry whose patient (or whether it may be
+    the organisation's own) depends on the records it refers to (a Provenance, a Slot, a stored
+    Bundle; an organisation's record naming a Schedule) after the entries of this transaction
+    it refers to, so that their patients are known when it is checked (a PATCH, whose content
+    is known only once applied, last). A cycle among those is refused."""
+    left = [i for i in range(len(parsed)) if i not in found and i not in planned]
+    local: dict[str, int] = {}
+    for index in left:
+        record_id = parsed[index][2] if index not in new_ids else new_ids[index]
+        local[f"{parsed[index][1]}/{record_id}"] = index
+    needs: dict[int, set[int]] = {}
+    for index in left:
+        method, resource_type, _, resource, _, _ = parsed[index]
+        needs[index] = set()
+        if method == "PATCH" or not (
+            resource_type in RECORD_PATHS or resource_type == "Bundle" or resource_type in ORG_TYPES
+        ):
+            continue
+        for target in _reference_strings(rewrite_references(resource, ids)):
+            other = local.get(_HISTORY.sub("", target))
+            if other is not None and other != index and parsed[other][1] in RECORD_TYPES:
+                needs[index].add(other)
+    out: list[int] = []
+    done: set[int] = set()
+    ready = sorted((i for i in left if parsed[i][0] != "PATCH"), key=lambda i: (
+        entry_rank(parsed[i][1]), i))  # fmt: skip
+    while ready:
+        progressed = False
+        for index in list(ready):
+            if needs[index] <= done:
+                out.append(index)
+                done.add(index)
+                ready.remove(index)
+                progressed = True
+                break
+        if not progressed:
+            cycle = ", ".join(f"Bundle.entry[{i}]" for i in sorted(ready))
+            raise ValidationError(
+                f"{cycle}: these entries refer to each other in a cycle, so none of their"
+                " patients can be found from the others' (write them in separate transactions)",
+                code="REFERENCE_CYCLE",
+            )
+    return out + [i for i in left if parsed[i][0] == "PATCH"]
+
+
+_HISTORY = re.compile(r"/_history/[A-Za-z0-9\-.]{1,64}$")
+
+
+def _reference_strings(node: Any) -> list[str]:
+    """Every ``reference`` string in ``node``, at any depth."""
+    out: list[str] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("reference")
+            if isinstance(ref, str):
+                out.append(ref)
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return out
+
+
+def resolve_entry(
     records: HealthRecords,
     caller: Caller,
     parsed: Parsed,
     ids: dict[str, str],
     purpose: str,
     where: str,
-    pending: dict[str, str] | None = None,
-) -> StoredResource | tuple[dict[str, Any], str, int, str]:
-    """What one writing entry does: the resource a conditional create found (nothing to
-    write), or the write prepared (resource, record id, version, patient), checked as the REST
-    interaction would check it (the REST conditional update is planned here too). ``ids``: the
-    fullUrls of entries already planned; ``where``: the entry, as errors name it."""
+) -> StoredResource | Parsed:
+    """An entry's condition searched: the resource a conditional create found (nothing to
+    write), or the entry with no condition left (a conditional update names its one match)."""
     method, resource_type, record_id, resource, if_match, condition = parsed
     if condition is not None:
         matches = existing(
@@ -241,6 +329,41 @@ def plan_entry(
             if resource.get("id") not in (None, record_id):
                 raise FhirError([Issue("error", "invalid", "the resource id is not the match's",
                                        (f"{where}.resource.id",))])  # fmt: skip
+    return method, resource_type, record_id, resource, if_match, None
+
+
+def plan_entry(
+    records: HealthRecords,
+    caller: Caller,
+    parsed: Parsed,
+    ids: dict[str, str],
+    purpose: str,
+    where: str,
+    pending: dict[str, str] | None = None,
+) -> StoredResource | tuple[dict[str, Any], str, int, str]:
+    """What one writing entry does: the resource a conditional create found (nothing to
+    write), or the write prepared (resource, record id, version, patient), checked as the REST
+    interaction would check it (the REST conditional update is planned here too). ``ids``: the
+    fullUrls of entries already planned; ``where``: the entry, as errors name it."""
+    resolved = resolve_entry(records, caller, parsed, ids, purpose, where)
+    if isinstance(resolved, StoredResource):
+        return resolved
+    return _plan(records, caller, resolved, ids, purpose, where, pending)
+
+
+def _plan(
+    records: HealthRecords,
+    caller: Caller,
+    parsed: Parsed,
+    ids: dict[str, str],
+    purpose: str,
+    where: str,
+    pending: dict[str, str] | None = None,
+    new_id: str | None = None,
+) -> tuple[dict[str, Any], str, int, str]:
+    """The write of an entry with no condition left prepared; ``new_id``: the id a create takes
+    (a transaction chose it before any entry was checked, for the references to it)."""
+    method, resource_type, record_id, resource, if_match, _ = parsed
     body = rewrite_references(resource, ids)
     if method == "PATCH":
         assert record_id is not None
@@ -255,8 +378,12 @@ def plan_entry(
                                if_match=current.version, pending=pending)  # fmt: skip
     body.pop("id", None)
     if record_id is None:  # a create (POST, or a conditional update that matched nothing)
-        return records.prepare(caller, body, record_id=None, patient_of=patient_id,
-                               pending=pending)  # fmt: skip
+        prepared, made, version, patient = records.prepare(
+            caller, body, record_id=None, patient_of=patient_id, pending=pending
+        )
+        if new_id is not None and resource_type != "Patient":
+            made = new_id  # as random as the one prepare drew
+        return prepared, made, version, patient
     try:
         return records.prepare(
             caller, body, record_id=record_id, patient_of=patient_id, if_match=if_match,

@@ -8,7 +8,8 @@ has that source yet (a conditional create), so importing the same files again cr
 Organization, Practitioner and the other types about no patient are the importing
 organisation's own records (ruleset r10, more from r11). Entries of types the node does not hold
 (a Subscription, an OperationOutcome) are counted as skipped; references to them stay as they
-were.
+were, so a patient's record keeps a dangling ``urn:uuid:``, and an organisation's own record
+that names one is refused (NO_PATIENT_DATA: what it names is unknown) and counted as failed.
 """
 
 from __future__ import annotations

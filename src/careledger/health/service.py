@@ -43,7 +43,12 @@ from careledger.errors import (
     ValidationError,
 )
 from careledger.fhir.blind_terms import index_terms
-from careledger.fhir.extract import path_patients, patient_id, referenced_records
+from careledger.fhir.extract import (
+    path_patients,
+    path_reference_problem,
+    patient_id,
+    referenced_records,
+)
 from careledger.fhir.types import (
     CUSTODIAN_ONLY,
     EITHER_TYPES,
@@ -461,6 +466,9 @@ class HealthRecords:
         if kind not in PATIENT_PATHS and kind not in RECORD_PATHS:
             found: str | None = patient_of(resource)
             return found
+        problem = path_reference_problem(resource)
+        if problem is not None:  # a second patient must not hide behind a type or an MRN
+            raise ValidationError(problem, code="PATIENT_REFERENCE")
         patients = set(path_patients(resource))
         for ref_type, ref_id in sorted(referenced_records(resource)):
             owner = self._record_patient(caller, ref_type, ref_id, pending or {})
@@ -488,8 +496,12 @@ class HealthRecords:
         self, caller: Caller, bundle: Mapping[str, Any], pending: Mapping[str, str]
     ) -> str | None:
         """A stored Bundle (document or collection) is one patient's: every entry's resource
-        belongs to that patient by its own type's rule (the organisation's directory and
-        definitions it carries, Practitioner and Organization, are no patient's)."""
+        belongs to that patient by its own type's rule. The organisation's directory and
+        definitions it carries (Practitioner, Organization) are no patient's, and so carry no
+        patient's data (the organisation-record rule: they are read under the patient's consent
+        here, but must not name another patient); a Group (its members are for the custodian
+        only) is never carried. Entries carry no ``request`` or ``response`` (R4 bdl-3, bdl-4:
+        those are a transaction's, a batch's or a history's, and an outcome is unchecked)."""
         if bundle.get("type") not in STORED_BUNDLE_TYPES:
             raise ValidationError(
                 "a Bundle is stored when it is a document or a collection (a transaction or a"
@@ -499,9 +511,24 @@ class HealthRecords:
         patients: set[str] = set()
         entries = bundle.get("entry")
         for index, entry in enumerate(entries if isinstance(entries, list) else ()):
+            if isinstance(entry, dict) and ("request" in entry or "response" in entry):
+                raise ValidationError(
+                    f"Bundle.entry[{index}]: a document's or a collection's entries carry no"
+                    " request or response (R4 bdl-3, bdl-4)",
+                    code="BUNDLE_TYPE",
+                )
             resource = entry.get("resource") if isinstance(entry, dict) else None
             kind = resource.get("resourceType") if isinstance(resource, dict) else None
-            if not isinstance(resource, dict) or kind in ORG_ONLY_TYPES:
+            if not isinstance(resource, dict):
+                continue
+            if kind in CUSTODIAN_ONLY:
+                raise ValidationError(
+                    f"Bundle.entry[{index}]: a {kind} lists patients for its custodian only;"
+                    " a stored Bundle does not carry it",
+                    code="NO_PATIENT_DATA",
+                )
+            if kind in ORG_ONLY_TYPES:
+                self._about_no_patient(resource, pending)
                 continue
             if kind == "Patient":
                 owner = patient_id(resource)
@@ -753,10 +780,13 @@ class HealthRecords:
         record (a Schedule, a Provenance) must name one of this organisation's own records
         (one of the same transaction included): a patient's, another's or an unknown one is
         refused alike, so the answer tells nothing of whose it is."""
+        problem = path_reference_problem(resource)  # an update of a Schedule, say
+        if problem is not None:
+            raise ValidationError(problem, code="PATIENT_REFERENCE")
         _about_no_patient(resource)
-        for ref, _ in _references(_outside_members(resource)):
+        for ref, _, _ in _references(_outside_members(resource)):
             match = _ORG_REFERENCE.match(ref) if ref is not None else None
-            if match is None or match.group("type") not in EITHER_TYPES:
+            if ref is None or match is None or match.group("type") not in EITHER_TYPES:
                 continue
             kind, record_id = ref.split("/_history/")[0].rsplit("/", 2)[-2:]
             named = f"{kind}/{record_id}"
@@ -1376,25 +1406,24 @@ def _about_no_patient(resource: Mapping[str, Any]) -> None:
     its structure may carry no patient's data. So no contained resource, and every reference
     (extensions' included) goes to another organisation record (a Group's members aside, which
     only the custodian reads, checked by ``_group_members``): never a Patient, nor a patient's
-    record (an Encounter names its patient), nor a search. Free text is the writer's to keep
-    clean, as on any directory."""
+    record (an Encounter names its patient), nor a search. A ``urn:uuid:`` (an entry of a Bundle
+    that was not resolved to a record: what it names is unknown) is refused, and so is a
+    reference by identifier unless its type is one only ever the organisation's (an MRN names
+    a patient as surely as ``Patient/{id}`` does). Free text (``display`` included) is the
+    writer's to keep clean, as on any directory."""
     if resource.get("contained"):
         raise ValidationError(
             "an organisation's record about no patient holds no contained resources",
             code="NO_PATIENT_DATA",
         )
-    rest: Any = resource
-    if resource.get("resourceType") == "Group" and isinstance(resource.get("member"), list):
-        members = [{k: v for k, v in m.items() if k != "entity"} if isinstance(m, dict) else m
-                   for m in resource["member"]]  # fmt: skip
-        rest = {**resource, "member": members}
-    for ref, kind in _references(rest):
+    for ref, kind, by_identifier in _references(_outside_members(resource)):
         match = _ORG_REFERENCE.match(ref) if ref is not None else None
         target = match.group("type") if match else None
-        if ref is not None and not ref.startswith("urn:uuid:") and target not in ORG_TYPES:
+        if ref is not None and target not in ORG_TYPES:
             raise ValidationError(
                 "an organisation's record about no patient refers only to other organisation"
-                " records (Organization, Practitioner, Location, ...)",
+                " records (Organization, Practitioner, Location, ...)"
+                + (": a urn:uuid: names no record here" if ref.startswith("urn:uuid:") else ""),
                 code="NO_PATIENT_DATA",
             )
         if kind is not None and kind not in ORG_TYPES:
@@ -1403,21 +1432,36 @@ def _about_no_patient(resource: Mapping[str, Any]) -> None:
                 " records",
                 code="NO_PATIENT_DATA",
             )
+        if by_identifier and (kind or target) not in ORG_ONLY_TYPES:
+            raise ValidationError(
+                "an organisation's record about no patient refers by identifier only to a type"
+                " that is only ever an organisation's record (Organization, Practitioner, ...):"
+                " whose an identifier is cannot be checked",
+                code="NO_PATIENT_DATA",
+            )
 
 
-def _references(value: Any) -> list[tuple[str | None, str | None]]:
-    """(reference, type) of every Reference in ``value`` (one with a type or identifier only
-    gives None for the reference)."""
-    out: list[tuple[str | None, str | None]] = []
+_REFERENCE_KEYS = frozenset({"id", "extension", "reference", "type", "identifier", "display"})
+
+
+def _references(value: Any) -> list[tuple[str | None, str | None, bool]]:
+    """(reference, type, by identifier) of every Reference in ``value``: one with a
+    ``reference``, or with an ``identifier`` and no other element than a Reference has (one by
+    type or identifier only gives None for the reference)."""
+    out: list[tuple[str | None, str | None, bool]] = []
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             ref, kind = item.get("reference"), item.get("type")
-            logical = isinstance(kind, str) and isinstance(item.get("identifier"), dict)
+            logical = (
+                isinstance(item.get("identifier"), dict)
+                and item.keys() <= _REFERENCE_KEYS
+                and (kind is None or isinstance(kind, str))
+            )
             if "resourceType" not in item and (isinstance(ref, str) or logical):
                 out.append((ref if isinstance(ref, str) else None,
-                            kind if isinstance(kind, str) else None))  # fmt: skip
+                            kind if isinstance(kind, str) else None, logical))  # fmt: skip
             stack.extend(v for v in item.values() if isinstance(v, dict | list))
         elif isinstance(item, list):
             stack.extend(v for v in item if isinstance(v, dict | list))
@@ -1428,7 +1472,7 @@ def _names_a_patient(value: Any) -> bool:
     """Whether a reference in ``value`` points at a Patient (relative, absolute or typed)."""
     return any(
         kind == "Patient" or (ref is not None and re.search(r"(^|/)Patient/", ref) is not None)
-        for ref, kind in _references(value)
+        for ref, kind, _ in _references(value)
     )
 
 

@@ -10,13 +10,20 @@ import orjson
 import pytest
 
 from careledger.contracts.records import (
+    NOT_HELD_TYPES,
     ORG_RECORD_TYPES,
     ORG_RECORD_TYPES_V4,
     holding_of,
     org_holding_key,
     org_index_key,
 )
-from careledger.fhir.types import EITHER_TYPES, ORG_ONLY_TYPES, PATIENT_ELEMENT, RECORD_TYPES
+from careledger.fhir.types import (
+    EITHER_TYPES,
+    NOT_HELD,
+    ORG_ONLY_TYPES,
+    PATIENT_ELEMENT,
+    RECORD_TYPES,
+)
 from careledger.storage.memory import MemoryStore
 from tests.support.chain import TestChain
 
@@ -78,3 +85,24 @@ def test_r10_refuses_them_all() -> None:
     for kind in sorted(ORG_RECORD_TYPES_V4 - ORG_RECORD_TYPES)[:5]:
         assert anchor(old, f"r-{kind}", kind)["code"] == "NO_PATIENT"
     assert anchor(old, "org-1", "Organization")["result"] == "accepted"
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_HELD_TYPES))
+def test_a_type_never_held_is_never_anchored_with_a_patient_or_without(
+    chain: TestChain, kind: str
+) -> None:
+    """Review r11 F5: an AuditEvent (or a Subscription, Parameters, OperationOutcome) anchored
+    under a patient would read as theirs beside the ledger's own audit trail."""
+    assert set(NOT_HELD) == NOT_HELD_TYPES  # one list: the API's refusals are the contract's
+    assert anchor(chain, "r-1", kind, patient="patient-1")["code"] == "UNSUPPORTED_TYPE"
+    assert anchor(chain, "r-2", kind)["code"] == "UNSUPPORTED_TYPE"
+    batch = {"anchors": [{"record": "r-3", "type": "Observation", "hash": "0" * 64,
+                          "version": 1, "patient": "patient-1"},
+                         {"record": "r-4", "type": kind, "hash": "0" * 64, "version": 1,
+                          "patient": "patient-1"}]}  # fmt: skip
+    assert chain.run("dr-a", "anchor_batch", batch, contract="records")["code"] == (
+        "UNSUPPORTED_TYPE"
+    )
+    # r10 is frozen: it keeps what it did
+    r10 = TestChain(MemoryStore(), ruleset="r10")
+    assert anchor(r10, "r-5", kind, patient="patient-1")["result"] == "accepted"

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from careledger.fhir.extract import path_patients, patient_id, referenced_records
+from careledger.fhir.extract import (
+    path_patients,
+    path_reference_problem,
+    patient_id,
+    referenced_records,
+)
 from careledger.fhir.search import _definitions, parameters
 from careledger.fhir.types import (
     EITHER_TYPES,
@@ -240,10 +245,20 @@ def test_the_patient_of_each_path_type_is_the_one_its_paths_name(kind: str) -> N
     for path in paths:
         one = spread(kind, path, [{"reference": "Patient/p-1"}, {"reference": "Practitioner/d"}])
         assert patient_id(one) == "p-1" and path_patients(one) == {"p-1"}, (kind, path)
+        assert path_reference_problem(one) is None, (kind, path)
+        # a Patient reference counts whatever its type says, and the contradiction is refused
         typed = at_path(kind, path, [{"reference": "Patient/p-1", "type": "Group"}])
-        assert path_patients(typed) == set(), (kind, path)
-        far = at_path(kind, path, [{"reference": "https://elsewhere.example/Patient/p-1"}])
-        assert path_patients(far) == set(), (kind, path)  # on another server: not this one's
+        assert path_patients(typed) == {"p-1"}, (kind, path)
+        assert path_reference_problem(typed) is not None, (kind, path)
+        # absolute (this server's base URL, however spelt): it names the patient all the same
+        far = at_path(kind, path, [{"reference": "https://node.example/fhir/Patient/p-1"}])
+        assert path_patients(far) == {"p-1"}, (kind, path)
+        # a Patient by identifier cannot be checked: refused
+        mrn = {"system": "http://hospital.example/mrn", "value": "MRN-3"}
+        logical = at_path(kind, path, [{"type": "Patient", "identifier": mrn}])
+        assert path_reference_problem(logical) is not None, (kind, path)
+        untyped = at_path(kind, path, [{"identifier": mrn, "display": "S. McLaughlin"}])
+        assert path_reference_problem(untyped) is not None, (kind, path)
         two = spread(kind, path, [{"reference": "Patient/p-1"}, {"reference": "Patient/p-2"}])
         if path_patients(two) == {"p-1", "p-2"}:  # the path holds several references
             assert patient_id(two) is None, (kind, path)  # refused by the service
@@ -251,6 +266,35 @@ def test_the_patient_of_each_path_type_is_the_one_its_paths_name(kind: str) -> N
         expected = {("Observation", "o-1")} if path in RECORD_PATHS.get(kind, ()) else set()
         assert referenced_records(record) == expected, (kind, path)
         assert patient_id(record) is None
+
+
+def test_a_second_patient_hidden_by_type_url_or_identifier_is_seen_or_refused() -> None:
+    """Review r11 F3: an Appointment of P1 whose other participant is P3 typed as a
+    Practitioner, by an absolute URL, or by identifier, is not filed as P1's alone."""
+    def appointment(hidden: dict[str, Any]) -> dict[str, Any]:
+        return {"resourceType": "Appointment", "participant": [
+            {"actor": {"reference": "Patient/p1"}}, {"actor": hidden}]}  # fmt: skip
+
+    typed = appointment({"reference": "Patient/p3", "type": "Practitioner"})
+    assert path_patients(typed) == {"p1", "p3"} and patient_id(typed) is None
+    assert path_reference_problem(typed) is not None
+    absolute = appointment({"reference": "http://127.0.0.1:18911/fhir/Patient/p3"})
+    assert path_patients(absolute) == {"p1", "p3"} and patient_id(absolute) is None
+    logical = appointment({"type": "Patient", "identifier": {"value": "MRN-3"}})
+    assert path_reference_problem(logical) is not None
+    lying = appointment({"reference": "Practitioner/d", "type": "Patient"})
+    assert path_reference_problem(lying) is not None
+    # a practitioner by identifier, typed so, on a type that is always a patient's: allowed
+    npi = appointment({"type": "Practitioner", "identifier": {"value": "NPI-1"}})
+    assert path_reference_problem(npi) is None and patient_id(npi) == "p1"
+    # on a type that may be the organisation's own, no reference by identifier is checked
+    for kind, path in (("Schedule", "actor"), ("Account", "subject")):
+        doc = {"resourceType": kind, path: [{"type": "Practitioner", "identifier": {"value": "1"}}]}
+        assert path_reference_problem(doc) is not None, kind
+    slot = {"resourceType": "Slot", "schedule": {"type": "Schedule", "identifier": {"value": "1"}}}
+    assert path_reference_problem(slot) is not None
+    assert referenced_records({"resourceType": "Provenance", "target": [
+        {"reference": "http://node.example/fhir/Observation/o-1"}]}) == {("Observation", "o-1")}
 
 
 def test_multiple_patients_are_seen_on_a_list() -> None:

@@ -368,7 +368,10 @@ def search_audit_events(request: Request, claims: MemberDep) -> Response:
     """A patient's access events as BALP AuditEvents, newest first; searchable by ``date``,
     ``agent`` (who), ``altid`` (a member's or an app's id), ``entity`` (a record), ``action``,
     ``subtype`` and ``policy`` (the consent or break-glass that allowed it)."""
-    pairs = request.query_params.multi_items()
+    return _audit_search(request, claims, request.query_params.multi_items())
+
+
+def _audit_search(request: Request, claims: Any, pairs: list[tuple[str, str]]) -> Response:
     patients = [v for k, v in pairs if k == "patient"]
     if len(patients) != 1:
         raise FhirError(
@@ -965,6 +968,9 @@ def compartment_search(
     resource_type: Annotated[str, Path(pattern=TYPE_PATTERN)],
     purpose: PurposeHeader = "TREAT",
 ) -> Response:
+    if resource_type == "AuditEvent":  # the patient's access log: what AuditEvent?patient= is
+        pairs = [("patient", patient), *request.query_params.multi_items()]
+        return _audit_search(request, claims, pairs)
     _check_type(resource_type)
     if resource_type in ORG_ONLY_TYPES:  # never a patient's: never "the patient's compartment"
         raise FhirError(
