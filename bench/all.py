@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import BENCH_OUT  # noqa: E402
 
 # Scripts in bench/ that are not benches.
-HELPERS = frozenset({"__init__", "all", "common"})
+HELPERS = frozenset({"__init__", "all", "common", "plain_fhir_server"})
 
 # The sizes tests/integration/test_bench_smoke.py runs in CI (a test checks they stay equal).
 QUICK: dict[str, list[str]] = {
@@ -53,12 +53,14 @@ QUICK: dict[str, list[str]] = {
     "supply": ["--units", "500", "--workers", "1"],
     "trials": ["--patients", "40", "--workers", "2"],
     "monitoring": ["--devices", "2", "--batches", "3", "--per-batch", "10", "--workers", "2"],
+    "fhir_mix": ["--smoke"],
 }
 
 # `make bench`: every bench at its own defaults, the sizes docs/ quotes. Seconds on 2 cores in
 # the run that wrote docs/bench.md: search 160, trials 143, cluster 142, monitoring 131,
 # ledger 114, supply 99, links 71, records 38, smart 27; 15.4 minutes in all. Options added
 # here shrink a bench (and show in the report's command lines).
+# fhir_mix, added since, takes about 150 s (two servers seeded, three phases of 22 s each).
 FULL: dict[str, list[str]] = {
     "ledger": [],
     "links": [],
@@ -69,6 +71,7 @@ FULL: dict[str, list[str]] = {
     "supply": [],
     "trials": [],
     "monitoring": [],
+    "fhir_mix": [],
 }
 
 STDERR_TAIL = 3_000  # characters of a failed bench's stderr kept in the report

@@ -29,11 +29,13 @@ SMOKES = {
         ["--devices", "2", "--batches", "3", "--per-batch", "10", "--workers", "2"],
         "readings/s",
     ),
+    "fhir_mix": (["--smoke"], "mix, open loop at half the peak rate"),
 }
 
 
-# Scripts in bench/ that are not benches: shared helpers and the runner of them all.
-HELPERS = {"common", "all", "__init__"}
+# Scripts in bench/ that are not benches: shared helpers, the runner of them all, and the plain
+# FastAPI + SQLite server bench/fhir_mix.py measures as its baseline.
+HELPERS = {"common", "all", "__init__", "plain_fhir_server"}
 
 
 def test_every_bench_has_a_smoke() -> None:
