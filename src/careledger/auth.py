@@ -28,6 +28,7 @@ CHALLENGE_TTL_SECONDS = 120
 MAX_OPEN_CHALLENGES = 10_000
 MAX_CHALLENGES_PER_CLIENT = 16
 MAX_REVOKED_TOKENS = 100_000
+MAX_VERIFIED_TOKENS = 10_000  # tokens remembered as verified (about 2 KiB each)
 
 
 def scope_within(wanted: Scope, allowed: Scope) -> bool:
@@ -70,6 +71,7 @@ class TokenIssuer:
         self._by_client: dict[str, OrderedDict[str, None]] = {}
         self._revoked: dict[str, float] = {}
         self._revoked_grants: dict[str, float] = {}
+        self._verified: OrderedDict[str, TokenClaims] = OrderedDict()
         # called with (jti, expiry) for each revocation, to keep it across restarts
         self.on_revoke: Callable[[str, int], None] | None = None
         self._lock = threading.Lock()
@@ -207,6 +209,31 @@ class TokenIssuer:
         return jwt.encode(claims, self._private, algorithm="EdDSA"), self.ttl
 
     def verify(self, token: str) -> TokenClaims:
+        """The token's claims, if this node issued it and it is neither expired nor revoked.
+
+        A token is presented on every request, and its signature check is about a tenth of a
+        FHIR read's CPU: a token verified once is remembered (bounded, by its exact text), and
+        each later use checks only its expiry and the revocations."""
+        known = self._verified.get(token)
+        if known is not None:
+            if time.time() >= known.expires:  # as PyJWT: expired at exp
+                raise Unauthorized("the token has expired", code="TOKEN_EXPIRED")
+            self._check_revoked(known.raw)
+            return known
+        claims = self._decode(token)
+        with self._lock:
+            if len(self._verified) >= MAX_VERIFIED_TOKENS:
+                self._verified.popitem(last=False)
+            self._verified[token] = claims
+        return claims
+
+    def _check_revoked(self, claims: dict[str, Any]) -> None:
+        if str(claims.get("jti", "")) in self._revoked:
+            raise Unauthorized("the token was revoked (signed out)", code="TOKEN_REVOKED")
+        if claims.get("gid") and str(claims["gid"]) in self._revoked_grants:
+            raise Unauthorized("the app's access was revoked", code="TOKEN_REVOKED")
+
+    def _decode(self, token: str) -> TokenClaims:
         try:
             claims = jwt.decode(
                 token,
@@ -220,10 +247,7 @@ class TokenIssuer:
             raise Unauthorized("the token has expired", code="TOKEN_EXPIRED") from None
         except jwt.PyJWTError:
             raise Unauthorized("the token is not valid for this node", code="BAD_TOKEN") from None
-        if str(claims.get("jti", "")) in self._revoked:
-            raise Unauthorized("the token was revoked (signed out)", code="TOKEN_REVOKED")
-        if claims.get("gid") and str(claims["gid"]) in self._revoked_grants:
-            raise Unauthorized("the app's access was revoked", code="TOKEN_REVOKED")
+        self._check_revoked(claims)
         return TokenClaims(
             member=str(claims["sub"]),
             org=str(claims.get("org", "")),

@@ -104,3 +104,31 @@ def test_a_revoked_token_is_refused_at_once() -> None:
         tokens.verify(token)
     assert refused.value.code == "TOKEN_REVOKED"
     assert tokens.verify(other).member == "m1"
+
+
+def test_a_token_remembered_as_verified_still_expires_and_is_still_revoked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Verified tokens are remembered (the signature is checked once); expiry and revocation
+    are checked on every use all the same."""
+    tokens = issuer(ttl=60)
+    token, _ = tokens.issue(signer("clinician"))
+    claims = tokens.verify(token)
+    assert tokens.verify(token) is claims  # remembered, not decoded again
+    import careledger.auth as auth
+
+    monkeypatch.setattr(auth.time, "time", lambda: float(claims.expires))
+    with pytest.raises(Unauthorized) as expired:
+        tokens.verify(token)
+    assert expired.value.code == "TOKEN_EXPIRED"
+    monkeypatch.undo()
+    grant_token, _ = tokens.issue(signer("clinician"), grant="g-1")
+    tokens.verify(grant_token)
+    tokens.revoke_grant("g-1", until=claims.expires)
+    with pytest.raises(Unauthorized) as revoked:
+        tokens.verify(grant_token)
+    assert revoked.value.code == "TOKEN_REVOKED"
+    tokens.revoke(token)
+    with pytest.raises(Unauthorized) as signed_out:
+        tokens.verify(token)
+    assert signed_out.value.code == "TOKEN_REVOKED"

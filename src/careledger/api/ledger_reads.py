@@ -24,7 +24,7 @@ from careledger.errors import Forbidden, Unauthorized
 OVERSIGHT_ROLES = frozenset({"node", "admin", "auditor"})
 
 
-def optional_member(
+async def optional_member(
     request: Request,
     node: NodeDep,
     issuer: IssuerDep,

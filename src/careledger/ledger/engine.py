@@ -288,7 +288,13 @@ class Ledger:
             self._head_hash = executed.block.header_hash
             self._frontier = executed.frontier
             with self._cache_lock:
-                self._cache.update({(ns, key): raw for ns, key, raw in executed.block.state})
+                # Refresh what readers asked for; do not add what the block merely wrote (an
+                # access event's keys are written once and never read, and filled the cache
+                # with 0.6 KiB per request served until its limit cleared it all at once).
+                cache = self._cache
+                for ns, key, raw in executed.block.state:
+                    if (ns, key) in cache:
+                        cache[(ns, key)] = raw
                 self._generation += 1
         self.release(txs)
         if executed is not None and (SCHEDULE_NAMESPACE, SCHEDULE_KEY) in executed.state:

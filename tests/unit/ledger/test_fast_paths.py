@@ -213,6 +213,20 @@ def test_every_read_returns_a_value_of_its_own(chain: TestChain) -> None:
     assert chain.ledger.state("identity", "member/f1")["roles"] == ["nurse"]
 
 
+def test_a_commit_refreshes_what_was_read_and_caches_nothing_else(chain: TestChain) -> None:
+    """Memory must not grow with the requests served: the state cache holds what readers asked
+    for (kept current by each commit), never every key a block wrote."""
+    chain.commit(chain.envelope("hosp-admin", "add_member", new_member_args("c0")))
+    assert chain.ledger.state("identity", "member/c0")["roles"] == ["nurse"]
+    held = len(chain.ledger._cache)
+    for i in range(1, 40):
+        chain.commit(chain.envelope("hosp-admin", "add_member", new_member_args(f"c{i}")))
+    assert len(chain.ledger._cache) == held  # 39 members written, none of them read
+    assert chain.ledger.state("identity", "member/c39")["roles"] == ["nurse"]  # from the store
+    chain.commit(chain.envelope("hosp-admin", "set_roles", {"member": "c0", "roles": ["admin"]}))
+    assert chain.ledger.state("identity", "member/c0")["roles"] == ["admin"]  # refreshed
+
+
 def test_the_key_filter_never_forgets_a_key() -> None:
     keys = [("ns", f"key/{i}") for i in range(50_000)]
     grown = KeyFilter()

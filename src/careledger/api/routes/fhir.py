@@ -43,7 +43,7 @@ from careledger.jsonio import dumps, loads
 from careledger.smart.discovery import capability_security
 
 
-def _accepts_json(request: Request) -> None:
+async def _accepts_json(request: Request) -> None:
     """406 when the client accepts only something other than JSON (XML, say)."""
     accept = request.headers.get("accept", "").lower()
     if accept and not any(k in accept for k in ("json", "*/*", "application/*")):
