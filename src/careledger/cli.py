@@ -330,9 +330,10 @@ def verify(
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Replay the whole store offline, then check every other store of the node (vault, EPCIS
-    repository, monitoring, visits) against the ledger; exit 1 naming the first bad height, or
-    the store, table and row of each difference."""
+    """Replay the whole store offline, then check every other store of the node (vault, EPCIS,
+    monitoring, visits, links, SMART, export, trials, federation) against the ledger and against
+    its integrity codes; exit 1 naming the first bad height, or the store, table and row of each
+    difference."""
     from concurrent.futures import ProcessPoolExecutor
 
     from careledger.config import Settings
@@ -377,7 +378,7 @@ def verify(
                   "stores and its ledger")  # fmt: skip
     else:
         stores = "" if ledger_only else (
-            "; the vault, EPCIS, monitoring, visits and links stores match it"
+            "; the node's other stores match it and their integrity codes"
         )
         out.print(
             f"[green]ok[/green] {report.blocks} blocks, {report.transactions} transactions "

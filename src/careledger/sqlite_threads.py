@@ -3,6 +3,9 @@
 API requests run on a thread pool and commit listeners on the committer thread; sqlite3
 connections are cheap but must not be shared across threads mid-transaction, so each thread
 gets its own, and ``close`` closes every one of them (not only the caller's).
+
+In a node's directory every connection can write the store's integrity codes
+(``careledger.store_mac``, ADR 0019), and ``schema`` gives a store its coded layout.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from careledger import store_mac
 from careledger.errors import CareLedgerError, StorageError
 
 
@@ -26,6 +30,7 @@ class ThreadConnections:
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
         self._closed = False
+        self._keys = store_mac.keys_for(path)
 
     def get(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -39,11 +44,21 @@ class ThreadConnections:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA busy_timeout=10000")
+                if self._keys is not None:
+                    self._keys.attach(conn)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open the {self.what}: {exc}") from None
             self._all.append(conn)
         self._local.conn = conn
         return conn
+
+    def schema(self, *scripts: str) -> None:
+        """Run the store's schema scripts, then give it its integrity layout (in a node's
+        directory): code columns, triggers, digests."""
+        try:
+            store_mac.create_schema(self.get(), self.path, self._keys, scripts)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot set up the {self.what}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from careledger import store_mac
 from careledger.config import VAULT_FILE, Settings
 from careledger.fhir.search import parse_search
 from careledger.health.access import Caller
@@ -132,7 +133,7 @@ def test_records_stored_before_the_index_are_indexed_once(
     node: tuple[Node, HealthRecords, Path], patient: str
 ) -> None:
     _, records, data = node
-    conn = sqlite3.connect(data / VAULT_FILE)
+    conn = store_mac.connect(data / VAULT_FILE)
     try:
         conn.execute("DELETE FROM blind WHERE record_id = 'obs-001'")
         conn.execute("DELETE FROM meta WHERE name = ?", (BLIND_INDEX_META,))

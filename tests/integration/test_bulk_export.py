@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from careledger import store_mac
 from tests.support.nodes import Server, demo_node, login, run_cli, serving, wait_for
 
 pytestmark = pytest.mark.integration
@@ -355,7 +355,7 @@ def test_an_export_under_way_when_the_node_stops_fails_clearly(
             wait_for(lambda: http.get(status_url).status_code == 200, "the first export")
     # a job the node was running when it stopped, as the job store holds it
     job = "ab" * 12
-    conn = sqlite3.connect(data / "export.sqlite")
+    conn = store_mac.connect(data / "export.sqlite")
     conn.execute("INSERT INTO job(id, client, org, request, status, progress, created) "
                  "VALUES(?, 'restart-export', 'st-mary', '{}', 'in-progress', '3 of 9', 0)", (job,))  # fmt: skip
     conn.commit()

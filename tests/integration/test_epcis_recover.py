@@ -4,11 +4,11 @@ node finds its transaction there), not with no transaction id."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from careledger import store_mac
 from careledger.config import EPCIS_FILE, Settings
 from careledger.node import Node
 from careledger.supply.repository import EpcisRepository
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def test_recovery_keeps_the_anchoring_transaction(tmp_path: Path) -> None:
     data = tmp_path / "node"
     demo_node(data)
-    conn = sqlite3.connect(data / EPCIS_FILE)
+    conn = store_mac.connect(data / EPCIS_FILE)
     capture, tx_id = conn.execute(
         "SELECT id, tx_id FROM captures WHERE status = 'succeeded' AND tx_id IS NOT NULL "
         "ORDER BY id LIMIT 1"

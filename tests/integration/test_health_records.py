@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from careledger import store_mac
 from careledger.core.checkpoint import format_vkey
 from careledger.errors import VerificationError
 from careledger.keyfile import generate_keypair, read_key_file
@@ -428,7 +429,7 @@ def test_narrowed_and_outdated_tokens_lose_their_powers(
 
 # Last: it corrupts a stored record on purpose.
 def test_vault_tampering_is_detected(server: Server, node_dir: Path, world: dict[str, Any]) -> None:
-    conn = sqlite3.connect(node_dir / "vault.sqlite")
+    conn = store_mac.connect(node_dir / "vault.sqlite")
     (ciphertext,) = conn.execute(
         "SELECT ciphertext FROM records WHERE record_id = ? AND version = 1", (world["obs"][1],)
     ).fetchone()

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from careledger import store_mac
 from careledger.config import Settings
 from careledger.contracts.monitoring import SKEW
 from careledger.core.keys import KeyPair
@@ -160,7 +161,7 @@ def readable(data: Path, patient: str) -> list[int]:
 
 
 def raw(data: Path, *statements: str) -> None:
-    with closing(sqlite3.connect(data / MONITORING_FILE)) as conn:
+    with closing(store_mac.connect(data / MONITORING_FILE)) as conn:
         for statement in statements:
             conn.execute(statement)
         conn.commit()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from careledger import store_mac
 from tests.support.nodes import Server, demo_node, login, run_cli, serving
 
 pytestmark = pytest.mark.integration
@@ -184,7 +184,7 @@ def test_the_node_audit_checks_organisation_records(
     server.start()
     done = run_cli("verify", str(copy), "--json")
     assert done.returncode == 0, done.stdout + done.stderr
-    conn = sqlite3.connect(copy / "vault.sqlite")
+    conn = store_mac.connect(copy / "vault.sqlite")
     conn.execute(
         "INSERT INTO wrapped_keys(record_id, version, recipient, wrapped)"
         " SELECT record_id, version, 'x' || recipient, wrapped FROM wrapped_keys"

@@ -134,7 +134,7 @@ class ExportJobs:
         self.ledger = records.ledger
         self.root = data_dir / EXPORT_DIR
         self._conns = ThreadConnections(data_dir / EXPORT_FILE, "export job store")
-        self._conns.get().execute(SCHEMA)
+        self._conns.schema(SCHEMA)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-export")
         self._cancelled: set[str] = set()
         self._exported: dict[str, list[str]] = {}  # job -> patients exported (while it runs)

@@ -22,7 +22,7 @@ class ReplayGuard:
         self.keep_ms = keep_ms
         self._conns = ThreadConnections(path, "federation nonce store")
         self._lock = threading.Lock()
-        self._conns.get().execute(SCHEMA)
+        self._conns.schema(SCHEMA)
         self._last_purge = 0
 
     def first_use(self, nonce: str, now: int) -> None:

@@ -176,8 +176,7 @@ class ShareLinks:
         self.records = records
         self.ledger = records.ledger
         self._conns = ThreadConnections(data_dir / LINKS_FILE, "health link store")
-        for statement in SCHEMA:
-            self._conns.get().execute(statement)
+        self._conns.schema(*SCHEMA)
         self._sealed = AtRest.for_node(self.ledger.node_key, "health links")
         self._lock = threading.Lock()  # passcode attempts: counted one at a time
         self._openings: dict[str, deque[float]] = {}

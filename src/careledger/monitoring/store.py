@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,9 @@ class ClosedWindow:
     tx: str | None
 
 
+_WINDOW_FIELDS = len(fields(ClosedWindow))
+
+
 def _batch(row: Sequence[Any]) -> StoredBatch:
     wrapped = {k: bytes.fromhex(v) for k, v in orjson.loads(row[13]).items()}
     return StoredBatch(
@@ -146,7 +149,7 @@ class ReadingsStore:
         rule state and each window's alerts (values that fired a rule are PHI)."""
         self._sealed = sealed
         self._conns = ThreadConnections(path, "readings store")
-        self._conns.get().executescript(SCHEMA)
+        self._conns.schema(SCHEMA)
         self._group = GroupCommit(self._conns.get, "readings store")
 
     @classmethod
@@ -163,7 +166,7 @@ class ReadingsStore:
         return self._sealed.seal(orjson.dumps(alerts), f"windows:{device}/{window}")
 
     def _window(self, row: Sequence[Any]) -> ClosedWindow:
-        values = list(row)
+        values = list(row[:_WINDOW_FIELDS])  # then, in a node's directory, the row's code (mac)
         blob = bytes(values[8]) if isinstance(values[8], bytes) else str(values[8]).encode()
         values[8] = orjson.loads(self._sealed.open(blob, f"windows:{values[0]}/{values[1]}"))
         return ClosedWindow(*values)

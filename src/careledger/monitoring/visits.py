@@ -82,7 +82,7 @@ class VisitsService:
         self.node = records.node
         self.ledger = records.ledger
         self._conns = ThreadConnections(path, "visit links")
-        self._conns.get().executescript(SCHEMA)
+        self._conns.schema(SCHEMA)
         self._sealed = AtRest.for_node(self.ledger.node_key, "visits")
 
     def close(self) -> None:

@@ -4,10 +4,13 @@
 what the ledger only anchors: the vault's sealed records, the EPCIS repository's events, the
 monitoring store's reading windows, the visits store's links, each store's metadata and schema.
 Each store has its own checker module; each names the store, table and row of every difference
-it finds, so an operator knows exactly what was changed behind the node's back.
+it finds, so an operator knows exactly what was changed behind the node's back. Before each
+store's checker, ``integrity`` recomputes the store's keyed codes (ADR 0019): a row or a set of
+rows not as the node wrote them, whatever the ledger knows of them.
 
 A checker reads its store read-only and the ledger's state through ``NodeContext.state``; it
-holds the node's key only to open what the node sealed for itself (never to write).
+holds the node's key only to open what the node sealed for itself and to recompute its codes
+(never to write).
 """
 
 from __future__ import annotations
@@ -75,13 +78,18 @@ def schema_of(conn: sqlite3.Connection) -> SchemaObjects:
             for kind, name, table, sql in rows}  # fmt: skip
 
 
-def schema_created_by(*scripts: str) -> SchemaObjects:
-    """What the store modules' own schema scripts create, as SQLite records it: the reference
-    a store's file is compared with (built in memory, so no copy of the schema is kept here)."""
-    conn = sqlite3.connect(":memory:")
+def schema_created_by(*scripts: str, store: str) -> SchemaObjects:
+    """What the store modules' own schema scripts create in the node's ``store``, as SQLite
+    records it, with the integrity layout the node adds (code columns, triggers, ``integrity``:
+    ``careledger.store_mac``): the reference a store's file is compared with (built in memory,
+    so no copy of the schema is kept here)."""
+    from careledger.store_mac import apply_layout
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         for script in scripts:
             conn.executescript(script)
+        apply_layout(conn, store)
         return schema_of(conn)
     finally:
         conn.close()
@@ -103,6 +111,8 @@ def checks() -> list[StoreCheck]:
     """Every store checker this software has, in the order they run."""
     from careledger.node_audit.epcis_store import EpcisStoreCheck
     from careledger.node_audit.export_store import ExportStoreCheck
+    from careledger.node_audit.federation_store import FederationStoreCheck
+    from careledger.node_audit.integrity import IntegrityCheck
     from careledger.node_audit.links_store import IssuerKeyCheck, LinksStoreCheck
     from careledger.node_audit.monitoring_store import MonitoringStoreCheck
     from careledger.node_audit.smart_store import SmartStoreCheck
@@ -110,9 +120,17 @@ def checks() -> list[StoreCheck]:
     from careledger.node_audit.vault_store import VaultStoreCheck
     from careledger.node_audit.visits_store import VisitsStoreCheck
 
-    return [VaultStoreCheck(), EpcisStoreCheck(), MonitoringStoreCheck(), VisitsStoreCheck(),
-            LinksStoreCheck(), IssuerKeyCheck(), SmartStoreCheck(), ExportStoreCheck(),
-            TrialsStoreCheck()]  # fmt: skip
+    by_store: list[StoreCheck] = [
+        VaultStoreCheck(), EpcisStoreCheck(), MonitoringStoreCheck(), VisitsStoreCheck(),
+        LinksStoreCheck(), SmartStoreCheck(), ExportStoreCheck(), TrialsStoreCheck(),
+        FederationStoreCheck()]  # fmt: skip
+    # each store's codes first: they name the row a change was made in, whatever it was
+    ordered: list[StoreCheck] = []
+    for check in by_store:
+        ordered += [IntegrityCheck(check.store), check]
+        if isinstance(check, LinksStoreCheck):
+            ordered.append(IssuerKeyCheck())
+    return ordered
 
 
 def audit_node(

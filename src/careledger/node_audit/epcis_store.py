@@ -42,9 +42,16 @@ Checked, table by table:
 
 Not checkable, and why:
 
+Every row is also vouched for by its integrity code and its table's digest (``integrity``,
+ADR 0019): a byte changed, a row deleted, added or put back from an older copy, by anyone
+without the node's key, is named there, whatever the ledger knows of it. What follows is what
+these comparisons cannot tell when the change was made with the node's key (by the node itself,
+wrongly, or by whoever holds ``keys/<node>.key``), or when a whole table or store was put back
+with its digests to an older copy of itself.
+
 * a capture refused before it reached the ledger (a validation error, a duplicate within the
-  store, a transaction that failed to commit) leaves no trace on the ledger: such a row can be
-  deleted, or invented, and only its form is checked; nor is its ``events`` count;
+  store, a transaction that failed to commit) leaves no trace on the ledger: such a row, and
+  its ``events`` count, are checked only for their form;
 * ``created`` is the node's clock; it is only bounded by the transaction's own time;
 * a published capture whose ``tx_id`` is empty is accepted: ``recover`` publishes an
   anchored capture without it (the ledger's capture record holds no transaction id);
@@ -55,16 +62,14 @@ Not checkable, and why:
 * a refusal alert's unit, location and detail come from re-running the refused transaction
   against the state of the time (``Ledger.explain``); the audit does not re-execute;
 * whether a verification should have raised a verified-after-decommission alert: the ledger
-  does not say whether the unit was already retired at the moment (node clock) of the read, so
-  such an alert deleted goes unseen, and one invented for a unit retired later is not told
-  apart;
-* ``alert_meta``'s height lowered (not below the last alert) looks like a watcher that
-  stopped there; ``sqlite_sequence`` raised for ``events`` or ``alerts`` looks like dropped
-  events of failed captures or ignored duplicate alerts, which skip numbers too;
+  does not say whether the unit was already retired at the moment (node clock) of the read;
+* ``alert_meta``'s height, not below the last alert, as the node wrote it; ``sqlite_sequence``
+  (SQLite's own table, which takes no trigger, so no code): raised for ``events`` or ``alerts``
+  it looks like dropped events of failed captures or ignored duplicate alerts, which skip
+  numbers too;
 * verifications are reads, never on the ledger: that a request was made, when, by whom and
   with what lot, expiry or GLN, and the answer's state-dependent part (recalled, suspect,
-  expired, dispensed at that moment) cannot be compared; a new self-consistent row appended at
-  the end is indistinguishable from a real one; only deletions inside the log show (as gaps);
+  expired, dispensed at that moment) cannot be compared with anything but the node's own row;
 * an alert's brand owner is compared with today's prefix owner (ownership of a prefix never
   changes).
 """
@@ -277,10 +282,10 @@ class _Audit:
         return [str(r[0]) for r in rows if r[0] != "ok"]
 
     def _schema(self) -> Iterator[Difference]:
-        expected = schema_created_by(REPOSITORY_SCHEMA)
+        expected = schema_created_by(REPOSITORY_SCHEMA, store=STORE)
         actual = schema_of(self.conn)
         for optional in (ALERTS_SCHEMA, VERIFICATIONS_SCHEMA):
-            objects = schema_created_by(optional)
+            objects = schema_created_by(optional, store=STORE)
             if (set(objects) - set(expected)) & set(actual):  # the module has run here
                 expected.update(objects)
         for name in sorted(set(expected) | set(actual)):

@@ -25,14 +25,22 @@ What is checked:
 
 What cannot be checked, and why:
 
-* A job deleted from the store with its files: jobs are forgotten after ``KEEP_SECONDS``, on
-  cancel and beyond ``KEEP_JOBS``, and no job is on the ledger (its access events are, but they
-  do not name the job), so a job that is gone looks like one that expired.
+Every row is also vouched for by its integrity code and its table's digest (``integrity``,
+ADR 0019): a byte changed, a row deleted, added or put back from an older copy, by anyone
+without the node's key, is named there, whatever the ledger knows of it. What follows is what
+these comparisons cannot tell when the change was made with the node's key (by the node itself,
+wrongly, or by whoever holds ``keys/<node>.key``), or when a whole table or store was put back
+with its digests to an older copy of itself.
+
+* A job the node forgot (with its files): jobs are forgotten after ``KEEP_SECONDS``, on cancel
+  and beyond ``KEEP_JOBS``, and no job is on the ledger (its access events are, but they do not
+  name the job), so a job deleted with the node's key looks like one that expired.
 * A failed job's error text and a running job's progress: the node's words, not anchored.
 * The patients of a complete export: the list is the node's own (only the access events, which
   do not name the job, are on the ledger); they are checked for their form and for withdrawal.
 * When a job was created or finished to the second: the node's clock, not the ledger's.
 * A job under way while the audit runs: its files are being written, so they are not checked.
+  The files of any job are outside the store: the manifest's signature vouches for them.
 
 SQLite's messages are never repeated. Differences name jobs by id and files by name (a resource
 type or a proof file); never a patient, a record or any line of a file.

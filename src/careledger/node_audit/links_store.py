@@ -39,19 +39,23 @@ What is checked:
 
 What cannot be checked, and why:
 
+Every row is also vouched for by its integrity code and its table's digest (``integrity``,
+ADR 0019): a byte changed, a row deleted, added or put back from an older copy, by anyone
+without the node's key, is named there, whatever the ledger knows of it. What follows is what
+these comparisons cannot tell when the change was made with the node's key (by the node itself,
+wrongly, or by whoever holds ``keys/<node>.key``), or when a whole table or store was put back
+with its digests to an older copy of itself.
+
 * The wrapped key and the passcode hash: the key that wraps a link's key is derived from the
-  URL token, which only whoever holds the link has, and the passcode is the patient's. A changed
-  byte that keeps the size (a key that no longer opens, a passcode that no longer matches) is
-  invisible until a recipient presents the link; the node then refuses it (a changed wrapped
-  key fails its AES-GCM tag). Nor is either anchored; catching it would need their hashes on
-  the ledger (a new links ruleset) or a MAC by the node over them (a new store schema).
-* The token hash: the token is not kept, so a changed hash (a link that no longer opens, or one
-  opened by another token, for whoever knows it) is seen only in its form.
+  URL token, which only whoever holds the link has, and the passcode is the patient's; neither
+  is anchored. That they open is seen when a recipient presents the link (a wrong wrapped key
+  fails its AES-GCM tag); their bytes are vouched for by the row's code only.
+* The token hash: the token is not kept, so whether a hash is the one of the link's token is
+  seen only in its form (and the row's code).
 * A file's content: it is encrypted under the link's key, which the node cannot open without
   the token. Which records it served is on the ledger (the opening's access event), not in it.
 * How many wrong passcodes were tried: attempts are counted here only, never on the ledger, so
-  any count from 1 to ``MAX_ATTEMPTS`` is accepted for a link with a passcode (a count raised
-  again is a few more guesses; one lowered to 0 is caught above).
+  any count from 1 to ``MAX_ATTEMPTS`` the node wrote is accepted for a link with a passcode.
 * Key material of a link that ended: ``ShareLinks`` keeps a revoked, disabled or expired link's
   row (its wrapped key and passcode hash) and deletes only its files. That is by design, not a
   leak: the wrapped key opens only with the URL's token, and the node serves nothing of a link
@@ -67,12 +71,14 @@ What cannot be checked, and why:
   sealed: only the node's key can write it).
 * A link the ledger gives this organisation that this node neither made nor served, opened or
   disabled: a patient may sign ``links.create`` themselves and send it to any node of the
-  organisation (or none), so its absence here is no difference.
+  organisation (or none), so its absence here is no difference (unless the node held it: the
+  table's digest then says rows were removed).
 * The label: it is sealed and seen by no one else; it is checked only for its length.
 * Times to the second: ``created`` and ``expires`` are the node's clock, the ledger's times the
   clock of the node that ordered the block; they are compared within ``CLOCK_WINDOW``.
 * The issuer key file when no card was issued with it: the ledger holds no ``kid`` of it yet, so
-  a replaced key cannot be told from the one the node made (its form is still checked).
+  a replaced key cannot be told from the one the node made (its form is still checked). It is a
+  file, not a store: no integrity code covers it.
 
 SQLite's messages are never repeated (they can quote a damaged column's text). Differences
 name links by id (a ledger transaction id), files by their link and row number, cards by id;
@@ -243,7 +249,7 @@ def _read(conn: sqlite3.Connection, table: str, columns: str, row: Any) -> list[
 
 def _schema(conn: sqlite3.Connection) -> Iterator[Difference]:
     """``sqlite_master`` against what ``ShareLinks`` creates (built in memory from its script)."""
-    expected = schema_created_by(*SCHEMA)
+    expected = schema_created_by(*SCHEMA, store=LINKS_FILE)
     found = schema_of(conn)
     for name in sorted(expected.keys() | found.keys()):
         kind, table, _ = expected.get(name) or found[name]

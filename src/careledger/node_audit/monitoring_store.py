@@ -35,23 +35,32 @@ What is checked:
 
 What cannot be checked, and why:
 
+Every row is also vouched for by its integrity code and its table's digest (``integrity``,
+ADR 0019): a byte changed, a row deleted, added or put back from an older copy, by anyone
+without the node's key, is named there, whatever the ledger knows of it. What follows is what
+these comparisons cannot tell when the change was made with the node's key (by the node itself,
+wrongly, or by whoever holds ``keys/<node>.key``), or when a whole table or store was put back
+with its digests to an older copy of itself.
+
 * A batch's ``body_hash`` (the hash of the device's signed batch) and its ``received_ms``: the
   signed batch is not kept (the hash only recognises a retry) and the arrival time is the
   node's own clock, seen by no one else. ``received_ms`` is used only to tell an erased batch
   from one received after the erasure.
 * The patient's copy of each data key: it opens only with the patient's private key, which
-  this checker does not hold; only its size is checked.
+  this checker does not hold; its size is checked, its bytes vouched for by the row's code.
 * The readings of an erased batch: they are destroyed by design; only their digests remain.
 * Windows not yet anchored (waiting for their anchor) and the device's open window: the ledger
-  has not seen them. Anyone can seal readings for the node's public key, so whoever can write
-  the file can replace a waiting window's readings, digests and root together without being
-  caught here (the node would then anchor them). Once anchored, no such change goes unseen.
+  has not seen them. Anyone can seal readings for the node's public key, but only the node's
+  key codes a row: whoever holds it can replace a waiting window's readings, digests and root
+  together without being caught here (the node would then anchor them). Once anchored, no
+  such change goes unseen.
 * The rule evaluator's state and the open window's alerts inside a device's state, and the
   values in a window's alerts: they are sealed (a changed byte is caught), but whether they
   follow from the readings takes a replay of the rules (``careledger devices audit``).
 * A sealed value swapped for an older sealed value of the same row (a state restored from a
-  backup): sealing binds a value to its row, not to a version. It is caught where the older
-  value contradicts the rest, as a lagging device state does.
+  backup): sealing binds a value to its row, not to a version. The table's digest catches it,
+  unless the whole table was put back with its digest; then only where the older value
+  contradicts the rest, as a lagging device state does.
 
 Values in clear (not sealed with the node's key) are differences: the node has sealed them
 since issue 15, and a value in clear could have been written by anyone. Differences name
@@ -107,7 +116,7 @@ DECODING = (CareLedgerError, ValueError, TypeError, KeyError, IndexError, Attrib
 
 def schema_differences(store: str, conn: sqlite3.Connection, schema: str) -> Iterator[Difference]:
     """How a store's schema differs from what ``schema`` creates, and SQLite's quick check."""
-    expected = _by_kind(schema_created_by(schema))
+    expected = _by_kind(schema_created_by(schema, store=store))
     held = _by_kind(schema_of(conn))
     for kind, name in sorted(expected.keys() | held.keys()):
         ours, theirs = expected.get((kind, name)), held.get((kind, name))

@@ -32,16 +32,22 @@ What is checked:
 
 What cannot be checked, and why:
 
+Every row is also vouched for by its integrity code and its table's digest (``integrity``,
+ADR 0019): a byte changed, a row deleted, added or put back from an older copy, by anyone
+without the node's key, is named there, whatever the ledger knows of it. What follows is what
+these comparisons cannot tell when the change was made with the node's key (by the node itself,
+wrongly, or by whoever holds ``keys/<node>.key``), or when a whole table or store was put back
+with its digests to an older copy of itself.
+
 * Which token, code or launch a hash stands for: only their SHA-256 is kept (a copy of the file
-  must give no one a usable token), and none is on the ledger. A hash replaced by another hash
-  of the right size (a token that no longer works, or one made up by whoever wrote it) is seen
-  only in its form.
-* A refresh token's state between ``active`` and ``used``, and a ``used`` token turned back to
-  ``active`` while its successor is deleted: rotation happens only here, so whether a token was
-  used is known only here (the family's other rows bound it, as above).
-* A deleted row: refresh tokens, codes, launches and assertions are swept or rotated here and
-  never anchored, so a row that is gone looks like one that expired or was never issued. A
-  deleted ``revoked_family`` row is caught only while its family's revoked tokens remain.
+  must give no one a usable token), and none is on the ledger; the hashes are checked for their
+  form.
+* A refresh token's state between ``active`` and ``used``: rotation happens only here, so
+  whether a token was used is known only here (the family's other rows bound it, as above).
+* Which rows should be there: refresh tokens, codes, launches and assertions are swept or
+  rotated here and never anchored, so a row the node (or its key) deleted looks like one that
+  expired or was never issued; a ``revoked_family`` row so deleted is caught only while its
+  family's revoked tokens remain.
 * An assertion's ``jti``, a code's redirect URI choice among the app's, its nonce and audience:
   the app chose them; they are checked for their form only.
 * Expiries to the second: ``created`` and ``expires`` are the node's clock; a code, spent code
@@ -129,7 +135,12 @@ class SmartStoreCheck:
                 ("launch", audit.launch),
             ):
                 try:
-                    rows = conn.execute(f"SELECT rowid, * FROM {table} ORDER BY rowid").fetchall()  # noqa: S608 - our names
+                    # the columns the store writes (table_info leaves out the generated code)
+                    info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+                    listed = ", ".join(str(r[1]) for r in info)
+                    rows = conn.execute(
+                        f"SELECT rowid, {listed} FROM {table} ORDER BY rowid"  # noqa: S608 - our names
+                    ).fetchall()
                 except sqlite3.Error as exc:
                     yield _difference(table, "", f"the table cannot be read ({unreadable(exc)})")
                     continue

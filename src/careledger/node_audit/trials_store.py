@@ -26,14 +26,20 @@ What is checked:
 
 What cannot be checked, and why:
 
+Every row is also vouched for by its integrity code and its table's digest (``integrity``,
+ADR 0019): a byte changed, a row deleted, added or put back from an older copy, by anyone
+without the node's key, is named there, whatever the ledger knows of it. What follows is what
+these comparisons cannot tell when the change was made with the node's key (by the node itself,
+wrongly, or by whoever holds ``keys/<node>.key``), or when a whole table or store was put back
+with its digests to an older copy of itself.
+
 * The pseudonym key and the pseudonyms: the key is the site's own secret, kept nowhere else, so
-  a key replaced by another of the right size (or populations rewritten under it) is seen only
-  in its form; the counts they must add up to are checked.
+  the key and the populations are checked for their form (and the counts they must add up to).
 * An invitation's answer (interested or declined) and its times: the patient answers the site
-  alone, never on the ledger, so a flipped answer cannot be told from the patient's.
-* A deleted invitation, or one never made: the ledger logs the research-contact read, not the
-  invitation, and a read may be refused an invitation (already invited), so a missing row is no
-  difference.
+  alone, never on the ledger.
+* Which invitations should be there: the ledger logs the research-contact read, not the
+  invitation, and a read may be refused an invitation (already invited), so an invitation the
+  node never made is no difference.
 * A missing consent record: the recorder follows commits only while the node serves its API,
   so a consent committed while it did not has no record yet; a record held is checked in full.
 
@@ -111,7 +117,10 @@ class TrialsStoreCheck:
                 ("consent_records", audit.consent_records),
             ):
                 try:
-                    rows = conn.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 - our names
+                    # the columns the services write (table_info leaves out the generated code)
+                    info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+                    listed = ", ".join(str(r[1]) for r in info)
+                    rows = conn.execute(f"SELECT {listed} FROM {table}").fetchall()  # noqa: S608 - our names
                 except sqlite3.Error as exc:
                     yield _difference(table, "", f"the table cannot be read ({unreadable(exc)})")
                     continue

@@ -28,13 +28,17 @@ What is checked, streaming (one record version in memory at a time; ``progress(1
 
 What cannot be checked, and why:
 
+Every row is also vouched for by its integrity code and its table's digest (``integrity``,
+ADR 0019): a byte changed, a row deleted, added or put back from an older copy, by anyone
+without the node's key, is named there, whatever the ledger knows of it. What follows is what
+these comparisons cannot tell when the change was made with the node's key (by the node itself,
+wrongly, or by whoever holds ``keys/<node>.key``), or when a whole table or store was put back
+with its digests to an older copy of itself.
+
 * The wrap of a patient who holds their own key: a sealed box (X25519 + XSalsa20-Poly1305) is
-  authenticated only to its recipient's secret key, and nothing else (ledger or vault) commits
-  to the wrap's bytes. A changed byte that keeps the length is invisible to the node; the
-  patient alone finds the wrap does not open (their access is denied, the node's is not).
-  Catching it would need the wrap's hash anchored (a new records ruleset) or a MAC by the node
-  over the wraps (a new vault schema).
-* That such a wrap holds the record's data key: the same reason; the node cannot open it.
+  authenticated only to its recipient's secret key, and the ledger holds no hash of it, so
+  whether it opens, and holds the record's data key, is the patient's to see (their access is
+  denied, the node's is not). Its bytes are vouched for by the row's code only.
 * Which of the patient's keys was current when the version was sealed: the vault keeps no
   sealing height, so a wrap to a patient's key registered before the anchoring block is
   accepted even if that key was revoked in between (sealing and anchoring race a rotation).
@@ -568,7 +572,7 @@ def _integrity(conn: sqlite3.Connection) -> Iterator[Difference]:
 def _schema(conn: sqlite3.Connection) -> Iterator[Difference]:
     """``sqlite_master`` against the schema ``careledger.vault.store`` creates, as SQLite
     records it (built in memory from the same script)."""
-    expected = schema_created_by(SCHEMA)
+    expected = schema_created_by(SCHEMA, store=VAULT_FILE)
     found = schema_of(conn)
     for name in sorted(expected.keys() | found.keys()):
         kind, table, _ = expected.get(name) or found[name]

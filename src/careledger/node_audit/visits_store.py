@@ -15,12 +15,19 @@ What is checked:
 
 What cannot be checked, and why:
 
+Every row is also vouched for by its integrity code and its table's digest (``integrity``,
+ADR 0019): a byte changed, a row deleted, added or put back from an older copy, by anyone
+without the node's key, is named there, whatever the ledger knows of it. What follows is what
+these comparisons cannot tell when the change was made with the node's key (by the node itself,
+wrongly, or by whoever holds ``keys/<node>.key``), or when a whole table or store was put back
+with its digests to an older copy of itself.
+
 * A reason's text: the ledger holds no trace of it (no free text goes on the ledger, not even
   hashed), so a reason is only as good as its seal. A changed byte, a reason moved from another
   visit, or one written in clear is caught; a sealed reason can only have come from this node,
   for this visit, and is written once (visit ids are never reused), so no older value exists.
-* A deleted reason: the reason is optional and the ledger does not say whether one was given,
-  so a visit whose reason row was deleted looks like a visit scheduled without one.
+* Whether a visit had a reason: it is optional and the ledger does not say, so a visit whose
+  reason the node (or its key) removed looks like a visit scheduled without one.
 * The link of a visit scheduled other than through this node's visits API (a clinician's own
   signed ``visits.schedule`` sent to ``/v1/tx``, as the demo's visit is): whether any node kept
   a link for it is not on the ledger, so its absence is a difference only when its reason is

@@ -128,9 +128,7 @@ class GrantStore:
     def __init__(self, path: Path) -> None:
         self._conns = ThreadConnections(path, "SMART grant store")
         self._lock = threading.Lock()
-        conn = self._conns.get()
-        for statement in SCHEMA:
-            conn.execute(statement)
+        self._conns.schema(*SCHEMA)
 
     def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         try:

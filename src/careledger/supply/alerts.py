@@ -78,7 +78,7 @@ class Alert:
 class AlertStore:
     def __init__(self, path: Path) -> None:
         self._conns = ThreadConnections(path, "alert store")
-        self._conns.get().executescript(SCHEMA)
+        self._conns.schema(SCHEMA)
 
     def add(self, alerts: Iterable[Alert], *, height: int | None = None) -> None:
         """Store alerts (once each) and, with ``height``, record that blocks up to it are done."""

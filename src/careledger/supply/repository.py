@@ -68,7 +68,7 @@ class EpcisRepository:
         self.path = path
         self._conns = ThreadConnections(path, "EPCIS repository")
         self._write_lock = threading.Lock()
-        self._connect().executescript(SCHEMA)
+        self._conns.schema(SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         return self._conns.get()

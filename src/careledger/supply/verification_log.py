@@ -30,7 +30,7 @@ CREATE INDEX IF NOT EXISTS verifications_org ON verifications(requester_org);
 class VerificationLog:
     def __init__(self, path: Path) -> None:
         self._conns = ThreadConnections(path, "verification log")
-        self._conns.get().executescript(SCHEMA)
+        self._conns.schema(SCHEMA)
 
     def record(
         self,

@@ -76,7 +76,7 @@ class ConsentRecorder:
         self.records = records
         self.ledger = records.ledger
         self._conns = ThreadConnections(path, "consent records")
-        self._conns.get().executescript(SCHEMA)
+        self._conns.schema(SCHEMA)
         self._worker: CommitWorker[tuple[str, str]] = CommitWorker(
             self.ledger, "consent-records", self._pick, lambda item: self.sync(*item)
         )

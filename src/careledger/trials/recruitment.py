@@ -70,8 +70,8 @@ class RecruitmentStore:
 
     def __init__(self, path: Path) -> None:
         self._conns = ThreadConnections(path, "recruitment store")
+        self._conns.schema(SCHEMA)
         conn = self._conns.get()
-        conn.executescript(SCHEMA)
         conn.execute(
             "INSERT OR IGNORE INTO meta(name, value) VALUES('pseudonym_key', ?)",
             (secrets.token_bytes(32),),

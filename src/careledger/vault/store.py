@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from careledger import store_mac
 from careledger.errors import Conflict, NotFound, StorageError, ValidationError
 from careledger.sqlite_threads import GroupCommit
 
@@ -92,9 +93,10 @@ class VaultStore:
         self._closed = False
         self._group = GroupCommit(self._connect, "vault store", self._write_lock)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._keys = store_mac.keys_for(self.path)  # in a node's directory: rows coded (ADR 0019)
         conn = self._connect()
         try:
-            conn.executescript(SCHEMA)
+            store_mac.create_schema(conn, self.path, self._keys, [SCHEMA])
             conn.execute(
                 "INSERT OR IGNORE INTO meta(name, value) VALUES('schema_version', ?)",
                 (SCHEMA_VERSION,),
@@ -119,6 +121,8 @@ class VaultStore:
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA secure_delete=ON")
                 conn.execute("PRAGMA busy_timeout=10000")
+                if self._keys is not None:
+                    self._keys.attach(conn)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open vault store {self.path}: {exc}") from None
             self._local.conn = conn

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from careledger import store_mac
 from careledger.config import Settings
 from careledger.keyfile import read_key_file
 from careledger.node_audit import Difference, NodeContext, StoreCheck
@@ -20,7 +20,7 @@ def copy_of(pristine: Path, tmp_path: Path) -> Path:
 
 
 def run_sql(path: Path, *statements: str) -> None:
-    with closing(sqlite3.connect(path)) as conn:
+    with closing(store_mac.connect(path)) as conn:
         for statement in statements:
             conn.execute(statement)
         conn.commit()

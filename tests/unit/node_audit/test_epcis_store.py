@@ -6,11 +6,11 @@ the schema itself)."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from careledger import store_mac
 from careledger.config import EPCIS_FILE, Settings
 from careledger.keyfile import read_key_file
 from careledger.node_audit import Difference, NodeContext
@@ -111,7 +111,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("epcis-audit") / "node"
     demo_node(data, with_records=False)
     _add_supply_activity(data)
-    with sqlite3.connect(data / EPCIS_FILE) as conn:
+    with store_mac.connect(data / EPCIS_FILE) as conn:
         kinds = {k for (k,) in conn.execute("SELECT kind FROM alerts")}
         statuses = {s for (s,) in conn.execute("SELECT status FROM captures")}
     conn.close()
@@ -151,7 +151,7 @@ def node_copy(pristine: Path, tmp_path: Path) -> Path:
 
 
 def _tamper(data: Path, sql: str) -> None:
-    conn = sqlite3.connect(data / EPCIS_FILE)
+    conn = store_mac.connect(data / EPCIS_FILE)
     try:
         changed = conn.execute(sql).rowcount
         conn.commit()
@@ -163,7 +163,7 @@ def _tamper(data: Path, sql: str) -> None:
 def test_a_clean_node_has_no_difference(pristine: Path) -> None:
     found, progressed = _audit(pristine)
     assert found == []
-    with sqlite3.connect(pristine / EPCIS_FILE) as conn:
+    with store_mac.connect(pristine / EPCIS_FILE) as conn:
         (events,) = conn.execute("SELECT count(*) FROM events").fetchone()
     conn.close()
     assert progressed == events > 0
@@ -265,7 +265,7 @@ CASES = [
 )
 def test_one_tampering_is_named_by_store_and_table(node_copy: Path, table: str, sql: str) -> None:
     if sql.startswith(("DROP", "CREATE")):
-        conn = sqlite3.connect(node_copy / EPCIS_FILE)
+        conn = store_mac.connect(node_copy / EPCIS_FILE)
         conn.execute(sql)
         conn.close()
     else:
@@ -291,7 +291,7 @@ def test_a_recovered_capture_without_its_transaction_id_is_legitimate(node_copy:
 
 
 def test_a_difference_names_the_row(node_copy: Path) -> None:
-    with sqlite3.connect(node_copy / EPCIS_FILE) as conn:
+    with store_mac.connect(node_copy / EPCIS_FILE) as conn:
         (hash_id,) = conn.execute(f"SELECT hash FROM events WHERE seq = {LAST_EVENT}").fetchone()
     conn.close()
     _tamper(node_copy, "UPDATE events SET biz_step = 'receiving'"

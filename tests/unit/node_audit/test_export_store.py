@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from careledger import store_mac
 from careledger.config import Settings
 from careledger.fhir.extract import patient_id
 from careledger.health.access import Caller
@@ -91,7 +91,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Made:
         jobs.close()
         records.close()
         node.stop()
-    with closing(sqlite3.connect(data / EXPORT_FILE)) as conn:
+    with closing(store_mac.connect(data / EXPORT_FILE)) as conn:
         (listed,) = conn.execute("SELECT patients FROM job WHERE id = ?", (complete,)).fetchone()
     patients = json.loads(listed)
     assert patients and not (data / EXPORT_DIR / withdrawn).exists()

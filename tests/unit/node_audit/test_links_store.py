@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
+from careledger import store_mac
 from careledger.config import Settings
 from careledger.contracts.links import NAMESPACE as LINKS
 from careledger.fhir.extract import patient_id
@@ -114,8 +115,8 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Made:
                                patient_of=patient_id)  # fmt: skip
         erased = make("erased", conditions)
         located(erased)
-        with closing(sqlite3.connect(data / LINKS_FILE)) as conn:
-            erased_file = conn.execute("SELECT * FROM file WHERE link = ?",
+        with closing(store_mac.connect(data / LINKS_FILE)) as conn:
+            erased_file = conn.execute("SELECT token_hash, link, jwe, expires FROM file WHERE link = ?",
                                        (ids["erased"],)).fetchone()  # fmt: skip
         time.sleep(2.1)  # the shred comes well after the file was made
         records.shred(caller, later.record_id)  # the listener deletes the patient's files
@@ -142,7 +143,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Made:
         links.close()
         records.close()
         node.stop()
-    with closing(sqlite3.connect(data / LINKS_FILE)) as conn:
+    with closing(store_mac.connect(data / LINKS_FILE)) as conn:
         files = dict(conn.execute("SELECT link, COUNT(*) FROM file GROUP BY link").fetchall())
         left = dict(conn.execute("SELECT id, attempts_left FROM link").fetchall())
     assert files == {ids["guarded"]: 1}  # the revoked and erased links' files are gone
@@ -182,7 +183,7 @@ def secrets_of(data: Path) -> list[str]:
     """What no difference may carry: patients, labels, token hashes, the issuer's key."""
     out = [LABEL, PASSCODE, "Dr Jones"]
     out += [p.stem for p in (data / "keys" / "patients").glob("*.key")]
-    with closing(sqlite3.connect(data / LINKS_FILE)) as conn:
+    with closing(store_mac.connect(data / LINKS_FILE)) as conn:
         out += [str(t) for (t,) in conn.execute("SELECT token_hash FROM link")]
         out += [str(t) for (t,) in conn.execute("SELECT token_hash FROM file")]
         out += [bytes(k).hex()[:16] for (k,) in conn.execute("SELECT wrapped_key FROM link")]
@@ -196,7 +197,7 @@ Tamper = Callable[[Made, sqlite3.Connection, AtRest], object]
 def tamper(made: Made, change: Tamper) -> None:
     sealed = AtRest.for_node(read_key_file(Settings.load(made.data).node_key_file)[1],
                              "health links")  # fmt: skip
-    with closing(sqlite3.connect(made.data / LINKS_FILE)) as conn:
+    with closing(store_mac.connect(made.data / LINKS_FILE)) as conn:
         change(made, conn, sealed)
         conn.commit()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from careledger import store_mac
 from careledger.config import Settings
 from careledger.demo import DEMO_DEVICE
 from careledger.health.access import Caller
@@ -39,7 +40,7 @@ Tamper = Callable[[sqlite3.Connection], object]
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("monitoring-audit") / "node"
     demo_node(data, with_supply=False)
-    with closing(sqlite3.connect(data / MONITORING_FILE)) as conn:
+    with closing(store_mac.connect(data / MONITORING_FILE)) as conn:
         statuses = [s for (s,) in conn.execute("SELECT status FROM windows")]
         ((batches,),) = conn.execute("SELECT COUNT(*) FROM batches").fetchall()
     assert len(statuses) >= 2 and set(statuses) == {"anchored"}
@@ -70,13 +71,13 @@ def audit(data: Path) -> list[Difference]:
 
 
 def patient_of(data: Path) -> str:
-    with closing(sqlite3.connect(data / MONITORING_FILE)) as conn:
+    with closing(store_mac.connect(data / MONITORING_FILE)) as conn:
         ((patient,),) = conn.execute("SELECT DISTINCT patient FROM windows").fetchall()
     return str(patient)
 
 
 def tamper(data: Path, change: Tamper) -> None:
-    with closing(sqlite3.connect(data / MONITORING_FILE)) as conn:
+    with closing(store_mac.connect(data / MONITORING_FILE)) as conn:
         change(conn)
         conn.commit()
 
@@ -214,13 +215,13 @@ def test_a_patients_erasure_passes_and_readings_left_readable_do_not(
         caller = Caller(patient, live.settings.org, roles, parse_scopes(default_scopes(roles)))
         receipt = service.erase_readings(caller, patient, None)  # as DELETE .../readings does
         assert receipt["result"] == "accepted"
-    with closing(sqlite3.connect(node / MONITORING_FILE)) as conn:
+    with closing(store_mac.connect(node / MONITORING_FILE)) as conn:
         wait_for(
             lambda: {bytes(w) for (w,) in conn.execute("SELECT wrapped FROM batches")} == {b"{}"},
             "the readings shredded",
         )
     assert audit(node) == []  # the roots stay: the digests still make them
-    with closing(sqlite3.connect(node / MONITORING_FILE)) as conn:  # nothing to guess from
+    with closing(store_mac.connect(node / MONITORING_FILE)) as conn:  # nothing to guess from
         assert all(not any(bytes(salt)) and not body for salt, body in conn.execute(
             "SELECT salt, body_hash FROM batches"))  # fmt: skip
     # the values that fired an alert were readings too: gone, what the ledger holds kept

@@ -6,7 +6,6 @@ carries a hash, a grant id, a member or a patient."""
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from careledger import store_mac
 from careledger.config import Settings
 from careledger.core.keys import b64url_encode
 from careledger.keyfile import read_key_file
@@ -77,7 +77,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Made:
         grants.revoke_token(b64url_encode(secrets.token_bytes(12)), now + 3600)
     finally:
         grants.close()
-    with closing(sqlite3.connect(data / SMART_FILE)) as conn:
+    with closing(store_mac.connect(data / SMART_FILE)) as conn:
         hidden = [str(v) for table, column in (("refresh", "hash"), ("refresh", "family"),
                   ("auth_code", "hash"), ("spent_code", "hash"), ("launch", "hash"),
                   ("revoked_token", "jti"), ("assertion", "jti"))

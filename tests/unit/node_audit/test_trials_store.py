@@ -5,7 +5,6 @@ difference carries a patient or the pseudonym key."""
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from careledger import store_mac
 from careledger.config import Settings
 from careledger.health.service import HealthRecords
 from careledger.keyfile import read_key_file
@@ -75,7 +75,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Made:
         store.close()
         records.close()
         node.stop()
-    with closing(sqlite3.connect(data / TRIALS_FILE)) as conn:
+    with closing(store_mac.connect(data / TRIALS_FILE)) as conn:
         (key,) = conn.execute("SELECT value FROM meta").fetchone()
     return Made(data, patient, query, [patient, bytes(key).hex()[:16]])
 

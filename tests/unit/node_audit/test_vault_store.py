@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from careledger import store_mac
 from careledger.config import Settings
 from careledger.keyfile import read_key_file
 from careledger.node_audit import Difference, NodeContext
@@ -43,7 +44,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ids]:
 
     data = tmp_path_factory.mktemp("vault-audit") / "node"
     demo_node(data, with_supply=False)
-    with sqlite3.connect(data / VAULT) as conn:
+    with store_mac.connect(data / VAULT) as conn:
         observations = [r for (r,) in conn.execute(
             "SELECT record_id FROM records WHERE resource_type = 'Observation'"
             " ORDER BY record_id LIMIT 3")]  # fmt: skip
@@ -72,7 +73,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ids]:
         records.close()
         node.stop()
         node.ledger.store.close()
-    with sqlite3.connect(data / VAULT) as conn:
+    with store_mac.connect(data / VAULT) as conn:
         assert conn.execute(
             "SELECT ciphertext FROM records WHERE record_id = ?", (shredded,)
         ).fetchone() == (None,)
@@ -136,7 +137,7 @@ def test_the_ledger_is_listed_a_page_at_a_time(node: tuple[Path, Ids]) -> None:
     small = VaultStoreCheck()
     small.ledger_page = 3  # every prefix overflows: the listing goes characters deep
     assert audit(data, small)[0] == []
-    with sqlite3.connect(data / VAULT) as conn:
+    with store_mac.connect(data / VAULT) as conn:
         conn.execute("DELETE FROM records WHERE record_id = ?", (ids.live,))
     conn.close()
     found = audit(data, small)[0]
@@ -282,7 +283,7 @@ CASES: dict[str, tuple[str, Tamper]] = {
 @pytest.mark.parametrize(("table", "tamper"), CASES.values(), ids=CASES.keys())
 def test_a_change_in_any_table_is_named(node: tuple[Path, Ids], table: str, tamper: Tamper) -> None:
     data, ids = node
-    with sqlite3.connect(data / VAULT) as conn:
+    with store_mac.connect(data / VAULT) as conn:
         tamper(conn, ids)
     conn.close()
     found, _, _ = audit(data)
@@ -300,7 +301,7 @@ def test_a_patients_own_wrap_cannot_be_checked_beyond_its_form(node: tuple[Path,
     data, ids = node
     shutil.rmtree(data / "keys" / "patients")
     assert audit(data)[0] == []
-    with sqlite3.connect(data / VAULT) as conn:
+    with store_mac.connect(data / VAULT) as conn:
         flip(conn, "wrapped_keys", "wrapped", "record_id = ? AND version = 1 AND recipient != ?",
              ids.live, ids.node_key)  # fmt: skip
     conn.close()
@@ -324,7 +325,7 @@ def test_a_byte_changed_in_the_file_itself_is_caught(
     holds it (the record's row, its keys, its tokens, an index), changed in place."""
     data, ids = node
     path = data / VAULT
-    with sqlite3.connect(path) as conn:
+    with store_mac.connect(path) as conn:
         (patient,) = conn.execute("SELECT patient FROM records WHERE record_id = ?",
                                   (ids.live,)).fetchone()  # fmt: skip
     conn.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from careledger import store_mac
 from careledger.config import Settings
 from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
@@ -53,7 +54,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         records.close()
         node.stop()
     assert scheduled["receipt"]["result"] == "accepted"
-    with closing(sqlite3.connect(data / VISITS_FILE)) as conn:
+    with closing(store_mac.connect(data / VISITS_FILE)) as conn:
         assert {v for (v,) in conn.execute("SELECT visit FROM links")} == {
             DEMO_VISIT,
             scheduled["visit"]["id"],
@@ -96,7 +97,7 @@ def audit(data: Path) -> list[Difference]:
 
 def tamper(data: Path, change: Tamper) -> None:
     sealed = AtRest.for_node(read_key_file(Settings.load(data).node_key_file)[1], "visits")
-    with closing(sqlite3.connect(data / VISITS_FILE)) as conn:
+    with closing(store_mac.connect(data / VISITS_FILE)) as conn:
         change(conn, sealed)
         conn.commit()
 
