@@ -156,21 +156,26 @@ def main() -> None:
                         "ms",
                         note=f"decrypted {cresult.decrypted} of {cresult.total} matches",
                     )
-            small, big = figures[sizes[0]], figures[sizes[-1]]
-            line(
-                f"page at {sizes[-1]:,} vs {sizes[0]} Observations",
-                f"{big[0] / small[0]:.2f}x (p50)",
-                "target: within 2x",
-            )
-            figure(
-                BENCH,
-                f"10-entry page p50: {sizes[-1]:,} vs {sizes[0]} Observations",
-                big[0],
-                "ms",
-                baseline=f"the same page at {sizes[0]} Observations p50",
-                baseline_value=small[0],
-                note="target: within 2x",
-            )
+            # The target: the 1,000-Observation page within 2x of the 10-Observation
+            # page. Larger patients are printed beside it, with no target.
+            small = figures[sizes[0]]
+            for size in sizes[1:]:
+                big = figures[size]
+                note = "target: within 2x" if size == 1_000 else "no target"
+                line(
+                    f"page at {size:,} vs {sizes[0]} Observations",
+                    f"{big[0] / small[0]:.2f}x (p50)",
+                    note,
+                )
+                figure(
+                    BENCH,
+                    f"10-entry page p50: {size:,} vs {sizes[0]} Observations",
+                    big[0],
+                    "ms",
+                    baseline=f"the same page at {sizes[0]} Observations p50",
+                    baseline_value=small[0],
+                    note=note,
+                )
 
             started = time.perf_counter()
             people = []
