@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.core.keys import KeyPair
 from careledger.core.tx import make_body, sign_body
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.node import Node
-from careledger.scopes import default_scopes, parse_scopes
 
 CHUNK = 1000
 BENCH_OUT = "CARELEDGER_BENCH_OUT"

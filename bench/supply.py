@@ -40,12 +40,12 @@ sys.path.insert(0, str(ROOT))
 from bench.common import figure, pct  # noqa: E402
 from tests.support.nodes import Server, free_port  # noqa: E402
 
+from careledger.callers.caller import Caller  # noqa: E402
+from careledger.callers.scopes import default_scopes, parse_scopes  # noqa: E402
 from careledger.config import EPCIS_FILE, Settings  # noqa: E402
 from careledger.demo import DEMO_MEMBERS  # noqa: E402
-from careledger.health.access import Caller  # noqa: E402
 from careledger.node import Node  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
-from careledger.scopes import default_scopes, parse_scopes  # noqa: E402
 from careledger.supply import epcis_build as b  # noqa: E402
 from careledger.supply.alerts import AlertStore  # noqa: E402
 from careledger.supply.identifiers import (  # noqa: E402

@@ -40,14 +40,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import Chain, figure, pct, plain_db, rate  # noqa: E402
 
+from careledger.callers.caller import Caller  # noqa: E402
+from careledger.callers.scopes import default_scopes, parse_scopes  # noqa: E402
 from careledger.config import Settings  # noqa: E402
 from careledger.core.eligibility import eligible, gather, parse_criteria  # noqa: E402
-from careledger.health.access import Caller  # noqa: E402
 from careledger.health.service import HealthRecords  # noqa: E402
 from careledger.keyfile import generate_keypair, read_key_file  # noqa: E402
 from careledger.node import Node  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
-from careledger.scopes import default_scopes, parse_scopes  # noqa: E402
 from careledger.sealing import open_sealed  # noqa: E402
 from careledger.trials.recruitment import (  # noqa: E402
     TRIALS_FILE,

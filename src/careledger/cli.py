@@ -356,9 +356,10 @@ def verify(
             store, pool=pool, progress=lambda h, n: bar.advance(task), reexecute=reexecute
         )
     differences: list[Any] = []
+    coded: list[Any] = []  # each store's enrolment: since when coded, rows taken as found
     if report.ok and not ledger_only:
         try:
-            differences = _audit_stores(settings, store, json_out)
+            differences, coded = _audit_stores(settings, store, json_out)
         except CareLedgerError as exc:
             store.close()
             raise _fail(exc) from None
@@ -366,6 +367,7 @@ def verify(
     if json_out:
         _print_json({**report.to_json(), "stores_checked": not ledger_only,
                      "differences": [d.to_json() for d in differences],
+                     "stores": [e.to_json() for e in coded],
                      "ok": report.ok and not differences})  # fmt: skip
     elif not report.ok:
         err.print(f"[red]FAILED[/red] at height {report.height}: {report.problem}")
@@ -374,12 +376,15 @@ def verify(
         for d in differences:  # as plain text: a store's content is no markup or escape
             table.add_row(*(Text(_printable(x)) for x in (d.store, d.table, d.row, d.problem)))
         err.print(table)
+        err.print(_coded_table(coded))
         err.print(f"[red]FAILED[/red]: {len(differences)} difference(s) between the node's "
                   "stores and its ledger")  # fmt: skip
     else:
         stores = "" if ledger_only else (
             "; the node's other stores match it and their integrity codes"
         )
+        if coded:
+            out.print(_coded_table(coded))
         out.print(
             f"[green]ok[/green] {report.blocks} blocks, {report.transactions} transactions "
             f"verified{stores}"
@@ -393,17 +398,32 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
-def _audit_stores(settings: Any, store: Any, quiet: bool) -> list[Any]:
-    """Every store beside the ledger, checked against it (node_audit), with a progress bar."""
+def _coded_table(coded: list[Any]) -> Table:
+    """Each store's integrity codes: since when, and how many rows were then taken as found
+    (a store coded again after its codes were removed shows a recent ``since``)."""
+    table = Table("store", "coded since", "rows vouched for", title="integrity codes")
+    for e in coded:
+        since = "-" if e.since is None else _printable(e.since)
+        vouched = "-" if e.vouched is None else str(e.vouched)
+        table.add_row(Text(e.store), Text(since), Text(vouched))
+    return table
+
+
+def _audit_stores(settings: Any, store: Any, quiet: bool) -> tuple[list[Any], list[Any]]:
+    """Every store beside the ledger, checked against it (node_audit), with a progress bar; and
+    each store's enrolment (``since``, ``vouched``)."""
     from careledger.keyfile import read_key_file
     from careledger.node_audit import NodeContext, audit_node, checks, store_size
+    from careledger.node_audit.integrity import IntegrityCheck, enrolment
 
     _, key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
     context = NodeContext(settings.data_dir, store, key, settings.node_name, settings.org)
     total = sum(store_size(check, context) for check in checks())
     with _progress("checking stores", "rows", quiet=quiet) as bar:
         task = bar.add_task("stores", total=total)
-        return audit_node(context, lambda n: bar.advance(task, n))
+        found = audit_node(context, lambda n: bar.advance(task, n))
+    coded = [enrolment(context, c.store) for c in checks() if isinstance(c, IntegrityCheck)]
+    return found, [e for e in coded if e is not None]
 
 
 @app.command()
@@ -443,11 +463,11 @@ def token(
     ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 900,
 ) -> None:
     """Print a short-lived bearer token for a member whose key is in DIR (for scripts)."""
-    from careledger.auth import TokenIssuer
     from careledger.config import KEYS_DIR, Settings
     from careledger.keyfile import read_key_file
     from careledger.ledger.engine import Ledger
     from careledger.storage.sqlite import SQLiteStore
+    from careledger.wiring import token_issuer
 
     try:
         settings = Settings.load(data_dir)
@@ -467,12 +487,11 @@ def token(
         key_file = found[0]
         _, member_key = read_key_file(key_file, passphrase=_passphrase(False))
         _, node_key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))
+        # read-only: the ledger alone (no node, no services) names the signer and the chain
         store = SQLiteStore(settings.store_path, readonly=True)
         ledger = Ledger(store, node_name=settings.node_name, node_key=node_key)
         signer = ledger.signer(member_key.public_b64)
-        issuer = TokenIssuer(
-            chain=ledger.chain, node_name=settings.node_name, node_key=node_key, ttl_seconds=ttl
-        )
+        issuer = token_issuer(ledger.chain, settings, node_key, ttl_seconds=ttl)
         value, _ = issuer.issue(signer)
     except CareLedgerError as exc:
         raise _fail(exc) from None
@@ -508,10 +527,11 @@ def fhir_import(
     """
     from careledger.config import Settings
     from careledger.health.importer import bundle_entries, import_bundles
-    from careledger.health.service import HealthRecords, ServiceSink
+    from careledger.health.service import ServiceSink
     from careledger.keyfile import read_key_file
     from careledger.node import Node
     from careledger.sdk import Client
+    from careledger.wiring import records_session
 
     try:
         settings = Settings.load(data_dir)
@@ -534,13 +554,12 @@ def fhir_import(
         try:
             if node is not None:
                 node.start()
-                records = HealthRecords.for_node(node)
                 try:
-                    report = import_bundles(
-                        bundles, ServiceSink(records, records.node_caller()), progress=advance
-                    )
+                    with records_session(node) as records:
+                        report = import_bundles(
+                            bundles, ServiceSink(records, records.node_caller()), progress=advance
+                        )
                 finally:
-                    records.close()
                     node.stop()
             else:
                 _, key = read_key_file(settings.node_key_file, passphrase=_passphrase(False))

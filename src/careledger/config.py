@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,10 +119,22 @@ def _proxies(raw: object) -> tuple[str, ...]:
         return ()
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
         raise ValueError("trusted_proxies is a list of addresses or networks")
-    from careledger.api.forwarded import networks
-
     networks(raw)  # each one parses, or the node file is refused
     return tuple(raw)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(trusted: Iterable[str]) -> tuple[Network, ...]:
+    """The trusted proxies, parsed (ValueError naming a bad one)."""
+    out = []
+    for text in trusted:
+        try:
+            out.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"trusted_proxies: {text!r} is not an address or network") from None
+    return tuple(out)
 
 
 def _family(raw: object) -> str:

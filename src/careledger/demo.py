@@ -194,14 +194,15 @@ def load_demo_records(data_dir: Path) -> dict[str, Any]:
     """Import the Synthea patients as St Mary's records, and have two of them grant consents."""
     from careledger.config import Settings
     from careledger.health.importer import import_bundles
-    from careledger.health.service import HealthRecords, ServiceSink
+    from careledger.health.service import ServiceSink
     from careledger.jsonio import loads
     from careledger.node import Node
+    from careledger.wiring import records_for
 
     bundles = [loads(path.read_bytes()) for path in sorted(SYNTHEA_DIR.glob("*.json"))]
     node = Node(Settings.load(data_dir))
     node.start()
-    records = HealthRecords.for_node(node)
+    records = records_for(node)
     try:
         report = import_bundles(bundles, ServiceSink(records, records.node_caller()))
         grants = [
@@ -261,20 +262,19 @@ def load_demo_supply(data_dir: Path) -> None:
     Every step is an EPCIS 2.0 document captured as the organisation's own member, so the
     demo's events are queryable at /epcis/events and its units verifiable at /v1/supply/verify.
     """
-    from careledger.config import EPCIS_FILE, Settings
-    from careledger.health.access import Caller
+    from careledger.callers.caller import Caller
+    from careledger.callers.scopes import default_scopes, parse_scopes
+    from careledger.config import Settings
     from careledger.node import Node
-    from careledger.scopes import default_scopes, parse_scopes
     from careledger.supply import epcis_build as b
-    from careledger.supply.repository import EpcisRepository
-    from careledger.supply.service import EpcisService
+    from careledger.wiring import epcis_for
 
     roles = {m: (o, frozenset(r)) for m, _, o, r in DEMO_MEMBERS}
     plen = len(DEMO_PREFIX)
-    node = Node(Settings.load(data_dir))
+    settings = Settings.load(data_dir)
+    node = Node(settings)
     node.start()
-    repository = EpcisRepository(data_dir / EPCIS_FILE)
-    epcis = EpcisService(node, repository)
+    epcis, repository = epcis_for(node, settings)
     clock = iter(range(10, 60))
 
     def caller(member: str) -> Caller:
@@ -427,13 +427,11 @@ def load_demo_monitoring(data_dir: Path) -> None:
     import time
 
     from careledger.config import Settings
-    from careledger.health.service import HealthRecords
     from careledger.keyfile import read_key_file
     from careledger.monitoring import mimic
     from careledger.monitoring.device import sign_batch
-    from careledger.monitoring.ingest import Ingestor
-    from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
     from careledger.node import Node
+    from careledger.wiring import readings_for, records_session, visits_for
 
     keys = data_dir / "keys"
     patient_file = sorted((keys / "patients").glob("*.key"))[-1]
@@ -470,26 +468,21 @@ def load_demo_monitoring(data_dir: Path) -> None:
         ),
         (clinician, "visits", "schedule", visit),
     ]
-    node = Node(Settings.load(data_dir))
+    settings = Settings.load(data_dir)
+    node = Node(settings)
     node.start()
-    store = ReadingsStore.for_node(data_dir / MONITORING_FILE, node.ledger.node_key)
-    ingest = Ingestor(node, store)
+    store, ingest = readings_for(node, settings)
     try:
         for key, contract, method, args in steps:
             (receipt,) = node.execute([(contract, method, args)], keypair=key)
             if receipt["result"] != "accepted":
                 raise RuntimeError(f"demo monitoring step {method} refused: {receipt['code']}")
-        records = HealthRecords.for_node(node)
-        try:
-            from careledger.monitoring.visits import VISITS_FILE, VisitsService
-
-            links = VisitsService(records, data_dir / VISITS_FILE)
+        with records_session(node) as records:
+            links = visits_for(records, settings)
             links.keep_link(
                 "visit-demo-1", "https://video.example/careledger-demo", "oxygen saturation review"
             )
             links.close()
-        finally:
-            records.close()
         ingest.start()
         start = now - 4 * 60_000  # replayed from the binding on: 72 minutes of numerics
         csv = MIMIC_DIR / "s25047-2704-05-04-10-44n.csv"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from careledger.callers.caller import Caller
 from careledger.contracts.identity import key_of
 from careledger.errors import Forbidden, Rejected, ValidationError
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 
 HOLD_RESULT_S = 30.0

@@ -5,7 +5,11 @@ connections are cheap but must not be shared across threads mid-transaction, so 
 gets its own, and ``close`` closes every one of them (not only the caller's).
 
 In a node's directory every connection can write the store's integrity codes
-(``careledger.store_mac``, ADR 0019), and ``schema`` gives a store its coded layout.
+(``careledger.store_mac``, ADR 0019), and ``schema`` gives a store its coded layout. From then
+on ``get`` hands out a connection only while the file's schema is what the node's modules make:
+it checks ``PRAGMA schema_version`` at every call (one pragma, about 2 us) and the whole of
+``sqlite_master`` when that moved, so a trigger, view or index planted in the file is refused
+(``StorageError``) before the node writes anything through it.
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ class ThreadConnections:
         self._all: list[sqlite3.Connection] = []
         self._closed = False
         self._keys = store_mac.keys_for(path)
+        self._guard: store_mac.SchemaGuard | None = None
 
     def get(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
+            if self._guard is not None:
+                self._local.checked = self._guard.check(conn, self._local.checked)
             return conn
         with self._lock:
             if self._closed:
@@ -46,17 +53,30 @@ class ThreadConnections:
                 conn.execute("PRAGMA busy_timeout=10000")
                 if self._keys is not None:
                     self._keys.attach(conn)
+                checked = None
+                if self._guard is not None:
+                    self._guard.authorize(conn)
+                    checked = self._guard.check(conn, None)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open the {self.what}: {exc}") from None
+            except StorageError:
+                conn.close()
+                raise
             self._all.append(conn)
         self._local.conn = conn
+        self._local.checked = checked
         return conn
 
     def schema(self, *scripts: str) -> None:
         """Run the store's schema scripts, then give it its integrity layout (in a node's
         directory): code columns, triggers, digests."""
         try:
-            store_mac.create_schema(self.get(), self.path, self._keys, scripts)
+            conn = self.get()
+            guard = store_mac.create_schema(conn, self.path, self._keys, scripts)
+            if guard is not None:
+                # it knows the scripts of every module that writes this file
+                self._local.checked = guard.check(conn, None)
+                self._guard = guard
         except sqlite3.Error as exc:
             raise StorageError(f"cannot set up the {self.what}: {exc}") from None
 

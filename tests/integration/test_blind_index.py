@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from careledger import store_mac
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import VAULT_FILE, Settings
 from careledger.fhir.search import parse_search
-from careledger.health.access import Caller
 from careledger.health.search import search_patient
 from careledger.health.service import BLIND_INDEX_META, HealthRecords
 from careledger.node import Node
-from careledger.scopes import default_scopes, parse_scopes
 from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration

@@ -19,6 +19,8 @@ import httpx
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
 from careledger.errors import CareLedgerError
 from careledger.fhir.extract import patient_id
@@ -32,10 +34,8 @@ from careledger.fhir.types import (
     RECORD_PATHS,
 )
 from careledger.fhir.validate import _fields, _r4_only, find_issues
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.node import Node
-from careledger.scopes import default_scopes, parse_scopes
 from tests.support.nodes import Server, demo_node, login, serving
 
 pytestmark = pytest.mark.integration

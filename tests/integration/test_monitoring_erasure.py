@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 
 from careledger import store_mac
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
 from careledger.contracts.monitoring import SKEW
 from careledger.core.keys import KeyPair
 from careledger.demo import DEMO_DEVICE
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.keyfile import generate_keypair, read_key_file
 from careledger.monitoring.device import sign_batch
@@ -36,7 +37,6 @@ from careledger.monitoring.store import ERASED_ALERT_FIELDS, MONITORING_FILE, Re
 from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext
 from careledger.node_audit.monitoring_store import MonitoringStoreCheck
-from careledger.scopes import default_scopes, parse_scopes
 from careledger.storage.sqlite import SQLiteStore
 from tests.support.nodes import demo_node, wait_for
 
@@ -158,6 +158,14 @@ def readable(data: Path, patient: str) -> list[int]:
             (patient,),
         ).fetchall()
     return [int(seq) for (seq,) in rows]
+
+
+def drop_no_shred(data: Path) -> None:
+    """The fault goes: a plain connection may drop the planted trigger (it writes no coded
+    table), which the node's own connections refuse to open while it is there."""
+    with closing(sqlite3.connect(data / MONITORING_FILE)) as conn:
+        conn.execute("DROP TRIGGER no_shred")
+        conn.commit()
 
 
 def raw(data: Path, *statements: str) -> None:
@@ -304,8 +312,8 @@ def test_a_failed_shred_is_applied_again(node: Path, caplog: pytest.LogCaptureFi
             assert readable(node, live.patient)
             assert live.ingestor.forget_erased() == 0  # fails again: kept for the next pass
         assert readable(node, live.patient)
+        drop_no_shred(node)  # (the node reads nothing of a store holding a foreign trigger)
         assert live.store.erasure_applied(live.patient) == 0  # not recorded as applied
-        raw(node, "DROP TRIGGER no_shred")
         assert live.ingestor.forget_erased() == 1
         assert readable(node, live.patient) == []
         assert live.store.erasure_applied(live.patient) > 0
@@ -321,7 +329,7 @@ def test_a_failed_shred_is_applied_at_the_next_start(node: Path) -> None:
         live.erase()
         patient = live.patient
         assert readable(node, patient)
-    raw(node, "DROP TRIGGER no_shred")
+    drop_no_shred(node)
     with running(node, start=True):
         assert readable(node, patient) == []
     assert audit(node) == []

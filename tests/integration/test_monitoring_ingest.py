@@ -9,10 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
 from careledger.core.keys import KeyPair
 from careledger.errors import CareLedgerError, Conflict, Forbidden, ValidationError
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.keyfile import generate_keypair, read_key_file
 from careledger.monitoring import mimic
@@ -22,7 +23,6 @@ from careledger.monitoring.ingest import Ingestor
 from careledger.monitoring.readings import ReadingsService
 from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
 from careledger.node import Node
-from careledger.scopes import default_scopes, parse_scopes
 from tests.support.nodes import demo_node, run_cli, wait_for
 from tests.support.vectors import vector_path
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from careledger.callers.caller import SYSTEM, Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
 from careledger.errors import Conflict, Forbidden, ValidationError
 from careledger.fhir.extract import patient_id
 from careledger.fhir.search import parse_search
 from careledger.health import bundles
-from careledger.health.access import SYSTEM, Caller
 from careledger.health.search import run_search
 from careledger.health.service import HealthRecords
 from careledger.node import Node
-from careledger.scopes import default_scopes, parse_scopes
 from tests.support.nodes import demo_node
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,9 @@ and the site's pseudonym key; a federation nonce). Then, in every table of every
 ``integrity`` table too), for every column of a few rows: one byte changed by someone without the
 node's key (the row's code left as it was, as an edit of the file would) is named by the audit
 with its store, table and row. So is a row deleted, a row copied in under another key, and a row
-written with the node's own key after a digest trigger was dropped.
+written with the node's own key after a digest trigger was dropped. And the review's proofs of
+concept against the codes (a trigger planted as an oracle, a store stripped and re-coded), each
+on a copy of the node.
 
 Each change is made in a transaction the audit reads before it is rolled back, so one node
 serves every case.
@@ -31,9 +33,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from careledger import store_mac
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import EPCIS_FILE, VAULT_FILE, Settings
-from careledger.core.keys import b64url_encode
-from careledger.health.access import Caller
+from careledger.core.keys import KeyPair, b64url_encode
+from careledger.errors import StorageError
 from careledger.health.bulk_export import EXPORT_FILE, ExportJobs, ExportRequest
 from careledger.health.federation import FEDERATION_NONCES_FILE
 from careledger.health.replay_guard import ReplayGuard
@@ -47,14 +51,14 @@ from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext, checks
 from careledger.node_audit.federation_store import FederationStoreCheck
 from careledger.node_audit.integrity import ROW_CHANGED, ROWS_CHANGED, IntegrityCheck
-from careledger.scopes import default_scopes, parse_scopes
 from careledger.smart.grants import SMART_FILE, Grant, GrantStore, PendingCode
 from careledger.storage.sqlite import SQLiteStore
 from careledger.store_mac import INTEGRITY, RawText, StoreKeys
 from careledger.trials.consent_records import ConsentRecorder
 from careledger.trials.recruitment import TRIALS_FILE, RecruitmentStore
+from careledger.vault.store import VaultStore
 from tests.support.forgery import forger
-from tests.support.nodes import demo_node
+from tests.support.nodes import demo_node, run_cli
 
 pytestmark = pytest.mark.integration
 STORES = (VAULT_FILE, EPCIS_FILE, MONITORING_FILE, VISITS_FILE, LINKS_FILE, SMART_FILE,
@@ -69,7 +73,10 @@ ROWS_SAMPLED = 2  # the first and the last of each table
 @dataclass(frozen=True)
 class Made:
     data: Path
-    keys: StoreKeys
+    node_key: KeyPair
+
+    def keys(self, store: str) -> StoreKeys:
+        return StoreKeys.for_node(self.node_key, store)
 
 
 def caller(member: str, role: str, scopes: str | None = None, app: str | None = None) -> Caller:
@@ -158,14 +165,14 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
                      "'site-0011223344556677', ?, 'st-mary', ?, 1, 'open', NULL)",
                      (STUDY, patient))  # fmt: skip
         conn.commit()
-    return Made(data, StoreKeys.for_node(read_key_file(Settings.load(data).node_key_file)[1]))
+    return Made(data, read_key_file(Settings.load(data).node_key_file)[1])
 
 
 def audit(made: Made, store: str, conn: sqlite3.Connection, table: str) -> list[Difference]:
     """The store's integrity check, the rows of ``table`` only (all of them for ``integrity``,
     whose rows are the other tables' digests)."""
     only = None if table == INTEGRITY else {table}
-    found = list(IntegrityCheck(store).check_connection(conn, made.keys, lambda n: None,
+    found = list(IntegrityCheck(store).check_connection(conn, made.keys(store), lambda n: None,
                                                         tables=only))  # fmt: skip
     conn.text_factory = str
     return found
@@ -280,7 +287,8 @@ def test_the_node_holds_every_store_each_table_with_rows_and_all_pass(made: Made
             for table in tables_of(path):
                 (n,) = conn.execute(f"SELECT COUNT(*) FROM {q(table)}").fetchone()
                 assert n > 0 or (store, table) in empty, (store, table)
-            found = list(IntegrityCheck(store).check_connection(conn, made.keys, lambda n: None))
+            keys = made.keys(store)
+            found = list(IntegrityCheck(store).check_connection(conn, keys, lambda n: None))
             assert found == [], found
 
 
@@ -344,7 +352,7 @@ def test_a_row_deleted_copied_in_or_written_past_a_dropped_trigger_is_named(
                 misses.append(f"{table}: a copied row: {found}")
         # the insert trigger dropped, then a row written with the node's own key
         with changing(path) as conn:
-            made.keys.attach(conn)
+            made.keys(store).attach(conn)
             conn.execute(f"DROP TRIGGER {q('integrity_' + table + '_insert')}")
             conn.execute(copy, row.params)
             if audit(made, store, conn, table) != [Difference(store, table, "-", ROWS_CHANGED)]:
@@ -367,7 +375,7 @@ def test_the_federation_store_has_a_checker_of_its_own(made: Made, tmp_path: Pat
         context = NodeContext(copy, store, key, settings.node_name, settings.org)
         assert list(FederationStoreCheck().check(context, lambda n: None)) == []
         with closing(sqlite3.connect(copy / FEDERATION_NONCES_FILE)) as conn:
-            made.keys.attach(conn)
+            made.keys(FEDERATION_NONCES_FILE).attach(conn)
             conn.execute("UPDATE seen SET at = 'yesterday'")
             conn.commit()
         found = list(FederationStoreCheck().check(context, lambda n: None))
@@ -376,3 +384,88 @@ def test_the_federation_store_has_a_checker_of_its_own(made: Made, tmp_path: Pat
         assert list(IntegrityCheck(FEDERATION_NONCES_FILE).check(context, lambda n: None)) == []
     finally:
         store.close()
+
+
+# -- the review's proofs of concept, on a copy of the node (ADR 0019, "Review") -----------------
+
+
+def node_copy(made: Made, tmp_path: Path) -> Path:
+    target = tmp_path / "node"
+    shutil.copytree(made.data, target)
+    (target / "node.lock").unlink(missing_ok=True)
+    return target
+
+
+def test_a_trigger_planted_in_one_store_forges_nothing_in_another(
+    made: Made, tmp_path: Path
+) -> None:
+    """H1 (poc_trigger_oracle.py): with the node's nonce store open, someone without the key
+    plants a trigger there to have the node's next nonce compute a vault row's code and digest
+    elements. The node's next write refuses the store (its schema moved, the trigger is not the
+    node's); the vault's codes are under another key anyway; and the vault, planted with a view,
+    is refused at its open, by the node and by a repair connection alike."""
+    data = node_copy(made, tmp_path)
+    fed, vault = data / FEDERATION_NONCES_FILE, data / VAULT_FILE
+    guard = ReplayGuard(fed, keep_ms=600_000)
+    try:
+        with closing(sqlite3.connect(fed, isolation_level=None)) as attacker:
+            attacker.execute("CREATE TABLE loot(k TEXT, v BLOB)")
+            attacker.execute(
+                "CREATE TRIGGER zz_loot AFTER INSERT ON seen BEGIN INSERT INTO loot VALUES("
+                "'new_mac', careledger_row_mac('vault.sqlite', 'wrapped_keys', 'text', x'00')); "
+                "END"
+            )
+            with pytest.raises(StorageError, match="'loot', which no module of the node creates"):
+                guard.first_use("nonce-2", int(time.time() * 1000))
+            assert attacker.execute("SELECT COUNT(*) FROM loot").fetchone() == (0,)
+            with closing(store_mac.connect(vault)) as conn:  # the vault's own: other keys
+                (code,) = conn.execute("SELECT careledger_row_mac('vault.sqlite', "
+                                       "'wrapped_keys', 'text', x'00')").fetchone()  # fmt: skip
+            fed_keys = made.keys(FEDERATION_NONCES_FILE)
+            assert code != fed_keys.row_mac(VAULT_FILE, "wrapped_keys", [RawText(b"\0")])
+    finally:
+        guard.close()
+    with closing(sqlite3.connect(vault)) as attacker:
+        attacker.execute("CREATE VIEW zz_view AS SELECT 1")
+        attacker.commit()
+    for opening in (lambda: VaultStore(vault).close(), lambda: store_mac.connect(vault).close()):
+        with pytest.raises(StorageError, match="'zz_view'"):
+            opening()
+
+
+def test_a_stripped_store_is_refused_and_verify_shows_a_re_enrolment(
+    made: Made, tmp_path: Path
+) -> None:
+    """H3 (poc_strip_revouch.py): the SMART store's integrity table and triggers dropped and a
+    revocation deleted: the node refuses it; once re-coded by hand, ``careledger verify`` finds
+    its codes whole but shows the store's new ``since`` and the rows it vouched for. (This
+    node's SMART rows name an app its ledger does not hold: those differences stay.)"""
+    data = node_copy(made, tmp_path)
+    smart = data / SMART_FILE
+
+    def verify() -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
+        done = run_cli("verify", str(data), "--json")
+        report = json.loads(done.stdout)
+        return {s["store"]: s for s in report["stores"]}, report["differences"]
+
+    with closing(sqlite3.connect(smart)) as conn:
+        (since,) = conn.execute("SELECT since FROM integrity WHERE tbl = ''").fetchone()
+    with closing(sqlite3.connect(smart, isolation_level=None)) as attacker:
+        for (name,) in attacker.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                                        ).fetchall():  # fmt: skip
+            attacker.execute(f"DROP TRIGGER {q(name)}")
+        attacker.execute("DELETE FROM revoked_token")
+        attacker.execute("DROP TABLE integrity")
+    with pytest.raises(StorageError, match="integrity codes were removed"):
+        GrantStore(smart)
+    time.sleep(1.1)  # a later second
+    counts = store_mac.enrol(smart, write=True)
+    shown, differences = verify()
+    assert set(shown) == set(STORES)
+    assert not [d for d in differences if d["problem"] in (ROW_CHANGED, ROWS_CHANGED)
+                or d["table"] == INTEGRITY]  # fmt: skip
+    assert shown[SMART_FILE]["since"] > since and shown[VAULT_FILE]["vouched"] == 0
+    assert shown[SMART_FILE]["vouched"] == sum(counts.values()) > 0
+    table = run_cli("verify", str(data))
+    assert "rows vouched for" in table.stdout + table.stderr
+    GrantStore(smart).close()  # the node opens it again

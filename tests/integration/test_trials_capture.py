@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
 from careledger.errors import NotFound, Rejected
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.keyfile import read_key_file
 from careledger.node import Node
-from careledger.scopes import default_scopes, parse_scopes
 from careledger.trials.recruitment import TRIALS_FILE, RecruitmentStore
 from careledger.trials.service import TrialsService
 from tests.support.nodes import demo_node

@@ -15,5 +15,5 @@ def forger(path: Path | str, code: bytes = bytes(32)) -> sqlite3.Connection:
     ("unknown function")."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.create_function(ROW_FUNCTION, -1, lambda *_: code, deterministic=True)
-    conn.create_function(SET_FUNCTION, 3, lambda digest, *_: digest, deterministic=True)
+    conn.create_function(SET_FUNCTION, 9, lambda _table, digest, *_: digest, deterministic=True)
     return conn

@@ -1,8 +1,10 @@
-"""The pure core stays pure: no I/O, clock, randomness or adapter imports in core and contracts."""
+"""The architecture holds: the pure core stays pure (no I/O, clock, randomness or adapter imports
+in core and contracts), imports go down the layers (docs/architecture.md), no import cycles."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -222,9 +224,9 @@ def _role_sets() -> dict[str, frozenset[str]]:
 
 
 def test_every_role_named_anywhere_is_one_the_ruleset_grants() -> None:
+    from careledger.callers.caller import SYSTEM
+    from careledger.callers.scopes import DEFAULT_SCOPES
     from careledger.contracts.registry import default_registry
-    from careledger.health.access import SYSTEM
-    from careledger.scopes import DEFAULT_SCOPES
 
     rules = default_registry().latest
     roles = set(rules.roles)
@@ -309,6 +311,254 @@ def test_a_cycle_is_caught() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+# -- layers: an allow-list (issue 14) ---------------------------------------------------------
+#
+# Every module of src/careledger sits in exactly one layer, and imports (at load, inside a
+# function or under ``if TYPE_CHECKING:``: every import counts) only from its own layer or a
+# layer below. Layers on one row are independent: neither imports the other. docs/architecture.md
+# says what each layer is for.
+
+LAYERS: tuple[tuple[str, ...], ...] = (  # top to bottom
+    ("edges",),
+    ("services",),
+    ("node",),
+    ("ledger",),
+    ("support", "callers"),
+    ("sources",),
+    ("rules",),
+    ("core",),
+)
+# "x.*" is the module or package x and everything under it; "x" is that one module. A package
+# that mixes layers lists its modules one by one, so a new module in it has to be placed.
+MEMBERS: dict[str, tuple[str, ...]] = {
+    # pure primitives: canonical JSON, hashes, keys, tx, blocks, Merkle log, checkpoints
+    "core": ("errors", "core.*"),
+    # pure domain rules and formats: contracts, FHIR, GS1/EPCIS, Health Links, record encryption
+    "rules": (
+        "contracts.*",
+        "fhir.*",
+        "health_links.*",
+        "supply.cbv",
+        "supply.epcis_build",
+        "supply.epcis_ops",
+        "supply.epcis_validate",
+        "supply.event_hash",
+        "supply.identifiers",
+        "supply.verdict",
+        "supply.verification",
+        "vault.crypto",
+        "vault.blind_index",
+        "monitoring.device",
+        "trials.registration",
+    ),
+    # the clock and randomness the services are given (protocols and the system's own)
+    "sources": ("clock", "entropy"),
+    # who is calling and with what rights: Caller, SMART scopes, bearer tokens
+    "callers": ("callers.*",),
+    # the node's local I/O helpers: settings, key files, SQLite threads and integrity codes,
+    # sealing, nonces, write budgets, the vault's stores; and the client SDK, whose verifiers
+    # the services reuse
+    "support": (
+        "config",
+        "jsonio",
+        "keyfile",
+        "nonces",
+        "sealing",
+        "sqlite_threads",
+        "store_mac",
+        "write_budget",
+        "vault",
+        "vault.at_rest",
+        "vault.ports",
+        "vault.service",
+        "vault.store",
+        "sdk",
+    ),
+    # the engine and its adapters: admission, execution, proofs, storage, ordering, the
+    # consortium's catch-up, NATS server and cosigning witness
+    "ledger": (
+        "ledger.*",
+        "storage.*",
+        "ordering.*",
+        "cluster",
+        "cluster.catchup",
+        "cluster.natsd",
+        "cluster.witness",
+    ),
+    # one node: the ledger with its store, orderer, keys and commit workers
+    "node": ("node", "commit_worker"),
+    # what the node offers: records, SMART apps, monitoring, trials, supply, verify
+    "services": (
+        "health.*",
+        "smart.*",
+        "node_audit.*",
+        "patient_signing",
+        "monitoring",
+        "monitoring.audit",
+        "monitoring.ingest",
+        "monitoring.mimic",
+        "monitoring.readings",
+        "monitoring.service",
+        "monitoring.simulate",
+        "monitoring.store",
+        "monitoring.ticker",
+        "monitoring.visits",
+        "supply",
+        "supply.access",
+        "supply.alerts",
+        "supply.repository",
+        "supply.service",
+        "supply.supply_service",
+        "supply.verification_log",
+        "trials",
+        "trials.audit",
+        "trials.consent_records",
+        "trials.recruitment",
+        "trials.service",
+    ),
+    # the ways in: HTTP API, portal, CLI, demo data, node directories, local clusters
+    "edges": ("__init__", "api.*", "web.*", "cli", "demo", "nodedir", "cluster.local", "wiring"),
+}
+# (importer, imported) pairs allowed against the layers, each with the reason it is not fixed.
+LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
+
+
+def _short(module: str) -> str:
+    return "__init__" if module == "careledger" else module.removeprefix("careledger.")
+
+
+def _matches(pattern: str, module: str) -> bool:
+    name = _short(module)
+    if pattern.endswith(".*"):
+        return name == pattern[:-2] or name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def layers_of(module: str, members: dict[str, tuple[str, ...]] = MEMBERS) -> list[str]:
+    """The layers whose patterns match ``module`` (one pattern a match)."""
+    return [layer for layer, pats in members.items() for p in pats if _matches(p, module)]
+
+
+def all_imports(path: Path, own: str, modules: set[str]) -> set[str]:
+    """The careledger modules that ``path`` (module ``own``) imports anywhere in it (at load,
+    in functions, under TYPE_CHECKING); ``from a.b import c`` names a.b.c if that is a module,
+    else a.b. A name that is no module of ``modules`` is kept as written: a dangling import."""
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "careledger")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            if base.split(".")[0] == "careledger":
+                found.update(
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                    for a in node.names
+                )
+    return found - {own}
+
+
+def full_import_graph() -> dict[str, set[str]]:
+    paths = {_module(p): p for p in SRC.rglob("*.py")}
+    return {name: all_imports(path, name, set(paths)) for name, path in paths.items()}
+
+
+def layer_violations(
+    graph: dict[str, set[str]],
+    layers: tuple[tuple[str, ...], ...] = LAYERS,
+    members: dict[str, tuple[str, ...]] = MEMBERS,
+    exceptions: Iterable[tuple[str, str]] = LAYER_EXCEPTIONS,
+) -> list[str]:
+    """``importer (layer) -> imported (layer)`` for each import that is neither within a layer
+    nor down to a lower row, and not a listed exception; and each import of a careledger
+    module that does not exist (an old path left behind by a move)."""
+    row = {layer: i for i, names in enumerate(layers) for layer in names}
+    allowed = set(exceptions)
+    out = []
+    for importer, imported in sorted((a, b) for a, deps in graph.items() for b in deps):
+        if imported not in graph:
+            out.append(f"{_short(importer)} -> {_short(imported)} (no such module)")
+            continue
+        (upper,), (lower,) = layers_of(importer, members), layers_of(imported, members)
+        if upper == lower or row[lower] > row[upper]:
+            continue
+        if (_short(importer), _short(imported)) not in allowed:
+            out.append(f"{_short(importer)} ({upper}) -> {_short(imported)} ({lower})")
+    return out
+
+
+def test_every_module_is_in_exactly_one_layer() -> None:
+    assert sorted(MEMBERS) == sorted(layer for row in LAYERS for layer in row)
+    graph = full_import_graph()
+    placed = {module: layers_of(module) for module in graph}
+    wrong = {_short(m): found for m, found in placed.items() if len(found) != 1}
+    assert not wrong, f"modules in no layer, or in more than one: {wrong}"
+    patterns = [p for pats in MEMBERS.values() for p in pats]
+    unused = [p for p in patterns if not any(_matches(p, m) for m in graph)]
+    assert not unused, f"layer entries that match no module: {unused}"
+
+
+def test_imports_go_down_the_layers() -> None:
+    graph = full_import_graph()
+    assert len(graph) > 100 and "careledger.callers.caller" in graph["careledger.health.access"]
+    bad = layer_violations(graph)
+    assert not bad, "imports against the layers (see LAYERS):\n" + "\n".join(bad)
+
+
+def test_every_layer_exception_is_still_needed() -> None:
+    graph = full_import_graph()
+    unneeded = [
+        pair
+        for pair in LAYER_EXCEPTIONS
+        if f"careledger.{pair[1]}" not in graph.get(f"careledger.{pair[0]}", set())
+        or not layer_violations(graph, exceptions=set(LAYER_EXCEPTIONS) - {pair})
+    ]
+    assert not unneeded, f"exceptions nothing needs any more: {unneeded}"
+
+
+def test_the_pure_modules_are_in_the_pure_layers() -> None:
+    pure_layers = {"core", "rules"}
+    assert {p.name for p in PURE} and all(
+        set(layers_of(_module(p))) <= pure_layers for p in PURE
+    )
+
+
+def test_a_layer_violation_is_caught(tmp_path: Path) -> None:
+    sample = tmp_path / "careledger" / "contracts" / "bad.py"
+    sample.parent.mkdir(parents=True)
+    sample.write_text(
+        "from careledger.core.keys import KeyPair\n"
+        "def later():\n"
+        "    from careledger.node import Node\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    import careledger.api.deps\n"
+        "from .. import sdk\n"
+        "from careledger.core.gone import thing\n"
+    )
+    modules = {"careledger.core.keys", "careledger.node", "careledger.api.deps", "careledger.sdk"}
+    found = all_imports(sample, "careledger.contracts.bad", modules)
+    assert found == modules | {"careledger.core.gone"}
+    graph = {
+        "careledger.contracts.bad": found,
+        "careledger.callers.tokens": {"careledger.sdk"},
+        **{m: set() for m in modules},
+    }
+    assert layer_violations(graph) == [
+        "callers.tokens (callers) -> sdk (support)",  # independent layers of one row
+        "contracts.bad (rules) -> api.deps (edges)",
+        "contracts.bad -> core.gone (no such module)",
+        "contracts.bad (rules) -> node (node)",
+        "contracts.bad (rules) -> sdk (support)",
+    ]
+    assert "contracts.bad (rules) -> node (node)" not in layer_violations(
+        graph, exceptions=[("contracts.bad", "node")]
+    )
+
+
 # -- commit listeners (ledger/ports.py CommitListener) ------------------------------------------
 #
 # Whatever the node registers on ``commit_listeners`` is called as ``listener(executed)`` and
@@ -383,3 +633,72 @@ def test_a_writing_listener_is_caught(tmp_path: Path) -> None:
     names = registered_listeners(sample)
     assert names == {"on_commit", "pulse"}
     assert sorted(f.split(":")[0] for f in listener_faults(sample, names)) == ["4", "5", "6"]
+
+
+# -- one place wires a node (issue 14) -----------------------------------------------------------
+#
+# The services a node serves are constructed in ``careledger/wiring.py`` only (tests and bench/
+# build them directly to measure or test one): the HTTP app, the CLI and the demo loader go
+# through ``NodeServices`` or one of its named parts, so start/stop order and the clock and
+# randomness they are given are decided in one place.
+
+WIRED = frozenset(
+    {
+        "HealthRecords.for_node",
+        "FederationClient",
+        "FederationServer",
+        "ReplayGuard",
+        "ExportJobs",
+        "ShareLinks",
+        "HealthCards",
+        "EpcisService",
+        "AlertWatcher",
+        "SupplyService",
+        "RecruitmentResponder",
+        "ConsentRecorder",
+        "TrialsService",
+        "Ingestor",
+        "ReadingsService",
+        "MonitoringService",
+        "Ticker",
+        "VisitsService",
+        "TokenIssuer",
+        "GrantStore",
+        "AuthorizationServer",
+    }
+)
+
+
+def wired_constructions(path: Path) -> list[str]:
+    """``line: name`` of each call to a wired constructor (``Name(...)`` or ``Name.for_node``)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name):
+            name = func.id
+        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            name = f"{func.value.id}.{func.attr}"
+        else:
+            continue
+        if name in WIRED:
+            found.append(f"{node.lineno}: {name}")
+    return found
+
+
+def test_only_the_wiring_constructs_the_node_services() -> None:
+    sources = sorted(p for p in SRC.rglob("*.py") if p != SRC / "wiring.py")
+    found = {_name(p): f for p in sources if (f := wired_constructions(p))}
+    assert not found, f"services built outside careledger/wiring.py: {found}"
+    assert len(wired_constructions(SRC / "wiring.py")) >= len(WIRED)  # the check sees them
+
+
+def test_a_service_built_by_hand_is_caught(tmp_path: Path) -> None:
+    sample = tmp_path / "bad.py"
+    sample.write_text(
+        "records = HealthRecords.for_node(node)\n"
+        "issuer = TokenIssuer(chain=c, node_name=n, node_key=k, ttl_seconds=1)\n"
+        "other = Something(records)\n"
+    )
+    assert wired_constructions(sample) == ["1: HealthRecords.for_node", "2: TokenIssuer"]

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from careledger.api.forwarded import ForwardedHeaders, networks
+from careledger.api.forwarded import ForwardedHeaders
+from careledger.config import networks
 
 
 def seen(headers: dict[str, str], *, peer: str = "10.0.0.5", family: str = "x-forwarded",

@@ -15,7 +15,7 @@ from careledger import __version__
 from careledger.api import errors
 from careledger.api.body_limit import BodyLimit
 from careledger.api.cors import AppOriginIndex, AppOrigins
-from careledger.api.forwarded import ForwardedHeaders, networks
+from careledger.api.forwarded import ForwardedHeaders
 from careledger.api.metrics import Metrics
 from careledger.api.routes import (
     auth,
@@ -38,39 +38,13 @@ from careledger.api.routes import (
     visits,
 )
 from careledger.api.routes.events import BlockSignal
-from careledger.auth import TokenIssuer
-from careledger.config import EPCIS_FILE, Settings
-from careledger.health.bulk_export import ExportJobs
-from careledger.health.federation import (
-    FEDERATION_NONCES_FILE,
-    MAX_AGE_MS,
-    FederationClient,
-    FederationServer,
-)
-from careledger.health.health_cards import HealthCards
-from careledger.health.replay_guard import ReplayGuard
-from careledger.health.service import HealthRecords
-from careledger.health.share_links import ShareLinks
-from careledger.monitoring.ingest import Ingestor
-from careledger.monitoring.readings import ReadingsService
-from careledger.monitoring.service import MonitoringService
-from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
-from careledger.monitoring.ticker import Ticker
-from careledger.monitoring.visits import VISITS_FILE, VisitsService
+from careledger.clock import SYSTEM_CLOCK
+from careledger.config import Settings, networks
+from careledger.entropy import SYSTEM_RANDOM
 from careledger.node import Node
-from careledger.smart.grants import SMART_FILE, GrantStore
-from careledger.smart.oauth import AuthorizationServer
-from careledger.smart.oidc import OidcKey
-from careledger.supply.alerts import AlertStore, AlertWatcher
-from careledger.supply.repository import EpcisRepository
-from careledger.supply.service import EpcisService
-from careledger.supply.supply_service import SupplyService
-from careledger.supply.verification_log import VerificationLog
-from careledger.trials.consent_records import ConsentRecorder
-from careledger.trials.recruitment import TRIALS_FILE, RecruitmentResponder, RecruitmentStore
-from careledger.trials.service import TrialsService
 from careledger.web import authorize
 from careledger.web import routes as portal
+from careledger.wiring import NodeServices
 
 
 def public_origin(settings: Settings) -> str:
@@ -87,91 +61,47 @@ def public_origin(settings: Settings) -> str:
 def create_app(settings: Settings, *, node: Node | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        running = node or Node(settings)
         metrics = Metrics()
         signal = BlockSignal(asyncio.get_running_loop())
-        health = HealthRecords.for_node(running)
-        health.federation = FederationClient(health)
-        nonces = ReplayGuard(settings.data_dir / FEDERATION_NONCES_FILE, keep_ms=2 * MAX_AGE_MS)
-        app.state.federation = FederationServer(health, nonces)
-        running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
-        app.state.app_origins = AppOriginIndex(running.ledger)
-        running.ledger.commit_listeners.append(app.state.app_origins.on_commit)
-        app.state.health = health
-        app.state.exports = ExportJobs(health, settings.data_dir)
-        app.state.share_links = ShareLinks(health, settings.data_dir)
-        running.ledger.commit_listeners.append(app.state.share_links.on_commit)
-        app.state.health_cards = HealthCards(health, settings.data_dir)
-        running.ledger.commit_listeners.append(app.state.exports.on_commit)
-        repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
-        app.state.epcis = EpcisService(running, repository)
-        app.state.epcis.recover()  # captures a stopped node left staged
-        alert_store = AlertStore(settings.data_dir / EPCIS_FILE)
-        verification_log = VerificationLog(settings.data_dir / EPCIS_FILE)
-        watcher = AlertWatcher(running.ledger, alert_store)
-        watcher.attach()  # catches up on blocks committed while the API was down
-        app.state.supply = SupplyService(running, alert_store, verification_log)
-        recruitment = RecruitmentStore(settings.data_dir / TRIALS_FILE)
-        responder = RecruitmentResponder(health, recruitment)
-        consent_records = ConsentRecorder(health, settings.data_dir / TRIALS_FILE)
-        app.state.trials = TrialsService(running, health, recruitment)
-        app.state.recruitment = responder
-        readings_store = ReadingsStore.for_node(
-            settings.data_dir / MONITORING_FILE, running.ledger.node_key
+
+        def edge_listeners(running: Node) -> None:
+            running.ledger.commit_listeners.extend([metrics.on_commit, signal.pulse_threadsafe])
+            app.state.app_origins = AppOriginIndex(running.ledger)
+            running.ledger.commit_listeners.append(app.state.app_origins.on_commit)
+
+        services = NodeServices(
+            settings,
+            node=node,
+            clock=SYSTEM_CLOCK,
+            random=SYSTEM_RANDOM,
+            edge_listeners=edge_listeners,
         )
-        ingestor = Ingestor(
-            running,
-            readings_store,
-            window_ms=settings.monitoring_window_ms,
-            window_readings=settings.monitoring_window_readings,
-        )
-        readings = ReadingsService(health, readings_store)
-        running.ledger.commit_listeners.append(readings.on_commit)  # erasure shreds readings
-        running.ledger.commit_listeners.append(ingestor.on_commit)  # and the live values
-        app.state.monitoring = MonitoringService(health, ingestor, readings)
-        ticker = Ticker(running, settings.monitoring_tick_seconds)
-        app.state.visits = VisitsService(health, settings.data_dir / VISITS_FILE)
+        running = services.node
+        app.state.services = services
+        app.state.federation = services.federation
+        app.state.health = services.health
+        app.state.exports = services.exports
+        app.state.share_links = services.share_links
+        app.state.health_cards = services.health_cards
+        app.state.epcis = services.epcis
+        app.state.supply = services.supply
+        app.state.trials = services.trials
+        app.state.recruitment = services.recruitment
+        app.state.monitoring = services.monitoring
+        app.state.visits = services.visits
         metrics.head_height.set(running.ledger.head.height)
         metrics.log_size.set(running.ledger.head.log_size)
         app.state.node = running
         app.state.metrics = metrics
         app.state.block_signal = signal
-        app.state.issuer = TokenIssuer(
-            chain=running.ledger.chain,
-            node_name=settings.node_name,
-            node_key=running.ledger.node_key,
-            ttl_seconds=settings.token_ttl_seconds,
-        )
+        app.state.issuer = services.issuer
         app.state.public_origin = public_origin(settings)
-        grants = GrantStore(settings.data_dir / SMART_FILE)
-        app.state.smart = AuthorizationServer(
-            running.ledger, app.state.issuer, grants, OidcKey.for_node(settings.data_dir)
-        )
-        running.start()
-        responder.attach()  # after start: it answers queries committed while it was down
-        consent_records.attach()
-        ingestor.start()  # re-submits windows closed but not anchored before a restart
-        ticker.start()
+        app.state.smart = services.smart
+        services.start()
         try:
             yield
         finally:
-            app.state.exports.close()  # before the node stops: a running job ends first
-            ticker.stop()
-            ingestor.stop()
-            responder.detach()
-            consent_records.detach()
-            running.stop()
-            health.close()
-            watcher.detach()
-            repository.close()
-            alert_store.close()
-            verification_log.close()
-            recruitment.close()
-            readings_store.close()
-            app.state.visits.close()
-            nonces.close()
-            grants.close()
-            app.state.share_links.close()
+            services.close()
 
     app = FastAPI(
         title="CareLedger",

@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from careledger.auth import TokenClaims, TokenIssuer, scope_within
+from careledger.callers.caller import SYSTEM
+from careledger.callers.scopes import default_scopes, parse_scopes
+from careledger.callers.tokens import TokenClaims, TokenIssuer, scope_within
 from careledger.contracts.apps import app_of
 from careledger.errors import CareLedgerError, Forbidden, Unauthorized
-from careledger.health.access import SYSTEM
 from careledger.node import Node
-from careledger.scopes import default_scopes, parse_scopes
 
 _bearer = HTTPBearer(auto_error=False)
 

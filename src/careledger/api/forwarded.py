@@ -14,24 +14,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from careledger.config import Network
+
 _HOST = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
 )
-
-
-def networks(trusted: Iterable[str]) -> tuple[Network, ...]:
-    """The trusted proxies, parsed (ValueError naming a bad one)."""
-    out = []
-    for text in trusted:
-        try:
-            out.append(ipaddress.ip_network(text.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"trusted_proxies: {text!r} is not an address or network") from None
-    return tuple(out)
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

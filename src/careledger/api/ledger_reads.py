@@ -18,7 +18,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from careledger.api.deps import IssuerDep, NodeDep, _bearer, get_member
-from careledger.auth import TokenClaims
+from careledger.callers.tokens import TokenClaims
 from careledger.errors import Forbidden, Unauthorized
 
 OVERSIGHT_ROLES = frozenset({"node", "admin", "auditor"})

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi.responses import Response
 
-from careledger.auth import TokenClaims
+from careledger.callers.caller import Caller
+from careledger.callers.tokens import TokenClaims
 from careledger.errors import ValidationError
-from careledger.health.access import Caller
 from careledger.jsonio import dumps
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from careledger.callers.caller import Caller
 from careledger.core.checkpoint import (
     MAX_SIGNATURES,
     Checkpoint,
@@ -28,7 +29,6 @@ from careledger.core.checkpoint import (
     parse_vkey,
 )
 from careledger.errors import CareLedgerError, Conflict, ValidationError, VerificationError
-from careledger.health.access import Caller
 from careledger.health.bulk_export import proven_tx
 from careledger.health.export_proof import verify_proven_tx
 from careledger.health.service import HealthRecords

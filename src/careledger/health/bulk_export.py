@@ -36,11 +36,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import secrets
 import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +48,9 @@ from typing import IO, Any, cast
 
 import orjson
 
+from careledger.callers.caller import Caller, require_scope
+from careledger.callers.scopes import allows, restrictions
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.consent import NAMESPACE as CONSENT
 from careledger.contracts.consent import consent_covers, consent_key
 from careledger.contracts.records import (
@@ -65,15 +66,14 @@ from careledger.contracts.records import (
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.core.canonical import canonical_bytes
 from careledger.core.checkpoint import sign_note
+from careledger.entropy import SYSTEM_RANDOM, Random, token_hex
 from careledger.errors import CareLedgerError, Forbidden, NotFound, RateLimited, StorageError
 from careledger.fhir.extract import group_patients
 from careledger.fhir.search import SearchRequest, matches
 from careledger.fhir.types import RECORD_TYPES
-from careledger.health.access import Caller, require_scope
 from careledger.health.scope_query import within_scopes
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.ledger.engine import Ledger
-from careledger.scopes import allows, restrictions
 from careledger.sqlite_threads import ThreadConnections
 
 EXPORT_FILE = "export.sqlite"
@@ -129,7 +129,16 @@ class _File:
 
 
 class ExportJobs:
-    def __init__(self, records: HealthRecords, data_dir: Path) -> None:
+    def __init__(
+        self,
+        records: HealthRecords,
+        data_dir: Path,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
+        self._clock = clock  # job times, expiry of finished exports, consent checks
+        self._random = random  # job ids
         self.records = records
         self.ledger = records.ledger
         self.root = data_dir / EXPORT_DIR
@@ -159,7 +168,7 @@ class ExportJobs:
 
     def _sweep(self) -> None:
         """Remove expired exports, and directories no job owns (a crash between steps)."""
-        cutoff = int(time.time()) - KEEP_SECONDS
+        cutoff = int(self._clock.time()) - KEEP_SECONDS
         for (job,) in self._run(
             "SELECT id FROM job WHERE status NOT IN (?, ?) AND finished < ?", (*RUNNING, cutoff)
         ):
@@ -227,12 +236,12 @@ class ExportJobs:
             )
             for (old,) in kept[KEEP_JOBS - 1 :]:
                 self._forget(old)
-        job = secrets.token_hex(12)
+        job = token_hex(self._random, 12)
         raw = {"kind": request.kind, "url": request.url, "purpose": request.purpose}
         self._run(
             "INSERT INTO job(id, client, org, request, status, progress, created) "
             "VALUES(?, ?, ?, ?, 'accepted', 'waiting to start', ?)",
-            (job, caller.member, caller.org, orjson.dumps(raw).decode(), int(time.time())),
+            (job, caller.member, caller.org, orjson.dumps(raw).decode(), int(self._clock.time())),
         )
         self._pool.submit(self._work, job, caller, request)
         return job
@@ -278,7 +287,7 @@ class ExportJobs:
         self._run(
             "UPDATE job SET status = ?, finished = ?, manifest = ?, error = ?, patients = ? "
             "WHERE id = ?",
-            (status, int(time.time()), orjson.dumps(manifest).decode() if manifest else None,
+            (status, int(self._clock.time()), orjson.dumps(manifest).decode() if manifest else None,
              error or None, orjson.dumps(list(patients)).decode(), job),
         )  # fmt: skip
 
@@ -372,7 +381,7 @@ class ExportJobs:
     ) -> dict[str, Any]:
         height = self.ledger.head.height
         header = self.ledger.store.header(height)
-        moment = header.time if header is not None else int(time.time() * 1000)
+        moment = header.time if header is not None else int(self._clock.time() * 1000)
         files: dict[str, _File] = {}
         proof = _Proof(out, group=request.group is not None)
         reads = _ExportReads(self.records)
@@ -382,7 +391,7 @@ class ExportJobs:
         else:
             patients = self._patients()
         exported = refused = 0
-        now = datetime.now(UTC)
+        now = datetime.fromtimestamp(self._clock.time(), UTC)
         try:
             for start in range(0, len(patients), PATIENTS_PER_COMMIT):
                 if self._stopped(job):
@@ -500,7 +509,7 @@ class ExportJobs:
         uncovered: list[str] = []
         if basis.get("kind") == "consent":
             consent = self.ledger.state(CONSENT, consent_key(str(basis["id"])))
-            now_ms = time.time_ns() // 1_000_000
+            now_ms = self._clock.now_ms()
             uncovered = sorted(
                 kind
                 for kind in kinds

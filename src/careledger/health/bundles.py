@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from careledger.callers.caller import Caller
 from careledger.contracts.records import MAX_BATCH
 from careledger.errors import CareLedgerError, NotFound, ValidationError
 from careledger.fhir.extract import patient_id
@@ -27,7 +28,6 @@ from careledger.fhir.patch import apply_patch, operations_in_binary
 from careledger.fhir.search import parse_search
 from careledger.fhir.types import ORG_TYPES, RECORD_PATHS, RECORD_TYPES
 from careledger.fhir.validate import SUPPORTED_TYPES, validate_resource
-from careledger.health.access import Caller
 from careledger.health.importer import entry_rank, rewrite_references
 from careledger.health.search import existing, run_search
 from careledger.health.service import HealthRecords, StoredResource

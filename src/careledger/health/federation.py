@@ -21,7 +21,9 @@ from typing import Any
 import httpx
 import orjson
 
-from careledger.auth import scope_within
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import Scope, default_scopes, parse_scopes
+from careledger.callers.tokens import scope_within
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import member_key, node_key, resolve_node
 from careledger.contracts.records import NAMESPACE as RECORDS
@@ -36,10 +38,8 @@ from careledger.errors import (
     ValidationError,
     VerificationError,
 )
-from careledger.health.access import Caller
 from careledger.health.replay_guard import ReplayGuard
 from careledger.health.service import HealthRecords, StoredResource
-from careledger.scopes import Scope, default_scopes, parse_scopes
 from careledger.vault.crypto import content_hash
 
 MAX_AGE_MS = 120_000

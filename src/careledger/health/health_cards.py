@@ -13,9 +13,7 @@ the key's ``crlVersion`` moving on so verifiers fetch it again.
 from __future__ import annotations
 
 import os
-import secrets
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,12 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
+from careledger.callers.caller import Caller
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.links import NAMESPACE as LINKS
 from careledger.contracts.links import card_index_key, card_key, crl_counter_key
+from careledger.entropy import SYSTEM_RANDOM, Random, token_hex, token_urlsafe
 from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.health_links.card import (
     card_payload,
@@ -83,7 +83,16 @@ def _date(resource: dict[str, Any]) -> str:
 
 
 class HealthCards:
-    def __init__(self, records: HealthRecords, data_dir: Path) -> None:
+    def __init__(
+        self,
+        records: HealthRecords,
+        data_dir: Path,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
+        self._clock = clock  # cards' nbf
+        self._random = random  # card ids, the issuer's revocation secret
         self.records = records
         self.ledger = records.ledger
         self._path = data_dir / ISSUER_FILE
@@ -97,7 +106,7 @@ class HealthCards:
                 if not self._path.exists():
                     private = ECKey.import_key(ec.generate_private_key(ec.SECP256R1()))
                     doc = {"jwk": private.as_dict(private=True),
-                           "rid_secret": secrets.token_urlsafe(32)}  # fmt: skip
+                           "rid_secret": token_urlsafe(self._random, 32)}  # fmt: skip
                     fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     with os.fdopen(fd, "wb") as handle:
                         handle.write(orjson.dumps(doc))
@@ -149,10 +158,10 @@ class HealthCards:
         subject = self._subject(patient)
         jwk, secret = self._key()
         kid = self._public()["kid"]
-        card_id = secrets.token_hex(16)
+        card_id = token_hex(self._random, 16)
         rid = revocation_id(secret, kid, card_id)
         iss = self.issuer(origin)
-        nbf = int(time.time())
+        nbf = int(self._clock.time())
         best: tuple[str, list[StoredResource]] | None = None
         for count in range(1, min(len(chosen), MAX_TRIES) + 1):
             included = chosen[:count]

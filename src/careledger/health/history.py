@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import restrictions
 from careledger.errors import Forbidden
 from careledger.fhir.outcome import FhirError, Issue
 from careledger.fhir.types import EITHER_TYPES, HELD_TYPES, ORG_ONLY_TYPES
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords, StoredResource
-from careledger.scopes import restrictions
 
 MAX_VERSIONS = 10_000  # versions one history lists before refusing (narrow it with _since)
 

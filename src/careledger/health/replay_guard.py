@@ -7,6 +7,7 @@ custodian's node cannot open a window to replay requests it had already served.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from pathlib import Path
@@ -29,10 +30,13 @@ class ReplayGuard:
         """Record ``nonce``; Unauthorized(REPLAYED_REQUEST) if it was seen while fresh."""
         with self._lock:
             conn = self._conns.get()
-            try:
-                if now - self._last_purge > self.keep_ms:
+            if now - self._last_purge > self.keep_ms:
+                # stale nonces go; a purge that fails (a damaged row) is tried again later, and
+                # never keeps a fresh nonce from being recorded
+                self._last_purge = now
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("DELETE FROM seen WHERE at < ?", (now - 2 * self.keep_ms,))
-                    self._last_purge = now
+            try:
                 conn.execute("INSERT INTO seen(nonce, at) VALUES(?, ?)", (nonce, now))
             except sqlite3.IntegrityError:
                 raise Unauthorized("the request was replayed", code="REPLAYED_REQUEST") from None

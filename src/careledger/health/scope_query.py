@@ -14,10 +14,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from careledger.callers.scopes import Scope, restrictions
 from careledger.errors import Forbidden
 from careledger.fhir.outcome import FhirError
 from careledger.fhir.search import SearchRequest, matches, parse_search
-from careledger.scopes import Scope, restrictions
 
 
 def _refuse(why: str) -> Forbidden:

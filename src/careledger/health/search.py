@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from careledger.callers.caller import Caller
 from careledger.contracts.records import record_of
 from careledger.errors import CareLedgerError, Forbidden, ValidationError
 from careledger.fhir.blind_terms import plan
@@ -37,7 +38,6 @@ from careledger.fhir.search import (
 )
 from careledger.fhir.types import EITHER_TYPES, ORG_ONLY_TYPES, ORG_TYPES, patient_search
 from careledger.fhir.validate import SUPPORTED_TYPES
-from careledger.health.access import Caller
 from careledger.health.scope_query import restrict_search, within_scopes
 from careledger.health.service import HealthRecords, StoredResource
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from careledger.callers.caller import Caller, require_scope
+from careledger.callers.scopes import restrictions
 from careledger.config import KEYS_DIR, VAULT_FILE
 from careledger.contracts.audit import NAMESPACE as AUDIT
 from careledger.contracts.audit import access_key, access_prefix
@@ -61,18 +63,11 @@ from careledger.fhir.types import (
     STORED_BUNDLE_TYPES,
 )
 from careledger.fhir.validate import SUPPORTED_TYPES
-from careledger.health.access import (
-    CARE_ROLES,
-    CUSTODIAN_PURPOSES,
-    Caller,
-    choose_basis,
-    require_scope,
-)
+from careledger.health.access import CARE_ROLES, CUSTODIAN_PURPOSES, choose_basis
 from careledger.health.scope_query import within_scopes
 from careledger.keyfile import generate_keypair, write_key_file
 from careledger.ledger.execute import Executed
 from careledger.node import Node
-from careledger.scopes import restrictions
 from careledger.sealing import open_sealed
 from careledger.sqlite_threads import iso_ms
 from careledger.vault import Vault, VaultStore
@@ -159,7 +154,7 @@ class HealthRecords:
 
     def node_caller(self) -> Caller:
         """The node itself as a caller (imports, demo data): its org's system scopes."""
-        from careledger.scopes import parse_scopes
+        from careledger.callers.scopes import parse_scopes
 
         name = self.node.settings.node_name
         return Caller(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 import sqlite3
 import threading
 import time
@@ -38,10 +37,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from careledger.callers.caller import Caller
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.identity import member_of
 from careledger.contracts.links import LINK_ID, link_key, link_serves
 from careledger.contracts.links import NAMESPACE as LINKS
 from careledger.core.keys import b64url_encode, decode_public_key
+from careledger.entropy import SYSTEM_RANDOM, Random, token_urlsafe
 from careledger.errors import (
     CareLedgerError,
     Forbidden,
@@ -51,7 +53,6 @@ from careledger.errors import (
     ValidationError,
 )
 from careledger.fhir.types import RECORD_TYPES
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords, StoredResource
 from careledger.health_links import jwe
 from careledger.health_links.ips import patient_summary
@@ -172,7 +173,16 @@ def _utf8(text: str | None, what: str, code: str) -> None:
 
 
 class ShareLinks:
-    def __init__(self, records: HealthRecords, data_dir: Path) -> None:
+    def __init__(
+        self,
+        records: HealthRecords,
+        data_dir: Path,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
+        self._clock = clock  # links' and file locations' expiry
+        self._random = random  # link tokens, keys, salts, file tokens
         self.records = records
         self.ledger = records.ledger
         self._conns = ThreadConnections(data_dir / LINKS_FILE, "health link store")
@@ -237,7 +247,7 @@ class ShareLinks:
             raise ValidationError("a passcode needs the P flag", code="BAD_PASSCODE")
         _utf8(passcode, "the passcode", "BAD_PASSCODE")
         _utf8(label, "the label", "BAD_LABEL")
-        if expires is not None and expires <= time.time():
+        if expires is not None and expires <= self._clock.time():
             raise ValidationError("the link must expire in the future", code="BAD_EXPIRY")
         if key is not None and not any(key_bytes(key)):  # BAD_SHLINK unless 32 bytes, too
             raise ValidationError("the link key is all zero bytes: not a key", code="BAD_SHLINK")
@@ -253,9 +263,9 @@ class ShareLinks:
             return {"sign": {"contract": LINKS, "method": "create", "args": args}}
         receipt = sign_as_patient(self.records, caller, LINKS, "create", args, envelope)
         link_id = str(receipt["tx_id"])
-        token = secrets.token_urlsafe(32)
-        key = key or new_key(secrets.token_bytes(32))
-        nonce = secrets.token_bytes(12)
+        token = token_urlsafe(self._random, 32)
+        key = key or new_key(self._random.token_bytes(32))
+        nonce = self._random.token_bytes(12)
         wrapped = nonce + _kek(token).encrypt(nonce, key_bytes(key), link_id.encode())
         frozen = None if "L" in flags else self._current(patient, selection)
         private: dict[str, Any] = {
@@ -263,13 +273,13 @@ class ShareLinks:
             "label": label,
             "frozen": None if frozen is None else [[r, v] for r, v in frozen],
         }
-        salt = secrets.token_bytes(16)
+        salt = self._random.token_bytes(16)
         hashed = salt + _passcode_hash(passcode, salt) if passcode else None
         self._run(
             "INSERT INTO link(id, patient, token_hash, wrapped_key, passcode, attempts_left, "
             "sealed, created) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
             (link_id, patient, _token_hash(token), wrapped, hashed, MAX_ATTEMPTS,
-             self._sealed.seal(orjson.dumps(private), link_id), int(time.time())),
+             self._sealed.seal(orjson.dumps(private), link_id), int(self._clock.time())),
         )  # fmt: skip
         payload = LinkPayload(url=f"{origin}/shl/{token}", key=key, exp=expires,
                               flags=flags, label=label)  # fmt: skip
@@ -304,7 +314,7 @@ class ShareLinks:
             on_ledger = self.ledger.state(LINKS, link_key(link_id)) or {}
             status = str(on_ledger.get("status", "unknown"))
             exp = on_ledger.get("exp")
-            if status == "active" and exp is not None and time.time() * 1000 >= exp:
+            if status == "active" and exp is not None and self._clock.time() * 1000 >= exp:
                 status = "expired"
             out.append({"id": link_id, "label": private["label"], "created": created,
                         "selection": private["selection"], "flags": on_ledger.get("flags", ""),
@@ -340,7 +350,7 @@ class ShareLinks:
         row = rows[0]
         on_ledger = self.ledger.state(LINKS, link_key(row[0]))
         why = link_serves(on_ledger, patient=row[1], custodian=self.records.org,
-                          time=int(time.time() * 1000), types=set())  # fmt: skip
+                          time=int(self._clock.time() * 1000), types=set())  # fmt: skip
         if why is not None or row[4] <= 0:
             raise NotFound("no such link, or it no longer works", code="LINK_INACTIVE")
         return row, str(on_ledger["flags"])
@@ -395,8 +405,8 @@ class ShareLinks:
         if limit is None or len(token_jwe) <= limit:
             entry["embedded"] = token_jwe
         else:
-            file_token = secrets.token_urlsafe(32)
-            self._run("DELETE FROM file WHERE expires < ?", (int(time.time()),))
+            file_token = token_urlsafe(self._random, 32)
+            self._run("DELETE FROM file WHERE expires < ?", (int(self._clock.time()),))
             self._run(
                 "DELETE FROM file WHERE link = ? AND token_hash NOT IN (SELECT token_hash FROM "
                 "file WHERE link = ? ORDER BY expires DESC LIMIT ?)",
@@ -404,7 +414,7 @@ class ShareLinks:
             )
             self._run("INSERT INTO file(token_hash, link, jwe, expires) VALUES(?, ?, ?, ?)",
                       (_token_hash(file_token), row[0], token_jwe.encode(),
-                       int(time.time()) + LOCATION_SECONDS))  # fmt: skip
+                       int(self._clock.time()) + LOCATION_SECONDS))  # fmt: skip
             entry["location"] = f"{origin}/shl/file/{file_token}"
         return {"files": [entry]}
 
@@ -421,12 +431,12 @@ class ShareLinks:
         rows = self._run(
             "SELECT link, jwe, expires FROM file WHERE token_hash = ?", (_token_hash(file_token),)
         )
-        if not rows or rows[0][2] < time.time():
+        if not rows or rows[0][2] < self._clock.time():
             raise NotFound("no such file, or its hour is over", code="LINK_INACTIVE")
         on_ledger = self.ledger.state(LINKS, link_key(rows[0][0]))
         if on_ledger is None or link_serves(
             on_ledger, patient=str(on_ledger["patient"]), custodian=self.records.org,
-            time=int(time.time() * 1000), types=set(),
+            time=int(self._clock.time() * 1000), types=set(),
         ) is not None:  # fmt: skip
             raise NotFound("no such file, or its hour is over", code="LINK_INACTIVE")
         return bytes(rows[0][1]).decode()

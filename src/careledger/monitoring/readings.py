@@ -14,12 +14,12 @@ from typing import Any
 
 import orjson
 
+from careledger.callers.caller import Caller, require_scope
 from careledger.contracts.monitoring import alerts_of_patient, open_alerts, window_of
 from careledger.core import merkle
 from careledger.core.keys import KeyPair, b64url_encode
 from careledger.core.vitals import Reading, from_json, to_observation
 from careledger.errors import Forbidden, Gone, NotFound
-from careledger.health.access import Caller, require_scope
 from careledger.health.service import HealthRecords
 from careledger.ledger.execute import Executed
 from careledger.monitoring.ingest import READINGS_TYPE, batch_record_id, erasure_of, reading_salt

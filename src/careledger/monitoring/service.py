@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from careledger.callers.caller import Caller
 from careledger.contracts.monitoring import NAMESPACE as MONITORING
 from careledger.contracts.monitoring import alert_of, binding_of, next_window
 from careledger.errors import Forbidden, NotFound
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.monitoring.ingest import Ack, Ingestor
 from careledger.monitoring.readings import ReadingsService

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from careledger.callers.caller import Caller
 from careledger.contracts.visits import NAMESPACE as VISITS
 from careledger.contracts.visits import clinician_visit_ids, patient_visit_ids, visit_of
 from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
-from careledger.health.access import Caller
 from careledger.health.service import WRITER_ROLES, HealthRecords
 from careledger.patient_signing import sign_as_patient
 from careledger.sqlite_threads import ThreadConnections, iso_ms

@@ -9,11 +9,11 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from careledger.callers.caller import Caller
 from careledger.contracts.apps import NAMESPACE as APPS
 from careledger.contracts.apps import app_of
 from careledger.core.keys import b64url_encode
 from careledger.errors import NotFound, ValidationError
-from careledger.health.access import Caller
 from careledger.node import Node
 
 MAX_LISTED = 10_000

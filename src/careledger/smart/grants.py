@@ -17,17 +17,17 @@
 from __future__ import annotations
 
 import hashlib
-import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.core.keys import b64url_encode
+from careledger.entropy import SYSTEM_RANDOM, Random
 from careledger.errors import StorageError
 from careledger.sqlite_threads import ThreadConnections
 
@@ -125,7 +125,11 @@ def _text(value: object) -> str | None:
 
 
 class GrantStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, clock: Clock = SYSTEM_CLOCK, random: Random = SYSTEM_RANDOM
+    ) -> None:
+        self._clock = clock  # sweeping revocations (the rest is given ``now``)
+        self._random = random  # codes, refresh tokens, grant families, launch ids
         self._conns = ThreadConnections(path, "SMART grant store")
         self._lock = threading.Lock()
         self._conns.schema(*SCHEMA)
@@ -169,10 +173,10 @@ class GrantStore:
         )
 
     def new_family(self) -> str:
-        return b64url_encode(secrets.token_bytes(16))
+        return b64url_encode(self._random.token_bytes(16))
 
     def issue_refresh(self, grant: Grant, now: int) -> str:
-        token = b64url_encode(secrets.token_bytes(32))
+        token = b64url_encode(self._random.token_bytes(32))
         self._run(
             "INSERT INTO refresh VALUES(?,?,?,?,?,?,?,?,?, 'active')",
             (token_hash(token), grant.family, grant.client_id, grant.member, grant.public_key,
@@ -251,7 +255,7 @@ class GrantStore:
 
     def revoke_token(self, jti: str, until: int) -> None:
         """An access token revoked (sign-out, RFC 7009): refused after a restart too."""
-        self._run("DELETE FROM revoked_token WHERE until < ?", (int(time.time()),))
+        self._run("DELETE FROM revoked_token WHERE until < ?", (int(self._clock.time()),))
         self._run("INSERT OR REPLACE INTO revoked_token VALUES(?, ?)", (jti, int(until)))
 
     def revoked_tokens(self, now: int) -> dict[str, int]:
@@ -262,7 +266,7 @@ class GrantStore:
 
     def issue_code(self, pending: PendingCode, now: int) -> str:
         """A new authorization code for ``pending``; only its hash is stored."""
-        code = b64url_encode(secrets.token_bytes(32))
+        code = b64url_encode(self._random.token_bytes(32))
         p = pending
         with self._transaction():
             self._sweep("auth_code", now)
@@ -316,7 +320,7 @@ class GrantStore:
         self, member: str, client_id: str, patient: str | None, expires: int, now: int
     ) -> str:
         """A new launch id (given to the app); only its hash is stored."""
-        launch_id = b64url_encode(secrets.token_bytes(18))
+        launch_id = b64url_encode(self._random.token_bytes(18))
         with self._transaction():
             self._sweep("launch", now)
             self._run(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,14 +22,15 @@ from urllib.parse import unquote_plus
 
 import jwt
 
-from careledger.auth import TokenIssuer, scope_within
+from careledger.callers.scopes import CONTEXT_SCOPES, default_scopes, parse_scope, parse_scopes
+from careledger.callers.tokens import TokenIssuer, scope_within
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.apps import app_of
 from careledger.contracts.base import Signer
 from careledger.contracts.identity import member_of
 from careledger.core.keys import b64url_encode
 from careledger.errors import CareLedgerError, Unauthorized, ValidationError
 from careledger.ledger.engine import Ledger
-from careledger.scopes import CONTEXT_SCOPES, default_scopes, parse_scope, parse_scopes
 from careledger.smart.grants import Grant, GrantStore, PendingCode, ReusedCode, ReusedToken
 from careledger.smart.oidc import OidcKey
 
@@ -97,13 +97,20 @@ def _one(form: Mapping[str, list[str]], name: str, required: bool = True) -> str
 
 class AuthorizationServer:
     def __init__(
-        self, ledger: Ledger, issuer: TokenIssuer, grants: GrantStore, oidc: OidcKey
+        self,
+        ledger: Ledger,
+        issuer: TokenIssuer,
+        grants: GrantStore,
+        oidc: OidcKey,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock  # codes', launches' and refresh tokens' lifetimes
         self.ledger = ledger
         self.issuer = issuer
         self.grants = grants
         self.oidc = oidc  # codes and launches live in ``grants``: a restart keeps them
-        now = int(time.time())
+        now = int(self._clock.time())
         for family, until in grants.revoked_families(now).items():
             issuer.revoke_grant(family, until)
         issuer.remember_revoked(grants.revoked_tokens(now))
@@ -204,7 +211,7 @@ class AuthorizationServer:
         """The patient an EHR launch was started for (None for a standalone launch)."""
         if request.launch is None:
             return None
-        launch = self.grants.launch(request.launch, int(time.time()))
+        launch = self.grants.launch(request.launch, int(self._clock.time()))
         if (
             launch is None
             or launch.member != signer.member
@@ -217,7 +224,7 @@ class AuthorizationServer:
         """An EHR launch: the portal opens an app about a patient; the app gets ``launch``."""
         if self.app(client_id) is None:
             raise ValidationError("no such app, or it is suspended", code="UNKNOWN_APP")
-        now = int(time.time())
+        now = int(self._clock.time())
         return self.grants.create_launch(signer.member, client_id, patient, now + LAUNCH_TTL, now)
 
     def approve(
@@ -238,7 +245,7 @@ class AuthorizationServer:
         )
         if wants_patient and patient is None:
             raise OAuthError("invalid_request", "patient/ scopes need a patient: choose one")
-        now = int(time.time())
+        now = int(self._clock.time())
         pending = PendingCode(
             client_id=request.client_id,
             redirect_uri=request.redirect_uri,
@@ -334,7 +341,7 @@ class AuthorizationServer:
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise refuse(str(exc)[:120]) from None
-        now = int(time.time())
+        now = int(self._clock.time())
         if claims["sub"] != client_id:
             raise refuse("sub is the client id")
         if int(claims["exp"]) > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW:
@@ -373,7 +380,7 @@ class AuthorizationServer:
         # second use (now, concurrently, or after a restart) revokes whatever it gave.
         family = self.grants.new_family()
         try:
-            pending = self.grants.redeem_code(code, family, int(time.time()))
+            pending = self.grants.redeem_code(code, family, int(self._clock.time()))
         except ReusedCode as reused:  # RFC 6749 4.1.2: revoke what the code gave
             self.issuer.revoke_grant(reused.family, reused.until)
             pending = None
@@ -428,7 +435,7 @@ class AuthorizationServer:
         if patient is not None:
             answer["patient"] = patient
             answer["need_patient_banner"] = True
-        now = int(time.time())
+        now = int(self._clock.time())
         if grant is None and ("offline_access" in words or "online_access" in words):
             lifetime = OFFLINE_SECONDS if "offline_access" in words else ONLINE_SECONDS
             grant = Grant(family, app["client_id"], signer.member, signer.public_key, scope,
@@ -440,7 +447,7 @@ class AuthorizationServer:
     def _id_token(
         self, signer: Signer, app: Mapping[str, Any], pending: PendingCode, issuer_url: str
     ) -> str:
-        now = int(time.time())
+        now = int(self._clock.time())
         kind = "Patient" if signer.roles <= {"patient"} else "Practitioner"
         claims: dict[str, Any] = {
             "iss": issuer_url,
@@ -458,7 +465,7 @@ class AuthorizationServer:
         self, form: Mapping[str, list[str]], app: Mapping[str, Any]
     ) -> dict[str, Any]:
         token = _one(form, "refresh_token") or ""
-        now = int(time.time())
+        now = int(self._clock.time())
         try:
             grant = self.grants.redeem_refresh(token, app["client_id"], now)
         except ReusedToken as reused:
@@ -547,7 +554,7 @@ class AuthorizationServer:
         """The user ends an app's access they approved (False: not theirs, or unknown)."""
         if self.grants.member_of_family(family) != member:
             return False
-        self._revoke_family(family, int(time.time()) + OFFLINE_SECONDS)
+        self._revoke_family(family, int(self._clock.time()) + OFFLINE_SECONDS)
         return True
 
     def _revoke_family(self, family: str, until: int) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import allows
 from careledger.contracts.supply import CAPTURE_ROLES
 from careledger.errors import Forbidden
-from careledger.health.access import Caller
-from careledger.scopes import allows
 
 SUPPLY_SCOPE = "SupplyChain"  # the SMART resource type of the supply API (user/SupplyChain.*)
 SUPPLY_READERS = CAPTURE_ROLES  # the supply contract's roles, and the node

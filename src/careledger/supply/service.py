@@ -16,12 +16,12 @@ from typing import Any
 
 import orjson
 
+from careledger.callers.caller import Caller
 from careledger.contracts.supply import MAX_CAPTURE_EVENTS, capture_of
 from careledger.contracts.supply import NAMESPACE as SUPPLY
 from careledger.core.canonical import canonical_bytes
 from careledger.core.tx import MAX_ENVELOPE_BYTES
 from careledger.errors import CareLedgerError, ValidationError
-from careledger.health.access import Caller
 from careledger.node import Node
 from careledger.supply.access import require_supply
 from careledger.supply.cbv import vocabulary_word

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from careledger.callers.caller import Caller
 from careledger.contracts.base import KeyLister, StateReader
 from careledger.contracts.identity import org_of
 from careledger.contracts.supply import (
@@ -30,7 +31,6 @@ from careledger.contracts.supply import (
     unit_view,
 )
 from careledger.errors import NotFound, ValidationError
-from careledger.health.access import Caller
 from careledger.node import Node
 from careledger.sqlite_threads import iso_ms
 from careledger.supply.access import require_supply

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from careledger.callers.caller import Caller
 from careledger.contracts.payments import NAMESPACE as PAYMENTS
 from careledger.contracts.payments import balance_key
 from careledger.contracts.trials import (
@@ -33,7 +34,6 @@ from careledger.contracts.trials import NAMESPACE as TRIALS
 from careledger.core.tx import decode_envelope, make_body, sign_body
 from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
 from careledger.fhir.extract import patient_id as patient_of
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.node import Node
 from careledger.patient_signing import sign_as_patient

@@ -94,9 +94,13 @@ class VaultStore:
         self._group = GroupCommit(self._connect, "vault store", self._write_lock)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keys = store_mac.keys_for(self.path)  # in a node's directory: rows coded (ADR 0019)
+        # the file's schema, checked before every use of a connection (ADR 0019)
+        self._guard: store_mac.SchemaGuard | None = None
         conn = self._connect()
         try:
-            store_mac.create_schema(conn, self.path, self._keys, [SCHEMA])
+            self._guard = store_mac.create_schema(conn, self.path, self._keys, [SCHEMA])
+            if self._guard is not None:
+                self._local.checked = self._guard.check(conn, None)
             conn.execute(
                 "INSERT OR IGNORE INTO meta(name, value) VALUES('schema_version', ?)",
                 (SCHEMA_VERSION,),
@@ -123,11 +127,17 @@ class VaultStore:
                 conn.execute("PRAGMA busy_timeout=10000")
                 if self._keys is not None:
                     self._keys.attach(conn)
+                if self._guard is not None:
+                    self._guard.authorize(conn)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open vault store {self.path}: {exc}") from None
             self._local.conn = conn
+            self._local.checked = None
             with self._conns_lock:
                 self._conns.append(conn)
+        if self._guard is not None:
+            # one pragma while the schema has not moved; all of sqlite_master when it has
+            self._local.checked = self._guard.check(conn, self._local.checked)
         return conn
 
     def _all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:

@@ -15,11 +15,11 @@ from fastapi.responses import RedirectResponse, Response
 
 from careledger.api.deps import get_node
 from careledger.api.routes.smart import origin_of
+from careledger.callers.scopes import parse_scope, parse_scopes
 from careledger.contracts.audit import CARE_ROLES
 from careledger.contracts.base import Signer
 from careledger.contracts.identity import org_of
 from careledger.errors import CareLedgerError
-from careledger.scopes import parse_scope, parse_scopes
 from careledger.smart.oauth import AuthorizationServer, AuthorizeRequest, OAuthError
 from careledger.web.access_words import when
 from careledger.web.routes import csrf_guard, error_page, form_of, page, session

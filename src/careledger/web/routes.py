@@ -27,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from careledger.api.deps import get_member, get_node
 from careledger.api.ledger_reads import OVERSIGHT_ROLES
 from careledger.api.replies import caller_of as api_caller_of
-from careledger.auth import TokenClaims
+from careledger.callers.caller import Caller
+from careledger.callers.tokens import TokenClaims
 from careledger.contracts.consent import (
     BREAK_GLASS_ROLES,
     awaiting_cosignature,
@@ -41,7 +42,6 @@ from careledger.contracts.supply import location_of, recall_entries
 from careledger.contracts.trials import enrolments_of, study_of
 from careledger.errors import CareLedgerError, Forbidden, NotFound, ValidationError
 from careledger.fhir.outcome import FhirError
-from careledger.health.access import Caller
 from careledger.smart.apps_service import AppsService
 from careledger.sqlite_threads import iso_ms
 from careledger.supply.access import SUPPLY_READERS

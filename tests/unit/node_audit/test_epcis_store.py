@@ -32,10 +32,10 @@ def _add_supply_activity(data: Path) -> None:
     observed unknown serial, a capture the ledger refuses, a refused dispense, an
     illegitimate determination and three verifications (one of a dispensed unit)."""
     from careledger import demo
+    from careledger.callers.caller import Caller
+    from careledger.callers.scopes import default_scopes, parse_scopes
     from careledger.errors import Rejected
-    from careledger.health.access import Caller
     from careledger.node import Node
-    from careledger.scopes import default_scopes, parse_scopes
     from careledger.supply import epcis_build as b
     from careledger.supply.alerts import AlertStore, AlertWatcher
     from careledger.supply.repository import EpcisRepository

@@ -17,16 +17,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from careledger import store_mac
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
 from careledger.fhir.extract import patient_id
-from careledger.health.access import Caller
 from careledger.health.bulk_export import EXPORT_DIR, EXPORT_FILE, ExportJobs, ExportRequest
 from careledger.health.service import HealthRecords
 from careledger.keyfile import read_key_file
 from careledger.node import Node
 from careledger.node_audit import checks
 from careledger.node_audit.export_store import ExportStoreCheck
-from careledger.scopes import default_scopes, parse_scopes
 from tests.support.nodes import demo_node
 from tests.unit.node_audit.stores import audit, copy_of, leaked, run_sql
 

@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
 from careledger import store_mac
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
 from careledger.contracts.links import NAMESPACE as LINKS
 from careledger.fhir.extract import patient_id
-from careledger.health.access import Caller
 from careledger.health.health_cards import ISSUER_FILE, HealthCards
 from careledger.health.service import HealthRecords
 from careledger.health.share_links import LINKS_FILE, Selection, ShareLinks, WrongPasscode
@@ -33,7 +34,6 @@ from careledger.keyfile import read_key_file
 from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext, audit_node, links_store
 from careledger.node_audit.links_store import IssuerKeyCheck, LinksStoreCheck
-from careledger.scopes import default_scopes, parse_scopes
 from careledger.storage.sqlite import SQLiteStore
 from careledger.vault.at_rest import AtRest
 from tests.support.nodes import demo_node

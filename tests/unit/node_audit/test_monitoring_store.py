@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from careledger import store_mac
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
 from careledger.demo import DEMO_DEVICE
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.keyfile import read_key_file
 from careledger.monitoring.device import sign_batch
@@ -28,7 +29,6 @@ from careledger.monitoring.store import MONITORING_FILE, Erasure, ReadingsStore
 from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext
 from careledger.node_audit.monitoring_store import MonitoringStoreCheck
-from careledger.scopes import default_scopes, parse_scopes
 from careledger.storage.sqlite import SQLiteStore
 from tests.support.nodes import demo_node, wait_for
 

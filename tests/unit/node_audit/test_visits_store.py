@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from careledger import store_mac
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
-from careledger.health.access import Caller
 from careledger.health.service import HealthRecords
 from careledger.keyfile import read_key_file
 from careledger.monitoring.visits import VISITS_FILE, VisitsService
 from careledger.node import Node
 from careledger.node_audit import Difference, NodeContext
 from careledger.node_audit.visits_store import VisitsStoreCheck
-from careledger.scopes import default_scopes, parse_scopes
 from careledger.storage.sqlite import SQLiteStore
 from careledger.vault.at_rest import AtRest
 from tests.support.nodes import demo_node

@@ -17,9 +17,9 @@ from careledger.api.replies import json_object as _object
 from careledger.api.replies import json_response as _json
 from careledger.api.routes.events import BlockSignal, follow_blocks
 from careledger.api.routes.tx import read_body
+from careledger.callers.caller import Caller
 from careledger.contracts.monitoring import rules_of
 from careledger.errors import CareLedgerError, ValidationError
-from careledger.health.access import Caller
 from careledger.jsonio import dumps, loads
 from careledger.monitoring.service import MonitoringService
 

@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from careledger.api.deps import MemberDep, get_issuer, get_member, get_node
 from careledger.api.replies import caller_of as _caller
 from careledger.api.replies import json_response as _json
+from careledger.callers.caller import Caller
 from careledger.errors import ValidationError
-from careledger.health.access import Caller
 from careledger.supply.supply_service import (
     SupplyService,
     check_lms_request,

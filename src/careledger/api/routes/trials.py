@@ -12,8 +12,8 @@ from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of
 from careledger.api.replies import json_object as _object
 from careledger.api.replies import json_response as _json
+from careledger.callers.caller import Caller, require_scope
 from careledger.errors import ValidationError
-from careledger.health.access import Caller, require_scope
 from careledger.trials.service import TrialsService
 
 router = APIRouter(prefix="/v1/trials", tags=["trials"])

@@ -2,8 +2,14 @@ from __future__ import annotations
 
 import pytest
 
+from careledger.callers.scopes import (
+    allows,
+    default_scopes,
+    parse_scope,
+    parse_scopes,
+    patient_only,
+)
 from careledger.errors import ValidationError
-from careledger.scopes import allows, default_scopes, parse_scope, parse_scopes, patient_only
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,7 @@ of a signature on every read.
 
 from __future__ import annotations
 
-import secrets
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +16,13 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from careledger.callers.scopes import Scope, default_scopes, parse_scopes
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.base import Signer
 from careledger.core.keys import KeyPair, b64url_encode, decode_public_key, decode_signature
 from careledger.core.keys import verify_signature as ed25519_verify
+from careledger.entropy import SYSTEM_RANDOM, Random
 from careledger.errors import Unauthorized
-from careledger.scopes import Scope, default_scopes, parse_scopes
 
 CHALLENGE_TTL_SECONDS = 120
 MAX_OPEN_CHALLENGES = 10_000
@@ -61,8 +61,19 @@ class TokenClaims:
 
 
 class TokenIssuer:
-    def __init__(self, *, chain: str, node_name: str, node_key: KeyPair, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        *,
+        chain: str,
+        node_name: str,
+        node_key: KeyPair,
+        ttl_seconds: int,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
         self.chain = chain
+        self._clock = clock  # issue times, expiries, challenges' lifetimes
+        self._random = random  # challenges and token ids
         self.node_name = node_name
         self.ttl = ttl_seconds
         self._private = Ed25519PrivateKey.from_private_bytes(node_key.seed)
@@ -80,7 +91,7 @@ class TokenIssuer:
         """A fresh challenge. One client address holds at most a few open at once (its oldest
         is dropped), and when the node holds its maximum the oldest anyone holds is dropped, so
         a flood of anonymous challenges can delay its sender but lock nobody else out."""
-        now = time.time()
+        now = self._clock.time()
         with self._lock:
             mine = self._by_client.setdefault(client, OrderedDict())
             while len(mine) >= MAX_CHALLENGES_PER_CLIENT:
@@ -89,7 +100,7 @@ class TokenIssuer:
             while len(self._challenges) >= MAX_OPEN_CHALLENGES:
                 oldest, (_, owner) = self._challenges.popitem(last=False)
                 self._by_client.get(owner, OrderedDict()).pop(oldest, None)
-            challenge = b64url_encode(secrets.token_bytes(24))
+            challenge = b64url_encode(self._random.token_bytes(24))
             self._challenges[challenge] = (now + CHALLENGE_TTL_SECONDS, client)
             mine[challenge] = None
             self._forget_idle_clients()
@@ -107,7 +118,7 @@ class TokenIssuer:
             return  # expired, foreign or already revoked: nothing left to refuse
         with self._lock:
             if len(self._revoked) >= MAX_REVOKED_TOKENS:
-                now = time.time()
+                now = self._clock.time()
                 self._revoked = {j: e for j, e in self._revoked.items() if e > now}
             self._revoked[str(claims.get("jti", ""))] = float(claims["exp"])
         if self.on_revoke is not None:
@@ -122,7 +133,7 @@ class TokenIssuer:
         """Refuse every token issued from a SMART grant (a revoked or leaked refresh token)."""
         with self._lock:
             if len(self._revoked_grants) >= MAX_REVOKED_TOKENS:
-                now = time.time()
+                now = self._clock.time()
                 self._revoked_grants = {g: e for g, e in self._revoked_grants.items() if e > now}
             self._revoked_grants[grant] = until
 
@@ -133,7 +144,7 @@ class TokenIssuer:
             if entry is not None:
                 self._by_client.get(entry[1], OrderedDict()).pop(challenge, None)
         expiry = None if entry is None else entry[0]
-        if expiry is None or expiry < time.time():
+        if expiry is None or expiry < self._clock.time():
             raise Unauthorized("unknown or expired challenge", code="BAD_CHALLENGE")
         try:
             key, sig = decode_public_key(public_key), decode_signature(signature)
@@ -167,7 +178,7 @@ class TokenIssuer:
                         "a requested scope exceeds the member's roles", code="BAD_SCOPE"
                     )
         granted = default_scopes(signer.roles) if scope is None else scope
-        issued = int(time.time()) if now is None else now
+        issued = int(self._clock.time()) if now is None else now
         claims = {
             "iss": self.node_name,
             "aud": self.chain,
@@ -178,7 +189,7 @@ class TokenIssuer:
             "key": signer.public_key,
             "iat": issued,
             "exp": issued + self.ttl,
-            "jti": b64url_encode(secrets.token_bytes(12)),
+            "jti": b64url_encode(self._random.token_bytes(12)),
         }
         if client_id is not None:
             claims["cid"] = client_id
@@ -192,7 +203,7 @@ class TokenIssuer:
         self, client_id: str, org: str, scope: str, *, now: int | None = None
     ) -> tuple[str, int]:
         """A token for a backend app (SMART Backend Services): it acts as itself, for ``org``."""
-        issued = int(time.time()) if now is None else now
+        issued = int(self._clock.time()) if now is None else now
         claims = {
             "iss": self.node_name,
             "aud": self.chain,
@@ -204,7 +215,7 @@ class TokenIssuer:
             "key": "",
             "iat": issued,
             "exp": issued + self.ttl,
-            "jti": b64url_encode(secrets.token_bytes(12)),
+            "jti": b64url_encode(self._random.token_bytes(12)),
         }
         return jwt.encode(claims, self._private, algorithm="EdDSA"), self.ttl
 
@@ -216,7 +227,7 @@ class TokenIssuer:
         each later use checks only its expiry and the revocations."""
         known = self._verified.get(token)
         if known is not None:
-            if time.time() >= known.expires:  # as PyJWT: expired at exp
+            if self._clock.time() >= known.expires:  # as PyJWT: expired at exp
                 raise Unauthorized("the token has expired", code="TOKEN_EXPIRED")
             self._check_revoked(known.raw)
             return known
@@ -241,19 +252,28 @@ class TokenIssuer:
                 algorithms=["EdDSA"],
                 audience=self.chain,
                 issuer=self.node_name,
-                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+                # exp and iat are judged below by the issuer's clock, as PyJWT would judge them
+                options={
+                    "require": ["exp", "iat", "sub", "aud", "iss"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("the token has expired", code="TOKEN_EXPIRED") from None
-        except jwt.PyJWTError:
+            expires, issued = int(claims["exp"]), int(claims["iat"])
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
             raise Unauthorized("the token is not valid for this node", code="BAD_TOKEN") from None
+        now = self._clock.time()
+        if expires <= now:
+            raise Unauthorized("the token has expired", code="TOKEN_EXPIRED")
+        if issued > now:
+            raise Unauthorized("the token is not valid for this node", code="BAD_TOKEN")
         self._check_revoked(claims)
         return TokenClaims(
             member=str(claims["sub"]),
             org=str(claims.get("org", "")),
             roles=tuple(claims.get("roles", ())),
             public_key=str(claims.get("key", "")),
-            expires=int(claims["exp"]),
+            expires=expires,
             scopes=parse_scopes(str(claims.get("scope", ""))),
             raw=claims,
             app=str(claims["cid"]) if claims.get("cid") else None,
