@@ -130,3 +130,21 @@ def test_the_system_sources_and_encodings() -> None:
     assert token_hex(random, 2) == "0001"
     assert token_urlsafe(random, 3) == b64url_encode(bytes([2, 3, 4]))
     assert len(SYSTEM_RANDOM.token_bytes(16)) == 16
+
+
+def test_a_token_not_yet_valid_by_the_given_clock_is_refused() -> None:
+    """nbf is judged by the issuer's clock, as exp and iat are (not by the machine's)."""
+    clock = FakeClock(NOW)
+    tokens = issuer(clock)
+    key = KeyPair.from_seed(bytes(32))
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.from_private_bytes(key.seed)
+    claims = {"iss": "node-a", "aud": "demo", "sub": "dr-a", "iat": NOW, "exp": NOW + 900,
+              "nbf": NOW + 60, "key": "ed25519:AAAA", "scope": ""}  # fmt: skip
+    early = jwt.encode(claims, private, algorithm="EdDSA")
+    with pytest.raises(Unauthorized) as refused:
+        tokens.verify(early)
+    assert refused.value.code == "BAD_TOKEN"
+    clock.now = NOW + 60  # in 2001, by the given clock: valid, though long expired by the machine's
+    assert tokens.verify(early).member == "dr-a"

@@ -257,15 +257,17 @@ class TokenIssuer:
                     "require": ["exp", "iat", "sub", "aud", "iss"],
                     "verify_exp": False,
                     "verify_iat": False,
+                    "verify_nbf": False,
                 },
             )
             expires, issued = int(claims["exp"]), int(claims["iat"])
+            not_before = int(claims["nbf"]) if "nbf" in claims else None
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
             raise Unauthorized("the token is not valid for this node", code="BAD_TOKEN") from None
         now = self._clock.time()
         if expires <= now:
             raise Unauthorized("the token has expired", code="TOKEN_EXPIRED")
-        if issued > now:
+        if issued > now or (not_before is not None and not_before > now):
             raise Unauthorized("the token is not valid for this node", code="BAD_TOKEN")
         self._check_revoked(claims)
         return TokenClaims(

@@ -336,12 +336,26 @@ class AuthorizationServer:
                 algorithms=[alg],
                 audience=token_url,
                 issuer=client_id,
-                leeway=CLOCK_SKEW,
-                options={"require": ["iss", "sub", "aud", "exp", "jti"]},
+                # exp, iat and nbf are judged below by this server's clock, as PyJWT would
+                options={
+                    "require": ["iss", "sub", "aud", "exp", "jti"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
             )
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            times = {c: claims[c] for c in ("exp", "iat", "nbf") if c in claims}
+            if any(type(t) not in (int, float) for t in times.values()):
+                raise ValueError("exp, iat and nbf are numbers (NumericDate)")
+            expires = int(times.pop("exp"))
+            later = [int(t) for t in times.values()]
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
             raise refuse(str(exc)[:120]) from None
         now = int(self._clock.time())
+        if expires <= now - CLOCK_SKEW:
+            raise refuse("the assertion has expired")
+        if any(moment > now + CLOCK_SKEW for moment in later):
+            raise refuse("the assertion is not yet valid (iat or nbf)")
         if claims["sub"] != client_id:
             raise refuse("sub is the client id")
         if int(claims["exp"]) > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW:
