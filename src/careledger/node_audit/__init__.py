@@ -159,6 +159,14 @@ def unreadable(exc: BaseException) -> str:
     return f"{type(exc).__name__}; the file is damaged or not the node's"
 
 
+def written_columns(conn: sqlite3.Connection, table: str) -> str:
+    """The columns a store's module writes, comma-separated, in table order: ``table_info``
+    leaves out the integrity code, a generated column (ADR 0019). sqlite3.Error if the table
+    cannot be read."""
+    info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+    return ", ".join(str(r[1]) for r in info)
+
+
 def row_count(context: NodeContext, store: str, tables: Sequence[str]) -> int:
     """Rows of a store's tables, for a checker's progress bar (0 without the store; a table it
     cannot count is left out: the check itself then says why)."""

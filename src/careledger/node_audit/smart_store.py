@@ -68,7 +68,7 @@ from typing import Any
 
 from careledger.contracts.apps import app_of, scope_ok
 from careledger.contracts.identity import ID_PATTERN, key_of, member_of
-from careledger.node_audit import Difference, NodeContext, row_count, unreadable
+from careledger.node_audit import Difference, NodeContext, row_count, unreadable, written_columns
 from careledger.node_audit.monitoring_store import schema_differences
 from careledger.smart.grants import SCHEMA, SMART_FILE, SPENT_CODE_SECONDS
 from careledger.smart.oauth import CODE_TTL, LAUNCH_TTL, OFFLINE_SECONDS, ONLINE_SECONDS
@@ -135,9 +135,7 @@ class SmartStoreCheck:
                 ("launch", audit.launch),
             ):
                 try:
-                    # the columns the store writes (table_info leaves out the generated code)
-                    info = conn.execute(f"PRAGMA table_info({table})").fetchall()
-                    listed = ", ".join(str(r[1]) for r in info)
+                    listed = written_columns(conn, table)
                     rows = conn.execute(
                         f"SELECT rowid, {listed} FROM {table} ORDER BY rowid"  # noqa: S608 - our names
                     ).fetchall()

@@ -70,7 +70,7 @@ from careledger.contracts.trials import (
     query_of,
     study_of,
 )
-from careledger.node_audit import Difference, NodeContext, row_count, unreadable
+from careledger.node_audit import Difference, NodeContext, row_count, unreadable, written_columns
 from careledger.node_audit.monitoring_store import schema_differences
 from careledger.trials import consent_records
 from careledger.trials.recruitment import SCHEMA, TRIALS_FILE
@@ -117,9 +117,7 @@ class TrialsStoreCheck:
                 ("consent_records", audit.consent_records),
             ):
                 try:
-                    # the columns the services write (table_info leaves out the generated code)
-                    info = conn.execute(f"PRAGMA table_info({table})").fetchall()
-                    listed = ", ".join(str(r[1]) for r in info)
+                    listed = written_columns(conn, table)
                     rows = conn.execute(f"SELECT {listed} FROM {table}").fetchall()  # noqa: S608 - our names
                 except sqlite3.Error as exc:
                     yield _difference(table, "", f"the table cannot be read ({unreadable(exc)})")
