@@ -14,7 +14,12 @@ Four signals, two sources:
   verifications are reads.
 
 The watcher follows commits and, on start, catches up from the last height it recorded, so no
-block is missed across restarts; an alert is stored once (tx, kind and unit are unique).
+block is missed across restarts; an alert is stored once (tx, kind and unit are unique). The
+recorded height moves with every block that raises an alert, and otherwise at most every
+``HEIGHT_EVERY`` blocks: recording it is a durable write of its own, and the listeners run
+before a block's waiters are answered, so a write on every block added one fsync to every
+request the node answered. A restart re-reads the blocks since the recorded height, which
+raise no alert by construction.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from careledger.ledger.ports import StoredEvent, StoredTx
 from careledger.sqlite_threads import ThreadConnections, iso_ms, page_of
 
 log = logging.getLogger(__name__)
+
+HEIGHT_EVERY = 1_000  # blocks without an alert between two recorded heights, at most
 
 REFUSAL_KINDS = {"UNKNOWN_SERIAL": "never_commissioned", "ALREADY_DISPENSED": "dispensed_twice"}
 ALERT_KINDS = frozenset(
@@ -190,6 +197,7 @@ class AlertWatcher:
     def __init__(self, ledger: Ledger, store: AlertStore) -> None:
         self.ledger = ledger
         self.store = store
+        self._recorded = 0  # the height last written to the store
 
     def attach(self) -> None:
         self.catch_up()
@@ -200,14 +208,21 @@ class AlertWatcher:
             self.ledger.commit_listeners.remove(self.on_commit)
 
     def catch_up(self) -> None:
+        """Alerts of the blocks since the recorded height, written a chunk of blocks at a time
+        (not one durable write per block: a node down for a day would take minutes)."""
         head = self.ledger.head.height
-        for height in range(self.store.height() + 1, head + 1):
+        start = self._recorded = self.store.height()
+        pending: list[Alert] = []
+        for height in range(start + 1, head + 1):
             header = self.ledger.store.header(height)
             if header is None:  # pragma: no cover - the store is consistent up to its head
                 break
             txs = self.ledger.store.block_txs(height)
             events = self.ledger.store.block_events(height)
-            self.store.add(self._alerts(height, header.time, txs, events), height=height)
+            pending += self._alerts(height, header.time, txs, events)
+            if height == head or height - self._recorded >= HEIGHT_EVERY:
+                self.store.add(pending, height=height)
+                self._recorded, pending = height, []
 
     def on_commit(self, executed: Executed) -> None:
         header = executed.block.header
@@ -218,7 +233,9 @@ class AlertWatcher:
             executed.block.events,
             executed.rejections,
         )
-        self.store.add(alerts, height=header.height)
+        if alerts or header.height - self._recorded >= HEIGHT_EVERY:
+            self.store.add(alerts, height=header.height)
+            self._recorded = header.height
 
     def _alerts(
         self,

@@ -8,6 +8,7 @@ import pytest
 
 from careledger.errors import ValidationError
 from careledger.storage.memory import MemoryStore
+from careledger.supply import alerts
 from careledger.supply.alerts import AlertStore, AlertWatcher
 from tests.support.chain import TestChain
 from tests.unit.contracts.test_supply import (
@@ -95,6 +96,40 @@ def test_catch_up_after_a_restart_stores_each_alert_once(
     store.add([], height=0)  # forget progress: a second catch-up must not duplicate
     watcher.catch_up()
     assert kinds(store) == [("never_commissioned", "NOPE")]
+    store.close()
+
+
+def test_blocks_without_alerts_leave_the_height_behind_and_a_restart_finds_what_came_after(
+    setup: tuple[TestChain, AlertStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorded height moves with each alert, and at most HEIGHT_EVERY blocks apart
+    otherwise (a durable write per block delayed every receipt); nothing is missed across a
+    restart, nothing stored twice."""
+    monkeypatch.setattr(alerts, "HEIGHT_EVERY", 3)
+    chain, store = setup
+    watcher = AlertWatcher(chain.ledger, store)
+    watcher.attach()
+    start = store.height()
+    assert start == chain.ledger.head.height
+    ok(commission(chain, "S1"))
+    ok(commission(chain, "S2"))  # two blocks, no alert: nothing written
+    assert store.height() == start
+    assert code(dispense(chain, "NOPE")) == "UNKNOWN_SERIAL"  # an alert: written with its height
+    assert store.height() == chain.ledger.head.height == start + 3
+    for serial in ("S3", "S4", "S5"):
+        ok(commission(chain, serial))
+    assert store.height() == start + 6  # the third block without an alert records it
+    ok(commission(chain, "S6"))
+    watcher.detach()
+    assert store.height() == start + 6 < chain.ledger.head.height
+    assert code(dispense(chain, "GONE")) == "UNKNOWN_SERIAL"  # while the watcher is down
+    for serial in ("S7", "S8", "S9", "S10"):
+        ok(commission(chain, serial))
+    restarted = AlertWatcher(chain.ledger, store)
+    restarted.attach()
+    restarted.detach()
+    assert kinds(store) == [("never_commissioned", "NOPE"), ("never_commissioned", "GONE")]
+    assert store.height() == chain.ledger.head.height
     store.close()
 
 
