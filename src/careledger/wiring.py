@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 # -- the parts, each usable alone -----------------------------------------------------------
 
 
-def records_for(node: Node) -> HealthRecords:
+def records_for(
+    node: Node, *, clock: Clock = SYSTEM_CLOCK, random: Random = SYSTEM_RANDOM
+) -> HealthRecords:
     """The health records service over the node's vault, listening to its commits."""
     from careledger.health.service import HealthRecords
 
-    return HealthRecords.for_node(node)
+    return HealthRecords.for_node(node, clock=clock, random=random)
 
 
 @contextmanager
@@ -52,17 +54,27 @@ def records_session(node: Node) -> Iterator[HealthRecords]:
         records.close()
 
 
-def epcis_for(node: Node, settings: Settings) -> tuple[EpcisService, EpcisRepository]:
+def epcis_for(
+    node: Node,
+    settings: Settings,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    random: Random = SYSTEM_RANDOM,
+) -> tuple[EpcisService, EpcisRepository]:
     """EPCIS capture over the node's event repository (the caller closes the repository)."""
     from careledger.supply.repository import EpcisRepository
     from careledger.supply.service import EpcisService
 
     repository = EpcisRepository(settings.data_dir / EPCIS_FILE)
-    return EpcisService(node, repository), repository
+    return EpcisService(node, repository, clock=clock, random=random), repository
 
 
 def readings_for(
-    node: Node, settings: Settings, *, random: Random = SYSTEM_RANDOM
+    node: Node,
+    settings: Settings,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    random: Random = SYSTEM_RANDOM,
 ) -> tuple[ReadingsStore, Ingestor]:
     """The device readings store and the ingestor that windows readings into it (the caller
     starts and stops the ingestor and closes the store)."""
@@ -76,15 +88,22 @@ def readings_for(
         window_ms=settings.monitoring_window_ms,
         window_readings=settings.monitoring_window_readings,
         rng=random.token_bytes,
+        clock=clock,
     )
     return store, ingestor
 
 
-def visits_for(records: HealthRecords, settings: Settings) -> VisitsService:
+def visits_for(
+    records: HealthRecords,
+    settings: Settings,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    random: Random = SYSTEM_RANDOM,
+) -> VisitsService:
     """Visits and their video links (the caller closes it)."""
     from careledger.monitoring.visits import VISITS_FILE, VisitsService
 
-    return VisitsService(records, settings.data_dir / VISITS_FILE)
+    return VisitsService(records, settings.data_dir / VISITS_FILE, clock=clock, random=random)
 
 
 def token_issuer(
@@ -142,6 +161,7 @@ class NodeServices:
         from careledger.monitoring.service import MonitoringService
         from careledger.monitoring.ticker import Ticker
         from careledger.node import Node
+        from careledger.smart.apps_service import AppsService
         from careledger.smart.grants import SMART_FILE, GrantStore
         from careledger.smart.oauth import AuthorizationServer
         from careledger.smart.oidc import OidcKey
@@ -160,10 +180,10 @@ class NodeServices:
         self.settings, self.clock, self.random = settings, clock, random
         self.node = running = node or Node(settings)
         listeners = running.ledger.commit_listeners
-        self.health = health = records_for(running)
-        health.federation = FederationClient(health)
+        self.health = health = records_for(running, clock=clock, random=random)
+        health.federation = FederationClient(health, clock=clock, random=random)
         self.nonces = ReplayGuard(data_dir / FEDERATION_NONCES_FILE, keep_ms=2 * MAX_AGE_MS)
-        self.federation = FederationServer(health, self.nonces)
+        self.federation = FederationServer(health, self.nonces, clock=clock)
         if edge_listeners is not None:
             edge_listeners(running)
         self.exports = ExportJobs(health, data_dir, clock=clock, random=random)
@@ -171,24 +191,30 @@ class NodeServices:
         listeners.append(self.share_links.on_commit)
         self.health_cards = HealthCards(health, data_dir, clock=clock, random=random)
         listeners.append(self.exports.on_commit)
-        self.epcis, self.epcis_repository = epcis_for(running, settings)
+        self.epcis, self.epcis_repository = epcis_for(running, settings, clock=clock, random=random)
         self.epcis.recover()  # captures a stopped node left staged
         self.alert_store = AlertStore(data_dir / EPCIS_FILE)
         self.verification_log = VerificationLog(data_dir / EPCIS_FILE)
         self.alert_watcher = AlertWatcher(running.ledger, self.alert_store)
         self.alert_watcher.attach()  # catches up on blocks committed while the API was down
-        self.supply = SupplyService(running, self.alert_store, self.verification_log)
-        self.recruitment_store = RecruitmentStore(data_dir / TRIALS_FILE)
-        self.recruitment = RecruitmentResponder(health, self.recruitment_store)
-        self.consent_records = ConsentRecorder(health, data_dir / TRIALS_FILE)
+        self.supply = SupplyService(running, self.alert_store, self.verification_log, clock=clock)
+        self.recruitment_store = RecruitmentStore(
+            data_dir / TRIALS_FILE, clock=clock, random=random
+        )
+        self.recruitment = RecruitmentResponder(
+            health, self.recruitment_store, clock=clock, random=random
+        )
+        self.consent_records = ConsentRecorder(health, data_dir / TRIALS_FILE, random=random)
         self.trials = TrialsService(running, health, self.recruitment_store)
-        self.readings_store, self.ingestor = readings_for(running, settings, random=random)
+        self.readings_store, self.ingestor = readings_for(
+            running, settings, clock=clock, random=random
+        )
         self.readings = ReadingsService(health, self.readings_store)
         listeners.append(self.readings.on_commit)  # erasure shreds readings
         listeners.append(self.ingestor.on_commit)  # and the live values
         self.monitoring = MonitoringService(health, self.ingestor, self.readings)
         self.ticker = Ticker(running, settings.monitoring_tick_seconds)
-        self.visits = visits_for(health, settings)
+        self.visits = visits_for(health, settings, clock=clock, random=random)
         self.issuer = token_issuer(
             running.ledger.chain, settings, running.ledger.node_key, clock=clock, random=random
         )
@@ -196,6 +222,7 @@ class NodeServices:
         self.smart = AuthorizationServer(
             running.ledger, self.issuer, self.grants, OidcKey.for_node(data_dir), clock=clock
         )
+        self.apps = AppsService(running, random=random)
 
     def start(self) -> None:
         self.node.start()

@@ -14,8 +14,6 @@ members remain (they carry no PHI) and nothing else does.
 from __future__ import annotations
 
 import re
-import secrets
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -195,7 +193,7 @@ def transaction(
                 local = writes[index][1]
                 pending[f"Patient/{local}"] = writes[index][3]
             else:
-                local = new_ids[index] = secrets.token_hex(16)
+                local = new_ids[index] = records.new_record_id()
         full_url = entries[index].get("fullUrl")
         if isinstance(full_url, str):
             ids[full_url] = f"{parsed[index][1]}/{local}"
@@ -453,7 +451,7 @@ def _read_entry(
         parse_search(resource_type, parse_qsl(query, keep_blank_values=True)),
         purpose=purpose,
         base_url="",
-        now=datetime.now(UTC),
+        now=records.now(),
     )
     searchset = {
         "resourceType": "Bundle",

@@ -12,8 +12,6 @@ never failed.
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -24,12 +22,14 @@ import orjson
 from careledger.callers.caller import Caller
 from careledger.callers.scopes import Scope, default_scopes, parse_scopes
 from careledger.callers.tokens import scope_within
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.contracts.identity import member_key, node_key, resolve_node
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import record_key, version_key
 from careledger.core.canonical import canonical_bytes
 from careledger.core.keys import b64url_decode, b64url_encode, verify_signature
+from careledger.entropy import SYSTEM_RANDOM, Random, token_hex
 from careledger.errors import (
     CareLedgerError,
     Forbidden,
@@ -66,7 +66,10 @@ def stored_json(stored: StoredResource) -> dict[str, Any]:
 class FederationServer:
     """The custodian's side (A)."""
 
-    def __init__(self, records: HealthRecords, nonces: ReplayGuard) -> None:
+    def __init__(
+        self, records: HealthRecords, nonces: ReplayGuard, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self._clock = clock  # a request's freshness, and when its nonce was seen
         self.records = records
         self.nonces = nonces
 
@@ -83,7 +86,7 @@ class FederationServer:
         return signer
 
     def _fresh(self, body: Mapping[str, Any]) -> None:
-        now = time.time_ns() // 1_000_000
+        now = self._clock.now_ms()
         sent, nonce = body.get("time"), body.get("nonce")
         if type(sent) is not int or abs(now - sent) > MAX_AGE_MS:
             raise Unauthorized("the request is stale or from the future", code="STALE_REQUEST")
@@ -145,7 +148,16 @@ class FederationServer:
 class FederationClient:
     """The reader's side (B)."""
 
-    def __init__(self, records: HealthRecords, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        records: HealthRecords,
+        *,
+        timeout: float = 5.0,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
+        self._clock = clock  # a request's signed time
+        self._random = random  # its nonce
         self.records = records
         self.timeout = timeout
 
@@ -161,8 +173,8 @@ class FederationClient:
             **body,
             "custodian": org,
             "chain": ledger.chain,
-            "time": time.time_ns() // 1_000_000,
-            "nonce": secrets.token_hex(16),
+            "time": self._clock.now_ms(),
+            "nonce": token_hex(self._random, 16),
         }
         signature = b64url_encode(ledger.node_key.sign(request_bytes(operation, body)))
         url = f"{self.endpoint(org)}/v1/federation/{operation}"

@@ -52,14 +52,21 @@ def restrict_search(request: SearchRequest, scopes: tuple[Scope, ...]) -> Search
 
 
 def within_scopes(
-    resource: Mapping[str, Any], scopes: tuple[Scope, ...], base_url: str, action: str = "read"
+    resource: Mapping[str, Any],
+    scopes: tuple[Scope, ...],
+    base_url: str,
+    action: str = "read",
+    *,
+    now: datetime | None = None,
 ) -> bool:
-    """Whether the token's scopes reach this resource for ``action`` (restrictions met)."""
+    """Whether the token's scopes reach this resource for ``action`` (restrictions met);
+    ``now`` (the caller's clock) dates a restriction's relative dates, the system's if None."""
     kind = str(resource.get("resourceType", ""))
     found = restrictions(scopes, kind, action)
     if found is None:
         return True
-    now = datetime.now(UTC)
+    if now is None:
+        now = datetime.now(UTC)
     for restriction in found:
         try:
             request = parse_search(kind, list(restriction))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -244,7 +244,7 @@ def existing(
     request = parse_search(resource_type, pairs)
     request.count, request.offset, request.at = 2, 0, None
     found = run_search(
-        records, caller, request, purpose=purpose, base_url=base_url, now=datetime.now(UTC)
+        records, caller, request, purpose=purpose, base_url=base_url, now=records.now()
     )
     return found.page
 
@@ -349,7 +349,9 @@ def search_own(
     result = _page(records, request, list(candidates), owner, planned.exact, at, now, base_url)
     result.matched = []  # nobody's data: nothing for an access event to name
     # a backstop: what a query-restricted scope does not reach is never returned
-    result.page = [s for s in result.page if within_scopes(s.resource, caller.scopes, "", "read")]
+    result.page = [
+        s for s in result.page if within_scopes(s.resource, caller.scopes, "", "read", now=now)
+    ]
     if request.revincludes:
         result.warnings.append("_revinclude is answered on searches about one patient")
     if request.includes and result.page:

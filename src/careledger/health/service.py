@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ import orjson
 
 from careledger.callers.caller import Caller, require_scope
 from careledger.callers.scopes import restrictions
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.config import KEYS_DIR, VAULT_FILE
 from careledger.contracts.audit import NAMESPACE as AUDIT
 from careledger.contracts.audit import access_key, access_prefix
@@ -36,6 +37,7 @@ from careledger.contracts.records import (
     version_key,
 )
 from careledger.core.keys import KeyPair, b64url_encode, decode_public_key
+from careledger.entropy import SYSTEM_RANDOM, Random, token_hex
 from careledger.errors import (
     CareLedgerError,
     Conflict,
@@ -104,12 +106,18 @@ class StoredResource:
 MAX_ACCESS_LOG = 100_000  # the newest accesses a log shows
 
 
-def _now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 class HealthRecords:
-    def __init__(self, node: Node, vault: Vault, *, patient_keys_dir: Path) -> None:
+    def __init__(
+        self,
+        node: Node,
+        vault: Vault,
+        *,
+        patient_keys_dir: Path,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
+        self.clock = clock  # consent decisions, lastUpdated, search and scope dates
+        self.random = random  # patient pseudonyms, record ids
         self.node = node
         self.ledger = node.ledger
         self.vault = vault
@@ -120,13 +128,17 @@ class HealthRecords:
         self.federation: FederationClient | None = None
 
     @classmethod
-    def for_node(cls, node: Node) -> HealthRecords:
+    def for_node(
+        cls, node: Node, *, clock: Clock = SYSTEM_CLOCK, random: Random = SYSTEM_RANDOM
+    ) -> HealthRecords:
         """The service over the node's own vault file, listening to the node's commits."""
         data_dir = node.settings.data_dir
         records = cls(
             node,
             Vault(VaultStore(data_dir / VAULT_FILE)),
             patient_keys_dir=data_dir / KEYS_DIR / "patients",
+            clock=clock,
+            random=random,
         )
         node.ledger.commit_listeners.append(records.on_commit)
         records.build_blind_index()
@@ -164,6 +176,14 @@ class HealthRecords:
     @property
     def org(self) -> str:
         return self.node.settings.org
+
+    def now(self) -> datetime:
+        """The service clock's time, in UTC (what searches and scope restrictions compare to)."""
+        return datetime.fromtimestamp(self.clock.time(), UTC)
+
+    def new_record_id(self) -> str:
+        """A fresh record id: 16 random bytes, hex."""
+        return token_hex(self.random, 16)
 
     # -- ledger helpers ------------------------------------------------------------------
 
@@ -244,7 +264,7 @@ class HealthRecords:
             action=action,
             purpose=purpose,
             types=types,
-            time=time.time_ns() // 1_000_000,
+            time=self.clock.now_ms(),
         )
         args: dict[str, Any] = {
             "patient": patient,
@@ -267,7 +287,7 @@ class HealthRecords:
     # -- writes --------------------------------------------------------------------------
 
     def register_patient(self, public_key: str | None) -> str:
-        pseudonym = f"pt-{secrets.token_hex(8)}"
+        pseudonym = f"pt-{token_hex(self.random, 8)}"
         if public_key is None:
             keypair = generate_keypair()
             self.patient_keys_dir.mkdir(parents=True, exist_ok=True)
@@ -426,7 +446,7 @@ class HealthRecords:
         require_scope(caller, resource_type, "create", patient)
         self._within(caller, resource, "create")
         self._patient_key(patient)
-        return resource, secrets.token_hex(16), 1, patient
+        return resource, self.new_record_id(), 1, patient
 
     def _prepare_own(
         self, caller: Caller, resource: dict[str, Any], pending: Mapping[str, str]
@@ -437,7 +457,7 @@ class HealthRecords:
         self._group_members(resource)
         require_scope(caller, resource_type, "create", None)
         self._within(caller, resource, "create")
-        return resource, secrets.token_hex(16), 1, ""
+        return resource, self.new_record_id(), 1, ""
 
     def patient_of(
         self,
@@ -660,12 +680,12 @@ class HealthRecords:
             ):  # not this version of ours: another's record, or a version the ledger refused
                 self.vault.store.discard(record.record_id, record.version)
 
-    @staticmethod
-    def _stamped(resource: dict[str, Any], record_id: str, version: int) -> dict[str, Any]:
+    def _stamped(self, resource: dict[str, Any], record_id: str, version: int) -> dict[str, Any]:
         stored = dict(resource)
         stored["id"] = record_id
         meta = dict(stored.get("meta") or {})
-        meta.update({"versionId": str(version), "lastUpdated": _now_iso()})
+        updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock.time()))
+        meta.update({"versionId": str(version), "lastUpdated": updated})
         stored["meta"] = meta
         return stored
 
@@ -938,10 +958,9 @@ class HealthRecords:
         self._within(caller, stored.resource, "read")
         return stored
 
-    @staticmethod
-    def _within(caller: Caller, resource: Mapping[str, Any], action: str) -> None:
+    def _within(self, caller: Caller, resource: Mapping[str, Any], action: str) -> None:
         """Forbidden(SCOPE) for a resource a query-restricted scope does not reach (SMART v2)."""
-        if not within_scopes(resource, caller.scopes, "", action):
+        if not within_scopes(resource, caller.scopes, "", action, now=self.now()):
             raise Forbidden("the token's scopes do not reach this resource", code="SCOPE")
 
     def history(

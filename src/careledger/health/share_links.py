@@ -181,8 +181,8 @@ class ShareLinks:
         clock: Clock = SYSTEM_CLOCK,
         random: Random = SYSTEM_RANDOM,
     ) -> None:
-        self._clock = clock  # links' and file locations' expiry
-        self._random = random  # link tokens, keys, salts, file tokens
+        self._clock = clock  # links' and file locations' expiry, documents' timestamps
+        self._random = random  # link tokens, keys, salts, file tokens, summaries' ids
         self.records = records
         self.ledger = records.ledger
         self._conns = ThreadConnections(data_dir / LINKS_FILE, "health link store")
@@ -480,7 +480,7 @@ class ShareLinks:
         if opened:
             self._log_opening(link_id, patient, opened, recipient)
         document = self._document(patient, selection, opened, origin)
-        updated = max((s.last_updated for s in opened), default=_now())
+        updated = max((s.last_updated for s in opened), default=self._now())
         plain = orjson.dumps(document)
         return jwe.encrypt(plain, b64url_encode(key), FHIR_JSON, compress=True), updated
 
@@ -520,6 +520,11 @@ class ShareLinks:
             elif event.type in ("links.revoked", "links.disabled"):
                 self._run("DELETE FROM file WHERE link = ?", (str(data.get("link")),))
 
+    def _now(self) -> str:
+        """The clock's time as a FHIR instant, to the second (UTC, ``Z``)."""
+        moment = datetime.fromtimestamp(self._clock.time(), UTC)
+        return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
     def _document(
         self, patient: str, selection: Selection, opened: Sequence[StoredResource], origin: str
     ) -> dict[str, Any]:
@@ -529,11 +534,12 @@ class ShareLinks:
             if subject is None:
                 subject = {"resourceType": "Patient", "id": patient}
             others = [r for r in resources if r is not subject]
-            return patient_summary(subject, others, now_iso=_now(), bundle_id=str(uuid.uuid4()))
+            bundle_id = str(uuid.UUID(bytes=self._random.token_bytes(16), version=4))
+            return patient_summary(subject, others, now_iso=self._now(), bundle_id=bundle_id)
         return {
             "resourceType": "Bundle",
             "type": "collection",
-            "timestamp": _now(),
+            "timestamp": self._now(),
             "entry": [
                 {"fullUrl": f"{origin}/fhir/{r['resourceType']}/{r['id']}", "resource": r}
                 for r in resources
@@ -547,7 +553,3 @@ def _recipient(raw: object) -> str:
                               code="BAD_RECIPIENT")  # fmt: skip
     _utf8(raw, "recipient", "BAD_RECIPIENT")
     return raw.strip()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -35,6 +35,7 @@ import orjson
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.identity import member_of
 from careledger.contracts.monitoring import NAMESPACE as MONITORING
 from careledger.contracts.monitoring import (
@@ -156,6 +157,8 @@ class Ingestor:
         window_readings: int = WINDOW_READINGS,
         window_ms: int = WINDOW_MS,
         rng: Callable[[int], bytes] = os.urandom,
+        clock: Clock = SYSTEM_CLOCK,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node = node
         self.ledger = node.ledger
@@ -163,6 +166,9 @@ class Ingestor:
         self.window_readings = window_readings
         self.window_ms = window_ms
         self._rng = rng
+        self._clock = clock  # when a batch was received (stored with it)
+        # how long a window has been open: an interval, never a date (a test drives it)
+        self._monotonic = monotonic
         self._devices: dict[str, DeviceState] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
@@ -215,7 +221,7 @@ class Ingestor:
             raw = self.store.device_state(device)
             state = DeviceState(device) if raw is None else DeviceState.from_json(device, raw)
             if state.count:  # a window left open at the last stop: its timer starts now
-                state.opened = time.monotonic()
+                state.opened = self._monotonic()
             if raw is None:
                 state.window = next_window(self.ledger.state, device)
             self._devices[device] = state
@@ -231,7 +237,7 @@ class Ingestor:
 
     def accept(self, device_id: str, envelope: object, *, received: float | None = None) -> Ack:
         """Check, seal and window one signed batch; its acknowledgement (or a clear error)."""
-        received = time.monotonic() if received is None else received
+        received = self._monotonic() if received is None else received
         batch, body_hash = self._verified(device_id, envelope)
         seq = batch["seq"]
         binding = binding_of(self.ledger.state, device_id)
@@ -337,7 +343,7 @@ class Ingestor:
             patient=patient,
             first_ms=min(r.time_ms for r in readings),
             last_ms=max(r.time_ms for r in readings),
-            received_ms=time.time_ns() // 1_000_000,
+            received_ms=self._clock.now_ms(),
             body_hash=body_hash,
             nonce=nonce,
             ciphertext=seal_resource(
@@ -428,7 +434,7 @@ class Ingestor:
 
     def close_due(self, now: float | None = None) -> int:
         """Close every window open for ``window_ms`` or longer; how many closed."""
-        now = time.monotonic() if now is None else now
+        now = self._monotonic() if now is None else now
         closed = 0
         for device, state in list(self._devices.items()):
             if state.opened is None or (now - state.opened) * 1000 < self.window_ms:

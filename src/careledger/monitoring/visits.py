@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import secrets
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from careledger.callers.caller import Caller
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.visits import NAMESPACE as VISITS
 from careledger.contracts.visits import clinician_visit_ids, patient_visit_ids, visit_of
+from careledger.entropy import SYSTEM_RANDOM, Random, token_hex
 from careledger.errors import Forbidden, NotFound, Rejected, ValidationError
 from careledger.health.service import WRITER_ROLES, HealthRecords
 from careledger.patient_signing import sign_as_patient
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS reasons(visit TEXT PRIMARY KEY, reason TEXT NOT NULL)
 """
 
 
-def encounter(visit: Mapping[str, Any], record_id: str) -> dict[str, Any]:
+def encounter(visit: Mapping[str, Any], record_id: str, *, ended_ms: int) -> dict[str, Any]:
     return {
         "resourceType": "Encounter",
         "id": record_id,
@@ -48,12 +48,14 @@ def encounter(visit: Mapping[str, Any], record_id: str) -> dict[str, Any]:
         },
         "subject": {"reference": f"Patient/{visit['patient']}"},
         "participant": [{"individual": {"display": visit["clinician"]}}],
-        "period": {"start": iso_ms(visit["started"]), "end": iso_ms(int(time.time() * 1000))},
+        "period": {"start": iso_ms(visit["started"]), "end": iso_ms(ended_ms)},
         "reasonCode": [{"text": visit["reason"]}] if visit.get("reason") else [],
     }
 
 
-def progress_note(visit: Mapping[str, Any], encounter_id: str, text: str) -> dict[str, Any]:
+def progress_note(
+    visit: Mapping[str, Any], encounter_id: str, text: str, *, date_ms: int
+) -> dict[str, Any]:
     return {
         "resourceType": "DocumentReference",
         "status": "current",
@@ -63,7 +65,7 @@ def progress_note(visit: Mapping[str, Any], encounter_id: str, text: str) -> dic
             ]
         },
         "subject": {"reference": f"Patient/{visit['patient']}"},
-        "date": iso_ms(int(time.time() * 1000)),
+        "date": iso_ms(date_ms),
         "content": [
             {
                 "attachment": {
@@ -77,8 +79,17 @@ def progress_note(visit: Mapping[str, Any], encounter_id: str, text: str) -> dic
 
 
 class VisitsService:
-    def __init__(self, records: HealthRecords, path: Path) -> None:
+    def __init__(
+        self,
+        records: HealthRecords,
+        path: Path,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
         self.records = records
+        self._clock = clock  # upcoming or past, and the note's times
+        self._random = random  # visit and note ids
         self.node = records.node
         self.ledger = records.ledger
         self._conns = ThreadConnections(path, "visit links")
@@ -119,7 +130,7 @@ class VisitsService:
         listed = patient_visit_ids if "patient" in caller.roles else clinician_visit_ids
         ids = listed(self.ledger.store.state_keys, caller.member, 10_000)
         visits = [self.visit(caller, i) for i in ids]
-        now = int(time.time() * 1000)
+        now = int(self._clock.time() * 1000)
         upcoming = [
             v for v in visits if v["status"] in {"scheduled", "in_progress"} and v["end"] >= now
         ]
@@ -136,7 +147,8 @@ class VisitsService:
         reason = body.get("reason") or ""
         if not isinstance(reason, str) or len(reason) > 512:
             raise ValidationError("reason is a short text", code="BAD_REQUEST")
-        visit_id = f"visit-{secrets.token_hex(8)}"  # never the caller's: ids are not claimable
+        # never the caller's: ids are not claimable
+        visit_id = f"visit-{token_hex(self._random, 8)}"
         args = {
             "id": visit_id,
             "patient": body.get("patient"),
@@ -198,10 +210,11 @@ class VisitsService:
             raise Rejected("NOT_STARTED", "only a visit in progress ends")
         if caller.org != self.records.org or not caller.roles & WRITER_ROLES:
             raise Forbidden("the visit's organisation keeps its note", code="NOT_CUSTODIAN")
-        encounter_id, note_id = secrets.token_hex(16), secrets.token_hex(16)
+        encounter_id, note_id = token_hex(self._random, 16), token_hex(self._random, 16)
+        ended = int(self._clock.time() * 1000)  # the encounter's end is the note's date
         writes = [
-            (encounter(visit, encounter_id), encounter_id, 1, visit["patient"]),
-            (progress_note(visit, encounter_id, note), note_id, 1, visit["patient"]),
+            (encounter(visit, encounter_id, ended_ms=ended), encounter_id, 1, visit["patient"]),
+            (progress_note(visit, encounter_id, note, date_ms=ended), note_id, 1, visit["patient"]),
         ]
 
         def ending(written: list[tuple[str, int, str]]) -> list[tuple[str, str, Mapping[str, Any]]]:

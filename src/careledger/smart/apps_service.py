@@ -5,7 +5,6 @@ SHA-256 reaches the ledger."""
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +12,7 @@ from careledger.callers.caller import Caller
 from careledger.contracts.apps import NAMESPACE as APPS
 from careledger.contracts.apps import app_of
 from careledger.core.keys import b64url_encode
+from careledger.entropy import SYSTEM_RANDOM, Random
 from careledger.errors import NotFound, ValidationError
 from careledger.node import Node
 
@@ -31,7 +31,8 @@ def public_view(app: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class AppsService:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, random: Random = SYSTEM_RANDOM) -> None:
+        self._random = random  # confidential apps' client secrets
         self.node = node
 
     def register(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,7 +42,7 @@ class AppsService:
         args = dict(body)
         secret = None
         if args.get("kind") == "confidential" and "jwks" not in args:
-            secret = b64url_encode(secrets.token_bytes(32))
+            secret = b64url_encode(self._random.token_bytes(32))
             args["secret_hash"] = hashlib.sha256(secret.encode()).hexdigest()
         self.node.act_for(APPS, caller.member, "register", args)
         answer: dict[str, Any] = {"app": self.get(str(args.get("client_id")))}

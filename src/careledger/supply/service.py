@@ -8,7 +8,6 @@ its per-event errors, and nothing else.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -17,10 +16,12 @@ from typing import Any
 import orjson
 
 from careledger.callers.caller import Caller
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.supply import MAX_CAPTURE_EVENTS, capture_of
 from careledger.contracts.supply import NAMESPACE as SUPPLY
 from careledger.core.canonical import canonical_bytes
 from careledger.core.tx import MAX_ENVELOPE_BYTES
+from careledger.entropy import SYSTEM_RANDOM, Random, token_hex
 from careledger.errors import CareLedgerError, ValidationError
 from careledger.node import Node
 from careledger.supply.access import require_supply
@@ -139,14 +140,23 @@ def prepare_capture(document: object) -> Prepared | list[dict[str, Any]]:
 
 
 class EpcisService:
-    def __init__(self, node: Node, repository: EpcisRepository) -> None:
+    def __init__(
+        self,
+        node: Node,
+        repository: EpcisRepository,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
         self.node = node
         self.repository = repository
+        self._clock = clock  # a capture's creation time
+        self._random = random  # capture ids
 
     def capture(self, caller: Caller, document: object) -> dict[str, Any]:
         require_supply(caller, "write")
-        capture_id = f"cap-{secrets.token_hex(12)}"
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        capture_id = f"cap-{token_hex(self._random, 12)}"
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock.time()))
         # Validation and hashing are pure and CPU-bound: they run in the node's worker
         # processes, so captures overlap with the committer instead of queuing on the GIL.
         prepared = self.node.verify_pool.submit(prepare_capture, document).result()

@@ -7,11 +7,11 @@ ownership and roles are judged as that member's on the ledger, not by this servi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from careledger.callers.caller import Caller
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.contracts.base import KeyLister, StateReader
 from careledger.contracts.identity import org_of
 from careledger.contracts.supply import (
@@ -44,10 +44,6 @@ MAX_LISTED = 10_000  # state keys one listing walks (inventory, suspect cases, l
 LMS_FIELDS = frozenset(
     {"gtin", "serialNumber", "lotNumber", "expirationDate", "corrUUID", "requestorGLN", "context"}
 )
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def lms_request_from_link(link: str, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,8 +83,16 @@ def check_lms_request(raw: object) -> dict[str, Any]:
 
 
 class SupplyService:
-    def __init__(self, node: Node, alerts: AlertStore, verifications: VerificationLog) -> None:
+    def __init__(
+        self,
+        node: Node,
+        alerts: AlertStore,
+        verifications: VerificationLog,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.node = node
+        self._clock = clock  # verification times, and overdue notifications
         self.alerts = alerts
         self.verifications = verifications
         self._responders: dict[str, str] = {}
@@ -171,7 +175,7 @@ class SupplyService:
     def suspects(self, caller: Caller, *, open_only: bool = False) -> list[dict[str, Any]]:
         """Suspect-product cases the caller's organisation runs, holds or owns the brand of."""
         self.require_reader(caller)
-        now = _now_ms()
+        now = self._clock.now_ms()
         cases = []
         for case in suspect_cases(self._read, self._keys, MAX_LISTED):
             unit = unit_view(self._read, case["gtin"], case["serial"]) or {}
@@ -208,7 +212,7 @@ class SupplyService:
         """Answer one LMS verification request from ledger state, log it, and alert if needed;
         with ``explain``, beside the standard answer, the ``verdict``: dispense or not, why in
         words, and what to do (supply.verdict)."""
-        now = _now_ms()
+        now = self._clock.now_ms()
         gtin14, serial = request["gtin"], request["serialNumber"]
         unit = unit_view(self._read, gtin14, serial)
         data = verify_unit(

@@ -8,13 +8,13 @@ inactive. Written by the site's node however the participant signed (portal, SDK
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from careledger.commit_worker import CommitWorker
 from careledger.contracts.trials import participant_of, study_of
+from careledger.entropy import SYSTEM_RANDOM, Random, token_hex
 from careledger.health.service import HealthRecords
 from careledger.sqlite_threads import ThreadConnections, iso_ms
 
@@ -72,8 +72,11 @@ def fhir_consent(
 class ConsentRecorder:
     """Keeps the FHIR Consent of every e-consent of this site's participants up to date."""
 
-    def __init__(self, records: HealthRecords, path: Path) -> None:
+    def __init__(
+        self, records: HealthRecords, path: Path, *, random: Random = SYSTEM_RANDOM
+    ) -> None:
         self.records = records
+        self._random = random  # the Consent records' ids
         self.ledger = records.ledger
         self._conns = ThreadConnections(path, "consent records")
         self._conns.schema(SCHEMA)
@@ -125,7 +128,7 @@ class ConsentRecorder:
         caller = self.records.node_caller()
         record = self.record_of(study_id, participant)
         if record is None:
-            record = secrets.token_hex(16)
+            record = token_hex(self._random, 16)
             self.records.write_all(caller, [(resource, record, 1, participant)])
             self._conns.get().execute(
                 "INSERT INTO consent_records(study, participant, record) VALUES(?,?,?)",

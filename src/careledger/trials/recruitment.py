@@ -21,19 +21,18 @@ about who was invited; patients answer the invitation to their own site.
 from __future__ import annotations
 
 import hashlib
-import random
-import secrets
 import threading
-import time
 from array import array
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from itertools import groupby
 from pathlib import Path
+from random import SystemRandom
 from typing import Any
 
 import orjson
 
+from careledger.clock import SYSTEM_CLOCK, Clock
 from careledger.commit_worker import CommitWorker
 from careledger.contracts.trials import NAMESPACE as TRIALS
 from careledger.contracts.trials import answer_of, answer_readers, query_of, unanswered_queries
@@ -42,6 +41,7 @@ from careledger.core.disclosure import Release, decide
 from careledger.core.eligibility import TYPES, Criteria, CriteriaError, eligible, gather
 from careledger.core.eligibility import parse_criteria as parse
 from careledger.core.keys import decode_public_key
+from careledger.entropy import SYSTEM_RANDOM, Random, token_hex
 from careledger.errors import Forbidden, NotFound, ValidationError
 from careledger.health.service import HealthRecords
 from careledger.sealing import seal
@@ -50,7 +50,9 @@ from careledger.sqlite_threads import ThreadConnections, iso_ms
 TRIALS_FILE = "trials.sqlite"
 ANSWERS = frozenset({"interested", "declined"})
 MAX_QUERIES_SCANNED = 10_000
-_SYSTEM = random.SystemRandom()  # the noise must be unpredictable: os.urandom behind it
+# the noise must be unpredictable: os.urandom behind it, never the Random a service is given
+# (a test's may be predictable; core.privacy draws from this uniform source)
+_SYSTEM = SystemRandom()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -68,13 +70,17 @@ CREATE INDEX IF NOT EXISTS invitations_patient ON invitations(patient);
 class RecruitmentStore:
     """The site's own memory: released populations (pseudonymous) and invitations."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, clock: Clock = SYSTEM_CLOCK, random: Random = SYSTEM_RANDOM
+    ) -> None:
+        self._clock = clock  # invitations' and answers' times
+        self._random = random  # the pseudonym key, invitation ids
         self._conns = ThreadConnections(path, "recruitment store")
         self._conns.schema(SCHEMA)
         conn = self._conns.get()
         conn.execute(
             "INSERT OR IGNORE INTO meta(name, value) VALUES('pseudonym_key', ?)",
-            (secrets.token_bytes(32),),
+            (self._random.token_bytes(32),),
         )
         (self._key,) = conn.execute("SELECT value FROM meta WHERE name='pseudonym_key'").fetchone()
         self.lock = threading.Lock()  # one disclosure decision at a time per site
@@ -116,7 +122,7 @@ class RecruitmentStore:
         cursor = self._conns.get().execute(
             "INSERT OR IGNORE INTO invitations(id, query, study, site, patient, created, status)"
             " VALUES(?,?,?,?,?,?,'open')",
-            (secrets.token_hex(12), query, study, site, patient, time.time_ns() // 1_000_000),
+            (token_hex(self._random, 12), query, study, site, patient, self._clock.now_ms()),
         )
         return cursor.rowcount == 1
 
@@ -145,7 +151,7 @@ class RecruitmentStore:
         conn = self._conns.get()
         cursor = conn.execute(
             "UPDATE invitations SET status = ?, answered = ? WHERE id = ? AND patient = ?",
-            (answer, time.time_ns() // 1_000_000, invitation, patient),
+            (answer, self._clock.now_ms(), invitation, patient),
         )
         if cursor.rowcount != 1:
             raise NotFound("no such invitation of yours", code="UNKNOWN_INVITATION")
@@ -213,8 +219,17 @@ def evaluate(
 class RecruitmentResponder:
     """Answers the feasibility queries addressed to this node's organisation."""
 
-    def __init__(self, records: HealthRecords, store: RecruitmentStore) -> None:
+    def __init__(
+        self,
+        records: HealthRecords,
+        store: RecruitmentStore,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
         self.records = records
+        self._clock = clock  # the day a site's own invitation run judges ages on
+        self._random = random  # its run's id (never the noise: see _SYSTEM)
         self.node = records.node
         self.ledger = records.ledger
         self.store = store
@@ -310,8 +325,9 @@ class RecruitmentResponder:
             criteria = parse(study["eligibility"])
         except CriteriaError as exc:
             raise ValidationError(exc.message, code=exc.code) from None
-        matched, used, evaluated = evaluate(self.records, criteria, datetime.now(UTC).date())
-        run = {"id": f"site-{secrets.token_hex(8)}", "study": study_id}
+        today = datetime.fromtimestamp(self._clock.time(), UTC).date()
+        matched, used, evaluated = evaluate(self.records, criteria, today)
+        run = {"id": f"site-{token_hex(self._random, 8)}", "study": study_id}
         sent = self._invite(run, matched, used)
         return {"evaluated": len(evaluated), "matched": len(matched), "invited": sent}
 

@@ -6,7 +6,6 @@ sent to an unverified address (RFC 6749 4.1.2.1)."""
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -22,7 +21,7 @@ from careledger.contracts.identity import org_of
 from careledger.errors import CareLedgerError
 from careledger.smart.oauth import AuthorizationServer, AuthorizeRequest, OAuthError
 from careledger.web.access_words import when
-from careledger.web.routes import csrf_guard, error_page, form_of, page, session
+from careledger.web.routes import csrf_guard, error_page, form_of, node_clock, page, session
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_guard)])
 MAX_QUERY = 8192
@@ -169,7 +168,7 @@ def my_apps(request: Request) -> Response:
     if signer is None:
         return RedirectResponse("/signin?next=%2Fme%2Fapps", status_code=303)
     server = _server(request)
-    grants = server.grants.grants_of(signer.member, int(time.time()))
+    grants = server.grants.grants_of(signer.member, int(node_clock(request).time()))
     for grant in grants:
         app = server.app(grant["client_id"])
         grant["name"] = app["name"] if app is not None else grant["client_id"]

@@ -29,6 +29,7 @@ from careledger.api.ledger_reads import OVERSIGHT_ROLES
 from careledger.api.replies import caller_of as api_caller_of
 from careledger.callers.caller import Caller
 from careledger.callers.tokens import TokenClaims
+from careledger.clock import Clock
 from careledger.contracts.consent import (
     BREAK_GLASS_ROLES,
     awaiting_cosignature,
@@ -116,6 +117,12 @@ async def form_of(request: Request) -> dict[str, list[str]]:
 
 
 SUPPLY_ROLES = SUPPLY_READERS
+
+
+def node_clock(request: Request) -> Clock:
+    """The clock the node's services were given (``NodeServices``): pages judge time by it."""
+    clock: Clock = request.app.state.services.clock
+    return clock
 
 
 def session(request: Request) -> TokenClaims | None:
@@ -232,7 +239,7 @@ async def start_session(request: Request) -> Response:
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
-        max_age=max(60, claims.expires - int(time.time())),
+        max_age=max(60, claims.expires - int(node_clock(request).time())),
     )
     return response
 
@@ -320,7 +327,7 @@ def _consented(request: Request, caller: Caller) -> list[str]:
     """Patients whose consent lets the caller read some of their records for treatment now,
     judged by the consent contract's own rule (start, end, purpose, types: not a copy)."""
     node = get_node(request)
-    now = int(time.time() * 1000)
+    now = int(node_clock(request).time() * 1000)
     patients = set()
     for entry in every_consent(node.ledger.state, node.ledger.store.state_keys, 1_000_000):
         if not isinstance(entry, dict):
@@ -712,7 +719,7 @@ async def grant(request: Request) -> Response:
         "purposes": [purpose],
     }
     if days != "forever":
-        args["end"] = int(time.time() * 1000) + int(days) * 86_400_000
+        args["end"] = int(node_clock(request).time() * 1000) + int(days) * 86_400_000
     health = request.app.state.health
     for existing in health.consents(caller, claims.member):
         same = (
@@ -788,7 +795,7 @@ async def make_link(request: Request) -> HTMLResponse:
             origin=origin_of(request), selection=Selection(() if summary else tuple(types),
                                                            summary),
             flags=flags, passcode=passcode,
-            expires=int(time.time()) + SHARE_DAYS[days] * 86_400,
+            expires=int(node_clock(request).time()) + SHARE_DAYS[days] * 86_400,
             label=first.get("label") or None,
         )  # fmt: skip
     except ValidationError as exc:
@@ -1005,7 +1012,8 @@ def my_visits(request: Request) -> HTMLResponse:
     held = "patient" in caller.roles and (
         request.app.state.health.custodial_key(caller.member) is not None
     )
-    return page(request, "visits.html", visits=visits, held=held, now=int(time.time() * 1000))
+    now = int(node_clock(request).time() * 1000)
+    return page(request, "visits.html", visits=visits, held=held, now=now)
 
 
 @router.post("/visits/{visit_id}/{step}", response_class=HTMLResponse)
@@ -1141,8 +1149,9 @@ def _find_patients(request: Request, caller: Caller, text: str) -> list[dict[str
 
     try:
         request_ = parse_search("Patient", [("name", text), ("_count", "20")])
+        now = datetime.fromtimestamp(node_clock(request).time(), UTC)
         result = search_org(request.app.state.health, caller, request_, purpose="TREAT",
-                            base_url="", now=datetime.now(UTC))  # fmt: skip
+                            base_url="", now=now)  # fmt: skip
     except FhirError:
         return []  # nothing searchable in it: nobody found
     shown = []
@@ -1163,14 +1172,14 @@ def _break_glass_entries(request: Request) -> list[Mapping[str, Any]]:
 def _awaiting_cosignature(request: Request, caller: Caller) -> list[Mapping[str, Any]]:
     """Break-glass requests by the caller's colleagues (or the caller) waiting for a co-signer."""
     return awaiting_cosignature(
-        _break_glass_entries(request), org=caller.org, now=int(time.time() * 1000)
+        _break_glass_entries(request), org=caller.org, now=int(node_clock(request).time() * 1000)
     )
 
 
 def _glass_on_our_patients(request: Request, caller: Caller) -> list[Mapping[str, Any]]:
     """Emergency accesses opened in the last 7 days to the caller's organisation's patients,
     by anyone (r2 names the custodian on every break-glass): its staff see them at once."""
-    since = int(time.time() * 1000) - 7 * 86_400_000
+    since = int(node_clock(request).time() * 1000) - 7 * 86_400_000
     return opened_for_custodian(_break_glass_entries(request), custodian=caller.org, since=since)
 
 

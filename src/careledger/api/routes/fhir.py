@@ -258,7 +258,7 @@ def metadata(request: Request) -> Response:
         {
             "resourceType": "CapabilityStatement",
             "status": "active",
-            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "date": time.strftime("%Y-%m-%d", time.gmtime(_records(request).clock.time())),
             "kind": "instance",
             "fhirVersion": "4.0.1",
             "format": ["application/fhir+json"],
@@ -390,7 +390,7 @@ def _audit_search(request: Request, claims: Any, pairs: list[tuple[str, str]]) -
     records = _records(request)
     entries = records.access_log(_caller(claims), patient)
     events = _audit_events(request, entries)
-    now, base = datetime.now(UTC), _base_url(request)
+    now, base = records.now(), _base_url(request)
     hits = [e for e in reversed(events) if search_matches(e, query, now=now, base_url=base)]
     page = hits[query.offset : query.offset + query.count]
     bundle = _plain_bundle(page)
@@ -1004,8 +1004,9 @@ def _search(
     lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
     query = parse_search(resource_type, pairs, lenient=lenient, max_count=MAX_PAGE)
     base_url = _base_url(request)
+    records = _records(request)
     result = run_search(
-        _records(request), caller, query, purpose=purpose, base_url=base_url, now=datetime.now(UTC)
+        records, caller, query, purpose=purpose, base_url=base_url, now=records.now()
     )
     return _fhir(_searchset(request, query, result, base_url))
 

@@ -3,7 +3,7 @@ recipient anywhere opens them (/shl/..., no account, any origin). See health/sha
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from careledger.api.deps import MemberDep
 from careledger.api.replies import caller_of
 from careledger.api.routes.smart import origin_of
+from careledger.clock import Clock
 from careledger.errors import CareLedgerError, RateLimited, ValidationError
 from careledger.health.share_links import Selection, ShareLinks, WrongPasscode
 from careledger.jsonio import dumps
@@ -50,13 +51,19 @@ async def _body(request: Request) -> Any:
         raise ValidationError("the body is not JSON", code="BAD_REQUEST") from None
 
 
-def _expiry(raw: dict[str, Any]) -> int | None:
-    """``expires`` (an ISO date-time, or seconds since the epoch) or ``expires_in_days``."""
+def _clock(request: Request) -> Clock:
+    clock: Clock = request.app.state.services.clock
+    return clock
+
+
+def _expiry(raw: dict[str, Any], clock: Clock) -> int | None:
+    """``expires`` (an ISO date-time, or seconds since the epoch) or ``expires_in_days``
+    (counted from ``clock``'s now)."""
     if raw.get("expires_in_days") is not None:
         days = raw["expires_in_days"]
         if type(days) is not int or not 1 <= days <= 366:
             raise ValidationError("expires_in_days: 1 to 366", code="BAD_EXPIRY")
-        return int(datetime.now(UTC).timestamp()) + days * 86_400
+        return int(clock.time()) + days * 86_400
     value = raw.get("expires")
     if value is None:
         return None
@@ -105,9 +112,10 @@ async def create(
                               code="BAD_FLAGS")  # fmt: skip
     selection = Selection(tuple(sorted(set(types))), bool(raw.get("summary")),
                           raw.get("since"), raw.get("until"))  # fmt: skip
+    expires = _expiry(raw, _clock(request))
     made = await run_in_threadpool(  # scrypt and a ledger commit: off the event loop
         _links(request).create, caller_of(claims), patient, origin=origin_of(request),
-        selection=selection, flags=flags, passcode=passcode, expires=_expiry(raw),
+        selection=selection, flags=flags, passcode=passcode, expires=expires,
         label=raw.get("label"), key=raw.get("key"), envelope=raw.get("envelope"),
         viewer=raw.get("viewer"), prepare=bool(raw.get("prepare")),
     )  # fmt: skip

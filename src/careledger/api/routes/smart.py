@@ -41,7 +41,8 @@ def _server(request: Request) -> AuthorizationServer:
 
 
 def _apps(request: Request) -> AppsService:
-    return AppsService(get_node(request))
+    apps: AppsService = request.app.state.services.apps
+    return apps
 
 
 def _oauth_json(body: dict[str, Any], status: int = 200) -> Response:
