@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -163,3 +165,61 @@ def test_a_document_that_cannot_be_stored_is_not_anchored(
     listed = maker.get("/epcis/events", params={"perPage": 500}).json()
     events = listed["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
     assert all("example:ext" not in e for e in events)
+
+
+def stored_rows(server: Server) -> tuple[int, int]:
+    """How many captures (failed ones too) and events the node's EPCIS store holds."""
+    path = server.data_dir / "epcis.sqlite"
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        row = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM captures), (SELECT COUNT(*) FROM events)"
+        ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def test_a_document_with_ignore_fields_is_refused_before_anything_is_stored(
+    server: Server, maker: httpx.Client
+) -> None:
+    """Capture hashed with the document's ignoreFields list while the ledger (r3 on) hashed every
+    field: the stored row named a hash the ledger did not hold (and on r2 the submitter chose
+    which fields the anchored hash covered). Such a document is now refused outright."""
+    rx = {"repository-x": "https://repository-x.example.com/"}
+    doc = document("ObjectEvent.json")
+    doc["@context"] = [*doc["@context"], rx]
+    for i, item in enumerate(doc["epcisBody"]["eventList"]):  # new events, not seen before
+        item["eventTime"] = f"2026-02-03T04:05:{i:02d}.000Z"
+        item["example:captureID"] = f"capture-{i}"
+    claim_sites(maker, doc)
+    window = {"GE_eventTime": "2026-02-03T00:00:00Z", "LT_eventTime": "2026-02-04T00:00:00Z"}
+    full_hashes = document_event_hash_ids(doc)
+    for where, key in [
+        (doc, "repository-x:ignoreFields"),  # the one upstream's hash honours
+        (doc, "ignoreFields"),
+        (doc, "acme:ignoreFields"),
+        (doc["epcisBody"].setdefault("queryResults", {}), "repository-x:ignoreFields"),
+    ]:
+        where[key] = ["example:captureID"]
+        honoured = set(document_event_hash_ids(doc))
+        head = httpx.get(f"{server.url}/v1/head").json()["height"]
+        rows = stored_rows(server)
+        refused = maker.post("/epcis/capture", content=json.dumps(doc))
+        assert refused.status_code == 400, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert "location" not in refused.headers
+        problem = refused.json()
+        assert problem["code"] == "IGNORE_FIELDS_UNSUPPORTED"
+        assert key in problem["detail"] and "re-hashes" in problem["detail"]
+        assert httpx.get(f"{server.url}/v1/head").json()["height"] == head  # nothing anchored
+        assert stored_rows(server) == rows  # not even a failed capture
+        for hash_id in honoured | set(full_hashes):
+            answer = maker.get(f"/v1/state/supply/event/{hash_id.split(';')[1][:64]}")
+            assert answer.status_code == 404, answer.text
+        found = maker.get("/epcis/events", params=window).json()
+        assert found["epcisBody"]["queryResults"]["resultsBody"]["eventList"] == []
+        del where[key]
+    del doc["epcisBody"]["queryResults"]
+    stored = capture(maker, doc)  # without the member: captured, every field hashed
+    assert stored["success"] is True, stored["errors"]
+    for hash_id in full_hashes:
+        anchored = maker.get(f"/v1/state/supply/event/{hash_id.split(';')[1][:64]}").json()
+        assert anchored["value"]["capture"] == stored["captureID"]

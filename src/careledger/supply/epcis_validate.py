@@ -35,6 +35,10 @@ A document is checked in two layers and *every* error of both layers is reported
    * only the five EPCIS 2.0 event types are admitted (``UNSUPPORTED_EVENT_TYPE``), and only an
      ``EPCISDocument`` or a bare event is a capture document (``NOT_A_CAPTURE_DOCUMENT``).
 
+A document that declares an ``ignoreFields`` list (upstream epcis-event-hash-generator's
+non-standard way to leave fields out of an event hash) is refused whole, before validation, by
+:func:`refuse_ignore_fields`: ``IGNORE_FIELDS_UNSUPPORTED``.
+
 Schema errors carry code ``SCHEMA``. Paths look like ``epcisBody.eventList[1].bizStep``;
 ``index`` is the event's position in ``epcisBody.eventList`` (``None`` for document-level
 errors and for a bare event). Messages name fields, codes and at most the offending
@@ -73,6 +77,7 @@ __all__ = [
     "EVENT_TYPES",
     "EpcisRejected",
     "EventError",
+    "refuse_ignore_fields",
     "validate_document",
     "validate_event",
 ]
@@ -646,6 +651,40 @@ def _collect(doc: object) -> tuple[list[EventError], list[dict[str, Any]]]:
             )
         )
     return errors, events
+
+
+IGNORE_FIELDS_UNSUPPORTED = "IGNORE_FIELDS_UNSUPPORTED"
+
+
+def _declares_ignore_fields(holder: object) -> str | None:
+    if isinstance(holder, dict):
+        for key in holder:
+            if isinstance(key, str) and (key == "ignoreFields" or key.endswith(":ignoreFields")):
+                return key
+    return None
+
+
+def refuse_ignore_fields(doc: object) -> None:
+    """Refuse a document with an ``ignoreFields`` member (any prefix, or none) at document level
+    or in ``epcisBody.queryResults``: raise ``ValidationError`` (``IGNORE_FIELDS_UNSUPPORTED``).
+
+    Every node re-hashes every field of every event, so an event hash that leaves fields out
+    could not be checked by the other nodes (and would let a submitter choose which fields
+    count). Covers every key :func:`careledger.supply.event_hash.document_event_hash_ids`
+    could honour.
+    """
+    body = doc.get("epcisBody") if isinstance(doc, dict) else None
+    results = body.get("queryResults") if isinstance(body, dict) else None
+    for where, holder in (("", doc), ("epcisBody.queryResults.", results)):
+        key = _declares_ignore_fields(holder)
+        if key is not None:
+            shown = key if len(key) <= 64 else "…" + key[-24:]
+            raise ValidationError(
+                f"'{where}{shown}' is not supported: this node hashes every field of every EPCIS "
+                "event, as every other node re-hashes it, so a hash that leaves fields out could "
+                "not be checked by peers; send the document without it",
+                code=IGNORE_FIELDS_UNSUPPORTED,
+            )
 
 
 def validate_document(doc: object) -> list[dict[str, Any]]:

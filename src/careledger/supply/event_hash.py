@@ -23,9 +23,22 @@ with it. Differences, all deliberate:
 * a timestamp whose milliseconds round up to the next second is carried into that second
   (the reference fails the event); timestamps without an offset are read as UTC (the reference
   uses the machine's zone), and timestamps are parsed with ``datetime.fromisoformat``;
-* EPCIS query documents (``epcisBody.queryResults.resultsBody.eventList``) and a document's
-  ``ignoreFields`` list are supported (newer than 1.9.3, as the upstream repository's tests);
+* EPCIS query documents (``epcisBody.queryResults.resultsBody.eventList``) are read (newer
+  than 1.9.3, as the upstream repository's tests);
 * events the reference would silently skip raise ``ValidationError(code="MALFORMED_EPCIS")``.
+
+``ignoreFields`` is not part of EPCIS 2.0 or CBV 2.0: it is a non-standard extension the
+upstream repository added after 1.9.3 (a list of event fields a repository leaves out of the
+hash). ``document_event_hash_ids`` honours it exactly as upstream HEAD (commit 5d2f1c3) does,
+and no further: only the key ``<prefix>:ignoreFields`` whose prefix the ``@context`` binds to
+exactly ``https://repository-x.example.com/`` (the first such prefix; ``:ignoreFields`` when
+none is bound), read at document level for an ``eventList`` or ``event`` document and only in
+``epcisBody.queryResults`` for a query document; its entries are top-level event keys matched
+literally (``"example:captureID"``, never another prefix, ``{iri}name`` or nested keys); bare
+CBV words are expanded over the whole event before fields are dropped, and the event's
+``type`` is read before it. Capture on a node refuses such documents (every node re-hashes
+every field of an event, see ``careledger.supply.epcis_validate.refuse_ignore_fields``), and the
+ledger never hashes with an ignore list.
 
 No I/O, clock or randomness: the same event always gives the same hash.
 """
@@ -59,6 +72,8 @@ _PAIR_LISTS = {
 _UNSORTED_KEYS = ("bizTransaction", "source", "destination")
 _IGNORED_KEYS = frozenset({"#text", "rdfs:comment", "comment", "@context"})
 _IGNORED_TOP_LEVEL = frozenset({"recordTime", "eventID", "type", "errorDeclaration"})
+# The namespace of upstream's (non-standard) ``ignoreFields`` key; see the module docstring.
+_IGNORE_FIELDS_NAMESPACE = "https://repository-x.example.com/"
 
 _QTY = ("quantityElement", (("epcClass", None), ("quantity", None), ("uom", None)))
 _EPC = (("epc", None),)
@@ -304,25 +319,19 @@ def event_prehash(
 
     ``context`` is the ``@context`` of the enclosing document (a URL, a list of URLs and prefix
     maps, or a prefix map); it names the namespaces of user extensions. If it is None, the
-    event's own ``@context`` is used, if any. ``ignore_fields`` names top-level event fields
-    (e.g. ``"example:captureID"``) left out of the hash: a document declares them with an
-    ``ignoreFields`` list (see ``document_event_hash_ids``).
+    event's own ``@context`` is used, if any. ``ignore_fields`` names top-level event keys left
+    out of the hash, matched literally (``"example:captureID"`` drops that key and no other):
+    upstream's non-standard ``ignoreFields`` list (see ``document_event_hash_ids``).
     """
     if not isinstance(event, Mapping):
         raise _malformed("event is not an object")
     if context is None:
         context = event.get("@context")
     namespaces = _namespaces_from_context(context)
-    if ignore_fields:
-        ignored = {_namespace_replace(f, namespaces, is_value=False) for f in ignore_fields}
-        event = {
-            key: value
-            for key, value in event.items()
-            if key not in ignore_fields
-            and _namespace_replace(key, namespaces, is_value=False) not in ignored
-        }
+    # As upstream: bare words are expanded from the whole event, ignored fields included, and
+    # the fields are dropped while the tree is built (after the event's type is read).
     event = _replace_bare_strings(event, _expanded_vocabulary(event))
-    root = _correct_structure(_json_to_node(event, namespaces))
+    root = _correct_structure(_json_to_node(event, namespaces, frozenset(ignore_fields)))
     name = event.get("type")
     if not isinstance(name, str) or not name:
         raise _malformed("field 'type' must be a non-empty string")
@@ -347,31 +356,38 @@ def prehash_to_hash_id(prehash: str) -> str:
 def document_event_hash_ids(document: Mapping[str, Any]) -> list[str]:
     """Hash IDs of every event of an EPCISDocument or EPCISQueryDocument, in document order.
 
-    Fields listed in an ``ignoreFields`` member (any namespace, e.g. ``"ext:ignoreFields"``) of
-    the document or of its ``queryResults`` are left out of every event's hash.
+    Fields named by upstream's non-standard ``ignoreFields`` list are left out of every event's
+    hash, exactly where and as upstream HEAD honours it (see the module docstring).
     """
     if not isinstance(document, Mapping):
         raise _malformed("document is not an object")
     context = document.get("@context")
-    ignored = _ignore_fields(document)
-    return [
-        event_hash_id(event, context, ignore_fields=ignored) for event in _document_events(document)
-    ]
+    events = _document_events(document)
+    ignored = _ignore_fields(document, context)
+    return [event_hash_id(event, context, ignore_fields=ignored) for event in events]
 
 
-def _ignore_fields(document: Mapping[str, Any]) -> frozenset[str]:
-    body = document.get("epcisBody")
-    results = body.get("queryResults") if isinstance(body, Mapping) else None
-    fields: set[str] = set()
-    for holder in (document, results):
-        if not isinstance(holder, Mapping):
-            continue
-        for key, value in holder.items():
-            if isinstance(key, str) and (key == "ignoreFields" or key.endswith(":ignoreFields")):
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise _malformed(f"field '{key}' must be a list of field names")
-                fields.update(value)
-    return frozenset(fields)
+def _ignore_fields(document: Mapping[str, Any], context: Any) -> frozenset[str]:
+    """The ``ignoreFields`` entries upstream HEAD would honour (``_document_events`` has
+    checked the body's shape)."""
+    body = document["epcisBody"]
+    holder = document
+    if "eventList" not in body and "event" not in body:
+        holder = body["queryResults"]  # a query document: its list sits there, and only there
+    key = _ignore_fields_key(_namespaces_from_context(context))
+    value = holder.get(key)
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list):
+        raise _malformed(f"field '{key}' must be a list of field names")
+    return frozenset(entry for entry in value if isinstance(entry, str))
+
+
+def _ignore_fields_key(namespaces: Mapping[str, str]) -> str:
+    for prefix, iri in namespaces.items():
+        if iri == "{" + _IGNORE_FIELDS_NAMESPACE + "}":
+            return prefix + ":ignoreFields"
+    return ":ignoreFields"  # as upstream when no prefix is bound to that namespace
 
 
 def _document_events(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -484,7 +500,10 @@ def _namespace_replace(text: str, namespaces: Mapping[str, str], *, is_value: bo
     return text
 
 
-def _json_to_node(value: Any, namespaces: dict[str, str]) -> Node:
+def _json_to_node(
+    value: Any, namespaces: dict[str, str], ignored: frozenset[str] = frozenset()
+) -> Node:
+    """``ignored``: keys of ``value`` itself (not of its children) left out, as upstream."""
     node: Node = ("", "", [])
     if isinstance(value, list):
         for item in value:
@@ -499,7 +518,7 @@ def _json_to_node(value: Any, namespaces: dict[str, str]) -> Node:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _malformed("object keys must be strings")
-            if key in _IGNORED_KEYS:
+            if key in _IGNORED_KEYS or key in ignored:
                 continue
             if key.startswith("@xmlns"):
                 if not isinstance(item, str):

@@ -27,7 +27,11 @@ from careledger.node import Node
 from careledger.supply.access import require_supply
 from careledger.supply.cbv import vocabulary_word
 from careledger.supply.epcis_ops import supply_op
-from careledger.supply.epcis_validate import EpcisRejected, validate_document
+from careledger.supply.epcis_validate import (
+    EpcisRejected,
+    refuse_ignore_fields,
+    validate_document,
+)
 from careledger.supply.event_hash import document_event_hash_ids
 from careledger.supply.identifiers import normalise_epc
 from careledger.supply.repository import EpcisRepository, EventQuery, StoredEvent
@@ -155,6 +159,7 @@ class EpcisService:
 
     def capture(self, caller: Caller, document: object) -> dict[str, Any]:
         require_supply(caller, "write")
+        refuse_ignore_fields(document)  # a 4xx before anything is stored or anchored
         capture_id = f"cap-{token_hex(self._random, 12)}"
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock.time()))
         # Validation and hashing are pure and CPU-bound: they run in the node's worker
