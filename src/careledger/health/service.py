@@ -1268,6 +1268,7 @@ class HealthRecords:
             if event.type != "records.shredded":
                 continue
             record_id = orjson.loads(event.data)["record"]
+            self.vault.opened.drop(record_id)  # out of memory as well as off the disk
             with contextlib.suppress(NotFound, Conflict):  # not held here, or already shredded
                 self.vault.store.shred(record_id)
 

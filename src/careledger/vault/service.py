@@ -36,6 +36,7 @@ from careledger.vault.crypto import (
     unwrap_key,
     wrap_key,
 )
+from careledger.vault.opened import OpenedVersions, fingerprint
 from careledger.vault.ports import SealedRecordStore
 from careledger.vault.store import SealedRecord, _utc_now
 
@@ -57,6 +58,7 @@ class Vault:
         self.store = store
         self._rng = rng
         self._clock = clock
+        self.opened = OpenedVersions()  # what rows of a given fingerprint opened to (opened.py)
 
     def _random(self, size: int) -> bytes:
         value = self._rng(size)
@@ -177,6 +179,16 @@ class Vault:
             raise VerificationError(
                 "the data key is not wrapped for this key", code="NOT_A_RECIPIENT"
             )
+        key = (record.record_id, record.version, reader.public_b64)
+        row = fingerprint(record.ciphertext, record.nonce, record.salt, record.content_hash,
+                          record.resource_type, wrapped)  # fmt: skip
+        kept = self.opened.get(key, row)
+        if kept is not None:  # this very row opened and checked before: its hash is its content's
+            if expected_content_hash is not None and not hmac.compare_digest(
+                record.content_hash.encode(), expected_content_hash.encode()
+            ):
+                raise _tampered("the record's content hash differs from the ledger anchor")
+            return kept, record
         try:
             data_key = unwrap_key(wrapped, reader)
         except VerificationError:
@@ -207,6 +219,7 @@ class Vault:
             raise _tampered("the decrypted record is not a JSON object")
         if _LONG_DIGITS.search(plaintext):
             resource = _as_doubles(resource)
+        self.opened.put(key, row, resource)
         return resource, record
 
 

@@ -1,0 +1,83 @@
+"""Opened record versions are kept in memory (issue 20) through the real node: a second read
+is served from memory and no caller can alter what the next one reads; a shredded record
+leaves memory with its keys and is refused. (Tampering after a version was opened:
+tests/unit/vault/test_opened.py and test_health_records' tampering test.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from careledger.callers.caller import Caller
+from careledger.callers.scopes import default_scopes, parse_scopes
+from careledger.config import Settings
+from careledger.errors import NotFound
+from careledger.fhir.extract import patient_id
+from careledger.health.service import HealthRecords
+from careledger.node import Node
+from tests.support.nodes import demo_node
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HealthRecords]:
+    data = tmp_path_factory.mktemp("opened") / "node"
+    demo_node(data, with_supply=False)
+    node = Node(Settings.load(data))
+    node.start()
+    service = HealthRecords.for_node(node)
+    try:
+        yield service
+    finally:
+        service.close()
+        node.stop()
+
+
+def _caller(member: str, role: str) -> Caller:
+    roles = frozenset({role})
+    return Caller(member, "st-mary", roles, parse_scopes(default_scopes(roles)))
+
+
+def _patient(records: HealthRecords) -> str:
+    keys = Path(records.node.settings.data_dir) / "keys" / "patients"
+    return sorted(p.stem for p in keys.glob("*.key"))[0]
+
+
+def _condition(records: HealthRecords, text: str) -> tuple[str, str]:
+    patient = _patient(records)
+    resource = {"resourceType": "Condition", "subject": {"reference": f"Patient/{patient}"},
+                "code": {"text": text}}  # fmt: skip
+    stored = records.create(_caller("dr-ana-silva", "clinician"), resource, patient_of=patient_id)
+    return patient, stored.record_id
+
+
+def test_a_second_read_is_served_from_memory_and_no_caller_alters_it(
+    records: HealthRecords,
+) -> None:
+    _, record_id = _condition(records, "kept in memory")
+    doctor = _caller("dr-ana-silva", "clinician")
+    first = records.read(doctor, "Condition", record_id)
+    hits = records.vault.opened.hits
+    first.resource["code"]["text"] = "altered by a caller"
+    second = records.read(doctor, "Condition", record_id)
+    assert records.vault.opened.hits == hits + 1
+    assert second.resource["code"]["text"] == "kept in memory"
+    assert (second.anchor_tx, second.content_hash) == (first.anchor_tx, first.content_hash)
+
+
+def test_a_shredded_record_leaves_memory_and_is_refused(records: HealthRecords) -> None:
+    patient, record_id = _condition(records, "to be shredded")
+    opened = records.open_version(record_id, 1)
+    assert records.open_version(record_id, 1).resource == opened.resource
+    key = (record_id, 1, records.ledger.node_key.public_b64)
+    held = len(records.vault.opened)
+    records.shred(_caller(patient, "patient"), record_id)
+    # the commit listener ran before the receipt: out of memory, keys gone
+    assert len(records.vault.opened) == held - 1
+    assert records.vault.opened.get(key, b"") is None
+    with pytest.raises(NotFound) as caught:
+        records.open_version(record_id, 1)
+    assert caught.value.code == "RECORD_SHREDDED"
