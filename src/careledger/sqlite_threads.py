@@ -179,6 +179,27 @@ class GroupCommit:
             raise
 
 
+ROWS_PER_STATEMENT = 400  # under SQLite's 500 terms of one compound VALUES
+
+
+def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``head`` (``INSERT ... INTO table(columns)``) for every row, a few hundred rows a
+    statement, in order: what ``executemany`` does, in one statement step per chunk.
+
+    ``executemany`` steps its statement once per row, and each step lets go of the GIL and
+    takes it back. Under load the committer waited for the GIL at each of the ~90 row steps of
+    a block: writing a block took 24 ms of wall time for 2.5 ms of CPU (issue 20).
+    """
+    if not rows:
+        return
+    one = "(" + ",".join("?" * len(rows[0])) + ")"
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        conn.execute(
+            f"{head} VALUES {','.join([one] * len(chunk))}", [v for row in chunk for v in row]
+        )
+
+
 def page_of(rows: list[Any], limit: int) -> tuple[list[Any], int | None]:
     """Rows fetched with ``LIMIT limit + 1`` (first column the sequence): the page, and the
     sequence to continue after when there is more (None: that was the last page)."""

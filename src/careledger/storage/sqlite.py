@@ -17,6 +17,7 @@ import orjson
 from careledger.core.block import BlockHeader, header_from_json
 from careledger.errors import StorageError, ValidationError
 from careledger.ledger.ports import BlockWrite, NodeId, StoredEvent, StoredTx
+from careledger.sqlite_threads import insert_rows
 
 SCHEMA_VERSION = "1"
 SCHEMA = """
@@ -254,27 +255,32 @@ class SQLiteStore:
                     "INSERT INTO blocks(height, hash, header, writeset) VALUES(?,?,?,?)",
                     (header.height, block.header_hash, header.canonical(), block.writeset),
                 )
-                conn.executemany(
-                    "INSERT INTO txs(leaf, tx_id, height, envelope, receipt) VALUES(?,?,?,?,?)",
+                # one statement per table, not one step per row (see insert_rows)
+                insert_rows(
+                    conn,
+                    "INSERT INTO txs(leaf, tx_id, height, envelope, receipt)",
                     [
                         (t.leaf_index, t.tx_id, header.height, t.envelope, t.receipt)
                         for t in block.txs
                     ],
                 )
-                conn.executemany(
-                    "INSERT INTO nodes(level, idx, hash) VALUES(?,?,?)",
+                insert_rows(
+                    conn,
+                    "INSERT INTO nodes(level, idx, hash)",
                     [(lvl, idx, digest) for (lvl, idx), digest in block.nodes],
                 )
-                conn.executemany(
-                    "INSERT OR REPLACE INTO state(ns, key, value) VALUES(?,?,?)",
+                insert_rows(
+                    conn,
+                    "INSERT OR REPLACE INTO state(ns, key, value)",
                     [(ns, k, v) for ns, k, v in block.state if v is not None],
                 )
                 conn.executemany(
                     "DELETE FROM state WHERE ns = ? AND key = ?",
                     [(ns, k) for ns, k, v in block.state if v is None],
                 )
-                conn.executemany(
-                    "INSERT INTO events(height, seq, tx_index, type, data) VALUES(?,?,?,?,?)",
+                insert_rows(
+                    conn,
+                    "INSERT INTO events(height, seq, tx_index, type, data)",
                     [(e.height, e.seq, e.tx_index, e.type, e.data) for e in block.events],
                 )
                 conn.executemany(

@@ -23,7 +23,7 @@ from types import MappingProxyType
 
 from careledger import store_mac
 from careledger.errors import Conflict, NotFound, StorageError, ValidationError
-from careledger.sqlite_threads import GroupCommit
+from careledger.sqlite_threads import GroupCommit, insert_rows
 
 __all__ = ["SealedRecord", "VaultStore"]
 
@@ -175,8 +175,9 @@ class VaultStore:
             for record in records:
                 self._put_locked(conn, record)
                 found = (tokens or {}).get((record.record_id, record.version), ())
-                conn.executemany(
-                    "INSERT OR IGNORE INTO blind(token, record_id, version) VALUES(?,?,?)",
+                insert_rows(
+                    conn,
+                    "INSERT OR IGNORE INTO blind(token, record_id, version)",
                     [(t, record.record_id, record.version) for t in found],
                 )
 
