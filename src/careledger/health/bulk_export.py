@@ -791,7 +791,7 @@ def _kept(
 ) -> bool:
     """Whether a resource meets the request's _typeFilter for its type (any of them) and the
     app's query-restricted scopes (SMART v2), if it has any."""
-    if not within_scopes(resource, caller.scopes, "", "search"):
+    if not within_scopes(resource, caller.scopes, "", "search", now=now):
         return False
     wanted = request.filters.get(str(resource.get("resourceType")))
     return not wanted or any(matches(resource, f, now=now) for f in wanted)

@@ -1268,9 +1268,11 @@ class HealthRecords:
             if event.type != "records.shredded":
                 continue
             record_id = orjson.loads(event.data)["record"]
-            self.vault.opened.drop(record_id)  # out of memory as well as off the disk
+            # out of memory as well as off the disk; after too: a read racing the shredding
+            self.vault.opened.drop(record_id)
             with contextlib.suppress(NotFound, Conflict):  # not held here, or already shredded
                 self.vault.store.shred(record_id)
+            self.vault.opened.drop(record_id)
 
     # -- consents ------------------------------------------------------------------------
 

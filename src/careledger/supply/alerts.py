@@ -25,6 +25,7 @@ raise no alert by construction.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,20 +199,28 @@ class AlertWatcher:
         self.ledger = ledger
         self.store = store
         self._recorded = 0  # the height last written to the store
+        self._reached = 0  # the height of the last block seen
+        self._writing = threading.Lock()  # detach on one thread, a last block on another
 
     def attach(self) -> None:
         self.catch_up()
         self.ledger.commit_listeners.append(self.on_commit)
 
     def detach(self) -> None:
+        """Stop listening, and record the height reached (a stopped node's audit then covers
+        every block it committed)."""
         if self.on_commit in self.ledger.commit_listeners:
             self.ledger.commit_listeners.remove(self.on_commit)
+        with self._writing:
+            if self._reached > self._recorded:
+                self.store.add([], height=self._reached)
+                self._recorded = self._reached
 
     def catch_up(self) -> None:
         """Alerts of the blocks since the recorded height, written a chunk of blocks at a time
         (not one durable write per block: a node down for a day would take minutes)."""
         head = self.ledger.head.height
-        start = self._recorded = self.store.height()
+        start = self._recorded = self._reached = self.store.height()
         pending: list[Alert] = []
         for height in range(start + 1, head + 1):
             header = self.ledger.store.header(height)
@@ -222,7 +231,8 @@ class AlertWatcher:
             pending += self._alerts(height, header.time, txs, events)
             if height == head or height - self._recorded >= HEIGHT_EVERY:
                 self.store.add(pending, height=height)
-                self._recorded, pending = height, []
+                self._recorded = self._reached = height
+                pending = []
 
     def on_commit(self, executed: Executed) -> None:
         header = executed.block.header
@@ -233,9 +243,12 @@ class AlertWatcher:
             executed.block.events,
             executed.rejections,
         )
-        if alerts or header.height - self._recorded >= HEIGHT_EVERY:
-            self.store.add(alerts, height=header.height)
-            self._recorded = header.height
+        with self._writing:
+            self._reached = max(self._reached, header.height)
+            # the first block always: the audit expects the height row once a block was seen
+            if alerts or self._recorded == 0 or header.height - self._recorded >= HEIGHT_EVERY:
+                self.store.add(alerts, height=header.height)
+                self._recorded = header.height
 
     def _alerts(
         self,

@@ -10,7 +10,14 @@ re-wrapped key is opened the slow way, and refused the way it always was (VAULT_
 RECORD_SHREDDED, NOT_A_RECIPIENT).
 
 The resource is kept as JSON bytes, so every caller gets a dict of its own and none can alter
-what the next reader gets; at most ``max_bytes`` of it, least recently used first out.
+what the next reader gets; at most ``max_bytes``, counting each entry's JSON and a fixed
+``ENTRY_OVERHEAD`` for its key, fingerprint and bookkeeping, and at most ``max_entries``, least
+recently used first out.
+
+A shredded record must leave memory for good: ``drop`` is called before and after the vault's
+keys are destroyed, and an open that began before a drop (``generation``) may not put what it
+decrypted back (``put(..., since=...)``), so a read racing the shredding cannot leave the
+plaintext behind.
 """
 
 from __future__ import annotations
@@ -22,9 +29,15 @@ from typing import Any
 
 import orjson
 
-MAX_OPENED_BYTES = 32 * 1024 * 1024  # resource JSON held, at most (about 20,000 Observations)
+MAX_OPENED_BYTES = 32 * 1024 * 1024  # held, at most, overheads counted
+MAX_OPENED_ENTRIES = 50_000
+ENTRY_OVERHEAD = 512  # bytes: key tuple, fingerprint, OrderedDict node, index set entry
 
 Key = tuple[str, int, str]  # record id, version, reader (base64url public key)
+
+
+def _cost(raw: bytes) -> int:
+    return len(raw) + ENTRY_OVERHEAD
 
 
 def fingerprint(*parts: bytes | str) -> bytes:
@@ -40,11 +53,16 @@ def fingerprint(*parts: bytes | str) -> bytes:
 class OpenedVersions:
     """(record, version, reader) -> (the row's fingerprint, the resource as JSON)."""
 
-    def __init__(self, max_bytes: int = MAX_OPENED_BYTES) -> None:
+    def __init__(
+        self, max_bytes: int = MAX_OPENED_BYTES, max_entries: int = MAX_OPENED_ENTRIES
+    ) -> None:
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
         self._items: OrderedDict[Key, tuple[bytes, bytes]] = OrderedDict()
         self._keys: dict[str, set[Key]] = {}
+        self._readers: dict[str, str] = {}  # one copy of each reader's key string
         self._bytes = 0
+        self._drops = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -61,31 +79,43 @@ class OpenedVersions:
         resource: dict[str, Any] = orjson.loads(found[1])
         return resource
 
-    def put(self, key: Key, row: bytes, resource: dict[str, Any]) -> None:
+    def generation(self) -> int:
+        """Taken before reading a row: ``put`` refuses if any record was dropped since."""
+        with self._lock:
+            return self._drops
+
+    def put(self, key: Key, row: bytes, resource: dict[str, Any], *, since: int) -> None:
         try:
-            raw = orjson.dumps(resource)
+            # a copy of its own: orjson's buffer keeps kilobytes of spare room otherwise
+            raw = bytes(memoryview(orjson.dumps(resource)))
         except orjson.JSONEncodeError:  # not exactly representable: opened each time instead
             return
-        if len(raw) > self.max_bytes:
+        if _cost(raw) > self.max_bytes:
             return
         with self._lock:
+            if self._drops != since:  # a shredding happened meanwhile: perhaps of this record
+                return
+            record_id, version, reader = key
+            key = (record_id, version, self._readers.setdefault(reader, reader))
             old = self._items.pop(key, None)
             if old is not None:
-                self._bytes -= len(old[1])
+                self._bytes -= _cost(old[1])
             self._items[key] = (row, raw)
-            self._keys.setdefault(key[0], set()).add(key)
-            self._bytes += len(raw)
-            while self._bytes > self.max_bytes:
+            self._keys.setdefault(record_id, set()).add(key)
+            self._bytes += _cost(raw)
+            while self._bytes > self.max_bytes or len(self._items) > self.max_entries:
                 oldest, (_, old_raw) = self._items.popitem(last=False)
-                self._bytes -= len(old_raw)
+                self._bytes -= _cost(old_raw)
                 self._forget_key(oldest)
 
     def drop(self, record_id: str) -> None:
-        """Every version of a record, for every reader (it was shredded: out of memory now)."""
+        """Every version of a record, for every reader (it was shredded: out of memory now),
+        and no open that began before this call may put it back."""
         with self._lock:
+            self._drops += 1
             for key in self._keys.pop(record_id, set()):
                 _, raw = self._items.pop(key)
-                self._bytes -= len(raw)
+                self._bytes -= _cost(raw)
 
     def _forget_key(self, key: Key) -> None:
         keys = self._keys.get(key[0])
@@ -102,4 +132,10 @@ class OpenedVersions:
         return self._bytes
 
 
-__all__ = ["MAX_OPENED_BYTES", "OpenedVersions", "fingerprint"]
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "MAX_OPENED_BYTES",
+    "MAX_OPENED_ENTRIES",
+    "OpenedVersions",
+    "fingerprint",
+]

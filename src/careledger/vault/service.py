@@ -173,6 +173,7 @@ class Vault:
         nonce, salt, content hash, record binding, or the reader's wrapped key (also when
         ``expected_content_hash``, the ledger anchor, differs from the record's).
         """
+        since = self.opened.generation()  # before the row is read (see opened.py)
         record = self.store.get(record_id, version)
         wrapped = record.wrapped_keys.get(reader.public_b64)
         if wrapped is None:
@@ -219,7 +220,7 @@ class Vault:
             raise _tampered("the decrypted record is not a JSON object")
         if _LONG_DIGITS.search(plaintext):
             resource = _as_doubles(resource)
-        self.opened.put(key, row, resource)
+        self.opened.put(key, row, resource, since=since)
         return resource, record
 
 

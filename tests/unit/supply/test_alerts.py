@@ -120,7 +120,7 @@ def test_blocks_without_alerts_leave_the_height_behind_and_a_restart_finds_what_
         ok(commission(chain, serial))
     assert store.height() == start + 6  # the third block without an alert records it
     ok(commission(chain, "S6"))
-    watcher.detach()
+    chain.ledger.commit_listeners.remove(watcher.on_commit)  # a crash: no detach
     assert store.height() == start + 6 < chain.ledger.head.height
     assert code(dispense(chain, "GONE")) == "UNKNOWN_SERIAL"  # while the watcher is down
     for serial in ("S7", "S8", "S9", "S10"):
@@ -130,6 +130,27 @@ def test_blocks_without_alerts_leave_the_height_behind_and_a_restart_finds_what_
     restarted.detach()
     assert kinds(store) == [("never_commissioned", "NOPE"), ("never_commissioned", "GONE")]
     assert store.height() == chain.ledger.head.height
+    # a clean stop records the height reached, alerts or not
+    again = AlertWatcher(chain.ledger, store)
+    again.attach()
+    ok(commission(chain, "S11"))
+    assert store.height() < chain.ledger.head.height
+    again.detach()
+    assert store.height() == chain.ledger.head.height
+    store.close()
+
+
+def test_the_first_block_seen_records_the_height_row(tmp_path: Path) -> None:
+    """A watcher started on a chain with no block yet writes its height row with the first
+    block, alert or not: the node audit expects the row once a block was committed."""
+    chain = TestChain(MemoryStore())
+    store = AlertStore(tmp_path / "fresh.sqlite")
+    watcher = AlertWatcher(chain.ledger, store)
+    watcher.attach()
+    assert chain.ledger.head.height == 0 and store.height() == 0
+    ok(run(chain, "maker-admin", "register_prefix", {"prefix": PREFIX}))
+    assert store.height() == chain.ledger.head.height == 1
+    watcher.detach()
     store.close()
 
 

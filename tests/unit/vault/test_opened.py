@@ -11,7 +11,7 @@ import pytest
 
 from careledger.errors import NotFound
 from careledger.vault import Vault
-from careledger.vault.opened import OpenedVersions, fingerprint
+from careledger.vault.opened import ENTRY_OVERHEAD, OpenedVersions, fingerprint
 from tests.unit.vault.test_service import (
     CUSTODIAN,
     PATIENT,
@@ -98,25 +98,51 @@ def test_a_shredded_record_is_refused_though_it_was_opened(vault: Vault) -> None
 
 
 def test_bounded_by_bytes_least_recently_used_first_out() -> None:
-    size = len(b'{"n":0}')
+    size = len(b'{"n":0}') + ENTRY_OVERHEAD
     cache = OpenedVersions(max_bytes=3 * size)
     row = fingerprint(b"row")
     for i in range(3):
-        cache.put((f"r{i}", 1, "k"), row, {"n": i})
+        cache.put((f"r{i}", 1, "k"), row, {"n": i}, since=cache.generation())
     assert cache.held_bytes == 3 * size
     assert cache.get(("r0", 1, "k"), row) == {"n": 0}  # r0 used: r1 is the oldest now
-    cache.put(("r3", 1, "k"), row, {"n": 3})
+    cache.put(("r3", 1, "k"), row, {"n": 3}, since=cache.generation())
     assert cache.get(("r1", 1, "k"), row) is None
     assert [cache.get((f"r{i}", 1, "k"), row) for i in (0, 2, 3)] == [{"n": 0}, {"n": 2}, {"n": 3}]
-    cache.put(("big", 1, "k"), row, {"n": "x" * 100})  # larger than the whole cache: not kept
+    big = {"n": "x" * 3 * size}  # larger than the whole cache: not kept
+    cache.put(("big", 1, "k"), row, big, since=cache.generation())
     assert cache.get(("big", 1, "k"), row) is None and cache.held_bytes == 3 * size
+    cache.put(("r0", 1, "k"), row, {"n": 0}, since=cache.generation())  # again: counted once
+    assert cache.held_bytes == 3 * size and len(cache) == 3
+
+
+def test_bounded_by_entries_however_small_they_are() -> None:
+    """Tiny resources cost their bookkeeping more than their JSON: entries are capped too."""
+    cache = OpenedVersions(max_entries=100)
+    row = fingerprint(b"row")
+    for i in range(1_000):
+        cache.put((f"r{i}", 1, "k"), row, {}, since=cache.generation())
+    assert len(cache) == 100 and cache.held_bytes == 100 * (2 + ENTRY_OVERHEAD)
+    assert cache.get(("r899", 1, "k"), row) is None and cache.get(("r999", 1, "k"), row) == {}
+
+
+def test_an_open_that_began_before_a_shredding_cannot_put_it_back() -> None:
+    """A read that fetched the row before the shredding finishes after the drop: what it
+    decrypted must not stay in memory (the review's M1)."""
+    cache = OpenedVersions()
+    row = fingerprint(b"row")
+    since = cache.generation()  # the reader took its row
+    cache.drop("r1")  # the shredding
+    cache.put(("r1", 1, "k"), row, {"text": "secret"}, since=since)
+    assert len(cache) == 0 and cache.get(("r1", 1, "k"), row) is None
+    cache.put(("r1", 1, "k"), row, {"text": "later"}, since=cache.generation())
+    assert cache.get(("r1", 1, "k"), row) == {"text": "later"}
 
 
 def test_another_fingerprint_is_a_miss_and_drop_takes_every_version_and_reader() -> None:
     cache = OpenedVersions()
-    cache.put(("r1", 1, "a"), fingerprint(b"one"), {"v": 1})
-    cache.put(("r1", 2, "b"), fingerprint(b"two"), {"v": 2})
-    cache.put(("r2", 1, "a"), fingerprint(b"one"), {"v": 3})
+    cache.put(("r1", 1, "a"), fingerprint(b"one"), {"v": 1}, since=0)
+    cache.put(("r1", 2, "b"), fingerprint(b"two"), {"v": 2}, since=0)
+    cache.put(("r2", 1, "a"), fingerprint(b"one"), {"v": 3}, since=0)
     assert cache.get(("r1", 1, "a"), fingerprint(b"changed")) is None
     assert fingerprint(b"ab", b"c") != fingerprint(b"a", b"bc")  # length-prefixed parts
     cache.drop("r1")
