@@ -369,6 +369,7 @@ MEMBERS: dict[str, tuple[str, ...]] = {
         "write_budget",
         "vault",
         "vault.at_rest",
+        "vault.opened",
         "vault.ports",
         "vault.service",
         "vault.store",

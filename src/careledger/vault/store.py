@@ -49,7 +49,11 @@ _TYPE_QUERY_CHUNK = 400  # keeps bound parameters well under SQLite's limit
 
 
 def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # time.gmtime() alone reads C's time(), the kernel's coarse clock, which can still show the
+    # last second a few ms after time.time() shows the next: a version sealed right after its
+    # meta.lastUpdated (stamped from time.time()) was then "created" a second before it, and
+    # the node audit said so.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time()))
 
 
 @dataclass(frozen=True, slots=True)

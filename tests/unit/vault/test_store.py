@@ -367,3 +367,14 @@ def test_put_many_stores_all_or_none(store: VaultStore) -> None:
     assert store.get("fresh-2").record_id == "fresh-2"
     rows = store.live_records(["Observation"])
     assert [r[1] for r in rows] == sorted(["taken", "fresh-1", "fresh-2"])
+
+
+def test_created_is_read_from_the_same_clock_as_last_updated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """time.gmtime() alone reads the kernel's coarse clock, a few ms behind time.time(): a
+    version sealed just after a second began was "created" before its lastUpdated."""
+    from careledger.vault import store as vault_store
+
+    monkeypatch.setattr(vault_store.time, "time", lambda: 1_700_000_000.999)
+    assert vault_store._utc_now() == "2023-11-14T22:13:20Z"
