@@ -35,6 +35,8 @@ from careledger.keyfile import read_key_file  # noqa: E402
 from careledger.nodedir import init_demo  # noqa: E402
 
 BATCH = 2000
+# issue 20: the cluster at >= 60% of the single node (an earlier issue asked 50%)
+TARGET_SHARE = 0.60
 BENCH = "cluster"
 SINGLE = "single node (local ordering), same run"
 SIGNERS = ("st-mary-admin", "acme-admin")
@@ -202,7 +204,7 @@ def report(
         "tx/s",
         baseline=SINGLE,
         baseline_value=single_rate,
-        note="target >= 50% of the single node",
+        note=f"target >= {TARGET_SHARE:.0%} of the single node (issue 20)",
     )
     figure(
         BENCH,
@@ -263,7 +265,7 @@ def main() -> None:
         line(
             "cluster / single node (slowest node)",
             f"{ratio:.0%}",
-            "target >= 50% " + ("MET" if ratio >= 0.5 else "MISSED"),
+            f"target >= {TARGET_SHARE:.0%} " + ("MET" if ratio >= TARGET_SHARE else "MISSED"),
         )
         line(
             f"catch-up of a node that missed {missed:,}",
