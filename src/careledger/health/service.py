@@ -133,9 +133,15 @@ class HealthRecords:
     ) -> HealthRecords:
         """The service over the node's own vault file, listening to the node's commits."""
         data_dir = node.settings.data_dir
+
+        def vault_now() -> str:
+            # A row's created (and shredded_at) by the clock that stamps meta.lastUpdated: the
+            # node audit wants created within seconds after lastUpdated.
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.time()))
+
         records = cls(
             node,
-            Vault(VaultStore(data_dir / VAULT_FILE)),
+            Vault(VaultStore(data_dir / VAULT_FILE, clock=vault_now), clock=vault_now),
             patient_keys_dir=data_dir / KEYS_DIR / "patients",
             clock=clock,
             random=random,
