@@ -666,6 +666,7 @@ WIRED = frozenset(
         "TokenIssuer",
         "GrantStore",
         "AuthorizationServer",
+        "AppsService",
     }
 )
 

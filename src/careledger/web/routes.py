@@ -1124,7 +1124,8 @@ async def clinician(
             pending=mine[0] if mine else None,
         )
     rows = _timeline(found)
-    launch_apps = [a for a in AppsService(get_node(request)).list() if a.get("launch_uri")]
+    apps: AppsService = request.app.state.services.apps
+    launch_apps = [a for a in apps.list() if a.get("launch_uri")]
     return page(
         request,
         "clinician.html",
