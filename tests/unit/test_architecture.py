@@ -4,6 +4,7 @@ in core and contracts), imports go down the layers (docs/architecture.md), no im
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -238,6 +239,30 @@ def test_every_role_named_anywhere_is_one_the_ruleset_grants() -> None:
     unknown = {name: sorted(v - roles - {SYSTEM}) for name, v in sets.items() if v - roles - {SYSTEM}}
     assert not unknown, f"roles that no ruleset grants: {unknown}"
     assert set(DEFAULT_SCOPES) <= roles, "scope defaults for a role no ruleset grants"
+
+
+# -- purposes of use: defined once, in the consent contract ---------------------------------
+
+TEMPLATE_PURPOSE = re.compile(r'name="purpose" value="([A-Z]+)"')
+
+
+def test_every_purpose_the_portal_names_is_a_contract_purpose_and_each_has_words() -> None:
+    from careledger.contracts.consent import PURPOSES
+    from careledger.web.access_words import PURPOSES as WORDS
+    from careledger.web.routes import CONSENT_PURPOSES
+
+    assert set(WORDS) == PURPOSES, "purposes of use without plain words, or words for none"
+    assert all(WORDS.values()), "a purpose of use whose words are empty"
+    offered = set(CONSENT_PURPOSES)
+    assert offered <= PURPOSES, f"the portal offers purposes no contract knows: {offered}"
+    fixed = {  # a form's purpose written into a page (the research-contact button)
+        f"{_name(path)}: {match.group(1)}"
+        for path in sorted(SRC.joinpath("web", "templates").rglob("*.html"))
+        for match in TEMPLATE_PURPOSE.finditer(path.read_text())
+    }
+    assert fixed, "the check sees the purpose a page fixes"
+    bad = {where for where in fixed if where.rsplit(" ", 1)[1] not in offered}
+    assert not bad, f"a page posts a purpose the consent form refuses: {bad}"
 
 
 # -- no import cycles -------------------------------------------------------------------------

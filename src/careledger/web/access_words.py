@@ -14,6 +14,8 @@ from careledger.contracts.base import StateReader
 from careledger.contracts.identity import member_of, org_of
 from careledger.contracts.records import record_of
 
+# Each purpose of use the consent contract knows (contracts.consent.PURPOSES), in a patient's
+# words; tests/unit/test_architecture.py holds the two to the same codes.
 PURPOSES = {
     "TREAT": "treatment",
     "ETREAT": "emergency treatment",
@@ -21,6 +23,8 @@ PURPOSES = {
     "HPAYMT": "payment",
     "HOPERAT": "the provider's operations",
     "HRESCH": "research",
+    "CLINTRCH": "clinical research",
+    "PUBHLTH": "public health",
     "PATRQT": "your own request",
 }
 BASES = {

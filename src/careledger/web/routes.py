@@ -658,7 +658,12 @@ CONSENT_KINDS = (
     ("Encounter", "Visits"),
     ("DiagnosticReport", "Reports"),
 )
-CONSENT_PURPOSES = frozenset({"TREAT", "CAREMGT", "HRESCH"})
+# What a patient may consent to on this page: fewer than the contract's purposes
+# (contracts.consent.PURPOSES), which the architecture test holds these to. The others are not a
+# consent a patient gives here: ETREAT is break-glass access, HPAYMT and HOPERAT a custodian's
+# own purposes (no consent needed), PATRQT the patient's own reads, CLINTRCH the consent a trial
+# records at enrolment (trials.consent_records), PUBHLTH reporting no page of the portal offers.
+CONSENT_PURPOSES = ("TREAT", "CAREMGT", "HRESCH")
 
 
 def _consents_page(
@@ -676,6 +681,7 @@ def _consents_page(
         org_names=names,
         own_org=claims.org,
         kinds=CONSENT_KINDS,
+        purposes=[(code, PURPOSE_WORDS[code]) for code in CONSENT_PURPOSES],
         problem=problem,
     )
     if problem:
