@@ -224,6 +224,36 @@ def _role_sets() -> dict[str, frozenset[str]]:
     return found
 
 
+def role_literals(path: Path) -> list[tuple[str, str]]:
+    """``(line, role)`` for each role named as a string literal in a check:
+    ``x.has_role("...")`` and ``"..." in x.roles`` / ``"..." not in x.roles``."""
+    found: list[tuple[str, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "has_role"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.append((str(node.lineno), node.args[0].value))
+        elif (
+            isinstance(node, ast.Compare)
+            and isinstance(node.left, ast.Constant)
+            and isinstance(node.left.value, str)
+            and len(node.ops) == 1
+            and isinstance(node.ops[0], ast.In | ast.NotIn)
+            and isinstance(node.comparators[0], ast.Attribute)
+            and node.comparators[0].attr == "roles"
+        ):
+            found.append((str(node.lineno), node.left.value))
+    return sorted(found, key=lambda entry: int(entry[0]))
+
+
+TEMPLATE_ROLE = re.compile(r"[\"']([a-z_]+)[\"'] (?:not )?in me\.roles")
+
+
 def test_every_role_named_anywhere_is_one_the_ruleset_grants() -> None:
     from careledger.callers.caller import SYSTEM
     from careledger.callers.scopes import DEFAULT_SCOPES
@@ -238,7 +268,36 @@ def test_every_role_named_anywhere_is_one_the_ruleset_grants() -> None:
     assert len(sets) >= 10  # the check sees the contracts' and the node's role sets
     unknown = {name: sorted(v - roles - {SYSTEM}) for name, v in sets.items() if v - roles - {SYSTEM}}
     assert not unknown, f"roles that no ruleset grants: {unknown}"
-    assert set(DEFAULT_SCOPES) <= roles, "scope defaults for a role no ruleset grants"
+    assert set(DEFAULT_SCOPES) == roles, "scope defaults for a role no ruleset grants, or none"
+    named = [
+        (f"{_name(path)}:{line}", role)
+        for path in sorted(SRC.rglob("*.py"))
+        for line, role in role_literals(path)
+    ]
+    assert len(named) >= 40  # the check sees the contracts' has_role and the node's checks
+    assert {role for _, role in named} >= {"patient", "node", "admin", "sponsor", "investigator"}
+    pages = [
+        (_name(path), match.group(1))
+        for path in sorted(SRC.joinpath("web", "templates").rglob("*.html"))
+        for match in TEMPLATE_ROLE.finditer(path.read_text())
+    ]
+    assert len(pages) >= 5  # the check sees the pages' menus
+    unknown_literals = [(where, role) for where, role in named + pages if role not in roles]
+    assert not unknown_literals, f"roles checked that no ruleset grants: {unknown_literals}"
+
+
+def test_a_misspelt_role_check_is_caught(tmp_path: Path) -> None:
+    sample = tmp_path / "bad.py"
+    sample.write_text(
+        "ctx.signer.has_role('clincian')\n"
+        "if 'pateint' in caller.roles: pass\n"
+        "if 'admn' not in claims.roles: pass\n"
+        "has_role(role)\n"
+        "'patient' in roles\n"
+        "caller.roles <= {'patient'}\n"
+    )
+    assert role_literals(sample) == [("1", "clincian"), ("2", "pateint"), ("3", "admn")]
+    assert TEMPLATE_ROLE.findall('{% if me and "nures" in me.roles %}') == ["nures"]
 
 
 # -- purposes of use: defined once, in the consent contract ---------------------------------
