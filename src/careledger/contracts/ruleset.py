@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 from careledger.contracts.base import Args, Context, Contract, Signer, StateReader
@@ -46,6 +47,11 @@ class Ruleset:
     nonce_policy: str = "strictly-increasing-per-signer"
     receipt_version: int = 1
     notes: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        # A read-only copy: a frozen ruleset's contracts cannot be swapped through the dict it
+        # was built from, nor by item assignment (old rules are never edited).
+        object.__setattr__(self, "contracts", MappingProxyType(dict(self.contracts)))
 
     def derive(self, name: str, **parts: Any) -> Ruleset:
         """The next ruleset: this one with ``parts`` replaced (contracts merged by name)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import FrozenInstanceError, replace
+from typing import Any
 
 import pytest
 
@@ -89,6 +91,43 @@ def test_rules_change_at_the_height_the_vote_chose_and_replay_is_identical() -> 
     # A node with only the old software cannot verify past the activation height.
     report = verify_store(chain.store, registry=Registry([first]), reexecute=True)
     assert not report.ok and report.height == 5
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [{"nonce_policy": "any-unused-per-signer"}, {"receipt_version": 2}],
+    ids=["nonce_policy", "receipt_version"],
+)
+def test_a_ruleset_needing_an_executor_this_node_lacks_executes_no_block(
+    parts: dict[str, Any],
+) -> None:
+    first, _ = notes_rulesets()
+    odd = first.derive("notes-odd", **parts)
+    chain = TestChain(MemoryStore(), ruleset="notes-1", registry=Registry([first, odd]))
+    schedule_by_vote(chain, "notes-odd", 4)  # proposal at 1, vote at 2
+    chain.run("dr-a", "put", {"key": "k3", "text": "x"}, contract="notes")  # height 3: old rules
+    head = chain.ledger.head
+    envelope = chain.envelope("dr-a", "put", {"key": "k4", "text": "x"}, contract="notes")
+    with pytest.raises(UnknownRuleset, match="notes-odd"):
+        chain.ledger.commit([chain.ledger.decode(envelope)], chain.time + 1000)
+    assert chain.ledger.head == head  # the node knows the name, not how to execute it
+
+
+def test_a_ruleset_is_frozen_down_to_its_contracts() -> None:
+    first, second = notes_rulesets()
+    with pytest.raises(FrozenInstanceError):
+        first.contracts = {}  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        first.contracts["notes"] = NotesV2()  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del first.contracts["notes"]  # type: ignore[attr-defined]
+    assert type(first.contracts["notes"]) is NotesV1  # unchanged, and so its successor's base
+    built_from = {"identity": first.contracts["identity"]}
+    ruleset = replace(first, name="copy", contracts=built_from)
+    built_from["notes"] = NotesV2()  # the dict it was built from is not the ruleset's
+    assert set(ruleset.contracts) == {"identity"}
+    assert replace(second, name="again") == replace(second, name="again")
+    assert type(second.contracts["notes"]) is NotesV2
 
 
 def test_a_node_that_lacks_a_scheduled_ruleset_warns_then_stops_at_its_height(
