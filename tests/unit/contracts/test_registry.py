@@ -43,10 +43,20 @@ def notes_rulesets() -> tuple[Ruleset, Ruleset]:
 
 
 def schedule_by_vote(chain: TestChain, name: str, height: int) -> None:
+    before = schedule(chain.ledger.state)
     proposal = chain.run("hosp-admin", "propose_ruleset", {"ruleset": name, "height": height})
     assert proposal["result"] == "accepted", proposal
+    # The proposer's organisation alone is 1 of 3: nothing is scheduled yet.
+    assert schedule(chain.ledger.state) == before
+    assert _proposal(chain, proposal["tx_id"])["status"] == "open"
     vote = chain.run("pharm-admin", "vote", {"proposal": proposal["tx_id"], "approve": True})
     assert vote["result"] == "accepted", vote
+    assert _proposal(chain, proposal["tx_id"])["status"] == "accepted"  # 2 of 3
+
+
+def _proposal(chain: TestChain, proposal: str) -> dict[str, Any]:
+    found: dict[str, Any] = chain.ledger.state("identity", f"proposal/{proposal}")
+    return found
 
 
 def test_registry_refuses_duplicate_names_and_knows_its_rulesets() -> None:
@@ -91,6 +101,32 @@ def test_rules_change_at_the_height_the_vote_chose_and_replay_is_identical() -> 
     # A node with only the old software cannot verify past the activation height.
     report = verify_store(chain.store, registry=Registry([first]), reexecute=True)
     assert not report.ok and report.height == 5
+
+
+def test_a_ruleset_proposal_voted_down_is_never_scheduled() -> None:
+    first, second = notes_rulesets()
+    chain = TestChain(MemoryStore(), ruleset="notes-1", registry=Registry([first, second]))
+    proposal = chain.run("hosp-admin", "propose_ruleset", {"ruleset": "notes-2", "height": 6})
+    assert proposal["result"] == "accepted", proposal
+    against = {"proposal": proposal["tx_id"], "approve": False}
+    assert chain.run("pharm-admin", "vote", against)["result"] == "accepted"
+    assert _proposal(chain, proposal["tx_id"])["status"] == "open"  # 1 yes, 1 no of 3
+    assert chain.run("maker-admin", "vote", against)["result"] == "accepted"
+    assert _proposal(chain, proposal["tx_id"])["status"] == "rejected"  # 2 no of 3
+    assert schedule(chain.ledger.state) == [(0, "notes-1")]
+    late = chain.run("maker-admin", "vote", {**against, "approve": True})
+    assert late["code"] == "PROPOSAL_CLOSED"
+    while chain.ledger.head.height < 7:  # past the height it asked for: still the old rules
+        chain.run("dr-a", "put", {"key": "k", "text": "n/a"}, contract="notes")
+    assert chain.ledger.state("notes", "k") == {"text": "n/a", "v": 1}
+    assert schedule(chain.ledger.state) == [(0, "notes-1")]
+
+
+def test_a_genesis_naming_a_ruleset_this_node_does_not_know_is_refused() -> None:
+    store = MemoryStore()
+    with pytest.raises(UnknownRuleset, match="r99"):
+        TestChain(store, ruleset="r99")
+    assert store.head() is None  # no chain was made
 
 
 @pytest.mark.parametrize(
