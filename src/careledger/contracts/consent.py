@@ -10,7 +10,7 @@ flagged on every access and announced to the patient by an event.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from careledger.contracts.base import Args, Context, Contract, KeyLister, StateReader, tx_method
@@ -46,6 +46,25 @@ def by_patient_key(patient: str, consent_id: str) -> str:
 def patient_consents_prefix(patient: str) -> str:
     """Where a patient's consents are indexed (``by_patient_key``): the node lists them."""
     return by_patient_key(patient, "")
+
+
+def consent_of(read: StateReader, consent_id: str) -> Mapping[str, Any] | None:
+    """A consent (grantee, actions, types, purposes, period, status), or None."""
+    found: Mapping[str, Any] | None = read(NAMESPACE, consent_key(consent_id))
+    return found
+
+
+def consents_of(
+    read: StateReader, keys: KeyLister, patient: str, limit: int
+) -> Iterator[Mapping[str, Any]]:
+    """A patient's consents (revoked ones too), among the first ``limit`` of the patient's
+    index, in its order (by consent id), read lazily: what the node judges an access by (with
+    :func:`consent_covers`) and what a patient's consent list shows."""
+    indexed = patient_consents_prefix(patient)
+    for key in keys(NAMESPACE, indexed, limit):
+        consent: Mapping[str, Any] | None = read(NAMESPACE, consent_key(key[len(indexed) :]))
+        if consent is not None:
+            yield consent
 
 
 def break_glass_key(access_id: str) -> str:

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from careledger.contracts.base import Args, Context, Contract, StateReader, tx_method
+from careledger.contracts.base import Args, Context, Contract, KeyLister, StateReader, tx_method
 from careledger.contracts.identity import ID_PATTERN
 from careledger.contracts.identity import NAMESPACE as IDENTITY
 from careledger.core.block import ZERO_HASH
@@ -61,6 +61,32 @@ def patient_index_key(patient: str, record_id: str) -> str:
 PATIENT_INDEX_PREFIX = "patient/"
 """Where every patient's records are indexed (``patient_index_key``): a system export lists
 the patients with records from it."""
+
+
+class IndexedRecord(NamedTuple):
+    """A live record in a patient's index."""
+
+    record_id: str
+    resource_type: str
+    custodian: str
+
+
+def records_of(read: StateReader, keys: KeyLister, patient: str, limit: int) -> list[IndexedRecord]:
+    """A patient's live (unshredded) records, among the first ``limit`` of the patient's index,
+    in its order (by record id): which of them a custodian holds, and who else holds some."""
+    indexed = patient_index_key(patient, "")
+    out = []
+    for key in keys(NAMESPACE, indexed, limit):
+        entry = read(NAMESPACE, key)
+        if entry is not None:
+            out.append(IndexedRecord(key[len(indexed) :], entry["type"], entry["custodian"]))
+    return out
+
+
+def patients_with_records(keys: KeyLister, limit: int) -> list[str]:
+    """The patients with a live record, sorted, from the first ``limit`` entries of every
+    patient's index: whom a system export covers."""
+    return sorted({k.split("/", 2)[1] for k in keys(NAMESPACE, PATIENT_INDEX_PREFIX, limit)})
 
 
 def holding_key(patient: str, custodian: str, resource_type: str) -> str:
@@ -112,6 +138,46 @@ def org_holding_key(custodian: str, resource_type: str) -> str:
 
 def org_holding_op_key(custodian: str, resource_type: str, n: int) -> str:
     return f"{org_holding_key(custodian, resource_type)}/op/{n:010d}"
+
+
+def org_records_of(
+    read: StateReader, keys: KeyLister, custodian: str, limit: int
+) -> list[tuple[str, str]]:
+    """(record id, type) of an organisation's own live records (about no patient, r10), among
+    the first ``limit`` of its index, in its order (by record id)."""
+    indexed = org_index_key(custodian, "")
+    out = []
+    for key in keys(NAMESPACE, indexed, limit):
+        entry = read(NAMESPACE, key)
+        if entry is not None:
+            out.append((key[len(indexed) :], entry["type"]))
+    return out
+
+
+def holding_state(
+    read: StateReader, patient: str | None, custodian: str, resource_type: str
+) -> tuple[int, str]:
+    """(operations, head) of a custodian's holdings of one type: of ``patient``'s records, or
+    with ``patient`` None of its own (r10). What ``attest_holdings`` must name."""
+    if patient is None:
+        return holding_of(read(NAMESPACE, org_holding_key(custodian, resource_type)))
+    return holding_of(read(NAMESPACE, holding_key(patient, custodian, resource_type)))
+
+
+def holding_ops(
+    read: StateReader, patient: str | None, custodian: str, resource_type: str, n: int
+) -> list[Any]:
+    """The first ``n`` operations of the holdings chain :func:`holding_state` reads, oldest
+    first: what :func:`replay_holding` replays to its head."""
+    if patient is None:
+        return [
+            read(NAMESPACE, org_holding_op_key(custodian, resource_type, i))
+            for i in range(1, n + 1)
+        ]
+    return [
+        read(NAMESPACE, holding_op_key(patient, custodian, resource_type, i))
+        for i in range(1, n + 1)
+    ]
 
 
 ORG_RECORD_TYPES: frozenset[str] = frozenset(

@@ -19,8 +19,7 @@ from careledger.contracts.consent import (
     break_glass_index_key,
     break_glass_key,
     consent_covers,
-    consent_key,
-    patient_consents_prefix,
+    consents_of,
 )
 from careledger.errors import Forbidden
 from careledger.ledger.engine import Ledger
@@ -52,11 +51,9 @@ def choose_basis(
     if caller.is_app and caller.org == custodian and purpose in CUSTODIAN_PURPOSES:
         return {"kind": "custodian"}
     needed = "read" if action == "export" else action
-    indexed = patient_consents_prefix(patient)
-    for key in ledger.store.state_keys(CONSENT, indexed, MAX_CONSENTS_SCANNED):
-        consent_id = key.rsplit("/", 1)[1]
-        consent = ledger.state(CONSENT, consent_key(consent_id))
-        if consent is not None and all(
+    consents = consents_of(ledger.state, ledger.store.state_keys, patient, MAX_CONSENTS_SCANNED)
+    for consent in consents:
+        if all(
             consent_covers(
                 consent,
                 member="" if caller.is_app else caller.member,
@@ -68,7 +65,7 @@ def choose_basis(
             )
             for t in types
         ):
-            return {"kind": "consent", "id": consent_id}
+            return {"kind": "consent", "id": str(consent["id"])}
     if purpose == "ETREAT" and action == "read" and not caller.is_app:
         latest = ledger.state(CONSENT, break_glass_index_key(patient, caller.member))
         if latest is not None:

@@ -51,16 +51,12 @@ import orjson
 from careledger.callers.caller import Caller, require_scope
 from careledger.callers.scopes import allows, restrictions
 from careledger.clock import SYSTEM_CLOCK, Clock
-from careledger.contracts.consent import NAMESPACE as CONSENT
-from careledger.contracts.consent import consent_covers, consent_key
+from careledger.contracts.consent import consent_covers, consent_of
 from careledger.contracts.records import (
     MAX_ATTESTED,
-    PATIENT_INDEX_PREFIX,
-    holding_key,
-    holding_of,
-    holding_op_key,
-    org_holding_key,
-    org_holding_op_key,
+    holding_ops,
+    holding_state,
+    patients_with_records,
     replay_holding,
 )
 from careledger.contracts.records import NAMESPACE as RECORDS
@@ -329,8 +325,7 @@ class ExportJobs:
             self._finish(job, "complete", manifest=manifest, patients=exported)
 
     def _patients(self) -> list[str]:
-        keys = self.ledger.store.state_keys(RECORDS, PATIENT_INDEX_PREFIX, 100_000_000)
-        return sorted({k.split("/", 2)[1] for k in keys})
+        return patients_with_records(self.ledger.store.state_keys, 100_000_000)
 
     def _group_meta(self, caller: Caller, group: str) -> dict[str, Any]:
         """The Group's ledger entry: a live Group of this organisation's, which only its own
@@ -508,7 +503,7 @@ class ExportJobs:
         kinds = {k for k in (request.types or RECORD_TYPES) & RECORD_TYPES if k not in excused}
         uncovered: list[str] = []
         if basis.get("kind") == "consent":
-            consent = self.ledger.state(CONSENT, consent_key(str(basis["id"])))
+            consent = consent_of(self.ledger.state, str(basis["id"]))
             now_ms = self._clock.now_ms()
             uncovered = sorted(
                 kind
@@ -525,7 +520,7 @@ class ExportJobs:
         the Group exported is the version the ledger held."""
         org = self.records.org
         for _ in range(ATTEST_RETRIES):
-            n, head = holding_of(reads.ledger.state(RECORDS, org_holding_key(org, "Group")))
+            n, head = holding_state(reads.ledger.state, None, org, "Group")
             item = {"type": "Group", "n": n, "head": head}
             (receipt,) = self.records.node.execute(
                 [("records", "attest_holdings", {"holdings": [item], "export": job})]
@@ -535,10 +530,7 @@ class ExportJobs:
         if receipt["result"] != "accepted":
             raise StorageError(f"the ledger refused the export's holdings ({receipt.get('code')})")
         proof.attest_txs.append(str(receipt["tx_id"]))
-        ops = [
-            reads.ledger.state(RECORDS, org_holding_op_key(org, "Group", i))
-            for i in range(1, n + 1)
-        ]
+        ops = holding_ops(reads.ledger.state, None, org, "Group", n)
         proof.holdings.write(orjson.dumps({
             "org": org, "type": "Group", "n": n, "head": head, "tx": receipt["tx_id"],
             "ops": ops}) + b"\n")  # fmt: skip
@@ -556,10 +548,9 @@ class ExportJobs:
             chunk = wanted[start : start + MAX_ATTESTED]
             for _ in range(ATTEST_RETRIES):
                 heads = [
-                    (patient, kind, *holding_of(
-                        reads.ledger.state(RECORDS, holding_key(patient, org, kind))))
+                    (patient, kind, *holding_state(reads.ledger.state, patient, org, kind))
                     for patient, kind in chunk
-                ]  # fmt: skip
+                ]
                 items = [{"patient": p, "type": k, "n": n, "head": h} for p, k, n, h in heads]
                 (receipt,) = self.records.node.execute(
                     [("records", "attest_holdings", {"holdings": items, "export": job})]
@@ -589,10 +580,7 @@ class ExportJobs:
         (record -> version, anchored at or after ``since``; every record the chain names)."""
         n, head, tx_id = attested
         org = self.records.org
-        ops = [
-            reads.ledger.state(RECORDS, holding_op_key(patient, org, kind, i))
-            for i in range(1, n + 1)
-        ]
+        ops = holding_ops(reads.ledger.state, patient, org, kind, n)
         proof.holdings.write(orjson.dumps({
             "patient": patient, "type": kind, "n": n, "head": head, "tx": tx_id,
             "ops": ops}) + b"\n")  # fmt: skip

@@ -26,14 +26,15 @@ from careledger.config import KEYS_DIR, VAULT_FILE
 from careledger.contracts.audit import NAMESPACE as AUDIT
 from careledger.contracts.audit import access_key, access_prefix
 from careledger.contracts.consent import NAMESPACE as CONSENT
-from careledger.contracts.consent import consent_key, patient_consents_prefix
+from careledger.contracts.consent import consent_key, consents_of
 from careledger.contracts.identity import KEY_EVENTS, key_events_of, member_of
 from careledger.contracts.records import NAMESPACE as RECORDS
 from careledger.contracts.records import WRITER_ROLES as RECORD_WRITER_ROLES
 from careledger.contracts.records import (
     org_index_key,
-    patient_index_key,
+    org_records_of,
     record_key,
+    records_of,
     version_key,
 )
 from careledger.core.keys import KeyPair, b64url_encode, decode_public_key
@@ -848,13 +849,11 @@ class HealthRecords:
     def own_records(self, resource_type: str, as_of: int) -> dict[str, int]:
         """record id -> version as at ``as_of`` of this organisation's own live records of a
         type (from the ledger's index of them)."""
-        prefix = org_index_key(self.org, "")
         out = {}
-        for key in self.ledger.store.state_keys(RECORDS, prefix, 1_000_000):
-            entry = self.ledger.state(RECORDS, key)
-            if entry is None or entry["type"] != resource_type:
+        own = org_records_of(self.ledger.state, self.ledger.store.state_keys, self.org, 1_000_000)
+        for record_id, kind in own:
+            if kind != resource_type:
                 continue
-            record_id = key[len(prefix) :]
             version = self._version_at(record_id, as_of)
             if version is not None:
                 out[record_id] = version
@@ -996,25 +995,17 @@ class HealthRecords:
 
     def patient_records(self, patient: str, types: set[str] | None = None) -> list[tuple[str, str]]:
         """(record id, type) of a patient's live records held here, from the ledger's index."""
-        prefix = patient_index_key(patient, "")
-        out = []
-        for key in self.ledger.store.state_keys(RECORDS, prefix, 1_000_000):
-            entry = self.ledger.state(RECORDS, key)
-            if entry is None or entry["custodian"] != self.org:
-                continue
-            if types is None or entry["type"] in types:
-                out.append((key[len(prefix) :], entry["type"]))
-        return out
+        held = records_of(self.ledger.state, self.ledger.store.state_keys, patient, 1_000_000)
+        return [
+            (r.record_id, r.resource_type)
+            for r in held
+            if r.custodian == self.org and (types is None or r.resource_type in types)
+        ]
 
     def custodians_of(self, patient: str) -> list[str]:
         """Other organisations holding live records of ``patient`` (from the ledger's index)."""
-        prefix = patient_index_key(patient, "")
-        found = set()
-        for key in self.ledger.store.state_keys(RECORDS, prefix, 1_000_000):
-            entry = self.ledger.state(RECORDS, key)
-            if entry is not None and entry["custodian"] != self.org:
-                found.add(str(entry["custodian"]))
-        return sorted(found)
+        held = records_of(self.ledger.state, self.ledger.store.state_keys, patient, 1_000_000)
+        return sorted({r.custodian for r in held if r.custodian != self.org})
 
     def everything_everywhere(
         self,
@@ -1336,8 +1327,10 @@ class HealthRecords:
 
     def consents(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
         self._may_see_consents(caller, patient)
-        keys = self.ledger.store.state_keys(CONSENT, patient_consents_prefix(patient), 10_000)
-        return [self.ledger.state(CONSENT, consent_key(k.rsplit("/", 1)[1])) for k in keys]
+        return [
+            dict(c)
+            for c in consents_of(self.ledger.state, self.ledger.store.state_keys, patient, 10_000)
+        ]
 
     def access_log(self, caller: Caller, patient: str) -> list[dict[str, Any]]:
         require_scope(caller, "AuditEvent", "read", patient)  # a narrowed token stays narrow
