@@ -137,7 +137,8 @@ class Orderer(Protocol):
     An implementation MUST:
     - resolve a submission's future only once its block is durable: appended to the store, whose
       ``append_block`` returns after the fsync (see LedgerStore). The value is the transaction's
-      receipt (accepted, or rejected by its contract); ``Conflict`` if it was a replay;
+      receipt (accepted, or rejected by its contract); ``Conflict`` if it was a replay (a
+      JetStream node answers one with the committed copy's receipt instead: ADR 0008);
       ``StorageError`` if its block could not be written;
     - resolve every future it handed out, and keep ordering when a waiter cancelled its future
       (asyncio does when a request's ``wait`` times out);

@@ -398,6 +398,8 @@ class JetStreamOrderer:
             self.ledger.release(txs)
             raise Pushback("the node is not accepting transactions", code="NODE_STOPPING")
         futures: list[Future[dict[str, Any]]] = []
+        fresh: list[Transaction] = []
+        replays: list[Future[dict[str, Any]]] = []
         with self._pending_lock:
             if self._queued + len(txs) > self.max_queue:  # checked and taken in one step
                 self.ledger.release(txs)
@@ -405,13 +407,21 @@ class JetStreamOrderer:
             for tx in txs:
                 fut: Future[dict[str, Any]] = Future()
                 futures.append(fut)
+                if tx.tx_id in self._pending:  # a copy already waits: one future per tx id
+                    replays.append(fut)
+                    continue
                 self._pending[tx.tx_id] = (fut, tx.sig)
-            self._queued += len(txs)
+                fresh.append(tx)
+            self._queued += len(fresh)
+        for fut in replays:
+            settle(
+                fut, exc=Conflict("the transaction was not committed (replay)", code="NONCE_REPLAY")
+            )
         inbox = self._inbox
         assert inbox is not None
 
         def enqueue() -> None:
-            for tx in txs:
+            for tx in fresh:
                 inbox.put_nowait(tx)
 
         self._loop.call_soon_threadsafe(enqueue)
@@ -465,10 +475,23 @@ class JetStreamOrderer:
     def _fail(self, txs: Sequence[Transaction], error: Exception) -> None:
         with self._pending_lock:
             entries = [self._pending.pop(tx.tx_id, None) for tx in txs]
-            self._queued -= len(txs)
+            self._queued -= sum(1 for entry in entries if entry is not None)
         for entry in entries:
             if entry is not None:
                 settle(entry[0], exc=error)
+
+    def _fail_pending(self, error: Exception) -> None:
+        """Every future still pending fails with ``error``, after the blocks already posted
+        resolved theirs (on the notifier's thread, in order)."""
+
+        def fail() -> None:
+            with self._pending_lock:
+                pending, self._pending = self._pending, {}
+                self._queued -= len(pending)
+            for fut, _ in pending.values():
+                settle(fut, exc=error)
+
+        self._notifier.post(None, fail)
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -499,9 +522,16 @@ class JetStreamOrderer:
             try:
                 self._apply(seq, data, headers)
             except Exception:
-                # The store failed: stop applying (a gap would fork this node), say so loudly.
+                # The store failed: stop applying (a gap would fork this node), say so loudly,
+                # and to every waiter: this node will not commit what they wait for.
                 log.exception("could not apply stream sequence %d; this node stops ordering", seq)
                 self._stopping.set()
+                self._fail_pending(
+                    StorageError(
+                        "this node could not write a block and stopped ordering; the stream "
+                        "keeps the batch, which may still commit on other nodes"
+                    )
+                )
                 return
 
     def _publisher_ok(self, data: bytes, headers: Mapping[str, str]) -> bool:

@@ -46,11 +46,14 @@ def settle(
 def settle_block(
     batch: Sequence[tuple[Transaction, Future[dict[str, Any]]]], executed: Executed | None
 ) -> None:
-    """Each future of a committed batch: its receipt, or Conflict for a replay left out."""
+    """Each future of a committed batch: its receipt, or Conflict for a replay left out (a
+    second copy of a transaction in the batch among them: the receipt is the first's)."""
     receipts = {} if executed is None else executed.receipts
     skipped = {} if executed is None else executed.skipped
+    answered: set[str] = set()
     for tx, fut in batch:
-        rec = receipts.get(tx.tx_id)
+        rec = None if tx.tx_id in answered else receipts.get(tx.tx_id)
+        answered.add(tx.tx_id)
         if rec is not None:
             settle(fut, result=rec)
         else:

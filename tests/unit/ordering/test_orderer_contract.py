@@ -7,6 +7,7 @@ bounded; nothing asserts on timing. A listener blocked on an Event stands for a 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from careledger.errors import CareLedgerError, Pushback
+from careledger.errors import CareLedgerError, Conflict, Pushback, StorageError
 from careledger.ledger.admission import admit_all
 from careledger.ledger.execute import Executed
-from careledger.ledger.ports import CommitListener, Orderer
+from careledger.ledger.ports import BlockWrite, CommitListener, Orderer
 from careledger.ordering.local import LocalOrderer
 from careledger.ordering.memory import MemoryOrderer
 from careledger.storage.memory import MemoryStore
@@ -53,11 +54,34 @@ KINDS = [
 ]
 
 
+class FailsOnce:
+    """A store whose next ``append_block``, once armed, raises as a full disk would (the block
+    is not written); every other append is the store's own."""
+
+    armed = False
+
+    def append_block(self, block: BlockWrite) -> None:
+        if self.armed:
+            self.armed = False
+            raise StorageError("block not written: the disk is full (a test's)")
+        super().append_block(block)  # type: ignore[misc]
+
+
+class FlakyMemoryStore(FailsOnce, MemoryStore):
+    pass
+
+
+class FlakySQLiteStore(FailsOnce, SQLiteStore):
+    pass
+
+
 @dataclass
 class Kit:
+    kind: str
     chain: TestChain
     orderer: Orderer
     durable: Callable[[str], bool]  # is the transaction committed, as another reader sees it
+    store: FailsOnce  # arm it to fail the next block's write
 
 
 def committed_in_file(path: Path, tx_id: str) -> bool:
@@ -77,8 +101,10 @@ def build(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[.
 
     def make(*, max_queue: int = 1000, start: bool = True) -> Kit:
         orderer: Orderer
+        store: FlakyMemoryStore | FlakySQLiteStore
         if kind == "memory":
-            chain = TestChain(MemoryStore())
+            store = FlakyMemoryStore()
+            chain = TestChain(store)
             orderer = MemoryOrderer(chain.ledger, max_queue=max_queue)
 
             def durable(tx_id: str) -> bool:
@@ -86,7 +112,7 @@ def build(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[.
 
         else:
             path = tmp_path / "ledger.sqlite"
-            store = SQLiteStore(path)
+            store = FlakySQLiteStore(path)
             teardown.append(store.close)
             chain = TestChain(store)
 
@@ -102,7 +128,7 @@ def build(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[.
         teardown.append(orderer.stop)
         if start:
             orderer.start()
-        return Kit(chain, orderer, durable)
+        return Kit(kind, chain, orderer, durable, store)
 
     yield make
     for step in reversed(teardown):
@@ -324,3 +350,106 @@ def test_a_cancelled_future_does_not_stop_ordering(build: Callable[..., Kit], ga
     (later,) = submit(kit, envelopes(kit.chain, 1, "k"))
     assert later.result(WAIT)["result"] == "accepted"
     assert kit.chain.store.head().log_size == 3
+
+
+def test_a_block_that_cannot_be_written_fails_its_futures(build: Callable[..., Kit]) -> None:
+    """MUST: a submission's future is ``StorageError`` if its block could not be written, and
+    nothing of it is committed. The local and in-memory orderers release its nonces and go on
+    ordering; a JetStream node stops ordering instead of skipping a batch of the stream (the
+    next ones would fork it: ADR 0011), and says so to every waiter rather than leave them
+    waiting."""
+    kit = build()
+    envs = envelopes(kit.chain, 1, "w")
+    (tx,) = admit_all(kit.chain.ledger, envs, [None])
+    kit.store.armed = True
+    (failed,) = kit.orderer.submit([tx])
+    with pytest.raises(StorageError):
+        failed.result(WAIT)
+    assert not kit.store.armed and not kit.durable(tx.tx_id)
+    assert kit.chain.store.head().height == 0 and kit.orderer.queued == 0
+    if kit.kind == "jetstream":
+        with pytest.raises(Pushback) as refused:
+            submit(kit, envelopes(kit.chain, 1, "x"))
+        assert refused.value.code == "NODE_STOPPING"
+        return
+    # Released: the very same envelope is admitted again, and ordering goes on.
+    (again,) = submit(kit, envs)
+    assert again.result(WAIT)["result"] == "accepted"
+    (later,) = submit(kit, envelopes(kit.chain, 1, "y"))
+    assert later.result(WAIT)["result"] == "accepted"
+    assert kit.chain.store.head().log_size == 2
+
+
+def test_a_failing_listener_is_logged_and_the_next_one_still_runs(
+    build: Callable[..., Kit], caplog: pytest.LogCaptureFixture
+) -> None:
+    """CommitListener: an exception is logged and the next listener runs; the block stays
+    committed and its futures resolve with their receipts."""
+    kit = build()
+    ran: list[tuple[str, int]] = []
+
+    def failing(executed: Executed) -> None:
+        ran.append(("failing", executed.block.header.height))
+        raise RuntimeError("a listener's bug")
+
+    def after(executed: Executed) -> None:
+        ran.append(("after", executed.block.header.height))
+
+    kit.chain.ledger.commit_listeners.extend([failing, after])
+    with caplog.at_level(logging.ERROR, logger="careledger.ledger"):
+        (fut,) = submit(kit, envelopes(kit.chain, 1, "f"))
+        assert fut.result(WAIT)["result"] == "accepted"
+    assert ran == [("failing", 1), ("after", 1)]  # both ran before the future resolved
+    logged = [r for r in caplog.records if r.name == "careledger.ledger" and r.exc_info]
+    assert [r.getMessage() for r in logged] == ["a commit listener failed at height 1"]
+    assert logged[0].exc_info is not None and logged[0].exc_info[0] is RuntimeError
+    assert kit.durable(fut.result()["tx_id"])
+    (later,) = submit(kit, envelopes(kit.chain, 1, "g"))
+    assert later.result(WAIT)["result"] == "accepted"
+    assert ran[2:] == [("failing", 2), ("after", 2)]
+
+
+def test_a_resubmitted_transaction_is_a_replay_not_committed_twice(
+    build: Callable[..., Kit],
+) -> None:
+    """MUST NOT commit a transaction twice: a resubmitted one is a replay, and its future is
+    ``Conflict``. (A JetStream node answers a replay with the committed copy's receipt, so a
+    client retrying through another node hears that it committed: ADR 0008.)"""
+    kit = build()
+    (tx,) = admit_all(kit.chain.ledger, envelopes(kit.chain, 1, "twice"), [None])
+    (first,) = kit.orderer.submit([tx])
+    receipt = first.result(WAIT)
+    assert receipt["result"] == "accepted"
+    # Past admission, which refuses it (DUPLICATE_TX), as a copy already in flight would be.
+    (again,) = kit.orderer.submit([tx])
+    if kit.kind == "jetstream":
+        assert again.result(WAIT) == receipt
+    else:
+        with pytest.raises(Conflict) as replay:
+            again.result(WAIT)
+        assert replay.value.code == "NONCE_REPLAY"
+    assert kit.chain.store.head().log_size == 1 and kit.orderer.queued == 0
+    (later,) = submit(kit, envelopes(kit.chain, 1, "after"))
+    assert later.result(WAIT)["result"] == "accepted"
+    assert kit.chain.store.head().log_size == 2
+
+
+def test_a_copy_submitted_while_the_first_waits_is_a_replay(
+    build: Callable[..., Kit], gate: Gate
+) -> None:
+    """MUST: resolve every future it handed out, and never commit a transaction twice. A copy
+    submitted while the first still waits for its receipt, in the same submission or another,
+    is a replay (``Conflict``); the first resolves with its receipt."""
+    kit = build()
+    kit.chain.ledger.commit_listeners.append(gate)
+    (tx,) = admit_all(kit.chain.ledger, envelopes(kit.chain, 1, "copy"), [None])
+    first, same_call = kit.orderer.submit([tx, tx])
+    assert gate.entered.wait(WAIT)  # committed; its receipt waits for the listener
+    (in_flight,) = kit.orderer.submit([tx])
+    gate.opened.set()
+    assert first.result(WAIT)["result"] == "accepted"
+    for copy in (same_call, in_flight):
+        with pytest.raises(Conflict) as replay:
+            copy.result(WAIT)
+        assert replay.value.code == "NONCE_REPLAY"
+    assert kit.chain.store.head().log_size == 1 and kit.orderer.queued == 0
