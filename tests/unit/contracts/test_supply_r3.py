@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from careledger.contracts.supply import unit_key
 from careledger.storage.memory import MemoryStore
 from careledger.supply.event_hash import event_hash_id
 from tests.support.chain import TestChain
 from tests.unit.contracts.test_supply import (
+    GTIN,
     HOSP_GLN,
     MAKER_GLN,
     PHARM_GLN,
@@ -28,6 +30,7 @@ from tests.unit.contracts.test_supply_epcis import (
     anchors,
     commissioning,
     object_event,
+    sgln,
     sgtin,
     shipping,
 )
@@ -121,3 +124,47 @@ def test_a_location_under_another_organisations_prefix_cannot_be_claimed(
     claim = {"gln": plant_2, "name": "Not mine"}
     assert code(run(chain, "pharm-admin", "register_location", claim)) == "GLN_TAKEN"
     ok(run(chain, "maker-admin", "register_location", claim))
+
+
+# -- the issue's rule: "only a party the event names may anchor it: the owner of the identifiers
+# commissioned, the source or destination of a shipment, the holder at the read point" ---------
+
+
+def test_a_partner_cannot_commission_the_makers_identifiers_at_its_own_site(
+    chain: TestChain,
+) -> None:
+    """The site is the pharmacy's, so it is a party to the event; the identifiers are not its."""
+    at_pharmacy = {**commissioning(["E1"]), "bizLocation": {"id": sgln(PHARM_GLN)}}
+    assert code(capture(chain, "pharm-admin", [at_pharmacy])) == "NOT_PREFIX_OWNER"
+    assert state(chain, unit_key(GTIN, "E1")) is None
+    ok(capture(chain, "maker-admin", [commissioning(["E1"])]))  # nothing was claimed
+    assert unit(chain, "E1")["owner"] == "maker"
+
+
+def test_a_shipment_at_another_organisations_site_is_not_a_partners_to_anchor(
+    chain: TestChain,
+) -> None:
+    """A shipping event happens at its source: neither a bystander nor (under r3) its
+    destination anchors it; the source does."""
+    ok(capture(chain, "maker-admin", [commissioning(["F1"])]))
+    elsewhere = shipping([sgtin("F1")], MAKER_GLN, HOSP_GLN)
+    assert code(capture(chain, "pharm-admin", [elsewhere])) == "NOT_A_PARTY"
+    to_pharmacy = shipping([sgtin("F1")], MAKER_GLN, PHARM_GLN)
+    assert code(capture(chain, "pharm-admin", [to_pharmacy])) == "NOT_A_PARTY"
+    assert unit(chain, "F1")["status"] == "commissioned"
+    ok(capture(chain, "maker-admin", [to_pharmacy]))
+    assert unit(chain, "F1")["status"] == "shipped"
+
+
+def test_a_partner_cannot_ship_the_makers_unit_from_its_own_site(chain: TestChain) -> None:
+    """The site is the hospital's; the unit is not (its owner is the maker, and it is held at
+    the maker's plant)."""
+    ok(capture(chain, "maker-admin", [commissioning(["G1"])]))
+    from_hospital = shipping([sgtin("G1")], HOSP_GLN, PHARM_GLN)
+    assert code(capture(chain, "hosp-admin", [from_hospital])) == "NOT_OWNER"
+    held = unit(chain, "G1")
+    assert (held["owner"], held["status"], held["holder_location"]) == (
+        "maker",
+        "commissioned",
+        MAKER_GLN,
+    )
