@@ -270,12 +270,15 @@ def test_a_telemedicine_visit_with_consent_join_and_note(
 
 def test_a_patients_erasure_reaches_their_readings(server: Server, world: dict[str, Any]) -> None:
     """Readings are crypto-shredded like vault records; the anchored windows and their proofs
-    stay, and the ledger still verifies."""
+    stay (a reading proven before still verifies, over the API, after), and the ledger still
+    verifies."""
     clinician, patient, pid = world["clinician"], world["patient"], world["patient_id"]
     series = patient.get(f"/v1/monitoring/patients/{pid}/readings").json()
     some = series["readings"][0]
     path = f"/v1/devices/{some['device']}/windows/{some['window']}/readings/{some['index']}"
-    assert clinician.get(path).status_code == 200
+    before = clinician.get(path)
+    assert before.status_code == 200
+    answer = before.json()
     assert clinician.delete(f"/v1/monitoring/patients/{pid}/readings").status_code == 403
     erased = patient.delete(f"/v1/monitoring/patients/{pid}/readings")
     assert erased.status_code == 200, erased.text
@@ -286,5 +289,16 @@ def test_a_patients_erasure_reaches_their_readings(server: Server, world: dict[s
     assert gone.json()["code"] == "READINGS_ERASED"
     after = patient.get(f"/v1/monitoring/patients/{pid}/readings").json()
     assert after["readings"] == [] and len(after["alerts"]) == len(series["alerts"])
+    # The window's root, its anchoring transaction's inclusion proof and the checkpoint, all
+    # read from the node after the erasure, still prove the reading its holder kept.
+    patient_key = read_key_file(server.data_dir / "keys" / "patients" / f"{pid}.key")[1]
+    with Client(server.url, keypair=patient_key) as c:
+        c.login()
+        verified = c.verify_reading(answer, c.verifier_keys())
+        assert verified.receipt["result"] == "accepted"
+        assert verified.receipt["tx_id"] == answer["anchor"]["tx_id"]
+        forged = {**answer, "reading": {**answer["reading"], "value": -1.0}}
+        with pytest.raises(Exception, match=r"proof|observation"):
+            c.verify_reading(forged, c.verifier_keys())
     checked = run_cli("verify", str(server.data_dir), "--reexecute")
     assert checked.returncode == 0, checked.stdout + checked.stderr
