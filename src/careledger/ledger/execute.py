@@ -8,7 +8,6 @@ stored transactions and compares, byte for byte.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
@@ -43,32 +42,13 @@ from careledger.core.canonical import canonical_bytes, canonical_values, sha256_
 from careledger.core.tx import Transaction
 from careledger.errors import Rejected, UnknownRuleset, ValidationError
 from careledger.ledger.ports import BlockWrite, StoredEvent, StoredTx
+from careledger.ledger.ports import Executed as Executed  # defined beside the listener port
+from careledger.ledger.ports import Explanation as Explanation
 
 NONCE_NAMESPACE = "nonce"
 CHAIN_NAMESPACE = "chain"
 NONCE_POLICY = "strictly-increasing-per-signer"  # what execute_block implements
 RECEIPT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Explanation:
-    code: str
-    message: str
-    detail: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Executed:
-    """A block ready to store, plus what the committer tells clients and caches."""
-
-    block: BlockWrite
-    frontier: list[bytes]
-    receipts: Mapping[str, dict[str, Any]]  # tx_id -> receipt object
-    skipped: Mapping[str, str]  # tx_id -> code, for transactions left out (stale nonce)
-    state: Mapping[tuple[str, str], Any]  # decoded state writes (None = deleted)
-    # Why each rejected transaction was refused, as judged on the state it ran on. Node-local:
-    # not stored, not hashed (a receipt keeps only the code), handed to commit listeners.
-    rejections: Mapping[str, Explanation] = field(default_factory=dict)
 
 
 def encode_writes(writes: Sequence[Write]) -> tuple[bytes, list[tuple[str, str, bytes | None]]]:

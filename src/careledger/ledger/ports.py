@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from careledger.core.block import BlockHeader
 
-if TYPE_CHECKING:  # execute imports this module
+if TYPE_CHECKING:
     from careledger.core.tx import Transaction
-    from careledger.ledger.execute import Executed
 
 NodeId = tuple[int, int]
 
@@ -58,6 +57,28 @@ class BlockWrite:
     # Node-local bookkeeping (e.g. the last applied ordering sequence), written in the same
     # transaction as the block so the two cannot disagree; not part of the chain, not verified.
     local: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    code: str
+    message: str
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Executed:
+    """A block ready to store, plus what the committer tells clients and caches (made by
+    ``ledger.execute``, handed to each :class:`CommitListener`)."""
+
+    block: BlockWrite
+    frontier: list[bytes]
+    receipts: Mapping[str, dict[str, Any]]  # tx_id -> receipt object
+    skipped: Mapping[str, str]  # tx_id -> code, for transactions left out (stale nonce)
+    state: Mapping[tuple[str, str], Any]  # decoded state writes (None = deleted)
+    # Why each rejected transaction was refused, as judged on the state it ran on. Node-local:
+    # not stored, not hashed (a receipt keeps only the code), handed to commit listeners.
+    rejections: Mapping[str, Explanation] = field(default_factory=dict)
 
 
 class LedgerStore(Protocol):

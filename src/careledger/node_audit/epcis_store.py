@@ -100,7 +100,13 @@ from careledger.core.canonical import canonical_bytes
 from careledger.core.tx import Transaction, decode_stored_envelope
 from careledger.errors import CareLedgerError
 from careledger.ledger.ports import StoredTx
-from careledger.node_audit import Difference, NodeContext, schema_created_by, schema_of, unreadable
+from careledger.node_audit.check import (
+    Difference,
+    NodeContext,
+    schema_created_by,
+    schema_of,
+    unreadable,
+)
 from careledger.sqlite_threads import iso_ms
 from careledger.supply.alerts import ALERT_KINDS, REFUSAL_KINDS
 from careledger.supply.alerts import SCHEMA as ALERTS_SCHEMA

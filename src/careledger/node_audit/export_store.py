@@ -73,7 +73,7 @@ from careledger.health.bulk_export import (
     manifest_body,
 )
 from careledger.health.export_proof import verify_export
-from careledger.node_audit import Difference, NodeContext, row_count, unreadable
+from careledger.node_audit.check import Difference, NodeContext, row_count, unreadable
 from careledger.node_audit.monitoring_store import schema_differences
 
 __all__ = ["ExportStoreCheck"]

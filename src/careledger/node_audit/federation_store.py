@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 from careledger.health.federation import FEDERATION_NONCES_FILE
 from careledger.health.replay_guard import SCHEMA
-from careledger.node_audit import Difference, NodeContext, row_count, unreadable
+from careledger.node_audit.check import Difference, NodeContext, row_count, unreadable
 from careledger.node_audit.monitoring_store import schema_differences
 
 __all__ = ["FederationStoreCheck"]

@@ -43,7 +43,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from careledger.node_audit import Difference, NodeContext, unreadable
+from careledger.node_audit.check import Difference, NodeContext, unreadable
 from careledger.store_mac import (
     INTEGRITY,
     MAC,

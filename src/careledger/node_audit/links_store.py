@@ -123,7 +123,7 @@ from careledger.health.share_links import (
 from careledger.health_links.card import issuer_jwk, revocation_id
 from careledger.health_links.link import MAX_LABEL_CHARS
 from careledger.keyfile import read_key_file
-from careledger.node_audit import (
+from careledger.node_audit.check import (
     Difference,
     NodeContext,
     row_count,

@@ -88,14 +88,14 @@ from careledger.contracts.monitoring import (
 from careledger.core import merkle
 from careledger.core.vitals import Reading, from_json
 from careledger.errors import CareLedgerError
-from careledger.monitoring.ingest import (
+from careledger.monitoring.batches import (
     READINGS_TYPE,
     batch_record_id,
     reading_digest,
     reading_salt,
 )
 from careledger.monitoring.store import MONITORING_FILE, SCHEMA
-from careledger.node_audit import (
+from careledger.node_audit.check import (
     Difference,
     NodeContext,
     SchemaObjects,

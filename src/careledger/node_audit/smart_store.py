@@ -68,7 +68,13 @@ from typing import Any
 
 from careledger.contracts.apps import app_of, scope_ok
 from careledger.contracts.identity import ID_PATTERN, key_of, member_of
-from careledger.node_audit import Difference, NodeContext, row_count, unreadable, written_columns
+from careledger.node_audit.check import (
+    Difference,
+    NodeContext,
+    row_count,
+    unreadable,
+    written_columns,
+)
 from careledger.node_audit.monitoring_store import schema_differences
 from careledger.smart.grants import SCHEMA, SMART_FILE, SPENT_CODE_SECONDS
 from careledger.smart.oauth import CODE_TTL, LAUNCH_TTL, OFFLINE_SECONDS, ONLINE_SECONDS

@@ -70,7 +70,13 @@ from careledger.contracts.trials import (
     query_of,
     study_of,
 )
-from careledger.node_audit import Difference, NodeContext, row_count, unreadable, written_columns
+from careledger.node_audit.check import (
+    Difference,
+    NodeContext,
+    row_count,
+    unreadable,
+    written_columns,
+)
 from careledger.node_audit.monitoring_store import schema_differences
 from careledger.trials import consent_records
 from careledger.trials.recruitment import SCHEMA, TRIALS_FILE

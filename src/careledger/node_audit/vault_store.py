@@ -77,7 +77,13 @@ from careledger.errors import CareLedgerError, VerificationError
 from careledger.fhir.blind_terms import index_terms
 from careledger.health.service import BLIND_INDEX_META, BLIND_INDEX_VERSION
 from careledger.keyfile import read_key_file
-from careledger.node_audit import Difference, NodeContext, schema_created_by, schema_of, unreadable
+from careledger.node_audit.check import (
+    Difference,
+    NodeContext,
+    schema_created_by,
+    schema_of,
+    unreadable,
+)
 from careledger.vault.blind_index import TOKEN_BYTES, BlindIndex
 from careledger.vault.crypto import (
     NONCE_SIZE,

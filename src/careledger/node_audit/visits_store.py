@@ -50,7 +50,7 @@ import orjson
 from careledger.contracts.visits import NAMESPACE as VISITS
 from careledger.contracts.visits import visit_ids, visit_of
 from careledger.monitoring.visits import SCHEMA, VISITS_FILE
-from careledger.node_audit import Difference, NodeContext, row_count, unreadable
+from careledger.node_audit.check import Difference, NodeContext, row_count, unreadable
 from careledger.node_audit.monitoring_store import open_sealed, schema_differences
 from careledger.vault.at_rest import AtRest
 
