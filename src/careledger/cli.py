@@ -527,7 +527,7 @@ def fhir_import(
     """
     from careledger.config import Settings
     from careledger.health.importer import bundle_entries, import_bundles
-    from careledger.health.service import ServiceSink
+    from careledger.health.service_sink import ServiceSink
     from careledger.keyfile import read_key_file
     from careledger.node import Node
     from careledger.sdk import Client

@@ -194,7 +194,7 @@ def load_demo_records(data_dir: Path) -> dict[str, Any]:
     """Import the Synthea patients as St Mary's records, and have two of them grant consents."""
     from careledger.config import Settings
     from careledger.health.importer import import_bundles
-    from careledger.health.service import ServiceSink
+    from careledger.health.service_sink import ServiceSink
     from careledger.jsonio import loads
     from careledger.node import Node
     from careledger.wiring import records_for

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -83,9 +83,6 @@ MAX_HEIGHTS_REMEMBERED = 1_000_000
 BLIND_INDEX_META = "blind_index"
 BLIND_INDEX_VERSION = "1"
 
-if TYPE_CHECKING:
-    from careledger.health.federation import FederationClient
-
 
 @dataclass(frozen=True)
 class StoredResource:
@@ -102,6 +99,42 @@ class StoredResource:
     anchor_tx: str
     leaf_index: int
     last_updated: str
+
+
+class RemoteCustodians(Protocol):
+    """What the records service asks of other custodians' nodes (consortium mode): reads of
+    the records they hold. ``careledger.health.federation.FederationClient`` implements it."""
+
+    def read(
+        self,
+        caller: Caller,
+        custodian: str,
+        resource_type: str,
+        record_id: str,
+        *,
+        version: int | None,
+        purpose: str,
+    ) -> StoredResource:
+        """The version (None: the latest) of a record ``custodian`` holds, as it answered the
+        caller. MUST return only a resource that hashes to its ledger anchor and is the record
+        and version asked for (else VerificationError, REMOTE_TAMPERED); a custodian that cannot
+        be reached is NotFound (REMOTE_UNAVAILABLE), its refusal a CareLedgerError of its code."""
+        ...
+
+    def everything(
+        self,
+        caller: Caller,
+        patient: str,
+        custodians: Sequence[str],
+        *,
+        types: set[str] | None,
+        purpose: str,
+    ) -> tuple[list[StoredResource], list[tuple[str, str]]]:
+        """The records of ``patient`` (of ``types``) each custodian shares with the caller, and
+        (custodian, error code) of each that could not answer or refused (one custodian's
+        CareLedgerError is reported there, not raised). MUST return only resources of that
+        patient and those types that hash to their ledger anchors."""
+        ...
 
 
 MAX_ACCESS_LOG = 100_000  # the newest accesses a log shows
@@ -126,7 +159,7 @@ class HealthRecords:
         self.blind = BlindIndex.for_node(node.ledger.node_key)
         self._heights: dict[tuple[str, int], int] = {}  # (record, version) -> anchoring height
         # Reads of records other custodians hold (consortium mode); None: local records only.
-        self.federation: FederationClient | None = None
+        self.federation: RemoteCustodians | None = None
 
     @classmethod
     def for_node(
@@ -1498,26 +1531,3 @@ def _scope_ok(caller: Caller, resource_type: str, patient: str, action: str = "s
     except Forbidden:
         return False
     return True
-
-
-class ServiceSink:
-    """Creates resources in-process, as ``caller`` (for ``init --demo`` and tests)."""
-
-    def __init__(self, records: HealthRecords, caller: Caller) -> None:
-        self.records = records
-        self.caller = caller
-
-    def create(
-        self, resource: dict[str, Any], if_none_exist: str | None = None
-    ) -> tuple[str, bool]:
-        from careledger.fhir.extract import patient_id
-        from careledger.fhir.validate import validate_resource
-        from careledger.health.search import existing
-
-        kind = str(resource.get("resourceType"))
-        validate_resource(resource, expected_type=kind)
-        if if_none_exist is not None:
-            found = existing(self.records, self.caller, kind, if_none_exist, purpose="TREAT")
-            if found:
-                return found[0].record_id, False
-        return self.records.create(self.caller, resource, patient_of=patient_id).record_id, True

@@ -19,7 +19,7 @@ import orjson
 from careledger.contracts.monitoring import alert_of, window_of
 from careledger.core.alert_rules import check_rules, evaluate
 from careledger.ledger.engine import Ledger
-from careledger.monitoring.readings import open_batch
+from careledger.monitoring.batches import open_batch
 from careledger.monitoring.store import ReadingsStore
 
 RulesHistory = dict[

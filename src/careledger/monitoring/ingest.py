@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import logging
 import os
 import queue
@@ -41,7 +40,6 @@ from careledger.contracts.monitoring import NAMESPACE as MONITORING
 from careledger.contracts.monitoring import (
     binding_of,
     device_of,
-    erasure_entry,
     next_window,
     rules_of,
     window_of,
@@ -52,42 +50,29 @@ from careledger.core.canonical import canonical_bytes
 from careledger.core.keys import b64url_decode, decode_public_key
 from careledger.core.vitals import Reading, ReadingError, parse_readings
 from careledger.errors import Conflict, Forbidden, Gone, NotFound, ValidationError
-from careledger.ledger.engine import Ledger
+from careledger.monitoring.batches import (
+    READINGS_TYPE,
+    batch_record_id,
+    open_batch,
+    reading_digest,
+    reading_salt,
+)
 from careledger.monitoring.store import (
     ClosedWindow,
     Erasure,
     ReadingsStore,
     StoredBatch,
     erased_alerts,
+    erasure_of,
 )
 from careledger.node import Node
-from careledger.vault.crypto import DATA_KEY_SIZE, NONCE_SIZE, content_hash, seal_resource, wrap_key
+from careledger.vault.crypto import DATA_KEY_SIZE, NONCE_SIZE, seal_resource, wrap_key
 
 log = logging.getLogger(__name__)
 WINDOW_READINGS = 4096
 WINDOW_MS = 2000
-READINGS_TYPE = "DeviceReadings"
 MAX_ATTEMPTS = 50  # a window waiting this many rounds for its predecessor is given up
 BATCH_FIELDS = frozenset({"device", "seq", "sent", "compact", "observations"})
-
-
-def reading_salt(batch_salt: bytes, index: int) -> bytes:
-    """The salt of the ``index``-th reading of a batch (32 bytes, derived: one stored per batch)."""
-    return hmac.new(batch_salt, b"reading" + index.to_bytes(4, "big"), hashlib.sha256).digest()
-
-
-def reading_digest(reading: Reading, device: str, salt: bytes) -> bytes:
-    return bytes.fromhex(content_hash(reading.leaf_bytes(device), salt))
-
-
-def batch_record_id(device: str, seq: int) -> str:
-    return f"{device}:{seq}"
-
-
-def erasure_of(ledger: Ledger, patient: str) -> Erasure | None:
-    """The patient's last erasure of their readings, as the ledger holds it (None: none)."""
-    held = erasure_entry(ledger.state, patient)
-    return None if held is None else Erasure(int(held["height"]), int(held["before"]))
 
 
 @dataclass
@@ -711,8 +696,6 @@ class Ingestor:
 
     def _reevaluated(self, window: ClosedWindow) -> ClosedWindow:
         """The window under the patient's current rules (they changed before it anchored)."""
-        from careledger.monitoring.readings import open_batch
-
         rules = self._rules(window.device, window.patient)
         readings: list[Reading] = []
         try:

@@ -17,33 +17,16 @@ import orjson
 from careledger.callers.caller import Caller, require_scope
 from careledger.contracts.monitoring import alerts_of_patient, open_alerts, window_of
 from careledger.core import merkle
-from careledger.core.keys import KeyPair, b64url_encode
-from careledger.core.vitals import Reading, from_json, to_observation
-from careledger.errors import Forbidden, Gone, NotFound
+from careledger.core.keys import b64url_encode
+from careledger.core.vitals import to_observation
+from careledger.errors import Forbidden, NotFound
 from careledger.health.service import HealthRecords
 from careledger.ledger.execute import Executed
-from careledger.monitoring.ingest import READINGS_TYPE, batch_record_id, erasure_of, reading_salt
-from careledger.monitoring.store import ClosedWindow, ReadingsStore, StoredBatch
-from careledger.vault.crypto import open_resource, unwrap_key
+from careledger.monitoring.batches import open_batch, reading_salt
+from careledger.monitoring.store import ClosedWindow, ReadingsStore, erasure_of
 
 log = logging.getLogger(__name__)
 MAX_WINDOWS_READ = 2000
-
-
-def open_batch(batch: StoredBatch, key: KeyPair, recipient: str) -> list[Reading]:
-    wrapped = batch.wrapped.get(recipient)
-    if wrapped is None:
-        raise Gone("the patient erased these readings", code="READINGS_ERASED")
-    data_key = unwrap_key(wrapped, key)
-    plaintext = open_resource(
-        batch.ciphertext,
-        record_id=batch_record_id(batch.device, batch.seq),
-        resource_type=READINGS_TYPE,
-        version=1,
-        data_key=data_key,
-        nonce=batch.nonce,
-    )
-    return from_json(orjson.loads(plaintext))
 
 
 class ReadingsService:

@@ -20,15 +20,18 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from careledger.contracts.monitoring import SKEW
+from careledger.contracts.monitoring import SKEW, erasure_entry
 from careledger.core.keys import KeyPair
 from careledger.sqlite_threads import GroupCommit, ThreadConnections
 from careledger.sqlite_threads import statements as sql_statements
 from careledger.vault.at_rest import AtRest
+
+if TYPE_CHECKING:
+    from careledger.ledger.engine import Ledger
 
 MONITORING_FILE = "monitoring.sqlite"
 
@@ -83,6 +86,12 @@ class Erasure:
     @property
     def received_by(self) -> int:
         return self.before + SKEW
+
+
+def erasure_of(ledger: Ledger, patient: str) -> Erasure | None:
+    """The patient's last erasure of their readings, as the ledger holds it (None: none)."""
+    held = erasure_entry(ledger.state, patient)
+    return None if held is None else Erasure(int(held["height"]), int(held["before"]))
 
 
 @dataclass(frozen=True)
