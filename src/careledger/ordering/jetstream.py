@@ -19,6 +19,7 @@ and then resolves this node's futures of the block, while the committer applies 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import queue
@@ -128,6 +129,18 @@ def _ssl_context(config: JetStreamConfig) -> ssl.SSLContext | None:
         key = str(config.tls_key) if config.tls_key else None
         context.load_cert_chain(str(config.tls_cert), key)
     return context
+
+
+def _mirror(copy: Future[dict[str, Any]], first: Future[dict[str, Any]]) -> None:
+    """A copy of a transaction submitted while the first waited: the first's answer."""
+    if first.cancelled():
+        settle(
+            copy, exc=Conflict("the transaction was not committed (replay)", code="NONCE_REPLAY")
+        )
+    elif first.exception() is not None:
+        settle(copy, exc=first.exception())
+    else:
+        settle(copy, result=first.result())
 
 
 class JetStreamOrderer:
@@ -399,7 +412,7 @@ class JetStreamOrderer:
             raise Pushback("the node is not accepting transactions", code="NODE_STOPPING")
         futures: list[Future[dict[str, Any]]] = []
         fresh: list[Transaction] = []
-        replays: list[Future[dict[str, Any]]] = []
+        replays: list[tuple[Future[dict[str, Any]], Future[dict[str, Any]]]] = []
         with self._pending_lock:
             if self._queued + len(txs) > self.max_queue:  # checked and taken in one step
                 self.ledger.release(txs)
@@ -407,16 +420,14 @@ class JetStreamOrderer:
             for tx in txs:
                 fut: Future[dict[str, Any]] = Future()
                 futures.append(fut)
-                if tx.tx_id in self._pending:  # a copy already waits: one future per tx id
-                    replays.append(fut)
+                if tx.tx_id in self._pending:  # a copy already waits: it gets the same answer
+                    replays.append((self._pending[tx.tx_id][0], fut))
                     continue
                 self._pending[tx.tx_id] = (fut, tx.sig)
                 fresh.append(tx)
             self._queued += len(fresh)
-        for fut in replays:
-            settle(
-                fut, exc=Conflict("the transaction was not committed (replay)", code="NONCE_REPLAY")
-            )
+        for first, copy in replays:  # the one receipt of that transaction, as a batch gives
+            first.add_done_callback(functools.partial(_mirror, copy))
         inbox = self._inbox
         assert inbox is not None
 

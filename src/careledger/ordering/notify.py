@@ -46,14 +46,12 @@ def settle(
 def settle_block(
     batch: Sequence[tuple[Transaction, Future[dict[str, Any]]]], executed: Executed | None
 ) -> None:
-    """Each future of a committed batch: its receipt, or Conflict for a replay left out (a
-    second copy of a transaction in the batch among them: the receipt is the first's)."""
+    """Each future of a committed batch: its receipt (two copies of one transaction in the batch
+    both get its one receipt), or Conflict for a replay left out."""
     receipts = {} if executed is None else executed.receipts
     skipped = {} if executed is None else executed.skipped
-    answered: set[str] = set()
     for tx, fut in batch:
-        rec = None if tx.tx_id in answered else receipts.get(tx.tx_id)
-        answered.add(tx.tx_id)
+        rec = receipts.get(tx.tx_id)
         if rec is not None:
             settle(fut, result=rec)
         else:
