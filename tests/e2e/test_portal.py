@@ -172,6 +172,9 @@ def sign_in(page: Page, server: Server, key: Path) -> None:
     page.goto(f"{server.url}/signin")
     page.get_by_label("Key file").set_input_files(str(key))
     page.get_by_role("button", name="Sign in").click()
+    # The sign-in page itself shows whoever was signed in before: wait for the page's own
+    # navigation away from it, or a later goto races it (net::ERR_ABORTED)
+    page.wait_for_url(lambda url: "/signin" not in url)
     expect(page.get_by_test_id("signed-in")).to_be_visible()
 
 
