@@ -529,6 +529,15 @@ class JetStreamOrderer:
                     seq,
                 )
                 self._stopping.set()
+                # what they wait for is beyond the gap: this node will not commit it
+                self._fail_pending(
+                    StorageError(
+                        "this node met a gap in the ordering stream and stopped ordering until "
+                        "restarted; the stream keeps the batch, which may still commit on "
+                        "other nodes",
+                        code="STREAM_GAP",
+                    )
+                )
                 return
             try:
                 self._apply(seq, data, headers)

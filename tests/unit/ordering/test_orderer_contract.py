@@ -458,3 +458,57 @@ def test_a_copy_submitted_while_the_first_waits_is_answered_once_and_committed_o
             in_flight.result(WAIT)
         assert replay.value.code == "NONCE_REPLAY"
     assert kit.chain.store.head().log_size == 1 and kit.orderer.queued == 0
+
+
+class HeldSQLiteStore(SQLiteStore):
+    """A store whose appends, while ``hold`` is set, wait for ``go``: the commit loop stands
+    still inside a block's write, so what the stream delivers meanwhile queues behind it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.hold, self.entered, self.go = threading.Event(), threading.Event(), threading.Event()
+
+    def append_block(self, block: BlockWrite) -> None:
+        if self.hold.is_set():
+            self.entered.set()
+            self.go.wait(WAIT)
+        super().append_block(block)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _nats_available(), reason="no nats-server binary")
+def test_a_jetstream_node_that_meets_a_gap_in_the_stream_fails_its_waiters(
+    tmp_path: Path,
+) -> None:
+    """MUST: resolve every future it handed out. When the stream no longer holds the sequence a
+    node needs next (retention dropped it), the node stops ordering rather than fork (ADR 0011),
+    and a waiter whose batch lies beyond the gap is told so (``STREAM_GAP``) instead of waiting
+    until its own timeout; later submissions are refused."""
+    teardown: list[Callable[[], object]] = []
+    store = HeldSQLiteStore(tmp_path / "ledger.sqlite")
+    teardown.append(store.close)
+    chain = TestChain(store)
+    orderer = jetstream_orderer(chain, tmp_path, 1000, teardown)
+    teardown.append(orderer.stop)
+    orderer.start()
+    try:
+        store.hold.set()
+        (first,) = orderer.submit(admit_all(chain.ledger, envelopes(chain, 1, "a"), [None]))
+        assert store.entered.wait(WAIT)  # the commit loop is writing stream sequence 1
+        # what the consumer is handed next is sequence 10: 2 to 9 are gone from the stream
+        orderer._deliveries.put((10, b"", {}))  # type: ignore[attr-defined]
+        (beyond,) = orderer.submit(admit_all(chain.ledger, envelopes(chain, 1, "b"), [None]))
+        store.hold.clear()
+        store.go.set()
+        assert first.result(WAIT)["result"] == "accepted"
+        with pytest.raises(StorageError) as stopped:
+            beyond.result(WAIT)
+        assert stopped.value.code == "STREAM_GAP"
+        assert orderer.gap == (2, 10)  # type: ignore[attr-defined]
+        assert chain.store.head().log_size == 1 and orderer.queued == 0
+        with pytest.raises(Pushback) as refused:
+            orderer.submit(admit_all(chain.ledger, envelopes(chain, 1, "c"), [None]))
+        assert refused.value.code == "NODE_STOPPING"
+    finally:
+        for step in reversed(teardown):
+            step()
