@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from careledger.core.keys import KeyPair
 from careledger.errors import Forbidden
 from careledger.monitoring.device import sign_batch
 from careledger.monitoring.ingest import Ingestor
+from careledger.monitoring.service import MonitoringService
 from careledger.monitoring.store import MONITORING_FILE, ReadingsStore
 from careledger.monitoring.visits import VISITS_FILE, VisitsService
 from careledger.sqlite_threads import iso_ms
@@ -240,7 +242,16 @@ def test_a_batch_is_stamped_by_the_clock_and_its_window_closes_by_the_monotonic_
     try:
         batch = {"device": "oxi-1", "seq": 1,
                  "compact": {"t0": since + 1000, "codes": ["59408-5"], "rows": [[0, 97]]}}  # fmt: skip
-        ack = ingestor.accept("oxi-1", sign_batch(device, batch))
+        # the routes stamp arrival before reading the body, on the ingestor's own source
+        service = MonitoringService(
+            SimpleNamespace(node=node, ledger=node.ledger),  # type: ignore[arg-type]
+            ingestor,
+            None,  # type: ignore[arg-type]  # readings out: not used here
+        )
+        arrived = service.arrived()
+        assert arrived == 500.0
+        monotonic.now = 501.5  # the body took 1.5 s to come in
+        ack = service.accept("oxi-1", sign_batch(device, batch), arrived)
         stored = store.batch("oxi-1", 1)
         assert stored is not None and stored.received_ms == NOW * 1000 + 7_250
         monotonic.now = 501.999  # open for 1.999 s of a 2 s window: still open

@@ -220,6 +220,10 @@ class Ingestor:
             raise NotFound(f"no device {device_id!r}", code="UNKNOWN_DEVICE")
         return dict(device)
 
+    def now(self) -> float:
+        """The monotonic source windows are timed on."""
+        return self._monotonic()
+
     def accept(self, device_id: str, envelope: object, *, received: float | None = None) -> Ack:
         """Check, seal and window one signed batch; its acknowledgement (or a clear error)."""
         received = self._monotonic() if received is None else received

@@ -23,6 +23,12 @@ class MonitoringService:
         self.ingestor = ingestor
         self.readings = readings
 
+    def arrived(self) -> float:
+        """Now, on the ingestor's own monotonic source: a route stamps a batch's arrival
+        before reading its body, and windows are timed on that same source (an injected one
+        in tests)."""
+        return self.ingestor.now()
+
     def accept(self, device: str, envelope: object, received: float | None = None) -> Ack:
         return self.ingestor.accept(device, envelope, received=received)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -90,7 +89,7 @@ async def _body(request: Request) -> Any:
     summary="A signed batch of readings (the device's own signature authenticates it)",
 )
 async def readings(request: Request, device: DeviceId) -> Response:
-    received = time.monotonic()
+    received = _service(request).arrived()
     envelope = await _body(request)
     ack = await run_in_threadpool(_service(request).accept, device, envelope, received)
     return _json(ack.as_json(), 202)
@@ -104,7 +103,7 @@ async def stream(websocket: WebSocket, device: str) -> None:
     try:
         while True:
             message = await websocket.receive_text()
-            received = time.monotonic()
+            received = service.arrived()
             try:
                 if len(message) > MAX_BATCH_BYTES:
                     raise ValidationError("the batch is too large", code="REQUEST_TOO_LARGE")
