@@ -13,7 +13,7 @@ import pytest
 from careledger.callers.caller import Caller
 from careledger.callers.scopes import default_scopes, parse_scopes
 from careledger.config import Settings
-from careledger.errors import NotFound
+from careledger.errors import NotFound, StorageError
 from careledger.fhir.extract import patient_id
 from careledger.health.service import HealthRecords
 from careledger.node import Node
@@ -81,3 +81,39 @@ def test_a_shredded_record_leaves_memory_and_is_refused(records: HealthRecords) 
     with pytest.raises(NotFound) as caught:
         records.open_version(record_id, 1)
     assert caught.value.code == "RECORD_SHREDDED"
+
+
+def test_a_shredding_the_vault_cannot_make_stops_no_other_and_is_made_at_the_next_start(
+    records: HealthRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patient, failing = _condition(records, "its disk is locked")
+    _, other = _condition(records, "shredded beside it")
+    for record_id in (failing, other):
+        records.open_version(record_id, 1)  # both in memory
+    store = records.vault.store
+    real_shred = store.shred
+
+    def shred(record_id: str) -> list[int]:
+        if record_id == failing:  # as a locked or full disk would
+            raise StorageError("vault record was not shredded: database is locked")
+        return real_shred(record_id)
+
+    monkeypatch.setattr(store, "shred", shred)
+    # one block shredding both, the failing one first
+    assert records.shred_held([failing, other]) == 1
+    assert store.is_shredded(other) and not store.is_shredded(failing)
+    key = records.ledger.node_key.public_b64
+    assert records.vault.opened.get((failing, 1, key), b"") is None
+    assert records.vault.opened.get((other, 1, key), b"") is None
+    # the ledger shreds it while the vault still cannot: nothing opens it any more
+    records.shred(_caller(patient, "patient"), failing)
+    assert not store.is_shredded(failing)
+    assert records.open_anchored(failing, 1) is None  # what trial feasibility counts read
+    with pytest.raises(NotFound):
+        records.open_version(failing, 1)
+    monkeypatch.undo()
+    # the next start's sweep makes the shredding the block could not
+    assert records.shred_missed() == 1
+    assert store.is_shredded(failing)
+    assert records.shred_missed() == 0
+    records.shred(_caller(patient, "patient"), other)  # the ledger agrees with the vault again

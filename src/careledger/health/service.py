@@ -9,6 +9,7 @@ decrypted resource must hash to the ledger's anchor.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -82,6 +83,12 @@ MAX_KEY_EVENTS_SCANNED = 100_000
 MAX_HEIGHTS_REMEMBERED = 1_000_000
 BLIND_INDEX_META = "blind_index"
 BLIND_INDEX_VERSION = "1"
+SHREDDED_EVENT = "records.shredded"
+# A failed commit whose batch is in the consortium's stream all the same (ordering/jetstream.py)
+IN_THE_STREAM = frozenset({"STREAM_GAP", "ORDERING_STOPPED"})
+MAX_SHREDDINGS_SCANNED = 100_000_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,7 @@ class HealthRecords:
             random=random,
         )
         node.ledger.commit_listeners.append(records.on_commit)
+        records.shred_missed()  # before anything opens a record
         records.build_blind_index()
         return records
 
@@ -673,8 +681,11 @@ class HealthRecords:
                 calls += then([(r.record_id, r.version, r.content_hash) for _, r, _ in sealed])
             receipts = self._commit(calls)
             receipts, extra = receipts[:mine], receipts[mine:]
-        except BaseException:
-            self._discard_unanchored([r for _, r, _ in sealed])
+        except BaseException as exc:
+            if getattr(exc, "code", None) not in IN_THE_STREAM:
+                self._discard_unanchored([r for _, r, _ in sealed])
+            # else the anchor is in the ordering stream and commits here on catch-up: the
+            # sealed versions stay, or the ledger would anchor what this vault threw away
             raise
         anchor = receipts[0]
         if anchor["result"] != "accepted":
@@ -914,6 +925,11 @@ class HealthRecords:
     # -- reads ---------------------------------------------------------------------------
 
     def _open(self, record_id: str, version: int) -> StoredResource:
+        meta = self.ledger.state(RECORDS, record_key(record_id))
+        if meta is not None and meta["shredded"]:
+            # its anchors stay; its content is gone for good, even if this vault could not
+            # destroy the keys yet (shred_missed)
+            raise NotFound("the record was shredded", code="RECORD_SHREDDED")
         expected, tx_id, leaf = self._anchor_of(record_id, version)
         resource, sealed = self.vault.open(
             record_id, version, self.ledger.node_key, expected_content_hash=expected
@@ -939,8 +955,9 @@ class HealthRecords:
         shredded). For computations the custodian runs over its own records; the caller
         answers for the access (see trials.recruitment)."""
         entry = self.ledger.state(RECORDS, version_key(record_id, version))
-        if entry is None:
-            return None
+        meta = self.ledger.state(RECORDS, record_key(record_id))
+        if entry is None or meta is None or meta["shredded"]:
+            return None  # a shredded record's anchor stays; its content is gone for good
         try:
             resource, _ = self.vault.open(
                 record_id, version, self.ledger.node_key, expected_content_hash=entry["hash"]
@@ -1294,15 +1311,48 @@ class HealthRecords:
 
     def on_commit(self, executed: Executed) -> None:
         """Destroy the vault keys of every record the ledger just shredded, however it was asked."""
-        for event in executed.block.events:
-            if event.type != "records.shredded":
-                continue
-            record_id = orjson.loads(event.data)["record"]
-            # out of memory as well as off the disk; after too: a read racing the shredding
+        shredded = [
+            str(orjson.loads(event.data)["record"])
+            for event in executed.block.events
+            if event.type == SHREDDED_EVENT
+        ]
+        if shredded:
+            self.shred_held(shredded)
+
+    def shred_held(self, record_ids: Sequence[str]) -> int:
+        """Destroy the vault keys of records the ledger shredded; how many were shredded here.
+
+        Every one leaves memory first, then each leaves the disk on its own: a shredding the
+        vault cannot make (a locked or full disk) stops none of the others, is logged, and is
+        made by ``shred_missed`` at the next start. Each leaves memory again after, so a read
+        racing the shredding cannot put it back.
+        """
+        for record_id in record_ids:
             self.vault.opened.drop(record_id)
-            with contextlib.suppress(NotFound, Conflict):  # not held here, or already shredded
+        done = 0
+        for record_id in record_ids:
+            try:
                 self.vault.store.shred(record_id)
-            self.vault.opened.drop(record_id)
+                done += 1
+            except (NotFound, Conflict):  # not held here, or already shredded
+                pass
+            except Exception:  # the next start shreds it: see shred_missed
+                log.exception("the vault could not shred record %s; the next start will", record_id)
+            finally:
+                self.vault.opened.drop(record_id)
+        return done
+
+    def shred_missed(self) -> int:
+        """Shred what the ledger shredded while this vault kept the keys (the node was down
+        when the block came, or the vault could not shred then); how many were shredded."""
+        events = self.ledger.store.events_of_types([SHREDDED_EVENT], MAX_SHREDDINGS_SCANNED)
+        held = []
+        for event in events:
+            record_id = str(orjson.loads(event.data)["record"])
+            with contextlib.suppress(NotFound):  # not a record held here
+                if not self.vault.store.is_shredded(record_id):
+                    held.append(record_id)
+        return self.shred_held(held) if held else 0
 
     # -- consents ------------------------------------------------------------------------
 

@@ -414,6 +414,11 @@ class JetStreamOrderer:
         fresh: list[Transaction] = []
         replays: list[tuple[Future[dict[str, Any]], Future[dict[str, Any]]]] = []
         with self._pending_lock:
+            # again under the lock: _fail_pending empties _pending under it once ordering
+            # stopped, and an entry added after that would never be answered
+            if self._stopping.is_set():
+                self.ledger.release(txs)
+                raise Pushback("the node is not accepting transactions", code="NODE_STOPPING")
             if self._queued + len(txs) > self.max_queue:  # checked and taken in one step
                 self.ledger.release(txs)
                 raise Pushback("too many transactions waiting to be ordered; retry later")
@@ -549,7 +554,8 @@ class JetStreamOrderer:
                 self._fail_pending(
                     StorageError(
                         "this node could not write a block and stopped ordering; the stream "
-                        "keeps the batch, which may still commit on other nodes"
+                        "keeps the batch, which may still commit on other nodes",
+                        code="ORDERING_STOPPED",
                     )
                 )
                 return
