@@ -117,3 +117,16 @@ def test_a_shredding_the_vault_cannot_make_stops_no_other_and_is_made_at_the_nex
     assert store.is_shredded(failing)
     assert records.shred_missed() == 0
     records.shred(_caller(patient, "patient"), other)  # the ledger agrees with the vault again
+
+
+def test_a_scan_over_every_record_keeps_nothing_in_memory(records: HealthRecords) -> None:
+    """open_anchored serves the custodian's own computations over all its records (a trial's
+    feasibility count): the plaintext of patients nobody read does not stay in memory."""
+    _, record_id = _condition(records, "counted, not read")
+    key = (record_id, 1, records.ledger.node_key.public_b64)
+    held = len(records.vault.opened)
+    opened = records.open_anchored(record_id, 1)
+    assert opened is not None and opened["code"]["text"] == "counted, not read"
+    assert len(records.vault.opened) == held and records.vault.opened.get(key, b"") is None
+    records.open_version(record_id, 1)  # a read's open is kept, as before
+    assert len(records.vault.opened) == held + 1

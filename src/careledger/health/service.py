@@ -960,8 +960,9 @@ class HealthRecords:
             return None  # a shredded record's anchor stays; its content is gone for good
         try:
             resource, _ = self.vault.open(
-                record_id, version, self.ledger.node_key, expected_content_hash=entry["hash"]
-            )
+                record_id, version, self.ledger.node_key, expected_content_hash=entry["hash"],
+                keep=False,  # scans of every record: nothing of them stays in memory
+            )  # fmt: skip
         except NotFound:
             return None
         return resource

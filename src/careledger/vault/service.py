@@ -164,8 +164,13 @@ class Vault:
         reader: KeyPair,
         *,
         expected_content_hash: str | None = None,
+        keep: bool = True,
     ) -> tuple[dict[str, object], SealedRecord]:
         """Decrypt a record version (the latest when ``version`` is None) for ``reader``.
+
+        ``keep=False``: what it opened to is not kept in memory (a scan over every record, such
+        as a trial's feasibility count, must not leave the plaintext of patients nobody read
+        there, nor push out what readers read).
 
         Raises ``NotFound(UNKNOWN_RECORD | RECORD_SHREDDED)``, ``VerificationError
         (NOT_A_RECIPIENT)`` when the data key is not wrapped for the reader, and
@@ -220,7 +225,8 @@ class Vault:
             raise _tampered("the decrypted record is not a JSON object")
         if _LONG_DIGITS.search(plaintext):
             resource = _as_doubles(resource)
-        self.opened.put(key, row, resource, since=since)
+        if keep:
+            self.opened.put(key, row, resource, since=since)
         return resource, record
 
 
