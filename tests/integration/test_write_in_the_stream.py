@@ -13,28 +13,18 @@ import pytest
 
 from careledger.callers.caller import Caller
 from careledger.callers.scopes import default_scopes, parse_scopes
-from careledger.config import Settings
 from careledger.errors import NotFound, StorageError
 from careledger.fhir.extract import patient_id
 from careledger.health.service import HealthRecords
-from careledger.node import Node
-from tests.support.nodes import demo_node
+from tests.support.nodes import demo_records
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HealthRecords]:
-    data = tmp_path_factory.mktemp("in-the-stream") / "node"
-    demo_node(data, with_supply=False)
-    node = Node(Settings.load(data))
-    node.start()
-    service = HealthRecords.for_node(node)
-    try:
-        yield service
-    finally:
-        service.close()
-        node.stop()
+    with demo_records(tmp_path_factory.mktemp("in-the-stream") / "node", with_supply=False) as held:
+        yield held
 
 
 def _write_failing_with(

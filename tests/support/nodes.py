@@ -124,6 +124,27 @@ def serving(data_dir: Path) -> Iterator[Server]:
         server.stop()
 
 
+@contextmanager
+def demo_records(data: Path, **options: Any) -> Iterator[Any]:
+    """A demo node at ``data`` (``demo_node(data, **options)``), started in this process, and
+    its records service (``HealthRecords.for_node``); both closed after."""
+    from careledger.config import Settings
+    from careledger.health.service import HealthRecords
+    from careledger.node import Node
+
+    demo_node(data, **options)
+    node = Node(Settings.load(data))
+    node.start()
+    try:
+        records = HealthRecords.for_node(node)
+        try:
+            yield records
+        finally:
+            records.close()
+    finally:
+        node.stop()
+
+
 def login(server: Server, key_file: Path) -> httpx.Client:
     """An HTTP client for ``server`` with a bearer token of the key file's member."""
     from careledger.keyfile import read_key_file

@@ -182,7 +182,11 @@ class HealthRecords:
 
         records = cls(
             node,
-            Vault(VaultStore(data_dir / VAULT_FILE, clock=vault_now), clock=vault_now),
+            Vault(
+                # record versions written by a worker process: off this process's GIL
+                VaultStore(data_dir / VAULT_FILE, clock=vault_now, writer_pool=node.verify_pool),
+                clock=vault_now,
+            ),
             patient_keys_dir=data_dir / KEYS_DIR / "patients",
             clock=clock,
             random=random,

@@ -17,13 +17,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 from careledger import store_mac
 from careledger.errors import Conflict, NotFound, StorageError, ValidationError
-from careledger.sqlite_threads import GroupCommit, insert_rows
+from careledger.sqlite_threads import GroupCommit, ProcessGroupCommit, insert_rows
 
 __all__ = ["SealedRecord", "VaultStore"]
 
@@ -85,9 +86,49 @@ class SealedRecord:
         """The base64url public keys the data key is wrapped for, sorted."""
         return tuple(sorted(self.wrapped_keys))
 
+    def __reduce__(self) -> tuple[type[SealedRecord], tuple[object, ...]]:
+        # to a writer process (ProcessGroupCommit): a read-only mapping does not pickle
+        return (SealedRecord, (
+            self.record_id, self.version, self.resource_type, self.patient, self.custodian,
+            self.content_hash, self.created, self.nonce, self.ciphertext, self.salt,
+            dict(self.wrapped_keys),
+        ))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _PutMany:
+    """Record versions and their blind-index tokens, written in one transaction: a write for
+    the store's group commit, in this process or a writer process (hence plain data)."""
+
+    records: tuple[SealedRecord, ...]
+    tokens: Mapping[tuple[str, int], Sequence[bytes]]
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        for record in self.records:
+            VaultStore._put_locked(conn, record)
+            found = self.tokens.get((record.record_id, record.version), ())
+            insert_rows(
+                conn,
+                "INSERT OR IGNORE INTO blind(token, record_id, version)",
+                [(t, record.record_id, record.version) for t in found],
+            )
+
+
+def writes_of(path: str) -> VaultStore:
+    """In a writer process: the vault at ``path``, opened there."""
+    return VaultStore(path)
+
 
 class VaultStore:
-    def __init__(self, path: Path | str, *, clock: Callable[[], str] = _utc_now) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        clock: Callable[[], str] = _utc_now,
+        writer_pool: Executor | None = None,
+    ) -> None:
+        """``writer_pool``: record versions are written by a worker process of it (a node's:
+        see ``ProcessGroupCommit``); other writes, and all reads, stay in this process."""
         self.path = Path(path)
         self._clock = clock
         self._local = threading.local()
@@ -95,7 +136,12 @@ class VaultStore:
         self._conns_lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
-        self._group = GroupCommit(self._connect, "vault store", self._write_lock)
+        self._writes = GroupCommit(self._connect, "vault store", self._write_lock)
+        self._records: GroupCommit = self._writes
+        if writer_pool is not None:
+            self._records = ProcessGroupCommit(
+                writer_pool, writes_of, self.path, "vault store", self._write_lock
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keys = store_mac.keys_for(self.path)  # in a node's directory: rows coded (ADR 0019)
         # the file's schema, checked before every use of a connection (ADR 0019)
@@ -174,18 +220,11 @@ class VaultStore:
         """
         for record in records:
             _check_record(record)
-
-        def work(conn: sqlite3.Connection) -> None:
-            for record in records:
-                self._put_locked(conn, record)
-                found = (tokens or {}).get((record.record_id, record.version), ())
-                insert_rows(
-                    conn,
-                    "INSERT OR IGNORE INTO blind(token, record_id, version)",
-                    [(t, record.record_id, record.version) for t in found],
-                )
-
-        self._group.write(work)
+        if self._closed:
+            raise StorageError("the vault store is closed")
+        wanted = {(r.record_id, r.version) for r in records}
+        kept = {k: list(v) for k, v in (tokens or {}).items() if k in wanted}
+        self._records.write(_PutMany(tuple(records), kept))
 
     @staticmethod
     def _put_locked(conn: sqlite3.Connection, record: SealedRecord) -> None:
@@ -467,7 +506,11 @@ class VaultStore:
                 [(t, record_id, version) for t in tokens],
             )
 
-        self._group.write(work)
+        self._writes.write(work)
+
+    def run_together(self, works: Sequence[Callable[[sqlite3.Connection], None]]) -> None:
+        """Writes in one transaction here and now (a writer process's side of put_many)."""
+        self._writes.run_together(works)
 
     def meta_value(self, name: str) -> str | None:
         rows = self._all("SELECT value FROM meta WHERE name = ?", (name,))
@@ -477,7 +520,7 @@ class VaultStore:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES(?, ?)", (name, value))
 
-        self._group.write(work)
+        self._writes.write(work)
 
     def close(self) -> None:
         """Close every connection this store opened (SQLite then checkpoints and drops the WAL)."""
