@@ -16,31 +16,9 @@ from careledger.core.keys import KeyPair, b64url_encode
 from careledger.entropy import SYSTEM_RANDOM, token_hex, token_urlsafe
 from careledger.errors import Unauthorized
 from careledger.smart.grants import SMART_FILE, GrantStore, PendingCode
+from tests.support.sources import CountingRandom, FakeClock
 
 NOW = 1_000_000_000  # 2001: long expired by the machine's clock
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def now_ms(self) -> int:
-        return int(self.now * 1000)
-
-
-class CountingRandom:
-    """Bytes 0, 1, 2 ... : predictable, to see where ids come from."""
-
-    def __init__(self) -> None:
-        self.next = 0
-
-    def token_bytes(self, n: int) -> bytes:
-        out = bytes((self.next + i) % 256 for i in range(n))
-        self.next += n
-        return out
 
 
 SIGNER = Signer(

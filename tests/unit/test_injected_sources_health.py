@@ -46,21 +46,11 @@ from careledger.node import Node
 from careledger.smart.apps_service import AppsService
 from careledger.wiring import NodeServices
 from tests.support.nodes import demo_node
+from tests.support.sources import FakeClock
 
 NOW = 1_000_000_000  # 2001-09-09T01:46:40Z: far from the machine's clock
 NOW_ISO = "2001-09-09T01:46:40Z"
 NOW_MS = NOW * 1000
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def now_ms(self) -> int:
-        return int(self.now * 1000)
 
 
 class RecordingRandom:

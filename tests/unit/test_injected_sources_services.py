@@ -38,37 +38,11 @@ from careledger.supply.supply_service import SupplyService
 from careledger.supply.verification_log import VerificationLog
 from careledger.trials.consent_records import ConsentRecorder
 from careledger.trials.recruitment import TRIALS_FILE, RecruitmentResponder, RecruitmentStore
+from tests.support.sources import CountingRandom, FakeClock, counted
 
 NOW = 1_000_000_000  # 2001-09-09T01:46:40Z: long past by the machine's clock
 NODE_KEY = KeyPair.from_seed(bytes(32))
 ORG = "st-mary"
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def now_ms(self) -> int:
-        return int(self.now * 1000)
-
-
-class CountingRandom:
-    """Bytes 0, 1, 2 ... : predictable, to see where ids come from."""
-
-    def __init__(self) -> None:
-        self.next = 0
-
-    def token_bytes(self, n: int) -> bytes:
-        out = bytes((self.next + i) % 256 for i in range(n))
-        self.next += n
-        return out
-
-
-def counted(start: int, n: int) -> bytes:
-    return bytes((start + i) % 256 for i in range(n))
 
 
 class FakeLedger:
